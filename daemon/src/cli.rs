@@ -1,0 +1,112 @@
+//! Command-line parsing and dispatch; maps errors to the documented exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::clock::Clock;
+use crate::config::{Config, Sources};
+use crate::daemon::{self, Context};
+use crate::error::{exit, Error};
+use crate::events::{self, Format};
+use crate::paths::Paths;
+use crate::commands;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "homerd",
+    version,
+    about = "A local job daemon that never runs twice and never loses or double-runs a job",
+    long_about = None,
+    after_help = "Exit codes: 0 ok (also: another instance is running), 1 a doctor check failed, 64 usage, \
+65 bad database, 69 lock unsupported, 70 internal, 73 unsafe path, 74 I/O, 75 in use, 76 fenced, \
+77 permission, 78 config. See README.md."
+)]
+pub struct Cli {
+    /// Directory holding the database, the default lock file and the logs
+    #[arg(long, global = true, env = "HOMER_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Lock file (default: <home>/homer.lock)
+    #[arg(long, global = true, env = "HOMER_LOCK_FILE", value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
+    /// TOML configuration file (default: <home>/homerd.toml if present)
+    #[arg(long, global = true, env = "HOMER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one configuration key (repeatable), e.g. --set heartbeat_interval=2s
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Event format on stderr (and in the log file)
+    #[arg(long, global = true, value_enum, default_value = "human", env = "HOMER_LOG_FORMAT")]
+    pub log_format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground until SIGTERM or SIGINT
+    Run,
+    /// Show job counts and whether a daemon is active (never touches the lock)
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a deployment: lock file, daemon, migrations, lock columns, heartbeats, stuck jobs
+    Doctor {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply pending migrations (refuses while a daemon is running)
+    Migrate,
+    /// Copy the database to PATH as one consistent snapshot (safe while the daemon runs)
+    Backup {
+        /// Destination file; must not exist
+        path: PathBuf,
+    },
+}
+
+/// Entry point for the binary: returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    events::init(cli.log_format);
+    let is_run = matches!(cli.command, Command::Run);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.exit_code();
+            if is_run {
+                events::error("daemon.error", e.to_string()).field("exit_code", code).emit();
+            } else {
+                eprintln!("homerd: error: {e}");
+            }
+            code
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32, Error> {
+    let paths = Paths::new(cli.home, cli.lock_file);
+    let sources = Sources {
+        explicit_file: cli.config,
+        default_file: Some(paths.default_config.clone()),
+        overrides: cli.set,
+    };
+    let config = Config::load(&sources)?;
+    let ctx = Context { paths, config, clock: Clock::from_env() };
+    match cli.command {
+        Command::Run => daemon::run(ctx),
+        Command::Status { json } => commands::status(&ctx, json),
+        Command::Doctor { json } => commands::doctor(&ctx, json),
+        Command::Migrate => commands::migrate(&ctx),
+        Command::Backup { path } => commands::backup(&ctx, &path),
+    }
+}

@@ -1,0 +1,315 @@
+//! The commands beside `run`: `status`, `doctor`, `migrate`, `backup`.
+//!
+//! `status` and `doctor` answer "is a daemon running" from the leader row plus a
+//! process-identity check; they never take or probe the lock, so a status loop can
+//! never make a daemon's start fail. They open the database read-only.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::json;
+
+use crate::config::format_duration;
+use crate::daemon::{self, Context, Leadership, Role};
+use crate::error::{exit, Error, Result};
+use crate::lock;
+use crate::store::leader::{HolderState, LeaderRow};
+use crate::store::schema::{self, DbState, MIGRATIONS};
+use crate::store::{self, leader, read};
+
+/// Opens the database for reading after validating it; `None` if it does not exist.
+fn open_current(ctx: &Context) -> Result<Option<Connection>> {
+    let db = &ctx.paths.database;
+    match schema::inspect(db, ctx.config.busy_timeout)? {
+        DbState::Missing => Ok(None),
+        state if !state.is_current() => Err(Error::data(
+            db,
+            format!(
+                "has {} of {} migrations applied; run `homerd migrate` (or start the daemon, which migrates)",
+                state.applied(),
+                MIGRATIONS.len()
+            ),
+        )),
+        _ => store::open_reader(db, ctx.config.busy_timeout).map(Some),
+    }
+}
+
+fn holder_json(row: &LeaderRow, state: &HolderState) -> serde_json::Value {
+    let (name, pid, age) = match state {
+        HolderState::None => ("none", None, None),
+        HolderState::Active { pid, age } => ("active", Some(*pid), Some(age.as_millis() as u64)),
+        HolderState::Stale { pid, age } => ("stale", Some(*pid), Some(age.as_millis() as u64)),
+        HolderState::Dead { pid } => ("dead", Some(*pid), None),
+    };
+    json!({
+        "state": name,
+        "active": matches!(state, HolderState::Active { .. }),
+        "pid": pid,
+        "epoch": row.epoch,
+        "role": row.role,
+        "lock_file": row.lock_path,
+        "seen_age_ms": age,
+    })
+}
+
+fn describe_holder(state: &HolderState) -> String {
+    match state {
+        HolderState::None => String::from("not running"),
+        HolderState::Active { pid, age } => format!("active (PID {pid}, seen {} ago)", format_age(*age)),
+        HolderState::Stale { pid, age } => {
+            format!("stalled: PID {pid} is alive but was last seen {} ago", format_age(*age))
+        }
+        HolderState::Dead { pid } => format!("not running (last holder PID {pid} is gone)"),
+    }
+}
+
+fn format_age(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format_duration(Duration::from_secs(d.as_secs()))
+    }
+}
+
+/// `homerd status [--json]`.
+pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
+    let db = &ctx.paths.database;
+    let sql = |e| Error::sqlite(db, e);
+    let Some(conn) = open_current(ctx)? else {
+        if as_json {
+            println!("{}", json!({"database": db, "exists": false, "daemon": {"state": "none", "active": false}}));
+        } else {
+            println!("database: {} (not created yet: start the daemon with `homerd run`)", db.display());
+            println!("daemon:   not running");
+        }
+        return Ok(exit::OK);
+    };
+    let row = leader::read(&conn).map_err(sql)?;
+    let state = row.holder_state(&ctx.clock, ctx.config.stale_threshold);
+    let counts = read::job_counts(&conn).map_err(sql)?;
+    if as_json {
+        let out = json!({
+            "database": db,
+            "exists": true,
+            "schema": {"applied": MIGRATIONS.len(), "known": MIGRATIONS.len()},
+            "daemon": holder_json(&row, &state),
+            "jobs": counts,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    } else {
+        println!("database: {}", db.display());
+        println!("daemon:   {}", describe_holder(&state));
+        if matches!(state, HolderState::Active { .. } | HolderState::Stale { .. }) {
+            println!("epoch:    {}", row.epoch);
+            println!("lock:     {}", row.lock_path.as_deref().unwrap_or("-"));
+        }
+        let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("jobs:     {}", line.join(", "));
+    }
+    Ok(exit::OK)
+}
+
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// `homerd doctor [--json]`: the seed's "Verify Deployment" steps as checks.
+pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
+    let checks = doctor_checks(ctx);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if as_json {
+        let list: Vec<_> = checks.iter().map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail})).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"ok": failed == 0, "checks": list})).expect("json"));
+    } else {
+        for c in &checks {
+            println!("{} {:<18} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
+        }
+        if failed == 0 {
+            println!("all {} checks passed", checks.len());
+        } else {
+            println!("{failed} of {} checks failed", checks.len());
+        }
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::CHECK_FAILED })
+}
+
+fn doctor_checks(ctx: &Context) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut check = |name, ok, detail: String| checks.push(Check { name, ok, detail });
+    let paths = &ctx.paths;
+    let stale = ctx.config.stale_threshold;
+
+    // 1. Lock file present, with diagnostics.
+    match lock::read_diagnostics(&paths.lock_file) {
+        Ok(d) if d.pid().is_some() => check(
+            "lock file",
+            true,
+            format!(
+                "{} written by PID {} ({}, {})",
+                paths.lock_file.display(),
+                d.pid().unwrap_or(0),
+                d.role().unwrap_or("?"),
+                d.get("started_at").unwrap_or("?")
+            ),
+        ),
+        Ok(_) => check("lock file", false, format!("{} has no diagnostics (no daemon has run with it)", paths.lock_file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => check(
+            "lock file",
+            false,
+            format!("{} is missing (a running daemon recreates it within lock_check_interval; otherwise start one)", paths.lock_file.display()),
+        ),
+        Err(e) => check("lock file", false, format!("{}: {e}", paths.lock_file.display())),
+    }
+
+    // Everything else reads the database, validated read-only.
+    let db = &paths.database;
+    let state = match schema::inspect(db, ctx.config.busy_timeout) {
+        Ok(DbState::Missing) => {
+            check("daemon running", false, format!("no database at {} (start the daemon: homerd run)", db.display()));
+            check("migrations", false, String::from("no database"));
+            return checks;
+        }
+        Ok(s) => s,
+        Err(e) => {
+            check("migrations", false, e.to_string());
+            return checks;
+        }
+    };
+    let conn = match store::open_reader(db, ctx.config.busy_timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            check("migrations", false, e.to_string());
+            return checks;
+        }
+    };
+
+    // 2. A daemon is active (leader row + identity).
+    let row = read::leader_row(&conn).ok().flatten();
+    let holder = row.as_ref().map(|r| (r, r.holder_state(&ctx.clock, stale)));
+    match &holder {
+        Some((r, s @ HolderState::Active { .. })) if r.role.as_deref() == Some("daemon") => {
+            check("daemon running", true, format!("{}, epoch {}", describe_holder(s), r.epoch))
+        }
+        Some((_, s)) => check("daemon running", false, format!("{} (start it: homerd run)", describe_holder(s))),
+        None => check("daemon running", false, String::from("database predates the leader row (run homerd migrate)")),
+    }
+
+    // 3. Migrations applied.
+    let applied = read::applied_migrations(&conn).unwrap_or_default();
+    if state.is_current() {
+        check("migrations", true, format!("{} of {} applied, checksums match", applied.len(), MIGRATIONS.len()));
+    } else {
+        let missing: Vec<&str> = MIGRATIONS[state.applied()..].iter().map(|(n, _)| *n).collect();
+        check(
+            "migrations",
+            false,
+            format!("{} of {} applied; missing {} (run homerd migrate)", state.applied(), MIGRATIONS.len(), missing.join(", ")),
+        );
+    }
+
+    // 4. Lock columns on job_queue (the seed's PRAGMA table_info check).
+    let cols = read::columns(&conn, "job_queue").unwrap_or_default();
+    let missing: Vec<&str> =
+        ["locked_by", "locked_at", "heartbeat_at"].into_iter().filter(|c| !cols.iter().any(|x| x == c)).collect();
+    if missing.is_empty() {
+        check("lock columns", true, String::from("job_queue has locked_by, locked_at, heartbeat_at"));
+    } else {
+        check("lock columns", false, format!("job_queue lacks {} (run homerd migrate)", missing.join(", ")));
+    }
+
+    if !state.is_current() {
+        return checks;
+    }
+
+    // 5. Heartbeats fresh: the leader row, and every running job.
+    let now = ctx.clock.now_ms();
+    let running = read::running_jobs(&conn).unwrap_or_default();
+    let stale_jobs: Vec<i64> = running
+        .iter()
+        .filter(|j| j.heartbeat_at.is_none_or(|h| now - h > stale.as_millis() as i64))
+        .map(|j| j.id)
+        .collect();
+    let leader_stale = matches!(holder, Some((_, HolderState::Stale { .. })));
+    if leader_stale || !stale_jobs.is_empty() {
+        let mut why = Vec::new();
+        if leader_stale {
+            why.push(String::from("the daemon's leader row is older than stale_threshold"));
+        }
+        if !stale_jobs.is_empty() {
+            why.push(format!("running jobs with heartbeats older than {}: {:?}", format_duration(stale), stale_jobs));
+        }
+        check("heartbeats", false, why.join("; "));
+    } else {
+        check("heartbeats", true, format!("{} running job(s), all within {}", running.len(), format_duration(stale)));
+    }
+
+    // 6. No stuck jobs: running rows no live daemon owns.
+    let active_epoch = match &holder {
+        Some((r, HolderState::Active { .. })) => Some(r.epoch),
+        _ => None,
+    };
+    let stuck: Vec<i64> = running.iter().filter(|j| active_epoch.is_none() || j.claim_epoch != active_epoch).map(|j| j.id).collect();
+    if stuck.is_empty() {
+        check("stuck jobs", true, String::from("none"));
+    } else {
+        check(
+            "stuck jobs",
+            false,
+            format!("running with no live owner: {stuck:?} (starting the daemon recovers them at once)"),
+        );
+    }
+    checks
+}
+
+/// `homerd migrate`: apply pending migrations under the lock and the leader row.
+pub fn migrate(ctx: &Context) -> Result<i32> {
+    let Some(mut lock) = daemon::acquire_lock(ctx, Role::Migrate)? else { return Ok(exit::OK) };
+    let existed = std::fs::symlink_metadata(&ctx.paths.database).is_ok();
+    let Leadership { mut conn, epoch, applied } = daemon::open_and_lead(ctx, &mut lock, Role::Migrate, &mut |lock, epoch| {
+        lock.write_diagnostics(&daemon::diagnostics(ctx, Role::Migrate, epoch))
+    })?;
+    let clock = ctx.clock.clone();
+    let tx = conn.transaction().map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    leader::release(&tx, epoch, &clock).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    tx.commit().map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    drop(conn);
+    let db = ctx.paths.database.display();
+    match (existed, applied.len()) {
+        (false, _) => println!("created {db} with {} migrations", MIGRATIONS.len()),
+        (true, 0) => println!("{db} is up to date ({} migrations)", MIGRATIONS.len()),
+        (true, n) => println!("applied {n} migration(s) to {db}: {}", applied.join(", ")),
+    }
+    drop(lock);
+    Ok(exit::OK)
+}
+
+/// `homerd backup PATH`: one consistent online snapshot, written to a temp file beside
+/// PATH and linked into place (an existing PATH is never overwritten).
+pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
+    let db = &ctx.paths.database;
+    if std::fs::symlink_metadata(dest).is_ok() {
+        return Err(Error::io(
+            "backup to",
+            dest,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file exists; refusing to overwrite it (choose a new path)"),
+        ));
+    }
+    let Some(conn) = open_current(ctx)? else {
+        return Err(Error::data(db, "no database to back up (start the daemon first)"));
+    };
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp-{}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let result = read::backup_to(&conn, &tmp)
+        .map_err(|e| Error::sqlite(&tmp, e))
+        .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync", &tmp, e)))
+        .and_then(|()| std::fs::hard_link(&tmp, dest).map_err(|e| Error::io("link", dest, e)));
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_file(tmp.with_extension("tmp-journal"));
+    result?;
+    println!("{}", dest.display());
+    Ok(exit::OK)
+}

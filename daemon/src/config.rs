@@ -1,0 +1,387 @@
+//! Configuration: embedded defaults, then a TOML file, then `HOMER_<KEY>` environment
+//! variables, then `--set key=value` flags — each layer validated as it is applied, so an
+//! invalid value is reported with the key and where it came from, and homerd exits with
+//! the config code before touching anything.
+//!
+//! Durations are written `250ms`, `10s`, `5m`, `1h`, `7d`; sizes `512`, `64KiB`, `10MiB`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL` for heartbeats and claims, FULL for acknowledgements.
+    Normal,
+    /// `synchronous=FULL` for every transaction.
+    Full,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneConfig {
+    pub concurrency: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub heartbeat_interval: Duration,
+    pub stale_threshold: Duration,
+    pub lock_check_interval: Duration,
+    pub max_attempts: u32,
+    pub max_interruptions: u32,
+    pub shutdown_grace: Duration,
+    pub kill_grace: Duration,
+    pub orphan_retry_delay: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub concurrency: u32,
+    pub claim_batch: u32,
+    pub lanes: BTreeMap<String, LaneConfig>,
+    pub run_log_cap: u64,
+    pub retention: Duration,
+    pub busy_timeout: Duration,
+    pub migrate_wait: Duration,
+    pub durability: Durability,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            heartbeat_interval: Duration::from_secs(10),
+            stale_threshold: Duration::from_secs(60),
+            lock_check_interval: Duration::from_secs(1),
+            max_attempts: 3,
+            max_interruptions: 10,
+            shutdown_grace: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(5),
+            orphan_retry_delay: Duration::ZERO,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            concurrency: 4,
+            claim_batch: 32,
+            lanes: BTreeMap::new(),
+            run_log_cap: 10 * 1024 * 1024,
+            retention: Duration::from_secs(7 * 86_400),
+            busy_timeout: Duration::from_secs(5),
+            migrate_wait: Duration::from_secs(300),
+            durability: Durability::Normal,
+        }
+    }
+}
+
+/// Every scalar key, for `--set`, the environment and "did you mean" messages.
+pub const KEYS: &[&str] = &[
+    "heartbeat_interval",
+    "stale_threshold",
+    "lock_check_interval",
+    "max_attempts",
+    "max_interruptions",
+    "shutdown_grace",
+    "kill_grace",
+    "orphan_retry_delay",
+    "backoff_base",
+    "backoff_cap",
+    "concurrency",
+    "claim_batch",
+    "run_log_cap",
+    "retention",
+    "busy_timeout",
+    "migrate_wait",
+    "durability",
+];
+
+/// Where the configuration comes from (for the CLI).
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// Explicit `--config` / `HOMER_CONFIG`: must exist.
+    pub explicit_file: Option<PathBuf>,
+    /// `<home>/homerd.toml`: read if present.
+    pub default_file: Option<PathBuf>,
+    /// `--set key=value`, in order.
+    pub overrides: Vec<String>,
+}
+
+impl Config {
+    /// Loads and validates the layered configuration.
+    pub fn load(sources: &Sources) -> Result<Config> {
+        let mut cfg = Config::default();
+        let file = match (&sources.explicit_file, &sources.default_file) {
+            (Some(p), _) => Some((p.clone(), true)),
+            (None, Some(p)) => Some((p.clone(), false)),
+            (None, None) => None,
+        };
+        if let Some((path, required)) = file {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => cfg.apply_toml(&text, &path)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+                Err(e) => {
+                    return Err(Error::Config {
+                        source_name: format!("file {}", path.display()),
+                        key: String::from("(file)"),
+                        message: format!("cannot read: {e}"),
+                    })
+                }
+            }
+        }
+        for key in KEYS {
+            let var = format!("HOMER_{}", key.to_uppercase());
+            if let Ok(value) = std::env::var(&var) {
+                cfg.set(key, &value, &format!("environment variable {var}"))?;
+            }
+        }
+        for item in &sources.overrides {
+            let (key, value) = item.split_once('=').ok_or_else(|| Error::Config {
+                source_name: String::from("--set"),
+                key: item.clone(),
+                message: String::from("expected key=value"),
+            })?;
+            let key = key.trim();
+            if let Some(rest) = key.strip_prefix("lanes.") {
+                cfg.set_lane_key(rest, &toml::Value::String(value.trim().to_owned()), "--set")?;
+            } else {
+                cfg.set(key, value.trim(), "--set")?;
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_toml(&mut self, text: &str, path: &Path) -> Result<()> {
+        let source = format!("file {}", path.display());
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Config {
+            source_name: source.clone(),
+            key: String::from("(syntax)"),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        for (key, value) in &table {
+            if key == "lanes" {
+                let lanes = value.as_table().ok_or_else(|| cfg_err(&source, "lanes", "expected a table of lanes"))?;
+                for (lane, spec) in lanes {
+                    let spec = spec
+                        .as_table()
+                        .ok_or_else(|| cfg_err(&source, &format!("lanes.{lane}"), "expected a table"))?;
+                    for (k, v) in spec {
+                        self.set_lane_key(&format!("{lane}.{k}"), v, &source)?;
+                    }
+                }
+                continue;
+            }
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                other => {
+                    return Err(cfg_err(&source, key, &format!("expected a string or an integer, found {}", other.type_str())))
+                }
+            };
+            self.set(key, &text, &source)?;
+        }
+        Ok(())
+    }
+
+    fn set_lane_key(&mut self, lane_key: &str, value: &toml::Value, source: &str) -> Result<()> {
+        let full = format!("lanes.{lane_key}");
+        let (lane, key) = lane_key.split_once('.').ok_or_else(|| cfg_err(source, &full, "expected lanes.<name>.concurrency"))?;
+        if key != "concurrency" {
+            return Err(cfg_err(source, &full, "unknown lane key; the only lane key is `concurrency`"));
+        }
+        if lane.is_empty() {
+            return Err(cfg_err(source, &full, "empty lane name"));
+        }
+        let n = match value {
+            toml::Value::Integer(i) => u32::try_from(*i).ok(),
+            toml::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| cfg_err(source, &full, "expected a whole number of at least 1"))?;
+        self.lanes.insert(lane.to_owned(), LaneConfig { concurrency: n });
+        Ok(())
+    }
+
+    /// Sets one scalar key from its text form.
+    pub fn set(&mut self, key: &str, value: &str, source: &str) -> Result<()> {
+        let dur = |v: &str| parse_duration(v).map_err(|m| cfg_err(source, key, &m));
+        let count = |v: &str, min: u32| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n >= min)
+                .ok_or_else(|| cfg_err(source, key, &format!("expected a whole number of at least {min}, got `{v}`")))
+        };
+        match key {
+            "heartbeat_interval" => self.heartbeat_interval = dur(value)?,
+            "stale_threshold" => self.stale_threshold = dur(value)?,
+            "lock_check_interval" => self.lock_check_interval = dur(value)?,
+            "max_attempts" => self.max_attempts = count(value, 1)?,
+            "max_interruptions" => self.max_interruptions = count(value, 0)?,
+            "shutdown_grace" => self.shutdown_grace = dur(value)?,
+            "kill_grace" => self.kill_grace = dur(value)?,
+            "orphan_retry_delay" => self.orphan_retry_delay = dur(value)?,
+            "backoff_base" => self.backoff_base = dur(value)?,
+            "backoff_cap" => self.backoff_cap = dur(value)?,
+            "concurrency" => self.concurrency = count(value, 1)?,
+            "claim_batch" => self.claim_batch = count(value, 1)?,
+            "run_log_cap" => self.run_log_cap = parse_size(value).map_err(|m| cfg_err(source, key, &m))?,
+            "retention" => self.retention = dur(value)?,
+            "busy_timeout" => self.busy_timeout = dur(value)?,
+            "migrate_wait" => self.migrate_wait = dur(value)?,
+            "durability" => {
+                self.durability = match value {
+                    "normal" => Durability::Normal,
+                    "full" => Durability::Full,
+                    _ => return Err(cfg_err(source, key, &format!("expected `normal` or `full`, got `{value}`"))),
+                }
+            }
+            _ => {
+                let hint = KEYS
+                    .iter()
+                    .find(|k| k.contains(key) || key.contains(*k))
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
+                return Err(cfg_err(source, key, &format!("unknown key{hint} (known keys: {})", KEYS.join(", "))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Cross-key rules: a lease must survive at least one missed renewal, and a worker
+    /// must be able to kill its child (kill grace) before its lease can be taken over.
+    fn validate(&self) -> Result<()> {
+        let src = "configuration";
+        let nonzero = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("stale_threshold", self.stale_threshold),
+            ("lock_check_interval", self.lock_check_interval),
+            ("busy_timeout", self.busy_timeout),
+        ];
+        for (key, d) in nonzero {
+            if d.is_zero() {
+                return Err(cfg_err(src, key, "must be greater than zero"));
+            }
+        }
+        if self.stale_threshold < self.heartbeat_interval * 2 + self.kill_grace {
+            return Err(cfg_err(
+                src,
+                "stale_threshold",
+                &format!(
+                    "must be at least 2 x heartbeat_interval + kill_grace ({} here), so a lease survives one missed renewal and a child can be killed before it expires",
+                    format_duration(self.heartbeat_interval * 2 + self.kill_grace)
+                ),
+            ));
+        }
+        if self.backoff_cap < self.backoff_base {
+            return Err(cfg_err(src, "backoff_cap", "must not be below backoff_base"));
+        }
+        Ok(())
+    }
+}
+
+fn cfg_err(source: &str, key: &str, message: &str) -> Error {
+    Error::Config { source_name: source.to_owned(), key: key.to_owned(), message: message.to_owned() }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, `7d` (a bare `0` is zero).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 250ms, 10s, 5m, 1h or 7d, got `{s}`"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("expected a duration like 250ms, 10s, 5m, 1h or 7d, got `{s}` (unit missing or unknown)")),
+    }
+    .ok_or_else(|| format!("duration `{s}` is too large"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    match ms {
+        0 => String::from("0"),
+        _ if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// Parses `1048576`, `64KiB`, `10MiB`, `1GiB`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("expected a size like 512, 64KiB or 10MiB, got `{s}`"))?;
+    let mult = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("expected a size like 512, 64KiB or 10MiB, got `{s}`")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "10", "ten s", "5 s", "3w", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        for d in ["250ms", "10s", "5m", "1h", "7d", "1500ms"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert!(parse_size("10MB").is_err());
+    }
+
+    #[test]
+    fn toml_layer_names_file_and_key() {
+        let mut c = Config::default();
+        let p = Path::new("/etc/homer/homerd.toml");
+        c.apply_toml("heartbeat_interval = \"250ms\"\n[lanes.io]\nconcurrency = 2\n", p).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.lanes["io"].concurrency, 2);
+        let err = Config::default().apply_toml("stale_threshold = \"soon\"\n", p).unwrap_err().to_string();
+        assert!(err.contains("/etc/homer/homerd.toml") && err.contains("`stale_threshold`"), "{err}");
+        let err = Config::default().apply_toml("heartbeat = \"1s\"\n", p).unwrap_err().to_string();
+        assert!(err.contains("unknown key") && err.contains("heartbeat_interval"), "{err}");
+        let err = Config::default().apply_toml("max_attempts = [1]\n", p).unwrap_err().to_string();
+        assert!(err.contains("max_attempts") && err.contains("array"), "{err}");
+        let err = Config::default().apply_toml("x = \n", p).unwrap_err().to_string();
+        assert!(err.contains("(syntax)") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn cross_key_rule() {
+        let mut c = Config::default();
+        c.set("stale_threshold", "15s", "t").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("stale_threshold") && err.contains("25s"), "{err}");
+        c.set("heartbeat_interval", "100ms", "t").unwrap();
+        c.set("kill_grace", "1s", "t").unwrap();
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,399 @@
+//! `homerd run`: the daemon's lifecycle.
+//!
+//! Order matters and is the protocol (DESIGN.md): flock → database validated read-only →
+//! leader row accepts us (epoch bumped) → migrations → diagnostics written through the
+//! locked fd → log file opened → `daemon.active`. Then, until SIGTERM/SIGINT: refresh the
+//! leader row every `heartbeat_interval` (epoch-guarded: that is how an idle daemon
+//! learns it was fenced) and re-check the lock path every `lock_check_interval`,
+//! re-acquiring in place if an admin removed or replaced the file. Shutdown clears the
+//! leader row, closes the database and releases the lock last.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::clock::{format_rfc3339, Clock};
+use crate::config::Config;
+use crate::error::{exit, Error, Result};
+use crate::identity::{self, Liveness, ProcessIdentity};
+use crate::lock::{self, Acquire, Diagnostics, HeldLock, Holder, PathState};
+use crate::paths::Paths;
+use crate::store::leader::{self, Candidate, Outcome};
+use crate::store::schema::{self, DbState, MIGRATIONS};
+use crate::store::writer::{Sync, WriteError, Writer};
+use crate::{events, failpoint, mutant, store};
+
+/// Everything a command needs: where things are, the validated configuration, the clock.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub paths: Paths,
+    pub config: Config,
+    pub clock: Clock,
+}
+
+/// The roles a lock holder can have (written into the diagnostics and the leader row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Daemon,
+    Migrate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Daemon => "daemon",
+            Role::Migrate => "migrate",
+        }
+    }
+}
+
+/// How long a losing start waits for a holder that has not written its diagnostics yet
+/// (it is between flock and the leader check) before judging it by what it has.
+const DIAGNOSTICS_WAIT: Duration = Duration::from_secs(2);
+/// Poll period while waiting for a lock holder (a `homerd migrate`, or diagnostics).
+const LOCK_POLL: Duration = Duration::from_millis(25);
+
+/// Takes the lock for `role`. `Ok(None)`: another daemon holds it (already reported).
+pub fn acquire_lock(ctx: &Context, role: Role) -> Result<Option<HeldLock>> {
+    let path = &ctx.paths.lock_file;
+    let started = Instant::now();
+    let mut announced_wait = false;
+    loop {
+        let holder = match lock::acquire(path)? {
+            Acquire::Held(held) => return Ok(Some(held)),
+            Acquire::Busy(holder) => holder,
+        };
+        let described = diagnostics_describe_holder(&holder);
+        if !described && started.elapsed() < DIAGNOSTICS_WAIT {
+            // The holder is starting and has not written its diagnostics yet: its role is
+            // unknown. Poll briefly rather than guess.
+            std::thread::sleep(LOCK_POLL);
+            continue;
+        }
+        let holder_role = if described { holder.diagnostics.role() } else { None };
+        let pid = holder.pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("unknown"));
+        let pid_field = holder.pid.map(serde_json::Value::from).unwrap_or(serde_json::Value::Null);
+        if holder_role == Some(Role::Migrate.as_str()) {
+            // A supervisor must not lose the daemon to a migration: wait for it, bounded.
+            if !announced_wait {
+                events::info("lock.waiting", "Waiting for homerd migrate to finish")
+                    .field("holder_pid", pid_field.clone())
+                    .field("path", path.display().to_string())
+                    .emit();
+                announced_wait = true;
+            }
+            if started.elapsed() > ctx.config.migrate_wait {
+                return Err(Error::Busy(format!(
+                    "homerd migrate (PID {pid}) still holds {} after migrate_wait; try again when it is done",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(LOCK_POLL);
+            continue;
+        }
+        if role == Role::Migrate {
+            return Err(Error::Busy(format!(
+                "a homerd daemon (PID {pid}) holds {}; stop it first (the daemon applies migrations itself when it starts)",
+                path.display()
+            )));
+        }
+        events::warn("lock.busy", "Another Homer instance is running. Exiting cleanly.")
+            .field("holder_pid", pid_field)
+            .field("path", path.display().to_string())
+            .emit();
+        return Ok(None);
+    }
+}
+
+/// Whether the file's diagnostics were written by the process holding the lock now
+/// (and not left over from an earlier holder).
+fn diagnostics_describe_holder(holder: &Holder) -> bool {
+    let d = &holder.diagnostics;
+    let Some(dpid) = d.pid() else { return false };
+    if let Some(kernel_pid) = holder.pid.filter(|_| cfg!(target_os = "linux")) {
+        return kernel_pid == dpid;
+    }
+    let id = ProcessIdentity {
+        pid: dpid,
+        host: d.get("host").unwrap_or_default().to_owned(),
+        boot_id: d.get("boot_id").unwrap_or_default().to_owned(),
+        start_time: d.get("start_time").and_then(|s| s.parse().ok()).unwrap_or(0),
+    };
+    identity::liveness(&id) == Liveness::Alive
+}
+
+/// The diagnostics a holder writes into its lock file.
+pub fn diagnostics(ctx: &Context, role: Role, epoch: i64) -> Diagnostics {
+    let me = identity::current();
+    let mut d = Diagnostics::default();
+    let mut put = |k: &str, v: String| {
+        d.0.insert(k.to_owned(), v);
+    };
+    put("pid", me.pid.to_string());
+    // SAFETY: getppid has no preconditions.
+    put("ppid", unsafe { libc::getppid() }.to_string());
+    put("host", me.host);
+    put("boot_id", me.boot_id);
+    put("start_time", me.start_time.to_string());
+    put("started_at", format_rfc3339(ctx.clock.now_ms()));
+    put("exe", std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default());
+    put("args", serde_json::to_string(&std::env::args().collect::<Vec<_>>()).unwrap_or_default());
+    put("version", env!("CARGO_PKG_VERSION").to_owned());
+    put("role", role.as_str().to_owned());
+    put("epoch", epoch.to_string());
+    put("database", ctx.paths.database.display().to_string());
+    d
+}
+
+/// An open, validated, migrated database whose epoch we hold.
+pub struct Leadership {
+    pub conn: Connection,
+    pub epoch: i64,
+    pub applied: Vec<&'static str>,
+}
+
+/// Opens (creating if missing) and validates the database, wins the leader row, applies
+/// pending migrations. Refusal is `Error::InUse`. `on_accepted(epoch)` runs as soon as
+/// the leader row has accepted us (before pending migrations): the caller writes its
+/// lock diagnostics there.
+pub fn open_and_lead(
+    ctx: &Context,
+    lock: &mut HeldLock,
+    role: Role,
+    on_accepted: &mut dyn FnMut(&mut HeldLock, i64) -> Result<()>,
+) -> Result<Leadership> {
+    let db = &ctx.paths.database;
+    let cfg = &ctx.config;
+    let home = db.parent().expect("database has a parent");
+    if !home.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home).map_err(|e| Error::io("create directory", home, e))?;
+    }
+    lock::check_filesystem(home, db)?;
+    if mutant::active(mutant::WRITES_BEFORE_VALIDATION) && db.exists() {
+        let _ = store::open_writer(db, cfg.busy_timeout, cfg.durability);
+    }
+    let mut state = schema::inspect(db, cfg.busy_timeout)?;
+    let mut applied = Vec::new();
+    if state == DbState::Missing {
+        if schema::create(db, &ctx.clock)? {
+            applied = MIGRATIONS.iter().map(|(n, _)| *n).collect();
+        }
+        state = schema::inspect(db, cfg.busy_timeout)?;
+    }
+    let mut conn = store::open_writer(db, cfg.busy_timeout, cfg.durability)?;
+    let (dev, ino) = lock.dev_ino();
+    let candidate = Candidate {
+        role: role.as_str(),
+        identity: identity::current(),
+        lock_path: lock.path().display().to_string(),
+        lock_dev: dev,
+        lock_ino: ino,
+    };
+    let epoch = if state.has_leader() {
+        let epoch = lead(&mut conn, &candidate, ctx)?;
+        on_accepted(lock, epoch)?;
+        applied.extend(schema::apply_pending(&mut conn, db, state.applied(), Some(epoch), &ctx.clock)?);
+        epoch
+    } else {
+        // No leader row yet (a database from before 009): nothing that follows the
+        // leader protocol can be using it. Migrate, then lead.
+        applied.extend(schema::apply_pending(&mut conn, db, state.applied(), None, &ctx.clock)?);
+        let epoch = lead(&mut conn, &candidate, ctx)?;
+        on_accepted(lock, epoch)?;
+        epoch
+    };
+    Ok(Leadership { conn, epoch, applied })
+}
+
+fn lead(conn: &mut Connection, candidate: &Candidate, ctx: &Context) -> Result<i64> {
+    match leader::become_leader(conn, candidate, ctx.config.stale_threshold, &ctx.clock)? {
+        Outcome::Accepted { epoch } => Ok(epoch),
+        Outcome::Refused { pid, lock_path, .. } => Err(Error::InUse { pid, lock_path }),
+    }
+}
+
+/// `homerd run`.
+pub fn run(ctx: Context) -> Result<i32> {
+    failpoint::announce();
+    let Some(mut lock) = acquire_lock(&ctx, Role::Daemon)? else { return Ok(exit::OK) };
+    if mutant::active(mutant::DIAGNOSTICS_BEFORE_LEADER) {
+        lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, 0))?;
+    }
+    let Leadership { conn, epoch, applied } = open_and_lead(&ctx, &mut lock, Role::Daemon, &mut |lock, epoch| {
+        lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch))
+    })?;
+    events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
+    events::info("lock.acquired", "Daemon lock acquired")
+        .field("path", lock.path().display().to_string())
+        .field("epoch", epoch)
+        .emit();
+    if !applied.is_empty() {
+        events::info("migrations.applied", "Migrations applied")
+            .field("count", applied.len())
+            .field("migrations", applied.join(","))
+            .emit();
+    }
+    events::info("daemon.active", "Daemon active")
+        .field("epoch", epoch)
+        .field("database", ctx.paths.database.display().to_string())
+        .field("version", env!("CARGO_PKG_VERSION"))
+        .emit();
+    let (writer, thread) = Writer::start(conn, epoch);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch));
+    thread.join();
+    result
+}
+
+enum Stop {
+    Signal(&'static str),
+    Fenced(String),
+}
+
+async fn supervise(ctx: &Context, lock: HeldLock, writer: Writer, epoch: i64) -> Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig = |kind| signal(kind).map_err(|e| Error::Internal(format!("signal handler: {e}")));
+    let mut sigterm = sig(SignalKind::terminate())?;
+    let mut sigint = sig(SignalKind::interrupt())?;
+    let mut heartbeat = tokio::time::interval(ctx.config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lock_check = tokio::time::interval(ctx.config.lock_check_interval);
+    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = LockWatch { held: lock, lost_since: None };
+    let stop = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = heartbeat.tick() => {
+                let clock = ctx.clock.clone();
+                match writer.call(Sync::Normal, move |tx| leader::heartbeat(tx, epoch, &clock)).await {
+                    Ok(true) => events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit(),
+                    Ok(false) | Err(WriteError::Fenced) => break Stop::Fenced(String::from("the leader row names a newer epoch")),
+                    Err(e) => events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
+                        .field("error", e.to_string())
+                        .emit(),
+                }
+            }
+            _ = lock_check.tick() => {
+                if let Err(reason) = watch.check(ctx, &writer, epoch).await {
+                    break Stop::Fenced(reason);
+                }
+            }
+        }
+    };
+    let LockWatch { held: lock, .. } = watch;
+    match stop {
+        Stop::Signal(name) => {
+            events::info("shutdown.begin", "Shutting down").field("signal", name).emit();
+            failpoint::hit("shutdown.before_release").map_err(|e| Error::io("shutdown", &ctx.paths.database, e))?;
+            let clock = ctx.clock.clone();
+            match writer.call(Sync::Full, move |tx| leader::release(tx, epoch, &clock)).await {
+                Ok(_) | Err(WriteError::Fenced) => {}
+                Err(e) => events::warn("daemon.release_failed", "Could not clear the leader row")
+                    .field("error", e.to_string())
+                    .emit(),
+            }
+            drop(writer.stop().await);
+            release_lock(lock);
+            Ok(exit::OK)
+        }
+        Stop::Fenced(reason) => {
+            events::error("daemon.fenced", "Fenced: another homerd holds this database's epoch; stopping")
+                .field("epoch", epoch)
+                .field("reason", reason.clone())
+                .emit();
+            drop(writer.stop().await);
+            release_lock(lock);
+            Err(Error::Fenced(reason))
+        }
+    }
+}
+
+/// The lock is released last: after the database is closed and the final log line.
+fn release_lock(lock: HeldLock) {
+    events::info("lock.released", "Daemon lock released").field("path", lock.path().display().to_string()).emit();
+    events::close_log_file();
+    drop(lock);
+}
+
+/// The periodic path-vs-fd re-check and in-place re-acquisition.
+struct LockWatch {
+    held: HeldLock,
+    lost_since: Option<Instant>,
+}
+
+impl LockWatch {
+    /// `Err(reason)`: fenced.
+    async fn check(&mut self, ctx: &Context, writer: &Writer, epoch: i64) -> std::result::Result<(), String> {
+        let state = self.held.check_path().unwrap_or(PathState::Missing);
+        if state == PathState::Same {
+            self.lost_since = None;
+            return Ok(());
+        }
+        if self.lost_since.is_none() {
+            self.lost_since = Some(Instant::now());
+            events::warn("lock.lost", "Lock file removed or replaced; re-acquiring in place")
+                .field("path", self.held.path().display().to_string())
+                .field("state", format!("{state:?}").to_lowercase())
+                .emit();
+        }
+        match self.reacquire(ctx, writer, epoch).await {
+            Ok(true) => {
+                self.lost_since = None;
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(reason) => return Err(reason),
+        }
+        let lost_for = self.lost_since.map(|t| t.elapsed()).unwrap_or_default();
+        if lost_for > ctx.config.stale_threshold {
+            return Err(format!(
+                "could not re-acquire {} for {} (stale_threshold)",
+                self.held.path().display(),
+                crate::config::format_duration(lost_for)
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok(true)`: re-acquired; `Ok(false)`: not yet (someone briefly holds the new file,
+    /// or an I/O error); `Err`: the epoch moved.
+    async fn reacquire(&mut self, ctx: &Context, writer: &Writer, epoch: i64) -> std::result::Result<bool, String> {
+        let path = self.held.path().to_owned();
+        let mut new = match lock::acquire(&path) {
+            Ok(Acquire::Held(new)) => new,
+            Ok(Acquire::Busy(holder)) => {
+                events::debug("lock.reacquire_busy", "New lock file briefly held by another start")
+                    .field("holder_pid", holder.pid.map(|p| p as i64).unwrap_or(-1))
+                    .emit();
+                return Ok(false);
+            }
+            Err(e) => {
+                events::warn("lock.reacquire_failed", "Could not re-acquire the lock file").field("error", e.to_string()).emit();
+                return Ok(false);
+            }
+        };
+        let (dev, ino) = new.dev_ino();
+        match writer.call(Sync::Full, move |tx| leader::update_lock_file(tx, epoch, dev, ino)).await {
+            Ok(true) => {}
+            Ok(false) | Err(WriteError::Fenced) => return Err(String::from("the epoch moved while the lock file was gone")),
+            Err(e) => {
+                events::warn("lock.reacquire_failed", "Could not record the new lock file").field("error", e.to_string()).emit();
+                return Ok(false);
+            }
+        }
+        if let Err(e) = new.write_diagnostics(&diagnostics(ctx, Role::Daemon, epoch)) {
+            events::warn("lock.reacquire_failed", "Could not write lock diagnostics").field("error", e.to_string()).emit();
+        }
+        self.held = new;
+        events::info("lock.reacquired", "Lock file re-acquired in place")
+            .field("path", path.display().to_string())
+            .field("epoch", epoch)
+            .emit();
+        Ok(true)
+    }
+}

@@ -1,0 +1,125 @@
+//! Typed errors at the library's edges and the documented exit codes they map to.
+//!
+//! Every variant carries the path (and operation) it is about, so `main` can print one
+//! lowercase line that names the file and what to do, and exit with a code from
+//! [`exit`]. The codes follow sysexits(3) where one fits.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Documented process exit codes (README "Exit codes"). Stable: supervisors and scripts
+/// key on them (systemd's `RestartPreventExitStatus=`, for one).
+pub mod exit {
+    /// Clean stop, or "another Homer instance is running" (a supervisor must not loop).
+    pub const OK: i32 = 0;
+    /// `homerd doctor` found a failing check.
+    pub const CHECK_FAILED: i32 = 1;
+    /// Bad command line (EX_USAGE).
+    pub const USAGE: i32 = 64;
+    /// Corrupt, zero-byte, foreign or newer database, changed migration (EX_DATAERR).
+    pub const DATA: i32 = 65;
+    /// The lock cannot be trusted here: network filesystem, flock unsupported or failing
+    /// in an unexpected way (EX_UNAVAILABLE). homerd fails closed.
+    pub const LOCK_UNSUPPORTED: i32 = 69;
+    /// A bug in homerd (EX_SOFTWARE).
+    pub const INTERNAL: i32 = 70;
+    /// Lock or database path is unsafe: a symlink, a directory, not a regular file
+    /// (EX_CANTCREAT).
+    pub const UNSAFE_PATH: i32 = 73;
+    /// Any other I/O error (EX_IOERR).
+    pub const IO: i32 = 74;
+    /// The database is in use by a live daemon through another lock path, or a daemon is
+    /// active and the command needs it stopped (EX_TEMPFAIL: try again later).
+    pub const IN_USE: i32 = 75;
+    /// This daemon lost its epoch to another one and stopped everything (EX_PROTOCOL).
+    pub const FENCED: i32 = 76;
+    /// Permission denied on the lock file, the database or their directory (EX_NOPERM).
+    pub const PERMISSION: i32 = 77;
+    /// Invalid configuration (EX_CONFIG).
+    pub const CONFIG: i32 = 78;
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("invalid configuration in {source_name}: `{key}`: {message}")]
+    Config { source_name: String, key: String, message: String },
+
+    #[error("{path}: {message}")]
+    Data { path: PathBuf, message: String },
+
+    #[error("{path}: {message}")]
+    UnsafePath { path: PathBuf, message: String },
+
+    #[error("{path}: {message}")]
+    LockUnsupported { path: PathBuf, message: String },
+
+    #[error("database in use by PID {pid} via lock file {lock_path}; stop that daemon or use the same lock file")]
+    InUse { pid: u32, lock_path: String },
+
+    #[error("{0}")]
+    Busy(String),
+
+    #[error("fenced: {0}")]
+    Fenced(String),
+
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+
+    #[error("{path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io { op, path: path.into(), source }
+    }
+
+    pub fn sqlite(path: impl Into<PathBuf>, source: rusqlite::Error) -> Error {
+        Error::Sqlite { path: path.into(), source }
+    }
+
+    pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
+        Error::Data { path: path.into(), message: message.into() }
+    }
+
+    /// The exit code `main` uses for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Config { .. } => exit::CONFIG,
+            Error::Data { .. } => exit::DATA,
+            Error::UnsafePath { .. } => exit::UNSAFE_PATH,
+            Error::LockUnsupported { .. } => exit::LOCK_UNSUPPORTED,
+            Error::InUse { .. } | Error::Busy(_) => exit::IN_USE,
+            Error::Fenced(_) => exit::FENCED,
+            Error::Io { source, .. } => io_exit_code(source),
+            Error::Sqlite { source, .. } => sqlite_exit_code(source),
+            Error::Internal(_) => exit::INTERNAL,
+        }
+    }
+}
+
+fn io_exit_code(e: &io::Error) -> i32 {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => exit::PERMISSION,
+        _ => exit::IO,
+    }
+}
+
+fn sqlite_exit_code(e: &rusqlite::Error) -> i32 {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::NotADatabase) | Some(C::DatabaseCorrupt) => exit::DATA,
+        Some(C::PermissionDenied) | Some(C::ReadOnly) | Some(C::CannotOpen) => exit::PERMISSION,
+        Some(C::DatabaseBusy) | Some(C::DatabaseLocked) => exit::IN_USE,
+        _ => exit::IO,
+    }
+}

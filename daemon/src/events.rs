@@ -1,0 +1,197 @@
+//! Structured events: every lifecycle step has a stable name (`lock.acquired`,
+//! `daemon.active`, ...) and a human message (the seed's log lines, e.g. "Daemon lock
+//! acquired"). Events go to stderr — JSON lines with `--log-format json`, human lines
+//! otherwise — and, for the lock holder only, to `<home>/logs/homer.log` once
+//! [`open_log_file`] is called (after the leader row accepted the start). A losing or
+//! refused start therefore never opens, creates or writes the log file.
+//!
+//! Colour only when stderr is a terminal and `NO_COLOR` is unset.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::{Map, Value};
+
+use crate::clock::{format_rfc3339, Clock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+struct Sink {
+    format: Format,
+    colour: bool,
+    clock: Clock,
+    file: Mutex<Option<File>>,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+fn sink() -> &'static Sink {
+    SINK.get_or_init(|| Sink { format: Format::Human, colour: false, clock: Clock::from_env(), file: Mutex::new(None) })
+}
+
+/// Configures the sink; the first call wins (later calls are ignored).
+pub fn init(format: Format) {
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = SINK.set(Sink { format, colour, clock: Clock::from_env(), file: Mutex::new(None) });
+}
+
+/// Starts copying events to the log file (append, created 0600 with its directory 0700).
+/// Only the lock holder calls this.
+pub fn open_log_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)?;
+    *sink().file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+    Ok(())
+}
+
+/// Stops writing to the log file (at shutdown, before the lock is released).
+pub fn close_log_file() {
+    if let Some(f) = sink().file.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = f.sync_all();
+    }
+}
+
+#[must_use = "call .emit()"]
+pub struct Event {
+    level: Level,
+    name: &'static str,
+    message: String,
+    fields: Map<String, Value>,
+}
+
+pub fn debug(name: &'static str, message: impl Into<String>) -> Event {
+    Event::new(Level::Debug, name, message)
+}
+pub fn info(name: &'static str, message: impl Into<String>) -> Event {
+    Event::new(Level::Info, name, message)
+}
+pub fn warn(name: &'static str, message: impl Into<String>) -> Event {
+    Event::new(Level::Warn, name, message)
+}
+pub fn error(name: &'static str, message: impl Into<String>) -> Event {
+    Event::new(Level::Error, name, message)
+}
+
+impl Event {
+    fn new(level: Level, name: &'static str, message: impl Into<String>) -> Event {
+        Event { level, name, message: message.into(), fields: Map::new() }
+    }
+
+    pub fn field(mut self, key: &str, value: impl Into<Value>) -> Event {
+        self.fields.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn emit(self) {
+        let sink = sink();
+        let ts = format_rfc3339(sink.clock.now_ms());
+        let json = self.to_json(&ts);
+        let human = self.to_human(&ts, false);
+        let line = match sink.format {
+            Format::Json => json.clone(),
+            Format::Human if sink.colour => self.to_human(&ts, true),
+            Format::Human => human.clone(),
+        };
+        // One write per line so concurrent writers never interleave within a line.
+        let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
+        let mut file = sink.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = file.as_mut() {
+            let text = if sink.format == Format::Json { json } else { human };
+            let _ = f.write_all(format!("{text}\n").as_bytes());
+        }
+    }
+
+    fn to_json(&self, ts: &str) -> String {
+        let mut obj = Map::new();
+        obj.insert("ts".into(), ts.into());
+        obj.insert("level".into(), self.level.as_str().into());
+        obj.insert("event".into(), self.name.into());
+        obj.insert("msg".into(), self.message.clone().into());
+        obj.insert("pid".into(), std::process::id().into());
+        for (k, v) in &self.fields {
+            obj.insert(k.clone(), v.clone());
+        }
+        Value::Object(obj).to_string()
+    }
+
+    fn to_human(&self, ts: &str, colour: bool) -> String {
+        let level = self.level.as_str().to_uppercase();
+        let level = if colour {
+            let code = match self.level {
+                Level::Debug => "2",
+                Level::Info => "32",
+                Level::Warn => "33",
+                Level::Error => "31",
+            };
+            format!("\x1b[{code}m{level:<5}\x1b[0m")
+        } else {
+            format!("{level:<5}")
+        };
+        let mut line = format!("{ts} {level} {} [{}]", self.message, self.name);
+        for (k, v) in &self.fields {
+            match v {
+                Value::String(s) => line.push_str(&format!(" {k}={s:?}")),
+                other => line.push_str(&format!(" {k}={other}")),
+            }
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_carries_name_message_and_fields() {
+        let e = info("lock.acquired", "Daemon lock acquired").field("path", "/x/homer.lock").field("epoch", 3);
+        let v: Value = serde_json::from_str(&e.to_json("T")).unwrap();
+        assert_eq!(v["event"], "lock.acquired");
+        assert_eq!(v["msg"], "Daemon lock acquired");
+        assert_eq!(v["path"], "/x/homer.lock");
+        assert_eq!(v["epoch"], 3);
+        assert_eq!(v["pid"], std::process::id());
+    }
+
+    #[test]
+    fn human_line_has_no_escape_codes_without_colour() {
+        let e = warn("lock.busy", "Another Homer instance is running. Exiting cleanly.").field("holder_pid", 7);
+        let line = e.to_human("T", false);
+        assert!(!line.contains('\x1b'));
+        assert!(line.contains("Another Homer instance is running. Exiting cleanly. [lock.busy] holder_pid=7"));
+        assert!(e.to_human("T", true).contains('\x1b'));
+    }
+}

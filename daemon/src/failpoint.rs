@@ -1,0 +1,173 @@
+//! Failpoints: named places where a test can stop, kill or fail the daemon.
+//!
+//! Compiled into every build and inert unless `HOMERD_FAILPOINTS` names some, e.g.
+//! `HOMERD_FAILPOINTS='lock.after_open=stop;migrate.mid_file=abort'`. Actions:
+//!
+//! - `stop`: emit `failpoint.hit`, then SIGSTOP ourselves (the harness sends SIGCONT);
+//! - `abort`: emit `failpoint.hit`, then SIGKILL ourselves (a crash at exactly that point);
+//! - `error` or `error(ENOLCK)` / `error(95)`: the operation fails with that errno (EIO
+//!   by default);
+//! - `sleep(ms)`: pause this thread.
+//!
+//! Armed failpoints are announced at startup (`failpoint.armed`), so a failpoint left in
+//! an environment by accident is visible in the log.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::events;
+
+pub const ENV: &str = "HOMERD_FAILPOINTS";
+
+/// Every failpoint homerd defines (documented in README "Failpoints").
+pub const KNOWN: &[&str] = &[
+    "lock.after_open",
+    "lock.after_flock",
+    "lock.flock_error",
+    "migrate.mid_file",
+    "epoch.before_bump",
+    "shutdown.before_release",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Stop,
+    Abort,
+    Error(i32),
+    Sleep(u64),
+}
+
+fn armed() -> &'static BTreeMap<String, Action> {
+    static ARMED: OnceLock<BTreeMap<String, Action>> = OnceLock::new();
+    ARMED.get_or_init(|| match std::env::var(ENV) {
+        Ok(spec) => parse(&spec).unwrap_or_else(|e| {
+            // Unparseable failpoints are a broken test setup: refuse loudly rather than
+            // run a test that silently does not inject its fault.
+            eprintln!("homerd: {ENV}: {e}");
+            std::process::exit(crate::error::exit::USAGE);
+        }),
+        Err(_) => BTreeMap::new(),
+    })
+}
+
+/// Parses `name=action;name=action`.
+pub fn parse(spec: &str) -> Result<BTreeMap<String, Action>, String> {
+    let mut out = BTreeMap::new();
+    for item in spec.split([';', ',']).map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, action) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}`: expected name=action"))?;
+        let name = name.trim();
+        if !KNOWN.contains(&name) && !name.starts_with("test.") && !extra_known(name) {
+            return Err(format!("unknown failpoint `{name}`; known: {}", all_known().join(", ")));
+        }
+        out.insert(name.to_owned(), parse_action(action.trim())?);
+    }
+    Ok(out)
+}
+
+fn extra_known(name: &str) -> bool {
+    EXTRA.contains(&name)
+}
+
+/// Failpoints added by later parts of the daemon (the job engine).
+const EXTRA: &[&str] = &[];
+
+fn all_known() -> Vec<&'static str> {
+    KNOWN.iter().chain(EXTRA.iter()).copied().collect()
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    let arg = |prefix: &str| s.strip_prefix(prefix).and_then(|r| r.strip_suffix(')'));
+    match s {
+        "stop" => Ok(Action::Stop),
+        "abort" => Ok(Action::Abort),
+        "error" => Ok(Action::Error(libc::EIO)),
+        _ => {
+            if let Some(ms) = arg("sleep(") {
+                return ms.trim().parse().map(Action::Sleep).map_err(|_| format!("`{s}`: bad milliseconds"));
+            }
+            if let Some(code) = arg("error(") {
+                return errno_by_name(code.trim())
+                    .or_else(|| code.trim().parse().ok())
+                    .map(Action::Error)
+                    .ok_or_else(|| format!("`{s}`: unknown errno"));
+            }
+            Err(format!("`{s}`: expected stop, abort, error, error(ERRNO) or sleep(MS)"))
+        }
+    }
+}
+
+fn errno_by_name(name: &str) -> Option<i32> {
+    Some(match name {
+        "EIO" => libc::EIO,
+        "ENOLCK" => libc::ENOLCK,
+        "ENOTSUP" | "EOPNOTSUPP" => libc::ENOTSUP,
+        "EINVAL" => libc::EINVAL,
+        "EACCES" => libc::EACCES,
+        "ENOSPC" => libc::ENOSPC,
+        "EBADF" => libc::EBADF,
+        _ => return None,
+    })
+}
+
+/// Announces armed failpoints (called once the event sink is configured).
+pub fn announce() {
+    let armed = armed();
+    if !armed.is_empty() {
+        let list: Vec<String> = armed.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        events::warn("failpoint.armed", "Failpoints armed (test build hooks)")
+            .field("failpoints", list.join(";"))
+            .emit();
+    }
+}
+
+/// Runs the failpoint `name` if armed. `Ok(())` when inert.
+pub fn hit(name: &'static str) -> io::Result<()> {
+    debug_assert!(all_known().contains(&name) || name.starts_with("test."), "undeclared failpoint {name}");
+    let Some(action) = armed().get(name) else { return Ok(()) };
+    events::warn("failpoint.hit", "Failpoint hit").field("failpoint", name).emit();
+    match action {
+        Action::Stop => {
+            // SAFETY: raising a signal on ourselves has no memory-safety preconditions.
+            unsafe { libc::raise(libc::SIGSTOP) };
+            Ok(())
+        }
+        Action::Abort => {
+            // SAFETY: as above; SIGKILL does not return.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("SIGKILL to self returned")
+        }
+        Action::Error(errno) => Err(io::Error::from_raw_os_error(*errno)),
+        Action::Sleep(ms) => {
+            std::thread::sleep(Duration::from_millis(*ms));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_action() {
+        let m = parse("lock.after_open=stop; lock.flock_error=error(ENOLCK),migrate.mid_file=abort;epoch.before_bump=sleep(25);shutdown.before_release=error").unwrap();
+        assert_eq!(m["lock.after_open"], Action::Stop);
+        assert_eq!(m["lock.flock_error"], Action::Error(libc::ENOLCK));
+        assert_eq!(m["migrate.mid_file"], Action::Abort);
+        assert_eq!(m["epoch.before_bump"], Action::Sleep(25));
+        assert_eq!(m["shutdown.before_release"], Action::Error(libc::EIO));
+    }
+
+    #[test]
+    fn rejects_unknown_names_and_actions() {
+        assert!(parse("lock.no_such_point=stop").unwrap_err().contains("unknown failpoint"));
+        assert!(parse("lock.after_open=explode").is_err());
+        assert!(parse("lock.after_open").is_err());
+        assert!(parse("lock.after_open=sleep(x)").is_err());
+        assert!(parse("lock.after_open=error(EWHAT)").is_err());
+    }
+}

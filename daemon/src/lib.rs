@@ -1,0 +1,19 @@
+//! homerd: a local job daemon that never runs twice and never loses or double-runs a job.
+//!
+//! See ARCHITECTURE.md for the map. Module ownership of dangerous primitives:
+//! `lock` owns `flock`, `store` owns SQL, `identity` owns process identity.
+
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod events;
+pub mod failpoint;
+pub mod fstype;
+pub mod identity;
+pub mod lock;
+pub mod mutant;
+pub mod paths;
+pub mod store;

@@ -1,0 +1,42 @@
+//! Named mutants: one safety mechanism switched off at runtime, to prove a test catches
+//! its absence.
+//!
+//! Only compiled in with the non-default `mutants` cargo feature; then
+//! `HOMERD_MUTANT=<name>` selects one (one build serves every mutant). In a normal build
+//! [`active`] is a constant `false` and the checks fold away.
+
+/// Mutant names (the harness and `cargo xtask mutants` refer to these strings).
+pub const LOCK_NO_CLOEXEC: &str = "lock_no_cloexec";
+pub const LOCK_NO_INODE_RECHECK: &str = "lock_no_inode_recheck";
+pub const LOCK_TRUNCATE_BEFORE_LOCK: &str = "lock_truncate_before_lock";
+pub const DIAGNOSTICS_BEFORE_LEADER: &str = "diagnostics_before_leader";
+pub const NO_LEADER_REFUSAL: &str = "no_leader_refusal";
+pub const NO_EPOCH_GUARD: &str = "no_epoch_guard";
+pub const WRITES_BEFORE_VALIDATION: &str = "writes_before_validation";
+pub const NO_BUSY_TIMEOUT: &str = "no_busy_timeout";
+
+pub const ALL: &[&str] = &[
+    LOCK_NO_CLOEXEC,
+    LOCK_NO_INODE_RECHECK,
+    LOCK_TRUNCATE_BEFORE_LOCK,
+    DIAGNOSTICS_BEFORE_LEADER,
+    NO_LEADER_REFUSAL,
+    NO_EPOCH_GUARD,
+    WRITES_BEFORE_VALIDATION,
+    NO_BUSY_TIMEOUT,
+];
+
+/// Whether mutant `name` is selected in this process.
+#[cfg(feature = "mutants")]
+pub fn active(name: &str) -> bool {
+    use std::sync::OnceLock;
+    static SELECTED: OnceLock<Option<String>> = OnceLock::new();
+    SELECTED.get_or_init(|| std::env::var("HOMERD_MUTANT").ok()).as_deref() == Some(name)
+}
+
+/// Whether mutant `name` is selected in this process (never, in this build).
+#[cfg(not(feature = "mutants"))]
+#[inline(always)]
+pub fn active(_name: &str) -> bool {
+    false
+}

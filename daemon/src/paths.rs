@@ -1,0 +1,53 @@
+//! Where things live. One home holds the database, the default lock file and the logs,
+//! so one database has one default lock path (the original daemon's lock followed
+//! `$HOME` while its database did not).
+//!
+//! Home: `--home` / `HOMER_HOME`; otherwise macOS `~/Library/Application Support/Homer`
+//! (the seed's lock directory), Linux `$XDG_DATA_HOME/homer` or `~/.local/share/homer`.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub home: PathBuf,
+    pub database: PathBuf,
+    pub lock_file: PathBuf,
+    pub logs: PathBuf,
+    pub log_file: PathBuf,
+    pub default_config: PathBuf,
+}
+
+impl Paths {
+    pub fn new(home: Option<PathBuf>, lock_file: Option<PathBuf>) -> Paths {
+        let home = home.unwrap_or_else(default_home);
+        let home = absolute(&home);
+        let logs = home.join("logs");
+        Paths {
+            database: home.join("homer.db"),
+            lock_file: lock_file.map(|p| absolute(&p)).unwrap_or_else(|| home.join("homer.lock")),
+            log_file: logs.join("homer.log"),
+            default_config: home.join("homerd.toml"),
+            logs,
+            home,
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_owned())
+    }
+}
+
+fn default_home() -> PathBuf {
+    let user_home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    if cfg!(target_os = "macos") {
+        return user_home.join("Library/Application Support/Homer");
+    }
+    match std::env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
+        Some(xdg) if xdg.is_absolute() => xdg.join("homer"),
+        _ => user_home.join(".local/share/homer"),
+    }
+}

@@ -1,0 +1,49 @@
+//! All SQL lives under this module: schema validation and migrations ([`schema`]), the
+//! leader row and epoch ([`leader`]), the single writer ([`writer`]) and the read-only
+//! queries behind `status` and `doctor` ([`read`]).
+//!
+//! Architecture invariant: no other module prepares or executes SQL. Daemon writes go
+//! through [`writer::Writer`], whose transactions check the epoch first.
+
+pub mod leader;
+pub mod read;
+pub mod schema;
+pub mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::Durability;
+use crate::error::{Error, Result};
+use crate::mutant;
+
+/// Opens an existing database read-write (never creates it) with the daemon's pragmas.
+pub fn open_writer(path: &Path, busy_timeout: Duration, durability: Durability) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(path, e))?;
+    configure(&conn, busy_timeout).map_err(|e| Error::sqlite(path, e))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| Error::sqlite(path, e))?;
+    let sync = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(|e| Error::sqlite(path, e))?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only: never creates, never migrates, never writes.
+pub fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(path, e))?;
+    configure(&conn, busy_timeout).map_err(|e| Error::sqlite(path, e))?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    let timeout = if mutant::active(mutant::NO_BUSY_TIMEOUT) { Duration::ZERO } else { busy_timeout };
+    conn.busy_timeout(timeout)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Read-only queries for `status`, `doctor` and `backup`. They run on reader
+//! connections (WAL readers never block the writer, nor wait for it) and tolerate older
+//! schemas where `doctor` needs to report rather than refuse.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::leader::{self, LeaderRow};
+
+pub const STATUSES: &[&str] = &["pending", "running", "completed", "failed", "cancelled"];
+
+/// Job counts per status (every status present, zero if none).
+pub fn job_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
+    let mut counts: BTreeMap<String, i64> = STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM job_queue GROUP BY status")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (status, n) = row?;
+        counts.insert(status, n);
+    }
+    Ok(counts)
+}
+
+pub fn table_exists(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+}
+
+pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let cols = stmt.query_map([table], |r| r.get(0))?.collect();
+    cols
+}
+
+/// The leader row, if the schema has one.
+pub fn leader_row(conn: &Connection) -> rusqlite::Result<Option<LeaderRow>> {
+    if !table_exists(conn, "leader")? {
+        return Ok(None);
+    }
+    leader::read(conn).map(Some)
+}
+
+/// Names of applied migrations, in order.
+pub fn applied_migrations(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    if !table_exists(conn, "_migrations")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT name FROM _migrations ORDER BY name")?;
+    let names = stmt.query_map([], |r| r.get(0))?.collect();
+    names
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningJob {
+    pub id: i64,
+    pub lane: String,
+    pub kind: String,
+    pub locked_by: Option<String>,
+    pub heartbeat_at: Option<i64>,
+    pub claim_epoch: Option<i64>,
+}
+
+/// Jobs in `running`, with what is known of their owner. Needs migration 006.
+pub fn running_jobs(conn: &Connection) -> rusqlite::Result<Vec<RunningJob>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, lane, kind, locked_by, heartbeat_at, claim_epoch
+         FROM job_queue WHERE status = 'running' ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(RunningJob {
+                id: r.get(0)?,
+                lane: r.get(1)?,
+                kind: r.get(2)?,
+                locked_by: r.get(3)?,
+                heartbeat_at: r.get(4)?,
+                claim_epoch: r.get(5)?,
+            })
+        })?
+        .collect();
+    rows
+}
+
+/// Online backup: one consistent snapshot of `src` copied to `dest` (which must not
+/// exist yet; the caller renames a temp file into place).
+pub fn backup_to(src: &Connection, dest: &Path) -> rusqlite::Result<()> {
+    let mut out = Connection::open(dest)?;
+    {
+        let backup = rusqlite::backup::Backup::new(src, &mut out)?;
+        // All pages in one step: one read transaction, so the copy is one snapshot even
+        // while the daemon keeps writing. Busy/Locked can only be transient here (a WAL
+        // reader is never blocked for long); retry within a bound.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(failure("backup kept being blocked for 30 s"))
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    }
+    // The copy is a standalone file: leave it in rollback-journal mode, then verify it.
+    out.pragma_update(None, "journal_mode", "DELETE")?;
+    let ok: String = out.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if ok != "ok" {
+        return Err(failure(&format!("backup failed its integrity check: {ok}")));
+    }
+    out.close().map_err(|(_, e)| e)
+}
+
+fn failure(msg: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR), Some(msg.to_owned()))
+}

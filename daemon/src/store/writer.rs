@@ -1,0 +1,227 @@
+//! The single writer: one connection on one thread, batching every queued operation into
+//! one `BEGIN IMMEDIATE` transaction (group commit) whose first statement checks that the
+//! leader epoch is still ours. If it is not, no operation in the batch runs and every
+//! caller gets [`WriteError::Fenced`].
+//!
+//! Each operation runs inside its own savepoint, so one failing operation is rolled back
+//! alone and the rest of the batch still commits. Operations marked
+//! [`Sync::Full`] (acknowledgements) make the whole batch commit with
+//! `synchronous=FULL`.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::leader;
+
+/// Operations taken into one transaction at most.
+const MAX_BATCH: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sync {
+    /// `synchronous=NORMAL` (durable across process crashes; heartbeats, claims).
+    Normal,
+    /// `synchronous=FULL` (durable across power loss; acknowledgements).
+    Full,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("fenced: the database's epoch is no longer ours")]
+    Fenced,
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the writer has stopped")]
+    Closed,
+}
+
+trait Op: Send {
+    fn sync(&self) -> Sync;
+    fn apply(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()>;
+    fn finish(self: Box<Self>, outcome: Result<(), WriteError>);
+}
+
+struct TypedOp<R, F> {
+    sync: Sync,
+    f: Option<F>,
+    value: Option<R>,
+    reply: oneshot::Sender<Result<R, WriteError>>,
+}
+
+impl<R, F> Op for TypedOp<R, F>
+where
+    R: Send,
+    F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send,
+{
+    fn sync(&self) -> Sync {
+        self.sync
+    }
+
+    fn apply(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        let f = self.f.take().expect("op applied once");
+        self.value = Some(f(tx)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: Result<(), WriteError>) {
+        let TypedOp { value, reply, .. } = *self;
+        let _ = reply.send(outcome.map(|()| value.expect("applied op has a value")));
+    }
+}
+
+enum Msg {
+    Op(Box<dyn Op>),
+    Stop(oneshot::Sender<Connection>),
+}
+
+/// Handle to the writer thread. Cloneable; [`Writer::stop`] returns the connection.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+}
+
+pub struct WriterThread {
+    handle: JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`, guarding every transaction with `epoch`.
+    pub fn start(conn: Connection, epoch: i64) -> (Writer, WriterThread) {
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name(String::from("homerd-writer"))
+            .spawn(move || run(conn, epoch, rx))
+            .expect("spawn writer thread");
+        (Writer { tx }, WriterThread { handle })
+    }
+
+    fn submit<R, F>(&self, sync: Sync, f: F) -> oneshot::Receiver<Result<R, WriteError>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let op = Box::new(TypedOp { sync, f: Some(f), value: None, reply });
+        if let Err(mpsc::SendError(Msg::Op(op))) = self.tx.send(Msg::Op(op)) {
+            op.finish(Err(WriteError::Closed));
+        }
+        rx
+    }
+
+    /// Queues `f` and waits for its batch to commit.
+    pub async fn call<R, F>(&self, sync: Sync, f: F) -> Result<R, WriteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
+    {
+        self.submit(sync, f).await.unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// Blocking form of [`Writer::call`] for code outside the async runtime.
+    pub fn call_blocking<R, F>(&self, sync: Sync, f: F) -> Result<R, WriteError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
+    {
+        self.submit(sync, f).blocking_recv().unwrap_or(Err(WriteError::Closed))
+    }
+
+    /// Stops the thread after the operations already queued; returns the connection.
+    pub async fn stop(&self) -> Option<Connection> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Stop(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+impl WriterThread {
+    pub fn join(self) {
+        let _ = self.handle.join();
+    }
+}
+
+fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
+    let mut current_sync = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch: Vec<Box<dyn Op>> = Vec::new();
+        let mut stop = None;
+        match first {
+            Msg::Op(op) => batch.push(op),
+            Msg::Stop(reply) => stop = Some(reply),
+        }
+        while stop.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Op(op)) => batch.push(op),
+                Ok(Msg::Stop(reply)) => stop = Some(reply),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit_batch(&mut conn, epoch, batch, &mut current_sync);
+        }
+        if let Some(reply) = stop {
+            let _ = reply.send(conn);
+            return;
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, current: &mut Option<Sync>) {
+    let wanted = batch.iter().map(|op| op.sync()).max().unwrap_or(Sync::Normal);
+    if *current != Some(wanted) {
+        let value = if wanted == Sync::Full { "FULL" } else { "NORMAL" };
+        if let Err(e) = conn.pragma_update(None, "synchronous", value) {
+            return fail_all(batch, e);
+        }
+        *current = Some(wanted);
+    }
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch, e),
+    };
+    match leader::check_epoch(&tx, epoch) {
+        Ok(true) => {}
+        Ok(false) => {
+            drop(tx);
+            batch.into_iter().for_each(|op| op.finish(Err(WriteError::Fenced)));
+            return;
+        }
+        Err(e) => {
+            drop(tx);
+            return fail_all(batch, e);
+        }
+    }
+    let mut outcomes: Vec<Result<(), WriteError>> = Vec::with_capacity(batch.len());
+    for op in batch.iter_mut() {
+        let result = tx.execute_batch("SAVEPOINT op").and_then(|()| match op.apply(&tx) {
+            Ok(()) => tx.execute_batch("RELEASE op"),
+            Err(e) => {
+                tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+                Err(e)
+            }
+        });
+        outcomes.push(result.map_err(WriteError::from));
+    }
+    match tx.commit() {
+        Ok(()) => batch.into_iter().zip(outcomes).for_each(|(op, o)| op.finish(o)),
+        Err(e) => fail_all(batch, e),
+    }
+}
+
+fn fail_all(batch: Vec<Box<dyn Op>>, e: rusqlite::Error) {
+    let msg = e.to_string();
+    let raw = match &e {
+        rusqlite::Error::SqliteFailure(err, _) => Some(err.extended_code),
+        _ => None,
+    };
+    for op in batch {
+        // rusqlite::Error is not Clone; every op gets an equivalent error.
+        let err = match raw {
+            Some(code) => rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(msg.clone())),
+            None => rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR), Some(msg.clone())),
+        };
+        op.finish(Err(WriteError::Sqlite(err)));
+    }
+}
