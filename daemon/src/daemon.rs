@@ -174,6 +174,12 @@ pub fn open_and_lead(
         let _ = store::open_writer(db, cfg.busy_timeout, cfg.durability);
     }
     let mut state = schema::inspect(db, cfg.busy_timeout)?;
+    if !state.has_leader() {
+        // No leader row yet (a new database, or one from before 009): nothing can refuse
+        // this start, so it is accepted at the flock. Writing diagnostics now lets a
+        // start that loses to a long `homerd migrate` see the role and wait for it.
+        on_accepted(lock, 0)?;
+    }
     let mut applied = Vec::new();
     if state == DbState::Missing {
         if schema::create(db, &ctx.clock)? {
@@ -189,6 +195,7 @@ pub fn open_and_lead(
         lock_path: lock.path().display().to_string(),
         lock_dev: dev,
         lock_ino: ino,
+        stale: cfg.stale_threshold,
     };
     let epoch = if state.has_leader() {
         let epoch = lead(&mut conn, &candidate, ctx)?;
@@ -217,6 +224,13 @@ fn lead(conn: &mut Connection, candidate: &Candidate, ctx: &Context) -> Result<i
 pub fn run(ctx: Context) -> Result<i32> {
     failpoint::announce();
     let Some(mut lock) = acquire_lock(&ctx, Role::Daemon)? else { return Ok(exit::OK) };
+    // From here on a SIGTERM/SIGINT must be graceful, even during startup: register the
+    // handlers now; the supervise loop sees a signal that arrived meanwhile at once.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+    let signals = runtime.block_on(async { Signals::register() })?;
     if mutant::active(mutant::DIAGNOSTICS_BEFORE_LEADER) {
         lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, 0))?;
     }
@@ -240,11 +254,7 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
     let (writer, thread) = Writer::start(conn, epoch);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch));
+    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, signals));
     thread.join();
     result
 }
@@ -254,15 +264,31 @@ enum Stop {
     Fenced(String),
 }
 
-async fn supervise(ctx: &Context, lock: HeldLock, writer: Writer, epoch: i64) -> Result<i32> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let sig = |kind| signal(kind).map_err(|e| Error::Internal(format!("signal handler: {e}")));
-    let mut sigterm = sig(SignalKind::terminate())?;
-    let mut sigint = sig(SignalKind::interrupt())?;
-    let mut heartbeat = tokio::time::interval(ctx.config.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lock_check = tokio::time::interval(ctx.config.lock_check_interval);
-    lock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// SIGTERM and SIGINT, registered once the lock is held.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let sig = |kind| signal(kind).map_err(|e| Error::Internal(format!("signal handler: {e}")));
+        Ok(Signals { term: sig(SignalKind::terminate())?, int: sig(SignalKind::interrupt())? })
+    }
+}
+
+async fn supervise(ctx: &Context, lock: HeldLock, writer: Writer, epoch: i64, signals: Signals) -> Result<i32> {
+    let Signals { term: mut sigterm, int: mut sigint } = signals;
+    // The leader row was just written and the lock just verified: the first refresh and
+    // the first re-check are one period away, not immediate (tokio's `interval` default).
+    let every = |period: Duration| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let mut heartbeat = every(ctx.config.heartbeat_interval);
+    let mut lock_check = every(ctx.config.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None };
     let stop = loop {
         tokio::select! {

@@ -31,6 +31,8 @@ pub struct LeaderRow {
     pub acquired_at: Option<i64>,
     pub seen_at: Option<i64>,
     pub seen_mono: Option<i64>,
+    /// The stale threshold the holder runs with.
+    pub stale_ms: Option<i64>,
 }
 
 /// How the row's holder looks from here.
@@ -47,8 +49,18 @@ pub enum HolderState {
 }
 
 impl LeaderRow {
-    /// Judges the holder against `stale`, with the current process excluded.
-    pub fn holder_state(&self, clock: &Clock, stale: Duration) -> HolderState {
+    /// The holder's own stale threshold, or `fallback` if the row has none.
+    pub fn stale_threshold(&self, fallback: Duration) -> Duration {
+        self.stale_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)).unwrap_or(fallback)
+    }
+
+    /// Judges the holder by its own stale threshold (`fallback` if it recorded none).
+    pub fn holder_state(&self, clock: &Clock, fallback: Duration) -> HolderState {
+        self.judge(clock, self.stale_threshold(fallback))
+    }
+
+    /// Judges the holder against an explicit threshold.
+    pub fn judge(&self, clock: &Clock, stale: Duration) -> HolderState {
         let Some(holder) = &self.holder else { return HolderState::None };
         let pid = holder.pid;
         match identity::liveness(holder) {
@@ -80,7 +92,7 @@ impl LeaderRow {
 pub fn read(conn: &Connection) -> rusqlite::Result<LeaderRow> {
     conn.query_row(
         "SELECT epoch, role, pid, host, boot_id, start_time, lock_path, lock_dev, lock_ino,
-                acquired_at, seen_at, seen_mono
+                acquired_at, seen_at, seen_mono, stale_ms
          FROM leader WHERE id = 1",
         [],
         |r| {
@@ -104,6 +116,7 @@ pub fn read(conn: &Connection) -> rusqlite::Result<LeaderRow> {
                 acquired_at: r.get(9)?,
                 seen_at: r.get(10)?,
                 seen_mono: r.get(11)?,
+                stale_ms: r.get(12)?,
             })
         },
     )
@@ -117,6 +130,8 @@ pub struct Candidate {
     pub lock_path: String,
     pub lock_dev: u64,
     pub lock_ino: u64,
+    /// Our stale threshold, recorded for observers.
+    pub stale: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +150,10 @@ pub fn become_leader(conn: &mut Connection, me: &Candidate, stale: Duration, clo
     let result = (|| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlerr)?;
         let row = read(&tx).map_err(sqlerr)?;
-        if let HolderState::Active { pid, .. } = row.holder_state(clock, stale) {
+        // Judge the holder by the longer of its threshold and ours: refusing a little too
+        // long is a retry; taking over too early is two daemons.
+        let stale = stale.max(row.stale_threshold(Duration::ZERO));
+        if let HolderState::Active { pid, .. } = row.judge(clock, stale) {
             let is_me = row.holder.as_ref() == Some(&me.identity);
             if !is_me && !mutant::active(mutant::NO_LEADER_REFUSAL) {
                 return Ok(Outcome::Refused { pid, lock_path: row.lock_path.unwrap_or_default(), role: row.role });
@@ -147,7 +165,7 @@ pub fn become_leader(conn: &mut Connection, me: &Candidate, stale: Duration, clo
             .query_row(
                 "UPDATE leader SET epoch = epoch + 1, role = ?1, pid = ?2, host = ?3, boot_id = ?4,
                         start_time = ?5, lock_path = ?6, lock_dev = ?7, lock_ino = ?8,
-                        acquired_at = ?9, seen_at = ?9, seen_mono = ?10
+                        acquired_at = ?9, seen_at = ?9, seen_mono = ?10, stale_ms = ?11
                  WHERE id = 1 RETURNING epoch",
                 params![
                     me.role,
@@ -160,6 +178,7 @@ pub fn become_leader(conn: &mut Connection, me: &Candidate, stale: Duration, clo
                     me.lock_ino as i64,
                     now,
                     clock.mono_ms(),
+                    me.stale.as_millis() as i64,
                 ],
                 |r| r.get(0),
             )

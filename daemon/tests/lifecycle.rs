@@ -1,0 +1,352 @@
+//! Process-level tests of the single-instance protocol with real `homerd` processes,
+//! real signals and real files (PITFALLS 1-3, 5-7, 19; DESIGN.md Lock and Leader row).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend_from_slice(extra);
+    let mut d = sb.start(&args);
+    d.wait_event("daemon.active");
+    d
+}
+
+/// PITFALLS 1: a second start exits 0 at once with the message and the holder's PID,
+/// and changes nothing: not a byte of the lock file, not a line of the log.
+#[test]
+fn dual_start_exits_cleanly_and_touches_nothing() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    let lock_before = bytes(&sb.lock());
+    let lock_mtime = std::fs::metadata(sb.lock()).unwrap().modified().unwrap();
+    let home_before = listing(&sb.home());
+
+    let mut c = sb.cmd();
+    c.arg("run").args(FAST);
+    let out = run_bounded(c, deadline(10.0));
+    eprintln!("second start exited after {:?}", out.elapsed);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let busy = out.event("lock.busy").unwrap_or_else(|| panic!("no lock.busy: {}", out.stderr));
+    assert_eq!(busy["msg"], "Another Homer instance is running. Exiting cleanly.");
+    assert_eq!(busy["holder_pid"], a.pid());
+    assert!(out.elapsed < deadline(1.0), "second start took {:?}", out.elapsed);
+    assert!(out.event("lock.acquired").is_none());
+
+    assert_eq!(bytes(&sb.lock()), lock_before, "lock file bytes changed");
+    assert_eq!(std::fs::metadata(sb.lock()).unwrap().modified().unwrap(), lock_mtime);
+    assert_eq!(listing(&sb.home()), home_before);
+    let second_pid = busy["pid"].as_u64().unwrap();
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit().success());
+    let log = String::from_utf8(bytes(&sb.log())).unwrap();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_ne!(v["pid"].as_u64(), Some(second_pid), "log has a line from the losing start: {line}");
+    }
+    assert!(!log.contains("Another Homer instance"));
+}
+
+/// Human output (the default) names the holder's PID too.
+#[test]
+fn dual_start_human_message_names_the_pid() {
+    let sb = Sandbox::new();
+    let a = {
+        let mut a = active(&sb, &[]);
+        a.wait_event("daemon.active");
+        a
+    };
+    let mut c = sb.cmd();
+    c.env("HOMER_LOG_FORMAT", "human").arg("run");
+    let out = run_bounded(c, deadline(10.0));
+    assert_eq!(out.code, Some(0));
+    assert!(out.stderr.contains("Another Homer instance is running. Exiting cleanly."), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("holder_pid={}", a.pid())), "{}", out.stderr);
+    assert!(!out.stderr.contains('\x1b'), "colour without a terminal");
+}
+
+/// PITFALLS 2: 16 starts at once, exactly one holder; the rest exit 0.
+#[test]
+fn sixteen_way_start_race_has_one_winner() {
+    let sb = Sandbox::new();
+    let mut daemons: Vec<Daemon> = (0..16).map(|_| sb.start(FAST)).collect();
+    let mut winners = Vec::new();
+    for d in daemons.iter_mut() {
+        let v = d.wait_for("daemon.active or lock.busy", deadline(30.0), |v| {
+            v["event"] == "daemon.active" || v["event"] == "lock.busy"
+        });
+        if v["event"] == "daemon.active" {
+            winners.push(d.pid());
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    for d in daemons.iter_mut().filter(|d| !winners.contains(&d.pid())) {
+        let st = d.wait_exit();
+        assert_eq!(st.code(), Some(0), "{}", d.dump());
+        assert!(!d.has_event("lock.acquired"));
+    }
+    let st = status_json(&sb);
+    assert_eq!(st["daemon"]["pid"], winners[0]);
+    assert_eq!(st["daemon"]["epoch"], 1, "losers must not bump the epoch");
+}
+
+/// PITFALLS 3: kill -9 releases the lock; a restart right after succeeds, with a new
+/// epoch. A dead PID left in the lock file does not block it either.
+#[test]
+fn kill_9_then_immediate_restart() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    a.signal(libc::SIGKILL);
+    let st = a.wait_exit();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL));
+    let restarted = Instant::now();
+    let mut b = active(&sb, &[]);
+    eprintln!("restart to daemon.active: {:?}", restarted.elapsed());
+    let ev = b.wait_event("daemon.active");
+    assert_eq!(ev["epoch"], 2);
+    let diag = String::from_utf8(bytes(&sb.lock())).unwrap();
+    assert!(diag.contains(&format!("pid={}", b.pid())), "{diag}");
+}
+
+/// A live, unrelated PID written into an unlocked lock file does not block a start.
+#[test]
+fn stale_pid_in_unlocked_file_does_not_block() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.home()).unwrap();
+    std::fs::write(sb.lock(), format!("pid={}\nrole=daemon\n", std::process::id())).unwrap();
+    let b = active(&sb, &[]);
+    let diag = String::from_utf8(bytes(&sb.lock())).unwrap();
+    assert!(diag.contains(&format!("pid={}", b.pid())), "{diag}");
+}
+
+/// PITFALLS 6: the lock file removed while running is re-acquired in place; a start
+/// afterwards still finds the daemon.
+#[test]
+fn removed_lock_file_is_reacquired_in_place() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    std::fs::remove_file(sb.lock()).unwrap();
+    a.wait_event("lock.lost");
+    a.wait_event("lock.reacquired");
+    let diag = String::from_utf8(bytes(&sb.lock())).unwrap();
+    assert!(diag.contains(&format!("pid={}", a.pid())), "re-acquired file lacks diagnostics: {diag}");
+    let out = sb.run(&["run"]);
+    assert_eq!(out.code, Some(0));
+    assert_eq!(out.event("lock.busy").expect("busy")["holder_pid"], a.pid());
+}
+
+/// PITFALLS 6, `mv` over the file: also re-acquired.
+#[test]
+fn replaced_lock_file_is_reacquired_in_place() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    let other = sb.home().join("other");
+    std::fs::write(&other, "pid=1\n").unwrap();
+    std::fs::rename(&other, sb.lock()).unwrap();
+    let lost = a.wait_event("lock.lost");
+    assert_eq!(lost["state"], "replaced");
+    a.wait_event("lock.reacquired");
+    let diag = String::from_utf8(bytes(&sb.lock())).unwrap();
+    assert!(diag.contains(&format!("pid={}", a.pid())), "{diag}");
+}
+
+/// PITFALLS 6, the window before the re-check: a start that locks the fresh file is
+/// refused by the leader row, writes nothing and bumps nothing.
+#[test]
+fn start_in_the_deleted_lock_window_is_refused_by_the_leader_row() {
+    let sb = Sandbox::new();
+    let a = active(&sb, &["--set", "lock_check_interval=1h"]);
+    std::fs::remove_file(sb.lock()).unwrap();
+    let out = sb.run(&["run"]);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    let err = out.event("daemon.error").expect("daemon.error");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains(&format!("database in use by PID {} via lock file {}", a.pid(), sb.lock().display())), "{msg}");
+    assert_eq!(bytes(&sb.lock()), b"", "refused start wrote diagnostics");
+    assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
+}
+
+/// DESIGN.md Leader row: a second daemon through another lock path is refused (own exit
+/// code, no epoch bump) right away and after the first has idled past stale_threshold.
+#[test]
+fn other_lock_path_is_refused_now_and_after_idling_past_stale_threshold() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    let a_pid = a.pid();
+    let other_lock = sb.dir.path().join("elsewhere/other.lock");
+    let refuse = |sb: &Sandbox| {
+        let out = sb.run(&["run", "--lock-file", other_lock.to_str().unwrap()]);
+        assert_eq!(out.code, Some(75), "{}", out.stderr);
+        let msg = out.event("daemon.error").expect("daemon.error")["msg"].as_str().unwrap().to_owned();
+        assert!(msg.contains(&format!("database in use by PID {a_pid}")), "{msg}");
+        assert!(msg.contains(sb.lock().to_str().unwrap()), "{msg}");
+    };
+    refuse(&sb);
+    // Idle past stale_threshold (1 s): 15 more heartbeats at 100 ms. Only the leader
+    // row's refresh keeps the refusal valid.
+    let so_far = a.seen.iter().filter(|v| v["event"] == "daemon.heartbeat").count();
+    a.wait_count("daemon.heartbeat", so_far + 15);
+    refuse(&sb);
+    assert_eq!(status_json(&sb)["daemon"]["epoch"], 1, "a refused start must not bump the epoch");
+    assert_eq!(bytes(&other_lock), b"", "refused start wrote diagnostics");
+}
+
+/// PITFALLS 7 (the fencing half): a paused holder is taken over once stale; when it
+/// resumes, its next guarded write fails and it exits with the fenced code.
+#[test]
+fn paused_holder_is_taken_over_and_fenced_on_resume() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    a.signal(libc::SIGSTOP);
+    let end = Instant::now() + deadline(30.0);
+    while status_json(&sb)["daemon"]["state"] != "stale" {
+        assert!(Instant::now() < end, "paused daemon never became stale");
+    }
+    let other_lock = sb.dir.path().join("b.lock");
+    let mut b = active(&sb, &["--lock-file", other_lock.to_str().unwrap()]);
+    assert_eq!(b.wait_event("daemon.active")["epoch"], 2);
+    a.signal(libc::SIGCONT);
+    let fenced = a.wait_event("daemon.fenced");
+    assert_eq!(fenced["epoch"], 1);
+    assert_eq!(a.wait_exit().code(), Some(76));
+    let st = status_json(&sb);
+    assert_eq!(st["daemon"]["pid"], b.pid());
+    assert_eq!(st["daemon"]["epoch"], 2);
+}
+
+/// SIGTERM: clean shutdown, lock released last, leader row cleared, exit 0.
+#[test]
+fn sigterm_shuts_down_cleanly_and_clears_the_leader_row() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait_exit().code(), Some(0));
+    let names: Vec<String> = a.seen.iter().map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
+    let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("no {n}: {names:?}"));
+    assert!(pos("shutdown.begin") < pos("lock.released"));
+    assert_eq!(names.last().map(String::as_str), Some("lock.released"));
+    assert_eq!(status_json(&sb)["daemon"]["state"], "none");
+    let log = String::from_utf8(bytes(&sb.log())).unwrap();
+    assert!(log.contains("Daemon lock acquired") && log.contains("Daemon lock released"), "{log}");
+    // A start through another lock path need not wait for staleness after a clean stop.
+    let other = sb.dir.path().join("x.lock");
+    let _b = active(&sb, &["--lock-file", other.to_str().unwrap()]);
+}
+
+/// PITFALLS 5: B paused after open(), the file removed, B resumed: B's inode re-check
+/// sends it back to retry, and it ends with the "another instance" message.
+#[test]
+fn unlink_race_after_open_is_caught_by_the_inode_recheck() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    let mut b = sb.start_with(FAST, &[("HOMERD_FAILPOINTS", "lock.after_open=stop")]);
+    b.wait_event("failpoint.hit");
+    // B is stopped holding an fd to the current file. Remove it; A re-acquires a new one.
+    std::fs::remove_file(sb.lock()).unwrap();
+    a.wait_event("lock.reacquired");
+    b.resume();
+    // Its first attempt locks the old inode (A let it go when it re-acquired), and the
+    // inode re-check must send it back; the failpoint stops it again on every retry.
+    loop {
+        let v = b.next("an outcome", |v| {
+            v["event"] == "lock.busy" || v["event"] == "daemon.active" || v["event"] == "failpoint.hit"
+        });
+        match v["event"].as_str() {
+            Some("failpoint.hit") => b.resume(),
+            Some("lock.busy") => break,
+            _ => panic!("two holders: {}", b.dump()),
+        }
+    }
+    assert!(b.has_event("lock.retry"), "the inode re-check never fired: {}", b.dump());
+    assert!(!b.has_event("daemon.active"), "two holders: {}", b.dump());
+    assert_eq!(b.wait_exit().code(), Some(0));
+    assert_eq!(status_json(&sb)["daemon"]["pid"], a.pid());
+}
+
+/// A start that loses to `homerd migrate` waits for it instead of exiting 0; then runs.
+#[test]
+fn start_waits_for_a_migrate_holder() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.home()).unwrap();
+    homerd::store::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    let mut c = sb.cmd();
+    c.env("HOMERD_FAILPOINTS", "migrate.mid_file=stop").arg("migrate");
+    let mut m = Daemon::spawn(c);
+    m.wait_event("failpoint.hit");
+    let mut d = sb.start(FAST);
+    d.wait_event("lock.waiting");
+    // The failpoint stops migrate once per file: 004..009 are pending, six stops.
+    for hits in 2..=6 {
+        m.resume();
+        m.wait_count("failpoint.hit", hits);
+    }
+    m.resume();
+    assert_eq!(m.wait_exit().code(), Some(0), "{}", m.dump());
+    d.wait_event("daemon.active");
+    assert!(!d.has_event("lock.busy"));
+}
+
+/// PITFALLS 19: two `homerd migrate` at once: one applies, the other waits and finds
+/// nothing to do; no duplicate-column errors.
+#[test]
+fn concurrent_migrates_apply_each_file_once() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.home()).unwrap();
+    homerd::store::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2).map(|_| s.spawn(|| sb.run(&["migrate"]))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+    }
+    let applied: Vec<&str> = outs.iter().map(|o| o.stdout.as_str()).collect();
+    assert!(applied.iter().any(|o| o.contains("applied 6 migration(s)")), "{applied:?}");
+    assert!(applied.iter().any(|o| o.contains("is up to date")), "{applied:?}");
+    let n: i64 = sql(&sb.db()).query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 9);
+}
+
+/// PITFALLS 19: kill -9 in the middle of a migration file leaves no half-applied file;
+/// the next run completes cleanly.
+#[test]
+fn kill_9_mid_migration_leaves_no_half_applied_file() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.home()).unwrap();
+    homerd::store::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    let mut c = sb.cmd();
+    c.env("HOMERD_FAILPOINTS", "migrate.mid_file=abort").arg("migrate");
+    let out = run_bounded(c, deadline(30.0));
+    assert_eq!(out.code, None, "migrate should have been killed: {}", out.stderr);
+    let conn = sql(&sb.db());
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 3, "the interrupted file must not be recorded");
+    let cols: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('job_queue')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!cols.iter().any(|c| c == "locked_by"), "half-applied 004: {cols:?}");
+    drop(conn);
+    let out = sb.run(&["migrate"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("applied 6 migration(s)"), "{}", out.stdout);
+}
+
+/// The daemon keeps refreshing the leader row while idle (seen_at moves).
+#[test]
+fn idle_daemon_refreshes_the_leader_row() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    let seen = |sb: &Sandbox| -> i64 { sql(&sb.db()).query_row("SELECT seen_at FROM leader", [], |r| r.get(0)).unwrap() };
+    let first = seen(&sb);
+    let n = a.seen.iter().filter(|v| v["event"] == "daemon.heartbeat").count();
+    a.wait_count("daemon.heartbeat", n + 3);
+    assert!(seen(&sb) > first);
+    let _ = Duration::ZERO;
+}
