@@ -11,10 +11,14 @@ fn main() {
         .filter(|n| n.ends_with(".sql"))
         .collect();
     names.sort();
-    let mut out = String::from("/// (file name, SQL) in application order.\npub static MIGRATIONS: &[(&str, &str)] = &[\n");
+    let mut out =
+        String::from("/// (file name, SQL) in application order.\npub static MIGRATIONS: &[(&str, &str)] = &[\n");
     for (i, name) in names.iter().enumerate() {
         let expected = format!("{:03}_", i + 1);
-        assert!(name.starts_with(&expected), "migration {name} is out of sequence: expected a name starting {expected}");
+        assert!(
+            name.starts_with(&expected),
+            "migration {name} is out of sequence: expected a name starting {expected}"
+        );
         let path = dir.join(name).canonicalize().unwrap();
         println!("cargo:rerun-if-changed={}", path.display());
         writeln!(out, "    ({name:?}, include_str!({:?})),", path.display().to_string()).unwrap();

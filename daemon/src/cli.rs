@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::clock::Clock;
+use crate::commands;
 use crate::config::{Config, Sources};
 use crate::daemon::{self, Context};
 use crate::error::{exit, Error};
 use crate::events::{self, Format};
 use crate::paths::Paths;
-use crate::commands;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -95,11 +95,8 @@ pub fn main() -> i32 {
 
 fn dispatch(cli: Cli) -> Result<i32, Error> {
     let paths = Paths::new(cli.home, cli.lock_file);
-    let sources = Sources {
-        explicit_file: cli.config,
-        default_file: Some(paths.default_config.clone()),
-        overrides: cli.set,
-    };
+    let sources =
+        Sources { explicit_file: cli.config, default_file: Some(paths.default_config.clone()), overrides: cli.set };
     let config = Config::load(&sources)?;
     let ctx = Context { paths, config, clock: Clock::from_env() };
     match cli.command {

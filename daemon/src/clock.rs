@@ -29,10 +29,7 @@ impl Clock {
 
     /// Wall-clock milliseconds since the Unix epoch, plus the test offset if any.
     pub fn now_ms(&self) -> i64 {
-        let base = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let base = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         base.saturating_add(self.offset_ms())
     }
 
@@ -40,10 +37,7 @@ impl Clock {
         let Some(path) = &self.offset_file else { return 0 };
         // A missing or unreadable file means "no offset": the hook is for tests, and a
         // daemon must not stop because a test removed it.
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0)
+        std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0)
     }
 
     /// Boot-relative monotonic milliseconds, comparable across processes on one boot.
@@ -62,7 +56,9 @@ pub fn mono_ms() -> i64 {
     // SAFETY: `ts` is a valid, writable timespec; the clock id is supported on the target.
     let rc = unsafe { libc::clock_gettime(CLOCK, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime failed on a clock the platform guarantees");
-    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+    #[allow(clippy::unnecessary_cast)] // time_t / c_long are not i64 on every target
+    let ms = ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000;
+    ms
 }
 
 /// Formats wall-clock milliseconds as RFC 3339 UTC (`2026-11-26T14:40:59.123Z`).
@@ -72,12 +68,7 @@ pub fn format_rfc3339(ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).

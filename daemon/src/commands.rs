@@ -155,11 +155,18 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
                 d.get("started_at").unwrap_or("?")
             ),
         ),
-        Ok(_) => check("lock file", false, format!("{} has no diagnostics (no daemon has run with it)", paths.lock_file.display())),
+        Ok(_) => check(
+            "lock file",
+            false,
+            format!("{} has no diagnostics (no daemon has run with it)", paths.lock_file.display()),
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => check(
             "lock file",
             false,
-            format!("{} is missing (a running daemon recreates it within lock_check_interval; otherwise start one)", paths.lock_file.display()),
+            format!(
+                "{} is missing (a running daemon recreates it within lock_check_interval; otherwise start one)",
+                paths.lock_file.display()
+            ),
         ),
         Err(e) => check("lock file", false, format!("{}: {e}", paths.lock_file.display())),
     }
@@ -206,7 +213,12 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
         check(
             "migrations",
             false,
-            format!("{} of {} applied; missing {} (run homerd migrate)", state.applied(), MIGRATIONS.len(), missing.join(", ")),
+            format!(
+                "{} of {} applied; missing {} (run homerd migrate)",
+                state.applied(),
+                MIGRATIONS.len(),
+                missing.join(", ")
+            ),
         );
     }
 
@@ -251,7 +263,8 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
         Some((r, HolderState::Active { .. })) => Some(r.epoch),
         _ => None,
     };
-    let stuck: Vec<i64> = running.iter().filter(|j| active_epoch.is_none() || j.claim_epoch != active_epoch).map(|j| j.id).collect();
+    let stuck: Vec<i64> =
+        running.iter().filter(|j| active_epoch.is_none() || j.claim_epoch != active_epoch).map(|j| j.id).collect();
     if stuck.is_empty() {
         check("stuck jobs", true, String::from("none"));
     } else {
@@ -268,9 +281,10 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
 pub fn migrate(ctx: &Context) -> Result<i32> {
     let Some(mut lock) = daemon::acquire_lock(ctx, Role::Migrate)? else { return Ok(exit::OK) };
     let existed = std::fs::symlink_metadata(&ctx.paths.database).is_ok();
-    let Leadership { mut conn, epoch, applied } = daemon::open_and_lead(ctx, &mut lock, Role::Migrate, &mut |lock, epoch| {
-        lock.write_diagnostics(&daemon::diagnostics(ctx, Role::Migrate, epoch))
-    })?;
+    let Leadership { mut conn, epoch, applied } =
+        daemon::open_and_lead(ctx, &mut lock, Role::Migrate, &mut |lock, epoch| {
+            lock.write_diagnostics(&daemon::diagnostics(ctx, Role::Migrate, epoch))
+        })?;
     let clock = ctx.clock.clone();
     let tx = conn.transaction().map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
     leader::release(&tx, epoch, &clock).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
@@ -294,14 +308,21 @@ pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
         return Err(Error::io(
             "backup to",
             dest,
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "file exists; refusing to overwrite it (choose a new path)"),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "file exists; refusing to overwrite it (choose a new path)",
+            ),
         ));
     }
     let Some(conn) = open_current(ctx)? else {
         return Err(Error::data(db, "no database to back up (start the daemon first)"));
     };
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&tmp);
     let result = read::backup_to(&conn, &tmp)
         .map_err(|e| Error::sqlite(&tmp, e))

@@ -172,7 +172,11 @@ impl Config {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
                 other => {
-                    return Err(cfg_err(&source, key, &format!("expected a string or an integer, found {}", other.type_str())))
+                    return Err(cfg_err(
+                        &source,
+                        key,
+                        &format!("expected a string or an integer, found {}", other.type_str()),
+                    ))
                 }
             };
             self.set(key, &text, &source)?;
@@ -182,7 +186,8 @@ impl Config {
 
     fn set_lane_key(&mut self, lane_key: &str, value: &toml::Value, source: &str) -> Result<()> {
         let full = format!("lanes.{lane_key}");
-        let (lane, key) = lane_key.split_once('.').ok_or_else(|| cfg_err(source, &full, "expected lanes.<name>.concurrency"))?;
+        let (lane, key) =
+            lane_key.split_once('.').ok_or_else(|| cfg_err(source, &full, "expected lanes.<name>.concurrency"))?;
         if key != "concurrency" {
             return Err(cfg_err(source, &full, "unknown lane key; the only lane key is `concurrency`"));
         }
@@ -296,7 +301,11 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
-        _ => return Err(format!("expected a duration like 250ms, 10s, 5m, 1h or 7d, got `{s}` (unit missing or unknown)")),
+        _ => {
+            return Err(format!(
+                "expected a duration like 250ms, 10s, 5m, 1h or 7d, got `{s}` (unit missing or unknown)"
+            ))
+        }
     }
     .ok_or_else(|| format!("duration `{s}` is too large"))?;
     Ok(Duration::from_millis(ms))

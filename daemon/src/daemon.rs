@@ -167,7 +167,11 @@ pub fn open_and_lead(
     let home = db.parent().expect("database has a parent");
     if !home.exists() {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(home).map_err(|e| Error::io("create directory", home, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(home)
+            .map_err(|e| Error::io("create directory", home, e))?;
     }
     lock::check_filesystem(home, db)?;
     if mutant::active(mutant::WRITES_BEFORE_VALIDATION) && db.exists() {
@@ -399,21 +403,29 @@ impl LockWatch {
                 return Ok(false);
             }
             Err(e) => {
-                events::warn("lock.reacquire_failed", "Could not re-acquire the lock file").field("error", e.to_string()).emit();
+                events::warn("lock.reacquire_failed", "Could not re-acquire the lock file")
+                    .field("error", e.to_string())
+                    .emit();
                 return Ok(false);
             }
         };
         let (dev, ino) = new.dev_ino();
         match writer.call(Sync::Full, move |tx| leader::update_lock_file(tx, epoch, dev, ino)).await {
             Ok(true) => {}
-            Ok(false) | Err(WriteError::Fenced) => return Err(String::from("the epoch moved while the lock file was gone")),
+            Ok(false) | Err(WriteError::Fenced) => {
+                return Err(String::from("the epoch moved while the lock file was gone"))
+            }
             Err(e) => {
-                events::warn("lock.reacquire_failed", "Could not record the new lock file").field("error", e.to_string()).emit();
+                events::warn("lock.reacquire_failed", "Could not record the new lock file")
+                    .field("error", e.to_string())
+                    .emit();
                 return Ok(false);
             }
         }
         if let Err(e) = new.write_diagnostics(&diagnostics(ctx, Role::Daemon, epoch)) {
-            events::warn("lock.reacquire_failed", "Could not write lock diagnostics").field("error", e.to_string()).emit();
+            events::warn("lock.reacquire_failed", "Could not write lock diagnostics")
+                .field("error", e.to_string())
+                .emit();
         }
         self.held = new;
         events::info("lock.reacquired", "Lock file re-acquired in place")

@@ -56,9 +56,7 @@ fn armed() -> &'static BTreeMap<String, Action> {
 pub fn parse(spec: &str) -> Result<BTreeMap<String, Action>, String> {
     let mut out = BTreeMap::new();
     for item in spec.split([';', ',']).map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, action) = item
-            .split_once('=')
-            .ok_or_else(|| format!("`{item}`: expected name=action"))?;
+        let (name, action) = item.split_once('=').ok_or_else(|| format!("`{item}`: expected name=action"))?;
         let name = name.trim();
         if !KNOWN.contains(&name) && !name.starts_with("test.") && !extra_known(name) {
             return Err(format!("unknown failpoint `{name}`; known: {}", all_known().join(", ")));

@@ -113,9 +113,7 @@ fn read_boot_id() -> String {
     let mut len = buf.len();
     // SAFETY: `name` is NUL-terminated; `buf`/`len` describe a writable buffer; no new
     // value is set (null, 0).
-    let rc = unsafe {
-        libc::sysctlbyname(name.as_ptr(), buf.as_mut_ptr().cast(), &mut len, std::ptr::null_mut(), 0)
-    };
+    let rc = unsafe { libc::sysctlbyname(name.as_ptr(), buf.as_mut_ptr().cast(), &mut len, std::ptr::null_mut(), 0) };
     if rc != 0 {
         return String::from("unknown-boot");
     }
@@ -187,12 +185,7 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").stdin(Stdio::null()).spawn().unwrap();
         let pid = child.id();
         let state = proc_state(pid).expect("child visible");
-        let id = ProcessIdentity {
-            pid,
-            host: hostname(),
-            boot_id: boot_id().to_owned(),
-            start_time: state.start_time,
-        };
+        let id = ProcessIdentity { pid, host: hostname(), boot_id: boot_id().to_owned(), start_time: state.start_time };
         assert_eq!(liveness(&id), Liveness::Alive);
         child.kill().unwrap();
         // Not reaped yet: a zombie. Wait until the kernel reports it as one (the kill is

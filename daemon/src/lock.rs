@@ -19,6 +19,7 @@
 //!
 //! Architecture invariant: `flock` is called here and nowhere else (clippy
 //! `disallowed-methods` forbids std's `File::lock` family in the daemon).
+#![allow(clippy::disallowed_methods)] // this module is the one owner of flock and lock fds
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -114,9 +115,8 @@ pub fn acquire(path: &Path) -> Result<Acquire> {
     for _ in 0..MAX_INODE_RETRIES {
         let file = open_lock_file(path)?;
         failpoint::hit("lock.after_open").map_err(|e| Error::io("open", path, e))?;
-        match try_flock(&file, path)? {
-            false => return Ok(Acquire::Busy(read_holder(&file))),
-            true => {}
+        if !try_flock(&file, path)? {
+            return Ok(Acquire::Busy(read_holder(&file)));
         }
         failpoint::hit("lock.after_flock").map_err(|e| Error::io("flock", path, e))?;
         let held = fstat_ids(&file, path)?;
@@ -157,9 +157,7 @@ impl HeldLock {
         let io_err = |op, e| Error::io(op, &path, e);
         let meta = self.file.metadata().map_err(|e| io_err("stat", e))?;
         if meta.permissions().mode() & 0o077 != 0 {
-            self.file
-                .set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| io_err("chmod", e))?;
+            self.file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| io_err("chmod", e))?;
         }
         self.file.set_len(0).map_err(|e| io_err("truncate", e))?;
         self.file.seek(SeekFrom::Start(0)).map_err(|e| io_err("seek", e))?;
@@ -179,10 +177,7 @@ impl HeldLock {
 
 /// Reads the diagnostics at `path` without locking or writing (for `status`/`doctor`).
 pub fn read_diagnostics(path: &Path) -> io::Result<Diagnostics> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
     if !file.metadata()?.file_type().is_file() {
         return Err(io::Error::other("not a regular file"));
     }
@@ -194,10 +189,9 @@ pub fn read_diagnostics(path: &Path) -> io::Result<Diagnostics> {
 fn ensure_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error::UnsafePath {
-            path: dir.to_owned(),
-            message: String::from("lock directory is not a directory"),
-        }),
+        Ok(_) => {
+            Err(Error::UnsafePath { path: dir.to_owned(), message: String::from("lock directory is not a directory") })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

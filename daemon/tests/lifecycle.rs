@@ -1,5 +1,6 @@
 //! Process-level tests of the single-instance protocol with real `homerd` processes,
 //! real signals and real files (PITFALLS 1-3, 5-7, 19; DESIGN.md Lock and Leader row).
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly
 
 mod common;
 
@@ -164,7 +165,10 @@ fn start_in_the_deleted_lock_window_is_refused_by_the_leader_row() {
     assert_eq!(out.code, Some(75), "{}", out.stderr);
     let err = out.event("daemon.error").expect("daemon.error");
     let msg = err["msg"].as_str().unwrap();
-    assert!(msg.contains(&format!("database in use by PID {} via lock file {}", a.pid(), sb.lock().display())), "{msg}");
+    assert!(
+        msg.contains(&format!("database in use by PID {} via lock file {}", a.pid(), sb.lock().display())),
+        "{msg}"
+    );
     assert_eq!(bytes(&sb.lock()), b"", "refused start wrote diagnostics");
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 }
@@ -343,7 +347,8 @@ fn kill_9_mid_migration_leaves_no_half_applied_file() {
 fn idle_daemon_refreshes_the_leader_row() {
     let sb = Sandbox::new();
     let mut a = active(&sb, &[]);
-    let seen = |sb: &Sandbox| -> i64 { sql(&sb.db()).query_row("SELECT seen_at FROM leader", [], |r| r.get(0)).unwrap() };
+    let seen =
+        |sb: &Sandbox| -> i64 { sql(&sb.db()).query_row("SELECT seen_at FROM leader", [], |r| r.get(0)).unwrap() };
     let first = seen(&sb);
     let n = a.seen.iter().filter(|v| v["event"] == "daemon.heartbeat").count();
     a.wait_count("daemon.heartbeat", n + 3);

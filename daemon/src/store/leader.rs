@@ -145,7 +145,8 @@ pub fn become_leader(conn: &mut Connection, me: &Candidate, stale: Duration, clo
     let path = conn.path().map(std::path::PathBuf::from).unwrap_or_default();
     let sqlerr = |e| Error::sqlite(&path, e);
     // The epoch bump is an acknowledgement: FULL, whatever the configured durability.
-    let previous: String = conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)).map_err(sqlerr)?.to_string();
+    let previous: String =
+        conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)).map_err(sqlerr)?.to_string();
     conn.pragma_update(None, "synchronous", "FULL").map_err(sqlerr)?;
     let result = (|| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlerr)?;
@@ -227,4 +228,126 @@ pub fn release(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::Res
         params![clock.now_ms(), epoch],
     )?;
     Ok(n == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("homer.db");
+        schema::create(&path, &Clock::default()).unwrap();
+        (t, Connection::open(&path).unwrap())
+    }
+
+    fn candidate(identity: ProcessIdentity) -> Candidate {
+        Candidate {
+            role: "daemon",
+            identity,
+            lock_path: String::from("/x/homer.lock"),
+            lock_dev: 1,
+            lock_ino: 2,
+            stale: Duration::from_secs(60),
+        }
+    }
+
+    fn someone_else_alive() -> (std::process::Child, ProcessIdentity) {
+        let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let state = identity::proc_state(child.id()).unwrap();
+        let id = ProcessIdentity {
+            pid: child.id(),
+            host: identity::hostname(),
+            boot_id: identity::boot_id().to_owned(),
+            start_time: state.start_time,
+        };
+        (child, id)
+    }
+
+    #[test]
+    fn first_start_bumps_the_epoch_and_records_us() {
+        let (_t, mut c) = db();
+        let clock = Clock::default();
+        let me = identity::current();
+        let out = become_leader(&mut c, &candidate(me.clone()), Duration::from_secs(60), &clock).unwrap();
+        assert_eq!(out, Outcome::Accepted { epoch: 1 });
+        let row = read(&c).unwrap();
+        assert_eq!(row.holder, Some(me));
+        assert_eq!(row.stale_ms, Some(60_000));
+        assert_eq!(row.lock_path.as_deref(), Some("/x/homer.lock"));
+    }
+
+    #[test]
+    fn a_live_fresh_holder_refuses_without_bumping() {
+        let (_t, mut c) = db();
+        let clock = Clock::default();
+        let (mut child, other) = someone_else_alive();
+        become_leader(&mut c, &candidate(other.clone()), Duration::from_secs(60), &clock).unwrap();
+        let out = become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        assert_eq!(
+            out,
+            Outcome::Refused {
+                pid: other.pid,
+                lock_path: String::from("/x/homer.lock"),
+                role: Some(String::from("daemon"))
+            }
+        );
+        assert_eq!(read(&c).unwrap().epoch, 1, "a refusal must not bump the epoch");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Dead now: taken over at once, whatever the heartbeat age.
+        let out = become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        assert_eq!(out, Outcome::Accepted { epoch: 2 });
+    }
+
+    #[test]
+    fn a_live_but_stale_holder_is_taken_over() {
+        let (_t, mut c) = db();
+        let clock = Clock::default();
+        let (mut child, other) = someone_else_alive();
+        let mut cand = candidate(other);
+        cand.stale = Duration::from_millis(1);
+        become_leader(&mut c, &cand, Duration::from_millis(1), &clock).unwrap();
+        // Seen long ago on this boot's monotonic clock.
+        c.execute("UPDATE leader SET seen_mono = seen_mono - 120000, seen_at = seen_at - 120000", []).unwrap();
+        let out = become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        assert_eq!(out, Outcome::Accepted { epoch: 2 });
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn staleness_uses_the_monotonic_stamp_on_one_boot_not_the_wall_clock() {
+        let (_t, mut c) = db();
+        let clock = Clock::default();
+        become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        // A wall clock stepped an hour: the monotonic stamp says just seen.
+        c.execute("UPDATE leader SET seen_at = seen_at - 3600000", []).unwrap();
+        let row = read(&c).unwrap();
+        assert!(row.age(&clock) < Duration::from_secs(5), "{:?}", row.age(&clock));
+        // Another boot: only the wall clock can say.
+        c.execute("UPDATE leader SET boot_id = 'earlier-boot'", []).unwrap();
+        assert!(read(&c).unwrap().age(&clock) >= Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn guarded_statements_change_nothing_under_a_stale_epoch() {
+        let (_t, mut c) = db();
+        let clock = Clock::default();
+        become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        let before = read(&c).unwrap();
+        let tx = c.transaction().unwrap();
+        assert!(!check_epoch(&tx, 0).unwrap());
+        assert!(!heartbeat(&tx, 0, &clock).unwrap());
+        assert!(!update_lock_file(&tx, 0, 9, 9).unwrap());
+        assert!(!release(&tx, 0, &clock).unwrap());
+        tx.commit().unwrap();
+        assert_eq!(read(&c).unwrap(), before);
+        let tx = c.transaction().unwrap();
+        assert!(check_epoch(&tx, 1).unwrap());
+        assert!(release(&tx, 1, &clock).unwrap());
+        tx.commit().unwrap();
+        assert_eq!(read(&c).unwrap().holder, None);
+    }
 }

@@ -96,9 +96,7 @@ pub fn backup_to(src: &Connection, dest: &Path) -> rusqlite::Result<()> {
         loop {
             match backup.step(-1)? {
                 rusqlite::backup::StepResult::Done => break,
-                _ if std::time::Instant::now() > deadline => {
-                    return Err(failure("backup kept being blocked for 30 s"))
-                }
+                _ if std::time::Instant::now() > deadline => return Err(failure("backup kept being blocked for 30 s")),
                 _ => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
         }

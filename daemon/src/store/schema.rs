@@ -87,27 +87,51 @@ pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
         ));
     }
     let mut header = [0u8; 16];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut header))
-        .map_err(|e| Error::io("read", path, e))?;
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut header)).map_err(|e| Error::io("read", path, e))?;
     if n < 16 || &header != b"SQLite format 3\0" {
         return Err(Error::data(
             path,
             "is not an SQLite database (bad header): corrupt or another kind of file; restore a backup or move it aside",
         ));
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| Error::sqlite(path, e))?;
+    let conn = open_for_validation(path).map_err(|e| Error::sqlite(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| Error::sqlite(path, e))?;
     validate(&conn, path)
 }
 
+/// A read-only connection that creates nothing beside the file. A plain read-only open
+/// of a WAL-mode database creates `-shm` and `-wal` files; when no `-wal` exists, every
+/// committed page is in the main file, so `immutable=1` (no locking, no side files) reads
+/// it exactly. When a `-wal` exists, its frames are needed and a normal read-only open
+/// is used (a writer was there before us; the side files are already present).
+fn open_for_validation(path: &Path) -> rusqlite::Result<Connection> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    if std::fs::symlink_metadata(PathBuf::from(wal)).is_ok() {
+        return Connection::open_with_flags(path, flags & !OpenFlags::SQLITE_OPEN_URI);
+    }
+    Connection::open_with_flags(format!("file:{}?immutable=1", uri_path(path)), flags)
+}
+
+/// Percent-encodes a path for an SQLite `file:` URI.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => Error::data(
-            path,
-            format!("is corrupt ({e}); restore a backup (homerd backup) or move it aside"),
-        ),
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            Error::data(path, format!("is corrupt ({e}); restore a backup (homerd backup) or move it aside"))
+        }
         _ => Error::sqlite(path, e),
     }
 }
@@ -148,7 +172,9 @@ pub fn validate(conn: &Connection, path: &Path) -> Result<DbState> {
         let Some((known, sql)) = MIGRATIONS.get(i) else {
             return Err(Error::data(
                 path,
-                format!("was migrated by a newer homerd (unknown migration {name}); upgrade homerd or restore a backup"),
+                format!(
+                    "was migrated by a newer homerd (unknown migration {name}); upgrade homerd or restore a backup"
+                ),
             ));
         };
         if name != known {
@@ -240,9 +266,7 @@ fn apply_range(
 ) -> Result<Vec<&'static str>> {
     let mut done = Vec::new();
     for (name, sql) in &MIGRATIONS[from..to] {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| Error::sqlite(path, e))?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| Error::sqlite(path, e))?;
         let sqlerr = |e| Error::sqlite(path, e);
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS _migrations (
@@ -294,4 +318,78 @@ pub fn create_partial(path: &Path, upto: usize, clock: &Clock) -> Result<()> {
     let mut conn = Connection::open(path).map_err(|e| Error::sqlite(path, e))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| Error::sqlite(path, e))?;
     apply_range(&mut conn, path, 0, upto, None, clock).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_paths_are_percent_encoded() {
+        assert_eq!(
+            uri_path(Path::new("/Users/a b/Library/Application Support/Homer/homer.db")),
+            "/Users/a%20b/Library/Application%20Support/Homer/homer.db"
+        );
+        assert_eq!(uri_path(Path::new("/x/100%?#.db")), "/x/100%25%3F%23.db");
+    }
+
+    #[test]
+    fn validation_of_a_wal_database_creates_no_side_files() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("odd dir?#");
+        std::fs::create_dir(&db).unwrap();
+        let db = db.join("homer.db");
+        assert!(create(&db, &Clock::default()).unwrap());
+        let before: Vec<_> = std::fs::read_dir(db.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(inspect(&db, Duration::from_secs(1)).unwrap(), DbState::Valid { applied: MIGRATIONS.len() });
+        let after: Vec<_> = std::fs::read_dir(db.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn every_migration_applies_to_an_empty_database_with_its_checksum() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("homer.db");
+        assert!(create(&db, &Clock::default()).unwrap());
+        let conn = Connection::open(&db).unwrap();
+        let rows: Vec<(String, String)> = conn
+            .prepare("SELECT name, checksum FROM _migrations ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected: Vec<(String, String)> = MIGRATIONS.iter().map(|(n, s)| (n.to_string(), checksum(s))).collect();
+        assert_eq!(rows, expected);
+        // Creating again over an existing file reports the race instead of replacing it.
+        assert!(!create(&db, &Clock::default()).unwrap());
+    }
+
+    #[test]
+    fn concurrent_appliers_apply_each_file_once() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("homer.db");
+        create_partial(&db, 3, &Clock::default()).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let mut c = Connection::open(&db).unwrap();
+                    c.busy_timeout(Duration::from_secs(30)).unwrap();
+                    apply_pending(&mut c, &db, 3, None, &Clock::default()).unwrap();
+                });
+            }
+        });
+        assert_eq!(inspect(&db, Duration::from_secs(1)).unwrap(), DbState::Valid { applied: MIGRATIONS.len() });
+    }
+
+    #[test]
+    fn status_trigger_rejects_unknown_statuses() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("homer.db");
+        create(&db, &Clock::default()).unwrap();
+        let c = Connection::open(&db).unwrap();
+        let err = c.execute("INSERT INTO job_queue (kind, status, created_at) VALUES ('noop', 'sleeping', 0)", []);
+        assert!(err.is_err());
+        c.execute("INSERT INTO job_queue (kind, status, created_at) VALUES ('noop', 'cancelled', 0)", []).unwrap();
+    }
 }

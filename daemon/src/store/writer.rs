@@ -220,8 +220,85 @@ fn fail_all(batch: Vec<Box<dyn Op>>, e: rusqlite::Error) {
         // rusqlite::Error is not Clone; every op gets an equivalent error.
         let err = match raw {
             Some(code) => rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(msg.clone())),
-            None => rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR), Some(msg.clone())),
+            None => rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                Some(msg.clone()),
+            ),
         };
         op.finish(Err(WriteError::Sqlite(err)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::store::schema;
+
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("homer.db");
+        schema::create(&path, &Clock::default()).unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.execute("UPDATE leader SET epoch = 5", []).unwrap();
+        (t, path)
+    }
+
+    fn count(path: &std::path::Path) -> i64 {
+        Connection::open(path).unwrap().query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0)).unwrap()
+    }
+
+    const INSERT: &str = "INSERT INTO job_queue (kind, created_at) VALUES ('noop', 0)";
+
+    #[test]
+    fn ops_commit_under_our_epoch() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
+        let n = w.call_blocking(Sync::Full, |tx| tx.execute(INSERT, [])).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(count(&path), 1);
+        drop(w);
+        th.join();
+    }
+
+    #[test]
+    fn a_fenced_batch_writes_nothing() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 4);
+        for _ in 0..3 {
+            assert!(matches!(w.call_blocking(Sync::Normal, |tx| tx.execute(INSERT, [])), Err(WriteError::Fenced)));
+        }
+        assert_eq!(count(&path), 0);
+        drop(w);
+        th.join();
+    }
+
+    #[test]
+    fn a_failing_op_is_rolled_back_alone() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
+        let bad = w.submit(Sync::Normal, |tx| {
+            tx.execute(INSERT, [])?;
+            tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+        });
+        let good = w.submit(Sync::Normal, |tx| tx.execute(INSERT, []));
+        assert!(bad.blocking_recv().unwrap().is_err());
+        assert_eq!(good.blocking_recv().unwrap().unwrap(), 1);
+        assert_eq!(count(&path), 1, "the failing op's first insert must be rolled back");
+        drop(w);
+        th.join();
+    }
+
+    #[test]
+    fn many_callers_share_batches() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
+        let rxs: Vec<_> = (0..500).map(|_| w.submit(Sync::Normal, |tx| tx.execute(INSERT, []))).collect();
+        for rx in rxs {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        assert_eq!(count(&path), 500);
+        drop(w);
+        th.join();
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Deadlines scale with `HOMER_TEST_TIME_SCALE` (default 1): a loaded machine gets
 //! more time without editing tests. Deadlines only bound genuine failures.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -159,7 +160,8 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({"event": "raw", "line": line}));
+                let v =
+                    serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({"event": "raw", "line": line}));
                 if tx.send(v).is_err() {
                     break;
                 }

@@ -1,0 +1,26 @@
+//! `homerd run` on a real terminal: Ctrl-C (SIGINT from the terminal driver to the
+//! foreground process group) drains, logs `Daemon lock released` and exits 0.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly
+
+mod common;
+
+use common::*;
+
+#[test]
+fn ctrl_c_on_a_terminal_releases_the_lock_and_exits_0() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.cmd();
+    // Human lines, as a person at a terminal sees them; no colour (NO_COLOR is set).
+    cmd.env("HOMER_LOG_FORMAT", "human").arg("run").args(FAST);
+    let timeout_ms = deadline(20.0).as_millis() as u64;
+    let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+    session.exp_string("Daemon active").expect("daemon became active");
+    session.send_control('c').expect("send ^C");
+    session.exp_string("Shutting down").expect("shutdown began");
+    session.exp_string("Daemon lock released").expect("lock released");
+    session.exp_eof().expect("exited");
+    let status = session.process.wait().expect("wait");
+    assert_eq!(format!("{status:?}").split(", ").last(), Some("0)"), "exit status: {status:?}");
+    let log = String::from_utf8(bytes(&sb.log())).unwrap();
+    assert!(log.contains("Daemon lock released") && log.contains("signal=\"SIGINT\""), "{log}");
+}
