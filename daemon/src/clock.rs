@@ -7,8 +7,8 @@
 //!
 //! Monotonic time is boot-relative and system-wide, so two processes on one boot can
 //! compare stamps (the leader row's `seen_mono`): Linux `CLOCK_BOOTTIME` (counts suspend,
-//! so a stamp ages across a laptop sleep), macOS `CLOCK_MONOTONIC` (which on Darwin also
-//! keeps counting while asleep). Lease deadlines and staleness use it, never the wall clock.
+//! so a stamp ages across a laptop sleep), macOS `CLOCK_MONOTONIC_RAW`
+//! (`mach_continuous_time`: also counts sleep, never steps). Lease deadlines and staleness use it, never the wall clock.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,8 +50,10 @@ impl Clock {
 pub fn mono_ms() -> i64 {
     #[cfg(target_os = "linux")]
     const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+    // Darwin: CLOCK_MONOTONIC_RAW is mach_continuous_time — counts sleep, never steps
+    // (Darwin's CLOCK_MONOTONIC is derived from the wall clock and boot time).
     #[cfg(not(target_os = "linux"))]
-    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC_RAW;
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; the clock id is supported on the target.
     let rc = unsafe { libc::clock_gettime(CLOCK, &mut ts) };

@@ -281,7 +281,7 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
 pub fn migrate(ctx: &Context) -> Result<i32> {
     let Some(mut lock) = daemon::acquire_lock(ctx, Role::Migrate)? else { return Ok(exit::OK) };
     let existed = std::fs::symlink_metadata(&ctx.paths.database).is_ok();
-    let Leadership { mut conn, epoch, applied } =
+    let Leadership { mut conn, epoch, applied, .. } =
         daemon::open_and_lead(ctx, &mut lock, Role::Migrate, &mut |lock, epoch| {
             lock.write_diagnostics(&daemon::diagnostics(ctx, Role::Migrate, epoch))
         })?;

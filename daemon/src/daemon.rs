@@ -47,8 +47,8 @@ impl Role {
     }
 }
 
-/// How long a losing start waits for a holder that has not written its diagnostics yet
-/// (it is between flock and the leader check) before judging it by what it has.
+/// How long a losing start waits silently for a holder that has not written its
+/// diagnostics yet before announcing `lock.waiting`.
 const DIAGNOSTICS_WAIT: Duration = Duration::from_secs(2);
 /// Poll period while waiting for a lock holder (a `homerd migrate`, or diagnostics).
 const LOCK_POLL: Duration = Duration::from_millis(25);
@@ -56,6 +56,14 @@ const LOCK_POLL: Duration = Duration::from_millis(25);
 /// Takes the lock for `role`. `Ok(None)`: another daemon holds it (already reported).
 pub fn acquire_lock(ctx: &Context, role: Role) -> Result<Option<HeldLock>> {
     let path = &ctx.paths.lock_file;
+    if path.parent().is_some_and(|dir| !dir.exists()) {
+        // About to create the lock's folder: if a live daemon already holds the database
+        // through another lock path, this start will be refused anyway — refuse now,
+        // before creating anything. (The authoritative check is still the leader row.)
+        if let Some((pid, lock_path)) = peek_active_holder(ctx) {
+            return Err(Error::InUse { pid, lock_path });
+        }
+    }
     let started = Instant::now();
     let mut announced_wait = false;
     loop {
@@ -63,16 +71,31 @@ pub fn acquire_lock(ctx: &Context, role: Role) -> Result<Option<HeldLock>> {
             Acquire::Held(held) => return Ok(Some(held)),
             Acquire::Busy(holder) => holder,
         };
-        let described = diagnostics_describe_holder(&holder);
-        if !described && started.elapsed() < DIAGNOSTICS_WAIT {
-            // The holder is starting and has not written its diagnostics yet: its role is
-            // unknown. Poll briefly rather than guess.
+        let pid = holder.pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("unknown"));
+        let pid_field = holder.pid.map(serde_json::Value::from).unwrap_or(serde_json::Value::Null);
+        if !diagnostics_describe_holder(&holder) {
+            // The holder is between its flock and its leader check (a daemon or a
+            // `homerd migrate` starting): its role is unknown, and guessing "daemon" would
+            // exit 0 and lose a supervised daemon behind a long migration. Wait, bounded;
+            // a holder that never describes itself is reported, not assumed.
+            if started.elapsed() > ctx.config.migrate_wait {
+                return Err(Error::Busy(format!(
+                    "PID {pid} has held {} for {} without writing its diagnostics; is it stuck?",
+                    path.display(),
+                    crate::config::format_duration(ctx.config.migrate_wait)
+                )));
+            }
+            if !announced_wait && started.elapsed() >= DIAGNOSTICS_WAIT {
+                events::info("lock.waiting", "Waiting for the lock holder to finish starting")
+                    .field("holder_pid", pid_field)
+                    .field("path", path.display().to_string())
+                    .emit();
+                announced_wait = true;
+            }
             std::thread::sleep(LOCK_POLL);
             continue;
         }
-        let holder_role = if described { holder.diagnostics.role() } else { None };
-        let pid = holder.pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("unknown"));
-        let pid_field = holder.pid.map(serde_json::Value::from).unwrap_or(serde_json::Value::Null);
+        let holder_role = holder.diagnostics.role();
         if holder_role == Some(Role::Migrate.as_str()) {
             // A supervisor must not lose the daemon to a migration: wait for it, bounded.
             if !announced_wait {
@@ -105,6 +128,20 @@ pub fn acquire_lock(ctx: &Context, role: Role) -> Result<Option<HeldLock>> {
     }
 }
 
+/// A read-only look at the leader row: the live, fresh holder if any (with its lock path).
+fn peek_active_holder(ctx: &Context) -> Option<(u32, String)> {
+    let db = &ctx.paths.database;
+    if !schema::inspect(db, ctx.config.busy_timeout).ok()?.has_leader() {
+        return None;
+    }
+    let conn = store::open_reader(db, ctx.config.busy_timeout).ok()?;
+    let row = store::read::leader_row(&conn).ok()??;
+    match row.holder_state(&ctx.clock, ctx.config.stale_threshold) {
+        leader::HolderState::Active { pid, .. } => Some((pid, row.lock_path.unwrap_or_default())),
+        _ => None,
+    }
+}
+
 /// Whether the file's diagnostics were written by the process holding the lock now
 /// (and not left over from an earlier holder).
 fn diagnostics_describe_holder(holder: &Holder) -> bool {
@@ -124,7 +161,12 @@ fn diagnostics_describe_holder(holder: &Holder) -> bool {
 
 /// The diagnostics a holder writes into its lock file.
 pub fn diagnostics(ctx: &Context, role: Role, epoch: i64) -> Diagnostics {
-    let me = identity::current();
+    let me = identity::current().unwrap_or_else(|_| ProcessIdentity {
+        pid: std::process::id(),
+        host: identity::hostname(),
+        boot_id: identity::pid_space().to_owned(),
+        start_time: 0,
+    });
     let mut d = Diagnostics::default();
     let mut put = |k: &str, v: String| {
         d.0.insert(k.to_owned(), v);
@@ -150,6 +192,13 @@ pub struct Leadership {
     pub conn: Connection,
     pub epoch: i64,
     pub applied: Vec<&'static str>,
+    /// (dev, ino) of the database file we opened: checked while running.
+    pub db_ids: (u64, u64),
+}
+
+fn file_ids(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
 /// Opens (creating if missing) and validates the database, wins the leader row, applies
@@ -178,12 +227,6 @@ pub fn open_and_lead(
         let _ = store::open_writer(db, cfg.busy_timeout, cfg.durability);
     }
     let mut state = schema::inspect(db, cfg.busy_timeout)?;
-    if !state.has_leader() {
-        // No leader row yet (a new database, or one from before 009): nothing can refuse
-        // this start, so it is accepted at the flock. Writing diagnostics now lets a
-        // start that loses to a long `homerd migrate` see the role and wait for it.
-        on_accepted(lock, 0)?;
-    }
     let mut applied = Vec::new();
     if state == DbState::Missing {
         if schema::create(db, &ctx.clock)? {
@@ -195,7 +238,11 @@ pub fn open_and_lead(
     let (dev, ino) = lock.dev_ino();
     let candidate = Candidate {
         role: role.as_str(),
-        identity: identity::current(),
+        identity: identity::current().map_err(|e| {
+            Error::Internal(format!(
+                "cannot read this process's start time ({e}); homerd needs /proc (Linux) to identify itself"
+            ))
+        })?,
         lock_path: lock.path().display().to_string(),
         lock_dev: dev,
         lock_ino: ino,
@@ -208,13 +255,17 @@ pub fn open_and_lead(
         epoch
     } else {
         // No leader row yet (a database from before 009): nothing that follows the
-        // leader protocol can be using it. Migrate, then lead.
-        applied.extend(schema::apply_pending(&mut conn, db, state.applied(), None, &ctx.clock)?);
+        // leader protocol can be using it. Migrate up to the leader row, lead, then apply
+        // anything after it under the epoch like any other start.
+        let upto = schema::leader_migration_index() + 1;
+        applied.extend(schema::apply_upto(&mut conn, db, state.applied(), upto, None, &ctx.clock)?);
         let epoch = lead(&mut conn, &candidate, ctx)?;
         on_accepted(lock, epoch)?;
+        applied.extend(schema::apply_pending(&mut conn, db, upto, Some(epoch), &ctx.clock)?);
         epoch
     };
-    Ok(Leadership { conn, epoch, applied })
+    let db_ids = file_ids(db).map_err(|e| Error::io("stat", db, e))?;
+    Ok(Leadership { conn, epoch, applied, db_ids })
 }
 
 fn lead(conn: &mut Connection, candidate: &Candidate, ctx: &Context) -> Result<i64> {
@@ -238,9 +289,10 @@ pub fn run(ctx: Context) -> Result<i32> {
     if mutant::active(mutant::DIAGNOSTICS_BEFORE_LEADER) {
         lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, 0))?;
     }
-    let Leadership { conn, epoch, applied } = open_and_lead(&ctx, &mut lock, Role::Daemon, &mut |lock, epoch| {
-        lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch))
-    })?;
+    let Leadership { conn, epoch, applied, db_ids } =
+        open_and_lead(&ctx, &mut lock, Role::Daemon, &mut |lock, epoch| {
+            lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch))
+        })?;
     events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
     events::info("lock.acquired", "Daemon lock acquired")
         .field("path", lock.path().display().to_string())
@@ -258,7 +310,7 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
     let (writer, thread) = Writer::start(conn, epoch);
-    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, signals));
+    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, signals));
     thread.join();
     result
 }
@@ -282,7 +334,14 @@ impl Signals {
     }
 }
 
-async fn supervise(ctx: &Context, lock: HeldLock, writer: Writer, epoch: i64, signals: Signals) -> Result<i32> {
+async fn supervise(
+    ctx: &Context,
+    lock: HeldLock,
+    writer: Writer,
+    epoch: i64,
+    db_ids: (u64, u64),
+    signals: Signals,
+) -> Result<i32> {
     let Signals { term: mut sigterm, int: mut sigint } = signals;
     // The leader row was just written and the lock just verified: the first refresh and
     // the first re-check are one period away, not immediate (tokio's `interval` default).
@@ -294,6 +353,7 @@ async fn supervise(ctx: &Context, lock: HeldLock, writer: Writer, epoch: i64, si
     let mut heartbeat = every(ctx.config.heartbeat_interval);
     let mut lock_check = every(ctx.config.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None };
+    let mut last_refresh = Instant::now();
     let stop = loop {
         tokio::select! {
             _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
@@ -301,16 +361,38 @@ async fn supervise(ctx: &Context, lock: HeldLock, writer: Writer, epoch: i64, si
             _ = heartbeat.tick() => {
                 let clock = ctx.clock.clone();
                 match writer.call(Sync::Normal, move |tx| leader::heartbeat(tx, epoch, &clock)).await {
-                    Ok(true) => events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit(),
+                    Ok(true) => {
+                        last_refresh = Instant::now();
+                        events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit()
+                    }
                     Ok(false) | Err(WriteError::Fenced) => break Stop::Fenced(String::from("the leader row names a newer epoch")),
-                    Err(e) => events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
-                        .field("error", e.to_string())
-                        .emit(),
+                    Err(WriteError::Closed) => break Stop::Fenced(String::from("the database writer stopped")),
+                    Err(e) => {
+                        events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
+                            .field("error", e.to_string())
+                            .emit();
+                        // Unrefreshed for a stale_threshold, another start may take over
+                        // at any moment: stop first rather than run beside it.
+                        if last_refresh.elapsed() + ctx.config.heartbeat_interval >= ctx.config.stale_threshold {
+                            break Stop::Fenced(format!(
+                                "could not refresh the leader row for {}; stopping before another daemon may take over",
+                                crate::config::format_duration(Duration::from_millis(last_refresh.elapsed().as_millis() as u64))
+                            ));
+                        }
+                    }
                 }
             }
             _ = lock_check.tick() => {
                 if let Err(reason) = watch.check(ctx, &writer, epoch).await {
                     break Stop::Fenced(reason);
+                }
+                // An admin's `mv`/restore over the database, or `rm -rf` of the home: our
+                // connection now serves an inode nobody else will ever read.
+                if file_ids(&ctx.paths.database).ok() != Some(db_ids) {
+                    break Stop::Fenced(format!(
+                        "the database {} was removed or replaced while running",
+                        ctx.paths.database.display()
+                    ));
                 }
             }
         }

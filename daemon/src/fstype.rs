@@ -65,7 +65,8 @@ pub fn classify(path: &Path) -> io::Result<FsClass> {
     let st = statfs(path)?;
     #[cfg(target_os = "linux")]
     {
-        Ok(classify_linux_magic(st.f_type as u64))
+        // f_type is a signed word: on 32-bit targets CIFS's 0xff534d42 would sign-extend.
+        Ok(classify_linux_magic((st.f_type as u64) & 0xffff_ffff))
     }
     #[cfg(target_os = "macos")]
     {

@@ -110,6 +110,8 @@ pub fn acquire(path: &Path) -> Result<Acquire> {
         path: path.to_owned(),
         message: String::from("lock path has no parent directory"),
     })?;
+    // Classify before creating anything: never make folders on a network share.
+    check_filesystem(nearest_existing(dir), path)?;
     ensure_dir(dir)?;
     check_filesystem(dir, path)?;
     for _ in 0..MAX_INODE_RETRIES {
@@ -184,6 +186,10 @@ pub fn read_diagnostics(path: &Path) -> io::Result<Diagnostics> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     Ok(Diagnostics::parse(&text))
+}
+
+fn nearest_existing(dir: &Path) -> &Path {
+    dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"))
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {

@@ -195,7 +195,13 @@ fn other_lock_path_is_refused_now_and_after_idling_past_stale_threshold() {
     a.wait_count("daemon.heartbeat", so_far + 15);
     refuse(&sb);
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1, "a refused start must not bump the epoch");
+    assert!(!other_lock.parent().unwrap().exists(), "a refused start created its lock folder");
+    // With the folder present, the start takes the flock on its own file and is refused
+    // by the leader row itself: still no diagnostics, no epoch bump.
+    std::fs::create_dir_all(other_lock.parent().unwrap()).unwrap();
+    refuse(&sb);
     assert_eq!(bytes(&other_lock), b"", "refused start wrote diagnostics");
+    assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 }
 
 /// PITFALLS 7 (the fencing half): a paused holder is taken over once stale; when it
@@ -354,4 +360,50 @@ fn idle_daemon_refreshes_the_leader_row() {
     a.wait_count("daemon.heartbeat", n + 3);
     assert!(seen(&sb) > first);
     let _ = Duration::ZERO;
+}
+
+/// A daemon that cannot refresh its leader row (the database write-locked by another
+/// process) stops before stale_threshold lets another start take over: it never runs
+/// beside its successor.
+#[test]
+fn unrefreshable_leader_row_self_fences_before_stale_threshold() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &["--set", "busy_timeout=50ms"]);
+    let blocker = sql(&sb.db());
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let blocked_at = std::time::Instant::now();
+    a.wait_event("daemon.heartbeat_failed");
+    let fenced = a.wait_event("daemon.fenced");
+    let waited = blocked_at.elapsed();
+    assert!(fenced["reason"].as_str().unwrap().contains("could not refresh the leader row"), "{fenced}");
+    assert_eq!(a.wait_exit().code(), Some(76));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    eprintln!("self-fenced {waited:?} after the database was write-locked (stale_threshold 1s)");
+    // It stopped within its own stale_threshold of its last refresh (plus one busy wait).
+    assert!(waited < Duration::from_millis(1000) + deadline(0.5), "{waited:?}");
+}
+
+/// The database file moved away (or restored over) while running: stop, rather than
+/// serve an inode no CLI will ever write to again.
+#[test]
+fn replaced_database_file_stops_the_daemon() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    std::fs::rename(sb.db(), sb.home().join("moved.db")).unwrap();
+    let fenced = a.wait_event("daemon.fenced");
+    assert!(fenced["reason"].as_str().unwrap().contains("removed or replaced"), "{fenced}");
+    assert_eq!(a.wait_exit().code(), Some(76));
+}
+
+/// A refused start creates no folder for its lock file.
+#[test]
+fn refused_start_creates_no_lock_folder() {
+    let sb = Sandbox::new();
+    let a = active(&sb, &[]);
+    let dir = sb.dir.path().join("new/dirs");
+    let lock = dir.join("x.lock");
+    let out = sb.run(&["run", "--lock-file", lock.to_str().unwrap()]);
+    assert_eq!(out.code, Some(75), "{}", out.stderr);
+    assert!(out.event("daemon.error").unwrap()["msg"].as_str().unwrap().contains(&format!("PID {}", a.pid())));
+    assert!(!sb.dir.path().join("new").exists(), "a refused start created folders");
 }

@@ -79,7 +79,7 @@ impl LeaderRow {
     /// Time since the holder was last seen: monotonic on the same boot, wall otherwise.
     /// A stamp from the future (a wall clock stepped back) counts as just seen.
     pub fn age(&self, clock: &Clock) -> Duration {
-        let same_boot = self.holder.as_ref().is_some_and(|h| h.boot_id == identity::boot_id());
+        let same_boot = self.holder.as_ref().is_some_and(|h| identity::same_boot(&h.boot_id));
         let ms = match (same_boot, self.seen_mono, self.seen_at) {
             (true, Some(mono), _) => clock.mono_ms() - mono,
             (_, _, Some(wall)) => clock.now_ms() - wall,
@@ -187,8 +187,11 @@ pub fn become_leader(conn: &mut Connection, me: &Candidate, stale: Duration, clo
         tx.commit().map_err(sqlerr)?;
         Ok(Outcome::Accepted { epoch })
     })();
-    conn.pragma_update(None, "synchronous", previous).map_err(sqlerr)?;
-    result
+    // Restore the configured level; a failure here must not hide the real outcome.
+    let restored = conn.pragma_update(None, "synchronous", previous).map_err(sqlerr);
+    let outcome = result?;
+    restored?;
+    Ok(outcome)
 }
 
 /// Whether the epoch is still `epoch` (inside a write transaction, this holds until it
@@ -255,11 +258,11 @@ mod tests {
 
     fn someone_else_alive() -> (std::process::Child, ProcessIdentity) {
         let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
-        let state = identity::proc_state(child.id()).unwrap();
+        let state = identity::proc_state(child.id()).unwrap().unwrap();
         let id = ProcessIdentity {
             pid: child.id(),
             host: identity::hostname(),
-            boot_id: identity::boot_id().to_owned(),
+            boot_id: identity::pid_space().to_owned(),
             start_time: state.start_time,
         };
         (child, id)
@@ -269,7 +272,7 @@ mod tests {
     fn first_start_bumps_the_epoch_and_records_us() {
         let (_t, mut c) = db();
         let clock = Clock::default();
-        let me = identity::current();
+        let me = identity::current().unwrap();
         let out = become_leader(&mut c, &candidate(me.clone()), Duration::from_secs(60), &clock).unwrap();
         assert_eq!(out, Outcome::Accepted { epoch: 1 });
         let row = read(&c).unwrap();
@@ -284,7 +287,8 @@ mod tests {
         let clock = Clock::default();
         let (mut child, other) = someone_else_alive();
         become_leader(&mut c, &candidate(other.clone()), Duration::from_secs(60), &clock).unwrap();
-        let out = become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        let out =
+            become_leader(&mut c, &candidate(identity::current().unwrap()), Duration::from_secs(60), &clock).unwrap();
         assert_eq!(
             out,
             Outcome::Refused {
@@ -297,7 +301,8 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         // Dead now: taken over at once, whatever the heartbeat age.
-        let out = become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        let out =
+            become_leader(&mut c, &candidate(identity::current().unwrap()), Duration::from_secs(60), &clock).unwrap();
         assert_eq!(out, Outcome::Accepted { epoch: 2 });
     }
 
@@ -311,7 +316,8 @@ mod tests {
         become_leader(&mut c, &cand, Duration::from_millis(1), &clock).unwrap();
         // Seen long ago on this boot's monotonic clock.
         c.execute("UPDATE leader SET seen_mono = seen_mono - 120000, seen_at = seen_at - 120000", []).unwrap();
-        let out = become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        let out =
+            become_leader(&mut c, &candidate(identity::current().unwrap()), Duration::from_secs(60), &clock).unwrap();
         assert_eq!(out, Outcome::Accepted { epoch: 2 });
         child.kill().unwrap();
         child.wait().unwrap();
@@ -321,7 +327,7 @@ mod tests {
     fn staleness_uses_the_monotonic_stamp_on_one_boot_not_the_wall_clock() {
         let (_t, mut c) = db();
         let clock = Clock::default();
-        become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        become_leader(&mut c, &candidate(identity::current().unwrap()), Duration::from_secs(60), &clock).unwrap();
         // A wall clock stepped an hour: the monotonic stamp says just seen.
         c.execute("UPDATE leader SET seen_at = seen_at - 3600000", []).unwrap();
         let row = read(&c).unwrap();
@@ -335,7 +341,7 @@ mod tests {
     fn guarded_statements_change_nothing_under_a_stale_epoch() {
         let (_t, mut c) = db();
         let clock = Clock::default();
-        become_leader(&mut c, &candidate(identity::current()), Duration::from_secs(60), &clock).unwrap();
+        become_leader(&mut c, &candidate(identity::current().unwrap()), Duration::from_secs(60), &clock).unwrap();
         let before = read(&c).unwrap();
         let tx = c.transaction().unwrap();
         assert!(!check_epoch(&tx, 0).unwrap());

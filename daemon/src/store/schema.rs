@@ -53,8 +53,7 @@ impl DbState {
     }
 
     pub fn has_leader(&self) -> bool {
-        let idx = MIGRATIONS.iter().position(|(n, _)| *n == LEADER_MIGRATION).expect("leader migration");
-        self.applied() > idx
+        self.applied() > leader_migration_index()
     }
 }
 
@@ -246,6 +245,23 @@ fn remove_temp(tmp: &Path) {
 /// Applies every migration after the first `applied`, one `BEGIN IMMEDIATE` transaction
 /// each. With `epoch`, each transaction first checks the leader row still names it.
 /// Returns the names applied by this call.
+/// Index of the migration that creates the leader row.
+pub fn leader_migration_index() -> usize {
+    MIGRATIONS.iter().position(|(n, _)| *n == LEADER_MIGRATION).expect("leader migration is embedded")
+}
+
+/// Applies migrations `from..to` (see [`apply_pending`]).
+pub fn apply_upto(
+    conn: &mut Connection,
+    path: &Path,
+    from: usize,
+    to: usize,
+    epoch: Option<i64>,
+    clock: &Clock,
+) -> Result<Vec<&'static str>> {
+    apply_range(conn, path, from, to.min(MIGRATIONS.len()), epoch, clock)
+}
+
 pub fn apply_pending(
     conn: &mut Connection,
     path: &Path,
@@ -279,7 +295,9 @@ fn apply_range(
         )
         .map_err(sqlerr)?;
         if let Some(epoch) = epoch {
-            super::leader::check_epoch(&tx, epoch).map_err(sqlerr)?.then_some(()).ok_or_else(|| {
+            // Refreshing the leader row also checks the epoch; a long migration keeps the
+            // holder fresh so a start through another lock path does not take over.
+            super::leader::heartbeat(&tx, epoch, clock).map_err(sqlerr)?.then_some(()).ok_or_else(|| {
                 Error::Fenced(String::from("another homerd took the database's epoch during migration"))
             })?;
         }
@@ -296,7 +314,14 @@ fn apply_range(
         }
         let now = clock.now_ms();
         tx.execute("INSERT INTO temp._migration_clock (now_ms) VALUES (?1)", [now]).map_err(sqlerr)?;
-        tx.execute_batch(sql).map_err(|e| Error::data(path, format!("migration {name} failed: {e}")))?;
+        tx.execute_batch(sql).map_err(|e| match e.sqlite_error_code() {
+            // A statement the schema rejects (duplicate column, ...): the database is not
+            // what its _migrations says. Anything else (disk full, I/O, busy) is transient.
+            Some(rusqlite::ErrorCode::Unknown) | Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                Error::data(path, format!("migration {name} failed: {e}"))
+            }
+            _ => Error::sqlite(path, e),
+        })?;
         // A crash here must leave no trace of this file (the transaction is not committed).
         failpoint::hit("migrate.mid_file").map_err(|e| Error::io("migrate", path, e))?;
         tx.execute(
