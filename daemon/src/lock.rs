@@ -314,7 +314,7 @@ fn read_holder(file: &File) -> Holder {
 /// Linux: the pid holding a FLOCK on (dev, ino), from `/proc/locks`.
 #[cfg(target_os = "linux")]
 fn flock_holder_pid(dev: u64, ino: u64) -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    let text = read_proc_locks()?;
     let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
     text.lines().find_map(|line| {
         let f: Vec<&str> = line.split_ascii_whitespace().collect();
@@ -325,6 +325,27 @@ fn flock_holder_pid(dev: u64, ino: u64) -> Option<u32> {
             None
         }
     })
+}
+
+/// `/proc/locks` in one `read()`. It is a seq_file: each read call walks the lock list
+/// afresh from an offset, so reading it in pieces while other locks come and go can
+/// skip entries (seen in tests). A single call with room for everything is one walk.
+#[cfg(target_os = "linux")]
+fn read_proc_locks() -> Option<String> {
+    use std::io::Read as _;
+    let mut size = 256 * 1024;
+    loop {
+        let mut buf = vec![0u8; size];
+        let n = File::open("/proc/locks").ok()?.read(&mut buf).ok()?;
+        if n < size {
+            buf.truncate(n);
+            return String::from_utf8(buf).ok();
+        }
+        size *= 4;
+        if size > 64 * 1024 * 1024 {
+            return None;
+        }
+    }
 }
 
 /// macOS has no `/proc/locks`; the diagnostics' pid is used instead.
@@ -461,6 +482,11 @@ mod tests {
         let path = t.path().join("homer.lock");
         let lock = held(acquire(&path).unwrap());
         let (dev, ino) = lock.dev_ino();
-        assert_eq!(flock_holder_pid(dev, ino), Some(std::process::id()));
+        assert_eq!(
+            flock_holder_pid(dev, ino),
+            Some(std::process::id()),
+            "dev {dev:#x} ino {ino}; /proc/locks:\n{}",
+            std::fs::read_to_string("/proc/locks").unwrap_or_default()
+        );
     }
 }
