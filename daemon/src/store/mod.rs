@@ -6,6 +6,7 @@
 //! through [`writer::Writer`], whose transactions check the epoch first.
 #![allow(clippy::disallowed_methods)] // the one owner of SQL (and its submodules)
 
+pub mod jobs;
 pub mod leader;
 pub mod read;
 pub mod schema;

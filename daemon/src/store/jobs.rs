@@ -1,0 +1,649 @@
+//! The job queue's statements: enqueue, fenced claims, lease renewal, guarded outcomes,
+//! graceful release and startup orphan recovery.
+//!
+//! Every function that changes a claimed job takes the epoch and the claim token and
+//! matches on both (plus `status = 'running'`): a worker whose claim was recovered and
+//! re-claimed — a zombie — changes nothing, and the caller learns it from the `false` /
+//! empty result (PITFALLS 13). The writer's transaction additionally checks the leader
+//! epoch before any of these run, and claims happen inside that one `BEGIN IMMEDIATE`
+//! transaction (PITFALLS 14). Times are passed in from the daemon's clock: no SQL reads
+//! the time.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+/// A job as the CLI enqueues it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewJob {
+    pub kind: String,
+    /// JSON array of string arguments.
+    pub args: Vec<String>,
+    pub lane: String,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<u64>,
+    pub run_after: i64,
+}
+
+/// What a claim hands the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: i64,
+    pub lane: String,
+    pub kind: String,
+    pub args: Vec<String>,
+    /// `attempts` after the claim's increment (`HOMER_ATTEMPT`).
+    pub attempt: u32,
+    /// This run's number (`HOMER_RUN`), the `job_runs.run` of its row.
+    pub run: u32,
+    pub token: String,
+    pub timeout_ms: Option<u64>,
+    pub max_attempts: u32,
+}
+
+/// Concurrency limits for one claim.
+#[derive(Clone, Debug)]
+pub struct ClaimLimits {
+    /// Global cap on running jobs (this daemon runs them all: one daemon per database).
+    pub global: u32,
+    /// Per-lane caps; lanes not named get `default_lane`.
+    pub lanes: BTreeMap<String, u32>,
+    pub default_lane: u32,
+    /// Jobs claimed in one transaction at most.
+    pub batch: u32,
+}
+
+impl ClaimLimits {
+    fn lane_cap(&self, lane: &str) -> u32 {
+        self.lanes.get(lane).copied().unwrap_or(self.default_lane)
+    }
+}
+
+fn args_json(args: &[String]) -> String {
+    serde_json::to_string(args).expect("strings serialise")
+}
+
+fn parse_args(json: &str) -> Vec<String> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// Inserts a pending job; returns its id.
+pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: i64) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7) RETURNING id",
+        params![job.lane, job.kind, args_json(&job.args), now, job.max_attempts, job.run_after, job.timeout_ms],
+        |r| r.get(0),
+    )
+}
+
+/// Claims ready jobs: pending, `run_after <= now`, lane under its cap, the global cap and
+/// the batch size respected. FIFO by (run_after, id) within a lane; lanes take turns, the
+/// lane whose head has waited longest first. Each claim gets a fresh random token, bumps
+/// `attempts` and `runs`, and inserts its `job_runs` row.
+pub fn claim(
+    tx: &Transaction<'_>,
+    epoch: i64,
+    worker: &str,
+    limits: &ClaimLimits,
+    now: i64,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let mut running: BTreeMap<String, u32> = BTreeMap::new();
+    {
+        let mut stmt = tx.prepare("SELECT lane, COUNT(*) FROM job_queue WHERE status = 'running' GROUP BY lane")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))? {
+            let (lane, n) = row?;
+            running.insert(lane, n);
+        }
+    }
+    let total: u32 = running.values().sum();
+    let room = limits.global.saturating_sub(total).min(limits.batch);
+    if room == 0 {
+        return Ok(Vec::new());
+    }
+    // Each ready lane's head, oldest first.
+    let mut heads: Vec<(String, i64, i64)> = {
+        let mut stmt = tx.prepare(
+            "SELECT lane, MIN(run_after), MIN(id) FROM job_queue
+             WHERE status = 'pending' AND run_after <= ?1 GROUP BY lane",
+        )?;
+        let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        rows
+    };
+    heads.sort_by_key(|(_, run_after, id)| (*run_after, *id));
+    let mut queues: Vec<std::collections::VecDeque<i64>> = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT id FROM job_queue WHERE status = 'pending' AND lane = ?1 AND run_after <= ?2
+             ORDER BY run_after, id LIMIT ?3",
+        )?;
+        for (lane, _, _) in &heads {
+            let free = limits.lane_cap(lane).saturating_sub(running.get(lane).copied().unwrap_or(0)).min(room);
+            let ids = stmt.query_map(params![lane, now, free], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            queues.push(ids);
+        }
+    }
+    let mut chosen = Vec::new();
+    while chosen.len() < room as usize && queues.iter().any(|q| !q.is_empty()) {
+        for q in queues.iter_mut() {
+            if chosen.len() == room as usize {
+                break;
+            }
+            if let Some(id) = q.pop_front() {
+                chosen.push(id);
+            }
+        }
+    }
+    let mut tokens = random_tokens(chosen.len());
+    let mut claimed = Vec::with_capacity(chosen.len());
+    let mut mark = tx.prepare(
+        "UPDATE job_queue SET status = 'running', locked_by = ?2, locked_at = ?3, heartbeat_at = ?3,
+                started_at = ?3, attempts = attempts + 1, runs = runs + 1,
+                claim_token = ?4, claim_epoch = ?5
+         WHERE id = ?1 AND status = 'pending'
+         RETURNING lane, kind, payload, attempts, runs, timeout_ms, max_attempts",
+    )?;
+    let mut run_row = tx.prepare(
+        "INSERT INTO job_runs (job_id, run, attempt, epoch, claim_token, worker, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for id in chosen {
+        let token = tokens.pop().expect("one token per claim");
+        let row = mark
+            .query_row(params![id, worker, now, token, epoch], |r| {
+                Ok(Claimed {
+                    id,
+                    lane: r.get(0)?,
+                    kind: r.get(1)?,
+                    args: parse_args(&r.get::<_, String>(2)?),
+                    attempt: r.get(3)?,
+                    run: r.get(4)?,
+                    token: token.clone(),
+                    timeout_ms: r.get(5)?,
+                    max_attempts: r.get(6)?,
+                })
+            })
+            .optional()?;
+        if let Some(c) = row {
+            run_row.execute(params![c.id, c.run, c.attempt, epoch, c.token, worker, now])?;
+            claimed.push(c);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Renews the leases of `held` (id, token) under `epoch`; returns the ids still ours.
+pub fn renew(tx: &Transaction<'_>, epoch: i64, held: &[(i64, String)], now: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = tx.prepare(
+        "UPDATE job_queue SET heartbeat_at = ?4
+         WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
+    )?;
+    let mut ours = Vec::new();
+    for (id, token) in held {
+        if stmt.execute(params![id, token, epoch, now])? == 1 {
+            ours.push(*id);
+        }
+    }
+    Ok(ours)
+}
+
+/// Records the held child's identity on the run, before the child is released.
+#[allow(clippy::too_many_arguments)]
+pub fn record_child(
+    tx: &Transaction<'_>,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    pid: u32,
+    pgid: u32,
+    boot_id: &str,
+    start_time: u64,
+) -> rusqlite::Result<bool> {
+    if !owns(tx, epoch, id, token)? {
+        return Ok(false);
+    }
+    let n = tx.execute(
+        "UPDATE job_runs SET child_pid = ?3, child_pgid = ?4, child_boot_id = ?5, child_start_time = ?6
+         WHERE job_id = ?1 AND claim_token = ?2 AND ended_at IS NULL",
+        params![id, token, pid, pgid, boot_id, start_time as i64],
+    )?;
+    Ok(n == 1)
+}
+
+fn owns(tx: &Transaction<'_>, epoch: i64, id: i64, token: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT 1 FROM job_queue WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
+        params![id, token, epoch],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+}
+
+/// Clears the lock columns: every transition out of `running` does this.
+const CLEAR_LOCK: &str =
+    "locked_by = NULL, locked_at = NULL, heartbeat_at = NULL, claim_token = NULL, claim_epoch = NULL";
+
+fn end_run(
+    tx: &Transaction<'_>,
+    id: i64,
+    token: &str,
+    outcome: &str,
+    error: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE job_runs SET ended_at = ?3, outcome = ?4, error = ?5
+         WHERE job_id = ?1 AND claim_token = ?2 AND ended_at IS NULL",
+        params![id, token, now, outcome, error],
+    )?;
+    Ok(())
+}
+
+/// The current owner records success. `false`: not the owner (nothing changed).
+pub fn complete(
+    tx: &Transaction<'_>,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    result: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        &format!(
+            "UPDATE job_queue SET status = 'completed', result = ?4, completed_at = ?5, {CLEAR_LOCK}
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3"
+        ),
+        params![id, token, epoch, result, now],
+    )?;
+    if n == 1 {
+        end_run(tx, id, token, "completed", None, now)?;
+    }
+    Ok(n == 1)
+}
+
+/// What a recorded failure did to the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Back to pending, to run again at `run_after`.
+    Retry { run_after: i64 },
+    /// Attempts exhausted (or not retryable): terminal.
+    Failed,
+}
+
+/// The current owner records a failure: `pending` at `retry_at` while attempts remain
+/// (and `retryable`), else `failed`. The error joins the job's history. `None`: not the
+/// owner (nothing changed).
+#[allow(clippy::too_many_arguments)]
+pub fn fail(
+    tx: &Transaction<'_>,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    error: &str,
+    retryable: bool,
+    retry_at: i64,
+    now: i64,
+) -> rusqlite::Result<Option<FailOutcome>> {
+    let Some((attempts, max)) = tx
+        .query_row(
+            "SELECT attempts, max_attempts FROM job_queue
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
+            params![id, token, epoch],
+            |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?)),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let outcome =
+        if retryable && attempts < max { FailOutcome::Retry { run_after: retry_at } } else { FailOutcome::Failed };
+    let (status, run_after, completed_at) = match outcome {
+        FailOutcome::Retry { run_after } => ("pending", Some(run_after), None),
+        FailOutcome::Failed => ("failed", None, Some(now)),
+    };
+    tx.execute(
+        &format!(
+            "UPDATE job_queue SET status = ?4, error = ?5, run_after = COALESCE(?6, run_after), completed_at = ?7,
+                    errors = json_insert(errors, '$[#]', json_object('at', ?8, 'attempt', attempts, 'run', runs, 'error', ?5)),
+                    {CLEAR_LOCK}
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3"
+        ),
+        params![id, token, epoch, status, error, run_after, completed_at, now],
+    )?;
+    end_run(tx, id, token, "failed", Some(error), now)?;
+    Ok(Some(outcome))
+}
+
+/// Graceful release at shutdown: back to `pending`, the attempt given back and counted
+/// as an interruption instead; past `max_interruptions`, `failed`. `None`: not the owner.
+pub fn release(
+    tx: &Transaction<'_>,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    max_interruptions: u32,
+    now: i64,
+) -> rusqlite::Result<Option<FailOutcome>> {
+    let Some(interruptions) = tx
+        .query_row(
+            "SELECT interruptions FROM job_queue
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
+            params![id, token, epoch],
+            |r| r.get::<_, u32>(0),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    if interruptions < max_interruptions {
+        tx.execute(
+            &format!(
+                "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
+                        {CLEAR_LOCK}
+                 WHERE id = ?1 AND claim_token = ?2"
+            ),
+            params![id, token],
+        )?;
+        end_run(tx, id, token, "released", None, now)?;
+        return Ok(Some(FailOutcome::Retry { run_after: now }));
+    }
+    let error = format!("interrupted by shutdown {} times (max_interruptions)", interruptions + 1);
+    tx.execute(
+        &format!(
+            "UPDATE job_queue SET status = 'failed', interruptions = interruptions + 1, error = ?3, completed_at = ?4,
+                    errors = json_insert(errors, '$[#]', json_object('at', ?4, 'attempt', attempts, 'run', runs, 'error', ?3)),
+                    {CLEAR_LOCK}
+             WHERE id = ?1 AND claim_token = ?2"
+        ),
+        params![id, token, error, now],
+    )?;
+    end_run(tx, id, token, "released", Some(&error), now)?;
+    Ok(Some(FailOutcome::Failed))
+}
+
+/// A child recorded by an earlier run that must be gone before its job runs again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrphanChild {
+    pub job_id: i64,
+    pub pid: u32,
+    pub pgid: u32,
+    pub boot_id: String,
+    pub start_time: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Requeued to run after `orphan_retry_delay`.
+    pub requeued: Vec<i64>,
+    /// No attempts left: `failed` (a job that kills the daemon cannot crash-loop).
+    pub failed: Vec<i64>,
+    /// Children recorded by the orphaned runs (to kill and wait for before re-running).
+    pub children: Vec<OrphanChild>,
+}
+
+/// Startup recovery: with the epoch ours, every `running` row is an orphan, whatever
+/// its heartbeat age (PITFALLS 10, 11).
+pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlite::Result<Recovered> {
+    let mut out = Recovered::default();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT r.job_id, r.child_pid, r.child_pgid, r.child_boot_id, r.child_start_time
+             FROM job_runs r JOIN job_queue q ON q.id = r.job_id
+             WHERE q.status = 'running' AND r.ended_at IS NULL AND r.child_pgid IS NOT NULL",
+        )?;
+        for row in stmt.query_map([], |r| {
+            Ok(OrphanChild {
+                job_id: r.get(0)?,
+                pid: r.get(1)?,
+                pgid: r.get(2)?,
+                boot_id: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                start_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u64,
+            })
+        })? {
+            out.children.push(row?);
+        }
+    }
+    let error = "orphaned: the daemon running it stopped without recording an outcome";
+    tx.execute(
+        "UPDATE job_runs SET ended_at = ?1, outcome = 'orphaned', error = ?2
+         WHERE ended_at IS NULL AND job_id IN (SELECT id FROM job_queue WHERE status = 'running')",
+        params![now, error],
+    )?;
+    out.failed = tx
+        .prepare(&format!(
+            "UPDATE job_queue SET status = 'failed', completed_at = ?1,
+                    error = ?2 || '; no attempts left',
+                    errors = json_insert(errors, '$[#]', json_object('at', ?1, 'attempt', attempts, 'run', runs, 'error', ?2)),
+                    {CLEAR_LOCK}
+             WHERE status = 'running' AND attempts >= max_attempts RETURNING id"
+        ))?
+        .query_map(params![now, error], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    out.requeued = tx
+        .prepare(&format!(
+            "UPDATE job_queue SET status = 'pending', run_after = ?1,
+                    errors = json_insert(errors, '$[#]', json_object('at', ?2, 'attempt', attempts, 'run', runs, 'error', ?3)),
+                    {CLEAR_LOCK}
+             WHERE status = 'running' RETURNING id"
+        ))?
+        .query_map(params![retry_at, now, error], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    out.requeued.sort_unstable();
+    out.failed.sort_unstable();
+    Ok(out)
+}
+
+/// `n` random 128-bit claim tokens, hex.
+fn random_tokens(n: usize) -> Vec<String> {
+    let mut buf = vec![0u8; 16 * n];
+    for chunk in buf.chunks_mut(256) {
+        // SAFETY: `chunk` is writable for its length, at most 256 bytes (getentropy's limit).
+        let rc = unsafe { libc::getentropy(chunk.as_mut_ptr().cast(), chunk.len()) };
+        assert_eq!(rc, 0, "getentropy failed: {}", std::io::Error::last_os_error());
+    }
+    buf.chunks(16).map(|c| c.iter().map(|b| format!("{b:02x}")).collect()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::store::schema;
+    use rusqlite::Connection;
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("homer.db");
+        schema::create(&path, &Clock::default()).unwrap();
+        (t, Connection::open(&path).unwrap())
+    }
+
+    fn job(lane: &str, kind: &str) -> NewJob {
+        NewJob { kind: kind.into(), args: vec![], lane: lane.into(), max_attempts: 3, timeout_ms: None, run_after: 0 }
+    }
+
+    fn limits(global: u32, lanes: &[(&str, u32)]) -> ClaimLimits {
+        ClaimLimits {
+            global,
+            lanes: lanes.iter().map(|(l, n)| (l.to_string(), *n)).collect(),
+            default_lane: 1,
+            batch: 32,
+        }
+    }
+
+    fn with_tx<R>(c: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> R) -> R {
+        let tx = c.transaction().unwrap();
+        let r = f(&tx);
+        tx.commit().unwrap();
+        r
+    }
+
+    fn row(c: &Connection, id: i64) -> (String, u32, u32, Option<String>, Option<String>, String) {
+        c.query_row(
+            "SELECT status, attempts, interruptions, claim_token, locked_by, errors FROM job_queue WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn claim_is_fifo_within_a_lane_and_respects_caps() {
+        let (_t, mut c) = db();
+        let ids: Vec<i64> =
+            with_tx(&mut c, |tx| (0..5).map(|_| enqueue(tx, &job("a", "noop"), 100).unwrap()).collect());
+        let got = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[("a", 2)]), 100).unwrap());
+        assert_eq!(got.iter().map(|c| c.id).collect::<Vec<_>>(), ids[..2]);
+        assert!(got.iter().all(|c| c.attempt == 1 && c.run == 1 && c.token.len() == 32));
+        assert_ne!(got[0].token, got[1].token);
+        // The lane is full: nothing more until one finishes.
+        assert!(with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[("a", 2)]), 100).unwrap()).is_empty());
+        assert!(with_tx(&mut c, |tx| complete(tx, 1, got[0].id, &got[0].token, None, 101).unwrap()));
+        let next = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[("a", 2)]), 102).unwrap());
+        assert_eq!(next.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[2]]);
+    }
+
+    #[test]
+    fn lanes_take_turns_under_the_global_cap() {
+        let (_t, mut c) = db();
+        with_tx(&mut c, |tx| {
+            for _ in 0..4 {
+                enqueue(tx, &job("a", "noop"), 100).unwrap();
+            }
+            for _ in 0..4 {
+                enqueue(tx, &job("b", "noop"), 100).unwrap();
+            }
+        });
+        let got = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(3, &[("a", 4), ("b", 4)]), 100).unwrap());
+        let lanes: Vec<&str> = got.iter().map(|c| c.lane.as_str()).collect();
+        assert_eq!(lanes, ["a", "b", "a"], "both lanes progress, oldest lane first, global cap 3");
+    }
+
+    #[test]
+    fn future_jobs_wait_for_run_after() {
+        let (_t, mut c) = db();
+        let mut j = job("a", "noop");
+        j.run_after = 5_000;
+        with_tx(&mut c, |tx| enqueue(tx, &j, 100).unwrap());
+        assert!(with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 4_999).unwrap()).is_empty());
+        assert_eq!(with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 5_000).unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn a_stale_token_or_epoch_changes_nothing() {
+        let (_t, mut c) = db();
+        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "noop"), 100).unwrap());
+        let cl = with_tx(&mut c, |tx| claim(tx, 7, "w", &limits(4, &[]), 100).unwrap()).remove(0);
+        let before = row(&c, id);
+        let runs_before: i64 =
+            c.query_row("SELECT COUNT(*) FROM job_runs WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
+        for (epoch, token) in [(7, "not-the-token"), (6, cl.token.as_str()), (8, cl.token.as_str())] {
+            with_tx(&mut c, |tx| {
+                assert!(!complete(tx, epoch, id, token, None, 200).unwrap());
+                assert_eq!(fail(tx, epoch, id, token, "x", true, 300, 200).unwrap(), None);
+                assert_eq!(release(tx, epoch, id, token, 10, 200).unwrap(), None);
+                assert!(renew(tx, epoch, &[(id, token.to_owned())], 200).unwrap().is_empty());
+                assert!(!record_child(tx, epoch, id, token, 1, 1, "b", 1).unwrap());
+            });
+            assert_eq!(row(&c, id), before, "epoch {epoch} token {token} changed the job");
+        }
+        let runs_after: i64 =
+            c.query_row("SELECT COUNT(*) FROM job_runs WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
+        assert_eq!(runs_before, runs_after);
+        // The owner can.
+        assert_eq!(with_tx(&mut c, |tx| renew(tx, 7, &[(id, cl.token.clone())], 150).unwrap()), vec![id]);
+        assert!(with_tx(&mut c, |tx| complete(tx, 7, id, &cl.token, Some("ok"), 200).unwrap()));
+        let (status, _, _, token, locked_by, _) = row(&c, id);
+        assert_eq!((status.as_str(), token, locked_by), ("completed", None, None), "lock columns cleared");
+        // And only once.
+        assert!(!with_tx(&mut c, |tx| complete(tx, 7, id, &cl.token, Some("again"), 201).unwrap()));
+    }
+
+    #[test]
+    fn failures_retry_until_attempts_run_out_keeping_every_error() {
+        let (_t, mut c) = db();
+        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "fail"), 100).unwrap());
+        let mut now = 100;
+        for attempt in 1..=3u32 {
+            let cl = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), now).unwrap()).remove(0);
+            assert_eq!((cl.attempt, cl.run), (attempt, attempt));
+            let out = with_tx(&mut c, |tx| {
+                fail(tx, 1, id, &cl.token, &format!("boom {attempt}"), true, now + 1000, now).unwrap()
+            });
+            let expect = if attempt < 3 {
+                Some(FailOutcome::Retry { run_after: now + 1000 })
+            } else {
+                Some(FailOutcome::Failed)
+            };
+            assert_eq!(out, expect);
+            now += 1000;
+        }
+        let (status, attempts, _, token, _, errors) = row(&c, id);
+        assert_eq!((status.as_str(), attempts, token), ("failed", 3, None));
+        let errors: Vec<serde_json::Value> = serde_json::from_str(&errors).unwrap();
+        let msgs: Vec<&str> = errors.iter().map(|e| e["error"].as_str().unwrap()).collect();
+        assert_eq!(msgs, ["boom 1", "boom 2", "boom 3"]);
+        let outcomes: Vec<String> = c
+            .prepare("SELECT outcome FROM job_runs WHERE job_id = ?1 ORDER BY run")
+            .unwrap()
+            .query_map([id], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(outcomes, ["failed", "failed", "failed"]);
+    }
+
+    #[test]
+    fn graceful_release_gives_the_attempt_back_until_max_interruptions() {
+        let (_t, mut c) = db();
+        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "sleep"), 100).unwrap());
+        for n in 1..=2u32 {
+            let cl = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 100).unwrap()).remove(0);
+            assert_eq!(cl.attempt, 1, "a released run does not consume an attempt");
+            assert_eq!(cl.run, n);
+            let out = with_tx(&mut c, |tx| release(tx, 1, id, &cl.token, 1, 200).unwrap());
+            let (status, attempts, interruptions, ..) = row(&c, id);
+            if n == 1 {
+                assert_eq!(out, Some(FailOutcome::Retry { run_after: 200 }));
+                assert_eq!((status.as_str(), attempts, interruptions), ("pending", 0, 1));
+            } else {
+                assert_eq!(out, Some(FailOutcome::Failed));
+                assert_eq!((status.as_str(), interruptions), ("failed", 2));
+            }
+        }
+    }
+
+    #[test]
+    fn startup_recovery_requeues_every_orphan_and_fails_the_exhausted() {
+        let (_t, mut c) = db();
+        let (a, b) = with_tx(&mut c, |tx| {
+            let a = enqueue(tx, &job("a", "noop"), 100).unwrap();
+            let mut one = job("b", "crash");
+            one.max_attempts = 1;
+            (a, enqueue(tx, &one, 100).unwrap())
+        });
+        let claimed = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 100).unwrap());
+        assert_eq!(claimed.len(), 2);
+        let ca = claimed.iter().find(|c| c.id == a).unwrap();
+        with_tx(&mut c, |tx| assert!(record_child(tx, 1, a, &ca.token, 4242, 4242, "boot", 77).unwrap()));
+        // A fresh heartbeat does not matter: the epoch is ours, so every running row is orphaned.
+        let rec = with_tx(&mut c, |tx| recover_orphans(tx, 150, 101).unwrap());
+        assert_eq!(rec.requeued, vec![a]);
+        assert_eq!(rec.failed, vec![b]);
+        assert_eq!(
+            rec.children,
+            vec![OrphanChild { job_id: a, pid: 4242, pgid: 4242, boot_id: "boot".into(), start_time: 77 }]
+        );
+        assert_eq!(row(&c, a).0, "pending");
+        assert_eq!(row(&c, b).0, "failed");
+        let open: i64 = c.query_row("SELECT COUNT(*) FROM job_runs WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
+        assert_eq!(open, 0);
+        // The old claim cannot complete after recovery, even under the same epoch.
+        assert!(!with_tx(&mut c, |tx| complete(tx, 1, a, &ca.token, None, 102).unwrap()));
+        // It runs again after orphan_retry_delay, as attempt 2, run 2.
+        assert!(with_tx(&mut c, |tx| claim(tx, 2, "w2", &limits(4, &[]), 149).unwrap()).is_empty());
+        let again = with_tx(&mut c, |tx| claim(tx, 2, "w2", &limits(4, &[]), 150).unwrap());
+        assert_eq!((again[0].id, again[0].attempt, again[0].run), (a, 2, 2));
+    }
+}
