@@ -8,6 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
+use predicates::prelude::*;
+use predicates::str::contains;
 
 const EX_USAGE: i32 = 64;
 const EX_DATA: i32 = 65;
@@ -22,59 +24,73 @@ fn error_msg(out: &Output) -> String {
     out.event("daemon.error").map(|e| e["msg"].as_str().unwrap().to_owned()).unwrap_or_else(|| out.stderr.clone())
 }
 
+/// An assert_cmd `Command` for this sandbox (its home, JSON events, no inherited
+/// HOMER_* settings), bounded so a hang fails the test instead of stalling it.
+fn homerd(sb: &Sandbox) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::from_std(sb.cmd());
+    c.timeout(deadline(30.0));
+    c
+}
+
 #[test]
 fn every_subcommand_has_help() {
     let sb = Sandbox::new();
     for sub in ["run", "status", "doctor", "migrate", "backup"] {
-        let out = sb.run(&[sub, "--help"]);
-        assert_eq!(out.code, Some(0), "{sub} --help: {}", out.stderr);
-        assert!(out.stdout.contains("Usage: homerd"), "{sub}: {}", out.stdout);
+        homerd(&sb).args([sub, "--help"]).assert().success().stdout(contains("Usage: homerd"));
     }
-    let out = sb.run(&["--help"]);
-    assert!(out.stdout.contains("Exit codes:"), "{}", out.stdout);
+    homerd(&sb).arg("--help").assert().success().stdout(contains("Exit codes:"));
     assert!(!sb.home().exists(), "--help created the home directory");
 }
 
 #[test]
 fn usage_errors_exit_64() {
     let sb = Sandbox::new();
-    assert_eq!(sb.run(&["frobnicate"]).code, Some(EX_USAGE));
-    assert_eq!(sb.run(&["status", "--jsn"]).code, Some(EX_USAGE));
-    assert_eq!(sb.run(&["backup"]).code, Some(EX_USAGE));
+    homerd(&sb).arg("frobnicate").assert().code(EX_USAGE);
+    homerd(&sb).args(["status", "--jsn"]).assert().code(EX_USAGE);
+    homerd(&sb).arg("backup").assert().code(EX_USAGE);
 }
 
 /// An invalid value names the key and where it came from, exits 78, touches nothing.
+/// The error is the `msg` of the JSON `daemon.error` event on stderr.
 #[test]
 fn invalid_config_names_key_and_source_and_touches_nothing() {
     let sb = Sandbox::new();
-    let out = sb.run(&["run", "--set", "heartbeat_interval=fast"]);
-    assert_eq!(out.code, Some(EX_CONFIG), "{}", out.stderr);
-    let msg = error_msg(&out);
-    assert!(msg.contains("`heartbeat_interval`") && msg.contains("--set"), "{msg}");
+    homerd(&sb)
+        .args(["run", "--set", "heartbeat_interval=fast"])
+        .assert()
+        .code(EX_CONFIG)
+        .stderr(contains("`heartbeat_interval`").and(contains("--set")));
 
     let cfg = sb.dir.path().join("homerd.toml");
     std::fs::write(&cfg, "stale_threshold = \"10 minutes\"\n").unwrap();
-    let out = sb.run(&["run", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(out.code, Some(EX_CONFIG));
-    let msg = error_msg(&out);
-    assert!(msg.contains(cfg.to_str().unwrap()) && msg.contains("`stale_threshold`"), "{msg}");
+    homerd(&sb)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .assert()
+        .code(EX_CONFIG)
+        .stderr(contains(cfg.to_str().unwrap()).and(contains("`stale_threshold`")));
 
     std::fs::write(&cfg, "heartbeat_intervl = \"1s\"\n").unwrap();
-    let msg = error_msg(&sb.run(&["run", "--config", cfg.to_str().unwrap()]));
-    assert!(msg.contains("unknown key") && msg.contains("heartbeat_interval"), "{msg}");
+    homerd(&sb)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .assert()
+        .code(EX_CONFIG)
+        .stderr(contains("unknown key").and(contains("heartbeat_interval")));
 
-    let mut c = sb.cmd();
-    c.env("HOMER_MAX_ATTEMPTS", "0").arg("run");
-    let out = run_bounded(c, deadline(10.0));
-    assert_eq!(out.code, Some(EX_CONFIG));
-    assert!(error_msg(&out).contains("HOMER_MAX_ATTEMPTS"), "{}", out.stderr);
+    homerd(&sb)
+        .env("HOMER_MAX_ATTEMPTS", "0")
+        .arg("run")
+        .assert()
+        .code(EX_CONFIG)
+        .stderr(contains("HOMER_MAX_ATTEMPTS"));
 
-    let out = sb.run(&["run", "--set", "stale_threshold=5s"]);
-    assert_eq!(out.code, Some(EX_CONFIG));
-    assert!(error_msg(&out).contains("heartbeat_interval"), "{}", out.stderr);
+    homerd(&sb)
+        .args(["run", "--set", "stale_threshold=5s"])
+        .assert()
+        .code(EX_CONFIG)
+        .stderr(contains("heartbeat_interval"));
 
     let missing = sb.dir.path().join("nope.toml");
-    assert_eq!(sb.run(&["run", "--config", missing.to_str().unwrap()]).code, Some(EX_CONFIG));
+    homerd(&sb).args(["run", "--config", missing.to_str().unwrap()]).assert().code(EX_CONFIG);
     assert!(!sb.home().exists(), "a config error created the home directory");
 }
 
@@ -342,10 +358,9 @@ fn unprivileged(sb: &Sandbox) -> Option<std::process::Command> {
 #[test]
 fn status_without_a_database_creates_nothing() {
     let sb = Sandbox::new();
-    let out = sb.run(&["status"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout.contains("not created yet"), "{}", out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&sb.run(&["status", "--json"]).stdout).unwrap();
+    homerd(&sb).arg("status").assert().success().stdout(contains("not created yet"));
+    let assert = homerd(&sb).args(["status", "--json"]).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
     assert_eq!(v["exists"], false);
     assert_eq!(v["daemon"]["active"], false);
     assert!(!sb.home().exists(), "status created the home directory");

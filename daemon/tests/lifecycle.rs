@@ -407,3 +407,94 @@ fn refused_start_creates_no_lock_folder() {
     assert!(out.event("daemon.error").unwrap()["msg"].as_str().unwrap().contains(&format!("PID {}", a.pid())));
     assert!(!sb.dir.path().join("new").exists(), "a refused start created folders");
 }
+
+/// A start killed after it won the lock and the leader check but before its epoch bump
+/// committed changes nothing: the epoch stays where the last clean stop left it, and the
+/// next start takes the following one.
+#[test]
+fn crash_before_the_epoch_bump_changes_nothing() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait_exit().code(), Some(0), "{}", a.dump());
+    assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
+
+    let mut crashed = sb.start_with(FAST, &[("HOMERD_FAILPOINTS", "epoch.before_bump=abort")]);
+    let status = crashed.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "expected death at the failpoint, got {status:?}:\n{}",
+        crashed.dump()
+    );
+    assert!(!crashed.has_event("daemon.active"), "{}", crashed.dump());
+    let st = status_json(&sb);
+    assert_eq!(st["daemon"]["epoch"], 1, "an uncommitted bump changed the epoch: {st}");
+    assert_eq!(st["daemon"]["state"], "none", "an uncommitted bump named a holder: {st}");
+
+    let mut b = sb.start(FAST);
+    assert_eq!(b.wait_event("daemon.active")["epoch"], 2);
+    assert_eq!(status_json(&sb)["daemon"]["pid"], b.pid());
+}
+
+/// A daemon killed between `shutdown.begin` and clearing its leader row leaves the row
+/// naming a dead process; the next start sees it dead (process identity) and takes over
+/// at once, without waiting out the holder's stale_threshold (an hour here).
+#[test]
+fn crash_during_shutdown_is_recovered_by_the_next_start() {
+    let sb = Sandbox::new();
+    let args: Vec<&str> = [FAST, &["--set", "stale_threshold=1h"]].concat();
+    let mut a = sb.start_with(&args, &[("HOMERD_FAILPOINTS", "shutdown.before_release=abort")]);
+    assert_eq!(a.wait_event("daemon.active")["epoch"], 1);
+    let a_pid = a.pid();
+    a.signal(libc::SIGTERM);
+    a.wait_event("shutdown.begin");
+    let status = a.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "expected death at the failpoint, got {status:?}:\n{}",
+        a.dump()
+    );
+    assert!(!a.has_event("lock.released"), "{}", a.dump());
+
+    let st = status_json(&sb);
+    assert_eq!(st["daemon"]["pid"], a_pid, "{st}");
+    assert_eq!(st["daemon"]["state"], "dead", "{st}");
+    assert_eq!(st["daemon"]["epoch"], 1, "{st}");
+
+    let restarted = Instant::now();
+    let mut b = sb.start(FAST);
+    assert_eq!(b.wait_event("daemon.active")["epoch"], 2, "{}", b.dump());
+    eprintln!("restart after a crash mid-shutdown to daemon.active: {:?}", restarted.elapsed());
+    let st = status_json(&sb);
+    assert_eq!(st["daemon"]["pid"], b.pid(), "{st}");
+    assert_eq!(st["daemon"]["state"], "active", "{st}");
+}
+
+/// A holder stopped between its flock and writing its diagnostics is not assumed to be
+/// a daemon: a second start waits (`lock.waiting`) rather than exiting 0, and once the
+/// holder runs on and describes itself, the second start reports it busy and exits 0.
+#[test]
+fn lock_after_flock_stop_holds_others_off() {
+    let sb = Sandbox::new();
+    let mut a = sb.start_with(FAST, &[("HOMERD_FAILPOINTS", "lock.after_flock=stop")]);
+    a.wait_event("failpoint.hit");
+    a.wait_stopped();
+
+    let mut b = sb.start(FAST);
+    let waiting = b.next("lock.waiting (or an outcome)", |v| {
+        v["event"] == "lock.waiting" || v["event"] == "lock.busy" || v["event"] == "daemon.active"
+    });
+    assert_eq!(waiting["event"], "lock.waiting", "B did not wait for an undescribed holder:\n{}", b.dump());
+    assert!(b.child.try_wait().unwrap().is_none(), "B exited while A held the lock undescribed:\n{}", b.dump());
+
+    a.resume();
+    assert_eq!(a.wait_event("daemon.active")["epoch"], 1, "{}", a.dump());
+    assert_eq!(b.wait_exit().code(), Some(0), "{}", b.dump());
+    let busy = b.wait_event("lock.busy");
+    assert_eq!(busy["holder_pid"], a.pid(), "{}", b.dump());
+    assert!(!b.has_event("daemon.active"), "two holders:\n{}", b.dump());
+    assert!(!b.has_event("lock.acquired"), "two holders:\n{}", b.dump());
+    assert_eq!(status_json(&sb)["daemon"]["pid"], a.pid());
+}

@@ -150,6 +150,8 @@ pub struct Daemon {
     rx: Receiver<Value>,
     pub seen: Vec<Value>,
     exited: Option<ExitStatus>,
+    /// `waitpid(WUNTRACED)` reports a stop once; remember it until we send SIGCONT.
+    stopped: std::cell::Cell<bool>,
 }
 
 impl Daemon {
@@ -167,7 +169,7 @@ impl Daemon {
                 }
             }
         });
-        Daemon { child, rx, seen: Vec::new(), exited: None }
+        Daemon { child, rx, seen: Vec::new(), exited: None, stopped: std::cell::Cell::new(false) }
     }
 
     pub fn pid(&self) -> u32 {
@@ -255,6 +257,9 @@ impl Daemon {
     /// emits `failpoint.hit` *before* stopping itself, so a SIGCONT sent on the event
     /// alone could arrive first and be lost.
     pub fn wait_stopped(&self) {
+        if self.stopped.get() {
+            return;
+        }
         let limit = deadline(20.0);
         let end = Instant::now() + limit;
         loop {
@@ -263,6 +268,7 @@ impl Daemon {
             // stop report does not reap it.
             let rc = unsafe { libc::waitpid(self.pid() as i32, &mut status, libc::WNOHANG | libc::WUNTRACED) };
             if rc == self.pid() as i32 && libc::WIFSTOPPED(status) {
+                self.stopped.set(true);
                 return;
             }
             assert!(rc == 0, "homerd exited or vanished while we waited for it to stop (rc {rc}, status {status:#x})");
@@ -280,6 +286,9 @@ impl Daemon {
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own, not yet reaped, child.
         assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0, "kill({sig})");
+        if sig == libc::SIGCONT {
+            self.stopped.set(false);
+        }
     }
 
     pub fn has_event(&self, name: &str) -> bool {
