@@ -362,6 +362,29 @@ pub fn release(
     Ok(Some(FailOutcome::Failed))
 }
 
+/// A run whose lease was lost (its child already killed): back to `pending` for another
+/// run, with no outcome recorded — the attempt stays counted. `false`: not the owner.
+pub fn abandon(
+    tx: &Transaction<'_>,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    reason: &str,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        &format!(
+            "UPDATE job_queue SET status = 'pending', {CLEAR_LOCK}
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3"
+        ),
+        params![id, token, epoch],
+    )?;
+    if n == 1 {
+        end_run(tx, id, token, "abandoned", Some(reason), now)?;
+    }
+    Ok(n == 1)
+}
+
 /// A child recorded by an earlier run that must be gone before its job runs again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrphanChild {

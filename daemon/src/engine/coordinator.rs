@@ -1,0 +1,588 @@
+//! The coordinator: what to claim, when a lease is lost, what to kill, what to record,
+//! what to release on shutdown, what to do when fenced — a state machine with no I/O.
+//!
+//! It is fed the time (monotonic milliseconds for deadlines, wall milliseconds for the
+//! database) and results, and answers with decisions; the runner does the I/O around it
+//! (spawning and killing children, waiting). Shared state lives behind the `sync` shim so
+//! loom can drive this very code with several worker threads, lease supervision and a
+//! shutdown signal.
+//!
+//! Architecture invariants:
+//! - a job whose lease is not ours (lost, fenced, stood down) never records an outcome:
+//!   [`Coordinator::finish`] records nothing for it, and the store's guards would refuse
+//!   it anyway;
+//! - a lease's child must be dead by `last renewal + stale_threshold - margin`: killing
+//!   starts at [`Lease::kill_by`], `kill_grace` earlier;
+//! - a job claimed during shutdown is released (attempt given back), never dropped.
+
+use std::collections::BTreeMap;
+
+use super::store::{ChildRecord, JobStore, StoreError};
+use crate::store::jobs::{ClaimLimits, Claimed, FailOutcome, Recovered};
+use crate::sync::{self, Mutex};
+
+/// Timing and limits, in milliseconds.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub worker: String,
+    pub heartbeat_ms: i64,
+    pub stale_ms: i64,
+    pub kill_grace_ms: i64,
+    pub shutdown_grace_ms: i64,
+    pub orphan_retry_delay_ms: i64,
+    pub backoff_base_ms: i64,
+    pub backoff_cap_ms: i64,
+    pub max_interruptions: u32,
+    pub limits: ClaimLimits,
+}
+
+impl EngineConfig {
+    /// Safety margin before the stale threshold: half a heartbeat interval.
+    pub fn margin_ms(&self) -> i64 {
+        self.heartbeat_ms / 2
+    }
+
+    /// Failure backoff before attempt `attempt + 1`: exponential from `backoff_base`,
+    /// capped, with the upper half jittered by `jitter` (0.0..=1.0).
+    pub fn backoff_ms(&self, attempt: u32, jitter: f64) -> i64 {
+        let exp = self.backoff_base_ms.saturating_mul(1i64 << attempt.saturating_sub(1).min(40));
+        let delay = exp.min(self.backoff_cap_ms).max(0);
+        delay / 2 + ((delay - delay / 2) as f64 * jitter.clamp(0.0, 1.0)) as i64
+    }
+}
+
+/// Why the runner must stop a job's process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Not renewed in time, or the store says it is no longer ours.
+    LeaseLost,
+    /// The job's own timeout.
+    Timeout,
+    /// Shutdown grace ran out: release it, giving the attempt back.
+    Shutdown,
+    /// Another daemon holds the epoch.
+    Fenced,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub job: Claimed,
+    /// Monotonic time of the last successful renewal (or the claim).
+    pub renewed_at: i64,
+    pub timeout_at: Option<i64>,
+    pub stop: Option<StopReason>,
+    pub child: Option<ChildRecord>,
+    /// A result the store could not take yet (busy): retried by [`Coordinator::retry_unrecorded`].
+    unrecorded: Option<JobResult>,
+}
+
+impl Lease {
+    /// When killing must start so the child is dead before the lease could be taken over.
+    pub fn kill_by(&self, cfg: &EngineConfig) -> i64 {
+        self.renewed_at + cfg.stale_ms - cfg.kill_grace_ms - cfg.margin_ms()
+    }
+}
+
+/// How a job's process (or in-process work) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobResult {
+    Succeeded,
+    Failed { error: String, retryable: bool },
+}
+
+/// What [`Coordinator::finish`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    Completed,
+    Retry {
+        run_after: i64,
+    },
+    Failed,
+    Released,
+    /// Requeued after a lost lease or a timeout kill, no outcome recorded.
+    Abandoned,
+    /// Nothing recorded: the lease was not ours (lost, fenced) or the store refused.
+    Discarded(&'static str),
+    /// The store was unavailable; the result is kept and retried.
+    Deferred,
+}
+
+#[derive(Default)]
+struct State {
+    leases: BTreeMap<i64, Lease>,
+    shutdown: Option<Shutdown>,
+    fenced: bool,
+    standing_down: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Shutdown {
+    grace_ends: i64,
+}
+
+pub struct Coordinator<S> {
+    pub cfg: EngineConfig,
+    pub epoch: i64,
+    state: Mutex<State>,
+    store: Mutex<S>,
+}
+
+impl<S: JobStore> Coordinator<S> {
+    pub fn new(cfg: EngineConfig, epoch: i64, store: S) -> Coordinator<S> {
+        Coordinator { cfg, epoch, state: Mutex::new(State::default()), store: Mutex::new(store) }
+    }
+
+    /// Startup recovery: every running row is an orphan (the epoch is ours).
+    pub fn recover(&self, now_wall: i64) -> Result<Recovered, StoreError> {
+        let retry_at = now_wall + self.cfg.orphan_retry_delay_ms;
+        let r = sync::lock(&self.store).recover(self.epoch, retry_at, now_wall);
+        if r == Err(StoreError::Fenced) {
+            self.fence();
+        }
+        r
+    }
+
+    /// Claims what fits, unless shutting down, fenced or standing down.
+    pub fn claim(&self, now_mono: i64, now_wall: i64) -> Vec<Claimed> {
+        let mut st = sync::lock(&self.state);
+        if st.fenced || st.standing_down || st.shutdown.is_some() {
+            return Vec::new();
+        }
+        let result = sync::lock(&self.store).claim(self.epoch, &self.cfg.worker, &self.cfg.limits, now_wall);
+        match result {
+            Ok(claimed) => {
+                for c in &claimed {
+                    let timeout_at = c.timeout_ms.map(|t| now_mono + t as i64);
+                    let lease = Lease {
+                        job: c.clone(),
+                        renewed_at: now_mono,
+                        timeout_at,
+                        stop: None,
+                        child: None,
+                        unrecorded: None,
+                    };
+                    st.leases.insert(c.id, lease);
+                }
+                claimed
+            }
+            Err(StoreError::Fenced) => {
+                fence_locked(&mut st);
+                Vec::new()
+            }
+            Err(StoreError::Unavailable(_)) => Vec::new(),
+        }
+    }
+
+    /// Records a held child's identity before it is released. `false`: do not release it
+    /// (the lease is not ours any more); the runner kills it unreleased.
+    pub fn record_child(&self, id: i64, child: ChildRecord) -> bool {
+        let mut st = sync::lock(&self.state);
+        let Some(lease) = st.leases.get(&id).filter(|l| l.stop.is_none()) else { return false };
+        let token = lease.job.token.clone();
+        match sync::lock(&self.store).record_child(self.epoch, id, &token, &child) {
+            Ok(true) => {
+                if let Some(l) = st.leases.get_mut(&id) {
+                    l.child = Some(child);
+                }
+                true
+            }
+            Ok(false) | Err(StoreError::Unavailable(_)) => false,
+            Err(StoreError::Fenced) => {
+                fence_locked(&mut st);
+                false
+            }
+        }
+    }
+
+    /// Renews every lease still worth keeping (running, or being stopped for shutdown or a
+    /// timeout: the row must stay ours until released). Returns the ids whose lease turned
+    /// out lost, now marked to be killed.
+    pub fn renew(&self, now_mono: i64, now_wall: i64) -> Vec<i64> {
+        let mut st = sync::lock(&self.state);
+        let held: Vec<(i64, String)> = st
+            .leases
+            .values()
+            .filter(|l| !matches!(l.stop, Some(StopReason::LeaseLost | StopReason::Fenced)))
+            .map(|l| (l.job.id, l.job.token.clone()))
+            .collect();
+        if held.is_empty() || st.fenced {
+            return Vec::new();
+        }
+        let result = sync::lock(&self.store).renew(self.epoch, &held, now_wall);
+        match result {
+            Ok(ours) => {
+                let mut lost = Vec::new();
+                for (id, _) in held {
+                    let lease = st.leases.get_mut(&id).expect("held lease");
+                    if ours.contains(&id) {
+                        lease.renewed_at = now_mono;
+                    } else {
+                        lease.stop = Some(StopReason::LeaseLost);
+                        lost.push(id);
+                    }
+                }
+                lost
+            }
+            Err(StoreError::Fenced) => fence_locked(&mut st),
+            // Not renewed: the deadlines in `due` decide when to give up.
+            Err(StoreError::Unavailable(_)) => Vec::new(),
+        }
+    }
+
+    /// Leases whose process must be stopped now, each marked with its reason: past the
+    /// lease's kill-by time, past the job's timeout, or past the shutdown grace.
+    pub fn due(&self, now_mono: i64) -> Vec<(i64, StopReason)> {
+        let mut st = sync::lock(&self.state);
+        let grace_over = st.shutdown.is_some_and(|s| now_mono >= s.grace_ends);
+        let mut out = Vec::new();
+        for lease in st.leases.values_mut().filter(|l| l.stop.is_none() && l.unrecorded.is_none()) {
+            let reason = if now_mono >= lease.kill_by(&self.cfg) {
+                Some(StopReason::LeaseLost)
+            } else if lease.timeout_at.is_some_and(|t| now_mono >= t) {
+                Some(StopReason::Timeout)
+            } else if grace_over {
+                Some(StopReason::Shutdown)
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                lease.stop = Some(r);
+                out.push((lease.job.id, r));
+            }
+        }
+        out
+    }
+
+    /// The earliest monotonic time at which [`Coordinator::due`] could return something.
+    pub fn next_deadline(&self) -> Option<i64> {
+        let st = sync::lock(&self.state);
+        let grace = st.shutdown.map(|s| s.grace_ends);
+        st.leases
+            .values()
+            .filter(|l| l.stop.is_none())
+            .flat_map(|l| [Some(l.kill_by(&self.cfg)), l.timeout_at])
+            .chain([grace])
+            .flatten()
+            .min()
+    }
+
+    /// Stop claiming; let running jobs finish until `grace_ms` from now (a second call
+    /// can only shorten it).
+    pub fn begin_shutdown(&self, now_mono: i64, grace_ms: i64) {
+        let mut st = sync::lock(&self.state);
+        let ends = now_mono + grace_ms;
+        let grace_ends = st.shutdown.map_or(ends, |s| s.grace_ends.min(ends));
+        st.shutdown = Some(Shutdown { grace_ends });
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        sync::lock(&self.state).shutdown.is_some()
+    }
+
+    /// Another daemon holds the epoch: every lease is lost. Returns the ids to kill.
+    pub fn fence(&self) -> Vec<i64> {
+        fence_locked(&mut sync::lock(&self.state))
+    }
+
+    pub fn fenced(&self) -> bool {
+        sync::lock(&self.state).fenced
+    }
+
+    /// The leader row could not be refreshed for too long: stop running anything (every
+    /// lease is treated as lost) and claim nothing until [`Coordinator::resume`].
+    pub fn stand_down(&self) -> Vec<i64> {
+        let mut st = sync::lock(&self.state);
+        st.standing_down = true;
+        let mut out = Vec::new();
+        for l in st.leases.values_mut().filter(|l| l.stop.is_none() || l.stop == Some(StopReason::Timeout)) {
+            l.stop = Some(StopReason::LeaseLost);
+            out.push(l.job.id);
+        }
+        out
+    }
+
+    pub fn resume(&self) {
+        sync::lock(&self.state).standing_down = false;
+    }
+
+    /// Ids of the jobs this coordinator holds.
+    pub fn held(&self) -> Vec<i64> {
+        sync::lock(&self.state).leases.keys().copied().collect()
+    }
+
+    /// Runs `f` on the store (tests and model checks inspect it this way).
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut sync::lock(&self.store))
+    }
+
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        sync::lock(&self.state).leases.get(&id).cloned()
+    }
+
+    /// A job's process (or work) ended with `result`: record what its lease allows.
+    pub fn finish(&self, id: i64, result: JobResult, now_wall: i64, jitter: f64) -> Finished {
+        let mut st = sync::lock(&self.state);
+        let Some(mut lease) = st.leases.remove(&id) else { return Finished::Discarded("no lease") };
+        if st.fenced {
+            return Finished::Discarded("fenced");
+        }
+        let outcome = self.record(&lease, &result, now_wall, jitter);
+        match outcome {
+            Err(StoreError::Fenced) => {
+                fence_locked(&mut st);
+                Finished::Discarded("fenced")
+            }
+            Err(StoreError::Unavailable(_)) => {
+                lease.unrecorded = Some(result);
+                st.leases.insert(id, lease);
+                Finished::Deferred
+            }
+            Ok(f) => f,
+        }
+    }
+
+    /// Retries results the store could not take. Returns (id, what happened) for each.
+    pub fn retry_unrecorded(&self, now_wall: i64, jitter: f64) -> Vec<(i64, Finished)> {
+        let pending: Vec<(i64, JobResult)> = sync::lock(&self.state)
+            .leases
+            .values()
+            .filter_map(|l| l.unrecorded.clone().map(|r| (l.job.id, r)))
+            .collect();
+        pending.into_iter().map(|(id, r)| (id, self.finish(id, r, now_wall, jitter))).collect()
+    }
+
+    fn record(&self, lease: &Lease, result: &JobResult, now: i64, jitter: f64) -> Result<Finished, StoreError> {
+        let (id, token, epoch) = (lease.job.id, lease.job.token.as_str(), self.epoch);
+        let mut store = sync::lock(&self.store);
+        let fail_outcome = |o: Option<FailOutcome>| match o {
+            None => Finished::Discarded("not the owner"),
+            Some(FailOutcome::Retry { run_after }) => Finished::Retry { run_after },
+            Some(FailOutcome::Failed) => Finished::Failed,
+        };
+        match lease.stop {
+            Some(StopReason::LeaseLost) => {
+                let ok =
+                    store.abandon(epoch, id, token, "lease lost: the run was stopped before its lease expired", now)?;
+                Ok(if ok { Finished::Abandoned } else { Finished::Discarded("lease lost") })
+            }
+            Some(StopReason::Fenced) => Ok(Finished::Discarded("fenced")),
+            Some(StopReason::Shutdown) => {
+                Ok(match store.release(epoch, id, token, self.cfg.max_interruptions, now)? {
+                    None => Finished::Discarded("not the owner"),
+                    Some(FailOutcome::Retry { .. }) => Finished::Released,
+                    Some(FailOutcome::Failed) => Finished::Failed,
+                })
+            }
+            Some(StopReason::Timeout) => {
+                let error = format!("timed out after {} ms", lease.job.timeout_ms.unwrap_or(0));
+                let retry_at = now + self.cfg.backoff_ms(lease.job.attempt, jitter);
+                Ok(fail_outcome(store.fail(epoch, id, token, &error, true, retry_at, now)?))
+            }
+            None => match result {
+                JobResult::Succeeded => Ok(if store.complete(epoch, id, token, now)? {
+                    Finished::Completed
+                } else {
+                    Finished::Discarded("not the owner")
+                }),
+                JobResult::Failed { error, retryable } => {
+                    let retry_at = now + self.cfg.backoff_ms(lease.job.attempt, jitter);
+                    Ok(fail_outcome(store.fail(epoch, id, token, error, *retryable, retry_at, now)?))
+                }
+            },
+        }
+    }
+}
+
+fn fence_locked(st: &mut State) -> Vec<i64> {
+    st.fenced = true;
+    let mut out = Vec::new();
+    for l in st.leases.values_mut() {
+        if l.stop != Some(StopReason::Fenced) {
+            l.stop = Some(StopReason::Fenced);
+            out.push(l.job.id);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::MemoryStore;
+    use crate::store::jobs::NewJob;
+
+    fn cfg() -> EngineConfig {
+        EngineConfig {
+            worker: "w".into(),
+            heartbeat_ms: 100,
+            stale_ms: 1000,
+            kill_grace_ms: 200,
+            shutdown_grace_ms: 500,
+            orphan_retry_delay_ms: 0,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 8000,
+            max_interruptions: 2,
+            limits: ClaimLimits { global: 4, lanes: BTreeMap::new(), default_lane: 4, batch: 32 },
+        }
+    }
+
+    fn with_jobs(n: usize, timeout_ms: Option<u64>) -> Coordinator<MemoryStore> {
+        let mut store = MemoryStore::new(1);
+        for _ in 0..n {
+            let job = NewJob {
+                kind: "noop".into(),
+                args: vec![],
+                lane: "l".into(),
+                max_attempts: 3,
+                timeout_ms,
+                run_after: 0,
+            };
+            store.enqueue(&job, 0).unwrap();
+        }
+        Coordinator::new(cfg(), 1, store)
+    }
+
+    fn status(c: &Coordinator<MemoryStore>, id: i64) -> &'static str {
+        sync::lock(&c.store).jobs[&id].status
+    }
+
+    #[test]
+    fn a_healthy_lease_renewed_in_time_is_never_due() {
+        let c = with_jobs(1, None);
+        let id = c.claim(0, 0)[0].id;
+        for t in (100..=10_000).step_by(100) {
+            assert!(c.renew(t, t).is_empty());
+            assert!(c.due(t).is_empty(), "due at {t}");
+        }
+        assert_eq!(c.finish(id, JobResult::Succeeded, 10_001, 0.5), Finished::Completed);
+        assert_eq!(status(&c, id), "completed");
+    }
+
+    #[test]
+    fn an_unrenewed_lease_is_killed_before_it_could_be_taken_over() {
+        let c = with_jobs(1, None);
+        let id = c.claim(0, 0)[0].id;
+        let kill_by = c.lease(id).unwrap().kill_by(&c.cfg);
+        // The child must be dead (kill_by + kill_grace) before last renewal + stale - margin.
+        assert!(kill_by + c.cfg.kill_grace_ms < c.cfg.stale_ms);
+        assert!(c.due(kill_by - 1).is_empty());
+        assert_eq!(c.due(kill_by), vec![(id, StopReason::LeaseLost)]);
+        assert!(c.due(kill_by + 1).is_empty(), "reported once");
+        // The killed run records no outcome: the job is requeued.
+        assert_eq!(c.finish(id, JobResult::Succeeded, 5000, 0.5), Finished::Abandoned);
+        assert_eq!(status(&c, id), "pending");
+    }
+
+    #[test]
+    fn a_lease_the_store_disowns_is_lost_and_records_nothing() {
+        let c = with_jobs(1, None);
+        let id = c.claim(0, 0)[0].id;
+        // Another worker's recovery took it (token changed under us).
+        sync::lock(&c.store).jobs.get_mut(&id).unwrap().token = Some("someone-else".into());
+        assert_eq!(c.renew(100, 100), vec![id]);
+        assert_eq!(c.finish(id, JobResult::Succeeded, 200, 0.5), Finished::Discarded("lease lost"));
+        assert_eq!(status(&c, id), "running", "the other owner's row is untouched");
+    }
+
+    #[test]
+    fn timeouts_fail_the_run_with_backoff() {
+        let c = with_jobs(1, Some(300));
+        let id = c.claim(0, 0)[0].id;
+        assert!(c.due(299).is_empty());
+        assert_eq!(c.due(300), vec![(id, StopReason::Timeout)]);
+        let f = c.finish(id, JobResult::Failed { error: "killed".into(), retryable: true }, 1000, 1.0);
+        assert_eq!(f, Finished::Retry { run_after: 2000 });
+        assert_eq!(sync::lock(&c.store).jobs[&id].errors, vec!["timed out after 300 ms".to_string()]);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = cfg();
+        assert_eq!((c.backoff_ms(1, 1.0), c.backoff_ms(2, 1.0), c.backoff_ms(3, 1.0)), (1000, 2000, 4000));
+        assert_eq!(c.backoff_ms(10, 1.0), 8000);
+        assert_eq!(c.backoff_ms(2, 0.0), 1000, "jitter stays within the upper half");
+        assert_eq!(c.backoff_ms(60, 0.5), 6000);
+    }
+
+    #[test]
+    fn shutdown_stops_claiming_and_releases_what_outlives_the_grace() {
+        let c = with_jobs(3, None);
+        let claimed = c.claim(0, 0);
+        assert_eq!(claimed.len(), 3);
+        c.begin_shutdown(100, 500);
+        assert!(c.claim(150, 150).is_empty(), "no claims while shutting down");
+        // One finishes within the grace and is recorded normally.
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 200, 0.5), Finished::Completed);
+        assert!(c.due(599).is_empty());
+        let due = c.due(600);
+        assert_eq!(due, vec![(claimed[1].id, StopReason::Shutdown), (claimed[2].id, StopReason::Shutdown)]);
+        // Killed for shutdown: released with the attempt given back, whatever the exit.
+        let f = c.finish(claimed[1].id, JobResult::Failed { error: "SIGTERM".into(), retryable: true }, 700, 0.5);
+        assert_eq!(f, Finished::Released);
+        let j = sync::lock(&c.store).jobs[&claimed[1].id].clone();
+        assert_eq!((j.status, j.attempts, j.interruptions), ("pending", 0, 1));
+        // A second signal can only shorten the grace.
+        c.begin_shutdown(650, 10_000);
+        assert!(c.due(650).is_empty());
+    }
+
+    #[test]
+    fn fencing_stops_everything_and_records_nothing() {
+        let c = with_jobs(2, None);
+        let claimed = c.claim(0, 0);
+        sync::lock(&c.store).epoch = 2;
+        let mut lost = c.renew(100, 100);
+        lost.sort_unstable();
+        assert_eq!(lost, vec![claimed[0].id, claimed[1].id]);
+        assert!(c.fenced());
+        assert!(c.claim(200, 200).is_empty());
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 300, 0.5), Finished::Discarded("fenced"));
+        assert_eq!(status(&c, claimed[0].id), "running", "a fenced worker writes nothing");
+    }
+
+    #[test]
+    fn standing_down_kills_everything_and_claims_nothing_until_resumed() {
+        let c = with_jobs(2, None);
+        let claimed = c.claim(0, 0);
+        let mut ids = c.stand_down();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![claimed[0].id, claimed[1].id]);
+        assert!(c.claim(10, 10).is_empty());
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 20, 0.5), Finished::Abandoned);
+        c.resume();
+        assert_eq!(c.claim(30, 30).iter().map(|j| j.id).collect::<Vec<_>>(), vec![claimed[0].id]);
+    }
+
+    #[test]
+    fn a_child_is_recorded_only_while_the_lease_is_ours() {
+        let c = with_jobs(2, None);
+        let claimed = c.claim(0, 0);
+        let child = ChildRecord { pid: 1, pgid: 1, boot_id: "b".into(), start_time: 1 };
+        assert!(c.record_child(claimed[0].id, child.clone()));
+        c.due(c.lease(claimed[1].id).unwrap().kill_by(&c.cfg));
+        assert!(!c.record_child(claimed[1].id, child), "a lost lease must not release its child");
+    }
+
+    #[test]
+    fn recovery_requeues_orphans_after_the_orphan_delay() {
+        let mut store = MemoryStore::new(1);
+        let job = NewJob {
+            kind: "noop".into(),
+            args: vec![],
+            lane: "l".into(),
+            max_attempts: 3,
+            timeout_ms: None,
+            run_after: 0,
+        };
+        let id = store.enqueue(&job, 0).unwrap();
+        store.claim(1, "old", &cfg().limits, 0).unwrap();
+        store.epoch = 2;
+        let mut config = cfg();
+        config.orphan_retry_delay_ms = 50;
+        let c = Coordinator::new(config, 2, store);
+        let rec = c.recover(1000).unwrap();
+        assert_eq!(rec.requeued, vec![id]);
+        assert!(c.claim(0, 1049).is_empty());
+        assert_eq!(c.claim(0, 1050)[0].attempt, 2);
+    }
+}

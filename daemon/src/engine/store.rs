@@ -1,0 +1,512 @@
+//! The `JobStore` trait: the queue operations the coordinator needs, synchronous, with
+//! two implementations of the same semantics — [`SqliteStore`] (the daemon's, over the
+//! single writer) and [`MemoryStore`] (for the coordinator's unit and loom tests). One
+//! test suite runs against both (`tests` below).
+
+use std::collections::BTreeMap;
+
+use crate::store::jobs::{self, ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
+use crate::store::writer::{Sync, WriteError, Writer};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The epoch is no longer ours: nothing was written, and nothing ever will be.
+    #[error("fenced")]
+    Fenced,
+    /// The write could not be made now (busy, I/O); it may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<WriteError> for StoreError {
+    fn from(e: WriteError) -> StoreError {
+        match e {
+            WriteError::Fenced => StoreError::Fenced,
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A held child's identity, recorded on its run before it is released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRecord {
+    pub pid: u32,
+    pub pgid: u32,
+    pub boot_id: String,
+    pub start_time: u64,
+}
+
+pub trait JobStore: Send {
+    fn enqueue(&mut self, job: &NewJob, now: i64) -> StoreResult<i64>;
+    fn claim(&mut self, epoch: i64, worker: &str, limits: &ClaimLimits, now: i64) -> StoreResult<Vec<Claimed>>;
+    /// Renews `held` (id, token); returns the ids still ours.
+    fn renew(&mut self, epoch: i64, held: &[(i64, String)], now: i64) -> StoreResult<Vec<i64>>;
+    fn record_child(&mut self, epoch: i64, id: i64, token: &str, child: &ChildRecord) -> StoreResult<bool>;
+    fn complete(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool>;
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        error: &str,
+        retryable: bool,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>>;
+    fn release(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        max_interruptions: u32,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>>;
+    /// A lost lease: requeue with no outcome recorded (the attempt stays counted).
+    fn abandon(&mut self, epoch: i64, id: i64, token: &str, reason: &str, now: i64) -> StoreResult<bool>;
+    fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered>;
+}
+
+/// The daemon's store: every call is one operation on the group-commit writer, so its
+/// transaction checks the epoch first (and the statements match epoch + token).
+pub struct SqliteStore {
+    writer: Writer,
+}
+
+impl SqliteStore {
+    pub fn new(writer: Writer) -> SqliteStore {
+        SqliteStore { writer }
+    }
+}
+
+impl JobStore for SqliteStore {
+    fn enqueue(&mut self, job: &NewJob, now: i64) -> StoreResult<i64> {
+        let job = job.clone();
+        Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::enqueue(tx, &job, now))?)
+    }
+    fn claim(&mut self, epoch: i64, worker: &str, limits: &ClaimLimits, now: i64) -> StoreResult<Vec<Claimed>> {
+        let (worker, limits) = (worker.to_owned(), limits.clone());
+        Ok(self.writer.call_blocking(Sync::Normal, move |tx| jobs::claim(tx, epoch, &worker, &limits, now))?)
+    }
+    fn renew(&mut self, epoch: i64, held: &[(i64, String)], now: i64) -> StoreResult<Vec<i64>> {
+        let held = held.to_vec();
+        Ok(self.writer.call_blocking(Sync::Normal, move |tx| jobs::renew(tx, epoch, &held, now))?)
+    }
+    fn record_child(&mut self, epoch: i64, id: i64, token: &str, c: &ChildRecord) -> StoreResult<bool> {
+        let (token, c) = (token.to_owned(), c.clone());
+        Ok(self.writer.call_blocking(Sync::Normal, move |tx| {
+            jobs::record_child(tx, epoch, id, &token, c.pid, c.pgid, &c.boot_id, c.start_time)
+        })?)
+    }
+    fn complete(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
+        let token = token.to_owned();
+        Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::complete(tx, epoch, id, &token, None, now))?)
+    }
+    fn fail(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        error: &str,
+        retryable: bool,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        let (token, error) = (token.to_owned(), error.to_owned());
+        Ok(self
+            .writer
+            .call_blocking(Sync::Full, move |tx| jobs::fail(tx, epoch, id, &token, &error, retryable, retry_at, now))?)
+    }
+    fn release(&mut self, epoch: i64, id: i64, token: &str, max: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
+        let token = token.to_owned();
+        Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::release(tx, epoch, id, &token, max, now))?)
+    }
+    fn abandon(&mut self, epoch: i64, id: i64, token: &str, reason: &str, now: i64) -> StoreResult<bool> {
+        let (token, reason) = (token.to_owned(), reason.to_owned());
+        Ok(self.writer.call_blocking(Sync::Normal, move |tx| jobs::abandon(tx, epoch, id, &token, &reason, now))?)
+    }
+    fn recover(&mut self, _epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered> {
+        Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::recover_orphans(tx, retry_at, now))?)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemJob {
+    pub job: NewJob,
+    pub status: &'static str,
+    pub attempts: u32,
+    pub runs: u32,
+    pub interruptions: u32,
+    pub run_after: i64,
+    pub token: Option<String>,
+    pub claim_epoch: Option<i64>,
+    pub errors: Vec<String>,
+    pub child: Option<ChildRecord>,
+}
+
+/// The in-memory store: the same semantics as the SQLite statements, for tests.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    pub epoch: i64,
+    pub jobs: BTreeMap<i64, MemJob>,
+    next_id: i64,
+    next_token: u64,
+}
+
+impl MemoryStore {
+    pub fn new(epoch: i64) -> MemoryStore {
+        MemoryStore { epoch, ..MemoryStore::default() }
+    }
+
+    fn guard(&self, epoch: i64) -> StoreResult<()> {
+        if epoch == self.epoch {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced)
+        }
+    }
+
+    fn owned(&mut self, epoch: i64, id: i64, token: &str) -> Option<&mut MemJob> {
+        self.jobs
+            .get_mut(&id)
+            .filter(|j| j.status == "running" && j.token.as_deref() == Some(token) && j.claim_epoch == Some(epoch))
+    }
+
+    fn clear(j: &mut MemJob) {
+        j.token = None;
+        j.claim_epoch = None;
+    }
+}
+
+impl JobStore for MemoryStore {
+    fn enqueue(&mut self, job: &NewJob, _now: i64) -> StoreResult<i64> {
+        self.next_id += 1;
+        self.jobs.insert(
+            self.next_id,
+            MemJob {
+                job: job.clone(),
+                status: "pending",
+                attempts: 0,
+                runs: 0,
+                interruptions: 0,
+                run_after: job.run_after,
+                token: None,
+                claim_epoch: None,
+                errors: Vec::new(),
+                child: None,
+            },
+        );
+        Ok(self.next_id)
+    }
+
+    fn claim(&mut self, epoch: i64, _worker: &str, limits: &ClaimLimits, now: i64) -> StoreResult<Vec<Claimed>> {
+        self.guard(epoch)?;
+        let mut running: BTreeMap<String, u32> = BTreeMap::new();
+        for j in self.jobs.values().filter(|j| j.status == "running") {
+            *running.entry(j.job.lane.clone()).or_default() += 1;
+        }
+        let total: u32 = running.values().sum();
+        let room = limits.global.saturating_sub(total).min(limits.batch) as usize;
+        // Per lane, ready ids in (run_after, id) order.
+        let mut lanes: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == "pending" && j.run_after <= now) {
+            lanes.entry(j.job.lane.clone()).or_default().push((j.run_after, *id));
+        }
+        let mut queues: Vec<(i64, i64, std::collections::VecDeque<i64>)> = lanes
+            .into_iter()
+            .map(|(lane, mut v)| {
+                v.sort();
+                let cap = limits.lanes.get(&lane).copied().unwrap_or(limits.default_lane);
+                let free = cap.saturating_sub(running.get(&lane).copied().unwrap_or(0)) as usize;
+                let min_id = v.iter().map(|(_, id)| *id).min().unwrap_or(0);
+                let head = v[0].0;
+                (head, min_id, v.into_iter().take(free).map(|(_, id)| id).collect())
+            })
+            .collect();
+        queues.sort_by_key(|(head, min_id, _)| (*head, *min_id));
+        let mut chosen = Vec::new();
+        while chosen.len() < room && queues.iter().any(|q| !q.2.is_empty()) {
+            for q in queues.iter_mut() {
+                if chosen.len() == room {
+                    break;
+                }
+                if let Some(id) = q.2.pop_front() {
+                    chosen.push(id);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for id in chosen {
+            self.next_token += 1;
+            let token = format!("mem-{epoch}-{}", self.next_token);
+            let j = self.jobs.get_mut(&id).expect("chosen job exists");
+            j.status = "running";
+            j.attempts += 1;
+            j.runs += 1;
+            j.token = Some(token.clone());
+            j.claim_epoch = Some(epoch);
+            j.child = None;
+            out.push(Claimed {
+                id,
+                lane: j.job.lane.clone(),
+                kind: j.job.kind.clone(),
+                args: j.job.args.clone(),
+                attempt: j.attempts,
+                run: j.runs,
+                token,
+                timeout_ms: j.job.timeout_ms,
+                max_attempts: j.job.max_attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    fn renew(&mut self, epoch: i64, held: &[(i64, String)], _now: i64) -> StoreResult<Vec<i64>> {
+        self.guard(epoch)?;
+        Ok(held.iter().filter(|(id, t)| self.owned(epoch, *id, t).is_some()).map(|(id, _)| *id).collect())
+    }
+
+    fn record_child(&mut self, epoch: i64, id: i64, token: &str, child: &ChildRecord) -> StoreResult<bool> {
+        self.guard(epoch)?;
+        Ok(self.owned(epoch, id, token).map(|j| j.child = Some(child.clone())).is_some())
+    }
+
+    fn complete(&mut self, epoch: i64, id: i64, token: &str, _now: i64) -> StoreResult<bool> {
+        self.guard(epoch)?;
+        Ok(self
+            .owned(epoch, id, token)
+            .map(|j| {
+                j.status = "completed";
+                MemoryStore::clear(j);
+            })
+            .is_some())
+    }
+
+    fn fail(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        error: &str,
+        retryable: bool,
+        retry_at: i64,
+        _now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.guard(epoch)?;
+        Ok(self.owned(epoch, id, token).map(|j| {
+            j.errors.push(error.to_owned());
+            MemoryStore::clear(j);
+            if retryable && j.attempts < j.job.max_attempts {
+                j.status = "pending";
+                j.run_after = retry_at;
+                FailOutcome::Retry { run_after: retry_at }
+            } else {
+                j.status = "failed";
+                FailOutcome::Failed
+            }
+        }))
+    }
+
+    fn release(&mut self, epoch: i64, id: i64, token: &str, max: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
+        self.guard(epoch)?;
+        Ok(self.owned(epoch, id, token).map(|j| {
+            MemoryStore::clear(j);
+            j.interruptions += 1;
+            if j.interruptions <= max {
+                j.status = "pending";
+                j.attempts -= 1;
+                FailOutcome::Retry { run_after: now }
+            } else {
+                j.status = "failed";
+                j.errors.push(format!("interrupted by shutdown {} times (max_interruptions)", j.interruptions));
+                FailOutcome::Failed
+            }
+        }))
+    }
+
+    fn abandon(&mut self, epoch: i64, id: i64, token: &str, _reason: &str, _now: i64) -> StoreResult<bool> {
+        self.guard(epoch)?;
+        Ok(self
+            .owned(epoch, id, token)
+            .map(|j| {
+                j.status = "pending";
+                MemoryStore::clear(j);
+            })
+            .is_some())
+    }
+
+    fn recover(&mut self, epoch: i64, retry_at: i64, _now: i64) -> StoreResult<Recovered> {
+        self.guard(epoch)?;
+        let mut out = Recovered::default();
+        for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == "running") {
+            if let Some(c) = j.child.take() {
+                out.children.push(OrphanChild {
+                    job_id: *id,
+                    pid: c.pid,
+                    pgid: c.pgid,
+                    boot_id: c.boot_id,
+                    start_time: c.start_time,
+                });
+            }
+            j.errors.push(String::from("orphaned"));
+            MemoryStore::clear(j);
+            if j.attempts >= j.job.max_attempts {
+                j.status = "failed";
+                out.failed.push(*id);
+            } else {
+                j.status = "pending";
+                j.run_after = retry_at;
+                out.requeued.push(*id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One suite, two stores: the in-memory store must mean what the SQL means.
+    use super::*;
+    use crate::clock::Clock;
+    use crate::store::schema;
+    use rusqlite::Connection;
+
+    fn job(lane: &str, max_attempts: u32) -> NewJob {
+        NewJob {
+            kind: "noop".into(),
+            args: vec!["a".into()],
+            lane: lane.into(),
+            max_attempts,
+            timeout_ms: Some(5),
+            run_after: 0,
+        }
+    }
+
+    fn limits() -> ClaimLimits {
+        ClaimLimits { global: 3, lanes: [("b".to_string(), 2)].into(), default_lane: 1, batch: 32 }
+    }
+
+    /// A store at epoch 1 and a way to bump its epoch to 2 (another daemon took over).
+    trait Harness {
+        type S: JobStore;
+        fn make(&self) -> Self::S;
+        fn bump(&self, s: &mut Self::S);
+    }
+
+    struct Mem;
+    impl Harness for Mem {
+        type S = MemoryStore;
+        fn make(&self) -> MemoryStore {
+            MemoryStore::new(1)
+        }
+        fn bump(&self, s: &mut MemoryStore) {
+            s.epoch = 2;
+        }
+    }
+
+    struct Sql(tempfile::TempDir);
+    impl Harness for Sql {
+        type S = SqliteStore;
+        fn make(&self) -> SqliteStore {
+            let path = self.0.path().join(format!("homer-{}.db", crate::clock::mono_ms()));
+            let _ = std::fs::remove_file(&path);
+            schema::create(&path, &Clock::default()).unwrap();
+            let c = Connection::open(&path).unwrap();
+            c.execute("UPDATE leader SET epoch = 1", []).unwrap();
+            let (w, _thread) = Writer::start(c, 1);
+            SqliteStore::new(w)
+        }
+        fn bump(&self, s: &mut SqliteStore) {
+            s.writer.call_blocking(Sync::Normal, |_| Ok(())).unwrap();
+            // Another daemon's bump, through a separate connection.
+            let path = self.0.path().to_owned();
+            let newest = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "db"))
+                .max()
+                .unwrap();
+            Connection::open(newest).unwrap().execute("UPDATE leader SET epoch = 2", []).unwrap();
+        }
+    }
+
+    fn suite<H: Harness>(h: &H) {
+        // Claims: FIFO per lane, lanes take turns, caps.
+        let mut s = h.make();
+        let ids: Vec<i64> = ["a", "a", "b", "b", "b"].iter().map(|l| s.enqueue(&job(l, 2), 0).unwrap()).collect();
+        let got = s.claim(1, "w", &limits(), 10).unwrap();
+        let pairs: Vec<(i64, &str, u32, u32)> = got.iter().map(|c| (c.id, c.lane.as_str(), c.attempt, c.run)).collect();
+        assert_eq!(pairs, vec![(ids[0], "a", 1, 1), (ids[2], "b", 1, 1), (ids[3], "b", 1, 1)]);
+        assert_eq!(got[0].args, vec!["a".to_string()]);
+        assert_eq!(got[0].timeout_ms, Some(5));
+        assert!(s.claim(1, "w", &limits(), 10).unwrap().is_empty(), "global cap 3 reached");
+
+        // Guards: wrong token changes nothing; the owner completes once.
+        let (a, b1, b2) = (&got[0], &got[1], &got[2]);
+        assert!(!s.complete(1, a.id, "wrong", 11).unwrap());
+        assert_eq!(s.renew(1, &[(a.id, a.token.clone()), (b1.id, "wrong".into())], 11).unwrap(), vec![a.id]);
+        assert!(s.complete(1, a.id, &a.token, 11).unwrap());
+        assert!(!s.complete(1, a.id, &a.token, 12).unwrap());
+        let child = ChildRecord { pid: 10, pgid: 10, boot_id: "b".into(), start_time: 1 };
+        assert!(s.record_child(1, b1.id, &b1.token, &child).unwrap());
+        assert!(!s.record_child(1, b1.id, "wrong", &child).unwrap());
+
+        // Failure with attempts left -> retry at the given time; release gives the attempt back.
+        assert_eq!(
+            s.fail(1, b2.id, &b2.token, "boom", true, 500, 12).unwrap(),
+            Some(FailOutcome::Retry { run_after: 500 })
+        );
+        assert_eq!(s.release(1, b1.id, &b1.token, 5, 13).unwrap(), Some(FailOutcome::Retry { run_after: 13 }));
+        // Lane b (cap 2) in (run_after, id) order: b1, ids[4], then b2 (run_after 500).
+        let at600 = s.claim(1, "w", &limits(), 600).unwrap();
+        let got: Vec<i64> = at600.iter().map(|c| c.id).collect();
+        assert_eq!(got, vec![ids[1], b1.id, ids[4]]);
+        let b1_again = at600.iter().find(|c| c.id == b1.id).unwrap();
+        assert_eq!((b1_again.attempt, b1_again.run), (1, 2), "a released run does not count");
+        for c in at600.iter().filter(|c| c.id != b1.id) {
+            assert!(s.complete(1, c.id, &c.token, 601).unwrap());
+        }
+        let later = s.claim(1, "w", &limits(), 700).unwrap();
+        assert_eq!(later.iter().map(|c| c.id).collect::<Vec<_>>(), vec![b2.id]);
+        assert_eq!((later[0].attempt, later[0].run), (2, 2));
+        assert_eq!(s.fail(1, b2.id, &later[0].token, "boom", true, 900, 701).unwrap(), Some(FailOutcome::Failed));
+        // Abandon: pending again, attempt kept.
+        assert!(s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap());
+        assert!(!s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap());
+
+        // Recovery: every running row; exhausted ones fail; recorded children reported.
+        let c = s.claim(1, "w", &limits(), 750).unwrap();
+        let b1_third = c.iter().find(|x| x.id == b1.id).unwrap();
+        assert_eq!((b1_third.attempt, b1_third.run), (2, 3));
+        assert!(s.record_child(1, b1.id, &b1_third.token, &child).unwrap());
+        let rec = s.recover(1, 800, 701).unwrap();
+        assert!(rec.failed.contains(&b1.id), "attempt 2 of 2 orphaned: failed ({rec:?})");
+        assert_eq!(rec.children.iter().map(|c| (c.job_id, c.pgid)).collect::<Vec<_>>(), vec![(b1.id, 10)]);
+        assert!(!s.complete(1, b1.id, &b1_third.token, 702).unwrap(), "a recovered claim cannot complete");
+
+        // Fencing: after another daemon's bump, every guarded call is refused.
+        let mut f = h.make();
+        let id = f.enqueue(&job("a", 3), 0).unwrap();
+        let c = f.claim(1, "w", &limits(), 1).unwrap().remove(0);
+        h.bump(&mut f);
+        assert_eq!(f.claim(1, "w", &limits(), 2), Err(StoreError::Fenced));
+        assert_eq!(f.renew(1, &[(id, c.token.clone())], 2), Err(StoreError::Fenced));
+        assert_eq!(f.complete(1, id, &c.token, 2), Err(StoreError::Fenced));
+        assert_eq!(f.fail(1, id, &c.token, "x", true, 3, 2), Err(StoreError::Fenced));
+        assert_eq!(f.release(1, id, &c.token, 5, 2), Err(StoreError::Fenced));
+        assert_eq!(f.abandon(1, id, &c.token, "x", 2), Err(StoreError::Fenced));
+        assert_eq!(f.recover(1, 3, 2), Err(StoreError::Fenced));
+    }
+
+    #[test]
+    fn memory_store_passes_the_suite() {
+        suite(&Mem);
+    }
+
+    #[test]
+    fn sqlite_store_passes_the_suite() {
+        suite(&Sql(tempfile::tempdir().unwrap()));
+    }
+}
