@@ -65,6 +65,36 @@ pub enum Command {
         /// Destination file; must not exist
         path: PathBuf,
     },
+    /// Add a job; prints its id once it is durably committed
+    #[command(after_help = "Kinds: noop | sleep DURATION | fail [MESSAGE] | exec -- PROGRAM [ARGS...] | crash\n\
+Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m exec -- rsync -a src/ dst/")]
+    Enqueue {
+        /// Lane (jobs in one lane run FIFO, under the lane's concurrency cap)
+        #[arg(long, default_value = "default")]
+        lane: String,
+        /// Attempts before the job is failed (default: the max_attempts setting)
+        #[arg(long, value_name = "N")]
+        max_attempts: Option<u32>,
+        /// Kill the run after this long (e.g. 90s); counts as a failed attempt
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Do not start before this much time from now (e.g. 5m)
+        #[arg(long, value_name = "DURATION")]
+        run_after: Option<String>,
+        /// Job kind: noop, sleep, fail, exec or crash
+        kind: String,
+        /// The kind's arguments (for exec: `-- PROGRAM [ARGS...]`)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// (internal) The held-start shim that job children run through
+    #[command(hide = true, name = "job-shim")]
+    JobShim {
+        #[arg(long)]
+        parent: u32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        argv: Vec<String>,
+    },
 }
 
 /// Entry point for the binary: returns the process exit code.
@@ -77,6 +107,12 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if let Command::JobShim { parent, argv } = &cli.command {
+        // The shim must not read configuration or touch anything: it only waits to be
+        // released, then execs the job.
+        let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
+        return crate::shim::shim_main(*parent, &argv);
+    }
     events::init(cli.log_format);
     let is_run = matches!(cli.command, Command::Run);
     match dispatch(cli) {
@@ -105,5 +141,10 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Doctor { json } => commands::doctor(&ctx, json),
         Command::Migrate => commands::migrate(&ctx),
         Command::Backup { path } => commands::backup(&ctx, &path),
+        Command::Enqueue { lane, max_attempts, timeout, run_after, kind, args } => {
+            let spec = commands::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args };
+            commands::enqueue(&ctx, spec)
+        }
+        Command::JobShim { .. } => unreachable!("handled before configuration is loaded"),
     }
 }

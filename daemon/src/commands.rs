@@ -334,3 +334,78 @@ pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
     println!("{}", dest.display());
     Ok(exit::OK)
 }
+
+/// What `homerd enqueue` was asked for.
+pub struct EnqueueSpec {
+    pub lane: String,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<String>,
+    pub run_after: Option<String>,
+    pub kind: String,
+    pub args: Vec<String>,
+}
+
+/// Checks a job's kind and arguments; returns the arguments to store.
+pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<String>, String> {
+    let args: Vec<String> = match kind {
+        "exec" => args.iter().skip_while(|a| *a == "--").cloned().collect(),
+        _ => args.to_vec(),
+    };
+    match (kind, args.len()) {
+        ("noop" | "crash", 0) => {}
+        ("noop" | "crash", _) => return Err(format!("`{kind}` takes no arguments")),
+        ("sleep", 1) => {
+            crate::config::parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
+        }
+        ("sleep", _) => return Err(String::from("`sleep` takes one duration, e.g. `sleep 30s`")),
+        ("fail", 0 | 1) => {}
+        ("fail", _) => return Err(String::from("`fail` takes at most one message")),
+        ("exec", 0) => return Err(String::from("`exec` needs a program: `exec -- PROGRAM [ARGS...]`")),
+        ("exec", _) => {}
+        _ => return Err(format!("unknown job kind `{kind}`; kinds: noop, sleep, fail, exec, crash")),
+    }
+    Ok(args)
+}
+
+/// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the
+/// id is printed only after the commit (acknowledged = durable).
+pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
+    let args = validate_job(&spec.kind, &spec.args).map_err(Error::Usage)?;
+    let dur = |what: &str, v: &Option<String>| -> Result<Option<Duration>> {
+        v.as_deref()
+            .map(|s| crate::config::parse_duration(s).map_err(|e| Error::Usage(format!("--{what}: {e}"))))
+            .transpose()
+    };
+    let timeout = dur("timeout", &spec.timeout)?;
+    let delay = dur("run-after", &spec.run_after)?.unwrap_or_default();
+    let max_attempts = spec.max_attempts.unwrap_or(ctx.config.max_attempts);
+    if max_attempts == 0 {
+        return Err(Error::Usage(String::from("--max-attempts must be at least 1")));
+    }
+    let db = &ctx.paths.database;
+    match schema::inspect(db, ctx.config.busy_timeout)? {
+        DbState::Missing => {
+            return Err(Error::data(db, "does not exist yet; start the daemon once (homerd run) or run homerd migrate"))
+        }
+        state if !state.is_current() => {
+            return Err(Error::data(db, "needs migrating; run `homerd migrate` (or start the daemon, which migrates)"))
+        }
+        _ => {}
+    }
+    let mut conn = store::open_writer(db, ctx.config.busy_timeout, crate::config::Durability::Full)?;
+    let now = ctx.clock.now_ms();
+    let job = store::jobs::NewJob {
+        kind: spec.kind,
+        args,
+        lane: spec.lane,
+        max_attempts,
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        run_after: now + delay.as_millis() as i64,
+    };
+    let sql = |e| Error::sqlite(db, e);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+    let id = store::jobs::enqueue(&tx, &job, now).map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    println!("{id}");
+    Ok(exit::OK)
+}

@@ -14,6 +14,8 @@ use rusqlite::Connection;
 
 use crate::clock::{format_rfc3339, Clock};
 use crate::config::Config;
+use crate::engine::coordinator::Coordinator;
+use crate::engine::store::SqliteStore;
 use crate::error::{exit, Error, Result};
 use crate::identity::{self, Liveness, ProcessIdentity};
 use crate::lock::{self, Acquire, Diagnostics, HeldLock, Holder, PathState};
@@ -21,7 +23,8 @@ use crate::paths::Paths;
 use crate::store::leader::{self, Candidate, Outcome};
 use crate::store::schema::{self, DbState, MIGRATIONS};
 use crate::store::writer::{Sync, WriteError, Writer};
-use crate::{events, failpoint, mutant, store};
+use crate::sync::Arc;
+use crate::{events, failpoint, mutant, runner, store};
 
 /// Everything a command needs: where things are, the validated configuration, the clock.
 #[derive(Clone, Debug)]
@@ -304,19 +307,45 @@ pub fn run(ctx: Context) -> Result<i32> {
             .field("migrations", applied.join(","))
             .emit();
     }
+    let (writer, thread) = Writer::start(conn, epoch);
+    let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
+    let coord = Arc::new(Coordinator::new(engine_cfg, epoch, SqliteStore::new(writer.clone())));
+    // Recovery runs before anything is claimed: every orphan requeued (or failed) and its
+    // recorded process group gone. Then the engine's reader; only then is the daemon active.
+    let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);
+    let ready = runner::recover(&coord, &ctx.clock, kill_limit)
+        .map_err(|e| if e.contains("fenced") { Error::Fenced(e) } else { Error::Busy(e) })
+        .and_then(|()| store::open_reader(&ctx.paths.database, ctx.config.busy_timeout));
+    let reader = match ready {
+        Ok(reader) => reader,
+        Err(e) => {
+            if let Error::Fenced(reason) = &e {
+                events::error("daemon.fenced", "Fenced: another homerd holds this database's epoch; stopping")
+                    .field("epoch", epoch)
+                    .field("reason", reason.clone())
+                    .emit();
+            }
+            drop(coord);
+            drop(runtime.block_on(writer.stop()));
+            thread.join();
+            release_lock(lock);
+            return Err(e);
+        }
+    };
     events::info("daemon.active", "Daemon active")
         .field("epoch", epoch)
         .field("database", ctx.paths.database.display().to_string())
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
-    let (writer, thread) = Writer::start(conn, epoch);
-    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, signals));
+    let engine = runner::start(coord, ctx.config.clone(), ctx.clock.clone(), ctx.paths.logs.clone(), reader);
+    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, signals, engine));
     thread.join();
     result
 }
 
 enum Stop {
-    Signal(&'static str),
+    /// Drained (or the drain ran out of time) after a signal.
+    Drained,
     Fenced(String),
 }
 
@@ -334,6 +363,7 @@ impl Signals {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     ctx: &Context,
     lock: HeldLock,
@@ -341,8 +371,10 @@ async fn supervise(
     epoch: i64,
     db_ids: (u64, u64),
     signals: Signals,
+    engine: runner::EngineThread,
 ) -> Result<i32> {
     let Signals { term: mut sigterm, int: mut sigint } = signals;
+    let runner::EngineThread { control, done: mut engine_done } = engine;
     // The leader row was just written and the lock just verified: the first refresh and
     // the first re-check are one period away, not immediate (tokio's `interval` default).
     let every = |period: Duration| {
@@ -354,16 +386,43 @@ async fn supervise(
     let mut lock_check = every(ctx.config.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None };
     let mut last_refresh = Instant::now();
+    let mut standing_down = false;
+    let mut signals_seen = 0;
+    // A completed oneshot must not be awaited again.
+    let mut engine_finished = false;
+    // Every wait is bounded: once draining, the engine gets its grace plus kill_grace
+    // plus slack, then the daemon stops regardless (the next start recovers the rest).
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let cfg = &ctx.config;
     let stop = loop {
+        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
-            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = sigterm.recv() => on_signal(ctx, &control, "SIGTERM", &mut signals_seen, &mut drain_deadline),
+            _ = sigint.recv() => on_signal(ctx, &control, "SIGINT", &mut signals_seen, &mut drain_deadline),
+            exit = &mut engine_done => {
+                engine_finished = true;
+                match exit {
+                    Ok(runner::EngineExit::Drained) => break Stop::Drained,
+                    Ok(runner::EngineExit::Fenced) | Err(_) => break Stop::Fenced(String::from("the engine stopped: fenced")),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
+                events::error("shutdown.timeout", "Jobs did not stop within the drain bound; stopping anyway")
+                    .field("held", 0)
+                    .emit();
+                break Stop::Drained;
+            }
             _ = heartbeat.tick() => {
                 let clock = ctx.clock.clone();
                 match writer.call(Sync::Normal, move |tx| leader::heartbeat(tx, epoch, &clock)).await {
                     Ok(true) => {
                         last_refresh = Instant::now();
-                        events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit()
+                        events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit();
+                        if standing_down {
+                            standing_down = false;
+                            let _ = control.send(runner::Control::Resume);
+                            events::info("daemon.resumed", "Leader row refreshed again: resuming").emit();
+                        }
                     }
                     Ok(false) | Err(WriteError::Fenced) => break Stop::Fenced(String::from("the leader row names a newer epoch")),
                     Err(WriteError::Closed) => break Stop::Fenced(String::from("the database writer stopped")),
@@ -371,13 +430,16 @@ async fn supervise(
                         events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
                             .field("error", e.to_string())
                             .emit();
-                        // Unrefreshed for a stale_threshold, another start may take over
-                        // at any moment: stop first rather than run beside it.
-                        if last_refresh.elapsed() + ctx.config.heartbeat_interval >= ctx.config.stale_threshold {
-                            break Stop::Fenced(format!(
-                                "could not refresh the leader row for {}; stopping before another daemon may take over",
-                                crate::config::format_duration(Duration::from_millis(last_refresh.elapsed().as_millis() as u64))
-                            ));
+                        // Unrefreshed for a stale_threshold, another start may take over at
+                        // any moment: stop running anything first, and claim nothing until
+                        // the row can be refreshed (then the epoch tells whether we still
+                        // lead).
+                        if !standing_down && last_refresh.elapsed() + cfg.heartbeat_interval >= cfg.stale_threshold {
+                            standing_down = true;
+                            let _ = control.send(runner::Control::StandDown);
+                            events::error("daemon.standing_down", "Cannot refresh the leader row: stopping all jobs, claiming nothing")
+                                .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
+                                .emit();
                         }
                     }
                 }
@@ -399,8 +461,7 @@ async fn supervise(
     };
     let LockWatch { held: lock, .. } = watch;
     match stop {
-        Stop::Signal(name) => {
-            events::info("shutdown.begin", "Shutting down").field("signal", name).emit();
+        Stop::Drained => {
             failpoint::hit("shutdown.before_release").map_err(|e| Error::io("shutdown", &ctx.paths.database, e))?;
             let clock = ctx.clock.clone();
             match writer.call(Sync::Full, move |tx| leader::release(tx, epoch, &clock)).await {
@@ -418,11 +479,41 @@ async fn supervise(
                 .field("epoch", epoch)
                 .field("reason", reason.clone())
                 .emit();
+            // Stop every job now and wait (bounded) for the engine to see them gone.
+            let _ = control.send(runner::Control::Fence);
+            let bound = cfg.kill_grace + Duration::from_secs(10);
+            if !engine_finished && tokio::time::timeout(bound, &mut engine_done).await.is_err() {
+                events::error("shutdown.timeout", "Jobs did not stop after fencing; exiting anyway").emit();
+            }
             drop(writer.stop().await);
             release_lock(lock);
             Err(Error::Fenced(reason))
         }
     }
+}
+
+fn on_signal(
+    ctx: &Context,
+    control: &std::sync::mpsc::Sender<runner::Control>,
+    name: &'static str,
+    seen: &mut u32,
+    drain_deadline: &mut Option<tokio::time::Instant>,
+) {
+    *seen += 1;
+    let cfg = &ctx.config;
+    // The second signal cuts the grace short: stop and release what runs, now.
+    let grace = if *seen == 1 { cfg.shutdown_grace } else { Duration::ZERO };
+    if *seen == 1 {
+        events::info("shutdown.begin", "Shutting down")
+            .field("signal", name)
+            .field("grace_ms", grace.as_millis() as u64)
+            .emit();
+    } else {
+        events::warn("shutdown.hurry", "Second signal: stopping running jobs now").field("signal", name).emit();
+    }
+    let _ = control.send(runner::Control::Shutdown { grace_ms: grace.as_millis() as i64 });
+    let bound = tokio::time::Instant::now() + grace + cfg.kill_grace * 2 + Duration::from_secs(10);
+    *drain_deadline = Some(drain_deadline.map_or(bound, |d| d.min(bound)));
 }
 
 /// The lock is released last: after the database is closed and the final log line.

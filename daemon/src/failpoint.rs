@@ -71,7 +71,13 @@ fn extra_known(name: &str) -> bool {
 }
 
 /// Failpoints added by later parts of the daemon (the job engine).
-const EXTRA: &[&str] = &[];
+const EXTRA: &[&str] = &[
+    "claim.after_commit",
+    "job.after_spawn_before_record",
+    "job.before_complete",
+    "heartbeat.before_commit",
+    "recovery.before_kill",
+];
 
 fn all_known() -> Vec<&'static str> {
     KNOWN.iter().chain(EXTRA.iter()).copied().collect()

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map. Module ownership of dangerous primitives:
 //! `lock` owns `flock`, `store` owns SQL, `identity` owns process identity.
 
+pub mod children;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -17,5 +18,7 @@ pub mod identity;
 pub mod lock;
 pub mod mutant;
 pub mod paths;
+pub mod runner;
+pub mod shim;
 pub mod store;
 pub mod sync;

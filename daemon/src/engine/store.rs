@@ -92,7 +92,16 @@ impl JobStore for SqliteStore {
     }
     fn renew(&mut self, epoch: i64, held: &[(i64, String)], now: i64) -> StoreResult<Vec<i64>> {
         let held = held.to_vec();
-        Ok(self.writer.call_blocking(Sync::Normal, move |tx| jobs::renew(tx, epoch, &held, now))?)
+        Ok(self.writer.call_blocking(Sync::Normal, move |tx| {
+            let ours = jobs::renew(tx, epoch, &held, now)?;
+            crate::failpoint::hit("heartbeat.before_commit").map_err(|e| {
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                    Some(e.to_string()),
+                )
+            })?;
+            Ok(ours)
+        })?)
     }
     fn record_child(&mut self, epoch: i64, id: i64, token: &str, c: &ChildRecord) -> StoreResult<bool> {
         let (token, c) = (token.to_owned(), c.clone());
@@ -366,6 +375,7 @@ impl JobStore for MemoryStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the suite plays "another daemon" with direct SQL
 mod tests {
     //! One suite, two stores: the in-memory store must mean what the SQL means.
     use super::*;

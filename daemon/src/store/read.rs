@@ -113,3 +113,13 @@ pub fn backup_to(src: &Connection, dest: &Path) -> rusqlite::Result<()> {
 fn failure(msg: &str) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR), Some(msg.to_owned()))
 }
+
+/// `PRAGMA data_version`: changes when another connection commits.
+pub fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+}
+
+/// The earliest `run_after` among pending jobs.
+pub fn next_run_after(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT MIN(run_after) FROM job_queue WHERE status = 'pending'", [], |r| r.get(0))
+}

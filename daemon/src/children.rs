@@ -1,0 +1,1027 @@
+//! All spawning and killing in one module.
+//!
+//! Every job process is started, released, signalled and waited for here, and nowhere
+//! else in the daemon — as `lock` owns `flock` and `identity` owns process identity. The
+//! guards that keep a kill from hitting the wrong processes (never pgid ≤ 1 or our own
+//! group, zombies count as gone, identity and boot checks before touching a recorded
+//! group, every wait bounded) then live in one place and cannot be forgotten by a caller.
+//!
+//! Why each choice:
+//!
+//! - **Own process group** (`setpgid(0, 0)` via `process_group(0)`): a job's whole tree
+//!   (its children and grandchildren, unless they deliberately leave the group) is killed
+//!   with one `kill(-pgid)`, and the group outlives its leader, so "is the earlier attempt
+//!   still running?" is "is its group still populated?" ([`group_alive`]).
+//! - **Held start through the job shim** ([`crate::shim`]): the pid, pgid, boot id and
+//!   start time must be recorded in `job_runs` *before* the job can have any effect, and a
+//!   fenced record must be able to kill it unreleased. std's `spawn()` waits for the
+//!   `exec`, so a blocking `pre_exec` would block `spawn()` itself; instead the child execs
+//!   `homerd job-shim`, which blocks on a pipe and execs the argv only after
+//!   [`HeldChild::release`] writes a byte. EOF (the daemon died, or dropped the child)
+//!   makes the shim exit without running anything.
+//! - **Fixed fd 3 for the release pipe**: the only `pre_exec` work is an
+//!   async-signal-safe `dup2` of the read end onto fd 3. Passing the descriptor number in
+//!   a `HOMERD_*` variable would leak a daemon variable into the job; the shim closes fd 3
+//!   before `exec`, so the job never sees the pipe.
+//! - **Close-on-exec pipe ends in the daemon**: no other child (another job, a helper)
+//!   may inherit the write end, or the shim would never see EOF when the daemon dies. On
+//!   Linux `pipe2(O_CLOEXEC)` sets it atomically; macOS has no `pipe2`, so `pipe` +
+//!   `FD_CLOEXEC` is used, which is safe because every spawn of the daemon goes through the
+//!   one spawner thread below (nothing else forks between the two calls).
+//! - **A dedicated, never-ending spawner thread**: Linux's `PR_SET_PDEATHSIG` (set by the
+//!   shim, inherited across its `exec` by the job leader) fires when the *thread* that
+//!   forked the child exits, not the process. A job spawned from a short-lived worker
+//!   thread would be SIGKILLed when that thread ends, so every [`spawn_held`] is routed to
+//!   one lazily-started thread that lives as long as the daemon.
+//! - **macOS has no parent-death signal.** We do not keep the shim as a watching group
+//!   leader (kqueue `NOTE_EXIT`); instead macOS relies on the daemon's startup recovery
+//!   killing every recorded group ([`kill_recorded_group`]) before any re-run. Until the
+//!   next daemon start, a job whose daemon died keeps running on macOS. (On Linux the
+//!   parent-death signal kills the job leader at once; its own children in the group are
+//!   killed by that same startup recovery.)
+//! - **Environment**: the child inherits the daemon's environment minus a denylist of
+//!   prefixes (at least every `HOMERD_*` test hook, so failpoints and mutants never reach
+//!   a job), plus the `HOMER_*` variables of the run. The shim itself runs with exactly
+//!   that environment. The inherited set is snapshotted and passed explicitly
+//!   (`env_clear` + `envs`), so a variable set concurrently cannot slip past the filter.
+//! - **Zombies count as gone**: a killed member whose parent has not reaped it yet still
+//!   answers `kill(-pgid, 0)`, but it cannot run anything. Linux scans `/proc/*/stat`
+//!   (pgrp and state); macOS lists the group with `proc_listpids(PROC_PGRP_ONLY)` and
+//!   skips zombies through [`identity::proc_state`]. If the listing itself fails, the
+//!   fallback `kill(-pgid, 0)` probe counts zombies as alive (conservative: we wait longer,
+//!   never re-run early).
+//! - **A pgid is only signalled while it is provably ours**: a held child's group while
+//!   its leader is unreaped (the pid, hence the group id, cannot be reused), a recorded
+//!   group only after the boot id matches and either the leader (same start time, not a
+//!   zombie) is alive or the group still has live members — a process group id cannot be
+//!   reused while the group has members, so a dead leader with live members is still the
+//!   old group.
+//! - **Bounded waits**: every wait polls with a short sleep against a deadline and
+//!   reports `TimedOut` rather than hanging the worker or the startup.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::{identity, shim};
+
+/// How often waiting loops re-check.
+const POLL: Duration = Duration::from_millis(2);
+
+/// How often a SIGKILL is repeated while a group is still populated (covers a member
+/// forked while the previous signal was being delivered).
+const KILL_REPEAT: Duration = Duration::from_millis(50);
+
+/// How long [`spawn_held`] waits for the new process to show up in the kernel's process
+/// table before giving up.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
+
+/// What to run and where its output goes.
+#[derive(Clone, Debug)]
+pub struct SpawnRequest {
+    /// Program and arguments, no shell; `argv[0]` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Added to the environment (e.g. `HOMER_JOB_ID`); wins over an inherited variable.
+    pub env_set: Vec<(String, String)>,
+    /// Every inherited variable whose name starts with one of these is removed
+    /// (e.g. `HOMERD_`). Variables in `env_set` are not filtered.
+    pub env_deny_prefixes: Vec<String>,
+    /// Per-run log files, opened append + create (mode 0600 when created).
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// The homerd executable (`std::env::current_exe()`), run as `job-shim`.
+    pub shim: PathBuf,
+}
+
+/// A started job that has not necessarily been released yet.
+///
+/// Dropping a child that was never released closes the pipe (the shim exits without
+/// running the job), kills its group and reaps it. Dropping a released child neither
+/// kills nor waits for it (it only reaps it if it has already exited): the worker owns a
+/// running job's lifecycle ([`kill_group_and_wait`], [`HeldChild::wait`]).
+#[derive(Debug)]
+pub struct HeldChild {
+    pub pid: u32,
+    /// Equal to `pid`: the child leads its own process group.
+    pub pgid: u32,
+    /// As [`identity::ProcState::start_time`].
+    pub start_time: u64,
+    /// [`identity::pid_space`] at spawn time.
+    pub boot_id: String,
+    /// The write end of the release pipe; `None` once released (or a release failed).
+    release_pipe: Option<File>,
+    released: bool,
+    child: Child,
+}
+
+/// Starts `req.argv` held: through `req.shim job-shim --parent OUR_PID -- argv...`, in its
+/// own process group, blocked until [`HeldChild::release`].
+///
+/// Returns once the shim has been exec'd (it is then blocked on the release pipe or about
+/// to be). Runs on the dedicated spawner thread (see the module docs).
+pub fn spawn_held(req: SpawnRequest) -> io::Result<HeldChild> {
+    if req.argv.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
+    }
+    let mut args: Vec<OsString> = shim::args_before_argv(std::process::id()).into_iter().map(OsString::from).collect();
+    args.extend(req.argv.iter().map(OsString::from));
+    let program = req.shim.clone();
+    spawn_held_with(&program, &args, req)
+}
+
+/// [`spawn_held`] with an explicit program and its complete argument list (`req.argv` and
+/// `req.shim` are not used: `args` must already carry the argv). The program must behave
+/// like the shim: read one byte from fd 3 and exec, or exit on EOF. Tests use a
+/// `/bin/sh` stand-in here.
+pub(crate) fn spawn_held_with(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
+    let (reply, answer) = mpsc::sync_channel(1);
+    send_to_spawner(SpawnJob { program: program.to_owned(), args: args.to_vec(), req, reply })?;
+    answer.recv().map_err(|_| io::Error::other("the spawner thread ended without answering"))?
+}
+
+struct SpawnJob {
+    program: PathBuf,
+    args: Vec<OsString>,
+    req: SpawnRequest,
+    reply: mpsc::SyncSender<io::Result<HeldChild>>,
+}
+
+/// The spawner thread's queue, started on first use. The sender stays in this static for
+/// the life of the process, so the thread (and with it every child's parent-death
+/// signal) never ends while the daemon runs.
+static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
+
+fn send_to_spawner(job: SpawnJob) -> io::Result<()> {
+    let mut slot = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+    let sender = match slot.as_ref() {
+        Some(sender) => sender.clone(),
+        None => {
+            let (sender, queue) = mpsc::channel::<SpawnJob>();
+            std::thread::Builder::new().name(String::from("homerd-spawner")).spawn(move || spawner_loop(queue))?;
+            *slot = Some(sender.clone());
+            sender
+        }
+    };
+    sender.send(job).map_err(|_| {
+        // Only possible if the thread died (a panic is caught in the loop, so this
+        // should not happen); the next spawn starts a fresh thread.
+        *slot = None;
+        io::Error::other("the spawner thread is gone")
+    })
+}
+
+fn spawner_loop(queue: mpsc::Receiver<SpawnJob>) {
+    for job in queue {
+        let SpawnJob { program, args, req, reply } = job;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spawn_direct(&program, &args, req)))
+            .unwrap_or_else(|_| Err(io::Error::other("spawning panicked")));
+        // If the caller is gone, the child is dropped here: an unreleased child is killed.
+        let _ = reply.send(result);
+    }
+}
+
+/// Spawns on the calling thread. Only the spawner thread (and tests) may call this.
+fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
+    let stdout = open_log(&req.stdout)?;
+    let stderr = open_log(&req.stderr)?;
+    let (read_end, write_end) = release_pipe()?;
+
+    let inherited: Vec<(OsString, OsString)> =
+        std::env::vars_os().filter(|(key, _)| !denied(key, &req.env_deny_prefixes)).collect();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(inherited)
+        .envs(req.env_set.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let fd = read_end.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2
+    // (async-signal-safe, no allocation, no locks). `fd` stays open in the parent
+    // until spawn() has returned, so it is valid in the child.
+    unsafe {
+        cmd.pre_exec(move || put_on_release_fd(fd));
+    }
+    let child = cmd.spawn()?;
+    drop(read_end);
+
+    let pid = child.id();
+    let mut held = HeldChild {
+        pid,
+        pgid: pid,
+        start_time: 0,
+        boot_id: identity::pid_space().to_owned(),
+        release_pipe: Some(write_end),
+        released: false,
+        child,
+    };
+    // On error `held` is dropped unreleased: the shim is killed and reaped.
+    held.start_time = start_time_of(pid)?;
+    Ok(held)
+}
+
+fn denied(key: &OsStr, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| key.as_bytes().starts_with(p.as_bytes()))
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// In the forked child: make the release pipe's read end fd 3, without close-on-exec.
+/// [`release_pipe`] guarantees `fd != 3`, so `dup2` always clears close-on-exec.
+fn put_on_release_fd(fd: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 onto fd 3 (replacing whatever was there); async-signal-safe.
+    if unsafe { libc::dup2(fd, shim::RELEASE_FD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Both ends close-on-exec. The read end is moved above fd 3 if needed: std's stdio
+/// setup in the child (dup2 onto 0–2) must not clobber it before our dup2, and dup2(3, 3)
+/// would leave close-on-exec set. (`try_clone` is `F_DUPFD_CLOEXEC` with a minimum of 3;
+/// `fcntl` itself is reserved to `lock`.)
+fn release_pipe() -> io::Result<(OwnedFd, File)> {
+    let mut fds = [0 as libc::c_int; 2];
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `fds` is a writable array of two ints.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // No pipe2 on macOS. Not atomic with respect to a fork on another thread, but
+        // every fork of the daemon happens on the spawner thread, which is here.
+        // SAFETY: `fds` is a writable array of two ints.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: both descriptors were just created by pipe and are owned by nobody else.
+    let (mut read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from(OwnedFd::from_raw_fd(fds[1]))) };
+    #[cfg(not(target_os = "linux"))]
+    for fd in [read_end.as_raw_fd(), write_end.as_raw_fd()] {
+        // SAFETY: FIOCLEX sets close-on-exec on a descriptor we own (as std does on macOS).
+        if unsafe { libc::ioctl(fd, libc::FIOCLEX) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // Each clone lands on the lowest free fd >= 3 while the earlier ones stay open, so
+    // this ends within two rounds.
+    let mut superseded = Vec::new();
+    while read_end.as_raw_fd() <= shim::RELEASE_FD {
+        let moved = read_end.try_clone()?;
+        superseded.push(std::mem::replace(&mut read_end, moved));
+    }
+    drop(superseded);
+    Ok((read_end, write_end))
+}
+
+/// The start time of a process we just forked, retried briefly in case the kernel does
+/// not show it yet.
+fn start_time_of(pid: u32) -> io::Result<u64> {
+    let deadline = Instant::now() + VISIBLE_WITHIN;
+    loop {
+        if let Some(state) = identity::proc_state(pid)? {
+            return Ok(state.start_time);
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!("spawned pid {pid} is not visible in the process table")));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+impl HeldChild {
+    /// Lets the shim exec the argv: writes one byte (a newline, so a shell stand-in can
+    /// `read` it) and closes the pipe. A second call is an error.
+    pub fn release(&mut self) -> io::Result<()> {
+        let Some(mut pipe) = self.release_pipe.take() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "child already released (or its release failed)"));
+        };
+        // EPIPE here means the shim is gone (SIGPIPE is ignored in Rust programs); the
+        // pipe is closed either way, so it never runs the job.
+        pipe.write_all(b"\n")?;
+        self.released = true;
+        Ok(())
+    }
+
+    /// Blocks until the direct child (the shim, or the job once exec'd) exits; reaps it.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait()
+    }
+
+    /// Reaps the direct child if it has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+}
+
+impl Drop for HeldChild {
+    fn drop(&mut self) {
+        if self.released {
+            // The worker owns a running job; only collect it if it already exited.
+            let _ = self.child.try_wait();
+            return;
+        }
+        // EOF on fd 3: the shim exits without exec'ing.
+        drop(self.release_pipe.take());
+        match self.child.try_wait() {
+            // Already exited and reaped: its group id may be reused now, signal nothing.
+            // (Never released, so it never exec'd the job and started no other member.)
+            Ok(Some(_)) => {}
+            _ => {
+                // Unreaped, so the pid — and the group id — cannot have been reused.
+                let _ = signal_group(self.pgid, libc::SIGKILL);
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Sends `sig` to process group `pgid`. Refuses pgid 0 and 1 (our own group, init /
+/// "every process"), anything beyond `pid_t`, and our own group, with `InvalidInput`.
+/// A group that no longer exists (ESRCH) is `Ok`.
+pub fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
+    let pg = checked_pgid(pgid)?;
+    // SAFETY: kill has no memory-safety preconditions; with pg > 1 and not our own group,
+    // -pg names exactly process group pg.
+    if unsafe { libc::kill(-pg, sig) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+fn checked_pgid(pgid: u32) -> io::Result<libc::pid_t> {
+    let refuse =
+        |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal pgid {pgid}: {why}"));
+    let pg = libc::pid_t::try_from(pgid).map_err(|_| refuse("not a valid process group id"))?;
+    if pg <= 1 {
+        return Err(refuse("0 and 1 are never a job's group"));
+    }
+    // SAFETY: getpgrp has no preconditions and cannot fail.
+    if pg == unsafe { libc::getpgrp() } {
+        return Err(refuse("it is the daemon's own process group"));
+    }
+    Ok(pg)
+}
+
+/// Whether process group `pgid` has any member that is not a zombie.
+pub fn group_alive(pgid: u32) -> bool {
+    if pgid == 0 || libc::pid_t::try_from(pgid).is_err() {
+        return false;
+    }
+    match scan_group(pgid) {
+        Ok(alive) => alive,
+        // The listing failed: fall back to the kernel's own answer, which counts zombies
+        // as members (conservative: we wait longer, never re-run early).
+        Err(_) => probe_group(pgid),
+    }
+}
+
+fn probe_group(pgid: u32) -> bool {
+    let Ok(pg) = libc::pid_t::try_from(pgid) else { return false };
+    // SAFETY: signal 0 only checks existence and permission; pg > 0 here.
+    if unsafe { libc::kill(-pg, 0) } == 0 {
+        return true;
+    }
+    io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Linux: every `/proc/<pid>/stat` whose pgrp (field 5) is `pgid` and whose state (field
+/// 3) is not Z or X. Fields are counted after the last `)`, as the command name may
+/// contain anything.
+#[cfg(target_os = "linux")]
+fn scan_group(pgid: u32) -> io::Result<bool> {
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat,
+            // Exited since the directory was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) => return Err(e),
+        };
+        let (state, pgrp) =
+            parse_stat_state_pgrp(&stat).ok_or_else(|| io::Error::other(format!("unparseable /proc/{pid}/stat")))?;
+        if pgrp == pgid && state != "Z" && state != "X" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(any(target_os = "linux", test))]
+fn parse_stat_state_pgrp(stat: &str) -> Option<(&str, u32)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_ascii_whitespace();
+    let state = fields.next()?; // field 3
+    let _ppid = fields.next()?; // field 4
+    let pgrp = fields.next()?.parse().ok()?; // field 5
+    Some((state, pgrp))
+}
+
+/// macOS: `proc_listpids(PROC_PGRP_ONLY, pgid)`, then skip zombies (and pids gone since)
+/// through [`identity::proc_state`]. A member whose state cannot be read counts as alive.
+#[cfg(target_os = "macos")]
+fn scan_group(pgid: u32) -> io::Result<bool> {
+    /// `<sys/proc_info.h>`; not exported by the libc crate.
+    const PROC_PGRP_ONLY: u32 = 2;
+    let pid_size = std::mem::size_of::<libc::pid_t>();
+    let mut capacity = 256usize;
+    loop {
+        let mut pids: Vec<libc::pid_t> = vec![0; capacity];
+        let bytes =
+            libc::c_int::try_from(capacity * pid_size).map_err(|_| io::Error::other("process list too large"))?;
+        // SAFETY: `pids` is writable for `bytes` bytes; proc_listpids fills at most that.
+        let n = unsafe { libc::proc_listpids(PROC_PGRP_ONLY, pgid, pids.as_mut_ptr().cast(), bytes) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let count = (n as usize / pid_size).min(capacity);
+        if count == capacity {
+            // Possibly truncated: list again with more room.
+            capacity *= 4;
+            continue;
+        }
+        for &pid in &pids[..count] {
+            let Ok(pid) = u32::try_from(pid) else { continue };
+            if pid == 0 {
+                continue;
+            }
+            match identity::proc_state(pid) {
+                Ok(Some(state)) if state.zombie => {}
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => return Ok(true),
+            }
+        }
+        return Ok(false);
+    }
+}
+
+/// SIGTERM to the group; wait up to `kill_grace` for it to empty; then SIGKILL and wait
+/// up to `limit` more (so at most `kill_grace + limit` in all), else `TimedOut`. The
+/// caller must know the group is still its own (e.g. a [`HeldChild`] not yet reaped).
+pub fn kill_group_and_wait(pgid: u32, kill_grace: Duration, limit: Duration) -> io::Result<()> {
+    signal_group(pgid, libc::SIGTERM)?;
+    if wait_group_gone(pgid, Instant::now() + kill_grace, None) {
+        return Ok(());
+    }
+    signal_group(pgid, libc::SIGKILL)?;
+    if wait_group_gone(pgid, Instant::now() + limit, Some(libc::SIGKILL)) {
+        return Ok(());
+    }
+    Err(timed_out(pgid, kill_grace + limit))
+}
+
+/// Polls [`group_alive`] until false (`true`) or `deadline` (`false`), repeating `repeat`
+/// every [`KILL_REPEAT`] while members remain.
+fn wait_group_gone(pgid: u32, deadline: Instant, repeat: Option<i32>) -> bool {
+    let mut last_signal = Instant::now();
+    loop {
+        if !group_alive(pgid) {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if let Some(sig) = repeat {
+            if now.duration_since(last_signal) >= KILL_REPEAT {
+                let _ = signal_group(pgid, sig);
+                last_signal = now;
+            }
+        }
+        std::thread::sleep(POLL.min(deadline - now));
+    }
+}
+
+fn timed_out(pgid: u32, after: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("process group {pgid} still has live members after {after:?}"))
+}
+
+/// A child as recorded in `job_runs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedChild {
+    pub pid: u32,
+    pub pgid: u32,
+    pub boot_id: String,
+    pub start_time: u64,
+}
+
+/// For startup recovery and re-runs: kills the recorded child's group if it is still that
+/// group, and waits (up to `limit`) until it has no live members.
+///
+/// - Recorded in another pid space (`boot_id != identity::pid_space()`): `Ok(false)`, nothing
+///   signalled — an earlier boot's processes are all gone. (A recording from another pid
+///   namespace of this same boot cannot be checked from here either; it is treated the
+///   same way.)
+/// - The leader (same pid and start time, not a zombie) is alive, or the group still has
+///   live members (a dead leader with live members is still the old group: a pgid cannot
+///   be reused while it has members): SIGKILL the group, wait until empty → `Ok(true)`, or
+///   `TimedOut` after `limit`.
+/// - Otherwise `Ok(false)`.
+///
+/// Errors if the pgid is refused by [`signal_group`] (≤ 1, or our own group) or cannot be
+/// signalled. A member that moved itself to another group or session is out of
+/// reach of any process-group kill.
+pub fn kill_recorded_group(c: &RecordedChild, limit: Duration) -> io::Result<bool> {
+    if c.boot_id != identity::pid_space() {
+        return Ok(false);
+    }
+    // A leader whose state cannot be read (Err) is not ours: our own processes are always
+    // readable. The group check below still catches its live members.
+    let leader_alive =
+        matches!(identity::proc_state(c.pid), Ok(Some(state)) if !state.zombie && state.start_time == c.start_time);
+    if !leader_alive && !group_alive(c.pgid) {
+        return Ok(false);
+    }
+    signal_group(c.pgid, libc::SIGKILL)?;
+    if wait_group_gone(c.pgid, Instant::now() + limit, Some(libc::SIGKILL)) {
+        Ok(true)
+    } else {
+        Err(timed_out(c.pgid, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Generous: CI machines stall.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// Stands in for `homerd job-shim` (the unit-test binary is not homerd): read the
+    /// release line from fd 3 or exit 125 on EOF, close fd 3, exec the argv.
+    const STAND_IN: &str = r#"read -r _ <&3 || exit 125; exec 3<&-; exec "$@""#;
+
+    fn stand_in(argv: &[&str], req: SpawnRequest) -> io::Result<HeldChild> {
+        let mut args: Vec<OsString> = vec!["-c".into(), STAND_IN.into(), "sh".into()];
+        args.extend(argv.iter().map(OsString::from));
+        spawn_held_with(Path::new("/bin/sh"), &args, req)
+    }
+
+    fn request(dir: &Path) -> SpawnRequest {
+        SpawnRequest {
+            argv: Vec::new(),
+            env_set: Vec::new(),
+            env_deny_prefixes: vec![String::from("HOMERD_")],
+            stdout: dir.join("stdout.log"),
+            stderr: dir.join("stderr.log"),
+            shim: PathBuf::from("/nonexistent/unused-by-spawn_held_with"),
+        }
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn wait_exit(held: &mut HeldChild) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = held.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "child {} did not exit", held.pid);
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Linux: whether some thread of `pid` is blocked in read(2), from
+    /// `/proc/<pid>/task/*/syscall`. `None` where that cannot be told.
+    #[cfg(target_os = "linux")]
+    fn blocked_in_read(pid: u32) -> Option<bool> {
+        let read_nr = if cfg!(target_arch = "x86_64") {
+            "0"
+        } else if cfg!(target_arch = "aarch64") {
+            "63"
+        } else {
+            return None;
+        };
+        let mut any = false;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let syscall = std::fs::read_to_string(task.ok()?.path().join("syscall")).ok()?;
+            any |= syscall.split_ascii_whitespace().next() == Some(read_nr);
+        }
+        Some(any)
+    }
+
+    /// Waits until the held shim is blocked on its pipe (Linux; elsewhere a no-op), so
+    /// that "the argv has not run" is observed after the shim had every chance to run it.
+    fn wait_blocked(pid: u32) {
+        #[cfg(target_os = "linux")]
+        if blocked_in_read(pid).is_some() {
+            wait_until("the shim to block on its release pipe", || blocked_in_read(pid) == Some(true));
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = pid;
+    }
+
+    fn gone(pid: u32, start_time: u64) -> bool {
+        !matches!(identity::proc_state(pid).unwrap(), Some(s) if s.start_time == start_time && !s.zombie)
+    }
+
+    // 1.
+    #[test]
+    fn held_child_runs_argv_only_after_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let m = marker.to_str().unwrap();
+        let mut held = stand_in(&["sh", "-c", r#"echo ran > "$1""#, "sh", m], request(dir.path())).unwrap();
+        assert_eq!(held.pgid, held.pid);
+        assert_eq!(held.boot_id, identity::pid_space());
+        assert_eq!(identity::proc_state(held.pid).unwrap().unwrap().start_time, held.start_time);
+        wait_blocked(held.pid);
+        assert!(!marker.exists(), "argv ran before release");
+        assert!(held.try_wait().unwrap().is_none(), "the held shim exited on its own");
+        assert!(group_alive(held.pgid));
+
+        held.release().unwrap();
+        assert!(held.release().is_err(), "a second release must be refused");
+        let status = wait_exit(&mut held);
+        assert!(status.success(), "{status:?}");
+        assert_eq!(read(&marker), "ran\n");
+    }
+
+    // 2.
+    #[test]
+    fn dropping_an_unreleased_child_never_runs_it_and_reaps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let m = marker.to_str().unwrap();
+        let held = stand_in(&["sh", "-c", r#"echo ran > "$1""#, "sh", m], request(dir.path())).unwrap();
+        let (pid, pgid, start_time) = (held.pid, held.pgid, held.start_time);
+        wait_blocked(pid);
+        drop(held);
+        assert!(!group_alive(pgid), "group survived the drop");
+        // Reaped, not merely dead: no zombie left under that pid.
+        assert!(
+            !matches!(identity::proc_state(pid).unwrap(), Some(s) if s.start_time == start_time),
+            "child {pid} was not reaped"
+        );
+        assert!(!marker.exists(), "an unreleased child ran its argv");
+    }
+
+    #[test]
+    fn a_later_child_does_not_inherit_an_earlier_release_pipe() {
+        // If the second child held a copy of the first one's write end, closing ours
+        // would not give the first shim its EOF: it would block instead of exiting 125.
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = stand_in(&["true"], request(dir.path())).unwrap();
+        let mut second = stand_in(&["sleep", "60"], request(dir.path())).unwrap();
+        second.release().unwrap();
+        drop(first.release_pipe.take());
+        assert_eq!(wait_exit(&mut first).code(), Some(125));
+        kill_group_and_wait(second.pgid, Duration::from_secs(5), Duration::from_secs(10)).unwrap();
+        second.wait().unwrap();
+    }
+
+    // 3.
+    #[test]
+    fn kill_group_and_wait_kills_a_tree_that_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(dir.path());
+        let out = req.stdout.clone();
+        let mut held = stand_in(&["sh", "-c", r#"trap "" TERM; sleep 60 & echo started; wait"#], req).unwrap();
+        held.release().unwrap();
+        wait_until("the grandchild to start", || read(&out).contains("started"));
+
+        let grace = Duration::from_millis(300);
+        let slack = Duration::from_secs(10);
+        let t0 = Instant::now();
+        kill_group_and_wait(held.pgid, grace, slack).unwrap();
+        let elapsed = t0.elapsed();
+        assert!(elapsed >= grace, "the group ended on SIGTERM ({elapsed:?}) although it ignores it");
+        assert!(elapsed < grace + slack, "{elapsed:?}");
+        assert!(!group_alive(held.pgid));
+        let status = held.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
+
+    #[test]
+    fn kill_group_and_wait_returns_early_when_sigterm_suffices() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = stand_in(&["sleep", "60"], request(dir.path())).unwrap();
+        held.release().unwrap();
+        let t0 = Instant::now();
+        kill_group_and_wait(held.pgid, Duration::from_secs(20), Duration::from_secs(5)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(20), "waited the whole grace");
+        assert_eq!(held.wait().unwrap().signal(), Some(libc::SIGTERM));
+    }
+
+    // 4.
+    #[test]
+    fn signal_group_refuses_dangerous_groups() {
+        // SAFETY: getpgrp has no preconditions.
+        let own = unsafe { libc::getpgrp() } as u32;
+        for pgid in [0, 1, own, u32::MAX, i32::MAX as u32 + 1] {
+            let err = signal_group(pgid, 0).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "pgid {pgid}: {err}");
+            assert!(kill_group_and_wait(pgid, Duration::ZERO, Duration::ZERO).is_err());
+        }
+        // A group that does not exist (beyond any pid_max) is fine: ESRCH is Ok.
+        signal_group(0x3fff_fff0, libc::SIGKILL).unwrap();
+        assert!(!group_alive(0x3fff_fff0));
+        assert!(!group_alive(0));
+    }
+
+    // 5.
+    #[test]
+    fn group_alive_treats_zombies_as_gone() {
+        let mut child = Command::new("sleep").arg("60").stdin(Stdio::null()).process_group(0).spawn().unwrap();
+        let pgid = child.id();
+        assert!(group_alive(pgid));
+        child.kill().unwrap();
+        wait_until("the killed child to become a zombie", || !group_alive(pgid));
+        // Still an unreaped member as far as kill(2) is concerned: a probe would call the
+        // group alive, group_alive must not.
+        let pg = pgid as libc::pid_t;
+        // SAFETY: signal 0 only checks existence.
+        assert_eq!(unsafe { libc::kill(-pg, 0) }, 0, "the zombie was reaped early: the test proves nothing");
+        #[cfg(target_os = "linux")]
+        assert!(identity::proc_state(pgid).unwrap().unwrap().zombie);
+        child.wait().unwrap();
+    }
+
+    // 6.
+    #[test]
+    fn kill_recorded_group_kills_only_a_live_group_of_this_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = stand_in(&["sleep", "60"], request(dir.path())).unwrap();
+        held.release().unwrap();
+        let mut rec = RecordedChild {
+            pid: held.pid,
+            pgid: held.pgid,
+            boot_id: held.boot_id.clone(),
+            start_time: held.start_time,
+        };
+
+        let earlier = RecordedChild { boot_id: String::from("some-earlier-boot"), ..rec.clone() };
+        assert!(!kill_recorded_group(&earlier, Duration::from_secs(5)).unwrap());
+        assert!(group_alive(held.pgid), "an earlier boot's record was signalled");
+        assert!(held.try_wait().unwrap().is_none());
+
+        assert!(kill_recorded_group(&rec, Duration::from_secs(10)).unwrap());
+        assert!(!group_alive(held.pgid));
+        assert_eq!(held.wait().unwrap().signal(), Some(libc::SIGKILL));
+
+        // Leader reaped, group empty: nothing to do.
+        assert!(!kill_recorded_group(&rec, Duration::from_secs(5)).unwrap());
+        rec.start_time += 1;
+        assert!(!kill_recorded_group(&rec, Duration::from_secs(5)).unwrap());
+    }
+
+    #[test]
+    fn kill_recorded_group_kills_members_of_a_dead_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = stand_in(&["sh", "-c", "sleep 60 & echo started"], request(dir.path())).unwrap();
+        held.release().unwrap();
+        assert!(wait_exit(&mut held).success());
+        let rec = RecordedChild {
+            pid: held.pid,
+            pgid: held.pgid,
+            boot_id: held.boot_id.clone(),
+            start_time: held.start_time,
+        };
+        assert!(gone(rec.pid, rec.start_time));
+        assert!(group_alive(rec.pgid), "the orphaned member should still run");
+        assert!(kill_recorded_group(&rec, Duration::from_secs(10)).unwrap());
+        assert!(!group_alive(rec.pgid));
+    }
+
+    // 7.
+    #[test]
+    fn child_environment_drops_denied_prefixes_and_adds_env_set() {
+        const DENIED: &str = "HOMERD_TEST_CHILDREN_DENY";
+        std::env::set_var(DENIED, "must-not-leak");
+        assert!(std::env::vars().any(|(k, _)| k == DENIED), "the test would prove nothing");
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(dir.path());
+        req.env_set = vec![
+            (String::from("HOMER_JOB_ID"), String::from("42")),
+            (String::from("HOMER_TEST_CHILDREN_SET"), String::from("a b=c")),
+        ];
+        let out = req.stdout.clone();
+        let mut held = stand_in(&["env"], req).unwrap();
+        held.release().unwrap();
+        assert!(wait_exit(&mut held).success());
+        let env = read(&out);
+        assert!(env.lines().any(|l| l == "HOMER_JOB_ID=42"), "{env}");
+        assert!(env.lines().any(|l| l == "HOMER_TEST_CHILDREN_SET=a b=c"), "{env}");
+        assert!(env.lines().any(|l| l.starts_with("PATH=")), "inherited variables must stay: {env}");
+        assert!(!env.lines().any(|l| l.starts_with("HOMERD_")), "a denied variable leaked: {env}");
+    }
+
+    // 8.
+    #[test]
+    fn output_lands_in_the_log_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(dir.path());
+        let (out, err) = (req.stdout.clone(), req.stderr.clone());
+        std::fs::write(&out, "earlier run\n").unwrap();
+        let mut held = stand_in(&["sh", "-c", "echo to-stdout; echo to-stderr >&2"], req).unwrap();
+        held.release().unwrap();
+        assert!(wait_exit(&mut held).success());
+        assert_eq!(read(&out), "earlier run\nto-stdout\n", "appended, not truncated");
+        assert_eq!(read(&err), "to-stderr\n");
+        let mode = std::fs::metadata(&err).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn stat_parsing_counts_fields_after_the_last_paren() {
+        let line = "4242 (a (weird) 1 2) Z 1 777 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        assert_eq!(parse_stat_state_pgrp(line), Some(("Z", 777)));
+        assert_eq!(parse_stat_state_pgrp("garbage"), None);
+    }
+
+    // The real shim (shim.rs): the unit-test binary re-runs itself as the shim through
+    // the ignored entry point below, which calls shim::shim_main.
+
+    const SHIM_ENV: &str = "HOMER_TEST_CHILDREN_SHIM";
+    const SEP: char = '\u{1f}';
+
+    #[test]
+    #[ignore = "not a test: the entry point of the real-shim tests' child processes"]
+    fn real_shim_entry() {
+        let Ok(spec) = std::env::var(SHIM_ENV) else { return };
+        let mut parts = spec.split(SEP);
+        let parent: u32 = parts.next().unwrap().parse().unwrap();
+        let argv: Vec<String> = parts.map(String::from).collect();
+        std::process::exit(shim::shim_main(parent, &argv));
+    }
+
+    /// The program and arguments that run this test binary as the shim.
+    fn real_shim_command(parent: u32, argv: &[&str], req: &mut SpawnRequest) -> (PathBuf, Vec<OsString>) {
+        let spec: Vec<String> = std::iter::once(parent.to_string()).chain(argv.iter().map(|s| s.to_string())).collect();
+        req.env_set.push((String::from(SHIM_ENV), spec.join(&SEP.to_string())));
+        let exe = std::env::current_exe().unwrap();
+        let args =
+            ["--exact", "children::tests::real_shim_entry", "--ignored", "--nocapture", "--test-threads=1", "-q"];
+        (exe, args.iter().map(OsString::from).collect())
+    }
+
+    fn real_shim(parent: u32, argv: &[&str], mut req: SpawnRequest) -> io::Result<HeldChild> {
+        let (exe, args) = real_shim_command(parent, argv, &mut req);
+        spawn_held_with(&exe, &args, req)
+    }
+
+    #[test]
+    fn real_shim_execs_argv_after_release_without_fd3() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(dir.path());
+        let out = req.stdout.clone();
+        let script = r#"if { true >&3; } 2>/dev/null; then echo fd3-open; else echo fd3-closed; fi; echo job-ran"#;
+        let mut held = real_shim(std::process::id(), &["sh", "-c", script], req).unwrap();
+        wait_blocked(held.pid);
+        assert!(!read(&out).contains("job-ran"));
+        held.release().unwrap();
+        let status = wait_exit(&mut held);
+        assert!(status.success(), "{status:?}: {}", read(&out));
+        let out = read(&out);
+        assert!(out.contains("job-ran"), "{out}");
+        assert!(out.contains("fd3-closed"), "the job inherited the release pipe: {out}");
+    }
+
+    #[test]
+    fn real_shim_exits_125_on_eof_without_running_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let m = marker.to_str().unwrap();
+        let mut held =
+            real_shim(std::process::id(), &["sh", "-c", r#"echo ran > "$1""#, "sh", m], request(dir.path())).unwrap();
+        wait_blocked(held.pid);
+        drop(held.release_pipe.take());
+        assert_eq!(wait_exit(&mut held).code(), Some(shim::EXIT_NOT_RELEASED));
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn real_shim_refuses_a_parent_that_is_not_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let m = marker.to_str().unwrap();
+        let mut held = real_shim(1, &["sh", "-c", r#"echo ran > "$1""#, "sh", m], request(dir.path())).unwrap();
+        // It may already have exited; a failed write is fine.
+        let _ = held.release();
+        assert_eq!(wait_exit(&mut held).code(), Some(shim::EXIT_NOT_RELEASED));
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn real_shim_reports_an_exec_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(dir.path());
+        let err = req.stderr.clone();
+        let mut held = real_shim(std::process::id(), &["/nonexistent/homerd-no-such-program"], req).unwrap();
+        held.release().unwrap();
+        assert_eq!(wait_exit(&mut held).code(), Some(shim::EXIT_CANNOT_EXEC));
+        let err = read(&err);
+        assert!(err.contains("homerd job-shim: cannot exec /nonexistent/homerd-no-such-program: "), "{err}");
+    }
+
+    /// Spawns the real shim from a thread that ends once the shim is blocked (so past its
+    /// prctl), and waits until that thread is fully gone (so a parent-death signal, if
+    /// any, has been sent). `direct`: spawn on that thread instead of the spawner thread.
+    #[cfg(target_os = "linux")]
+    fn real_shim_from_ended_thread(direct: bool, dir: &Path) -> HeldChild {
+        let mut req = request(dir);
+        let (exe, args) = real_shim_command(std::process::id(), &["true"], &mut req);
+        let (held, tid) = std::thread::spawn(move || {
+            let held = if direct { spawn_direct(&exe, &args, req) } else { spawn_held_with(&exe, &args, req) };
+            let held = held.unwrap();
+            assert!(blocked_in_read(held.pid).is_some(), "cannot observe the shim blocking here");
+            wait_until("the shim to block", || blocked_in_read(held.pid) == Some(true));
+            // SAFETY: gettid has no preconditions.
+            (held, unsafe { libc::gettid() })
+        })
+        .join()
+        .unwrap();
+        wait_until("the thread to be gone", || !Path::new(&format!("/proc/self/task/{tid}")).exists());
+        held
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn real_shim_dies_with_the_thread_that_spawned_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = real_shim_from_ended_thread(true, dir.path());
+        let status = wait_exit(&mut held);
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "no parent-death signal: {status:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn spawn_held_outlives_the_calling_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = real_shim_from_ended_thread(false, dir.path());
+        held.release().unwrap();
+        let status = wait_exit(&mut held);
+        assert!(status.success(), "killed with the calling thread: {status:?}");
+    }
+
+    #[test]
+    fn spawn_held_runs_the_shim_with_the_protocol_arguments() {
+        // A script standing in for the homerd executable prints its command line, then
+        // behaves like the shim (blocks on fd 3, exits 0 once released).
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake-homerd");
+        std::fs::write(&script, "#!/bin/sh\nprintf '%s\\n' \"$@\"\nread -r _ <&3 || exit 125\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut req = request(dir.path());
+        req.shim = script;
+        req.argv = vec![String::from("prog"), String::from("a b")];
+        let out = req.stdout.clone();
+        assert!(spawn_held(SpawnRequest { argv: Vec::new(), ..req.clone() }).is_err(), "empty argv must be refused");
+        let mut attempts = 0;
+        let mut held = loop {
+            // ETXTBSY: another test's fork may briefly hold the script's write descriptor.
+            match spawn_held(req.clone()) {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 1000 => {
+                    attempts += 1;
+                    std::thread::sleep(POLL);
+                }
+                other => break other.unwrap(),
+            }
+        };
+        held.release().unwrap();
+        assert!(wait_exit(&mut held).success());
+        let expected = format!("job-shim\n--parent\n{}\n--\nprog\na b\n", std::process::id());
+        assert_eq!(read(&out), expected);
+    }
+}

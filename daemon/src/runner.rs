@@ -1,0 +1,483 @@
+//! The engine's I/O layer: one engine thread that claims, renews, enforces deadlines and
+//! records outcomes through the [`Coordinator`], and one thread per running job that
+//! does the job's work (in-process for `noop`/`sleep`/`fail`/`crash`, a held child
+//! process for `exec`).
+//!
+//! The engine thread wakes every [`POLL`] (or at once when a job ends) and claims when
+//! `PRAGMA data_version` says another connection committed (a CLI enqueue), when a job
+//! ended (capacity freed), or when the next `run_after` is reached — so an idle daemon
+//! notices an enqueue within tens of milliseconds without writing anything while idle.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::children::{self, RecordedChild, SpawnRequest};
+use crate::clock::{mono_ms, Clock};
+use crate::config::Config;
+use crate::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult, StopReason};
+use crate::engine::store::{ChildRecord, SqliteStore};
+use crate::store::jobs::{ClaimLimits, Claimed};
+use crate::store::read;
+use crate::{events, failpoint, identity};
+
+/// Engine loop period while nothing wakes it.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Variables no job child inherits: every homerd test hook. (`HOMER_*` settings pass, so
+/// a job can run `homerd enqueue` against the same home.)
+pub const ENV_DENY_PREFIXES: &[&str] = &["HOMERD_"];
+
+pub type EngineCoordinator = Coordinator<SqliteStore>;
+
+/// What the supervisor tells the engine thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Stop claiming; drain for `grace_ms`, then stop and release what remains. A second
+    /// one can only shorten the grace.
+    Shutdown {
+        grace_ms: i64,
+    },
+    /// Another daemon holds the epoch: stop everything now.
+    Fence,
+    /// The leader row cannot be refreshed: stop every job, claim nothing.
+    StandDown,
+    Resume,
+}
+
+/// Why the engine thread ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineExit {
+    Drained,
+    Fenced,
+}
+
+pub fn engine_config(cfg: &Config, worker: String) -> EngineConfig {
+    let ms = |d: Duration| d.as_millis() as i64;
+    EngineConfig {
+        worker,
+        heartbeat_ms: ms(cfg.heartbeat_interval),
+        stale_ms: ms(cfg.stale_threshold),
+        kill_grace_ms: ms(cfg.kill_grace),
+        shutdown_grace_ms: ms(cfg.shutdown_grace),
+        orphan_retry_delay_ms: ms(cfg.orphan_retry_delay),
+        backoff_base_ms: ms(cfg.backoff_base),
+        backoff_cap_ms: ms(cfg.backoff_cap),
+        max_interruptions: cfg.max_interruptions,
+        limits: ClaimLimits {
+            global: cfg.concurrency,
+            lanes: cfg.lanes.iter().map(|(k, v)| (k.clone(), v.concurrency)).collect(),
+            default_lane: 1,
+            batch: cfg.claim_batch,
+        },
+    }
+}
+
+/// Startup recovery: requeue (or fail) every orphaned running row, then make sure every
+/// process group those runs recorded is gone before anything can run again.
+pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -> Result<(), String> {
+    let rec = coord.recover(clock.now_ms()).map_err(|e| format!("startup recovery: {e}"))?;
+    let count = rec.requeued.len() + rec.failed.len();
+    if !rec.children.is_empty() {
+        failpoint::hit("recovery.before_kill").map_err(|e| format!("recovery: {e}"))?;
+    }
+    for c in &rec.children {
+        let recorded = RecordedChild { pid: c.pid, pgid: c.pgid, boot_id: c.boot_id.clone(), start_time: c.start_time };
+        match children::kill_recorded_group(&recorded, kill_limit) {
+            Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
+                .field("job_id", c.job_id)
+                .field("pgid", c.pgid)
+                .field("killed", killed)
+                .emit(),
+            Err(e) => return Err(format!("could not kill orphaned group {} of job {}: {e}", c.pgid, c.job_id)),
+        }
+    }
+    events::info("jobs.recovered", "Recovered stale jobs")
+        .field("count", count)
+        .field("requeued", rec.requeued.clone())
+        .field("failed", rec.failed.clone())
+        .emit();
+    Ok(())
+}
+
+struct JobHandle {
+    kind: String,
+    stop_tx: Sender<StopReason>,
+    pgid: Arc<AtomicU32>,
+    thread: JoinHandle<()>,
+}
+
+pub struct EngineThread {
+    pub control: Sender<Control>,
+    pub done: tokio::sync::oneshot::Receiver<EngineExit>,
+}
+
+/// Starts the engine thread.
+pub fn start(
+    coord: Arc<EngineCoordinator>,
+    cfg: Config,
+    clock: Clock,
+    home_logs: PathBuf,
+    reader: Connection,
+) -> EngineThread {
+    let (control, control_rx) = mpsc::channel();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(String::from("homerd-engine"))
+        .spawn(move || {
+            let exit = Engine::new(coord, cfg, clock, home_logs, reader).run(control_rx);
+            let _ = done_tx.send(exit);
+        })
+        .expect("spawn engine thread");
+    EngineThread { control, done }
+}
+
+struct Engine {
+    coord: Arc<EngineCoordinator>,
+    cfg: Config,
+    clock: Clock,
+    runs_dir: PathBuf,
+    reader: Connection,
+    jobs: BTreeMap<i64, JobHandle>,
+    ended_tx: Sender<(i64, JobResult)>,
+    ended_rx: Receiver<(i64, JobResult)>,
+}
+
+impl Engine {
+    fn new(coord: Arc<EngineCoordinator>, cfg: Config, clock: Clock, logs: PathBuf, reader: Connection) -> Engine {
+        let (ended_tx, ended_rx) = mpsc::channel();
+        Engine { coord, cfg, clock, runs_dir: logs.join("runs"), reader, jobs: BTreeMap::new(), ended_tx, ended_rx }
+    }
+
+    fn run(mut self, control: Receiver<Control>) -> EngineExit {
+        let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
+        let mut next_renew = mono_ms() + heartbeat_ms;
+        let mut last_version = read::data_version(&self.reader).unwrap_or(0);
+        let mut claim_now = true;
+        let mut next_ready: Option<i64> = None;
+        let mut ended: Vec<(i64, JobResult)> = Vec::new();
+        loop {
+            for msg in control.try_iter() {
+                match msg {
+                    Control::Shutdown { grace_ms } => self.coord.begin_shutdown(mono_ms(), grace_ms),
+                    Control::Fence => {
+                        let ids = self.coord.fence();
+                        self.stop_jobs(&ids, StopReason::Fenced);
+                    }
+                    Control::StandDown => {
+                        let ids = self.coord.stand_down();
+                        self.stop_jobs(&ids, StopReason::LeaseLost);
+                    }
+                    Control::Resume => {
+                        self.coord.resume();
+                        claim_now = true;
+                    }
+                }
+            }
+            ended.extend(self.ended_rx.try_iter());
+            for (id, result) in ended.drain(..) {
+                self.finish(id, result);
+                claim_now = true;
+            }
+            let now = mono_ms();
+            for (id, reason) in self.coord.due(now) {
+                self.announce_stop(id, reason);
+                self.stop_jobs(&[id], reason);
+            }
+            if now >= next_renew {
+                next_renew = now + heartbeat_ms;
+                let held = self.coord.held().len();
+                let lost = self.coord.renew(now, self.clock.now_ms());
+                if held > 0 {
+                    events::debug("job.heartbeat", "Leases renewed")
+                        .field("held", held)
+                        .field("lost", lost.len())
+                        .emit();
+                }
+                for id in &lost {
+                    self.announce_stop(*id, StopReason::LeaseLost);
+                }
+                let reason = if self.coord.fenced() { StopReason::Fenced } else { StopReason::LeaseLost };
+                self.stop_jobs(&lost, reason);
+                for (id, f) in self.coord.retry_unrecorded(self.clock.now_ms(), jitter()) {
+                    self.announce_finish(id, &f);
+                }
+            }
+            let version = read::data_version(&self.reader).unwrap_or(last_version);
+            if version != last_version {
+                last_version = version;
+                claim_now = true;
+            }
+            if next_ready.is_some_and(|t| self.clock.now_ms() >= t) {
+                claim_now = true;
+            }
+            if claim_now && !self.coord.shutting_down() && !self.coord.fenced() {
+                claim_now = false;
+                let claimed = self.coord.claim(mono_ms(), self.clock.now_ms());
+                if !claimed.is_empty() {
+                    claim_now = true; // more may be ready than one batch took
+                    if let Err(e) = failpoint::hit("claim.after_commit") {
+                        events::warn("failpoint.error", "claim.after_commit").field("error", e.to_string()).emit();
+                    }
+                }
+                for job in claimed {
+                    self.start_job(job);
+                }
+                next_ready = read::next_run_after(&self.reader).ok().flatten();
+            }
+            if self.coord.fenced() && self.jobs.is_empty() {
+                return EngineExit::Fenced;
+            }
+            if self.coord.shutting_down() && self.jobs.is_empty() {
+                return EngineExit::Drained;
+            }
+            let wait = self
+                .coord
+                .next_deadline()
+                .map(|d| Duration::from_millis((d - mono_ms()).clamp(0, POLL.as_millis() as i64) as u64))
+                .unwrap_or(POLL);
+            match self.ended_rx.recv_timeout(wait) {
+                Ok(e) => ended.push(e),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
+            }
+        }
+    }
+
+    fn start_job(&mut self, job: Claimed) {
+        events::info("job.claimed", "Job claimed atomically")
+            .field("job_id", job.id)
+            .field("lane", job.lane.clone())
+            .field("kind", job.kind.clone())
+            .field("attempt", job.attempt)
+            .field("run", job.run)
+            .field("epoch", self.coord.epoch)
+            .emit();
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let pgid = Arc::new(AtomicU32::new(0));
+        let ctx = JobContext {
+            job: job.clone(),
+            coord: self.coord.clone(),
+            runs_dir: self.runs_dir.clone(),
+            kill_grace: self.cfg.kill_grace,
+            pgid: pgid.clone(),
+            stop_rx,
+        };
+        let ended = self.ended_tx.clone();
+        let id = job.id;
+        let thread = std::thread::Builder::new()
+            .name(format!("homerd-job-{id}"))
+            .spawn(move || {
+                let result = ctx.run();
+                let _ = ended.send((id, result));
+            })
+            .expect("spawn job thread");
+        self.jobs.insert(id, JobHandle { kind: job.kind, stop_tx, pgid, thread });
+    }
+
+    /// Stops jobs: in-process work is told to stop; an `exec` child's process group gets
+    /// SIGTERM, then SIGKILL after `kill_grace`, from a killer thread (the job thread sees
+    /// its child exit and reports).
+    fn stop_jobs(&mut self, ids: &[i64], reason: StopReason) {
+        for id in ids {
+            let Some(h) = self.jobs.get(id) else { continue };
+            let _ = h.stop_tx.send(reason);
+            let pgid = h.pgid.load(Ordering::SeqCst);
+            if h.kind == "exec" && pgid > 1 {
+                let grace = if reason == StopReason::Fenced { Duration::ZERO } else { self.cfg.kill_grace };
+                let limit = grace + self.cfg.kill_grace + Duration::from_secs(5);
+                std::thread::spawn(move || {
+                    if let Err(e) = children::kill_group_and_wait(pgid, grace, limit) {
+                        events::error("job.kill_failed", "Could not kill a job's process group")
+                            .field("pgid", pgid)
+                            .field("error", e.to_string())
+                            .emit();
+                    }
+                });
+            }
+        }
+    }
+
+    fn announce_stop(&self, id: i64, reason: StopReason) {
+        let (name, msg) = match reason {
+            StopReason::LeaseLost => ("job.lease_lost", "Lease lost: stopping the job before its lease can expire"),
+            StopReason::Timeout => ("job.timeout", "Job timed out: stopping it"),
+            StopReason::Shutdown => ("job.stopping", "Shutdown grace over: stopping the job to release it"),
+            StopReason::Fenced => ("job.fenced", "Fenced: stopping the job"),
+        };
+        events::warn(name, msg).field("job_id", id).emit();
+    }
+
+    fn finish(&mut self, id: i64, result: JobResult) {
+        if let Some(h) = self.jobs.remove(&id) {
+            let _ = h.thread.join();
+        }
+        if result == JobResult::Succeeded {
+            if let Err(e) = failpoint::hit("job.before_complete") {
+                events::warn("failpoint.error", "job.before_complete").field("error", e.to_string()).emit();
+            }
+        }
+        let f = self.coord.finish(id, result.clone(), self.clock.now_ms(), jitter());
+        self.announce_finish(id, &f);
+        if let (Finished::Failed, JobResult::Failed { error, .. }) = (&f, &result) {
+            events::debug("job.error", "Last error").field("job_id", id).field("error", error.clone()).emit();
+        }
+    }
+
+    fn announce_finish(&self, id: i64, f: &Finished) {
+        let e = match f {
+            Finished::Completed => events::info("job.completed", "Job completed"),
+            Finished::Retry { run_after } => {
+                events::warn("job.retry", "Job failed; retrying later").field("run_after", *run_after)
+            }
+            Finished::Failed => events::error("job.failed", "Job failed for good"),
+            Finished::Released => events::info("job.released", "Job released to pending (attempt given back)"),
+            Finished::Abandoned => events::warn("job.abandoned", "Job requeued after its run was stopped"),
+            Finished::Discarded(why) => {
+                events::warn("job.discarded", "Outcome not recorded: the lease was not ours").field("why", *why)
+            }
+            Finished::Deferred => {
+                events::warn("job.deferred", "Outcome not recorded yet: the database is busy; retrying")
+            }
+        };
+        e.field("job_id", id).emit();
+    }
+}
+
+/// Everything a job thread needs.
+struct JobContext {
+    job: Claimed,
+    coord: Arc<EngineCoordinator>,
+    runs_dir: PathBuf,
+    kill_grace: Duration,
+    pgid: Arc<AtomicU32>,
+    stop_rx: Receiver<StopReason>,
+}
+
+impl JobContext {
+    fn run(self) -> JobResult {
+        let job = &self.job;
+        match job.kind.as_str() {
+            "noop" => JobResult::Succeeded,
+            "sleep" => {
+                let d = job.args.first().and_then(|a| crate::config::parse_duration(a).ok()).unwrap_or_default();
+                match self.stop_rx.recv_timeout(d) {
+                    Err(RecvTimeoutError::Timeout) => JobResult::Succeeded,
+                    _ => JobResult::Failed { error: String::from("stopped"), retryable: true },
+                }
+            }
+            "fail" => JobResult::Failed {
+                error: job.args.first().cloned().unwrap_or_else(|| String::from("failed (fail job)")),
+                retryable: true,
+            },
+            "crash" => {
+                // The poison job: kills the daemon that runs it (after its claim committed).
+                events::error("job.crash", "Crash job: killing the daemon").field("job_id", job.id).emit();
+                // SAFETY: signalling ourselves has no memory-safety preconditions.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                JobResult::Failed { error: String::from("crash"), retryable: true }
+            }
+            "exec" => self.run_exec(),
+            other => JobResult::Failed { error: format!("unknown job kind `{other}`"), retryable: false },
+        }
+    }
+
+    fn run_exec(self) -> JobResult {
+        let job = &self.job;
+        let base = self.runs_dir.join(format!("{}-{}", job.id, job.run));
+        if let Err(e) = create_private_dir(&self.runs_dir) {
+            return JobResult::Failed {
+                error: format!("cannot create {}: {e}", self.runs_dir.display()),
+                retryable: true,
+            };
+        }
+        let req = SpawnRequest {
+            argv: job.args.clone(),
+            env_set: vec![
+                (String::from("HOMER_JOB_ID"), job.id.to_string()),
+                (String::from("HOMER_ATTEMPT"), job.attempt.to_string()),
+                (String::from("HOMER_RUN"), job.run.to_string()),
+                (String::from("HOMER_CLAIM_TOKEN"), job.token.clone()),
+            ],
+            env_deny_prefixes: ENV_DENY_PREFIXES.iter().map(|s| s.to_string()).collect(),
+            stdout: base.with_extension("out"),
+            stderr: base.with_extension("err"),
+            shim: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("homerd")),
+        };
+        let mut child = match children::spawn_held(req) {
+            Ok(c) => c,
+            Err(e) => return JobResult::Failed { error: format!("cannot start {:?}: {e}", job.args), retryable: true },
+        };
+        if let Err(e) = failpoint::hit("job.after_spawn_before_record") {
+            return JobResult::Failed { error: format!("failpoint: {e}"), retryable: true };
+        }
+        let record = ChildRecord {
+            pid: child.pid,
+            pgid: child.pgid,
+            boot_id: child.boot_id.clone(),
+            start_time: child.start_time,
+        };
+        // Recorded under the epoch before it may run; a fenced or lost record means it is
+        // dropped unreleased (the drop kills and reaps it).
+        if !self.coord.record_child(job.id, record) || self.stop_rx.try_recv().is_ok() {
+            drop(child);
+            return JobResult::Failed { error: String::from("not started: the lease was lost first"), retryable: true };
+        }
+        self.pgid.store(child.pgid, Ordering::SeqCst);
+        if let Err(e) = child.release() {
+            drop(child);
+            return JobResult::Failed { error: format!("cannot release the child: {e}"), retryable: true };
+        }
+        events::info("job.started", "Job process started")
+            .field("job_id", job.id)
+            .field("pid", child.pid)
+            .field("pgid", child.pgid)
+            .emit();
+        let status = child.wait();
+        // The leader is gone; make sure nothing else of its group survives it before the
+        // job can be re-run (a grandchild left behind would overlap the next attempt).
+        if children::group_alive(child.pgid) {
+            let _ = children::kill_group_and_wait(child.pgid, Duration::ZERO, self.kill_grace + Duration::from_secs(5));
+        }
+        match status {
+            Ok(s) if s.success() => JobResult::Succeeded,
+            Ok(s) => JobResult::Failed { error: describe_exit(s), retryable: true },
+            Err(e) => JobResult::Failed { error: format!("wait: {e}"), retryable: true },
+        }
+    }
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => String::from("ended abnormally"),
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// A jitter factor in [0, 1] for backoff.
+fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    // SAFETY: `b` is writable for its 4 bytes.
+    if unsafe { libc::getentropy(b.as_mut_ptr().cast(), b.len()) } != 0 {
+        return 0.5;
+    }
+    u32::from_ne_bytes(b) as f64 / u32::MAX as f64
+}
+
+/// The identity of this daemon as a worker name (`host/pid`).
+pub fn worker_name() -> String {
+    format!("{}/{}", identity::hostname(), std::process::id())
+}
