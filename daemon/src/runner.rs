@@ -106,11 +106,73 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     Ok(())
 }
 
-struct JobHandle {
+/// How to stop a running job: shared by the engine thread and the lease watchdog.
+struct JobControl {
     kind: String,
     stop_tx: Sender<StopReason>,
     pgid: Arc<AtomicU32>,
-    thread: JoinHandle<()>,
+}
+
+type Controls = Arc<std::sync::Mutex<BTreeMap<i64, JobControl>>>;
+
+fn controls(c: &Controls) -> std::sync::MutexGuard<'_, BTreeMap<i64, JobControl>> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stops jobs: in-process work is told to stop; an `exec` child's process group gets
+/// SIGTERM, then SIGKILL after `kill_grace` (none when fenced), from a killer thread —
+/// the job thread sees its child exit and reports.
+fn stop_jobs(c: &Controls, ids: &[i64], reason: StopReason, kill_grace: Duration) {
+    let table = controls(c);
+    for id in ids {
+        let Some(h) = table.get(id) else { continue };
+        let _ = h.stop_tx.send(reason);
+        let pgid = h.pgid.load(Ordering::SeqCst);
+        if h.kind == "exec" && pgid > 1 {
+            let grace = if reason == StopReason::Fenced { Duration::ZERO } else { kill_grace };
+            let limit = grace + kill_grace + Duration::from_secs(5);
+            std::thread::spawn(move || {
+                if let Err(e) = children::kill_group_and_wait(pgid, grace, limit) {
+                    events::error("job.kill_failed", "Could not kill a job's process group")
+                        .field("pgid", pgid)
+                        .field("error", e.to_string())
+                        .emit();
+                }
+            });
+        }
+    }
+}
+
+fn announce_stop(id: i64, reason: StopReason) {
+    let (name, msg) = match reason {
+        StopReason::LeaseLost => ("job.lease_lost", "Lease lost: stopping the job before its lease can expire"),
+        StopReason::Timeout => ("job.timeout", "Job timed out: stopping it"),
+        StopReason::Shutdown => ("job.stopping", "Shutdown grace over: stopping the job to release it"),
+        StopReason::Fenced => ("job.fenced", "Fenced: stopping the job"),
+    };
+    events::warn(name, msg).field("job_id", id).emit();
+}
+
+/// The lease watchdog: the only thing that enforces deadlines, on a thread that never
+/// touches the database — so a writer blocked for `busy_timeout` cannot delay a kill.
+fn watchdog(
+    coord: Arc<EngineCoordinator>,
+    c: Controls,
+    kill_grace: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let now = mono_ms();
+        for (id, reason) in coord.due(now) {
+            announce_stop(id, reason);
+            stop_jobs(&c, &[id], reason, kill_grace);
+        }
+        let wait = coord
+            .next_deadline()
+            .map(|d| (d - mono_ms()).clamp(1, POLL.as_millis() as i64))
+            .unwrap_or(POLL.as_millis() as i64);
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
 }
 
 pub struct EngineThread {
@@ -144,7 +206,8 @@ struct Engine {
     clock: Clock,
     runs_dir: PathBuf,
     reader: Connection,
-    jobs: BTreeMap<i64, JobHandle>,
+    controls: Controls,
+    threads: BTreeMap<i64, JoinHandle<()>>,
     ended_tx: Sender<(i64, JobResult)>,
     ended_rx: Receiver<(i64, JobResult)>,
 }
@@ -152,10 +215,36 @@ struct Engine {
 impl Engine {
     fn new(coord: Arc<EngineCoordinator>, cfg: Config, clock: Clock, logs: PathBuf, reader: Connection) -> Engine {
         let (ended_tx, ended_rx) = mpsc::channel();
-        Engine { coord, cfg, clock, runs_dir: logs.join("runs"), reader, jobs: BTreeMap::new(), ended_tx, ended_rx }
+        Engine {
+            coord,
+            cfg,
+            clock,
+            runs_dir: logs.join("runs"),
+            reader,
+            controls: Controls::default(),
+            threads: BTreeMap::new(),
+            ended_tx,
+            ended_rx,
+        }
     }
 
     fn run(mut self, control: Receiver<Control>) -> EngineExit {
+        let stop_watchdog = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog_thread = {
+            let (coord, c, grace, stop) =
+                (self.coord.clone(), self.controls.clone(), self.cfg.kill_grace, stop_watchdog.clone());
+            std::thread::Builder::new()
+                .name(String::from("homerd-watchdog"))
+                .spawn(move || watchdog(coord, c, grace, stop))
+                .expect("spawn watchdog thread")
+        };
+        let exit = self.run_loop(control);
+        stop_watchdog.store(true, Ordering::SeqCst);
+        let _ = watchdog_thread.join();
+        exit
+    }
+
+    fn run_loop(&mut self, control: Receiver<Control>) -> EngineExit {
         let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
         let mut next_renew = mono_ms() + heartbeat_ms;
         let mut last_version = read::data_version(&self.reader).unwrap_or(0);
@@ -168,11 +257,11 @@ impl Engine {
                     Control::Shutdown { grace_ms } => self.coord.begin_shutdown(mono_ms(), grace_ms),
                     Control::Fence => {
                         let ids = self.coord.fence();
-                        self.stop_jobs(&ids, StopReason::Fenced);
+                        stop_jobs(&self.controls, &ids, StopReason::Fenced, self.cfg.kill_grace);
                     }
                     Control::StandDown => {
                         let ids = self.coord.stand_down();
-                        self.stop_jobs(&ids, StopReason::LeaseLost);
+                        stop_jobs(&self.controls, &ids, StopReason::LeaseLost, self.cfg.kill_grace);
                     }
                     Control::Resume => {
                         self.coord.resume();
@@ -186,10 +275,6 @@ impl Engine {
                 claim_now = true;
             }
             let now = mono_ms();
-            for (id, reason) in self.coord.due(now) {
-                self.announce_stop(id, reason);
-                self.stop_jobs(&[id], reason);
-            }
             if now >= next_renew {
                 next_renew = now + heartbeat_ms;
                 let held = self.coord.held().len();
@@ -201,10 +286,10 @@ impl Engine {
                         .emit();
                 }
                 for id in &lost {
-                    self.announce_stop(*id, StopReason::LeaseLost);
+                    announce_stop(*id, StopReason::LeaseLost);
                 }
                 let reason = if self.coord.fenced() { StopReason::Fenced } else { StopReason::LeaseLost };
-                self.stop_jobs(&lost, reason);
+                stop_jobs(&self.controls, &lost, reason, self.cfg.kill_grace);
                 for (id, f) in self.coord.retry_unrecorded(self.clock.now_ms(), jitter()) {
                     self.announce_finish(id, &f);
                 }
@@ -231,18 +316,13 @@ impl Engine {
                 }
                 next_ready = read::next_run_after(&self.reader).ok().flatten();
             }
-            if self.coord.fenced() && self.jobs.is_empty() {
+            if self.coord.fenced() && self.threads.is_empty() {
                 return EngineExit::Fenced;
             }
-            if self.coord.shutting_down() && self.jobs.is_empty() {
+            if self.coord.shutting_down() && self.threads.is_empty() {
                 return EngineExit::Drained;
             }
-            let wait = self
-                .coord
-                .next_deadline()
-                .map(|d| Duration::from_millis((d - mono_ms()).clamp(0, POLL.as_millis() as i64) as u64))
-                .unwrap_or(POLL);
-            match self.ended_rx.recv_timeout(wait) {
+            match self.ended_rx.recv_timeout(POLL) {
                 Ok(e) => ended.push(e),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
@@ -274,49 +354,20 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name(format!("homerd-job-{id}"))
             .spawn(move || {
+                let coord = ctx.coord.clone();
                 let result = ctx.run();
+                coord.mark_ended(id);
                 let _ = ended.send((id, result));
             })
             .expect("spawn job thread");
-        self.jobs.insert(id, JobHandle { kind: job.kind, stop_tx, pgid, thread });
-    }
-
-    /// Stops jobs: in-process work is told to stop; an `exec` child's process group gets
-    /// SIGTERM, then SIGKILL after `kill_grace`, from a killer thread (the job thread sees
-    /// its child exit and reports).
-    fn stop_jobs(&mut self, ids: &[i64], reason: StopReason) {
-        for id in ids {
-            let Some(h) = self.jobs.get(id) else { continue };
-            let _ = h.stop_tx.send(reason);
-            let pgid = h.pgid.load(Ordering::SeqCst);
-            if h.kind == "exec" && pgid > 1 {
-                let grace = if reason == StopReason::Fenced { Duration::ZERO } else { self.cfg.kill_grace };
-                let limit = grace + self.cfg.kill_grace + Duration::from_secs(5);
-                std::thread::spawn(move || {
-                    if let Err(e) = children::kill_group_and_wait(pgid, grace, limit) {
-                        events::error("job.kill_failed", "Could not kill a job's process group")
-                            .field("pgid", pgid)
-                            .field("error", e.to_string())
-                            .emit();
-                    }
-                });
-            }
-        }
-    }
-
-    fn announce_stop(&self, id: i64, reason: StopReason) {
-        let (name, msg) = match reason {
-            StopReason::LeaseLost => ("job.lease_lost", "Lease lost: stopping the job before its lease can expire"),
-            StopReason::Timeout => ("job.timeout", "Job timed out: stopping it"),
-            StopReason::Shutdown => ("job.stopping", "Shutdown grace over: stopping the job to release it"),
-            StopReason::Fenced => ("job.fenced", "Fenced: stopping the job"),
-        };
-        events::warn(name, msg).field("job_id", id).emit();
+        controls(&self.controls).insert(id, JobControl { kind: job.kind, stop_tx, pgid });
+        self.threads.insert(id, thread);
     }
 
     fn finish(&mut self, id: i64, result: JobResult) {
-        if let Some(h) = self.jobs.remove(&id) {
-            let _ = h.thread.join();
+        controls(&self.controls).remove(&id);
+        if let Some(t) = self.threads.remove(&id) {
+            let _ = t.join();
         }
         if result == JobResult::Succeeded {
             if let Err(e) = failpoint::hit("job.before_complete") {

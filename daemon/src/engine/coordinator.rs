@@ -74,6 +74,8 @@ pub struct Lease {
     pub child: Option<ChildRecord>,
     /// A result the store could not take yet (busy): retried by [`Coordinator::retry_unrecorded`].
     unrecorded: Option<JobResult>,
+    /// The job's work (and its whole process group) has ended: nothing left to stop.
+    ended: bool,
 }
 
 impl Lease {
@@ -143,12 +145,20 @@ impl<S: JobStore> Coordinator<S> {
     }
 
     /// Claims what fits, unless shutting down, fenced or standing down.
+    ///
+    /// The store is called without the state lock held (it may block on the database for
+    /// `busy_timeout`), so lease deadlines keep being enforced meanwhile. A shutdown that
+    /// begins during the call does not lose what was claimed: the leases are registered
+    /// and the drain releases them.
     pub fn claim(&self, now_mono: i64, now_wall: i64) -> Vec<Claimed> {
-        let mut st = sync::lock(&self.state);
-        if st.fenced || st.standing_down || st.shutdown.is_some() {
-            return Vec::new();
+        {
+            let st = sync::lock(&self.state);
+            if st.fenced || st.standing_down || st.shutdown.is_some() {
+                return Vec::new();
+            }
         }
         let result = sync::lock(&self.store).claim(self.epoch, &self.cfg.worker, &self.cfg.limits, now_wall);
+        let mut st = sync::lock(&self.state);
         match result {
             Ok(claimed) => {
                 for c in &claimed {
@@ -157,9 +167,17 @@ impl<S: JobStore> Coordinator<S> {
                         job: c.clone(),
                         renewed_at: now_mono,
                         timeout_at,
-                        stop: None,
+                        // Fenced or stood down during the call: the run must not start.
+                        stop: if st.fenced {
+                            Some(StopReason::Fenced)
+                        } else if st.standing_down {
+                            Some(StopReason::LeaseLost)
+                        } else {
+                            None
+                        },
                         child: None,
                         unrecorded: None,
+                        ended: false,
                     };
                     st.leases.insert(c.id, lease);
                 }
@@ -176,16 +194,24 @@ impl<S: JobStore> Coordinator<S> {
     /// Records a held child's identity before it is released. `false`: do not release it
     /// (the lease is not ours any more); the runner kills it unreleased.
     pub fn record_child(&self, id: i64, child: ChildRecord) -> bool {
-        let mut st = sync::lock(&self.state);
-        let Some(lease) = st.leases.get(&id).filter(|l| l.stop.is_none()) else { return false };
-        let token = lease.job.token.clone();
-        match sync::lock(&self.store).record_child(self.epoch, id, &token, &child) {
-            Ok(true) => {
-                if let Some(l) = st.leases.get_mut(&id) {
-                    l.child = Some(child);
-                }
-                true
+        let token = {
+            let st = sync::lock(&self.state);
+            match st.leases.get(&id).filter(|l| l.stop.is_none()) {
+                Some(l) => l.job.token.clone(),
+                None => return false,
             }
+        };
+        let result = sync::lock(&self.store).record_child(self.epoch, id, &token, &child);
+        let mut st = sync::lock(&self.state);
+        match result {
+            // Recorded, and still ours now (not stopped while the store was busy).
+            Ok(true) => match st.leases.get_mut(&id).filter(|l| l.stop.is_none()) {
+                Some(l) => {
+                    l.child = Some(child);
+                    true
+                }
+                None => false,
+            },
             Ok(false) | Err(StoreError::Unavailable(_)) => false,
             Err(StoreError::Fenced) => {
                 fence_locked(&mut st);
@@ -196,27 +222,35 @@ impl<S: JobStore> Coordinator<S> {
 
     /// Renews every lease still worth keeping (running, or being stopped for shutdown or a
     /// timeout: the row must stay ours until released). Returns the ids whose lease turned
-    /// out lost, now marked to be killed.
+    /// out lost, now marked to be killed. The store is called without the state lock.
     pub fn renew(&self, now_mono: i64, now_wall: i64) -> Vec<i64> {
-        let mut st = sync::lock(&self.state);
-        let held: Vec<(i64, String)> = st
-            .leases
-            .values()
-            .filter(|l| !matches!(l.stop, Some(StopReason::LeaseLost | StopReason::Fenced)))
-            .map(|l| (l.job.id, l.job.token.clone()))
-            .collect();
-        if held.is_empty() || st.fenced {
+        let held: Vec<(i64, String)> = {
+            let st = sync::lock(&self.state);
+            if st.fenced {
+                return Vec::new();
+            }
+            st.leases
+                .values()
+                .filter(|l| !matches!(l.stop, Some(StopReason::LeaseLost | StopReason::Fenced)))
+                .map(|l| (l.job.id, l.job.token.clone()))
+                .collect()
+        };
+        if held.is_empty() {
             return Vec::new();
         }
         let result = sync::lock(&self.store).renew(self.epoch, &held, now_wall);
+        let mut st = sync::lock(&self.state);
         match result {
             Ok(ours) => {
                 let mut lost = Vec::new();
-                for (id, _) in held {
-                    let lease = st.leases.get_mut(&id).expect("held lease");
+                for (id, token) in held {
+                    // Finished (or re-claimed under a new token) while the store was busy:
+                    // nothing to update.
+                    let Some(lease) = st.leases.get_mut(&id).filter(|l| l.job.token == token) else { continue };
                     if ours.contains(&id) {
-                        lease.renewed_at = now_mono;
-                    } else {
+                        // A renewal counts from before the call: conservative.
+                        lease.renewed_at = lease.renewed_at.max(now_mono);
+                    } else if !matches!(lease.stop, Some(StopReason::LeaseLost | StopReason::Fenced)) {
                         lease.stop = Some(StopReason::LeaseLost);
                         lost.push(id);
                     }
@@ -235,7 +269,7 @@ impl<S: JobStore> Coordinator<S> {
         let mut st = sync::lock(&self.state);
         let grace_over = st.shutdown.is_some_and(|s| now_mono >= s.grace_ends);
         let mut out = Vec::new();
-        for lease in st.leases.values_mut().filter(|l| l.stop.is_none() && l.unrecorded.is_none()) {
+        for lease in st.leases.values_mut().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
             let reason = if now_mono >= lease.kill_by(&self.cfg) {
                 Some(StopReason::LeaseLost)
             } else if lease.timeout_at.is_some_and(|t| now_mono >= t) {
@@ -259,7 +293,7 @@ impl<S: JobStore> Coordinator<S> {
         let grace = st.shutdown.map(|s| s.grace_ends);
         st.leases
             .values()
-            .filter(|l| l.stop.is_none())
+            .filter(|l| l.stop.is_none() && !l.ended)
             .flat_map(|l| [Some(l.kill_by(&self.cfg)), l.timeout_at])
             .chain([grace])
             .flatten()
@@ -319,14 +353,28 @@ impl<S: JobStore> Coordinator<S> {
         sync::lock(&self.state).leases.get(&id).cloned()
     }
 
-    /// A job's process (or work) ended with `result`: record what its lease allows.
-    pub fn finish(&self, id: i64, result: JobResult, now_wall: i64, jitter: f64) -> Finished {
-        let mut st = sync::lock(&self.state);
-        let Some(mut lease) = st.leases.remove(&id) else { return Finished::Discarded("no lease") };
-        if st.fenced {
-            return Finished::Discarded("fenced");
+    /// The job's work has ended (for `exec`: its whole process group is gone). Called by
+    /// the job's own thread at once, so a deadline passing before the engine records the
+    /// result does not turn a finished run into a stopped one.
+    pub fn mark_ended(&self, id: i64) {
+        if let Some(l) = sync::lock(&self.state).leases.get_mut(&id) {
+            l.ended = true;
         }
+    }
+
+    /// A job's process (or work) ended with `result`: record what its lease allows. The
+    /// lease leaves the table first, so the store is called without the state lock.
+    pub fn finish(&self, id: i64, result: JobResult, now_wall: i64, jitter: f64) -> Finished {
+        let mut lease = {
+            let mut st = sync::lock(&self.state);
+            let Some(lease) = st.leases.remove(&id) else { return Finished::Discarded("no lease") };
+            if st.fenced {
+                return Finished::Discarded("fenced");
+            }
+            lease
+        };
         let outcome = self.record(&lease, &result, now_wall, jitter);
+        let mut st = sync::lock(&self.state);
         match outcome {
             Err(StoreError::Fenced) => {
                 fence_locked(&mut st);
@@ -584,5 +632,45 @@ mod tests {
         assert_eq!(rec.requeued, vec![id]);
         assert!(c.claim(0, 1049).is_empty());
         assert_eq!(c.claim(0, 1050)[0].attempt, 2);
+    }
+}
+
+#[cfg(test)]
+mod ended_tests {
+    use super::*;
+    use crate::engine::store::MemoryStore;
+    use crate::store::jobs::NewJob;
+
+    #[test]
+    fn a_run_that_ended_before_its_deadline_keeps_its_result() {
+        let mut store = MemoryStore::new(1);
+        let job = NewJob {
+            kind: "noop".into(),
+            args: vec![],
+            lane: "l".into(),
+            max_attempts: 3,
+            timeout_ms: None,
+            run_after: 0,
+        };
+        store.enqueue(&job, 0).unwrap();
+        let cfg = EngineConfig {
+            worker: "w".into(),
+            heartbeat_ms: 100,
+            stale_ms: 1000,
+            kill_grace_ms: 200,
+            shutdown_grace_ms: 0,
+            orphan_retry_delay_ms: 0,
+            backoff_base_ms: 10,
+            backoff_cap_ms: 100,
+            max_interruptions: 1,
+            limits: ClaimLimits { global: 4, lanes: BTreeMap::new(), default_lane: 4, batch: 32 },
+        };
+        let c = Coordinator::new(cfg, 1, store);
+        let id = c.claim(0, 0)[0].id;
+        c.mark_ended(id);
+        // The engine records late, after the kill-by time: nothing is due, the result stands.
+        assert!(c.due(10_000).is_empty());
+        assert_eq!(c.next_deadline(), None);
+        assert_eq!(c.finish(id, JobResult::Succeeded, 10_000, 0.5), Finished::Completed);
     }
 }
