@@ -23,8 +23,8 @@ use crate::paths::Paths;
 use crate::store::leader::{self, Candidate, Outcome};
 use crate::store::schema::{self, DbState, MIGRATIONS};
 use crate::store::writer::{Sync, WriteError, Writer};
-use crate::sync::Arc;
 use crate::{events, failpoint, mutant, runner, store};
+use std::sync::Arc;
 
 /// Everything a command needs: where things are, the validated configuration, the clock.
 #[derive(Clone, Debug)]
