@@ -556,9 +556,13 @@ pub fn kill_recorded_group(c: &RecordedChild, limit: Duration) -> io::Result<boo
     }
     // A leader whose state cannot be read (Err) is not ours: our own processes are always
     // readable. The group check below still catches its live members.
-    let leader_alive =
-        matches!(identity::proc_state(c.pid), Ok(Some(state)) if !state.zombie && state.start_time == c.start_time);
-    if !leader_alive && !group_alive(c.pgid) {
+    let leader = identity::proc_state(c.pid);
+    let leader_alive = matches!(leader, Ok(Some(state)) if !state.zombie && state.start_time == c.start_time);
+    // Another process now has the leader's pid: the kernel never hands out a pid still in
+    // use as a process-group id, so every member of the old group is gone — and a group
+    // with that id now is somebody else's. Never signal it.
+    let pid_reused = c.pid == c.pgid && matches!(leader, Ok(Some(state)) if state.start_time != c.start_time);
+    if pid_reused || (!leader_alive && !group_alive(c.pgid)) {
         return Ok(false);
     }
     signal_group(c.pgid, libc::SIGKILL)?;

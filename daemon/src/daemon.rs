@@ -337,8 +337,9 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("database", ctx.paths.database.display().to_string())
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
-    let engine = runner::start(coord, ctx.config.clone(), ctx.clock.clone(), ctx.paths.logs.clone(), reader);
-    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, signals, engine));
+    coord.note_leader_refresh(crate::clock::mono_ms());
+    let engine = runner::start(coord.clone(), ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone(), reader);
+    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, signals, engine, coord));
     thread.join();
     result
 }
@@ -372,6 +373,7 @@ async fn supervise(
     db_ids: (u64, u64),
     signals: Signals,
     engine: runner::EngineThread,
+    coord: Arc<runner::EngineCoordinator>,
 ) -> Result<i32> {
     let Signals { term: mut sigterm, int: mut sigint } = signals;
     let runner::EngineThread { control, done: mut engine_done } = engine;
@@ -414,13 +416,15 @@ async fn supervise(
             }
             _ = heartbeat.tick() => {
                 let clock = ctx.clock.clone();
+                // Stamped before the call: a refresh counts from when it was asked for.
+                let asked_at = crate::clock::mono_ms();
                 match writer.call(Sync::Normal, move |tx| leader::heartbeat(tx, epoch, &clock)).await {
                     Ok(true) => {
                         last_refresh = Instant::now();
+                        coord.note_leader_refresh(asked_at);
                         events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit();
                         if standing_down {
                             standing_down = false;
-                            let _ = control.send(runner::Control::Resume);
                             events::info("daemon.resumed", "Leader row refreshed again: resuming").emit();
                         }
                     }
@@ -430,13 +434,12 @@ async fn supervise(
                         events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
                             .field("error", e.to_string())
                             .emit();
-                        // Unrefreshed for a stale_threshold, another start may take over at
-                        // any moment: stop running anything first, and claim nothing until
-                        // the row can be refreshed (then the epoch tells whether we still
-                        // lead).
-                        if !standing_down && last_refresh.elapsed() + cfg.heartbeat_interval >= cfg.stale_threshold {
+                        // The coordinator's deadlines are anchored to the last refresh, so
+                        // every run is already being stopped (by the watchdog, on its own
+                        // timer) and nothing is claimed: report it. Once the row can be
+                        // refreshed again, the epoch tells whether we still lead.
+                        if !standing_down && coord.standing_down(crate::clock::mono_ms()) {
                             standing_down = true;
-                            let _ = control.send(runner::Control::StandDown);
                             events::error("daemon.standing_down", "Cannot refresh the leader row: stopping all jobs, claiming nothing")
                                 .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
                                 .emit();

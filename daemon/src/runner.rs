@@ -1,7 +1,12 @@
-//! The engine's I/O layer: one engine thread that claims, renews, enforces deadlines and
-//! records outcomes through the [`Coordinator`], and one thread per running job that
-//! does the job's work (in-process for `noop`/`sleep`/`fail`/`crash`, a held child
-//! process for `exec`).
+//! The engine's I/O layer around the [`Coordinator`]:
+//!
+//! - the **engine thread** claims, renews leases and records outcomes (it may block on
+//!   the database for up to `busy_timeout` per call);
+//! - the **watchdog thread** carries out every stop decision the coordinator queues
+//!   (deadlines, lost leases, fencing, shutdown) — it never touches the database, so a
+//!   slow writer cannot delay a kill;
+//! - one **job thread** per running job does its work (in-process for `noop`, `sleep`,
+//!   `fail`, `crash`; a held child process for `exec`).
 //!
 //! The engine thread wakes every [`POLL`] (or at once when a job ends) and claims when
 //! `PRAGMA data_version` says another connection committed (a CLI enqueue), when a job
@@ -10,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,6 +28,7 @@ use crate::clock::{mono_ms, Clock};
 use crate::config::Config;
 use crate::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult, StopReason};
 use crate::engine::store::{ChildRecord, SqliteStore};
+use crate::paths::Paths;
 use crate::store::jobs::{ClaimLimits, Claimed};
 use crate::store::read;
 use crate::{events, failpoint, identity};
@@ -41,14 +47,9 @@ pub type EngineCoordinator = Coordinator<SqliteStore>;
 pub enum Control {
     /// Stop claiming; drain for `grace_ms`, then stop and release what remains. A second
     /// one can only shorten the grace.
-    Shutdown {
-        grace_ms: i64,
-    },
+    Shutdown { grace_ms: i64 },
     /// Another daemon holds the epoch: stop everything now.
     Fence,
-    /// The leader row cannot be refreshed: stop every job, claim nothing.
-    StandDown,
-    Resume,
 }
 
 /// Why the engine thread ended.
@@ -79,15 +80,16 @@ pub fn engine_config(cfg: &Config, worker: String) -> EngineConfig {
     }
 }
 
-/// Startup recovery: requeue (or fail) every orphaned running row, then make sure every
-/// process group those runs recorded is gone before anything can run again.
+/// Startup recovery. Kill first, commit after: every process group recorded by a run
+/// still marked running is killed and gone before any orphan is requeued (or failed). If
+/// a group cannot be killed, or we die here, the rows stay `running` with their recorded
+/// groups and the next start tries again — a job is never requeued beside a survivor.
 pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -> Result<(), String> {
-    let rec = coord.recover(clock.now_ms()).map_err(|e| format!("startup recovery: {e}"))?;
-    let count = rec.requeued.len() + rec.failed.len();
-    if !rec.children.is_empty() {
+    let orphans = coord.orphan_children().map_err(|e| format!("startup recovery: {e}"))?;
+    if !orphans.is_empty() {
         failpoint::hit("recovery.before_kill").map_err(|e| format!("recovery: {e}"))?;
     }
-    for c in &rec.children {
+    for c in &orphans {
         let recorded = RecordedChild { pid: c.pid, pgid: c.pgid, boot_id: c.boot_id.clone(), start_time: c.start_time };
         match children::kill_recorded_group(&recorded, kill_limit) {
             Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
@@ -98,6 +100,8 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
             Err(e) => return Err(format!("could not kill orphaned group {} of job {}: {e}", c.pgid, c.job_id)),
         }
     }
+    let rec = coord.recover(clock.now_ms()).map_err(|e| format!("startup recovery: {e}"))?;
+    let count = rec.requeued.len() + rec.failed.len();
     events::info("jobs.recovered", "Recovered stale jobs")
         .field("count", count)
         .field("requeued", rec.requeued.clone())
@@ -106,7 +110,7 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     Ok(())
 }
 
-/// How to stop a running job: shared by the engine thread and the lease watchdog.
+/// How to stop a running job: shared by the engine thread and the watchdog.
 struct JobControl {
     kind: String,
     stop_tx: Sender<StopReason>,
@@ -119,27 +123,25 @@ fn controls(c: &Controls) -> std::sync::MutexGuard<'_, BTreeMap<i64, JobControl>
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Stops jobs: in-process work is told to stop; an `exec` child's process group gets
-/// SIGTERM, then SIGKILL after `kill_grace` (none when fenced), from a killer thread —
-/// the job thread sees its child exit and reports.
-fn stop_jobs(c: &Controls, ids: &[i64], reason: StopReason, kill_grace: Duration) {
+/// Stops one job: in-process work is told to stop; an `exec` child's process group gets
+/// SIGTERM, then SIGKILL after `kill_grace` (at once when fenced), from a killer thread —
+/// the job thread sees its child exit, makes sure the group is gone, and reports.
+fn stop_job(c: &Controls, id: i64, reason: StopReason, kill_grace: Duration) {
     let table = controls(c);
-    for id in ids {
-        let Some(h) = table.get(id) else { continue };
-        let _ = h.stop_tx.send(reason);
-        let pgid = h.pgid.load(Ordering::SeqCst);
-        if h.kind == "exec" && pgid > 1 {
-            let grace = if reason == StopReason::Fenced { Duration::ZERO } else { kill_grace };
-            let limit = grace + kill_grace + Duration::from_secs(5);
-            std::thread::spawn(move || {
-                if let Err(e) = children::kill_group_and_wait(pgid, grace, limit) {
-                    events::error("job.kill_failed", "Could not kill a job's process group")
-                        .field("pgid", pgid)
-                        .field("error", e.to_string())
-                        .emit();
-                }
-            });
-        }
+    let Some(h) = table.get(&id) else { return };
+    let _ = h.stop_tx.send(reason);
+    let pgid = h.pgid.load(Ordering::SeqCst);
+    if h.kind == "exec" && pgid > 1 {
+        let grace = if reason == StopReason::Fenced { Duration::ZERO } else { kill_grace };
+        let limit = grace + kill_grace + Duration::from_secs(5);
+        std::thread::spawn(move || {
+            if let Err(e) = children::kill_group_and_wait(pgid, grace, limit) {
+                events::error("job.kill_failed", "Could not kill a job's process group")
+                    .field("pgid", pgid)
+                    .field("error", e.to_string())
+                    .emit();
+            }
+        });
     }
 }
 
@@ -153,19 +155,13 @@ fn announce_stop(id: i64, reason: StopReason) {
     events::warn(name, msg).field("job_id", id).emit();
 }
 
-/// The lease watchdog: the only thing that enforces deadlines, on a thread that never
-/// touches the database — so a writer blocked for `busy_timeout` cannot delay a kill.
-fn watchdog(
-    coord: Arc<EngineCoordinator>,
-    c: Controls,
-    kill_grace: Duration,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) {
+/// The watchdog: evaluates deadlines and carries out every queued stop decision.
+fn watchdog(coord: Arc<EngineCoordinator>, c: Controls, kill_grace: Duration, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
-        let now = mono_ms();
-        for (id, reason) in coord.due(now) {
+        coord.due(mono_ms());
+        for (id, reason) in coord.take_stops() {
             announce_stop(id, reason);
-            stop_jobs(&c, &[id], reason, kill_grace);
+            stop_job(&c, id, reason, kill_grace);
         }
         let wait = coord
             .next_deadline()
@@ -180,12 +176,12 @@ pub struct EngineThread {
     pub done: tokio::sync::oneshot::Receiver<EngineExit>,
 }
 
-/// Starts the engine thread.
+/// Starts the engine thread (which starts the watchdog).
 pub fn start(
     coord: Arc<EngineCoordinator>,
     cfg: Config,
     clock: Clock,
-    home_logs: PathBuf,
+    paths: Paths,
     reader: Connection,
 ) -> EngineThread {
     let (control, control_rx) = mpsc::channel();
@@ -193,7 +189,7 @@ pub fn start(
     std::thread::Builder::new()
         .name(String::from("homerd-engine"))
         .spawn(move || {
-            let exit = Engine::new(coord, cfg, clock, home_logs, reader).run(control_rx);
+            let exit = Engine::new(coord, cfg, clock, paths, reader).run(control_rx);
             let _ = done_tx.send(exit);
         })
         .expect("spawn engine thread");
@@ -204,32 +200,35 @@ struct Engine {
     coord: Arc<EngineCoordinator>,
     cfg: Config,
     clock: Clock,
-    runs_dir: PathBuf,
+    paths: Paths,
     reader: Connection,
     controls: Controls,
     threads: BTreeMap<i64, JoinHandle<()>>,
+    /// Results the store could not take yet (retried every loop).
+    unrecorded: usize,
     ended_tx: Sender<(i64, JobResult)>,
     ended_rx: Receiver<(i64, JobResult)>,
 }
 
 impl Engine {
-    fn new(coord: Arc<EngineCoordinator>, cfg: Config, clock: Clock, logs: PathBuf, reader: Connection) -> Engine {
+    fn new(coord: Arc<EngineCoordinator>, cfg: Config, clock: Clock, paths: Paths, reader: Connection) -> Engine {
         let (ended_tx, ended_rx) = mpsc::channel();
         Engine {
             coord,
             cfg,
             clock,
-            runs_dir: logs.join("runs"),
+            paths,
             reader,
             controls: Controls::default(),
             threads: BTreeMap::new(),
+            unrecorded: 0,
             ended_tx,
             ended_rx,
         }
     }
 
     fn run(mut self, control: Receiver<Control>) -> EngineExit {
-        let stop_watchdog = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_watchdog = Arc::new(AtomicBool::new(false));
         let watchdog_thread = {
             let (coord, c, grace, stop) =
                 (self.coord.clone(), self.controls.clone(), self.cfg.kill_grace, stop_watchdog.clone());
@@ -255,18 +254,8 @@ impl Engine {
             for msg in control.try_iter() {
                 match msg {
                     Control::Shutdown { grace_ms } => self.coord.begin_shutdown(mono_ms(), grace_ms),
-                    Control::Fence => {
-                        let ids = self.coord.fence();
-                        stop_jobs(&self.controls, &ids, StopReason::Fenced, self.cfg.kill_grace);
-                    }
-                    Control::StandDown => {
-                        let ids = self.coord.stand_down();
-                        stop_jobs(&self.controls, &ids, StopReason::LeaseLost, self.cfg.kill_grace);
-                    }
-                    Control::Resume => {
-                        self.coord.resume();
-                        claim_now = true;
-                    }
+                    // Queued for the watchdog, which carries out every stop.
+                    Control::Fence => drop(self.coord.fence()),
                 }
             }
             ended.extend(self.ended_rx.try_iter());
@@ -274,24 +263,24 @@ impl Engine {
                 self.finish(id, result);
                 claim_now = true;
             }
+            if self.unrecorded > 0 {
+                let retried = self.coord.retry_unrecorded(self.clock.now_ms(), jitter());
+                self.unrecorded = retried.iter().filter(|(_, f)| *f == Finished::Deferred).count();
+                for (id, f) in retried.iter().filter(|(_, f)| *f != Finished::Deferred) {
+                    announce_finish(*id, f);
+                }
+            }
             let now = mono_ms();
             if now >= next_renew {
                 next_renew = now + heartbeat_ms;
                 let held = self.coord.held().len();
+                // Lost leases are queued as stops for the watchdog.
                 let lost = self.coord.renew(now, self.clock.now_ms());
                 if held > 0 {
                     events::debug("job.heartbeat", "Leases renewed")
                         .field("held", held)
                         .field("lost", lost.len())
                         .emit();
-                }
-                for id in &lost {
-                    announce_stop(*id, StopReason::LeaseLost);
-                }
-                let reason = if self.coord.fenced() { StopReason::Fenced } else { StopReason::LeaseLost };
-                stop_jobs(&self.controls, &lost, reason, self.cfg.kill_grace);
-                for (id, f) in self.coord.retry_unrecorded(self.clock.now_ms(), jitter()) {
-                    self.announce_finish(id, &f);
                 }
             }
             let version = read::data_version(&self.reader).unwrap_or(last_version);
@@ -319,7 +308,8 @@ impl Engine {
             if self.coord.fenced() && self.threads.is_empty() {
                 return EngineExit::Fenced;
             }
-            if self.coord.shutting_down() && self.threads.is_empty() {
+            // Drained only when no job thread runs and no result waits to be recorded.
+            if self.coord.shutting_down() && self.threads.is_empty() && self.coord.held().is_empty() {
                 return EngineExit::Drained;
             }
             match self.ended_rx.recv_timeout(POLL) {
@@ -341,13 +331,16 @@ impl Engine {
             .emit();
         let (stop_tx, stop_rx) = mpsc::channel();
         let pgid = Arc::new(AtomicU32::new(0));
+        // Registered before the thread starts, so a stop decided at once is not lost.
+        controls(&self.controls).insert(job.id, JobControl { kind: job.kind.clone(), stop_tx, pgid: pgid.clone() });
         let ctx = JobContext {
             job: job.clone(),
             coord: self.coord.clone(),
-            runs_dir: self.runs_dir.clone(),
+            runs_dir: self.paths.logs.join("runs"),
             kill_grace: self.cfg.kill_grace,
-            pgid: pgid.clone(),
+            pgid,
             stop_rx,
+            paths: self.paths.clone(),
         };
         let ended = self.ended_tx.clone();
         let id = job.id;
@@ -360,7 +353,6 @@ impl Engine {
                 let _ = ended.send((id, result));
             })
             .expect("spawn job thread");
-        controls(&self.controls).insert(id, JobControl { kind: job.kind, stop_tx, pgid });
         self.threads.insert(id, thread);
     }
 
@@ -375,30 +367,31 @@ impl Engine {
             }
         }
         let f = self.coord.finish(id, result.clone(), self.clock.now_ms(), jitter());
-        self.announce_finish(id, &f);
+        if f == Finished::Deferred {
+            self.unrecorded += 1;
+        }
+        announce_finish(id, &f);
         if let (Finished::Failed, JobResult::Failed { error, .. }) = (&f, &result) {
             events::debug("job.error", "Last error").field("job_id", id).field("error", error.clone()).emit();
         }
     }
+}
 
-    fn announce_finish(&self, id: i64, f: &Finished) {
-        let e = match f {
-            Finished::Completed => events::info("job.completed", "Job completed"),
-            Finished::Retry { run_after } => {
-                events::warn("job.retry", "Job failed; retrying later").field("run_after", *run_after)
-            }
-            Finished::Failed => events::error("job.failed", "Job failed for good"),
-            Finished::Released => events::info("job.released", "Job released to pending (attempt given back)"),
-            Finished::Abandoned => events::warn("job.abandoned", "Job requeued after its run was stopped"),
-            Finished::Discarded(why) => {
-                events::warn("job.discarded", "Outcome not recorded: the lease was not ours").field("why", *why)
-            }
-            Finished::Deferred => {
-                events::warn("job.deferred", "Outcome not recorded yet: the database is busy; retrying")
-            }
-        };
-        e.field("job_id", id).emit();
-    }
+fn announce_finish(id: i64, f: &Finished) {
+    let e = match f {
+        Finished::Completed => events::info("job.completed", "Job completed"),
+        Finished::Retry { run_after } => {
+            events::warn("job.retry", "Job failed; retrying later").field("run_after", *run_after)
+        }
+        Finished::Failed => events::error("job.failed", "Job failed for good"),
+        Finished::Released => events::info("job.released", "Job released to pending (attempt given back)"),
+        Finished::Abandoned => events::warn("job.abandoned", "Job requeued after its run was stopped"),
+        Finished::Discarded(why) => {
+            events::warn("job.discarded", "Outcome not recorded: the lease was not ours").field("why", *why)
+        }
+        Finished::Deferred => events::warn("job.deferred", "Outcome not recorded yet: the database is busy; retrying"),
+    };
+    e.field("job_id", id).emit();
 }
 
 /// Everything a job thread needs.
@@ -409,6 +402,7 @@ struct JobContext {
     kill_grace: Duration,
     pgid: Arc<AtomicU32>,
     stop_rx: Receiver<StopReason>,
+    paths: Paths,
 }
 
 impl JobContext {
@@ -455,6 +449,10 @@ impl JobContext {
                 (String::from("HOMER_ATTEMPT"), job.attempt.to_string()),
                 (String::from("HOMER_RUN"), job.run.to_string()),
                 (String::from("HOMER_CLAIM_TOKEN"), job.token.clone()),
+                // The daemon's resolved paths, so a job's own `homerd enqueue` reaches the
+                // same database whether the daemon got them from flags or the environment.
+                (String::from("HOMER_HOME"), self.paths.home.display().to_string()),
+                (String::from("HOMER_LOCK_FILE"), self.paths.lock_file.display().to_string()),
             ],
             env_deny_prefixes: ENV_DENY_PREFIXES.iter().map(|s| s.to_string()).collect(),
             stdout: base.with_extension("out"),
@@ -468,6 +466,8 @@ impl JobContext {
         if let Err(e) = failpoint::hit("job.after_spawn_before_record") {
             return JobResult::Failed { error: format!("failpoint: {e}"), retryable: true };
         }
+        // Published first: a stop decided from here on kills the (still held) group.
+        self.pgid.store(child.pgid, Ordering::SeqCst);
         let record = ChildRecord {
             pid: child.pid,
             pgid: child.pgid,
@@ -480,7 +480,6 @@ impl JobContext {
             drop(child);
             return JobResult::Failed { error: String::from("not started: the lease was lost first"), retryable: true };
         }
-        self.pgid.store(child.pgid, Ordering::SeqCst);
         if let Err(e) = child.release() {
             drop(child);
             return JobResult::Failed { error: format!("cannot release the child: {e}"), retryable: true };
@@ -491,10 +490,26 @@ impl JobContext {
             .field("pgid", child.pgid)
             .emit();
         let status = child.wait();
-        // The leader is gone; make sure nothing else of its group survives it before the
-        // job can be re-run (a grandchild left behind would overlap the next attempt).
-        if children::group_alive(child.pgid) {
-            let _ = children::kill_group_and_wait(child.pgid, Duration::ZERO, self.kill_grace + Duration::from_secs(5));
+        // The leader is gone; nothing else of its group may survive it before the job can
+        // be re-run (a grandchild left behind would overlap the next attempt). A group that
+        // cannot be killed keeps this run — and its row — until it can: never requeue
+        // beside it.
+        let mut tries = 0u64;
+        while children::group_alive(child.pgid) {
+            let limit = self.kill_grace + Duration::from_secs(5);
+            if let Err(e) = children::kill_group_and_wait(child.pgid, Duration::ZERO, limit) {
+                tries += 1;
+                events::error(
+                    "job.kill_failed",
+                    "A job's process group survives; retrying before the job can run again",
+                )
+                .field("job_id", job.id)
+                .field("pgid", child.pgid)
+                .field("tries", tries)
+                .field("error", e.to_string())
+                .emit();
+                std::thread::sleep(Duration::from_millis(200 * tries.min(50)));
+            }
         }
         match status {
             Ok(s) if s.success() => JobResult::Succeeded,

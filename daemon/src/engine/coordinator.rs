@@ -11,8 +11,11 @@
 //! - a job whose lease is not ours (lost, fenced, stood down) never records an outcome:
 //!   [`Coordinator::finish`] records nothing for it, and the store's guards would refuse
 //!   it anyway;
-//! - a lease's child must be dead by `last renewal + stale_threshold - margin`: killing
-//!   starts at [`Lease::kill_by`], `kill_grace` earlier;
+//! - a lease's child must be dead by `anchor + stale_threshold - margin`, where the anchor
+//!   is the earlier of the job's last renewal and the leader row's last refresh (a takeover
+//!   counts from the latter): killing starts `kill_grace` earlier;
+//! - every decision to stop a run goes into one queue ([`Coordinator::take_stops`]),
+//!   executed by the runner's watchdog, which never waits on the database;
 //! - a job claimed during shutdown is released (attempt given back), never dropped.
 
 use std::collections::BTreeMap;
@@ -79,9 +82,11 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// When killing must start so the child is dead before the lease could be taken over.
-    pub fn kill_by(&self, cfg: &EngineConfig) -> i64 {
-        self.renewed_at + cfg.stale_ms - cfg.kill_grace_ms - cfg.margin_ms()
+    /// When killing must start so the child is dead before the lease could be taken over,
+    /// given the leader row's last refresh (`None`: not yet known, the claim time counts).
+    pub fn kill_by(&self, cfg: &EngineConfig, leader_at: Option<i64>) -> i64 {
+        let anchor = leader_at.map_or(self.renewed_at, |l| l.min(self.renewed_at));
+        anchor + cfg.stale_ms - cfg.kill_grace_ms - cfg.margin_ms()
     }
 }
 
@@ -114,7 +119,19 @@ struct State {
     leases: BTreeMap<i64, Lease>,
     shutdown: Option<Shutdown>,
     fenced: bool,
-    standing_down: bool,
+    /// Monotonic time of the leader row's last successful refresh.
+    leader_at: Option<i64>,
+    /// Stop decisions not yet carried out (see [`Coordinator::take_stops`]).
+    stops: Vec<(i64, StopReason)>,
+}
+
+impl State {
+    fn stop(&mut self, id: i64, reason: StopReason) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.stop = Some(reason);
+            self.stops.push((id, reason));
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -132,6 +149,12 @@ pub struct Coordinator<S> {
 impl<S: JobStore> Coordinator<S> {
     pub fn new(cfg: EngineConfig, epoch: i64, store: S) -> Coordinator<S> {
         Coordinator { cfg, epoch, state: Mutex::new(State::default()), store: Mutex::new(store) }
+    }
+
+    /// The process groups recorded by runs still marked running: startup kills these
+    /// (and waits until they are gone) before [`Coordinator::recover`] commits anything.
+    pub fn orphan_children(&self) -> Result<Vec<crate::store::jobs::OrphanChild>, StoreError> {
+        sync::lock(&self.store).orphan_children(self.epoch)
     }
 
     /// Startup recovery: every running row is an orphan (the epoch is ours).
@@ -153,7 +176,7 @@ impl<S: JobStore> Coordinator<S> {
     pub fn claim(&self, now_mono: i64, now_wall: i64) -> Vec<Claimed> {
         {
             let st = sync::lock(&self.state);
-            if st.fenced || st.standing_down || st.shutdown.is_some() {
+            if st.fenced || st.shutdown.is_some() || self.leader_stale(&st, now_mono) {
                 return Vec::new();
             }
         }
@@ -167,19 +190,16 @@ impl<S: JobStore> Coordinator<S> {
                         job: c.clone(),
                         renewed_at: now_mono,
                         timeout_at,
-                        // Fenced or stood down during the call: the run must not start.
-                        stop: if st.fenced {
-                            Some(StopReason::Fenced)
-                        } else if st.standing_down {
-                            Some(StopReason::LeaseLost)
-                        } else {
-                            None
-                        },
+                        stop: None,
                         child: None,
                         unrecorded: None,
                         ended: false,
                     };
                     st.leases.insert(c.id, lease);
+                    // Fenced during the call: the run must be stopped before it starts.
+                    if st.fenced {
+                        st.stop(c.id, StopReason::Fenced);
+                    }
                 }
                 claimed
             }
@@ -251,9 +271,11 @@ impl<S: JobStore> Coordinator<S> {
                         // A renewal counts from before the call: conservative.
                         lease.renewed_at = lease.renewed_at.max(now_mono);
                     } else if !matches!(lease.stop, Some(StopReason::LeaseLost | StopReason::Fenced)) {
-                        lease.stop = Some(StopReason::LeaseLost);
                         lost.push(id);
                     }
+                }
+                for id in &lost {
+                    st.stop(*id, StopReason::LeaseLost);
                 }
                 lost
             }
@@ -263,14 +285,17 @@ impl<S: JobStore> Coordinator<S> {
         }
     }
 
-    /// Leases whose process must be stopped now, each marked with its reason: past the
-    /// lease's kill-by time, past the job's timeout, or past the shutdown grace.
+    /// Leases whose process must be stopped now, each marked with its reason (and queued
+    /// for the watchdog): past the lease's kill-by time (which also covers a leader row
+    /// that could not be refreshed: the daemon stands down), past the job's timeout, or
+    /// past the shutdown grace.
     pub fn due(&self, now_mono: i64) -> Vec<(i64, StopReason)> {
         let mut st = sync::lock(&self.state);
         let grace_over = st.shutdown.is_some_and(|s| now_mono >= s.grace_ends);
+        let leader_at = st.leader_at;
         let mut out = Vec::new();
-        for lease in st.leases.values_mut().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
-            let reason = if now_mono >= lease.kill_by(&self.cfg) {
+        for lease in st.leases.values().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
+            let reason = if now_mono >= lease.kill_by(&self.cfg, leader_at) {
                 Some(StopReason::LeaseLost)
             } else if lease.timeout_at.is_some_and(|t| now_mono >= t) {
                 Some(StopReason::Timeout)
@@ -280,11 +305,19 @@ impl<S: JobStore> Coordinator<S> {
                 None
             };
             if let Some(r) = reason {
-                lease.stop = Some(r);
                 out.push((lease.job.id, r));
             }
         }
+        for (id, r) in &out {
+            st.stop(*id, *r);
+        }
         out
+    }
+
+    /// Takes the stop decisions made since the last call (by `due`, renewals, fencing, a
+    /// claim that raced a fence). The watchdog carries them out.
+    pub fn take_stops(&self) -> Vec<(i64, StopReason)> {
+        std::mem::take(&mut sync::lock(&self.state).stops)
     }
 
     /// The earliest monotonic time at which [`Coordinator::due`] could return something.
@@ -294,10 +327,26 @@ impl<S: JobStore> Coordinator<S> {
         st.leases
             .values()
             .filter(|l| l.stop.is_none() && !l.ended)
-            .flat_map(|l| [Some(l.kill_by(&self.cfg)), l.timeout_at])
+            .flat_map(|l| [Some(l.kill_by(&self.cfg, st.leader_at)), l.timeout_at])
             .chain([grace])
             .flatten()
             .min()
+    }
+
+    /// The leader row was refreshed at `now_mono` (the supervisor calls this).
+    pub fn note_leader_refresh(&self, now_mono: i64) {
+        let mut st = sync::lock(&self.state);
+        st.leader_at = Some(st.leader_at.map_or(now_mono, |t| t.max(now_mono)));
+    }
+
+    /// Whether the leader row has gone unrefreshed long enough that every run must stop
+    /// and nothing may be claimed (standing down) until it is refreshed again.
+    pub fn standing_down(&self, now_mono: i64) -> bool {
+        self.leader_stale(&sync::lock(&self.state), now_mono)
+    }
+
+    fn leader_stale(&self, st: &State, now_mono: i64) -> bool {
+        st.leader_at.is_some_and(|t| now_mono >= t + self.cfg.stale_ms - self.cfg.kill_grace_ms - self.cfg.margin_ms())
     }
 
     /// Stop claiming; let running jobs finish until `grace_ms` from now (a second call
@@ -313,30 +362,14 @@ impl<S: JobStore> Coordinator<S> {
         sync::lock(&self.state).shutdown.is_some()
     }
 
-    /// Another daemon holds the epoch: every lease is lost. Returns the ids to kill.
+    /// Another daemon holds the epoch: every run that has not ended must stop (queued for
+    /// the watchdog). Returns their ids.
     pub fn fence(&self) -> Vec<i64> {
         fence_locked(&mut sync::lock(&self.state))
     }
 
     pub fn fenced(&self) -> bool {
         sync::lock(&self.state).fenced
-    }
-
-    /// The leader row could not be refreshed for too long: stop running anything (every
-    /// lease is treated as lost) and claim nothing until [`Coordinator::resume`].
-    pub fn stand_down(&self) -> Vec<i64> {
-        let mut st = sync::lock(&self.state);
-        st.standing_down = true;
-        let mut out = Vec::new();
-        for l in st.leases.values_mut().filter(|l| l.stop.is_none() || l.stop == Some(StopReason::Timeout)) {
-            l.stop = Some(StopReason::LeaseLost);
-            out.push(l.job.id);
-        }
-        out
-    }
-
-    pub fn resume(&self) {
-        sync::lock(&self.state).standing_down = false;
     }
 
     /// Ids of the jobs this coordinator holds.
@@ -409,9 +442,12 @@ impl<S: JobStore> Coordinator<S> {
         };
         match lease.stop {
             Some(StopReason::LeaseLost) => {
-                let ok =
-                    store.abandon(epoch, id, token, "lease lost: the run was stopped before its lease expired", now)?;
-                Ok(if ok { Finished::Abandoned } else { Finished::Discarded("lease lost") })
+                let reason = "lease lost: the run was stopped before its lease expired";
+                Ok(match store.abandon(epoch, id, token, reason, now)? {
+                    None => Finished::Discarded("lease lost"),
+                    Some(FailOutcome::Retry { .. }) => Finished::Abandoned,
+                    Some(FailOutcome::Failed) => Finished::Failed,
+                })
             }
             Some(StopReason::Fenced) => Ok(Finished::Discarded("fenced")),
             Some(StopReason::Shutdown) => {
@@ -443,14 +479,11 @@ impl<S: JobStore> Coordinator<S> {
 
 fn fence_locked(st: &mut State) -> Vec<i64> {
     st.fenced = true;
-    let mut out = Vec::new();
-    for l in st.leases.values_mut() {
-        if l.stop != Some(StopReason::Fenced) {
-            l.stop = Some(StopReason::Fenced);
-            out.push(l.job.id);
-        }
+    let ids: Vec<i64> = st.leases.values().filter(|l| !l.ended && l.unrecorded.is_none()).map(|l| l.job.id).collect();
+    for id in &ids {
+        st.stop(*id, StopReason::Fenced);
     }
-    out
+    ids
 }
 
 #[cfg(test)]
@@ -510,7 +543,7 @@ mod tests {
     fn an_unrenewed_lease_is_killed_before_it_could_be_taken_over() {
         let c = with_jobs(1, None);
         let id = c.claim(0, 0)[0].id;
-        let kill_by = c.lease(id).unwrap().kill_by(&c.cfg);
+        let kill_by = c.lease(id).unwrap().kill_by(&c.cfg, None);
         // The child must be dead (kill_by + kill_grace) before last renewal + stale - margin.
         assert!(kill_by + c.cfg.kill_grace_ms < c.cfg.stale_ms);
         assert!(c.due(kill_by - 1).is_empty());
@@ -589,16 +622,54 @@ mod tests {
     }
 
     #[test]
-    fn standing_down_kills_everything_and_claims_nothing_until_resumed() {
-        let c = with_jobs(2, None);
+    fn an_unrefreshed_leader_row_stops_every_run_and_claims_nothing_until_refreshed() {
+        let c = with_jobs(3, None);
+        c.note_leader_refresh(0);
         let claimed = c.claim(0, 0);
-        let mut ids = c.stand_down();
-        ids.sort_unstable();
-        assert_eq!(ids, vec![claimed[0].id, claimed[1].id]);
+        // Job leases renewed later than the leader row: the leader row's age decides.
+        assert!(c.renew(500, 500).is_empty());
+        let stand_down_at = 1000 - 200 - 50;
+        assert!(!c.standing_down(stand_down_at - 1));
+        assert!(c.due(stand_down_at - 1).is_empty());
+        assert!(c.standing_down(stand_down_at));
+        let mut due: Vec<i64> = c.due(stand_down_at).into_iter().map(|(id, _)| id).collect();
+        due.sort_unstable();
+        assert_eq!(due, claimed.iter().map(|j| j.id).collect::<Vec<_>>());
+        assert_eq!(c.take_stops().len(), 3, "every stop is queued for the watchdog");
+        assert!(c.claim(stand_down_at, stand_down_at).is_empty(), "standing down: no claims");
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 900, 0.5), Finished::Abandoned);
+        c.note_leader_refresh(2000);
+        assert!(!c.standing_down(2000));
+        assert_eq!(c.claim(2000, 2000).iter().map(|j| j.id).collect::<Vec<_>>(), vec![claimed[0].id]);
+    }
+
+    #[test]
+    fn a_fence_seen_by_a_claim_stops_every_running_job() {
+        let c = with_jobs(2, None);
+        let first = c.claim(0, 0);
+        assert_eq!(first.len(), 2);
+        sync::lock(&c.store).epoch = 2;
         assert!(c.claim(10, 10).is_empty());
-        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 20, 0.5), Finished::Abandoned);
-        c.resume();
-        assert_eq!(c.claim(30, 30).iter().map(|j| j.id).collect::<Vec<_>>(), vec![claimed[0].id]);
+        assert!(c.fenced());
+        let mut stops = c.take_stops();
+        stops.sort_unstable_by_key(|(id, _)| *id);
+        assert_eq!(stops, vec![(first[0].id, StopReason::Fenced), (first[1].id, StopReason::Fenced)]);
+    }
+
+    #[test]
+    fn a_job_that_keeps_losing_its_lease_ends_failed() {
+        let c = with_jobs(1, None);
+        for attempt in 1..=3 {
+            let job = c.claim(0, 0).remove(0);
+            c.due(job_kill_by(&c, job.id));
+            let f = c.finish(job.id, JobResult::Succeeded, 1, 0.5);
+            assert_eq!(f, if attempt < 3 { Finished::Abandoned } else { Finished::Failed }, "attempt {attempt}");
+        }
+        assert!(c.claim(0, 0).is_empty());
+    }
+
+    fn job_kill_by(c: &Coordinator<MemoryStore>, id: i64) -> i64 {
+        c.lease(id).unwrap().kill_by(&c.cfg, None)
     }
 
     #[test]
@@ -607,7 +678,7 @@ mod tests {
         let claimed = c.claim(0, 0);
         let child = ChildRecord { pid: 1, pgid: 1, boot_id: "b".into(), start_time: 1 };
         assert!(c.record_child(claimed[0].id, child.clone()));
-        c.due(c.lease(claimed[1].id).unwrap().kill_by(&c.cfg));
+        c.due(c.lease(claimed[1].id).unwrap().kill_by(&c.cfg, None));
         assert!(!c.record_child(claimed[1].id, child), "a lost lease must not release its child");
     }
 

@@ -64,8 +64,12 @@ pub trait JobStore: Send {
         max_interruptions: u32,
         now: i64,
     ) -> StoreResult<Option<FailOutcome>>;
-    /// A lost lease: requeue with no outcome recorded (the attempt stays counted).
-    fn abandon(&mut self, epoch: i64, id: i64, token: &str, reason: &str, now: i64) -> StoreResult<bool>;
+    /// A lost lease: requeue with no outcome recorded (the attempt stays counted; with
+    /// none left, `failed`).
+    fn abandon(&mut self, epoch: i64, id: i64, token: &str, reason: &str, now: i64)
+        -> StoreResult<Option<FailOutcome>>;
+    /// Process groups recorded by runs still marked running (to kill before recovery).
+    fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>>;
     fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered>;
 }
 
@@ -132,9 +136,19 @@ impl JobStore for SqliteStore {
         let token = token.to_owned();
         Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::release(tx, epoch, id, &token, max, now))?)
     }
-    fn abandon(&mut self, epoch: i64, id: i64, token: &str, reason: &str, now: i64) -> StoreResult<bool> {
+    fn abandon(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        reason: &str,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
         let (token, reason) = (token.to_owned(), reason.to_owned());
         Ok(self.writer.call_blocking(Sync::Normal, move |tx| jobs::abandon(tx, epoch, id, &token, &reason, now))?)
+    }
+    fn orphan_children(&mut self, _epoch: i64) -> StoreResult<Vec<OrphanChild>> {
+        Ok(self.writer.call_blocking(Sync::Normal, jobs::orphan_children)?)
     }
     fn recover(&mut self, _epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered> {
         Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::recover_orphans(tx, retry_at, now))?)
@@ -335,15 +349,44 @@ impl JobStore for MemoryStore {
         }))
     }
 
-    fn abandon(&mut self, epoch: i64, id: i64, token: &str, _reason: &str, _now: i64) -> StoreResult<bool> {
+    fn abandon(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        reason: &str,
+        _now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.guard(epoch)?;
+        Ok(self.owned(epoch, id, token).map(|j| {
+            j.errors.push(reason.to_owned());
+            MemoryStore::clear(j);
+            if j.attempts >= j.job.max_attempts {
+                j.status = "failed";
+                FailOutcome::Failed
+            } else {
+                j.status = "pending";
+                FailOutcome::Retry { run_after: j.run_after }
+            }
+        }))
+    }
+
+    fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {
         self.guard(epoch)?;
         Ok(self
-            .owned(epoch, id, token)
-            .map(|j| {
-                j.status = "pending";
-                MemoryStore::clear(j);
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.status == "running")
+            .filter_map(|(id, j)| {
+                j.child.as_ref().map(|c| OrphanChild {
+                    job_id: *id,
+                    pid: c.pid,
+                    pgid: c.pgid,
+                    boot_id: c.boot_id.clone(),
+                    start_time: c.start_time,
+                })
             })
-            .is_some())
+            .collect())
     }
 
     fn recover(&mut self, epoch: i64, retry_at: i64, _now: i64) -> StoreResult<Recovered> {
@@ -482,19 +525,36 @@ mod tests {
         assert_eq!(later.iter().map(|c| c.id).collect::<Vec<_>>(), vec![b2.id]);
         assert_eq!((later[0].attempt, later[0].run), (2, 2));
         assert_eq!(s.fail(1, b2.id, &later[0].token, "boom", true, 900, 701).unwrap(), Some(FailOutcome::Failed));
-        // Abandon: pending again, attempt kept.
-        assert!(s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap());
-        assert!(!s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap());
+        // Abandon: pending again, attempt kept (1 of 2 used).
+        assert!(matches!(
+            s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap(),
+            Some(FailOutcome::Retry { .. })
+        ));
+        assert_eq!(s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap(), None);
 
         // Recovery: every running row; exhausted ones fail; recorded children reported.
         let c = s.claim(1, "w", &limits(), 750).unwrap();
         let b1_third = c.iter().find(|x| x.id == b1.id).unwrap();
         assert_eq!((b1_third.attempt, b1_third.run), (2, 3));
         assert!(s.record_child(1, b1.id, &b1_third.token, &child).unwrap());
+        let orphans = s.orphan_children(1).unwrap();
+        assert_eq!(orphans.iter().map(|c| (c.job_id, c.pgid)).collect::<Vec<_>>(), vec![(b1.id, 10)]);
         let rec = s.recover(1, 800, 701).unwrap();
         assert!(rec.failed.contains(&b1.id), "attempt 2 of 2 orphaned: failed ({rec:?})");
         assert_eq!(rec.children.iter().map(|c| (c.job_id, c.pgid)).collect::<Vec<_>>(), vec![(b1.id, 10)]);
         assert!(!s.complete(1, b1.id, &b1_third.token, 702).unwrap(), "a recovered claim cannot complete");
+        assert!(s.orphan_children(1).unwrap().is_empty());
+
+        // A job that keeps losing its lease ends failed after max_attempts.
+        let mut l = h.make();
+        let id = l.enqueue(&job("a", 2), 0).unwrap();
+        for attempt in 1..=2 {
+            let c = l.claim(1, "w", &limits(), 1).unwrap().remove(0);
+            let expect = if attempt < 2 { "retry" } else { "failed" };
+            let got = l.abandon(1, id, &c.token, "lease lost", 2).unwrap();
+            assert_eq!(matches!(got, Some(FailOutcome::Failed)), expect == "failed", "attempt {attempt}: {got:?}");
+        }
+        assert!(l.claim(1, "w", &limits(), 3).unwrap().is_empty());
 
         // Fencing: after another daemon's bump, every guarded call is refused.
         let mut f = h.make();
@@ -507,6 +567,7 @@ mod tests {
         assert_eq!(f.fail(1, id, &c.token, "x", true, 3, 2), Err(StoreError::Fenced));
         assert_eq!(f.release(1, id, &c.token, 5, 2), Err(StoreError::Fenced));
         assert_eq!(f.abandon(1, id, &c.token, "x", 2), Err(StoreError::Fenced));
+        assert_eq!(f.orphan_children(1), Err(StoreError::Fenced));
         assert_eq!(f.recover(1, 3, 2), Err(StoreError::Fenced));
     }
 

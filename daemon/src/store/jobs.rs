@@ -363,7 +363,8 @@ pub fn release(
 }
 
 /// A run whose lease was lost (its child already killed): back to `pending` for another
-/// run, with no outcome recorded — the attempt stays counted. `false`: not the owner.
+/// run, with no outcome recorded — the attempt stays counted, so a job that keeps losing
+/// its lease ends `failed` after `max_attempts` like any other. `None`: not the owner.
 pub fn abandon(
     tx: &Transaction<'_>,
     epoch: i64,
@@ -371,18 +372,41 @@ pub fn abandon(
     token: &str,
     reason: &str,
     now: i64,
-) -> rusqlite::Result<bool> {
-    let n = tx.execute(
-        &format!(
-            "UPDATE job_queue SET status = 'pending', {CLEAR_LOCK}
-             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3"
-        ),
-        params![id, token, epoch],
-    )?;
-    if n == 1 {
-        end_run(tx, id, token, "abandoned", Some(reason), now)?;
+) -> rusqlite::Result<Option<FailOutcome>> {
+    let Some(exhausted) = tx
+        .query_row(
+            "SELECT attempts >= max_attempts FROM job_queue
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
+            params![id, token, epoch],
+            |r| r.get::<_, bool>(0),
+        )
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    if exhausted {
+        tx.execute(
+            &format!(
+                "UPDATE job_queue SET status = 'failed', completed_at = ?3, error = ?4 || '; no attempts left',
+                        errors = json_insert(errors, '$[#]', json_object('at', ?3, 'attempt', attempts, 'run', runs, 'error', ?4)),
+                        {CLEAR_LOCK}
+                 WHERE id = ?1 AND claim_token = ?2"
+            ),
+            params![id, token, now, reason],
+        )?;
+    } else {
+        tx.execute(
+            &format!(
+                "UPDATE job_queue SET status = 'pending',
+                        errors = json_insert(errors, '$[#]', json_object('at', ?3, 'attempt', attempts, 'run', runs, 'error', ?4)),
+                        {CLEAR_LOCK}
+                 WHERE id = ?1 AND claim_token = ?2"
+            ),
+            params![id, token, now, reason],
+        )?;
     }
-    Ok(n == 1)
+    end_run(tx, id, token, "abandoned", Some(reason), now)?;
+    Ok(Some(if exhausted { FailOutcome::Failed } else { FailOutcome::Retry { run_after: now } }))
 }
 
 /// A child recorded by an earlier run that must be gone before its job runs again.
@@ -405,17 +429,16 @@ pub struct Recovered {
     pub children: Vec<OrphanChild>,
 }
 
-/// Startup recovery: with the epoch ours, every `running` row is an orphan, whatever
-/// its heartbeat age (PITFALLS 10, 11).
-pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlite::Result<Recovered> {
-    let mut out = Recovered::default();
-    {
-        let mut stmt = tx.prepare(
-            "SELECT r.job_id, r.child_pid, r.child_pgid, r.child_boot_id, r.child_start_time
-             FROM job_runs r JOIN job_queue q ON q.id = r.job_id
-             WHERE q.status = 'running' AND r.ended_at IS NULL AND r.child_pgid IS NOT NULL",
-        )?;
-        for row in stmt.query_map([], |r| {
+/// The process groups recorded by runs of jobs still `running` (read-only): startup
+/// kills them, and waits until they are gone, before [`recover_orphans`] requeues anything.
+pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<OrphanChild>> {
+    let mut stmt = tx.prepare(
+        "SELECT r.job_id, r.child_pid, r.child_pgid, r.child_boot_id, r.child_start_time
+         FROM job_runs r JOIN job_queue q ON q.id = r.job_id
+         WHERE q.status = 'running' AND r.ended_at IS NULL AND r.child_pgid IS NOT NULL",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
             Ok(OrphanChild {
                 job_id: r.get(0)?,
                 pid: r.get(1)?,
@@ -423,10 +446,15 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlit
                 boot_id: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                 start_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u64,
             })
-        })? {
-            out.children.push(row?);
-        }
-    }
+        })?
+        .collect();
+    rows
+}
+
+/// Startup recovery: with the epoch ours, every `running` row is an orphan, whatever
+/// its heartbeat age (PITFALLS 10, 11).
+pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlite::Result<Recovered> {
+    let mut out = Recovered { children: orphan_children(tx)?, ..Recovered::default() };
     let error = "orphaned: the daemon running it stopped without recording an outcome";
     tx.execute(
         "UPDATE job_runs SET ended_at = ?1, outcome = 'orphaned', error = ?2
