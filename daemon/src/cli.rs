@@ -19,8 +19,8 @@ use crate::paths::Paths;
     about = "A local job daemon that never runs twice and never loses or double-runs a job",
     long_about = None,
     after_help = "Exit codes: 0 ok (also: another instance is running), 1 a doctor check failed, 64 usage, \
-65 bad database, 69 lock unsupported, 70 internal, 73 unsafe path, 74 I/O, 75 in use, 76 fenced, \
-77 permission, 78 config. See README.md."
+3 job in the wrong state, 65 bad database, 66 no such job, 69 lock unsupported, 70 internal, \
+73 unsafe path, 74 I/O, 75 in use, 76 fenced, 77 permission, 78 config. See README.md."
 )]
 pub struct Cli {
     /// Directory holding the database, the default lock file and the logs
@@ -69,6 +69,13 @@ pub enum Command {
     #[command(after_help = "Kinds: noop | sleep DURATION | fail [MESSAGE] | exec -- PROGRAM [ARGS...] | crash\n\
 Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m exec -- rsync -a src/ dst/")]
     Enqueue {
+        /// Idempotency key: enqueueing the same key again prints the existing job's id
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// Enqueue every job in FILE (`-` for stdin), one JSON object per line, in one
+        /// transaction: {"kind", "args", "lane", "max_attempts", "timeout", "run_after", "key"}
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key"])]
+        from: Option<PathBuf>,
         /// Lane (jobs in one lane run FIFO, under the lane's concurrency cap)
         #[arg(long, default_value = "default")]
         lane: String,
@@ -82,10 +89,44 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         #[arg(long, value_name = "DURATION")]
         run_after: Option<String>,
         /// Job kind: noop, sleep, fail, exec or crash
-        kind: String,
+        #[arg(required_unless_present = "from")]
+        kind: Option<String>,
         /// The kind's arguments (for exec: `-- PROGRAM [ARGS...]`)
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// List jobs, newest first
+    List {
+        /// Only jobs in this status (pending, running, completed, failed, cancelled)
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs in this lane
+        #[arg(long)]
+        lane: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: its fields, every run and its error history
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a pending one at once; a running one is stopped by the daemon
+    Cancel {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a failed or cancelled job back to pending with a fresh attempt budget
+    Retry {
+        id: i64,
+        #[arg(long)]
+        json: bool,
     },
     /// (internal) The held-start shim that job children run through
     #[command(hide = true, name = "job-shim")]
@@ -141,10 +182,18 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Doctor { json } => commands::doctor(&ctx, json),
         Command::Migrate => commands::migrate(&ctx),
         Command::Backup { path } => commands::backup(&ctx, &path),
-        Command::Enqueue { lane, max_attempts, timeout, run_after, kind, args } => {
-            let spec = commands::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args };
-            commands::enqueue(&ctx, spec)
-        }
+        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, kind, args } => match from {
+            Some(file) => crate::operate::enqueue_from(&ctx, &file),
+            None => {
+                let kind = kind.expect("clap requires a kind without --from");
+                let spec = commands::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key };
+                commands::enqueue(&ctx, spec)
+            }
+        },
+        Command::List { status, lane, limit, json } => crate::operate::list(&ctx, status, lane, limit, json),
+        Command::Show { id, json } => crate::operate::show(&ctx, id, json),
+        Command::Cancel { id, json } => crate::operate::cancel(&ctx, id, json),
+        Command::Retry { id, json } => crate::operate::retry(&ctx, id, json),
         Command::JobShim { .. } => unreachable!("handled before configuration is loaded"),
     }
 }

@@ -88,13 +88,34 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     let row = leader::read(&conn).map_err(sql)?;
     let state = row.holder_state(&ctx.clock, ctx.config.stale_threshold);
     let counts = read::job_counts(&conn).map_err(sql)?;
+    let lanes = store::ops::lane_counts(&conn).map_err(sql)?;
+    let metrics = store::ops::metrics(&conn).map_err(sql)?;
+    let now = ctx.clock.now_ms();
+    let oldest_pending_age_ms = store::ops::oldest_pending(&conn).map_err(sql)?.map(|t| (now - t).max(0));
+    let running = read::running_jobs(&conn).map_err(sql)?;
     if as_json {
+        let running: Vec<_> = running
+            .iter()
+            .map(|j| {
+                json!({
+                    "id": j.id,
+                    "lane": j.lane,
+                    "kind": j.kind,
+                    "owner": j.locked_by,
+                    "heartbeat_age_ms": j.heartbeat_at.map(|h| (now - h).max(0)),
+                })
+            })
+            .collect();
         let out = json!({
             "database": db,
             "exists": true,
             "schema": {"applied": MIGRATIONS.len(), "known": MIGRATIONS.len()},
             "daemon": holder_json(&row, &state),
             "jobs": counts,
+            "lanes": lanes,
+            "oldest_pending_age_ms": oldest_pending_age_ms,
+            "running": running,
+            "metrics": metrics,
         });
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     } else {
@@ -106,6 +127,26 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         }
         let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("jobs:     {}", line.join(", "));
+        for (lane, by_status) in &lanes {
+            let line: Vec<String> = by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  lane {lane}: {}", line.join(", "));
+        }
+        if let Some(age) = oldest_pending_age_ms {
+            println!("oldest pending: {} ago", format_age(Duration::from_millis(age as u64)));
+        }
+        for j in &running {
+            let hb = j.heartbeat_at.map(|h| format_age(Duration::from_millis((now - h).max(0) as u64)));
+            println!(
+                "running:  job {} ({} in lane {}), heartbeat {} ago, owner {}",
+                j.id,
+                j.kind,
+                j.lane,
+                hb.as_deref().unwrap_or("never"),
+                j.locked_by.as_deref().unwrap_or("-")
+            );
+        }
+        let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("metrics:  {}", line.join(", "));
     }
     Ok(exit::OK)
 }
@@ -337,6 +378,7 @@ pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
 
 /// What `homerd enqueue` was asked for.
 pub struct EnqueueSpec {
+    pub key: Option<String>,
     pub lane: String,
     pub max_attempts: Option<u32>,
     pub timeout: Option<String>,
@@ -367,21 +409,42 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
     Ok(args)
 }
 
-/// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the
-/// id is printed only after the commit (acknowledged = durable).
-pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
-    let args = validate_job(&spec.kind, &spec.args).map_err(Error::Usage)?;
-    let dur = |what: &str, v: &Option<String>| -> Result<Option<Duration>> {
-        v.as_deref()
-            .map(|s| crate::config::parse_duration(s).map_err(|e| Error::Usage(format!("--{what}: {e}"))))
-            .transpose()
+/// Builds a validated job from its parts (shared by `enqueue` and `enqueue --from`).
+pub fn build_job(
+    ctx: &Context,
+    kind: String,
+    args: &[String],
+    lane: String,
+    max_attempts: Option<u32>,
+    timeout: Option<&str>,
+    run_after: Option<&str>,
+) -> std::result::Result<store::jobs::NewJob, String> {
+    let args = validate_job(&kind, args)?;
+    let dur = |what: &str, v: Option<&str>| -> std::result::Result<Option<Duration>, String> {
+        v.map(|s| crate::config::parse_duration(s).map_err(|e| format!("{what}: {e}"))).transpose()
     };
-    let timeout = dur("timeout", &spec.timeout)?;
-    let delay = dur("run-after", &spec.run_after)?.unwrap_or_default();
-    let max_attempts = spec.max_attempts.unwrap_or(ctx.config.max_attempts);
+    let timeout = dur("timeout", timeout)?;
+    let delay = dur("run_after", run_after)?.unwrap_or_default();
+    let max_attempts = max_attempts.unwrap_or(ctx.config.max_attempts);
     if max_attempts == 0 {
-        return Err(Error::Usage(String::from("--max-attempts must be at least 1")));
+        return Err(String::from("max_attempts must be at least 1"));
     }
+    if lane.is_empty() {
+        return Err(String::from("lane must not be empty"));
+    }
+    Ok(store::jobs::NewJob {
+        kind,
+        args,
+        lane,
+        max_attempts,
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        run_after: ctx.clock.now_ms() + delay.as_millis() as i64,
+    })
+}
+
+/// Opens the database for a CLI write: it must exist and be current (the CLI never creates
+/// or migrates), with `synchronous=FULL` (an acknowledgement is durable).
+pub fn open_for_cli_write(ctx: &Context) -> Result<rusqlite::Connection> {
     let db = &ctx.paths.database;
     match schema::inspect(db, ctx.config.busy_timeout)? {
         DbState::Missing => {
@@ -392,19 +455,28 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
         }
         _ => {}
     }
-    let mut conn = store::open_writer(db, ctx.config.busy_timeout, crate::config::Durability::Full)?;
-    let now = ctx.clock.now_ms();
-    let job = store::jobs::NewJob {
-        kind: spec.kind,
-        args,
-        lane: spec.lane,
-        max_attempts,
-        timeout_ms: timeout.map(|t| t.as_millis() as u64),
-        run_after: now + delay.as_millis() as i64,
-    };
+    store::open_writer(db, ctx.config.busy_timeout, crate::config::Durability::Full)
+}
+
+/// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the
+/// id is printed only after the commit (acknowledged = durable). With `--key`, the same
+/// key prints the existing job's id and creates nothing.
+pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
+    let job = build_job(
+        ctx,
+        spec.kind,
+        &spec.args,
+        spec.lane,
+        spec.max_attempts,
+        spec.timeout.as_deref(),
+        spec.run_after.as_deref(),
+    )
+    .map_err(Error::Usage)?;
+    let mut conn = open_for_cli_write(ctx)?;
+    let db = &ctx.paths.database;
     let sql = |e| Error::sqlite(db, e);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
-    let id = store::jobs::enqueue(&tx, &job, now).map_err(sql)?;
+    let (id, _created) = store::ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), ctx.clock.now_ms()).map_err(sql)?;
     tx.commit().map_err(sql)?;
     println!("{id}");
     Ok(exit::OK)

@@ -338,7 +338,8 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
     coord.note_leader_refresh(crate::clock::mono_ms());
-    let engine = runner::start(coord.clone(), ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone(), reader);
+    let engine =
+        runner::start(coord.clone(), writer.clone(), ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone(), reader);
     let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, signals, engine, coord));
     thread.join();
     result
@@ -386,8 +387,9 @@ async fn supervise(
     };
     let mut heartbeat = every(ctx.config.heartbeat_interval);
     let mut lock_check = every(ctx.config.lock_check_interval);
-    let mut watch = LockWatch { held: lock, lost_since: None };
+    let mut watch = LockWatch { held: lock, lost_since: None, failures: 0 };
     let mut last_refresh = Instant::now();
+    let mut pending_heartbeat_failures: i64 = 0;
     let mut standing_down = false;
     let mut signals_seen = 0;
     // A completed oneshot must not be awaited again.
@@ -418,8 +420,20 @@ async fn supervise(
                 let clock = ctx.clock.clone();
                 // Stamped before the call: a refresh counts from when it was asked for.
                 let asked_at = crate::clock::mono_ms();
-                match writer.call(Sync::Normal, move |tx| leader::heartbeat(tx, epoch, &clock)).await {
+                // Counters since the last successful write ride along (epoch-guarded).
+                let (hb_failures, lock_failures) = (pending_heartbeat_failures, watch.failures);
+                let refresh = move |tx: &rusqlite::Transaction<'_>| {
+                    let ours = leader::heartbeat(tx, epoch, &clock)?;
+                    if ours {
+                        store::ops::bump_metric(tx, "heartbeat_failures", hb_failures)?;
+                        store::ops::bump_metric(tx, "lock_reacquire_failures", lock_failures)?;
+                    }
+                    Ok(ours)
+                };
+                match writer.call(Sync::Normal, refresh).await {
                     Ok(true) => {
+                        pending_heartbeat_failures = 0;
+                        watch.failures -= lock_failures;
                         last_refresh = Instant::now();
                         coord.note_leader_refresh(asked_at);
                         events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit();
@@ -431,6 +445,7 @@ async fn supervise(
                     Ok(false) | Err(WriteError::Fenced) => break Stop::Fenced(String::from("the leader row names a newer epoch")),
                     Err(WriteError::Closed) => break Stop::Fenced(String::from("the database writer stopped")),
                     Err(e) => {
+                        pending_heartbeat_failures += 1;
                         events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
                             .field("error", e.to_string())
                             .emit();
@@ -530,6 +545,8 @@ fn release_lock(lock: HeldLock) {
 struct LockWatch {
     held: HeldLock,
     lost_since: Option<Instant>,
+    /// Failed re-acquisition attempts not yet counted in the database.
+    failures: i64,
 }
 
 impl LockWatch {
@@ -552,7 +569,7 @@ impl LockWatch {
                 self.lost_since = None;
                 return Ok(());
             }
-            Ok(false) => {}
+            Ok(false) => self.failures += 1,
             Err(reason) => return Err(reason),
         }
         let lost_for = self.lost_since.map(|t| t.elapsed()).unwrap_or_default();

@@ -14,6 +14,11 @@ pub mod exit {
     pub const OK: i32 = 0;
     /// `homerd doctor` found a failing check.
     pub const CHECK_FAILED: i32 = 1;
+    /// The job is not in a state the command applies to (`cancel` of a finished job,
+    /// `retry` of one that did not fail); nothing was changed.
+    pub const WRONG_STATE: i32 = 3;
+    /// No such job (EX_NOINPUT).
+    pub const NOT_FOUND: i32 = 66;
     /// Bad command line (EX_USAGE).
     pub const USAGE: i32 = 64;
     /// Corrupt, zero-byte, foreign or newer database, changed migration (EX_DATAERR).
@@ -64,6 +69,12 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
 
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error("{0}")]
+    WrongState(String),
+
     #[error("fenced: {0}")]
     Fenced(String),
 
@@ -99,6 +110,8 @@ impl Error {
             Error::UnsafePath { .. } => exit::UNSAFE_PATH,
             Error::LockUnsupported { .. } => exit::LOCK_UNSUPPORTED,
             Error::InUse { .. } | Error::Busy(_) => exit::IN_USE,
+            Error::NotFound(_) => exit::NOT_FOUND,
+            Error::WrongState(_) => exit::WRONG_STATE,
             Error::Fenced(_) => exit::FENCED,
             Error::Io { source, .. } => io_exit_code(source),
             Error::Sqlite { source, .. } => sqlite_exit_code(source),

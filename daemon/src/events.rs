@@ -45,7 +45,57 @@ struct Sink {
     format: Format,
     colour: bool,
     clock: Clock,
-    file: Mutex<Option<File>>,
+    file: Mutex<Option<LogFile>>,
+}
+
+/// The daemon log: size-based rotation, `homer.log` -> `homer.log.1` -> ... ->
+/// `homer.log.{ROTATE_KEEP}` (the oldest dropped).
+struct LogFile {
+    file: File,
+    path: std::path::PathBuf,
+    written: u64,
+}
+
+/// Rotate the daemon log past this size.
+pub const ROTATE_BYTES: u64 = 10 * 1024 * 1024;
+/// Rotated files kept.
+pub const ROTATE_KEEP: u32 = 3;
+
+impl LogFile {
+    fn write_line(&mut self, text: &str) {
+        if self.written + text.len() as u64 > ROTATE_BYTES {
+            self.rotate();
+        }
+        if self.file.write_all(text.as_bytes()).is_ok() {
+            self.written += text.len() as u64;
+        }
+    }
+
+    fn rotate(&mut self) {
+        let name = |n: u32| {
+            let mut p = self.path.as_os_str().to_owned();
+            p.push(format!(".{n}"));
+            std::path::PathBuf::from(p)
+        };
+        for n in (1..ROTATE_KEEP).rev() {
+            let _ = std::fs::rename(name(n), name(n + 1));
+        }
+        let _ = std::fs::rename(&self.path, name(1));
+        if let Ok(f) = open_append(&self.path) {
+            self.file = f;
+            self.written = 0;
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -63,24 +113,20 @@ pub fn init(format: Format) {
 /// Starts copying events to the log file (append, created 0600 with its directory 0700).
 /// Only the lock holder calls this.
 pub fn open_log_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(path)?;
-    *sink().file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+    let file = open_append(path)?;
+    let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+    *sink().file.lock().unwrap_or_else(|p| p.into_inner()) = Some(LogFile { file, path: path.to_owned(), written });
     Ok(())
 }
 
 /// Stops writing to the log file (at shutdown, before the lock is released).
 pub fn close_log_file() {
     if let Some(f) = sink().file.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        let _ = f.sync_all();
+        let _ = f.file.sync_all();
     }
 }
 
@@ -130,7 +176,7 @@ impl Event {
         let mut file = sink.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = file.as_mut() {
             let text = if sink.format == Format::Json { json } else { human };
-            let _ = f.write_all(format!("{text}\n").as_bytes());
+            f.write_line(&format!("{text}\n"));
         }
     }
 

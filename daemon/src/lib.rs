@@ -17,6 +17,7 @@ pub mod fstype;
 pub mod identity;
 pub mod lock;
 pub mod mutant;
+pub mod operate;
 pub mod paths;
 pub mod runner;
 pub mod shim;

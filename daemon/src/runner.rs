@@ -31,7 +31,24 @@ use crate::engine::store::{ChildRecord, SqliteStore};
 use crate::paths::Paths;
 use crate::store::jobs::{ClaimLimits, Claimed};
 use crate::store::read;
+use crate::store::writer::{Sync, Writer};
 use crate::{events, failpoint, identity};
+
+/// Terminal jobs pruned per housekeeping pass at most (keeps each transaction short).
+const PRUNE_BATCH: u32 = 1000;
+
+/// Removes `<id>-<run>.out` / `.err` for the pruned jobs.
+fn remove_run_logs(dir: &std::path::Path, ids: &[i64]) {
+    let ids: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let job = name.split('-').next().and_then(|s| s.parse::<i64>().ok());
+        if job.is_some_and(|j| ids.contains(&j)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
 
 /// Engine loop period while nothing wakes it.
 pub const POLL: Duration = Duration::from_millis(10);
@@ -101,11 +118,12 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
         }
     }
     let rec = coord.recover(clock.now_ms()).map_err(|e| format!("startup recovery: {e}"))?;
-    let count = rec.requeued.len() + rec.failed.len();
+    let count = rec.requeued.len() + rec.failed.len() + rec.cancelled.len();
     events::info("jobs.recovered", "Recovered stale jobs")
         .field("count", count)
         .field("requeued", rec.requeued.clone())
         .field("failed", rec.failed.clone())
+        .field("cancelled", rec.cancelled.clone())
         .emit();
     Ok(())
 }
@@ -151,6 +169,7 @@ fn announce_stop(id: i64, reason: StopReason) {
         StopReason::Timeout => ("job.timeout", "Job timed out: stopping it"),
         StopReason::Shutdown => ("job.stopping", "Shutdown grace over: stopping the job to release it"),
         StopReason::Fenced => ("job.fenced", "Fenced: stopping the job"),
+        StopReason::Cancelled => ("job.cancelling", "Cancel requested: stopping the job"),
     };
     events::warn(name, msg).field("job_id", id).emit();
 }
@@ -179,6 +198,7 @@ pub struct EngineThread {
 /// Starts the engine thread (which starts the watchdog).
 pub fn start(
     coord: Arc<EngineCoordinator>,
+    writer: Writer,
     cfg: Config,
     clock: Clock,
     paths: Paths,
@@ -189,7 +209,7 @@ pub fn start(
     std::thread::Builder::new()
         .name(String::from("homerd-engine"))
         .spawn(move || {
-            let exit = Engine::new(coord, cfg, clock, paths, reader).run(control_rx);
+            let exit = Engine::new(coord, writer, cfg, clock, paths, reader).run(control_rx);
             let _ = done_tx.send(exit);
         })
         .expect("spawn engine thread");
@@ -198,6 +218,8 @@ pub fn start(
 
 struct Engine {
     coord: Arc<EngineCoordinator>,
+    /// For housekeeping writes (retention); job state goes through the coordinator.
+    writer: Writer,
     cfg: Config,
     clock: Clock,
     paths: Paths,
@@ -211,10 +233,18 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(coord: Arc<EngineCoordinator>, cfg: Config, clock: Clock, paths: Paths, reader: Connection) -> Engine {
+    fn new(
+        coord: Arc<EngineCoordinator>,
+        writer: Writer,
+        cfg: Config,
+        clock: Clock,
+        paths: Paths,
+        reader: Connection,
+    ) -> Engine {
         let (ended_tx, ended_rx) = mpsc::channel();
         Engine {
             coord,
+            writer,
             cfg,
             clock,
             paths,
@@ -246,6 +276,8 @@ impl Engine {
     fn run_loop(&mut self, control: Receiver<Control>) -> EngineExit {
         let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
         let mut next_renew = mono_ms() + heartbeat_ms;
+        // Housekeeping (retention, the metrics event) every 6 heartbeats, and at once.
+        let mut next_housekeeping = mono_ms();
         let mut last_version = read::data_version(&self.reader).unwrap_or(0);
         let mut claim_now = true;
         let mut next_ready: Option<i64> = None;
@@ -283,10 +315,18 @@ impl Engine {
                         .emit();
                 }
             }
+            if now >= next_housekeeping {
+                next_housekeeping = now + 6 * heartbeat_ms;
+                self.housekeeping();
+            }
             let version = read::data_version(&self.reader).unwrap_or(last_version);
             if version != last_version {
                 last_version = version;
                 claim_now = true;
+                // Someone committed: maybe a `homerd cancel` request for a job we run.
+                for id in crate::store::ops::cancel_requests(&self.reader).unwrap_or_default() {
+                    self.coord.request_cancel(id);
+                }
             }
             if next_ready.is_some_and(|t| self.clock.now_ms() >= t) {
                 claim_now = true;
@@ -318,6 +358,35 @@ impl Engine {
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
             }
         }
+    }
+
+    /// Retention: prunes terminal jobs older than `retention` with their runs and run logs
+    /// (a bounded batch per pass); then reports the counters as a `daemon.metrics` event.
+    fn housekeeping(&mut self) {
+        let before = self.clock.now_ms() - self.cfg.retention.as_millis() as i64;
+        let pruned = self.writer.call_blocking(Sync::Normal, move |tx| {
+            let ids = crate::store::ops::prune(tx, before, PRUNE_BATCH)?;
+            crate::store::ops::bump_metric(tx, "jobs_pruned", ids.len() as i64)?;
+            Ok(ids)
+        });
+        match pruned {
+            Ok(ids) if !ids.is_empty() => {
+                remove_run_logs(&self.paths.logs.join("runs"), &ids);
+                events::info("jobs.pruned", "Pruned jobs past retention").field("count", ids.len()).emit();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                events::warn("jobs.prune_failed", "Could not prune old jobs").field("error", e.to_string()).emit()
+            }
+        }
+        let mut ev = events::debug("daemon.metrics", "Counters");
+        for (k, v) in crate::store::ops::metrics(&self.reader).unwrap_or_default() {
+            ev = ev.field(&k, v);
+        }
+        for (k, v) in read::job_counts(&self.reader).unwrap_or_default() {
+            ev = ev.field(&format!("jobs_{k}"), v);
+        }
+        ev.emit();
     }
 
     fn start_job(&mut self, job: Claimed) {
@@ -386,6 +455,7 @@ fn announce_finish(id: i64, f: &Finished) {
         Finished::Failed => events::error("job.failed", "Job failed for good"),
         Finished::Released => events::info("job.released", "Job released to pending (attempt given back)"),
         Finished::Abandoned => events::warn("job.abandoned", "Job requeued after its run was stopped"),
+        Finished::Cancelled => events::info("job.cancelled", "Job cancelled by an operator"),
         Finished::Discarded(why) => {
             events::warn("job.discarded", "Outcome not recorded: the lease was not ours").field("why", *why)
         }

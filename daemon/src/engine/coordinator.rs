@@ -65,6 +65,8 @@ pub enum StopReason {
     Shutdown,
     /// Another daemon holds the epoch.
     Fenced,
+    /// An operator asked to cancel it (`homerd cancel`).
+    Cancelled,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +110,8 @@ pub enum Finished {
     Released,
     /// Requeued after a lost lease or a timeout kill, no outcome recorded.
     Abandoned,
+    /// Stopped and recorded `cancelled` at an operator's request.
+    Cancelled,
     /// Nothing recorded: the lease was not ours (lost, fenced) or the store refused.
     Discarded(&'static str),
     /// The store was unavailable; the result is kept and retried.
@@ -333,6 +337,20 @@ impl<S: JobStore> Coordinator<S> {
             .min()
     }
 
+    /// An operator asked to cancel job `id`: stop its run (queued for the watchdog) unless
+    /// it is already ending. Returns whether this daemon holds it.
+    pub fn request_cancel(&self, id: i64) -> bool {
+        let mut st = sync::lock(&self.state);
+        match st.leases.get(&id) {
+            Some(l) if l.stop.is_none() && !l.ended && l.unrecorded.is_none() => {
+                st.stop(id, StopReason::Cancelled);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     /// The leader row was refreshed at `now_mono` (the supervisor calls this).
     pub fn note_leader_refresh(&self, now_mono: i64) {
         let mut st = sync::lock(&self.state);
@@ -450,6 +468,11 @@ impl<S: JobStore> Coordinator<S> {
                 })
             }
             Some(StopReason::Fenced) => Ok(Finished::Discarded("fenced")),
+            Some(StopReason::Cancelled) => Ok(if store.cancel(epoch, id, token, now)? {
+                Finished::Cancelled
+            } else {
+                Finished::Discarded("not the owner")
+            }),
             Some(StopReason::Shutdown) => {
                 Ok(match store.release(epoch, id, token, self.cfg.max_interruptions, now)? {
                     None => Finished::Discarded("not the owner"),

@@ -68,6 +68,8 @@ pub trait JobStore: Send {
     /// none left, `failed`).
     fn abandon(&mut self, epoch: i64, id: i64, token: &str, reason: &str, now: i64)
         -> StoreResult<Option<FailOutcome>>;
+    /// The owner records an operator's cancellation (its run already stopped).
+    fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool>;
     /// Process groups recorded by runs still marked running (to kill before recovery).
     fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>>;
     fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered>;
@@ -147,11 +149,22 @@ impl JobStore for SqliteStore {
         let (token, reason) = (token.to_owned(), reason.to_owned());
         Ok(self.writer.call_blocking(Sync::Normal, move |tx| jobs::abandon(tx, epoch, id, &token, &reason, now))?)
     }
+    fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
+        let token = token.to_owned();
+        Ok(self
+            .writer
+            .call_blocking(Sync::Full, move |tx| crate::store::ops::cancel_running(tx, epoch, id, &token, now))?)
+    }
     fn orphan_children(&mut self, _epoch: i64) -> StoreResult<Vec<OrphanChild>> {
         Ok(self.writer.call_blocking(Sync::Normal, jobs::orphan_children)?)
     }
     fn recover(&mut self, _epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered> {
-        Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::recover_orphans(tx, retry_at, now))?)
+        Ok(self.writer.call_blocking(Sync::Full, move |tx| {
+            let rec = jobs::recover_orphans(tx, retry_at, now)?;
+            let n = (rec.requeued.len() + rec.failed.len() + rec.cancelled.len()) as i64;
+            crate::store::ops::bump_metric(tx, "stale_jobs_recovered", n)?;
+            Ok(rec)
+        })?)
     }
 }
 
@@ -369,6 +382,17 @@ impl JobStore for MemoryStore {
                 FailOutcome::Retry { run_after: j.run_after }
             }
         }))
+    }
+
+    fn cancel(&mut self, epoch: i64, id: i64, token: &str, _now: i64) -> StoreResult<bool> {
+        self.guard(epoch)?;
+        Ok(self
+            .owned(epoch, id, token)
+            .map(|j| {
+                j.status = "cancelled";
+                MemoryStore::clear(j);
+            })
+            .is_some())
     }
 
     fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {

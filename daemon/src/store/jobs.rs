@@ -421,6 +421,8 @@ pub struct OrphanChild {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
+    /// An operator asked to cancel them while they ran: `cancelled`.
+    pub cancelled: Vec<i64>,
     /// Requeued to run after `orphan_retry_delay`.
     pub requeued: Vec<i64>,
     /// No attempts left: `failed` (a job that kills the daemon cannot crash-loop).
@@ -461,6 +463,14 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlit
          WHERE ended_at IS NULL AND job_id IN (SELECT id FROM job_queue WHERE status = 'running')",
         params![now, error],
     )?;
+    out.cancelled = tx
+        .prepare(&format!(
+            "UPDATE job_queue SET status = 'cancelled', completed_at = ?1,
+                    error = 'cancelled by an operator while running', {CLEAR_LOCK}
+             WHERE status = 'running' AND cancel_requested_at IS NOT NULL RETURNING id"
+        ))?
+        .query_map(params![now], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     out.failed = tx
         .prepare(&format!(
             "UPDATE job_queue SET status = 'failed', completed_at = ?1,
@@ -482,6 +492,7 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlit
         .collect::<Result<_, _>>()?;
     out.requeued.sort_unstable();
     out.failed.sort_unstable();
+    out.cancelled.sort_unstable();
     Ok(out)
 }
 

@@ -160,7 +160,12 @@ pub fn become_leader(conn: &mut Connection, me: &Candidate, stale: Duration, clo
                 return Ok(Outcome::Refused { pid, lock_path: row.lock_path.unwrap_or_default(), role: row.role });
             }
         }
+        let takeover = matches!(row.judge(clock, stale), HolderState::Stale { .. });
         failpoint::hit("epoch.before_bump").map_err(|e| Error::io("epoch bump", &path, e))?;
+        if takeover && super::read::table_exists(&tx, "metrics").map_err(sqlerr)? {
+            // A live holder that went quiet is being fenced.
+            super::ops::bump_metric(&tx, "takeovers", 1).map_err(sqlerr)?;
+        }
         let now = clock.now_ms();
         let epoch: i64 = tx
             .query_row(

@@ -8,6 +8,7 @@
 
 pub mod jobs;
 pub mod leader;
+pub mod ops;
 pub mod read;
 pub mod schema;
 pub mod writer;
@@ -32,8 +33,16 @@ pub fn open_writer(path: &Path, busy_timeout: Duration, durability: Durability) 
         Durability::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", sync).map_err(|e| Error::sqlite(path, e))?;
+    // WAL policy: SQLite checkpoints every 1000 pages (~4 MiB) by itself; after a
+    // checkpoint resets the log, truncate the -wal file back to at most WAL_SIZE_LIMIT so
+    // a burst (or a reader that held a snapshot for a while) does not leave it large.
+    conn.pragma_update(None, "wal_autocheckpoint", 1000).map_err(|e| Error::sqlite(path, e))?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT).map_err(|e| Error::sqlite(path, e))?;
     Ok(conn)
 }
+
+/// Bytes the -wal file is truncated to after a checkpoint (README: the -wal bound).
+pub const WAL_SIZE_LIMIT: i64 = 8 * 1024 * 1024;
 
 /// Opens an existing database read-only: never creates, never migrates, never writes.
 pub fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection> {

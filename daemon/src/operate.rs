@@ -1,0 +1,294 @@
+//! Operator commands: `list`, `show`, `cancel`, `retry`, `enqueue --from`. Each works
+//! while the daemon runs (readers never block it; writers wait out its short
+//! transactions with `busy_timeout`), changes a job only through statements matched on
+//! the status it expects, and asks the daemon to stop a running job rather than writing
+//! under its feet.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::TransactionBehavior;
+use serde_json::json;
+
+use crate::clock::format_rfc3339;
+use crate::commands::{build_job, open_for_cli_write};
+use crate::daemon::Context;
+use crate::error::{exit, Error, Result};
+use crate::store::leader::HolderState;
+use crate::store::ops::{self, Cancel, JobRow, Retry};
+use crate::store::{self, read, schema};
+
+fn reader(ctx: &Context) -> Result<rusqlite::Connection> {
+    let db = &ctx.paths.database;
+    match schema::inspect(db, ctx.config.busy_timeout)? {
+        schema::DbState::Missing => Err(Error::data(db, "does not exist yet; start the daemon once (homerd run)")),
+        s if !s.is_current() => Err(Error::data(db, "needs migrating; run `homerd migrate`")),
+        _ => store::open_reader(db, ctx.config.busy_timeout),
+    }
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.map(format_rfc3339).unwrap_or_else(|| String::from("-"))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+/// `homerd list`.
+pub fn list(ctx: &Context, status: Option<String>, lane: Option<String>, limit: u32, as_json: bool) -> Result<i32> {
+    if let Some(s) = &status {
+        if !read::STATUSES.contains(&s.as_str()) {
+            return Err(Error::Usage(format!("--status: unknown status `{s}`; one of {}", read::STATUSES.join(", "))));
+        }
+    }
+    let conn = reader(ctx)?;
+    let rows = ops::list(&conn, status.as_deref(), lane.as_deref(), limit)
+        .map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    if as_json {
+        print_json(&serde_json::to_value(&rows).expect("rows serialise"));
+        return Ok(exit::OK);
+    }
+    println!("{:>6}  {:<9}  {:<10}  {:<6}  {:>8}  {:<24}  ARGS", "ID", "STATUS", "LANE", "KIND", "ATTEMPTS", "CREATED");
+    for r in &rows {
+        let args = r.args.join(" ");
+        let args =
+            if args.chars().count() > 60 { format!("{}...", args.chars().take(57).collect::<String>()) } else { args };
+        println!(
+            "{:>6}  {:<9}  {:<10}  {:<6}  {:>8}  {:<24}  {}",
+            r.id,
+            r.status,
+            r.lane,
+            r.kind,
+            format!("{}/{}", r.attempts, r.max_attempts),
+            time(Some(r.created_at)),
+            args
+        );
+    }
+    if rows.is_empty() {
+        println!("(no jobs)");
+    }
+    Ok(exit::OK)
+}
+
+fn not_found(id: i64) -> Error {
+    Error::NotFound(format!("no job {id}"))
+}
+
+/// `homerd show ID`.
+pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
+    let conn = reader(ctx)?;
+    let sql = |e| Error::sqlite(&ctx.paths.database, e);
+    let job = ops::job(&conn, id).map_err(sql)?.ok_or_else(|| not_found(id))?;
+    let runs = ops::runs(&conn, id).map_err(sql)?;
+    let errors = ops::errors(&conn, id).map_err(sql)?;
+    if as_json {
+        print_json(&json!({"job": job, "runs": runs, "errors": errors}));
+        return Ok(exit::OK);
+    }
+    print_job(&job);
+    println!("runs:");
+    if runs.is_empty() {
+        println!("  (none)");
+    }
+    for r in &runs {
+        println!(
+            "  run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
+            r.run,
+            r.attempt,
+            r.epoch,
+            r.worker,
+            r.child_pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("-")),
+            time(Some(r.started_at)),
+            time(r.ended_at),
+            r.outcome.as_deref().unwrap_or("running"),
+            r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
+    println!("errors:");
+    match errors.as_array() {
+        Some(list) if !list.is_empty() => {
+            for e in list {
+                println!(
+                    "  {} attempt {} run {}: {}",
+                    time(e["at"].as_i64()),
+                    e["attempt"],
+                    e["run"],
+                    e["error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        _ => println!("  (none)"),
+    }
+    Ok(exit::OK)
+}
+
+fn print_job(j: &JobRow) {
+    println!("job {}: {} ({} in lane {})", j.id, j.status, j.kind, j.lane);
+    println!("  args:          {:?}", j.args);
+    println!("  attempts:      {}/{} ({} interruptions, {} runs)", j.attempts, j.max_attempts, j.interruptions, j.runs);
+    println!("  created:       {}", time(Some(j.created_at)));
+    println!("  run after:     {}", time(Some(j.run_after)));
+    println!("  started:       {}", time(j.started_at));
+    println!("  completed:     {}", time(j.completed_at));
+    if j.status == "running" {
+        println!("  owner:         {}", j.locked_by.as_deref().unwrap_or("-"));
+        println!("  heartbeat:     {}", time(j.heartbeat_at));
+    }
+    if let Some(k) = &j.key {
+        println!("  key:           {k}");
+    }
+    if let Some(e) = &j.error {
+        println!("  last error:    {e}");
+    }
+}
+
+/// `homerd cancel ID`: a pending job becomes `cancelled` at once; a running one is
+/// stopped by the daemon that owns it (this waits, bounded, to report the result); a
+/// finished one is left alone (exit 3).
+pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
+    let mut conn = open_for_cli_write(ctx)?;
+    let db = ctx.paths.database.clone();
+    let sql = |e| Error::sqlite(&db, e);
+    let report = |result: &str, message: String| {
+        if as_json {
+            print_json(&json!({"id": id, "result": result}));
+        } else {
+            println!("{message}");
+        }
+    };
+    let deadline = Instant::now() + ctx.config.kill_grace * 2 + Duration::from_secs(10);
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let outcome = ops::cancel(&tx, id, ctx.clock.now_ms()).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        match outcome {
+            Cancel::NotFound => return Err(not_found(id)),
+            Cancel::Cancelled => {
+                report("cancelled", format!("job {id} cancelled"));
+                return Ok(exit::OK);
+            }
+            Cancel::Terminal(status) => {
+                return Err(Error::WrongState(format!("job {id} is already {status}; nothing to cancel")));
+            }
+            Cancel::Requested => {}
+        }
+        // Running: the daemon that owns it stops it and records `cancelled`. If no daemon
+        // is active, the next start's recovery cancels it.
+        let active = read::leader_row(&conn).ok().flatten().is_some_and(|r| {
+            matches!(r.holder_state(&ctx.clock, ctx.config.stale_threshold), HolderState::Active { .. })
+        });
+        if !active {
+            report("requested", format!("job {id} is marked running but no daemon is active: it will be cancelled when the daemon next starts"));
+            return Ok(exit::OK);
+        }
+        loop {
+            let status = ops::job(&conn, id).map_err(sql)?.map(|j| j.status).unwrap_or_default();
+            match status.as_str() {
+                "cancelled" => {
+                    report("cancelled", format!("job {id} cancelled (its run was stopped)"));
+                    return Ok(exit::OK);
+                }
+                "running" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                "running" => {
+                    report("requested", format!("job {id}: cancel requested; the daemon has not stopped it yet"));
+                    return Ok(exit::OK);
+                }
+                // Released or requeued before the daemon saw the request: cancel it as
+                // a pending job now.
+                "pending" => break,
+                other => {
+                    return Err(Error::WrongState(format!(
+                        "job {id} finished as {other} before it could be cancelled"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// `homerd retry ID`.
+pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
+    let mut conn = open_for_cli_write(ctx)?;
+    let sql = |e| Error::sqlite(&ctx.paths.database, e);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+    let outcome = ops::retry(&tx, id, ctx.clock.now_ms()).map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    match outcome {
+        Retry::NotFound => Err(not_found(id)),
+        Retry::NotRetryable(status) => {
+            Err(Error::WrongState(format!("job {id} is {status}; only failed or cancelled jobs can be retried")))
+        }
+        Retry::Requeued => {
+            if as_json {
+                print_json(&json!({"id": id, "result": "requeued"}));
+            } else {
+                println!("job {id} requeued with a fresh attempt budget");
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineJob {
+    kind: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    lane: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    run_after: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// `homerd enqueue --from FILE|-`: every line validated first (a bad line rejects the
+/// whole batch, naming its number), then all jobs in one transaction; ids printed in order.
+pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
+    let (name, text) = if file == Path::new("-") {
+        let mut t = String::new();
+        std::io::stdin().read_to_string(&mut t).map_err(|e| Error::io("read", "<stdin>", e))?;
+        (String::from("<stdin>"), t)
+    } else {
+        (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| Error::io("read", file, e))?)
+    };
+    let mut jobs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let lineno = i + 1;
+        let bad = |msg: String| Error::data(&name, format!("line {lineno}: {msg}; nothing was enqueued"));
+        let lj: LineJob = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let job = build_job(
+            ctx,
+            lj.kind,
+            &lj.args,
+            lj.lane.unwrap_or_else(|| String::from("default")),
+            lj.max_attempts,
+            lj.timeout.as_deref(),
+            lj.run_after.as_deref(),
+        )
+        .map_err(bad)?;
+        jobs.push((job, lj.key));
+    }
+    let mut conn = open_for_cli_write(ctx)?;
+    let sql = |e| Error::sqlite(&ctx.paths.database, e);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+    let now = ctx.clock.now_ms();
+    let mut ids = Vec::with_capacity(jobs.len());
+    for (job, key) in &jobs {
+        ids.push(ops::enqueue_keyed(&tx, job, key.as_deref(), now).map_err(sql)?.0);
+    }
+    tx.commit().map_err(sql)?;
+    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    print!("{out}");
+    Ok(exit::OK)
+}

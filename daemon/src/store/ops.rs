@@ -1,0 +1,270 @@
+//! Statements behind the operator commands (`list`, `show`, `cancel`, `retry`, keyed and
+//! bulk `enqueue`), retention and metrics. Commands that change a job do so in one
+//! `BEGIN IMMEDIATE` transaction matched on the status they expect; a running job is
+//! never written by the CLI — `cancel` files a request the daemon acts on.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use super::jobs::{self, NewJob};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub status: String,
+    pub lane: String,
+    pub kind: String,
+    pub args: Vec<String>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub interruptions: i64,
+    pub runs: i64,
+    pub created_at: i64,
+    pub run_after: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub heartbeat_at: Option<i64>,
+    pub locked_by: Option<String>,
+    pub error: Option<String>,
+    pub key: Option<String>,
+    pub cancel_requested_at: Option<i64>,
+}
+
+const JOB_COLUMNS: &str = "id, status, lane, kind, payload, attempts, max_attempts, interruptions, runs, created_at,
+     run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        status: r.get(1)?,
+        lane: r.get(2)?,
+        kind: r.get(3)?,
+        args: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+        attempts: r.get(5)?,
+        max_attempts: r.get(6)?,
+        interruptions: r.get(7)?,
+        runs: r.get(8)?,
+        created_at: r.get(9)?,
+        run_after: r.get(10)?,
+        started_at: r.get(11)?,
+        completed_at: r.get(12)?,
+        heartbeat_at: r.get(13)?,
+        locked_by: r.get(14)?,
+        error: r.get(15)?,
+        key: r.get(16)?,
+        cancel_requested_at: r.get(17)?,
+    })
+}
+
+/// Jobs, newest first, filtered by status and lane.
+pub fn list(conn: &Connection, status: Option<&str>, lane: Option<&str>, limit: u32) -> rusqlite::Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {JOB_COLUMNS} FROM job_queue
+         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR lane = ?2)
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![status, lane, limit], job_row)?.collect();
+    rows
+}
+
+pub fn job(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobRow>> {
+    conn.query_row(&format!("SELECT {JOB_COLUMNS} FROM job_queue WHERE id = ?1"), [id], job_row).optional()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunRow {
+    pub run: i64,
+    pub attempt: i64,
+    pub epoch: i64,
+    pub worker: String,
+    pub child_pid: Option<i64>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+}
+
+pub fn runs(conn: &Connection, id: i64) -> rusqlite::Result<Vec<RunRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT run, attempt, epoch, worker, child_pid, started_at, ended_at, outcome, error
+         FROM job_runs WHERE job_id = ?1 ORDER BY run",
+    )?;
+    let rows = stmt
+        .query_map([id], |r| {
+            Ok(RunRow {
+                run: r.get(0)?,
+                attempt: r.get(1)?,
+                epoch: r.get(2)?,
+                worker: r.get(3)?,
+                child_pid: r.get(4)?,
+                started_at: r.get(5)?,
+                ended_at: r.get(6)?,
+                outcome: r.get(7)?,
+                error: r.get(8)?,
+            })
+        })?
+        .collect();
+    rows
+}
+
+/// The job's error history (a JSON array of {at, attempt, run, error}).
+pub fn errors(conn: &Connection, id: i64) -> rusqlite::Result<serde_json::Value> {
+    let text: String = conn.query_row("SELECT errors FROM job_queue WHERE id = ?1", [id], |r| r.get(0))?;
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Array(Vec::new())))
+}
+
+/// Enqueues with an idempotency key: the same key returns the existing job's id and
+/// creates nothing (`false`). Inside the caller's `BEGIN IMMEDIATE`, concurrent enqueuers
+/// of one key cannot both insert.
+pub fn enqueue_keyed(tx: &Transaction<'_>, job: &NewJob, key: Option<&str>, now: i64) -> rusqlite::Result<(i64, bool)> {
+    let Some(key) = key else { return Ok((jobs::enqueue(tx, job, now)?, true)) };
+    if let Some(id) =
+        tx.query_row("SELECT id FROM job_queue WHERE idempotency_key = ?1", [key], |r| r.get(0)).optional()?
+    {
+        return Ok((id, false));
+    }
+    let id = jobs::enqueue(tx, job, now)?;
+    tx.execute("UPDATE job_queue SET idempotency_key = ?2 WHERE id = ?1", params![id, key])?;
+    Ok((id, true))
+}
+
+/// What `cancel` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cancel {
+    NotFound,
+    /// Was pending: now cancelled.
+    Cancelled,
+    /// Is running: a request was filed (or already was) for the daemon to act on.
+    Requested,
+    /// Already terminal: left alone.
+    Terminal(String),
+}
+
+pub fn cancel(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Cancel> {
+    let Some(status) =
+        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, String>(0)).optional()?
+    else {
+        return Ok(Cancel::NotFound);
+    };
+    Ok(match status.as_str() {
+        "pending" => {
+            tx.execute(
+                "UPDATE job_queue SET status = 'cancelled', completed_at = ?2, error = 'cancelled by an operator'
+                 WHERE id = ?1 AND status = 'pending'",
+                params![id, now],
+            )?;
+            Cancel::Cancelled
+        }
+        "running" => {
+            tx.execute(
+                "UPDATE job_queue SET cancel_requested_at = COALESCE(cancel_requested_at, ?2) WHERE id = ?1 AND status = 'running'",
+                params![id, now],
+            )?;
+            Cancel::Requested
+        }
+        other => Cancel::Terminal(other.to_owned()),
+    })
+}
+
+/// Running jobs with a pending cancel request (the daemon polls this).
+pub fn cancel_requests(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt =
+        conn.prepare("SELECT id FROM job_queue WHERE cancel_requested_at IS NOT NULL AND status = 'running'")?;
+    let ids = stmt.query_map([], |r| r.get(0))?.collect();
+    ids
+}
+
+/// The daemon, as the run's owner, records the cancellation (its group already gone).
+pub fn cancel_running(tx: &Transaction<'_>, epoch: i64, id: i64, token: &str, now: i64) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        "UPDATE job_queue SET status = 'cancelled', completed_at = ?4, error = 'cancelled by an operator while running',
+                locked_by = NULL, locked_at = NULL, heartbeat_at = NULL, claim_token = NULL, claim_epoch = NULL
+         WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
+        params![id, token, epoch, now],
+    )?;
+    if n == 1 {
+        tx.execute(
+            "UPDATE job_runs SET ended_at = ?3, outcome = 'cancelled' WHERE job_id = ?1 AND claim_token = ?2 AND ended_at IS NULL",
+            params![id, token, now],
+        )?;
+    }
+    Ok(n == 1)
+}
+
+/// What `retry` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retry {
+    NotFound,
+    Requeued,
+    /// Not failed or cancelled: left alone.
+    NotRetryable(String),
+}
+
+/// A failed or cancelled job back to pending with a fresh attempt budget; its runs and
+/// error history are kept.
+pub fn retry(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Retry> {
+    let Some(status) =
+        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, String>(0)).optional()?
+    else {
+        return Ok(Retry::NotFound);
+    };
+    if status != "failed" && status != "cancelled" {
+        return Ok(Retry::NotRetryable(status));
+    }
+    tx.execute(
+        "UPDATE job_queue SET status = 'pending', attempts = 0, interruptions = 0, run_after = ?2,
+                completed_at = NULL, error = NULL, cancel_requested_at = NULL
+         WHERE id = ?1 AND status IN ('failed', 'cancelled')",
+        params![id, now],
+    )?;
+    Ok(Retry::Requeued)
+}
+
+/// Retention: deletes terminal jobs that ended before `before` (and their runs); returns
+/// their ids so the caller can remove their run logs.
+pub fn prune(tx: &Transaction<'_>, before: i64, limit: u32) -> rusqlite::Result<Vec<i64>> {
+    let ids: Vec<i64> = tx
+        .prepare(
+            "SELECT id FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?1
+             ORDER BY completed_at LIMIT ?2",
+        )?
+        .query_map(params![before, limit], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut runs = tx.prepare("DELETE FROM job_runs WHERE job_id = ?1")?;
+    let mut job = tx.prepare("DELETE FROM job_queue WHERE id = ?1")?;
+    for id in &ids {
+        runs.execute([id])?;
+        job.execute([id])?;
+    }
+    Ok(ids)
+}
+
+/// Adds to a counter.
+pub fn bump_metric(tx: &Transaction<'_>, name: &str, by: i64) -> rusqlite::Result<()> {
+    tx.execute("UPDATE metrics SET value = value + ?2 WHERE name = ?1", params![name, by])?;
+    Ok(())
+}
+
+pub fn metrics(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap<String, i64>> {
+    let mut stmt = conn.prepare("SELECT name, value FROM metrics ORDER BY name")?;
+    let m = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect();
+    m
+}
+
+/// Per-lane counts per status.
+pub fn lane_counts(
+    conn: &Connection,
+) -> rusqlite::Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> = Default::default();
+    let mut stmt = conn.prepare("SELECT lane, status, COUNT(*) FROM job_queue GROUP BY lane, status")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
+        let (lane, status, n) = row?;
+        out.entry(lane).or_default().insert(status, n);
+    }
+    Ok(out)
+}
+
+/// When the oldest pending job was enqueued.
+pub fn oldest_pending(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT MIN(created_at) FROM job_queue WHERE status = 'pending'", [], |r| r.get(0))
+}
