@@ -97,6 +97,10 @@ pub struct SpawnRequest {
     /// Per-run log files, opened append + create (mode 0600 when created).
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Bytes kept per output file (`run_log_cap`). `Some`: the child writes into pipes
+    /// that copier threads drain into the files up to the cap, dropping the rest (a line
+    /// at the end says how much); `None`: the child writes the files directly.
+    pub output_cap: Option<u64>,
     /// The homerd executable (`std::env::current_exe()`), run as `job-shim`.
     pub shim: PathBuf,
 }
@@ -120,6 +124,8 @@ pub struct HeldChild {
     release_pipe: Option<File>,
     released: bool,
     child: Child,
+    /// Copier threads of capped output; each reports on the channel when it reached EOF.
+    copiers: Option<(usize, mpsc::Receiver<()>)>,
 }
 
 /// Starts `req.argv` held: through `req.shim job-shim --parent OUR_PID -- argv...`, in its
@@ -192,6 +198,25 @@ fn spawner_loop(queue: mpsc::Receiver<SpawnJob>) {
 fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
     let stdout = open_log(&req.stdout)?;
     let stderr = open_log(&req.stderr)?;
+    let (child_out, child_err, copiers) = match req.output_cap {
+        None => (Stdio::from(stdout), Stdio::from(stderr), None),
+        Some(cap) => {
+            let (done_tx, done_rx) = mpsc::channel();
+            let mut ends = Vec::new();
+            for file in [stdout, stderr] {
+                let (read, write) = cloexec_pipe()?;
+                let done = done_tx.clone();
+                std::thread::Builder::new().name(String::from("homerd-output")).spawn(move || {
+                    copy_capped(File::from(read), file, cap);
+                    let _ = done.send(());
+                })?;
+                ends.push(Stdio::from(write));
+            }
+            let err = ends.pop().expect("two pipes");
+            let out = ends.pop().expect("two pipes");
+            (out, err, Some((2, done_rx)))
+        }
+    };
     let (read_end, write_end) = release_pipe()?;
 
     let inherited: Vec<(OsString, OsString)> =
@@ -202,8 +227,8 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
         .envs(inherited)
         .envs(req.env_set.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .stdout(child_out)
+        .stderr(child_err)
         .process_group(0);
     let fd = read_end.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only calls dup2
@@ -224,6 +249,7 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
         release_pipe: Some(write_end),
         released: false,
         child,
+        copiers,
     };
     // On error `held` is dropped unreleased: the shim is killed and reaped.
     held.start_time = start_time_of(pid)?;
@@ -251,6 +277,58 @@ fn put_on_release_fd(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Copies `from` into `to` up to `cap` bytes, reading (and dropping) the rest until EOF,
+/// then notes how much was dropped. EOF comes when every process holding the write end
+/// is gone: the job's group is killed before its run is recorded.
+fn copy_capped(mut from: File, mut to: File, cap: u64) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut kept, mut dropped) = (0u64, 0u64);
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = cap.saturating_sub(kept).min(n as u64) as usize;
+        if room > 0 && to.write_all(&buf[..room]).is_ok() {
+            kept += room as u64;
+        }
+        dropped += (n - room) as u64;
+    }
+    if dropped > 0 {
+        let _ = writeln!(to, "\n[homerd: {dropped} more bytes dropped: run_log_cap is {cap} bytes]");
+    }
+}
+
+/// A pipe with both ends close-on-exec (the child gets its end through std's dup2).
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `fds` is a writable array of two ints.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: as in `release_pipe`; every fork happens on the spawner thread, here.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        for fd in fds {
+            // SAFETY: FIOCLEX on a descriptor we own.
+            if unsafe { libc::ioctl(fd, libc::FIOCLEX) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: both descriptors were just created by pipe and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Both ends close-on-exec. The read end is moved above fd 3 if needed: std's stdio
@@ -330,6 +408,21 @@ impl HeldChild {
     }
 
     /// Reaps the direct child if it has exited.
+    /// Waits (bounded) until capped output has been copied to the files: call once the
+    /// job's group is gone, so the run's log is complete when its outcome is recorded.
+    /// Returns whether every copier finished.
+    pub fn finish_output(&mut self, limit: Duration) -> bool {
+        let Some((pending, done)) = self.copiers.as_mut() else { return true };
+        let end = Instant::now() + limit;
+        while *pending > 0 {
+            match done.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(()) => *pending -= 1,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         self.child.try_wait()
     }
@@ -599,6 +692,7 @@ mod tests {
             env_deny_prefixes: vec![String::from("HOMERD_")],
             stdout: dir.join("stdout.log"),
             stderr: dir.join("stderr.log"),
+            output_cap: None,
             shim: PathBuf::from("/nonexistent/unused-by-spawn_held_with"),
         }
     }
@@ -1027,5 +1121,38 @@ mod tests {
         assert!(wait_exit(&mut held).success());
         let expected = format!("job-shim\n--parent\n{}\n--\nprog\na b\n", std::process::id());
         assert_eq!(read(&out), expected);
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn capped_output_keeps_the_first_bytes_and_says_how_much_was_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = SpawnRequest {
+            argv: vec![],
+            env_set: vec![],
+            env_deny_prefixes: vec![],
+            stdout: dir.path().join("out"),
+            stderr: dir.path().join("err"),
+            shim: PathBuf::from("/bin/sh"),
+            output_cap: Some(1000),
+        };
+        let stand_in = r#"read -r _ <&3 || exit 125; exec 3<&-; exec "$@""#;
+        let args: Vec<OsString> = ["-c", stand_in, "sh", "sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x; echo e >&2"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let mut held = spawn_held_with(Path::new("/bin/sh"), &args, req).unwrap();
+        held.release().unwrap();
+        assert!(held.wait().unwrap().success());
+        assert!(held.finish_output(Duration::from_secs(30)));
+        let out = std::fs::read_to_string(dir.path().join("out")).unwrap();
+        assert!(out.starts_with(&"x".repeat(1000)), "{}", &out[..out.len().min(50)]);
+        assert!(out.contains("[homerd: 4000 more bytes dropped: run_log_cap is 1000 bytes]"), "{out}");
+        assert_eq!(out.matches('x').count(), 1000);
+        assert_eq!(std::fs::read_to_string(dir.path().join("err")).unwrap(), "e\n");
     }
 }

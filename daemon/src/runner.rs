@@ -410,6 +410,7 @@ impl Engine {
             pgid,
             stop_rx,
             paths: self.paths.clone(),
+            run_log_cap: self.cfg.run_log_cap,
         };
         let ended = self.ended_tx.clone();
         let id = job.id;
@@ -473,6 +474,7 @@ struct JobContext {
     pgid: Arc<AtomicU32>,
     stop_rx: Receiver<StopReason>,
     paths: Paths,
+    run_log_cap: u64,
 }
 
 impl JobContext {
@@ -527,6 +529,7 @@ impl JobContext {
             env_deny_prefixes: ENV_DENY_PREFIXES.iter().map(|s| s.to_string()).collect(),
             stdout: base.with_extension("out"),
             stderr: base.with_extension("err"),
+            output_cap: Some(self.run_log_cap),
             shim: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("homerd")),
         };
         let mut child = match children::spawn_held(req) {
@@ -581,6 +584,8 @@ impl JobContext {
                 std::thread::sleep(Duration::from_millis(200 * tries.min(50)));
             }
         }
+        // Its group is gone, so its output pipes reach EOF: the run log is complete.
+        child.finish_output(Duration::from_secs(5));
         match status {
             Ok(s) if s.success() => JobResult::Succeeded,
             Ok(s) => JobResult::Failed { error: describe_exit(s), retryable: true },

@@ -442,3 +442,18 @@ fn concurrent_enqueuers_lose_nothing_and_run_nothing_twice() {
     done.dedup();
     assert_eq!(done.len(), 1000);
 }
+
+/// run_log_cap: an exec job's output is kept up to the cap per file, the rest dropped
+/// with a note; a grandchild writing after its parent exits cannot hold the run open.
+#[test]
+fn run_output_is_capped_per_file() {
+    let sb = Sandbox::new();
+    let mut d = active(&sb, &["--set", "run_log_cap=1KiB"]);
+    let id = enqueue(&sb, &["exec", "--", "sh", "-c", "head -c 100000 /dev/zero | tr '\\0' y; echo small >&2"]);
+    wait_job_event(&mut d, "job.completed", id);
+    let runs_dir = sb.home().join("logs/runs");
+    let out = std::fs::read_to_string(runs_dir.join(format!("{id}-1.out"))).unwrap();
+    assert_eq!(&out[..1024], "y".repeat(1024), "kept the first run_log_cap bytes");
+    assert_eq!(&out[1024..], "\n[homerd: 98976 more bytes dropped: run_log_cap is 1024 bytes]\n");
+    assert_eq!(std::fs::read_to_string(runs_dir.join(format!("{id}-1.err"))).unwrap(), "small\n");
+}
