@@ -74,7 +74,7 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         key: Option<String>,
         /// Enqueue every job in FILE (`-` for stdin), one JSON object per line, in one
         /// transaction: {"kind", "args", "lane", "max_attempts", "timeout", "run_after", "key"}
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key", "max_attempts", "timeout", "run_after"])]
         from: Option<PathBuf>,
         /// Lane (jobs in one lane run FIFO, under the lane's concurrency cap)
         #[arg(long, default_value = "default")]

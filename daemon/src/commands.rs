@@ -91,7 +91,7 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     let lanes = store::ops::lane_counts(&conn).map_err(sql)?;
     let metrics = store::ops::metrics(&conn).map_err(sql)?;
     let now = ctx.clock.now_ms();
-    let oldest_pending_age_ms = store::ops::oldest_pending(&conn).map_err(sql)?.map(|t| (now - t).max(0));
+    let oldest_pending_age_ms = store::ops::oldest_pending(&conn, now).map_err(sql)?.map(|t| (now - t).max(0));
     let running = read::running_jobs(&conn).map_err(sql)?;
     if as_json {
         let running: Vec<_> = running

@@ -83,8 +83,10 @@ impl LogFile {
         let _ = std::fs::rename(&self.path, name(1));
         if let Ok(f) = open_append(&self.path) {
             self.file = f;
-            self.written = 0;
         }
+        // Even if the reopen failed (we keep writing to the renamed file), start counting
+        // afresh: never rotate on every line.
+        self.written = 0;
     }
 }
 

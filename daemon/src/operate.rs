@@ -78,11 +78,15 @@ fn not_found(id: i64) -> Error {
 
 /// `homerd show ID`.
 pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let conn = reader(ctx)?;
+    let mut conn = reader(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
-    let job = ops::job(&conn, id).map_err(sql)?.ok_or_else(|| not_found(id))?;
-    let runs = ops::runs(&conn, id).map_err(sql)?;
-    let errors = ops::errors(&conn, id).map_err(sql)?;
+    // One read transaction: the job, its runs and its errors from one snapshot (retention
+    // could otherwise prune it between the reads).
+    let tx = conn.transaction().map_err(sql)?;
+    let job = ops::job(&tx, id).map_err(sql)?.ok_or_else(|| not_found(id))?;
+    let runs = ops::runs(&tx, id).map_err(sql)?;
+    let errors = ops::errors(&tx, id).map_err(sql)?;
+    drop(tx);
     if as_json {
         print_json(&json!({"job": job, "runs": runs, "errors": errors}));
         return Ok(exit::OK);
@@ -231,6 +235,11 @@ pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     }
 }
 
+/// Jobs one `enqueue --from` may hold: one transaction holds the write lock while it
+/// commits, and the daemon's renewals wait behind it (10,000 jobs commit in well under
+/// a second here).
+pub const MAX_BATCH: usize = 100_000;
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LineJob {
@@ -260,6 +269,15 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
         (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| Error::io("read", file, e))?)
     };
     let mut jobs = Vec::new();
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if lines > MAX_BATCH {
+        return Err(Error::data(
+            &name,
+            format!(
+                "{lines} jobs in one batch; at most {MAX_BATCH} (one transaction holds the database's write lock while it commits: split the file)"
+            ),
+        ));
+    }
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;

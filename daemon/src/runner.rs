@@ -386,7 +386,10 @@ impl Engine {
         for (k, v) in read::job_counts(&self.reader).unwrap_or_default() {
             ev = ev.field(&format!("jobs_{k}"), v);
         }
-        ev.emit();
+        let now = self.clock.now_ms();
+        let oldest = crate::store::ops::oldest_pending(&self.reader, now).ok().flatten().map(|t| (now - t).max(0));
+        let lanes = crate::store::ops::lane_counts(&self.reader).unwrap_or_default();
+        ev.field("oldest_pending_age_ms", serde_json::json!(oldest)).field("lanes", serde_json::json!(lanes)).emit();
     }
 
     fn start_job(&mut self, job: Claimed) {

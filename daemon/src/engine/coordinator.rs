@@ -457,6 +457,7 @@ impl<S: JobStore> Coordinator<S> {
             None => Finished::Discarded("not the owner"),
             Some(FailOutcome::Retry { run_after }) => Finished::Retry { run_after },
             Some(FailOutcome::Failed) => Finished::Failed,
+            Some(FailOutcome::Cancelled) => Finished::Cancelled,
         };
         match lease.stop {
             Some(StopReason::LeaseLost) => {
@@ -465,6 +466,7 @@ impl<S: JobStore> Coordinator<S> {
                     None => Finished::Discarded("lease lost"),
                     Some(FailOutcome::Retry { .. }) => Finished::Abandoned,
                     Some(FailOutcome::Failed) => Finished::Failed,
+                    Some(FailOutcome::Cancelled) => Finished::Cancelled,
                 })
             }
             Some(StopReason::Fenced) => Ok(Finished::Discarded("fenced")),
@@ -478,6 +480,7 @@ impl<S: JobStore> Coordinator<S> {
                     None => Finished::Discarded("not the owner"),
                     Some(FailOutcome::Retry { .. }) => Finished::Released,
                     Some(FailOutcome::Failed) => Finished::Failed,
+                    Some(FailOutcome::Cancelled) => Finished::Cancelled,
                 })
             }
             Some(StopReason::Timeout) => {

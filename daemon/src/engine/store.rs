@@ -180,6 +180,8 @@ pub struct MemJob {
     pub claim_epoch: Option<i64>,
     pub errors: Vec<String>,
     pub child: Option<ChildRecord>,
+    /// `homerd cancel` filed a request while it ran.
+    pub cancel_requested: bool,
 }
 
 /// The in-memory store: the same semantics as the SQLite statements, for tests.
@@ -194,6 +196,23 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(epoch: i64) -> MemoryStore {
         MemoryStore { epoch, ..MemoryStore::default() }
+    }
+
+    /// What `homerd cancel` does to a running job: files a request.
+    pub fn request_cancel(&mut self, id: i64) {
+        if let Some(j) = self.jobs.get_mut(&id).filter(|j| j.status == "running") {
+            j.cancel_requested = true;
+        }
+    }
+
+    /// A requeue that meets a cancel request cancels instead.
+    fn requeue_or_cancel(j: &mut MemJob) -> Option<FailOutcome> {
+        if j.cancel_requested {
+            j.status = "cancelled";
+            Some(FailOutcome::Cancelled)
+        } else {
+            None
+        }
     }
 
     fn guard(&self, epoch: i64) -> StoreResult<()> {
@@ -232,6 +251,7 @@ impl JobStore for MemoryStore {
                 claim_epoch: None,
                 errors: Vec::new(),
                 child: None,
+                cancel_requested: false,
             },
         );
         Ok(self.next_id)
@@ -247,7 +267,9 @@ impl JobStore for MemoryStore {
         let room = limits.global.saturating_sub(total).min(limits.batch) as usize;
         // Per lane, ready ids in (run_after, id) order.
         let mut lanes: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == "pending" && j.run_after <= now) {
+        for (id, j) in
+            self.jobs.iter().filter(|(_, j)| j.status == "pending" && j.run_after <= now && !j.cancel_requested)
+        {
             lanes.entry(j.job.lane.clone()).or_default().push((j.run_after, *id));
         }
         let mut queues: Vec<(i64, i64, std::collections::VecDeque<i64>)> = lanes
@@ -335,6 +357,9 @@ impl JobStore for MemoryStore {
             j.errors.push(error.to_owned());
             MemoryStore::clear(j);
             if retryable && j.attempts < j.job.max_attempts {
+                if let Some(c) = MemoryStore::requeue_or_cancel(j) {
+                    return c;
+                }
                 j.status = "pending";
                 j.run_after = retry_at;
                 FailOutcome::Retry { run_after: retry_at }
@@ -349,6 +374,9 @@ impl JobStore for MemoryStore {
         self.guard(epoch)?;
         Ok(self.owned(epoch, id, token).map(|j| {
             MemoryStore::clear(j);
+            if let Some(c) = MemoryStore::requeue_or_cancel(j) {
+                return c;
+            }
             j.interruptions += 1;
             if j.interruptions <= max {
                 j.status = "pending";
@@ -377,6 +405,8 @@ impl JobStore for MemoryStore {
             if j.attempts >= j.job.max_attempts {
                 j.status = "failed";
                 FailOutcome::Failed
+            } else if let Some(c) = MemoryStore::requeue_or_cancel(j) {
+                c
             } else {
                 j.status = "pending";
                 FailOutcome::Retry { run_after: j.run_after }
@@ -470,6 +500,8 @@ mod tests {
         type S: JobStore;
         fn make(&self) -> Self::S;
         fn bump(&self, s: &mut Self::S);
+        /// What `homerd cancel` does to a running job: file a request.
+        fn request_cancel(&self, s: &mut Self::S, id: i64);
     }
 
     struct Mem;
@@ -480,6 +512,9 @@ mod tests {
         }
         fn bump(&self, s: &mut MemoryStore) {
             s.epoch = 2;
+        }
+        fn request_cancel(&self, s: &mut MemoryStore, id: i64) {
+            s.request_cancel(id);
         }
     }
 
@@ -506,6 +541,19 @@ mod tests {
                 .max()
                 .unwrap();
             Connection::open(newest).unwrap().execute("UPDATE leader SET epoch = 2", []).unwrap();
+        }
+        fn request_cancel(&self, s: &mut SqliteStore, id: i64) {
+            s.writer.call_blocking(Sync::Normal, |_| Ok(())).unwrap();
+            let newest = std::fs::read_dir(self.0.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "db"))
+                .max()
+                .unwrap();
+            let mut c = Connection::open(newest).unwrap();
+            let tx = c.transaction().unwrap();
+            assert_eq!(crate::store::ops::cancel(&tx, id, 5).unwrap(), crate::store::ops::Cancel::Requested);
+            tx.commit().unwrap();
         }
     }
 
@@ -592,6 +640,22 @@ mod tests {
         assert_eq!(f.release(1, id, &c.token, 5, 2), Err(StoreError::Fenced));
         assert_eq!(f.abandon(1, id, &c.token, "x", 2), Err(StoreError::Fenced));
         assert_eq!(f.orphan_children(1), Err(StoreError::Fenced));
+
+        // A cancel request filed while a run is ending wins over any requeue, so the job
+        // cannot be claimed again before the daemon sees the request.
+        for end in ["fail", "release", "abandon"] {
+            let mut c = h.make();
+            let id = c.enqueue(&job("a", 3), 0).unwrap();
+            let run = c.claim(1, "w", &limits(), 1).unwrap().remove(0);
+            h.request_cancel(&mut c, id);
+            let out = match end {
+                "fail" => c.fail(1, id, &run.token, "boom", true, 2, 2).unwrap(),
+                "release" => c.release(1, id, &run.token, 5, 2).unwrap(),
+                _ => c.abandon(1, id, &run.token, "lease lost", 2).unwrap(),
+            };
+            assert_eq!(out, Some(FailOutcome::Cancelled), "{end}");
+            assert!(c.claim(1, "w", &limits(), 100).unwrap().is_empty(), "{end}: a cancelled job was claimed again");
+        }
         assert_eq!(f.recover(1, 3, 2), Err(StoreError::Fenced));
     }
 

@@ -105,7 +105,7 @@ pub fn claim(
     let mut heads: Vec<(String, i64, i64)> = {
         let mut stmt = tx.prepare(
             "SELECT lane, MIN(run_after), MIN(id) FROM job_queue
-             WHERE status = 'pending' AND run_after <= ?1 GROUP BY lane",
+             WHERE status = 'pending' AND run_after <= ?1 AND cancel_requested_at IS NULL GROUP BY lane",
         )?;
         let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
         rows
@@ -115,6 +115,7 @@ pub fn claim(
     {
         let mut stmt = tx.prepare(
             "SELECT id FROM job_queue WHERE status = 'pending' AND lane = ?1 AND run_after <= ?2
+               AND cancel_requested_at IS NULL
              ORDER BY run_after, id LIMIT ?3",
         )?;
         for (lane, _, _) in &heads {
@@ -140,7 +141,7 @@ pub fn claim(
         "UPDATE job_queue SET status = 'running', locked_by = ?2, locked_at = ?3, heartbeat_at = ?3,
                 started_at = ?3, attempts = attempts + 1, runs = runs + 1,
                 claim_token = ?4, claim_epoch = ?5
-         WHERE id = ?1 AND status = 'pending'
+         WHERE id = ?1 AND status = 'pending' AND cancel_requested_at IS NULL
          RETURNING lane, kind, payload, attempts, runs, timeout_ms, max_attempts",
     )?;
     let mut run_row = tx.prepare(
@@ -269,6 +270,26 @@ pub enum FailOutcome {
     Retry { run_after: i64 },
     /// Attempts exhausted (or not retryable): terminal.
     Failed,
+    /// An operator asked to cancel it while it ran: `cancelled` instead of requeued.
+    Cancelled,
+}
+
+/// If an operator asked to cancel the job while this run was ending, it becomes
+/// `cancelled` instead of going back to `pending` (where it could be claimed again before
+/// the daemon saw the request). `true` if so; the run ends with outcome `outcome`.
+fn cancel_if_requested(tx: &Transaction<'_>, id: i64, token: &str, outcome: &str, now: i64) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        &format!(
+            "UPDATE job_queue SET status = 'cancelled', completed_at = ?3,
+                    error = 'cancelled by an operator while running', {CLEAR_LOCK}
+             WHERE id = ?1 AND claim_token = ?2 AND status = 'running' AND cancel_requested_at IS NOT NULL"
+        ),
+        params![id, token, now],
+    )?;
+    if n == 1 {
+        end_run(tx, id, token, outcome, Some("cancelled by an operator"), now)?;
+    }
+    Ok(n == 1)
 }
 
 /// The current owner records a failure: `pending` at `retry_at` while attempts remain
@@ -299,8 +320,11 @@ pub fn fail(
     let outcome =
         if retryable && attempts < max { FailOutcome::Retry { run_after: retry_at } } else { FailOutcome::Failed };
     let (status, run_after, completed_at) = match outcome {
+        FailOutcome::Retry { .. } if cancel_if_requested(tx, id, token, "failed", now)? => {
+            return Ok(Some(FailOutcome::Cancelled));
+        }
         FailOutcome::Retry { run_after } => ("pending", Some(run_after), None),
-        FailOutcome::Failed => ("failed", None, Some(now)),
+        _ => ("failed", None, Some(now)),
     };
     tx.execute(
         &format!(
@@ -336,6 +360,9 @@ pub fn release(
     else {
         return Ok(None);
     };
+    if cancel_if_requested(tx, id, token, "released", now)? {
+        return Ok(Some(FailOutcome::Cancelled));
+    }
     if interruptions < max_interruptions {
         tx.execute(
             &format!(
@@ -384,6 +411,9 @@ pub fn abandon(
     else {
         return Ok(None);
     };
+    if !exhausted && cancel_if_requested(tx, id, token, "abandoned", now)? {
+        return Ok(Some(FailOutcome::Cancelled));
+    }
     if exhausted {
         tx.execute(
             &format!(

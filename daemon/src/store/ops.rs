@@ -264,7 +264,11 @@ pub fn lane_counts(
     Ok(out)
 }
 
-/// When the oldest pending job was enqueued.
-pub fn oldest_pending(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("SELECT MIN(created_at) FROM job_queue WHERE status = 'pending'", [], |r| r.get(0))
+/// Since when the longest-waiting *ready* job has been claimable (its `run_after`, for
+/// pending jobs whose `run_after` has passed): how far behind the queue is. Jobs
+/// scheduled for later, or backing off, are not waiting yet.
+pub fn oldest_pending(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT MIN(run_after) FROM job_queue WHERE status = 'pending' AND run_after <= ?1", [now], |r| {
+        r.get(0)
+    })
 }
