@@ -457,3 +457,74 @@ fn run_output_is_capped_per_file() {
     assert_eq!(&out[1024..], "\n[homerd: 98976 more bytes dropped: run_log_cap is 1024 bytes]\n");
     assert_eq!(std::fs::read_to_string(runs_dir.join(format!("{id}-1.err"))).unwrap(), "small\n");
 }
+
+/// A second signal cuts the drain short: the job is stopped and released at once instead
+/// of after shutdown_grace.
+#[test]
+fn a_second_signal_cuts_the_drain_short() {
+    let sb = Sandbox::new();
+    let mut d = active(&sb, &["--set", "shutdown_grace=1h"]);
+    let id = enqueue(&sb, &["sleep", "1h"]);
+    wait_job_event(&mut d, "job.claimed", id);
+    d.signal(libc::SIGTERM);
+    d.wait_event("shutdown.begin");
+    let t = Instant::now();
+    d.signal(libc::SIGINT);
+    d.wait_event("shutdown.hurry");
+    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+    eprintln!("second signal to exit: {:?}", t.elapsed());
+    assert!(t.elapsed() < deadline(5.0));
+    let (status, attempts, interruptions, _) = job_status(&sb, id);
+    assert_eq!((status.as_str(), attempts, interruptions), ("pending", 0, 1));
+}
+
+/// PITFALLS 7 with a job: A runs an exec job; A is paused (only A: its child keeps
+/// running); once A is stale, B (another lock path) takes over, kills A's recorded group
+/// before re-running the job, and completes it. Resumed, A is fenced: it stops, records
+/// nothing, exits 76. The run history shows one completion, by B.
+#[test]
+fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed() {
+    let sb = Sandbox::new();
+    let marks = sb.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = format!(
+        "if [ \"$HOMER_RUN\" = 1 ]; then echo $$ > {m}/run1; sleep 60; else \
+         s=$(awk '{{print $3}}' /proc/$(cat {m}/run1)/stat 2>/dev/null); \
+         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo overlap > {m}/OVERLAP; fi; fi",
+        m = marks.display()
+    );
+    let mut a = active(&sb, &[]);
+    let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
+    let pid1 = wait_job_event(&mut a, "job.started", id)["pid"].as_i64().unwrap();
+    // Pause A between transactions (a stopped SQLite writer would block B's start).
+    let probe = sql(&sb.db());
+    probe.busy_timeout(Duration::ZERO).unwrap();
+    loop {
+        a.signal(libc::SIGSTOP);
+        a.wait_stopped();
+        if probe.execute_batch("BEGIN IMMEDIATE; ROLLBACK").is_ok() {
+            break;
+        }
+        a.signal(libc::SIGCONT);
+    }
+    assert!(running(pid1), "A's child keeps running while A is paused");
+    let end = Instant::now() + deadline(30.0);
+    while status_json(&sb)["daemon"]["state"] != "stale" {
+        assert!(Instant::now() < end, "paused daemon never became stale");
+    }
+    let other = sb.dir.path().join("b.lock");
+    let mut b = active(&sb, &["--lock-file", other.to_str().unwrap()]);
+    let orphan = b.wait_event("job.orphan_group");
+    assert_eq!(orphan["killed"], true, "B must kill A's still-running group: {orphan}");
+    assert!(!running(pid1), "A's child outlived B's recovery");
+    wait_job_event(&mut b, "job.completed", id);
+    assert!(!marks.join("OVERLAP").exists(), "run 2 started while run 1 was alive");
+    a.signal(libc::SIGCONT);
+    a.wait_event("daemon.fenced");
+    assert_eq!(a.wait_exit().code(), Some(76), "{}", a.dump());
+    assert!(!a.has_event("job.completed"), "the fenced daemon recorded an outcome");
+    let r = runs(&sb, id);
+    let completed: Vec<_> = r.iter().filter(|x| x.2.as_deref() == Some("completed")).collect();
+    assert_eq!(completed.len(), 1, "{r:?}");
+    assert_eq!(r[0].2.as_deref(), Some("orphaned"), "{r:?}");
+}

@@ -24,3 +24,22 @@ fn ctrl_c_on_a_terminal_releases_the_lock_and_exits_0() {
     let log = String::from_utf8(bytes(&sb.log())).unwrap();
     assert!(log.contains("Daemon lock released") && log.contains("signal=\"SIGINT\""), "{log}");
 }
+
+/// On a terminal, human lines are coloured unless NO_COLOR is set.
+#[test]
+fn colour_on_a_terminal_unless_no_color() {
+    for no_color in [false, true] {
+        let sb = Sandbox::new();
+        let mut cmd = sb.cmd();
+        cmd.env("HOMER_LOG_FORMAT", "human").arg("run").args(FAST);
+        if !no_color {
+            cmd.env_remove("NO_COLOR");
+        }
+        let timeout_ms = deadline(20.0).as_millis() as u64;
+        let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+        let before = session.exp_string("Daemon active").expect("daemon became active");
+        assert_eq!(before.contains('\x1b'), !no_color, "NO_COLOR={no_color}: {before:?}");
+        session.send_control('c').expect("send ^C");
+        session.exp_eof().expect("exited");
+    }
+}
