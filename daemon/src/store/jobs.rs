@@ -102,14 +102,8 @@ pub fn claim(
         return Ok(Vec::new());
     }
     // Each ready lane's head, oldest first.
-    let mut heads: Vec<(String, i64, i64)> = {
-        let mut stmt = tx.prepare(
-            "SELECT lane, MIN(run_after), MIN(id) FROM job_queue
-             WHERE status = 'pending' AND run_after <= ?1 AND cancel_requested_at IS NULL GROUP BY lane",
-        )?;
-        let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
-        rows
-    };
+    let mut heads: Vec<(String, i64, i64)> =
+        lane_heads(tx)?.into_iter().filter(|(_, run_after, _)| *run_after <= now).collect();
     heads.sort_by_key(|(_, run_after, id)| (*run_after, *id));
     let mut queues: Vec<std::collections::VecDeque<i64>> = Vec::new();
     {
@@ -171,6 +165,26 @@ pub fn claim(
         }
     }
     Ok(claimed)
+}
+
+/// Every lane with pending jobs and its head (run_after, id), by an index skip-scan over
+/// `idx_queue_ready` (lane, run_after, id): O(lanes x log n), never a scan of all pending
+/// rows (a `GROUP BY lane` would read every one of them on every claim).
+pub fn lane_heads(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(String, i64, i64)>> {
+    let mut next_lane =
+        conn.prepare_cached("SELECT lane FROM job_queue INDEXED BY idx_queue_ready WHERE status = 'pending' AND lane > ?1 ORDER BY lane LIMIT 1")?;
+    let mut head = conn.prepare_cached(
+        "SELECT run_after, id FROM job_queue WHERE status = 'pending' AND lane = ?1 ORDER BY run_after, id LIMIT 1",
+    )?;
+    let mut out = Vec::new();
+    let mut after = String::new();
+    while let Some(lane) = next_lane.query_row([&after], |r| r.get::<_, String>(0)).optional()? {
+        if let Some((run_after, id)) = head.query_row([&lane], |r| Ok((r.get(0)?, r.get(1)?))).optional()? {
+            out.push((lane.clone(), run_after, id));
+        }
+        after = lane;
+    }
+    Ok(out)
 }
 
 /// Renews the leases of `held` (id, token) under `epoch`; returns the ids still ours.

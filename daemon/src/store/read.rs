@@ -119,7 +119,7 @@ pub fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
-/// The earliest `run_after` among pending jobs.
+/// The earliest `run_after` among pending jobs (from the lane heads: no full scan).
 pub fn next_run_after(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("SELECT MIN(run_after) FROM job_queue WHERE status = 'pending'", [], |r| r.get(0))
+    Ok(super::jobs::lane_heads(conn)?.into_iter().map(|(_, run_after, _)| run_after).min())
 }
