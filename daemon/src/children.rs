@@ -316,7 +316,10 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        // SAFETY: as in `release_pipe`; every fork happens on the spawner thread, here.
+        // No pipe2 on macOS: pipe, then FIOCLEX. Not atomic with respect to a fork on
+        // another thread, but every fork of the daemon happens on the spawner thread,
+        // which is the one running this.
+        // SAFETY: `fds` is a writable array of two ints.
         if unsafe { libc::pipe(fds.as_mut_ptr()) } == -1 {
             return Err(io::Error::last_os_error());
         }
@@ -336,32 +339,8 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// would leave close-on-exec set. (`try_clone` is `F_DUPFD_CLOEXEC` with a minimum of 3;
 /// `fcntl` itself is reserved to `lock`.)
 fn release_pipe() -> io::Result<(OwnedFd, File)> {
-    let mut fds = [0 as libc::c_int; 2];
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `fds` is a writable array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // No pipe2 on macOS. Not atomic with respect to a fork on another thread, but
-        // every fork of the daemon happens on the spawner thread, which is here.
-        // SAFETY: `fds` is a writable array of two ints.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // SAFETY: both descriptors were just created by pipe and are owned by nobody else.
-    let (mut read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from(OwnedFd::from_raw_fd(fds[1]))) };
-    #[cfg(not(target_os = "linux"))]
-    for fd in [read_end.as_raw_fd(), write_end.as_raw_fd()] {
-        // SAFETY: FIOCLEX sets close-on-exec on a descriptor we own (as std does on macOS).
-        if unsafe { libc::ioctl(fd, libc::FIOCLEX) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    let (mut read_end, write_end) = cloexec_pipe()?;
+    let write_end = File::from(write_end);
     // Each clone lands on the lowest free fd >= 3 while the earlier ones stay open, so
     // this ends within two rounds.
     let mut superseded = Vec::new();
