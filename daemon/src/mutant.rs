@@ -14,6 +14,11 @@ pub const NO_LEADER_REFUSAL: &str = "no_leader_refusal";
 pub const NO_EPOCH_GUARD: &str = "no_epoch_guard";
 pub const WRITES_BEFORE_VALIDATION: &str = "writes_before_validation";
 pub const NO_BUSY_TIMEOUT: &str = "no_busy_timeout";
+pub const NO_OWNER_TOKEN_GUARD: &str = "no_owner_token_guard";
+pub const NO_IMMEDIATE_RECOVERY: &str = "no_immediate_recovery";
+pub const NO_GROUP_KILL: &str = "no_group_kill";
+pub const NO_LEASE_SELF_KILL: &str = "no_lease_self_kill";
+pub const NO_DRAIN_GIVE_BACK: &str = "no_drain_give_back";
 
 pub const ALL: &[&str] = &[
     LOCK_NO_CLOEXEC,
@@ -24,6 +29,11 @@ pub const ALL: &[&str] = &[
     NO_EPOCH_GUARD,
     WRITES_BEFORE_VALIDATION,
     NO_BUSY_TIMEOUT,
+    NO_OWNER_TOKEN_GUARD,
+    NO_IMMEDIATE_RECOVERY,
+    NO_GROUP_KILL,
+    NO_LEASE_SELF_KILL,
+    NO_DRAIN_GIVE_BACK,
 ];
 
 /// Whether mutant `name` is selected in this process.

@@ -106,7 +106,7 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     if !orphans.is_empty() {
         failpoint::hit("recovery.before_kill").map_err(|e| format!("recovery: {e}"))?;
     }
-    for c in &orphans {
+    for c in orphans.iter().filter(|_| !crate::mutant::active(crate::mutant::NO_GROUP_KILL)) {
         let recorded = RecordedChild { pid: c.pid, pgid: c.pgid, boot_id: c.boot_id.clone(), start_time: c.start_time };
         match children::kill_recorded_group(&recorded, kill_limit) {
             Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
@@ -571,7 +571,7 @@ impl JobContext {
         // cannot be killed keeps this run — and its row — until it can: never requeue
         // beside it.
         let mut tries = 0u64;
-        while children::group_alive(child.pgid) {
+        while !crate::mutant::active(crate::mutant::NO_GROUP_KILL) && children::group_alive(child.pgid) {
             let limit = self.kill_grace + Duration::from_secs(5);
             if let Err(e) = children::kill_group_and_wait(child.pgid, Duration::ZERO, limit) {
                 tries += 1;

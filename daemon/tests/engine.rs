@@ -528,3 +528,39 @@ fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed(
     assert_eq!(completed.len(), 1, "{r:?}");
     assert_eq!(r[0].2.as_deref(), Some("orphaned"), "{r:?}");
 }
+
+/// PITFALLS 4: a job child must never inherit the lock. The job forks a grandchild that
+/// outlives it; the daemon is killed; a new start must win the lock. The lock file is
+/// re-acquired first so the lock lives on a descriptor other than 3 (the shim's release
+/// pipe is dup2'ed onto fd 3, which would otherwise hide a missing close-on-exec).
+#[test]
+fn a_job_never_inherits_the_lock() {
+    let sb = Sandbox::new();
+    let mut a = active(&sb, &[]);
+    std::fs::remove_file(sb.lock()).unwrap();
+    a.wait_event("lock.reacquired");
+    // A descendant that leaves the job's process group (setsid) outlives the job and is
+    // outside any group kill: only close-on-exec keeps the lock out of its hands.
+    let gc = sb.dir.path().join("escaped");
+    let script =
+        format!("setsid -f sh -c 'echo $$ > {}; exec sleep 60' < /dev/null > /dev/null 2>&1; exit 0", gc.display());
+    let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
+    wait_job_event(&mut a, "job.completed", id);
+    let end = Instant::now() + deadline(10.0);
+    let escaped: i64 = loop {
+        if let Some(pid) = std::fs::read_to_string(&gc).ok().and_then(|s| s.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < end, "the escaped process never wrote its pid");
+    };
+    assert!(running(escaped), "the setsid'ed process should outlive its job (outside any group kill)");
+    a.signal(libc::SIGKILL);
+    a.wait_exit();
+    let mut b = sb.start(&engine_args(&[]));
+    let v = b.wait_for("the new start's outcome", deadline(20.0), |v| {
+        v["event"] == "daemon.active" || v["event"] == "lock.busy"
+    });
+    // SAFETY: cleaning up the escaped process we deliberately created.
+    unsafe { libc::kill(escaped as i32, libc::SIGKILL) };
+    assert_eq!(v["event"], "daemon.active", "a job's escaped descendant kept the lock: {}", b.dump());
+}

@@ -299,7 +299,9 @@ impl<S: JobStore> Coordinator<S> {
         let leader_at = st.leader_at;
         let mut out = Vec::new();
         for lease in st.leases.values().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
-            let reason = if now_mono >= lease.kill_by(&self.cfg, leader_at) {
+            let lease_expired = now_mono >= lease.kill_by(&self.cfg, leader_at)
+                && !crate::mutant::active(crate::mutant::NO_LEASE_SELF_KILL);
+            let reason = if lease_expired {
                 Some(StopReason::LeaseLost)
             } else if lease.timeout_at.is_some_and(|t| now_mono >= t) {
                 Some(StopReason::Timeout)

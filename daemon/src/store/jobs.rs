@@ -264,6 +264,16 @@ pub fn complete(
     result: Option<&str>,
     now: i64,
 ) -> rusqlite::Result<bool> {
+    if crate::mutant::active(crate::mutant::NO_OWNER_TOKEN_GUARD) {
+        // Mutant: whoever finishes last writes the outcome, token or not.
+        let n = tx.execute(
+            &format!(
+                "UPDATE job_queue SET status = 'completed', result = ?2, completed_at = ?3, {CLEAR_LOCK} WHERE id = ?1"
+            ),
+            params![id, result, now],
+        )?;
+        return Ok(n == 1);
+    }
     let n = tx.execute(
         &format!(
             "UPDATE job_queue SET status = 'completed', result = ?4, completed_at = ?5, {CLEAR_LOCK}
@@ -380,11 +390,11 @@ pub fn release(
     if interruptions < max_interruptions {
         tx.execute(
             &format!(
-                "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
+                "UPDATE job_queue SET status = 'pending', attempts = attempts - ?3, interruptions = interruptions + ?3,
                         {CLEAR_LOCK}
                  WHERE id = ?1 AND claim_token = ?2"
             ),
-            params![id, token],
+            params![id, token, if crate::mutant::active(crate::mutant::NO_DRAIN_GIVE_BACK) { 0 } else { 1 }],
         )?;
         end_run(tx, id, token, "released", None, now)?;
         return Ok(Some(FailOutcome::Retry { run_after: now }));
@@ -501,6 +511,11 @@ pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<OrphanChild
 /// its heartbeat age (PITFALLS 10, 11).
 pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlite::Result<Recovered> {
     let mut out = Recovered { children: orphan_children(tx)?, ..Recovered::default() };
+    if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
+        // Mutant: a restart right after a crash leaves the orphans `running` (the original
+        // daemon recovered only rows whose heartbeat was older than the threshold).
+        return Ok(Recovered::default());
+    }
     let error = "orphaned: the daemon running it stopped without recording an outcome";
     tx.execute(
         "UPDATE job_runs SET ended_at = ?1, outcome = 'orphaned', error = ?2

@@ -65,7 +65,12 @@ impl Sandbox {
         let mut c = Command::new(bin());
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
-            if (k.starts_with("HOMER_") || k.starts_with("HOMERD_")) && k != "HOMER_TEST_TIME_SCALE" {
+            // HOMERD_MUTANT passes through: the mutation runs point the suite at a broken
+            // daemon (README "Teeth").
+            if (k.starts_with("HOMER_") || k.starts_with("HOMERD_"))
+                && k != "HOMER_TEST_TIME_SCALE"
+                && k != "HOMERD_MUTANT"
+            {
                 c.env_remove(k);
             }
         }
