@@ -542,8 +542,15 @@ fn a_job_never_inherits_the_lock() {
     // A descendant that leaves the job's process group (setsid) outlives the job and is
     // outside any group kill: only close-on-exec keeps the lock out of its hands.
     let gc = sb.dir.path().join("escaped");
-    let script =
-        format!("setsid -f sh -c 'echo $$ > {}; exec sleep 60' < /dev/null > /dev/null 2>&1; exit 0", gc.display());
+    // `setsid -f` forks, and until the forked child calls setsid() it is still in the
+    // job's group, where the job thread's group kill (correctly) reaches it. So the job
+    // waits (bounded) until its descendant has escaped — it writes its pid only after
+    // setsid — before exiting.
+    let script = format!(
+        "setsid -f sh -c 'echo $$ > {f}.tmp; mv {f}.tmp {f}; exec sleep 60' < /dev/null > /dev/null 2>&1; \
+         i=0; while [ ! -s {f} ] && [ $i -lt 2000 ]; do i=$((i+1)); sleep 0.01; done; exit 0",
+        f = gc.display()
+    );
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
     wait_job_event(&mut a, "job.completed", id);
     let end = Instant::now() + deadline(10.0);
