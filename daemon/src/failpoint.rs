@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -39,10 +40,16 @@ pub enum Action {
     Sleep(u64),
 }
 
-fn armed() -> &'static BTreeMap<String, Action> {
-    static ARMED: OnceLock<BTreeMap<String, Action>> = OnceLock::new();
+/// An armed failpoint: its action and, with `action@N`, how many more hits may act.
+struct Armed {
+    action: Action,
+    remaining: Option<AtomicU32>,
+}
+
+fn armed() -> &'static BTreeMap<String, Armed> {
+    static ARMED: OnceLock<BTreeMap<String, Armed>> = OnceLock::new();
     ARMED.get_or_init(|| match std::env::var(ENV) {
-        Ok(spec) => parse(&spec).unwrap_or_else(|e| {
+        Ok(spec) => parse_limited(&spec).unwrap_or_else(|e| {
             // Unparseable failpoints are a broken test setup: refuse loudly rather than
             // run a test that silently does not inject its fault.
             eprintln!("homerd: {ENV}: {e}");
@@ -52,8 +59,14 @@ fn armed() -> &'static BTreeMap<String, Action> {
     })
 }
 
-/// Parses `name=action;name=action`.
+/// Parses `name=action;name=action` (a `@N` suffix is accepted and dropped here).
 pub fn parse(spec: &str) -> Result<BTreeMap<String, Action>, String> {
+    Ok(parse_limited(spec)?.into_iter().map(|(k, a)| (k, a.action)).collect())
+}
+
+/// Parses `name=action[@N];...`: with `@N` only the first N hits act (later hits are
+/// inert), so a scenario can stop a retry loop exactly once.
+fn parse_limited(spec: &str) -> Result<BTreeMap<String, Armed>, String> {
     let mut out = BTreeMap::new();
     for item in spec.split([';', ',']).map(str::trim).filter(|s| !s.is_empty()) {
         let (name, action) = item.split_once('=').ok_or_else(|| format!("`{item}`: expected name=action"))?;
@@ -61,7 +74,14 @@ pub fn parse(spec: &str) -> Result<BTreeMap<String, Action>, String> {
         if !KNOWN.contains(&name) && !name.starts_with("test.") && !extra_known(name) {
             return Err(format!("unknown failpoint `{name}`; known: {}", all_known().join(", ")));
         }
-        out.insert(name.to_owned(), parse_action(action.trim())?);
+        let (action, limit) = match action.trim().rsplit_once('@') {
+            Some((a, n)) => {
+                let n: u32 = n.trim().parse().map_err(|_| format!("`{item}`: expected action@N with N a count"))?;
+                (a, Some(AtomicU32::new(n)))
+            }
+            None => (action.trim(), None),
+        };
+        out.insert(name.to_owned(), Armed { action: parse_action(action.trim())?, remaining: limit });
     }
     Ok(out)
 }
@@ -121,7 +141,13 @@ fn errno_by_name(name: &str) -> Option<i32> {
 pub fn announce() {
     let armed = armed();
     if !armed.is_empty() {
-        let list: Vec<String> = armed.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let list: Vec<String> = armed
+            .iter()
+            .map(|(k, v)| match &v.remaining {
+                Some(n) => format!("{k}={:?}@{}", v.action, n.load(Ordering::Relaxed)),
+                None => format!("{k}={:?}", v.action),
+            })
+            .collect();
         events::warn("failpoint.armed", "Failpoints armed (test build hooks)")
             .field("failpoints", list.join(";"))
             .emit();
@@ -131,7 +157,13 @@ pub fn announce() {
 /// Runs the failpoint `name` if armed. `Ok(())` when inert.
 pub fn hit(name: &'static str) -> io::Result<()> {
     debug_assert!(all_known().contains(&name) || name.starts_with("test."), "undeclared failpoint {name}");
-    let Some(action) = armed().get(name) else { return Ok(()) };
+    let Some(armed) = armed().get(name) else { return Ok(()) };
+    if let Some(remaining) = &armed.remaining {
+        if remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Ok(()); // its hits are used up
+        }
+    }
+    let action = &armed.action;
     events::warn("failpoint.hit", "Failpoint hit").field("failpoint", name).emit();
     match action {
         Action::Stop => {
@@ -164,6 +196,18 @@ mod tests {
         assert_eq!(m["migrate.mid_file"], Action::Abort);
         assert_eq!(m["epoch.before_bump"], Action::Sleep(25));
         assert_eq!(m["shutdown.before_release"], Action::Error(libc::EIO));
+    }
+
+    #[test]
+    fn a_count_limits_the_hits_that_act() {
+        let m = parse_limited("lock.after_open=error(EIO)@2").unwrap();
+        let armed = &m["lock.after_open"];
+        assert_eq!(armed.action, Action::Error(libc::EIO));
+        let take =
+            || armed.remaining.as_ref().unwrap().fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        assert!(take().is_ok() && take().is_ok());
+        assert!(take().is_err(), "a third hit must be inert");
+        assert!(parse("lock.after_open=stop@x").is_err());
     }
 
     #[test]

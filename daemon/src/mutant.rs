@@ -19,6 +19,7 @@ pub const NO_IMMEDIATE_RECOVERY: &str = "no_immediate_recovery";
 pub const NO_GROUP_KILL: &str = "no_group_kill";
 pub const NO_LEASE_SELF_KILL: &str = "no_lease_self_kill";
 pub const NO_DRAIN_GIVE_BACK: &str = "no_drain_give_back";
+pub const DEFERRED_CLAIM: &str = "deferred_claim";
 
 pub const ALL: &[&str] = &[
     LOCK_NO_CLOEXEC,
@@ -34,6 +35,7 @@ pub const ALL: &[&str] = &[
     NO_GROUP_KILL,
     NO_LEASE_SELF_KILL,
     NO_DRAIN_GIVE_BACK,
+    DEFERRED_CLAIM,
 ];
 
 /// Whether mutant `name` is selected in this process.
@@ -41,7 +43,12 @@ pub const ALL: &[&str] = &[
 pub fn active(name: &str) -> bool {
     use std::sync::OnceLock;
     static SELECTED: OnceLock<Option<String>> = OnceLock::new();
-    SELECTED.get_or_init(|| std::env::var("HOMERD_MUTANT").ok()).as_deref() == Some(name)
+    // `a+b` selects several: some mechanisms are layered (a stale worker's write is stopped by
+    // both the epoch check and the owner/token guard), and only their sum is observable.
+    SELECTED
+        .get_or_init(|| std::env::var("HOMERD_MUTANT").ok())
+        .as_deref()
+        .is_some_and(|s| s.split('+').any(|m| m == name))
 }
 
 /// Whether mutant `name` is selected in this process (never, in this build).

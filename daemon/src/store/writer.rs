@@ -177,7 +177,15 @@ fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, 
         }
         *current = Some(wanted);
     }
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+    // IMMEDIATE takes the write lock up front, waiting in the busy handler. A deferred
+    // transaction would start as a read (the epoch check) and upgrade at the first write,
+    // which fails at once with SQLITE_BUSY when another connection committed meanwhile.
+    let behavior = if crate::mutant::active(crate::mutant::DEFERRED_CLAIM) {
+        TransactionBehavior::Deferred
+    } else {
+        TransactionBehavior::Immediate
+    };
+    let tx = match conn.transaction_with_behavior(behavior) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, e),
     };

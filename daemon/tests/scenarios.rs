@@ -1,0 +1,63 @@
+//! Every `scenarios/*.toml` file as one test, run by the harness against this package's
+//! `homerd` binary. The binary is its own test harness (libtest-mimic) because it is also the
+//! effects probe the scenarios' jobs exec (`<this binary> __probe ...`), and because the
+//! harness must install its signal handling and become a child subreaper before any thread
+//! exists: SIGINT or SIGTERM to this binary kills every process the scenarios started.
+//!
+//! `HOMER_TEST_TIME_SCALE` scales every deadline; `HOMERD_MUTANT` (with a `mutants` build)
+//! points the scenarios at a broken daemon, as `cargo xtask mutants` does.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use homer_harness::{exec, probe, procs, scenario};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    let mut args = std::env::args();
+    let _ = args.next();
+    if args.next().as_deref() == Some("__probe") {
+        std::process::exit(probe::probe_main(args.collect()));
+    }
+    procs::init();
+    let me = std::env::current_exe().expect("the test binary's path");
+    let opts = exec::Options {
+        daemon: PathBuf::from(env!("CARGO_BIN_EXE_homerd")),
+        probe: vec![OsString::from(&me), OsString::from("__probe")],
+        time_scale: exec::Options::time_scale_from_env(),
+        keep: std::env::var_os("HOMER_HARNESS_KEEP").is_some(),
+        mutant: std::env::var("HOMERD_MUTANT").ok(),
+        snapshot_dir: homer_harness::repo_scenarios_dir().join("snapshots"),
+    };
+    let files = homer_harness::collect_scenarios(&[homer_harness::repo_scenarios_dir()]).expect("list scenarios/");
+    let trials = files
+        .into_iter()
+        .map(|path| {
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let opts = opts.clone();
+            let linux_only = scenario::parse_file(&path).map(|s| skip_here(&s)).unwrap_or(None);
+            Trial::test(name, move || {
+                let sc = scenario::parse_file(&path).map_err(|e| Failed::from(e.to_string()))?;
+                let r = exec::run_scenario(&sc, &opts);
+                if let Some(k) = &r.kept {
+                    eprintln!("sandbox kept: {}", k.display());
+                }
+                match r.outcome {
+                    exec::Outcome::Passed => Ok(()),
+                    // Reported as ignored with the reason by the marking below; never a pass.
+                    exec::Outcome::Skipped(why) => Err(Failed::from(format!("skipped unexpectedly: {why}"))),
+                    exec::Outcome::Failed(f) => Err(Failed::from(format!("{} failed:\n{f}", sc.name))),
+                }
+            })
+            .with_ignored_flag(linux_only.is_some())
+            .with_kind(linux_only.unwrap_or_default())
+        })
+        .collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
+
+/// Scenarios whose requirements this system cannot meet are reported as ignored, with the
+/// reason as the test's kind (shown as `[reason]` in the test list), never passed.
+fn skip_here(sc: &scenario::Scenario) -> Option<String> {
+    exec::run_skip_reason(sc).map(|why| format!("skipped: {why}"))
+}

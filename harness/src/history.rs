@@ -1,0 +1,443 @@
+//! The history of one scenario run: the data the invariant checkers (`check.rs`) judge.
+//!
+//! Three independent sources, deliberately kept apart so one cannot vouch for another:
+//! - what `homerd` *said*: every JSON event line its processes printed ([`Event`]), with the
+//!   harness's own receive order (`seq`) and receive time (`at`), plus each process's life
+//!   and end ([`ProcRecord`]);
+//! - what the jobs *did*: the effects log the probe (`probe.rs`) appends to, which does not
+//!   trust the daemon at all ([`Effect`], [`parse_effects`]);
+//! - what the database *holds* at the end: a consistent snapshot of `job_queue`,
+//!   `job_runs`, the leader epoch and `PRAGMA integrity_check` ([`DbState::read`]).
+//!
+//! Invariants: `Event::seq` is a single order across all processes of a scenario (the
+//! order in which the harness received the lines), and `Event::at` / `ProcRecord::started`
+//! / `ProcRecord::exited` are all measured on the same clock since the scenario started,
+//! so events and exits of different processes can be compared. A [`DbState`] is read in
+//! one read transaction, so its tables agree with each other. Nothing here writes to the
+//! database: it is opened read-only.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One JSON line a `homerd` process printed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// The scenario's name for the process (e.g. `a`, `b`, `cli.3`).
+    pub proc_name: String,
+    pub pid: u32,
+    /// Global receive order across all processes of the scenario.
+    pub seq: u64,
+    /// Receive time since the scenario started.
+    pub at: Duration,
+    /// The parsed line.
+    pub json: Value,
+}
+
+impl Event {
+    /// The event's stable name (`json["event"]`), or `""` for a line without one.
+    pub fn name(&self) -> &str {
+        self.json.get("event").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// An integer field; `None` if absent or not an integer that fits an `i64`.
+    pub fn field_i64(&self, key: &str) -> Option<i64> {
+        self.json.get(key).and_then(Value::as_i64)
+    }
+
+    /// An unsigned integer field (device and inode numbers are `u64`).
+    pub fn field_u64(&self, key: &str) -> Option<u64> {
+        self.json.get(key).and_then(Value::as_u64)
+    }
+
+    /// A string field; `None` if absent or not a string.
+    pub fn field_str(&self, key: &str) -> Option<&str> {
+        self.json.get(key).and_then(Value::as_str)
+    }
+}
+
+// Not `Copy`: callers already `.clone()` it, which clippy's `clone_on_copy` would reject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcKind {
+    /// A long-running `homerd run`.
+    Daemon,
+    /// A short CLI call (`enqueue`, `status`, `migrate`, ...).
+    Cli,
+}
+
+/// One process the scenario started, and how it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcRecord {
+    pub name: String,
+    pub pid: u32,
+    pub kind: ProcKind,
+    pub started: Duration,
+    /// When the harness saw it exit; `None` if it was still running when the history was
+    /// taken.
+    pub exited: Option<Duration>,
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+}
+
+/// What a record of the effects log says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectKind {
+    /// A run of the job began its work (it holds the job's flock).
+    Start,
+    /// A run of the job finished its work (still holding the flock).
+    End,
+    /// A run found the job's flock held: another run of the same job was alive.
+    Overlap,
+    GrandchildStart,
+    GrandchildEnd,
+}
+
+/// One record of the effects log (`probe.rs` writes them; one JSON object per line, in
+/// exactly this field order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effect {
+    pub kind: EffectKind,
+    /// `HOMER_JOB_ID`.
+    pub job_id: i64,
+    /// `HOMER_RUN`.
+    pub run: i64,
+    /// `HOMER_ATTEMPT`.
+    pub attempt: i64,
+    /// `HOMER_CLAIM_TOKEN`.
+    pub token: String,
+    /// The writing process (the probe, or its grandchild).
+    pub pid: u32,
+    /// `CLOCK_MONOTONIC` in nanoseconds: system-wide, so records of different processes
+    /// compare.
+    pub mono_ns: u64,
+}
+
+/// Parses the effects log. A last line without its newline is a record whose writer died
+/// mid-write (each record is one `write(2)` ending in `\n`), so it is ignored; any other
+/// malformed line is an error naming its line number.
+pub fn parse_effects(text: &str) -> Result<Vec<Effect>, String> {
+    // Everything after the last newline is torn (or empty).
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    let mut effects = Vec::new();
+    for (index, line) in complete.split('\n').enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let effect = serde_json::from_str::<Effect>(line)
+            .map_err(|e| format!("effects log line {}: {e}: {line:?}", index + 1))?;
+        effects.push(effect);
+    }
+    Ok(effects)
+}
+
+/// A `job_queue` row, reduced to what the checkers judge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: i64,
+    pub status: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub interruptions: i64,
+    pub locked_by: Option<String>,
+    pub claim_token: Option<String>,
+    pub claim_epoch: Option<i64>,
+    pub runs: i64,
+}
+
+impl JobRow {
+    /// `completed`, `failed` and `cancelled` are terminal (DESIGN.md "Job states").
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+/// A `job_runs` row, reduced to what the checkers judge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: i64,
+    pub job_id: i64,
+    pub run: i64,
+    pub attempt: i64,
+    pub epoch: i64,
+    pub claim_token: String,
+    pub outcome: Option<String>,
+    /// `ended_at IS NOT NULL`.
+    pub ended: bool,
+}
+
+/// The database at the end of a scenario (or at a `check` step).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbState {
+    /// Ordered by id.
+    pub jobs: Vec<JobRow>,
+    /// Ordered by id, i.e. in commit order.
+    pub runs: Vec<RunRow>,
+    pub leader_epoch: i64,
+    /// `PRAGMA integrity_check`'s rows joined with `"; "`: exactly `"ok"` when healthy.
+    pub integrity: String,
+}
+
+impl DbState {
+    /// Reads a snapshot of `db` through a read-only connection (no write, no PRAGMA that
+    /// changes anything), waiting up to 10 s for a writer. All reads share one read
+    /// transaction so the tables agree.
+    // The workspace bans direct rusqlite calls so that the daemon's SQL stays in its store
+    // module; this is the harness's independent read-only inspection, not daemon SQL.
+    #[allow(clippy::disallowed_methods)]
+    pub fn read(db: &Path) -> Result<DbState, String> {
+        let context = |what: &str, e: rusqlite::Error| format!("{}: {what}: {e}", db.display());
+        let mut conn =
+            Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| context("open read-only", e))?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| context("busy_timeout", e))?;
+        let tx = conn.transaction().map_err(|e| context("begin", e))?;
+
+        let jobs = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT id, status, attempts, max_attempts, interruptions, locked_by, claim_token,
+                            claim_epoch, runs
+                     FROM job_queue ORDER BY id",
+                )
+                .map_err(|e| context("read job_queue", e))?;
+            stmt.query_map([], |r| {
+                Ok(JobRow {
+                    id: r.get(0)?,
+                    status: r.get(1)?,
+                    attempts: r.get(2)?,
+                    max_attempts: r.get(3)?,
+                    interruptions: r.get(4)?,
+                    locked_by: r.get(5)?,
+                    claim_token: r.get(6)?,
+                    claim_epoch: r.get(7)?,
+                    runs: r.get(8)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| context("read job_queue", e))?
+        };
+
+        let runs = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT id, job_id, run, attempt, epoch, claim_token, outcome, ended_at IS NOT NULL
+                     FROM job_runs ORDER BY id",
+                )
+                .map_err(|e| context("read job_runs", e))?;
+            stmt.query_map([], |r| {
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    job_id: r.get(1)?,
+                    run: r.get(2)?,
+                    attempt: r.get(3)?,
+                    epoch: r.get(4)?,
+                    claim_token: r.get(5)?,
+                    outcome: r.get(6)?,
+                    ended: r.get(7)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| context("read job_runs", e))?
+        };
+
+        // Migration 009 inserts the one row; a missing row is itself worth reporting.
+        let leader_epoch = tx
+            .query_row("SELECT epoch FROM leader WHERE id = 1", [], |r| r.get::<_, i64>(0))
+            .optional()
+            .map_err(|e| context("read leader", e))?
+            .ok_or_else(|| format!("{}: the leader table has no row", db.display()))?;
+
+        let integrity = {
+            let mut stmt = tx.prepare("PRAGMA integrity_check").map_err(|e| context("integrity_check", e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| context("integrity_check", e))?;
+            rows.join("; ")
+        };
+
+        // Read-only: nothing to commit, and dropping would roll back anyway.
+        tx.rollback().map_err(|e| context("end read transaction", e))?;
+        Ok(DbState { jobs, runs, leader_epoch, integrity })
+    }
+
+    pub fn job(&self, id: i64) -> Option<&JobRow> {
+        self.jobs.iter().find(|j| j.id == id)
+    }
+
+    /// The runs of one job, in id order.
+    pub fn runs_of(&self, job_id: i64) -> impl Iterator<Item = &RunRow> + '_ {
+        self.runs.iter().filter(move |r| r.job_id == job_id)
+    }
+}
+
+/// Everything the checkers judge about one scenario run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    pub procs: Vec<ProcRecord>,
+    pub events: Vec<Event>,
+    pub effects: Vec<Effect>,
+    /// `None` when there was no database to read (e.g. every start was refused).
+    pub db: Option<DbState>,
+    /// Job ids whose enqueue printed an id (acknowledged: must never be lost).
+    pub acked: Vec<i64>,
+}
+
+impl History {
+    /// The record of the process that printed `event`.
+    pub fn proc_of(&self, event: &Event) -> Option<&ProcRecord> {
+        self.procs.iter().find(|p| p.name == event.proc_name && p.pid == event.pid)
+    }
+
+    /// All events in receive order (`seq`), whatever order `events` was filled in.
+    pub fn events_in_order(&self) -> Vec<&Event> {
+        let mut events: Vec<&Event> = self.events.iter().collect();
+        events.sort_by_key(|e| e.seq);
+        events
+    }
+
+    /// Events named `name`, in receive order.
+    pub fn events_named(&self, name: &str) -> Vec<&Event> {
+        self.events_in_order().into_iter().filter(|e| e.name() == name).collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures write the database the way the daemon would
+mod tests {
+    use super::*;
+
+    fn effect(kind: EffectKind, run: i64) -> Effect {
+        Effect { kind, job_id: 7, run, attempt: 1, token: String::from("t\"ok"), pid: 42, mono_ns: 1_000 + run as u64 }
+    }
+
+    #[test]
+    fn effects_round_trip_and_ignore_a_torn_last_line() {
+        let records = [effect(EffectKind::Start, 1), effect(EffectKind::GrandchildEnd, 1), effect(EffectKind::End, 1)];
+        let mut text: String = records.iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
+        assert!(text.starts_with(r#"{"kind":"start","job_id":7,"run":1,"attempt":1,"token":"t\"ok","pid":42,"#));
+        assert!(text.contains(r#""kind":"grandchild_end""#));
+        text.push_str(r#"{"kind":"start","job_id":7,"ru"#);
+        assert_eq!(parse_effects(&text).unwrap(), records);
+        assert_eq!(parse_effects("").unwrap(), []);
+        assert_eq!(parse_effects("{\"kind\"").unwrap(), []);
+    }
+
+    #[test]
+    fn a_malformed_complete_line_is_an_error_with_its_number() {
+        let good = serde_json::to_string(&effect(EffectKind::Start, 1)).unwrap();
+        let err = parse_effects(&format!("{good}\n\n{{\"kind\":\"sideways\"}}\n")).unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn event_fields() {
+        let e = Event {
+            proc_name: String::from("a"),
+            pid: 1,
+            seq: 0,
+            at: Duration::ZERO,
+            json: serde_json::json!({"event": "lock.acquired", "epoch": 3, "dev": u64::MAX, "path": "/x"}),
+        };
+        assert_eq!(e.name(), "lock.acquired");
+        assert_eq!(e.field_i64("epoch"), Some(3));
+        assert_eq!(e.field_i64("dev"), None);
+        assert_eq!(e.field_u64("dev"), Some(u64::MAX));
+        assert_eq!(e.field_str("path"), Some("/x"));
+        assert_eq!(e.field_str("epoch"), None);
+        let unnamed = Event { json: serde_json::json!({"msg": "x"}), ..e };
+        assert_eq!(unnamed.name(), "");
+    }
+
+    /// Applies the real migrations (as the daemon would) so the queries are checked against
+    /// the schema, not against an assumption about it.
+    fn migrated_db(path: &Path) -> Connection {
+        const MIGRATIONS: [&str; 10] = [
+            include_str!("../../migrations/001_job_queue.sql"),
+            include_str!("../../migrations/002_job_queue_indexes.sql"),
+            include_str!("../../migrations/003_job_status_guard.sql"),
+            include_str!("../../migrations/004_job_locking.sql"),
+            include_str!("../../migrations/005_job_retries.sql"),
+            include_str!("../../migrations/006_job_claims.sql"),
+            include_str!("../../migrations/007_cancelled.sql"),
+            include_str!("../../migrations/008_job_runs.sql"),
+            include_str!("../../migrations/009_leader.sql"),
+            include_str!("../../migrations/010_operator.sql"),
+        ];
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TEMP TABLE _migration_clock (now_ms INTEGER); INSERT INTO temp._migration_clock VALUES (0);",
+        )
+        .unwrap();
+        for sql in MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn reads_a_consistent_snapshot_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("homer.db");
+        let conn = migrated_db(&path);
+        conn.execute_batch(
+            "INSERT INTO job_queue (id, kind, status, created_at, attempts, runs, locked_by, claim_token, claim_epoch)
+                 VALUES (1, 'noop', 'completed', 0, 1, 1, NULL, NULL, NULL),
+                        (2, 'noop', 'running', 0, 2, 2, 'w', 'tok2', 4);
+             INSERT INTO job_runs (job_id, run, attempt, epoch, claim_token, worker, started_at, ended_at, outcome)
+                 VALUES (1, 1, 1, 3, 'tok1', 'w', 0, 5, 'completed'),
+                        (2, 1, 1, 3, 'tokx', 'w', 0, 5, 'orphaned'),
+                        (2, 2, 2, 4, 'tok2', 'w', 0, NULL, NULL);
+             UPDATE leader SET epoch = 4;",
+        )
+        .unwrap();
+        // The daemon keeps its connection open while the harness reads.
+        let state = DbState::read(&path).unwrap();
+        assert_eq!(state.leader_epoch, 4);
+        assert_eq!(state.integrity, "ok");
+        assert_eq!(state.jobs.len(), 2);
+        assert_eq!(
+            state.jobs[1],
+            JobRow {
+                id: 2,
+                status: String::from("running"),
+                attempts: 2,
+                max_attempts: 3,
+                interruptions: 0,
+                locked_by: Some(String::from("w")),
+                claim_token: Some(String::from("tok2")),
+                claim_epoch: Some(4),
+                runs: 2,
+            }
+        );
+        assert!(state.jobs[0].is_terminal() && !state.jobs[1].is_terminal());
+        assert_eq!(
+            state.runs.iter().map(|r| (r.job_id, r.run, r.ended)).collect::<Vec<_>>(),
+            [(1, 1, true), (2, 1, true), (2, 2, false)]
+        );
+        assert_eq!(state.runs[0].outcome.as_deref(), Some("completed"));
+        assert_eq!(state.runs_of(2).count(), 2);
+        assert_eq!(state.job(1).map(|j| j.status.as_str()), Some("completed"));
+    }
+
+    #[test]
+    fn a_missing_or_foreign_database_is_an_error_not_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.db");
+        assert!(DbState::read(&missing).is_err());
+        assert!(!missing.exists(), "a read-only open must not create the file");
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+        let err = DbState::read(&foreign).unwrap_err();
+        assert!(err.contains("job_queue"), "{err}");
+    }
+}

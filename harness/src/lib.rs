@@ -1,0 +1,84 @@
+//! homer-harness: replays scenario files against real `homerd` processes in temp sandboxes
+//! and checks invariants over the database, the daemons' events and an independent effects
+//! history (see `scenarios/README.md` and ARCHITECTURE.md).
+//!
+//! - [`scenario`]: the file format and its validating parser.
+//! - [`exec`]: runs one scenario (sandbox, processes, steps, teardown).
+//! - [`procs`]: owns every process the harness starts (subreaper, markers, cleanup, signals).
+//! - [`probe`]: the effects probe jobs `exec`; [`history`] and [`check`]: the invariants.
+//! - [`report`]: live lines, the summary table, JUnit XML.
+//! - [`fuzz`]: randomized fault runs composed from the same steps.
+
+pub mod check;
+pub mod exec;
+pub mod fuzz;
+pub mod history;
+pub mod probe;
+pub mod procs;
+pub mod report;
+pub mod scenario;
+pub mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+/// Every `*.toml` under the given files and directories, sorted.
+pub fn collect_scenarios(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            for entry in std::fs::read_dir(p)? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    out.push(path);
+                }
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The repository's `scenarios/` directory (for the test binaries and defaults).
+pub fn repo_scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("scenarios")
+}
+
+/// Run parsed scenarios on `jobs` threads, `repeat` times each (or until the first failure
+/// with `until_fail`), calling `on_result` as each finishes. Results come back in finish order.
+pub fn run_all(
+    scenarios: &[scenario::Scenario],
+    opts: &exec::Options,
+    jobs: usize,
+    repeat: usize,
+    until_fail: bool,
+    on_result: &(dyn Fn(&exec::ScenarioResult) + Sync),
+) -> Vec<exec::ScenarioResult> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::new());
+    let total = if until_fail { usize::MAX } else { scenarios.len() * repeat.max(1) };
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                if until_fail && failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total || scenarios.is_empty() {
+                    return;
+                }
+                let r = exec::run_scenario(&scenarios[i % scenarios.len()], opts);
+                if matches!(r.outcome, exec::Outcome::Failed(_)) {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                on_result(&r);
+                results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,198 @@
+//! `homer-harness`: run scenario files against a daemon binary, or fuzz it.
+//!
+//! Exit codes: 0 every run passed (skips allowed), 1 a run failed, 2 usage or a malformed
+//! scenario file (nothing ran).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use homer_harness::{exec, fuzz, probe, procs, report, scenario};
+
+#[derive(Parser)]
+#[command(name = "homer-harness", version, about = "Replay scenario files against real homerd processes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The daemon under test (default: `homerd` beside this binary)
+    #[arg(long, value_name = "PATH", env = "HOMER_HARNESS_DAEMON")]
+    daemon: Option<PathBuf>,
+    /// Run every daemon with HOMERD_MUTANT=NAME (needs a build with the `mutants` feature)
+    #[arg(long, value_name = "NAME")]
+    mutant: Option<String>,
+    /// Keep every sandbox and print its path
+    #[arg(long)]
+    keep: bool,
+    /// Scenarios run at once (default: 2 x CPUs)
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files (default: ./scenarios)
+    Run {
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+        /// Write a JUnit XML report
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Run each scenario N times
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Repeat the set until a run fails
+        #[arg(long)]
+        until_fail: bool,
+    },
+    /// Parse scenario files and report the first error in each (runs nothing)
+    Lint { paths: Vec<PathBuf> },
+    /// Randomized fault runs against the invariants
+    Fuzz {
+        /// First seed
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How many consecutive seeds
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        #[command(flatten)]
+        target: Target,
+        /// Where failing runs are written as scenario files
+        #[arg(long, value_name = "DIR", default_value = "target/fuzz-failures")]
+        out: PathBuf,
+        /// Print the generated scenario and exit
+        #[arg(long)]
+        print: bool,
+    },
+    /// The effects probe (jobs exec this; see probe.rs)
+    #[command(name = "__probe", hide = true)]
+    Probe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn options(t: &Target) -> Result<exec::Options, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let daemon = match &t.daemon {
+        Some(d) => d.clone(),
+        None => me.with_file_name("homerd"),
+    };
+    if !daemon.is_file() {
+        return Err(format!(
+            "{}: no daemon binary there; build it (cargo build -p homerd) or pass --daemon PATH",
+            daemon.display()
+        ));
+    }
+    let daemon = std::fs::canonicalize(&daemon).map_err(|e| format!("{}: {e}", daemon.display()))?;
+    Ok(exec::Options {
+        daemon,
+        probe: vec![OsString::from(&me), OsString::from("__probe")],
+        time_scale: exec::Options::time_scale_from_env(),
+        keep: t.keep,
+        mutant: t.mutant.clone(),
+        snapshot_dir: homer_harness::repo_scenarios_dir().join("snapshots"),
+    })
+}
+
+fn jobs(t: &Target) -> usize {
+    t.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(2))
+}
+
+fn parse_all(paths: &[PathBuf]) -> Result<Vec<scenario::Scenario>, String> {
+    let paths = if paths.is_empty() { vec![PathBuf::from("scenarios")] } else { paths.to_vec() };
+    let files = homer_harness::collect_scenarios(&paths).map_err(|e| format!("cannot list scenarios: {e}"))?;
+    if files.is_empty() {
+        return Err(String::from("no scenario files (*.toml) found"));
+    }
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    for f in files {
+        match scenario::parse_file(&f) {
+            Ok(s) => out.push(s),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Probe { args } = cli.command {
+        return ExitCode::from(probe::probe_main(args).clamp(0, 255) as u8);
+    }
+    let init = procs::init();
+    match cli.command {
+        Command::Probe { .. } => unreachable!("handled above"),
+        Command::Lint { paths } => match parse_all(&paths) {
+            Ok(s) => {
+                println!("{} scenario files are valid", s.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { paths, target, junit, repeat, until_fail } => {
+            let scenarios = match parse_all(&paths) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = match options(&target) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("homer-harness: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !init.subreaper && cfg!(target_os = "linux") {
+                eprintln!("homer-harness: warning: could not become a child subreaper; orphans go to PID 1");
+            }
+            let start = Instant::now();
+            let results = homer_harness::run_all(&scenarios, &opts, jobs(&target), repeat, until_fail, &|r| {
+                println!("{}", report::line(r));
+            });
+            print!("{}", report::failures(&results));
+            print!("{}", report::table(&results, start.elapsed()));
+            if let Some(path) = junit {
+                if let Err(e) = std::fs::write(&path, report::junit(&results, start.elapsed())) {
+                    eprintln!("homer-harness: cannot write {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+            if results.iter().any(|r| matches!(r.outcome, exec::Outcome::Failed(_))) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Fuzz { seed, seeds, target, out, print } => {
+            if print {
+                println!("{}", fuzz::generate(seed));
+                return ExitCode::SUCCESS;
+            }
+            let opts = match options(&target) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("homer-harness: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            fuzz::run(seed, seeds, &opts, jobs(&target), &out)
+        }
+    }
+}

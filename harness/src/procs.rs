@@ -1,0 +1,338 @@
+//! Every process the harness starts, and the guarantee that none outlives its scenario.
+//!
+//! Each scenario has a *marker*: the value of [`MARKER_VAR`] in the environment of every
+//! process it starts. Daemons pass their environment to job children (homerd filters only
+//! `HOMERD_*`), and children to grandchildren, so the marker follows the whole tree — also
+//! the parts that escape their process group with `setsid`.
+//!
+//! - **Linux.** The harness is a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans of a
+//!   killed daemon are re-parented to it instead of PID 1, and a reaper thread collects the
+//!   zombies it does not own (it never calls `waitpid(-1)`, which would steal the exit
+//!   status of a `Child` another thread waits on). Cleanup scans `/proc/*/environ` for the
+//!   marker and SIGKILLs until nothing marked is alive; zombies count as gone.
+//! - **macOS.** No subreaper and no readable environ: the harness tracks process groups —
+//!   every process it spawns leads its own group, and the executor registers the job groups
+//!   homerd records in `job_runs` — and kills those groups. A job that escapes its group with
+//!   `setsid` is outside what this can reach (documented in scenarios/README.md).
+//!
+//! Signals: [`init`] blocks SIGINT, SIGTERM and SIGHUP in the calling thread before any other
+//! thread exists (so every thread inherits the mask) and waits for them on a dedicated
+//! thread, which kills every live scenario's processes and exits. Spawned processes get the
+//! default mask back in `pre_exec`.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+/// The environment variable that tags a scenario's processes.
+pub const MARKER_VAR: &str = "HOMER_HARNESS_RUN";
+
+#[derive(Default)]
+struct Registry {
+    /// Marker -> process groups known to belong to it (used on every platform; the only
+    /// mechanism on macOS).
+    groups: HashMap<String, HashSet<i32>>,
+    /// Pids owned by a `Child` handle: the reaper must never collect these.
+    owned: HashSet<u32>,
+}
+
+fn registry() -> &'static Mutex<Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(Registry::default()))
+}
+
+/// Held for reading while a process is spawned and registered, for writing while the reaper
+/// collects zombies, so the reaper never takes a child between `spawn` and registration.
+fn spawn_gate() -> &'static RwLock<()> {
+    static G: RwLock<()> = RwLock::new(());
+    &G
+}
+
+/// What [`init`] set up, for the run's header line.
+#[derive(Clone, Debug)]
+pub struct InitReport {
+    pub subreaper: bool,
+}
+
+/// Call first in `main`, before any thread is spawned.
+pub fn init() -> InitReport {
+    block_termination_signals();
+    std::thread::Builder::new()
+        .name(String::from("harness-signals"))
+        .spawn(signal_thread)
+        .expect("spawn the signal thread");
+    let subreaper = become_subreaper();
+    if subreaper {
+        std::thread::Builder::new().name(String::from("harness-reaper")).spawn(reaper_thread).expect("spawn reaper");
+    }
+    InitReport { subreaper }
+}
+
+const TERMINATION: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in TERMINATION {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn block_termination_signals() {
+    let set = termination_set();
+    // SAFETY: changes only this thread's mask; threads spawned later inherit it.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn signal_thread() {
+    let set = termination_set();
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: the set is initialised and blocked in every thread, so sigwait receives it.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        if rc != 0 {
+            continue;
+        }
+        eprintln!("homer-harness: interrupted (signal {sig}); killing every process the harness started");
+        let markers: Vec<String> = registry().lock().map(|r| r.groups.keys().cloned().collect()).unwrap_or_default();
+        for m in &markers {
+            kill_marked(m, Duration::from_secs(10));
+        }
+        std::process::exit(128 + sig);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn become_subreaper() -> bool {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn become_subreaper() -> bool {
+    // macOS has no subreaper; cleanup tracks process groups instead (module docs).
+    false
+}
+
+/// Collect zombies re-parented to us that no `Child` handle owns.
+fn reaper_thread() {
+    let me = std::process::id();
+    loop {
+        std::thread::sleep(Duration::from_millis(200)); // a polling period, not a synchronisation
+        let zombies: Vec<u32> =
+            children_of(me).into_iter().filter(|&(_, state)| state == 'Z').map(|(p, _)| p).collect();
+        if zombies.is_empty() {
+            continue;
+        }
+        let _gate = spawn_gate().write();
+        let owned = registry().lock().map(|r| r.owned.clone()).unwrap_or_default();
+        for pid in zombies {
+            if !owned.contains(&pid) {
+                let mut status = 0;
+                // SAFETY: waits for one specific pid we do not own through a Child handle.
+                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            }
+        }
+    }
+}
+
+/// (pid, state) of every process whose parent is `parent` (Linux `/proc`).
+fn children_of(parent: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for (pid, stat) in proc_stats() {
+        if stat.ppid == parent {
+            out.push((pid, stat.state));
+        }
+    }
+    out
+}
+
+struct Stat {
+    ppid: u32,
+    state: char,
+}
+
+fn proc_stats() -> Vec<(u32, Stat)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if let Some(stat) = read_stat(pid) {
+            out.push((pid, stat));
+        }
+    }
+    out
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: parse after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some(Stat { ppid, state })
+}
+
+/// Prepare a command for spawning under `marker`: tagged environment, its own process group,
+/// the default signal mask.
+pub fn prepare(cmd: &mut Command, marker: &str) {
+    cmd.env(MARKER_VAR, marker);
+    cmd.process_group(0);
+    // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
+/// Make the command run as the unprivileged uid/gid 65534 (only when we are root).
+pub fn drop_privileges(cmd: &mut Command) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(()); // already unprivileged: permission checks mean something as we are
+    }
+    // SAFETY: the closure calls only setgroups/setgid/setuid, async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// Spawn a prepared command, register it under `marker` and as owned.
+pub fn spawn(cmd: &mut Command, marker: &str) -> io::Result<Child> {
+    let _gate = spawn_gate().read();
+    let child = cmd.spawn()?;
+    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    r.owned.insert(child.id());
+    r.groups.entry(marker.to_string()).or_default().insert(child.id() as i32);
+    Ok(child)
+}
+
+/// The `Child` for `pid` has been waited for: the reaper may have its pid again.
+pub fn disown(pid: u32) {
+    if let Ok(mut r) = registry().lock() {
+        r.owned.remove(&pid);
+    }
+}
+
+/// Record a process group that belongs to `marker` (e.g. a job's group from `job_runs`).
+pub fn register_group(marker: &str, pgid: i32) {
+    if pgid > 1 {
+        if let Ok(mut r) = registry().lock() {
+            r.groups.entry(marker.to_string()).or_default().insert(pgid);
+        }
+    }
+}
+
+/// Start tracking a marker (so an interrupt kills its processes even before any spawn).
+pub fn open_marker(marker: &str) {
+    if let Ok(mut r) = registry().lock() {
+        r.groups.entry(marker.to_string()).or_default();
+    }
+}
+
+/// Forget a marker once its processes are gone.
+pub fn close_marker(marker: &str) {
+    if let Ok(mut r) = registry().lock() {
+        r.groups.remove(marker);
+    }
+}
+
+/// Live (non-zombie) processes carrying `marker`. On macOS: members of its groups.
+pub fn marked_alive(marker: &str) -> Vec<u32> {
+    if cfg!(target_os = "linux") {
+        let needle = format!("{MARKER_VAR}={marker}");
+        let me = std::process::id();
+        let mut out = Vec::new();
+        for (pid, stat) in proc_stats() {
+            if pid == me || stat.state == 'Z' || stat.state == 'X' {
+                continue;
+            }
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+            if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+                out.push(pid);
+            }
+        }
+        out
+    } else {
+        let groups: Vec<i32> = registry()
+            .lock()
+            .map(|r| r.groups.get(marker).map(|g| g.iter().copied().collect()).unwrap_or_default())
+            .unwrap_or_default();
+        groups
+            .into_iter()
+            // SAFETY: signal 0 only checks existence; pgid > 1 was checked at registration.
+            .filter(|&g| unsafe { libc::kill(-g, 0) } == 0)
+            .map(|g| g as u32)
+            .collect()
+    }
+}
+
+/// SIGKILL everything carrying `marker` until nothing is alive or `bound` passes; returns
+/// the survivors (empty on success).
+pub fn kill_marked(marker: &str, bound: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let groups: Vec<i32> = registry()
+            .lock()
+            .map(|r| r.groups.get(marker).map(|g| g.iter().copied().collect()).unwrap_or_default())
+            .unwrap_or_default();
+        let me = std::process::id() as i32;
+        // On Linux the environ scan below is exact; killing remembered groups there could hit
+        // a recycled pgid, so groups are the mechanism only where there is no /proc.
+        let groups = if cfg!(target_os = "linux") { Vec::new() } else { groups };
+        for g in groups {
+            if g > 1 && g != me {
+                // SAFETY: kills a process group the harness created or homerd recorded for us.
+                unsafe { libc::kill(-g, libc::SIGKILL) };
+            }
+        }
+        let alive = marked_alive(marker);
+        if cfg!(target_os = "linux") {
+            for &pid in &alive {
+                // SAFETY: the process carries this scenario's marker, so the harness started it.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // waiting for the kernel to finish a SIGKILL
+    }
+}
+
+/// Whether processes can be run as an unprivileged uid here.
+pub fn can_drop_privileges() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    if cfg!(target_os = "linux") {
+        Ok(())
+    } else {
+        Err(String::from("running as root on a system where the harness does not switch uid"))
+    }
+}
