@@ -19,6 +19,10 @@
 //!   `homerd job-shim`, which blocks on a pipe and execs the argv only after
 //!   [`HeldChild::release`] writes a byte. EOF (the daemon died, or dropped the child)
 //!   makes the shim exit without running anything.
+//! - **The shim is the running image, not the file at its path** ([`shim_program`]):
+//!   `/proc/self/exe` on Linux, so replacing or removing the homerd binary while the
+//!   daemon runs (an upgrade) neither breaks new `exec` jobs nor runs a different
+//!   version's shim. macOS has no equivalent; there the `current_exe()` path is used.
 //! - **Fixed fd 3 for the release pipe**: the only `pre_exec` work is an
 //!   async-signal-safe `dup2` of the read end onto fd 3. Passing the descriptor number in
 //!   a `HOMERD_*` variable would leak a daemon variable into the job; the shim closes fd 3
@@ -101,8 +105,6 @@ pub struct SpawnRequest {
     /// that copier threads drain into the files up to the cap, dropping the rest (a line
     /// at the end says how much); `None`: the child writes the files directly.
     pub output_cap: Option<u64>,
-    /// The homerd executable (`std::env::current_exe()`), run as `job-shim`.
-    pub shim: PathBuf,
 }
 
 /// A started job that has not necessarily been released yet.
@@ -128,25 +130,50 @@ pub struct HeldChild {
     copiers: Option<(usize, mpsc::Receiver<()>)>,
 }
 
-/// Starts `req.argv` held: through `req.shim job-shim --parent OUR_PID -- argv...`, in its
-/// own process group, blocked until [`HeldChild::release`].
+/// Starts `req.argv` held: through `homerd job-shim --parent OUR_PID -- argv...` (this
+/// very executable, see [`shim_program`]), in its own process group, blocked until
+/// [`HeldChild::release`].
 ///
 /// Returns once the shim has been exec'd (it is then blocked on the release pipe or about
 /// to be). Runs on the dedicated spawner thread (see the module docs).
 pub fn spawn_held(req: SpawnRequest) -> io::Result<HeldChild> {
+    spawn_held_via(&shim_program(), req)
+}
+
+/// The program that runs `job-shim`: the running daemon's own executable image.
+///
+/// Linux: `/proc/self/exe`. Resolved by the kernel at `exec` time in the forked child (a
+/// copy of the daemon), it names the image the daemon runs even after the homerd file at
+/// its path was replaced (an upgrade, a rebuild) or removed — where the path from
+/// `current_exe()` would run a different binary, or fail with "No such file or directory".
+///
+/// macOS has no `/proc`: the path from `current_exe()` is used, so there a replaced or
+/// removed binary needs a daemon restart before new `exec` jobs can start (README, Jobs).
+pub fn shim_program() -> PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        PathBuf::from("/proc/self/exe")
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("homerd"))
+    }
+}
+
+/// [`spawn_held`] through `program` in place of [`shim_program`] (given the same
+/// `job-shim --parent OUR_PID -- argv...` arguments). Tests use a stand-in script here.
+pub(crate) fn spawn_held_via(program: &Path, req: SpawnRequest) -> io::Result<HeldChild> {
     if req.argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
     }
     let mut args: Vec<OsString> = shim::args_before_argv(std::process::id()).into_iter().map(OsString::from).collect();
     args.extend(req.argv.iter().map(OsString::from));
-    let program = req.shim.clone();
-    spawn_held_with(&program, &args, req)
+    spawn_held_with(program, &args, req)
 }
 
-/// [`spawn_held`] with an explicit program and its complete argument list (`req.argv` and
-/// `req.shim` are not used: `args` must already carry the argv). The program must behave
-/// like the shim: read one byte from fd 3 and exec, or exit on EOF. Tests use a
-/// `/bin/sh` stand-in here.
+/// [`spawn_held`] with an explicit program and its complete argument list (`req.argv` is
+/// not used: `args` must already carry the argv). The program must behave like the shim:
+/// read one byte from fd 3 and exec, or exit on EOF. Tests use a `/bin/sh` stand-in here.
 pub(crate) fn spawn_held_with(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
     let (reply, answer) = mpsc::sync_channel(1);
     send_to_spawner(SpawnJob { program: program.to_owned(), args: args.to_vec(), req, reply })?;
@@ -672,7 +699,6 @@ mod tests {
             stdout: dir.join("stdout.log"),
             stderr: dir.join("stderr.log"),
             output_cap: None,
-            shim: PathBuf::from("/nonexistent/unused-by-spawn_held_with"),
         }
     }
 
@@ -1081,14 +1107,13 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\nprintf '%s\\n' \"$@\"\nread -r _ <&3 || exit 125\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
         let mut req = request(dir.path());
-        req.shim = script;
         req.argv = vec![String::from("prog"), String::from("a b")];
         let out = req.stdout.clone();
         assert!(spawn_held(SpawnRequest { argv: Vec::new(), ..req.clone() }).is_err(), "empty argv must be refused");
         let mut attempts = 0;
         let mut held = loop {
             // ETXTBSY: another test's fork may briefly hold the script's write descriptor.
-            match spawn_held(req.clone()) {
+            match spawn_held_via(&script, req.clone()) {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 1000 => {
                     attempts += 1;
                     std::thread::sleep(POLL);
@@ -1116,7 +1141,6 @@ mod cap_tests {
             env_deny_prefixes: vec![],
             stdout: dir.path().join("out"),
             stderr: dir.path().join("err"),
-            shim: PathBuf::from("/bin/sh"),
             output_cap: Some(1000),
         };
         let stand_in = r#"read -r _ <&3 || exit 125; exec 3<&-; exec "$@""#;

@@ -297,9 +297,12 @@ pub fn run(ctx: Context) -> Result<i32> {
             lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch))
         })?;
     events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
+    let (dev, ino) = lock.dev_ino();
     events::info("lock.acquired", "Daemon lock acquired")
         .field("path", lock.path().display().to_string())
         .field("epoch", epoch)
+        .field("dev", dev)
+        .field("ino", ino)
         .emit();
     if !applied.is_empty() {
         events::info("migrations.applied", "Migrations applied")
@@ -536,7 +539,12 @@ fn on_signal(
 
 /// The lock is released last: after the database is closed and the final log line.
 fn release_lock(lock: HeldLock) {
-    events::info("lock.released", "Daemon lock released").field("path", lock.path().display().to_string()).emit();
+    let (dev, ino) = lock.dev_ino();
+    events::info("lock.released", "Daemon lock released")
+        .field("path", lock.path().display().to_string())
+        .field("dev", dev)
+        .field("ino", ino)
+        .emit();
     events::close_log_file();
     drop(lock);
 }
@@ -624,6 +632,8 @@ impl LockWatch {
         events::info("lock.reacquired", "Lock file re-acquired in place")
             .field("path", path.display().to_string())
             .field("epoch", epoch)
+            .field("dev", dev)
+            .field("ino", ino)
             .emit();
         Ok(true)
     }

@@ -533,7 +533,6 @@ impl JobContext {
             stdout: base.with_extension("out"),
             stderr: base.with_extension("err"),
             output_cap: Some(self.run_log_cap),
-            shim: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("homerd")),
         };
         let mut child = match children::spawn_held(req) {
             Ok(c) => c,

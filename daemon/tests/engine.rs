@@ -10,28 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Engine timings for tests: everything fast, lanes wide unless a test narrows them.
-fn engine_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v: Vec<&str> = FAST.to_vec();
-    v.extend_from_slice(&["--set", "backoff_base=50ms", "--set", "backoff_cap=1s", "--set", "shutdown_grace=300ms"]);
-    v.extend_from_slice(extra);
-    v
-}
-
-fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
-    let mut d = sb.start(&engine_args(extra));
-    d.wait_event("daemon.active");
-    d
-}
-
-fn enqueue(sb: &Sandbox, args: &[&str]) -> i64 {
-    let mut all = vec!["enqueue"];
-    all.extend_from_slice(args);
-    let out = sb.run(&all);
-    assert_eq!(out.code, Some(0), "enqueue {args:?}: {}", out.stderr);
-    out.stdout.trim().parse().unwrap_or_else(|_| panic!("enqueue printed {:?}", out.stdout))
-}
-
 fn job_status(sb: &Sandbox, id: i64) -> (String, i64, i64, String) {
     sql(&sb.db())
         .query_row("SELECT status, attempts, interruptions, errors FROM job_queue WHERE id = ?1", [id], |r| {
@@ -50,26 +28,11 @@ fn runs(sb: &Sandbox, id: i64) -> Vec<(i64, i64, Option<String>)> {
         .collect()
 }
 
-fn wait_job_event(d: &mut Daemon, name: &str, id: i64) -> serde_json::Value {
-    d.wait_for(&format!("{name} for job {id}"), deadline(30.0), |v| v["event"] == name && v["job_id"] == id)
-}
-
-/// Not a zombie and present: the process is really running.
-fn running(pid: i64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let after = &s[s.rfind(')').unwrap() + 1..];
-            !matches!(after.split_whitespace().next(), Some("Z" | "X"))
-        }
-        Err(_) => false,
-    }
-}
-
 /// Acceptance 2: an idle daemon notices `homerd enqueue noop` within tens of ms.
 #[test]
 fn idle_daemon_claims_an_enqueued_job_quickly() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &[]);
+    let mut d = active_engine(&sb, &[]);
     let mut lat = Vec::new();
     for _ in 0..30 {
         let out = sb.run(&["enqueue", "noop"]);
@@ -145,7 +108,7 @@ fn lanes_respect_caps_progress_together_and_stay_fifo() {
         let lane = if i % 2 == 0 { "one" } else { "two" };
         ids.entry(lane).or_default().push(enqueue(&sb, &["--lane", lane, "sleep", "30ms"]));
     }
-    let mut d = active(&sb, &["--set", "lanes.one.concurrency=1", "--set", "lanes.two.concurrency=2"]);
+    let mut d = active_engine(&sb, &["--set", "lanes.one.concurrency=1", "--set", "lanes.two.concurrency=2"]);
     for id in ids.values().flatten() {
         wait_job_event(&mut d, "job.completed", *id);
     }
@@ -197,7 +160,7 @@ fn lanes_respect_caps_progress_together_and_stay_fifo() {
 #[test]
 fn write_locked_database_kills_the_child_before_the_lease_expires() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &["--set", "busy_timeout=50ms"]);
+    let mut d = active_engine(&sb, &["--set", "busy_timeout=50ms"]);
     let script = "if [ \"$HOMER_RUN\" = 1 ]; then sleep 60; fi";
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", script]);
     let pid = wait_job_event(&mut d, "job.started", id)["pid"].as_i64().unwrap();
@@ -258,7 +221,7 @@ fn kill_9_reruns_the_job_only_after_the_old_group_is_gone() {
          if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo overlap > $M/OVERLAP; fi; fi",
         m = mark.display()
     );
-    let mut a = active(&sb, &[]);
+    let mut a = active_engine(&sb, &[]);
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
     wait_job_event(&mut a, "job.started", id);
     let gc_file = mark.join("grandchild");
@@ -271,7 +234,7 @@ fn kill_9_reruns_the_job_only_after_the_old_group_is_gone() {
     a.signal(libc::SIGKILL);
     a.wait_exit();
     let restarted = Instant::now();
-    let mut b = active(&sb, &[]);
+    let mut b = active_engine(&sb, &[]);
     let rec = b.wait_event("jobs.recovered");
     assert_eq!(rec["count"], 1);
     let claimed = wait_job_event(&mut b, "job.claimed", id);
@@ -291,14 +254,14 @@ fn kill_9_reruns_the_job_only_after_the_old_group_is_gone() {
 #[test]
 fn orphans_of_a_dead_daemon_are_recovered_at_startup() {
     let sb = Sandbox::new();
-    let mut a = active(&sb, &["--set", "lanes.default.concurrency=3"]);
+    let mut a = active_engine(&sb, &["--set", "lanes.default.concurrency=3"]);
     let ids: Vec<i64> = (0..3).map(|_| enqueue(&sb, &["sleep", "60s"])).collect();
     for id in &ids {
         wait_job_event(&mut a, "job.claimed", *id);
     }
     a.signal(libc::SIGKILL);
     a.wait_exit();
-    let mut b = active(&sb, &["--set", "lanes.default.concurrency=3"]);
+    let mut b = active_engine(&sb, &["--set", "lanes.default.concurrency=3"]);
     let rec = b.wait_event("jobs.recovered");
     assert_eq!(rec["count"], 3);
     assert_eq!(rec["msg"], "Recovered stale jobs");
@@ -314,7 +277,7 @@ fn orphans_of_a_dead_daemon_are_recovered_at_startup() {
 #[test]
 fn failing_job_retries_with_growing_delays_then_fails() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &["--set", "backoff_base=200ms"]);
+    let mut d = active_engine(&sb, &["--set", "backoff_base=200ms"]);
     let id = enqueue(&sb, &["--max-attempts", "3", "fail", "nope"]);
     wait_job_event(&mut d, "job.failed", id);
     let (status, attempts, _, errors) = job_status(&sb, id);
@@ -339,7 +302,7 @@ fn failing_job_retries_with_growing_delays_then_fails() {
 #[test]
 fn sigterm_drains_kills_a_stubborn_child_and_releases_its_job() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &["--set", "kill_grace=300ms", "--set", "stale_threshold=2s"]);
+    let mut d = active_engine(&sb, &["--set", "kill_grace=300ms", "--set", "stale_threshold=2s"]);
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", "trap '' TERM; sleep 60"]);
     let pid = wait_job_event(&mut d, "job.started", id)["pid"].as_i64().unwrap();
     let t = Instant::now();
@@ -391,7 +354,7 @@ fn concurrent_enqueuers_lose_nothing_and_run_nothing_twice() {
     // handler is sleep-and-retry, not fair), and with FAST's 1 s stale_threshold the
     // coordinator then correctly stops and requeues a run whose lease it could not renew.
     // That is at-least-once working as designed; this test checks the queue under load.
-    let mut d = active(
+    let mut d = active_engine(
         &sb,
         &["--set", "lanes.default.concurrency=4", "--set", "heartbeat_interval=500ms", "--set", "stale_threshold=10s"],
     );
@@ -448,7 +411,7 @@ fn concurrent_enqueuers_lose_nothing_and_run_nothing_twice() {
 #[test]
 fn run_output_is_capped_per_file() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &["--set", "run_log_cap=1KiB"]);
+    let mut d = active_engine(&sb, &["--set", "run_log_cap=1KiB"]);
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", "head -c 100000 /dev/zero | tr '\\0' y; echo small >&2"]);
     wait_job_event(&mut d, "job.completed", id);
     let runs_dir = sb.home().join("logs/runs");
@@ -463,7 +426,7 @@ fn run_output_is_capped_per_file() {
 #[test]
 fn a_second_signal_cuts_the_drain_short() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &["--set", "shutdown_grace=1h"]);
+    let mut d = active_engine(&sb, &["--set", "shutdown_grace=1h"]);
     let id = enqueue(&sb, &["sleep", "1h"]);
     wait_job_event(&mut d, "job.claimed", id);
     d.signal(libc::SIGTERM);
@@ -493,7 +456,7 @@ fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed(
          if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo overlap > {m}/OVERLAP; fi; fi",
         m = marks.display()
     );
-    let mut a = active(&sb, &[]);
+    let mut a = active_engine(&sb, &[]);
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
     let pid1 = wait_job_event(&mut a, "job.started", id)["pid"].as_i64().unwrap();
     // Pause A between transactions (a stopped SQLite writer would block B's start).
@@ -513,7 +476,7 @@ fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed(
         assert!(Instant::now() < end, "paused daemon never became stale");
     }
     let other = sb.dir.path().join("b.lock");
-    let mut b = active(&sb, &["--lock-file", other.to_str().unwrap()]);
+    let mut b = active_engine(&sb, &["--lock-file", other.to_str().unwrap()]);
     let orphan = b.wait_event("job.orphan_group");
     assert_eq!(orphan["killed"], true, "B must kill A's still-running group: {orphan}");
     assert!(!running(pid1), "A's child outlived B's recovery");
@@ -536,7 +499,7 @@ fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed(
 #[test]
 fn a_job_never_inherits_the_lock() {
     let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let mut a = active_engine(&sb, &[]);
     std::fs::remove_file(sb.lock()).unwrap();
     a.wait_event("lock.reacquired");
     // A descendant that leaves the job's process group (setsid) outlives the job and is

@@ -144,14 +144,34 @@ fn removed_lock_file_is_reacquired_in_place() {
 fn replaced_lock_file_is_reacquired_in_place() {
     let sb = Sandbox::new();
     let mut a = active(&sb, &[]);
+    let first = file_id(&sb.lock());
+    assert_eq!(event_file_id(&a.wait_event("lock.acquired")), first, "lock.acquired names another inode");
     let other = sb.home().join("other");
     std::fs::write(&other, "pid=1\n").unwrap();
     std::fs::rename(&other, sb.lock()).unwrap();
     let lost = a.wait_event("lock.lost");
     assert_eq!(lost["state"], "replaced");
-    a.wait_event("lock.reacquired");
+    let reacquired = event_file_id(&a.wait_event("lock.reacquired"));
     let diag = String::from_utf8(bytes(&sb.lock())).unwrap();
     assert!(diag.contains(&format!("pid={}", a.pid())), "{diag}");
+    assert_eq!(reacquired, file_id(&sb.lock()), "lock.reacquired does not name the file now at the path");
+    assert_ne!(reacquired, first);
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait_exit().code(), Some(0), "{}", a.dump());
+    assert_eq!(event_file_id(&a.wait_event("lock.released")), reacquired, "lock.released names another inode");
+}
+
+/// (dev, ino) of the file at `path`.
+fn file_id(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.dev(), m.ino())
+}
+
+/// The `dev` and `ino` fields of a lock event.
+fn event_file_id(v: &serde_json::Value) -> (u64, u64) {
+    let field = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no numeric {k} in {v}"));
+    (field("dev"), field("ino"))
 }
 
 /// PITFALLS 6, the window before the re-check: a start that locks the fresh file is
@@ -524,4 +544,78 @@ fn lock_after_flock_stop_holds_others_off() {
     assert!(!b.has_event("daemon.active"), "two holders:\n{}", b.dump());
     assert!(!b.has_event("lock.acquired"), "two holders:\n{}", b.dump());
     assert_eq!(status_json(&sb)["daemon"]["pid"], a.pid());
+}
+
+/// Which way the homerd file the daemon was started from goes away.
+#[cfg(target_os = "linux")]
+enum BinaryChange {
+    /// Another file renamed over it (an upgrade, a rebuild).
+    Replaced,
+    /// Unlinked.
+    Removed,
+}
+
+/// Starts a daemon from a private copy of homerd, changes that file as `change` says, then
+/// runs an `exec` job: it must complete (the job shim is the running image, not the file
+/// now at the daemon's path).
+#[cfg(target_os = "linux")]
+fn exec_job_after_binary_change(change: BinaryChange) {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let bin_dir = sb.dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let copy = bin_dir.join("homerd");
+    std::fs::copy(bin(), &copy).unwrap();
+    // ETXTBSY: a process forked by another test's thread may briefly hold the copy's
+    // write descriptor (until its own exec closes it).
+    let end = Instant::now() + deadline(10.0);
+    let mut d = loop {
+        let mut c = sb.cmd_with(&copy);
+        c.arg("run").args(FAST);
+        match Daemon::try_spawn(c) {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => break other.expect("spawn the copied homerd"),
+        }
+    };
+    d.wait_event("daemon.active");
+
+    match change {
+        BinaryChange::Replaced => {
+            let new = bin_dir.join("homerd.new");
+            std::fs::write(&new, "#!/bin/sh\necho \"not the running homerd: $*\" >&2\nexit 97\n").unwrap();
+            std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&new, &copy).unwrap();
+        }
+        BinaryChange::Removed => std::fs::remove_file(&copy).unwrap(),
+    }
+
+    let id = enqueue(&sb, &["--max-attempts", "1", "exec", "--", "sh", "-c", "echo job-ran"]);
+    let outcome = d.wait_for(&format!("an outcome of job {id}"), deadline(30.0), |v| {
+        (v["event"] == "job.completed" || v["event"] == "job.failed" || v["event"] == "job.retry") && v["job_id"] == id
+    });
+    let err = std::fs::read_to_string(sb.home().join(format!("logs/runs/{id}-1.err"))).unwrap_or_default();
+    let error: Option<String> =
+        sql(&sb.db()).query_row("SELECT error FROM job_queue WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+    assert_eq!(outcome["event"], "job.completed", "job error: {error:?}\nrun stderr: {err}\nevents:\n{}", d.dump());
+    let out = std::fs::read_to_string(sb.home().join(format!("logs/runs/{id}-1.out"))).unwrap();
+    assert_eq!(out, "job-ran\n");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+}
+
+/// The homerd binary replaced under a running daemon (rename over it, as an upgrade
+/// does): new `exec` jobs still start through the running image's shim.
+#[cfg(target_os = "linux")]
+#[test]
+fn exec_job_runs_after_the_daemon_binary_is_replaced() {
+    exec_job_after_binary_change(BinaryChange::Replaced);
+}
+
+/// The homerd binary removed under a running daemon: new `exec` jobs still start.
+#[cfg(target_os = "linux")]
+#[test]
+fn exec_job_runs_after_the_daemon_binary_is_removed() {
+    exec_job_after_binary_change(BinaryChange::Removed);
 }

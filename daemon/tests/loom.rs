@@ -9,27 +9,24 @@
 //! `LOOM_MAX_PREEMPTIONS` bounds the search (default here: 2).
 #![cfg(homer_loom)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use homerd::engine::coordinator::{Coordinator, EngineConfig, JobResult, StopReason};
 use homerd::engine::store::{JobStore, MemoryStore};
-use homerd::store::jobs::{ClaimLimits, NewJob};
+use homerd::store::jobs::NewJob;
 use loom::sync::{Arc, Mutex};
 use loom::thread;
 
 fn cfg() -> EngineConfig {
-    EngineConfig {
-        worker: "w".into(),
-        heartbeat_ms: 100,
-        stale_ms: 1000,
-        kill_grace_ms: 200,
+    let mut cfg = EngineConfig {
         shutdown_grace_ms: 0,
-        orphan_retry_delay_ms: 0,
         backoff_base_ms: 10,
         backoff_cap_ms: 100,
         max_interruptions: 5,
-        limits: ClaimLimits { global: 4, lanes: BTreeMap::new(), default_lane: 4, batch: 1 },
-    }
+        ..EngineConfig::for_tests()
+    };
+    cfg.limits.batch = 1;
+    cfg
 }
 
 /// Two workers claim and run jobs while a shutdown signal arrives at any point: no job

@@ -23,20 +23,6 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-/// Engine timings for tests: everything fast.
-fn engine_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v: Vec<&str> = FAST.to_vec();
-    v.extend_from_slice(&["--set", "backoff_base=50ms", "--set", "backoff_cap=1s", "--set", "shutdown_grace=300ms"]);
-    v.extend_from_slice(extra);
-    v
-}
-
-fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
-    let mut d = sb.start(&engine_args(extra));
-    d.wait_event("daemon.active");
-    d
-}
-
 /// `homerd ARGS` through assert_cmd (bounded).
 fn homer(sb: &Sandbox, args: &[&str]) -> Assert {
     homer_cmd(sb.cmd(), args)
@@ -59,17 +45,6 @@ fn json_out(a: &Assert) -> Value {
 
 fn migrate(sb: &Sandbox) {
     homer(sb, &["migrate"]).code(0);
-}
-
-fn enqueue(sb: &Sandbox, args: &[&str]) -> i64 {
-    let mut all = vec!["enqueue"];
-    all.extend_from_slice(args);
-    let a = homer(sb, &all).code(0);
-    out(&a).trim().parse().unwrap_or_else(|_| panic!("enqueue printed {:?}", out(&a)))
-}
-
-fn wait_job_event(d: &mut Daemon, name: &str, id: i64) -> Value {
-    d.wait_for(&format!("{name} for job {id}"), deadline(30.0), |v| v["event"] == name && v["job_id"] == id)
 }
 
 fn count(sb: &Sandbox, query: &str) -> i64 {
@@ -172,18 +147,6 @@ fn runs(sb: &Sandbox, id: i64) -> Vec<RunDb> {
 
 fn time(ms: Option<i64>) -> String {
     ms.map(homerd::clock::format_rfc3339).unwrap_or_else(|| String::from("-"))
-}
-
-/// `/proc/<pid>/stat` fields after the command name: (state, ppid, pgrp).
-fn proc_stat(pid: i64) -> Option<(String, i64, i64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
-    Some((f[0].to_owned(), f[1].parse().ok()?, f[2].parse().ok()?))
-}
-
-/// Present and not a zombie: the process really runs.
-fn running(pid: i64) -> bool {
-    proc_stat(pid).is_some_and(|(state, ..)| state != "Z" && state != "X")
 }
 
 /// Every live (non-zombie) process whose process group is `pgid`.
@@ -307,7 +270,7 @@ fn list_filters_by_status_lane_and_limit() {
 #[test]
 fn show_reports_every_run_and_the_error_history() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &[]);
+    let mut d = active_engine(&sb, &[]);
     let script = "if [ \"$HOMER_RUN\" -lt 3 ]; then echo \"bad run $HOMER_RUN\" >&2; exit 4; fi";
     let flaky = enqueue(&sb, &["--max-attempts", "3", "exec", "--", "sh", "-c", script]);
     wait_job_event(&mut d, "job.completed", flaky);
@@ -423,7 +386,7 @@ fn show_reports_every_run_and_the_error_history() {
 #[test]
 fn cancel_pending_terminal_and_missing_jobs() {
     let sb = Sandbox::new();
-    let mut d = active(&sb, &[]);
+    let mut d = active_engine(&sb, &[]);
     let pending = enqueue(&sb, &["--run-after", "1h", "noop"]);
     let pending2 = enqueue(&sb, &["--run-after", "1h", "noop"]);
     let done = enqueue(&sb, &["noop"]);
@@ -472,7 +435,7 @@ fn cancel_pending_terminal_and_missing_jobs() {
 fn cancel_of_a_running_exec_job_kills_its_whole_group() {
     let sb = Sandbox::new();
     let kill_grace = Duration::from_millis(300);
-    let mut d = active(&sb, &["--set", "kill_grace=300ms"]);
+    let mut d = active_engine(&sb, &["--set", "kill_grace=300ms"]);
     let gc_file = sb.dir.path().join("grandchild");
     let script = format!("trap '' TERM; sleep 60 & echo $! > {}; wait; wait", gc_file.display());
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
@@ -531,7 +494,7 @@ fn cancel_of_a_running_exec_job_kills_its_whole_group() {
 #[test]
 fn retry_requeues_failed_and_cancelled_jobs_only() {
     let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let mut a = active_engine(&sb, &[]);
     // Fails runs 1 and 2 (its whole budget), completes from run 3 on.
     let script = "if [ \"$HOMER_RUN\" -lt 3 ]; then exit 4; fi";
     let failed = enqueue(&sb, &["--max-attempts", "2", "exec", "--", "sh", "-c", script]);
@@ -577,7 +540,7 @@ fn retry_requeues_failed_and_cancelled_jobs_only() {
 
     // A daemon runs both again: the failed job completes on run 3 (attempt 1 of its new
     // budget); the cancelled one is no longer deferred and completes.
-    let mut b = active(&sb, &[]);
+    let mut b = active_engine(&sb, &[]);
     wait_job_event(&mut b, "job.completed", failed);
     wait_job_event(&mut b, "job.completed", cancelled);
     let j = job(&sb, failed);

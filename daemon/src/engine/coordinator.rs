@@ -40,6 +40,26 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// A small, fast configuration for unit and model-checking tests (the coordinator's
+    /// own tests, `tests/loom.rs`): worker `w`, 100 ms heartbeats, a 1 s stale threshold,
+    /// 200 ms kill grace, 500 ms shutdown grace, 1 s..8 s backoff, 2 interruptions, four
+    /// jobs at once (any lane), claims of up to 32. Tests change single fields as needed.
+    /// Not `cfg(test)`: integration tests (loom) are built without it.
+    pub fn for_tests() -> EngineConfig {
+        EngineConfig {
+            worker: String::from("w"),
+            heartbeat_ms: 100,
+            stale_ms: 1000,
+            kill_grace_ms: 200,
+            shutdown_grace_ms: 500,
+            orphan_retry_delay_ms: 0,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 8000,
+            max_interruptions: 2,
+            limits: ClaimLimits { global: 4, lanes: BTreeMap::new(), default_lane: 4, batch: 32 },
+        }
+    }
+
     /// Safety margin before the stale threshold: half a heartbeat interval.
     pub fn margin_ms(&self) -> i64 {
         self.heartbeat_ms / 2
@@ -521,18 +541,7 @@ mod tests {
     use crate::store::jobs::NewJob;
 
     fn cfg() -> EngineConfig {
-        EngineConfig {
-            worker: "w".into(),
-            heartbeat_ms: 100,
-            stale_ms: 1000,
-            kill_grace_ms: 200,
-            shutdown_grace_ms: 500,
-            orphan_retry_delay_ms: 0,
-            backoff_base_ms: 1000,
-            backoff_cap_ms: 8000,
-            max_interruptions: 2,
-            limits: ClaimLimits { global: 4, lanes: BTreeMap::new(), default_lane: 4, batch: 32 },
-        }
+        EngineConfig::for_tests()
     }
 
     fn with_jobs(n: usize, timeout_ms: Option<u64>) -> Coordinator<MemoryStore> {
@@ -753,16 +762,11 @@ mod ended_tests {
         };
         store.enqueue(&job, 0).unwrap();
         let cfg = EngineConfig {
-            worker: "w".into(),
-            heartbeat_ms: 100,
-            stale_ms: 1000,
-            kill_grace_ms: 200,
             shutdown_grace_ms: 0,
-            orphan_retry_delay_ms: 0,
             backoff_base_ms: 10,
             backoff_cap_ms: 100,
             max_interruptions: 1,
-            limits: ClaimLimits { global: 4, lanes: BTreeMap::new(), default_lane: 4, batch: 32 },
+            ..EngineConfig::for_tests()
         };
         let c = Coordinator::new(cfg, 1, store);
         let id = c.claim(0, 0)[0].id;

@@ -62,7 +62,12 @@ impl Sandbox {
     /// A `homerd` command with this sandbox's home and JSON events, and none of the
     /// caller's HOMER_* / HOMERD_* settings.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(bin());
+        self.cmd_with(&bin())
+    }
+
+    /// [`Sandbox::cmd`] running `program` (a copy of the homerd binary) instead.
+    pub fn cmd_with(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
             // HOMERD_MUTANT passes through: the mutation runs point the suite at a broken
@@ -160,8 +165,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn spawn(mut c: Command) -> Daemon {
-        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn homerd");
+    pub fn spawn(c: Command) -> Daemon {
+        Daemon::try_spawn(c).expect("spawn homerd")
+    }
+
+    /// [`Daemon::spawn`], returning a failed `spawn` (e.g. `ETXTBSY` for a just-written
+    /// binary) instead of panicking.
+    pub fn try_spawn(mut c: Command) -> std::io::Result<Daemon> {
+        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -174,7 +185,7 @@ impl Daemon {
                 }
             }
         });
-        Daemon { child, rx, seen: Vec::new(), exited: None, stopped: std::cell::Cell::new(false) }
+        Ok(Daemon { child, rx, seen: Vec::new(), exited: None, stopped: std::cell::Cell::new(false) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -312,6 +323,48 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Engine timings for tests: everything fast (`FAST`, short backoff and shutdown
+/// grace), then `extra`.
+pub fn engine_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = FAST.to_vec();
+    v.extend_from_slice(&["--set", "backoff_base=50ms", "--set", "backoff_cap=1s", "--set", "shutdown_grace=300ms"]);
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A daemon started with [`engine_args`]`(extra)`, once it is active.
+pub fn active_engine(sb: &Sandbox, extra: &[&str]) -> Daemon {
+    let mut d = sb.start(&engine_args(extra));
+    d.wait_event("daemon.active");
+    d
+}
+
+/// `homerd enqueue ARGS`: the new (or, for a known `--key`, existing) job's id.
+pub fn enqueue(sb: &Sandbox, args: &[&str]) -> i64 {
+    let mut all = vec!["enqueue"];
+    all.extend_from_slice(args);
+    let out = sb.run(&all);
+    assert_eq!(out.code, Some(0), "enqueue {args:?}: {}", out.stderr);
+    out.stdout.trim().parse().unwrap_or_else(|_| panic!("enqueue printed {:?}", out.stdout))
+}
+
+/// Waits for the event `name` of job `id` (seen or new).
+pub fn wait_job_event(d: &mut Daemon, name: &str, id: i64) -> Value {
+    d.wait_for(&format!("{name} for job {id}"), deadline(30.0), |v| v["event"] == name && v["job_id"] == id)
+}
+
+/// `/proc/<pid>/stat` fields after the command name: (state, ppid, pgrp).
+pub fn proc_stat(pid: i64) -> Option<(String, i64, i64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+    Some((f[0].to_owned(), f[1].parse().ok()?, f[2].parse().ok()?))
+}
+
+/// Present and not a zombie: the process really runs.
+pub fn running(pid: i64) -> bool {
+    proc_stat(pid).is_some_and(|(state, ..)| state != "Z" && state != "X")
 }
 
 /// Bytes of a file (panics with the path if unreadable).
