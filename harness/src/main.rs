@@ -50,7 +50,12 @@ enum Command {
         /// Repeat the set until a run fails
         #[arg(long)]
         until_fail: bool,
+        /// Write the results as JSON (name, outcome, detail) — for `cargo xtask mutants`
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
+    /// Print every scenario's name, what it covers and the mutants it must fail on, as JSON
+    List { paths: Vec<PathBuf> },
     /// Parse scenario files and report the first error in each (runs nothing)
     Lint { paths: Vec<PathBuf> },
     /// Randomized fault runs against the invariants
@@ -144,7 +149,30 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { paths, target, junit, repeat, until_fail } => {
+        Command::List { paths } => match parse_all(&paths) {
+            Ok(list) => {
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|s| {
+                        let (mutants, reason) = match &s.mutant {
+                            scenario::MutantExpectation::Catches(m) => (m.clone(), None),
+                            scenario::MutantExpectation::None(why) => (Vec::new(), Some(why.clone())),
+                        };
+                        serde_json::json!({
+                            "name": s.name, "path": s.path, "covers": s.covers,
+                            "mutants": mutants, "mutant_none": reason,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { paths, target, junit, repeat, until_fail, json } => {
             let scenarios = match parse_all(&paths) {
                 Ok(s) => s,
                 Err(e) => {
@@ -170,6 +198,12 @@ fn main() -> ExitCode {
             print!("{}", report::table(&results, start.elapsed()));
             if let Some(path) = junit {
                 if let Err(e) = std::fs::write(&path, report::junit(&results, start.elapsed())) {
+                    eprintln!("homer-harness: cannot write {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+            if let Some(path) = json {
+                if let Err(e) = std::fs::write(&path, report::json(&results).to_string()) {
                     eprintln!("homer-harness: cannot write {}: {e}", path.display());
                     return ExitCode::from(2);
                 }

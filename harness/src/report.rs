@@ -131,3 +131,19 @@ pub fn junit(results: &[ScenarioResult], wall: Duration) -> String {
     s.push_str("</testsuite></testsuites>\n");
     s
 }
+
+/// Machine-readable results: `[{"name", "outcome": "passed"|"failed"|"skipped", "detail"}]`.
+pub fn json(results: &[ScenarioResult]) -> serde_json::Value {
+    results
+        .iter()
+        .map(|r| {
+            let (outcome, detail) = match &r.outcome {
+                Outcome::Passed => ("passed", String::new()),
+                Outcome::Failed(f) => ("failed", format!("{}: expected {}; got {}", f.what, f.expected, f.actual)),
+                Outcome::Skipped(why) => ("skipped", why.clone()),
+            };
+            serde_json::json!({ "name": r.name, "outcome": outcome, "detail": detail,
+                                "seconds": r.duration.as_secs_f64() })
+        })
+        .collect()
+}

@@ -272,6 +272,9 @@ pub fn complete(
             ),
             params![id, result, now],
         )?;
+        if n == 1 {
+            end_run(tx, id, token, "completed", None, now)?;
+        }
         return Ok(n == 1);
     }
     let n = tx.execute(

@@ -211,8 +211,11 @@ pub fn check_epoch(tx: &Transaction<'_>, epoch: i64) -> rusqlite::Result<bool> {
 
 /// Refreshes `seen_at`/`seen_mono`. `false` = the epoch moved: we are fenced.
 pub fn heartbeat(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::Result<bool> {
+    // The mutant drops every way the daemon learns its epoch moved, not just the writer's
+    // per-batch check: this refresh and the lock re-acquire record are the other two.
+    let guard = if mutant::active(mutant::NO_EPOCH_GUARD) { "?3 = ?3" } else { "epoch = ?3" };
     let n = tx.execute(
-        "UPDATE leader SET seen_at = ?1, seen_mono = ?2 WHERE id = 1 AND epoch = ?3",
+        &format!("UPDATE leader SET seen_at = ?1, seen_mono = ?2 WHERE id = 1 AND {guard}"),
         params![clock.now_ms(), clock.mono_ms(), epoch],
     )?;
     Ok(n == 1)
@@ -220,8 +223,9 @@ pub fn heartbeat(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::R
 
 /// Records that the lock file was re-acquired in place (new dev/ino).
 pub fn update_lock_file(tx: &Transaction<'_>, epoch: i64, dev: u64, ino: u64) -> rusqlite::Result<bool> {
+    let guard = if mutant::active(mutant::NO_EPOCH_GUARD) { "?3 = ?3" } else { "epoch = ?3" };
     let n = tx.execute(
-        "UPDATE leader SET lock_dev = ?1, lock_ino = ?2 WHERE id = 1 AND epoch = ?3",
+        &format!("UPDATE leader SET lock_dev = ?1, lock_ino = ?2 WHERE id = 1 AND {guard}"),
         params![dev as i64, ino as i64, epoch],
     )?;
     Ok(n == 1)
