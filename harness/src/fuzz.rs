@@ -38,6 +38,16 @@ impl Rng {
     }
 }
 
+/// A start step; one in three goes through another lock file, where only the database's
+/// leader row stands between two daemons (PITFALLS 6, 7).
+fn start(rng: &mut Rng, n: u32) -> String {
+    if rng.below(3) == 0 {
+        format!("start = \"f{n}\"\nlock_file = \"{{sandbox}}/alt.lock\"")
+    } else {
+        format!("start = \"f{n}\"")
+    }
+}
+
 /// The scenario text for `seed`.
 pub fn generate(seed: u64) -> String {
     let mut rng = Rng(seed ^ 0x486F_6D65_7244_0001);
@@ -70,13 +80,17 @@ pub fn generate(seed: u64) -> String {
     let actions = rng.range(6, 16);
     for _ in 0..actions {
         let pick = rng.below(100);
-        let some = |rng: &mut Rng, d: u32| rng.range(1, u64::from(d.max(1)));
+        // Mostly the newest daemon (the one likely active), sometimes any earlier one.
+        let some =
+            |rng: &mut Rng, d: u32| if rng.below(10) < 7 { u64::from(d) } else { rng.range(1, u64::from(d.max(1))) };
         match pick {
             0..=24 => {
                 let count = rng.range(1, 3);
-                let sleep = rng.range(0, 800);
-                let grandchild = if rng.below(3) == 0 {
-                    format!("\ngrandchild = \"{}ms\"", rng.range(50, 400))
+                let sleep = rng.range(50, 1500);
+                // Half the jobs leave a grandchild in their group that outlives them: the
+                // part of an old attempt only a group kill reaches (PITFALLS 16).
+                let grandchild = if rng.below(2) == 0 {
+                    format!("\ngrandchild = \"{}ms\"", rng.range(300, 1500))
                 } else {
                     String::new()
                 };
@@ -84,25 +98,39 @@ pub fn generate(seed: u64) -> String {
             }
             25..=39 => {
                 daemons += 1;
-                step(&mut t, &format!("start = \"f{daemons}\""));
+                step(&mut t, &start(&mut rng, daemons));
             }
             40..=54 => {
                 // Crash and restart at once (PITFALLS 3, 10, 16).
                 let victim = some(&mut rng, daemons);
                 step(&mut t, &format!("signal = \"f{victim}.*\"\nsig = \"KILL\""));
                 daemons += 1;
-                step(&mut t, &format!("start = \"f{daemons}\""));
+                step(&mut t, &start(&mut rng, daemons));
             }
             55..=64 => {
-                // Pause, lose the lock file, let the lease go stale, take over, resume (PITFALLS 7).
+                // Pause, let the lease go stale, take over, resume (PITFALLS 7): either the
+                // lock file is lost and the newcomer takes the default path, or the newcomer
+                // comes through another lock file and only the leader row arbitrates.
                 let victim = some(&mut rng, daemons);
                 step(&mut t, &format!("signal = \"f{victim}.*\"\nsig = \"STOP\""));
-                step(&mut t, "file = \"{lock}\"\nop = \"replace\"");
+                let through_alt = rng.below(2) == 0;
+                if !through_alt {
+                    step(&mut t, "file = \"{lock}\"\nop = \"replace\"");
+                }
                 step(&mut t, "wait = \"duration\"\nduration = \"1300ms\"");
                 daemons += 1;
-                step(&mut t, &format!("start = \"f{daemons}\""));
+                if through_alt {
+                    step(&mut t, &format!("start = \"f{daemons}\"\nlock_file = \"{{sandbox}}/alt.lock\""));
+                } else {
+                    step(&mut t, &format!("start = \"f{daemons}\""));
+                }
                 step(&mut t, &format!("wait = \"duration\"\nduration = \"{}ms\"", rng.range(100, 900)));
                 step(&mut t, &format!("signal = \"f{victim}.*\"\nsig = \"CONT\""));
+                // Work for whoever believes it is active.
+                step(
+                    &mut t,
+                    &format!("enqueue = \"probe\"\ncount = {}\nsleep = \"{}ms\"", rng.range(1, 3), rng.range(50, 500)),
+                );
             }
             65..=71 => step(&mut t, "file = \"{lock}\"\nop = \"replace\""),
             72..=77 => step(&mut t, &format!("hold_write = \"{}ms\"", rng.range(200, 1600))),

@@ -177,9 +177,28 @@ fn mutants(args: &[String]) -> Result<(), String> {
     println!("\n{:<44} caught by", "mutant");
     let mut problems = Vec::new();
     for (m, by) in &caught {
-        println!("{:<44} {}", m, if by.is_empty() { String::from("-- NOT CAUGHT --") } else { by.join(", ") });
-        if by.is_empty() {
+        if !by.is_empty() {
+            println!("{:<44} {}", m, by.join(", "));
+            continue;
+        }
+        // A layered defence: a mutant no scenario sees alone still counts as caught when a
+        // combination with it fails a scenario that the rest of the combination passes —
+        // then this mechanism is what stops the failure once the other layer is gone.
+        let mut layered = Vec::new();
+        for (combo, combo_by) in caught.iter().filter(|(c, _)| c.split('+').any(|p| p == m) && c.contains('+')) {
+            let others: Vec<&str> = combo.split('+').filter(|p| p != m).collect();
+            for scenario in combo_by {
+                let others_alone_pass = others.iter().all(|o| caught.get(*o).is_some_and(|b| !b.contains(scenario)));
+                if others_alone_pass {
+                    layered.push(format!("{scenario} (with {}, which alone it survives)", others.join("+")));
+                }
+            }
+        }
+        if layered.is_empty() {
+            println!("{:<44} -- NOT CAUGHT --", m);
             problems.push(format!("mutant {m} is caught by no scenario"));
+        } else {
+            println!("{:<44} as a second layer: {}", m, layered.join(", "));
         }
     }
     println!("\n{:<44} must fail on", "scenario");
