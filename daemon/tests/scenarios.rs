@@ -29,8 +29,11 @@ fn main() {
         mutant: std::env::var("HOMERD_MUTANT").ok(),
         snapshot_dir: homer_harness::repo_scenarios_dir().join("snapshots"),
     };
-    let files = homer_harness::collect_scenarios(&[homer_harness::repo_scenarios_dir()]).expect("list scenarios/");
-    let trials = files
+    // HOMER_SCENARIOS_DIR points the binary at other files (its own interrupt test uses it).
+    let dir =
+        std::env::var_os("HOMER_SCENARIOS_DIR").map(PathBuf::from).unwrap_or_else(homer_harness::repo_scenarios_dir);
+    let files = homer_harness::collect_scenarios(&[dir]).expect("list the scenario files");
+    let trials: Vec<Trial> = files
         .into_iter()
         .map(|path| {
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -53,7 +56,46 @@ fn main() {
             .with_kind(linux_only.unwrap_or_default())
         })
         .collect();
+    let mut trials: Vec<Trial> = trials;
+    // Only in the real run, not in the copies of this binary the trial below starts.
+    if std::env::var_os("HOMER_SCENARIOS_DIR").is_none() {
+        trials.push(
+            Trial::test("harness::interrupted_test_binary_leaves_nothing_running", interrupted_binary_leaves_nothing)
+                .with_ignored_flag(!cfg!(target_os = "linux"))
+                .with_kind(if cfg!(target_os = "linux") { "" } else { "skipped: reads /proc" }),
+        );
+    }
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
+
+/// SIGINT or SIGTERM to this very test binary, mid-scenario, kills every process the
+/// scenario started (the daemon, its job and the job's escaped grandchild).
+fn interrupted_binary_leaves_nothing() -> Result<(), Failed> {
+    use homer_harness::selftest::*;
+    let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    write(dir.path(), "long.toml", &long_scenario(&never("600s")));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut child = std::process::Command::new(std::env::current_exe().map_err(|e| Failed::from(e.to_string()))?)
+            .args(["--exact", "long", "--test-threads", "1"])
+            .env("HOMER_SCENARIOS_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| Failed::from(e.to_string()))?;
+        let pid = child.id();
+        let seen = wait_for_processes(pid, 3);
+        // SAFETY: signalling the copy of this binary we just started.
+        unsafe { libc::kill(pid as i32, signal) };
+        let status = child.wait().map_err(|e| Failed::from(e.to_string()))?;
+        if status.code() != Some(128 + signal) {
+            return Err(Failed::from(format!("signal {signal}: the test binary exited {status}")));
+        }
+        let alive = started_by(pid);
+        if !alive.is_empty() {
+            return Err(Failed::from(format!("signal {signal}: {alive:?} still alive (saw {seen:?})")));
+        }
+    }
+    Ok(())
 }
 
 /// Scenarios whose requirements this system cannot meet are reported as ignored, with the

@@ -180,7 +180,9 @@ fn scalar_matches(want: &Scalar, got: &serde_json::Value) -> bool {
         Scalar::Int(i) => got.as_i64() == Some(*i),
         Scalar::Float(f) => got.as_f64() == Some(*f),
         Scalar::Bool(b) => got.as_bool() == Some(*b),
-        Scalar::Text(t) => got.as_str() == Some(t.as_str()) || (!got.is_string() && got.to_string().as_str() == t.as_str()),
+        Scalar::Text(t) => {
+            got.as_str() == Some(t.as_str()) || (!got.is_string() && got.to_string().as_str() == t.as_str())
+        }
     }
 }
 

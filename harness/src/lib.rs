@@ -17,6 +17,7 @@ pub mod probe;
 pub mod procs;
 pub mod report;
 pub mod scenario;
+pub mod selftest;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};

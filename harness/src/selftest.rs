@@ -1,0 +1,102 @@
+//! Support for testing the harness itself (its own tests and homerd's scenario binary use
+//! it): a scenario that leaves processes running, and a `/proc` scan for every process a
+//! harness run started — its marker carries the harness's pid. Linux only where it reads
+//! `/proc`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A scenario that leaves a daemon, a job and an escaped grandchild running, then waits
+/// takes `final_step`.
+pub fn long_scenario(final_step: &str) -> String {
+    format!(
+        r#"description = "a daemon, a job and a grandchild that escaped its group, then a long wait"
+covers = ["harness self-test"]
+mutant_none = "a test of the harness itself"
+
+[settings]
+heartbeat_interval = "100ms"
+stale_threshold = "1s"
+kill_grace = "100ms"
+lock_check_interval = "100ms"
+
+[[step]]
+start = "a"
+
+[[step]]
+wait = "event"
+target = "a"
+event = "daemon.active"
+
+[[step]]
+enqueue = "probe"
+sleep = "120s"
+grandchild = "120s"
+grandchild_setsid = true
+
+[[step]]
+wait = "effects"
+starts = 1
+
+{final_step}
+"#
+    )
+}
+
+/// A last step that never holds, waited on for `timeout`.
+pub fn never(timeout: &str) -> String {
+    format!("[[step]]\nwait = \"sql\"\nquery = \"SELECT 1\"\nrows = [[2]]\ntimeout = \"{timeout}\"")
+}
+
+/// A last step that lets `duration` pass and succeeds.
+pub fn linger(duration: &str) -> String {
+    format!("[[step]]\nwait = \"duration\"\nduration = \"{duration}\"")
+}
+
+pub fn deadline(secs: f64) -> Duration {
+    let scale: f64 = std::env::var("HOMER_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    Duration::from_secs_f64(secs * scale.max(0.1))
+}
+
+fn state(pid: u32) -> Option<char> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 2..].chars().next()
+}
+
+/// Live (non-zombie) processes started by the harness process `harness_pid`.
+pub fn started_by(harness_pid: u32) -> Vec<u32> {
+    let needle = format!("{}={harness_pid}-", crate::procs::MARKER_VAR);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if matches!(state(pid), None | Some('Z') | Some('X')) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if env.split(|&b| b == 0).any(|kv| kv.starts_with(needle.as_bytes())) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Wait until at least `n` processes of the run are alive.
+pub fn wait_for_processes(harness_pid: u32, n: usize) -> Vec<u32> {
+    let end = Instant::now() + deadline(30.0);
+    loop {
+        let found = started_by(harness_pid);
+        if found.len() >= n {
+            return found;
+        }
+        assert!(Instant::now() < end, "only {} processes of the run appeared: {found:?}", found.len());
+        // Polling /proc: there is no event to wait on.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Write `text` as `name` into `dir`.
+pub fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write a scenario file");
+    p
+}

@@ -1,0 +1,167 @@
+//! The `homer-harness` command itself: malformed files, reports, --keep, --repeat, and that
+//! no process it started survives a passed, failed or interrupted run.
+//!
+//! The daemon under test is the workspace's `homerd` beside this binary: `cargo test
+//! --workspace` builds it before any test runs.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use homer_harness::selftest::*;
+
+fn harness() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_homer-harness"))
+}
+
+fn daemon() -> PathBuf {
+    let d = harness().with_file_name("homerd");
+    assert!(d.is_file(), "{} is missing: run `cargo test --workspace` (or `cargo build -p homerd` first)", d.display());
+    d
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(harness()).args(args).arg("--daemon").arg(daemon()).output().unwrap()
+}
+
+const PASSING: &str = r#"description = "one daemon, one job"
+covers = ["harness self-test"]
+mutant_none = "a test of the harness itself"
+
+[settings]
+heartbeat_interval = "100ms"
+stale_threshold = "1s"
+kill_grace = "100ms"
+lock_check_interval = "100ms"
+
+[[step]]
+start = "a"
+
+[[step]]
+wait = "event"
+target = "a"
+event = "daemon.active"
+
+[[step]]
+enqueue = "noop"
+
+[[step]]
+wait = "event"
+target = "a"
+event = "job.completed"
+
+[[step]]
+check = "invariants"
+"#;
+
+#[test]
+fn a_malformed_file_is_rejected_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.toml", PASSING);
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &PASSING
+            .replace("wait = \"event\"\ntarget = \"a\"", "wait = \"event\"\ntimeout = \"5 seconds\"\ntarget = \"a\""),
+    );
+    let out = Command::new(harness()).arg("run").arg(&good).arg(&bad).arg("--daemon").arg(daemon()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:16:11: `step[2].timeout`", bad.display())), "{err}");
+    assert!(err.contains("expected a duration"), "{err}");
+    // Nothing ran: not even the good file.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"), "{out:?}");
+}
+
+#[test]
+fn junit_has_one_testcase_per_run_and_repeat_runs_each_scenario_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "first.toml", PASSING);
+    let b = write(dir.path(), "second.toml", &PASSING.replace("enqueue = \"noop\"", "enqueue = \"fail\""));
+    let junit = dir.path().join("report.xml");
+    let out =
+        run(&["run", a.to_str().unwrap(), b.to_str().unwrap(), "--repeat", "3", "--junit", junit.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // `second` waits for job.completed of a failing job: it fails, three times.
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.matches("PASS first").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("FAIL second").count(), 3, "{stdout}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("JUnit XML parses");
+    let cases: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testcase")).collect();
+    assert_eq!(cases.len(), 6, "{xml}");
+    let failures = cases.iter().filter(|c| c.children().any(|n| n.has_tag_name("failure"))).count();
+    assert_eq!(failures, 3, "{xml}");
+    let suite = doc.descendants().find(|n| n.has_tag_name("testsuite")).unwrap();
+    assert_eq!(suite.attribute("tests"), Some("6"));
+    assert_eq!(suite.attribute("failures"), Some("3"));
+}
+
+#[test]
+fn keep_leaves_the_sandbox_and_prints_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "kept.toml", PASSING);
+    let out = run(&["run", a.to_str().unwrap(), "--keep"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().find_map(|l| l.split("sandbox kept: ").nth(1)).expect("a kept path").trim().to_string();
+    let kept = PathBuf::from(&path);
+    assert!(kept.join("home/homer.db").is_file(), "{path}");
+    assert!(kept.join("harness-logs/a.stderr").is_file(), "{path}");
+    std::fs::remove_dir_all(kept).unwrap();
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn nothing_survives_a_passed_or_a_failed_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // Passes while a daemon, a job and an escaped grandchild still run.
+    let passing = write(dir.path(), "leaves-processes.toml", &long_scenario(&linger("3s")));
+    // Fails at its last step, with the same processes running.
+    let failing = write(dir.path(), "fails.toml", &long_scenario(&never("3s")));
+    for (file, code) in [(passing, 0), (failing, 1)] {
+        let mut child = Command::new(harness())
+            .arg("run")
+            .arg(&file)
+            .arg("--daemon")
+            .arg(daemon())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let seen = wait_for_processes(pid, 3);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{}", file.display());
+        assert!(
+            started_by(pid).is_empty(),
+            "{} left {:?} alive (saw {seen:?} during the run)",
+            file.display(),
+            started_by(pid)
+        );
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn nothing_survives_an_interrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "long.toml", &long_scenario(&never("600s")));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut child = Command::new(harness())
+            .arg("run")
+            .arg(&file)
+            .arg("--daemon")
+            .arg(daemon())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // The daemon, the job and its escaped grandchild (a CLI enqueue may also be seen).
+        let seen = wait_for_processes(pid, 3);
+        // SAFETY: signalling the harness child this test started.
+        unsafe { libc::kill(pid as i32, signal) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + signal), "signal {signal}");
+        assert!(started_by(pid).is_empty(), "signal {signal}: {:?} alive (saw {seen:?})", started_by(pid));
+    }
+}
