@@ -20,12 +20,18 @@ fn main() {
         std::process::exit(probe::probe_main(args.collect()));
     }
     procs::init();
+    let (keep, keep_failed, sandbox_base) = exec::Options::sandbox_from_env();
+    // HOMER_HARNESS_JUNIT=FILE: also write a JUnit report of the scenario runs.
+    let junit = std::env::var_os("HOMER_HARNESS_JUNIT").map(PathBuf::from);
+    let started = std::time::Instant::now();
     let me = std::env::current_exe().expect("the test binary's path");
     let opts = exec::Options {
         daemon: PathBuf::from(env!("CARGO_BIN_EXE_homerd")),
         probe: vec![OsString::from(&me), OsString::from("__probe")],
         time_scale: exec::Options::time_scale_from_env(),
-        keep: std::env::var_os("HOMER_HARNESS_KEEP").is_some(),
+        keep,
+        keep_failed,
+        sandbox_base,
         mutant: std::env::var("HOMERD_MUTANT").ok(),
         snapshot_dir: homer_harness::repo_scenarios_dir().join("snapshots"),
     };
@@ -39,9 +45,20 @@ fn main() {
             let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let opts = opts.clone();
             let linux_only = scenario::parse_file(&path).map(|s| skip_here(&s)).unwrap_or(None);
+            if let Some(why) = &linux_only {
+                // Not run here: still a testcase in the JUnit report, marked skipped.
+                results().lock().unwrap_or_else(|e| e.into_inner()).push(exec::ScenarioResult {
+                    name: name.clone(),
+                    path: path.clone(),
+                    outcome: exec::Outcome::Skipped(why.clone()),
+                    duration: std::time::Duration::ZERO,
+                    kept: None,
+                });
+            }
             Trial::test(name, move || {
                 let sc = scenario::parse_file(&path).map_err(|e| Failed::from(e.to_string()))?;
                 let r = exec::run_scenario(&sc, &opts);
+                results().lock().unwrap_or_else(|e| e.into_inner()).push(r.clone());
                 if let Some(k) = &r.kept {
                     eprintln!("sandbox kept: {}", k.display());
                 }
@@ -65,7 +82,20 @@ fn main() {
                 .with_kind(if cfg!(target_os = "linux") { "" } else { "skipped: reads /proc" }),
         );
     }
-    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+    let conclusion = libtest_mimic::run(&Arguments::from_args(), trials);
+    if let Some(path) = junit {
+        let results = results().lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = std::fs::write(&path, homer_harness::report::junit(&results, started.elapsed())) {
+            eprintln!("cannot write {}: {e}", path.display());
+        }
+    }
+    conclusion.exit();
+}
+
+/// Every scenario result of this run, for the JUnit report.
+fn results() -> &'static std::sync::Mutex<Vec<exec::ScenarioResult>> {
+    static RESULTS: std::sync::OnceLock<std::sync::Mutex<Vec<exec::ScenarioResult>>> = std::sync::OnceLock::new();
+    RESULTS.get_or_init(Default::default)
 }
 
 /// SIGINT or SIGTERM to this very test binary, mid-scenario, kills every process the

@@ -35,6 +35,10 @@ pub struct Options {
     pub time_scale: f64,
     /// Keep every sandbox (its path is printed).
     pub keep: bool,
+    /// Keep the sandboxes of failed runs only.
+    pub keep_failed: bool,
+    /// Where sandboxes are created (default: the system temp dir).
+    pub sandbox_base: Option<PathBuf>,
     /// `HOMERD_MUTANT` for every daemon and CLI process (a `mutants` build), if any.
     pub mutant: Option<String>,
     /// Where `snapshot` steps keep their `.snap` files.
@@ -43,6 +47,18 @@ pub struct Options {
 
 impl Options {
     /// `HOMER_TEST_TIME_SCALE`, default 1, at least 0.1.
+    /// `HOMER_HARNESS_KEEP` (`failed`: keep failed runs' sandboxes; any other value: all)
+    /// and `HOMER_HARNESS_SANDBOX_DIR` (where sandboxes go), as (keep, keep_failed, base).
+    pub fn sandbox_from_env() -> (bool, bool, Option<PathBuf>) {
+        let keep = std::env::var("HOMER_HARNESS_KEEP").ok().filter(|v| !v.is_empty());
+        let base = std::env::var_os("HOMER_HARNESS_SANDBOX_DIR").filter(|v| !v.is_empty()).map(PathBuf::from);
+        match keep.as_deref() {
+            None => (false, false, base),
+            Some("failed") => (false, true, base),
+            Some(_) => (true, false, base),
+        }
+    }
+
     pub fn time_scale_from_env() -> f64 {
         std::env::var("HOMER_TEST_TIME_SCALE").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(1.0).max(0.1)
     }
@@ -230,7 +246,7 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
     if let Some(reason) = skip_reason(sc) {
         return result(Outcome::Skipped(reason), None);
     }
-    let base = std::env::temp_dir();
+    let base = opts.sandbox_base.clone().unwrap_or_else(std::env::temp_dir);
     let dir = match tempfile::Builder::new().prefix(&format!("homer-harness-{}-", sc.name)).tempdir_in(&base) {
         Ok(d) => d,
         Err(e) => {
@@ -298,7 +314,7 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
         }
     }
     ctx.write_logs();
-    let kept = if opts.keep {
+    let kept = if opts.keep || (opts.keep_failed && matches!(outcome, Outcome::Failed(_))) {
         let path = dir.keep();
         Some(path)
     } else {
@@ -618,7 +634,8 @@ impl Ctx<'_> {
             Step::Start(s) => self.start(s),
             Step::Wait(w) => self.wait(w),
             Step::Exit(x) => self.expect_exit(x),
-            Step::Signal { target, signal } => self.signal(target, *signal),
+            Step::Signal { target, signal, outside_write: true } => self.pause_outside_write(target, *signal),
+            Step::Signal { target, signal, .. } => self.signal(target, *signal),
             Step::File(f) => self.file(f),
             Step::Enqueue(e) => self.enqueue(e),
             Step::Cli(c) => self.cli(c).map(|_| ()),
@@ -867,6 +884,51 @@ impl Ctx<'_> {
             unsafe { libc::kill(p.pid as libc::pid_t, signo) };
         }
         Ok(())
+    }
+
+    /// SIGSTOP `target` at a moment it holds no write transaction on the database: a process
+    /// stopped inside one blocks every other writer until it resumes (SQLite's write lock
+    /// is a file lock the stopped process keeps), which is a different scenario from a
+    /// paused daemon being taken over. After each STOP the harness tries `BEGIN IMMEDIATE`
+    /// without waiting; if the lock is taken, it resumes the process, waits for its next
+    /// event, and tries again.
+    fn pause_outside_write(&mut self, target: &str, sig: Sig) -> Result<(), StepError> {
+        let deadline = self.deadline(Duration::from_secs(10));
+        let mut tries = 0;
+        loop {
+            self.signal(target, sig)?;
+            tries += 1;
+            if !self.db().exists() || self.write_lock_free()? {
+                return Ok(());
+            }
+            self.signal(target, Sig::Cont)?;
+            if Instant::now() >= deadline {
+                return fail(
+                    format!("{target} paused outside a write transaction"),
+                    format!("it held one at each of {tries} tries"),
+                );
+            }
+            let seen = self.shared.lock().events.iter().filter(|e| matches_target(target, &e.proc_name)).count();
+            self.shared.wait_for(Instant::now() + self.scaled(Duration::from_secs(1)), |st| {
+                (st.events.iter().filter(|e| matches_target(target, &e.proc_name)).count() > seen).then_some(())
+            });
+        }
+    }
+
+    /// Whether a write transaction can begin at once (nobody holds SQLite's write lock).
+    fn write_lock_free(&self) -> Result<bool, StepError> {
+        let err = |e: rusqlite::Error| StepError {
+            expected: String::from("to probe the database write lock"),
+            actual: e.to_string(),
+        };
+        let conn = rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(err)?;
+        conn.busy_timeout(Duration::ZERO).map_err(err)?;
+        match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
+            Ok(()) => Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => Ok(false),
+            Err(e) => Err(err(e)),
+        }
     }
 
     fn file(&mut self, f: &FileStep) -> Result<(), StepError> {
@@ -1386,7 +1448,7 @@ fn step_summary(step: &Step) -> String {
             WaitFor::Elapsed { duration } => format!("let {duration:?} pass"),
         },
         Step::Exit(x) => format!("exit of {}", x.target),
-        Step::Signal { target, signal } => format!("signal {signal:?} to {target}"),
+        Step::Signal { target, signal, .. } => format!("signal {signal:?} to {target}"),
         Step::File(f) => format!("file {:?} on {}", f.op, f.path).chars().take(120).collect(),
         Step::Enqueue(e) => format!("enqueue {}", e.kind),
         Step::Cli(c) => format!("homerd {}", c.args.join(" ")),

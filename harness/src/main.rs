@@ -29,6 +29,9 @@ struct Target {
     /// Keep every sandbox and print its path
     #[arg(long)]
     keep: bool,
+    /// Keep only the sandboxes of failed runs
+    #[arg(long)]
+    keep_failed: bool,
     /// Scenarios run at once (default: 2 x CPUs)
     #[arg(long, short = 'j')]
     jobs: Option<usize>,
@@ -101,6 +104,8 @@ fn options(t: &Target) -> Result<exec::Options, String> {
         probe: vec![OsString::from(&me), OsString::from("__probe")],
         time_scale: exec::Options::time_scale_from_env(),
         keep: t.keep,
+        keep_failed: t.keep_failed,
+        sandbox_base: std::env::var_os("HOMER_HARNESS_SANDBOX_DIR").filter(|v| !v.is_empty()).map(PathBuf::from),
         mutant: t.mutant.clone(),
         snapshot_dir: homer_harness::repo_scenarios_dir().join("snapshots"),
     })

@@ -76,7 +76,9 @@ pub enum Step {
     /// Wait for a background process to exit and check its code and output.
     Exit(ExpectExit),
     /// Send a signal to a background process (its pid, not its group).
-    Signal { target: String, signal: Sig },
+    /// With `outside_write` (STOP only): pause the process at a moment it holds no SQLite
+    /// write transaction (see `exec.rs`), as a scenario about a pause means.
+    Signal { target: String, signal: Sig, outside_write: bool },
     /// Operate on a file inside the sandbox.
     File(FileStep),
     /// `homerd enqueue` (acknowledged ids are remembered for the invariants and `{job:N}`).
@@ -780,7 +782,7 @@ const WAIT_KINDS: &[&str] = &["event", "exit", "sql", "effects", "duration"];
 const WAIT_OPTS: &[&str] =
     &["timeout", "target", "event", "fields", "count", "query", "rows", "job", "starts", "ends", "duration"];
 const EXIT_OPTS: &[&str] = &["count", "code", "stdout", "stderr", "timeout"];
-const SIGNAL_OPTS: &[&str] = &["sig"];
+const SIGNAL_OPTS: &[&str] = &["sig", "outside_write"];
 const SIGNALS: &[(&str, Sig)] = &[
     ("KILL", Sig::Kill),
     ("TERM", Sig::Term),
@@ -1402,7 +1404,12 @@ impl Cx<'_> {
         let signal = sig.str().and_then(parse_sig).ok_or_else(|| {
             self.wrong(&sig, "a signal name (KILL, TERM, INT, STOP, CONT or HUP, optionally with a SIG prefix)")
         })?;
-        Ok(Step::Signal { target, signal })
+        let outside_write = self.opt(t, "outside_write", Self::boolean)?.unwrap_or(false);
+        if outside_write && signal != Sig::Stop {
+            let f = t.get("outside_write").expect("present");
+            return Err(self.wrong(&f, "`outside_write = true` only with sig = \"STOP\""));
+        }
+        Ok(Step::Signal { target, signal, outside_write })
     }
 
     fn file(&mut self, t: &Tbl, v: &Field) -> Res<Step> {
@@ -2107,7 +2114,7 @@ parts = [
         assert!(exit.stdout[1].negated && exit.stdout[1].regex && exit.stdout[1].text == "error|panic");
         assert!(exit.stderr[0].regex && exit.stderr[0].text == "^$");
 
-        let Some(Step::Signal { target, signal }) = steps.next() else { panic!("signal") };
+        let Some(Step::Signal { target, signal, .. }) = steps.next() else { panic!("signal") };
         assert_eq!((target.as_str(), *signal), ("a.1", Sig::Stop));
 
         let mut file = |want: &str| match steps.next() {

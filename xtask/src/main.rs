@@ -1,35 +1,19 @@
-//! `cargo xtask`: project automation in plain Rust, few dependencies, every command it runs
-//! printed before it runs.
+//! `cargo xtask`: project automation in plain Rust with few dependencies; every command
+//! it runs is printed before it runs (STYLE.md item 1).
 //!
-//! - `cargo xtask mutants [--only NAME] [--jobs N]`: build homerd once with the `mutants`
-//!   feature (its own target dir), run the scenario suite against it unmutated (must pass),
-//!   then once per mutant with `HOMERD_MUTANT` set; print mutant -> scenarios that caught
-//!   it, and fail unless every mutant is caught and every scenario fails on each mutant it
-//!   names.
+//! - `cargo xtask verify [--quick] [--stage NAME] [--macos]`: every check, as timed stages
+//!   ending in a table (verify.rs).
+//! - `cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N]`: every
+//!   named mutant must be caught (mutants.rs; the models layer in models.rs).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod mutants;
+mod verify;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::Instant;
 
-/// Every mutant homerd defines (daemon/src/mutant.rs `ALL`); a test in this file keeps the
-/// two lists equal.
-const MUTANTS: &[&str] = &[
-    "lock_no_cloexec",
-    "lock_no_inode_recheck",
-    "lock_truncate_before_lock",
-    "diagnostics_before_leader",
-    "no_leader_refusal",
-    "no_epoch_guard",
-    "writes_before_validation",
-    "no_busy_timeout",
-    "no_owner_token_guard",
-    "no_immediate_recovery",
-    "no_group_kill",
-    "no_lease_self_kill",
-    "no_drain_give_back",
-    "deferred_claim",
-];
+const USAGE: &str = "usage: cargo xtask verify [--quick] [--stage NAME] [--macos]
+       cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N]";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -69,8 +53,9 @@ fn cargo() -> Command {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("mutants") => mutants(&args[1..]),
-        _ => Err(String::from("usage: cargo xtask mutants [--only NAME] [--jobs N]")),
+        Some("verify") => verify::verify(&args[1..]),
+        Some("mutants") => mutants_command(&args[1..]),
+        _ => Err(String::from(USAGE)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,187 +66,19 @@ fn main() -> ExitCode {
     }
 }
 
-struct Scenario {
-    name: String,
-    mutants: Vec<String>,
-    none_reason: Option<String>,
-}
-
-fn mutants(args: &[String]) -> Result<(), String> {
-    let mut only: Option<String> = None;
-    let mut jobs = String::from("4");
+fn mutants_command(args: &[String]) -> Result<(), String> {
+    let mut layer = String::from("scenarios");
+    let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--only" => only = it.next().cloned(),
-            "--jobs" | "-j" => jobs = it.next().cloned().unwrap_or(jobs),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    let root = root();
-    let mutant_target = root.join("target/mutants");
-    run(cargo()
-        .args(["build", "--quiet", "-p", "homerd", "--features", "mutants"])
-        .env("CARGO_TARGET_DIR", &mutant_target))?;
-    run(cargo().args(["build", "--quiet", "-p", "homer-harness"]))?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let harness = target_dir.join("debug/homer-harness");
-    let daemon = mutant_target.join("debug/homerd");
-    let out_dir = root.join("target/xtask-mutants");
-    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
-
-    let scenarios = list_scenarios(&harness)?;
-    // Mutant sets to run: every single mutant, plus the combinations scenarios name.
-    let mut sets: BTreeSet<String> = MUTANTS.iter().map(|m| m.to_string()).collect();
-    for s in &scenarios {
-        for m in &s.mutants {
-            for part in m.split('+') {
-                if !MUTANTS.contains(&part) {
-                    return Err(format!("scenario {} names an unknown mutant `{part}`", s.name));
-                }
-            }
-            sets.insert(m.clone());
-        }
-    }
-    if let Some(o) = &only {
-        sets.retain(|m| m == o);
-    }
-
-    let suite = |mutant: Option<&str>| -> Result<BTreeMap<String, (String, String)>, String> {
-        let label = mutant.unwrap_or("baseline");
-        let json = out_dir.join(format!("{label}.json"));
-        let mut cmd = Command::new(&harness);
-        cmd.current_dir(&root).arg("run").arg("scenarios").arg("--daemon").arg(&daemon).args(["-j", &jobs]);
-        cmd.arg("--json").arg(&json);
-        if let Some(m) = mutant {
-            cmd.args(["--mutant", m]);
-        }
-        eprintln!("$ {}", show(&cmd));
-        let started = Instant::now();
-        let output = cmd.output().map_err(|e| format!("{}: {e}", harness.display()))?;
-        std::fs::write(out_dir.join(format!("{label}.log")), &output.stdout).ok();
-        let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-        let mut out = BTreeMap::new();
-        for r in value.as_array().into_iter().flatten() {
-            let name = r["name"].as_str().unwrap_or_default().to_string();
-            out.insert(
-                name,
-                (
-                    r["outcome"].as_str().unwrap_or_default().to_string(),
-                    r["detail"].as_str().unwrap_or_default().to_string(),
-                ),
-            );
-        }
-        let failed = out.values().filter(|(o, _)| o == "failed").count();
-        eprintln!("  {label}: {failed} of {} scenarios failed ({:.0}s)", out.len(), started.elapsed().as_secs_f64());
-        Ok(out)
-    };
-
-    // The unmutated build must pass, or a failure under a mutant proves nothing.
-    let baseline = suite(None)?;
-    let broken: Vec<&String> = baseline.iter().filter(|(_, (o, _))| o == "failed").map(|(n, _)| n).collect();
-    if !broken.is_empty() {
-        return Err(format!(
-            "the mutants build fails without a mutant: {broken:?} (see target/xtask-mutants/baseline.log)"
-        ));
-    }
-
-    let mut caught: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in &sets {
-        let results = suite(Some(m))?;
-        let by: Vec<String> = results.iter().filter(|(_, (o, _))| o == "failed").map(|(n, _)| n.clone()).collect();
-        caught.insert(m.clone(), by);
-    }
-
-    println!("\n{:<44} caught by", "mutant");
-    let mut problems = Vec::new();
-    for (m, by) in &caught {
-        if !by.is_empty() {
-            println!("{:<44} {}", m, by.join(", "));
-            continue;
-        }
-        // A layered defence: a mutant no scenario sees alone still counts as caught when a
-        // combination with it fails a scenario that the rest of the combination passes —
-        // then this mechanism is what stops the failure once the other layer is gone.
-        let mut layered = Vec::new();
-        for (combo, combo_by) in caught.iter().filter(|(c, _)| c.split('+').any(|p| p == m) && c.contains('+')) {
-            let others: Vec<&str> = combo.split('+').filter(|p| p != m).collect();
-            for scenario in combo_by {
-                let others_alone_pass = others.iter().all(|o| caught.get(*o).is_some_and(|b| !b.contains(scenario)));
-                if others_alone_pass {
-                    layered.push(format!("{scenario} (with {}, which alone it survives)", others.join("+")));
-                }
-            }
-        }
-        if layered.is_empty() {
-            println!("{:<44} -- NOT CAUGHT --", m);
-            problems.push(format!("mutant {m} is caught by no scenario"));
+        if a == "--layer" {
+            layer = it.next().cloned().ok_or("--layer needs a value")?;
         } else {
-            println!("{:<44} as a second layer: {}", m, layered.join(", "));
+            rest.push(a.clone());
         }
     }
-    println!("\n{:<44} must fail on", "scenario");
-    for s in &scenarios {
-        if let Some(why) = &s.none_reason {
-            println!("{:<44} (none: {why})", s.name);
-            continue;
-        }
-        let mut marks = Vec::new();
-        for m in &s.mutants {
-            let Some(by) = caught.get(m) else { continue };
-            let ok = by.contains(&s.name);
-            marks.push(format!("{m} {}", if ok { "ok" } else { "MISSED" }));
-            if !ok {
-                problems.push(format!("scenario {} names {m} but passes with it", s.name));
-            }
-        }
-        println!("{:<44} {}", s.name, marks.join(", "));
-    }
-    if problems.is_empty() {
-        println!("\nevery mutant caught; every scenario fails on the mutants it names");
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
-}
-
-fn list_scenarios(harness: &Path) -> Result<Vec<Scenario>, String> {
-    let out = Command::new(harness)
-        .current_dir(root())
-        .args(["list", "scenarios"])
-        .output()
-        .map_err(|e| format!("{}: {e}", harness.display()))?;
-    if !out.status.success() {
-        return Err(format!("homer-harness list: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("homer-harness list: {e}"))?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| Scenario {
-            name: s["name"].as_str().unwrap_or_default().to_string(),
-            mutants: s["mutants"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m.as_str().map(String::from))
-                .collect(),
-            none_reason: s["mutant_none"].as_str().map(String::from),
-        })
-        .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    /// The list here and homerd's must not drift apart.
-    #[test]
-    fn mutant_list_matches_the_daemon() {
-        let src = std::fs::read_to_string(super::root().join("daemon/src/mutant.rs")).unwrap();
-        for m in super::MUTANTS {
-            assert!(src.contains(&format!("\"{m}\"")), "{m} is not defined in daemon/src/mutant.rs");
-        }
-        let defined = src.matches("pub const ").count() - 1; // minus `ALL`
-        assert_eq!(defined, super::MUTANTS.len(), "daemon/src/mutant.rs defines mutants xtask does not list");
+    match layer.as_str() {
+        "scenarios" => mutants::scenarios(&rest),
+        other => Err(format!("unknown layer {other}; expected scenarios")),
     }
 }

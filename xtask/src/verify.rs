@@ -1,0 +1,222 @@
+//! `cargo xtask verify`: every check the project has, as stages that each print what they
+//! run, are timed, and end in one table. A failed stage does not stop the others (the
+//! table shows all of them); the exit status is non-zero and names the failed stages.
+//!
+//! Nothing is assumed installed: rustfmt and clippy come from rustup, cargo-insta is built
+//! at the version of the insta crate in Cargo.lock into `target/tools`, Python tools go into
+//! a virtualenv at `target/venv` (system pip is externally managed on Debian and on GitHub's
+//! runners).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{cargo, root, run, show};
+
+/// check-jsonschema, pinned: its built-in GitHub workflow schema validates ci.yml.
+const CHECK_JSONSCHEMA: &str = "check-jsonschema==0.33.2";
+const MACOS_TARGET: &str = "aarch64-apple-darwin";
+
+struct Stage {
+    name: &'static str,
+    what: &'static str,
+    run: fn() -> Result<(), String>,
+}
+
+const FULL: &[Stage] = &[
+    Stage { name: "fmt", what: "cargo fmt --check", run: fmt },
+    Stage { name: "clippy", what: "clippy on every target, warnings denied", run: clippy },
+    Stage { name: "test", what: "workspace tests + scenarios, insta read-only", run: test },
+    Stage { name: "loom", what: "the coordinator under loom (release)", run: loom },
+    Stage { name: "workflow", what: ".github/workflows/ci.yml against its schema", run: workflow },
+];
+
+const QUICK: &[Stage] = &[
+    Stage { name: "fmt", what: "cargo fmt --check", run: fmt },
+    Stage { name: "clippy", what: "clippy on every target, warnings denied", run: clippy },
+    Stage { name: "unit", what: "unit tests (libs and bins)", run: unit },
+];
+
+const MACOS: Stage = Stage { name: "macos", what: "cross-build every target for Apple silicon", run: macos };
+
+pub fn verify(args: &[String]) -> Result<(), String> {
+    let mut quick = false;
+    let mut only: Option<String> = None;
+    let mut with_macos = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--macos" => with_macos = true,
+            "--stage" => only = Some(it.next().cloned().ok_or("--stage needs a name")?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let mut stages: Vec<&Stage> = if quick { QUICK.iter().collect() } else { FULL.iter().collect() };
+    if with_macos {
+        stages.push(&MACOS);
+    }
+    if let Some(name) = &only {
+        let all: Vec<&Stage> = FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS)).collect();
+        let Some(stage) = all.into_iter().find(|s| s.name == name) else {
+            let names: Vec<&str> = FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS)).map(|s| s.name).collect();
+            return Err(format!("no stage {name}; stages: {}", names.join(", ")));
+        };
+        stages = vec![stage];
+    }
+    let started = Instant::now();
+    let mut results: Vec<(&str, Result<(), String>, Duration)> = Vec::new();
+    for stage in stages {
+        eprintln!("\n==> {} ({})", stage.name, stage.what);
+        let t = Instant::now();
+        let r = (stage.run)();
+        if let Err(e) = &r {
+            eprintln!("==> {} FAILED: {e}", stage.name);
+        }
+        results.push((stage.name, r, t.elapsed()));
+    }
+    println!("\n{:<10} {:<7} {:>9}", "stage", "result", "time");
+    for (name, r, t) in &results {
+        println!("{:<10} {:<7} {:>8.1}s", name, if r.is_ok() { "ok" } else { "FAILED" }, t.as_secs_f64());
+    }
+    println!("{:<10} {:<7} {:>8.1}s", "total", "", started.elapsed().as_secs_f64());
+    let failed: Vec<&str> = results.iter().filter(|(_, r, _)| r.is_err()).map(|(n, _, _)| *n).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed stage(s): {}", failed.join(", ")))
+    }
+}
+
+/// rustup components come with the toolchain; add them when a minimal profile lacks them.
+fn ensure_component(probe: &[&str], component: &str) -> Result<(), String> {
+    let ok = cargo().args(probe).output().map(|o| o.status.success()).unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", component]))
+        .map_err(|e| format!("{e}; install it with `rustup component add {component}`"))
+}
+
+fn fmt() -> Result<(), String> {
+    ensure_component(&["fmt", "--version"], "rustfmt")?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+fn clippy() -> Result<(), String> {
+    ensure_component(&["clippy", "--version"], "clippy")?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))
+}
+
+fn unit() -> Result<(), String> {
+    run(cargo().args(["test", "--workspace", "--locked", "--lib", "--bins"]))
+}
+
+fn tools_dir() -> PathBuf {
+    root().join("target/tools")
+}
+
+/// PATH with our tool directories first.
+fn tool_path() -> OsString {
+    let mut dirs = vec![tools_dir().join("bin"), root().join("target/venv/bin")];
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// The insta version Cargo.lock pins (cargo-insta must match it).
+fn insta_version() -> Result<String, String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l == "name = \"insta\"" {
+            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")).and_then(|v| v.strip_suffix('"')) {
+                return Ok(v.to_string());
+            }
+        }
+    }
+    Err(String::from("insta is not in Cargo.lock"))
+}
+
+fn ensure_cargo_insta() -> Result<(), String> {
+    let version = insta_version()?;
+    let bin = tools_dir().join("bin/cargo-insta");
+    let have = Command::new(&bin).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if have.as_deref().is_some_and(|v| v.split_whitespace().any(|w| w == version)) {
+        return Ok(());
+    }
+    run(cargo()
+        .args(["install", "cargo-insta", "--locked", "--quiet", "--version"])
+        .arg(format!("={version}"))
+        .arg("--root")
+        .arg(tools_dir()))
+    .map_err(|e| format!("{e}; cargo-insta {version} is needed to check snapshots read-only"))
+}
+
+fn test() -> Result<(), String> {
+    ensure_cargo_insta()?;
+    let root = root();
+    let junit = root.join("target/junit");
+    let sandboxes = root.join("target/sandboxes");
+    for d in [&junit, &sandboxes] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    // Snapshots are checked, never written; a .snap no test references is an error.
+    run(cargo()
+        .env("PATH", tool_path())
+        .env("HOMER_HARNESS_JUNIT", junit.join("scenarios.xml"))
+        .env("HOMER_HARNESS_SANDBOX_DIR", &sandboxes)
+        .env("HOMER_HARNESS_KEEP", "failed")
+        .args(["insta", "test", "--workspace", "--check", "--unreferenced=reject"]))
+}
+
+fn loom() -> Result<(), String> {
+    run(cargo()
+        .env("RUSTFLAGS", "--cfg homer_loom")
+        .env("CARGO_TARGET_DIR", root().join("target/loom"))
+        .args(["test", "-p", "homerd", "--release", "--locked", "--test", "loom"]))
+}
+
+/// A virtualenv under target/ with `packages` installed.
+fn ensure_venv(packages: &[&str]) -> Result<PathBuf, String> {
+    let venv = root().join("target/venv");
+    let python = venv.join("bin/python3");
+    if !python.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .map_err(|e| format!("{e}; a Python 3 with the venv module is needed"))?;
+    }
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(packages))?;
+    Ok(venv)
+}
+
+fn workflow() -> Result<(), String> {
+    let venv = ensure_venv(&[CHECK_JSONSCHEMA])?;
+    let workflow = root().join(".github/workflows/ci.yml");
+    if !workflow.is_file() {
+        return Err(format!("{} is missing", workflow.display()));
+    }
+    run(Command::new(venv.join("bin/check-jsonschema"))
+        .args(["--builtin-schema", "vendor.github-workflows"])
+        .arg(&workflow))
+}
+
+fn macos() -> Result<(), String> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let has_target = installed.map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == MACOS_TARGET)).unwrap_or(false);
+    if !has_target {
+        run(Command::new("rustup").args(["target", "add", MACOS_TARGET]))?;
+    }
+    // zig is the cross linker (from PyPI, into the venv); cargo-zigbuild drives it.
+    ensure_venv(&["ziglang"])?;
+    if !tools_dir().join("bin/cargo-zigbuild").exists() {
+        run(cargo().args(["install", "cargo-zigbuild", "--locked", "--quiet", "--root"]).arg(tools_dir()))?;
+    }
+    let mut cmd = cargo();
+    cmd.env("PATH", tool_path())
+        .env("CARGO_TARGET_DIR", root().join("target/macos"))
+        .args(["zigbuild", "--workspace", "--all-targets", "--locked", "--target", MACOS_TARGET]);
+    eprintln!("(links every target for macOS; nothing runs there)");
+    run(&mut cmd).map_err(|e| format!("{e} — {}", show(&cmd)))
+}
