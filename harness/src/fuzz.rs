@@ -157,7 +157,9 @@ pub fn generate(seed: u64) -> String {
 }
 
 /// Run `count` seeds from `first`; failing ones are written to `out`.
-pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path) -> ExitCode {
+/// With `until_caught`, no new seed starts after one failed (for measuring how soon a
+/// broken daemon is caught).
+pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path, until_caught: bool) -> ExitCode {
     let seeds: Vec<u64> = (first..first.saturating_add(count.max(1))).collect();
     let mut scenarios = Vec::new();
     for &seed in &seeds {
@@ -173,7 +175,8 @@ pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path) -> E
     }
     let parsed: Vec<scenario::Scenario> = scenarios.iter().map(|(_, _, s)| s.clone()).collect();
     let start = std::time::Instant::now();
-    let results = crate::run_all(&parsed, opts, jobs, 1, false, &|r| println!("{}", report::line(r)));
+    let results =
+        crate::run_runs(&parsed, opts, jobs, parsed.len(), until_caught, &|r| println!("{}", report::line(r)));
     let mut failed = 0;
     for r in &results {
         if let Outcome::Failed(f) = &r.outcome {
@@ -191,7 +194,8 @@ pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path) -> E
         }
     }
     println!(
-        "\nfuzz: {} seeds ({}..={}), {} failed, in {:.1}s",
+        "\nfuzz: {} of {} seeds run ({}..={}), {} failed, in {:.1}s",
+        results.len(),
         seeds.len(),
         seeds[0],
         seeds[seeds.len() - 1],

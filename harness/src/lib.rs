@@ -56,16 +56,29 @@ pub fn run_all(
     until_fail: bool,
     on_result: &(dyn Fn(&exec::ScenarioResult) + Sync),
 ) -> Vec<exec::ScenarioResult> {
+    let total = if until_fail { usize::MAX } else { scenarios.len() * repeat.max(1) };
+    run_runs(scenarios, opts, jobs, total, until_fail, on_result)
+}
+
+/// Run `total` runs (scenario `i % len` for run `i`) on `jobs` threads; with `stop_on_fail`
+/// no new run starts after one failed.
+pub fn run_runs(
+    scenarios: &[scenario::Scenario],
+    opts: &exec::Options,
+    jobs: usize,
+    total: usize,
+    stop_on_fail: bool,
+    on_result: &(dyn Fn(&exec::ScenarioResult) + Sync),
+) -> Vec<exec::ScenarioResult> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results = Mutex::new(Vec::new());
-    let total = if until_fail { usize::MAX } else { scenarios.len() * repeat.max(1) };
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
-                if until_fail && failed.load(Ordering::SeqCst) {
+                if stop_on_fail && failed.load(Ordering::SeqCst) {
                     return;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);

@@ -77,6 +77,9 @@ enum Command {
         /// Print the generated scenario and exit
         #[arg(long)]
         print: bool,
+        /// Start no new seed once one failed
+        #[arg(long)]
+        until_caught: bool,
     },
     /// The effects probe (jobs exec this; see probe.rs)
     #[command(name = "__probe", hide = true)]
@@ -219,7 +222,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::Fuzz { seed, seeds, target, out, print } => {
+        Command::Fuzz { seed, seeds, target, out, print, until_caught } => {
             if print {
                 println!("{}", fuzz::generate(seed));
                 return ExitCode::SUCCESS;
@@ -231,7 +234,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            fuzz::run(seed, seeds, &opts, jobs(&target), &out)
+            fuzz::run(seed, seeds, &opts, jobs(&target), &out, until_caught)
         }
     }
 }
