@@ -105,18 +105,20 @@ fn interrupted_binary_leaves_nothing() -> Result<(), Failed> {
     let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
     write(dir.path(), "long.toml", &long_scenario(&never("600s")));
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        let mut child = std::process::Command::new(std::env::current_exe().map_err(|e| Failed::from(e.to_string()))?)
-            .args(["--exact", "long", "--test-threads", "1"])
+        let mut cmd = std::process::Command::new(std::env::current_exe().map_err(|e| Failed::from(e.to_string()))?);
+        cmd.args(["--exact", "long", "--test-threads", "1"])
             .env("HOMER_SCENARIOS_DIR", dir.path())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| Failed::from(e.to_string()))?;
+            .stderr(std::process::Stdio::null());
+        // This process is a subreaper with a zombie reaper: a child it waits on itself must
+        // be registered as owned, or the reaper may collect its exit status first.
+        let mut child = procs::spawn_owned(&mut cmd).map_err(|e| Failed::from(e.to_string()))?;
         let pid = child.id();
         let seen = wait_for_processes(pid, 3);
         // SAFETY: signalling the copy of this binary we just started.
         unsafe { libc::kill(pid as i32, signal) };
         let status = child.wait().map_err(|e| Failed::from(e.to_string()))?;
+        procs::disown(pid);
         if status.code() != Some(128 + signal) {
             return Err(Failed::from(format!("signal {signal}: the test binary exited {status}")));
         }

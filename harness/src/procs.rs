@@ -231,6 +231,17 @@ pub fn spawn(cmd: &mut Command, marker: &str) -> io::Result<Child> {
     Ok(child)
 }
 
+/// Spawn a command the caller will wait on itself, outside any scenario: registered as
+/// owned (under the spawn gate, so the reaper cannot take its exit status first) but not
+/// tagged or killed by scenario cleanup. Every `Child` of a process that called [`init`]
+/// must come from here or [`spawn`].
+pub fn spawn_owned(cmd: &mut Command) -> io::Result<Child> {
+    let _gate = spawn_gate().read();
+    let child = cmd.spawn()?;
+    registry().lock().unwrap_or_else(|e| e.into_inner()).owned.insert(child.id());
+    Ok(child)
+}
+
 /// The `Child` for `pid` has been waited for: the reaper may have its pid again.
 pub fn disown(pid: u32) {
     if let Ok(mut r) = registry().lock() {
