@@ -506,8 +506,12 @@ impl Ctx<'_> {
                 cmd.env_remove(k.as_ref());
             }
         }
+        // HOME and the XDG directories point into the sandbox, so nothing of the user's
+        // (an installed service unit, a config) leaks into a scenario.
         cmd.env("HOMER_HOME", self.home())
             .env("HOME", &self.sandbox)
+            .env("XDG_CONFIG_HOME", self.sandbox.join(".config"))
+            .env("XDG_DATA_HOME", self.sandbox.join(".local/share"))
             .env("HOMER_LOG_FORMAT", "json")
             .env("NO_COLOR", "1")
             .env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file());

@@ -146,6 +146,9 @@ pub fn generate(seed: u64) -> String {
     // Final phase: resume and kill everything, one daemon drains the queue.
     step(&mut t, "signal = \"*\"\nsig = \"CONT\"");
     step(&mut t, "signal = \"*\"\nsig = \"KILL\"");
+    // The kernel drops a killed daemon's flock when it has exited: wait for that, or the
+    // last start can lose the lock to a daemon that is already dead.
+    step(&mut t, "wait = \"exit\"\ntarget = \"f*\"");
     step(&mut t, "start = \"final\"");
     step(&mut t, "wait = \"event\"\ntarget = \"final\"\nevent = \"daemon.active\"\ntimeout = \"20s\"");
     step(

@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use homer_harness::selftest::*;
+use homer_harness::selftest::write;
+#[cfg(target_os = "linux")]
+use homer_harness::selftest::{linger, long_scenario, never, started_by, wait_for_processes};
 
 fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_homer-harness"))
