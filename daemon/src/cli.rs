@@ -128,6 +128,18 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         #[arg(long)]
         json: bool,
     },
+    /// Print a launchd plist or systemd user unit that runs this homerd binary with these
+    /// paths (install: README.md, "Service install")
+    #[command(
+        after_help = "The unit runs `homerd [--home DIR] [--lock-file PATH] [--config FILE] [--set K=V]... run` \
+with this invocation's resolved home and any of the others given here. launchd: \
+~/Library/LaunchAgents/dev.homer.homerd.plist; systemd: ~/.config/systemd/user/homerd.service."
+    )]
+    Service {
+        /// The supervisor
+        #[arg(value_enum)]
+        manager: crate::service::Manager,
+    },
     /// (internal) The held-start shim that job children run through
     #[command(hide = true, name = "job-shim")]
     JobShim {
@@ -171,6 +183,12 @@ pub fn main() -> i32 {
 }
 
 fn dispatch(cli: Cli) -> Result<i32, Error> {
+    // What `service` passes on to the daemon it installs (before the paths consume it).
+    let passed = crate::service::Passed {
+        lock_file: cli.lock_file.is_some(),
+        config: cli.config.clone(),
+        sets: cli.set.clone(),
+    };
     let paths = Paths::new(cli.home, cli.lock_file);
     let sources =
         Sources { explicit_file: cli.config, default_file: Some(paths.default_config.clone()), overrides: cli.set };
@@ -194,6 +212,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Show { id, json } => crate::operate::show(&ctx, id, json),
         Command::Cancel { id, json } => crate::operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => crate::operate::retry(&ctx, id, json),
+        Command::Service { manager } => crate::service::print(&ctx.paths, &ctx.config, manager, &passed),
         Command::JobShim { .. } => unreachable!("handled before configuration is loaded"),
     }
 }

@@ -1,4 +1,5 @@
-//! The commands beside `run`: `status`, `doctor`, `migrate`, `backup`.
+//! The commands beside `run`: `status`, `doctor`, `migrate`, `backup` (`service` lives
+//! in `service.rs`).
 //!
 //! `status` and `doctor` answer "is a daemon running" from the leader row plus a
 //! process-identity check; they never take or probe the lock, so a status loop can
@@ -157,21 +158,37 @@ struct Check {
     detail: String,
 }
 
-/// `homerd doctor [--json]`: the seed's "Verify Deployment" steps as checks.
+/// `homerd doctor [--json]`: the seed's "Verify Deployment" steps as checks, then a
+/// `WARN` line for each key of an installed launchd/systemd unit that contradicts what
+/// `homerd service` writes. A check that fails means the deployment is broken now and
+/// exits 1; a warning is a latent problem (it bites at the next stop or restart) and
+/// never changes the exit code.
 pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
     let checks = doctor_checks(ctx);
+    let warnings = crate::service::installed_unit_warnings(&ctx.config);
     let failed = checks.iter().filter(|c| !c.ok).count();
     if as_json {
         let list: Vec<_> = checks.iter().map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail})).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"ok": failed == 0, "checks": list})).expect("json"));
+        let warns: Vec<_> =
+            warnings.iter().map(|w| json!({"check": "service unit", "path": w.path, "detail": w.detail})).collect();
+        let out = json!({"ok": failed == 0, "checks": list, "warnings": warns});
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     } else {
         for c in &checks {
             println!("{} {:<18} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
         }
+        for w in &warnings {
+            println!("WARN {:<18} {}: {}", "service unit", w.path.display(), w.detail);
+        }
+        let warned = match warnings.len() {
+            0 => String::new(),
+            1 => String::from(", 1 warning"),
+            n => format!(", {n} warnings"),
+        };
         if failed == 0 {
-            println!("all {} checks passed", checks.len());
+            println!("all {} checks passed{warned}", checks.len());
         } else {
-            println!("{failed} of {} checks failed", checks.len());
+            println!("{failed} of {} checks failed{warned}", checks.len());
         }
     }
     Ok(if failed == 0 { exit::OK } else { exit::CHECK_FAILED })

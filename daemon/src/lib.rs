@@ -20,6 +20,7 @@ pub mod mutant;
 pub mod operate;
 pub mod paths;
 pub mod runner;
+pub mod service;
 pub mod shim;
 pub mod store;
 pub mod sync;

@@ -81,6 +81,8 @@ impl Sandbox {
         }
         c.env("HOMER_HOME", self.home())
             .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
+            .env("XDG_DATA_HOME", self.dir.path().join(".local/share"))
             .env("HOMER_LOG_FORMAT", "json")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
