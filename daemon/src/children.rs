@@ -516,6 +516,18 @@ fn probe_group(pgid: u32) -> bool {
 /// contain anything.
 #[cfg(target_os = "linux")]
 fn scan_group(pgid: u32) -> io::Result<bool> {
+    let mut alive = false;
+    for_each_live_process(|pgrp| {
+        alive = pgrp == pgid;
+        alive
+    })?;
+    Ok(alive)
+}
+
+/// Linux: calls `f` with the pgrp of every process that is not a zombie, until it returns
+/// `true`.
+#[cfg(target_os = "linux")]
+fn for_each_live_process(mut f: impl FnMut(u32) -> bool) -> io::Result<()> {
     for entry in std::fs::read_dir("/proc")? {
         let entry = entry?;
         let name = entry.file_name();
@@ -528,11 +540,33 @@ fn scan_group(pgid: u32) -> io::Result<bool> {
         };
         let (state, pgrp) =
             parse_stat_state_pgrp(&stat).ok_or_else(|| io::Error::other(format!("unparseable /proc/{pid}/stat")))?;
-        if pgrp == pgid && state != "Z" && state != "X" {
-            return Ok(true);
+        if state != "Z" && state != "X" && f(pgrp) {
+            break;
         }
     }
-    Ok(false)
+    Ok(())
+}
+
+/// The process groups that have a live (not zombie) member, from one listing of every
+/// process — for startup recovery, which checks every recorded group against one snapshot
+/// ([`kill_recorded_group_in`]) instead of listing every process once per group (50
+/// orphans cost 50 listings). `None` where groups can only be listed one at a time
+/// (macOS), or if the listing failed: callers then check each group on its own.
+pub fn live_groups() -> Option<std::collections::HashSet<u32>> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut live = std::collections::HashSet::new();
+        for_each_live_process(|pgrp| {
+            live.insert(pgrp);
+            false
+        })
+        .ok()?;
+        Some(live)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 #[cfg(any(target_os = "linux", test))]
@@ -650,6 +684,19 @@ pub struct RecordedChild {
 /// signalled. A member that moved itself to another group or session is out of
 /// reach of any process-group kill.
 pub fn kill_recorded_group(c: &RecordedChild, limit: Duration) -> io::Result<bool> {
+    kill_recorded_group_in(c, limit, None)
+}
+
+/// [`kill_recorded_group`] with a [`live_groups`] snapshot, taken after the recorded runs'
+/// daemon was gone, that can only say "gone": a group with no live member in it cannot
+/// have become ours again since (a group id comes back only as somebody else's group, as
+/// a reused leader pid does), so it is skipped without a scan of its own. A group live in
+/// the snapshot is scanned afresh before anything is signalled, exactly as without one.
+pub fn kill_recorded_group_in(
+    c: &RecordedChild,
+    limit: Duration,
+    live: Option<&std::collections::HashSet<u32>>,
+) -> io::Result<bool> {
     if c.boot_id != identity::pid_space() {
         return Ok(false);
     }
@@ -661,7 +708,8 @@ pub fn kill_recorded_group(c: &RecordedChild, limit: Duration) -> io::Result<boo
     // use as a process-group id, so every member of the old group is gone — and a group
     // with that id now is somebody else's. Never signal it.
     let pid_reused = c.pid == c.pgid && matches!(leader, Ok(Some(state)) if state.start_time != c.start_time);
-    if pid_reused || (!leader_alive && !group_alive(c.pgid)) {
+    let group_live = || live.is_none_or(|l| l.contains(&c.pgid)) && group_alive(c.pgid);
+    if pid_reused || (!leader_alive && !group_live()) {
         return Ok(false);
     }
     signal_group(c.pgid, libc::SIGKILL)?;
@@ -925,6 +973,35 @@ mod tests {
         assert!(group_alive(rec.pgid), "the orphaned member should still run");
         assert!(kill_recorded_group(&rec, Duration::from_secs(10)).unwrap());
         assert!(!group_alive(rec.pgid));
+    }
+
+    #[test]
+    fn recorded_groups_are_judged_by_a_live_groups_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = stand_in(&["sh", "-c", "sleep 60 & echo started"], request(dir.path())).unwrap();
+        held.release().unwrap();
+        assert!(wait_exit(&mut held).success());
+        let rec = RecordedChild {
+            pid: held.pid,
+            pgid: held.pgid,
+            boot_id: held.boot_id.clone(),
+            start_time: held.start_time,
+        };
+        let snapshot = live_groups();
+        if cfg!(target_os = "linux") {
+            assert!(snapshot.as_ref().unwrap().contains(&rec.pgid), "the orphaned member's group is live");
+        }
+        // The leader is dead: the snapshot alone decides. Without the group in it, nothing
+        // is signalled...
+        let without = std::collections::HashSet::new();
+        assert!(!kill_recorded_group_in(&rec, Duration::from_secs(5), Some(&without)).unwrap());
+        assert!(group_alive(rec.pgid), "a group absent from the snapshot was signalled");
+        // ...with it, the group is killed and waited for, as by a scan of its own.
+        assert!(kill_recorded_group_in(&rec, Duration::from_secs(10), snapshot.as_ref()).unwrap());
+        assert!(!group_alive(rec.pgid));
+        if let Some(after) = live_groups() {
+            assert!(!after.contains(&rec.pgid));
+        }
     }
 
     // 7.

@@ -106,9 +106,12 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     if !orphans.is_empty() {
         failpoint::hit("recovery.before_kill").map_err(|e| format!("recovery: {e}"))?;
     }
+    // One listing of every process for all the orphans, not one per orphan: with many
+    // orphans (50 groups: tens of milliseconds) that was most of a restart's recovery.
+    let live = if orphans.is_empty() { None } else { children::live_groups() };
     for c in orphans.iter().filter(|_| !crate::mutant::active(crate::mutant::NO_GROUP_KILL)) {
         let recorded = RecordedChild { pid: c.pid, pgid: c.pgid, boot_id: c.boot_id.clone(), start_time: c.start_time };
-        match children::kill_recorded_group(&recorded, kill_limit) {
+        match children::kill_recorded_group_in(&recorded, kill_limit, live.as_ref()) {
             Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
                 .field("job_id", c.job_id)
                 .field("pgid", c.pgid)

@@ -90,7 +90,8 @@ pub fn claim(
 ) -> rusqlite::Result<Vec<Claimed>> {
     let mut running: BTreeMap<String, u32> = BTreeMap::new();
     {
-        let mut stmt = tx.prepare("SELECT lane, COUNT(*) FROM job_queue WHERE status = 'running' GROUP BY lane")?;
+        let mut stmt =
+            tx.prepare_cached("SELECT lane, COUNT(*) FROM job_queue WHERE status = 'running' GROUP BY lane")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))? {
             let (lane, n) = row?;
             running.insert(lane, n);
@@ -107,7 +108,7 @@ pub fn claim(
     heads.sort_by_key(|(_, run_after, id)| (*run_after, *id));
     let mut queues: Vec<std::collections::VecDeque<i64>> = Vec::new();
     {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare_cached(
             "SELECT id FROM job_queue WHERE status = 'pending' AND lane = ?1 AND run_after <= ?2
                AND cancel_requested_at IS NULL
              ORDER BY run_after, id LIMIT ?3",
@@ -131,14 +132,14 @@ pub fn claim(
     }
     let mut tokens = random_tokens(chosen.len());
     let mut claimed = Vec::with_capacity(chosen.len());
-    let mut mark = tx.prepare(
+    let mut mark = tx.prepare_cached(
         "UPDATE job_queue SET status = 'running', locked_by = ?2, locked_at = ?3, heartbeat_at = ?3,
                 started_at = ?3, attempts = attempts + 1, runs = runs + 1,
                 claim_token = ?4, claim_epoch = ?5
          WHERE id = ?1 AND status = 'pending' AND cancel_requested_at IS NULL
          RETURNING lane, kind, payload, attempts, runs, timeout_ms, max_attempts",
     )?;
-    let mut run_row = tx.prepare(
+    let mut run_row = tx.prepare_cached(
         "INSERT INTO job_runs (job_id, run, attempt, epoch, claim_token, worker, started_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
@@ -189,7 +190,7 @@ pub fn lane_heads(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(String, 
 
 /// Renews the leases of `held` (id, token) under `epoch`; returns the ids still ours.
 pub fn renew(tx: &Transaction<'_>, epoch: i64, held: &[(i64, String)], now: i64) -> rusqlite::Result<Vec<i64>> {
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "UPDATE job_queue SET heartbeat_at = ?4
          WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
     )?;
@@ -217,20 +218,20 @@ pub fn record_child(
     if !owns(tx, epoch, id, token)? {
         return Ok(false);
     }
-    let n = tx.execute(
-        "UPDATE job_runs SET child_pid = ?3, child_pgid = ?4, child_boot_id = ?5, child_start_time = ?6
-         WHERE job_id = ?1 AND claim_token = ?2 AND ended_at IS NULL",
-        params![id, token, pid, pgid, boot_id, start_time as i64],
-    )?;
+    let n = tx
+        .prepare_cached(
+            "UPDATE job_runs SET child_pid = ?3, child_pgid = ?4, child_boot_id = ?5, child_start_time = ?6
+             WHERE job_id = ?1 AND claim_token = ?2 AND ended_at IS NULL",
+        )?
+        .execute(params![id, token, pid, pgid, boot_id, start_time as i64])?;
     Ok(n == 1)
 }
 
 fn owns(tx: &Transaction<'_>, epoch: i64, id: i64, token: &str) -> rusqlite::Result<bool> {
-    tx.query_row(
+    tx.prepare_cached(
         "SELECT 1 FROM job_queue WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
-        params![id, token, epoch],
-        |_| Ok(()),
-    )
+    )?
+    .query_row(params![id, token, epoch], |_| Ok(()))
     .optional()
     .map(|o| o.is_some())
 }
@@ -247,11 +248,11 @@ fn end_run(
     error: Option<&str>,
     now: i64,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE job_runs SET ended_at = ?3, outcome = ?4, error = ?5
          WHERE job_id = ?1 AND claim_token = ?2 AND ended_at IS NULL",
-        params![id, token, now, outcome, error],
-    )?;
+    )?
+    .execute(params![id, token, now, outcome, error])?;
     Ok(())
 }
 
@@ -277,13 +278,12 @@ pub fn complete(
         }
         return Ok(n == 1);
     }
-    let n = tx.execute(
-        &format!(
+    let n = tx
+        .prepare_cached(&format!(
             "UPDATE job_queue SET status = 'completed', result = ?4, completed_at = ?5, {CLEAR_LOCK}
              WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3"
-        ),
-        params![id, token, epoch, result, now],
-    )?;
+        ))?
+        .execute(params![id, token, epoch, result, now])?;
     if n == 1 {
         end_run(tx, id, token, "completed", None, now)?;
     }

@@ -205,7 +205,8 @@ pub fn check_epoch(tx: &Transaction<'_>, epoch: i64) -> rusqlite::Result<bool> {
     if mutant::active(mutant::NO_EPOCH_GUARD) {
         return Ok(true);
     }
-    let current: Option<i64> = tx.query_row("SELECT epoch FROM leader WHERE id = 1", [], |r| r.get(0)).optional()?;
+    let current: Option<i64> =
+        tx.prepare_cached("SELECT epoch FROM leader WHERE id = 1")?.query_row([], |r| r.get(0)).optional()?;
     Ok(current == Some(epoch))
 }
 

@@ -168,8 +168,9 @@ pub fn cancel(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Cance
 
 /// Running jobs with a pending cancel request (the daemon polls this).
 pub fn cancel_requests(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
+    // Runs whenever another connection committed (the engine loop): prepared once.
     let mut stmt =
-        conn.prepare("SELECT id FROM job_queue WHERE cancel_requested_at IS NOT NULL AND status = 'running'")?;
+        conn.prepare_cached("SELECT id FROM job_queue WHERE cancel_requested_at IS NOT NULL AND status = 'running'")?;
     let ids = stmt.query_map([], |r| r.get(0))?.collect();
     ids
 }

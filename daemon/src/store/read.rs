@@ -116,7 +116,7 @@ fn failure(msg: &str) -> rusqlite::Error {
 
 /// `PRAGMA data_version`: changes when another connection commits.
 pub fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+    conn.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))
 }
 
 /// The earliest `run_after` among pending jobs (from the lane heads: no full scan).

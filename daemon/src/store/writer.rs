@@ -171,8 +171,8 @@ fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
 fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, current: &mut Option<Sync>) {
     let wanted = batch.iter().map(|op| op.sync()).max().unwrap_or(Sync::Normal);
     if *current != Some(wanted) {
-        let value = if wanted == Sync::Full { "FULL" } else { "NORMAL" };
-        if let Err(e) = conn.pragma_update(None, "synchronous", value) {
+        let pragma = if wanted == Sync::Full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
+        if let Err(e) = conn.prepare_cached(pragma).and_then(|mut s| s.execute([])) {
             return fail_all(batch, e);
         }
         *current = Some(wanted);
@@ -203,8 +203,10 @@ fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, 
     }
     let mut outcomes: Vec<Result<(), WriteError>> = Vec::with_capacity(batch.len());
     for op in batch.iter_mut() {
-        let result = tx.execute_batch("SAVEPOINT op").and_then(|()| match op.apply(&tx) {
-            Ok(()) => tx.execute_batch("RELEASE op"),
+        // Prepared once per connection: these run twice for every operation.
+        let savepoint = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
+        let result = savepoint("SAVEPOINT op").and_then(|()| match op.apply(&tx) {
+            Ok(()) => savepoint("RELEASE op"),
             Err(e) => {
                 tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
                 Err(e)
