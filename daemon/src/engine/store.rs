@@ -185,6 +185,11 @@ pub struct MemJob {
 }
 
 /// The in-memory store: the same semantics as the SQLite statements, for tests.
+///
+/// The same goes for the mutants (`crate::mutant`): a mutant that switches a guard off
+/// in the SQL switches the same guard off here (`no_epoch_guard`, `no_owner_token_guard`,
+/// `no_drain_give_back`, `no_immediate_recovery`), so the coordinator's loom tests see
+/// the store the daemon would have with that mechanism missing.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     pub epoch: i64,
@@ -215,8 +220,9 @@ impl MemoryStore {
         }
     }
 
+    /// The writer's per-batch epoch check (`leader::check_epoch`).
     fn guard(&self, epoch: i64) -> StoreResult<()> {
-        if epoch == self.epoch {
+        if epoch == self.epoch || crate::mutant::active(crate::mutant::NO_EPOCH_GUARD) {
             Ok(())
         } else {
             Err(StoreError::Fenced)
@@ -278,12 +284,12 @@ impl JobStore for MemoryStore {
                 v.sort();
                 let cap = limits.lanes.get(&lane).copied().unwrap_or(limits.default_lane);
                 let free = cap.saturating_sub(running.get(&lane).copied().unwrap_or(0)) as usize;
-                let min_id = v.iter().map(|(_, id)| *id).min().unwrap_or(0);
-                let head = v[0].0;
-                (head, min_id, v.into_iter().take(free).map(|(_, id)| id).collect())
+                // Lanes are served in the order of their head row, (run_after, id).
+                let (head_run_after, head_id) = v[0];
+                (head_run_after, head_id, v.into_iter().take(free).map(|(_, id)| id).collect())
             })
             .collect();
-        queues.sort_by_key(|(head, min_id, _)| (*head, *min_id));
+        queues.sort_by_key(|(run_after, id, _)| (*run_after, *id));
         let mut chosen = Vec::new();
         while chosen.len() < room && queues.iter().any(|q| !q.2.is_empty()) {
             for q in queues.iter_mut() {
@@ -333,6 +339,17 @@ impl JobStore for MemoryStore {
 
     fn complete(&mut self, epoch: i64, id: i64, token: &str, _now: i64) -> StoreResult<bool> {
         self.guard(epoch)?;
+        if crate::mutant::active(crate::mutant::NO_OWNER_TOKEN_GUARD) {
+            // Mutant (as in `jobs::complete`): whoever finishes last writes the outcome.
+            return Ok(self
+                .jobs
+                .get_mut(&id)
+                .map(|j| {
+                    j.status = "completed";
+                    MemoryStore::clear(j);
+                })
+                .is_some());
+        }
         Ok(self
             .owned(epoch, id, token)
             .map(|j| {
@@ -377,12 +394,16 @@ impl JobStore for MemoryStore {
             if let Some(c) = MemoryStore::requeue_or_cancel(j) {
                 return c;
             }
-            j.interruptions += 1;
-            if j.interruptions <= max {
+            if j.interruptions < max {
+                // Mutant (as in `jobs::release`): the attempt is kept, no interruption counted.
+                if !crate::mutant::active(crate::mutant::NO_DRAIN_GIVE_BACK) {
+                    j.interruptions += 1;
+                    j.attempts -= 1;
+                }
                 j.status = "pending";
-                j.attempts -= 1;
                 FailOutcome::Retry { run_after: now }
             } else {
+                j.interruptions += 1;
                 j.status = "failed";
                 j.errors.push(format!("interrupted by shutdown {} times (max_interruptions)", j.interruptions));
                 FailOutcome::Failed
@@ -396,7 +417,7 @@ impl JobStore for MemoryStore {
         id: i64,
         token: &str,
         reason: &str,
-        _now: i64,
+        now: i64,
     ) -> StoreResult<Option<FailOutcome>> {
         self.guard(epoch)?;
         Ok(self.owned(epoch, id, token).map(|j| {
@@ -408,8 +429,9 @@ impl JobStore for MemoryStore {
             } else if let Some(c) = MemoryStore::requeue_or_cancel(j) {
                 c
             } else {
+                // `run_after` is left as it was (already due): ready at once.
                 j.status = "pending";
-                FailOutcome::Retry { run_after: j.run_after }
+                FailOutcome::Retry { run_after: now }
             }
         }))
     }
@@ -446,6 +468,10 @@ impl JobStore for MemoryStore {
     fn recover(&mut self, epoch: i64, retry_at: i64, _now: i64) -> StoreResult<Recovered> {
         self.guard(epoch)?;
         let mut out = Recovered::default();
+        if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
+            // Mutant (as in `jobs::recover_orphans`): orphans are left running.
+            return Ok(out);
+        }
         for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == "running") {
             if let Some(c) = j.child.take() {
                 out.children.push(OrphanChild {
@@ -456,8 +482,14 @@ impl JobStore for MemoryStore {
                     start_time: c.start_time,
                 });
             }
-            j.errors.push(String::from("orphaned"));
             MemoryStore::clear(j);
+            if j.cancel_requested {
+                // An operator asked to cancel it while it ran: cancelled, as in the SQL.
+                j.status = "cancelled";
+                out.cancelled.push(*id);
+                continue;
+            }
+            j.errors.push(String::from("orphaned"));
             if j.attempts >= j.job.max_attempts {
                 j.status = "failed";
                 out.failed.push(*id);

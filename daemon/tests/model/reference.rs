@@ -1,0 +1,460 @@
+//! The reference model of the job queue: what DESIGN.md's "Job states" and "The protocol"
+//! say the queue does, as plain data and plain code. It shares nothing with the stores it
+//! checks but the `JobStore` trait and that trait's value types (no SQL, no `MemoryStore`):
+//! a bug copied into both would otherwise go unseen.
+//!
+//! Besides the trait's operations it knows what happens around the daemon's store: the
+//! operator's `cancel` and `retry` (the CLI's own transactions) and a new daemon taking
+//! the leader row (the epoch bump).
+
+use std::collections::BTreeMap;
+
+use homerd::engine::store::{ChildRecord, JobStore, StoreError, StoreResult};
+use homerd::store::jobs::{ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
+use homerd::store::ops::{Cancel, Retry};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// Who holds a running job: the claim's token, the epoch it was claimed under, the
+/// worker, and when the lease was last written (the claim or a renewal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub token: String,
+    pub epoch: i64,
+    pub worker: String,
+    pub claimed_at: i64,
+    pub heartbeat_at: i64,
+}
+
+/// One run of a job: one per claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub run: u32,
+    pub attempt: u32,
+    pub epoch: i64,
+    pub token: String,
+    pub worker: String,
+    pub started_at: i64,
+    pub child: Option<ChildRecord>,
+    /// `(ended_at, outcome)` once the run is over.
+    pub ended: Option<(i64, &'static str)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub spec: NewJob,
+    pub status: Status,
+    /// Claims that count toward `max_attempts` (a graceful release gives its one back).
+    pub attempts: u32,
+    /// Every claim (every `job_runs` row).
+    pub runs: u32,
+    pub interruptions: u32,
+    pub run_after: i64,
+    pub owner: Option<Owner>,
+    /// The last claim's time (kept after the run ends).
+    pub started_at: Option<i64>,
+    /// Set by every transition into a terminal status, cleared by `retry`.
+    pub completed_at: Option<i64>,
+    pub cancel_requested_at: Option<i64>,
+    /// Entries in the error history.
+    pub errors: u32,
+    pub history: Vec<Run>,
+}
+
+impl Job {
+    fn open_run(&mut self) -> &mut Run {
+        let token = self.owner.as_ref().map(|o| o.token.clone());
+        self.history
+            .iter_mut()
+            .rev()
+            .find(|r| r.ended.is_none() && Some(&r.token) == token.as_ref())
+            .expect("a running job has its open run")
+    }
+
+    /// Leaves `running`: the run ends with `outcome`, the lock is cleared.
+    fn end_run(&mut self, status: Status, outcome: &'static str, now: i64) {
+        self.open_run().ended = Some((now, outcome));
+        self.owner = None;
+        self.status = status;
+        if status.terminal() {
+            self.completed_at = Some(now);
+        }
+    }
+}
+
+/// The queue and the leader row's epoch.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pub epoch: i64,
+    pub jobs: BTreeMap<i64, Job>,
+    /// The `stale_jobs_recovered` counter.
+    pub recovered_total: i64,
+    next_token: u64,
+}
+
+impl Queue {
+    pub fn new() -> Queue {
+        Queue { epoch: 0, jobs: BTreeMap::new(), recovered_total: 0, next_token: 0 }
+    }
+
+    /// A new daemon takes the leader row: the epoch moves on; every older epoch is fenced.
+    pub fn bump_epoch(&mut self) -> i64 {
+        self.epoch += 1;
+        self.epoch
+    }
+
+    /// Whether `token` under `epoch` is the current claim of job `id`.
+    pub fn owns(&self, epoch: i64, id: i64, token: &str) -> bool {
+        self.jobs.get(&id).is_some_and(|j| {
+            j.status == Status::Running && j.owner.as_ref().is_some_and(|o| o.token == token && o.epoch == epoch)
+        })
+    }
+
+    fn fenced(&self, epoch: i64) -> StoreResult<()> {
+        if epoch == self.epoch {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced)
+        }
+    }
+
+    fn owned_mut(&mut self, epoch: i64, id: i64, token: &str) -> Option<&mut Job> {
+        if self.owns(epoch, id, token) {
+            self.jobs.get_mut(&id)
+        } else {
+            None
+        }
+    }
+
+    /// `homerd cancel ID` (the CLI's transaction; no epoch involved): a pending job is
+    /// cancelled at once, a running one gets a request its owner acts on.
+    pub fn operator_cancel(&mut self, id: i64, now: i64) -> Cancel {
+        let Some(j) = self.jobs.get_mut(&id) else { return Cancel::NotFound };
+        match j.status {
+            Status::Pending => {
+                j.status = Status::Cancelled;
+                j.completed_at = Some(now);
+                Cancel::Cancelled
+            }
+            Status::Running => {
+                j.cancel_requested_at.get_or_insert(now);
+                Cancel::Requested
+            }
+            other => Cancel::Terminal(other.as_str().to_owned()),
+        }
+    }
+
+    /// `homerd retry ID`: a failed or cancelled job is pending again with a fresh budget.
+    pub fn operator_retry(&mut self, id: i64, now: i64) -> Retry {
+        let Some(j) = self.jobs.get_mut(&id) else { return Retry::NotFound };
+        if !matches!(j.status, Status::Failed | Status::Cancelled) {
+            return Retry::NotRetryable(j.status.as_str().to_owned());
+        }
+        j.status = Status::Pending;
+        j.attempts = 0;
+        j.interruptions = 0;
+        j.run_after = now;
+        j.completed_at = None;
+        j.cancel_requested_at = None;
+        Retry::Requeued
+    }
+
+    /// Lanes are served in turns, the lane whose first pending job (by `run_after`, then
+    /// id) is oldest first; within a lane, that same order. Caps: the global one, the
+    /// lane's, the batch.
+    fn choose(&self, limits: &ClaimLimits, now: i64) -> Vec<i64> {
+        let running = |lane: Option<&str>| {
+            self.jobs.values().filter(|j| j.status == Status::Running && lane.is_none_or(|l| j.spec.lane == l)).count()
+                as u32
+        };
+        let room = limits.global.saturating_sub(running(None)).min(limits.batch) as usize;
+        let mut by_lane: BTreeMap<&str, Vec<(i64, i64, bool)>> = BTreeMap::new();
+        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == Status::Pending) {
+            by_lane.entry(j.spec.lane.as_str()).or_default().push((j.run_after, *id, j.cancel_requested_at.is_some()));
+        }
+        let mut lanes: Vec<((i64, i64), Vec<i64>)> = Vec::new();
+        for (lane, mut rows) in by_lane {
+            rows.sort_unstable();
+            let head = (rows[0].0, rows[0].1);
+            if head.0 > now {
+                continue;
+            }
+            let cap = limits.lanes.get(lane).copied().unwrap_or(limits.default_lane);
+            let free = cap.saturating_sub(running(Some(lane))) as usize;
+            let ready: Vec<i64> = rows
+                .iter()
+                .filter(|(at, _, requested)| *at <= now && !requested)
+                .map(|(_, id, _)| *id)
+                .take(free)
+                .collect();
+            lanes.push((head, ready));
+        }
+        lanes.sort_by_key(|(head, _)| *head);
+        let mut chosen = Vec::new();
+        for turn in 0.. {
+            let mut any = false;
+            for (_, ready) in &lanes {
+                if let Some(id) = ready.get(turn) {
+                    any = true;
+                    if chosen.len() < room {
+                        chosen.push(*id);
+                    }
+                }
+            }
+            if !any || chosen.len() >= room {
+                break;
+            }
+        }
+        chosen
+    }
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue::new()
+    }
+}
+
+impl JobStore for Queue {
+    fn enqueue(&mut self, job: &NewJob, _now: i64) -> StoreResult<i64> {
+        let id = self.jobs.keys().next_back().map_or(1, |last| last + 1);
+        self.jobs.insert(
+            id,
+            Job {
+                spec: job.clone(),
+                status: Status::Pending,
+                attempts: 0,
+                runs: 0,
+                interruptions: 0,
+                run_after: job.run_after,
+                owner: None,
+                started_at: None,
+                completed_at: None,
+                cancel_requested_at: None,
+                errors: 0,
+                history: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    fn claim(&mut self, epoch: i64, worker: &str, limits: &ClaimLimits, now: i64) -> StoreResult<Vec<Claimed>> {
+        self.fenced(epoch)?;
+        let mut out = Vec::new();
+        for id in self.choose(limits, now) {
+            self.next_token += 1;
+            let token = format!("model-token-{}", self.next_token);
+            let j = self.jobs.get_mut(&id).expect("chosen from the queue");
+            j.status = Status::Running;
+            j.attempts += 1;
+            j.runs += 1;
+            j.started_at = Some(now);
+            j.owner = Some(Owner {
+                token: token.clone(),
+                epoch,
+                worker: worker.to_owned(),
+                claimed_at: now,
+                heartbeat_at: now,
+            });
+            j.history.push(Run {
+                run: j.runs,
+                attempt: j.attempts,
+                epoch,
+                token: token.clone(),
+                worker: worker.to_owned(),
+                started_at: now,
+                child: None,
+                ended: None,
+            });
+            out.push(Claimed {
+                id,
+                lane: j.spec.lane.clone(),
+                kind: j.spec.kind.clone(),
+                args: j.spec.args.clone(),
+                attempt: j.attempts,
+                run: j.runs,
+                token,
+                timeout_ms: j.spec.timeout_ms,
+                max_attempts: j.spec.max_attempts,
+            });
+        }
+        Ok(out)
+    }
+
+    fn renew(&mut self, epoch: i64, held: &[(i64, String)], now: i64) -> StoreResult<Vec<i64>> {
+        self.fenced(epoch)?;
+        let mut ours = Vec::new();
+        for (id, token) in held {
+            if let Some(j) = self.owned_mut(epoch, *id, token) {
+                j.owner.as_mut().expect("owned").heartbeat_at = now;
+                ours.push(*id);
+            }
+        }
+        Ok(ours)
+    }
+
+    fn record_child(&mut self, epoch: i64, id: i64, token: &str, child: &ChildRecord) -> StoreResult<bool> {
+        self.fenced(epoch)?;
+        Ok(self.owned_mut(epoch, id, token).map(|j| j.open_run().child = Some(child.clone())).is_some())
+    }
+
+    fn complete(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
+        self.fenced(epoch)?;
+        Ok(self.owned_mut(epoch, id, token).map(|j| j.end_run(Status::Completed, "completed", now)).is_some())
+    }
+
+    fn fail(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        _error: &str,
+        retryable: bool,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(epoch)?;
+        Ok(self.owned_mut(epoch, id, token).map(|j| {
+            if retryable && j.attempts < j.spec.max_attempts {
+                if j.cancel_requested_at.is_some() {
+                    // Would go back to pending: the operator's cancel wins instead.
+                    j.end_run(Status::Cancelled, "failed", now);
+                    return FailOutcome::Cancelled;
+                }
+                j.errors += 1;
+                j.run_after = retry_at;
+                j.end_run(Status::Pending, "failed", now);
+                FailOutcome::Retry { run_after: retry_at }
+            } else {
+                j.errors += 1;
+                j.end_run(Status::Failed, "failed", now);
+                FailOutcome::Failed
+            }
+        }))
+    }
+
+    fn release(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        max_interruptions: u32,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(epoch)?;
+        Ok(self.owned_mut(epoch, id, token).map(|j| {
+            if j.cancel_requested_at.is_some() {
+                j.end_run(Status::Cancelled, "released", now);
+                return FailOutcome::Cancelled;
+            }
+            j.interruptions += 1;
+            if j.interruptions <= max_interruptions {
+                // The attempt is given back: an interruption is not a failure.
+                j.attempts -= 1;
+                j.end_run(Status::Pending, "released", now);
+                FailOutcome::Retry { run_after: now }
+            } else {
+                j.errors += 1;
+                j.end_run(Status::Failed, "released", now);
+                FailOutcome::Failed
+            }
+        }))
+    }
+
+    fn abandon(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        _reason: &str,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(epoch)?;
+        Ok(self.owned_mut(epoch, id, token).map(|j| {
+            // The attempt stays counted: a job that keeps losing its lease ends failed.
+            if j.attempts >= j.spec.max_attempts {
+                j.errors += 1;
+                j.end_run(Status::Failed, "abandoned", now);
+                FailOutcome::Failed
+            } else if j.cancel_requested_at.is_some() {
+                j.end_run(Status::Cancelled, "abandoned", now);
+                FailOutcome::Cancelled
+            } else {
+                j.errors += 1;
+                j.end_run(Status::Pending, "abandoned", now);
+                FailOutcome::Retry { run_after: now }
+            }
+        }))
+    }
+
+    fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
+        self.fenced(epoch)?;
+        Ok(self.owned_mut(epoch, id, token).map(|j| j.end_run(Status::Cancelled, "cancelled", now)).is_some())
+    }
+
+    fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {
+        self.fenced(epoch)?;
+        let mut out = Vec::new();
+        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == Status::Running) {
+            for run in j.history.iter().filter(|r| r.ended.is_none()) {
+                if let Some(c) = &run.child {
+                    out.push(OrphanChild {
+                        job_id: *id,
+                        pid: c.pid,
+                        pgid: c.pgid,
+                        boot_id: c.boot_id.clone(),
+                        start_time: c.start_time,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Startup recovery: the epoch is ours, so every running job is an orphan, whatever
+    /// its heartbeat's age.
+    fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered> {
+        let children = self.orphan_children(epoch)?;
+        let mut out = Recovered { children, ..Recovered::default() };
+        for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == Status::Running) {
+            if j.cancel_requested_at.is_some() {
+                j.end_run(Status::Cancelled, "orphaned", now);
+                out.cancelled.push(*id);
+            } else if j.attempts >= j.spec.max_attempts {
+                j.errors += 1;
+                j.end_run(Status::Failed, "orphaned", now);
+                out.failed.push(*id);
+            } else {
+                j.errors += 1;
+                j.run_after = retry_at;
+                j.end_run(Status::Pending, "orphaned", now);
+                out.requeued.push(*id);
+            }
+        }
+        self.recovered_total += (out.cancelled.len() + out.failed.len() + out.requeued.len()) as i64;
+        Ok(out)
+    }
+}
