@@ -6,7 +6,9 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+#[cfg(target_os = "linux")]
+use std::process::Stdio;
+use std::process::{Command, Output};
 
 use homer_harness::selftest::write;
 #[cfg(target_os = "linux")]

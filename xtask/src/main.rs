@@ -5,7 +5,11 @@
 //!   ending in a table (verify.rs).
 //! - `cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N]`: every
 //!   named mutant must be caught (mutants.rs; the models layer in models.rs).
+//! - `cargo xtask bench [options]`: release-built benchmarks against same-run baselines
+//!   (bench.rs; the measuring program is the `homer-bench` package).
 
+mod bench;
+mod models;
 mod mutants;
 mod verify;
 
@@ -13,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: cargo xtask verify [--quick] [--stage NAME] [--macos]
-       cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N]";
+       cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N]
+       cargo xtask bench [--jobs N] [--json FILE] [homer-bench options]";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("verify") => verify::verify(&args[1..]),
         Some("mutants") => mutants_command(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         _ => Err(String::from(USAGE)),
     };
     match result {
@@ -79,6 +85,8 @@ fn mutants_command(args: &[String]) -> Result<(), String> {
     }
     match layer.as_str() {
         "scenarios" => mutants::scenarios(&rest),
-        other => Err(format!("unknown layer {other}; expected scenarios")),
+        "models" => models::mutants_models(&rest),
+        "all" => mutants::scenarios(&rest).and_then(|()| models::mutants_models(&rest)),
+        other => Err(format!("unknown layer {other}; expected scenarios, models or all")),
     }
 }

@@ -60,7 +60,8 @@ pub fn verify(args: &[String]) -> Result<(), String> {
     if let Some(name) = &only {
         let all: Vec<&Stage> = FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS)).collect();
         let Some(stage) = all.into_iter().find(|s| s.name == name) else {
-            let names: Vec<&str> = FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS)).map(|s| s.name).collect();
+            let names: Vec<&str> =
+                FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS)).map(|s| s.name).collect();
             return Err(format!("no stage {name}; stages: {}", names.join(", ")));
         };
         stages = vec![stage];
@@ -132,7 +133,8 @@ fn insta_version() -> Result<String, String> {
     let mut lines = lock.lines();
     while let Some(l) = lines.next() {
         if l == "name = \"insta\"" {
-            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")).and_then(|v| v.strip_suffix('"')) {
+            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")).and_then(|v| v.strip_suffix('"'))
+            {
                 return Ok(v.to_string());
             }
         }
@@ -143,7 +145,8 @@ fn insta_version() -> Result<String, String> {
 fn ensure_cargo_insta() -> Result<(), String> {
     let version = insta_version()?;
     let bin = tools_dir().join("bin/cargo-insta");
-    let have = Command::new(&bin).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let have =
+        Command::new(&bin).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     if have.as_deref().is_some_and(|v| v.split_whitespace().any(|w| w == version)) {
         return Ok(());
     }
@@ -173,10 +176,15 @@ fn test() -> Result<(), String> {
 }
 
 fn loom() -> Result<(), String> {
-    run(cargo()
-        .env("RUSTFLAGS", "--cfg homer_loom")
-        .env("CARGO_TARGET_DIR", root().join("target/loom"))
-        .args(["test", "-p", "homerd", "--release", "--locked", "--test", "loom"]))
+    run(cargo().env("RUSTFLAGS", "--cfg homer_loom").env("CARGO_TARGET_DIR", root().join("target/loom")).args([
+        "test",
+        "-p",
+        "homerd",
+        "--release",
+        "--locked",
+        "--test",
+        "loom",
+    ]))
 }
 
 /// A virtualenv under target/ with `packages` installed.
@@ -204,7 +212,8 @@ fn workflow() -> Result<(), String> {
 
 fn macos() -> Result<(), String> {
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    let has_target = installed.map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == MACOS_TARGET)).unwrap_or(false);
+    let has_target =
+        installed.map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == MACOS_TARGET)).unwrap_or(false);
     if !has_target {
         run(Command::new("rustup").args(["target", "add", MACOS_TARGET]))?;
     }
@@ -214,9 +223,14 @@ fn macos() -> Result<(), String> {
         run(cargo().args(["install", "cargo-zigbuild", "--locked", "--quiet", "--root"]).arg(tools_dir()))?;
     }
     let mut cmd = cargo();
-    cmd.env("PATH", tool_path())
-        .env("CARGO_TARGET_DIR", root().join("target/macos"))
-        .args(["zigbuild", "--workspace", "--all-targets", "--locked", "--target", MACOS_TARGET]);
+    cmd.env("PATH", tool_path()).env("CARGO_TARGET_DIR", root().join("target/macos")).args([
+        "zigbuild",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--target",
+        MACOS_TARGET,
+    ]);
     eprintln!("(links every target for macOS; nothing runs there)");
     run(&mut cmd).map_err(|e| format!("{e} — {}", show(&cmd)))
 }
