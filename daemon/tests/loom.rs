@@ -9,9 +9,9 @@
 //!   and the clock: no job executed by two owners at once; a job claimed during shutdown
 //!   is released with its attempt given back, not lost; shutdown always terminates.
 //! - `an_unrenewable_lease_is_given_up_before_it_can_be_taken_over`: a worker whose
-//!   renewals fail, the watchdog, the clock and a takeover: the run is stopped before its
-//!   lease could be taken over; no overlap with the new daemon's run; the worker that
-//!   lost its lease records no outcome.
+//!   daemon can no longer refresh its leader row, the watchdog, the clock and a takeover:
+//!   the run is stopped before its lease could be taken over; no overlap with the new
+//!   daemon's run; the worker that lost its lease records no outcome.
 //! - `a_zombie_never_records_an_outcome`: a run ends, its daemon pauses before recording
 //!   the result, another daemon recovers and re-runs the job: the old result never lands.
 //! - `a_fenced_daemon_stops_everything`: a takeover seen by a renewal or a claim stops
@@ -26,6 +26,9 @@
 //! are encoded as waits, and nothing else is: the watchdog evaluates deadlines soon after
 //! the clock passes them, a kill takes effect within `kill_grace`, and startup recovery
 //! kills an orphan's recorded group and waits until it is gone (`runner::recover`).
+//! The coordinator's own locks are loom's here (`homerd::sync` under `--cfg homer_loom`),
+//! so loom switches threads around each of its critical sections too; every part of
+//! these models runs under loom, none needed shuttle's randomized schedules.
 #![cfg(homer_loom)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,9 +61,10 @@ fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
     );
 }
 
-/// `LOOM_MAX_PREEMPTIONS` when unset: 3 explores the whole suite in about two minutes
-/// here; 2 misses `shutdown_releases_what_it_claimed`'s double release (a claim racing the
-/// signal takes a job the drain has just released).
+/// `LOOM_MAX_PREEMPTIONS` when unset. 3 explores the suite's 2.7 million interleavings in
+/// about four and a half minutes here; 2 (35,000, seconds) misses the double release in
+/// `shutdown_releases_what_it_claimed` (a claim racing the signal takes a job the drain
+/// has just released).
 const DEFAULT_PREEMPTIONS: usize = 3;
 
 fn cfg() -> EngineConfig {

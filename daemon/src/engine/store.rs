@@ -629,11 +629,11 @@ mod tests {
         assert_eq!(later.iter().map(|c| c.id).collect::<Vec<_>>(), vec![b2.id]);
         assert_eq!((later[0].attempt, later[0].run), (2, 2));
         assert_eq!(s.fail(1, b2.id, &later[0].token, "boom", true, 900, 701).unwrap(), Some(FailOutcome::Failed));
-        // Abandon: pending again, attempt kept (1 of 2 used).
-        assert!(matches!(
+        // Abandon: pending again, attempt kept (1 of 2 used), ready at once.
+        assert_eq!(
             s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap(),
-            Some(FailOutcome::Retry { .. })
-        ));
+            Some(FailOutcome::Retry { run_after: 702 })
+        );
         assert_eq!(s.abandon(1, b1.id, &b1_again.token, "lease lost", 702).unwrap(), None);
 
         // Recovery: every running row; exhausted ones fail; recorded children reported.
@@ -672,6 +672,25 @@ mod tests {
         assert_eq!(f.release(1, id, &c.token, 5, 2), Err(StoreError::Fenced));
         assert_eq!(f.abandon(1, id, &c.token, "x", 2), Err(StoreError::Fenced));
         assert_eq!(f.orphan_children(1), Err(StoreError::Fenced));
+
+        // Lanes take turns in the order of their first job by (run_after, id), whatever
+        // their lowest id: lane a's head is id 3 (run_after 0), lane b's id 2.
+        let mut o = h.make();
+        let mut later = job("a", 3);
+        later.run_after = 5;
+        o.enqueue(&later, 0).unwrap();
+        let b_head = o.enqueue(&job("b", 3), 0).unwrap();
+        o.enqueue(&job("a", 3), 0).unwrap();
+        let one = ClaimLimits { global: 1, lanes: BTreeMap::new(), default_lane: 3, batch: 1 };
+        assert_eq!(o.claim(1, "w", &one, 10).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), vec![b_head]);
+
+        // Recovery cancels an orphan an operator asked to cancel while it ran.
+        let mut r = h.make();
+        let id = r.enqueue(&job("a", 3), 0).unwrap();
+        r.claim(1, "w", &limits(), 1).unwrap();
+        h.request_cancel(&mut r, id);
+        let rec = r.recover(1, 5, 2).unwrap();
+        assert_eq!((rec.cancelled, rec.requeued, rec.failed), (vec![id], vec![], vec![]));
 
         // A cancel request filed while a run is ending wins over any requeue, so the job
         // cannot be claimed again before the daemon sees the request.
