@@ -294,12 +294,13 @@ impl Engine {
                 }
             }
             ended.extend(self.ended_rx.try_iter());
-            for (id, result) in ended.drain(..) {
-                self.finish(id, result);
+            if !ended.is_empty() {
+                // Every run that ended since the last pass is recorded in one commit.
+                self.finish(std::mem::take(&mut ended));
                 claim_now = true;
             }
             if self.unrecorded > 0 {
-                let retried = self.coord.retry_unrecorded(self.clock.now_ms(), jitter());
+                let retried = self.coord.retry_unrecorded(self.clock.now_ms(), jitter);
                 self.unrecorded = retried.iter().filter(|(_, f)| *f == Finished::Deferred).count();
                 for (id, f) in retried.iter().filter(|(_, f)| *f != Finished::Deferred) {
                     announce_finish(*id, f);
@@ -432,23 +433,35 @@ impl Engine {
         self.threads.insert(id, thread);
     }
 
-    fn finish(&mut self, id: i64, result: JobResult) {
-        controls(&self.controls).remove(&id);
-        if let Some(t) = self.threads.remove(&id) {
-            let _ = t.join();
+    /// Records the runs that ended (their threads are done or about to be), all in one
+    /// store call, and announces each.
+    fn finish(&mut self, ended: Vec<(i64, JobResult)>) {
+        for (id, _) in &ended {
+            controls(&self.controls).remove(id);
+            if let Some(t) = self.threads.remove(id) {
+                let _ = t.join();
+            }
         }
-        if result == JobResult::Succeeded {
+        if ended.iter().any(|(_, r)| *r == JobResult::Succeeded) {
             if let Err(e) = failpoint::hit("job.before_complete") {
                 events::warn("failpoint.error", "job.before_complete").field("error", e.to_string()).emit();
             }
         }
-        let f = self.coord.finish(id, result.clone(), self.clock.now_ms(), jitter());
-        if f == Finished::Deferred {
-            self.unrecorded += 1;
-        }
-        announce_finish(id, &f);
-        if let (Finished::Failed, JobResult::Failed { error, .. }) = (&f, &result) {
-            events::debug("job.error", "Last error").field("job_id", id).field("error", error.clone()).emit();
+        let errors: BTreeMap<i64, String> = ended
+            .iter()
+            .filter_map(|(id, r)| match r {
+                JobResult::Failed { error, .. } => Some((*id, error.clone())),
+                JobResult::Succeeded => None,
+            })
+            .collect();
+        for (id, f) in self.coord.finish_many(ended, self.clock.now_ms(), jitter) {
+            if f == Finished::Deferred {
+                self.unrecorded += 1;
+            }
+            announce_finish(id, &f);
+            if let (Finished::Failed, Some(error)) = (&f, errors.get(&id)) {
+                events::debug("job.error", "Last error").field("job_id", id).field("error", error.clone()).emit();
+            }
         }
     }
 }

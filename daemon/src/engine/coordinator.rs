@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use super::store::{ChildRecord, JobStore, StoreError};
+use super::store::{ChildRecord, JobStore, Record, RecordItem, Recorded, StoreError};
 use crate::store::jobs::{ClaimLimits, Claimed, FailOutcome, Recovered};
 use crate::sync::{self, Mutex};
 
@@ -438,90 +438,113 @@ impl<S: JobStore> Coordinator<S> {
     /// A job's process (or work) ended with `result`: record what its lease allows. The
     /// lease leaves the table first, so the store is called without the state lock.
     pub fn finish(&self, id: i64, result: JobResult, now_wall: i64, jitter: f64) -> Finished {
-        let mut lease = {
+        let mut out = self.finish_many(vec![(id, result)], now_wall, || jitter);
+        out.pop().map_or(Finished::Discarded("no lease"), |(_, f)| f)
+    }
+
+    /// [`Coordinator::finish`] for every run that ended together, recorded with one store
+    /// call ([`JobStore::record_many`]: one transaction, one fsync). Returns (id, what
+    /// happened) in the order given; `jitter` is drawn once per recorded failure.
+    pub fn finish_many(
+        &self,
+        ended: Vec<(i64, JobResult)>,
+        now_wall: i64,
+        mut jitter: impl FnMut() -> f64,
+    ) -> Vec<(i64, Finished)> {
+        let mut out: Vec<(i64, Option<Finished>)> = Vec::with_capacity(ended.len());
+        let mut taken: Vec<(usize, Lease, JobResult, Record)> = Vec::new();
+        {
             let mut st = sync::lock(&self.state);
-            let Some(lease) = st.leases.remove(&id) else { return Finished::Discarded("no lease") };
-            if st.fenced {
-                return Finished::Discarded("fenced");
+            for (id, result) in ended {
+                let Some(lease) = st.leases.remove(&id) else {
+                    out.push((id, Some(Finished::Discarded("no lease"))));
+                    continue;
+                };
+                if st.fenced {
+                    out.push((id, Some(Finished::Discarded("fenced"))));
+                    continue;
+                }
+                match self.plan(&lease, &result, now_wall, &mut jitter) {
+                    None => out.push((id, Some(Finished::Discarded("fenced")))),
+                    Some(what) => {
+                        taken.push((out.len(), lease, result, what));
+                        out.push((id, None));
+                    }
+                }
             }
-            lease
-        };
-        let outcome = self.record(&lease, &result, now_wall, jitter);
-        let mut st = sync::lock(&self.state);
-        match outcome {
-            Err(StoreError::Fenced) => {
-                fence_locked(&mut st);
-                Finished::Discarded("fenced")
-            }
-            Err(StoreError::Unavailable(_)) => {
-                lease.unrecorded = Some(result);
-                st.leases.insert(id, lease);
-                Finished::Deferred
-            }
-            Ok(f) => f,
         }
+        if taken.is_empty() {
+            return out.into_iter().map(|(id, f)| (id, f.expect("decided"))).collect();
+        }
+        let items: Vec<RecordItem> =
+            taken.iter().map(|(_, l, _, what)| (l.job.id, l.job.token.clone(), what.clone())).collect();
+        let recorded = sync::lock(&self.store).record_many(self.epoch, &items, now_wall);
+        debug_assert_eq!(recorded.len(), items.len());
+        let mut st = sync::lock(&self.state);
+        for ((slot, mut lease, result, what), r) in taken.into_iter().zip(recorded) {
+            out[slot].1 = Some(match r {
+                Err(StoreError::Fenced) => {
+                    fence_locked(&mut st);
+                    Finished::Discarded("fenced")
+                }
+                Err(StoreError::Unavailable(_)) => {
+                    lease.unrecorded = Some(result);
+                    st.leases.insert(lease.job.id, lease);
+                    Finished::Deferred
+                }
+                Ok(r) => finished(&what, r),
+            });
+        }
+        out.into_iter().map(|(id, f)| (id, f.expect("decided"))).collect()
     }
 
     /// Retries results the store could not take. Returns (id, what happened) for each.
-    pub fn retry_unrecorded(&self, now_wall: i64, jitter: f64) -> Vec<(i64, Finished)> {
+    pub fn retry_unrecorded(&self, now_wall: i64, jitter: impl FnMut() -> f64) -> Vec<(i64, Finished)> {
         let pending: Vec<(i64, JobResult)> = sync::lock(&self.state)
             .leases
             .values()
             .filter_map(|l| l.unrecorded.clone().map(|r| (l.job.id, r)))
             .collect();
-        pending.into_iter().map(|(id, r)| (id, self.finish(id, r, now_wall, jitter))).collect()
+        self.finish_many(pending, now_wall, jitter)
     }
 
-    fn record(&self, lease: &Lease, result: &JobResult, now: i64, jitter: f64) -> Result<Finished, StoreError> {
-        let (id, token, epoch) = (lease.job.id, lease.job.token.as_str(), self.epoch);
-        let mut store = sync::lock(&self.store);
-        let fail_outcome = |o: Option<FailOutcome>| match o {
-            None => Finished::Discarded("not the owner"),
-            Some(FailOutcome::Retry { run_after }) => Finished::Retry { run_after },
-            Some(FailOutcome::Failed) => Finished::Failed,
-            Some(FailOutcome::Cancelled) => Finished::Cancelled,
-        };
-        match lease.stop {
+    /// What `lease` may record for `result`; `None`: nothing (a fenced run).
+    fn plan(&self, lease: &Lease, result: &JobResult, now: i64, jitter: &mut impl FnMut() -> f64) -> Option<Record> {
+        Some(match lease.stop {
             Some(StopReason::LeaseLost) => {
-                let reason = "lease lost: the run was stopped before its lease expired";
-                Ok(match store.abandon(epoch, id, token, reason, now)? {
-                    None => Finished::Discarded("lease lost"),
-                    Some(FailOutcome::Retry { .. }) => Finished::Abandoned,
-                    Some(FailOutcome::Failed) => Finished::Failed,
-                    Some(FailOutcome::Cancelled) => Finished::Cancelled,
-                })
+                Record::Abandon { reason: String::from("lease lost: the run was stopped before its lease expired") }
             }
-            Some(StopReason::Fenced) => Ok(Finished::Discarded("fenced")),
-            Some(StopReason::Cancelled) => Ok(if store.cancel(epoch, id, token, now)? {
-                Finished::Cancelled
-            } else {
-                Finished::Discarded("not the owner")
-            }),
-            Some(StopReason::Shutdown) => {
-                Ok(match store.release(epoch, id, token, self.cfg.max_interruptions, now)? {
-                    None => Finished::Discarded("not the owner"),
-                    Some(FailOutcome::Retry { .. }) => Finished::Released,
-                    Some(FailOutcome::Failed) => Finished::Failed,
-                    Some(FailOutcome::Cancelled) => Finished::Cancelled,
-                })
-            }
-            Some(StopReason::Timeout) => {
-                let error = format!("timed out after {} ms", lease.job.timeout_ms.unwrap_or(0));
-                let retry_at = now + self.cfg.backoff_ms(lease.job.attempt, jitter);
-                Ok(fail_outcome(store.fail(epoch, id, token, &error, true, retry_at, now)?))
-            }
-            None => match result {
-                JobResult::Succeeded => Ok(if store.complete(epoch, id, token, now)? {
-                    Finished::Completed
-                } else {
-                    Finished::Discarded("not the owner")
-                }),
-                JobResult::Failed { error, retryable } => {
-                    let retry_at = now + self.cfg.backoff_ms(lease.job.attempt, jitter);
-                    Ok(fail_outcome(store.fail(epoch, id, token, error, *retryable, retry_at, now)?))
-                }
+            Some(StopReason::Fenced) => return None,
+            Some(StopReason::Cancelled) => Record::Cancel,
+            Some(StopReason::Shutdown) => Record::Release { max_interruptions: self.cfg.max_interruptions },
+            Some(StopReason::Timeout) => Record::Fail {
+                error: format!("timed out after {} ms", lease.job.timeout_ms.unwrap_or(0)),
+                retryable: true,
+                retry_at: now + self.cfg.backoff_ms(lease.job.attempt, jitter()),
             },
-        }
+            None => match result {
+                JobResult::Succeeded => Record::Complete,
+                JobResult::Failed { error, retryable } => Record::Fail {
+                    error: error.clone(),
+                    retryable: *retryable,
+                    retry_at: now + self.cfg.backoff_ms(lease.job.attempt, jitter()),
+                },
+            },
+        })
+    }
+}
+
+/// What recording `what` came to, for the caller.
+fn finished(what: &Record, r: Recorded) -> Finished {
+    match (what, r) {
+        (Record::Abandon { .. }, Recorded::NotOwner) => Finished::Discarded("lease lost"),
+        (_, Recorded::NotOwner) => Finished::Discarded("not the owner"),
+        (_, Recorded::Completed) => Finished::Completed,
+        (Record::Abandon { .. }, Recorded::Ended(FailOutcome::Retry { .. })) => Finished::Abandoned,
+        (Record::Release { .. }, Recorded::Ended(FailOutcome::Retry { .. })) => Finished::Released,
+        (_, Recorded::Ended(FailOutcome::Retry { run_after })) => Finished::Retry { run_after },
+        (_, Recorded::Ended(FailOutcome::Failed)) => Finished::Failed,
+        (_, Recorded::Ended(FailOutcome::Cancelled)) => Finished::Cancelled,
     }
 }
 

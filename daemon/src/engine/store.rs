@@ -38,6 +38,34 @@ pub struct ChildRecord {
     pub start_time: u64,
 }
 
+/// What a run's end records (one member of [`JobStore::record_many`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// [`JobStore::complete`].
+    Complete,
+    /// [`JobStore::fail`].
+    Fail { error: String, retryable: bool, retry_at: i64 },
+    /// [`JobStore::release`].
+    Release { max_interruptions: u32 },
+    /// [`JobStore::abandon`].
+    Abandon { reason: String },
+    /// [`JobStore::cancel`].
+    Cancel,
+}
+
+/// What a [`Record`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The claim (token, epoch) was not the job's current one: nothing changed.
+    NotOwner,
+    Completed,
+    /// `fail`, `release`, `abandon` or `cancel` ended the run this way.
+    Ended(FailOutcome),
+}
+
+/// One record for [`JobStore::record_many`]: job id, claim token, what to record.
+pub type RecordItem = (i64, String, Record);
+
 pub trait JobStore: Send {
     fn enqueue(&mut self, job: &NewJob, now: i64) -> StoreResult<i64>;
     fn claim(&mut self, epoch: i64, worker: &str, limits: &ClaimLimits, now: i64) -> StoreResult<Vec<Claimed>>;
@@ -73,6 +101,89 @@ pub trait JobStore: Send {
     /// Process groups recorded by runs still marked running (to kill before recovery).
     fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>>;
     fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered>;
+
+    /// Records the end of several runs, in order, each guarded on its own exactly as its
+    /// single call; one result per item. The SQLite store commits them in one transaction
+    /// (one fsync for every job that ended together); this default calls them one by one.
+    fn record_many(&mut self, epoch: i64, items: &[RecordItem], now: i64) -> Vec<StoreResult<Recorded>> {
+        items.iter().map(|(id, token, what)| record_one(self, epoch, *id, token, what, now)).collect()
+    }
+}
+
+/// One [`Record`] through the single calls of `store`.
+pub fn record_one<S: JobStore + ?Sized>(
+    store: &mut S,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    what: &Record,
+    now: i64,
+) -> StoreResult<Recorded> {
+    let ended = |o: Option<FailOutcome>| o.map_or(Recorded::NotOwner, Recorded::Ended);
+    Ok(match what {
+        Record::Complete => {
+            if store.complete(epoch, id, token, now)? {
+                Recorded::Completed
+            } else {
+                Recorded::NotOwner
+            }
+        }
+        Record::Fail { error, retryable, retry_at } => {
+            ended(store.fail(epoch, id, token, error, *retryable, *retry_at, now)?)
+        }
+        Record::Release { max_interruptions } => ended(store.release(epoch, id, token, *max_interruptions, now)?),
+        Record::Abandon { reason } => ended(store.abandon(epoch, id, token, reason, now)?),
+        Record::Cancel => {
+            if store.cancel(epoch, id, token, now)? {
+                Recorded::Ended(FailOutcome::Cancelled)
+            } else {
+                Recorded::NotOwner
+            }
+        }
+    })
+}
+
+/// One [`Record`] as SQL, inside the writer's transaction: the same statements as the
+/// single calls of [`SqliteStore`].
+fn record_sql(
+    tx: &rusqlite::Transaction<'_>,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    what: &Record,
+    now: i64,
+) -> rusqlite::Result<Recorded> {
+    let ended = |o: Option<FailOutcome>| o.map_or(Recorded::NotOwner, Recorded::Ended);
+    Ok(match what {
+        Record::Complete => {
+            if jobs::complete(tx, epoch, id, token, None, now)? {
+                Recorded::Completed
+            } else {
+                Recorded::NotOwner
+            }
+        }
+        Record::Fail { error, retryable, retry_at } => {
+            ended(jobs::fail(tx, epoch, id, token, error, *retryable, *retry_at, now)?)
+        }
+        Record::Release { max_interruptions } => ended(jobs::release(tx, epoch, id, token, *max_interruptions, now)?),
+        Record::Abandon { reason } => ended(jobs::abandon(tx, epoch, id, token, reason, now)?),
+        Record::Cancel => {
+            if crate::store::ops::cancel_running(tx, epoch, id, token, now)? {
+                Recorded::Ended(FailOutcome::Cancelled)
+            } else {
+                Recorded::NotOwner
+            }
+        }
+    })
+}
+
+/// The durability each record is committed with, as its single call does: an abandoned
+/// run records no outcome (NORMAL); every outcome is an acknowledgement (FULL).
+fn record_sync(what: &Record) -> Sync {
+    match what {
+        Record::Abandon { .. } => Sync::Normal,
+        _ => Sync::Full,
+    }
 }
 
 /// The daemon's store: every call is one operation on the group-commit writer, so its
@@ -157,6 +268,19 @@ impl JobStore for SqliteStore {
     }
     fn orphan_children(&mut self, _epoch: i64) -> StoreResult<Vec<OrphanChild>> {
         Ok(self.writer.call_blocking(Sync::Normal, jobs::orphan_children)?)
+    }
+    fn record_many(&mut self, epoch: i64, items: &[RecordItem], now: i64) -> Vec<StoreResult<Recorded>> {
+        type Op = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<Recorded> + Send>;
+        let ops: Vec<(Sync, Op)> = items
+            .iter()
+            .map(|(id, token, what)| {
+                let sync = record_sync(what);
+                let (id, token, what) = (*id, token.clone(), what.clone());
+                let op: Op = Box::new(move |tx| record_sql(tx, epoch, id, &token, &what, now));
+                (sync, op)
+            })
+            .collect();
+        self.writer.call_together_blocking(ops).into_iter().map(|r| r.map_err(StoreError::from)).collect()
     }
     fn recover(&mut self, _epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered> {
         Ok(self.writer.call_blocking(Sync::Full, move |tx| {
@@ -672,6 +796,41 @@ mod tests {
         assert_eq!(f.release(1, id, &c.token, 5, 2), Err(StoreError::Fenced));
         assert_eq!(f.abandon(1, id, &c.token, "x", 2), Err(StoreError::Fenced));
         assert_eq!(f.orphan_children(1), Err(StoreError::Fenced));
+        assert_eq!(f.record_many(1, &[(id, c.token.clone(), Record::Complete)], 2), vec![Err(StoreError::Fenced)]);
+
+        // Several runs recorded together: in order, each guarded on its own, so a wrong
+        // token or a second record of one run changes nothing and the rest still land.
+        let mut g = h.make();
+        for lane in ["a", "b", "c"] {
+            g.enqueue(&job(lane, 3), 0).unwrap();
+        }
+        let run = g.claim(1, "w", &limits(), 1).unwrap();
+        assert_eq!(run.len(), 3);
+        let fail = Record::Fail { error: "boom".into(), retryable: true, retry_at: 50 };
+        let got = g.record_many(
+            1,
+            &[
+                (run[0].id, run[0].token.clone(), Record::Complete),
+                (run[1].id, run[1].token.clone(), fail),
+                (run[2].id, "wrong".into(), Record::Abandon { reason: "x".into() }),
+                (run[0].id, run[0].token.clone(), Record::Complete),
+                (run[2].id, run[2].token.clone(), Record::Release { max_interruptions: 5 }),
+            ],
+            2,
+        );
+        assert_eq!(
+            got,
+            vec![
+                Ok(Recorded::Completed),
+                Ok(Recorded::Ended(FailOutcome::Retry { run_after: 50 })),
+                Ok(Recorded::NotOwner),
+                Ok(Recorded::NotOwner),
+                Ok(Recorded::Ended(FailOutcome::Retry { run_after: 2 })),
+            ]
+        );
+        // Ready again by (run_after, id): the released run (at 2, its attempt given back), then the retry (at 50).
+        let again = g.claim(1, "w", &limits(), 60).unwrap();
+        assert_eq!(again.iter().map(|c| (c.id, c.attempt)).collect::<Vec<_>>(), vec![(run[2].id, 1), (run[1].id, 2)]);
 
         // Lanes take turns in the order of their first job by (run_after, id), whatever
         // their lowest id: lane a's head is id 3 (run_after 0), lane b's id 2.

@@ -73,6 +73,8 @@ where
 
 enum Msg {
     Op(Box<dyn Op>),
+    /// Operations that must share one transaction (see [`Writer::call_together_blocking`]).
+    Group(Vec<Box<dyn Op>>),
     Stop(oneshot::Sender<Connection>),
 }
 
@@ -119,6 +121,30 @@ impl Writer {
         self.submit(sync, f).await.unwrap_or(Err(WriteError::Closed))
     }
 
+    /// Queues every `(sync, f)` as one unit: they go into the same transaction, so they
+    /// share one commit (one fsync), while each still runs in its own savepoint and gets
+    /// its own result, as if queued one by one. Waits for that commit.
+    ///
+    /// Queuing them one by one would not do: the writer may wake on the first and commit
+    /// it alone before the rest arrive.
+    pub fn call_together_blocking<R, F>(&self, ops: Vec<(Sync, F)>) -> Vec<Result<R, WriteError>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let mut group: Vec<Box<dyn Op>> = Vec::with_capacity(ops.len());
+        let mut rxs = Vec::with_capacity(ops.len());
+        for (sync, f) in ops {
+            let (reply, rx) = oneshot::channel();
+            group.push(Box::new(TypedOp { sync, f: Some(f), value: None, reply }));
+            rxs.push(rx);
+        }
+        if let Err(mpsc::SendError(Msg::Group(group))) = self.tx.send(Msg::Group(group)) {
+            group.into_iter().for_each(|op| op.finish(Err(WriteError::Closed)));
+        }
+        rxs.into_iter().map(|rx| rx.blocking_recv().unwrap_or(Err(WriteError::Closed))).collect()
+    }
+
     /// Blocking form of [`Writer::call`] for code outside the async runtime.
     pub fn call_blocking<R, F>(&self, sync: Sync, f: F) -> Result<R, WriteError>
     where
@@ -149,11 +175,14 @@ fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
         let mut stop = None;
         match first {
             Msg::Op(op) => batch.push(op),
+            // A group stays whole, even past MAX_BATCH.
+            Msg::Group(ops) => batch.extend(ops),
             Msg::Stop(reply) => stop = Some(reply),
         }
         while stop.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(Msg::Op(op)) => batch.push(op),
+                Ok(Msg::Group(ops)) => batch.extend(ops),
                 Ok(Msg::Stop(reply)) => stop = Some(reply),
                 Err(_) => break,
             }
@@ -297,6 +326,52 @@ mod tests {
         assert_eq!(count(&path), 1, "the failing op's first insert must be rolled back");
         drop(w);
         th.join();
+    }
+
+    #[test]
+    fn a_group_keeps_its_order_and_a_failing_member_is_rolled_back_alone() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
+        type F = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<i64> + Send>;
+        let insert = |sync| -> (Sync, F) {
+            (
+                sync,
+                Box::new(|tx: &Transaction<'_>| {
+                    tx.execute(INSERT, [])?;
+                    tx.query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0))
+                }),
+            )
+        };
+        let bad: (Sync, F) = (
+            Sync::Normal,
+            Box::new(|tx: &Transaction<'_>| {
+                tx.execute(INSERT, [])?;
+                tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                Ok(0)
+            }),
+        );
+        // What the group commits with, seen from inside it: one FULL member makes it FULL.
+        let sync: (Sync, F) =
+            (Sync::Normal, Box::new(|tx: &Transaction<'_>| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))));
+        let got =
+            w.call_together_blocking(vec![insert(Sync::Normal), bad, insert(Sync::Full), insert(Sync::Normal), sync]);
+        let got: Vec<Option<i64>> = got.iter().map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(got, vec![Some(1), None, Some(2), Some(3), Some(2)], "counts in order, then synchronous=FULL (2)");
+        assert_eq!(count(&path), 3);
+        drop(w);
+        th.join();
+    }
+
+    #[test]
+    fn a_stopped_writer_answers_every_member_of_a_group() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(rt.block_on(w.stop()).is_some());
+        th.join();
+        let got = w.call_together_blocking(vec![(Sync::Normal, |tx: &Transaction<'_>| tx.execute(INSERT, [])); 2]);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|r| matches!(r, Err(WriteError::Closed))), "{got:?}");
     }
 
     #[test]
