@@ -19,6 +19,7 @@ pub mod lock;
 pub mod mutant;
 pub mod operate;
 pub mod paths;
+pub mod pool;
 pub mod runner;
 pub mod service;
 pub mod shim;

@@ -6,19 +6,19 @@
 //!   (deadlines, lost leases, fencing, shutdown) — it never touches the database, so a
 //!   slow writer cannot delay a kill;
 //! - one **job thread** per running job does its work (in-process for `noop`, `sleep`,
-//!   `fail`, `crash`; a held child process for `exec`).
+//!   `fail`, `crash`; a held child process for `exec`); job threads are reused
+//!   ([`crate::pool`]).
 //!
 //! The engine thread wakes every [`POLL`] (or at once when a job ends) and claims when
 //! `PRAGMA data_version` says another connection committed (a CLI enqueue), when a job
 //! ended (capacity freed), or when the next `run_after` is reached — so an idle daemon
 //! notices an enqueue within tens of milliseconds without writing anything while idle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -228,7 +228,10 @@ struct Engine {
     paths: Paths,
     reader: Connection,
     controls: Controls,
-    threads: BTreeMap<i64, JoinHandle<()>>,
+    /// Job threads, reused.
+    pool: crate::pool::Pool,
+    /// Jobs whose thread has not reported its result yet.
+    running: BTreeSet<i64>,
     /// Results the store could not take yet (retried every loop).
     unrecorded: usize,
     ended_tx: Sender<(i64, JobResult)>,
@@ -253,7 +256,8 @@ impl Engine {
             paths,
             reader,
             controls: Controls::default(),
-            threads: BTreeMap::new(),
+            pool: crate::pool::Pool::new("homerd-job"),
+            running: BTreeSet::new(),
             unrecorded: 0,
             ended_tx,
             ended_rx,
@@ -349,11 +353,11 @@ impl Engine {
                 }
                 next_ready = read::next_run_after(&self.reader).ok().flatten();
             }
-            if self.coord.fenced() && self.threads.is_empty() {
+            if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
             }
             // Drained only when no job thread runs and no result waits to be recorded.
-            if self.coord.shutting_down() && self.threads.is_empty() && self.coord.held().is_empty() {
+            if self.coord.shutting_down() && self.running.is_empty() && self.coord.held().is_empty() {
                 return EngineExit::Drained;
             }
             match self.ended_rx.recv_timeout(POLL) {
@@ -421,26 +425,24 @@ impl Engine {
         };
         let ended = self.ended_tx.clone();
         let id = job.id;
-        let thread = std::thread::Builder::new()
-            .name(format!("homerd-job-{id}"))
-            .spawn(move || {
+        self.pool
+            .run(move || {
                 let coord = ctx.coord.clone();
+                // Everything the job held is dropped when `run` returns, before it reports.
                 let result = ctx.run();
                 coord.mark_ended(id);
                 let _ = ended.send((id, result));
             })
             .expect("spawn job thread");
-        self.threads.insert(id, thread);
+        self.running.insert(id);
     }
 
-    /// Records the runs that ended (their threads are done or about to be), all in one
-    /// store call, and announces each.
+    /// Records the runs that ended (their work is done), all in one store call, and
+    /// announces each.
     fn finish(&mut self, ended: Vec<(i64, JobResult)>) {
         for (id, _) in &ended {
             controls(&self.controls).remove(id);
-            if let Some(t) = self.threads.remove(id) {
-                let _ = t.join();
-            }
+            self.running.remove(id);
         }
         if ended.iter().any(|(_, r)| *r == JobResult::Succeeded) {
             if let Err(e) = failpoint::hit("job.before_complete") {
