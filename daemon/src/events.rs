@@ -166,19 +166,19 @@ impl Event {
     pub fn emit(self) {
         let sink = sink();
         let ts = format_rfc3339(sink.clock.now_ms());
-        let json = self.to_json(&ts);
-        let human = self.to_human(&ts, false);
-        let line = match sink.format {
-            Format::Json => json.clone(),
-            Format::Human if sink.colour => self.to_human(&ts, true),
-            Format::Human => human.clone(),
+        // The file gets the plain line; stderr the same, or its coloured form. Each is
+        // formatted once, and written with one call so concurrent writers never
+        // interleave within a line.
+        let mut plain = match sink.format {
+            Format::Json => self.to_json(&ts),
+            Format::Human => self.to_human(&ts, false),
         };
-        // One write per line so concurrent writers never interleave within a line.
-        let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
+        plain.push('\n');
+        let coloured = (sink.format == Format::Human && sink.colour).then(|| self.to_human(&ts, true) + "\n");
+        let _ = std::io::stderr().lock().write_all(coloured.as_deref().unwrap_or(&plain).as_bytes());
         let mut file = sink.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = file.as_mut() {
-            let text = if sink.format == Format::Json { json } else { human };
-            f.write_line(&format!("{text}\n"));
+            f.write_line(&plain);
         }
     }
 
