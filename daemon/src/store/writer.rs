@@ -230,6 +230,22 @@ fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, 
             return fail_all(batch, e);
         }
     }
+    if batch.len() == 1 {
+        // Alone in its transaction, an operation needs no savepoint: a failure rolls the
+        // transaction back. (Savepoints are not free: SQLite copies every page an
+        // operation changes into a statement journal first.)
+        let mut op = batch.pop().expect("one op");
+        return match op.apply(&tx) {
+            Ok(()) => match tx.commit() {
+                Ok(()) => op.finish(Ok(())),
+                Err(e) => fail_all(vec![op], e),
+            },
+            Err(e) => {
+                drop(tx);
+                op.finish(Err(WriteError::Sqlite(e)));
+            }
+        };
+    }
     let mut outcomes: Vec<Result<(), WriteError>> = Vec::with_capacity(batch.len());
     for op in batch.iter_mut() {
         // Prepared once per connection: these run twice for every operation.
@@ -308,6 +324,22 @@ mod tests {
             assert!(matches!(w.call_blocking(Sync::Normal, |tx| tx.execute(INSERT, [])), Err(WriteError::Fenced)));
         }
         assert_eq!(count(&path), 0);
+        drop(w);
+        th.join();
+    }
+
+    #[test]
+    fn a_failing_op_alone_in_its_batch_leaves_nothing_behind() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
+        let bad = w.call_blocking(Sync::Full, |tx| {
+            tx.execute(INSERT, [])?;
+            tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+        });
+        assert!(matches!(bad, Err(WriteError::Sqlite(_))), "{bad:?}");
+        assert_eq!(count(&path), 0, "the failing op's first insert must be rolled back");
+        assert_eq!(w.call_blocking(Sync::Normal, |tx| tx.execute(INSERT, [])).unwrap(), 1);
+        assert_eq!(count(&path), 1, "the writer goes on after a failed batch");
         drop(w);
         th.join();
     }
