@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use homerd::clock::Clock;
 use homerd::config::Durability;
-use homerd::engine::store::{ChildRecord, JobStore, SqliteStore, StoreError};
+use homerd::engine::store::{ChildRecord, JobStore, Record, Recorded, SqliteStore, StoreError};
 use homerd::store::jobs::{self, ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
 use homerd::store::leader::{self, Candidate, Outcome};
 use homerd::store::ops::{self, Cancel, Retry};
@@ -632,6 +632,22 @@ impl Sut {
 
 struct StoreTest;
 
+/// One outcome through [`JobStore::record_many`].
+fn record(sut: &mut Sut, r: &Resolved, what: Record, now: i64) -> Result<Recorded, StoreError> {
+    let token = sut.token(r);
+    let mut got = sut.store(r.daemon).record_many(r.epoch, &[(r.job, token, what)], now);
+    assert_eq!(got.len(), 1, "one result per record");
+    got.pop().expect("one result")
+}
+
+/// `fail`/`release`/`abandon`'s answer, from what a record did.
+fn ended(r: Recorded) -> Option<FailOutcome> {
+    match r {
+        Recorded::Ended(o) => Some(o),
+        Recorded::NotOwner | Recorded::Completed => None,
+    }
+}
+
 fn same<T: PartialEq + std::fmt::Debug>(step: &Step, what: &str, store: T, model: T) {
     assert!(store == model, "{step:?}: {what}: the store returned {store:?}, the model {model:?}");
 }
@@ -686,33 +702,27 @@ impl StateMachineTest for StoreTest {
                 let token = sut.token(&r);
                 Expect::Done(sut.store(r.daemon).record_child(r.epoch, r.job, &token, &child(*pgid)))
             }
+            // Outcomes go through `record_many`, as the daemon records them (one call for
+            // every run that ended together; the store's own tests cover several at once).
             Step::Complete { .. } => {
-                let token = sut.token(&r);
-                Expect::Done(sut.store(r.daemon).complete(r.epoch, r.job, &token, now))
+                let got = record(&mut sut, &r, Record::Complete, now);
+                Expect::Done(got.map(|g| g == Recorded::Completed))
             }
             Step::Fail { retryable, backoff, .. } => {
-                let token = sut.token(&r);
-                Expect::Outcome(sut.store(r.daemon).fail(
-                    r.epoch,
-                    r.job,
-                    &token,
-                    "boom",
-                    *retryable,
-                    now + backoff,
-                    now,
-                ))
+                let what = Record::Fail { error: "boom".into(), retryable: *retryable, retry_at: now + backoff };
+                Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
             }
             Step::Release { max_interruptions, .. } => {
-                let token = sut.token(&r);
-                Expect::Outcome(sut.store(r.daemon).release(r.epoch, r.job, &token, *max_interruptions, now))
+                let what = Record::Release { max_interruptions: *max_interruptions };
+                Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
             }
             Step::Abandon { .. } => {
-                let token = sut.token(&r);
-                Expect::Outcome(sut.store(r.daemon).abandon(r.epoch, r.job, &token, "lease lost", now))
+                let what = Record::Abandon { reason: "lease lost".into() };
+                Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
             }
             Step::OwnerCancel { .. } => {
-                let token = sut.token(&r);
-                Expect::Done(sut.store(r.daemon).cancel(r.epoch, r.job, &token, now))
+                let got = record(&mut sut, &r, Record::Cancel, now);
+                Expect::Done(got.map(|g| g == Recorded::Ended(FailOutcome::Cancelled)))
             }
             Step::OperatorCancel { job } => Expect::Cancel(cli(&sut.path, |tx| ops::cancel(tx, *job, now))),
             Step::OperatorRetry { job } => Expect::Retry(cli(&sut.path, |tx| ops::retry(tx, *job, now))),
