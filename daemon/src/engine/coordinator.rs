@@ -197,10 +197,17 @@ impl<S: JobStore> Coordinator<S> {
     /// `busy_timeout`), so lease deadlines keep being enforced meanwhile. A shutdown that
     /// begins during the call does not lose what was claimed: the leases are registered
     /// and the drain releases them.
+    ///
+    /// With as many leases as the global cap, the store is not asked (no write
+    /// transaction is opened): every lease is a `running` row of ours (registered after
+    /// its claim commits, removed before its outcome is recorded), so there is no room.
     pub fn claim(&self, now_mono: i64, now_wall: i64) -> Vec<Claimed> {
         {
             let st = sync::lock(&self.state);
             if st.fenced || st.shutdown.is_some() || self.leader_stale(&st, now_mono) {
+                return Vec::new();
+            }
+            if st.leases.len() >= self.cfg.limits.global as usize {
                 return Vec::new();
             }
         }
@@ -623,6 +630,19 @@ mod tests {
         assert_eq!(c.renew(100, 100), vec![id]);
         assert_eq!(c.finish(id, JobResult::Succeeded, 200, 0.5), Finished::Discarded("lease lost"));
         assert_eq!(status(&c, id), "running", "the other owner's row is untouched");
+    }
+
+    #[test]
+    fn a_full_daemon_does_not_ask_the_store() {
+        let c = with_jobs(6, None);
+        assert_eq!(c.claim(0, 0).len(), 4, "the global cap");
+        // A takeover the store would report: a claim that reached it would fence us.
+        sync::lock(&c.store).epoch = 2;
+        assert!(c.claim(1, 1).is_empty());
+        assert!(!c.fenced(), "with four leases of four, the claim never reached the store");
+        let id = *c.held().first().unwrap();
+        assert_eq!(c.finish(id, JobResult::Succeeded, 2, 0.5), Finished::Discarded("fenced"));
+        assert!(c.claim(3, 3).is_empty());
     }
 
     #[test]
