@@ -34,7 +34,7 @@ pub struct Pool {
 struct Shared {
     queue: Mutex<Receiver<Task>>,
     idle: AtomicUsize,
-    /// Threads alive (for tests and the metrics event).
+    /// Threads alive, busy or idle.
     threads: AtomicUsize,
 }
 
