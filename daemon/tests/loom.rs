@@ -354,7 +354,9 @@ enum Work {
 }
 
 /// One worker of daemon `d`: the engine's claim, then each job's run. Returns what each
-/// finish recorded.
+/// finish recorded. Short runs end together, so they are recorded together, as the
+/// engine records every run that ended since its last pass (`finish_many`, one store
+/// call); a long run is recorded when it ends.
 fn work(d: u8, c: &Coordinator<Db>, world: &World, kind: Work) -> Vec<(i64, Finished)> {
     let now = world.now();
     let claimed = c.claim(now, now);
@@ -365,14 +367,27 @@ fn work(d: u8, c: &Coordinator<Db>, world: &World, kind: Work) -> Vec<(i64, Fini
             b.runs.insert((d, job.id), Run { pgid: Some(pgid(d, job.id)), ..Run::default() });
         }
     });
-    let out = claimed.into_iter().map(|job| (job.id, run_job(d, c, world, kind, &job))).collect();
+    let out = match kind {
+        Work::Short => {
+            let ended: Vec<(i64, JobResult)> =
+                claimed.iter().map(|job| (job.id, run_job(d, c, world, kind, job))).collect();
+            c.finish_many(ended, world.now(), || 0.5)
+        }
+        Work::Long => claimed
+            .into_iter()
+            .map(|job| {
+                let result = run_job(d, c, world, kind, &job);
+                (job.id, c.finish(job.id, result, world.now(), 0.5))
+            })
+            .collect(),
+    };
     world.update(|b| b.workers_done += 1);
     out
 }
 
 /// A claimed job's run: the job thread (held child, record, release unless stopped, the
-/// work, the group gone) and the engine's finish.
-fn run_job(d: u8, c: &Coordinator<Db>, world: &World, kind: Work, job: &Claimed) -> Finished {
+/// work, the group gone). Returns its result, for the engine's finish.
+fn run_job(d: u8, c: &Coordinator<Db>, world: &World, kind: Work, job: &Claimed) -> JobResult {
     {
         let id = job.id;
         // Spawned held (registered with its group), recorded under the epoch, released
@@ -412,7 +427,7 @@ fn run_job(d: u8, c: &Coordinator<Db>, world: &World, kind: Work, job: &Claimed)
             })
         };
         c.mark_ended(id);
-        c.finish(id, result, world.now(), 0.5)
+        result
     }
 }
 
