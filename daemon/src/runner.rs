@@ -440,29 +440,33 @@ impl Engine {
     /// Records the runs that ended (their work is done), all in one store call, and
     /// announces each.
     fn finish(&mut self, ended: Vec<(i64, JobResult)>) {
+        let mut table = controls(&self.controls);
         for (id, _) in &ended {
-            controls(&self.controls).remove(id);
+            table.remove(id);
             self.running.remove(id);
         }
+        drop(table);
         if ended.iter().any(|(_, r)| *r == JobResult::Succeeded) {
             if let Err(e) = failpoint::hit("job.before_complete") {
                 events::warn("failpoint.error", "job.before_complete").field("error", e.to_string()).emit();
             }
         }
-        let errors: BTreeMap<i64, String> = ended
+        // `finish_many` answers in the order given: each answer meets its own result.
+        let errors: Vec<Option<String>> = ended
             .iter()
-            .filter_map(|(id, r)| match r {
-                JobResult::Failed { error, .. } => Some((*id, error.clone())),
+            .map(|(_, r)| match r {
+                JobResult::Failed { error, .. } => Some(error.clone()),
                 JobResult::Succeeded => None,
             })
             .collect();
-        for (id, f) in self.coord.finish_many(ended, self.clock.now_ms(), jitter) {
+        let finished = self.coord.finish_many(ended, self.clock.now_ms(), jitter);
+        for ((id, f), error) in finished.into_iter().zip(errors) {
             if f == Finished::Deferred {
                 self.unrecorded += 1;
             }
             announce_finish(id, &f);
-            if let (Finished::Failed, Some(error)) = (&f, errors.get(&id)) {
-                events::debug("job.error", "Last error").field("job_id", id).field("error", error.clone()).emit();
+            if let (Finished::Failed, Some(error)) = (&f, error) {
+                events::debug("job.error", "Last error").field("job_id", id).field("error", error).emit();
             }
         }
     }

@@ -196,6 +196,20 @@ impl SqliteStore {
     pub fn new(writer: Writer) -> SqliteStore {
         SqliteStore { writer }
     }
+
+    /// One record as one writer operation.
+    fn record(&mut self, epoch: i64, id: i64, token: &str, what: Record, now: i64) -> StoreResult<Recorded> {
+        let token = token.to_owned();
+        Ok(self.writer.call_blocking(record_sync(&what), move |tx| record_sql(tx, epoch, id, &token, &what, now))?)
+    }
+}
+
+/// `fail`/`release`/`abandon`'s answer from what a record did.
+fn ended_as(r: Recorded) -> Option<FailOutcome> {
+    match r {
+        Recorded::Ended(o) => Some(o),
+        Recorded::NotOwner | Recorded::Completed => None,
+    }
 }
 
 impl JobStore for SqliteStore {
@@ -226,9 +240,11 @@ impl JobStore for SqliteStore {
             jobs::record_child(tx, epoch, id, &token, c.pid, c.pgid, &c.boot_id, c.start_time)
         })?)
     }
+    // The single outcome calls are one-record forms of `record_many`'s operations, so the
+    // statements and the durability of each record are chosen in one place (`record_sql`,
+    // `record_sync`).
     fn complete(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
-        let token = token.to_owned();
-        Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::complete(tx, epoch, id, &token, None, now))?)
+        Ok(self.record(epoch, id, token, Record::Complete, now)? == Recorded::Completed)
     }
     fn fail(
         &mut self,
@@ -240,14 +256,11 @@ impl JobStore for SqliteStore {
         retry_at: i64,
         now: i64,
     ) -> StoreResult<Option<FailOutcome>> {
-        let (token, error) = (token.to_owned(), error.to_owned());
-        Ok(self
-            .writer
-            .call_blocking(Sync::Full, move |tx| jobs::fail(tx, epoch, id, &token, &error, retryable, retry_at, now))?)
+        let what = Record::Fail { error: error.to_owned(), retryable, retry_at };
+        Ok(ended_as(self.record(epoch, id, token, what, now)?))
     }
     fn release(&mut self, epoch: i64, id: i64, token: &str, max: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
-        let token = token.to_owned();
-        Ok(self.writer.call_blocking(Sync::Full, move |tx| jobs::release(tx, epoch, id, &token, max, now))?)
+        Ok(ended_as(self.record(epoch, id, token, Record::Release { max_interruptions: max }, now)?))
     }
     fn abandon(
         &mut self,
@@ -257,14 +270,10 @@ impl JobStore for SqliteStore {
         reason: &str,
         now: i64,
     ) -> StoreResult<Option<FailOutcome>> {
-        let (token, reason) = (token.to_owned(), reason.to_owned());
-        Ok(self.writer.call_blocking(Sync::Normal, move |tx| jobs::abandon(tx, epoch, id, &token, &reason, now))?)
+        Ok(ended_as(self.record(epoch, id, token, Record::Abandon { reason: reason.to_owned() }, now)?))
     }
     fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
-        let token = token.to_owned();
-        Ok(self
-            .writer
-            .call_blocking(Sync::Full, move |tx| crate::store::ops::cancel_running(tx, epoch, id, &token, now))?)
+        Ok(self.record(epoch, id, token, Record::Cancel, now)? == Recorded::Ended(FailOutcome::Cancelled))
     }
     fn orphan_children(&mut self, _epoch: i64) -> StoreResult<Vec<OrphanChild>> {
         Ok(self.writer.call_blocking(Sync::Normal, jobs::orphan_children)?)
