@@ -103,7 +103,18 @@ pub struct Sources {
     pub overrides: Vec<String>,
 }
 
+/// What a stop adds to its bound beyond the graces (see [`Config::drain_bound`]).
+pub const DRAIN_SLACK: Duration = Duration::from_secs(10);
+
 impl Config {
+    /// The longest a stop with `grace` takes by the daemon's own clock: the grace, the
+    /// group kills (`kill_grace` twice), then [`DRAIN_SLACK`]. The daemon's SIGTERM
+    /// deadline, `homerd cancel`'s wait (no grace) and the service units' stop timeouts
+    /// all come from here.
+    pub fn drain_bound(&self, grace: Duration) -> Duration {
+        grace + self.kill_grace * 2 + DRAIN_SLACK
+    }
+
     /// Loads and validates the layered configuration.
     pub fn load(sources: &Sources) -> Result<Config> {
         let mut cfg = Config::default();

@@ -533,7 +533,7 @@ fn on_signal(
         events::warn("shutdown.hurry", "Second signal: stopping running jobs now").field("signal", name).emit();
     }
     let _ = control.send(runner::Control::Shutdown { grace_ms: grace.as_millis() as i64 });
-    let bound = tokio::time::Instant::now() + grace + cfg.kill_grace * 2 + Duration::from_secs(10);
+    let bound = tokio::time::Instant::now() + cfg.drain_bound(grace);
     *drain_deadline = Some(drain_deadline.map_or(bound, |d| d.min(bound)));
 }
 

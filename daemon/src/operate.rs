@@ -162,7 +162,7 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
             println!("{message}");
         }
     };
-    let deadline = Instant::now() + ctx.config.kill_grace * 2 + Duration::from_secs(10);
+    let deadline = Instant::now() + ctx.config.drain_bound(Duration::ZERO);
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
         let outcome = ops::cancel(&tx, id, ctx.clock.now_ms()).map_err(sql)?;

@@ -50,10 +50,6 @@ pub const RESTART_PREVENT: &[i32] =
 /// 3 s is respawned 7 s after it died).
 pub const RESTART_DELAY: Duration = Duration::from_secs(10);
 
-/// What the daemon adds to its own drain bound beyond the graces (mirrors
-/// `daemon::on_signal`: `shutdown_grace + 2 x kill_grace + 10 s`).
-const DRAIN_SLACK: Duration = Duration::from_secs(10);
-
 /// Time for what follows the drain (clearing the leader row, closing the database,
 /// releasing the lock) before the supervisor's SIGKILL.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
@@ -77,7 +73,7 @@ pub enum Manager {
 /// The longest a SIGTERM'd daemon takes by its own clock: the drain, the group kills,
 /// then its slack. It stops regardless after that.
 pub fn drain_bound(cfg: &Config) -> Duration {
-    cfg.shutdown_grace + cfg.kill_grace * 2 + DRAIN_SLACK
+    cfg.drain_bound(cfg.shutdown_grace)
 }
 
 /// The supervisor's stop timeout (launchd `ExitTimeOut`, systemd `TimeoutStopSec`):
@@ -337,7 +333,7 @@ fn timeout_problem(key: &str, timeout: Duration, cfg: &Config, manager: &str) ->
             format_duration(bound),
             format_duration(cfg.shutdown_grace),
             format_duration(cfg.kill_grace),
-            format_duration(DRAIN_SLACK),
+            format_duration(crate::config::DRAIN_SLACK),
             manager,
             stop_timeout(cfg).as_secs(),
         )
