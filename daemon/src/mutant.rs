@@ -20,6 +20,19 @@ pub const NO_GROUP_KILL: &str = "no_group_kill";
 pub const NO_LEASE_SELF_KILL: &str = "no_lease_self_kill";
 pub const NO_DRAIN_GIVE_BACK: &str = "no_drain_give_back";
 pub const DEFERRED_CLAIM: &str = "deferred_claim";
+/// `homerd enqueue` acknowledges what a power loss can still take: it commits with
+/// `synchronous=OFF`, so the printed id is not covered by an fsync.
+pub const ACK_BEFORE_SYNC: &str = "ack_before_sync";
+/// Start-up validation reads the schema only, not the data (no `quick_check`).
+pub const NO_DATA_CHECK: &str = "no_data_check";
+/// A `-wal`/`-shm` left without its database is adopted: a new database is created
+/// beside it, and SQLite replays the foreign WAL into it.
+pub const ADOPT_STRAY_WAL: &str = "adopt_stray_wal";
+/// A job start that fails for the daemon's own reasons (EMFILE, ENFILE, EAGAIN, ENOMEM)
+/// is charged to the job as a failed attempt.
+pub const FD_ERRORS_CHARGED: &str = "fd_errors_charged";
+/// Scheduling reads the raw wall clock: a backward step delays ready jobs.
+pub const WALL_CLOCK_SCHEDULING: &str = "wall_clock_scheduling";
 
 pub const ALL: &[&str] = &[
     LOCK_NO_CLOEXEC,
@@ -36,6 +49,11 @@ pub const ALL: &[&str] = &[
     NO_LEASE_SELF_KILL,
     NO_DRAIN_GIVE_BACK,
     DEFERRED_CLAIM,
+    ACK_BEFORE_SYNC,
+    NO_DATA_CHECK,
+    ADOPT_STRAY_WAL,
+    FD_ERRORS_CHARGED,
+    WALL_CLOCK_SCHEDULING,
 ];
 
 /// Whether mutant `name` is selected in this process.

@@ -26,6 +26,11 @@ pub const MUTANTS: &[&str] = &[
     "no_lease_self_kill",
     "no_drain_give_back",
     "deferred_claim",
+    "ack_before_sync",
+    "no_data_check",
+    "adopt_stray_wal",
+    "fd_errors_charged",
+    "wall_clock_scheduling",
 ];
 
 struct Scenario {
