@@ -280,6 +280,12 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
         );
     }
 
+    // 3b. Every page readable and consistent (what a start checks before it writes).
+    match schema::check_data(db, ctx.config.busy_timeout) {
+        Ok(()) => check("integrity", true, String::from("every page reads back consistent (quick_check ok)")),
+        Err(e) => check("integrity", false, e.to_string()),
+    }
+
     // 4. Lock columns on job_queue (the seed's PRAGMA table_info check).
     let cols = read::columns(&conn, "job_queue").unwrap_or_default();
     let missing: Vec<&str> =
@@ -340,8 +346,8 @@ pub fn migrate(ctx: &Context) -> Result<i32> {
     let Some(mut lock) = daemon::acquire_lock(ctx, Role::Migrate)? else { return Ok(exit::OK) };
     let existed = std::fs::symlink_metadata(&ctx.paths.database).is_ok();
     let Leadership { mut conn, epoch, applied, .. } =
-        daemon::open_and_lead(ctx, &mut lock, Role::Migrate, &mut |lock, epoch| {
-            lock.write_diagnostics(&daemon::diagnostics(ctx, Role::Migrate, epoch))
+        daemon::open_and_lead(ctx, &mut lock, Role::Migrate, &mut |lock, epoch, id| {
+            lock.write_diagnostics(&daemon::diagnostics(ctx, Role::Migrate, epoch, id))
         })?;
     let clock = ctx.clock.clone();
     let tx = conn.transaction().map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
@@ -382,6 +388,17 @@ pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
+    // Created 0600 before SQLite writes into it (an empty file is an empty database): a
+    // snapshot holds every job's arguments, and `cp` keeps its mode when it is restored.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+    }
     let result = read::backup_to(&conn, &tmp)
         .map_err(|e| Error::sqlite(&tmp, e))
         .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync", &tmp, e)))

@@ -163,7 +163,11 @@ fn diagnostics_describe_holder(holder: &Holder) -> bool {
 }
 
 /// The diagnostics a holder writes into its lock file.
-pub fn diagnostics(ctx: &Context, role: Role, epoch: i64) -> Diagnostics {
+/// `database_id` is the database's identity ([`schema::database_id_of`]), read through
+/// SQLite: never open the database file directly while SQLite has it open — closing any
+/// descriptor of a file drops every POSIX lock the process holds on it, and another
+/// process's connection could then believe it is the last one and delete the `-wal`.
+pub fn diagnostics(ctx: &Context, role: Role, epoch: i64, database_id: Option<u32>) -> Diagnostics {
     let me = identity::current().unwrap_or_else(|_| ProcessIdentity {
         pid: std::process::id(),
         host: identity::hostname(),
@@ -187,6 +191,9 @@ pub fn diagnostics(ctx: &Context, role: Role, epoch: i64) -> Diagnostics {
     put("role", role.as_str().to_owned());
     put("epoch", epoch.to_string());
     put("database", ctx.paths.database.display().to_string());
+    if let Some(id) = database_id {
+        put("database_id", id.to_string());
+    }
     d
 }
 
@@ -197,6 +204,8 @@ pub struct Leadership {
     pub applied: Vec<&'static str>,
     /// (dev, ino) of the database file we opened: checked while running.
     pub db_ids: (u64, u64),
+    /// The identity stamped in the database's header (see [`schema::database_id`]).
+    pub database_id: Option<u32>,
 }
 
 fn file_ids(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
@@ -212,7 +221,7 @@ pub fn open_and_lead(
     ctx: &Context,
     lock: &mut HeldLock,
     role: Role,
-    on_accepted: &mut dyn FnMut(&mut HeldLock, i64) -> Result<()>,
+    on_accepted: &mut dyn FnMut(&mut HeldLock, i64, Option<u32>) -> Result<()>,
 ) -> Result<Leadership> {
     let db = &ctx.paths.database;
     let cfg = &ctx.config;
@@ -226,10 +235,21 @@ pub fn open_and_lead(
             .map_err(|e| Error::io("create directory", home, e))?;
     }
     lock::check_filesystem(home, db)?;
+    // What the previous holder recorded (we hold the lock; nothing has rewritten it yet).
+    let previous = lock::read_diagnostics(lock.path()).unwrap_or_default();
+    schema::check_wal_owner(db, &previous)?;
     if mutant::active(mutant::WRITES_BEFORE_VALIDATION) && db.exists() {
         let _ = store::open_writer(db, cfg.busy_timeout, cfg.durability);
     }
     let mut state = schema::inspect(db, cfg.busy_timeout)?;
+    if state != DbState::Missing && !mutant::active(mutant::NO_DATA_CHECK) {
+        // The schema is fine; now every page, before anything is written.
+        let started = Instant::now();
+        schema::check_data(db, cfg.busy_timeout)?;
+        events::debug("database.checked", "Database pages checked")
+            .field("ms", started.elapsed().as_millis() as u64)
+            .emit();
+    }
     let mut applied = Vec::new();
     if state == DbState::Missing {
         if schema::create(db, &ctx.clock)? {
@@ -238,6 +258,7 @@ pub fn open_and_lead(
         state = schema::inspect(db, cfg.busy_timeout)?;
     }
     let mut conn = store::open_writer(db, cfg.busy_timeout, cfg.durability)?;
+    let database_id = schema::database_id_of(&conn);
     let (dev, ino) = lock.dev_ino();
     let candidate = Candidate {
         role: role.as_str(),
@@ -253,7 +274,7 @@ pub fn open_and_lead(
     };
     let epoch = if state.has_leader() {
         let epoch = lead(&mut conn, &candidate, ctx)?;
-        on_accepted(lock, epoch)?;
+        on_accepted(lock, epoch, database_id)?;
         applied.extend(schema::apply_pending(&mut conn, db, state.applied(), Some(epoch), &ctx.clock)?);
         epoch
     } else {
@@ -263,12 +284,12 @@ pub fn open_and_lead(
         let upto = schema::leader_migration_index() + 1;
         applied.extend(schema::apply_upto(&mut conn, db, state.applied(), upto, None, &ctx.clock)?);
         let epoch = lead(&mut conn, &candidate, ctx)?;
-        on_accepted(lock, epoch)?;
+        on_accepted(lock, epoch, database_id)?;
         applied.extend(schema::apply_pending(&mut conn, db, upto, Some(epoch), &ctx.clock)?);
         epoch
     };
     let db_ids = file_ids(db).map_err(|e| Error::io("stat", db, e))?;
-    Ok(Leadership { conn, epoch, applied, db_ids })
+    Ok(Leadership { conn, epoch, applied, db_ids, database_id })
 }
 
 fn lead(conn: &mut Connection, candidate: &Candidate, ctx: &Context) -> Result<i64> {
@@ -290,11 +311,11 @@ pub fn run(ctx: Context) -> Result<i32> {
         .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
     let signals = runtime.block_on(async { Signals::register() })?;
     if mutant::active(mutant::DIAGNOSTICS_BEFORE_LEADER) {
-        lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, 0))?;
+        lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, 0, None))?;
     }
-    let Leadership { conn, epoch, applied, db_ids } =
-        open_and_lead(&ctx, &mut lock, Role::Daemon, &mut |lock, epoch| {
-            lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch))
+    let Leadership { conn, epoch, applied, db_ids, database_id } =
+        open_and_lead(&ctx, &mut lock, Role::Daemon, &mut |lock, epoch, id| {
+            lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch, id))
         })?;
     events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
     let (dev, ino) = lock.dev_ino();
@@ -317,7 +338,15 @@ pub fn run(ctx: Context) -> Result<i32> {
     // recorded process group gone. Then the engine's reader; only then is the daemon active.
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);
     let ready = runner::recover(&coord, &ctx.clock, kill_limit)
-        .map_err(|e| if e.contains("fenced") { Error::Fenced(e) } else { Error::Busy(e) })
+        .map_err(|e| {
+            if store::corruption().is_some() {
+                corrupt_error(&ctx.paths.database)
+            } else if e.contains("fenced") {
+                Error::Fenced(e)
+            } else {
+                Error::Busy(e)
+            }
+        })
         .and_then(|()| store::open_reader(&ctx.paths.database, ctx.config.busy_timeout));
     let reader = match ready {
         Ok(reader) => reader,
@@ -343,7 +372,7 @@ pub fn run(ctx: Context) -> Result<i32> {
     coord.note_leader_refresh(crate::clock::mono_ms());
     let engine =
         runner::start(coord.clone(), writer.clone(), ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone(), reader);
-    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, signals, engine, coord));
+    let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, database_id, signals, engine, coord));
     thread.join();
     result
 }
@@ -352,6 +381,8 @@ enum Stop {
     /// Drained (or the drain ran out of time) after a signal.
     Drained,
     Fenced(String),
+    /// The database is corrupt: the engine stopped every run and recorded nothing.
+    Corrupt,
 }
 
 /// SIGTERM and SIGINT, registered once the lock is held.
@@ -375,6 +406,7 @@ async fn supervise(
     writer: Writer,
     epoch: i64,
     db_ids: (u64, u64),
+    database_id: Option<u32>,
     signals: Signals,
     engine: runner::EngineThread,
     coord: Arc<runner::EngineCoordinator>,
@@ -390,7 +422,7 @@ async fn supervise(
     };
     let mut heartbeat = every(ctx.config.heartbeat_interval);
     let mut lock_check = every(ctx.config.lock_check_interval);
-    let mut watch = LockWatch { held: lock, lost_since: None, failures: 0 };
+    let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id };
     let mut last_refresh = Instant::now();
     let mut pending_heartbeat_failures: i64 = 0;
     let mut standing_down = false;
@@ -410,6 +442,7 @@ async fn supervise(
                 engine_finished = true;
                 match exit {
                     Ok(runner::EngineExit::Drained) => break Stop::Drained,
+                    Ok(runner::EngineExit::Corrupt) => break Stop::Corrupt,
                     Ok(runner::EngineExit::Fenced) | Err(_) => break Stop::Fenced(String::from("the engine stopped: fenced")),
                 }
             }
@@ -495,6 +528,14 @@ async fn supervise(
             release_lock(lock);
             Ok(exit::OK)
         }
+        Stop::Corrupt => {
+            // Nothing more is written (not even the leader row: the next start takes over
+            // a dead holder at once). The runs were stopped; their rows stay `running`, so
+            // the next start on a repaired or restored database recovers them.
+            drop(writer.stop().await);
+            release_lock(lock);
+            Err(corrupt_error(&ctx.paths.database))
+        }
         Stop::Fenced(reason) => {
             events::error("daemon.fenced", "Fenced: another homerd holds this database's epoch; stopping")
                 .field("epoch", epoch)
@@ -511,6 +552,17 @@ async fn supervise(
             Err(Error::Fenced(reason))
         }
     }
+}
+
+/// The error a daemon stops with after meeting corruption (exit 65).
+fn corrupt_error(db: &std::path::Path) -> Error {
+    Error::data(
+        db,
+        format!(
+            "is corrupt ({}); homerd stopped every job without recording anything and exits. Check it with `homerd doctor`, then restore a backup or move it aside; the next start recovers the stopped jobs",
+            store::corruption().unwrap_or("database disk image is malformed")
+        ),
+    )
 }
 
 fn on_signal(
@@ -555,6 +607,7 @@ struct LockWatch {
     lost_since: Option<Instant>,
     /// Failed re-acquisition attempts not yet counted in the database.
     failures: i64,
+    database_id: Option<u32>,
 }
 
 impl LockWatch {
@@ -623,7 +676,7 @@ impl LockWatch {
                 return Ok(false);
             }
         }
-        if let Err(e) = new.write_diagnostics(&diagnostics(ctx, Role::Daemon, epoch)) {
+        if let Err(e) = new.write_diagnostics(&diagnostics(ctx, Role::Daemon, epoch, self.database_id)) {
             events::warn("lock.reacquire_failed", "Could not write lock diagnostics")
                 .field("error", e.to_string())
                 .emit();

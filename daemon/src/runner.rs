@@ -74,6 +74,8 @@ pub enum Control {
 pub enum EngineExit {
     Drained,
     Fenced,
+    /// The database is corrupt (`store::corruption`): every run stopped, nothing recorded.
+    Corrupt,
 }
 
 pub fn engine_config(cfg: &Config, worker: String) -> EngineConfig {
@@ -173,6 +175,9 @@ fn announce_stop(id: i64, reason: StopReason) {
         StopReason::Shutdown => ("job.stopping", "Shutdown grace over: stopping the job to release it"),
         StopReason::Fenced => ("job.fenced", "Fenced: stopping the job"),
         StopReason::Cancelled => ("job.cancelling", "Cancel requested: stopping the job"),
+        StopReason::Halted => {
+            ("job.halted", "Database unusable: stopping the job (its row stays running for the next start's recovery)")
+        }
     };
     events::warn(name, msg).field("job_id", id).emit();
 }
@@ -310,6 +315,26 @@ impl Engine {
                     announce_finish(*id, f);
                 }
             }
+            if !self.coord.halted() {
+                if let Some(why) = crate::store::corruption() {
+                    events::error("daemon.corrupt", "The database is corrupt: stopping every job, claiming nothing")
+                        .field("error", why)
+                        .emit();
+                    self.coord.halt();
+                }
+            }
+            if self.coord.halted() {
+                // Nothing is written any more; wait for the stopped runs to end.
+                if self.running.is_empty() {
+                    return EngineExit::Corrupt;
+                }
+                match self.ended_rx.recv_timeout(POLL) {
+                    Ok(e) => ended.push(e),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
+                }
+                continue;
+            }
             let now = mono_ms();
             if now >= next_renew {
                 next_renew = now + heartbeat_ms;
@@ -327,7 +352,7 @@ impl Engine {
                 next_housekeeping = now + 6 * heartbeat_ms;
                 self.housekeeping();
             }
-            let version = read::data_version(&self.reader).unwrap_or(last_version);
+            let version = noted(read::data_version(&self.reader)).unwrap_or(last_version);
             if version != last_version {
                 last_version = version;
                 claim_now = true;
@@ -351,7 +376,7 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
-                next_ready = read::next_run_after(&self.reader).ok().flatten();
+                next_ready = noted(read::next_run_after(&self.reader)).flatten();
             }
             if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
@@ -470,6 +495,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// A reader's result, with corruption noted (`store::note_corruption`): the engine's
+/// reads are best-effort, but a damaged page they meet must stop the daemon.
+fn noted<T>(r: rusqlite::Result<T>) -> Option<T> {
+    r.map_err(|e| crate::store::note_corruption(&e)).ok()
 }
 
 fn announce_finish(id: i64, f: &Finished) {

@@ -87,6 +87,9 @@ pub enum StopReason {
     Fenced,
     /// An operator asked to cancel it (`homerd cancel`).
     Cancelled,
+    /// The database is unusable (corrupt): stop it and record nothing; its row stays
+    /// `running` for the next start's recovery.
+    Halted,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +146,8 @@ struct State {
     leases: BTreeMap<i64, Lease>,
     shutdown: Option<Shutdown>,
     fenced: bool,
+    /// The database is unusable: nothing is claimed or recorded, every run is stopped.
+    halted: bool,
     /// Monotonic time of the leader row's last successful refresh.
     leader_at: Option<i64>,
     /// Stop decisions not yet carried out (see [`Coordinator::take_stops`]).
@@ -204,7 +209,7 @@ impl<S: JobStore> Coordinator<S> {
     pub fn claim(&self, now_mono: i64, now_wall: i64) -> Vec<Claimed> {
         {
             let st = sync::lock(&self.state);
-            if st.fenced || st.shutdown.is_some() || self.leader_stale(&st, now_mono) {
+            if st.fenced || st.halted || st.shutdown.is_some() || self.leader_stale(&st, now_mono) {
                 return Vec::new();
             }
             if st.leases.len() >= self.cfg.limits.global as usize {
@@ -277,7 +282,7 @@ impl<S: JobStore> Coordinator<S> {
     pub fn renew(&self, now_mono: i64, now_wall: i64) -> Vec<i64> {
         let held: Vec<(i64, String)> = {
             let st = sync::lock(&self.state);
-            if st.fenced {
+            if st.fenced || st.halted {
                 return Vec::new();
             }
             st.leases
@@ -419,6 +424,24 @@ impl<S: JobStore> Coordinator<S> {
         sync::lock(&self.state).fenced
     }
 
+    /// The database is unusable (corrupt): claim nothing more, record nothing, stop every
+    /// run that has not ended (queued for the watchdog). Their rows stay `running` for the
+    /// next start's recovery, which kills their recorded groups first. Returns their ids.
+    pub fn halt(&self) -> Vec<i64> {
+        let mut st = sync::lock(&self.state);
+        st.halted = true;
+        let ids: Vec<i64> =
+            st.leases.values().filter(|l| !l.ended && l.stop.is_none()).map(|l| l.job.id).collect();
+        for id in &ids {
+            st.stop(*id, StopReason::Halted);
+        }
+        ids
+    }
+
+    pub fn halted(&self) -> bool {
+        sync::lock(&self.state).halted
+    }
+
     /// Ids of the jobs this coordinator holds.
     pub fn held(&self) -> Vec<i64> {
         sync::lock(&self.state).leases.keys().copied().collect()
@@ -471,6 +494,10 @@ impl<S: JobStore> Coordinator<S> {
                     out.push((id, Some(Finished::Discarded("fenced"))));
                     continue;
                 }
+                if st.halted {
+                    out.push((id, Some(Finished::Discarded("halted"))));
+                    continue;
+                }
                 match self.plan(&lease, &result, now_wall, &mut jitter) {
                     None => out.push((id, Some(Finished::Discarded("fenced")))),
                     Some(what) => {
@@ -521,7 +548,7 @@ impl<S: JobStore> Coordinator<S> {
             Some(StopReason::LeaseLost) => {
                 Record::Abandon { reason: String::from("lease lost: the run was stopped before its lease expired") }
             }
-            Some(StopReason::Fenced) => return None,
+            Some(StopReason::Fenced | StopReason::Halted) => return None,
             Some(StopReason::Cancelled) => Record::Cancel,
             Some(StopReason::Shutdown) => Record::Release { max_interruptions: self.cfg.max_interruptions },
             Some(StopReason::Timeout) => Record::Fail {

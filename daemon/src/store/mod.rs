@@ -24,6 +24,10 @@ use crate::mutant;
 
 /// Opens an existing database read-write (never creates it) with the daemon's pragmas.
 pub fn open_writer(path: &Path, busy_timeout: Duration, durability: Durability) -> Result<Connection> {
+    // The queue holds every job's arguments: owner-only, like the lock file. SQLite
+    // creates `-wal` and `-shm` with the database's mode, so tightening a restored 0644
+    // copy first also keeps the side files it is about to create private.
+    tighten_modes(path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(path, e))?;
     configure(&conn, busy_timeout).map_err(|e| Error::sqlite(path, e))?;
@@ -43,6 +47,53 @@ pub fn open_writer(path: &Path, busy_timeout: Duration, durability: Durability) 
     // was most of the daemon's CPU per job. rusqlite caches 16 by default; room for all.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// Drops group and other permission bits from the database and its side files (only
+/// files that have any: a file homerd created is already 0600). Called only once a
+/// database has passed validation, just before it is opened for writing.
+pub fn tighten_modes(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let [wal, shm, journal] = schema::side_files(path);
+    for file in [path.to_path_buf(), wal, shm, journal] {
+        let meta = match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.is_file() => m,
+            _ => continue,
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| Error::io("tighten the mode of", &file, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first "database disk image is malformed" / "file is not a database" error any
+/// connection of this process met. Corruption is not a transient failure to retry: the
+/// daemon stops claiming, stops its runs and exits with the data code (65) instead.
+static CORRUPTION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Whether `e` says the database file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB).
+pub fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Notes `e` if it is corruption (see [`corruption`]); returns whether it was.
+pub fn note_corruption(e: &rusqlite::Error) -> bool {
+    let corrupt = is_corruption(e);
+    if corrupt {
+        let _ = CORRUPTION.set(e.to_string());
+    }
+    corrupt
+}
+
+/// The first corruption error met, if any.
+pub fn corruption() -> Option<&'static str> {
+    CORRUPTION.get().map(String::as_str)
 }
 
 /// Prepared statements kept per writer connection (see [`open_writer`]).

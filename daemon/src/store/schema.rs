@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::{events, failpoint};
+use crate::{events, failpoint, mutant};
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
@@ -69,6 +69,11 @@ pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
                     message: String::from("database path is a dangling symbolic link; remove it or fix its target"),
                 });
             }
+            // Side files without their database hold another file's last commits: a new
+            // database created here would have them replayed into it (PITFALLS 23).
+            if !mutant::active(mutant::ADOPT_STRAY_WAL) {
+                refuse_stray_side_files(path)?;
+            }
             return Ok(DbState::Missing);
         }
         Err(e) => return Err(Error::io("stat", path, e)),
@@ -93,9 +98,186 @@ pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
             "is not an SQLite database (bad header): corrupt or another kind of file; restore a backup or move it aside",
         ));
     }
+    if !mutant::active(mutant::ADOPT_STRAY_WAL) {
+        check_wal_header(path, &header_page_size(path)?)?;
+    }
     let conn = open_for_validation(path).map_err(|e| Error::sqlite(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| Error::sqlite(path, e))?;
     validate(&conn, path)
+}
+
+/// A non-zero random 31-bit identity for a new database (its header's `user_version`).
+fn random_database_id() -> i64 {
+    let mut b = [0u8; 4];
+    // SAFETY: `b` is writable for its 4 bytes.
+    let rc = unsafe { libc::getentropy(b.as_mut_ptr().cast(), b.len()) };
+    assert_eq!(rc, 0, "getentropy failed: {}", std::io::Error::last_os_error());
+    i64::from(u32::from_ne_bytes(b) & 0x7fff_ffff).max(1)
+}
+
+/// The identity [`create`] stamped into a database's header (`user_version`, offset 60),
+/// read from the main file alone (so never from a `-wal`); `None` for a file too short
+/// or made before homerd stamped identities (0). Only before this process opens the
+/// database with SQLite (see `daemon::diagnostics` on POSIX locks); afterwards use
+/// [`database_id_of`].
+pub fn database_id(path: &Path) -> Option<u32> {
+    let mut header = [0u8; 64];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut header)).ok()?;
+    (n == 64).then(|| u32::from_be_bytes([header[60], header[61], header[62], header[63]])).filter(|id| *id != 0)
+}
+
+/// [`database_id`] read through an open connection (`PRAGMA user_version`).
+pub fn database_id_of(conn: &Connection) -> Option<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).ok().and_then(|v| u32::try_from(v).ok()).filter(|v| *v != 0)
+}
+
+/// Whether `<db>-wal` holds frames SQLite would replay: a valid header and a first frame
+/// carrying the header's salts.
+fn wal_has_frames(path: &Path) -> bool {
+    let [wal, ..] = side_files(path);
+    let mut buf = [0u8; 56];
+    let Ok(n) = std::fs::File::open(&wal).and_then(|mut f| f.read(&mut buf)) else { return false };
+    let magic = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    n == 56 && (magic & !1) == 0x377f_0682 && buf[16..24] == buf[32 + 8..32 + 16]
+}
+
+/// The start-time check behind "never replay a WAL into a database it was not written
+/// for": the previous lock holder recorded the identity of the database it ran on
+/// (`database_id` in the lock file). If a `-wal` with frames is here but the file at the
+/// database path carries another identity, the database was replaced after that holder
+/// stopped (a crash leaves its `-wal`), and replaying the log would graft the old file's
+/// pages onto the new one. `recorded` is the previous holder's diagnostics.
+pub fn check_wal_owner(path: &Path, recorded: &crate::lock::Diagnostics) -> Result<()> {
+    if mutant::active(mutant::ADOPT_STRAY_WAL) || !wal_has_frames(path) {
+        return Ok(());
+    }
+    let same_path = recorded.get("database").is_some_and(|d| Path::new(d) == path);
+    let Some(theirs) = recorded.get("database_id").and_then(|s| s.parse::<u32>().ok()) else { return Ok(()) };
+    match database_id(path) {
+        Some(ours) if same_path && ours != theirs => {
+            let [wal, ..] = side_files(path);
+            Err(Error::data(
+                &wal,
+                format!(
+                    "was written for another database: the last homerd here ran on database id {theirs}, but {} is database id {ours} (replaced after a crash?). SQLite would replay this log into the wrong file. Put the original database back; or, to keep the file that is there now, move {} and its -shm aside",
+                    path.display(),
+                    wal.display()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `<db>-wal`, `<db>-shm`, `<db>-journal`: the files SQLite keeps beside a database.
+pub fn side_files(path: &Path) -> [PathBuf; 3] {
+    ["-wal", "-shm", "-journal"].map(|suffix| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    })
+}
+
+/// Refuses to go on when a database is missing but its side files are not: they belong
+/// to a database that was moved, deleted or renamed, and SQLite would replay the `-wal`
+/// into whatever new file took its name — and then delete it, with the commits it held.
+fn refuse_stray_side_files(path: &Path) -> Result<()> {
+    for side in side_files(path) {
+        if std::fs::symlink_metadata(&side).is_ok() {
+            return Err(Error::data(
+                &side,
+                format!(
+                    "is left without its database {} (moved, renamed or deleted?); it may hold that database's last commits, and a new database created beside it would have them replayed into it. Move the database back beside it; or, to start afresh, move {} and the other {}-* files aside. homerd created nothing",
+                    path.display(),
+                    side.display(),
+                    file_name(path)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The page size in a database file's header (offset 16, big-endian; 1 means 65536).
+fn header_page_size(path: &Path) -> Result<Option<u32>> {
+    let mut header = [0u8; 18];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut header)).map_err(|e| Error::io("read", path, e))?;
+    if n < 18 {
+        return Ok(None);
+    }
+    Ok(Some(match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        n => u32::from(n),
+    }))
+}
+
+/// A `-wal` beside an existing database must have been written for it. SQLite cannot
+/// tell, and replays any WAL with a valid header. What can be checked without replaying
+/// it: a WAL whose page size differs from the database's comes from another database.
+/// (The data check that follows reads the database through its WAL: foreign frames
+/// whose page size happens to match show up there as damaged pages.)
+fn check_wal_header(path: &Path, db_page_size: &Option<u32>) -> Result<()> {
+    let [wal, ..] = side_files(path);
+    let mut header = [0u8; 32];
+    let n = match std::fs::File::open(&wal).and_then(|mut f| f.read(&mut header)) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read", &wal, e)),
+    };
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    // A short or invalid header holds no commits: SQLite resets such a log.
+    if n < 32 || (magic & !1) != 0x377f_0682 {
+        return Ok(());
+    }
+    let wal_page_size = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    match db_page_size {
+        Some(db) if *db != wal_page_size => Err(Error::data(
+            &wal,
+            format!(
+                "belongs to another database: its pages are {wal_page_size} bytes, {}'s are {db}; SQLite would replay it into the wrong file. Move {} and the -shm beside it aside (or put back the database it came from)",
+                path.display(),
+                wal.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads every page of the database, through its `-wal` if it has one, without writing
+/// a byte (`PRAGMA quick_check`: b-tree structure, cell bounds, free-list, page usage;
+/// not index contents). The schema check in [`inspect`] reads a handful of pages, so a
+/// file damaged elsewhere would otherwise be accepted and fail later, while jobs run.
+/// Cost: the whole file is read once (README: about 0.6 s for a million jobs here).
+pub fn check_data(path: &Path, busy_timeout: Duration) -> Result<()> {
+    let conn = open_for_validation(path).map_err(|e| corrupt(path, e))?;
+    conn.busy_timeout(busy_timeout).map_err(|e| Error::sqlite(path, e))?;
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| damaged(path, e.to_string()))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    let first = problems.iter().flat_map(|p| p.lines()).find(|l| !l.starts_with("***")).unwrap_or("unknown");
+    Err(damaged(path, first.to_owned()))
+}
+
+fn damaged(path: &Path, detail: String) -> Error {
+    let [wal, ..] = side_files(path);
+    let wal_hint = if wal.exists() {
+        format!(
+            " (read together with {}: if that -wal came from another copy of the database, put the database it belongs to back)",
+            wal.display()
+        )
+    } else {
+        String::new()
+    };
+    Error::data(
+        path,
+        format!(
+            "is corrupt: SQLite's integrity check fails ({detail}){wal_hint}. homerd changed nothing; restore a backup (homerd backup writes them) or move the file aside to start afresh"
+        ),
+    )
 }
 
 /// A read-only connection that creates nothing beside the file. A plain read-only open
@@ -215,9 +397,18 @@ pub fn create(path: &Path, clock: &Clock) -> Result<bool> {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| Error::sqlite(&tmp, e))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| Error::sqlite(&tmp, e))?;
         apply_pending(&mut conn, &tmp, 0, None, clock)?;
+        // A random identity in the header (never changed afterwards): a lock holder
+        // records it, so a later start can tell a `-wal` written for this database from
+        // one written for a file that has since been replaced (see `check_wal_owner`).
+        conn.pragma_update(None, "user_version", random_database_id()).map_err(|e| Error::sqlite(&tmp, e))?;
         // Closing the last connection checkpoints the WAL into the main file.
         conn.close().map_err(|(_, e)| Error::sqlite(&tmp, e))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync", &tmp, e))?;
+        // Side files that appeared meanwhile (without a database: with one, the link
+        // below reports the race) would be replayed into the new database.
+        if !mutant::active(mutant::ADOPT_STRAY_WAL) && std::fs::symlink_metadata(path).is_err() {
+            refuse_stray_side_files(path)?;
+        }
         match std::fs::hard_link(&tmp, path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
@@ -405,6 +596,104 @@ mod tests {
             }
         });
         assert_eq!(inspect(&db, Duration::from_secs(1)).unwrap(), DbState::Valid { applied: MIGRATIONS.len() });
+    }
+
+    fn bytes(p: &Path) -> Vec<u8> {
+        std::fs::read(p).unwrap()
+    }
+
+    /// A database with enough rows to span many pages.
+    fn populated(dir: &Path) -> PathBuf {
+        let db = dir.join("homer.db");
+        assert!(create(&db, &Clock::default()).unwrap());
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO job_queue (kind, payload, created_at) SELECT 'noop', printf('[\"%0100d\"]', i), i FROM n",
+        )
+        .unwrap();
+        drop(c);
+        db
+    }
+
+    #[test]
+    fn a_damaged_page_is_found_and_the_file_left_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let db = populated(t.path());
+        check_data(&db, Duration::from_secs(1)).unwrap();
+        let mut raw = bytes(&db);
+        let mid = raw.len() / 2;
+        raw[mid..mid + 600].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 7 + 3) as u8);
+        std::fs::write(&db, &raw).unwrap();
+        // The schema still reads: only the data check sees the damage.
+        assert_eq!(inspect(&db, Duration::from_secs(1)).unwrap(), DbState::Valid { applied: MIGRATIONS.len() });
+        let err = check_data(&db, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::DATA);
+        assert!(err.to_string().contains("is corrupt") && err.to_string().contains("homer.db"), "{err}");
+        assert_eq!(bytes(&db), raw, "refused byte-for-byte unchanged");
+    }
+
+    #[test]
+    fn side_files_without_their_database_are_refused_before_anything_is_created() {
+        for side in ["-wal", "-shm", "-journal"] {
+            let t = tempfile::tempdir().unwrap();
+            let db = t.path().join("homer.db");
+            let stray = t.path().join(format!("homer.db{side}"));
+            std::fs::write(&stray, b"frames of a moved database").unwrap();
+            let err = inspect(&db, Duration::from_secs(1)).unwrap_err();
+            assert_eq!(err.exit_code(), crate::error::exit::DATA);
+            assert!(err.to_string().starts_with(&stray.display().to_string()), "names the file: {err}");
+            let names: Vec<_> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names.len(), 1, "nothing created: {names:?}");
+        }
+    }
+
+    /// A minimal WAL header: magic, version, page size, then zeros.
+    fn wal_header(page_size: u32) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&0x377f_0682u32.to_be_bytes());
+        h.extend_from_slice(&3_007_000u32.to_be_bytes());
+        h.extend_from_slice(&page_size.to_be_bytes());
+        h.resize(32, 0);
+        h
+    }
+
+    #[test]
+    fn a_wal_with_another_page_size_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("homer.db");
+        assert!(create(&db, &Clock::default()).unwrap());
+        let wal = t.path().join("homer.db-wal");
+        std::fs::write(&wal, wal_header(1024)).unwrap();
+        let err = inspect(&db, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("belongs to another database"), "{err}");
+        // Its own page size is fine (the header alone holds no frames).
+        std::fs::write(&wal, wal_header(4096)).unwrap();
+        inspect(&db, Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn a_wal_left_by_a_holder_of_another_database_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("homer.db");
+        assert!(create(&db, &Clock::default()).unwrap());
+        let ours = database_id(&db).expect("create stamps an identity");
+        let c = Connection::open(&db).unwrap();
+        assert_eq!(database_id_of(&c), Some(ours));
+        // A crash: a connection left frames in the -wal (kept open while we look).
+        c.execute("INSERT INTO job_queue (kind, created_at) VALUES ('noop', 0)", []).unwrap();
+        assert!(wal_has_frames(&db));
+        let recorded = |id: u32, path: &Path| {
+            crate::lock::Diagnostics::parse(&format!("database={}\ndatabase_id={id}\n", path.display()))
+        };
+        check_wal_owner(&db, &recorded(ours, &db)).unwrap();
+        let err = check_wal_owner(&db, &recorded(ours ^ 1, &db)).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::DATA);
+        assert!(err.to_string().contains("was written for another database"), "{err}");
+        // A holder that ran on another path, or recorded nothing, says nothing about it.
+        check_wal_owner(&db, &recorded(ours ^ 1, &t.path().join("other.db"))).unwrap();
+        check_wal_owner(&db, &crate::lock::Diagnostics::default()).unwrap();
+        drop(c);
     }
 
     #[test]

@@ -66,6 +66,10 @@ where
     }
 
     fn finish(self: Box<Self>, outcome: Result<(), WriteError>) {
+        // Every error of every operation passes here: the one place to notice corruption.
+        if let Err(WriteError::Sqlite(e)) = &outcome {
+            super::note_corruption(e);
+        }
         let TypedOp { value, reply, .. } = *self;
         let _ = reply.send(outcome.map(|()| value.expect("applied op has a value")));
     }
