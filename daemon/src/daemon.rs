@@ -213,6 +213,10 @@ fn file_ids(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
 }
 
+/// Called once the leader row accepted a start: (the held lock, the epoch, the database's
+/// identity). The caller writes its lock diagnostics there.
+pub type OnAccepted<'a> = dyn FnMut(&mut HeldLock, i64, Option<u32>) -> Result<()> + 'a;
+
 /// Opens (creating if missing) and validates the database, wins the leader row, applies
 /// pending migrations. Refusal is `Error::InUse`. `on_accepted(epoch)` runs as soon as
 /// the leader row has accepted us (before pending migrations): the caller writes its
@@ -221,7 +225,7 @@ pub fn open_and_lead(
     ctx: &Context,
     lock: &mut HeldLock,
     role: Role,
-    on_accepted: &mut dyn FnMut(&mut HeldLock, i64, Option<u32>) -> Result<()>,
+    on_accepted: &mut OnAccepted<'_>,
 ) -> Result<Leadership> {
     let db = &ctx.paths.database;
     let cfg = &ctx.config;
