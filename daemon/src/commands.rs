@@ -472,7 +472,12 @@ pub fn build_job(
         lane,
         max_attempts,
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
-        run_after: ctx.clock.now_ms() + delay.as_millis() as i64,
+        // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
+        run_after: ctx
+            .clock
+            .now_ms()
+            .checked_add(delay.as_millis() as i64)
+            .ok_or_else(|| String::from("run_after: the time it names is out of range"))?,
     })
 }
 

@@ -297,7 +297,13 @@ fn cfg_err(source: &str, key: &str, message: &str) -> Error {
     Error::Config { source_name: source.to_owned(), key: key.to_owned(), message: message.to_owned() }
 }
 
-/// Parses `250ms`, `10s`, `5m`, `1h`, `7d` (a bare `0` is zero).
+/// The longest duration any input may give: 36500 days (100 years). Every time homerd
+/// computes is a wall or monotonic millisecond count (about 1.8e12 today) plus at most a
+/// few such durations, far inside `i64` — so no sum of times can wrap, whichever input
+/// path (CLI, `--from`, configuration file, environment, `--set`) the value came from.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, `7d` (a bare `0` is zero), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
@@ -318,7 +324,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             ))
         }
     }
-    .ok_or_else(|| format!("duration `{s}` is too large"))?;
+    .filter(|ms| *ms <= MAX_DURATION.as_millis() as u64)
+    .ok_or_else(|| format!("duration `{s}` is too long: at most 36500d (100 years)"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -364,6 +371,13 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["", "10", "ten s", "5 s", "3w", "-1s", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        // The bound: 100 years is the most, and the range that used to wrap an i64 of
+        // milliseconds once added to the clock is refused with the bound in the message.
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        for too_long in ["36501d", "876001h", "106751980000d", "9999999999999d"] {
+            let e = parse_duration(too_long).unwrap_err();
+            assert!(e.contains("at most 36500d"), "{too_long}: {e}");
         }
         for d in ["250ms", "10s", "5m", "1h", "7d", "1500ms"] {
             assert_eq!(format_duration(parse_duration(d).unwrap()), d);
