@@ -258,11 +258,19 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
         .stderr(child_err)
         .process_group(0);
     let fd = read_end.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only calls dup2
-    // (async-signal-safe, no allocation, no locks). `fd` stays open in the parent
-    // until spawn() has returned, so it is valid in the child.
+    let soft_limit = crate::rlimit::child_soft_limit();
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2,
+    // getrlimit and setrlimit (async-signal-safe system calls, no allocation, no locks).
+    // `fd` stays open in the parent until spawn() has returned, so it is valid in the child.
     unsafe {
-        cmd.pre_exec(move || put_on_release_fd(fd));
+        cmd.pre_exec(move || {
+            put_on_release_fd(fd)?;
+            // The job gets the descriptor limit the daemon was started with (rlimit.rs).
+            match soft_limit {
+                Some(soft) => crate::rlimit::restore_in_child(soft),
+                None => Ok(()),
+            }
+        });
     }
     let child = cmd.spawn()?;
     drop(read_end);
@@ -293,7 +301,52 @@ fn open_log(path: &Path) -> io::Result<File> {
         .create(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        .map_err(|source| io::Error::new(source.kind(), PathError { path: path.to_owned(), source }))
+}
+
+/// An I/O error with the file it is about, keeping the OS error for [`is_resource_error`].
+#[derive(Debug)]
+struct PathError {
+    path: PathBuf,
+    source: io::Error,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for PathError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Whether a failure to start a job is the daemon's own trouble rather than the job's:
+/// the process is out of descriptors (EMFILE) or the system is (ENFILE), no process or
+/// thread can be created or no memory had (EAGAIN, ENOMEM), or the run logs cannot be
+/// written (a full, over-quota or read-only disk, or a home the daemon may not write).
+/// Nothing of the job ran, so it must not be charged an attempt (PITFALLS 25). A job's
+/// own failure — its program missing, a non-zero exit — happens after the release, in
+/// the shim or the job, and never reaches here as an error.
+pub fn is_resource_error(e: &io::Error) -> bool {
+    let code = e.raw_os_error().or_else(|| {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<PathError>()).and_then(|p| p.source.raw_os_error())
+    });
+    matches!(
+        code,
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::EAGAIN
+                | libc::ENOMEM
+                | libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EROFS
+                | libc::EACCES
+        )
+    )
 }
 
 /// In the forked child: make the release pipe's read end fd 3, without close-on-exec.

@@ -32,7 +32,11 @@ fn open_current(ctx: &Context) -> Result<Option<Connection>> {
                 MIGRATIONS.len()
             ),
         )),
-        _ => store::open_reader(db, ctx.config.busy_timeout).map(Some),
+        _ => {
+            let conn = store::open_reader(db, ctx.config.busy_timeout)?;
+            read::anchor_clock(&conn, &ctx.clock);
+            Ok(Some(conn))
+        }
     }
 }
 
@@ -494,7 +498,9 @@ pub fn open_for_cli_write(ctx: &Context) -> Result<rusqlite::Connection> {
         }
         _ => {}
     }
-    store::open_writer(db, ctx.config.busy_timeout, crate::config::Durability::Full)
+    let conn = store::open_writer(db, ctx.config.busy_timeout, crate::config::Durability::Full)?;
+    read::anchor_clock(&conn, &ctx.clock);
+    Ok(conn)
 }
 
 /// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the

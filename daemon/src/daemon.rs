@@ -184,7 +184,7 @@ pub fn diagnostics(ctx: &Context, role: Role, epoch: i64, database_id: Option<u3
     put("host", me.host);
     put("boot_id", me.boot_id);
     put("start_time", me.start_time.to_string());
-    put("started_at", format_rfc3339(ctx.clock.now_ms()));
+    put("started_at", format_rfc3339(ctx.clock.wall_ms()));
     put("exe", std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default());
     put("args", serde_json::to_string(&std::env::args().collect::<Vec<_>>()).unwrap_or_default());
     put("version", env!("CARGO_PKG_VERSION").to_owned());
@@ -263,6 +263,9 @@ pub fn open_and_lead(
     }
     let mut conn = store::open_writer(db, cfg.busy_timeout, cfg.durability)?;
     let database_id = schema::database_id_of(&conn);
+    // Where the effective clock stood when the last holder stopped (clock.rs): never
+    // earlier than that, and a forward step taken meanwhile is noticed.
+    store::read::anchor_clock(&conn, &ctx.clock);
     let (dev, ino) = lock.dev_ino();
     let candidate = Candidate {
         role: role.as_str(),
@@ -335,9 +338,23 @@ pub fn run(ctx: Context) -> Result<i32> {
             .field("migrations", applied.join(","))
             .emit();
     }
+    // Room for `concurrency` jobs' descriptors (rlimit.rs); jobs get the old limit back.
+    match crate::rlimit::raise() {
+        Ok(r) if r.after > r.before => events::info("daemon.nofile", "Raised the open-file limit")
+            .field("before", r.before)
+            .field("soft", r.after)
+            .field("hard", r.hard)
+            .emit(),
+        Ok(r) => events::debug("daemon.nofile", "Open-file limit").field("soft", r.after).field("hard", r.hard).emit(),
+        Err(e) => {
+            events::warn("daemon.nofile", "Could not raise the open-file limit").field("error", e.to_string()).emit()
+        }
+    }
     let (writer, thread) = Writer::start(conn, epoch);
     let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
     let coord = Arc::new(Coordinator::new(engine_cfg, epoch, SqliteStore::new(writer.clone())));
+    // A forward step of the wall clock while no daemon ran: move the waiting jobs first.
+    runner::absorb_clock_steps(&ctx.clock, &writer);
     // Recovery runs before anything is claimed: every orphan requeued (or failed) and its
     // recorded process group gone. Then the engine's reader; only then is the daemon active.
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);

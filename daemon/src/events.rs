@@ -165,7 +165,7 @@ impl Event {
 
     pub fn emit(self) {
         let sink = sink();
-        let ts = format_rfc3339(sink.clock.now_ms());
+        let ts = format_rfc3339(sink.clock.wall_ms());
         // The file gets the plain line; stderr the same, or its coloured form. Each is
         // formatted once, and written with one call so concurrent writers never
         // interleave within a line.

@@ -24,7 +24,11 @@ fn reader(ctx: &Context) -> Result<rusqlite::Connection> {
     match schema::inspect(db, ctx.config.busy_timeout)? {
         schema::DbState::Missing => Err(Error::data(db, "does not exist yet; start the daemon once (homerd run)")),
         s if !s.is_current() => Err(Error::data(db, "needs migrating; run `homerd migrate`")),
-        _ => store::open_reader(db, ctx.config.busy_timeout),
+        _ => {
+            let conn = store::open_reader(db, ctx.config.busy_timeout)?;
+            read::anchor_clock(&conn, &ctx.clock);
+            Ok(conn)
+        }
     }
 }
 

@@ -133,6 +133,36 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     Ok(())
 }
 
+/// Takes the wall-clock steps the effective clock saw (clock.rs) and acts on them: a
+/// forward step moves every job still waiting for a `run_after` set before it by the
+/// step (one epoch-guarded write), so delays keep their length; a backward step changes
+/// nothing (the effective clock keeps counting) and is reported.
+pub fn absorb_clock_steps(clock: &Clock, writer: &Writer) {
+    for back in clock.take_backward_steps() {
+        events::warn(
+            "clock.stepped_back",
+            "The wall clock stepped back; homerd's clock keeps counting from where it was",
+        )
+        .field("by_ms", back)
+        .emit();
+    }
+    for step in clock.take_forward_steps() {
+        let crate::clock::ForwardStep { from, by } = step;
+        match writer.call_blocking(Sync::Normal, move |tx| crate::store::jobs::shift_scheduled(tx, from, by)) {
+            Ok(moved) => {
+                events::warn("clock.stepped", "The wall clock jumped forward; jobs waiting for a time moved with it")
+                    .field("by_ms", by)
+                    .field("moved", moved)
+                    .emit()
+            }
+            Err(e) => events::error("clock.step_failed", "Could not move the waiting jobs after a wall-clock step")
+                .field("by_ms", by)
+                .field("error", e.to_string())
+                .emit(),
+        }
+    }
+}
+
 /// How to stop a running job: shared by the engine thread and the watchdog.
 struct JobControl {
     kind: String,
@@ -335,6 +365,7 @@ impl Engine {
                 }
                 continue;
             }
+            absorb_clock_steps(&self.clock, &self.writer);
             let now = mono_ms();
             if now >= next_renew {
                 next_renew = now + heartbeat_ms;
@@ -480,7 +511,7 @@ impl Engine {
         let errors: Vec<Option<String>> = ended
             .iter()
             .map(|(_, r)| match r {
-                JobResult::Failed { error, .. } => Some(error.clone()),
+                JobResult::Failed { error, .. } | JobResult::NotStarted { error } => Some(error.clone()),
                 JobResult::Succeeded => None,
             })
             .collect();
@@ -490,7 +521,7 @@ impl Engine {
                 self.unrecorded += 1;
             }
             announce_finish(id, &f);
-            if let (Finished::Failed, Some(error)) = (&f, error) {
+            if let (Finished::Failed | Finished::Postponed { .. }, Some(error)) = (&f, error) {
                 events::debug("job.error", "Last error").field("job_id", id).field("error", error).emit();
             }
         }
@@ -511,6 +542,11 @@ fn announce_finish(id: i64, f: &Finished) {
         }
         Finished::Failed => events::error("job.failed", "Job failed for good"),
         Finished::Released => events::info("job.released", "Job released to pending (attempt given back)"),
+        Finished::Postponed { run_after } => events::warn(
+            "job.postponed",
+            "Job not started: the daemon lacks a resource (descriptors, processes, memory, disk); requeued, attempt given back",
+        )
+        .field("run_after", *run_after),
         Finished::Abandoned => events::warn("job.abandoned", "Job requeued after its run was stopped"),
         Finished::Cancelled => events::info("job.cancelled", "Job cancelled by an operator"),
         Finished::Discarded(why) => {
@@ -565,9 +601,11 @@ impl JobContext {
         let job = &self.job;
         let base = self.runs_dir.join(format!("{}-{}", job.id, job.run));
         if let Err(e) = create_private_dir(&self.runs_dir) {
-            return JobResult::Failed {
-                error: format!("cannot create {}: {e}", self.runs_dir.display()),
-                retryable: true,
+            let error = format!("cannot create {}: {e}", self.runs_dir.display());
+            return if children::is_resource_error(&e) {
+                JobResult::NotStarted { error }
+            } else {
+                JobResult::Failed { error, retryable: true }
             };
         }
         let req = SpawnRequest {
@@ -589,6 +627,9 @@ impl JobContext {
         };
         let mut child = match children::spawn_held(req) {
             Ok(c) => c,
+            Err(e) if children::is_resource_error(&e) => {
+                return JobResult::NotStarted { error: format!("cannot start {:?}: {e}", job.args) }
+            }
             Err(e) => return JobResult::Failed { error: format!("cannot start {:?}: {e}", job.args), retryable: true },
         };
         if let Err(e) = failpoint::hit("job.after_spawn_before_record") {

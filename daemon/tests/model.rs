@@ -125,6 +125,12 @@ enum Step {
         claim: usize,
         via: Via,
     },
+    /// The daemon could not start the run (out of descriptors...): requeued, uncharged.
+    Requeue {
+        claim: usize,
+        via: Via,
+        delay: i64,
+    },
     OwnerCancel {
         claim: usize,
         via: Via,
@@ -394,6 +400,12 @@ impl ReferenceStateMachine for QueueModel {
                         .boxed(),
                 ),
                 (2, (claim.clone(), v.clone()).prop_map(|(claim, via)| Step::Abandon { claim, via }).boxed()),
+                (
+                    1,
+                    (claim.clone(), v.clone(), 0i64..2000)
+                        .prop_map(|(claim, via, delay)| Step::Requeue { claim, via, delay })
+                        .boxed(),
+                ),
                 (1, (claim, v).prop_map(|(claim, via)| Step::OwnerCancel { claim, via }).boxed()),
             ]);
         }
@@ -414,6 +426,7 @@ impl ReferenceStateMachine for QueueModel {
             | Step::Fail { claim, .. }
             | Step::Release { claim, .. }
             | Step::Abandon { claim, .. }
+            | Step::Requeue { claim, .. }
             | Step::OwnerCancel { claim, .. } => claim_ok(claim),
             Step::OperatorCancel { job } | Step::OperatorRetry { job } => (1..=w.enqueued).contains(job),
             Step::Takeover { .. } => w.daemons.len() < MAX_DAEMONS,
@@ -482,6 +495,19 @@ impl ReferenceStateMachine for QueueModel {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
                 w.expect = Expect::Outcome(w.q.abandon(r.epoch, r.job, &token, "lease lost", now));
+                w.resolved = r;
+            }
+            Step::Requeue { claim, via, delay } => {
+                let r = w.resolve(*claim, *via);
+                let token = w.token(&r);
+                w.expect = Expect::Outcome(w.q.requeue_unstarted(
+                    r.epoch,
+                    r.job,
+                    &token,
+                    "not started: EMFILE",
+                    now + delay,
+                    now,
+                ));
                 w.resolved = r;
             }
             Step::OwnerCancel { claim, via } => {
@@ -718,6 +744,10 @@ impl StateMachineTest for StoreTest {
             }
             Step::Abandon { .. } => {
                 let what = Record::Abandon { reason: "lease lost".into() };
+                Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
+            }
+            Step::Requeue { delay, .. } => {
+                let what = Record::Requeue { reason: "not started: EMFILE".into(), retry_at: now + delay };
                 Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
             }
             Step::OwnerCancel { .. } => {

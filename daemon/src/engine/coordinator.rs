@@ -119,7 +119,16 @@ impl Lease {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobResult {
     Succeeded,
-    Failed { error: String, retryable: bool },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    /// The daemon could not start it for its own reasons (out of descriptors, processes
+    /// or memory; a full or read-only disk): nothing of the job ran, so nothing is
+    /// charged to it (PITFALLS 25).
+    NotStarted {
+        error: String,
+    },
 }
 
 /// What [`Coordinator::finish`] did.
@@ -135,6 +144,11 @@ pub enum Finished {
     Abandoned,
     /// Stopped and recorded `cancelled` at an operator's request.
     Cancelled,
+    /// Not started for the daemon's own reasons: back to pending at `run_after`, the
+    /// attempt given back.
+    Postponed {
+        run_after: i64,
+    },
     /// Nothing recorded: the lease was not ours (lost, fenced) or the store refused.
     Discarded(&'static str),
     /// The store was unavailable; the result is kept and retried.
@@ -152,6 +166,33 @@ struct State {
     leader_at: Option<i64>,
     /// Stop decisions not yet carried out (see [`Coordinator::take_stops`]).
     stops: Vec<(i64, StopReason)>,
+    /// Set while job starts fail for the daemon's own reasons.
+    throttle: Option<Throttle>,
+}
+
+/// Backing off while the daemon lacks a resource to start jobs with (descriptors,
+/// processes, memory, disk): claims pause, and then come back under a cap that starts at
+/// what did run and grows by one with every start that succeeds, so the daemon settles
+/// at what the machine allows instead of claiming, failing and requeueing in a loop.
+#[derive(Clone, Copy, Debug)]
+struct Throttle {
+    /// At most this many leases at once.
+    cap: u32,
+    /// Failure episodes in a row (each a pause twice as long as the last, capped).
+    episodes: u32,
+    /// A failure was recorded since the last claim: start a new pause there.
+    fresh: bool,
+    /// No claims before this monotonic time.
+    paused_until: i64,
+}
+
+/// The first pause after a job could not be started for want of a resource.
+pub const RESOURCE_BACKOFF_MS: i64 = 50;
+/// The longest such pause.
+pub const RESOURCE_BACKOFF_CAP_MS: i64 = 5_000;
+
+fn resource_backoff_ms(episodes: u32) -> i64 {
+    RESOURCE_BACKOFF_MS.saturating_mul(1 << episodes.min(16)).min(RESOURCE_BACKOFF_CAP_MS)
 }
 
 impl State {
@@ -216,7 +257,23 @@ impl<S: JobStore> Coordinator<S> {
                 return Vec::new();
             }
         }
-        let result = sync::lock(&self.store).claim(self.epoch, &self.cfg.worker, &self.cfg.limits, now_wall);
+        let mut limits = std::borrow::Cow::Borrowed(&self.cfg.limits);
+        {
+            let mut st = sync::lock(&self.state);
+            let held = st.leases.len();
+            if let Some(t) = st.throttle.as_mut() {
+                if t.fresh {
+                    t.fresh = false;
+                    t.paused_until = now_mono + resource_backoff_ms(t.episodes);
+                    t.episodes += 1;
+                }
+                if now_mono < t.paused_until || held >= t.cap as usize {
+                    return Vec::new();
+                }
+                limits.to_mut().global = t.cap;
+            }
+        }
+        let result = sync::lock(&self.store).claim(self.epoch, &self.cfg.worker, &limits, now_wall);
         let mut st = sync::lock(&self.state);
         match result {
             Ok(claimed) => {
@@ -264,6 +321,15 @@ impl<S: JobStore> Coordinator<S> {
             Ok(true) => match st.leases.get_mut(&id).filter(|l| l.stop.is_none()) {
                 Some(l) => {
                     l.child = Some(child);
+                    // A start succeeded: the resource is back, at least this far.
+                    let global = self.cfg.limits.global;
+                    if let Some(t) = st.throttle.as_mut() {
+                        t.episodes = 0;
+                        t.cap += 1;
+                        if t.cap >= global {
+                            st.throttle = None;
+                        }
+                    }
                     true
                 }
                 None => false,
@@ -430,8 +496,7 @@ impl<S: JobStore> Coordinator<S> {
     pub fn halt(&self) -> Vec<i64> {
         let mut st = sync::lock(&self.state);
         st.halted = true;
-        let ids: Vec<i64> =
-            st.leases.values().filter(|l| !l.ended && l.stop.is_none()).map(|l| l.job.id).collect();
+        let ids: Vec<i64> = st.leases.values().filter(|l| !l.ended && l.stop.is_none()).map(|l| l.job.id).collect();
         for id in &ids {
             st.stop(*id, StopReason::Halted);
         }
@@ -498,7 +563,8 @@ impl<S: JobStore> Coordinator<S> {
                     out.push((id, Some(Finished::Discarded("halted"))));
                     continue;
                 }
-                match self.plan(&lease, &result, now_wall, &mut jitter) {
+                let episodes = st.throttle.map_or(0, |t| t.episodes);
+                match self.plan(&lease, &result, now_wall, episodes, &mut jitter) {
                     None => out.push((id, Some(Finished::Discarded("fenced")))),
                     Some(what) => {
                         taken.push((out.len(), lease, result, what));
@@ -515,6 +581,13 @@ impl<S: JobStore> Coordinator<S> {
         let recorded = sync::lock(&self.store).record_many(self.epoch, &items, now_wall);
         debug_assert_eq!(recorded.len(), items.len());
         let mut st = sync::lock(&self.state);
+        if taken.iter().any(|(_, _, _, what)| matches!(what, Record::Requeue { .. })) {
+            // Back off: pause claims (from the next claim on), then claim no more than
+            // what runs now, growing again with each start that succeeds.
+            let cap = (st.leases.len() as u32).max(1);
+            let episodes = st.throttle.map_or(0, |t| t.episodes);
+            st.throttle = Some(Throttle { cap, episodes, fresh: true, paused_until: 0 });
+        }
         for ((slot, mut lease, result, what), r) in taken.into_iter().zip(recorded) {
             out[slot].1 = Some(match r {
                 Err(StoreError::Fenced) => {
@@ -543,7 +616,15 @@ impl<S: JobStore> Coordinator<S> {
     }
 
     /// What `lease` may record for `result`; `None`: nothing (a fenced run).
-    fn plan(&self, lease: &Lease, result: &JobResult, now: i64, jitter: &mut impl FnMut() -> f64) -> Option<Record> {
+    /// `episodes`: resource-failure episodes in a row so far (the throttle's).
+    fn plan(
+        &self,
+        lease: &Lease,
+        result: &JobResult,
+        now: i64,
+        episodes: u32,
+        jitter: &mut impl FnMut() -> f64,
+    ) -> Option<Record> {
         Some(match lease.stop {
             Some(StopReason::LeaseLost) => {
                 Record::Abandon { reason: String::from("lease lost: the run was stopped before its lease expired") }
@@ -557,6 +638,18 @@ impl<S: JobStore> Coordinator<S> {
                 retry_at: now + self.cfg.backoff_ms(lease.job.attempt, jitter()),
             },
             None => match result {
+                // The mutant charges the daemon's trouble to the job, as a failed attempt.
+                JobResult::NotStarted { error } if crate::mutant::active(crate::mutant::FD_ERRORS_CHARGED) => {
+                    Record::Fail {
+                        error: error.clone(),
+                        retryable: true,
+                        retry_at: now + self.cfg.backoff_ms(lease.job.attempt, jitter()),
+                    }
+                }
+                JobResult::NotStarted { error } => Record::Requeue {
+                    reason: format!("not started: {error}"),
+                    retry_at: now + resource_backoff_ms(episodes),
+                },
                 JobResult::Succeeded => Record::Complete,
                 JobResult::Failed { error, retryable } => Record::Fail {
                     error: error.clone(),
@@ -576,6 +669,9 @@ fn finished(what: &Record, r: Recorded) -> Finished {
         (_, Recorded::Completed) => Finished::Completed,
         (Record::Abandon { .. }, Recorded::Ended(FailOutcome::Retry { .. })) => Finished::Abandoned,
         (Record::Release { .. }, Recorded::Ended(FailOutcome::Retry { .. })) => Finished::Released,
+        (Record::Requeue { .. }, Recorded::Ended(FailOutcome::Retry { run_after })) => {
+            Finished::Postponed { run_after }
+        }
         (_, Recorded::Ended(FailOutcome::Retry { run_after })) => Finished::Retry { run_after },
         (_, Recorded::Ended(FailOutcome::Failed)) => Finished::Failed,
         (_, Recorded::Ended(FailOutcome::Cancelled)) => Finished::Cancelled,

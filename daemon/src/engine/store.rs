@@ -51,6 +51,8 @@ pub enum Record {
     Abandon { reason: String },
     /// [`JobStore::cancel`].
     Cancel,
+    /// [`JobStore::requeue_unstarted`].
+    Requeue { reason: String, retry_at: i64 },
 }
 
 /// What a [`Record`] did.
@@ -98,6 +100,18 @@ pub trait JobStore: Send {
         -> StoreResult<Option<FailOutcome>>;
     /// The owner records an operator's cancellation (its run already stopped).
     fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool>;
+    /// The daemon could not start the run for its own reasons: back to pending at
+    /// `retry_at`, the attempt given back, no interruption counted.
+    #[allow(clippy::too_many_arguments)]
+    fn requeue_unstarted(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        reason: &str,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>>;
     /// Process groups recorded by runs still marked running (to kill before recovery).
     fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>>;
     fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered>;
@@ -140,6 +154,9 @@ pub fn record_one<S: JobStore + ?Sized>(
                 Recorded::NotOwner
             }
         }
+        Record::Requeue { reason, retry_at } => {
+            ended(store.requeue_unstarted(epoch, id, token, reason, *retry_at, now)?)
+        }
     })
 }
 
@@ -174,6 +191,9 @@ fn record_sql(
                 Recorded::NotOwner
             }
         }
+        Record::Requeue { reason, retry_at } => {
+            ended(jobs::requeue_unstarted(tx, epoch, id, token, reason, *retry_at, now)?)
+        }
     })
 }
 
@@ -181,7 +201,8 @@ fn record_sql(
 /// run records no outcome (NORMAL); every outcome is an acknowledgement (FULL).
 fn record_sync(what: &Record) -> Sync {
     match what {
-        Record::Abandon { .. } => Sync::Normal,
+        // Neither records an outcome: a lost one only re-runs (or re-starts) the job.
+        Record::Abandon { .. } | Record::Requeue { .. } => Sync::Normal,
         _ => Sync::Full,
     }
 }
@@ -274,6 +295,18 @@ impl JobStore for SqliteStore {
     }
     fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
         Ok(self.record(epoch, id, token, Record::Cancel, now)? == Recorded::Ended(FailOutcome::Cancelled))
+    }
+    fn requeue_unstarted(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        reason: &str,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        let what = Record::Requeue { reason: reason.to_owned(), retry_at };
+        Ok(ended_as(self.record(epoch, id, token, what, now)?))
     }
     fn orphan_children(&mut self, _epoch: i64) -> StoreResult<Vec<OrphanChild>> {
         Ok(self.writer.call_blocking(Sync::Normal, jobs::orphan_children)?)
@@ -578,6 +611,29 @@ impl JobStore for MemoryStore {
                 MemoryStore::clear(j);
             })
             .is_some())
+    }
+
+    fn requeue_unstarted(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        reason: &str,
+        retry_at: i64,
+        _now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.guard(epoch)?;
+        Ok(self.owned(epoch, id, token).map(|j| {
+            j.errors.push(reason.to_owned());
+            MemoryStore::clear(j);
+            if let Some(c) = MemoryStore::requeue_or_cancel(j) {
+                return c;
+            }
+            j.attempts -= 1;
+            j.status = "pending";
+            j.run_after = retry_at;
+            FailOutcome::Retry { run_after: retry_at }
+        }))
     }
 
     fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {

@@ -70,8 +70,9 @@ fn parse_args(json: &str) -> Vec<String> {
 /// Inserts a pending job; returns its id.
 pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: i64) -> rusqlite::Result<i64> {
     tx.query_row(
-        "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7) RETURNING id",
+        "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
+                                run_after_set_at)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?4) RETURNING id",
         params![job.lane, job.kind, args_json(&job.args), now, job.max_attempts, job.run_after, job.timeout_ms],
         |r| r.get(0),
     )
@@ -356,6 +357,7 @@ pub fn fail(
     tx.execute(
         &format!(
             "UPDATE job_queue SET status = ?4, error = ?5, run_after = COALESCE(?6, run_after), completed_at = ?7,
+                    run_after_set_at = CASE WHEN ?6 IS NULL THEN run_after_set_at ELSE ?8 END,
                     errors = json_insert(errors, '$[#]', json_object('at', ?8, 'attempt', attempts, 'run', runs, 'error', ?5)),
                     {CLEAR_LOCK}
              WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3"
@@ -466,6 +468,58 @@ pub fn abandon(
     Ok(Some(if exhausted { FailOutcome::Failed } else { FailOutcome::Retry { run_after: now } }))
 }
 
+/// A run the daemon could not start for its own reasons (out of file descriptors,
+/// processes or memory; a full or read-only disk): back to `pending` at `retry_at` with
+/// the attempt given back, and not counted as an interruption either — the job did
+/// nothing wrong and never ran. The run ends `not_started` with the reason, which also
+/// joins the job's error history. `None`: not the owner.
+pub fn requeue_unstarted(
+    tx: &Transaction<'_>,
+    epoch: i64,
+    id: i64,
+    token: &str,
+    reason: &str,
+    retry_at: i64,
+    now: i64,
+) -> rusqlite::Result<Option<FailOutcome>> {
+    let owned = tx
+        .prepare_cached(
+            "SELECT 1 FROM job_queue WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
+        )?
+        .query_row(params![id, token, epoch], |_| Ok(()))
+        .optional()?;
+    if owned.is_none() {
+        return Ok(None);
+    }
+    if cancel_if_requested(tx, id, token, "not_started", now)? {
+        return Ok(Some(FailOutcome::Cancelled));
+    }
+    tx.prepare_cached(&format!(
+        "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, run_after = ?3, run_after_set_at = ?4,
+                errors = json_insert(errors, '$[#]', json_object('at', ?4, 'attempt', attempts, 'run', runs, 'error', ?5)),
+                {CLEAR_LOCK}
+         WHERE id = ?1 AND claim_token = ?2"
+    ))?
+    .execute(params![id, token, retry_at, now, reason])?;
+    end_run(tx, id, token, "not_started", Some(reason), now)?;
+    super::ops::bump_metric(tx, "start_resource_failures", 1)?;
+    Ok(Some(FailOutcome::Retry { run_after: retry_at }))
+}
+
+/// A forward step of the wall clock (see `clock.rs`): every job still waiting for a
+/// `run_after` that was set before the step (at or before `from`, on the effective
+/// clock) moves forward by `by`, so its delay keeps its length. Times set after the step
+/// are on the new clock already and stay. Returns how many jobs moved.
+pub fn shift_scheduled(tx: &Transaction<'_>, from: i64, by: i64) -> rusqlite::Result<usize> {
+    let n = tx.execute(
+        "UPDATE job_queue SET run_after = run_after + ?2
+         WHERE status = 'pending' AND run_after > ?1 AND COALESCE(run_after_set_at, created_at) <= ?1",
+        params![from, by],
+    )?;
+    super::ops::bump_metric(tx, "clock_steps", 1)?;
+    Ok(n)
+}
+
 /// A child recorded by an earlier run that must be gone before its job runs again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrphanChild {
@@ -545,7 +599,7 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlit
         .collect::<Result<_, _>>()?;
     out.requeued = tx
         .prepare(&format!(
-            "UPDATE job_queue SET status = 'pending', run_after = ?1,
+            "UPDATE job_queue SET status = 'pending', run_after = ?1, run_after_set_at = ?2,
                     errors = json_insert(errors, '$[#]', json_object('at', ?2, 'attempt', attempts, 'run', runs, 'error', ?3)),
                     {CLEAR_LOCK}
              WHERE status = 'running' RETURNING id"

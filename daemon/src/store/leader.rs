@@ -31,6 +31,8 @@ pub struct LeaderRow {
     pub acquired_at: Option<i64>,
     pub seen_at: Option<i64>,
     pub seen_mono: Option<i64>,
+    /// The boot (and pid namespace) of the last holder, kept after a release.
+    pub boot_id: Option<String>,
     /// The stale threshold the holder runs with.
     pub stale_ms: Option<i64>,
 }
@@ -116,6 +118,7 @@ pub fn read(conn: &Connection) -> rusqlite::Result<LeaderRow> {
                 acquired_at: r.get(9)?,
                 seen_at: r.get(10)?,
                 seen_mono: r.get(11)?,
+                boot_id: r.get(4)?,
                 stale_ms: r.get(12)?,
             })
         },
@@ -236,9 +239,9 @@ pub fn update_lock_file(tx: &Transaction<'_>, epoch: i64, dev: u64, ino: u64) ->
 /// for staleness. The epoch itself is kept (epochs only grow).
 pub fn release(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::Result<bool> {
     let n = tx.execute(
-        "UPDATE leader SET pid = NULL, start_time = NULL, seen_at = ?1, seen_mono = NULL
+        "UPDATE leader SET pid = NULL, start_time = NULL, seen_at = ?1, seen_mono = ?3
          WHERE id = 1 AND epoch = ?2",
-        params![clock.now_ms(), epoch],
+        params![clock.now_ms(), epoch, clock.mono_ms()],
     )?;
     Ok(n == 1)
 }

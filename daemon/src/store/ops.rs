@@ -214,7 +214,7 @@ pub fn retry(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Retry>
     }
     tx.execute(
         "UPDATE job_queue SET status = 'pending', attempts = 0, interruptions = 0, run_after = ?2,
-                completed_at = NULL, error = NULL, cancel_requested_at = NULL
+                run_after_set_at = ?2, completed_at = NULL, error = NULL, cancel_requested_at = NULL
          WHERE id = ?1 AND status IN ('failed', 'cancelled')",
         params![id, now],
     )?;

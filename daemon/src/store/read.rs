@@ -42,6 +42,32 @@ pub fn leader_row(conn: &Connection) -> rusqlite::Result<Option<LeaderRow>> {
     leader::read(conn).map(Some)
 }
 
+/// Where homerd's effective clock stood, as the database remembers it (see
+/// `clock.rs`): the daemon's last leader-row reading, with its monotonic stamp when that
+/// was taken on this boot. `None` before any daemon ran.
+pub fn clock_anchor(conn: &Connection) -> rusqlite::Result<Option<(i64, Option<i64>)>> {
+    let Some(row) = leader_row(conn)? else { return Ok(None) };
+    let same_boot = row.boot_id.as_deref().is_some_and(crate::identity::same_boot);
+    Ok(row.seen_at.map(|at| (at, row.seen_mono.filter(|_| same_boot))))
+}
+
+/// Raises `clock`'s floor from what the database remembers: [`clock_anchor`], and the
+/// newest job's `created_at` (a CLI may have enqueued since the daemon last wrote the
+/// leader row). So a process started after a backward step of the wall clock neither
+/// goes back in time nor sorts a new job before older ones. Every command that writes or
+/// judges times calls this once it has opened the database.
+pub fn anchor_clock(conn: &Connection, clock: &crate::clock::Clock) {
+    if let Ok(Some((at, mono))) = clock_anchor(conn) {
+        clock.anchor(at, mono);
+    }
+    let newest = conn
+        .query_row("SELECT created_at FROM job_queue ORDER BY id DESC LIMIT 1", [], |r| r.get::<_, i64>(0))
+        .optional();
+    if let Ok(Some(newest)) = newest {
+        clock.anchor(newest, None);
+    }
+}
+
 /// Names of applied migrations, in order.
 pub fn applied_migrations(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     if !table_exists(conn, "_migrations")? {

@@ -128,7 +128,10 @@ pub fn database_id(path: &Path) -> Option<u32> {
 
 /// [`database_id`] read through an open connection (`PRAGMA user_version`).
 pub fn database_id_of(conn: &Connection) -> Option<u32> {
-    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).ok().and_then(|v| u32::try_from(v).ok()).filter(|v| *v != 0)
+    conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .ok()
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|v| *v != 0)
 }
 
 /// Whether `<db>-wal` holds frames SQLite would replay: a valid header and a first frame

@@ -415,6 +415,31 @@ impl JobStore for Queue {
         Ok(self.owned_mut(epoch, id, token).map(|j| j.end_run(Status::Cancelled, "cancelled", now)).is_some())
     }
 
+    fn requeue_unstarted(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        _reason: &str,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(epoch)?;
+        Ok(self.owned_mut(epoch, id, token).map(|j| {
+            if j.cancel_requested_at.is_some() {
+                j.end_run(Status::Cancelled, "not_started", now);
+                return FailOutcome::Cancelled;
+            }
+            // Nothing of the job ran: the attempt is given back, and no interruption is
+            // counted either; the reason joins the error history.
+            j.attempts -= 1;
+            j.errors += 1;
+            j.run_after = retry_at;
+            j.end_run(Status::Pending, "not_started", now);
+            FailOutcome::Retry { run_after: retry_at }
+        }))
+    }
+
     fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {
         self.fenced(epoch)?;
         let mut out = Vec::new();
