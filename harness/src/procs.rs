@@ -17,8 +17,12 @@
 //!
 //! Signals: [`init`] blocks SIGINT, SIGTERM and SIGHUP in the calling thread before any other
 //! thread exists (so every thread inherits the mask) and waits for them on a dedicated
-//! thread, which kills every live scenario's processes and exits. Spawned processes get the
-//! default mask back in `pre_exec`.
+//! thread, which kills every live scenario's processes, unmounts its tmpfs homes and exits.
+//! Spawned processes get the default mask back in `pre_exec`.
+//!
+//! Mounts: a scenario with `home_size` mounts a tmpfs (see `faults.rs`) and registers it
+//! here under its marker, so an interrupt unmounts it too — after the scenario's processes
+//! are dead, since a live one could keep it busy.
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +42,8 @@ struct Registry {
     groups: HashMap<String, HashSet<i32>>,
     /// Pids owned by a `Child` handle: the reaper must never collect these.
     owned: HashSet<u32>,
+    /// Marker -> tmpfs mounts to unmount once its processes are dead.
+    mounts: HashMap<String, Vec<std::path::PathBuf>>,
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -104,9 +110,17 @@ fn signal_thread() {
             continue;
         }
         eprintln!("homer-harness: interrupted (signal {sig}); killing every process the harness started");
-        let markers: Vec<String> = registry().lock().map(|r| r.groups.keys().cloned().collect()).unwrap_or_default();
+        let (markers, mounts): (Vec<String>, Vec<std::path::PathBuf>) = registry()
+            .lock()
+            .map(|r| (r.groups.keys().cloned().collect(), r.mounts.values().flatten().cloned().collect()))
+            .unwrap_or_default();
         for m in &markers {
             kill_marked(m, Duration::from_secs(10));
+        }
+        for dir in &mounts {
+            if let Err(e) = crate::faults::unmount(dir) {
+                eprintln!("homer-harness: {e}");
+            }
         }
         std::process::exit(128 + sig);
     }
@@ -200,6 +214,22 @@ pub fn prepare(cmd: &mut Command, marker: &str) {
     }
 }
 
+/// Start the command with `RLIMIT_NOFILE` at (`soft`, `hard`). Lowering works for anyone;
+/// raising the hard limit needs root, and a failure fails the spawn.
+pub fn limit_open_files(cmd: &mut Command, soft: u64, hard: u64) {
+    let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: the closure calls only setrlimit, an async-signal-safe syscall, on a copy of
+    // a plain struct; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Make the command run as the unprivileged uid/gid 65534 (only when we are root).
 pub fn drop_privileges(cmd: &mut Command) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
@@ -265,10 +295,45 @@ pub fn open_marker(marker: &str) {
     }
 }
 
+/// Record a tmpfs mounted for `marker` (unmounted by [`unmount_marked`] or an interrupt).
+pub fn register_mount(marker: &str, dir: &std::path::Path) {
+    if let Ok(mut r) = registry().lock() {
+        r.mounts.entry(marker.to_string()).or_default().push(dir.to_path_buf());
+    }
+}
+
+/// The mounts registered for `marker`.
+pub fn mounts_of(marker: &str) -> Vec<std::path::PathBuf> {
+    registry().lock().map(|r| r.mounts.get(marker).cloned().unwrap_or_default()).unwrap_or_default()
+}
+
+/// Unmount every tmpfs of `marker` (call once its processes are dead); each is forgotten
+/// only once it is gone, so an interrupt meanwhile still finds it. Returns the failures.
+pub fn unmount_marked(marker: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for dir in mounts_of(marker) {
+        match crate::faults::unmount(&dir) {
+            Ok(()) => {
+                if let Ok(mut r) = registry().lock() {
+                    if let Some(v) = r.mounts.get_mut(marker) {
+                        v.retain(|d| d != &dir);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
+}
+
 /// Forget a marker once its processes are gone.
 pub fn close_marker(marker: &str) {
     if let Ok(mut r) = registry().lock() {
         r.groups.remove(marker);
+        // A mount that could not be unmounted stays listed for the interrupt handler.
+        if r.mounts.get(marker).is_some_and(|m| m.is_empty()) {
+            r.mounts.remove(marker);
+        }
     }
 }
 
