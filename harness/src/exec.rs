@@ -1124,13 +1124,15 @@ impl Ctx<'_> {
                 }
                 Ok(())
             }
-            FileOp::Exists => {
-                if path.symlink_metadata().is_ok() {
-                    Ok(())
-                } else {
-                    fail(format!("{} to exist", path.display()), "absent")
-                }
-            }
+            FileOp::Exists { min_size } => match (path.symlink_metadata(), min_size) {
+                (Err(_), _) => fail(format!("{} to exist", path.display()), "absent"),
+                (Ok(_), None) => Ok(()),
+                (Ok(m), Some(min)) if m.is_file() && m.len() >= *min => Ok(()),
+                (Ok(m), Some(min)) => fail(
+                    format!("{} to be a file of at least {min} bytes", path.display()),
+                    if m.is_file() { format!("{} bytes", m.len()) } else { String::from("not a regular file") },
+                ),
+            },
             FileOp::Absent => {
                 if path.symlink_metadata().is_err() {
                     Ok(())
@@ -1675,7 +1677,12 @@ fn step_summary(step: &Step) -> String {
         },
         Step::Exit(x) => format!("exit of {}", x.target),
         Step::Signal { target, signal, .. } => format!("signal {signal:?} to {target}"),
-        Step::File(f) => format!("file {:?} on {}", f.op, f.path).chars().take(120).collect(),
+        Step::File(f) => match &f.op {
+            // Modes read as octal, as they were written.
+            FileOp::Chmod { mode } => format!("file chmod {mode:04o} on {}", f.path),
+            FileOp::Mode { mode } => format!("file mode {mode:04o} on {}", f.path),
+            op => format!("file {op:?} on {}", f.path).chars().take(120).collect(),
+        },
         Step::Enqueue(e) => format!("enqueue {}", e.kind),
         Step::Cli(c) => format!("homerd {}", c.args.join(" ")),
         Step::Sql(q) => format!("sql `{}`", q.query),

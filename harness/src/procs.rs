@@ -198,17 +198,23 @@ fn read_stat(pid: u32) -> Option<Stat> {
     Some(Stat { ppid, state })
 }
 
+/// The umask every process starts with: a typical login umask, so what a scenario sees of
+/// file modes (a file created 0644 where 0600 was due) does not depend on the umask the
+/// harness itself happened to be started with.
+pub const UMASK: libc::mode_t = 0o022;
+
 /// Prepare a command for spawning under `marker`: tagged environment, its own process group,
-/// the default signal mask.
+/// the default signal mask, umask [`UMASK`].
 pub fn prepare(cmd: &mut Command, marker: &str) {
     cmd.env(MARKER_VAR, marker);
     cmd.process_group(0);
-    // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe.
+    // SAFETY: the closure only calls pthread_sigmask and umask, which are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::umask(UMASK);
             Ok(())
         });
     }

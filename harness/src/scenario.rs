@@ -218,7 +218,10 @@ pub enum FileOp {
     Unchanged {
         label: String,
     },
-    Exists,
+    /// The path exists; with `min_size`, as a file of at least that many bytes.
+    Exists {
+        min_size: Option<u64>,
+    },
     Absent,
     /// Overwrite `len` bytes at `offset` in place with deterministic pseudo-random bytes.
     Corrupt {
@@ -857,7 +860,7 @@ const FILE_OPS: &[&str] = &[
     "fill",
     "mode",
 ];
-const FILE_OPTS: &[&str] = &["op", "contents", "target", "mode", "hex", "to", "label", "offset", "len"];
+const FILE_OPTS: &[&str] = &["op", "contents", "target", "mode", "hex", "to", "label", "offset", "len", "min_size"];
 const ENQUEUE_KINDS: &[&str] = &["noop", "sleep", "fail", "exec", "crash", "probe"];
 const ENQUEUE_OPTS: &[&str] = &[
     "args",
@@ -1550,6 +1553,7 @@ impl Cx<'_> {
             "corrupt" => &["offset", "len"],
             "rename" => &["to"],
             "mode" => &["mode"],
+            "exists" => &["min_size"],
             _ => &[],
         };
         self.only(t, &[&["file", "op"], opts].concat(), &format!("`file` with `op = \"{op}\"`"))?;
@@ -1598,7 +1602,11 @@ impl Cx<'_> {
                 }
                 FileOp::Unchanged { label }
             }
-            "exists" => FileOp::Exists,
+            "exists" => FileOp::Exists {
+                min_size: self
+                    .opt(t, "min_size", |cx, f| cx.int(f, 0, i64::MAX, "a size in bytes (an integer >= 0)"))?
+                    .map(|n| n as u64),
+            },
             "absent" => FileOp::Absent,
             "corrupt" => FileOp::Corrupt {
                 offset: self.offset(&need("offset", "a byte offset like 4096 or a percentage like \"50%\"")?)?,
@@ -2333,7 +2341,7 @@ parts = [
         assert!(matches!(file("notes.txt"), FileOp::Write { contents } if contents == b"hi"));
         assert!(matches!(file("{sandbox}/dir"), FileOp::Mkdir));
         assert!(matches!(file("{db}"), FileOp::Copy { to } if to == "{sandbox}/db.bak"));
-        assert!(matches!(file("{lock}"), FileOp::Exists));
+        assert!(matches!(file("{lock}"), FileOp::Exists { min_size: None }));
         assert!(matches!(file("{sandbox}/stray"), FileOp::Absent));
 
         let Some(Step::Enqueue(q)) = steps.next() else { panic!("enqueue probe") };
@@ -2428,6 +2436,11 @@ op = "mode"
 mode = "0600"
 
 [[step]]
+file = "{db}-wal"
+op = "exists"
+min_size = 1
+
+[[step]]
 enqueue = "probe"
 count = 300
 from_file = true
@@ -2458,6 +2471,7 @@ not_before = "1900ms"
         assert!(matches!(file(), FileOp::Rename { to } if to == "{sandbox}/aside.db"));
         assert!(matches!(file(), FileOp::Fill));
         assert!(matches!(file(), FileOp::Mode { mode: 0o600 }));
+        assert!(matches!(file(), FileOp::Exists { min_size: Some(1) }));
         let Some(Step::Enqueue(q)) = steps.next() else { panic!("enqueue") };
         assert_eq!((q.count, q.from_file, q.parallel, q.run_after.as_deref()), (300, true, false, Some("2s")));
         let Some(Step::Wait(Wait { until: WaitFor::Effects { job, starts, not_before, .. }, .. })) = steps.next()
@@ -2494,6 +2508,8 @@ not_before = "1900ms"
             ("[[step]]\nfile = \"{db}\"\nop = \"mode\"\n", 6, 1, "step[1].mode", "needs `mode`"),
             ("[[step]]\nfile = \"{db}\"\nop = \"mode\"\nmode = \"0999\"\n", 7, 8, "step[1].mode", "octal"),
             ("[[step]]\nfile = \"{db}\"\nop = \"mode\"\nmode = 600\n", 7, 8, "step[1].mode", "0o500"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"exists\"\nmin_size = -1\n", 7, 12, "step[1].min_size", "bytes"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"absent\"\nmin_size = 1\n", 7, 1, "step[1].min_size", "unknown option"),
             ("[[step]]\nstart = \"a\"\nnofile = 2\n", 6, 10, "step[1].nofile", "at least 3"),
             ("[[step]]\nstart = \"a\"\nnofile = \"64\"\n", 6, 10, "step[1].nofile", "descriptor limit"),
             ("[[step]]\nstart = \"a\"\nnofile = [64]\n", 6, 10, "step[1].nofile", "[soft, hard]"),
