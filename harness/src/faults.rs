@@ -138,6 +138,7 @@ pub fn is_tmpfs(_path: &Path) -> bool {
     false
 }
 
+#[cfg(target_os = "linux")]
 fn cstring(path: &Path) -> Result<std::ffi::CString, String> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{} contains a NUL byte", path.display()))
