@@ -113,6 +113,27 @@ pub struct ScenarioResult {
 /// A finished CLI process: exit code, stdout, stderr.
 type CliOutput = (Option<i32>, Vec<u8>, Vec<u8>);
 
+/// What `op = "remember"` saw: the file's bytes and mtime, and its `-wal` sibling's bytes
+/// if it has one (a database's committed content is the file plus its WAL).
+struct Remembered {
+    bytes: Vec<u8>,
+    mtime: Option<SystemTime>,
+    wal: Option<Vec<u8>>,
+}
+
+impl Remembered {
+    fn read(path: &Path) -> std::io::Result<Remembered> {
+        let bytes = std::fs::read(path)?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let wal = match std::fs::read(format!("{}-wal", path.display())) {
+            Ok(w) => Some(w),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Remembered { bytes, mtime, wal })
+    }
+}
+
 /// A step's failure before logs are attached.
 #[derive(Debug)]
 struct StepError {
@@ -226,8 +247,14 @@ struct Ctx<'a> {
     marker: String,
     shared: Arc<Shared>,
     acked: Vec<i64>,
+    /// For each acknowledged id, when (CLOCK_MONOTONIC, ns, the probe's clock) the enqueue
+    /// process that acknowledged it was spawned: the earliest the job could be scheduled.
+    acked_at: Vec<u64>,
     holds: Vec<JoinHandle<()>>,
-    remembered: HashMap<String, (Vec<u8>, Option<SystemTime>)>,
+    remembered: HashMap<String, Remembered>,
+    /// One line per step run, with what it reported (e.g. how much `fill` wrote):
+    /// `harness-logs/steps.log`.
+    step_log: Vec<String>,
     daemon_bin: PathBuf,
     cli_count: usize,
     threads: Vec<JoinHandle<()>>,
@@ -264,8 +291,10 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
         marker: marker.clone(),
         shared: Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new(), start: started }),
         acked: Vec::new(),
+        acked_at: Vec::new(),
         holds: Vec::new(),
         remembered: HashMap::new(),
+        step_log: Vec::new(),
         daemon_bin: opts.daemon.clone(),
         cli_count: 0,
         threads: Vec::new(),
@@ -289,9 +318,12 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
             })
         }
     };
-    // Teardown: every marked process dies, whatever the outcome.
+    // Teardown: every marked process dies, whatever the outcome; then the tmpfs home (if
+    // any) is unmounted, which nothing alive can keep busy any more.
     ctx.register_job_groups();
     let survivors = procs::kill_marked(&marker, Duration::from_secs(10));
+    let keep = opts.keep || (opts.keep_failed && matches!(outcome, Outcome::Failed(_)));
+    let unmount_errors = ctx.unmount_home(keep);
     for h in ctx.holds.drain(..) {
         let _ = h.join();
     }
@@ -308,13 +340,22 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
             logs: Vec::new(),
         });
     }
+    if !unmount_errors.is_empty() && !matches!(outcome, Outcome::Failed(_)) {
+        outcome = Outcome::Failed(Failure {
+            step: None,
+            what: String::from("cleanup"),
+            expected: String::from("the tmpfs home unmounted"),
+            actual: unmount_errors.join("; "),
+            logs: Vec::new(),
+        });
+    }
     if let Outcome::Failed(f) = &mut outcome {
         if f.logs.is_empty() {
             f.logs = ctx.log_tails();
         }
     }
     ctx.write_logs();
-    let kept = if opts.keep || (opts.keep_failed && matches!(outcome, Outcome::Failed(_))) {
+    let kept = if keep {
         let path = dir.keep();
         Some(path)
     } else {
@@ -337,6 +378,11 @@ fn skip_reason(sc: &Scenario) -> Option<String> {
             Requirement::Unprivileged => {
                 if let Err(why) = procs::can_drop_privileges() {
                     return Some(format!("needs an unprivileged uid: {why}"));
+                }
+            }
+            Requirement::Tmpfs => {
+                if let Some(why) = crate::faults::cannot_mount() {
+                    return Some(why);
                 }
             }
             _ => {}
@@ -394,7 +440,9 @@ impl Ctx<'_> {
                     logs: self.log_tails(),
                 });
             }
+            self.step_log.push(format!("step {} (line {}): {}", i + 1, at.line, step_summary(&at.step)));
             if let Err(e) = self.step(&at.step) {
+                self.note(format!("failed: expected {}; actual {}", e.expected, e.actual));
                 return Err(Failure {
                     step: Some((i + 1, at.line)),
                     what: step_summary(&at.step),
@@ -424,6 +472,14 @@ impl Ctx<'_> {
     fn setup(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(self.effects_dir()).map_err(|e| e.to_string())?;
         std::fs::write(self.clock_file(), "0").map_err(|e| e.to_string())?;
+        if let Some(size) = self.sc.home_size {
+            // Mounted before any process starts, registered before anything else can fail,
+            // so every path out of the run unmounts it.
+            let home = self.home();
+            std::fs::create_dir_all(&home).map_err(|e| format!("create {}: {e}", home.display()))?;
+            crate::faults::mount_tmpfs(&home, size)?;
+            procs::register_mount(&self.marker, &home);
+        }
         if self.sc.requires.contains(&Requirement::Unprivileged) {
             // The unprivileged uid must reach the sandbox and the binary: open the sandbox
             // (tempdirs are 0700) and run a copy of the daemon from it.
@@ -688,8 +744,13 @@ impl Ctx<'_> {
             env.push((String::from("HOMERD_FAILPOINTS"), fp.clone()));
         }
         // Build every command first so simultaneous starts leave as close together as possible.
-        let cmds: Vec<Command> =
+        let mut cmds: Vec<Command> =
             names.iter().map(|_| self.homerd(&args, !s.no_settings, &env, s.unprivileged)).collect();
+        if let Some((soft, hard)) = s.nofile {
+            for cmd in &mut cmds {
+                procs::limit_open_files(cmd, soft, hard);
+            }
+        }
         for (name, cmd) in names.into_iter().zip(cmds) {
             self.spawn(name, ProcKind::Daemon, cmd)?;
         }
@@ -751,10 +812,16 @@ impl Ctx<'_> {
                     self.shared.wait_for(Instant::now() + Duration::from_millis(20), |_| None::<()>);
                 }
             }
-            WaitFor::Effects { job, starts, ends } => {
+            WaitFor::Effects { job, starts, ends, not_before } => {
                 let job_id = match job {
                     Some(n) => Some(self.job_id(*n)?),
                     None => None,
+                };
+                // The earliest start allowed, on the probe's clock (not scaled: it mirrors a
+                // `run_after` string, which is passed to homerd as written).
+                let earliest = match (job, not_before) {
+                    (Some(n), Some(d)) => Some((self.acked_at[*n as usize - 1], *d)),
+                    _ => None,
                 };
                 let counts;
                 loop {
@@ -772,6 +839,20 @@ impl Ctx<'_> {
                         .filter(of_job)
                         .filter(|e| matches!(e.kind, crate::history::EffectKind::End))
                         .count();
+                    if let Some((enqueued_ns, d)) = earliest {
+                        let limit = enqueued_ns.saturating_add(d.as_nanos() as u64);
+                        let early = effects
+                            .iter()
+                            .filter(of_job)
+                            .find(|e| matches!(e.kind, crate::history::EffectKind::Start) && e.mono_ns < limit);
+                        if let Some(e) = early {
+                            let after = Duration::from_nanos(e.mono_ns.saturating_sub(enqueued_ns));
+                            return fail(
+                                format!("no start of job {} earlier than {d:?} after its enqueue", job_id.unwrap_or(0)),
+                                format!("run {} started {after:?} after its enqueue was spawned", e.run),
+                            );
+                        }
+                    }
                     if s >= *starts as usize && n >= *ends as usize {
                         return Ok(());
                     }
@@ -977,35 +1058,81 @@ impl Ctx<'_> {
                 std::fs::copy(&path, &to).map(|_| ()).map_err(|e| io("copy", e))
             }
             FileOp::Remember { label } => {
-                let bytes = std::fs::read(&path).map_err(|e| io("read", e))?;
-                let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-                self.remembered.insert(label.clone(), (bytes, mtime));
+                let remembered = Remembered::read(&path).map_err(|e| io("read", e))?;
+                self.remembered.insert(label.clone(), remembered);
                 Ok(())
             }
             FileOp::Unchanged { label } => {
-                let Some((bytes, mtime)) = self.remembered.get(label) else {
+                let Some(before) = self.remembered.get(label) else {
                     return fail(format!("a `remember` step labelled {label}"), String::from("none ran before"));
                 };
-                let now = std::fs::read(&path).map_err(|e| io("read", e))?;
-                let now_mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-                if &now != bytes {
+                let now = Remembered::read(&path).map_err(|e| io("read", e))?;
+                if now.bytes != before.bytes {
                     return fail(
-                        format!("{} byte-for-byte as remembered ({} bytes)", path.display(), bytes.len()),
-                        format!("{} bytes, different content", now.len()),
+                        format!("{} byte-for-byte as remembered ({} bytes)", path.display(), before.bytes.len()),
+                        format!("{} bytes, different content", now.bytes.len()),
                     );
                 }
-                if &now_mtime != mtime {
-                    return fail(format!("{} mtime unchanged", path.display()), format!("{mtime:?} -> {now_mtime:?}"));
+                if now.mtime != before.mtime {
+                    return fail(
+                        format!("{} mtime unchanged", path.display()),
+                        format!("{:?} -> {:?}", before.mtime, now.mtime),
+                    );
+                }
+                // A database's content is the file and its WAL: a WAL that appeared,
+                // vanished (checkpointed into something else) or changed is a change.
+                let wal = format!("{}-wal", path.display());
+                match (&before.wal, &now.wal) {
+                    (None, None) => Ok(()),
+                    (Some(a), Some(b)) if a == b => Ok(()),
+                    (None, Some(b)) => {
+                        fail(format!("no {wal}, as remembered"), format!("it appeared ({} bytes)", b.len()))
+                    }
+                    (Some(a), None) => fail(format!("{wal} as remembered ({} bytes)", a.len()), "it is gone"),
+                    (Some(a), Some(b)) => fail(
+                        format!("{wal} byte-for-byte as remembered ({} bytes)", a.len()),
+                        format!("{} bytes, different content", b.len()),
+                    ),
+                }
+            }
+            FileOp::Corrupt { offset, len } => {
+                let at = crate::faults::corrupt(&path, *offset, *len)
+                    .map_err(|e| StepError { expected: format!("to corrupt {}", path.display()), actual: e })?;
+                self.note(format!("overwrote {len} bytes at offset {at} of {}", path.display()));
+                Ok(())
+            }
+            FileOp::Rename { to } => {
+                let to = self.path(to)?;
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io("create the folder of", e))?;
+                }
+                std::fs::rename(&path, &to).map_err(|e| io(&format!("rename to {}:", to.display()), e))
+            }
+            FileOp::Fill => {
+                let n = crate::faults::fill(&path).map_err(|e| StepError {
+                    expected: format!("to fill the filesystem of {}", path.display()),
+                    actual: e,
+                })?;
+                self.note(format!("wrote {n} bytes into {} before ENOSPC", path.display()));
+                Ok(())
+            }
+            FileOp::Mode { mode } => {
+                let meta = path.symlink_metadata().map_err(|e| io("stat", e))?;
+                let actual = meta.permissions().mode() & 0o7777;
+                if actual != *mode {
+                    return fail(format!("{} with mode {mode:04o}", path.display()), format!("mode {actual:04o}"));
                 }
                 Ok(())
             }
-            FileOp::Exists => {
-                if path.symlink_metadata().is_ok() {
-                    Ok(())
-                } else {
-                    fail(format!("{} to exist", path.display()), "absent")
-                }
-            }
+            FileOp::Exists { min_size } => match (path.symlink_metadata(), min_size) {
+                (Err(_), _) => fail(format!("{} to exist", path.display()), "absent"),
+                (Ok(_), None) => Ok(()),
+                (Ok(m), Some(min)) if m.is_file() && m.len() >= *min => Ok(()),
+                (Ok(m), Some(min)) => fail(
+                    format!("{} to be a file of at least {min} bytes", path.display()),
+                    if m.is_file() { format!("{} bytes", m.len()) } else { String::from("not a regular file") },
+                ),
+            },
             FileOp::Absent => {
                 if path.symlink_metadata().is_err() {
                     Ok(())
@@ -1031,17 +1158,21 @@ impl Ctx<'_> {
         if let Some(t) = &e.timeout {
             args.extend([String::from("--timeout"), t.clone()]);
         }
-        if e.kind == "probe" {
-            args.push(String::from("--"));
-            args.extend(self.probe_argv(&e.probe));
-        } else {
-            if e.kind == "exec" {
-                args.push(String::from("--"));
-            }
-            for a in &e.args {
-                args.push(self.subst(a)?);
-            }
+        if let Some(r) = &e.run_after {
+            args.extend([String::from("--run-after"), r.clone()]);
         }
+        let job_args: Vec<String> = if e.kind == "probe" {
+            self.probe_argv(&e.probe)
+        } else {
+            e.args.iter().map(|a| self.subst(a)).collect::<Result<_, _>>()?
+        };
+        if e.from_file {
+            return self.enqueue_from_file(e, &job_args);
+        }
+        if matches!(e.kind.as_str(), "probe" | "exec") {
+            args.push(String::from("--"));
+        }
+        args.extend(job_args);
         let batch = if e.parallel { e.count.max(1) as usize } else { 1 };
         let mut remaining = e.count.max(1) as usize;
         while remaining > 0 {
@@ -1051,9 +1182,10 @@ impl Ctx<'_> {
                 self.cli_count += 1;
                 let name = format!("enqueue#{}", self.cli_count);
                 let cmd = self.homerd(&args, true, &[], false);
-                pids.push((name.clone(), self.spawn(name, ProcKind::Cli, cmd)?));
+                let spawned_at = crate::probe::mono_ns();
+                pids.push((name.clone(), self.spawn(name, ProcKind::Cli, cmd)?, spawned_at));
             }
-            for (name, _) in pids {
+            for (name, _, spawned_at) in pids {
                 let (code, out, err) = self.wait_cli(&name, Duration::from_secs(30))?;
                 if code != Some(e.code) {
                     return fail(
@@ -1063,7 +1195,10 @@ impl Ctx<'_> {
                 }
                 if code == Some(0) {
                     match String::from_utf8_lossy(&out).trim().parse::<i64>() {
-                        Ok(id) => self.acked.push(id),
+                        Ok(id) => {
+                            self.acked.push(id);
+                            self.acked_at.push(spawned_at);
+                        }
                         Err(_) => {
                             return fail("an enqueue to print the job id", String::from_utf8_lossy(&out).into_owned())
                         }
@@ -1072,6 +1207,54 @@ impl Ctx<'_> {
             }
             remaining -= n;
         }
+        Ok(())
+    }
+
+    /// `from_file = true`: every job of the step as one line of a JSON-lines file, through
+    /// one `homerd enqueue --from FILE` (one process, one transaction).
+    fn enqueue_from_file(&mut self, e: &Enqueue, job_args: &[String]) -> Result<(), StepError> {
+        let kind = if e.kind == "probe" { "exec" } else { e.kind.as_str() };
+        let mut line = serde_json::json!({ "kind": kind, "args": job_args });
+        let fields = [
+            ("lane", e.lane.clone().map(serde_json::Value::from)),
+            ("max_attempts", e.max_attempts.map(serde_json::Value::from)),
+            ("key", e.key.as_deref().map(|k| self.subst(k)).transpose()?.map(serde_json::Value::from)),
+            ("timeout", e.timeout.clone().map(serde_json::Value::from)),
+            ("run_after", e.run_after.clone().map(serde_json::Value::from)),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                line[k] = v;
+            }
+        }
+        let count = e.count.max(1) as usize;
+        let mut text = format!("{line}\n").repeat(count);
+        text.shrink_to_fit();
+        self.cli_count += 1;
+        let name = format!("enqueue#{}", self.cli_count);
+        let file = self.sandbox.join(format!("{name}.jsonl").replace('#', "-"));
+        std::fs::write(&file, text)
+            .map_err(|err| StepError { expected: format!("to write {}", file.display()), actual: err.to_string() })?;
+        let args = vec![String::from("enqueue"), String::from("--from"), file.to_string_lossy().into_owned()];
+        let cmd = self.homerd(&args, true, &[], false);
+        let spawned_at = crate::probe::mono_ns();
+        self.spawn(name.clone(), ProcKind::Cli, cmd)?;
+        let (code, out, err) = self.wait_cli(&name, Duration::from_secs(60))?;
+        if code != Some(e.code) {
+            return fail(
+                format!("{name} (enqueue --from with {count} jobs) to exit {}", e.code),
+                format!("{code:?}: {}", tail(&err, 5)),
+            );
+        }
+        if code != Some(0) {
+            return Ok(());
+        }
+        let ids: Vec<i64> = String::from_utf8_lossy(&out).lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if ids.len() != count {
+            return fail(format!("{count} job ids from {name}"), format!("{}: {}", ids.len(), tail(&out, 3)));
+        }
+        self.acked_at.extend(std::iter::repeat_n(spawned_at, ids.len()));
+        self.acked.extend(ids);
         Ok(())
     }
 
@@ -1367,19 +1550,60 @@ impl Ctx<'_> {
 
     fn log_tails(&self) -> Vec<(String, String)> {
         let st = self.shared.lock();
-        st.procs
+        let mut tails: Vec<(String, String)> = st
+            .procs
             .iter()
             .filter(|p| !p.stderr.is_empty() || p.kind == ProcKind::Daemon)
             .map(|p| (format!("{} (pid {}, {})", p.name, p.pid, exit_text(p.code, p.signal)), tail(&p.stderr, 12)))
-            .collect()
+            .collect();
+        // What fault steps reported (e.g. how much `fill` wrote) belongs beside the failure.
+        let notes: Vec<&str> = self
+            .step_log
+            .iter()
+            .filter(|l| l.contains(" -> ") && !l.contains(" -> failed:"))
+            .map(String::as_str)
+            .collect();
+        if !notes.is_empty() {
+            tails.push((String::from("harness step notes"), notes.join("\n")));
+        }
+        tails
     }
 
-    /// Every process's output into `<sandbox>/logs/` (useful with `--keep`).
+    /// Add what the current step reported to its line in the step log.
+    fn note(&mut self, note: String) {
+        if let Some(last) = self.step_log.last_mut() {
+            last.push_str(" -> ");
+            last.push_str(&note);
+        }
+    }
+
+    /// Unmount the tmpfs home, if the scenario has one (every process is dead by now).
+    /// When the sandbox is kept, the home's files are copied out first so the kept
+    /// sandbox looks like any other (`home/homer.db`, ...). Returns what failed.
+    fn unmount_home(&mut self, keep: bool) -> Vec<String> {
+        if procs::mounts_of(&self.marker).is_empty() {
+            return Vec::new();
+        }
+        let home = self.home();
+        let copy = self.sandbox.join(".home-at-teardown");
+        let copied = keep && crate::faults::copy_tree(&home, &copy).is_ok();
+        let errors = procs::unmount_marked(&self.marker);
+        if copied && errors.is_empty() && std::fs::remove_dir(&home).is_ok() {
+            let _ = std::fs::rename(&copy, &home);
+        }
+        errors
+    }
+
+    /// Every process's output into `<sandbox>/harness-logs/`, and the step log
+    /// (`steps.log`; useful with `--keep`).
     fn write_logs(&self) {
         let dir = self.sandbox.join("harness-logs");
         if std::fs::create_dir_all(&dir).is_err() {
             return;
         }
+        let mut steps = self.step_log.join("\n");
+        steps.push('\n');
+        let _ = std::fs::write(dir.join("steps.log"), steps);
         let st = self.shared.lock();
         for p in &st.procs {
             let _ = std::fs::write(dir.join(format!("{}.stderr", p.name)), &p.stderr);
@@ -1453,7 +1677,12 @@ fn step_summary(step: &Step) -> String {
         },
         Step::Exit(x) => format!("exit of {}", x.target),
         Step::Signal { target, signal, .. } => format!("signal {signal:?} to {target}"),
-        Step::File(f) => format!("file {:?} on {}", f.op, f.path).chars().take(120).collect(),
+        Step::File(f) => match &f.op {
+            // Modes read as octal, as they were written.
+            FileOp::Chmod { mode } => format!("file chmod {mode:04o} on {}", f.path),
+            FileOp::Mode { mode } => format!("file mode {mode:04o} on {}", f.path),
+            op => format!("file {op:?} on {}", f.path).chars().take(120).collect(),
+        },
         Step::Enqueue(e) => format!("enqueue {}", e.kind),
         Step::Cli(c) => format!("homerd {}", c.args.join(" ")),
         Step::Sql(q) => format!("sql `{}`", q.query),

@@ -5,12 +5,14 @@
 //! - [`scenario`]: the file format and its validating parser.
 //! - [`exec`]: runs one scenario (sandbox, processes, steps, teardown).
 //! - [`procs`]: owns every process the harness starts (subreaper, markers, cleanup, signals).
+//! - [`faults`]: faults below the process (damaged bytes, a full filesystem, a tmpfs home).
 //! - [`probe`]: the effects probe jobs `exec`; [`history`] and [`check`]: the invariants.
 //! - [`report`]: live lines, the summary table, JUnit XML.
 //! - [`fuzz`]: randomized fault runs composed from the same steps.
 
 pub mod check;
 pub mod exec;
+pub mod faults;
 pub mod fuzz;
 pub mod history;
 pub mod probe;

@@ -303,8 +303,8 @@ fn append(log: &File, record: &[u8]) -> io::Result<()> {
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds.
-fn mono_ns() -> u64 {
+/// `CLOCK_MONOTONIC` in nanoseconds (the executor stamps enqueues on the same clock).
+pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec and CLOCK_MONOTONIC exists on every
     // supported target; clock_gettime is async-signal-safe (the grandchild calls this).

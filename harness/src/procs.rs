@@ -17,8 +17,12 @@
 //!
 //! Signals: [`init`] blocks SIGINT, SIGTERM and SIGHUP in the calling thread before any other
 //! thread exists (so every thread inherits the mask) and waits for them on a dedicated
-//! thread, which kills every live scenario's processes and exits. Spawned processes get the
-//! default mask back in `pre_exec`.
+//! thread, which kills every live scenario's processes, unmounts its tmpfs homes and exits.
+//! Spawned processes get the default mask back in `pre_exec`.
+//!
+//! Mounts: a scenario with `home_size` mounts a tmpfs (see `faults.rs`) and registers it
+//! here under its marker, so an interrupt unmounts it too — after the scenario's processes
+//! are dead, since a live one could keep it busy.
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +42,8 @@ struct Registry {
     groups: HashMap<String, HashSet<i32>>,
     /// Pids owned by a `Child` handle: the reaper must never collect these.
     owned: HashSet<u32>,
+    /// Marker -> tmpfs mounts to unmount once its processes are dead.
+    mounts: HashMap<String, Vec<std::path::PathBuf>>,
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -104,9 +110,17 @@ fn signal_thread() {
             continue;
         }
         eprintln!("homer-harness: interrupted (signal {sig}); killing every process the harness started");
-        let markers: Vec<String> = registry().lock().map(|r| r.groups.keys().cloned().collect()).unwrap_or_default();
+        let (markers, mounts): (Vec<String>, Vec<std::path::PathBuf>) = registry()
+            .lock()
+            .map(|r| (r.groups.keys().cloned().collect(), r.mounts.values().flatten().cloned().collect()))
+            .unwrap_or_default();
         for m in &markers {
             kill_marked(m, Duration::from_secs(10));
+        }
+        for dir in &mounts {
+            if let Err(e) = crate::faults::unmount(dir) {
+                eprintln!("homer-harness: {e}");
+            }
         }
         std::process::exit(128 + sig);
     }
@@ -184,17 +198,39 @@ fn read_stat(pid: u32) -> Option<Stat> {
     Some(Stat { ppid, state })
 }
 
+/// The umask every process starts with: a typical login umask, so what a scenario sees of
+/// file modes (a file created 0644 where 0600 was due) does not depend on the umask the
+/// harness itself happened to be started with.
+pub const UMASK: libc::mode_t = 0o022;
+
 /// Prepare a command for spawning under `marker`: tagged environment, its own process group,
-/// the default signal mask.
+/// the default signal mask, umask [`UMASK`].
 pub fn prepare(cmd: &mut Command, marker: &str) {
     cmd.env(MARKER_VAR, marker);
     cmd.process_group(0);
-    // SAFETY: the closure only calls pthread_sigmask, which is async-signal-safe.
+    // SAFETY: the closure only calls pthread_sigmask and umask, which are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::umask(UMASK);
+            Ok(())
+        });
+    }
+}
+
+/// Start the command with `RLIMIT_NOFILE` at (`soft`, `hard`). Lowering works for anyone;
+/// raising the hard limit needs root, and a failure fails the spawn.
+pub fn limit_open_files(cmd: &mut Command, soft: u64, hard: u64) {
+    let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: the closure calls only setrlimit, an async-signal-safe syscall, on a copy of
+    // a plain struct; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -265,10 +301,45 @@ pub fn open_marker(marker: &str) {
     }
 }
 
+/// Record a tmpfs mounted for `marker` (unmounted by [`unmount_marked`] or an interrupt).
+pub fn register_mount(marker: &str, dir: &std::path::Path) {
+    if let Ok(mut r) = registry().lock() {
+        r.mounts.entry(marker.to_string()).or_default().push(dir.to_path_buf());
+    }
+}
+
+/// The mounts registered for `marker`.
+pub fn mounts_of(marker: &str) -> Vec<std::path::PathBuf> {
+    registry().lock().map(|r| r.mounts.get(marker).cloned().unwrap_or_default()).unwrap_or_default()
+}
+
+/// Unmount every tmpfs of `marker` (call once its processes are dead); each is forgotten
+/// only once it is gone, so an interrupt meanwhile still finds it. Returns the failures.
+pub fn unmount_marked(marker: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for dir in mounts_of(marker) {
+        match crate::faults::unmount(&dir) {
+            Ok(()) => {
+                if let Ok(mut r) = registry().lock() {
+                    if let Some(v) = r.mounts.get_mut(marker) {
+                        v.retain(|d| d != &dir);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
+}
+
 /// Forget a marker once its processes are gone.
 pub fn close_marker(marker: &str) {
     if let Ok(mut r) = registry().lock() {
         r.groups.remove(marker);
+        // A mount that could not be unmounted stays listed for the interrupt handler.
+        if r.mounts.get(marker).is_some_and(|m| m.is_empty()) {
+            r.mounts.remove(marker);
+        }
     }
 }
 

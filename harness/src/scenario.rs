@@ -37,6 +37,9 @@ pub struct Scenario {
     pub requires: Vec<Requirement>,
     /// Upper bound on the whole scenario (scaled by the time scale). Default 60 s.
     pub timeout: Duration,
+    /// `home_size`: the home is a fresh tmpfs of this many bytes, mounted before any process
+    /// starts and unmounted at teardown (needs `requires = ["tmpfs"]`).
+    pub home_size: Option<u64>,
     /// `[settings]`: `--set key=value` given to every daemon and CLI call, in file order.
     /// Values that parse as durations are scaled by the time scale.
     pub settings: Vec<(String, String)>,
@@ -58,6 +61,8 @@ pub enum Requirement {
     Linux,
     /// Runs a process as an unprivileged uid (needs root + `setuid`, or a non-root harness).
     Unprivileged,
+    /// Mounts a size-limited tmpfs (`home_size`): Linux, with root or `CAP_SYS_ADMIN`.
+    Tmpfs,
 }
 
 /// A step and the line its `[[step]]` header is on (for failure reports).
@@ -117,6 +122,8 @@ pub struct Start {
     pub unprivileged: bool,
     /// Do not pass the scenario's `[settings]`.
     pub no_settings: bool,
+    /// `RLIMIT_NOFILE` (soft, hard) the daemon starts with, set in the child before exec.
+    pub nofile: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -136,8 +143,11 @@ pub enum WaitFor {
     /// `wait = "sql"`: the query returns exactly `rows`.
     Sql { query: String, rows: Vec<Vec<Scalar>> },
     /// `wait = "effects"`: the effects log holds at least `starts` start records (and
-    /// `ends` end records) for `job` (a `{job:N}` index, 1-based) or for any job.
-    Effects { job: Option<u32>, starts: u32, ends: u32 },
+    /// `ends` end records) for `job` (a `{job:N}` index, 1-based) or for any job. With
+    /// `not_before` (needs `job`), no start record of the job may come earlier than that
+    /// long after its enqueue was spawned (measured on the probe's monotonic clock, so a
+    /// wall-clock step cannot hide an early start).
+    Effects { job: Option<u32>, starts: u32, ends: u32, not_before: Option<Duration> },
     /// `wait = "duration"`: let time pass (only for letting a *stale threshold* elapse, never
     /// as synchronisation; the README says so).
     Elapsed { duration: Duration },
@@ -208,8 +218,33 @@ pub enum FileOp {
     Unchanged {
         label: String,
     },
-    Exists,
+    /// The path exists; with `min_size`, as a file of at least that many bytes.
+    Exists {
+        min_size: Option<u64>,
+    },
     Absent,
+    /// Overwrite `len` bytes at `offset` in place with deterministic pseudo-random bytes.
+    Corrupt {
+        offset: Offset,
+        len: u64,
+    },
+    /// Move the file aside, as `mv` would.
+    Rename {
+        to: String,
+    },
+    /// Create the file and write zeros until the filesystem is full (a tmpfs home only).
+    Fill,
+    /// The permission bits are exactly `mode`.
+    Mode {
+        mode: u32,
+    },
+}
+
+/// Where `op = "corrupt"` writes: a byte offset, or a percentage of the file's size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Offset {
+    Bytes(u64),
+    Percent(f64),
 }
 
 #[derive(Clone, Debug)]
@@ -227,6 +262,11 @@ pub struct Enqueue {
     pub parallel: bool,
     /// Expected exit code of each enqueue (default 0; non-zero ones are not acknowledged).
     pub code: i32,
+    /// `--run-after`, passed as-is (not scaled).
+    pub run_after: Option<String>,
+    /// All `count` jobs through one `homerd enqueue --from FILE` (a JSON-lines file the
+    /// harness writes into the sandbox): one process, one transaction.
+    pub from_file: bool,
 }
 
 /// Options of the effects probe (see `probe.rs`).
@@ -353,7 +393,7 @@ pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
 pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, ParseError> {
     let src = Source::new(path, text);
     let root: Node = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
-    let mut cx = Cx { src, requires: Vec::new(), labels: Vec::new() };
+    let mut cx = Cx { src, requires: Vec::new(), home_size: None, labels: Vec::new() };
     cx.scenario(&root)
 }
 
@@ -760,7 +800,7 @@ impl<'a> Tbl<'a> {
 }
 
 const TOP_KEYS: &[&str] =
-    &["description", "covers", "mutant", "mutant_none", "requires", "timeout", "settings", "step"];
+    &["description", "covers", "mutant", "mutant_none", "requires", "timeout", "home_size", "settings", "step"];
 const VERBS: &[&str] = &[
     "start",
     "wait",
@@ -777,10 +817,22 @@ const VERBS: &[&str] = &[
     "snapshot",
 ];
 const START_OPTS: &[&str] =
-    &["count", "command", "args", "env", "failpoints", "lock_file", "unprivileged", "no_settings"];
+    &["count", "command", "args", "env", "failpoints", "lock_file", "unprivileged", "no_settings", "nofile"];
 const WAIT_KINDS: &[&str] = &["event", "exit", "sql", "effects", "duration"];
-const WAIT_OPTS: &[&str] =
-    &["timeout", "target", "event", "fields", "count", "query", "rows", "job", "starts", "ends", "duration"];
+const WAIT_OPTS: &[&str] = &[
+    "timeout",
+    "target",
+    "event",
+    "fields",
+    "count",
+    "query",
+    "rows",
+    "job",
+    "starts",
+    "ends",
+    "not_before",
+    "duration",
+];
 const EXIT_OPTS: &[&str] = &["count", "code", "stdout", "stderr", "timeout"];
 const SIGNAL_OPTS: &[&str] = &["sig", "outside_write"];
 const SIGNALS: &[(&str, Sig)] = &[
@@ -791,9 +843,24 @@ const SIGNALS: &[(&str, Sig)] = &[
     ("CONT", Sig::Cont),
     ("HUP", Sig::Hup),
 ];
-const FILE_OPS: &[&str] =
-    &["remove", "replace", "symlink", "chmod", "write", "mkdir", "copy", "remember", "unchanged", "exists", "absent"];
-const FILE_OPTS: &[&str] = &["op", "contents", "target", "mode", "hex", "to", "label"];
+const FILE_OPS: &[&str] = &[
+    "remove",
+    "replace",
+    "symlink",
+    "chmod",
+    "write",
+    "mkdir",
+    "copy",
+    "remember",
+    "unchanged",
+    "exists",
+    "absent",
+    "corrupt",
+    "rename",
+    "fill",
+    "mode",
+];
+const FILE_OPTS: &[&str] = &["op", "contents", "target", "mode", "hex", "to", "label", "offset", "len", "min_size"];
 const ENQUEUE_KINDS: &[&str] = &["noop", "sleep", "fail", "exec", "crash", "probe"];
 const ENQUEUE_OPTS: &[&str] = &[
     "args",
@@ -804,6 +871,8 @@ const ENQUEUE_OPTS: &[&str] = &[
     "count",
     "parallel",
     "code",
+    "run_after",
+    "from_file",
     "sleep",
     "grandchild",
     "grandchild_setsid",
@@ -913,6 +982,28 @@ fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
         .collect())
 }
 
+/// Parse a size: `4096`, `512k`, `2m`, `1g` (case-insensitive; `KiB`, `MiB`, `GiB` too).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim_start() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parse a percentage `"50%"` or `"12.5%"`, 0 to 100.
+fn parse_percent(s: &str) -> Option<f64> {
+    let p: f64 = s.trim().strip_suffix('%')?.trim_end().parse().ok()?;
+    (p.is_finite() && (0.0..=100.0).contains(&p)).then_some(p)
+}
+
 /// Parse an output pattern: optional `!` (negated), then optional `re:` (regex).
 fn parse_pattern(s: &str) -> Pattern {
     let (negated, rest) = match s.strip_prefix('!') {
@@ -930,6 +1021,8 @@ fn parse_pattern(s: &str) -> Pattern {
 struct Cx<'a> {
     src: Source<'a>,
     requires: Vec<Requirement>,
+    /// The header's `home_size` (`op = "fill"` is allowed only on a tmpfs home).
+    home_size: Option<u64>,
     /// Labels of `op = "remember"` steps so far.
     labels: Vec<String>,
 }
@@ -1195,7 +1288,8 @@ impl Cx<'_> {
                 let req = match item.str() {
                     Some("linux") => Requirement::Linux,
                     Some("unprivileged") => Requirement::Unprivileged,
-                    _ => return Err(self.wrong(&item, "\"linux\" or \"unprivileged\"")),
+                    Some("tmpfs") => Requirement::Tmpfs,
+                    _ => return Err(self.wrong(&item, "\"linux\", \"unprivileged\" or \"tmpfs\"")),
                 };
                 if !requires.contains(&req) {
                     requires.push(req);
@@ -1205,6 +1299,22 @@ impl Cx<'_> {
         self.requires.clone_from(&requires);
 
         let timeout = self.opt(&top, "timeout", Self::duration)?.unwrap_or(Duration::from_secs(60));
+
+        let home_size = match top.get("home_size") {
+            Some(f) => {
+                let size = self.home_size(&f)?;
+                if !requires.contains(&Requirement::Tmpfs) {
+                    return Err(self.err(
+                        &f.key_span,
+                        f.path.clone(),
+                        "`home_size` mounts a tmpfs: it needs `requires = [\"tmpfs\"]` in the header",
+                    ));
+                }
+                Some(size)
+            }
+            None => None,
+        };
+        self.home_size = home_size;
 
         let mut settings = Vec::new();
         if let Some(f) = top.get("settings") {
@@ -1231,6 +1341,7 @@ impl Cx<'_> {
             mutant,
             requires,
             timeout,
+            home_size,
             settings,
             steps,
         })
@@ -1343,6 +1454,7 @@ impl Cx<'_> {
             lock_file: self.opt(t, "lock_file", Self::text)?,
             unprivileged: self.unprivileged(t)?,
             no_settings: self.opt(t, "no_settings", Self::boolean)?.unwrap_or(false),
+            nofile: self.opt(t, "nofile", Self::nofile)?,
         }))
     }
 
@@ -1355,7 +1467,7 @@ impl Cx<'_> {
             "event" => &["target", "event", "fields", "count"],
             "exit" => &["target"],
             "sql" => &["query", "rows"],
-            "effects" => &["job", "starts", "ends"],
+            "effects" => &["job", "starts", "ends", "not_before"],
             _ => &["duration"],
         };
         self.only(t, &[&["wait", "timeout"], opts].concat(), &format!("`wait = \"{kind}\"`"))?;
@@ -1374,11 +1486,23 @@ impl Cx<'_> {
                 query: self.text(&need("query", "the SELECT to run")?)?,
                 rows: self.rows(&need("rows", "the expected rows, e.g. [[1]]")?)?,
             },
-            "effects" => WaitFor::Effects {
-                job: self.opt(t, "job", |cx, f| cx.count(f, 1))?,
-                starts: self.opt(t, "starts", |cx, f| cx.count(f, 0))?.unwrap_or(1),
-                ends: self.opt(t, "ends", |cx, f| cx.count(f, 0))?.unwrap_or(0),
-            },
+            "effects" => {
+                let job = self.opt(t, "job", |cx, f| cx.count(f, 1))?;
+                let not_before = self.opt(t, "not_before", Self::duration)?;
+                if let (Some(_), None, Some(f)) = (not_before, job, t.get("not_before")) {
+                    return Err(self.err(
+                        &f.key_span,
+                        f.path.clone(),
+                        "`not_before` needs `job` (whose enqueue it counts from)",
+                    ));
+                }
+                WaitFor::Effects {
+                    job,
+                    starts: self.opt(t, "starts", |cx, f| cx.count(f, 0))?.unwrap_or(1),
+                    ends: self.opt(t, "ends", |cx, f| cx.count(f, 0))?.unwrap_or(0),
+                    not_before,
+                }
+            }
             _ => WaitFor::Elapsed { duration: self.duration(&need("duration", "how long, e.g. \"2s\"")?)? },
         };
         let timeout = self.opt(t, "timeout", Self::duration)?.unwrap_or(Duration::from_secs(10));
@@ -1426,6 +1550,10 @@ impl Cx<'_> {
             "write" => &["contents", "hex"],
             "copy" => &["to"],
             "remember" | "unchanged" => &["label"],
+            "corrupt" => &["offset", "len"],
+            "rename" => &["to"],
+            "mode" => &["mode"],
+            "exists" => &["min_size"],
             _ => &[],
         };
         self.only(t, &[&["file", "op"], opts].concat(), &format!("`file` with `op = \"{op}\"`"))?;
@@ -1474,8 +1602,30 @@ impl Cx<'_> {
                 }
                 FileOp::Unchanged { label }
             }
-            "exists" => FileOp::Exists,
-            _ => FileOp::Absent,
+            "exists" => FileOp::Exists {
+                min_size: self
+                    .opt(t, "min_size", |cx, f| cx.int(f, 0, i64::MAX, "a size in bytes (an integer >= 0)"))?
+                    .map(|n| n as u64),
+            },
+            "absent" => FileOp::Absent,
+            "corrupt" => FileOp::Corrupt {
+                offset: self.offset(&need("offset", "a byte offset like 4096 or a percentage like \"50%\"")?)?,
+                len: self
+                    .opt(t, "len", |cx, f| cx.int(f, 1, i64::MAX, "a length in bytes of at least 1"))?
+                    .map_or(600, |n| n as u64),
+            },
+            "rename" => FileOp::Rename { to: self.text(&need("to", "the new path")?)? },
+            "fill" => {
+                if self.home_size.is_none() {
+                    return Err(self.err(
+                        &op_field.span(),
+                        op_field.path.clone(),
+                        "`op = \"fill\"` fills a filesystem: only a tmpfs home may be filled (set `home_size` in the header)",
+                    ));
+                }
+                FileOp::Fill
+            }
+            _ => FileOp::Mode { mode: self.mode(&need("mode", "the expected permission bits, e.g. \"0600\"")?)? },
         };
         Ok(Step::File(FileStep { path, op }))
     }
@@ -1498,6 +1648,50 @@ impl Cx<'_> {
             _ => None,
         };
         mode.filter(|m| *m <= 0o7777).ok_or_else(|| self.wrong(f, EXPECTED))
+    }
+
+    /// `home_size = "2m"` (k, m, g: powers of 1024; a bare integer is bytes), from one page
+    /// to 1 GiB: a tmpfs holds its pages in memory.
+    fn home_size(&self, f: &Field) -> Res<u64> {
+        const EXPECTED: &str = "a size from \"4k\" to \"1g\" like \"2m\" (k, m, g) or an integer of bytes";
+        let bytes = match &f.node.val {
+            Val::Str(s) => parse_size(s),
+            Val::Int(i) => u64::try_from(*i).ok(),
+            _ => None,
+        };
+        bytes.filter(|b| (4096..=1 << 30).contains(b)).ok_or_else(|| self.wrong(f, EXPECTED))
+    }
+
+    /// `nofile = 64` (soft = hard) or `nofile = [soft, hard]`, each at least 3 (stdin,
+    /// stdout and stderr are descriptors too), soft at most hard.
+    fn nofile(&self, f: &Field) -> Res<(u64, u64)> {
+        const EXPECTED: &str = "a descriptor limit of at least 3, or [soft, hard] with soft <= hard";
+        let limit = |f: &Field| match f.node.val {
+            Val::Int(i) if i >= 3 => Ok(i as u64),
+            _ => Err(self.wrong(f, EXPECTED)),
+        };
+        match &f.node.val {
+            Val::Int(_) => limit(f).map(|n| (n, n)),
+            Val::Array(items) if items.len() == 2 => {
+                let soft = limit(&f.item(0, &items[0]))?;
+                let hard = limit(&f.item(1, &items[1]))?;
+                if soft > hard {
+                    return Err(self.wrong(f, "[soft, hard] with soft <= hard"));
+                }
+                Ok((soft, hard))
+            }
+            _ => Err(self.wrong(f, EXPECTED)),
+        }
+    }
+
+    /// `offset = 4096` (bytes) or `offset = "50%"` (of the file's size when the step runs).
+    fn offset(&self, f: &Field) -> Res<Offset> {
+        const EXPECTED: &str = "a byte offset (an integer >= 0) or a percentage of the file's size like \"50%\"";
+        match &f.node.val {
+            Val::Int(i) if *i >= 0 => Ok(Offset::Bytes(*i as u64)),
+            Val::Str(s) => parse_percent(s).map(Offset::Percent).ok_or_else(|| self.wrong(f, EXPECTED)),
+            _ => Err(self.wrong(f, EXPECTED)),
+        }
     }
 
     fn enqueue(&self, t: &Tbl, v: &Field) -> Res<Step> {
@@ -1525,6 +1719,15 @@ impl Cx<'_> {
                 "`grandchild_setsid = true` needs `grandchild` (how long the grandchild outlives the probe)",
             ));
         }
+        let parallel = self.opt(t, "parallel", Self::boolean)?.unwrap_or(false);
+        let from_file = self.opt(t, "from_file", Self::boolean)?.unwrap_or(false);
+        if let (true, true, Some(f)) = (parallel, from_file, t.get("from_file")) {
+            return Err(self.err(
+                &f.key_span,
+                f.path.clone(),
+                "give `parallel` (one process per job) or `from_file` (one process for all), not both",
+            ));
+        }
         let probe = ProbeSpec {
             sleep: self.opt(t, "sleep", Self::duration)?.unwrap_or_default(),
             grandchild,
@@ -1541,8 +1744,10 @@ impl Cx<'_> {
             key: self.opt(t, "key", Self::text)?,
             timeout: self.opt(t, "timeout", Self::text)?,
             count: self.opt(t, "count", |cx, f| cx.count(f, 1))?.unwrap_or(1),
-            parallel: self.opt(t, "parallel", Self::boolean)?.unwrap_or(false),
+            parallel,
             code: self.opt(t, "code", Self::code)?.unwrap_or(0),
+            run_after: self.opt(t, "run_after", Self::text)?,
+            from_file,
         }))
     }
 
@@ -2097,10 +2302,11 @@ parts = [
         };
         assert!(query.starts_with("SELECT status"));
         assert_eq!(rows, &[vec![Scalar::Text("done".into()), Scalar::Int(3)], vec![Scalar::Null, Scalar::Int(0)]]);
-        let Some(Step::Wait(Wait { until: WaitFor::Effects { job, starts, ends }, .. })) = steps.next() else {
+        let Some(Step::Wait(Wait { until: WaitFor::Effects { job, starts, ends, not_before }, .. })) = steps.next()
+        else {
             panic!("wait effects")
         };
-        assert_eq!((*job, *starts, *ends), (Some(2), 2, 1));
+        assert_eq!((*job, *starts, *ends, *not_before), (Some(2), 2, 1, None));
         let Some(Step::Wait(Wait { until: WaitFor::Elapsed { duration }, .. })) = steps.next() else {
             panic!("wait duration")
         };
@@ -2135,7 +2341,7 @@ parts = [
         assert!(matches!(file("notes.txt"), FileOp::Write { contents } if contents == b"hi"));
         assert!(matches!(file("{sandbox}/dir"), FileOp::Mkdir));
         assert!(matches!(file("{db}"), FileOp::Copy { to } if to == "{sandbox}/db.bak"));
-        assert!(matches!(file("{lock}"), FileOp::Exists));
+        assert!(matches!(file("{lock}"), FileOp::Exists { min_size: None }));
         assert!(matches!(file("{sandbox}/stray"), FileOp::Absent));
 
         let Some(Step::Enqueue(q)) = steps.next() else { panic!("enqueue probe") };
@@ -2188,6 +2394,177 @@ parts = [
                 && command == &["status"] && query.starts_with("SELECT name")
         ));
         assert!(steps.next().is_none());
+    }
+
+    const FAULTS: &str = r#"description = "d"
+covers = ["test"]
+mutant = "m"
+requires = ["tmpfs"]
+home_size = "2m"
+
+[[step]]
+start = "a"
+nofile = 64
+
+[[step]]
+start = "b"
+nofile = [32, 128]
+
+[[step]]
+file = "{db}"
+op = "corrupt"
+offset = "50%"
+
+[[step]]
+file = "{db}"
+op = "corrupt"
+offset = 4096
+len = 16
+
+[[step]]
+file = "{db}"
+op = "rename"
+to = "{sandbox}/aside.db"
+
+[[step]]
+file = "{home}/filler"
+op = "fill"
+
+[[step]]
+file = "{db}"
+op = "mode"
+mode = "0600"
+
+[[step]]
+file = "{db}-wal"
+op = "exists"
+min_size = 1
+
+[[step]]
+enqueue = "probe"
+count = 300
+from_file = true
+run_after = "2s"
+
+[[step]]
+wait = "effects"
+job = 1
+not_before = "1900ms"
+"#;
+
+    #[test]
+    fn fault_vocabulary() {
+        let s = parse(FAULTS).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.requires, [Requirement::Tmpfs]);
+        assert_eq!(s.home_size, Some(2 << 20));
+        let mut steps = s.steps.iter().map(|at| &at.step);
+        let Some(Step::Start(a)) = steps.next() else { panic!("start a") };
+        assert_eq!(a.nofile, Some((64, 64)));
+        let Some(Step::Start(b)) = steps.next() else { panic!("start b") };
+        assert_eq!(b.nofile, Some((32, 128)));
+        let mut file = || match steps.next() {
+            Some(Step::File(f)) => f.op.clone(),
+            other => panic!("expected a file step, found {other:?}"),
+        };
+        assert!(matches!(file(), FileOp::Corrupt { offset: Offset::Percent(p), len: 600 } if p == 50.0));
+        assert!(matches!(file(), FileOp::Corrupt { offset: Offset::Bytes(4096), len: 16 }));
+        assert!(matches!(file(), FileOp::Rename { to } if to == "{sandbox}/aside.db"));
+        assert!(matches!(file(), FileOp::Fill));
+        assert!(matches!(file(), FileOp::Mode { mode: 0o600 }));
+        assert!(matches!(file(), FileOp::Exists { min_size: Some(1) }));
+        let Some(Step::Enqueue(q)) = steps.next() else { panic!("enqueue") };
+        assert_eq!((q.count, q.from_file, q.parallel, q.run_after.as_deref()), (300, true, false, Some("2s")));
+        let Some(Step::Wait(Wait { until: WaitFor::Effects { job, starts, not_before, .. }, .. })) = steps.next()
+        else {
+            panic!("wait effects")
+        };
+        assert_eq!((*job, *starts, *not_before), (Some(1), 1, Some(Duration::from_millis(1900))));
+        // Defaults: no home_size, no limit, one process per job, no run_after.
+        let s = parse(&format!("{HEADER}[[step]]\nstart = \"a\"\n\n[[step]]\nenqueue = \"noop\"\n")).unwrap();
+        let Step::Start(a) = &s.steps[0].step else { panic!("start") };
+        let Step::Enqueue(q) = &s.steps[1].step else { panic!("enqueue") };
+        assert_eq!((s.home_size, a.nofile, q.from_file, q.run_after.as_deref()), (None, None, false, None));
+    }
+
+    #[test]
+    fn fault_vocabulary_rejections() {
+        let cases: &[(&str, usize, usize, &str, &str)] = &[
+            ("[[step]]\nfile = \"{db}\"\nop = \"corrupt\"\n", 6, 1, "step[1].offset", "needs `offset`"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"corrupt\"\noffset = \"50\"\n", 7, 10, "step[1].offset", "percentage"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"corrupt\"\noffset = \"150%\"\n", 7, 10, "step[1].offset", "\"150%\""),
+            ("[[step]]\nfile = \"{db}\"\nop = \"corrupt\"\noffset = -1\n", 7, 10, "step[1].offset", "byte offset"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"corrupt\"\noffset = 0\nlen = 0\n", 8, 7, "step[1].len", "at least 1"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"corrupt\"\noffset = 0\nlen = \"6\"\n", 8, 7, "step[1].len", "length"),
+            (
+                "[[step]]\nfile = \"{db}\"\nop = \"corrupt\"\noffset = 0\nto = \"x\"\n",
+                8,
+                1,
+                "step[1].to",
+                "unknown option",
+            ),
+            ("[[step]]\nfile = \"{db}\"\nop = \"rename\"\n", 6, 1, "step[1].to", "needs `to`"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"rename\"\nto = \"\"\n", 7, 6, "step[1].to", "non-empty string"),
+            ("[[step]]\nfile = \"{home}/f\"\nop = \"fill\"\n", 6, 6, "step[1].op", "home_size"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"mode\"\n", 6, 1, "step[1].mode", "needs `mode`"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"mode\"\nmode = \"0999\"\n", 7, 8, "step[1].mode", "octal"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"mode\"\nmode = 600\n", 7, 8, "step[1].mode", "0o500"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"exists\"\nmin_size = -1\n", 7, 12, "step[1].min_size", "bytes"),
+            ("[[step]]\nfile = \"{db}\"\nop = \"absent\"\nmin_size = 1\n", 7, 1, "step[1].min_size", "unknown option"),
+            ("[[step]]\nstart = \"a\"\nnofile = 2\n", 6, 10, "step[1].nofile", "at least 3"),
+            ("[[step]]\nstart = \"a\"\nnofile = \"64\"\n", 6, 10, "step[1].nofile", "descriptor limit"),
+            ("[[step]]\nstart = \"a\"\nnofile = [64]\n", 6, 10, "step[1].nofile", "[soft, hard]"),
+            ("[[step]]\nstart = \"a\"\nnofile = [64, 32]\n", 6, 10, "step[1].nofile", "soft <= hard"),
+            ("[[step]]\nstart = \"a\"\nnofile = [64, \"x\"]\n", 6, 15, "step[1].nofile[2]", "at least 3"),
+            ("[[step]]\nwait = \"effects\"\nnot_before = \"2s\"\n", 6, 1, "step[1].not_before", "needs `job`"),
+            ("[[step]]\nwait = \"effects\"\njob = 1\nnot_before = \"2 s\"\n", 7, 14, "step[1].not_before", "duration"),
+            (
+                "[[step]]\nwait = \"sql\"\nquery = \"q\"\nrows = []\nnot_before = \"1s\"\n",
+                8,
+                1,
+                "step[1].not_before",
+                "unknown option",
+            ),
+            (
+                "[[step]]\nenqueue = \"noop\"\nparallel = true\nfrom_file = true\n",
+                7,
+                1,
+                "step[1].from_file",
+                "not both",
+            ),
+            ("[[step]]\nenqueue = \"noop\"\nfrom_file = \"yes\"\n", 6, 13, "step[1].from_file", "a boolean"),
+            ("[[step]]\nenqueue = \"noop\"\nrun_after = \"\"\n", 6, 13, "step[1].run_after", "non-empty string"),
+            ("[[step]]\nenqueue = \"noop\"\nrun_after = 2\n", 6, 13, "step[1].run_after", "found the integer 2"),
+            ("home_size = \"2m\"\n[[step]]\nstart = \"a\"\n", 4, 1, "home_size", "requires = [\"tmpfs\"]"),
+            ("requires = [\"tmpf\"]\n[[step]]\nstart = \"a\"\n", 4, 13, "requires[1]", "\"tmpfs\""),
+        ];
+        for (body, line, col, key, fragment) in cases {
+            assert_err(&err(&format!("{HEADER}{body}")), *line, *col, key, fragment);
+        }
+        let tmpfs = "requires = [\"tmpfs\"]\n";
+        for (size, col) in [("\"2 furlongs\"", 13), ("\"2g\"", 13), ("100", 13), ("\"1.5m\"", 13), ("true", 13)] {
+            let e = err(&format!("{HEADER}{tmpfs}home_size = {size}\n[[step]]\nstart = \"a\"\n"));
+            assert_err(&e, 5, col, "home_size", "a size from \"4k\" to \"1g\"");
+        }
+    }
+
+    #[test]
+    fn sizes_and_percentages() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("2M"), Some(2 << 20));
+        assert_eq!(parse_size("2MiB"), Some(2 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("1.5m"), None);
+        assert_eq!(parse_size("m"), None);
+        assert_eq!(parse_size("99999999999999999999g"), None);
+        assert_eq!(parse_percent("50%"), Some(50.0));
+        assert_eq!(parse_percent("12.5%"), Some(12.5));
+        assert_eq!(parse_percent("0%"), Some(0.0));
+        assert_eq!(parse_percent("100%"), Some(100.0));
+        assert_eq!(parse_percent("100.1%"), None);
+        assert_eq!(parse_percent("-1%"), None);
+        assert_eq!(parse_percent("50"), None);
+        assert_eq!(parse_percent("NaN%"), None);
     }
 
     #[test]

@@ -169,3 +169,106 @@ fn nothing_survives_an_interrupted_run() {
         assert!(started_by(pid).is_empty(), "signal {signal}: {:?} alive (saw {seen:?})", started_by(pid));
     }
 }
+
+/// A scenario on a 4 MiB tmpfs home that fills it, then ends with `last_step`.
+#[cfg(target_os = "linux")]
+fn tmpfs_scenario(last_step: &str) -> String {
+    format!(
+        r#"description = "a daemon on a tmpfs home, the home filled"
+covers = ["harness self-test"]
+mutant_none = "a test of the harness itself"
+requires = ["tmpfs"]
+home_size = "4m"
+
+[[step]]
+start = "a"
+
+[[step]]
+wait = "event"
+target = "a"
+event = "daemon.active"
+
+[[step]]
+file = "{{home}}/filler"
+op = "fill"
+
+{last_step}
+"#
+    )
+}
+
+/// Mount points of this namespace under a sandbox of scenario `name`.
+#[cfg(target_os = "linux")]
+fn sandbox_mounts(name: &str) -> Vec<PathBuf> {
+    let prefix = format!("homer-harness-{name}-");
+    homer_harness::faults::mount_points()
+        .into_iter()
+        .filter(|m| m.components().any(|c| c.as_os_str().to_string_lossy().starts_with(&prefix)))
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
+    if let Some(why) = homer_harness::faults::cannot_mount() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("tmpfs-passes", linger("1s"), 0),
+        ("tmpfs-fails", never("2s"), 1),
+        ("tmpfs-interrupted", never("600s"), 128 + libc::SIGINT),
+    ];
+    for (name, last, code) in cases {
+        let file = write(dir.path(), &format!("{name}.toml"), &tmpfs_scenario(&last));
+        let child = Command::new(harness())
+            .arg("run")
+            .arg(&file)
+            .arg("--daemon")
+            .arg(daemon())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Every case runs with its home mounted: the daemon starts only after the mount.
+        wait_for_processes(pid, 1);
+        assert_eq!(sandbox_mounts(name).len(), 1, "{name}: the tmpfs home is not mounted while it runs");
+        if code == 128 + libc::SIGINT {
+            // SAFETY: signalling the harness child this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{name}: {out:?}");
+        assert!(sandbox_mounts(name).is_empty(), "{name} leaked a mount: {:?}", sandbox_mounts(name));
+        assert!(started_by(pid).is_empty(), "{name} left {:?}", started_by(pid));
+        if code == 1 {
+            // The failure report says what the fill step did.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("before ENOSPC"), "{stdout}");
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_kept_tmpfs_home_is_copied_into_the_sandbox() {
+    if let Some(why) = homer_harness::faults::cannot_mount() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "tmpfs-kept.toml", &tmpfs_scenario(&linger("10ms")));
+    let out = run(&["run", file.to_str().unwrap(), "--keep"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().find_map(|l| l.split("sandbox kept: ").nth(1)).expect("a kept path").trim().to_string();
+    let kept = PathBuf::from(&path);
+    assert!(sandbox_mounts("tmpfs-kept").is_empty());
+    assert!(kept.join("home/homer.db").is_file(), "{path}");
+    assert!(kept.join("home/filler").is_file(), "{path}");
+    let steps = std::fs::read_to_string(kept.join("harness-logs/steps.log")).unwrap();
+    assert!(steps.contains("step 3 (line 15)") && steps.contains("before ENOSPC"), "{steps}");
+    std::fs::remove_dir_all(kept).unwrap();
+}
