@@ -447,6 +447,25 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
     Ok(args)
 }
 
+/// A validated job, not yet placed in time: its delay becomes a `run_after` only once
+/// the database is open and the effective clock anchored from it (`clock.rs`), so a CLI
+/// started after a backward step of the wall clock does not schedule into the past.
+pub struct JobDraft {
+    job: store::jobs::NewJob,
+    delay: Duration,
+}
+
+impl JobDraft {
+    /// The job to insert at `now` (effective milliseconds).
+    pub fn at(&self, now: i64) -> std::result::Result<store::jobs::NewJob, String> {
+        // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
+        let run_after = now
+            .checked_add(self.delay.as_millis() as i64)
+            .ok_or_else(|| String::from("run_after: the time it names is out of range"))?;
+        Ok(store::jobs::NewJob { run_after, ..self.job.clone() })
+    }
+}
+
 /// Builds a validated job from its parts (shared by `enqueue` and `enqueue --from`).
 pub fn build_job(
     ctx: &Context,
@@ -456,7 +475,7 @@ pub fn build_job(
     max_attempts: Option<u32>,
     timeout: Option<&str>,
     run_after: Option<&str>,
-) -> std::result::Result<store::jobs::NewJob, String> {
+) -> std::result::Result<JobDraft, String> {
     let args = validate_job(&kind, args)?;
     let dur = |what: &str, v: Option<&str>| -> std::result::Result<Option<Duration>, String> {
         v.map(|s| crate::config::parse_duration(s).map_err(|e| format!("{what}: {e}"))).transpose()
@@ -470,19 +489,15 @@ pub fn build_job(
     if lane.is_empty() {
         return Err(String::from("lane must not be empty"));
     }
-    Ok(store::jobs::NewJob {
+    let job = store::jobs::NewJob {
         kind,
         args,
         lane,
         max_attempts,
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
-        // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
-        run_after: ctx
-            .clock
-            .now_ms()
-            .checked_add(delay.as_millis() as i64)
-            .ok_or_else(|| String::from("run_after: the time it names is out of range"))?,
-    })
+        run_after: 0,
+    };
+    Ok(JobDraft { job, delay })
 }
 
 /// Opens the database for a CLI write: it must exist and be current (the CLI never creates
@@ -521,7 +536,9 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
     let db = &ctx.paths.database;
     let sql = |e| Error::sqlite(db, e);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
-    let (id, _created) = store::ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), ctx.clock.now_ms()).map_err(sql)?;
+    let now = ctx.clock.now_ms();
+    let job = job.at(now).map_err(Error::Usage)?;
+    let (id, _created) = store::ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
     tx.commit().map_err(sql)?;
     println!("{id}");
     Ok(exit::OK)

@@ -94,6 +94,17 @@ impl Error {
     }
 
     pub fn sqlite(path: impl Into<PathBuf>, source: rusqlite::Error) -> Error {
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            // SQLite's "database or disk is full" names neither the cause nor the cure.
+            return Error::io(
+                "write",
+                path,
+                io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "the disk is full (SQLite: database or disk is full); nothing was written: free space on its filesystem and try again",
+                ),
+            );
+        }
         Error::Sqlite { path: path.into(), source }
     }
 

@@ -306,8 +306,9 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now_ms();
     let mut ids = Vec::with_capacity(jobs.len());
-    for (job, key) in &jobs {
-        ids.push(ops::enqueue_keyed(&tx, job, key.as_deref(), now).map_err(sql)?.0);
+    for (i, (draft, key)) in jobs.iter().enumerate() {
+        let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
+        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?.0);
     }
     tx.commit().map_err(sql)?;
     let out: String = ids.iter().map(|id| format!("{id}\n")).collect();

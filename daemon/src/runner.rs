@@ -201,6 +201,10 @@ fn stop_job(c: &Controls, id: i64, reason: StopReason, kill_grace: Duration) {
 fn announce_stop(id: i64, reason: StopReason) {
     let (name, msg) = match reason {
         StopReason::LeaseLost => ("job.lease_lost", "Lease lost: stopping the job before its lease can expire"),
+        StopReason::StandDown => (
+            "job.lease_lost",
+            "Lease lost while standing down (the database cannot be written): stopping the job before its lease can expire; it is released, its attempt given back",
+        ),
         StopReason::Timeout => ("job.timeout", "Job timed out: stopping it"),
         StopReason::Shutdown => ("job.stopping", "Shutdown grace over: stopping the job to release it"),
         StopReason::Fenced => ("job.fenced", "Fenced: stopping the job"),
@@ -332,14 +336,20 @@ impl Engine {
                     Control::Fence => drop(self.coord.fence()),
                 }
             }
+            // One reading of the effective clock for the whole pass, taken *before* the
+            // wall-clock steps are absorbed: whatever this pass schedules or claims by
+            // then sees the jobs already moved by any step this reading (or another
+            // thread's) noticed — never a stepped time with the jobs not yet moved.
+            let wall = self.clock.now_ms();
+            absorb_clock_steps(&self.clock, &self.writer);
             ended.extend(self.ended_rx.try_iter());
             if !ended.is_empty() {
                 // Every run that ended since the last pass is recorded in one commit.
-                self.finish(std::mem::take(&mut ended));
+                self.finish(std::mem::take(&mut ended), wall);
                 claim_now = true;
             }
             if self.unrecorded > 0 {
-                let retried = self.coord.retry_unrecorded(self.clock.now_ms(), jitter);
+                let retried = self.coord.retry_unrecorded(wall, jitter);
                 self.unrecorded = retried.iter().filter(|(_, f)| *f == Finished::Deferred).count();
                 for (id, f) in retried.iter().filter(|(_, f)| *f != Finished::Deferred) {
                     announce_finish(*id, f);
@@ -365,13 +375,12 @@ impl Engine {
                 }
                 continue;
             }
-            absorb_clock_steps(&self.clock, &self.writer);
             let now = mono_ms();
             if now >= next_renew {
                 next_renew = now + heartbeat_ms;
                 let held = self.coord.held().len();
                 // Lost leases are queued as stops for the watchdog.
-                let lost = self.coord.renew(now, self.clock.now_ms());
+                let lost = self.coord.renew(now, wall);
                 if held > 0 {
                     events::debug("job.heartbeat", "Leases renewed")
                         .field("held", held)
@@ -392,12 +401,12 @@ impl Engine {
                     self.coord.request_cancel(id);
                 }
             }
-            if next_ready.is_some_and(|t| self.clock.now_ms() >= t) {
+            if next_ready.is_some_and(|t| wall >= t) {
                 claim_now = true;
             }
             if claim_now && !self.coord.shutting_down() && !self.coord.fenced() {
                 claim_now = false;
-                let claimed = self.coord.claim(mono_ms(), self.clock.now_ms());
+                let claimed = self.coord.claim(mono_ms(), wall);
                 if !claimed.is_empty() {
                     claim_now = true; // more may be ready than one batch took
                     if let Err(e) = failpoint::hit("claim.after_commit") {
@@ -495,7 +504,7 @@ impl Engine {
 
     /// Records the runs that ended (their work is done), all in one store call, and
     /// announces each.
-    fn finish(&mut self, ended: Vec<(i64, JobResult)>) {
+    fn finish(&mut self, ended: Vec<(i64, JobResult)>, wall: i64) {
         let mut table = controls(&self.controls);
         for (id, _) in &ended {
             table.remove(id);
@@ -515,7 +524,7 @@ impl Engine {
                 JobResult::Succeeded => None,
             })
             .collect();
-        let finished = self.coord.finish_many(ended, self.clock.now_ms(), jitter);
+        let finished = self.coord.finish_many(ended, wall, jitter);
         for ((id, f), error) in finished.into_iter().zip(errors) {
             if f == Finished::Deferred {
                 self.unrecorded += 1;
@@ -552,7 +561,9 @@ fn announce_finish(id: i64, f: &Finished) {
         Finished::Discarded(why) => {
             events::warn("job.discarded", "Outcome not recorded: the lease was not ours").field("why", *why)
         }
-        Finished::Deferred => events::warn("job.deferred", "Outcome not recorded yet: the database is busy; retrying"),
+        Finished::Deferred => {
+            events::warn("job.deferred", "Outcome not recorded yet: the database cannot be written now; retrying")
+        }
     };
     e.field("job_id", id).emit();
 }

@@ -79,6 +79,11 @@ impl EngineConfig {
 pub enum StopReason {
     /// Not renewed in time, or the store says it is no longer ours.
     LeaseLost,
+    /// Not renewed in time because the leader row could not be refreshed either: the
+    /// daemon is standing down (the database cannot be written: held by another writer,
+    /// a full disk). Its own trouble, not the job's: released with the attempt given
+    /// back (an interruption, bounded by `max_interruptions`) once it can write again.
+    StandDown,
     /// The job's own timeout.
     Timeout,
     /// Shutdown grace ran out: release it, giving the attempt back.
@@ -395,11 +400,14 @@ impl<S: JobStore> Coordinator<S> {
         let mut st = sync::lock(&self.state);
         let grace_over = st.shutdown.is_some_and(|s| now_mono >= s.grace_ends);
         let leader_at = st.leader_at;
+        let standing_down = self.leader_stale(&st, now_mono);
         let mut out = Vec::new();
         for lease in st.leases.values().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
             let lease_expired = now_mono >= lease.kill_by(&self.cfg, leader_at)
                 && !crate::mutant::active(crate::mutant::NO_LEASE_SELF_KILL);
-            let reason = if lease_expired {
+            let reason = if lease_expired && standing_down {
+                Some(StopReason::StandDown)
+            } else if lease_expired {
                 Some(StopReason::LeaseLost)
             } else if lease.timeout_at.is_some_and(|t| now_mono >= t) {
                 Some(StopReason::Timeout)
@@ -631,7 +639,9 @@ impl<S: JobStore> Coordinator<S> {
             }
             Some(StopReason::Fenced | StopReason::Halted) => return None,
             Some(StopReason::Cancelled) => Record::Cancel,
-            Some(StopReason::Shutdown) => Record::Release { max_interruptions: self.cfg.max_interruptions },
+            Some(StopReason::Shutdown | StopReason::StandDown) => {
+                Record::Release { max_interruptions: self.cfg.max_interruptions }
+            }
             Some(StopReason::Timeout) => Record::Fail {
                 error: format!("timed out after {} ms", lease.job.timeout_ms.unwrap_or(0)),
                 retryable: true,
@@ -840,7 +850,10 @@ mod tests {
         assert_eq!(due, claimed.iter().map(|j| j.id).collect::<Vec<_>>());
         assert_eq!(c.take_stops().len(), 3, "every stop is queued for the watchdog");
         assert!(c.claim(stand_down_at, stand_down_at).is_empty(), "standing down: no claims");
-        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 900, 0.5), Finished::Abandoned);
+        // The daemon's trouble, not the job's: released, the attempt given back.
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 900, 0.5), Finished::Released);
+        assert_eq!(sync::lock(&c.store).jobs[&claimed[0].id].attempts, 0);
+        assert_eq!(sync::lock(&c.store).jobs[&claimed[0].id].interruptions, 1);
         c.note_leader_refresh(2000);
         assert!(!c.standing_down(2000));
         assert_eq!(c.claim(2000, 2000).iter().map(|j| j.id).collect::<Vec<_>>(), vec![claimed[0].id]);
