@@ -396,8 +396,35 @@ fn doctor_passes_on_a_running_install() {
     d.wait_event("daemon.active");
     let out = sb.run(&["doctor"]);
     assert_eq!(out.code, Some(0), "{}", out.stdout);
-    assert_eq!(out.stdout.matches("PASS").count(), 6, "{}", out.stdout);
-    assert!(out.stdout.contains("all 6 checks passed"));
+    assert_eq!(out.stdout.matches("PASS").count(), 7, "{}", out.stdout);
+    assert!(out.stdout.contains("all 7 checks passed"));
+    assert!(out.stdout.contains("PASS integrity"), "{}", out.stdout);
+}
+
+/// A damaged page is a failing doctor check (exit 1) that names the file, and a start
+/// on it is refused with the data code, the file byte-for-byte unchanged.
+#[test]
+fn doctor_and_a_start_report_a_damaged_page() {
+    let sb = Sandbox::new();
+    let mut d = sb.start(FAST);
+    d.wait_event("daemon.active");
+    let rows: Vec<String> = (0..2000).map(|_| String::from("{\"kind\":\"sleep\",\"args\":[\"1h\"]}")).collect();
+    let file = sb.dir.path().join("jobs.jsonl");
+    std::fs::write(&file, rows.join("\n")).unwrap();
+    assert_eq!(sb.run(&["enqueue", "--from", file.to_str().unwrap()]).code, Some(0));
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+    let mut raw = bytes(&sb.db());
+    let mid = raw.len() / 2;
+    raw[mid..mid + 600].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 31 + 7) as u8);
+    std::fs::write(sb.db(), &raw).unwrap();
+    let out = sb.run(&["doctor"]);
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(out.stdout.contains("FAIL integrity") && out.stdout.contains("is corrupt"), "{}", out.stdout);
+    let start = sb.run(&["run"]);
+    assert_eq!(start.code, Some(65), "{}", start.stderr);
+    assert!(start.stderr.contains("homer.db") && start.stderr.contains("is corrupt"), "{}", start.stderr);
+    assert_eq!(bytes(&sb.db()), raw, "refused byte-for-byte unchanged");
 }
 
 fn doctor_fails(sb: &Sandbox, check: &str) -> String {
