@@ -8,11 +8,13 @@
 //! - [`probe`]: the effects probe jobs `exec`; [`history`] and [`check`]: the invariants.
 //! - [`report`]: live lines, the summary table, JUnit XML.
 //! - [`fuzz`]: randomized fault runs composed from the same steps.
+//! - [`powerloss`]: drops the writes no fsync covered (homerd's recording VFS log).
 
 pub mod check;
 pub mod exec;
 pub mod fuzz;
 pub mod history;
+pub mod powerloss;
 pub mod probe;
 pub mod procs;
 pub mod report;
