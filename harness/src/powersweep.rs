@@ -1,5 +1,5 @@
 //! `homer-harness powerloss`: power cuts swept over small workloads of real `homerd`
-//! processes, each judged after the writes no fsync covered were dropped (PITFALLS 24).
+//! processes, each judged after the writes no fsync covered were dropped.
 //!
 //! A *workload* is a short sequence of homerd processes that all record under one
 //! power-loss log (`HOMERD_POWERLOSS_LOG`, see `daemon/src/powerloss.rs`). One of them is
