@@ -8,7 +8,8 @@
 //! - the teeth: the same insert committed with `synchronous=OFF` is lost (so the revert
 //!   really drops un-synced writes), and a FULL one beside it is not;
 //! - power cuts at a handful of op numbers in a running daemon leave a database that a clean
-//!   restart accepts, with every acknowledged job completed exactly once.
+//!   restart accepts, with every acknowledged job completed exactly once and every
+//!   completion the daemon announced still there.
 //!
 //! `homer-harness powerloss` sweeps every op of several workloads; this is its fast subset.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly

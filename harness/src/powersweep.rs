@@ -14,7 +14,9 @@
 //! 3. a clean `homerd run` (no recording) starts, runs until every acknowledged job is
 //!    terminal, and is stopped with SIGTERM;
 //! 4. the database is judged ([`judge`]): every id an enqueue printed exists and ended
-//!    `completed`; no job has two completed runs, and a completed job's last run is the
+//!    `completed`; every completion a workload daemon announced (`job.completed`, emitted
+//!    after its FULL commit) is still there, by a run of the daemon's epoch, not re-run by
+//!    the restart; no job has two completed runs, and a completed job's last run is the
 //!    completed one; `PRAGMA integrity_check` is ok; every job's runs are numbered 1..n.
 //!
 //! Each workload first runs uncut, to count its processes' ops (M) — that run is judged
@@ -194,6 +196,9 @@ pub struct Judgement {
     pub lost: Vec<i64>,
     /// Acknowledged jobs that did not end `completed` (id, status).
     pub not_completed: Vec<(i64, String)>,
+    /// Jobs whose announced completion is gone: not completed, or completed only by a run
+    /// of the restart's epoch (the job ran again).
+    pub outcomes_lost: Vec<i64>,
     /// Jobs with more than one completed run, or completed with another run last (or, if
     /// acknowledged, with no completed run at all).
     pub double: Vec<i64>,
@@ -207,6 +212,7 @@ impl Judgement {
     pub fn violations(&self) -> usize {
         self.lost.len()
             + self.not_completed.len()
+            + self.outcomes_lost.len()
             + self.double.len()
             + self.run_gaps.len()
             + usize::from(self.integrity.is_some())
@@ -219,6 +225,13 @@ impl Judgement {
         }
         if !self.not_completed.is_empty() {
             let _ = writeln!(s, "acknowledged jobs not completed: {:?}", self.not_completed);
+        }
+        if !self.outcomes_lost.is_empty() {
+            let _ = writeln!(
+                s,
+                "announced completions lost (the job ran again or is not completed): {:?}",
+                self.outcomes_lost
+            );
         }
         if !self.double.is_empty() {
             let _ = writeln!(s, "jobs with a double or misplaced completed run: {:?}", self.double);
@@ -233,16 +246,27 @@ impl Judgement {
     }
 }
 
-/// Judges the database at `db` (read-only) against the acknowledged ids.
-pub fn judge(db: &Path, acked: &[i64]) -> Judgement {
-    let mut j = Judgement { acked: acked.to_vec(), ..Judgement::default() };
-    if let Err(e) = judge_into(db, &mut j) {
+/// What was acknowledged before the cut.
+#[derive(Clone, Debug, Default)]
+pub struct Acknowledged {
+    /// Ids an enqueue printed.
+    pub ids: Vec<i64>,
+    /// Jobs a workload daemon announced completed (`job.completed`).
+    pub completions: Vec<i64>,
+    /// The clean restart's epoch: a run of this epoch or later ran after the power cut.
+    pub restart_epoch: i64,
+}
+
+/// Judges the database at `db` (read-only) against what was acknowledged.
+pub fn judge(db: &Path, ack: &Acknowledged) -> Judgement {
+    let mut j = Judgement { acked: ack.ids.clone(), ..Judgement::default() };
+    if let Err(e) = judge_into(db, ack, &mut j) {
         j.integrity = Some(e);
     }
     j
 }
 
-fn judge_into(db: &Path, j: &mut Judgement) -> Result<(), String> {
+fn judge_into(db: &Path, ack: &Acknowledged, j: &mut Judgement) -> Result<(), String> {
     let err = |e: rusqlite::Error| format!("{}: {e}", db.display());
     let conn = rusqlite::Connection::open_with_flags(
         db,
@@ -262,14 +286,24 @@ fn judge_into(db: &Path, j: &mut Judgement) -> Result<(), String> {
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(err)?;
     let mut runs: BTreeMap<i64, Vec<(i64, Option<String>)>> = BTreeMap::new();
-    let rows: Vec<(i64, i64, Option<String>)> = conn
-        .prepare("SELECT job_id, run, outcome FROM job_runs ORDER BY job_id, run")
-        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect())
+    let mut completed_epoch: HashMap<i64, i64> = HashMap::new();
+    let rows: Vec<(i64, i64, Option<String>, i64)> = conn
+        .prepare("SELECT job_id, run, outcome, epoch FROM job_runs ORDER BY job_id, run")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
         .map_err(err)?;
-    for (job, run, outcome) in rows {
+    for (job, run, outcome, epoch) in rows {
+        if outcome.as_deref() == Some("completed") {
+            completed_epoch.insert(job, epoch);
+        }
         runs.entry(job).or_default().push((run, outcome));
     }
-    let acked: BTreeSet<i64> = j.acked.iter().copied().collect();
+    for &id in &ack.completions {
+        let done = status.get(&id).is_some_and(|s| s == "completed");
+        if !done || completed_epoch.get(&id).is_none_or(|&e| e >= ack.restart_epoch) {
+            j.outcomes_lost.push(id);
+        }
+    }
+    let acked: BTreeSet<i64> = ack.ids.iter().copied().collect();
     for &id in &acked {
         match status.get(&id) {
             None => j.lost.push(id),
@@ -341,8 +375,8 @@ struct ProcState {
     pid: u32,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
-    /// (event name, job_id) of every JSON event on stderr.
-    events: Vec<(String, Option<i64>)>,
+    /// Every JSON event on stderr: (name, its `job_id`, its `epoch`).
+    events: Vec<(String, Option<i64>, Option<i64>)>,
     status: Option<ExitStatus>,
     open_pipes: u8,
 }
@@ -501,7 +535,7 @@ impl<'a> Sandbox<'a> {
             while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
                 let event = serde_json::from_slice::<serde_json::Value>(&line).ok().and_then(|v| {
                     let name = v.get("event")?.as_str()?.to_owned();
-                    Some((name, v.get("job_id").and_then(|j| j.as_i64())))
+                    Some((name, v.get("job_id").and_then(|j| j.as_i64()), v.get("epoch").and_then(|j| j.as_i64())))
                 });
                 let mut st = shared.lock();
                 st[slot].stderr.extend_from_slice(&line);
@@ -559,7 +593,7 @@ impl<'a> Sandbox<'a> {
     }
 
     fn has_event(&self, slot: usize, name: &str) -> bool {
-        self.shared.lock()[slot].events.iter().any(|(e, _)| e == name)
+        self.shared.lock()[slot].events.iter().any(|(e, _, _)| e == name)
     }
 
     /// Waits until the daemon in `slot` is active (or exits first: an error).
@@ -567,7 +601,8 @@ impl<'a> Sandbox<'a> {
         let deadline = self.opts.deadline(30);
         self.shared
             .wait_for(deadline, |st| {
-                (st[slot].status.is_some() || st[slot].events.iter().any(|(e, _)| e == "daemon.active")).then_some(())
+                (st[slot].status.is_some() || st[slot].events.iter().any(|(e, _, _)| e == "daemon.active"))
+                    .then_some(())
             })
             .ok_or_else(|| format!("{what} did not become active within 30s (scaled)"))?;
         if self.has_event(slot, "daemon.active") {
@@ -742,7 +777,7 @@ pub fn template(opts: &Options, w: Workload) -> Result<Template, String> {
             let deadline = opts.deadline(30);
             sb.shared
                 .wait_for(deadline, |st| {
-                    let claimed = st[d].events.iter().any(|(e, id)| e == "job.claimed" && *id == Some(long));
+                    let claimed = st[d].events.iter().any(|(e, id, _)| e == "job.claimed" && *id == Some(long));
                     (st[d].status.is_some() || claimed).then_some(())
                 })
                 .ok_or("the setup daemon claimed nothing within 30s (scaled)")?;
@@ -872,6 +907,13 @@ fn point_in(sb: &mut Sandbox<'_>, t: &Template, point: Point, result: &mut Point
         }
     }
     sb.cut_power()?;
+    let completions: Vec<i64> = {
+        let st = sb.shared.lock();
+        let daemons = st.iter().filter(|p| p.name == "daemon");
+        daemons
+            .flat_map(|p| p.events.iter().filter(|(e, _, _)| e == "job.completed").filter_map(|(_, id, _)| *id))
+            .collect()
+    };
     if let Some(status) = daemon_error(sb, point) {
         return Err(status);
     }
@@ -897,8 +939,14 @@ fn point_in(sb: &mut Sandbox<'_>, t: &Template, point: Point, result: &mut Point
         result.judgement = Some(j);
         return Ok(());
     }
+    let restart_epoch = {
+        let st = sb.shared.lock();
+        st[d].events.iter().find(|(e, _, _)| e == "daemon.active").and_then(|(_, _, epoch)| *epoch)
+    }
+    .ok_or("the restart's daemon.active event has no epoch")?;
     sb.daemon_until(d, 60, |sb| sb.settled(&acked))?;
-    result.judgement = Some(judge(&sb.db(), &acked));
+    let ack = Acknowledged { ids: acked, completions, restart_epoch };
+    result.judgement = Some(judge(&sb.db(), &ack));
     Ok(())
 }
 
@@ -1074,6 +1122,7 @@ struct Row {
     fired: usize,
     acked: usize,
     lost: usize,
+    outcomes: usize,
     double: usize,
     gaps: usize,
     integrity: usize,
@@ -1090,6 +1139,7 @@ impl Row {
         if let Some(j) = &r.judgement {
             self.acked += j.acked.len();
             self.lost += j.lost.len() + j.not_completed.len();
+            self.outcomes += j.outcomes_lost.len();
             self.double += j.double.len();
             self.gaps += j.run_gaps.len();
             self.integrity += usize::from(j.integrity.is_some());
@@ -1101,18 +1151,19 @@ fn table(title: &str, rows: &BTreeMap<String, Row>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{title:<18} {:>6} {:>6} {:>7} {:>6} {:>7} {:>5} {:>10} {:>6} {:>9}",
-        "cuts", "fired", "acked", "lost", "double", "gaps", "integrity", "errors", "time"
+        "{title:<18} {:>6} {:>6} {:>7} {:>6} {:>9} {:>7} {:>5} {:>10} {:>6} {:>9}",
+        "cuts", "fired", "acked", "lost", "outcomes", "double", "gaps", "integrity", "errors", "time"
     );
     let mut total = Row::default();
     for (name, r) in rows {
         let _ = writeln!(
             s,
-            "{name:<18} {:>6} {:>6} {:>7} {:>6} {:>7} {:>5} {:>10} {:>6} {:>8.1}s",
+            "{name:<18} {:>6} {:>6} {:>7} {:>6} {:>9} {:>7} {:>5} {:>10} {:>6} {:>8.1}s",
             r.points,
             r.fired,
             r.acked,
             r.lost,
+            r.outcomes,
             r.double,
             r.gaps,
             r.integrity,
@@ -1123,6 +1174,7 @@ fn table(title: &str, rows: &BTreeMap<String, Row>) -> String {
         total.fired += r.fired;
         total.acked += r.acked;
         total.lost += r.lost;
+        total.outcomes += r.outcomes;
         total.double += r.double;
         total.gaps += r.gaps;
         total.integrity += r.integrity;
@@ -1131,12 +1183,13 @@ fn table(title: &str, rows: &BTreeMap<String, Row>) -> String {
     }
     let _ = writeln!(
         s,
-        "{:<18} {:>6} {:>6} {:>7} {:>6} {:>7} {:>5} {:>10} {:>6} {:>8.1}s",
+        "{:<18} {:>6} {:>6} {:>7} {:>6} {:>9} {:>7} {:>5} {:>10} {:>6} {:>8.1}s",
         "total",
         total.points,
         total.fired,
         total.acked,
         total.lost,
+        total.outcomes,
         total.double,
         total.gaps,
         total.integrity,
@@ -1185,15 +1238,24 @@ pub fn summary(s: &Sweep, opts: &Options, daemon_arg: &Path) -> (String, bool) {
             let _ = writeln!(out, "... and {} more failing cut points", failing.len() - 20);
         }
     }
-    let lost: usize =
-        s.results.iter().filter_map(|r| r.judgement.as_ref()).map(|j| j.lost.len() + j.not_completed.len()).sum();
+    if opts.keep {
+        for r in &s.results {
+            if let Some(k) = &r.kept {
+                let _ = writeln!(out, "{}: sandbox kept: {}", r.point, k.display());
+            }
+        }
+    }
+    let judged = || s.results.iter().filter_map(|r| r.judgement.as_ref());
+    let enqueues_lost: usize = judged().map(|j| j.lost.len() + j.not_completed.len()).sum();
+    let outcomes_lost: usize = judged().map(|j| j.outcomes_lost.len()).sum();
+    let lost = enqueues_lost + outcomes_lost;
     let errors = s.results.iter().filter(|r| r.error.is_some()).count();
     let violations: usize = s.results.iter().map(PointResult::violations).sum();
     let ok = match &opts.mutant {
         Some(m) if lost > 0 => {
             let _ = writeln!(
                 out,
-                "caught: {lost} acknowledged jobs lost under mutant {m} ({} cut points, {:.0}s)",
+                "caught: {lost} acknowledged jobs lost under mutant {m} ({enqueues_lost} enqueues, {outcomes_lost} outcomes; {} cut points, {:.0}s)",
                 s.results.len(),
                 s.wall.as_secs_f64()
             );
@@ -1227,12 +1289,16 @@ mod tests {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "CREATE TABLE job_queue (id INTEGER PRIMARY KEY, status TEXT NOT NULL);
-             CREATE TABLE job_runs (id INTEGER PRIMARY KEY, job_id INTEGER, run INTEGER, outcome TEXT);
+             CREATE TABLE job_runs (id INTEGER PRIMARY KEY, job_id INTEGER, run INTEGER, outcome TEXT, epoch INTEGER DEFAULT 1);
              CREATE INDEX runs_by_job ON job_runs(job_id, run);",
         )
         .unwrap();
         conn.execute_batch(sql).unwrap();
         (dir, path)
+    }
+
+    fn ack(ids: &[i64]) -> Acknowledged {
+        Acknowledged { ids: ids.to_vec(), completions: Vec::new(), restart_epoch: 2 }
     }
 
     const GOOD: &str = "INSERT INTO job_queue VALUES (1, 'completed'), (2, 'completed'), (3, 'pending');
@@ -1241,14 +1307,14 @@ mod tests {
     #[test]
     fn a_good_history_passes() {
         let (_d, p) = db(GOOD);
-        let j = judge(&p, &[1, 2]);
+        let j = judge(&p, &ack(&[1, 2]));
         assert_eq!(j.violations(), 0, "{j:?}");
     }
 
     #[test]
     fn a_lost_or_unfinished_acknowledged_job_is_a_violation() {
         let (_d, p) = db(GOOD);
-        let j = judge(&p, &[1, 2, 3, 9]);
+        let j = judge(&p, &ack(&[1, 2, 3, 9]));
         assert_eq!(j.lost, vec![9]);
         assert_eq!(j.not_completed, vec![(3, String::from("pending"))]);
     }
@@ -1259,15 +1325,28 @@ mod tests {
             INSERT INTO job_runs (job_id, run, outcome) VALUES
                 (1, 1, 'completed'), (1, 2, 'completed'),
                 (2, 1, 'completed'), (2, 2, 'failed');");
-        let j = judge(&p, &[3]);
+        let j = judge(&p, &ack(&[3]));
         assert_eq!(j.double, vec![1, 2, 3], "two completed runs; completed then failed; acknowledged without a run");
+    }
+
+    #[test]
+    fn an_announced_completion_must_survive_and_not_be_rerun() {
+        let (_d, p) =
+            db("INSERT INTO job_queue VALUES (1, 'completed'), (2, 'completed'), (3, 'running'), (4, 'completed');
+            INSERT INTO job_runs (job_id, run, outcome, epoch) VALUES
+                (1, 1, 'completed', 1),
+                (2, 1, 'abandoned', 1), (2, 2, 'completed', 2),
+                (3, 1, NULL, 1);");
+        let announced = Acknowledged { ids: Vec::new(), completions: vec![1, 2, 3, 4], restart_epoch: 2 };
+        let j = judge(&p, &announced);
+        assert_eq!(j.outcomes_lost, vec![2, 3, 4], "re-run by the restart; not completed; no completed run");
     }
 
     #[test]
     fn runs_must_be_numbered_one_to_n() {
         let (_d, p) = db("INSERT INTO job_queue VALUES (1, 'pending'), (2, 'pending');
             INSERT INTO job_runs (job_id, run, outcome) VALUES (1, 1, 'failed'), (1, 3, 'failed'), (2, 2, 'failed'), (7, 1, NULL);");
-        let j = judge(&p, &[]);
+        let j = judge(&p, &ack(&[]));
         assert_eq!(j.run_gaps, vec![1, 2, 7], "a gap, a missing first run, runs of a missing job");
     }
 
@@ -1290,7 +1369,7 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         use std::os::unix::fs::FileExt;
         f.write_all_at(&[0u8; 4096], (root as u64 - 1) * 4096).unwrap();
-        let j = judge(&p, &[1]);
+        let j = judge(&p, &ack(&[1]));
         assert!(j.integrity.is_some(), "{j:?}");
     }
 
