@@ -518,6 +518,18 @@ pub fn open_for_cli_write(ctx: &Context) -> Result<rusqlite::Connection> {
     Ok(conn)
 }
 
+/// Opens the database for `enqueue` and `enqueue --from`: [`open_for_cli_write`], so the
+/// commit is `synchronous=FULL` and the ids printed after it are covered by an fsync. The
+/// `ack_before_sync` mutant commits with `synchronous=OFF` instead.
+pub fn open_for_enqueue(ctx: &Context) -> Result<rusqlite::Connection> {
+    crate::powerloss::phase("enqueue");
+    let conn = open_for_cli_write(ctx)?;
+    if crate::mutant::active(crate::mutant::ACK_BEFORE_SYNC) {
+        store::unsynced_commits(&conn).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    }
+    Ok(conn)
+}
+
 /// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the
 /// id is printed only after the commit (acknowledged = durable). With `--key`, the same
 /// key prints the existing job's id and creates nothing.
@@ -532,7 +544,7 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
         spec.run_after.as_deref(),
     )
     .map_err(Error::Usage)?;
-    let mut conn = open_for_cli_write(ctx)?;
+    let mut conn = open_for_enqueue(ctx)?;
     let db = &ctx.paths.database;
     let sql = |e| Error::sqlite(db, e);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;

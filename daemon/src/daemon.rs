@@ -309,6 +309,7 @@ fn lead(conn: &mut Connection, candidate: &Candidate, ctx: &Context) -> Result<i
 /// `homerd run`.
 pub fn run(ctx: Context) -> Result<i32> {
     failpoint::announce();
+    crate::powerloss::announce();
     let Some(mut lock) = acquire_lock(&ctx, Role::Daemon)? else { return Ok(exit::OK) };
     // From here on a SIGTERM/SIGINT must be graceful, even during startup: register the
     // handlers now; the supervise loop sees a signal that arrived meanwhile at once.

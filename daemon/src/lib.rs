@@ -20,6 +20,7 @@ pub mod mutant;
 pub mod operate;
 pub mod paths;
 pub mod pool;
+pub mod powerloss;
 pub mod rlimit;
 pub mod runner;
 pub mod service;

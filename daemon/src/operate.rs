@@ -301,7 +301,7 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
         .map_err(bad)?;
         jobs.push((job, lj.key));
     }
-    let mut conn = open_for_cli_write(ctx)?;
+    let mut conn = crate::commands::open_for_enqueue(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now_ms();

@@ -9,12 +9,16 @@
 //! - [`probe`]: the effects probe jobs `exec`; [`history`] and [`check`]: the invariants.
 //! - [`report`]: live lines, the summary table, JUnit XML.
 //! - [`fuzz`]: randomized fault runs composed from the same steps.
+//! - [`powerloss`]: drops the writes no fsync covered (homerd's recording VFS log);
+//!   [`powersweep`]: `homer-harness powerloss`, power cuts swept over small workloads.
 
 pub mod check;
 pub mod exec;
 pub mod faults;
 pub mod fuzz;
 pub mod history;
+pub mod powerloss;
+pub mod powersweep;
 pub mod probe;
 pub mod procs;
 pub mod report;

@@ -1,7 +1,8 @@
 //! `homer-harness`: run scenario files against a daemon binary, or fuzz it.
 //!
 //! Exit codes: 0 every run passed (skips allowed), 1 a run failed, 2 usage or a malformed
-//! scenario file (nothing ran).
+//! scenario file (nothing ran). `powerloss`: 0 no invariant broken (with `--mutant`: the
+//! mutant lost acknowledged jobs, i.e. it was caught), 1 otherwise, 2 usage or setup.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use homer_harness::{exec, fuzz, probe, procs, report, scenario};
+use homer_harness::{exec, fuzz, powersweep, probe, procs, report, scenario};
 
 #[derive(Parser)]
 #[command(name = "homer-harness", version, about = "Replay scenario files against real homerd processes")]
@@ -80,6 +81,35 @@ enum Command {
         /// Start no new seed once one failed
         #[arg(long)]
         until_caught: bool,
+    },
+    /// Sweep power cuts over small workloads: drop the writes no fsync covered, restart
+    /// cleanly, check that nothing acknowledged was lost (see harness/src/powersweep.rs)
+    Powerloss {
+        /// The daemon under test (default: `homerd` beside this binary)
+        #[arg(long, value_name = "PATH", env = "HOMER_HARNESS_DAEMON")]
+        daemon: Option<PathBuf>,
+        /// At most N cut points per armed process, evenly spread (default: every op)
+        #[arg(long, value_name = "N")]
+        cuts: Option<usize>,
+        /// enqueue, claim, outcome, migration or all (or a workload name)
+        #[arg(long, default_value = "all")]
+        phase: String,
+        /// Run the recording processes with HOMERD_MUTANT=NAME (a `--features mutants`
+        /// build); then exit 0 only if acknowledged jobs were lost (the mutant was caught)
+        #[arg(long, value_name = "NAME")]
+        mutant: Option<String>,
+        /// Cut points run at once (default: CPUs)
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Keep every sandbox (failing ones are kept anyway, except under --mutant)
+        #[arg(long)]
+        keep: bool,
+        /// Run one cut point only, as a failure report prints it
+        #[arg(long, value_name = "WORKLOAD:PROCESS:N")]
+        at: Option<String>,
+        /// The pre-004 database of the migration workload
+        #[arg(long, value_name = "PATH")]
+        fixture: Option<PathBuf>,
     },
     /// The effects probe (jobs exec this; see probe.rs)
     #[command(name = "__probe", hide = true)]
@@ -222,6 +252,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Powerloss { daemon, cuts, phase, mutant, jobs, keep, at, fixture } => {
+            powerloss(daemon, cuts, &phase, mutant, jobs, keep, at, fixture)
+        }
         Command::Fuzz { seed, seeds, target, out, print, until_caught } => {
             if print {
                 println!("{}", fuzz::generate(seed));
@@ -236,5 +269,80 @@ fn main() -> ExitCode {
             };
             fuzz::run(seed, seeds, &opts, jobs(&target), &out, until_caught)
         }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the subcommand's flags, passed on as they are
+fn powerloss(
+    daemon: Option<PathBuf>,
+    cuts: Option<usize>,
+    phase: &str,
+    mutant: Option<String>,
+    jobs: Option<usize>,
+    keep: bool,
+    at: Option<String>,
+    fixture: Option<PathBuf>,
+) -> ExitCode {
+    let usage = |e: String| {
+        eprintln!("homer-harness: {e}");
+        ExitCode::from(2)
+    };
+    let target = Target { daemon, mutant: mutant.clone(), keep, keep_failed: false, jobs };
+    let exec_opts = match options(&target) {
+        Ok(o) => o,
+        Err(e) => return usage(e),
+    };
+    let workloads = match powersweep::workloads_for_phase(phase) {
+        Ok(w) => w,
+        Err(e) => return usage(e),
+    };
+    let at = match at.as_deref().map(powersweep::Point::parse).transpose() {
+        Ok(p) => p,
+        Err(e) => return usage(e),
+    };
+    let opts = powersweep::Options {
+        daemon: exec_opts.daemon.clone(),
+        mutant,
+        time_scale: exec_opts.time_scale,
+        keep,
+        sandbox_base: exec_opts.sandbox_base.clone(),
+        fixture: fixture.unwrap_or_else(|| homer_harness::repo_scenarios_dir().join("fixtures/pre004.db")),
+    };
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let names: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+    match &at {
+        Some(p) => println!("power loss: cut point {p} against {}", opts.daemon.display()),
+        None => println!(
+            "power loss: workloads {} against {} ({jobs} at once{})",
+            names.join(", "),
+            opts.daemon.display(),
+            opts.mutant.as_deref().map(|m| format!(", mutant {m}")).unwrap_or_default()
+        ),
+    }
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let on_result = |r: &powersweep::PointResult| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if r.error.is_some() || (r.violations() > 0 && opts.mutant.is_none()) {
+            println!(
+                "FAIL {} (phase {}): {}",
+                r.point,
+                r.phase(),
+                r.error.clone().unwrap_or_else(|| format!("{} violation(s)", r.violations()))
+            );
+        } else if n % 50 == 0 {
+            println!("  {n} cut points done");
+        }
+    };
+    match powersweep::sweep(&opts, &workloads, cuts, at, jobs, &on_result) {
+        Ok(sweep) => {
+            let (text, ok) = powersweep::summary(&sweep, &opts, &exec_opts.daemon);
+            print!("{text}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => usage(e),
     }
 }

@@ -170,6 +170,7 @@ fn record_sql(
     what: &Record,
     now: i64,
 ) -> rusqlite::Result<Recorded> {
+    crate::powerloss::phase("outcome");
     let ended = |o: Option<FailOutcome>| o.map_or(Recorded::NotOwner, Recorded::Ended);
     Ok(match what {
         Record::Complete => {

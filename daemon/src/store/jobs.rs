@@ -89,6 +89,7 @@ pub fn claim(
     limits: &ClaimLimits,
     now: i64,
 ) -> rusqlite::Result<Vec<Claimed>> {
+    crate::powerloss::phase("claim");
     let mut running: BTreeMap<String, u32> = BTreeMap::new();
     {
         let mut stmt =
@@ -191,6 +192,7 @@ pub fn lane_heads(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(String, 
 
 /// Renews the leases of `held` (id, token) under `epoch`; returns the ids still ours.
 pub fn renew(tx: &Transaction<'_>, epoch: i64, held: &[(i64, String)], now: i64) -> rusqlite::Result<Vec<i64>> {
+    crate::powerloss::phase("renew");
     let mut stmt = tx.prepare_cached(
         "UPDATE job_queue SET heartbeat_at = ?4
          WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
@@ -567,6 +569,7 @@ pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<OrphanChild
 /// Startup recovery: with the epoch ours, every `running` row is an orphan, whatever
 /// its heartbeat age (PITFALLS 10, 11).
 pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlite::Result<Recovered> {
+    crate::powerloss::phase("recovery");
     let mut out = Recovered { children: orphan_children(tx)?, ..Recovered::default() };
     if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
         // Mutant: a restart right after a crash leaves the orphans `running` (the original

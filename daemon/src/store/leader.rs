@@ -145,6 +145,7 @@ pub enum Outcome {
 
 /// The startup transaction: refuse, or bump the epoch and record us.
 pub fn become_leader(conn: &mut Connection, me: &Candidate, stale: Duration, clock: &Clock) -> Result<Outcome> {
+    crate::powerloss::phase("leadership");
     let path = conn.path().map(std::path::PathBuf::from).unwrap_or_default();
     let sqlerr = |e| Error::sqlite(&path, e);
     // The epoch bump is an acknowledgement: FULL, whatever the configured durability.
@@ -215,6 +216,7 @@ pub fn check_epoch(tx: &Transaction<'_>, epoch: i64) -> rusqlite::Result<bool> {
 
 /// Refreshes `seen_at`/`seen_mono`. `false` = the epoch moved: we are fenced.
 pub fn heartbeat(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::Result<bool> {
+    crate::powerloss::phase("heartbeat");
     // The mutant drops every way the daemon learns its epoch moved, not just the writer's
     // per-batch check: this refresh and the lock re-acquire record are the other two.
     let guard = if mutant::active(mutant::NO_EPOCH_GUARD) { "?3 = ?3" } else { "epoch = ?3" };
@@ -238,6 +240,7 @@ pub fn update_lock_file(tx: &Transaction<'_>, epoch: i64, dev: u64, ino: u64) ->
 /// Clean shutdown: clear the holder so a start through another lock path need not wait
 /// for staleness. The epoch itself is kept (epochs only grow).
 pub fn release(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::Result<bool> {
+    crate::powerloss::phase("shutdown");
     let n = tx.execute(
         "UPDATE leader SET pid = NULL, start_time = NULL, seen_at = ?1, seen_mono = ?3
          WHERE id = 1 AND epoch = ?2",

@@ -110,6 +110,12 @@ pub fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Drops an open connection's commits to `synchronous=OFF`: only for the `ack_before_sync`
+/// mutant (`commands::open_for_enqueue`), which acknowledges what a power cut can take back.
+pub fn unsynced_commits(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "OFF")
+}
+
 fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
     let timeout = if mutant::active(mutant::NO_BUSY_TIMEOUT) { Duration::ZERO } else { busy_timeout };
     conn.busy_timeout(timeout)?;

@@ -386,6 +386,7 @@ pub fn create(path: &Path, clock: &Clock) -> Result<bool> {
     let tmp: PathBuf = dir.join(format!(".{}.tmp-{}", file_name(path), std::process::id()));
     remove_temp(&tmp);
     let result = (|| {
+        crate::powerloss::phase("create");
         // Created 0600 before SQLite opens it: the queue holds job arguments.
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -404,6 +405,7 @@ pub fn create(path: &Path, clock: &Clock) -> Result<bool> {
         // records it, so a later start can tell a `-wal` written for this database from
         // one written for a file that has since been replaced (see `check_wal_owner`).
         conn.pragma_update(None, "user_version", random_database_id()).map_err(|e| Error::sqlite(&tmp, e))?;
+        crate::powerloss::phase("create");
         // Closing the last connection checkpoints the WAL into the main file.
         conn.close().map_err(|(_, e)| Error::sqlite(&tmp, e))?;
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync", &tmp, e))?;
@@ -495,6 +497,7 @@ fn apply_range(
                 Error::Fenced(String::from("another homerd took the database's epoch during migration"))
             })?;
         }
+        crate::powerloss::phase("migration");
         // Re-check inside the write transaction: someone may have applied it meanwhile.
         let existing: Option<String> = tx
             .query_row("SELECT checksum FROM _migrations WHERE name = ?1", [name], |r| r.get(0))
