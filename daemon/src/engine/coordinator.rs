@@ -183,12 +183,15 @@ struct State {
 struct Throttle {
     /// At most this many leases at once.
     cap: u32,
-    /// Failure episodes in a row (each a pause twice as long as the last, capped).
+    /// Failure episodes in a row (each a pause twice as long as the last, capped). An
+    /// episode is a pause; failures of runs claimed before it began belong to it.
     episodes: u32,
-    /// A failure was recorded since the last claim: start a new pause there.
-    fresh: bool,
+    /// A pause is due: it starts at the next claim (which knows the monotonic time).
+    pause_due: bool,
     /// No claims before this monotonic time.
     paused_until: i64,
+    /// Claims went to the store since the pause: a failure now is a new episode.
+    resumed: bool,
 }
 
 /// The first pause after a job could not be started for want of a resource.
@@ -267,14 +270,14 @@ impl<S: JobStore> Coordinator<S> {
             let mut st = sync::lock(&self.state);
             let held = st.leases.len();
             if let Some(t) = st.throttle.as_mut() {
-                if t.fresh {
-                    t.fresh = false;
+                if t.pause_due {
+                    t.pause_due = false;
                     t.paused_until = now_mono + resource_backoff_ms(t.episodes);
-                    t.episodes += 1;
                 }
                 if now_mono < t.paused_until || held >= t.cap as usize {
                     return Vec::new();
                 }
+                t.resumed = true;
                 limits.to_mut().global = t.cap;
             }
         }
@@ -591,10 +594,20 @@ impl<S: JobStore> Coordinator<S> {
         let mut st = sync::lock(&self.state);
         if taken.iter().any(|(_, _, _, what)| matches!(what, Record::Requeue { .. })) {
             // Back off: pause claims (from the next claim on), then claim no more than
-            // what runs now, growing again with each start that succeeds.
-            let cap = (st.leases.len() as u32).max(1);
-            let episodes = st.throttle.map_or(0, |t| t.episodes);
-            st.throttle = Some(Throttle { cap, episodes, fresh: true, paused_until: 0 });
+            // what runs now, growing again with each start that succeeds. Failures of
+            // runs claimed before the pause began are the same episode, not new ones.
+            let running = (st.leases.len() as u32).max(1);
+            st.throttle = Some(match st.throttle {
+                None => Throttle { cap: running, episodes: 0, pause_due: true, paused_until: 0, resumed: false },
+                Some(t) if t.resumed => Throttle {
+                    cap: t.cap.min(running),
+                    episodes: t.episodes + 1,
+                    pause_due: true,
+                    paused_until: t.paused_until,
+                    resumed: false,
+                },
+                Some(t) => Throttle { cap: t.cap.min(running), ..t },
+            });
         }
         for ((slot, mut lease, result, what), r) in taken.into_iter().zip(recorded) {
             out[slot].1 = Some(match r {
@@ -896,6 +909,46 @@ mod tests {
         assert!(c.record_child(claimed[0].id, child.clone()));
         c.due(c.lease(claimed[1].id).unwrap().kill_by(&c.cfg, None));
         assert!(!c.record_child(claimed[1].id, child), "a lost lease must not release its child");
+    }
+
+    /// A start the daemon could not make (EMFILE...) is not the job's: postponed, its
+    /// attempt given back; claims pause, then resume under a cap of what did start that
+    /// grows with each start that succeeds. Failures of one wave, reported one by one,
+    /// are one episode: the pause does not grow with each of them.
+    #[test]
+    fn starts_that_fail_for_the_daemons_reasons_are_postponed_and_throttle_claims() {
+        let c = with_jobs(8, None);
+        let child = |n: u32| ChildRecord { pid: n, pgid: n, boot_id: "b".into(), start_time: 1 };
+        let wave = c.claim(0, 0);
+        assert_eq!(wave.len(), 4, "the global cap");
+        assert!(c.record_child(wave[0].id, child(10)), "one started");
+        let emfile = || JobResult::NotStarted { error: String::from("Too many open files (os error 24)") };
+        for job in &wave[1..] {
+            let f = c.finish(job.id, emfile(), 100, 0.5);
+            assert!(matches!(f, Finished::Postponed { run_after } if run_after > 100), "{f:?}");
+            let j = &sync::lock(&c.store).jobs[&job.id];
+            assert_eq!((j.status, j.attempts, j.interruptions), ("pending", 0, 0), "nothing charged");
+        }
+        // Paused: the first pause is RESOURCE_BACKOFF_MS, however many failures it took.
+        assert!(c.claim(10, 1_000).is_empty());
+        assert!(c.claim(10 + RESOURCE_BACKOFF_MS - 1, 1_000).is_empty());
+        // Then at most what runs (one) until a start succeeds.
+        assert!(c.claim(10 + RESOURCE_BACKOFF_MS, 1_000).is_empty(), "one lease held, cap one");
+        assert_eq!(c.finish(wave[0].id, JobResult::Succeeded, 1_000, 0.5), Finished::Completed);
+        let next = c.claim(10 + RESOURCE_BACKOFF_MS, 1_000);
+        assert_eq!(next.len(), 1, "cap one");
+        assert!(c.record_child(next[0].id, child(11)));
+        assert_eq!(c.claim(10 + RESOURCE_BACKOFF_MS, 1_000).len(), 1, "the cap grows with a start");
+        // A new failure after claims resumed is a new episode: twice the pause.
+        let more = c.held().into_iter().find(|id| *id != next[0].id).unwrap();
+        assert!(matches!(c.finish(more, emfile(), 1_000, 0.5), Finished::Postponed { .. }));
+        assert!(c.claim(100, 1_000).is_empty());
+        assert!(c.claim(100 + 2 * RESOURCE_BACKOFF_MS - 1, 1_000).is_empty());
+        assert_eq!(c.claim(100 + 2 * RESOURCE_BACKOFF_MS, 1_000).len(), 0, "one held, cap one");
+        // And the job's own failure is still charged.
+        let f = c.finish(next[0].id, JobResult::Failed { error: "exit 1".into(), retryable: true }, 1_000, 0.5);
+        assert!(matches!(f, Finished::Retry { .. }), "{f:?}");
+        assert_eq!(sync::lock(&c.store).jobs[&next[0].id].attempts, 1);
     }
 
     #[test]
