@@ -380,6 +380,21 @@ pub fn recovery(db: &Path) -> Result<(f64, usize), String> {
     Ok((ms, cancelled.len() + failed.len() + requeued.len()))
 }
 
+/// `PRAGMA quick_check` alone, on a read-only, immutable connection to `db` (what
+/// homerd's start-up data check runs, without the process around it): milliseconds.
+pub fn quick_check(db: &Path) -> Result<f64, String> {
+    let uri = format!("file:{}?immutable=1", db.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(&uri, flags).map_err(|e| err(&uri, e))?;
+    let started = Instant::now();
+    let result: String = conn.query_row("PRAGMA quick_check(5)", [], |r| r.get(0)).map_err(|e| err("quick_check", e))?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if result != "ok" {
+        return Err(format!("the fixture fails quick_check: {result}"));
+    }
+    Ok(ms)
+}
+
 /// Fills a database that `homerd migrate` created with `total` jobs, the newest `orphans`
 /// of them left `running` by a daemon that died (a FIFO queue's running jobs are its most
 /// recent claims): claimed under the current epoch (which the next start bumps), an open
