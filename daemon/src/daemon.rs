@@ -59,6 +59,11 @@ const LOCK_POLL: Duration = Duration::from_millis(25);
 /// Takes the lock for `role`. `Ok(None)`: another daemon holds it (already reported).
 pub fn acquire_lock(ctx: &Context, role: Role) -> Result<Option<HeldLock>> {
     let path = &ctx.paths.lock_file;
+    // A -wal without its database is refused before anything is created, the lock file
+    // and the home included (checked again, under the lock, by `schema::inspect`).
+    if !mutant::active(mutant::ADOPT_STRAY_WAL) && std::fs::symlink_metadata(&ctx.paths.database).is_err() {
+        schema::refuse_stray_side_files(&ctx.paths.database)?;
+    }
     if path.parent().is_some_and(|dir| !dir.exists()) {
         // About to create the lock's folder: if a live daemon already holds the database
         // through another lock path, this start will be refused anyway — refuse now,

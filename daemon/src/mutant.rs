@@ -33,6 +33,10 @@ pub const ADOPT_STRAY_WAL: &str = "adopt_stray_wal";
 pub const FD_ERRORS_CHARGED: &str = "fd_errors_charged";
 /// Scheduling reads the raw wall clock: a backward step delays ready jobs.
 pub const WALL_CLOCK_SCHEDULING: &str = "wall_clock_scheduling";
+/// A run stopped because the daemon stood down (it could not write its database: another
+/// writer holds it, the disk is full) is abandoned with its attempt counted, as if the
+/// job had lost its lease, instead of released with the attempt given back.
+pub const STAND_DOWN_CHARGED: &str = "stand_down_charged";
 
 pub const ALL: &[&str] = &[
     LOCK_NO_CLOEXEC,
@@ -54,6 +58,7 @@ pub const ALL: &[&str] = &[
     ADOPT_STRAY_WAL,
     FD_ERRORS_CHARGED,
     WALL_CLOCK_SCHEDULING,
+    STAND_DOWN_CHARGED,
 ];
 
 /// Whether mutant `name` is selected in this process.

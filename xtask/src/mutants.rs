@@ -31,6 +31,7 @@ pub const MUTANTS: &[&str] = &[
     "adopt_stray_wal",
     "fd_errors_charged",
     "wall_clock_scheduling",
+    "stand_down_charged",
 ];
 
 struct Scenario {

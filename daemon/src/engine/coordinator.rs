@@ -652,6 +652,9 @@ impl<S: JobStore> Coordinator<S> {
             }
             Some(StopReason::Fenced | StopReason::Halted) => return None,
             Some(StopReason::Cancelled) => Record::Cancel,
+            Some(StopReason::StandDown) if crate::mutant::active(crate::mutant::STAND_DOWN_CHARGED) => {
+                Record::Abandon { reason: String::from("lease lost: the run was stopped before its lease expired") }
+            }
             Some(StopReason::Shutdown | StopReason::StandDown) => {
                 Record::Release { max_interruptions: self.cfg.max_interruptions }
             }

@@ -184,7 +184,7 @@ pub fn side_files(path: &Path) -> [PathBuf; 3] {
 /// Refuses to go on when a database is missing but its side files are not: they belong
 /// to a database that was moved, deleted or renamed, and SQLite would replay the `-wal`
 /// into whatever new file took its name — and then delete it, with the commits it held.
-fn refuse_stray_side_files(path: &Path) -> Result<()> {
+pub fn refuse_stray_side_files(path: &Path) -> Result<()> {
     for side in side_files(path) {
         if std::fs::symlink_metadata(&side).is_ok() {
             return Err(Error::data(
