@@ -619,3 +619,24 @@ fn exec_job_runs_after_the_daemon_binary_is_replaced() {
 fn exec_job_runs_after_the_daemon_binary_is_removed() {
     exec_job_after_binary_change(BinaryChange::Removed);
 }
+
+/// While a daemon holds the database, a CLI's connection is never the last one: closing
+/// it must not checkpoint and delete the `-wal` under the daemon. (It did, once, when the
+/// daemon opened `homer.db` with `std::fs` to read a header field: closing that descriptor
+/// dropped the daemon's POSIX locks on the file, so the next CLI close believed itself
+/// alone.) The log stays, and every enqueue is seen by the daemon.
+#[test]
+fn a_cli_close_never_deletes_the_wal_of_a_running_daemon() {
+    let sb = Sandbox::new();
+    let mut d = active(&sb, &[]);
+    let wal = sb.home().join("homer.db-wal");
+    for n in 1..=3 {
+        let out = sb.run(&["enqueue", "noop"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(wal.exists(), "enqueue {n} deleted the daemon's -wal");
+        let id: i64 = out.stdout.trim().parse().unwrap();
+        d.wait_for("the job's completion", deadline(10.0), |v| v["event"] == "job.completed" && v["job_id"] == id);
+    }
+    assert_eq!(sb.run(&["status"]).code, Some(0));
+    assert!(wal.exists(), "status deleted the daemon's -wal");
+}
