@@ -328,6 +328,7 @@ impl Engine {
         let mut claim_now = true;
         let mut next_ready: Option<i64> = None;
         let mut ended: Vec<(i64, JobResult)> = Vec::new();
+        let mut halted_at: Option<std::time::Instant> = None;
         loop {
             for msg in control.try_iter() {
                 match msg {
@@ -361,11 +362,15 @@ impl Engine {
                         .field("error", why)
                         .emit();
                     self.coord.halt();
+                    halted_at = Some(std::time::Instant::now());
                 }
             }
             if self.coord.halted() {
-                // Nothing is written any more; wait for the stopped runs to end.
-                if self.running.is_empty() {
+                // Nothing is written any more; wait (bounded, as every stop) for the
+                // stopped runs to end. A group that outlives the bound is left to the next
+                // start, whose recovery kills recorded groups before anything runs again.
+                let waited = halted_at.map_or(Duration::ZERO, |t| t.elapsed());
+                if self.running.is_empty() || waited > self.cfg.drain_bound(Duration::ZERO) {
                     return EngineExit::Corrupt;
                 }
                 match self.ended_rx.recv_timeout(POLL) {
