@@ -231,6 +231,24 @@ impl JobStore for Db {
     fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
         self.outcome("cancellation", epoch, id, token, |s| s.cancel(epoch, id, token, now), |done| *done)
     }
+    fn requeue_unstarted(
+        &mut self,
+        epoch: i64,
+        id: i64,
+        token: &str,
+        reason: &str,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.outcome(
+            "unstarted requeue",
+            epoch,
+            id,
+            token,
+            |s| s.requeue_unstarted(epoch, id, token, reason, retry_at, now),
+            Option::is_some,
+        )
+    }
     fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {
         self.call(|s| s.orphan_children(epoch))
     }
