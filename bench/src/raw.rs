@@ -31,8 +31,9 @@ impl Stmt {
 
 pub const ENQUEUE: Stmt = Stmt {
     name: "enqueue",
-    template: "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7) RETURNING id",
+    template: "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
+                                run_after_set_at)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?4) RETURNING id",
 };
 pub const CLAIM_RUNNING: Stmt = Stmt {
     name: "claim: running per lane",
@@ -108,7 +109,7 @@ pub const RECOVER_FAILED: Stmt = Stmt {
 };
 pub const RECOVER_REQUEUE: Stmt = Stmt {
     name: "recovery: requeue",
-    template: "UPDATE job_queue SET status = 'pending', run_after = ?1,
+    template: "UPDATE job_queue SET status = 'pending', run_after = ?1, run_after_set_at = ?2,
                     errors = json_insert(errors, '$[#]', json_object('at', ?2, 'attempt', attempts, 'run', runs, 'error', ?3)),
                     {CLEAR_LOCK}
              WHERE status = 'running' RETURNING id",
@@ -387,7 +388,8 @@ pub fn quick_check(db: &Path) -> Result<f64, String> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(&uri, flags).map_err(|e| err(&uri, e))?;
     let started = Instant::now();
-    let result: String = conn.query_row("PRAGMA quick_check(5)", [], |r| r.get(0)).map_err(|e| err("quick_check", e))?;
+    let result: String =
+        conn.query_row("PRAGMA quick_check(5)", [], |r| r.get(0)).map_err(|e| err("quick_check", e))?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if result != "ok" {
         return Err(format!("the fixture fails quick_check: {result}"));
