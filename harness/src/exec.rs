@@ -1411,7 +1411,7 @@ impl Ctx<'_> {
                 signal: p.signal,
             })
             .collect();
-        Ok(History { procs, events: st.events.clone(), effects, db, acked: self.acked.clone() })
+        Ok(History { procs, events: st.events.clone(), effects, db, acked: self.acked.clone(), power_cuts: Vec::new() })
     }
 
     fn check(&mut self, opts: &CheckOptions, explicit: bool) -> Result<(), StepError> {
