@@ -1518,7 +1518,17 @@ impl Ctx<'_> {
         self.power_cuts.push(PowerCut { at: self.shared.start.elapsed(), mono_ns: crate::probe::mono_ns(), last_seq });
         self.power_log += 1;
         self.note(note);
-        Ok(())
+        // What the power left must hold every invariant — now, before a later enqueue can
+        // take the id of an acknowledged job the power loss dropped (SQLite hands out
+        // the highest rowid + 1 again) and hide the loss from `nothing_lost`.
+        let opts = CheckOptions {
+            allow_statuses: vec![String::from("pending"), String::from("running")],
+            none_running: false,
+        };
+        self.check(&opts, false).map_err(|e| StepError {
+            expected: format!("every invariant to hold on what the power loss left: {}", e.expected),
+            actual: e.actual,
+        })
     }
 
     fn clock(&mut self, step_ms: i64) -> Result<(), StepError> {
