@@ -901,7 +901,7 @@ mod tests {
     fn reclaimed(mut hb: Hb, job_id: i64, run: i64, start: u64, end: Option<u64>) -> Hb {
         let pid = 20_000 + u32::try_from(job_id * 100 + run).unwrap();
         let token = format!("tok{job_id}.{run}-again");
-        let mut at = |kind, ms: u64| Effect {
+        let at = |kind, ms: u64| Effect {
             kind,
             job_id,
             run,
