@@ -15,7 +15,9 @@
 //! (until the wall clock catches up). A forward step is followed — timestamps stay right
 //! after NTP corrects a slow clock — and reported once ([`Clock::take_forward_steps`]):
 //! the daemon then moves every job still waiting for its `run_after` forward by the step,
-//! so a job due "in 2 minutes" still starts 2 minutes after it was scheduled.
+//! so a job due "in 2 minutes" still starts 2 minutes after it was scheduled — once: the
+//! same commit records its reading past the step in the leader row, which the next
+//! daemon anchors on.
 //!
 //! Monotonic time is boot-relative and system-wide, so two processes on one boot can
 //! compare stamps (the leader row's `seen_mono`): Linux `CLOCK_BOOTTIME` (counts suspend,

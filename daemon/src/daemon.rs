@@ -360,7 +360,7 @@ pub fn run(ctx: Context) -> Result<i32> {
     let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
     let coord = Arc::new(Coordinator::new(engine_cfg, epoch, SqliteStore::new(writer.clone())));
     // A forward step of the wall clock while no daemon ran: move the waiting jobs first.
-    runner::absorb_clock_steps(&ctx.clock, &writer);
+    runner::absorb_clock_steps(&ctx.clock, &writer, epoch);
     // Recovery runs before anything is claimed: every orphan requeued (or failed) and its
     // recorded process group gone. Then the engine's reader; only then is the daemon active.
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);

@@ -137,7 +137,11 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
 /// forward step moves every job still waiting for a `run_after` set before it by the
 /// step (one epoch-guarded write), so delays keep their length; a backward step changes
 /// nothing (the effective clock keeps counting) and is reported.
-pub fn absorb_clock_steps(clock: &Clock, writer: &Writer) {
+///
+/// The same commit refreshes the leader row's reading (`seen_at`/`seen_mono`) past the
+/// step: a start that anchors its clock on the row after this daemon died (`Clock::anchor`)
+/// must not see the step again and move the jobs a second time.
+pub fn absorb_clock_steps(clock: &Clock, writer: &Writer, epoch: i64) {
     for back in clock.take_backward_steps() {
         events::warn(
             "clock.stepped_back",
@@ -148,7 +152,13 @@ pub fn absorb_clock_steps(clock: &Clock, writer: &Writer) {
     }
     for step in clock.take_forward_steps() {
         let crate::clock::ForwardStep { from, by } = step;
-        match writer.call_blocking(Sync::Normal, move |tx| crate::store::jobs::shift_scheduled(tx, from, by)) {
+        let reading = clock.clone();
+        match writer.call_blocking(Sync::Normal, move |tx| {
+            let moved = crate::store::jobs::shift_scheduled(tx, from, by)?;
+            // The writer checked the epoch in this transaction: the refresh cannot miss.
+            crate::store::leader::heartbeat(tx, epoch, &reading)?;
+            Ok(moved)
+        }) {
             Ok(moved) => {
                 events::warn("clock.stepped", "The wall clock jumped forward; jobs waiting for a time moved with it")
                     .field("by_ms", by)
@@ -342,7 +352,7 @@ impl Engine {
             // then sees the jobs already moved by any step this reading (or another
             // thread's) noticed — never a stepped time with the jobs not yet moved.
             let wall = self.clock.now_ms();
-            absorb_clock_steps(&self.clock, &self.writer);
+            absorb_clock_steps(&self.clock, &self.writer, self.coord.epoch);
             ended.extend(self.ended_rx.try_iter());
             if !ended.is_empty() {
                 // Every run that ended since the last pass is recorded in one commit.

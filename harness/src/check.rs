@@ -12,11 +12,22 @@
 //! | [`nothing_lost`] | an acknowledged enqueue is never lost | acknowledged ids vs `job_queue` |
 //! | [`attempts_bounded`] | attempts never exceed the budget | `job_queue` |
 //! | [`integrity`] | the file is a healthy database | `PRAGMA integrity_check` |
+//! | [`resources_not_charged`] | the daemon's missing resources are not the job's failure | `job_runs` |
 //!
 //! Invariants: checkers never mutate or re-read anything (the same history always gives
 //! the same verdict), and each reports under its own [`Violation::checker`] name. Checkers
 //! that need the database report nothing when [`History::db`] is `None` — except
 //! [`nothing_lost`], for which acknowledged jobs without a database are lost jobs.
+//!
+//! Power loss (a `power_loss` step): what happened before a cut still happened — its
+//! events stay in the history, its effects in the effects log — but the database kept only
+//! what an fsync covered. The checkers that read the database judge the state after every
+//! cut, which must still be consistent; acknowledged ids must still be there. The event-
+//! and effects-based ones hold across a cut as they are, with one exception: a run number
+//! (`HOMER_RUN`) is assigned by a claim, which is not synced (only acknowledgements are),
+//! so a claim lost to the cut hands its run number to the next claim — [`no_overlap`]
+//! judges "one run started twice" within a power era. An epoch is never reused: the bump
+//! is committed with `synchronous=FULL` before `daemon.active` is printed.
 //!
 //! Ordering across processes: events are ordered by `seq` (the harness's receive order);
 //! an event and a process exit are compared by their receive/observe times (`at`). The
@@ -36,10 +47,19 @@ pub const OUTCOME_LATEST_CLAIM: &str = "outcome_latest_claim";
 pub const NOTHING_LOST: &str = "nothing_lost";
 pub const ATTEMPTS_BOUNDED: &str = "attempts_bounded";
 pub const INTEGRITY: &str = "integrity";
+pub const RESOURCES_NOT_CHARGED: &str = "resources_not_charged";
 
 /// Every checker's name, in the order [`check_all`] runs them.
-pub const CHECKERS: [&str; 7] =
-    [SINGLE_ACTIVE, LOCK_HOLDERS, NO_OVERLAP, OUTCOME_LATEST_CLAIM, NOTHING_LOST, ATTEMPTS_BOUNDED, INTEGRITY];
+pub const CHECKERS: [&str; 8] = [
+    SINGLE_ACTIVE,
+    LOCK_HOLDERS,
+    NO_OVERLAP,
+    OUTCOME_LATEST_CLAIM,
+    NOTHING_LOST,
+    ATTEMPTS_BOUNDED,
+    INTEGRITY,
+    RESOURCES_NOT_CHARGED,
+];
 
 /// One broken invariant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +98,7 @@ pub fn check_all(h: &History, o: &CheckOptions) -> Vec<Violation> {
     found.extend(nothing_lost(h, o));
     found.extend(attempts_bounded(h));
     found.extend(integrity(h));
+    found.extend(resources_not_charged(h));
     found
 }
 
@@ -306,7 +327,9 @@ impl Span<'_> {
 /// run or its same-group descendant — exact, since the kernel releases a flock only when
 /// every holder is dead); a run that started between another run's `start` and `end`
 /// (by `mono_ns`, system-wide); and two `start` records with the same `run` number (one
-/// run started twice). A run without `end` (killed) is open-ended only until the next
+/// run started twice) in one power era — across a power cut a run number comes back when
+/// the claim that took it was lost (see the module docs). A run without `end` (killed) is
+/// open-ended only until the next
 /// run's start and is not flagged on its own: whether it was really dead by then is what
 /// the next run's flock, and so its `overlap` record, tells.
 pub fn no_overlap(h: &History) -> Vec<Violation> {
@@ -334,12 +357,13 @@ pub fn no_overlap(h: &History) -> Vec<Violation> {
     }
 
     for (job_id, spans) in &by_job {
-        let mut runs: BTreeMap<i64, u32> = BTreeMap::new();
+        let mut runs: BTreeMap<(usize, i64), u32> = BTreeMap::new();
         for span in spans {
-            *runs.entry(span.start.run).or_default() += 1;
+            *runs.entry((h.power_era(span.start.mono_ns), span.start.run)).or_default() += 1;
         }
-        for (run, count) in runs.iter().filter(|(_, count)| **count > 1) {
-            found.push(violation(NO_OVERLAP, format!("job {job_id} run {run} started {count} times")));
+        for ((era, run), count) in runs.iter().filter(|(_, count)| **count > 1) {
+            let when = if h.power_cuts.is_empty() { String::new() } else { format!(" in power era {era}") };
+            found.push(violation(NO_OVERLAP, format!("job {job_id} run {run} started {count} times{when}")));
         }
 
         let origin = spans.iter().map(|s| s.start.mono_ns).min().unwrap_or(0);
@@ -525,10 +549,50 @@ pub fn integrity(h: &History) -> Vec<Violation> {
     }
 }
 
+/// The errors a run can end with when the *daemon* lacked something — descriptors, processes,
+/// memory, disk, a writable home — as the OS words them (`strerror`, as Rust prints an
+/// `io::Error`): EMFILE, ENFILE, EAGAIN, ENOMEM, ENOSPC, EDQUOT, EROFS, EACCES.
+fn resource_errors() -> Vec<String> {
+    [libc::EMFILE, libc::ENFILE, libc::EAGAIN, libc::ENOMEM, libc::ENOSPC, libc::EDQUOT, libc::EROFS, libc::EACCES]
+        .into_iter()
+        .map(|code| std::io::Error::from_raw_os_error(code).to_string())
+        .collect()
+}
+
+/// The daemon's trouble is not the job's (PITFALLS 25): a run the daemon could not start
+/// or keep for want of a resource of its own is never charged to the job. Judged from
+/// `job_runs`: no run that consumed an attempt (`failed`, `abandoned`) ended with an error
+/// naming one of [`resource_errors`]; such a run ends `not_started` (its attempt given
+/// back). A job's own failure (a non-zero exit, a timeout) never carries an OS error.
+pub fn resources_not_charged(h: &History) -> Vec<Violation> {
+    let Some(db) = &h.db else { return Vec::new() };
+    let errors = resource_errors();
+    let mut found = Vec::new();
+    for r in &db.runs {
+        if !matches!(r.outcome.as_deref(), Some("failed" | "abandoned")) {
+            continue;
+        }
+        let Some(error) = &r.error else { continue };
+        if let Some(os) = errors.iter().find(|e| error.contains(e.as_str())) {
+            found.push(violation(
+                RESOURCES_NOT_CHARGED,
+                format!(
+                    "job {} run {} (attempt {}) was charged as `{}` for the daemon's own trouble ({os}): {error}",
+                    r.job_id,
+                    r.run,
+                    r.attempt,
+                    r.outcome.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{ProcKind, ProcRecord};
+    use crate::history::{PowerCut, ProcKind, ProcRecord};
     use serde_json::{json, Value};
 
     /// Builds histories tick by tick: every event or exit advances the clock by 10 ms and
@@ -660,6 +724,7 @@ mod tests {
                 claim_token: token.into(),
                 outcome: outcome.map(String::from),
                 ended: outcome.is_some(),
+                error: None,
             })
             .collect()
     }
@@ -825,6 +890,83 @@ mod tests {
         assert_rejects(no_overlap(&h), NO_OVERLAP, "job 1 run 1 started 2 times");
     }
 
+    fn power_cut(mut hb: Hb, at_ms: u64) -> Hb {
+        let at = hb.now();
+        hb.h.power_cuts.push(PowerCut { at, mono_ns: at_ms * 1_000_000, last_seq: hb.h.events.len() as u64 });
+        hb
+    }
+
+    /// A run of `job_id` by a later claim that got the same run number (its own token and
+    /// process), from `start` to `end` (ms).
+    fn reclaimed(mut hb: Hb, job_id: i64, run: i64, start: u64, end: Option<u64>) -> Hb {
+        let pid = 20_000 + u32::try_from(job_id * 100 + run).unwrap();
+        let token = format!("tok{job_id}.{run}-again");
+        let at = |kind, ms: u64| Effect {
+            kind,
+            job_id,
+            run,
+            attempt: run,
+            token: token.clone(),
+            pid,
+            mono_ns: ms * 1_000_000,
+        };
+        hb.h.effects.push(at(EffectKind::Start, start));
+        if let Some(end) = end {
+            hb.h.effects.push(at(EffectKind::End, end));
+        }
+        hb
+    }
+
+    #[test]
+    fn no_overlap_lets_a_power_cut_hand_a_run_number_back() {
+        // Run 2 was claimed and started, the cut killed it and dropped its (unsynced)
+        // claim: the next claim is run 2 again.
+        let hb = Hb::default().span(1, 1, 100, Some(200)).span(1, 2, 300, None);
+        let h = reclaimed(power_cut(hb, 350), 1, 2, 400, Some(500)).build();
+        assert_passes(no_overlap(&h));
+        // Within one era it is still a run started twice, cuts or not.
+        let hb = Hb::default().span(1, 2, 100, None);
+        let h = reclaimed(power_cut(hb, 150).span(1, 2, 200, None), 1, 2, 300, Some(400)).build();
+        assert_rejects(no_overlap(&h), NO_OVERLAP, "job 1 run 2 started 2 times in power era 1");
+        // And a run that starts while another is alive is an overlap across eras too.
+        let hb = Hb::default().span(1, 1, 100, Some(500));
+        let h = power_cut(hb, 150).span(1, 2, 200, Some(300)).build();
+        assert_rejects(no_overlap(&h), NO_OVERLAP, "while run 1");
+    }
+
+    fn with_errors(mut runs: Vec<RunRow>, errors: &[Option<&str>]) -> Vec<RunRow> {
+        for (r, e) in runs.iter_mut().zip(errors) {
+            r.error = e.map(String::from);
+        }
+        runs
+    }
+
+    #[test]
+    fn resources_not_charged_accepts_postponed_starts_and_the_jobs_own_failures() {
+        let emfile = format!("cannot start [\"x\"]: {}", std::io::Error::from_raw_os_error(libc::EMFILE));
+        let rows = runs(&[
+            (1, 1, 1, "a", Some("not_started")),
+            (1, 2, 1, "b", Some("failed")),
+            (1, 3, 1, "c", Some("abandoned")),
+            (1, 4, 1, "d", Some("completed")),
+        ]);
+        let rows = with_errors(
+            rows,
+            &[Some(&emfile), Some("exited with code 3"), Some("lease lost: the run was stopped"), None],
+        );
+        assert_passes(resources_not_charged(&Hb::default().db(db(vec![job(1, "completed")], rows, 1)).build()));
+    }
+
+    #[test]
+    fn resources_not_charged_rejects_a_charged_resource_failure() {
+        for (code, outcome) in [(libc::EMFILE, "failed"), (libc::ENOSPC, "abandoned"), (libc::EAGAIN, "failed")] {
+            let error = format!("cannot start [\"x\"]: {}", std::io::Error::from_raw_os_error(code));
+            let rows = with_errors(runs(&[(1, 1, 1, "a", Some(outcome))]), &[Some(&error)]);
+            let h = Hb::default().db(db(vec![job(1, "pending")], rows, 1)).build();
+            assert_rejects(resources_not_charged(&h), RESOURCES_NOT_CHARGED, &format!("charged as `{outcome}`"));
+        }
+    }
+
     #[test]
     fn outcome_latest_claim_accepts_consistent_rows() {
         let h = Hb::default()
@@ -965,7 +1107,18 @@ mod tests {
                 integrity: String::from("malformed"),
                 ..db(
                     vec![JobRow { attempts: 5, ..job(1, "completed") }],
-                    runs(&[(1, 1, 1, "a", Some("completed")), (1, 2, 1, "b", Some("completed"))]),
+                    with_errors(
+                        runs(&[
+                            (1, 1, 1, "a", Some("completed")),
+                            (1, 2, 1, "b", Some("completed")),
+                            (1, 3, 1, "c", Some("failed")),
+                        ]),
+                        &[
+                            None,
+                            None,
+                            Some(&format!("cannot start: {}", std::io::Error::from_raw_os_error(libc::EMFILE))),
+                        ],
+                    ),
                     1,
                 )
             })

@@ -7,7 +7,12 @@
 //! - progress is observed through homerd's JSON events, exit statuses, the database and the
 //!   effects log, each waited on with a deadline scaled by the time scale; the only fixed
 //!   waits are the ones a scenario asks for to let a stale threshold pass;
-//! - the invariant checkers run at every `check` step and once more after the last step.
+//! - the invariant checkers run at every `check` step and once more after the last step;
+//! - with the `power_loss` header every `homerd` records its writes into the sandbox's
+//!   current power-loss log (`powerloss/log-N`), and a `power_loss` step kills everything,
+//!   drops the writes no fsync covered and moves on to the next log; the harness's own
+//!   read-write connections never checkpoint on close (`harness_rw`), so the only writes
+//!   to the database are the ones the recording processes make (and `sql` with `write`).
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
@@ -20,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::check::{self, CheckOptions};
-use crate::history::{DbState, Event, History, ProcKind, ProcRecord};
+use crate::history::{DbState, Event, History, PowerCut, ProcKind, ProcRecord};
 use crate::procs;
 use crate::scenario::*;
 
@@ -160,6 +165,39 @@ struct ProcState {
     stderr: Vec<u8>,
     stdout_closed: bool,
     stderr_closed: bool,
+    /// A background `homerd enqueue` (a `start` whose command is `enqueue`): every id it
+    /// prints is acknowledged.
+    prints_ids: bool,
+}
+
+impl ProcState {
+    /// The job ids a background enqueue printed so far (whole lines only: an id is
+    /// printed with its newline in one write, after its commit).
+    fn printed_ids(&self) -> Vec<i64> {
+        if !self.prints_ids {
+            return Vec::new();
+        }
+        let text = String::from_utf8_lossy(&self.stdout);
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+/// A `hold_write` in progress: its thread holds the transaction until the hold ends or
+/// it is told to stop (a power loss ends it at once, as it ends every process).
+struct Hold {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// A read-write connection of the harness's own that never checkpoints when it closes:
+/// closing the last connection to a WAL database would otherwise copy the WAL into the
+/// database and delete it — writes no recording process made, which a later power loss
+/// could not account for (and which would hide a stray `-wal`).
+fn harness_rw(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    Ok(conn)
 }
 
 #[derive(Default)]
@@ -250,7 +288,7 @@ struct Ctx<'a> {
     /// For each acknowledged id, when (CLOCK_MONOTONIC, ns, the probe's clock) the enqueue
     /// process that acknowledged it was spawned: the earliest the job could be scheduled.
     acked_at: Vec<u64>,
-    holds: Vec<JoinHandle<()>>,
+    holds: Vec<Hold>,
     remembered: HashMap<String, Remembered>,
     /// One line per step run, with what it reported (e.g. how much `fill` wrote):
     /// `harness-logs/steps.log`.
@@ -258,6 +296,10 @@ struct Ctx<'a> {
     daemon_bin: PathBuf,
     cli_count: usize,
     threads: Vec<JoinHandle<()>>,
+    /// The power-loss log processes record into now (`powerloss/log-N`), with the header.
+    power_log: u32,
+    /// The `power_loss` steps run so far.
+    power_cuts: Vec<PowerCut>,
 }
 
 /// Run one scenario to the end and clean up after it, whatever happens.
@@ -298,6 +340,8 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
         daemon_bin: opts.daemon.clone(),
         cli_count: 0,
         threads: Vec::new(),
+        power_log: 1,
+        power_cuts: Vec::new(),
     };
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run_steps()));
     let mut outcome = match run {
@@ -324,9 +368,7 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
     let survivors = procs::kill_marked(&marker, Duration::from_secs(10));
     let keep = opts.keep || (opts.keep_failed && matches!(outcome, Outcome::Failed(_)));
     let unmount_errors = ctx.unmount_home(keep);
-    for h in ctx.holds.drain(..) {
-        let _ = h.join();
-    }
+    ctx.end_holds();
     for h in ctx.threads.drain(..) {
         let _ = h.join();
     }
@@ -417,6 +459,21 @@ impl Ctx<'_> {
     fn clock_file(&self) -> PathBuf {
         self.sandbox.join("clock-offset-ms")
     }
+    /// The power-loss log every `homerd` records into until the next `power_loss` step
+    /// (outside the home: a full tmpfs home must not stop the recording).
+    fn power_log_path(&self) -> PathBuf {
+        self.sandbox.join("powerloss").join(format!("log-{}", self.power_log))
+    }
+
+    /// Ends every `hold_write` in progress and waits for its thread (its connection closed).
+    fn end_holds(&mut self) {
+        for h in &self.holds {
+            let _ = h.stop.send(());
+        }
+        for h in self.holds.drain(..) {
+            let _ = h.thread.join();
+        }
+    }
 
     fn scaled(&self, d: Duration) -> Duration {
         d.mul_f64(self.opts.time_scale)
@@ -472,6 +529,10 @@ impl Ctx<'_> {
     fn setup(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(self.effects_dir()).map_err(|e| e.to_string())?;
         std::fs::write(self.clock_file(), "0").map_err(|e| e.to_string())?;
+        if self.sc.power_loss {
+            let dir = self.sandbox.join("powerloss");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
         if let Some(size) = self.sc.home_size {
             // Mounted before any process starts, registered before anything else can fail,
             // so every path out of the run unmounts it.
@@ -574,6 +635,9 @@ impl Ctx<'_> {
         if let Some(m) = &self.opts.mutant {
             cmd.env("HOMERD_MUTANT", m);
         }
+        if self.sc.power_loss {
+            cmd.env(POWERLOSS_LOG_ENV, self.power_log_path());
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -624,6 +688,7 @@ impl Ctx<'_> {
                 stderr: Vec::new(),
                 stdout_closed: false,
                 stderr_closed: false,
+                prints_ids: false,
             });
             st.procs.len() - 1
         };
@@ -719,6 +784,7 @@ impl Ctx<'_> {
             }
             Step::ExpectEvents(e) => self.expect_events(e),
             Step::Snapshot(s) => self.snapshot(s),
+            Step::PowerLoss(p) => self.power_loss(p),
         }
     }
 
@@ -743,6 +809,9 @@ impl Ctx<'_> {
         if let Some(fp) = &s.failpoints {
             env.push((String::from("HOMERD_FAILPOINTS"), fp.clone()));
         }
+        if let Some(n) = s.arm {
+            env.push((String::from(POWERLOSS_CUT_ENV), n.to_string()));
+        }
         // Build every command first so simultaneous starts leave as close together as possible.
         let mut cmds: Vec<Command> =
             names.iter().map(|_| self.homerd(&args, !s.no_settings, &env, s.unprivileged)).collect();
@@ -751,9 +820,36 @@ impl Ctx<'_> {
                 procs::limit_open_files(cmd, soft, hard);
             }
         }
+        // A background `homerd enqueue`: what it prints is acknowledged (see `history`).
+        let prints_ids = s.command.first().map(String::as_str) == Some("enqueue");
         for (name, cmd) in names.into_iter().zip(cmds) {
-            self.spawn(name, ProcKind::Daemon, cmd)?;
+            let pid = self.spawn(name, ProcKind::Daemon, cmd)?;
+            if prints_ids {
+                if let Some(p) = self.shared.lock().procs.iter_mut().rev().find(|p| p.pid == pid) {
+                    p.prints_ids = true;
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// An armed process (`arm = N`) must have died at its cut: SIGKILLed by itself just
+    /// before its N-th recorded op. One that exited by itself had fewer ops than that.
+    fn expect_cut(&mut self, name: &str, arm: u64) -> Result<(), StepError> {
+        let (code, signal) = {
+            let st = self.shared.lock();
+            match st.procs.iter().rev().find(|p| p.name == name) {
+                Some(p) => (p.code, p.signal),
+                None => return fail(format!("a process named {name}"), "none was started"),
+            }
+        };
+        if signal != Some(libc::SIGKILL) {
+            return fail(
+                format!("{name} to cut power (SIGKILL itself) before its recorded op {arm}"),
+                format!("it exited {}: it made fewer ops than that", exit_text(code, signal)),
+            );
+        }
+        self.note(format!("{name} cut power before its op {arm}"));
         Ok(())
     }
 
@@ -1006,8 +1102,7 @@ impl Ctx<'_> {
             expected: String::from("to probe the database write lock"),
             actual: e.to_string(),
         };
-        let conn = rusqlite::Connection::open_with_flags(self.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(err)?;
+        let conn = harness_rw(&self.db()).map_err(err)?;
         conn.busy_timeout(Duration::ZERO).map_err(err)?;
         match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
             Ok(()) => Ok(true),
@@ -1181,12 +1276,17 @@ impl Ctx<'_> {
             for _ in 0..n {
                 self.cli_count += 1;
                 let name = format!("enqueue#{}", self.cli_count);
-                let cmd = self.homerd(&args, true, &[], false);
+                let cmd = self.homerd(&args, true, &armed_env(e.arm), false);
                 let spawned_at = crate::probe::mono_ns();
                 pids.push((name.clone(), self.spawn(name, ProcKind::Cli, cmd)?, spawned_at));
             }
             for (name, _, spawned_at) in pids {
                 let (code, out, err) = self.wait_cli(&name, Duration::from_secs(30))?;
+                if let Some(arm) = e.arm {
+                    // Cut before its commit was acknowledged: nothing to remember.
+                    self.expect_cut(&name, arm)?;
+                    continue;
+                }
                 if code != Some(e.code) {
                     return fail(
                         format!("{name} ({}) to exit {}", args.join(" "), e.code),
@@ -1236,10 +1336,13 @@ impl Ctx<'_> {
         std::fs::write(&file, text)
             .map_err(|err| StepError { expected: format!("to write {}", file.display()), actual: err.to_string() })?;
         let args = vec![String::from("enqueue"), String::from("--from"), file.to_string_lossy().into_owned()];
-        let cmd = self.homerd(&args, true, &[], false);
+        let cmd = self.homerd(&args, true, &armed_env(e.arm), false);
         let spawned_at = crate::probe::mono_ns();
         self.spawn(name.clone(), ProcKind::Cli, cmd)?;
         let (code, out, err) = self.wait_cli(&name, Duration::from_secs(60))?;
+        if let Some(arm) = e.arm {
+            return self.expect_cut(&name, arm);
+        }
         if code != Some(e.code) {
             return fail(
                 format!("{name} (enqueue --from with {count} jobs) to exit {}", e.code),
@@ -1281,12 +1384,15 @@ impl Ctx<'_> {
         for (k, v) in &c.env {
             env.push((k.clone(), self.subst(v)?));
         }
+        env.extend(armed_env(c.arm));
         self.cli_count += 1;
         let name = format!("cli#{}", self.cli_count);
         let cmd = self.homerd(&args, !c.no_settings, &env, c.unprivileged);
         self.spawn(name.clone(), ProcKind::Cli, cmd)?;
         let (code, out, err) = self.wait_cli(&name, c.timeout)?;
-        if code != Some(c.code) {
+        if let Some(arm) = c.arm {
+            self.expect_cut(&name, arm)?;
+        } else if code != Some(c.code) {
             return fail(
                 format!("`homerd {}` to exit {}", args.join(" "), c.code),
                 format!("{code:?}; stdout: {} stderr: {}", tail(&out, 5), tail(&err, 5)),
@@ -1305,7 +1411,7 @@ impl Ctx<'_> {
     fn write_sql(&self, db: &Path, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
         let err =
             |e: rusqlite::Error| StepError { expected: format!("the statement `{sql}` to run"), actual: e.to_string() };
-        let conn = rusqlite::Connection::open(db).map_err(err)?;
+        let conn = if db.exists() { harness_rw(db) } else { rusqlite::Connection::open(db) }.map_err(err)?;
         conn.busy_timeout(self.scaled(Duration::from_secs(10))).map_err(err)?;
         conn.execute_batch(sql).map_err(err)?;
         Ok(Vec::new())
@@ -1346,8 +1452,9 @@ impl Ctx<'_> {
         let db = self.db();
         let hold = self.scaled(duration);
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::spawn(move || {
-            let conn = match rusqlite::Connection::open(&db) {
+            let conn = match harness_rw(&db) {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
@@ -1360,16 +1467,68 @@ impl Ctx<'_> {
                 return;
             }
             let _ = tx.send(Ok(()));
-            // Holding the write lock for this long is the fault the scenario injects.
-            std::thread::sleep(hold);
+            // Holding the write lock for this long is the fault the scenario injects (a
+            // power loss or the end of the run cuts it short).
+            let _ = stopped.recv_timeout(hold);
             let _ = conn.execute_batch("ROLLBACK");
         });
-        self.holds.push(handle);
+        self.holds.push(Hold { stop, thread: handle });
         match rx.recv_timeout(self.scaled(Duration::from_secs(30))) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => fail("a write transaction on the database", e),
             Err(_) => fail("a write transaction on the database", "not acquired within 30 s"),
         }
+    }
+
+    /// `power_loss = "cut"`: every process of the scenario dies at once (the harness's write
+    /// holds end first: they are processes too, in spirit), every exit is observed, then
+    /// the current log is applied — every write no fsync covered is undone — and later
+    /// processes record into a fresh log.
+    fn power_loss(&mut self, p: &PowerLoss) -> Result<(), StepError> {
+        self.end_holds();
+        self.register_job_groups();
+        let survivors = procs::kill_marked(&self.marker, self.scaled(p.timeout));
+        if !survivors.is_empty() {
+            return fail(
+                format!("every process of the scenario dead within {:?} of SIGKILL", self.scaled(p.timeout)),
+                format!("still alive: {survivors:?}"),
+            );
+        }
+        // The checkers end a process's lock hold at its observed exit: observe them all
+        // before anything new starts.
+        let deadline = self.deadline(p.timeout);
+        let observed = self.shared.wait_for(deadline, |st| st.procs.iter().all(|p| p.exited.is_some()).then_some(()));
+        if observed.is_none() {
+            let left: Vec<String> =
+                self.shared.lock().procs.iter().filter(|p| p.exited.is_none()).map(|p| p.name.clone()).collect();
+            return fail("every killed process's exit observed", format!("not yet: {}", left.join(", ")));
+        }
+        let log = self.power_log_path();
+        let label = log.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let note = if log.exists() {
+            let report = crate::powerloss::apply_power_loss(&log).map_err(|e| StepError {
+                expected: format!("to apply the power loss of {}", log.display()),
+                actual: e,
+            })?;
+            describe_power_loss(&label, &report)
+        } else {
+            format!("{label}: nothing was recorded, nothing to revert")
+        };
+        let last_seq = self.shared.lock().seq;
+        self.power_cuts.push(PowerCut { at: self.shared.start.elapsed(), mono_ns: crate::probe::mono_ns(), last_seq });
+        self.power_log += 1;
+        self.note(note);
+        // What the power left must hold every invariant — now, before a later enqueue can
+        // take the id of an acknowledged job the power loss dropped (SQLite hands out
+        // the highest rowid + 1 again) and hide the loss from `nothing_lost`.
+        let opts = CheckOptions {
+            allow_statuses: vec![String::from("pending"), String::from("running")],
+            none_running: false,
+        };
+        self.check(&opts, false).map_err(|e| StepError {
+            expected: format!("every invariant to hold on what the power loss left: {}", e.expected),
+            actual: e.actual,
+        })
     }
 
     fn clock(&mut self, step_ms: i64) -> Result<(), StepError> {
@@ -1411,7 +1570,10 @@ impl Ctx<'_> {
                 signal: p.signal,
             })
             .collect();
-        Ok(History { procs, events: st.events.clone(), effects, db, acked: self.acked.clone() })
+        // Ids printed by background enqueues are acknowledged too, after the steps' ones.
+        let mut acked = self.acked.clone();
+        acked.extend(st.procs.iter().flat_map(ProcState::printed_ids));
+        Ok(History { procs, events: st.events.clone(), effects, db, acked, power_cuts: self.power_cuts.clone() })
     }
 
     fn check(&mut self, opts: &CheckOptions, explicit: bool) -> Result<(), StepError> {
@@ -1499,6 +1661,7 @@ impl Ctx<'_> {
                         env: vec![(String::from("HOMER_LOG_FORMAT"), String::from("human"))],
                         no_settings: false,
                         timeout: Duration::from_secs(30),
+                        arm: None,
                     };
                     let (out, err) = self.cli(&cli)?;
                     text.push_str(&format!("## homerd {}\n", args.join(" ")));
@@ -1691,5 +1854,45 @@ fn step_summary(step: &Step) -> String {
         Step::Check(_) => String::from("check invariants"),
         Step::ExpectEvents(e) => format!("expect {} events", e.event),
         Step::Snapshot(s) => format!("snapshot {}", s.name),
+        Step::PowerLoss(_) => String::from("power loss"),
     }
+}
+
+/// What a power loss reverted, on one line (the step log has one line per step).
+fn describe_power_loss(label: &str, r: &crate::powerloss::PowerLossReport) -> String {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes: u64 = r.files.iter().map(|f| f.bytes_reverted).sum();
+    let kept: usize = r.files.iter().map(|f| f.ops_kept).sum();
+    let mut parts = vec![format!(
+        "{label}: reverted {} op(s), {bytes} byte(s) in {} file(s) ({kept} synced op(s) kept)",
+        r.ops_reverted(),
+        r.files.len()
+    )];
+    for f in &r.files {
+        parts.push(format!(
+            "{}: {} op(s), {} byte(s), size {} -> {}",
+            name(&f.path),
+            f.ops_reverted,
+            f.bytes_reverted,
+            f.size_was,
+            f.size_now
+        ));
+    }
+    for (path, n) in &r.skipped {
+        parts.push(format!("{}: gone, {n} un-synced op(s) skipped", name(path)));
+    }
+    for c in &r.cuts {
+        parts.push(format!("pid {} cut power before its op {} (phase {})", c.pid, c.op, c.phase));
+    }
+    parts.push(format!("{} record(s), {} torn", r.records, r.torn));
+    parts.join("; ")
+}
+
+/// `HOMERD_POWERLOSS_LOG` and `HOMERD_POWERLOSS_CUT` (`daemon/src/powerloss.rs`).
+const POWERLOSS_LOG_ENV: &str = "HOMERD_POWERLOSS_LOG";
+const POWERLOSS_CUT_ENV: &str = "HOMERD_POWERLOSS_CUT";
+
+/// The environment that arms a process to cut power before its N-th recorded op.
+fn armed_env(arm: Option<u64>) -> Vec<(String, String)> {
+    arm.map(|n| (String::from(POWERLOSS_CUT_ENV), n.to_string())).into_iter().collect()
 }

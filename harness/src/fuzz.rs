@@ -1,16 +1,25 @@
 //! Randomized fault runs: a seed composes a scenario from the same steps the hand-written
 //! ones use — starts, kill -9, pauses with takeovers, lock-file replacement, enqueues of
-//! probe jobs, busy-database holds, forward clock steps — then a final phase (resume and
-//! kill everything, start one daemon, wait until every acknowledged job is terminal) and the
-//! invariant check. The run is judged by the invariants and by that final wait alone, so a
-//! step with a racy outcome asserts nothing.
+//! probe jobs (some scheduled a few seconds out), busy-database holds, wall-clock steps
+//! forward and back — and storage faults, each followed by its recovery: power losses
+//! (the power fails while jobs run, right after an enqueue, with background enqueues in
+//! flight, with no daemon, or at a daemon's N-th write), a daemon started with too few file
+//! descriptors for the jobs it may start, a full disk (a tmpfs home filled, then freed) and
+//! a stray `-wal` (the database moved away after a crash: a start must refuse, then it is
+//! moved back). Then a final phase (resume and kill everything, start one daemon, wait
+//! until every acknowledged job is terminal) and the invariant check. The run is judged by
+//! the invariants, by that final wait, and by the few steps whose outcome is certain (a
+//! daemon started after every other was killed becomes active; a start beside a stray
+//! `-wal` exits 65), so a step with a racy outcome asserts nothing.
 //!
 //! A failing seed is printed with the command that reruns it and written out as a scenario
 //! file, which `homer-harness run` replays as it is.
 //!
 //! The waits between fault steps (`wait = "duration"`) are part of the random schedule, not
-//! synchronisation. Clock steps only go forward: a backward step would leave jobs enqueued
-//! meanwhile waiting for their `run_after` beyond the final phase's deadline.
+//! synchronisation. A full disk needs a tmpfs home (Linux, root or `CAP_SYS_ADMIN`): where
+//! none can be mounted, that fault is not drawn ([`Allowed::here`] says why), so a seed's
+//! schedule depends on that, and the written-out file is what replays it. A damaged page is
+//! never drawn: the daemon stops for good on one (correctly), and the drain must complete.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -38,25 +47,321 @@ impl Rng {
     }
 }
 
-/// A start step; one in three goes through another lock file, where only the database's
-/// leader row stands between two daemons (PITFALLS 6, 7).
-fn start(rng: &mut Rng, n: u32) -> String {
-    if rng.below(3) == 0 {
-        format!("start = \"f{n}\"\nlock_file = \"{{sandbox}}/alt.lock\"")
-    } else {
-        format!("start = \"f{n}\"")
+/// What this machine lets the generator draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    /// A tmpfs home can be mounted (for the full-disk fault).
+    pub tmpfs: bool,
+}
+
+impl Allowed {
+    /// Everything.
+    pub const ALL: Allowed = Allowed { tmpfs: true };
+
+    /// What this process can do, and why a fault is left out.
+    pub fn here() -> (Allowed, Option<String>) {
+        match crate::faults::cannot_mount() {
+            None => (Allowed { tmpfs: true }, None),
+            Some(why) => (Allowed { tmpfs: false }, Some(format!("full-disk faults are not drawn: {why}"))),
+        }
     }
 }
 
-/// The scenario text for `seed`.
-pub fn generate(seed: u64) -> String {
-    let mut rng = Rng(seed ^ 0x486F_6D65_7244_0001);
+/// The size of the tmpfs home of a seed that fills its disk.
+const HOME_SIZE: &str = "16m";
+
+/// One seed's schedule as it is being written.
+struct Gen {
+    rng: Rng,
+    steps: String,
+    /// Daemons started so far (`f1`..`fN`).
+    daemons: u32,
+    /// Other numbered things (filler files, batch files, background enqueuers).
+    serial: u32,
+    /// A power-loss step or an armed daemon was drawn: the header must record.
+    power_loss: bool,
+    /// The disk was filled: the home must be a tmpfs.
+    fills: bool,
+}
+
+impl Gen {
+    fn step(&mut self, body: &str) {
+        let _ = write!(self.steps, "\n[[step]]\n{body}\n");
+    }
+
+    fn pause(&mut self, lo: u64, hi: u64) {
+        let ms = self.rng.range(lo, hi);
+        self.step(&format!("wait = \"duration\"\nduration = \"{ms}ms\""));
+    }
+
+    /// Mostly the newest daemon (the one likely active), sometimes any earlier one.
+    fn some_daemon(&mut self) -> u32 {
+        let d = self.daemons.max(1);
+        if self.rng.below(10) < 7 {
+            d
+        } else {
+            self.rng.range(1, u64::from(d)) as u32
+        }
+    }
+
+    /// A start step; one in three goes through another lock file, where only the
+    /// database's leader row stands between two daemons (PITFALLS 6, 7).
+    fn start(&mut self) -> u32 {
+        self.daemons += 1;
+        let n = self.daemons;
+        if self.rng.below(3) == 0 {
+            self.step(&format!("start = \"f{n}\"\nlock_file = \"{{sandbox}}/alt.lock\""));
+        } else {
+            self.step(&format!("start = \"f{n}\""));
+        }
+        n
+    }
+
+    /// Probe jobs; half leave a grandchild in their group that outlives them (the part of
+    /// an old attempt only a group kill reaches, PITFALLS 16); one in four is scheduled a
+    /// few seconds out (PITFALLS 27: a wall-clock step must neither hold it back nor
+    /// release it early).
+    fn enqueue(&mut self) {
+        let count = self.rng.range(1, 3);
+        let sleep = self.rng.range(50, 1500);
+        let mut body = format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\"");
+        if self.rng.below(2) == 0 {
+            let _ = write!(body, "\ngrandchild = \"{}ms\"", self.rng.range(300, 1500));
+        }
+        if self.rng.below(4) == 0 {
+            let _ = write!(body, "\nrun_after = \"{}s\"", self.rng.range(1, 4));
+        }
+        self.step(&body);
+    }
+
+    /// Every process of the scenario killed, and gone (a kill -9 of everything, no power
+    /// loss): the next start is certain to become active.
+    fn kill_everything(&mut self) {
+        self.step("signal = \"*\"\nsig = \"KILL\"");
+        self.step("wait = \"exit\"\ntarget = \"*\"");
+    }
+
+    /// A start that must become active: nothing else is alive.
+    fn start_alone(&mut self, extra: &str) -> u32 {
+        self.daemons += 1;
+        let n = self.daemons;
+        self.step(&format!("start = \"f{n}\"{extra}"));
+        self.step(&format!("wait = \"event\"\ntarget = \"f{n}\"\nevent = \"daemon.active\"\ntimeout = \"20s\""));
+        n
+    }
+
+    /// The power fails, in one of several situations, and a daemon starts afterwards.
+    fn power_loss(&mut self) {
+        self.power_loss = true;
+        match self.rng.below(5) {
+            // While whatever runs, runs.
+            0 => {}
+            // Right after an enqueue was acknowledged (PITFALLS 24: it must survive).
+            1 => {
+                let (count, sleep) = (self.rng.range(1, 3), self.rng.range(50, 500));
+                self.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\""));
+            }
+            // With no daemon: acknowledged enqueues are the only writes.
+            2 => {
+                self.kill_everything();
+                let (count, sleep) = (self.rng.range(1, 3), self.rng.range(50, 500));
+                self.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\""));
+            }
+            // Background enqueues in flight: the ids they printed before the cut count.
+            3 => {
+                self.serial += 1;
+                let k = self.serial;
+                let lines = self.rng.range(5, 40);
+                let mut contents = String::new();
+                for i in 0..lines {
+                    contents.push_str(if i % 2 == 0 {
+                        "{\"kind\": \"noop\"}\n"
+                    } else {
+                        "{\"kind\": \"sleep\", \"args\": [\"30ms\"]}\n"
+                    });
+                }
+                self.step(&format!(
+                    "file = \"{{sandbox}}/batch-{k}.jsonl\"\nop = \"write\"\ncontents = \"\"\"\n{contents}\"\"\""
+                ));
+                let count = self.rng.range(1, 3);
+                self.step(&format!(
+                    "start = \"q{k}\"\ncount = {count}\ncommand = [\"enqueue\"]\nargs = [\"--from\", \"{{sandbox}}/batch-{k}.jsonl\"]"
+                ));
+                self.pause(0, 150);
+            }
+            // At the N-th write of the only daemon: in its startup, its claims, its
+            // renewals or its outcomes, wherever N falls (if it gets that far).
+            _ => {
+                self.kill_everything();
+                self.daemons += 1;
+                let n = self.daemons;
+                let arm = self.rng.range(5, 120);
+                self.step(&format!("start = \"f{n}\"\narm = {arm}"));
+                let (count, sleep) = (self.rng.range(1, 4), self.rng.range(20, 200));
+                self.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\""));
+                self.pause(100, 1200);
+            }
+        }
+        self.step("power_loss = \"cut\"");
+        self.start();
+    }
+
+    /// A daemon with a low descriptor limit (soft = hard, so it cannot raise it) allowed
+    /// many jobs at once, and a burst of work: job starts fail for want of descriptors,
+    /// which is the daemon's trouble, never the job's (PITFALLS 25).
+    fn few_descriptors(&mut self) {
+        self.kill_everything();
+        let nofile = self.rng.range(48, 96);
+        let extra = format!(
+            "\nnofile = {nofile}\nargs = [\"--set\", \"concurrency=32\", \"--set\", \"lanes.default.concurrency=32\"]"
+        );
+        self.start_alone(&extra);
+        let count = self.rng.range(12, 30);
+        let sleep = self.rng.range(50, 300);
+        self.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\"\nfrom_file = true"));
+        self.pause(300, 1500);
+    }
+
+    /// The disk fills up for a while, then the space comes back (PITFALLS 25).
+    fn full_disk(&mut self) {
+        self.fills = true;
+        self.serial += 1;
+        let k = self.serial;
+        self.step(&format!("file = \"{{home}}/filler-{k}\"\nop = \"fill\""));
+        self.pause(300, 2000);
+        self.step(&format!("file = \"{{home}}/filler-{k}\"\nop = \"remove\""));
+    }
+
+    /// A crash, then the database moved away: a start beside its `-wal` must refuse (65)
+    /// and create nothing; moved back, work goes on (PITFALLS 23).
+    fn stray_wal(&mut self) {
+        self.kill_everything();
+        let n = self.start_alone("");
+        self.step(&format!("signal = \"f{n}\"\nsig = \"KILL\""));
+        self.step(&format!("wait = \"exit\"\ntarget = \"f{n}\""));
+        self.serial += 1;
+        let k = self.serial;
+        // Inside the home: on a tmpfs home a rename to another filesystem would fail.
+        self.step(&format!("file = \"{{db}}\"\nop = \"rename\"\nto = \"{{home}}/aside-{k}/homer.db\""));
+        self.daemons += 1;
+        let refused = self.daemons;
+        self.step(&format!("start = \"f{refused}\""));
+        self.step(&format!(
+            "exit = \"f{refused}\"\ncode = 65\nstderr = [\"re:homer\\\\.db-(wal|shm)\"]\ntimeout = \"20s\""
+        ));
+        self.step("file = \"{db}\"\nop = \"absent\"");
+        self.step(&format!("file = \"{{home}}/aside-{k}/homer.db\"\nop = \"rename\"\nto = \"{{db}}\""));
+        self.start();
+    }
+}
+
+/// The scenario text for `seed` (what `allowed` lets it draw).
+pub fn generate(seed: u64, allowed: Allowed) -> String {
+    let mut g = Gen {
+        rng: Rng(seed ^ 0x486F_6D65_7244_0001),
+        steps: String::new(),
+        daemons: 0,
+        serial: 0,
+        power_loss: false,
+        fills: false,
+    };
+    // Always begin with a daemon and some work, so every seed exercises the queue.
+    g.daemons += 1;
+    g.step("start = \"f1\"");
+    g.step("wait = \"event\"\ntarget = \"f1\"\nevent = \"daemon.active\"");
+    let actions = g.rng.range(6, 16);
+    for _ in 0..actions {
+        match g.rng.below(112) {
+            0..=23 => g.enqueue(),
+            24..=36 => {
+                g.start();
+            }
+            37..=50 => {
+                // Crash and restart at once (PITFALLS 3, 10, 16).
+                let victim = g.some_daemon();
+                g.step(&format!("signal = \"f{victim}.*\"\nsig = \"KILL\""));
+                g.start();
+            }
+            51..=59 => {
+                // Pause, let the lease go stale, take over, resume (PITFALLS 7): either the
+                // lock file is lost and the newcomer takes the default path, or the newcomer
+                // comes through another lock file and only the leader row arbitrates.
+                let victim = g.some_daemon();
+                g.step(&format!("signal = \"f{victim}.*\"\nsig = \"STOP\""));
+                let through_alt = g.rng.below(2) == 0;
+                if !through_alt {
+                    g.step("file = \"{lock}\"\nop = \"replace\"");
+                }
+                g.step("wait = \"duration\"\nduration = \"1300ms\"");
+                g.daemons += 1;
+                let n = g.daemons;
+                if through_alt {
+                    g.step(&format!("start = \"f{n}\"\nlock_file = \"{{sandbox}}/alt.lock\""));
+                } else {
+                    g.step(&format!("start = \"f{n}\""));
+                }
+                g.pause(100, 900);
+                g.step(&format!("signal = \"f{victim}.*\"\nsig = \"CONT\""));
+                // Work for whoever believes it is active.
+                let (count, sleep) = (g.rng.range(1, 3), g.rng.range(50, 500));
+                g.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\""));
+            }
+            60..=64 => g.step("file = \"{lock}\"\nop = \"replace\""),
+            65..=69 => {
+                let ms = g.rng.range(200, 1600);
+                g.step(&format!("hold_write = \"{ms}ms\""));
+            }
+            70..=72 => {
+                let s = g.rng.range(1, 7200);
+                g.step(&format!("clock = \"+{s}s\""));
+            }
+            // Backward, with work queued behind a busy lane: at least five minutes, so a
+            // daemon that schedules by the raw wall clock holds those ready jobs back past
+            // the final drain (PITFALLS 27).
+            73..=76 => {
+                let (count, sleep) = (g.rng.range(2, 4), g.rng.range(200, 800));
+                g.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\""));
+                let s = g.rng.range(300, 10_800);
+                g.step(&format!("clock = \"-{s}s\""));
+            }
+            77..=79 => {
+                let victim = g.some_daemon();
+                g.step(&format!("signal = \"f{victim}.*\"\nsig = \"TERM\""));
+            }
+            80..=88 => g.power_loss(),
+            89..=93 => g.few_descriptors(),
+            94..=97 if allowed.tmpfs => g.full_disk(),
+            98..=101 => g.stray_wal(),
+            _ => {}
+        }
+        g.pause(20, 500);
+    }
+    // Final phase: resume and kill everything, one daemon drains the queue.
+    g.step("signal = \"*\"\nsig = \"CONT\"");
+    g.step("signal = \"*\"\nsig = \"KILL\"");
+    // The kernel drops a killed daemon's flock when it has exited: wait for that, or the
+    // last start can lose the lock to a daemon that is already dead.
+    g.step("wait = \"exit\"\ntarget = \"*\"");
+    g.step("start = \"final\"");
+    g.step("wait = \"event\"\ntarget = \"final\"\nevent = \"daemon.active\"\ntimeout = \"20s\"");
+    g.step(
+        "wait = \"sql\"\nquery = \"SELECT count(*) FROM job_queue WHERE status IN ('pending', 'running')\"\nrows = [[0]]\ntimeout = \"60s\"",
+    );
+    g.step("check = \"invariants\"");
+
     let mut t = String::new();
     let _ = writeln!(t, "# Generated by `homer-harness fuzz --seed {seed}`.");
     let _ = writeln!(t, "description = \"randomized fault run, seed {seed}\"");
     t.push_str("covers = [\"fuzz\"]\n");
     t.push_str("mutant_none = \"randomized run: judged by the invariants and the final drain\"\n");
-    t.push_str("timeout = \"120s\"\n\n[settings]\n");
+    t.push_str("timeout = \"180s\"\n");
+    if g.fills {
+        let _ = writeln!(t, "requires = [\"tmpfs\"]\nhome_size = \"{HOME_SIZE}\"");
+    }
+    if g.power_loss {
+        t.push_str("power_loss = true\n");
+    }
+    t.push_str("\n[settings]\n");
     for (k, v) in [
         ("heartbeat_interval", "100ms"),
         ("stale_threshold", "1s"),
@@ -69,93 +374,7 @@ pub fn generate(seed: u64) -> String {
     ] {
         let _ = writeln!(t, "{k} = \"{v}\"");
     }
-    let mut daemons = 0u32;
-    let step = |t: &mut String, body: &str| {
-        let _ = write!(t, "\n[[step]]\n{body}\n");
-    };
-    // Always begin with a daemon and some work, so every seed exercises the queue.
-    daemons += 1;
-    step(&mut t, &format!("start = \"f{daemons}\""));
-    step(&mut t, &format!("wait = \"event\"\ntarget = \"f{daemons}\"\nevent = \"daemon.active\""));
-    let actions = rng.range(6, 16);
-    for _ in 0..actions {
-        let pick = rng.below(100);
-        // Mostly the newest daemon (the one likely active), sometimes any earlier one.
-        let some =
-            |rng: &mut Rng, d: u32| if rng.below(10) < 7 { u64::from(d) } else { rng.range(1, u64::from(d.max(1))) };
-        match pick {
-            0..=24 => {
-                let count = rng.range(1, 3);
-                let sleep = rng.range(50, 1500);
-                // Half the jobs leave a grandchild in their group that outlives them: the
-                // part of an old attempt only a group kill reaches (PITFALLS 16).
-                let grandchild = if rng.below(2) == 0 {
-                    format!("\ngrandchild = \"{}ms\"", rng.range(300, 1500))
-                } else {
-                    String::new()
-                };
-                step(&mut t, &format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\"{grandchild}"));
-            }
-            25..=39 => {
-                daemons += 1;
-                step(&mut t, &start(&mut rng, daemons));
-            }
-            40..=54 => {
-                // Crash and restart at once (PITFALLS 3, 10, 16).
-                let victim = some(&mut rng, daemons);
-                step(&mut t, &format!("signal = \"f{victim}.*\"\nsig = \"KILL\""));
-                daemons += 1;
-                step(&mut t, &start(&mut rng, daemons));
-            }
-            55..=64 => {
-                // Pause, let the lease go stale, take over, resume (PITFALLS 7): either the
-                // lock file is lost and the newcomer takes the default path, or the newcomer
-                // comes through another lock file and only the leader row arbitrates.
-                let victim = some(&mut rng, daemons);
-                step(&mut t, &format!("signal = \"f{victim}.*\"\nsig = \"STOP\""));
-                let through_alt = rng.below(2) == 0;
-                if !through_alt {
-                    step(&mut t, "file = \"{lock}\"\nop = \"replace\"");
-                }
-                step(&mut t, "wait = \"duration\"\nduration = \"1300ms\"");
-                daemons += 1;
-                if through_alt {
-                    step(&mut t, &format!("start = \"f{daemons}\"\nlock_file = \"{{sandbox}}/alt.lock\""));
-                } else {
-                    step(&mut t, &format!("start = \"f{daemons}\""));
-                }
-                step(&mut t, &format!("wait = \"duration\"\nduration = \"{}ms\"", rng.range(100, 900)));
-                step(&mut t, &format!("signal = \"f{victim}.*\"\nsig = \"CONT\""));
-                // Work for whoever believes it is active.
-                step(
-                    &mut t,
-                    &format!("enqueue = \"probe\"\ncount = {}\nsleep = \"{}ms\"", rng.range(1, 3), rng.range(50, 500)),
-                );
-            }
-            65..=71 => step(&mut t, "file = \"{lock}\"\nop = \"replace\""),
-            72..=77 => step(&mut t, &format!("hold_write = \"{}ms\"", rng.range(200, 1600))),
-            78..=81 => step(&mut t, &format!("clock = \"+{}s\"", rng.range(1, 7200))),
-            82..=86 => {
-                let victim = some(&mut rng, daemons);
-                step(&mut t, &format!("signal = \"f{victim}.*\"\nsig = \"TERM\""));
-            }
-            _ => {}
-        }
-        step(&mut t, &format!("wait = \"duration\"\nduration = \"{}ms\"", rng.range(20, 500)));
-    }
-    // Final phase: resume and kill everything, one daemon drains the queue.
-    step(&mut t, "signal = \"*\"\nsig = \"CONT\"");
-    step(&mut t, "signal = \"*\"\nsig = \"KILL\"");
-    // The kernel drops a killed daemon's flock when it has exited: wait for that, or the
-    // last start can lose the lock to a daemon that is already dead.
-    step(&mut t, "wait = \"exit\"\ntarget = \"f*\"");
-    step(&mut t, "start = \"final\"");
-    step(&mut t, "wait = \"event\"\ntarget = \"final\"\nevent = \"daemon.active\"\ntimeout = \"20s\"");
-    step(
-        &mut t,
-        "wait = \"sql\"\nquery = \"SELECT count(*) FROM job_queue WHERE status IN ('pending', 'running')\"\nrows = [[0]]\ntimeout = \"60s\"",
-    );
-    step(&mut t, "check = \"invariants\"");
+    t.push_str(&g.steps);
     t
 }
 
@@ -164,9 +383,13 @@ pub fn generate(seed: u64) -> String {
 /// broken daemon is caught).
 pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path, until_caught: bool) -> ExitCode {
     let seeds: Vec<u64> = (first..first.saturating_add(count.max(1))).collect();
+    let (allowed, left_out) = Allowed::here();
+    if let Some(why) = left_out {
+        println!("fuzz: {why}");
+    }
     let mut scenarios = Vec::new();
     for &seed in &seeds {
-        let text = generate(seed);
+        let text = generate(seed, allowed);
         let path = out.join(format!("fuzz-seed-{seed}.toml"));
         match scenario::parse_str(&path, &text) {
             Ok(s) => scenarios.push((seed, text, s)),
@@ -209,5 +432,93 @@ pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path, unti
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{FileOp, Step};
+
+    /// How often each storage fault appears in the steps of `seeds`.
+    #[derive(Debug, Default)]
+    struct Drawn {
+        power_losses: usize,
+        armed: usize,
+        background_enqueues: usize,
+        few_descriptors: usize,
+        fills: usize,
+        stray_refusals: usize,
+        back_steps: usize,
+        forward_steps: usize,
+        delayed_jobs: usize,
+        seeds_with_power_loss: usize,
+    }
+
+    fn draw(seeds: std::ops::RangeInclusive<u64>, allowed: Allowed) -> Drawn {
+        let mut d = Drawn::default();
+        for seed in seeds {
+            let text = generate(seed, allowed);
+            let sc = scenario::parse_str(Path::new("fuzz.toml"), &text)
+                .unwrap_or_else(|e| panic!("seed {seed} does not parse: {e}\n{text}"));
+            let (mut cuts, mut fills, mut armed) = (0, 0, 0);
+            for at in &sc.steps {
+                match &at.step {
+                    Step::PowerLoss(_) => cuts += 1,
+                    Step::Start(s) if s.arm.is_some() => armed += 1,
+                    Step::Start(s) if s.command.first().map(String::as_str) == Some("enqueue") => {
+                        d.background_enqueues += 1
+                    }
+                    Step::Start(s) if s.nofile.is_some() => d.few_descriptors += 1,
+                    Step::File(f) if matches!(f.op, FileOp::Fill) => fills += 1,
+                    Step::Exit(x) if x.code == 65 => d.stray_refusals += 1,
+                    Step::Clock { step_ms } if *step_ms < 0 => d.back_steps += 1,
+                    Step::Clock { .. } => d.forward_steps += 1,
+                    Step::Enqueue(e) if e.run_after.is_some() => d.delayed_jobs += 1,
+                    _ => {}
+                }
+            }
+            // The header follows the steps: recording exactly when a power loss is drawn,
+            // a tmpfs home exactly when the disk is filled.
+            assert_eq!(sc.power_loss, cuts + armed > 0, "seed {seed}");
+            assert_eq!(sc.home_size.is_some(), fills > 0, "seed {seed}");
+            assert!(armed <= cuts, "seed {seed}: an armed daemon is always followed by a power loss");
+            d.power_losses += cuts;
+            d.armed += armed;
+            d.fills += fills;
+            d.seeds_with_power_loss += usize::from(cuts > 0);
+        }
+        d
+    }
+
+    #[test]
+    fn every_seed_parses_and_draws_storage_faults() {
+        let d = draw(1..=200, Allowed::ALL);
+        let counts = [
+            d.power_losses,
+            d.armed,
+            d.background_enqueues,
+            d.few_descriptors,
+            d.fills,
+            d.stray_refusals,
+            d.back_steps,
+            d.forward_steps,
+            d.delayed_jobs,
+        ];
+        assert!(counts.iter().all(|&n| n >= 10), "every fault drawn at least 10 times in 200 seeds: {d:?}");
+        assert!(d.seeds_with_power_loss >= 60, "a power loss in at least 60 of 200 seeds: {d:?}");
+    }
+
+    #[test]
+    fn without_a_tmpfs_the_disk_is_never_filled() {
+        let d = draw(1..=200, Allowed { tmpfs: false });
+        assert_eq!(d.fills, 0);
+        assert!(d.power_losses > 0 && d.few_descriptors > 0 && d.stray_refusals > 0, "{d:?}");
+    }
+
+    #[test]
+    fn a_seed_is_its_schedule() {
+        assert_eq!(generate(7, Allowed::ALL), generate(7, Allowed::ALL));
+        assert_ne!(generate(7, Allowed::ALL), generate(8, Allowed::ALL));
     }
 }

@@ -171,6 +171,8 @@ pub struct RunRow {
     pub outcome: Option<String>,
     /// `ended_at IS NOT NULL`.
     pub ended: bool,
+    /// Why the run ended as it did (`NULL` for a completed run).
+    pub error: Option<String>,
 }
 
 /// The database at the end of a scenario (or at a `check` step).
@@ -228,7 +230,7 @@ impl DbState {
         let runs = {
             let mut stmt = tx
                 .prepare(
-                    "SELECT id, job_id, run, attempt, epoch, claim_token, outcome, ended_at IS NOT NULL
+                    "SELECT id, job_id, run, attempt, epoch, claim_token, outcome, ended_at IS NOT NULL, error
                      FROM job_runs ORDER BY id",
                 )
                 .map_err(|e| context("read job_runs", e))?;
@@ -242,6 +244,7 @@ impl DbState {
                     claim_token: r.get(5)?,
                     outcome: r.get(6)?,
                     ended: r.get(7)?,
+                    error: r.get(8)?,
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -289,6 +292,22 @@ pub struct History {
     pub db: Option<DbState>,
     /// Job ids whose enqueue printed an id (acknowledged: must never be lost).
     pub acked: Vec<i64>,
+    /// The power losses the scenario cut (`power_loss` steps), in order.
+    pub power_cuts: Vec<PowerCut>,
+}
+
+/// One `power_loss` step: every process of the scenario was SIGKILLed and gone, then every
+/// write no fsync covered was dropped. What happened before it still happened (the events
+/// printed, the effects recorded), but the database kept only what was durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PowerCut {
+    /// When the writes were dropped, since the scenario started (every exit observed).
+    pub at: Duration,
+    /// `CLOCK_MONOTONIC` in nanoseconds at that moment (the probe's clock, see [`Effect`]):
+    /// an effect before it was written by a process the cut killed.
+    pub mono_ns: u64,
+    /// The `seq` of the last event received before the cut (0: none).
+    pub last_seq: u64,
 }
 
 impl History {
@@ -307,6 +326,12 @@ impl History {
     /// Events named `name`, in receive order.
     pub fn events_named(&self, name: &str) -> Vec<&Event> {
         self.events_in_order().into_iter().filter(|e| e.name() == name).collect()
+    }
+
+    /// How many power cuts came before the monotonic instant `mono_ns` (0 before the first):
+    /// the "power era" an effect belongs to.
+    pub fn power_era(&self, mono_ns: u64) -> usize {
+        self.power_cuts.iter().filter(|c| c.mono_ns <= mono_ns).count()
     }
 }
 

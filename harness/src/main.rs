@@ -257,7 +257,11 @@ fn main() -> ExitCode {
         }
         Command::Fuzz { seed, seeds, target, out, print, until_caught } => {
             if print {
-                println!("{}", fuzz::generate(seed));
+                let (allowed, left_out) = fuzz::Allowed::here();
+                if let Some(why) = left_out {
+                    eprintln!("fuzz: {why}");
+                }
+                println!("{}", fuzz::generate(seed, allowed));
                 return ExitCode::SUCCESS;
             }
             let opts = match options(&target) {

@@ -4,8 +4,8 @@
 //! must fail on, what it requires), the `[settings]` every daemon and CLI call gets, and
 //! ordered `[[step]]` tables. Each step table has exactly one *verb* key (`start`, `wait`,
 //! `exit`, `signal`, `file`, `enqueue`, `cli`, `sql`, `hold_write`, `clock`, `check`,
-//! `expect_events`, `snapshot`) whose value names the step's subject, plus that verb's
-//! options. `scenarios/README.md` documents every step with an example.
+//! `expect_events`, `snapshot`, `power_loss`) whose value names the step's subject, plus
+//! that verb's options. `scenarios/README.md` documents every step with an example.
 //!
 //! Invariant: a file that parses is fully validated — every key known, every value of the
 //! right type, every duration well-formed — so a malformed file is rejected before any
@@ -40,6 +40,9 @@ pub struct Scenario {
     /// `home_size`: the home is a fresh tmpfs of this many bytes, mounted before any process
     /// starts and unmounted at teardown (needs `requires = ["tmpfs"]`).
     pub home_size: Option<u64>,
+    /// `power_loss = true`: every `homerd` process the scenario starts records its SQLite
+    /// writes (`HOMERD_POWERLOSS_LOG`), so a `power_loss` step can drop the un-synced ones.
+    pub power_loss: bool,
     /// `[settings]`: `--set key=value` given to every daemon and CLI call, in file order.
     /// Values that parse as durations are scaled by the time scale.
     pub settings: Vec<(String, String)>,
@@ -102,6 +105,15 @@ pub enum Step {
     ExpectEvents(ExpectEvents),
     /// Compare text gathered from the sandbox with an insta snapshot.
     Snapshot(Snapshot),
+    /// `power_loss = "cut"`: SIGKILL every process of the scenario at once, wait until all
+    /// are gone, then drop every write no fsync covered (the scenario's power-loss log).
+    PowerLoss(PowerLoss),
+}
+
+#[derive(Clone, Debug)]
+pub struct PowerLoss {
+    /// How long every process may take to die (default 10 s, scaled).
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +136,9 @@ pub struct Start {
     pub no_settings: bool,
     /// `RLIMIT_NOFILE` (soft, hard) the daemon starts with, set in the child before exec.
     pub nofile: Option<(u64, u64)>,
+    /// `HOMERD_POWERLOSS_CUT`: the process cuts power (SIGKILLs itself) just before its
+    /// N-th recorded write, truncate or sync (needs the `power_loss` header).
+    pub arm: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -267,6 +282,10 @@ pub struct Enqueue {
     /// All `count` jobs through one `homerd enqueue --from FILE` (a JSON-lines file the
     /// harness writes into the sandbox): one process, one transaction.
     pub from_file: bool,
+    /// The enqueue process cuts power before its N-th recorded op; it must die there,
+    /// acknowledging nothing (needs the `power_loss` header; one process: no `parallel`,
+    /// `count = 1` unless `from_file`, no `code`).
+    pub arm: Option<u64>,
 }
 
 /// Options of the effects probe (see `probe.rs`).
@@ -293,6 +312,8 @@ pub struct Cli {
     pub env: Vec<(String, String)>,
     pub no_settings: bool,
     pub timeout: Duration,
+    /// The process cuts power before its N-th recorded op and must die there (no `code`).
+    pub arm: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -393,7 +414,7 @@ pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
 pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, ParseError> {
     let src = Source::new(path, text);
     let root: Node = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
-    let mut cx = Cx { src, requires: Vec::new(), home_size: None, labels: Vec::new() };
+    let mut cx = Cx { src, requires: Vec::new(), home_size: None, power_loss: false, labels: Vec::new() };
     cx.scenario(&root)
 }
 
@@ -799,8 +820,18 @@ impl<'a> Tbl<'a> {
     }
 }
 
-const TOP_KEYS: &[&str] =
-    &["description", "covers", "mutant", "mutant_none", "requires", "timeout", "home_size", "settings", "step"];
+const TOP_KEYS: &[&str] = &[
+    "description",
+    "covers",
+    "mutant",
+    "mutant_none",
+    "requires",
+    "timeout",
+    "home_size",
+    "power_loss",
+    "settings",
+    "step",
+];
 const VERBS: &[&str] = &[
     "start",
     "wait",
@@ -815,9 +846,10 @@ const VERBS: &[&str] = &[
     "check",
     "expect_events",
     "snapshot",
+    "power_loss",
 ];
 const START_OPTS: &[&str] =
-    &["count", "command", "args", "env", "failpoints", "lock_file", "unprivileged", "no_settings", "nofile"];
+    &["count", "command", "args", "env", "failpoints", "lock_file", "unprivileged", "no_settings", "nofile", "arm"];
 const WAIT_KINDS: &[&str] = &["event", "exit", "sql", "effects", "duration"];
 const WAIT_OPTS: &[&str] = &[
     "timeout",
@@ -878,21 +910,23 @@ const ENQUEUE_OPTS: &[&str] = &[
     "grandchild_setsid",
     "exit_code",
     "ignore_term",
+    "arm",
 ];
 const PROBE_OPTS: &[&str] = &["sleep", "grandchild", "grandchild_setsid", "exit_code", "ignore_term"];
-const CLI_OPTS: &[&str] = &["code", "stdout", "stderr", "unprivileged", "env", "no_settings", "timeout"];
+const CLI_OPTS: &[&str] = &["code", "stdout", "stderr", "unprivileged", "env", "no_settings", "timeout", "arm"];
 const SQL_OPTS: &[&str] = &["rows", "write", "database"];
 const CHECK_OPTS: &[&str] = &["allow", "none_running"];
 const CHECK_ALLOW: &[&str] = &["pending", "running"];
 const EXPECT_OPTS: &[&str] = &["target", "fields", "min", "max"];
 const SNAPSHOT_OPTS: &[&str] = &["parts"];
 const PART_KINDS: &[&str] = &["lock_file", "migrations", "table_info", "messages", "command", "query"];
+const POWER_LOSS_OPTS: &[&str] = &["timeout"];
 
 /// Every option of every verb: a step key outside this and [`VERBS`] is an unknown verb.
 fn is_any_option(key: &str) -> bool {
     [START_OPTS, WAIT_OPTS, EXIT_OPTS, SIGNAL_OPTS, FILE_OPTS, ENQUEUE_OPTS, CLI_OPTS, SQL_OPTS, CHECK_OPTS]
         .iter()
-        .chain([EXPECT_OPTS, SNAPSHOT_OPTS].iter())
+        .chain([EXPECT_OPTS, SNAPSHOT_OPTS, POWER_LOSS_OPTS].iter())
         .any(|opts| opts.contains(&key))
 }
 
@@ -1023,6 +1057,8 @@ struct Cx<'a> {
     requires: Vec<Requirement>,
     /// The header's `home_size` (`op = "fill"` is allowed only on a tmpfs home).
     home_size: Option<u64>,
+    /// The header's `power_loss` (the `power_loss` step and `arm` need it).
+    power_loss: bool,
     /// Labels of `op = "remember"` steps so far.
     labels: Vec<String>,
 }
@@ -1229,6 +1265,17 @@ impl Cx<'_> {
         };
         let top = Tbl { path: String::new(), entries };
         for e in top.sorted() {
+            if e.key == "power_loss" && !matches!(e.node.val, Val::Bool(_)) {
+                return Err(self.err(
+                    &e.node.span.clone().or_else(|| e.span.clone()),
+                    e.key.clone(),
+                    format!(
+                        "expected a boolean (`power_loss = true` in the header records every homerd's writes; \
+                         the step `power_loss = \"cut\"` goes under a [[step]] header), found {}",
+                        describe(&e.node)
+                    ),
+                ));
+            }
             if !TOP_KEYS.contains(&e.key.as_str()) {
                 let hint = if VERBS.contains(&e.key.as_str()) || is_any_option(&e.key) {
                     String::from(" (step keys go under a [[step]] header)")
@@ -1316,6 +1363,9 @@ impl Cx<'_> {
         };
         self.home_size = home_size;
 
+        let power_loss = self.opt(&top, "power_loss", Self::boolean)?.unwrap_or(false);
+        self.power_loss = power_loss;
+
         let mut settings = Vec::new();
         if let Some(f) = top.get("settings") {
             self.settings(&f, "", &mut settings)?;
@@ -1342,6 +1392,7 @@ impl Cx<'_> {
             requires,
             timeout,
             home_size,
+            power_loss,
             settings,
             steps,
         })
@@ -1437,6 +1488,7 @@ impl Cx<'_> {
             }
             "check" => self.check(&t, &v)?,
             "expect_events" => self.expect_events(&t, &v)?,
+            "power_loss" => self.power_loss(&t, &v)?,
             _ => self.snapshot(&t, &v)?,
         };
         Ok(StepAt { line, step })
@@ -1455,6 +1507,40 @@ impl Cx<'_> {
             unprivileged: self.unprivileged(t)?,
             no_settings: self.opt(t, "no_settings", Self::boolean)?.unwrap_or(false),
             nofile: self.opt(t, "nofile", Self::nofile)?,
+            arm: self.arm(t)?,
+        }))
+    }
+
+    /// `arm = N`: cut power before the process's N-th recorded op (N >= 1); only in a
+    /// scenario whose header records (`power_loss = true`).
+    fn arm(&self, t: &Tbl) -> Res<Option<u64>> {
+        let Some(f) = t.get("arm") else { return Ok(None) };
+        let n = self.int(&f, 1, i64::MAX, "an op number of at least 1 (the N-th write, truncate or sync)")?;
+        if !self.power_loss {
+            return Err(self.err(
+                &f.key_span,
+                f.path.clone(),
+                "`arm` cuts power at a recorded op: it needs `power_loss = true` in the scenario header",
+            ));
+        }
+        Ok(Some(n as u64))
+    }
+
+    /// `power_loss = "cut"`: the only value; needs the header that makes processes record.
+    fn power_loss(&self, t: &Tbl, v: &Field) -> Res<Step> {
+        if v.str() != Some("cut") {
+            return Err(self.wrong(v, "\"cut\" (the header takes `power_loss = true`)"));
+        }
+        self.only(t, &[&["power_loss"], POWER_LOSS_OPTS].concat(), "`power_loss`")?;
+        if !self.power_loss {
+            return Err(self.err(
+                &v.key_span,
+                v.path.clone(),
+                "a `power_loss` step needs `power_loss = true` in the scenario header (so every homerd process records its writes)",
+            ));
+        }
+        Ok(Step::PowerLoss(PowerLoss {
+            timeout: self.opt(t, "timeout", Self::duration)?.unwrap_or(Duration::from_secs(10)),
         }))
     }
 
@@ -1728,6 +1814,28 @@ impl Cx<'_> {
                 "give `parallel` (one process per job) or `from_file` (one process for all), not both",
             ));
         }
+        let arm = self.arm(t)?;
+        if arm.is_some() {
+            // An armed enqueue is one process that dies at its cut: nothing to run in
+            // parallel, no exit code to expect.
+            let count = self.opt(t, "count", |cx, f| cx.count(f, 1))?.unwrap_or(1);
+            let clash = if parallel {
+                t.get("parallel")
+            } else if let Some(f) = t.get("code") {
+                Some(f)
+            } else if count > 1 && !from_file {
+                t.get("count")
+            } else {
+                None
+            };
+            if let Some(f) = clash {
+                return Err(self.err(
+                    &f.key_span,
+                    f.path.clone(),
+                    "an armed enqueue is one process that must die at its cut: no `parallel`, no `code`, and `count = 1` unless `from_file = true`",
+                ));
+            }
+        }
         let probe = ProbeSpec {
             sleep: self.opt(t, "sleep", Self::duration)?.unwrap_or_default(),
             grandchild,
@@ -1748,11 +1856,20 @@ impl Cx<'_> {
             code: self.opt(t, "code", Self::code)?.unwrap_or(0),
             run_after: self.opt(t, "run_after", Self::text)?,
             from_file,
+            arm,
         }))
     }
 
     fn cli(&self, t: &Tbl, v: &Field) -> Res<Step> {
         self.only(t, &[&["cli"], CLI_OPTS].concat(), "`cli`")?;
+        let arm = self.arm(t)?;
+        if let (Some(_), Some(f)) = (arm, t.get("code")) {
+            return Err(self.err(
+                &f.key_span,
+                f.path.clone(),
+                "an armed `cli` must die at its cut: it has no exit code to expect (drop `code`)",
+            ));
+        }
         Ok(Step::Cli(Cli {
             args: self.nonempty_strings(v)?,
             code: self.opt(t, "code", Self::code)?.unwrap_or(0),
@@ -1762,6 +1879,7 @@ impl Cx<'_> {
             env: self.opt(t, "env", Self::str_map)?.unwrap_or_default(),
             no_settings: self.opt(t, "no_settings", Self::boolean)?.unwrap_or(false),
             timeout: self.opt(t, "timeout", Self::duration)?.unwrap_or(Duration::from_secs(30)),
+            arm,
         }))
     }
 
@@ -2544,6 +2662,97 @@ not_before = "1900ms"
         for (size, col) in [("\"2 furlongs\"", 13), ("\"2g\"", 13), ("100", 13), ("\"1.5m\"", 13), ("true", 13)] {
             let e = err(&format!("{HEADER}{tmpfs}home_size = {size}\n[[step]]\nstart = \"a\"\n"));
             assert_err(&e, 5, col, "home_size", "a size from \"4k\" to \"1g\"");
+        }
+    }
+
+    const POWER: &str = r#"description = "d"
+covers = ["test"]
+mutant = "m"
+power_loss = true
+
+[[step]]
+start = "a"
+arm = 40
+
+[[step]]
+enqueue = "noop"
+arm = 5
+
+[[step]]
+enqueue = "noop"
+count = 20
+from_file = true
+arm = 7
+
+[[step]]
+cli = ["migrate"]
+arm = 3
+stderr = ["!panic"]
+
+[[step]]
+power_loss = "cut"
+
+[[step]]
+power_loss = "cut"
+timeout = "20s"
+"#;
+
+    #[test]
+    fn power_loss_vocabulary() {
+        let s = parse(POWER).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.power_loss);
+        let steps: Vec<&Step> = s.steps.iter().map(|at| &at.step).collect();
+        assert!(matches!(steps[0], Step::Start(a) if a.arm == Some(40)));
+        assert!(matches!(steps[1], Step::Enqueue(q) if q.arm == Some(5) && q.count == 1));
+        assert!(matches!(steps[2], Step::Enqueue(q) if q.arm == Some(7) && q.count == 20 && q.from_file));
+        assert!(matches!(steps[3], Step::Cli(c) if c.arm == Some(3) && c.stderr.len() == 1));
+        assert!(matches!(steps[4], Step::PowerLoss(p) if p.timeout == Duration::from_secs(10)));
+        assert!(matches!(steps[5], Step::PowerLoss(p) if p.timeout == Duration::from_secs(20)));
+        // Defaults: no recording, nothing armed.
+        let s = parse(&format!("{HEADER}[[step]]\nstart = \"a\"\n\n[[step]]\ncli = [\"status\"]\n")).unwrap();
+        let (Step::Start(a), Step::Cli(c)) = (&s.steps[0].step, &s.steps[1].step) else { panic!("start, cli") };
+        assert_eq!((s.power_loss, a.arm, c.arm), (false, None, None));
+        let s = parse(&format!("{HEADER}power_loss = false\n[[step]]\nstart = \"a\"\n")).unwrap();
+        assert!(!s.power_loss);
+    }
+
+    #[test]
+    fn power_loss_rejections() {
+        let pl = "power_loss = true\n";
+        let cases: &[(&str, usize, usize, &str, &str)] = &[
+            ("power_loss = \"cut\"\n[[step]]\nstart = \"a\"\n", 4, 14, "power_loss", "goes under a [[step]] header"),
+            ("power_loss = 1\n[[step]]\nstart = \"a\"\n", 4, 14, "power_loss", "found the integer 1"),
+            ("[[step]]\npower_loss = \"cut\"\n", 5, 1, "step[1].power_loss", "needs `power_loss = true`"),
+            ("[[step]]\nstart = \"a\"\narm = 5\n", 6, 1, "step[1].arm", "needs `power_loss = true`"),
+            ("[[step]]\nenqueue = \"noop\"\narm = 5\n", 6, 1, "step[1].arm", "needs `power_loss = true`"),
+            ("[[step]]\ncli = [\"migrate\"]\narm = 5\n", 6, 1, "step[1].arm", "needs `power_loss = true`"),
+        ];
+        for (body, line, col, key, fragment) in cases {
+            assert_err(&err(&format!("{HEADER}{body}")), *line, *col, key, fragment);
+        }
+        // With the header (one line more above the steps).
+        let cases: &[(&str, usize, usize, &str, &str)] = &[
+            ("[[step]]\npower_loss = \"on\"\n", 6, 14, "step[1].power_loss", "expected \"cut\""),
+            ("[[step]]\npower_loss = true\n", 6, 14, "step[1].power_loss", "found the boolean true"),
+            ("[[step]]\npower_loss = \"cut\"\ntimeout = \"soon\"\n", 7, 11, "step[1].timeout", "a duration"),
+            ("[[step]]\npower_loss = \"cut\"\nsig = \"KILL\"\n", 7, 1, "step[1].sig", "unknown option `sig`"),
+            ("[[step]]\nstart = \"a\"\narm = 0\n", 7, 7, "step[1].arm", "an op number of at least 1"),
+            ("[[step]]\nstart = \"a\"\narm = \"5\"\n", 7, 7, "step[1].arm", "found \"5\""),
+            ("[[step]]\nenqueue = \"noop\"\narm = -3\n", 7, 7, "step[1].arm", "at least 1"),
+            (
+                "[[step]]\nenqueue = \"noop\"\ncount = 2\nparallel = true\narm = 5\n",
+                8,
+                1,
+                "step[1].parallel",
+                "an armed enqueue",
+            ),
+            ("[[step]]\nenqueue = \"noop\"\ncode = 0\narm = 5\n", 7, 1, "step[1].code", "no `code`"),
+            ("[[step]]\nenqueue = \"noop\"\ncount = 2\narm = 5\n", 7, 1, "step[1].count", "`count = 1`"),
+            ("[[step]]\ncli = [\"migrate\"]\ncode = 0\narm = 5\n", 7, 1, "step[1].code", "an armed `cli`"),
+            ("[[step]]\ncheck = \"invariants\"\narm = 5\n", 7, 1, "step[1].arm", "unknown option `arm`"),
+        ];
+        for (body, line, col, key, fragment) in cases {
+            assert_err(&err(&format!("{HEADER}{pl}{body}")), *line, *col, key, fragment);
         }
     }
 
