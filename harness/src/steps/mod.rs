@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod sql;
 pub mod start;
 pub mod wait;
+pub mod wait_file;
 
 /// One step verb: how it is written, parsed, summarised and run.
 pub(crate) trait Verb: Sized {
@@ -112,4 +113,5 @@ registry! {
     ExpectEvents(expect_events::ExpectEvents),
     Snapshot(snapshot::Snapshot),
     PowerLoss(power_loss::PowerLoss),
+    WaitFile(wait_file::WaitFile),
 }
