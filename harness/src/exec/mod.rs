@@ -18,6 +18,8 @@
 #![allow(clippy::disallowed_methods)]
 
 pub(crate) mod ctx;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
