@@ -1,5 +1,5 @@
 //! Runs one scenario: a sandbox, its processes, its steps, the invariants, the cleanup.
-//! The execution context the steps share is [`ctx::Ctx`]; each verb runs in its module
+//! The execution context the steps share is `ctx::Ctx`; each verb runs in its module
 //! under [`crate::steps`].
 //!
 //! Invariants of a run:

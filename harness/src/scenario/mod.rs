@@ -18,7 +18,7 @@
 //!
 //! - `tree`: TOML text to a tree of values with byte spans (`toml_edit`), spans to
 //!   `line:col`;
-//! - `kit`: the validation kit the step parsers share ([`Cx`](kit::Cx)), and the value
+//! - `kit`: the validation kit the step parsers share (`Cx`), and the value
 //!   types [`Scalar`] and [`Pattern`];
 //! - this module: the header, `[settings]`, and picking each step's verb.
 

@@ -1,13 +1,13 @@
 //! The step verbs of a scenario file, one module per verb, and their registry.
 //!
 //! Each module owns its verb completely: the parsed struct, its parser and validation
-//! (through the shared kit, [`crate::scenario::kit`]), the one-line summary the step log and
+//! (through the shared kit, `scenario::kit`), the one-line summary the step log and
 //! failure reports show, and what running it does to the run's context
-//! ([`crate::exec::ctx::Ctx`]). A module implements [`Verb`]; the `registry!` list below
+//! (`exec::ctx::Ctx`). A module implements `Verb`; the `registry!` list below
 //! turns the list of verbs into the [`Step`] enum, the verb names the parser accepts
 //! ([`VERBS`]), and the dispatch of parse, summary and run.
 //!
-//! Adding a verb: write `steps/<verb>.rs` with a type implementing [`Verb`], declare the
+//! Adding a verb: write `steps/<verb>.rs` with a type implementing `Verb`, declare the
 //! module and add its line to `registry!` here, and document it in `scenarios/README.md`.
 //! Nothing else in the harness names a verb.
 
