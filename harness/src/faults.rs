@@ -16,7 +16,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::scenario::Offset;
+use crate::steps::file::Offset;
 
 /// The seed of every `corrupt` step: fixed, so a damaged file is the same on every run.
 pub const CORRUPT_SEED: u64 = 0x686f_6d65_725f_3232;

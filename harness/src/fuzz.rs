@@ -438,7 +438,8 @@ pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path, unti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{FileOp, Step};
+    use crate::scenario::Step;
+    use crate::steps::file::FileOp;
 
     /// How often each storage fault appears in the steps of `seeds`.
     #[derive(Debug, Default)]
@@ -472,8 +473,8 @@ mod tests {
                     Step::Start(s) if s.nofile.is_some() => d.few_descriptors += 1,
                     Step::File(f) if matches!(f.op, FileOp::Fill) => fills += 1,
                     Step::Exit(x) if x.code == 65 => d.stray_refusals += 1,
-                    Step::Clock { step_ms } if *step_ms < 0 => d.back_steps += 1,
-                    Step::Clock { .. } => d.forward_steps += 1,
+                    Step::Clock(c) if c.step_ms < 0 => d.back_steps += 1,
+                    Step::Clock(_) => d.forward_steps += 1,
                     Step::Enqueue(e) if e.run_after.is_some() => d.delayed_jobs += 1,
                     _ => {}
                 }

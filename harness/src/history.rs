@@ -1,4 +1,4 @@
-//! The history of one scenario run: the data the invariant checkers (`check.rs`) judge.
+//! The history of one scenario run: the data the invariant checkers (`check/`) judge.
 //!
 //! Three independent sources, deliberately kept apart so one cannot vouch for another:
 //! - what `homerd` *said*: every JSON event line its processes printed ([`Event`]), with the

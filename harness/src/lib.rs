@@ -2,8 +2,11 @@
 //! and checks invariants over the database, the daemons' events and an independent effects
 //! history (see `scenarios/README.md` and ARCHITECTURE.md).
 //!
-//! - [`scenario`]: the file format and its validating parser.
-//! - [`exec`]: runs one scenario (sandbox, processes, steps, teardown).
+//! - [`scenario`]: the file format and its validating parser (header, settings, spans).
+//! - [`steps`]: one module per step verb (its struct, parser, summary and run) and the
+//!   registry of verbs.
+//! - [`exec`]: runs one scenario (sandbox, steps, teardown); `exec::ctx` is the context
+//!   every step runs against (processes, waits, queries, history).
 //! - [`procs`]: owns every process the harness starts (subreaper, markers, cleanup, signals).
 //! - [`faults`]: faults below the process (damaged bytes, a full filesystem, a tmpfs home).
 //! - [`probe`]: the effects probe jobs `exec`; [`history`] and [`check`]: the invariants.
@@ -25,6 +28,7 @@ pub mod report;
 pub mod scenario;
 pub mod selftest;
 pub mod snapshot;
+pub mod steps;
 
 use std::path::{Path, PathBuf};
 

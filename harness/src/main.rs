@@ -83,7 +83,7 @@ enum Command {
         until_caught: bool,
     },
     /// Sweep power cuts over small workloads: drop the writes no fsync covered, restart
-    /// cleanly, check that nothing acknowledged was lost (see harness/src/powersweep.rs)
+    /// cleanly, check that nothing acknowledged was lost (see harness/src/powersweep/)
     Powerloss {
         /// The daemon under test (default: `homerd` beside this binary)
         #[arg(long, value_name = "PATH", env = "HOMER_HARNESS_DAEMON")]

@@ -1,0 +1,722 @@
+//! The execution context of one scenario run ([`Ctx`]): the sandbox and its paths, the
+//! processes the run started and what they printed, the acknowledged job ids, and the
+//! machinery every step shares — placeholders, `homerd` commands, spawning with reader
+//! and waiter threads, waiting on a condition with a deadline, queries, the history the
+//! checkers judge, the step log. What a single verb does lives in its module under
+//! [`crate::steps`].
+//!
+//! Invariants: every process is spawned through [`procs`] under the run's marker; every
+//! wait has a deadline scaled by the time scale and is woken by what the readers and
+//! waiters record (or re-polls files and the database every 25 ms); the harness's own
+//! read-write connections never checkpoint on close ([`harness_rw`]).
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::Options;
+use crate::check::{self, CheckOptions};
+use crate::history::{DbState, Event, History, PowerCut, ProcKind, ProcRecord};
+use crate::procs;
+use crate::scenario::{parse_duration, Pattern, Scalar, Scenario};
+use crate::steps::enqueue::ProbeSpec;
+use crate::steps::file::Remembered;
+
+/// A finished CLI process: exit code, stdout, stderr.
+pub(crate) type CliOutput = (Option<i32>, Vec<u8>, Vec<u8>);
+/// A step's failure before logs are attached.
+#[derive(Debug)]
+pub(crate) struct StepError {
+    pub(crate) expected: String,
+    pub(crate) actual: String,
+}
+
+pub(crate) fn fail<T>(expected: impl Into<String>, actual: impl Into<String>) -> Result<T, StepError> {
+    Err(StepError { expected: expected.into(), actual: actual.into() })
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes and what they print
+
+pub(crate) struct ProcState {
+    pub(crate) name: String,
+    pub(crate) pid: u32,
+    pub(crate) kind: ProcKind,
+    pub(crate) started: Instant,
+    pub(crate) exited: Option<Instant>,
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+    pub(crate) stdout_closed: bool,
+    pub(crate) stderr_closed: bool,
+    /// A background `homerd enqueue` (a `start` whose command is `enqueue`): every id it
+    /// prints is acknowledged.
+    pub(crate) prints_ids: bool,
+}
+
+impl ProcState {
+    /// The job ids a background enqueue printed so far (whole lines only: an id is
+    /// printed with its newline in one write, after its commit).
+    pub(crate) fn printed_ids(&self) -> Vec<i64> {
+        if !self.prints_ids {
+            return Vec::new();
+        }
+        let text = String::from_utf8_lossy(&self.stdout);
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+/// A `hold_write` in progress: its thread holds the transaction until the hold ends or
+/// it is told to stop (a power loss ends it at once, as it ends every process).
+pub(crate) struct Hold {
+    pub(crate) stop: std::sync::mpsc::Sender<()>,
+    pub(crate) thread: JoinHandle<()>,
+}
+
+/// A read-write connection of the harness's own that never checkpoints when it closes:
+/// closing the last connection to a WAL database would otherwise copy the WAL into the
+/// database and delete it — writes no recording process made, which a later power loss
+/// could not account for (and which would hide a stray `-wal`).
+pub(crate) fn harness_rw(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    Ok(conn)
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) procs: Vec<ProcState>,
+    pub(crate) events: Vec<Event>,
+    pub(crate) seq: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    pub(crate) changed: Condvar,
+    pub(crate) start: Instant,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until `ready` returns Some or the deadline passes.
+    pub(crate) fn wait_for<T>(&self, deadline: Instant, mut ready: impl FnMut(&State) -> Option<T>) -> Option<T> {
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = ready(&st) {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            // Bounded so conditions on files and the database (which do not notify) are re-polled.
+            let slice = (deadline - now).min(Duration::from_millis(25));
+            st = self.changed.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+pub(crate) fn matches_target(target: &str, name: &str) -> bool {
+    if target == "*" {
+        return true;
+    }
+    if let Some(prefix) = target.strip_suffix(".*") {
+        return name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.')) || name == prefix;
+    }
+    if let Some(prefix) = target.strip_suffix('*') {
+        return name.starts_with(prefix);
+    }
+    target == name
+}
+
+pub(crate) fn scalar_matches(want: &Scalar, got: &serde_json::Value) -> bool {
+    match want {
+        Scalar::Null => got.is_null(),
+        Scalar::Int(i) => got.as_i64() == Some(*i),
+        Scalar::Float(f) => got.as_f64() == Some(*f),
+        Scalar::Bool(b) => got.as_bool() == Some(*b),
+        Scalar::Text(t) => {
+            got.as_str() == Some(t.as_str()) || (!got.is_string() && got.to_string().as_str() == t.as_str())
+        }
+    }
+}
+
+pub(crate) fn event_matches(e: &Event, target: &str, name: &str, fields: &[(String, Scalar)]) -> bool {
+    matches_target(target, &e.proc_name)
+        && e.name() == name
+        && fields.iter().all(|(k, v)| scalar_matches(v, e.json.get(k).unwrap_or(&serde_json::Value::Null)))
+}
+
+pub(crate) fn describe_fields(fields: &[(String, Scalar)]) -> String {
+    if fields.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!(" with {}", parts.join(", "))
+}
+
+// ---------------------------------------------------------------------------------------
+// The context every step runs against
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) sc: &'a Scenario,
+    pub(crate) opts: &'a Options,
+    pub(crate) sandbox: PathBuf,
+    pub(crate) marker: String,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) acked: Vec<i64>,
+    /// For each acknowledged id, when (CLOCK_MONOTONIC, ns, the probe's clock) the enqueue
+    /// process that acknowledged it was spawned: the earliest the job could be scheduled.
+    pub(crate) acked_at: Vec<u64>,
+    pub(crate) holds: Vec<Hold>,
+    pub(crate) remembered: HashMap<String, Remembered>,
+    /// One line per step run, with what it reported (e.g. how much `fill` wrote):
+    /// `harness-logs/steps.log`.
+    pub(crate) step_log: Vec<String>,
+    pub(crate) daemon_bin: PathBuf,
+    pub(crate) cli_count: usize,
+    pub(crate) threads: Vec<JoinHandle<()>>,
+    /// The power-loss log processes record into now (`powerloss/log-N`), with the header.
+    pub(crate) power_log: u32,
+    /// The `power_loss` steps run so far.
+    pub(crate) power_cuts: Vec<PowerCut>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(sc: &'a Scenario, opts: &'a Options, sandbox: PathBuf, marker: String, start: Instant) -> Self {
+        Ctx {
+            sc,
+            opts,
+            sandbox,
+            marker,
+            shared: Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new(), start }),
+            acked: Vec::new(),
+            acked_at: Vec::new(),
+            holds: Vec::new(),
+            remembered: HashMap::new(),
+            step_log: Vec::new(),
+            daemon_bin: opts.daemon.clone(),
+            cli_count: 0,
+            threads: Vec::new(),
+            power_log: 1,
+            power_cuts: Vec::new(),
+        }
+    }
+}
+
+impl Ctx<'_> {
+    pub(crate) fn home(&self) -> PathBuf {
+        self.sandbox.join("home")
+    }
+    pub(crate) fn lock_path(&self) -> PathBuf {
+        self.home().join("homer.lock")
+    }
+    pub(crate) fn db(&self) -> PathBuf {
+        self.home().join("homer.db")
+    }
+    pub(crate) fn effects_dir(&self) -> PathBuf {
+        self.sandbox.join("effects")
+    }
+    pub(crate) fn clock_file(&self) -> PathBuf {
+        self.sandbox.join("clock-offset-ms")
+    }
+    /// The power-loss log every `homerd` records into until the next `power_loss` step
+    /// (outside the home: a full tmpfs home must not stop the recording).
+    pub(crate) fn power_log_path(&self) -> PathBuf {
+        self.sandbox.join("powerloss").join(format!("log-{}", self.power_log))
+    }
+
+    /// Ends every `hold_write` in progress and waits for its thread (its connection closed).
+    pub(crate) fn end_holds(&mut self) {
+        for h in &self.holds {
+            let _ = h.stop.send(());
+        }
+        for h in self.holds.drain(..) {
+            let _ = h.thread.join();
+        }
+    }
+
+    pub(crate) fn scaled(&self, d: Duration) -> Duration {
+        d.mul_f64(self.opts.time_scale)
+    }
+
+    pub(crate) fn deadline(&self, d: Duration) -> Instant {
+        Instant::now() + self.scaled(d)
+    }
+
+    /// Substitute placeholders in one string.
+    pub(crate) fn subst(&self, s: &str) -> Result<String, StepError> {
+        let mut out = s
+            .replace("{sandbox}", &self.sandbox.to_string_lossy())
+            .replace("{home}", &self.home().to_string_lossy())
+            .replace("{lock}", &self.lock_path().to_string_lossy())
+            .replace("{db}", &self.db().to_string_lossy())
+            .replace("{scenarios}", &scenario_dir(&self.sc.path).to_string_lossy())
+            .replace("{probe}", &self.probe_argv(&ProbeSpec::default()).join(" "));
+        while let Some(start) = out.find("{job:") {
+            let end = out[start..]
+                .find('}')
+                .map(|e| start + e)
+                .ok_or_else(|| StepError { expected: String::from("{job:N}"), actual: out.clone() })?;
+            let n: usize = out[start + 5..end].parse().map_err(|_| StepError {
+                expected: String::from("{job:N} with N a number"),
+                actual: out[start..=end].to_string(),
+            })?;
+            let Some(id) = n.checked_sub(1).and_then(|i| self.acked.get(i)) else {
+                return fail(
+                    format!("at least {n} acknowledged enqueues for {{job:{n}}}"),
+                    format!("{}", self.acked.len()),
+                );
+            };
+            out.replace_range(start..=end, &id.to_string());
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn path(&self, s: &str) -> Result<PathBuf, StepError> {
+        let p = PathBuf::from(self.subst(s)?);
+        Ok(if p.is_absolute() { p } else { self.sandbox.join(p) })
+    }
+
+    pub(crate) fn probe_argv(&self, spec: &ProbeSpec) -> Vec<String> {
+        let mut v: Vec<String> = self.opts.probe.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        v.push(String::from("--effects"));
+        v.push(self.effects_dir().to_string_lossy().into_owned());
+        v.push(String::from("--sleep-ms"));
+        v.push(self.scaled(spec.sleep).as_millis().to_string());
+        if let Some(g) = spec.grandchild {
+            v.push(String::from("--grandchild-ms"));
+            v.push(self.scaled(g).as_millis().to_string());
+        }
+        if spec.grandchild_setsid {
+            v.push(String::from("--grandchild-setsid"));
+        }
+        if spec.exit_code != 0 {
+            v.push(String::from("--exit"));
+            v.push(spec.exit_code.to_string());
+        }
+        if spec.ignore_term {
+            v.push(String::from("--ignore-term"));
+        }
+        v
+    }
+
+    /// A `homerd` command: sandbox environment, settings after the subcommand.
+    pub(crate) fn homerd(
+        &self,
+        args: &[String],
+        with_settings: bool,
+        env: &[(String, String)],
+        unprivileged: bool,
+    ) -> Command {
+        let mut cmd = Command::new(&self.daemon_bin);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("HOMER_") || k.starts_with("HOMERD_") {
+                cmd.env_remove(k.as_ref());
+            }
+        }
+        // HOME and the XDG directories point into the sandbox, so nothing of the user's
+        // (an installed service unit, a config) leaks into a scenario.
+        cmd.env("HOMER_HOME", self.home())
+            .env("HOME", &self.sandbox)
+            .env("XDG_CONFIG_HOME", self.sandbox.join(".config"))
+            .env("XDG_DATA_HOME", self.sandbox.join(".local/share"))
+            .env("HOMER_LOG_FORMAT", "json")
+            .env("NO_COLOR", "1")
+            .env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file());
+        if let Some(m) = &self.opts.mutant {
+            cmd.env("HOMERD_MUTANT", m);
+        }
+        if self.sc.power_loss {
+            cmd.env(POWERLOSS_LOG_ENV, self.power_log_path());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut argv: Vec<String> = Vec::new();
+        if let Some((first, rest)) = args.split_first() {
+            argv.push(first.clone());
+            if with_settings {
+                for (k, v) in &self.sc.settings {
+                    argv.push(String::from("--set"));
+                    argv.push(format!("{k}={}", self.scale_setting(v)));
+                }
+            }
+            argv.extend(rest.iter().cloned());
+        }
+        cmd.args(argv).current_dir(&self.sandbox).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        procs::prepare(&mut cmd, &self.marker);
+        if unprivileged {
+            let _ = procs::drop_privileges(&mut cmd);
+        }
+        cmd
+    }
+
+    pub(crate) fn scale_setting(&self, v: &str) -> String {
+        match parse_duration(v) {
+            Some(d) if self.opts.time_scale != 1.0 => format!("{}ms", self.scaled(d).as_millis().max(1)),
+            _ => v.to_string(),
+        }
+    }
+
+    /// Spawn and attach readers and a waiter; returns the pid.
+    pub(crate) fn spawn(&mut self, name: String, kind: ProcKind, mut cmd: Command) -> Result<u32, StepError> {
+        let mut child = match procs::spawn(&mut cmd, &self.marker) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("{name} to start"), format!("spawn failed: {e}")),
+        };
+        let pid = child.id();
+        let index = {
+            let mut st = self.shared.lock();
+            st.procs.push(ProcState {
+                name: name.clone(),
+                pid,
+                kind,
+                started: Instant::now(),
+                exited: None,
+                code: None,
+                signal: None,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                stdout_closed: false,
+                stderr_closed: false,
+                prints_ids: false,
+            });
+            st.procs.len() - 1
+        };
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let shared = self.shared.clone();
+        if let Some(mut out) = stdout {
+            let shared = shared.clone();
+            self.threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match out.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => shared.lock().procs[index].stdout.extend_from_slice(&buf[..n]),
+                    }
+                }
+                shared.lock().procs[index].stdout_closed = true;
+                shared.changed.notify_all();
+            }));
+        }
+        if let Some(err) = stderr {
+            let shared = shared.clone();
+            let name = name.clone();
+            self.threads.push(std::thread::spawn(move || {
+                let mut reader = BufReader::new(err);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let json =
+                        serde_json::from_slice::<serde_json::Value>(&line).ok().filter(|v| v.get("event").is_some());
+                    let mut st = shared.lock();
+                    st.procs[index].stderr.extend_from_slice(&line);
+                    if let Some(json) = json {
+                        st.seq += 1;
+                        let seq = st.seq;
+                        st.events.push(Event { proc_name: name.clone(), pid, seq, at: shared.start.elapsed(), json });
+                    }
+                    drop(st);
+                    shared.changed.notify_all();
+                }
+                shared.lock().procs[index].stderr_closed = true;
+                shared.changed.notify_all();
+            }));
+        }
+        self.threads.push(std::thread::spawn(move || {
+            let status = child.wait();
+            procs::disown(pid);
+            let mut st = shared.lock();
+            let p = &mut st.procs[index];
+            p.exited = Some(Instant::now());
+            if let Ok(s) = status {
+                use std::os::unix::process::ExitStatusExt;
+                p.code = s.code();
+                p.signal = s.signal();
+            }
+            drop(st);
+            shared.changed.notify_all();
+        }));
+        Ok(pid)
+    }
+
+    /// An armed process (`arm = N`) must have died at its cut: SIGKILLed by itself just
+    /// before its N-th recorded op. One that exited by itself had fewer ops than that.
+    pub(crate) fn expect_cut(&mut self, name: &str, arm: u64) -> Result<(), StepError> {
+        let (code, signal) = {
+            let st = self.shared.lock();
+            match st.procs.iter().rev().find(|p| p.name == name) {
+                Some(p) => (p.code, p.signal),
+                None => return fail(format!("a process named {name}"), "none was started"),
+            }
+        };
+        if signal != Some(libc::SIGKILL) {
+            return fail(
+                format!("{name} to cut power (SIGKILL itself) before its recorded op {arm}"),
+                format!("it exited {}: it made fewer ops than that", exit_text(code, signal)),
+            );
+        }
+        self.note(format!("{name} cut power before its op {arm}"));
+        Ok(())
+    }
+
+    pub(crate) fn job_id(&self, n: u32) -> Result<i64, StepError> {
+        match (n as usize).checked_sub(1).and_then(|i| self.acked.get(i)) {
+            Some(id) => Ok(*id),
+            None => fail(format!("an acknowledged enqueue number {n}"), format!("{} acknowledged", self.acked.len())),
+        }
+    }
+
+    pub(crate) fn exited_summary(&self, target: &str) -> String {
+        let st = self.shared.lock();
+        let ex: Vec<String> = st
+            .procs
+            .iter()
+            .filter(|p| matches_target(target, &p.name) && p.exited.is_some())
+            .map(|p| format!("{} exited {}", p.name, exit_text(p.code, p.signal)))
+            .collect();
+        if ex.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", ex.join(", "))
+        }
+    }
+
+    /// Wait for a CLI process; returns (code, stdout, stderr).
+    pub(crate) fn wait_cli(&self, name: &str, timeout: Duration) -> Result<CliOutput, StepError> {
+        let deadline = self.deadline(timeout);
+        let got = self.shared.wait_for(deadline, |st| {
+            let p = st.procs.iter().rev().find(|p| p.name == name)?;
+            (p.exited.is_some() && p.stdout_closed && p.stderr_closed)
+                .then(|| (p.code, p.stdout.clone(), p.stderr.clone()))
+        });
+        match got {
+            Some(v) => Ok(v),
+            None => fail(format!("{name} to finish within {:?}", self.scaled(timeout)), "still running"),
+        }
+    }
+
+    pub(crate) fn query(&self, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
+        self.query_at(&self.db(), sql)
+    }
+
+    pub(crate) fn query_at(&self, db: &Path, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
+        let err =
+            |e: rusqlite::Error| StepError { expected: format!("the query `{sql}` to run"), actual: e.to_string() };
+        let conn = rusqlite::Connection::open_with_flags(
+            db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(self.scaled(Duration::from_secs(10))).map_err(err)?;
+        let mut stmt = conn.prepare(sql).map_err(err)?;
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |row| {
+                (0..n)
+                    .map(|i| {
+                        Ok(match row.get_ref(i)? {
+                            rusqlite::types::ValueRef::Null => Scalar::Null,
+                            rusqlite::types::ValueRef::Integer(v) => Scalar::Int(v),
+                            rusqlite::types::ValueRef::Real(v) => Scalar::Float(v),
+                            rusqlite::types::ValueRef::Text(t) => Scalar::Text(String::from_utf8_lossy(t).into_owned()),
+                            rusqlite::types::ValueRef::Blob(b) => Scalar::Text(format!("<{} bytes>", b.len())),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        Ok(rows)
+    }
+
+    pub(crate) fn effects(&self) -> Result<Vec<crate::history::Effect>, String> {
+        match std::fs::read_to_string(self.effects_dir().join("effects.log")) {
+            Ok(text) => crate::history::parse_effects(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub(crate) fn history(&self, with_db: bool) -> Result<History, StepError> {
+        let effects =
+            self.effects().map_err(|e| StepError { expected: String::from("a readable effects log"), actual: e })?;
+        let db = if with_db && self.db().exists() { DbState::read(&self.db()).ok() } else { None };
+        let st = self.shared.lock();
+        let start = self.shared.start;
+        let procs = st
+            .procs
+            .iter()
+            .map(|p| ProcRecord {
+                name: p.name.clone(),
+                pid: p.pid,
+                kind: p.kind.clone(),
+                started: p.started.saturating_duration_since(start),
+                exited: p.exited.map(|t| t.saturating_duration_since(start)),
+                exit_code: p.code,
+                signal: p.signal,
+            })
+            .collect();
+        // Ids printed by background enqueues are acknowledged too, after the steps' ones.
+        let mut acked = self.acked.clone();
+        acked.extend(st.procs.iter().flat_map(ProcState::printed_ids));
+        Ok(History { procs, events: st.events.clone(), effects, db, acked, power_cuts: self.power_cuts.clone() })
+    }
+
+    pub(crate) fn check(&mut self, opts: &CheckOptions, explicit: bool) -> Result<(), StepError> {
+        let h = self.history(true)?;
+        if explicit && h.db.is_none() {
+            return fail(
+                "a readable homerd database to check",
+                format!("{} unreadable or absent", self.db().display()),
+            );
+        }
+        let violations = check::check_all(&h, opts);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+        fail("every invariant to hold", list.join("; "))
+    }
+
+    /// On macOS cleanup kills groups: register the job groups homerd recorded.
+    pub(crate) fn register_job_groups(&self) {
+        if let Ok(rows) = self.query("SELECT DISTINCT child_pgid FROM job_runs WHERE child_pgid IS NOT NULL") {
+            for row in rows {
+                if let Some(Scalar::Int(g)) = row.first() {
+                    procs::register_group(&self.marker, *g as i32);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn log_tails(&self) -> Vec<(String, String)> {
+        let st = self.shared.lock();
+        let mut tails: Vec<(String, String)> = st
+            .procs
+            .iter()
+            .filter(|p| !p.stderr.is_empty() || p.kind == ProcKind::Daemon)
+            .map(|p| (format!("{} (pid {}, {})", p.name, p.pid, exit_text(p.code, p.signal)), tail(&p.stderr, 12)))
+            .collect();
+        // What fault steps reported (e.g. how much `fill` wrote) belongs beside the failure.
+        let notes: Vec<&str> = self
+            .step_log
+            .iter()
+            .filter(|l| l.contains(" -> ") && !l.contains(" -> failed:"))
+            .map(String::as_str)
+            .collect();
+        if !notes.is_empty() {
+            tails.push((String::from("harness step notes"), notes.join("\n")));
+        }
+        tails
+    }
+
+    /// Add what the current step reported to its line in the step log.
+    pub(crate) fn note(&mut self, note: String) {
+        if let Some(last) = self.step_log.last_mut() {
+            last.push_str(" -> ");
+            last.push_str(&note);
+        }
+    }
+
+    /// Unmount the tmpfs home, if the scenario has one (every process is dead by now).
+    /// When the sandbox is kept, the home's files are copied out first so the kept
+    /// sandbox looks like any other (`home/homer.db`, ...). Returns what failed.
+    pub(crate) fn unmount_home(&mut self, keep: bool) -> Vec<String> {
+        if procs::mounts_of(&self.marker).is_empty() {
+            return Vec::new();
+        }
+        let home = self.home();
+        let copy = self.sandbox.join(".home-at-teardown");
+        let copied = keep && crate::faults::copy_tree(&home, &copy).is_ok();
+        let errors = procs::unmount_marked(&self.marker);
+        if copied && errors.is_empty() && std::fs::remove_dir(&home).is_ok() {
+            let _ = std::fs::rename(&copy, &home);
+        }
+        errors
+    }
+
+    /// Every process's output into `<sandbox>/harness-logs/`, and the step log
+    /// (`steps.log`; useful with `--keep`).
+    pub(crate) fn write_logs(&self) {
+        let dir = self.sandbox.join("harness-logs");
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let mut steps = self.step_log.join("\n");
+        steps.push('\n');
+        let _ = std::fs::write(dir.join("steps.log"), steps);
+        let st = self.shared.lock();
+        for p in &st.procs {
+            let _ = std::fs::write(dir.join(format!("{}.stderr", p.name)), &p.stderr);
+            let _ = std::fs::write(dir.join(format!("{}.stdout", p.name)), &p.stdout);
+        }
+    }
+}
+
+/// The absolute directory of a scenario file (fixtures are named relative to it).
+pub(crate) fn scenario_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+pub(crate) fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        (None, None) => String::from("running"),
+    }
+}
+
+pub(crate) fn tail(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join("\n")
+}
+
+pub(crate) fn check_patterns(name: &str, stream: &str, bytes: &[u8], patterns: &[Pattern]) -> Result<(), StepError> {
+    let text = String::from_utf8_lossy(bytes);
+    for p in patterns {
+        let found = if p.regex {
+            match regex::Regex::new(&p.text) {
+                Ok(re) => re.is_match(&text),
+                Err(e) => return fail(format!("a valid regex `{}`", p.text), e.to_string()),
+            }
+        } else {
+            text.contains(&p.text)
+        };
+        if found == p.negated {
+            let want = if p.negated { "not to contain" } else { "to contain" };
+            return fail(format!("{name} {stream} {want} {:?}", p.text), tail(bytes, 8));
+        }
+    }
+    Ok(())
+}
+
+/// `HOMERD_POWERLOSS_LOG` and `HOMERD_POWERLOSS_CUT` (`daemon/src/powerloss.rs`).
+pub(crate) const POWERLOSS_LOG_ENV: &str = "HOMERD_POWERLOSS_LOG";
+pub(crate) const POWERLOSS_CUT_ENV: &str = "HOMERD_POWERLOSS_CUT";
+
+/// The environment that arms a process to cut power before its N-th recorded op.
+pub(crate) fn armed_env(arm: Option<u64>) -> Vec<(String, String)> {
+    arm.map(|n| (String::from(POWERLOSS_CUT_ENV), n.to_string())).into_iter().collect()
+}

@@ -1,0 +1,407 @@
+//! Scenario files: the data model of a file and its validating parser.
+//!
+//! A scenario is one TOML file in `scenarios/`: a header (what it covers, the mutant it
+//! must fail on, what it requires), the `[settings]` every daemon and CLI call gets, and
+//! ordered `[[step]]` tables. Each step table has exactly one *verb* key whose value names
+//! the step's subject, plus that verb's options; every verb lives in its own module under
+//! [`crate::steps`], which also holds the registry of verbs. `scenarios/README.md`
+//! documents every step with an example.
+//!
+//! Invariant: a file that parses is fully validated — every key known, every value of the
+//! right type, every duration well-formed — so a malformed file is rejected before any
+//! process starts, with `file:line:col`, the key and what was expected ([`ParseError`]).
+//!
+//! Strings in steps may use placeholders, substituted when the step runs: `{sandbox}`,
+//! `{home}`, `{lock}` (the default lock file), `{db}`, `{probe}` (the effects probe
+//! command, for `exec` jobs) and `{job:N}` (the id printed by the N-th acknowledged
+//! enqueue, 1-based).
+//!
+//! - `tree`: TOML text to a tree of values with byte spans (`toml_edit`), spans to
+//!   `line:col`;
+//! - `kit`: the validation kit the step parsers share (`Cx`), and the value
+//!   types [`Scalar`] and [`Pattern`];
+//! - this module: the header, `[settings]`, and picking each step's verb.
+
+pub(crate) mod kit;
+#[cfg(test)]
+mod tests;
+pub(crate) mod tree;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::steps;
+pub use crate::steps::Step;
+use kit::{describe, did_you_mean, Cx, Field, Res, Tbl};
+pub use kit::{Pattern, Scalar};
+use tree::{Entry, Node, Source, Val};
+
+/// One parsed scenario file.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub path: PathBuf,
+    /// File stem, e.g. `pitfall-01-dual-start`.
+    pub name: String,
+    pub description: String,
+    /// What the scenario demonstrates, e.g. `["PITFALLS 1"]` or `["checklist: heartbeat"]`.
+    pub covers: Vec<String>,
+    pub mutant: MutantExpectation,
+    pub requires: Vec<Requirement>,
+    /// Upper bound on the whole scenario (scaled by the time scale). Default 60 s.
+    pub timeout: Duration,
+    /// `home_size`: the home is a fresh tmpfs of this many bytes, mounted before any process
+    /// starts and unmounted at teardown (needs `requires = ["tmpfs"]`).
+    pub home_size: Option<u64>,
+    /// `power_loss = true`: every `homerd` process the scenario starts records its SQLite
+    /// writes (`HOMERD_POWERLOSS_LOG`), so a `power_loss` step can drop the un-synced ones.
+    pub power_loss: bool,
+    /// `[settings]`: `--set key=value` given to every daemon and CLI call, in file order.
+    /// Values that parse as durations are scaled by the time scale.
+    pub settings: Vec<(String, String)>,
+    pub steps: Vec<StepAt>,
+}
+
+/// What `cargo xtask mutants` expects of the scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MutantExpectation {
+    /// `mutant = "name"` or `mutant = ["a", "b"]`: the scenario must fail on each.
+    Catches(Vec<String>),
+    /// `mutant_none = "why"`: no mutant applies (the reason is shown in the table).
+    None(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// Only meaningful on Linux (e.g. `/proc`, `PR_SET_CHILD_SUBREAPER`).
+    Linux,
+    /// Runs a process as an unprivileged uid (needs root + `setuid`, or a non-root harness).
+    Unprivileged,
+    /// Mounts a size-limited tmpfs (`home_size`): Linux, with root or `CAP_SYS_ADMIN`.
+    Tmpfs,
+}
+
+/// A step and the line its `[[step]]` header is on (for failure reports).
+#[derive(Clone, Debug)]
+pub struct StepAt {
+    pub line: usize,
+    pub step: Step,
+}
+
+/// A malformed scenario file: where, which key, and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// The offending key path, e.g. `step[3].timeout`, `settings.stale_threshold` or
+    /// `step[2].rows[1][3]` (indices 1-based); for a TOML syntax error, the key on the
+    /// offending line as far as it can be told, else `(syntax)`.
+    pub key: String,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: `{}`: {}", self.file.display(), self.line, self.col, self.key, self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parse and validate one scenario file.
+pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ParseError {
+        file: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse_str(path, &text)
+}
+
+/// Parse scenario text; `path` names it in errors and gives the default name.
+pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, ParseError> {
+    let src = Source::new(path, text);
+    let root = tree::parse(&src)?;
+    let mut cx = Cx { src, requires: Vec::new(), home_size: None, power_loss: false, labels: Vec::new() };
+    cx.scenario(&root)
+}
+
+/// Parse a duration: `250ms`, `5s`, `2m`, `1h`, `1.5s`. Used for settings scaling too.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// Parse a size: `4096`, `512k`, `2m`, `1g` (case-insensitive; `KiB`, `MiB`, `GiB` too).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim_start() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+const TOP_KEYS: &[&str] = &[
+    "description",
+    "covers",
+    "mutant",
+    "mutant_none",
+    "requires",
+    "timeout",
+    "home_size",
+    "power_loss",
+    "settings",
+    "step",
+];
+
+impl Cx<'_> {
+    fn scenario(&mut self, root: &Node) -> Res<Scenario> {
+        let Val::Table(entries) = &root.val else {
+            return Err(self.err(&root.span, "", "expected a TOML document"));
+        };
+        let top = Tbl { path: String::new(), entries };
+        for e in top.sorted() {
+            if e.key == "power_loss" && !matches!(e.node.val, Val::Bool(_)) {
+                return Err(self.err(
+                    &e.node.span.clone().or_else(|| e.span.clone()),
+                    e.key.clone(),
+                    format!(
+                        "expected a boolean (`power_loss = true` in the header records every homerd's writes; \
+                         the step `power_loss = \"cut\"` goes under a [[step]] header), found {}",
+                        describe(&e.node)
+                    ),
+                ));
+            }
+            if !TOP_KEYS.contains(&e.key.as_str()) {
+                let hint = if steps::VERBS.contains(&e.key.as_str()) || steps::is_any_option(&e.key) {
+                    String::from(" (step keys go under a [[step]] header)")
+                } else {
+                    did_you_mean(&e.key, TOP_KEYS)
+                };
+                return Err(self.err(
+                    &e.span,
+                    e.key.clone(),
+                    format!("unknown top-level key `{}`; expected one of: {}{hint}", e.key, TOP_KEYS.join(", ")),
+                ));
+            }
+        }
+        let missing =
+            |key: &str, what: &str| self.src.error(&None, key, format!("missing required key `{key}` ({what})"));
+
+        let description = top.get("description").ok_or_else(|| missing("description", "what the scenario shows"))?;
+        let description = self.text(&description)?;
+
+        let covers = top.get("covers").ok_or_else(|| missing("covers", "e.g. [\"PITFALLS 1\"]"))?;
+        let covers = self.nonempty_strings(&covers)?;
+
+        let mutant = match (top.get("mutant"), top.get("mutant_none")) {
+            (Some(a), Some(b)) => {
+                let later =
+                    if a.key_span.as_ref().map(|s| s.start) > b.key_span.as_ref().map(|s| s.start) { a } else { b };
+                return Err(self.err(
+                    &later.key_span,
+                    later.path.clone(),
+                    "give exactly one of `mutant` and `mutant_none`, not both",
+                ));
+            }
+            (Some(f), None) => MutantExpectation::Catches(match f.str() {
+                Some(_) => vec![self.text(&f)?],
+                None => {
+                    let items = self.array(&f, "a mutant name or an array of mutant names")?;
+                    if items.is_empty() {
+                        return Err(self.wrong(&f, "a mutant name or a non-empty array of mutant names"));
+                    }
+                    items.iter().enumerate().map(|(i, node)| self.text(&f.item(i, node))).collect::<Res<_>>()?
+                }
+            }),
+            (None, Some(f)) => MutantExpectation::None(self.text(&f)?),
+            (None, None) => {
+                return Err(self.err(
+                    &None,
+                    "mutant",
+                    "missing `mutant` (the mutant this scenario must fail on) or `mutant_none` (why none applies)",
+                ))
+            }
+        };
+
+        let mut requires = Vec::new();
+        if let Some(f) = top.get("requires") {
+            for (i, node) in self.array(&f, "an array like [\"linux\"]")?.iter().enumerate() {
+                let item = f.item(i, node);
+                let req = match item.str() {
+                    Some("linux") => Requirement::Linux,
+                    Some("unprivileged") => Requirement::Unprivileged,
+                    Some("tmpfs") => Requirement::Tmpfs,
+                    _ => return Err(self.wrong(&item, "\"linux\", \"unprivileged\" or \"tmpfs\"")),
+                };
+                if !requires.contains(&req) {
+                    requires.push(req);
+                }
+            }
+        }
+        self.requires.clone_from(&requires);
+
+        let timeout = self.opt(&top, "timeout", Self::duration)?.unwrap_or(Duration::from_secs(60));
+
+        let home_size = match top.get("home_size") {
+            Some(f) => {
+                let size = self.home_size(&f)?;
+                if !requires.contains(&Requirement::Tmpfs) {
+                    return Err(self.err(
+                        &f.key_span,
+                        f.path.clone(),
+                        "`home_size` mounts a tmpfs: it needs `requires = [\"tmpfs\"]` in the header",
+                    ));
+                }
+                Some(size)
+            }
+            None => None,
+        };
+        self.home_size = home_size;
+
+        let power_loss = self.opt(&top, "power_loss", Self::boolean)?.unwrap_or(false);
+        self.power_loss = power_loss;
+
+        let mut settings = Vec::new();
+        if let Some(f) = top.get("settings") {
+            self.settings(&f, "", &mut settings)?;
+        }
+        settings.sort_by_key(|(at, _, _)| *at);
+        let settings = settings.into_iter().map(|(_, k, v)| (k, v)).collect();
+
+        let steps_field = top.get("step").ok_or_else(|| missing("step", "at least one [[step]] table"))?;
+        let items = self.array(&steps_field, "[[step]] tables")?;
+        if items.is_empty() {
+            return Err(self.wrong(&steps_field, "at least one [[step]] table"));
+        }
+        let mut steps = Vec::with_capacity(items.len());
+        for (i, node) in items.iter().enumerate() {
+            steps.push(self.step(i + 1, node, &steps_field)?);
+        }
+
+        Ok(Scenario {
+            path: self.src.file.to_path_buf(),
+            name: self.src.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            description,
+            covers,
+            mutant,
+            requires,
+            timeout,
+            home_size,
+            power_loss,
+            settings,
+            steps,
+        })
+    }
+
+    /// `[settings]`, flattened: `[settings.lanes.io] concurrency = 2` is `lanes.io.concurrency`.
+    fn settings(&self, f: &Field, prefix: &str, out: &mut Vec<(usize, String, String)>) -> Res<()> {
+        let t = self.table(f, "a [settings] table")?;
+        for e in t.entries {
+            let field = t.field(e);
+            if e.key.is_empty() || e.key.contains(['=', ' ', '\t']) {
+                return Err(self.err(&e.span, field.path, "expected a setting name without spaces or `=`"));
+            }
+            let key = if prefix.is_empty() { e.key.clone() } else { format!("{prefix}.{}", e.key) };
+            let value = match &e.node.val {
+                Val::Str(s) => s.clone(),
+                Val::Int(i) => i.to_string(),
+                Val::Bool(b) => b.to_string(),
+                Val::Table(_) => {
+                    self.settings(&field, &key, out)?;
+                    continue;
+                }
+                _ => return Err(self.wrong(&field, "a string, integer or boolean")),
+            };
+            out.push((e.span.as_ref().map_or(usize::MAX, |s| s.start), key, value));
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, index: usize, node: &Node, parent: &Field) -> Res<StepAt> {
+        let f = parent.item(index - 1, node);
+        let t = self.table(&f, "a [[step]] table")?;
+        let sorted = t.sorted();
+        let first = sorted.first().and_then(|e| e.span.clone());
+        let line = node.span.clone().or(first).map_or(1, |s| self.src.line_col(s.start).0);
+        let at = node.span.clone().or_else(|| f.span());
+
+        let verbs: Vec<&Entry> = sorted.iter().copied().filter(|e| steps::VERBS.contains(&e.key.as_str())).collect();
+        let verb = match verbs.as_slice() {
+            [verb] => *verb,
+            [] => {
+                if let Some(e) = sorted.iter().find(|e| !steps::is_any_option(&e.key)) {
+                    return Err(self.err(
+                        &e.span,
+                        t.key_path(&e.key),
+                        format!(
+                            "unknown step verb `{}`; expected one of: {}{}",
+                            e.key,
+                            steps::VERBS.join(", "),
+                            did_you_mean(&e.key, steps::VERBS)
+                        ),
+                    ));
+                }
+                let found = if sorted.is_empty() {
+                    String::from("an empty step")
+                } else {
+                    format!("only options ({})", sorted.iter().map(|e| e.key.as_str()).collect::<Vec<_>>().join(", "))
+                };
+                return Err(self.err(
+                    &at,
+                    f.path.clone(),
+                    format!("expected a step verb (one of: {}), found {found}", steps::VERBS.join(", ")),
+                ));
+            }
+            [a, b, ..] => {
+                return Err(self.err(
+                    &b.span,
+                    t.key_path(&b.key),
+                    format!(
+                        "a step has exactly one verb, found `{}` and `{}` (split them into two [[step]] tables)",
+                        a.key, b.key
+                    ),
+                ));
+            }
+        };
+        let v = t.field(verb);
+        let step = Step::parse(&verb.key, self, &t, &v)?;
+        Ok(StepAt { line, step })
+    }
+
+    /// `home_size = "2m"` (k, m, g: powers of 1024; a bare integer is bytes), from one page
+    /// to 1 GiB: a tmpfs holds its pages in memory.
+    fn home_size(&self, f: &Field) -> Res<u64> {
+        const EXPECTED: &str = "a size from \"4k\" to \"1g\" like \"2m\" (k, m, g) or an integer of bytes";
+        let bytes = match &f.node.val {
+            Val::Str(s) => parse_size(s),
+            Val::Int(i) => u64::try_from(*i).ok(),
+            _ => None,
+        };
+        bytes.filter(|b| (4096..=1 << 30).contains(b)).ok_or_else(|| self.wrong(f, EXPECTED))
+    }
+}

@@ -1,0 +1,65 @@
+//! `sql`: run a statement on the database and compare the rows it returns.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::Verb;
+use crate::exec::ctx::{fail, harness_rw, Ctx, StepError};
+use crate::scenario::kit::{Cx, Field, Res, Scalar, Tbl};
+
+/// Run SQL on the database (read-only connection unless `write`) and compare rows.
+#[derive(Clone, Debug)]
+pub struct Sql {
+    pub query: String,
+    pub rows: Vec<Vec<Scalar>>,
+    /// Run on a read-write connection (to prepare a fixture, e.g. a "newer" database).
+    pub write: bool,
+    /// Another database file than the home's (placeholders allowed).
+    pub database: Option<String>,
+}
+
+impl Verb for Sql {
+    const KEY: &'static str = "sql";
+    const OPTIONS: &'static [&'static str] = &["rows", "write", "database"];
+
+    fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Sql> {
+        cx.only(t, &[&["sql"], Self::OPTIONS].concat(), "`sql`")?;
+        let query = cx.text(v)?;
+        let rows =
+            cx.need(t, "rows", &v.key_span, String::from("`sql` needs `rows` (the expected rows, e.g. [[1]])"))?;
+        Ok(Sql {
+            query,
+            rows: cx.rows(&rows)?,
+            write: cx.opt(t, "write", Cx::boolean)?.unwrap_or(false),
+            database: cx.opt(t, "database", Cx::text)?,
+        })
+    }
+
+    fn summary(&self) -> String {
+        format!("sql `{}`", self.query)
+    }
+
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let db = match &self.database {
+            Some(d) => ctx.path(d)?,
+            None => ctx.db(),
+        };
+        let query = ctx.subst(&self.query)?;
+        let rows = if self.write { write_sql(ctx, &db, &query)? } else { ctx.query_at(&db, &query)? };
+        if rows != self.rows {
+            return fail(format!("rows {:?}", self.rows), format!("{rows:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Run a statement on a read-write connection (fixture preparation); returns no rows.
+fn write_sql(ctx: &Ctx, db: &Path, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
+    let err =
+        |e: rusqlite::Error| StepError { expected: format!("the statement `{sql}` to run"), actual: e.to_string() };
+    let conn = if db.exists() { harness_rw(db) } else { rusqlite::Connection::open(db) }.map_err(err)?;
+    conn.busy_timeout(ctx.scaled(Duration::from_secs(10))).map_err(err)?;
+    conn.execute_batch(sql).map_err(err)?;
+    Ok(Vec::new())
+}

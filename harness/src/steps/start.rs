@@ -1,0 +1,131 @@
+//! `start`: start daemons (or a background `homerd` subcommand) and keep them running.
+#![allow(clippy::disallowed_methods)]
+
+use std::process::Command;
+
+use super::Verb;
+use crate::exec::ctx::{Ctx, StepError, POWERLOSS_CUT_ENV};
+use crate::history::ProcKind;
+use crate::procs;
+use crate::scenario::kit::{Cx, Field, Res, Tbl};
+use crate::scenario::tree::Val;
+
+/// Start one daemon (or `count` at once) in the background.
+#[derive(Clone, Debug)]
+pub struct Start {
+    /// Process name used by later steps. With `count > 1` the processes are `name.1`..`name.N`.
+    pub name: String,
+    pub count: u32,
+    /// Subcommand and arguments; default `["run"]`.
+    pub command: Vec<String>,
+    /// Extra arguments after the command (placeholders allowed).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `HOMERD_FAILPOINTS` value, e.g. `"lock.after_open=stop"`.
+    pub failpoints: Option<String>,
+    /// `--lock-file` (placeholders allowed); default: the home's lock file.
+    pub lock_file: Option<String>,
+    /// Run as an unprivileged uid (scenario must `requires = ["unprivileged"]`).
+    pub unprivileged: bool,
+    /// Do not pass the scenario's `[settings]`.
+    pub no_settings: bool,
+    /// `RLIMIT_NOFILE` (soft, hard) the daemon starts with, set in the child before exec.
+    pub nofile: Option<(u64, u64)>,
+    /// `HOMERD_POWERLOSS_CUT`: the process cuts power (SIGKILLs itself) just before its
+    /// N-th recorded write, truncate or sync (needs the `power_loss` header).
+    pub arm: Option<u64>,
+}
+
+impl Verb for Start {
+    const KEY: &'static str = "start";
+    const OPTIONS: &'static [&'static str] =
+        &["count", "command", "args", "env", "failpoints", "lock_file", "unprivileged", "no_settings", "nofile", "arm"];
+
+    fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Start> {
+        cx.only(t, &[&["start"], Self::OPTIONS].concat(), "`start`")?;
+        Ok(Start {
+            name: cx.name(v)?,
+            count: cx.opt(t, "count", |cx, f| cx.count(f, 1))?.unwrap_or(1),
+            command: cx.opt(t, "command", Cx::nonempty_strings)?.unwrap_or_else(|| vec![String::from("run")]),
+            args: cx.opt(t, "args", Cx::strings)?.unwrap_or_default(),
+            env: cx.opt(t, "env", Cx::str_map)?.unwrap_or_default(),
+            failpoints: cx.opt(t, "failpoints", Cx::string)?,
+            lock_file: cx.opt(t, "lock_file", Cx::text)?,
+            unprivileged: cx.unprivileged(t)?,
+            no_settings: cx.opt(t, "no_settings", Cx::boolean)?.unwrap_or(false),
+            nofile: cx.opt(t, "nofile", nofile)?,
+            arm: cx.arm(t)?,
+        })
+    }
+
+    fn summary(&self) -> String {
+        format!("start {}", self.name)
+    }
+
+    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+        let names: Vec<String> = if self.count <= 1 {
+            vec![self.name.clone()]
+        } else {
+            (1..=self.count).map(|i| format!("{}.{i}", self.name)).collect()
+        };
+        let mut args: Vec<String> = self.command.clone();
+        if let Some(lock) = &self.lock_file {
+            args.push(String::from("--lock-file"));
+            args.push(ctx.path(lock)?.to_string_lossy().into_owned());
+        }
+        for a in &self.args {
+            args.push(ctx.subst(a)?);
+        }
+        let mut env = Vec::new();
+        for (k, v) in &self.env {
+            env.push((k.clone(), ctx.subst(v)?));
+        }
+        if let Some(fp) = &self.failpoints {
+            env.push((String::from("HOMERD_FAILPOINTS"), fp.clone()));
+        }
+        if let Some(n) = self.arm {
+            env.push((String::from(POWERLOSS_CUT_ENV), n.to_string()));
+        }
+        // Build every command first so simultaneous starts leave as close together as possible.
+        let mut cmds: Vec<Command> =
+            names.iter().map(|_| ctx.homerd(&args, !self.no_settings, &env, self.unprivileged)).collect();
+        if let Some((soft, hard)) = self.nofile {
+            for cmd in &mut cmds {
+                procs::limit_open_files(cmd, soft, hard);
+            }
+        }
+        // A background `homerd enqueue`: what it prints is acknowledged (see `history`).
+        let prints_ids = self.command.first().map(String::as_str) == Some("enqueue");
+        for (name, cmd) in names.into_iter().zip(cmds) {
+            let pid = ctx.spawn(name, ProcKind::Daemon, cmd)?;
+            if prints_ids {
+                if let Some(p) = ctx.shared.lock().procs.iter_mut().rev().find(|p| p.pid == pid) {
+                    p.prints_ids = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `nofile = 64` (soft = hard) or `nofile = [soft, hard]`, each at least 3 (stdin,
+/// stdout and stderr are descriptors too), soft at most hard.
+fn nofile(cx: &Cx, f: &Field) -> Res<(u64, u64)> {
+    const EXPECTED: &str = "a descriptor limit of at least 3, or [soft, hard] with soft <= hard";
+    let limit = |f: &Field| match f.node.val {
+        Val::Int(i) if i >= 3 => Ok(i as u64),
+        _ => Err(cx.wrong(f, EXPECTED)),
+    };
+    match &f.node.val {
+        Val::Int(_) => limit(f).map(|n| (n, n)),
+        Val::Array(items) if items.len() == 2 => {
+            let soft = limit(&f.item(0, &items[0]))?;
+            let hard = limit(&f.item(1, &items[1]))?;
+            if soft > hard {
+                return Err(cx.wrong(f, "[soft, hard] with soft <= hard"));
+            }
+            Ok((soft, hard))
+        }
+        _ => Err(cx.wrong(f, EXPECTED)),
+    }
+}
