@@ -105,7 +105,7 @@ impl Gen {
     }
 
     /// A start step; one in three goes through another lock file, where only the
-    /// database's leader row stands between two daemons (PITFALLS 6, 7).
+    /// database's leader row stands between two daemons (failure modes 6, 7).
     fn start(&mut self) -> u32 {
         self.daemons += 1;
         let n = self.daemons;
@@ -118,8 +118,8 @@ impl Gen {
     }
 
     /// Probe jobs; half leave a grandchild in their group that outlives them (the part of
-    /// an old attempt only a group kill reaches, PITFALLS 16); one in four is scheduled a
-    /// few seconds out (PITFALLS 27: a wall-clock step must neither hold it back nor
+    /// an old attempt only a group kill reaches, failure mode 16); one in four is scheduled a
+    /// few seconds out (failure mode 27: a wall-clock step must neither hold it back nor
     /// release it early).
     fn enqueue(&mut self) {
         let count = self.rng.range(1, 3);
@@ -156,7 +156,7 @@ impl Gen {
         match self.rng.below(5) {
             // While whatever runs, runs.
             0 => {}
-            // Right after an enqueue was acknowledged (PITFALLS 24: it must survive).
+            // Right after an enqueue was acknowledged (failure mode 24: it must survive).
             1 => {
                 let (count, sleep) = (self.rng.range(1, 3), self.rng.range(50, 500));
                 self.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\""));
@@ -208,7 +208,7 @@ impl Gen {
 
     /// A daemon with a low descriptor limit (soft = hard, so it cannot raise it) allowed
     /// many jobs at once, and a burst of work: job starts fail for want of descriptors,
-    /// which is the daemon's trouble, never the job's (PITFALLS 25).
+    /// which is the daemon's trouble, never the job's (failure mode 25).
     fn few_descriptors(&mut self) {
         self.kill_everything();
         let nofile = self.rng.range(48, 96);
@@ -222,7 +222,7 @@ impl Gen {
         self.pause(300, 1500);
     }
 
-    /// The disk fills up for a while, then the space comes back (PITFALLS 25).
+    /// The disk fills up for a while, then the space comes back (failure mode 25).
     fn full_disk(&mut self) {
         self.fills = true;
         self.serial += 1;
@@ -233,7 +233,7 @@ impl Gen {
     }
 
     /// A crash, then the database moved away: a start beside its `-wal` must refuse (65)
-    /// and create nothing; moved back, work goes on (PITFALLS 23).
+    /// and create nothing; moved back, work goes on (failure mode 23).
     fn stray_wal(&mut self) {
         self.kill_everything();
         let n = self.start_alone("");
@@ -277,13 +277,13 @@ pub fn generate(seed: u64, allowed: Allowed) -> String {
                 g.start();
             }
             37..=50 => {
-                // Crash and restart at once (PITFALLS 3, 10, 16).
+                // Crash and restart at once (failure modes 3, 10, 16).
                 let victim = g.some_daemon();
                 g.step(&format!("signal = \"f{victim}.*\"\nsig = \"KILL\""));
                 g.start();
             }
             51..=59 => {
-                // Pause, let the lease go stale, take over, resume (PITFALLS 7): either the
+                // Pause, let the lease go stale, take over, resume (failure mode 7): either the
                 // lock file is lost and the newcomer takes the default path, or the newcomer
                 // comes through another lock file and only the leader row arbitrates.
                 let victim = g.some_daemon();
@@ -317,7 +317,7 @@ pub fn generate(seed: u64, allowed: Allowed) -> String {
             }
             // Backward, with work queued behind a busy lane: at least five minutes, so a
             // daemon that schedules by the raw wall clock holds those ready jobs back past
-            // the final drain (PITFALLS 27).
+            // the final drain (failure mode 27).
             73..=76 => {
                 let (count, sleep) = (g.rng.range(2, 4), g.rng.range(200, 800));
                 g.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\""));

@@ -153,7 +153,7 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    /// `completed`, `failed` and `cancelled` are terminal (DESIGN.md "Job states").
+    /// `completed`, `failed` and `cancelled` are terminal (README.md "Jobs").
     pub fn is_terminal(&self) -> bool {
         matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
     }

@@ -31,7 +31,7 @@
 //! (no allocation: its records are prepared before the fork).
 //!
 //! A `--grandchild-setsid` grandchild leaves the job's process group *and* closes its copy
-//! of the job lock: DESIGN.md puts a descendant that escapes its group with `setsid`
+//! of the job lock: README.md ("Guarantees, and their limits") puts a descendant that escapes its group with `setsid`
 //! outside what any daemon can promise, so it must not count as the job still running.
 
 use std::fs::{self, File, OpenOptions};

@@ -1,5 +1,5 @@
 //! `cargo xtask`: project automation in plain Rust with few dependencies; every command
-//! it runs is printed before it runs (STYLE.md item 1).
+//! it runs is printed before it runs (style rule 1 in ARCHITECTURE.md).
 //!
 //! - `cargo xtask verify [--quick] [--stage NAME] [--macos]`: every check, as timed stages
 //!   ending in a table (verify.rs).

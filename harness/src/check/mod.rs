@@ -1,7 +1,8 @@
 //! The invariant checkers: pure functions from a [`History`] to the [`Violation`]s found.
 //!
-//! Each checker owns one guarantee of DESIGN.md and judges it from the sources that can
-//! show it, never from the daemon's own claim that it held:
+//! Each checker owns one guarantee of README.md ("Guarantees, and their limits") and
+//! judges it from the sources that can show it, never from the daemon's own claim that it
+//! held:
 //!
 //! | checker | guarantee | judged from |
 //! |---|---|---|
@@ -559,7 +560,7 @@ fn resource_errors() -> Vec<String> {
         .collect()
 }
 
-/// The daemon's trouble is not the job's (PITFALLS 25): a run the daemon could not start
+/// The daemon's trouble is not the job's (failure mode 25): a run the daemon could not start
 /// or keep for want of a resource of its own is never charged to the job. Judged from
 /// `job_runs`: no run that consumed an attempt (`failed`, `abandoned`) ended with an error
 /// naming one of [`resource_errors`]; such a run ends `not_started` (its attempt given

@@ -218,7 +218,7 @@ fn lock_holders_accepts_release_death_and_a_fresh_inode() {
         .acquired("c", 7)
         .build();
     assert_passes(lock_holders(&h));
-    // PITFALLS 7: a (paused) still holds the deleted inode 7 while d locks a new file.
+    // failure mode 7: a (paused) still holds the deleted inode 7 while d locks a new file.
     let h = Hb::default()
         .daemon("a", 100)
         .acquired("a", 7)

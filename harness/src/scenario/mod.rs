@@ -44,7 +44,7 @@ pub struct Scenario {
     /// File stem, e.g. `pitfall-01-dual-start`.
     pub name: String,
     pub description: String,
-    /// What the scenario demonstrates, e.g. `["PITFALLS 1"]` or `["checklist: heartbeat"]`.
+    /// What the scenario demonstrates, e.g. `["failure mode 1"]` or `["checklist: heartbeat"]`.
     pub covers: Vec<String>,
     pub mutant: MutantExpectation,
     pub requires: Vec<Requirement>,
@@ -215,7 +215,7 @@ impl Cx<'_> {
         let description = top.get("description").ok_or_else(|| missing("description", "what the scenario shows"))?;
         let description = self.text(&description)?;
 
-        let covers = top.get("covers").ok_or_else(|| missing("covers", "e.g. [\"PITFALLS 1\"]"))?;
+        let covers = top.get("covers").ok_or_else(|| missing("covers", "e.g. [\"failure mode 1\"]"))?;
         let covers = self.nonempty_strings(&covers)?;
 
         let mutant = match (top.get("mutant"), top.get("mutant_none")) {

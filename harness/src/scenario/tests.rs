@@ -162,7 +162,7 @@ fn helpers() {
 
 const FULL: &str = r#"
 description = "every step kind"
-covers = ["PITFALLS 1", "checklist: heartbeat"]
+covers = ["failure mode 1", "checklist: heartbeat"]
 mutant = ["skip_flock", "no_epoch"]
 requires = ["linux", "unprivileged"]
 timeout = "90s"
@@ -351,7 +351,7 @@ fn full_valid_scenario() {
     let s = parse_str(Path::new("scenarios/full-example.toml"), FULL).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.name, "full-example");
     assert_eq!(s.description, "every step kind");
-    assert_eq!(s.covers, ["PITFALLS 1", "checklist: heartbeat"]);
+    assert_eq!(s.covers, ["failure mode 1", "checklist: heartbeat"]);
     assert_eq!(s.mutant, MutantExpectation::Catches(vec!["skip_flock".into(), "no_epoch".into()]));
     assert_eq!(s.requires, [Requirement::Linux, Requirement::Unprivileged]);
     assert_eq!(s.timeout, Duration::from_secs(90));

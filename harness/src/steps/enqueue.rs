@@ -43,7 +43,7 @@ pub struct ProbeSpec {
     pub sleep: Duration,
     /// Fork a grandchild in the same group that outlives the probe by this long.
     pub grandchild: Option<Duration>,
-    /// The grandchild calls setsid() to escape the group (PITFALLS 4).
+    /// The grandchild calls setsid() to escape the group (failure mode 4).
     pub grandchild_setsid: bool,
     pub exit_code: i32,
     pub ignore_term: bool,
