@@ -11,7 +11,6 @@
 //!
 //! Linux-only facilities are behind `cfg(target_os = "linux")`; elsewhere they return an
 //! error that says so (scenarios that need them are skipped before they run).
-#![allow(clippy::disallowed_methods)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -205,7 +204,9 @@ pub fn unmount(dir: &Path) -> Result<(), String> {
             // Not a mount point (any more): nothing to do.
             Some(libc::EINVAL) | Some(libc::ENOENT) if !mount_points().iter().any(|m| m == dir) => return Ok(()),
             Some(libc::EBUSY) if Instant::now() < deadline => {
-                // A process killed a moment ago may still be closing its files.
+                // A process killed a moment ago may still be closing its files (no event says
+                // when): poll until the deadline.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(20));
             }
             Some(libc::EBUSY) => {

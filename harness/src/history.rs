@@ -191,9 +191,6 @@ impl DbState {
     /// Reads a snapshot of `db` through a read-only connection (no write, no PRAGMA that
     /// changes anything), waiting up to 10 s for a writer. All reads share one read
     /// transaction so the tables agree.
-    // The workspace bans direct rusqlite calls so that the daemon's SQL stays in its store
-    // module; this is the harness's independent read-only inspection, not daemon SQL.
-    #[allow(clippy::disallowed_methods)]
     pub fn read(db: &Path) -> Result<DbState, String> {
         let context = |what: &str, e: rusqlite::Error| format!("{}: {what}: {e}", db.display());
         let mut conn =
@@ -336,7 +333,6 @@ impl History {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // fixtures write the database the way the daemon would
 mod tests {
     use super::*;
 

@@ -16,7 +16,6 @@
 //! Call [`apply_power_loss`] only once every process that wrote under the log is dead (it
 //! refuses while one lives). It renames the log to `<log>.applied`, so it cannot be applied
 //! twice.
-#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::OpenOptions;

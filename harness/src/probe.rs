@@ -244,6 +244,7 @@ fn run_probe(args: &ProbeArgs, ids: &RunIds) -> Result<i32, String> {
         spawn_grandchild(ids, &log, &lock, lives, args.grandchild_setsid).map_err(|e| format!("fork: {e}"))?;
     }
     write(EffectKind::Start)?;
+    #[allow(clippy::disallowed_methods)] // the job's body: it runs for as long as it was told
     std::thread::sleep(Duration::from_millis(args.sleep_ms));
     write(EffectKind::End)?;
     // The job lock is released when `lock` (and any same-group grandchild's copy) closes.
@@ -255,9 +256,6 @@ fn run_probe(args: &ProbeArgs, ids: &RunIds) -> Result<i32, String> {
 /// `flock(LOCK_EX | LOCK_NB)`. `Ok((file, false))`: locked. `Ok((file, true))`: another
 /// open file description holds it — another run is alive — and the lock is *not* held;
 /// call [`wait_job_lock`] to wait for it. Two opens in one process conflict too.
-// The workspace clippy.toml reserves flock for the daemon's lock module; the probe's job
-// lock is the harness's own, independent detector.
-#[allow(clippy::disallowed_methods)]
 fn take_job_lock(path: &Path) -> io::Result<(File, bool)> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path)?;
     // SAFETY: flock only reads the descriptor number, which `file` keeps open.
@@ -273,7 +271,6 @@ fn take_job_lock(path: &Path) -> io::Result<(File, bool)> {
 }
 
 /// Blocks until `file` (from [`take_job_lock`]) holds its flock.
-#[allow(clippy::disallowed_methods)] // see take_job_lock
 fn wait_job_lock(file: &File) -> io::Result<()> {
     loop {
         // SAFETY: flock only reads the descriptor number, which `file` keeps open.
@@ -452,6 +449,7 @@ fn grandchild(
         libc::write(ready_fd, b"r".as_ptr().cast(), 1);
         libc::close(ready_fd);
     }
+    #[allow(clippy::disallowed_methods)] // the grandchild's body: it lives as long as it was told
     std::thread::sleep(lives);
     if append(log, end.finish(pid, mono_ns())).is_err() {
         return EXIT_IO;
@@ -490,6 +488,7 @@ mod tests {
                 return effects;
             }
             assert!(Instant::now() < deadline, "effects log never got there: {effects:?}");
+            #[allow(clippy::disallowed_methods)] // a polling period: the log's writers send no event
             std::thread::sleep(Duration::from_millis(10));
         }
     }

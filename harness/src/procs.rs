@@ -23,7 +23,6 @@
 //! Mounts: a scenario with `home_size` mounts a tmpfs (see `faults.rs`) and registers it
 //! here under its marker, so an interrupt unmounts it too — after the scenario's processes
 //! are dead, since a live one could keep it busy.
-#![allow(clippy::disallowed_methods)]
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -142,7 +141,8 @@ fn become_subreaper() -> bool {
 fn reaper_thread() {
     let me = std::process::id();
     loop {
-        std::thread::sleep(Duration::from_millis(200)); // a polling period, not a synchronisation
+        #[allow(clippy::disallowed_methods)] // a polling period: orphans re-parented to us send no event
+        std::thread::sleep(Duration::from_millis(200));
         let zombies: Vec<u32> =
             children_of(me).into_iter().filter(|&(_, state)| state == 'Z').map(|(p, _)| p).collect();
         if zombies.is_empty() {
@@ -402,7 +402,8 @@ pub fn kill_marked(marker: &str, bound: Duration) -> Vec<u32> {
         if alive.is_empty() || Instant::now() >= deadline {
             return alive;
         }
-        std::thread::sleep(Duration::from_millis(20)); // waiting for the kernel to finish a SIGKILL
+        #[allow(clippy::disallowed_methods)] // a polling period: the kernel finishing a SIGKILL sends no event
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -90,6 +90,7 @@ pub fn wait_for_processes(harness_pid: u32, n: usize) -> Vec<u32> {
         }
         assert!(Instant::now() < end, "only {} processes of the run appeared: {found:?}", found.len());
         // Polling /proc: there is no event to wait on.
+        #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(20));
     }
 }

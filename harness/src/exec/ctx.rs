@@ -9,7 +9,6 @@
 //! wait has a deadline scaled by the time scale and is woken by what the readers and
 //! waiters record (or re-polls files and the database every 25 ms); the harness's own
 //! read-write connections never checkpoint on close ([`harness_rw`]).
-#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

@@ -15,7 +15,6 @@
 //!   drops the writes no fsync covered and moves on to the next log; the harness's own
 //!   read-write connections never checkpoint on close (`harness_rw`), so the only writes
 //!   to the database are the ones the recording processes make (and `sql` with `write`).
-#![allow(clippy::disallowed_methods)]
 
 pub(crate) mod ctx;
 #[cfg(test)]

@@ -38,7 +38,6 @@
 //!
 //! The only fixed waits are polling periods (the database is polled every
 //! [`POLL`]); everything is bounded by deadlines scaled with `HOMER_TEST_TIME_SCALE`.
-#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -1,6 +1,5 @@
 //! `enqueue`: `homerd enqueue`, its acknowledged ids remembered for the invariants and
 //! `{job:N}`; `probe` jobs run the effects probe.
-#![allow(clippy::disallowed_methods)]
 
 use std::time::Duration;
 

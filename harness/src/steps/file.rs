@@ -1,6 +1,5 @@
 //! `file`: operate on a file in the sandbox — damage it, replace it, move it, fill the
 //! disk with it — or check its existence, bytes and mode.
-#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::time::SystemTime;

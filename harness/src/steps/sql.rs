@@ -1,5 +1,4 @@
 //! `sql`: run a statement on the database and compare the rows it returns.
-#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,5 +1,4 @@
 //! `start`: start daemons (or a background `homerd` subcommand) and keep them running.
-#![allow(clippy::disallowed_methods)]
 
 use std::process::Command;
 

@@ -217,6 +217,7 @@ impl Verb for Wait {
             }
             WaitFor::Elapsed { duration } => {
                 // Letting a threshold elapse is the point of this step (see scenarios/README.md).
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(ctx.scaled(*duration));
                 Ok(())
             }

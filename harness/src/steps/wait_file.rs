@@ -143,6 +143,7 @@ mod tests {
         // Appears while the step waits.
         let later = dir.path().join("later");
         let writer = std::thread::spawn(move || {
+            #[allow(clippy::disallowed_methods)] // the fault's timing: the file must appear while the step waits
             std::thread::sleep(Duration::from_millis(50));
             std::fs::write(later, "x").unwrap();
         });
