@@ -425,12 +425,27 @@ pub struct EnqueueSpec {
     pub args: Vec<String>,
 }
 
+/// The switch for the `crash` job kind, a test hook (the poison job of the scenarios): a
+/// `crash` job kills the daemon that runs it, so `enqueue` refuses it and the daemon fails
+/// it unrun unless this is set to `1` in their environment.
+pub const CRASH_JOBS_ENV: &str = "HOMERD_ALLOW_CRASH_JOBS";
+
+/// Whether this process may enqueue or run `crash` jobs ([`CRASH_JOBS_ENV`]).
+pub fn crash_jobs_allowed() -> bool {
+    std::env::var_os(CRASH_JOBS_ENV).is_some_and(|v| v == "1")
+}
+
 /// Checks a job's kind and arguments; returns the arguments to store.
 pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<String>, String> {
     let args: Vec<String> = match kind {
         "exec" => args.iter().skip_while(|a| *a == "--").cloned().collect(),
         _ => args.to_vec(),
     };
+    if kind == "crash" && !crash_jobs_allowed() {
+        return Err(format!(
+            "`crash` is a test hook (it kills the daemon that runs it); set {CRASH_JOBS_ENV}=1 to enqueue it"
+        ));
+    }
     match (kind, args.len()) {
         ("noop" | "crash", 0) => {}
         ("noop" | "crash", _) => return Err(format!("`{kind}` takes no arguments")),

@@ -611,6 +611,13 @@ impl JobContext {
                 error: job.args.first().cloned().unwrap_or_else(|| String::from("failed (fail job)")),
                 retryable: true,
             },
+            "crash" if !crate::commands::crash_jobs_allowed() => JobResult::Failed {
+                error: format!(
+                    "`crash` is a test hook; this daemon runs it only with {}=1",
+                    crate::commands::CRASH_JOBS_ENV
+                ),
+                retryable: false,
+            },
             "crash" => {
                 // The poison job: kills the daemon that runs it (after its claim committed).
                 events::error("job.crash", "Crash job: killing the daemon").field("job_id", job.id).emit();

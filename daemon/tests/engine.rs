@@ -345,6 +345,32 @@ fn poison_job_ends_failed_under_a_restart_loop() {
     assert_eq!((status.as_str(), attempts), ("failed", 3));
 }
 
+/// `crash` is a test hook behind `HOMERD_ALLOW_CRASH_JOBS=1`: without it `enqueue` refuses
+/// the kind (64, saying how to allow it) and a daemon fails a `crash` job unrun, once, and
+/// keeps running.
+#[test]
+fn crash_jobs_need_their_switch() {
+    let sb = Sandbox::new();
+    assert_eq!(sb.run(&["migrate"]).code, Some(0));
+    let mut c = sb.cmd();
+    c.env_remove("HOMERD_ALLOW_CRASH_JOBS").args(["enqueue", "crash"]);
+    let out = run_bounded(c, deadline(30.0));
+    assert_eq!(out.code, Some(64), "{out:?}");
+    assert!(out.stderr.contains("HOMERD_ALLOW_CRASH_JOBS=1"), "{}", out.stderr);
+
+    // Enqueued by a process that may; run by a daemon that may not.
+    let id = enqueue(&sb, &["--max-attempts", "3", "crash"]);
+    let mut c = sb.cmd();
+    c.env_remove("HOMERD_ALLOW_CRASH_JOBS").arg("run").args(engine_args(&[]));
+    let mut d = Daemon::spawn(c);
+    let failed = wait_job_event(&mut d, "job.failed", id);
+    assert!(!d.has_event("job.crash"), "{}", d.dump());
+    let (status, attempts, ..) = job_status(&sb, id);
+    assert_eq!((status.as_str(), attempts), ("failed", 1), "{failed}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().code(), Some(0));
+}
+
 /// Acceptance 10b: 8 concurrent CLI enqueuers x 125 jobs while the daemon runs: every
 /// enqueue succeeds, exactly 1000 completions, none twice.
 #[test]

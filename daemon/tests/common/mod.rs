@@ -85,6 +85,7 @@ impl Sandbox {
             .env("XDG_DATA_HOME", self.dir.path().join(".local/share"))
             .env("HOMER_LOG_FORMAT", "json")
             .env("NO_COLOR", "1")
+            .env("HOMERD_ALLOW_CRASH_JOBS", "1")
             .stdin(Stdio::null());
         c
     }

@@ -333,7 +333,8 @@ impl Ctx<'_> {
             .env("XDG_DATA_HOME", self.sandbox.join(".local/share"))
             .env("HOMER_LOG_FORMAT", "json")
             .env("NO_COLOR", "1")
-            .env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file());
+            .env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file())
+            .env("HOMERD_ALLOW_CRASH_JOBS", "1");
         if let Some(m) = &self.opts.mutant {
             cmd.env("HOMERD_MUTANT", m);
         }
