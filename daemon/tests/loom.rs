@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use homerd::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult};
 use homerd::engine::store::{ChildRecord, JobStore, MemoryStore, StoreResult};
-use homerd::store::jobs::{ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
+use homerd::sqlite::jobs::{ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
 use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 use loom::thread;
 
