@@ -19,6 +19,9 @@ use super::leader;
 /// Operations taken into one transaction at most.
 const MAX_BATCH: usize = 256;
 
+/// The durability an operation needs: a batch commits with the strongest of its members'.
+/// (Not `Sync`, which would shadow the marker trait; `config::Durability` is the setting a
+/// connection opens with.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SyncMode {
     /// `synchronous=NORMAL` (durable across process crashes; heartbeats, claims).
