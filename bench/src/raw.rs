@@ -1,7 +1,7 @@
 //! The baselines: what SQLite itself does on this machine with the daemon's statements
 //! and none of the daemon around them, plus the file builders and the query plans.
 //!
-//! The statements are the daemon's own texts (`daemon/src/store/jobs.rs`), copied here so
+//! The statements are the daemon's own texts (`daemon/src/sqlite/jobs.rs`), copied here so
 //! the baselines and `EXPLAIN QUERY PLAN` run exactly what the daemon runs; a test keeps
 //! the copies equal to the originals.
 
@@ -543,7 +543,7 @@ mod tests {
     /// something else.
     #[test]
     fn statements_are_the_daemons() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/src/store/jobs.rs");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/src/sqlite/jobs.rs");
         let source = squash(&std::fs::read_to_string(&path).unwrap());
         let all = [&ENQUEUE, &CLAIM_RUN_ROW].into_iter().chain(EXPLAINED.iter().copied());
         for stmt in all {

@@ -75,6 +75,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::job::ChildIdentity;
 use crate::{identity, shim};
 
 /// How often waiting loops re-check.
@@ -711,15 +712,6 @@ fn timed_out(pgid: u32, after: Duration) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("process group {pgid} still has live members after {after:?}"))
 }
 
-/// A child as recorded in `job_runs`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordedChild {
-    pub pid: u32,
-    pub pgid: u32,
-    pub boot_id: String,
-    pub start_time: u64,
-}
-
 /// For startup recovery and re-runs: kills the recorded child's group if it is still that
 /// group, and waits (up to `limit`) until it has no live members.
 ///
@@ -736,7 +728,7 @@ pub struct RecordedChild {
 /// Errors if the pgid is refused by [`signal_group`] (≤ 1, or our own group) or cannot be
 /// signalled. A member that moved itself to another group or session is out of
 /// reach of any process-group kill.
-pub fn kill_recorded_group(c: &RecordedChild, limit: Duration) -> io::Result<bool> {
+pub fn kill_recorded_group(c: &ChildIdentity, limit: Duration) -> io::Result<bool> {
     kill_recorded_group_in(c, limit, None)
 }
 
@@ -746,7 +738,7 @@ pub fn kill_recorded_group(c: &RecordedChild, limit: Duration) -> io::Result<boo
 /// a reused leader pid does), so it is skipped without a scan of its own. A group live in
 /// the snapshot is scanned afresh before anything is signalled, exactly as without one.
 pub fn kill_recorded_group_in(
-    c: &RecordedChild,
+    c: &ChildIdentity,
     limit: Duration,
     live: Option<&std::collections::HashSet<u32>>,
 ) -> io::Result<bool> {
@@ -988,14 +980,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut held = stand_in(&["sleep", "60"], request(dir.path())).unwrap();
         held.release().unwrap();
-        let mut rec = RecordedChild {
+        let mut rec = ChildIdentity {
             pid: held.pid,
             pgid: held.pgid,
             boot_id: held.boot_id.clone(),
             start_time: held.start_time,
         };
 
-        let earlier = RecordedChild { boot_id: String::from("some-earlier-boot"), ..rec.clone() };
+        let earlier = ChildIdentity { boot_id: String::from("some-earlier-boot"), ..rec.clone() };
         assert!(!kill_recorded_group(&earlier, Duration::from_secs(5)).unwrap());
         assert!(group_alive(held.pgid), "an earlier boot's record was signalled");
         assert!(held.try_wait().unwrap().is_none());
@@ -1016,7 +1008,7 @@ mod tests {
         let mut held = stand_in(&["sh", "-c", "sleep 60 & echo started"], request(dir.path())).unwrap();
         held.release().unwrap();
         assert!(wait_exit(&mut held).success());
-        let rec = RecordedChild {
+        let rec = ChildIdentity {
             pid: held.pid,
             pgid: held.pgid,
             boot_id: held.boot_id.clone(),
@@ -1034,7 +1026,7 @@ mod tests {
         let mut held = stand_in(&["sh", "-c", "sleep 60 & echo started"], request(dir.path())).unwrap();
         held.release().unwrap();
         assert!(wait_exit(&mut held).success());
-        let rec = RecordedChild {
+        let rec = ChildIdentity {
             pid: held.pid,
             pgid: held.pgid,
             boot_id: held.boot_id.clone(),

@@ -28,6 +28,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::job::{MonoMs, WallMs};
+
 /// Environment variable naming the wall-clock offset file (a test hook).
 pub const OFFSET_FILE_ENV: &str = "HOMERD_CLOCK_OFFSET_FILE";
 
@@ -63,6 +65,11 @@ impl Clock {
     /// The clock the daemon and the CLI use: honours `HOMERD_CLOCK_OFFSET_FILE`.
     pub fn from_env() -> Clock {
         Clock { offset_file: std::env::var_os(OFFSET_FILE_ENV).map(PathBuf::from), state: Arc::default() }
+    }
+
+    /// [`Clock::now_ms`] as the job vocabulary's wall-clock time.
+    pub fn now(&self) -> WallMs {
+        WallMs(self.now_ms())
     }
 
     /// The effective time in milliseconds since the Unix epoch (see the module docs):
@@ -148,6 +155,11 @@ impl Clock {
     pub fn mono_ms(&self) -> i64 {
         mono_ms()
     }
+}
+
+/// [`mono_ms`] as the job vocabulary's monotonic time.
+pub fn mono() -> MonoMs {
+    MonoMs(mono_ms())
 }
 
 /// Boot-relative monotonic milliseconds (see the module docs for the clock chosen).

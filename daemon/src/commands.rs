@@ -14,10 +14,11 @@ use serde_json::json;
 use crate::config::format_duration;
 use crate::daemon::{self, Context, Leadership, Role};
 use crate::error::{exit, Error, Result};
+use crate::job::{NewJob, WallMs};
 use crate::lock;
-use crate::store::leader::{HolderState, LeaderRow};
-use crate::store::schema::{self, DbState, MIGRATIONS};
-use crate::store::{self, leader, read};
+use crate::sqlite::leader::{HolderState, LeaderRow};
+use crate::sqlite::schema::{self, DbState, MIGRATIONS};
+use crate::sqlite::{self, leader, read};
 
 /// Opens the database for reading after validating it; `None` if it does not exist.
 fn open_current(ctx: &Context) -> Result<Option<Connection>> {
@@ -33,7 +34,7 @@ fn open_current(ctx: &Context) -> Result<Option<Connection>> {
             ),
         )),
         _ => {
-            let conn = store::open_reader(db, ctx.config.busy_timeout)?;
+            let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
             read::anchor_clock(&conn, &ctx.clock);
             Ok(Some(conn))
         }
@@ -93,10 +94,10 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     let row = leader::read(&conn).map_err(sql)?;
     let state = row.holder_state(&ctx.clock, ctx.config.stale_threshold);
     let counts = read::job_counts(&conn).map_err(sql)?;
-    let lanes = store::ops::lane_counts(&conn).map_err(sql)?;
-    let metrics = store::ops::metrics(&conn).map_err(sql)?;
+    let lanes = sqlite::ops::lane_counts(&conn).map_err(sql)?;
+    let metrics = sqlite::ops::metrics(&conn).map_err(sql)?;
     let now = ctx.clock.now_ms();
-    let oldest_pending_age_ms = store::ops::oldest_pending(&conn, now).map_err(sql)?.map(|t| (now - t).max(0));
+    let oldest_pending_age_ms = sqlite::ops::oldest_pending(&conn, now).map_err(sql)?.map(|t| (now - t).max(0));
     let running = read::running_jobs(&conn).map_err(sql)?;
     if as_json {
         let running: Vec<_> = running
@@ -247,7 +248,7 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
             return checks;
         }
     };
-    let conn = match store::open_reader(db, ctx.config.busy_timeout) {
+    let conn = match sqlite::open_reader(db, ctx.config.busy_timeout) {
         Ok(c) => c,
         Err(e) => {
             check("migrations", false, e.to_string());
@@ -466,18 +467,19 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
 /// the database is open and the effective clock anchored from it (`clock.rs`), so a CLI
 /// started after a backward step of the wall clock does not schedule into the past.
 pub struct JobDraft {
-    job: store::jobs::NewJob,
+    job: NewJob,
     delay: Duration,
 }
 
 impl JobDraft {
     /// The job to insert at `now` (effective milliseconds).
-    pub fn at(&self, now: i64) -> std::result::Result<store::jobs::NewJob, String> {
+    pub fn at(&self, now: WallMs) -> std::result::Result<NewJob, String> {
         // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
         let run_after = now
+            .0
             .checked_add(self.delay.as_millis() as i64)
             .ok_or_else(|| String::from("run_after: the time it names is out of range"))?;
-        Ok(store::jobs::NewJob { run_after, ..self.job.clone() })
+        Ok(NewJob { run_after: WallMs(run_after), ..self.job.clone() })
     }
 }
 
@@ -504,13 +506,13 @@ pub fn build_job(
     if lane.is_empty() {
         return Err(String::from("lane must not be empty"));
     }
-    let job = store::jobs::NewJob {
+    let job = NewJob {
         kind,
         args,
         lane,
         max_attempts,
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
-        run_after: 0,
+        run_after: WallMs(0),
     };
     Ok(JobDraft { job, delay })
 }
@@ -528,7 +530,7 @@ pub fn open_for_cli_write(ctx: &Context) -> Result<rusqlite::Connection> {
         }
         _ => {}
     }
-    let conn = store::open_writer(db, ctx.config.busy_timeout, crate::config::Durability::Full)?;
+    let conn = sqlite::open_writer(db, ctx.config.busy_timeout, crate::config::Durability::Full)?;
     read::anchor_clock(&conn, &ctx.clock);
     Ok(conn)
 }
@@ -540,7 +542,7 @@ pub fn open_for_enqueue(ctx: &Context) -> Result<rusqlite::Connection> {
     crate::powerloss::phase("enqueue");
     let conn = open_for_cli_write(ctx)?;
     if crate::mutant::active(crate::mutant::ACK_BEFORE_SYNC) {
-        store::unsynced_commits(&conn).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+        sqlite::unsynced_commits(&conn).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
     }
     Ok(conn)
 }
@@ -563,9 +565,9 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
     let db = &ctx.paths.database;
     let sql = |e| Error::sqlite(db, e);
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
-    let now = ctx.clock.now_ms();
+    let now = ctx.clock.now();
     let job = job.at(now).map_err(Error::Usage)?;
-    let (id, _created) = store::ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
+    let (id, _created) = sqlite::ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
     tx.commit().map_err(sql)?;
     println!("{id}");
     Ok(exit::OK)

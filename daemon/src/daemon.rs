@@ -15,15 +15,16 @@ use rusqlite::Connection;
 use crate::clock::{format_rfc3339, Clock};
 use crate::config::Config;
 use crate::engine::coordinator::Coordinator;
-use crate::engine::store::SqliteStore;
 use crate::error::{exit, Error, Result};
 use crate::identity::{self, Liveness, ProcessIdentity};
+use crate::job::Epoch;
 use crate::lock::{self, Acquire, Diagnostics, HeldLock, Holder, PathState};
 use crate::paths::Paths;
-use crate::store::leader::{self, Candidate, Outcome};
-use crate::store::schema::{self, DbState, MIGRATIONS};
-use crate::store::writer::{Sync, WriteError, Writer};
-use crate::{events, failpoint, mutant, runner, store};
+use crate::sqlite::jobstore::SqliteStore;
+use crate::sqlite::leader::{self, Candidate, Outcome};
+use crate::sqlite::schema::{self, DbState, MIGRATIONS};
+use crate::sqlite::writer::{SyncMode, WriteError, Writer};
+use crate::{events, failpoint, mutant, runner, sqlite};
 use std::sync::Arc;
 
 /// Everything a command needs: where things are, the validated configuration, the clock.
@@ -142,8 +143,8 @@ fn peek_active_holder(ctx: &Context) -> Option<(u32, String)> {
     if !schema::inspect(db, ctx.config.busy_timeout).ok()?.has_leader() {
         return None;
     }
-    let conn = store::open_reader(db, ctx.config.busy_timeout).ok()?;
-    let row = store::read::leader_row(&conn).ok()??;
+    let conn = sqlite::open_reader(db, ctx.config.busy_timeout).ok()?;
+    let row = sqlite::read::leader_row(&conn).ok()??;
     match row.holder_state(&ctx.clock, ctx.config.stale_threshold) {
         leader::HolderState::Active { pid, .. } => Some((pid, row.lock_path.unwrap_or_default())),
         _ => None,
@@ -248,7 +249,7 @@ pub fn open_and_lead(
     let previous = lock::read_diagnostics(lock.path()).unwrap_or_default();
     schema::check_wal_owner(db, &previous)?;
     if mutant::active(mutant::WRITES_BEFORE_VALIDATION) && db.exists() {
-        let _ = store::open_writer(db, cfg.busy_timeout, cfg.durability);
+        let _ = sqlite::open_writer(db, cfg.busy_timeout, cfg.durability);
     }
     let mut state = schema::inspect(db, cfg.busy_timeout)?;
     if state != DbState::Missing && !mutant::active(mutant::NO_DATA_CHECK) {
@@ -266,11 +267,11 @@ pub fn open_and_lead(
         }
         state = schema::inspect(db, cfg.busy_timeout)?;
     }
-    let mut conn = store::open_writer(db, cfg.busy_timeout, cfg.durability)?;
+    let mut conn = sqlite::open_writer(db, cfg.busy_timeout, cfg.durability)?;
     let database_id = schema::database_id_of(&conn);
     // Where the effective clock stood when the last holder stopped (clock.rs): never
     // earlier than that, and a forward step taken meanwhile is noticed.
-    store::read::anchor_clock(&conn, &ctx.clock);
+    sqlite::read::anchor_clock(&conn, &ctx.clock);
     let (dev, ino) = lock.dev_ino();
     let candidate = Candidate {
         role: role.as_str(),
@@ -358,15 +359,15 @@ pub fn run(ctx: Context) -> Result<i32> {
     }
     let (writer, thread) = Writer::start(conn, epoch);
     let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
-    let coord = Arc::new(Coordinator::new(engine_cfg, epoch, SqliteStore::new(writer.clone())));
+    let coord = Arc::new(Coordinator::new(engine_cfg, Epoch(epoch), SqliteStore::new(writer.clone())));
     // A forward step of the wall clock while no daemon ran: move the waiting jobs first.
-    runner::absorb_clock_steps(&ctx.clock, &writer, epoch);
+    runner::absorb_clock_steps(&ctx.clock, &writer, Epoch(epoch));
     // Recovery runs before anything is claimed: every orphan requeued (or failed) and its
     // recorded process group gone. Then the engine's reader; only then is the daemon active.
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);
     let ready = runner::recover(&coord, &ctx.clock, kill_limit)
         .map_err(|e| {
-            if store::corruption().is_some() {
+            if sqlite::corruption().is_some() {
                 corrupt_error(&ctx.paths.database)
             } else if e.contains("fenced") {
                 Error::Fenced(e)
@@ -374,7 +375,7 @@ pub fn run(ctx: Context) -> Result<i32> {
                 Error::Busy(e)
             }
         })
-        .and_then(|()| store::open_reader(&ctx.paths.database, ctx.config.busy_timeout));
+        .and_then(|()| sqlite::open_reader(&ctx.paths.database, ctx.config.busy_timeout));
     let reader = match ready {
         Ok(reader) => reader,
         Err(e) => {
@@ -396,7 +397,7 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("database", ctx.paths.database.display().to_string())
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
-    coord.note_leader_refresh(crate::clock::mono_ms());
+    coord.note_leader_refresh(crate::clock::mono());
     let engine =
         runner::start(coord.clone(), writer.clone(), ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone(), reader);
     let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, database_id, signals, engine, coord));
@@ -482,18 +483,18 @@ async fn supervise(
             _ = heartbeat.tick() => {
                 let clock = ctx.clock.clone();
                 // Stamped before the call: a refresh counts from when it was asked for.
-                let asked_at = crate::clock::mono_ms();
+                let asked_at = crate::clock::mono();
                 // Counters since the last successful write ride along (epoch-guarded).
                 let (hb_failures, lock_failures) = (pending_heartbeat_failures, watch.failures);
                 let refresh = move |tx: &rusqlite::Transaction<'_>| {
                     let ours = leader::heartbeat(tx, epoch, &clock)?;
                     if ours {
-                        store::ops::bump_metric(tx, "heartbeat_failures", hb_failures)?;
-                        store::ops::bump_metric(tx, "lock_reacquire_failures", lock_failures)?;
+                        sqlite::ops::bump_metric(tx, "heartbeat_failures", hb_failures)?;
+                        sqlite::ops::bump_metric(tx, "lock_reacquire_failures", lock_failures)?;
                     }
                     Ok(ours)
                 };
-                match writer.call(Sync::Normal, refresh).await {
+                match writer.call(SyncMode::Normal, refresh).await {
                     Ok(true) => {
                         pending_heartbeat_failures = 0;
                         watch.failures -= lock_failures;
@@ -516,7 +517,7 @@ async fn supervise(
                         // every run is already being stopped (by the watchdog, on its own
                         // timer) and nothing is claimed: report it. Once the row can be
                         // refreshed again, the epoch tells whether we still lead.
-                        if !standing_down && coord.standing_down(crate::clock::mono_ms()) {
+                        if !standing_down && coord.standing_down(crate::clock::mono()) {
                             standing_down = true;
                             events::error("daemon.standing_down", "Cannot refresh the leader row: stopping all jobs, claiming nothing")
                                 .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
@@ -545,7 +546,7 @@ async fn supervise(
         Stop::Drained => {
             failpoint::hit("shutdown.before_release").map_err(|e| Error::io("shutdown", &ctx.paths.database, e))?;
             let clock = ctx.clock.clone();
-            match writer.call(Sync::Full, move |tx| leader::release(tx, epoch, &clock)).await {
+            match writer.call(SyncMode::Full, move |tx| leader::release(tx, epoch, &clock)).await {
                 Ok(_) | Err(WriteError::Fenced) => {}
                 Err(e) => events::warn("daemon.release_failed", "Could not clear the leader row")
                     .field("error", e.to_string())
@@ -587,7 +588,7 @@ fn corrupt_error(db: &std::path::Path) -> Error {
         db,
         format!(
             "is corrupt ({}); homerd stopped every job without recording anything and exits. Check it with `homerd doctor`, then restore a backup or move it aside; the next start recovers the stopped jobs",
-            store::corruption().unwrap_or("database disk image is malformed")
+            sqlite::corruption().unwrap_or("database disk image is malformed")
         ),
     )
 }
@@ -691,7 +692,7 @@ impl LockWatch {
             }
         };
         let (dev, ino) = new.dev_ino();
-        match writer.call(Sync::Full, move |tx| leader::update_lock_file(tx, epoch, dev, ino)).await {
+        match writer.call(SyncMode::Full, move |tx| leader::update_lock_file(tx, epoch, dev, ino)).await {
             Ok(true) => {}
             Ok(false) | Err(WriteError::Fenced) => {
                 return Err(String::from("the epoch moved while the lock file was gone"))

@@ -1,7 +1,7 @@
 //! homerd: a local job daemon that never runs twice and never loses or double-runs a job.
 //!
 //! See ARCHITECTURE.md for the map. Module ownership of dangerous primitives:
-//! `lock` owns `flock`, `store` owns SQL, `identity` owns process identity.
+//! `lock` owns `flock`, `sqlite` owns SQL, `identity` owns process identity; `job` is the vocabulary.
 
 pub mod children;
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod events;
 pub mod failpoint;
 pub mod fstype;
 pub mod identity;
+pub mod job;
 pub mod lock;
 pub mod mutant;
 pub mod operate;
@@ -25,5 +26,5 @@ pub mod rlimit;
 pub mod runner;
 pub mod service;
 pub mod shim;
-pub mod store;
+pub mod sqlite;
 pub mod sync;

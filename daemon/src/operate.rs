@@ -15,9 +15,10 @@ use crate::clock::format_rfc3339;
 use crate::commands::{build_job, open_for_cli_write};
 use crate::daemon::Context;
 use crate::error::{exit, Error, Result};
-use crate::store::leader::HolderState;
-use crate::store::ops::{self, Cancel, JobRow, Retry};
-use crate::store::{self, read, schema};
+use crate::job::JobStatus;
+use crate::sqlite::leader::HolderState;
+use crate::sqlite::ops::{self, Cancel, JobRow, Retry};
+use crate::sqlite::{self, read, schema};
 
 fn reader(ctx: &Context) -> Result<rusqlite::Connection> {
     let db = &ctx.paths.database;
@@ -25,7 +26,7 @@ fn reader(ctx: &Context) -> Result<rusqlite::Connection> {
         schema::DbState::Missing => Err(Error::data(db, "does not exist yet; start the daemon once (homerd run)")),
         s if !s.is_current() => Err(Error::data(db, "needs migrating; run `homerd migrate`")),
         _ => {
-            let conn = store::open_reader(db, ctx.config.busy_timeout)?;
+            let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
             read::anchor_clock(&conn, &ctx.clock);
             Ok(conn)
         }
@@ -43,8 +44,9 @@ fn print_json(v: &serde_json::Value) {
 /// `homerd list`.
 pub fn list(ctx: &Context, status: Option<String>, lane: Option<String>, limit: u32, as_json: bool) -> Result<i32> {
     if let Some(s) = &status {
-        if !read::STATUSES.contains(&s.as_str()) {
-            return Err(Error::Usage(format!("--status: unknown status `{s}`; one of {}", read::STATUSES.join(", "))));
+        if JobStatus::parse(s).is_none() {
+            let all = JobStatus::ALL.map(JobStatus::as_str).join(", ");
+            return Err(Error::Usage(format!("--status: unknown status `{s}`; one of {all}")));
         }
     }
     let conn = reader(ctx)?;
@@ -304,7 +306,7 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
     let mut conn = crate::commands::open_for_enqueue(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-    let now = ctx.clock.now_ms();
+    let now = ctx.clock.now();
     let mut ids = Vec::with_capacity(jobs.len());
     for (i, (draft, key)) in jobs.iter().enumerate() {
         let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;

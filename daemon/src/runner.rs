@@ -23,15 +23,15 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::children::{self, RecordedChild, SpawnRequest};
-use crate::clock::{mono_ms, Clock};
+use crate::children::{self, SpawnRequest};
+use crate::clock::{mono, Clock};
 use crate::config::Config;
 use crate::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult, StopReason};
-use crate::engine::store::{ChildRecord, SqliteStore};
+use crate::job::{ChildIdentity, ClaimLimits, Claimed, Epoch, JobId, WallMs};
 use crate::paths::Paths;
-use crate::store::jobs::{ClaimLimits, Claimed};
-use crate::store::read;
-use crate::store::writer::{Sync, Writer};
+use crate::sqlite::jobstore::SqliteStore;
+use crate::sqlite::read;
+use crate::sqlite::writer::{SyncMode, Writer};
 use crate::{events, failpoint, identity};
 
 /// Terminal jobs pruned per housekeeping pass at most (keeps each transaction short).
@@ -74,7 +74,7 @@ pub enum Control {
 pub enum EngineExit {
     Drained,
     Fenced,
-    /// The database is corrupt (`store::corruption`): every run stopped, nothing recorded.
+    /// The database is corrupt (`sqlite::corruption`): every run stopped, nothing recorded.
     Corrupt,
 }
 
@@ -111,18 +111,17 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     // One listing of every process for all the orphans, not one per orphan: with many
     // orphans (50 groups: tens of milliseconds) that was most of a restart's recovery.
     let live = if orphans.is_empty() { None } else { children::live_groups() };
-    for c in orphans.iter().filter(|_| !crate::mutant::active(crate::mutant::NO_GROUP_KILL)) {
-        let recorded = RecordedChild { pid: c.pid, pgid: c.pgid, boot_id: c.boot_id.clone(), start_time: c.start_time };
-        match children::kill_recorded_group_in(&recorded, kill_limit, live.as_ref()) {
+    for (job_id, child) in orphans.iter().filter(|_| !crate::mutant::active(crate::mutant::NO_GROUP_KILL)) {
+        match children::kill_recorded_group_in(child, kill_limit, live.as_ref()) {
             Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
-                .field("job_id", c.job_id)
-                .field("pgid", c.pgid)
+                .field("job_id", *job_id)
+                .field("pgid", child.pgid)
                 .field("killed", killed)
                 .emit(),
-            Err(e) => return Err(format!("could not kill orphaned group {} of job {}: {e}", c.pgid, c.job_id)),
+            Err(e) => return Err(format!("could not kill orphaned group {} of job {job_id}: {e}", child.pgid)),
         }
     }
-    let rec = coord.recover(clock.now_ms()).map_err(|e| format!("startup recovery: {e}"))?;
+    let rec = coord.recover(clock.now()).map_err(|e| format!("startup recovery: {e}"))?;
     let count = rec.requeued.len() + rec.failed.len() + rec.cancelled.len();
     events::info("jobs.recovered", "Recovered stale jobs")
         .field("count", count)
@@ -141,7 +140,7 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
 /// The same commit refreshes the leader row's reading (`seen_at`/`seen_mono`) past the
 /// step: a start that anchors its clock on the row after this daemon died (`Clock::anchor`)
 /// must not see the step again and move the jobs a second time.
-pub fn absorb_clock_steps(clock: &Clock, writer: &Writer, epoch: i64) {
+pub fn absorb_clock_steps(clock: &Clock, writer: &Writer, epoch: Epoch) {
     for back in clock.take_backward_steps() {
         events::warn(
             "clock.stepped_back",
@@ -153,10 +152,10 @@ pub fn absorb_clock_steps(clock: &Clock, writer: &Writer, epoch: i64) {
     for step in clock.take_forward_steps() {
         let crate::clock::ForwardStep { from, by } = step;
         let reading = clock.clone();
-        match writer.call_blocking(Sync::Normal, move |tx| {
-            let moved = crate::store::jobs::shift_scheduled(tx, from, by)?;
+        match writer.call_blocking(SyncMode::Normal, move |tx| {
+            let moved = crate::sqlite::jobs::shift_scheduled(tx, from, by)?;
             // The writer checked the epoch in this transaction: the refresh cannot miss.
-            crate::store::leader::heartbeat(tx, epoch, &reading)?;
+            crate::sqlite::leader::heartbeat(tx, epoch.0, &reading)?;
             Ok(moved)
         }) {
             Ok(moved) => {
@@ -180,16 +179,16 @@ struct JobControl {
     pgid: Arc<AtomicU32>,
 }
 
-type Controls = Arc<std::sync::Mutex<BTreeMap<i64, JobControl>>>;
+type Controls = Arc<std::sync::Mutex<BTreeMap<JobId, JobControl>>>;
 
-fn controls(c: &Controls) -> std::sync::MutexGuard<'_, BTreeMap<i64, JobControl>> {
+fn controls(c: &Controls) -> std::sync::MutexGuard<'_, BTreeMap<JobId, JobControl>> {
     c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Stops one job: in-process work is told to stop; an `exec` child's process group gets
 /// SIGTERM, then SIGKILL after `kill_grace` (at once when fenced), from a killer thread —
 /// the job thread sees its child exit, makes sure the group is gone, and reports.
-fn stop_job(c: &Controls, id: i64, reason: StopReason, kill_grace: Duration) {
+fn stop_job(c: &Controls, id: JobId, reason: StopReason, kill_grace: Duration) {
     let table = controls(c);
     let Some(h) = table.get(&id) else { return };
     let _ = h.stop_tx.send(reason);
@@ -208,7 +207,7 @@ fn stop_job(c: &Controls, id: i64, reason: StopReason, kill_grace: Duration) {
     }
 }
 
-fn announce_stop(id: i64, reason: StopReason) {
+fn announce_stop(id: JobId, reason: StopReason) {
     let (name, msg) = match reason {
         StopReason::LeaseLost => ("job.lease_lost", "Lease lost: stopping the job before its lease can expire"),
         StopReason::StandDown => (
@@ -229,14 +228,14 @@ fn announce_stop(id: i64, reason: StopReason) {
 /// The watchdog: evaluates deadlines and carries out every queued stop decision.
 fn watchdog(coord: Arc<EngineCoordinator>, c: Controls, kill_grace: Duration, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
-        coord.due(mono_ms());
+        coord.due(mono());
         for (id, reason) in coord.take_stops() {
             announce_stop(id, reason);
             stop_job(&c, id, reason, kill_grace);
         }
         let wait = coord
             .next_deadline()
-            .map(|d| (d - mono_ms()).clamp(1, POLL.as_millis() as i64))
+            .map(|d| (d - mono()).clamp(1, POLL.as_millis() as i64))
             .unwrap_or(POLL.as_millis() as i64);
         std::thread::sleep(Duration::from_millis(wait as u64));
     }
@@ -280,11 +279,11 @@ struct Engine {
     /// Job threads, reused.
     pool: crate::pool::Pool,
     /// Jobs whose thread has not reported its result yet.
-    running: BTreeSet<i64>,
+    running: BTreeSet<JobId>,
     /// Results the store could not take yet (retried every loop).
     unrecorded: usize,
-    ended_tx: Sender<(i64, JobResult)>,
-    ended_rx: Receiver<(i64, JobResult)>,
+    ended_tx: Sender<(JobId, JobResult)>,
+    ended_rx: Receiver<(JobId, JobResult)>,
 }
 
 impl Engine {
@@ -331,18 +330,18 @@ impl Engine {
 
     fn run_loop(&mut self, control: Receiver<Control>) -> EngineExit {
         let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
-        let mut next_renew = mono_ms() + heartbeat_ms;
+        let mut next_renew = mono() + heartbeat_ms;
         // Housekeeping (retention, the metrics event) every 6 heartbeats, and at once.
-        let mut next_housekeeping = mono_ms();
+        let mut next_housekeeping = mono();
         let mut last_version = read::data_version(&self.reader).unwrap_or(0);
         let mut claim_now = true;
-        let mut next_ready: Option<i64> = None;
-        let mut ended: Vec<(i64, JobResult)> = Vec::new();
+        let mut next_ready: Option<WallMs> = None;
+        let mut ended: Vec<(JobId, JobResult)> = Vec::new();
         let mut halted_at: Option<std::time::Instant> = None;
         loop {
             for msg in control.try_iter() {
                 match msg {
-                    Control::Shutdown { grace_ms } => self.coord.begin_shutdown(mono_ms(), grace_ms),
+                    Control::Shutdown { grace_ms } => self.coord.begin_shutdown(mono(), grace_ms),
                     // Queued for the watchdog, which carries out every stop.
                     Control::Fence => drop(self.coord.fence()),
                 }
@@ -351,7 +350,7 @@ impl Engine {
             // wall-clock steps are absorbed: whatever this pass schedules or claims by
             // then sees the jobs already moved by any step this reading (or another
             // thread's) noticed — never a stepped time with the jobs not yet moved.
-            let wall = self.clock.now_ms();
+            let wall = self.clock.now();
             absorb_clock_steps(&self.clock, &self.writer, self.coord.epoch);
             ended.extend(self.ended_rx.try_iter());
             if !ended.is_empty() {
@@ -367,7 +366,7 @@ impl Engine {
                 }
             }
             if !self.coord.halted() {
-                if let Some(why) = crate::store::corruption() {
+                if let Some(why) = crate::sqlite::corruption() {
                     events::error("daemon.corrupt", "The database is corrupt: stopping every job, claiming nothing")
                         .field("error", why)
                         .emit();
@@ -390,7 +389,7 @@ impl Engine {
                 }
                 continue;
             }
-            let now = mono_ms();
+            let now = mono();
             if now >= next_renew {
                 next_renew = now + heartbeat_ms;
                 let held = self.coord.held().len();
@@ -412,7 +411,7 @@ impl Engine {
                 last_version = version;
                 claim_now = true;
                 // Someone committed: maybe a `homerd cancel` request for a job we run.
-                for id in crate::store::ops::cancel_requests(&self.reader).unwrap_or_default() {
+                for id in crate::sqlite::ops::cancel_requests(&self.reader).unwrap_or_default() {
                     self.coord.request_cancel(id);
                 }
             }
@@ -421,7 +420,7 @@ impl Engine {
             }
             if claim_now && !self.coord.shutting_down() && !self.coord.fenced() {
                 claim_now = false;
-                let claimed = self.coord.claim(mono_ms(), wall);
+                let claimed = self.coord.claim(mono(), wall);
                 if !claimed.is_empty() {
                     claim_now = true; // more may be ready than one batch took
                     if let Err(e) = failpoint::hit("claim.after_commit") {
@@ -431,7 +430,7 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
-                next_ready = noted(read::next_run_after(&self.reader)).flatten();
+                next_ready = noted(read::next_run_after(&self.reader)).flatten().map(WallMs);
             }
             if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
@@ -452,9 +451,9 @@ impl Engine {
     /// (a bounded batch per pass); then reports the counters as a `daemon.metrics` event.
     fn housekeeping(&mut self) {
         let before = self.clock.now_ms() - self.cfg.retention.as_millis() as i64;
-        let pruned = self.writer.call_blocking(Sync::Normal, move |tx| {
-            let ids = crate::store::ops::prune(tx, before, PRUNE_BATCH)?;
-            crate::store::ops::bump_metric(tx, "jobs_pruned", ids.len() as i64)?;
+        let pruned = self.writer.call_blocking(SyncMode::Normal, move |tx| {
+            let ids = crate::sqlite::ops::prune(tx, before, PRUNE_BATCH)?;
+            crate::sqlite::ops::bump_metric(tx, "jobs_pruned", ids.len() as i64)?;
             Ok(ids)
         });
         match pruned {
@@ -468,15 +467,15 @@ impl Engine {
             }
         }
         let mut ev = events::debug("daemon.metrics", "Counters");
-        for (k, v) in crate::store::ops::metrics(&self.reader).unwrap_or_default() {
+        for (k, v) in crate::sqlite::ops::metrics(&self.reader).unwrap_or_default() {
             ev = ev.field(&k, v);
         }
         for (k, v) in read::job_counts(&self.reader).unwrap_or_default() {
             ev = ev.field(&format!("jobs_{k}"), v);
         }
         let now = self.clock.now_ms();
-        let oldest = crate::store::ops::oldest_pending(&self.reader, now).ok().flatten().map(|t| (now - t).max(0));
-        let lanes = crate::store::ops::lane_counts(&self.reader).unwrap_or_default();
+        let oldest = crate::sqlite::ops::oldest_pending(&self.reader, now).ok().flatten().map(|t| (now - t).max(0));
+        let lanes = crate::sqlite::ops::lane_counts(&self.reader).unwrap_or_default();
         ev.field("oldest_pending_age_ms", serde_json::json!(oldest)).field("lanes", serde_json::json!(lanes)).emit();
     }
 
@@ -519,7 +518,7 @@ impl Engine {
 
     /// Records the runs that ended (their work is done), all in one store call, and
     /// announces each.
-    fn finish(&mut self, ended: Vec<(i64, JobResult)>, wall: i64) {
+    fn finish(&mut self, ended: Vec<(JobId, JobResult)>, wall: WallMs) {
         let mut table = controls(&self.controls);
         for (id, _) in &ended {
             table.remove(id);
@@ -552,13 +551,13 @@ impl Engine {
     }
 }
 
-/// A reader's result, with corruption noted (`store::note_corruption`): the engine's
+/// A reader's result, with corruption noted (`sqlite::note_corruption`): the engine's
 /// reads are best-effort, but a damaged page they meet must stop the daemon.
 fn noted<T>(r: rusqlite::Result<T>) -> Option<T> {
-    r.map_err(|e| crate::store::note_corruption(&e)).ok()
+    r.map_err(|e| crate::sqlite::note_corruption(&e)).ok()
 }
 
-fn announce_finish(id: i64, f: &Finished) {
+fn announce_finish(id: JobId, f: &Finished) {
     let e = match f {
         Finished::Completed => events::info("job.completed", "Job completed"),
         Finished::Retry { run_after } => {
@@ -670,7 +669,7 @@ impl JobContext {
         }
         // Published first: a stop decided from here on kills the (still held) group.
         self.pgid.store(child.pgid, Ordering::SeqCst);
-        let record = ChildRecord {
+        let record = ChildIdentity {
             pid: child.pid,
             pgid: child.pgid,
             boot_id: child.boot_id.clone(),

@@ -224,7 +224,7 @@ fn pre_004_running_rows_are_failed_by_migration_004() {
     let out = sb.run(&["migrate"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        out.stdout.contains(&format!("applied {} migration(s)", homerd::store::schema::MIGRATIONS.len() - 3)),
+        out.stdout.contains(&format!("applied {} migration(s)", homerd::sqlite::schema::MIGRATIONS.len() - 3)),
         "{}",
         out.stdout
     );
@@ -463,7 +463,7 @@ fn doctor_fails_on_a_database_stopped_at_migration_003() {
     let before = bytes(&sb.db());
     let out = doctor_fails(&sb, "migrations");
     assert!(
-        out.contains(&format!("3 of {} applied", homerd::store::schema::MIGRATIONS.len()))
+        out.contains(&format!("3 of {} applied", homerd::sqlite::schema::MIGRATIONS.len()))
             && out.contains("004_job_locking.sql"),
         "{out}"
     );
@@ -498,7 +498,7 @@ fn backup_while_running_is_a_consistent_copy_and_never_overwrites() {
     assert_eq!(out.stdout.trim(), dest.to_str().unwrap());
     let c = rusqlite::Connection::open(&dest).unwrap();
     let n: i64 = c.query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0)).unwrap();
-    assert_eq!(n as usize, homerd::store::schema::MIGRATIONS.len());
+    assert_eq!(n as usize, homerd::sqlite::schema::MIGRATIONS.len());
     let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(ok, "ok");
     drop(c);

@@ -318,7 +318,7 @@ fn unlink_race_after_open_is_caught_by_the_inode_recheck() {
 fn start_waits_for_a_migrate_holder() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::store::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
     let mut c = sb.cmd();
     c.env("HOMERD_FAILPOINTS", "migrate.mid_file=stop").arg("migrate");
     let mut m = Daemon::spawn(c);
@@ -326,7 +326,7 @@ fn start_waits_for_a_migrate_holder() {
     let mut d = sb.start(FAST);
     d.wait_event("lock.waiting");
     // The failpoint stops migrate once per pending file (004 onwards).
-    let pending = homerd::store::schema::MIGRATIONS.len() - 3;
+    let pending = homerd::sqlite::schema::MIGRATIONS.len() - 3;
     for hits in 2..=pending {
         m.resume();
         m.wait_count("failpoint.hit", hits);
@@ -343,7 +343,7 @@ fn start_waits_for_a_migrate_holder() {
 fn concurrent_migrates_apply_each_file_once() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::store::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
     let outs: Vec<Output> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..2).map(|_| s.spawn(|| sb.run(&["migrate"]))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -355,12 +355,12 @@ fn concurrent_migrates_apply_each_file_once() {
     assert!(
         applied
             .iter()
-            .any(|o| o.contains(&format!("applied {} migration(s)", homerd::store::schema::MIGRATIONS.len() - 3))),
+            .any(|o| o.contains(&format!("applied {} migration(s)", homerd::sqlite::schema::MIGRATIONS.len() - 3))),
         "{applied:?}"
     );
     assert!(applied.iter().any(|o| o.contains("is up to date")), "{applied:?}");
     let n: i64 = sql(&sb.db()).query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0)).unwrap();
-    assert_eq!(n as usize, homerd::store::schema::MIGRATIONS.len());
+    assert_eq!(n as usize, homerd::sqlite::schema::MIGRATIONS.len());
 }
 
 /// PITFALLS 19: kill -9 in the middle of a migration file leaves no half-applied file;
@@ -369,7 +369,7 @@ fn concurrent_migrates_apply_each_file_once() {
 fn kill_9_mid_migration_leaves_no_half_applied_file() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::store::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
     let mut c = sb.cmd();
     c.env("HOMERD_FAILPOINTS", "migrate.mid_file=abort").arg("migrate");
     let out = run_bounded(c, deadline(30.0));
@@ -389,7 +389,7 @@ fn kill_9_mid_migration_leaves_no_half_applied_file() {
     let out = sb.run(&["migrate"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        out.stdout.contains(&format!("applied {} migration(s)", homerd::store::schema::MIGRATIONS.len() - 3)),
+        out.stdout.contains(&format!("applied {} migration(s)", homerd::sqlite::schema::MIGRATIONS.len() - 3)),
         "{}",
         out.stdout
     );

@@ -35,8 +35,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use homerd::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult};
-use homerd::engine::store::{ChildRecord, JobStore, MemoryStore, StoreResult};
-use homerd::store::jobs::{ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
+use homerd::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreResult};
+use homerd::engine::memory::MemoryStore;
+use homerd::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, JobId, JobStatus, MonoMs, NewJob, Recovered, WallMs,
+};
 use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 use loom::thread;
 
@@ -85,7 +88,7 @@ const KILL_BY: i64 = 750;
 const STALE: i64 = 1000;
 
 fn jobs(n: usize) -> MemoryStore {
-    let mut store = MemoryStore::new(1);
+    let mut store = MemoryStore::new(Epoch(1));
     for _ in 0..n {
         let job = NewJob {
             kind: "exec".into(),
@@ -93,9 +96,9 @@ fn jobs(n: usize) -> MemoryStore {
             lane: "l".into(),
             max_attempts: 3,
             timeout_ms: None,
-            run_after: 0,
+            run_after: WallMs(0),
         };
-        store.enqueue(&job, 0).unwrap();
+        store.enqueue(&job);
     }
     store
 }
@@ -134,42 +137,43 @@ impl Db {
     }
 
     /// Another daemon takes the leader row.
-    fn bump_epoch(&self) -> i64 {
+    fn bump_epoch(&self) -> Epoch {
         let mut db = self.lock();
-        db.store.epoch += 1;
+        db.store.epoch = Epoch(db.store.epoch.0 + 1);
         db.store.epoch
     }
 
-    fn job(&self, id: i64) -> (&'static str, u32, u32) {
+    fn job(&self, id: JobId) -> (JobStatus, u32, u32) {
         let db = self.lock();
         let j = &db.store.jobs[&id];
         (j.status, j.attempts, j.interruptions)
     }
 
-    /// Runs an outcome-recording call, noting it if it landed for a claim that did not
-    /// own the job when it was made, or under an epoch that was no longer current.
-    fn outcome<R>(
-        &self,
-        what: &str,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        f: impl FnOnce(&mut MemoryStore) -> StoreResult<R>,
-        landed: impl Fn(&R) -> bool,
-    ) -> StoreResult<R> {
+    /// Records one outcome, noting it if it landed for a claim that did not own the job
+    /// when it was made, or under an epoch that was no longer current.
+    fn outcome(&self, claim: &ClaimRef, what: &Record, now: WallMs) -> StoreResult<Recorded> {
+        let what_name = match what {
+            Record::Complete => "completion",
+            Record::Fail { .. } => "failure",
+            Record::Release { .. } => "release",
+            Record::Abandon { .. } => "abandon",
+            Record::Cancel => "cancellation",
+            Record::Requeue { .. } => "unstarted requeue",
+        };
+        let (epoch, id) = (claim.epoch, claim.id);
         let mut db = self.lock();
         let owner = db.store.jobs.get(&id).and_then(|j| j.token.clone());
         let current = db.store.epoch;
-        if epoch == current && owner.as_deref() != Some(token) {
-            db.token_only.push(format!("{what} of job {id} by a claim of this epoch that does not own it"));
+        if epoch == current && owner.as_deref() != Some(claim.token.as_str()) {
+            db.token_only.push(format!("{what_name} of job {id} by a claim of this epoch that does not own it"));
         }
-        let r = f(&mut db.store);
-        if r.as_ref().is_ok_and(&landed) {
-            if owner.as_deref() != Some(token) {
-                db.zombie_outcomes.push(format!("{what} of job {id} by a claim that no longer owned it"));
+        let r = db.store.record_many(&[(claim.clone(), what.clone())], now).remove(0);
+        if r.as_ref().is_ok_and(|r| *r != Recorded::NotOwner) {
+            if owner.as_deref() != Some(claim.token.as_str()) {
+                db.zombie_outcomes.push(format!("{what_name} of job {id} by a claim that no longer owned it"));
             }
             if epoch != current {
-                db.stale_outcomes.push(format!("{what} of job {id} under stale epoch {epoch}"));
+                db.stale_outcomes.push(format!("{what_name} of job {id} under stale epoch {epoch}"));
             }
         }
         r
@@ -181,78 +185,23 @@ impl Db {
 }
 
 impl JobStore for Db {
-    fn enqueue(&mut self, job: &NewJob, now: i64) -> StoreResult<i64> {
-        self.lock().store.enqueue(job, now)
-    }
-    fn claim(&mut self, epoch: i64, worker: &str, limits: &ClaimLimits, now: i64) -> StoreResult<Vec<Claimed>> {
+    fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
         self.call(|s| s.claim(epoch, worker, limits, now))
     }
-    fn renew(&mut self, epoch: i64, held: &[(i64, String)], now: i64) -> StoreResult<Vec<i64>> {
+    fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
         self.call(|s| s.renew(epoch, held, now))
     }
-    fn record_child(&mut self, epoch: i64, id: i64, token: &str, child: &ChildRecord) -> StoreResult<bool> {
-        self.call(|s| s.record_child(epoch, id, token, child))
+    fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
+        self.call(|s| s.record_child(claim, child))
     }
-    fn complete(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
-        self.outcome("completion", epoch, id, token, |s| s.complete(epoch, id, token, now), |done| *done)
+    /// One by one, each noted (see [`Db::outcome`]).
+    fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
+        items.iter().map(|(claim, what)| self.outcome(claim, what, now)).collect()
     }
-    fn fail(
-        &mut self,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        error: &str,
-        retryable: bool,
-        retry_at: i64,
-        now: i64,
-    ) -> StoreResult<Option<FailOutcome>> {
-        self.outcome(
-            "failure",
-            epoch,
-            id,
-            token,
-            |s| s.fail(epoch, id, token, error, retryable, retry_at, now),
-            Option::is_some,
-        )
-    }
-    fn release(&mut self, epoch: i64, id: i64, token: &str, max: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
-        self.outcome("release", epoch, id, token, |s| s.release(epoch, id, token, max, now), Option::is_some)
-    }
-    fn abandon(
-        &mut self,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        reason: &str,
-        now: i64,
-    ) -> StoreResult<Option<FailOutcome>> {
-        self.outcome("abandon", epoch, id, token, |s| s.abandon(epoch, id, token, reason, now), Option::is_some)
-    }
-    fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
-        self.outcome("cancellation", epoch, id, token, |s| s.cancel(epoch, id, token, now), |done| *done)
-    }
-    fn requeue_unstarted(
-        &mut self,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        reason: &str,
-        retry_at: i64,
-        now: i64,
-    ) -> StoreResult<Option<FailOutcome>> {
-        self.outcome(
-            "unstarted requeue",
-            epoch,
-            id,
-            token,
-            |s| s.requeue_unstarted(epoch, id, token, reason, retry_at, now),
-            Option::is_some,
-        )
-    }
-    fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {
+    fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
         self.call(|s| s.orphan_children(epoch))
     }
-    fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered> {
+    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
         self.call(|s| s.recover(epoch, retry_at, now))
     }
 }
@@ -278,9 +227,9 @@ struct Board {
     /// Bumped on every change, so a waiter never misses one.
     version: u64,
     /// (daemon, job) -> its run.
-    runs: BTreeMap<(u8, i64), Run>,
+    runs: BTreeMap<(u8, JobId), Run>,
     /// job -> the daemon whose run executes it: the effects probe's flock in the harness.
-    executing: BTreeMap<i64, u8>,
+    executing: BTreeMap<JobId, u8>,
     /// daemon -> the latest time its watchdog evaluated.
     watched: BTreeMap<u8, i64>,
     /// Workers whose claim returned / that are done (the engine hears of it).
@@ -336,7 +285,7 @@ impl World {
 
     /// A stop decided by daemon `d`'s watchdog, for its run of `job`. A run that already
     /// ended (or is not registered yet) has nothing to stop, as in `runner::stop_job`.
-    fn stop(&self, d: u8, job: i64) {
+    fn stop(&self, d: u8, job: JobId) {
         self.update(|b| {
             if let Some(r) = b.runs.get_mut(&(d, job)) {
                 r.stopped = true;
@@ -358,8 +307,8 @@ impl World {
 }
 
 /// Daemon `d`'s pgid for its run of `job`: one group per run.
-fn pgid(d: u8, job: i64) -> u32 {
-    u32::from(d) * 100 + job as u32
+fn pgid(d: u8, job: JobId) -> u32 {
+    u32::from(d) * 100 + job.0 as u32
 }
 
 /// How a job's work goes once released.
@@ -375,9 +324,9 @@ enum Work {
 /// finish recorded. Short runs end together, so they are recorded together, as the
 /// engine records every run that ended since its last pass (`finish_many`, one store
 /// call); a long run is recorded when it ends.
-fn work(d: u8, c: &Coordinator<Db>, world: &World, kind: Work) -> Vec<(i64, Finished)> {
+fn work(d: u8, c: &Coordinator<Db>, world: &World, kind: Work) -> Vec<(JobId, Finished)> {
     let now = world.now();
-    let claimed = c.claim(now, now);
+    let claimed = c.claim(MonoMs(now), WallMs(now));
     world.update(|b| {
         b.claims_tried += 1;
         // `Engine::start_job`: registered before the job thread runs; spawned held.
@@ -387,15 +336,15 @@ fn work(d: u8, c: &Coordinator<Db>, world: &World, kind: Work) -> Vec<(i64, Fini
     });
     let out = match kind {
         Work::Short => {
-            let ended: Vec<(i64, JobResult)> =
+            let ended: Vec<(JobId, JobResult)> =
                 claimed.iter().map(|job| (job.id, run_job(d, c, world, kind, job))).collect();
-            c.finish_many(ended, world.now(), || 0.5)
+            c.finish_many(ended, WallMs(world.now()), || 0.5)
         }
         Work::Long => claimed
             .into_iter()
             .map(|job| {
                 let result = run_job(d, c, world, kind, &job);
-                (job.id, c.finish(job.id, result, world.now(), 0.5))
+                (job.id, c.finish(job.id, result, WallMs(world.now()), 0.5))
             })
             .collect(),
     };
@@ -411,7 +360,7 @@ fn run_job(d: u8, c: &Coordinator<Db>, world: &World, kind: Work, job: &Claimed)
         // Spawned held (registered with its group), recorded under the epoch, released
         // only if still ours.
         let group = pgid(d, id);
-        let child = ChildRecord { pid: group, pgid: group, boot_id: String::from("boot"), start_time: 1 };
+        let child = ChildIdentity { pid: group, pgid: group, boot_id: String::from("boot"), start_time: 1 };
         let recorded = c.record_child(id, child);
         let released = world.update(|b| {
             let run = b.runs.get_mut(&(d, id)).expect("registered");
@@ -453,8 +402,8 @@ fn run_job(d: u8, c: &Coordinator<Db>, world: &World, kind: Work, job: &Claimed)
 /// deadlines and stops.
 fn supervise(d: u8, c: &Coordinator<Db>, world: &World) {
     let now = world.now();
-    c.renew(now, now);
-    c.due(now);
+    c.renew(MonoMs(now), WallMs(now));
+    c.due(MonoMs(now));
     for (id, _reason) in c.take_stops() {
         world.stop(d, id);
     }
@@ -466,13 +415,13 @@ fn supervise(d: u8, c: &Coordinator<Db>, world: &World) {
 
 /// A new daemon at epoch 2: takes the leader row, kills the orphans' recorded groups and
 /// waits until they are gone, recovers, then claims and runs what it can.
-fn take_over(db: &Db, world: &World) -> (Arc<Coordinator<Db>>, Vec<(i64, Finished)>) {
+fn take_over(db: &Db, world: &World) -> (Arc<Coordinator<Db>>, Vec<(JobId, Finished)>) {
     let epoch = db.bump_epoch();
     let b = Arc::new(Coordinator::new(cfg(), epoch, db.clone()));
-    for orphan in b.orphan_children().expect("the epoch is ours") {
-        world.kill_and_wait(orphan.pgid);
+    for (_, child) in b.orphan_children().expect("the epoch is ours") {
+        world.kill_and_wait(child.pgid);
     }
-    b.recover(world.now()).expect("the epoch is ours");
+    b.recover(WallMs(world.now())).expect("the epoch is ours");
     let finished = work(2, &b, world, Work::Short);
     (b, finished)
 }
@@ -503,7 +452,7 @@ fn assert_no_zombie_outcome(db: &Db) {
 fn shutdown_releases_what_it_claimed() {
     model("shutdown_releases_what_it_claimed", || {
         let db = Db::new(jobs(2));
-        let a = Arc::new(Coordinator::new(cfg(), 1, db.clone()));
+        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
         let world = World::new();
         let workers: Vec<_> = [Work::Short, Work::Long]
             .into_iter()
@@ -527,14 +476,14 @@ fn shutdown_releases_what_it_claimed() {
         };
         // SIGTERM (the engine thread takes the control message and wakes), then the
         // clock passes the grace.
-        a.begin_shutdown(0, cfg().shutdown_grace_ms);
+        a.begin_shutdown(MonoMs(0), cfg().shutdown_grace_ms);
         world.update(|_| ());
         world.advance(cfg().shutdown_grace_ms);
-        let finished: Vec<(i64, Finished)> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let finished: Vec<(JobId, Finished)> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
         watchdog.join().unwrap();
 
         assert!(a.held().is_empty(), "the drain ended with leases held");
-        for id in [1, 2] {
+        for id in [JobId(1), JobId(2)] {
             // A claim that raced the signal may take a job the drain just released: it is
             // released again. Every release is an interruption, never an attempt.
             let results: Vec<&Finished> = finished.iter().filter(|(j, _)| *j == id).map(|(_, f)| f).collect();
@@ -545,11 +494,11 @@ fn shutdown_releases_what_it_claimed() {
             );
             let (status, attempts, interruptions) = db.job(id);
             if results.contains(&&Finished::Completed) {
-                assert_eq!(status, "completed", "job {id}");
+                assert_eq!(status, JobStatus::Completed, "job {id}");
             } else {
                 assert_eq!(
                     (status, attempts, interruptions),
-                    ("pending", 0, releases),
+                    (JobStatus::Pending, 0, releases),
                     "job {id} released {releases} time(s) at shutdown: lost, or its attempt not given back"
                 );
             }
@@ -569,8 +518,8 @@ fn shutdown_releases_what_it_claimed() {
 fn an_unrenewable_lease_is_given_up_before_it_can_be_taken_over() {
     model("an_unrenewable_lease_is_given_up_before_it_can_be_taken_over", || {
         let db = Db::new(jobs(1));
-        let a = Arc::new(Coordinator::new(cfg(), 1, db.clone()));
-        a.note_leader_refresh(0);
+        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
+        a.note_leader_refresh(MonoMs(0));
         let world = World::new();
         let worker = {
             let (a, world) = (a.clone(), world.clone());
@@ -585,7 +534,7 @@ fn an_unrenewable_lease_is_given_up_before_it_can_be_taken_over() {
         world.wait_until(|b| b.runs.values().all(|r| !(r.stopped && r.executing)));
         let cfg = cfg();
         world.advance(STALE - cfg.margin_ms());
-        let still_running = world.read(|b| b.runs.get(&(1, 1)).is_some_and(|r| r.executing));
+        let still_running = world.read(|b| b.runs.get(&(1, JobId(1))).is_some_and(|r| r.executing));
         assert!(!still_running, "daemon 1's run outlived its lease: it could be taken over while it runs");
         world.advance(STALE);
         // Daemon 2 takes over while daemon 1's worker records (or tries to) its end.
@@ -600,8 +549,8 @@ fn an_unrenewable_lease_is_given_up_before_it_can_be_taken_over() {
                 "daemon 1 recorded {f:?} for job {id} after losing its lease"
             );
         }
-        assert_eq!(second, vec![(1, Finished::Completed)], "daemon 2 runs the job once");
-        assert_eq!(db.job(1).0, "completed");
+        assert_eq!(second, vec![(JobId(1), Finished::Completed)], "daemon 2 runs the job once");
+        assert_eq!(db.job(JobId(1)).0, JobStatus::Completed);
         assert_no_zombie_outcome(&db);
     });
 }
@@ -613,21 +562,21 @@ fn an_unrenewable_lease_is_given_up_before_it_can_be_taken_over() {
 fn a_zombie_never_records_an_outcome() {
     model("a_zombie_never_records_an_outcome", || {
         let db = Db::new(jobs(1));
-        let a = Arc::new(Coordinator::new(cfg(), 1, db.clone()));
+        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
         let world = World::new();
         let now = 0;
-        let job = a.claim(now, now).remove(0);
+        let job = a.claim(MonoMs(now), WallMs(now)).remove(0);
         let group = pgid(1, job.id);
         world.update(|b| {
             b.runs.insert((1, job.id), Run { pgid: Some(group), ended: true, ..Run::default() });
         });
-        let child = ChildRecord { pid: group, pgid: group, boot_id: String::from("boot"), start_time: 1 };
+        let child = ChildIdentity { pid: group, pgid: group, boot_id: String::from("boot"), start_time: 1 };
         assert!(a.record_child(job.id, child));
         // The run happened and ended; only recording its result is left.
         a.mark_ended(job.id);
         let zombie = {
             let a = a.clone();
-            thread::spawn(move || a.finish(job.id, JobResult::Succeeded, 1, 0.5))
+            thread::spawn(move || a.finish(job.id, JobResult::Succeeded, WallMs(1), 0.5))
         };
         let successor = {
             let (db, world) = (db.clone(), world.clone());
@@ -639,7 +588,7 @@ fn a_zombie_never_records_an_outcome() {
             [&first].into_iter().chain(second.iter().map(|(_, f)| f)).filter(|f| **f == Finished::Completed).count();
         assert_eq!(completions, 1, "one recorded outcome: daemon 1 {first:?}, daemon 2 {second:?}");
         assert_no_zombie_outcome(&db);
-        assert_eq!(db.job(job.id).0, "completed");
+        assert_eq!(db.job(job.id).0, JobStatus::Completed);
     });
 }
 
@@ -650,7 +599,7 @@ fn a_zombie_never_records_an_outcome() {
 fn a_fenced_daemon_stops_everything() {
     model("a_fenced_daemon_stops_everything", || {
         let db = Db::new(jobs(3));
-        let a = Arc::new(Coordinator::new(cfg(), 1, db.clone()));
+        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
         let world = World::new();
         let workers: Vec<_> = (0..2)
             .map(|_| {
@@ -668,24 +617,24 @@ fn a_fenced_daemon_stops_everything() {
                 world.wait_until(|b| b.claims_tried == 2);
                 supervise(1, &a, &world);
                 assert!(a.fenced(), "a renewal after the takeover did not fence the daemon");
-                let running: Vec<i64> = world.read(|b| {
+                let running: Vec<JobId> = world.read(|b| {
                     b.runs.iter().filter(|(_, r)| r.executing && !r.stopped).map(|((_, id), _)| *id).collect()
                 });
                 assert!(running.is_empty(), "fenced, but runs {running:?} were not stopped");
             })
         };
         supervisor.join().unwrap();
-        let finished: Vec<(i64, Finished)> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let finished: Vec<(JobId, Finished)> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
         for (id, f) in &finished {
             assert_eq!(*f, Finished::Discarded("fenced"), "job {id}: a fenced daemon recorded {f:?}");
         }
-        assert!(a.claim(0, 0).is_empty(), "a fenced daemon claimed");
+        assert!(a.claim(MonoMs(0), WallMs(0)).is_empty(), "a fenced daemon claimed");
         assert_no_zombie_outcome(&db);
         let d = db.lock();
         assert!(d.stale_outcomes.is_empty(), "outcomes recorded under a stale epoch: {:?}", d.stale_outcomes);
-        let running = d.store.jobs.values().filter(|j| j.status == "running").count();
+        let running = d.store.jobs.values().filter(|j| j.status == JobStatus::Running).count();
         assert_eq!(running, finished.len(), "the fenced daemon's rows are left for the new daemon's recovery");
-        let claimed: BTreeSet<i64> = finished.iter().map(|(id, _)| *id).collect();
+        let claimed: BTreeSet<JobId> = finished.iter().map(|(id, _)| *id).collect();
         assert!(claimed.len() <= 2);
     });
 }

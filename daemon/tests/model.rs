@@ -35,12 +35,16 @@ use std::time::Duration;
 
 use homerd::clock::Clock;
 use homerd::config::Durability;
-use homerd::engine::store::{ChildRecord, JobStore, Record, Recorded, SqliteStore, StoreError};
-use homerd::store::jobs::{self, ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
-use homerd::store::leader::{self, Candidate, Outcome};
-use homerd::store::ops::{self, Cancel, Retry};
-use homerd::store::writer::{Writer, WriterThread};
-use homerd::store::{open_writer, schema};
+use homerd::engine::jobstore::{JobStore, Record, Recorded, StoreError};
+use homerd::job::{
+    self, ChildIdentity, ClaimLimits, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, Recovered, WallMs,
+};
+use homerd::sqlite::jobs;
+use homerd::sqlite::jobstore::SqliteStore;
+use homerd::sqlite::leader::{self, Candidate, Outcome};
+use homerd::sqlite::ops::{self, Cancel, Retry};
+use homerd::sqlite::writer::{Writer, WriterThread};
+use homerd::sqlite::{open_writer, schema};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngAlgorithm, TestError, TestRng, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
@@ -167,8 +171,9 @@ struct DaemonRef {
     alive: bool,
 }
 
+/// A claim the model made, by the daemon that made it.
 #[derive(Clone, Debug)]
-struct ClaimRef {
+struct ClaimMade {
     job: i64,
     token: String,
     daemon: usize,
@@ -184,18 +189,29 @@ struct Resolved {
     claim: Option<usize>,
 }
 
+impl Resolved {
+    /// The claim as presented with `token`.
+    fn claim_ref(&self, token: String) -> job::ClaimRef {
+        job::ClaimRef { epoch: Epoch(self.epoch), id: JobId(self.job), token }
+    }
+}
+
 /// What the step must return.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Expect {
     Nothing,
-    Enqueued(i64),
+    Enqueued(JobId),
     Claimed(Result<Vec<Claimed>, StoreError>),
-    Ids(Result<Vec<i64>, StoreError>),
+    Ids(Result<Vec<JobId>, StoreError>),
     Done(Result<bool, StoreError>),
     Outcome(Result<Option<FailOutcome>, StoreError>),
     Cancel(Cancel),
     Retry(Retry),
-    Started { epoch: i64, orphans: Result<Vec<OrphanChild>, StoreError>, recovered: Result<Recovered, StoreError> },
+    Started {
+        epoch: i64,
+        orphans: Result<Vec<(JobId, ChildIdentity)>, StoreError>,
+        recovered: Result<Recovered, StoreError>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -203,7 +219,7 @@ struct World {
     q: Queue,
     now: i64,
     daemons: Vec<DaemonRef>,
-    claims: Vec<ClaimRef>,
+    claims: Vec<ClaimMade>,
     enqueued: i64,
     resolved: Resolved,
     expect: Expect,
@@ -232,8 +248,9 @@ impl World {
     fn start_daemon(&mut self, orphan_delay: i64) {
         let epoch = self.q.bump_epoch();
         self.daemons.push(DaemonRef { epoch, alive: true });
-        let orphans = self.q.orphan_children(epoch).map(sorted_orphans);
-        let recovered = self.q.recover(epoch, self.now + orphan_delay, self.now).map(sorted_recovered);
+        let orphans = self.q.orphan_children(Epoch(epoch)).map(sorted_orphans);
+        let recovered =
+            self.q.recover(Epoch(epoch), WallMs(self.now + orphan_delay), WallMs(self.now)).map(sorted_recovered);
         self.expect = Expect::Started { epoch, orphans, recovered };
     }
 
@@ -253,8 +270,8 @@ impl World {
     }
 }
 
-fn sorted_orphans(mut v: Vec<OrphanChild>) -> Vec<OrphanChild> {
-    v.sort_by_key(|c| (c.job_id, c.pgid));
+fn sorted_orphans(mut v: Vec<(JobId, ChildIdentity)>) -> Vec<(JobId, ChildIdentity)> {
+    v.sort_by_key(|(id, c)| (*id, c.pgid));
     v
 }
 
@@ -266,8 +283,8 @@ fn sorted_recovered(mut r: Recovered) -> Recovered {
     r
 }
 
-fn child(pgid: u32) -> ChildRecord {
-    ChildRecord { pid: pgid, pgid, boot_id: String::from("boot-model"), start_time: u64::from(pgid) * 7 }
+fn child(pgid: u32) -> ChildIdentity {
+    ChildIdentity { pid: pgid, pgid, boot_id: String::from("boot-model"), start_time: u64::from(pgid) * 7 }
 }
 
 struct QueueModel;
@@ -351,7 +368,7 @@ impl ReferenceStateMachine for QueueModel {
         if w.enqueued > 0 {
             let job = 1..=w.enqueued;
             let running: Vec<i64> =
-                w.q.jobs.iter().filter(|(_, j)| j.status == reference::Status::Running).map(|(id, _)| *id).collect();
+                w.q.jobs.iter().filter(|(_, j)| j.status == JobStatus::Running).map(|(id, _)| *id).collect();
             let cancel = if running.is_empty() {
                 job.clone().boxed()
             } else {
@@ -447,73 +464,73 @@ impl ReferenceStateMachine for QueueModel {
         w.resolved = Resolved { daemon: w.current(), epoch: w.q.epoch, ..Resolved::default() };
         match step {
             Step::Enqueue { lane, max_attempts, delay, timeout_ms, args } => {
-                let id = w.q.enqueue(&new_job(*lane, *max_attempts, now + delay, *timeout_ms, args), now).unwrap();
+                let id = w.q.enqueue(&new_job(*lane, *max_attempts, now + delay, *timeout_ms, args));
                 w.enqueued += 1;
                 w.expect = Expect::Enqueued(id);
             }
             Step::Claim { daemon, limits } => {
                 let epoch = w.daemons[*daemon].epoch;
-                let got = w.q.claim(epoch, &worker(*daemon), limits, now);
+                let got = w.q.claim(Epoch(epoch), &worker(*daemon), limits, WallMs(now));
                 for c in got.iter().flatten() {
-                    w.claims.push(ClaimRef { job: c.id, token: c.token.clone(), daemon: *daemon });
+                    w.claims.push(ClaimMade { job: c.id.0, token: c.token.clone(), daemon: *daemon });
                 }
                 w.resolved = Resolved { daemon: *daemon, epoch, ..Resolved::default() };
                 w.expect = Expect::Claimed(got);
             }
             Step::Renew { daemon, claims } => {
                 let epoch = w.daemons[*daemon].epoch;
-                let held: Vec<(i64, String)> =
-                    claims.iter().map(|c| (w.claims[*c].job, w.claims[*c].token.clone())).collect();
+                let held: Vec<(JobId, String)> =
+                    claims.iter().map(|c| (JobId(w.claims[*c].job), w.claims[*c].token.clone())).collect();
                 w.resolved = Resolved { daemon: *daemon, epoch, ..Resolved::default() };
-                w.expect = Expect::Ids(w.q.renew(epoch, &held, now));
+                w.expect = Expect::Ids(w.q.renew(Epoch(epoch), &held, WallMs(now)));
             }
             Step::RecordChild { claim, via, pgid } => {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
-                w.expect = Expect::Done(w.q.record_child(r.epoch, r.job, &token, &child(*pgid)));
+                w.expect = Expect::Done(w.q.record_child(&r.claim_ref(token), &child(*pgid)));
                 w.resolved = r;
             }
             Step::Complete { claim, via } => {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
-                w.expect = Expect::Done(w.q.complete(r.epoch, r.job, &token, now));
+                let got = model_record(&mut w.q, &r, token, Record::Complete, now);
+                w.expect = Expect::Done(got.map(|g| g == Recorded::Completed));
                 w.resolved = r;
             }
             Step::Fail { claim, via, retryable, backoff } => {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
-                w.expect = Expect::Outcome(w.q.fail(r.epoch, r.job, &token, "boom", *retryable, now + backoff, now));
+                let what =
+                    Record::Fail { error: "boom".into(), retryable: *retryable, retry_at: WallMs(now + backoff) };
+                w.expect = Expect::Outcome(model_record(&mut w.q, &r, token, what, now).map(ended));
                 w.resolved = r;
             }
             Step::Release { claim, via, max_interruptions } => {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
-                w.expect = Expect::Outcome(w.q.release(r.epoch, r.job, &token, *max_interruptions, now));
+                let what = Record::Release { max_interruptions: *max_interruptions };
+                w.expect = Expect::Outcome(model_record(&mut w.q, &r, token, what, now).map(ended));
                 w.resolved = r;
             }
             Step::Abandon { claim, via } => {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
-                w.expect = Expect::Outcome(w.q.abandon(r.epoch, r.job, &token, "lease lost", now));
+                let what = Record::Abandon { reason: "lease lost".into() };
+                w.expect = Expect::Outcome(model_record(&mut w.q, &r, token, what, now).map(ended));
                 w.resolved = r;
             }
             Step::Requeue { claim, via, delay } => {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
-                w.expect = Expect::Outcome(w.q.requeue_unstarted(
-                    r.epoch,
-                    r.job,
-                    &token,
-                    "not started: EMFILE",
-                    now + delay,
-                    now,
-                ));
+                let what = Record::Requeue { reason: "not started: EMFILE".into(), retry_at: WallMs(now + delay) };
+                w.expect = Expect::Outcome(model_record(&mut w.q, &r, token, what, now).map(ended));
                 w.resolved = r;
             }
             Step::OwnerCancel { claim, via } => {
                 let r = w.resolve(*claim, *via);
                 let token = w.token(&r);
-                w.expect = Expect::Done(w.q.cancel(r.epoch, r.job, &token, now));
+                let got = model_record(&mut w.q, &r, token, Record::Cancel, now);
+                w.expect = Expect::Done(got.map(|g| g == Recorded::Ended(FailOutcome::Cancelled)));
                 w.resolved = r;
             }
             Step::OperatorCancel { job } => w.expect = Expect::Cancel(w.q.operator_cancel(*job, now)),
@@ -538,7 +555,7 @@ fn new_job(lane: usize, max_attempts: u32, run_after: i64, timeout_ms: Option<u6
         lane: LANES[lane].to_string(),
         max_attempts,
         timeout_ms,
-        run_after,
+        run_after: WallMs(run_after),
     }
 }
 
@@ -613,8 +630,8 @@ impl Sut {
         };
         let (writer, thread) = Writer::start(conn, epoch);
         let mut store = SqliteStore::new(writer);
-        let orphans = store.orphan_children(epoch).map(sorted_orphans);
-        let recovered = store.recover(epoch, now + orphan_delay, now).map(sorted_recovered);
+        let orphans = store.orphan_children(Epoch(epoch)).map(sorted_orphans);
+        let recovered = store.recover(Epoch(epoch), WallMs(now + orphan_delay), WallMs(now)).map(sorted_recovered);
         self.daemons.push(Some(Daemon { store, thread }));
         Expect::Started { epoch, orphans, recovered }
     }
@@ -639,15 +656,16 @@ impl Sut {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).expect("begin");
         assert!(leader::check_epoch(&tx, epoch).unwrap(), "the dying daemon was current");
         for op in in_flight {
-            let now = w.now;
+            let now = WallMs(w.now);
+            let claim = |c: usize| job::ClaimRef {
+                epoch: Epoch(epoch),
+                id: JobId(w.claims[c].job),
+                token: self.tokens[c].clone(),
+            };
             let _ = match op {
-                InFlight::Claim(limits) => jobs::claim(&tx, epoch, &worker(dying), limits, now).map(|_| ()),
-                InFlight::Complete(c) => {
-                    jobs::complete(&tx, epoch, w.claims[*c].job, &self.tokens[*c], None, now).map(|_| ())
-                }
-                InFlight::Fail(c) => {
-                    jobs::fail(&tx, epoch, w.claims[*c].job, &self.tokens[*c], "boom", true, now, now).map(|_| ())
-                }
+                InFlight::Claim(limits) => jobs::claim(&tx, Epoch(epoch), &worker(dying), limits, now).map(|_| ()),
+                InFlight::Complete(c) => jobs::complete(&tx, &claim(*c), None, now).map(|_| ()),
+                InFlight::Fail(c) => jobs::fail(&tx, &claim(*c), "boom", true, now, now).map(|_| ()),
             };
         }
         // The process is gone: no COMMIT ever reaches the database.
@@ -660,10 +678,15 @@ struct StoreTest;
 
 /// One outcome through [`JobStore::record_many`].
 fn record(sut: &mut Sut, r: &Resolved, what: Record, now: i64) -> Result<Recorded, StoreError> {
-    let token = sut.token(r);
-    let mut got = sut.store(r.daemon).record_many(r.epoch, &[(r.job, token, what)], now);
+    let claim = r.claim_ref(sut.token(r));
+    let mut got = sut.store(r.daemon).record_many(&[(claim, what)], WallMs(now));
     assert_eq!(got.len(), 1, "one result per record");
     got.pop().expect("one result")
+}
+
+/// The same outcome in the model.
+fn model_record(q: &mut Queue, r: &Resolved, token: String, what: Record, now: i64) -> Result<Recorded, StoreError> {
+    q.record_many(&[(r.claim_ref(token), what)], WallMs(now)).pop().expect("one result")
 }
 
 /// `fail`/`release`/`abandon`'s answer, from what a record did.
@@ -700,10 +723,10 @@ impl StateMachineTest for StoreTest {
         let got = match &step {
             Step::Enqueue { lane, max_attempts, delay, timeout_ms, args } => {
                 let job = new_job(*lane, *max_attempts, now + delay, *timeout_ms, args);
-                Expect::Enqueued(sut.store(w.current()).enqueue(&job, now).expect("enqueue"))
+                Expect::Enqueued(sut.store(w.current()).enqueue(&job, WallMs(now)).expect("enqueue"))
             }
             Step::Claim { daemon, limits } => {
-                let got = sut.store(*daemon).claim(r.epoch, &worker(*daemon), limits, now);
+                let got = sut.store(*daemon).claim(Epoch(r.epoch), &worker(*daemon), limits, WallMs(now));
                 let Expect::Claimed(expected) = &w.expect else { unreachable!() };
                 same(
                     &step,
@@ -720,13 +743,13 @@ impl StateMachineTest for StoreTest {
                 w.expect.clone()
             }
             Step::Renew { daemon, claims } => {
-                let held: Vec<(i64, String)> =
-                    claims.iter().map(|c| (w.claims[*c].job, sut.tokens[*c].clone())).collect();
-                Expect::Ids(sut.store(*daemon).renew(r.epoch, &held, now))
+                let held: Vec<(JobId, String)> =
+                    claims.iter().map(|c| (JobId(w.claims[*c].job), sut.tokens[*c].clone())).collect();
+                Expect::Ids(sut.store(*daemon).renew(Epoch(r.epoch), &held, WallMs(now)))
             }
             Step::RecordChild { pgid, .. } => {
-                let token = sut.token(&r);
-                Expect::Done(sut.store(r.daemon).record_child(r.epoch, r.job, &token, &child(*pgid)))
+                let claim = r.claim_ref(sut.token(&r));
+                Expect::Done(sut.store(r.daemon).record_child(&claim, &child(*pgid)))
             }
             // Outcomes go through `record_many`, as the daemon records them (one call for
             // every run that ended together; the store's own tests cover several at once).
@@ -735,7 +758,8 @@ impl StateMachineTest for StoreTest {
                 Expect::Done(got.map(|g| g == Recorded::Completed))
             }
             Step::Fail { retryable, backoff, .. } => {
-                let what = Record::Fail { error: "boom".into(), retryable: *retryable, retry_at: now + backoff };
+                let what =
+                    Record::Fail { error: "boom".into(), retryable: *retryable, retry_at: WallMs(now + backoff) };
                 Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
             }
             Step::Release { max_interruptions, .. } => {
@@ -747,7 +771,7 @@ impl StateMachineTest for StoreTest {
                 Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
             }
             Step::Requeue { delay, .. } => {
-                let what = Record::Requeue { reason: "not started: EMFILE".into(), retry_at: now + delay };
+                let what = Record::Requeue { reason: "not started: EMFILE".into(), retry_at: WallMs(now + delay) };
                 Expect::Outcome(record(&mut sut, &r, what, now).map(ended))
             }
             Step::OwnerCancel { .. } => {

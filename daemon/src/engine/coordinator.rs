@@ -20,8 +20,8 @@
 
 use std::collections::BTreeMap;
 
-use super::store::{ChildRecord, JobStore, Record, RecordItem, Recorded, StoreError};
-use crate::store::jobs::{ClaimLimits, Claimed, FailOutcome, Recovered};
+use super::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError};
+use crate::job::{ChildIdentity, ClaimLimits, Claimed, Epoch, FailOutcome, JobId, MonoMs, Recovered, WallMs};
 use crate::sync::{self, Mutex};
 
 /// Timing and limits, in milliseconds.
@@ -101,10 +101,10 @@ pub enum StopReason {
 pub struct Lease {
     pub job: Claimed,
     /// Monotonic time of the last successful renewal (or the claim).
-    pub renewed_at: i64,
-    pub timeout_at: Option<i64>,
+    pub renewed_at: MonoMs,
+    pub timeout_at: Option<MonoMs>,
     pub stop: Option<StopReason>,
-    pub child: Option<ChildRecord>,
+    pub child: Option<ChildIdentity>,
     /// A result the store could not take yet (busy): retried by [`Coordinator::retry_unrecorded`].
     unrecorded: Option<JobResult>,
     /// The job's work (and its whole process group) has ended: nothing left to stop.
@@ -114,7 +114,7 @@ pub struct Lease {
 impl Lease {
     /// When killing must start so the child is dead before the lease could be taken over,
     /// given the leader row's last refresh (`None`: not yet known, the claim time counts).
-    pub fn kill_by(&self, cfg: &EngineConfig, leader_at: Option<i64>) -> i64 {
+    pub fn kill_by(&self, cfg: &EngineConfig, leader_at: Option<MonoMs>) -> MonoMs {
         let anchor = leader_at.map_or(self.renewed_at, |l| l.min(self.renewed_at));
         anchor + cfg.stale_ms - cfg.kill_grace_ms - cfg.margin_ms()
     }
@@ -141,7 +141,7 @@ pub enum JobResult {
 pub enum Finished {
     Completed,
     Retry {
-        run_after: i64,
+        run_after: WallMs,
     },
     Failed,
     Released,
@@ -152,7 +152,7 @@ pub enum Finished {
     /// Not started for the daemon's own reasons: back to pending at `run_after`, the
     /// attempt given back.
     Postponed {
-        run_after: i64,
+        run_after: WallMs,
     },
     /// Nothing recorded: the lease was not ours (lost, fenced) or the store refused.
     Discarded(&'static str),
@@ -162,15 +162,15 @@ pub enum Finished {
 
 #[derive(Default)]
 struct State {
-    leases: BTreeMap<i64, Lease>,
+    leases: BTreeMap<JobId, Lease>,
     shutdown: Option<Shutdown>,
     fenced: bool,
     /// The database is unusable: nothing is claimed or recorded, every run is stopped.
     halted: bool,
     /// Monotonic time of the leader row's last successful refresh.
-    leader_at: Option<i64>,
+    leader_at: Option<MonoMs>,
     /// Stop decisions not yet carried out (see [`Coordinator::take_stops`]).
-    stops: Vec<(i64, StopReason)>,
+    stops: Vec<(JobId, StopReason)>,
     /// Set while job starts fail for the daemon's own reasons.
     throttle: Option<Throttle>,
 }
@@ -189,7 +189,7 @@ struct Throttle {
     /// A pause is due: it starts at the next claim (which knows the monotonic time).
     pause_due: bool,
     /// No claims before this monotonic time.
-    paused_until: i64,
+    paused_until: MonoMs,
     /// Claims went to the store since the pause: a failure now is a new episode.
     resumed: bool,
 }
@@ -204,7 +204,7 @@ fn resource_backoff_ms(episodes: u32) -> i64 {
 }
 
 impl State {
-    fn stop(&mut self, id: i64, reason: StopReason) {
+    fn stop(&mut self, id: JobId, reason: StopReason) {
         if let Some(l) = self.leases.get_mut(&id) {
             l.stop = Some(reason);
             self.stops.push((id, reason));
@@ -214,29 +214,29 @@ impl State {
 
 #[derive(Clone, Copy, Debug)]
 struct Shutdown {
-    grace_ends: i64,
+    grace_ends: MonoMs,
 }
 
 pub struct Coordinator<S> {
     pub cfg: EngineConfig,
-    pub epoch: i64,
+    pub epoch: Epoch,
     state: Mutex<State>,
     store: Mutex<S>,
 }
 
 impl<S: JobStore> Coordinator<S> {
-    pub fn new(cfg: EngineConfig, epoch: i64, store: S) -> Coordinator<S> {
+    pub fn new(cfg: EngineConfig, epoch: Epoch, store: S) -> Coordinator<S> {
         Coordinator { cfg, epoch, state: Mutex::new(State::default()), store: Mutex::new(store) }
     }
 
     /// The process groups recorded by runs still marked running: startup kills these
     /// (and waits until they are gone) before [`Coordinator::recover`] commits anything.
-    pub fn orphan_children(&self) -> Result<Vec<crate::store::jobs::OrphanChild>, StoreError> {
+    pub fn orphan_children(&self) -> Result<Vec<(JobId, ChildIdentity)>, StoreError> {
         sync::lock(&self.store).orphan_children(self.epoch)
     }
 
     /// Startup recovery: every running row is an orphan (the epoch is ours).
-    pub fn recover(&self, now_wall: i64) -> Result<Recovered, StoreError> {
+    pub fn recover(&self, now_wall: WallMs) -> Result<Recovered, StoreError> {
         let retry_at = now_wall + self.cfg.orphan_retry_delay_ms;
         let r = sync::lock(&self.store).recover(self.epoch, retry_at, now_wall);
         if r == Err(StoreError::Fenced) {
@@ -255,7 +255,7 @@ impl<S: JobStore> Coordinator<S> {
     /// With as many leases as the global cap, the store is not asked (no write
     /// transaction is opened): every lease is a `running` row of ours (registered after
     /// its claim commits, removed before its outcome is recorded), so there is no room.
-    pub fn claim(&self, now_mono: i64, now_wall: i64) -> Vec<Claimed> {
+    pub fn claim(&self, now_mono: MonoMs, now_wall: WallMs) -> Vec<Claimed> {
         {
             let st = sync::lock(&self.state);
             if st.fenced || st.halted || st.shutdown.is_some() || self.leader_stale(&st, now_mono) {
@@ -314,15 +314,15 @@ impl<S: JobStore> Coordinator<S> {
 
     /// Records a held child's identity before it is released. `false`: do not release it
     /// (the lease is not ours any more); the runner kills it unreleased.
-    pub fn record_child(&self, id: i64, child: ChildRecord) -> bool {
-        let token = {
+    pub fn record_child(&self, id: JobId, child: ChildIdentity) -> bool {
+        let claim = {
             let st = sync::lock(&self.state);
             match st.leases.get(&id).filter(|l| l.stop.is_none()) {
-                Some(l) => l.job.token.clone(),
+                Some(l) => l.job.claim_ref(self.epoch),
                 None => return false,
             }
         };
-        let result = sync::lock(&self.store).record_child(self.epoch, id, &token, &child);
+        let result = sync::lock(&self.store).record_child(&claim, &child);
         let mut st = sync::lock(&self.state);
         match result {
             // Recorded, and still ours now (not stopped while the store was busy).
@@ -353,8 +353,8 @@ impl<S: JobStore> Coordinator<S> {
     /// Renews every lease still worth keeping (running, or being stopped for shutdown or a
     /// timeout: the row must stay ours until released). Returns the ids whose lease turned
     /// out lost, now marked to be killed. The store is called without the state lock.
-    pub fn renew(&self, now_mono: i64, now_wall: i64) -> Vec<i64> {
-        let held: Vec<(i64, String)> = {
+    pub fn renew(&self, now_mono: MonoMs, now_wall: WallMs) -> Vec<JobId> {
+        let held: Vec<(JobId, String)> = {
             let st = sync::lock(&self.state);
             if st.fenced || st.halted {
                 return Vec::new();
@@ -399,7 +399,7 @@ impl<S: JobStore> Coordinator<S> {
     /// for the watchdog): past the lease's kill-by time (which also covers a leader row
     /// that could not be refreshed: the daemon stands down), past the job's timeout, or
     /// past the shutdown grace.
-    pub fn due(&self, now_mono: i64) -> Vec<(i64, StopReason)> {
+    pub fn due(&self, now_mono: MonoMs) -> Vec<(JobId, StopReason)> {
         let mut st = sync::lock(&self.state);
         let grace_over = st.shutdown.is_some_and(|s| now_mono >= s.grace_ends);
         let leader_at = st.leader_at;
@@ -431,12 +431,12 @@ impl<S: JobStore> Coordinator<S> {
 
     /// Takes the stop decisions made since the last call (by `due`, renewals, fencing, a
     /// claim that raced a fence). The watchdog carries them out.
-    pub fn take_stops(&self) -> Vec<(i64, StopReason)> {
+    pub fn take_stops(&self) -> Vec<(JobId, StopReason)> {
         std::mem::take(&mut sync::lock(&self.state).stops)
     }
 
     /// The earliest monotonic time at which [`Coordinator::due`] could return something.
-    pub fn next_deadline(&self) -> Option<i64> {
+    pub fn next_deadline(&self) -> Option<MonoMs> {
         let st = sync::lock(&self.state);
         let grace = st.shutdown.map(|s| s.grace_ends);
         st.leases
@@ -450,7 +450,7 @@ impl<S: JobStore> Coordinator<S> {
 
     /// An operator asked to cancel job `id`: stop its run (queued for the watchdog) unless
     /// it is already ending. Returns whether this daemon holds it.
-    pub fn request_cancel(&self, id: i64) -> bool {
+    pub fn request_cancel(&self, id: JobId) -> bool {
         let mut st = sync::lock(&self.state);
         match st.leases.get(&id) {
             Some(l) if l.stop.is_none() && !l.ended && l.unrecorded.is_none() => {
@@ -463,24 +463,24 @@ impl<S: JobStore> Coordinator<S> {
     }
 
     /// The leader row was refreshed at `now_mono` (the supervisor calls this).
-    pub fn note_leader_refresh(&self, now_mono: i64) {
+    pub fn note_leader_refresh(&self, now_mono: MonoMs) {
         let mut st = sync::lock(&self.state);
         st.leader_at = Some(st.leader_at.map_or(now_mono, |t| t.max(now_mono)));
     }
 
     /// Whether the leader row has gone unrefreshed long enough that every run must stop
     /// and nothing may be claimed (standing down) until it is refreshed again.
-    pub fn standing_down(&self, now_mono: i64) -> bool {
+    pub fn standing_down(&self, now_mono: MonoMs) -> bool {
         self.leader_stale(&sync::lock(&self.state), now_mono)
     }
 
-    fn leader_stale(&self, st: &State, now_mono: i64) -> bool {
+    fn leader_stale(&self, st: &State, now_mono: MonoMs) -> bool {
         st.leader_at.is_some_and(|t| now_mono >= t + self.cfg.stale_ms - self.cfg.kill_grace_ms - self.cfg.margin_ms())
     }
 
     /// Stop claiming; let running jobs finish until `grace_ms` from now (a second call
     /// can only shorten it).
-    pub fn begin_shutdown(&self, now_mono: i64, grace_ms: i64) {
+    pub fn begin_shutdown(&self, now_mono: MonoMs, grace_ms: i64) {
         let mut st = sync::lock(&self.state);
         let ends = now_mono + grace_ms;
         let grace_ends = st.shutdown.map_or(ends, |s| s.grace_ends.min(ends));
@@ -493,7 +493,7 @@ impl<S: JobStore> Coordinator<S> {
 
     /// Another daemon holds the epoch: every run that has not ended must stop (queued for
     /// the watchdog). Returns their ids.
-    pub fn fence(&self) -> Vec<i64> {
+    pub fn fence(&self) -> Vec<JobId> {
         fence_locked(&mut sync::lock(&self.state))
     }
 
@@ -504,10 +504,10 @@ impl<S: JobStore> Coordinator<S> {
     /// The database is unusable (corrupt): claim nothing more, record nothing, stop every
     /// run that has not ended (queued for the watchdog). Their rows stay `running` for the
     /// next start's recovery, which kills their recorded groups first. Returns their ids.
-    pub fn halt(&self) -> Vec<i64> {
+    pub fn halt(&self) -> Vec<JobId> {
         let mut st = sync::lock(&self.state);
         st.halted = true;
-        let ids: Vec<i64> = st.leases.values().filter(|l| !l.ended && l.stop.is_none()).map(|l| l.job.id).collect();
+        let ids: Vec<JobId> = st.leases.values().filter(|l| !l.ended && l.stop.is_none()).map(|l| l.job.id).collect();
         for id in &ids {
             st.stop(*id, StopReason::Halted);
         }
@@ -519,7 +519,7 @@ impl<S: JobStore> Coordinator<S> {
     }
 
     /// Ids of the jobs this coordinator holds.
-    pub fn held(&self) -> Vec<i64> {
+    pub fn held(&self) -> Vec<JobId> {
         sync::lock(&self.state).leases.keys().copied().collect()
     }
 
@@ -528,14 +528,14 @@ impl<S: JobStore> Coordinator<S> {
         f(&mut sync::lock(&self.store))
     }
 
-    pub fn lease(&self, id: i64) -> Option<Lease> {
+    pub fn lease(&self, id: JobId) -> Option<Lease> {
         sync::lock(&self.state).leases.get(&id).cloned()
     }
 
     /// The job's work has ended (for `exec`: its whole process group is gone). Called by
     /// the job's own thread at once, so a deadline passing before the engine records the
     /// result does not turn a finished run into a stopped one.
-    pub fn mark_ended(&self, id: i64) {
+    pub fn mark_ended(&self, id: JobId) {
         if let Some(l) = sync::lock(&self.state).leases.get_mut(&id) {
             l.ended = true;
         }
@@ -543,7 +543,7 @@ impl<S: JobStore> Coordinator<S> {
 
     /// A job's process (or work) ended with `result`: record what its lease allows. The
     /// lease leaves the table first, so the store is called without the state lock.
-    pub fn finish(&self, id: i64, result: JobResult, now_wall: i64, jitter: f64) -> Finished {
+    pub fn finish(&self, id: JobId, result: JobResult, now_wall: WallMs, jitter: f64) -> Finished {
         let mut out = self.finish_many(vec![(id, result)], now_wall, || jitter);
         out.pop().map_or(Finished::Discarded("no lease"), |(_, f)| f)
     }
@@ -553,11 +553,11 @@ impl<S: JobStore> Coordinator<S> {
     /// happened) in the order given; `jitter` is drawn once per recorded failure.
     pub fn finish_many(
         &self,
-        ended: Vec<(i64, JobResult)>,
-        now_wall: i64,
+        ended: Vec<(JobId, JobResult)>,
+        now_wall: WallMs,
         mut jitter: impl FnMut() -> f64,
-    ) -> Vec<(i64, Finished)> {
-        let mut out: Vec<(i64, Option<Finished>)> = Vec::with_capacity(ended.len());
+    ) -> Vec<(JobId, Finished)> {
+        let mut out: Vec<(JobId, Option<Finished>)> = Vec::with_capacity(ended.len());
         let mut taken: Vec<(usize, Lease, JobResult, Record)> = Vec::new();
         {
             let mut st = sync::lock(&self.state);
@@ -588,8 +588,8 @@ impl<S: JobStore> Coordinator<S> {
             return out.into_iter().map(|(id, f)| (id, f.expect("decided"))).collect();
         }
         let items: Vec<RecordItem> =
-            taken.iter().map(|(_, l, _, what)| (l.job.id, l.job.token.clone(), what.clone())).collect();
-        let recorded = sync::lock(&self.store).record_many(self.epoch, &items, now_wall);
+            taken.iter().map(|(_, l, _, what)| (l.job.claim_ref(self.epoch), what.clone())).collect();
+        let recorded = sync::lock(&self.store).record_many(&items, now_wall);
         debug_assert_eq!(recorded.len(), items.len());
         let mut st = sync::lock(&self.state);
         if taken.iter().any(|(_, _, _, what)| matches!(what, Record::Requeue { .. })) {
@@ -598,7 +598,9 @@ impl<S: JobStore> Coordinator<S> {
             // runs claimed before the pause began are the same episode, not new ones.
             let running = (st.leases.len() as u32).max(1);
             st.throttle = Some(match st.throttle {
-                None => Throttle { cap: running, episodes: 0, pause_due: true, paused_until: 0, resumed: false },
+                None => {
+                    Throttle { cap: running, episodes: 0, pause_due: true, paused_until: MonoMs(0), resumed: false }
+                }
                 Some(t) if t.resumed => Throttle {
                     cap: t.cap.min(running),
                     episodes: t.episodes + 1,
@@ -627,8 +629,8 @@ impl<S: JobStore> Coordinator<S> {
     }
 
     /// Retries results the store could not take. Returns (id, what happened) for each.
-    pub fn retry_unrecorded(&self, now_wall: i64, jitter: impl FnMut() -> f64) -> Vec<(i64, Finished)> {
-        let pending: Vec<(i64, JobResult)> = sync::lock(&self.state)
+    pub fn retry_unrecorded(&self, now_wall: WallMs, jitter: impl FnMut() -> f64) -> Vec<(JobId, Finished)> {
+        let pending: Vec<(JobId, JobResult)> = sync::lock(&self.state)
             .leases
             .values()
             .filter_map(|l| l.unrecorded.clone().map(|r| (l.job.id, r)))
@@ -642,7 +644,7 @@ impl<S: JobStore> Coordinator<S> {
         &self,
         lease: &Lease,
         result: &JobResult,
-        now: i64,
+        now: WallMs,
         episodes: u32,
         jitter: &mut impl FnMut() -> f64,
     ) -> Option<Record> {
@@ -704,9 +706,9 @@ fn finished(what: &Record, r: Recorded) -> Finished {
     }
 }
 
-fn fence_locked(st: &mut State) -> Vec<i64> {
+fn fence_locked(st: &mut State) -> Vec<JobId> {
     st.fenced = true;
-    let ids: Vec<i64> = st.leases.values().filter(|l| !l.ended && l.unrecorded.is_none()).map(|l| l.job.id).collect();
+    let ids: Vec<JobId> = st.leases.values().filter(|l| !l.ended && l.unrecorded.is_none()).map(|l| l.job.id).collect();
     for id in &ids {
         st.stop(*id, StopReason::Fenced);
     }
@@ -716,15 +718,15 @@ fn fence_locked(st: &mut State) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::store::MemoryStore;
-    use crate::store::jobs::NewJob;
+    use crate::engine::memory::MemoryStore;
+    use crate::job::{JobStatus, NewJob};
 
     fn cfg() -> EngineConfig {
         EngineConfig::for_tests()
     }
 
     fn with_jobs(n: usize, timeout_ms: Option<u64>) -> Coordinator<MemoryStore> {
-        let mut store = MemoryStore::new(1);
+        let mut store = MemoryStore::new(Epoch(1));
         for _ in 0..n {
             let job = NewJob {
                 kind: "noop".into(),
@@ -732,76 +734,76 @@ mod tests {
                 lane: "l".into(),
                 max_attempts: 3,
                 timeout_ms,
-                run_after: 0,
+                run_after: WallMs(0),
             };
-            store.enqueue(&job, 0).unwrap();
+            store.enqueue(&job);
         }
-        Coordinator::new(cfg(), 1, store)
+        Coordinator::new(cfg(), Epoch(1), store)
     }
 
-    fn status(c: &Coordinator<MemoryStore>, id: i64) -> &'static str {
+    fn status(c: &Coordinator<MemoryStore>, id: JobId) -> JobStatus {
         sync::lock(&c.store).jobs[&id].status
     }
 
     #[test]
     fn a_healthy_lease_renewed_in_time_is_never_due() {
         let c = with_jobs(1, None);
-        let id = c.claim(0, 0)[0].id;
+        let id = c.claim(MonoMs(0), WallMs(0))[0].id;
         for t in (100..=10_000).step_by(100) {
-            assert!(c.renew(t, t).is_empty());
-            assert!(c.due(t).is_empty(), "due at {t}");
+            assert!(c.renew(MonoMs(t), WallMs(t)).is_empty());
+            assert!(c.due(MonoMs(t)).is_empty(), "due at {t}");
         }
-        assert_eq!(c.finish(id, JobResult::Succeeded, 10_001, 0.5), Finished::Completed);
-        assert_eq!(status(&c, id), "completed");
+        assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(10_001), 0.5), Finished::Completed);
+        assert_eq!(status(&c, id), JobStatus::Completed);
     }
 
     #[test]
     fn an_unrenewed_lease_is_killed_before_it_could_be_taken_over() {
         let c = with_jobs(1, None);
-        let id = c.claim(0, 0)[0].id;
+        let id = c.claim(MonoMs(0), WallMs(0))[0].id;
         let kill_by = c.lease(id).unwrap().kill_by(&c.cfg, None);
         // The child must be dead (kill_by + kill_grace) before last renewal + stale - margin.
-        assert!(kill_by + c.cfg.kill_grace_ms < c.cfg.stale_ms);
+        assert!(kill_by + c.cfg.kill_grace_ms < MonoMs(c.cfg.stale_ms));
         assert!(c.due(kill_by - 1).is_empty());
         assert_eq!(c.due(kill_by), vec![(id, StopReason::LeaseLost)]);
         assert!(c.due(kill_by + 1).is_empty(), "reported once");
         // The killed run records no outcome: the job is requeued.
-        assert_eq!(c.finish(id, JobResult::Succeeded, 5000, 0.5), Finished::Abandoned);
-        assert_eq!(status(&c, id), "pending");
+        assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(5000), 0.5), Finished::Abandoned);
+        assert_eq!(status(&c, id), JobStatus::Pending);
     }
 
     #[test]
     fn a_lease_the_store_disowns_is_lost_and_records_nothing() {
         let c = with_jobs(1, None);
-        let id = c.claim(0, 0)[0].id;
+        let id = c.claim(MonoMs(0), WallMs(0))[0].id;
         // Another worker's recovery took it (token changed under us).
         sync::lock(&c.store).jobs.get_mut(&id).unwrap().token = Some("someone-else".into());
-        assert_eq!(c.renew(100, 100), vec![id]);
-        assert_eq!(c.finish(id, JobResult::Succeeded, 200, 0.5), Finished::Discarded("lease lost"));
-        assert_eq!(status(&c, id), "running", "the other owner's row is untouched");
+        assert_eq!(c.renew(MonoMs(100), WallMs(100)), vec![id]);
+        assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(200), 0.5), Finished::Discarded("lease lost"));
+        assert_eq!(status(&c, id), JobStatus::Running, "the other owner's row is untouched");
     }
 
     #[test]
     fn a_full_daemon_does_not_ask_the_store() {
         let c = with_jobs(6, None);
-        assert_eq!(c.claim(0, 0).len(), 4, "the global cap");
+        assert_eq!(c.claim(MonoMs(0), WallMs(0)).len(), 4, "the global cap");
         // A takeover the store would report: a claim that reached it would fence us.
-        sync::lock(&c.store).epoch = 2;
-        assert!(c.claim(1, 1).is_empty());
+        sync::lock(&c.store).epoch = Epoch(2);
+        assert!(c.claim(MonoMs(1), WallMs(1)).is_empty());
         assert!(!c.fenced(), "with four leases of four, the claim never reached the store");
         let id = *c.held().first().unwrap();
-        assert_eq!(c.finish(id, JobResult::Succeeded, 2, 0.5), Finished::Discarded("fenced"));
-        assert!(c.claim(3, 3).is_empty());
+        assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(2), 0.5), Finished::Discarded("fenced"));
+        assert!(c.claim(MonoMs(3), WallMs(3)).is_empty());
     }
 
     #[test]
     fn timeouts_fail_the_run_with_backoff() {
         let c = with_jobs(1, Some(300));
-        let id = c.claim(0, 0)[0].id;
-        assert!(c.due(299).is_empty());
-        assert_eq!(c.due(300), vec![(id, StopReason::Timeout)]);
-        let f = c.finish(id, JobResult::Failed { error: "killed".into(), retryable: true }, 1000, 1.0);
-        assert_eq!(f, Finished::Retry { run_after: 2000 });
+        let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+        assert!(c.due(MonoMs(299)).is_empty());
+        assert_eq!(c.due(MonoMs(300)), vec![(id, StopReason::Timeout)]);
+        let f = c.finish(id, JobResult::Failed { error: "killed".into(), retryable: true }, WallMs(1000), 1.0);
+        assert_eq!(f, Finished::Retry { run_after: WallMs(2000) });
         assert_eq!(sync::lock(&c.store).jobs[&id].errors, vec!["timed out after 300 ms".to_string()]);
     }
 
@@ -817,71 +819,72 @@ mod tests {
     #[test]
     fn shutdown_stops_claiming_and_releases_what_outlives_the_grace() {
         let c = with_jobs(3, None);
-        let claimed = c.claim(0, 0);
+        let claimed = c.claim(MonoMs(0), WallMs(0));
         assert_eq!(claimed.len(), 3);
-        c.begin_shutdown(100, 500);
-        assert!(c.claim(150, 150).is_empty(), "no claims while shutting down");
+        c.begin_shutdown(MonoMs(100), 500);
+        assert!(c.claim(MonoMs(150), WallMs(150)).is_empty(), "no claims while shutting down");
         // One finishes within the grace and is recorded normally.
-        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 200, 0.5), Finished::Completed);
-        assert!(c.due(599).is_empty());
-        let due = c.due(600);
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, WallMs(200), 0.5), Finished::Completed);
+        assert!(c.due(MonoMs(599)).is_empty());
+        let due = c.due(MonoMs(600));
         assert_eq!(due, vec![(claimed[1].id, StopReason::Shutdown), (claimed[2].id, StopReason::Shutdown)]);
         // Killed for shutdown: released with the attempt given back, whatever the exit.
-        let f = c.finish(claimed[1].id, JobResult::Failed { error: "SIGTERM".into(), retryable: true }, 700, 0.5);
+        let f =
+            c.finish(claimed[1].id, JobResult::Failed { error: "SIGTERM".into(), retryable: true }, WallMs(700), 0.5);
         assert_eq!(f, Finished::Released);
         let j = sync::lock(&c.store).jobs[&claimed[1].id].clone();
-        assert_eq!((j.status, j.attempts, j.interruptions), ("pending", 0, 1));
+        assert_eq!((j.status, j.attempts, j.interruptions), (JobStatus::Pending, 0, 1));
         // A second signal can only shorten the grace.
-        c.begin_shutdown(650, 10_000);
-        assert!(c.due(650).is_empty());
+        c.begin_shutdown(MonoMs(650), 10_000);
+        assert!(c.due(MonoMs(650)).is_empty());
     }
 
     #[test]
     fn fencing_stops_everything_and_records_nothing() {
         let c = with_jobs(2, None);
-        let claimed = c.claim(0, 0);
-        sync::lock(&c.store).epoch = 2;
-        let mut lost = c.renew(100, 100);
+        let claimed = c.claim(MonoMs(0), WallMs(0));
+        sync::lock(&c.store).epoch = Epoch(2);
+        let mut lost = c.renew(MonoMs(100), WallMs(100));
         lost.sort_unstable();
         assert_eq!(lost, vec![claimed[0].id, claimed[1].id]);
         assert!(c.fenced());
-        assert!(c.claim(200, 200).is_empty());
-        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 300, 0.5), Finished::Discarded("fenced"));
-        assert_eq!(status(&c, claimed[0].id), "running", "a fenced worker writes nothing");
+        assert!(c.claim(MonoMs(200), WallMs(200)).is_empty());
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, WallMs(300), 0.5), Finished::Discarded("fenced"));
+        assert_eq!(status(&c, claimed[0].id), JobStatus::Running, "a fenced worker writes nothing");
     }
 
     #[test]
     fn an_unrefreshed_leader_row_stops_every_run_and_claims_nothing_until_refreshed() {
         let c = with_jobs(3, None);
-        c.note_leader_refresh(0);
-        let claimed = c.claim(0, 0);
+        c.note_leader_refresh(MonoMs(0));
+        let claimed = c.claim(MonoMs(0), WallMs(0));
         // Job leases renewed later than the leader row: the leader row's age decides.
-        assert!(c.renew(500, 500).is_empty());
+        assert!(c.renew(MonoMs(500), WallMs(500)).is_empty());
         let stand_down_at = 1000 - 200 - 50;
-        assert!(!c.standing_down(stand_down_at - 1));
-        assert!(c.due(stand_down_at - 1).is_empty());
-        assert!(c.standing_down(stand_down_at));
-        let mut due: Vec<i64> = c.due(stand_down_at).into_iter().map(|(id, _)| id).collect();
+        assert!(!c.standing_down(MonoMs(stand_down_at - 1)));
+        assert!(c.due(MonoMs(stand_down_at - 1)).is_empty());
+        assert!(c.standing_down(MonoMs(stand_down_at)));
+        let mut due: Vec<JobId> = c.due(MonoMs(stand_down_at)).into_iter().map(|(id, _)| id).collect();
         due.sort_unstable();
         assert_eq!(due, claimed.iter().map(|j| j.id).collect::<Vec<_>>());
         assert_eq!(c.take_stops().len(), 3, "every stop is queued for the watchdog");
-        assert!(c.claim(stand_down_at, stand_down_at).is_empty(), "standing down: no claims");
+        assert!(c.claim(MonoMs(stand_down_at), WallMs(stand_down_at)).is_empty(), "standing down: no claims");
         // The daemon's trouble, not the job's: released, the attempt given back.
-        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, 900, 0.5), Finished::Released);
+        assert_eq!(c.finish(claimed[0].id, JobResult::Succeeded, WallMs(900), 0.5), Finished::Released);
         assert_eq!(sync::lock(&c.store).jobs[&claimed[0].id].attempts, 0);
         assert_eq!(sync::lock(&c.store).jobs[&claimed[0].id].interruptions, 1);
-        c.note_leader_refresh(2000);
-        assert!(!c.standing_down(2000));
-        assert_eq!(c.claim(2000, 2000).iter().map(|j| j.id).collect::<Vec<_>>(), vec![claimed[0].id]);
+        c.note_leader_refresh(MonoMs(2000));
+        assert!(!c.standing_down(MonoMs(2000)));
+        assert_eq!(c.claim(MonoMs(2000), WallMs(2000)).iter().map(|j| j.id).collect::<Vec<_>>(), vec![claimed[0].id]);
     }
 
     #[test]
     fn a_fence_seen_by_a_claim_stops_every_running_job() {
         let c = with_jobs(2, None);
-        let first = c.claim(0, 0);
+        let first = c.claim(MonoMs(0), WallMs(0));
         assert_eq!(first.len(), 2);
-        sync::lock(&c.store).epoch = 2;
-        assert!(c.claim(10, 10).is_empty());
+        sync::lock(&c.store).epoch = Epoch(2);
+        assert!(c.claim(MonoMs(10), WallMs(10)).is_empty());
         assert!(c.fenced());
         let mut stops = c.take_stops();
         stops.sort_unstable_by_key(|(id, _)| *id);
@@ -892,23 +895,23 @@ mod tests {
     fn a_job_that_keeps_losing_its_lease_ends_failed() {
         let c = with_jobs(1, None);
         for attempt in 1..=3 {
-            let job = c.claim(0, 0).remove(0);
+            let job = c.claim(MonoMs(0), WallMs(0)).remove(0);
             c.due(job_kill_by(&c, job.id));
-            let f = c.finish(job.id, JobResult::Succeeded, 1, 0.5);
+            let f = c.finish(job.id, JobResult::Succeeded, WallMs(1), 0.5);
             assert_eq!(f, if attempt < 3 { Finished::Abandoned } else { Finished::Failed }, "attempt {attempt}");
         }
-        assert!(c.claim(0, 0).is_empty());
+        assert!(c.claim(MonoMs(0), WallMs(0)).is_empty());
     }
 
-    fn job_kill_by(c: &Coordinator<MemoryStore>, id: i64) -> i64 {
+    fn job_kill_by(c: &Coordinator<MemoryStore>, id: JobId) -> MonoMs {
         c.lease(id).unwrap().kill_by(&c.cfg, None)
     }
 
     #[test]
     fn a_child_is_recorded_only_while_the_lease_is_ours() {
         let c = with_jobs(2, None);
-        let claimed = c.claim(0, 0);
-        let child = ChildRecord { pid: 1, pgid: 1, boot_id: "b".into(), start_time: 1 };
+        let claimed = c.claim(MonoMs(0), WallMs(0));
+        let child = ChildIdentity { pid: 1, pgid: 1, boot_id: "b".into(), start_time: 1 };
         assert!(c.record_child(claimed[0].id, child.clone()));
         c.due(c.lease(claimed[1].id).unwrap().kill_by(&c.cfg, None));
         assert!(!c.record_child(claimed[1].id, child), "a lost lease must not release its child");
@@ -921,81 +924,81 @@ mod tests {
     #[test]
     fn starts_that_fail_for_the_daemons_reasons_are_postponed_and_throttle_claims() {
         let c = with_jobs(8, None);
-        let child = |n: u32| ChildRecord { pid: n, pgid: n, boot_id: "b".into(), start_time: 1 };
-        let wave = c.claim(0, 0);
+        let child = |n: u32| ChildIdentity { pid: n, pgid: n, boot_id: "b".into(), start_time: 1 };
+        let wave = c.claim(MonoMs(0), WallMs(0));
         assert_eq!(wave.len(), 4, "the global cap");
         assert!(c.record_child(wave[0].id, child(10)), "one started");
         let emfile = || JobResult::NotStarted { error: String::from("Too many open files (os error 24)") };
         for job in &wave[1..] {
-            let f = c.finish(job.id, emfile(), 100, 0.5);
-            assert!(matches!(f, Finished::Postponed { run_after } if run_after > 100), "{f:?}");
+            let f = c.finish(job.id, emfile(), WallMs(100), 0.5);
+            assert!(matches!(f, Finished::Postponed { run_after } if run_after > WallMs(100)), "{f:?}");
             let j = &sync::lock(&c.store).jobs[&job.id];
-            assert_eq!((j.status, j.attempts, j.interruptions), ("pending", 0, 0), "nothing charged");
+            assert_eq!((j.status, j.attempts, j.interruptions), (JobStatus::Pending, 0, 0), "nothing charged");
         }
         // Paused: the first pause is RESOURCE_BACKOFF_MS, however many failures it took.
-        assert!(c.claim(10, 1_000).is_empty());
-        assert!(c.claim(10 + RESOURCE_BACKOFF_MS - 1, 1_000).is_empty());
+        assert!(c.claim(MonoMs(10), WallMs(1_000)).is_empty());
+        assert!(c.claim(MonoMs(10 + RESOURCE_BACKOFF_MS - 1), WallMs(1_000)).is_empty());
         // Then at most what runs (one) until a start succeeds.
-        assert!(c.claim(10 + RESOURCE_BACKOFF_MS, 1_000).is_empty(), "one lease held, cap one");
-        assert_eq!(c.finish(wave[0].id, JobResult::Succeeded, 1_000, 0.5), Finished::Completed);
-        let next = c.claim(10 + RESOURCE_BACKOFF_MS, 1_000);
+        assert!(c.claim(MonoMs(10 + RESOURCE_BACKOFF_MS), WallMs(1_000)).is_empty(), "one lease held, cap one");
+        assert_eq!(c.finish(wave[0].id, JobResult::Succeeded, WallMs(1_000), 0.5), Finished::Completed);
+        let next = c.claim(MonoMs(10 + RESOURCE_BACKOFF_MS), WallMs(1_000));
         assert_eq!(next.len(), 1, "cap one");
         assert!(c.record_child(next[0].id, child(11)));
-        assert_eq!(c.claim(10 + RESOURCE_BACKOFF_MS, 1_000).len(), 1, "the cap grows with a start");
+        assert_eq!(c.claim(MonoMs(10 + RESOURCE_BACKOFF_MS), WallMs(1_000)).len(), 1, "the cap grows with a start");
         // A new failure after claims resumed is a new episode: twice the pause.
         let more = c.held().into_iter().find(|id| *id != next[0].id).unwrap();
-        assert!(matches!(c.finish(more, emfile(), 1_000, 0.5), Finished::Postponed { .. }));
-        assert!(c.claim(100, 1_000).is_empty());
-        assert!(c.claim(100 + 2 * RESOURCE_BACKOFF_MS - 1, 1_000).is_empty());
-        assert_eq!(c.claim(100 + 2 * RESOURCE_BACKOFF_MS, 1_000).len(), 0, "one held, cap one");
+        assert!(matches!(c.finish(more, emfile(), WallMs(1_000), 0.5), Finished::Postponed { .. }));
+        assert!(c.claim(MonoMs(100), WallMs(1_000)).is_empty());
+        assert!(c.claim(MonoMs(100 + 2 * RESOURCE_BACKOFF_MS - 1), WallMs(1_000)).is_empty());
+        assert_eq!(c.claim(MonoMs(100 + 2 * RESOURCE_BACKOFF_MS), WallMs(1_000)).len(), 0, "one held, cap one");
         // And the job's own failure is still charged.
-        let f = c.finish(next[0].id, JobResult::Failed { error: "exit 1".into(), retryable: true }, 1_000, 0.5);
+        let f = c.finish(next[0].id, JobResult::Failed { error: "exit 1".into(), retryable: true }, WallMs(1_000), 0.5);
         assert!(matches!(f, Finished::Retry { .. }), "{f:?}");
         assert_eq!(sync::lock(&c.store).jobs[&next[0].id].attempts, 1);
     }
 
     #[test]
     fn recovery_requeues_orphans_after_the_orphan_delay() {
-        let mut store = MemoryStore::new(1);
+        let mut store = MemoryStore::new(Epoch(1));
         let job = NewJob {
             kind: "noop".into(),
             args: vec![],
             lane: "l".into(),
             max_attempts: 3,
             timeout_ms: None,
-            run_after: 0,
+            run_after: WallMs(0),
         };
-        let id = store.enqueue(&job, 0).unwrap();
-        store.claim(1, "old", &cfg().limits, 0).unwrap();
-        store.epoch = 2;
+        let id = store.enqueue(&job);
+        store.claim(Epoch(1), "old", &cfg().limits, WallMs(0)).unwrap();
+        store.epoch = Epoch(2);
         let mut config = cfg();
         config.orphan_retry_delay_ms = 50;
-        let c = Coordinator::new(config, 2, store);
-        let rec = c.recover(1000).unwrap();
+        let c = Coordinator::new(config, Epoch(2), store);
+        let rec = c.recover(WallMs(1000)).unwrap();
         assert_eq!(rec.requeued, vec![id]);
-        assert!(c.claim(0, 1049).is_empty());
-        assert_eq!(c.claim(0, 1050)[0].attempt, 2);
+        assert!(c.claim(MonoMs(0), WallMs(1049)).is_empty());
+        assert_eq!(c.claim(MonoMs(0), WallMs(1050))[0].attempt, 2);
     }
 }
 
 #[cfg(test)]
 mod ended_tests {
     use super::*;
-    use crate::engine::store::MemoryStore;
-    use crate::store::jobs::NewJob;
+    use crate::engine::memory::MemoryStore;
+    use crate::job::NewJob;
 
     #[test]
     fn a_run_that_ended_before_its_deadline_keeps_its_result() {
-        let mut store = MemoryStore::new(1);
+        let mut store = MemoryStore::new(Epoch(1));
         let job = NewJob {
             kind: "noop".into(),
             args: vec![],
             lane: "l".into(),
             max_attempts: 3,
             timeout_ms: None,
-            run_after: 0,
+            run_after: WallMs(0),
         };
-        store.enqueue(&job, 0).unwrap();
+        store.enqueue(&job);
         let cfg = EngineConfig {
             shutdown_grace_ms: 0,
             backoff_base_ms: 10,
@@ -1003,12 +1006,12 @@ mod ended_tests {
             max_interruptions: 1,
             ..EngineConfig::for_tests()
         };
-        let c = Coordinator::new(cfg, 1, store);
-        let id = c.claim(0, 0)[0].id;
+        let c = Coordinator::new(cfg, Epoch(1), store);
+        let id = c.claim(MonoMs(0), WallMs(0))[0].id;
         c.mark_ended(id);
         // The engine records late, after the kill-by time: nothing is due, the result stands.
-        assert!(c.due(10_000).is_empty());
+        assert!(c.due(MonoMs(10_000)).is_empty());
         assert_eq!(c.next_deadline(), None);
-        assert_eq!(c.finish(id, JobResult::Succeeded, 10_000, 0.5), Finished::Completed);
+        assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(10_000), 0.5), Finished::Completed);
     }
 }

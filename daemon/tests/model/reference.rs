@@ -9,34 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use homerd::engine::store::{ChildRecord, JobStore, StoreError, StoreResult};
-use homerd::store::jobs::{ClaimLimits, Claimed, FailOutcome, NewJob, OrphanChild, Recovered};
-use homerd::store::ops::{Cancel, Retry};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Running => "running",
-            Status::Completed => "completed",
-            Status::Failed => "failed",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn terminal(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
-    }
-}
+use homerd::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
+use homerd::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, Recovered, WallMs,
+};
+use homerd::sqlite::ops::{Cancel, Retry};
 
 /// Who holds a running job: the claim's token, the epoch it was claimed under, the
 /// worker, and when the lease was last written (the claim or a renewal).
@@ -58,7 +35,7 @@ pub struct Run {
     pub token: String,
     pub worker: String,
     pub started_at: i64,
-    pub child: Option<ChildRecord>,
+    pub child: Option<ChildIdentity>,
     /// `(ended_at, outcome)` once the run is over.
     pub ended: Option<(i64, &'static str)>,
 }
@@ -66,7 +43,7 @@ pub struct Run {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {
     pub spec: NewJob,
-    pub status: Status,
+    pub status: JobStatus,
     /// Claims that count toward `max_attempts` (a graceful release gives its one back).
     pub attempts: u32,
     /// Every claim (every `job_runs` row).
@@ -95,7 +72,7 @@ impl Job {
     }
 
     /// Leaves `running`: the run ends with `outcome`, the lock is cleared.
-    fn end_run(&mut self, status: Status, outcome: &'static str, now: i64) {
+    fn end_run(&mut self, status: JobStatus, outcome: &'static str, now: i64) {
         self.open_run().ended = Some((now, outcome));
         self.owner = None;
         self.status = status;
@@ -129,7 +106,7 @@ impl Queue {
     /// Whether `token` under `epoch` is the current claim of job `id`.
     pub fn owns(&self, epoch: i64, id: i64, token: &str) -> bool {
         self.jobs.get(&id).is_some_and(|j| {
-            j.status == Status::Running && j.owner.as_ref().is_some_and(|o| o.token == token && o.epoch == epoch)
+            j.status == JobStatus::Running && j.owner.as_ref().is_some_and(|o| o.token == token && o.epoch == epoch)
         })
     }
 
@@ -149,31 +126,54 @@ impl Queue {
         }
     }
 
+    /// Adds a pending job; returns its id.
+    pub fn enqueue(&mut self, job: &NewJob) -> JobId {
+        let id = self.jobs.keys().next_back().map_or(1, |last| last + 1);
+        self.jobs.insert(
+            id,
+            Job {
+                spec: job.clone(),
+                status: JobStatus::Pending,
+                attempts: 0,
+                runs: 0,
+                interruptions: 0,
+                run_after: job.run_after.0,
+                owner: None,
+                started_at: None,
+                completed_at: None,
+                cancel_requested_at: None,
+                errors: 0,
+                history: Vec::new(),
+            },
+        );
+        JobId(id)
+    }
+
     /// `homerd cancel ID` (the CLI's transaction; no epoch involved): a pending job is
     /// cancelled at once, a running one gets a request its owner acts on.
     pub fn operator_cancel(&mut self, id: i64, now: i64) -> Cancel {
         let Some(j) = self.jobs.get_mut(&id) else { return Cancel::NotFound };
         match j.status {
-            Status::Pending => {
-                j.status = Status::Cancelled;
+            JobStatus::Pending => {
+                j.status = JobStatus::Cancelled;
                 j.completed_at = Some(now);
                 Cancel::Cancelled
             }
-            Status::Running => {
+            JobStatus::Running => {
                 j.cancel_requested_at.get_or_insert(now);
                 Cancel::Requested
             }
-            other => Cancel::Terminal(other.as_str().to_owned()),
+            other => Cancel::Terminal(other),
         }
     }
 
     /// `homerd retry ID`: a failed or cancelled job is pending again with a fresh budget.
     pub fn operator_retry(&mut self, id: i64, now: i64) -> Retry {
         let Some(j) = self.jobs.get_mut(&id) else { return Retry::NotFound };
-        if !matches!(j.status, Status::Failed | Status::Cancelled) {
-            return Retry::NotRetryable(j.status.as_str().to_owned());
+        if !matches!(j.status, JobStatus::Failed | JobStatus::Cancelled) {
+            return Retry::NotRetryable(j.status);
         }
-        j.status = Status::Pending;
+        j.status = JobStatus::Pending;
         j.attempts = 0;
         j.interruptions = 0;
         j.run_after = now;
@@ -187,12 +187,14 @@ impl Queue {
     /// lane's, the batch.
     fn choose(&self, limits: &ClaimLimits, now: i64) -> Vec<i64> {
         let running = |lane: Option<&str>| {
-            self.jobs.values().filter(|j| j.status == Status::Running && lane.is_none_or(|l| j.spec.lane == l)).count()
-                as u32
+            self.jobs
+                .values()
+                .filter(|j| j.status == JobStatus::Running && lane.is_none_or(|l| j.spec.lane == l))
+                .count() as u32
         };
         let room = limits.global.saturating_sub(running(None)).min(limits.batch) as usize;
         let mut by_lane: BTreeMap<&str, Vec<(i64, i64, bool)>> = BTreeMap::new();
-        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == Status::Pending) {
+        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == JobStatus::Pending) {
             by_lane.entry(j.spec.lane.as_str()).or_default().push((j.run_after, *id, j.cancel_requested_at.is_some()));
         }
         let mut lanes: Vec<((i64, i64), Vec<i64>)> = Vec::new();
@@ -239,36 +241,15 @@ impl Default for Queue {
 }
 
 impl JobStore for Queue {
-    fn enqueue(&mut self, job: &NewJob, _now: i64) -> StoreResult<i64> {
-        let id = self.jobs.keys().next_back().map_or(1, |last| last + 1);
-        self.jobs.insert(
-            id,
-            Job {
-                spec: job.clone(),
-                status: Status::Pending,
-                attempts: 0,
-                runs: 0,
-                interruptions: 0,
-                run_after: job.run_after,
-                owner: None,
-                started_at: None,
-                completed_at: None,
-                cancel_requested_at: None,
-                errors: 0,
-                history: Vec::new(),
-            },
-        );
-        Ok(id)
-    }
-
-    fn claim(&mut self, epoch: i64, worker: &str, limits: &ClaimLimits, now: i64) -> StoreResult<Vec<Claimed>> {
+    fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
+        let (epoch, now) = (epoch.0, now.0);
         self.fenced(epoch)?;
         let mut out = Vec::new();
         for id in self.choose(limits, now) {
             self.next_token += 1;
             let token = format!("model-token-{}", self.next_token);
             let j = self.jobs.get_mut(&id).expect("chosen from the queue");
-            j.status = Status::Running;
+            j.status = JobStatus::Running;
             j.attempts += 1;
             j.runs += 1;
             j.started_at = Some(now);
@@ -290,7 +271,7 @@ impl JobStore for Queue {
                 ended: None,
             });
             out.push(Claimed {
-                id,
+                id: JobId(id),
                 lane: j.spec.lane.clone(),
                 kind: j.spec.kind.clone(),
                 args: j.spec.args.clone(),
@@ -304,11 +285,12 @@ impl JobStore for Queue {
         Ok(out)
     }
 
-    fn renew(&mut self, epoch: i64, held: &[(i64, String)], now: i64) -> StoreResult<Vec<i64>> {
+    fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
+        let (epoch, now) = (epoch.0, now.0);
         self.fenced(epoch)?;
         let mut ours = Vec::new();
         for (id, token) in held {
-            if let Some(j) = self.owned_mut(epoch, *id, token) {
+            if let Some(j) = self.owned_mut(epoch, id.0, token) {
                 j.owner.as_mut().expect("owned").heartbeat_at = now;
                 ours.push(*id);
             }
@@ -316,143 +298,23 @@ impl JobStore for Queue {
         Ok(ours)
     }
 
-    fn record_child(&mut self, epoch: i64, id: i64, token: &str, child: &ChildRecord) -> StoreResult<bool> {
+    fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
+        let (epoch, id, token) = (claim.epoch.0, claim.id.0, claim.token.as_str());
         self.fenced(epoch)?;
         Ok(self.owned_mut(epoch, id, token).map(|j| j.open_run().child = Some(child.clone())).is_some())
     }
 
-    fn complete(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
-        self.fenced(epoch)?;
-        Ok(self.owned_mut(epoch, id, token).map(|j| j.end_run(Status::Completed, "completed", now)).is_some())
+    fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
+        items.iter().map(|(claim, what)| self.record(claim, what, now.0)).collect()
     }
 
-    fn fail(
-        &mut self,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        _error: &str,
-        retryable: bool,
-        retry_at: i64,
-        now: i64,
-    ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(epoch)?;
-        Ok(self.owned_mut(epoch, id, token).map(|j| {
-            if retryable && j.attempts < j.spec.max_attempts {
-                if j.cancel_requested_at.is_some() {
-                    // Would go back to pending: the operator's cancel wins instead.
-                    j.end_run(Status::Cancelled, "failed", now);
-                    return FailOutcome::Cancelled;
-                }
-                j.errors += 1;
-                j.run_after = retry_at;
-                j.end_run(Status::Pending, "failed", now);
-                FailOutcome::Retry { run_after: retry_at }
-            } else {
-                j.errors += 1;
-                j.end_run(Status::Failed, "failed", now);
-                FailOutcome::Failed
-            }
-        }))
-    }
-
-    fn release(
-        &mut self,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        max_interruptions: u32,
-        now: i64,
-    ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(epoch)?;
-        Ok(self.owned_mut(epoch, id, token).map(|j| {
-            if j.cancel_requested_at.is_some() {
-                j.end_run(Status::Cancelled, "released", now);
-                return FailOutcome::Cancelled;
-            }
-            j.interruptions += 1;
-            if j.interruptions <= max_interruptions {
-                // The attempt is given back: an interruption is not a failure.
-                j.attempts -= 1;
-                j.end_run(Status::Pending, "released", now);
-                FailOutcome::Retry { run_after: now }
-            } else {
-                j.errors += 1;
-                j.end_run(Status::Failed, "released", now);
-                FailOutcome::Failed
-            }
-        }))
-    }
-
-    fn abandon(
-        &mut self,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        _reason: &str,
-        now: i64,
-    ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(epoch)?;
-        Ok(self.owned_mut(epoch, id, token).map(|j| {
-            // The attempt stays counted: a job that keeps losing its lease ends failed.
-            if j.attempts >= j.spec.max_attempts {
-                j.errors += 1;
-                j.end_run(Status::Failed, "abandoned", now);
-                FailOutcome::Failed
-            } else if j.cancel_requested_at.is_some() {
-                j.end_run(Status::Cancelled, "abandoned", now);
-                FailOutcome::Cancelled
-            } else {
-                j.errors += 1;
-                j.end_run(Status::Pending, "abandoned", now);
-                FailOutcome::Retry { run_after: now }
-            }
-        }))
-    }
-
-    fn cancel(&mut self, epoch: i64, id: i64, token: &str, now: i64) -> StoreResult<bool> {
-        self.fenced(epoch)?;
-        Ok(self.owned_mut(epoch, id, token).map(|j| j.end_run(Status::Cancelled, "cancelled", now)).is_some())
-    }
-
-    fn requeue_unstarted(
-        &mut self,
-        epoch: i64,
-        id: i64,
-        token: &str,
-        _reason: &str,
-        retry_at: i64,
-        now: i64,
-    ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(epoch)?;
-        Ok(self.owned_mut(epoch, id, token).map(|j| {
-            if j.cancel_requested_at.is_some() {
-                j.end_run(Status::Cancelled, "not_started", now);
-                return FailOutcome::Cancelled;
-            }
-            // Nothing of the job ran: the attempt is given back, and no interruption is
-            // counted either; the reason joins the error history.
-            j.attempts -= 1;
-            j.errors += 1;
-            j.run_after = retry_at;
-            j.end_run(Status::Pending, "not_started", now);
-            FailOutcome::Retry { run_after: retry_at }
-        }))
-    }
-
-    fn orphan_children(&mut self, epoch: i64) -> StoreResult<Vec<OrphanChild>> {
-        self.fenced(epoch)?;
+    fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
+        self.fenced(epoch.0)?;
         let mut out = Vec::new();
-        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == Status::Running) {
+        for (id, j) in self.jobs.iter().filter(|(_, j)| j.status == JobStatus::Running) {
             for run in j.history.iter().filter(|r| r.ended.is_none()) {
                 if let Some(c) = &run.child {
-                    out.push(OrphanChild {
-                        job_id: *id,
-                        pid: c.pid,
-                        pgid: c.pgid,
-                        boot_id: c.boot_id.clone(),
-                        start_time: c.start_time,
-                    });
+                    out.push((JobId(*id), c.clone()));
                 }
             }
         }
@@ -461,25 +323,150 @@ impl JobStore for Queue {
 
     /// Startup recovery: the epoch is ours, so every running job is an orphan, whatever
     /// its heartbeat's age.
-    fn recover(&mut self, epoch: i64, retry_at: i64, now: i64) -> StoreResult<Recovered> {
+    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
+        let (retry_at, now) = (retry_at.0, now.0);
         let children = self.orphan_children(epoch)?;
         let mut out = Recovered { children, ..Recovered::default() };
-        for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == Status::Running) {
+        for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == JobStatus::Running) {
             if j.cancel_requested_at.is_some() {
-                j.end_run(Status::Cancelled, "orphaned", now);
-                out.cancelled.push(*id);
+                j.end_run(JobStatus::Cancelled, "orphaned", now);
+                out.cancelled.push(JobId(*id));
             } else if j.attempts >= j.spec.max_attempts {
                 j.errors += 1;
-                j.end_run(Status::Failed, "orphaned", now);
-                out.failed.push(*id);
+                j.end_run(JobStatus::Failed, "orphaned", now);
+                out.failed.push(JobId(*id));
             } else {
                 j.errors += 1;
                 j.run_after = retry_at;
-                j.end_run(Status::Pending, "orphaned", now);
-                out.requeued.push(*id);
+                j.end_run(JobStatus::Pending, "orphaned", now);
+                out.requeued.push(JobId(*id));
             }
         }
         self.recovered_total += (out.cancelled.len() + out.failed.len() + out.requeued.len()) as i64;
         Ok(out)
+    }
+}
+
+/// The outcomes, one per [`Record`] variant, as the trait's `record_many` runs them.
+impl Queue {
+    fn record(&mut self, claim: &ClaimRef, what: &Record, now: i64) -> StoreResult<Recorded> {
+        let ended = |o: Option<FailOutcome>| o.map_or(Recorded::NotOwner, Recorded::Ended);
+        Ok(match what {
+            Record::Complete if self.complete(claim, now)? => Recorded::Completed,
+            Record::Complete => Recorded::NotOwner,
+            Record::Fail { error, retryable, retry_at } => ended(self.fail(claim, error, *retryable, retry_at.0, now)?),
+            Record::Release { max_interruptions } => ended(self.release(claim, *max_interruptions, now)?),
+            Record::Abandon { reason } => ended(self.abandon(claim, reason, now)?),
+            Record::Cancel if self.cancel(claim, now)? => Recorded::Ended(FailOutcome::Cancelled),
+            Record::Cancel => Recorded::NotOwner,
+            Record::Requeue { reason, retry_at } => ended(self.requeue_unstarted(claim, reason, retry_at.0, now)?),
+        })
+    }
+
+    fn complete(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self
+            .owned_mut(claim.epoch.0, claim.id.0, &claim.token)
+            .map(|j| j.end_run(JobStatus::Completed, "completed", now))
+            .is_some())
+    }
+
+    fn fail(
+        &mut self,
+        claim: &ClaimRef,
+        _error: &str,
+        retryable: bool,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+            if retryable && j.attempts < j.spec.max_attempts {
+                if j.cancel_requested_at.is_some() {
+                    // Would go back to pending: the operator's cancel wins instead.
+                    j.end_run(JobStatus::Cancelled, "failed", now);
+                    return FailOutcome::Cancelled;
+                }
+                j.errors += 1;
+                j.run_after = retry_at;
+                j.end_run(JobStatus::Pending, "failed", now);
+                FailOutcome::Retry { run_after: WallMs(retry_at) }
+            } else {
+                j.errors += 1;
+                j.end_run(JobStatus::Failed, "failed", now);
+                FailOutcome::Failed
+            }
+        }))
+    }
+
+    fn release(&mut self, claim: &ClaimRef, max_interruptions: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+            if j.cancel_requested_at.is_some() {
+                j.end_run(JobStatus::Cancelled, "released", now);
+                return FailOutcome::Cancelled;
+            }
+            j.interruptions += 1;
+            if j.interruptions <= max_interruptions {
+                // The attempt is given back: an interruption is not a failure.
+                j.attempts -= 1;
+                j.end_run(JobStatus::Pending, "released", now);
+                FailOutcome::Retry { run_after: WallMs(now) }
+            } else {
+                j.errors += 1;
+                j.end_run(JobStatus::Failed, "released", now);
+                FailOutcome::Failed
+            }
+        }))
+    }
+
+    fn abandon(&mut self, claim: &ClaimRef, _reason: &str, now: i64) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+            // The attempt stays counted: a job that keeps losing its lease ends failed.
+            if j.attempts >= j.spec.max_attempts {
+                j.errors += 1;
+                j.end_run(JobStatus::Failed, "abandoned", now);
+                FailOutcome::Failed
+            } else if j.cancel_requested_at.is_some() {
+                j.end_run(JobStatus::Cancelled, "abandoned", now);
+                FailOutcome::Cancelled
+            } else {
+                j.errors += 1;
+                j.end_run(JobStatus::Pending, "abandoned", now);
+                FailOutcome::Retry { run_after: WallMs(now) }
+            }
+        }))
+    }
+
+    fn cancel(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self
+            .owned_mut(claim.epoch.0, claim.id.0, &claim.token)
+            .map(|j| j.end_run(JobStatus::Cancelled, "cancelled", now))
+            .is_some())
+    }
+
+    fn requeue_unstarted(
+        &mut self,
+        claim: &ClaimRef,
+        _reason: &str,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<Option<FailOutcome>> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+            if j.cancel_requested_at.is_some() {
+                j.end_run(JobStatus::Cancelled, "not_started", now);
+                return FailOutcome::Cancelled;
+            }
+            // Nothing of the job ran: the attempt is given back, and no interruption is
+            // counted either; the reason joins the error history.
+            j.attempts -= 1;
+            j.errors += 1;
+            j.run_after = retry_at;
+            j.end_run(JobStatus::Pending, "not_started", now);
+            FailOutcome::Retry { run_after: WallMs(retry_at) }
+        }))
     }
 }

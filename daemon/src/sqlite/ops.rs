@@ -6,7 +6,8 @@
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
-use super::jobs::{self, NewJob};
+use super::jobs;
+use crate::job::{ClaimRef, JobId, JobStatus, NewJob, WallMs};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct JobRow {
@@ -116,7 +117,12 @@ pub fn errors(conn: &Connection, id: i64) -> rusqlite::Result<serde_json::Value>
 /// Enqueues with an idempotency key: the same key returns the existing job's id and
 /// creates nothing (`false`). Inside the caller's `BEGIN IMMEDIATE`, concurrent enqueuers
 /// of one key cannot both insert.
-pub fn enqueue_keyed(tx: &Transaction<'_>, job: &NewJob, key: Option<&str>, now: i64) -> rusqlite::Result<(i64, bool)> {
+pub fn enqueue_keyed(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    key: Option<&str>,
+    now: WallMs,
+) -> rusqlite::Result<(JobId, bool)> {
     let Some(key) = key else { return Ok((jobs::enqueue(tx, job, now)?, true)) };
     if let Some(id) =
         tx.query_row("SELECT id FROM job_queue WHERE idempotency_key = ?1", [key], |r| r.get(0)).optional()?
@@ -137,17 +143,17 @@ pub enum Cancel {
     /// Is running: a request was filed (or already was) for the daemon to act on.
     Requested,
     /// Already terminal: left alone.
-    Terminal(String),
+    Terminal(JobStatus),
 }
 
 pub fn cancel(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Cancel> {
     let Some(status) =
-        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, String>(0)).optional()?
+        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, JobStatus>(0)).optional()?
     else {
         return Ok(Cancel::NotFound);
     };
-    Ok(match status.as_str() {
-        "pending" => {
+    Ok(match status {
+        JobStatus::Pending => {
             tx.execute(
                 "UPDATE job_queue SET status = 'cancelled', completed_at = ?2, error = 'cancelled by an operator'
                  WHERE id = ?1 AND status = 'pending'",
@@ -155,19 +161,19 @@ pub fn cancel(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Cance
             )?;
             Cancel::Cancelled
         }
-        "running" => {
+        JobStatus::Running => {
             tx.execute(
                 "UPDATE job_queue SET cancel_requested_at = COALESCE(cancel_requested_at, ?2) WHERE id = ?1 AND status = 'running'",
                 params![id, now],
             )?;
             Cancel::Requested
         }
-        other => Cancel::Terminal(other.to_owned()),
+        terminal => Cancel::Terminal(terminal),
     })
 }
 
 /// Running jobs with a pending cancel request (the daemon polls this).
-pub fn cancel_requests(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
+pub fn cancel_requests(conn: &Connection) -> rusqlite::Result<Vec<JobId>> {
     // Runs whenever another connection committed (the engine loop): prepared once.
     let mut stmt =
         conn.prepare_cached("SELECT id FROM job_queue WHERE cancel_requested_at IS NOT NULL AND status = 'running'")?;
@@ -176,7 +182,8 @@ pub fn cancel_requests(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
 }
 
 /// The daemon, as the run's owner, records the cancellation (its group already gone).
-pub fn cancel_running(tx: &Transaction<'_>, epoch: i64, id: i64, token: &str, now: i64) -> rusqlite::Result<bool> {
+pub fn cancel_running(tx: &Transaction<'_>, claim: &ClaimRef, now: WallMs) -> rusqlite::Result<bool> {
+    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
     let n = tx.execute(
         "UPDATE job_queue SET status = 'cancelled', completed_at = ?4, error = 'cancelled by an operator while running',
                 locked_by = NULL, locked_at = NULL, heartbeat_at = NULL, claim_token = NULL, claim_epoch = NULL
@@ -198,18 +205,18 @@ pub enum Retry {
     NotFound,
     Requeued,
     /// Not failed or cancelled: left alone.
-    NotRetryable(String),
+    NotRetryable(JobStatus),
 }
 
 /// A failed or cancelled job back to pending with a fresh attempt budget; its runs and
 /// error history are kept.
 pub fn retry(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Retry> {
     let Some(status) =
-        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, String>(0)).optional()?
+        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, JobStatus>(0)).optional()?
     else {
         return Ok(Retry::NotFound);
     };
-    if status != "failed" && status != "cancelled" {
+    if !matches!(status, JobStatus::Failed | JobStatus::Cancelled) {
         return Ok(Retry::NotRetryable(status));
     }
     tx.execute(

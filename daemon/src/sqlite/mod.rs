@@ -1,12 +1,15 @@
-//! All SQL lives under this module: schema validation and migrations ([`schema`]), the
-//! leader row and epoch ([`leader`]), the single writer ([`writer`]) and the read-only
-//! queries behind `status` and `doctor` ([`read`]).
+//! The SQLite backend, and all SQL: schema validation and migrations ([`schema`]), the
+//! leader row and epoch ([`leader`]), the single writer ([`writer`]), the job queue's
+//! statements ([`jobs`]) and the engine's `JobStore` over them ([`jobstore`]), operator
+//! statements ([`ops`]) and the read-only queries behind `status` and `doctor` ([`read`]).
 //!
 //! Architecture invariant: no other module prepares or executes SQL. Daemon writes go
 //! through [`writer::Writer`], whose transactions check the epoch first.
 #![allow(clippy::disallowed_methods)] // the one owner of SQL (and its submodules)
 
+mod convert;
 pub mod jobs;
+pub mod jobstore;
 pub mod leader;
 pub mod ops;
 pub mod read;

@@ -5,7 +5,7 @@
 //!
 //! Each operation runs inside its own savepoint, so one failing operation is rolled back
 //! alone and the rest of the batch still commits. Operations marked
-//! [`Sync::Full`] (acknowledgements) make the whole batch commit with
+//! [`SyncMode::Full`] (acknowledgements) make the whole batch commit with
 //! `synchronous=FULL`.
 
 use std::sync::mpsc;
@@ -19,8 +19,11 @@ use super::leader;
 /// Operations taken into one transaction at most.
 const MAX_BATCH: usize = 256;
 
+/// The durability an operation needs: a batch commits with the strongest of its members'.
+/// (Not `Sync`, which would shadow the marker trait; `config::Durability` is the setting a
+/// connection opens with.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Sync {
+pub enum SyncMode {
     /// `synchronous=NORMAL` (durable across process crashes; heartbeats, claims).
     Normal,
     /// `synchronous=FULL` (durable across power loss; acknowledgements).
@@ -38,13 +41,13 @@ pub enum WriteError {
 }
 
 trait Op: Send {
-    fn sync(&self) -> Sync;
+    fn sync(&self) -> SyncMode;
     fn apply(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()>;
     fn finish(self: Box<Self>, outcome: Result<(), WriteError>);
 }
 
 struct TypedOp<R, F> {
-    sync: Sync,
+    sync: SyncMode,
     f: Option<F>,
     value: Option<R>,
     reply: oneshot::Sender<Result<R, WriteError>>,
@@ -55,7 +58,7 @@ where
     R: Send,
     F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send,
 {
-    fn sync(&self) -> Sync {
+    fn sync(&self) -> SyncMode {
         self.sync
     }
 
@@ -103,7 +106,7 @@ impl Writer {
         (Writer { tx }, WriterThread { handle })
     }
 
-    fn submit<R, F>(&self, sync: Sync, f: F) -> oneshot::Receiver<Result<R, WriteError>>
+    fn submit<R, F>(&self, sync: SyncMode, f: F) -> oneshot::Receiver<Result<R, WriteError>>
     where
         R: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
@@ -117,7 +120,7 @@ impl Writer {
     }
 
     /// Queues `f` and waits for its batch to commit.
-    pub async fn call<R, F>(&self, sync: Sync, f: F) -> Result<R, WriteError>
+    pub async fn call<R, F>(&self, sync: SyncMode, f: F) -> Result<R, WriteError>
     where
         R: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
@@ -131,7 +134,7 @@ impl Writer {
     ///
     /// Queuing them one by one would not do: the writer may wake on the first and commit
     /// it alone before the rest arrive.
-    pub fn call_together_blocking<R, F>(&self, ops: Vec<(Sync, F)>) -> Vec<Result<R, WriteError>>
+    pub fn call_together_blocking<R, F>(&self, ops: Vec<(SyncMode, F)>) -> Vec<Result<R, WriteError>>
     where
         R: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
@@ -150,7 +153,7 @@ impl Writer {
     }
 
     /// Blocking form of [`Writer::call`] for code outside the async runtime.
-    pub fn call_blocking<R, F>(&self, sync: Sync, f: F) -> Result<R, WriteError>
+    pub fn call_blocking<R, F>(&self, sync: SyncMode, f: F) -> Result<R, WriteError>
     where
         R: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<R> + Send + 'static,
@@ -201,10 +204,10 @@ fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
     }
 }
 
-fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, current: &mut Option<Sync>) {
-    let wanted = batch.iter().map(|op| op.sync()).max().unwrap_or(Sync::Normal);
+fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, current: &mut Option<SyncMode>) {
+    let wanted = batch.iter().map(|op| op.sync()).max().unwrap_or(SyncMode::Normal);
     if *current != Some(wanted) {
-        let pragma = if wanted == Sync::Full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
+        let pragma = if wanted == SyncMode::Full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
         if let Err(e) = conn.prepare_cached(pragma).and_then(|mut s| s.execute([])) {
             return fail_all(batch, e);
         }
@@ -292,7 +295,7 @@ fn fail_all(batch: Vec<Box<dyn Op>>, e: rusqlite::Error) {
 mod tests {
     use super::*;
     use crate::clock::Clock;
-    use crate::store::schema;
+    use crate::sqlite::schema;
 
     fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
         let t = tempfile::tempdir().unwrap();
@@ -313,7 +316,7 @@ mod tests {
     fn ops_commit_under_our_epoch() {
         let (_t, path) = setup();
         let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let n = w.call_blocking(Sync::Full, |tx| tx.execute(INSERT, [])).unwrap();
+        let n = w.call_blocking(SyncMode::Full, |tx| tx.execute(INSERT, [])).unwrap();
         assert_eq!(n, 1);
         assert_eq!(count(&path), 1);
         drop(w);
@@ -325,7 +328,7 @@ mod tests {
         let (_t, path) = setup();
         let (w, th) = Writer::start(Connection::open(&path).unwrap(), 4);
         for _ in 0..3 {
-            assert!(matches!(w.call_blocking(Sync::Normal, |tx| tx.execute(INSERT, [])), Err(WriteError::Fenced)));
+            assert!(matches!(w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])), Err(WriteError::Fenced)));
         }
         assert_eq!(count(&path), 0);
         drop(w);
@@ -336,13 +339,13 @@ mod tests {
     fn a_failing_op_alone_in_its_batch_leaves_nothing_behind() {
         let (_t, path) = setup();
         let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let bad = w.call_blocking(Sync::Full, |tx| {
+        let bad = w.call_blocking(SyncMode::Full, |tx| {
             tx.execute(INSERT, [])?;
             tx.execute("INSERT INTO no_such_table VALUES (1)", [])
         });
         assert!(matches!(bad, Err(WriteError::Sqlite(_))), "{bad:?}");
         assert_eq!(count(&path), 0, "the failing op's first insert must be rolled back");
-        assert_eq!(w.call_blocking(Sync::Normal, |tx| tx.execute(INSERT, [])).unwrap(), 1);
+        assert_eq!(w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])).unwrap(), 1);
         assert_eq!(count(&path), 1, "the writer goes on after a failed batch");
         drop(w);
         th.join();
@@ -352,11 +355,11 @@ mod tests {
     fn a_failing_op_is_rolled_back_alone() {
         let (_t, path) = setup();
         let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let bad = w.submit(Sync::Normal, |tx| {
+        let bad = w.submit(SyncMode::Normal, |tx| {
             tx.execute(INSERT, [])?;
             tx.execute("INSERT INTO no_such_table VALUES (1)", [])
         });
-        let good = w.submit(Sync::Normal, |tx| tx.execute(INSERT, []));
+        let good = w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []));
         assert!(bad.blocking_recv().unwrap().is_err());
         assert_eq!(good.blocking_recv().unwrap().unwrap(), 1);
         assert_eq!(count(&path), 1, "the failing op's first insert must be rolled back");
@@ -369,7 +372,7 @@ mod tests {
         let (_t, path) = setup();
         let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
         type F = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<i64> + Send>;
-        let insert = |sync| -> (Sync, F) {
+        let insert = |sync| -> (SyncMode, F) {
             (
                 sync,
                 Box::new(|tx: &Transaction<'_>| {
@@ -378,8 +381,8 @@ mod tests {
                 }),
             )
         };
-        let bad: (Sync, F) = (
-            Sync::Normal,
+        let bad: (SyncMode, F) = (
+            SyncMode::Normal,
             Box::new(|tx: &Transaction<'_>| {
                 tx.execute(INSERT, [])?;
                 tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
@@ -387,10 +390,15 @@ mod tests {
             }),
         );
         // What the group commits with, seen from inside it: one FULL member makes it FULL.
-        let sync: (Sync, F) =
-            (Sync::Normal, Box::new(|tx: &Transaction<'_>| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))));
-        let got =
-            w.call_together_blocking(vec![insert(Sync::Normal), bad, insert(Sync::Full), insert(Sync::Normal), sync]);
+        let sync: (SyncMode, F) =
+            (SyncMode::Normal, Box::new(|tx: &Transaction<'_>| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))));
+        let got = w.call_together_blocking(vec![
+            insert(SyncMode::Normal),
+            bad,
+            insert(SyncMode::Full),
+            insert(SyncMode::Normal),
+            sync,
+        ]);
         let got: Vec<Option<i64>> = got.iter().map(|r| r.as_ref().ok().copied()).collect();
         assert_eq!(got, vec![Some(1), None, Some(2), Some(3), Some(2)], "counts in order, then synchronous=FULL (2)");
         assert_eq!(count(&path), 3);
@@ -405,7 +413,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert!(rt.block_on(w.stop()).is_some());
         th.join();
-        let got = w.call_together_blocking(vec![(Sync::Normal, |tx: &Transaction<'_>| tx.execute(INSERT, [])); 2]);
+        let got = w.call_together_blocking(vec![(SyncMode::Normal, |tx: &Transaction<'_>| tx.execute(INSERT, [])); 2]);
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|r| matches!(r, Err(WriteError::Closed))), "{got:?}");
     }
@@ -414,7 +422,7 @@ mod tests {
     fn many_callers_share_batches() {
         let (_t, path) = setup();
         let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let rxs: Vec<_> = (0..500).map(|_| w.submit(Sync::Normal, |tx| tx.execute(INSERT, []))).collect();
+        let rxs: Vec<_> = (0..500).map(|_| w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []))).collect();
         for rx in rxs {
             rx.blocking_recv().unwrap().unwrap();
         }

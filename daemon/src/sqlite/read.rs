@@ -8,12 +8,11 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::leader::{self, LeaderRow};
-
-pub const STATUSES: &[&str] = &["pending", "running", "completed", "failed", "cancelled"];
+use crate::job::JobStatus;
 
 /// Job counts per status (every status present, zero if none).
 pub fn job_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
-    let mut counts: BTreeMap<String, i64> = STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut counts: BTreeMap<String, i64> = JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
     let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM job_queue GROUP BY status")?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
         let (status, n) = row?;

@@ -13,51 +13,9 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-/// A job as the CLI enqueues it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewJob {
-    pub kind: String,
-    /// JSON array of string arguments.
-    pub args: Vec<String>,
-    pub lane: String,
-    pub max_attempts: u32,
-    pub timeout_ms: Option<u64>,
-    pub run_after: i64,
-}
-
-/// What a claim hands the worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claimed {
-    pub id: i64,
-    pub lane: String,
-    pub kind: String,
-    pub args: Vec<String>,
-    /// `attempts` after the claim's increment (`HOMER_ATTEMPT`).
-    pub attempt: u32,
-    /// This run's number (`HOMER_RUN`), the `job_runs.run` of its row.
-    pub run: u32,
-    pub token: String,
-    pub timeout_ms: Option<u64>,
-    pub max_attempts: u32,
-}
-
-/// Concurrency limits for one claim.
-#[derive(Clone, Debug)]
-pub struct ClaimLimits {
-    /// Global cap on running jobs (this daemon runs them all: one daemon per database).
-    pub global: u32,
-    /// Per-lane caps; lanes not named get `default_lane`.
-    pub lanes: BTreeMap<String, u32>,
-    pub default_lane: u32,
-    /// Jobs claimed in one transaction at most.
-    pub batch: u32,
-}
-
-impl ClaimLimits {
-    fn lane_cap(&self, lane: &str) -> u32 {
-        self.lanes.get(lane).copied().unwrap_or(self.default_lane)
-    }
-}
+use crate::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, Recovered, WallMs,
+};
 
 fn args_json(args: &[String]) -> String {
     serde_json::to_string(args).expect("strings serialise")
@@ -68,7 +26,7 @@ fn parse_args(json: &str) -> Vec<String> {
 }
 
 /// Inserts a pending job; returns its id.
-pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: i64) -> rusqlite::Result<i64> {
+pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: WallMs) -> rusqlite::Result<JobId> {
     tx.query_row(
         "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
                                 run_after_set_at)
@@ -84,10 +42,10 @@ pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: i64) -> rusqlite::Result
 /// `attempts` and `runs`, and inserts its `job_runs` row.
 pub fn claim(
     tx: &Transaction<'_>,
-    epoch: i64,
+    epoch: Epoch,
     worker: &str,
     limits: &ClaimLimits,
-    now: i64,
+    now: WallMs,
 ) -> rusqlite::Result<Vec<Claimed>> {
     crate::powerloss::phase("claim");
     let mut running: BTreeMap<String, u32> = BTreeMap::new();
@@ -106,9 +64,9 @@ pub fn claim(
     }
     // Each ready lane's head, oldest first.
     let mut heads: Vec<(String, i64, i64)> =
-        lane_heads(tx)?.into_iter().filter(|(_, run_after, _)| *run_after <= now).collect();
+        lane_heads(tx)?.into_iter().filter(|(_, run_after, _)| WallMs(*run_after) <= now).collect();
     heads.sort_by_key(|(_, run_after, id)| (*run_after, *id));
-    let mut queues: Vec<std::collections::VecDeque<i64>> = Vec::new();
+    let mut queues: Vec<std::collections::VecDeque<JobId>> = Vec::new();
     {
         let mut stmt = tx.prepare_cached(
             "SELECT id FROM job_queue WHERE status = 'pending' AND lane = ?1 AND run_after <= ?2
@@ -191,7 +149,12 @@ pub fn lane_heads(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(String, 
 }
 
 /// Renews the leases of `held` (id, token) under `epoch`; returns the ids still ours.
-pub fn renew(tx: &Transaction<'_>, epoch: i64, held: &[(i64, String)], now: i64) -> rusqlite::Result<Vec<i64>> {
+pub fn renew(
+    tx: &Transaction<'_>,
+    epoch: Epoch,
+    held: &[(JobId, String)],
+    now: WallMs,
+) -> rusqlite::Result<Vec<JobId>> {
     crate::powerloss::phase("renew");
     let mut stmt = tx.prepare_cached(
         "UPDATE job_queue SET heartbeat_at = ?4
@@ -207,17 +170,8 @@ pub fn renew(tx: &Transaction<'_>, epoch: i64, held: &[(i64, String)], now: i64)
 }
 
 /// Records the held child's identity on the run, before the child is released.
-#[allow(clippy::too_many_arguments)]
-pub fn record_child(
-    tx: &Transaction<'_>,
-    epoch: i64,
-    id: i64,
-    token: &str,
-    pid: u32,
-    pgid: u32,
-    boot_id: &str,
-    start_time: u64,
-) -> rusqlite::Result<bool> {
+pub fn record_child(tx: &Transaction<'_>, claim: &ClaimRef, child: &ChildIdentity) -> rusqlite::Result<bool> {
+    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
     if !owns(tx, epoch, id, token)? {
         return Ok(false);
     }
@@ -226,11 +180,11 @@ pub fn record_child(
             "UPDATE job_runs SET child_pid = ?3, child_pgid = ?4, child_boot_id = ?5, child_start_time = ?6
              WHERE job_id = ?1 AND claim_token = ?2 AND ended_at IS NULL",
         )?
-        .execute(params![id, token, pid, pgid, boot_id, start_time as i64])?;
+        .execute(params![id, token, child.pid, child.pgid, child.boot_id, child.start_time as i64])?;
     Ok(n == 1)
 }
 
-fn owns(tx: &Transaction<'_>, epoch: i64, id: i64, token: &str) -> rusqlite::Result<bool> {
+fn owns(tx: &Transaction<'_>, epoch: Epoch, id: JobId, token: &str) -> rusqlite::Result<bool> {
     tx.prepare_cached(
         "SELECT 1 FROM job_queue WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
     )?
@@ -245,11 +199,11 @@ const CLEAR_LOCK: &str =
 
 fn end_run(
     tx: &Transaction<'_>,
-    id: i64,
+    id: JobId,
     token: &str,
     outcome: &str,
     error: Option<&str>,
-    now: i64,
+    now: WallMs,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE job_runs SET ended_at = ?3, outcome = ?4, error = ?5
@@ -260,14 +214,8 @@ fn end_run(
 }
 
 /// The current owner records success. `false`: not the owner (nothing changed).
-pub fn complete(
-    tx: &Transaction<'_>,
-    epoch: i64,
-    id: i64,
-    token: &str,
-    result: Option<&str>,
-    now: i64,
-) -> rusqlite::Result<bool> {
+pub fn complete(tx: &Transaction<'_>, claim: &ClaimRef, result: Option<&str>, now: WallMs) -> rusqlite::Result<bool> {
+    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
     if crate::mutant::active(crate::mutant::NO_OWNER_TOKEN_GUARD) {
         // Mutant: whoever finishes last writes the outcome, token or not.
         let n = tx.execute(
@@ -293,21 +241,16 @@ pub fn complete(
     Ok(n == 1)
 }
 
-/// What a recorded failure did to the job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailOutcome {
-    /// Back to pending, to run again at `run_after`.
-    Retry { run_after: i64 },
-    /// Attempts exhausted (or not retryable): terminal.
-    Failed,
-    /// An operator asked to cancel it while it ran: `cancelled` instead of requeued.
-    Cancelled,
-}
-
 /// If an operator asked to cancel the job while this run was ending, it becomes
 /// `cancelled` instead of going back to `pending` (where it could be claimed again before
 /// the daemon saw the request). `true` if so; the run ends with outcome `outcome`.
-fn cancel_if_requested(tx: &Transaction<'_>, id: i64, token: &str, outcome: &str, now: i64) -> rusqlite::Result<bool> {
+fn cancel_if_requested(
+    tx: &Transaction<'_>,
+    id: JobId,
+    token: &str,
+    outcome: &str,
+    now: WallMs,
+) -> rusqlite::Result<bool> {
     let n = tx.execute(
         &format!(
             "UPDATE job_queue SET status = 'cancelled', completed_at = ?3,
@@ -325,17 +268,15 @@ fn cancel_if_requested(tx: &Transaction<'_>, id: i64, token: &str, outcome: &str
 /// The current owner records a failure: `pending` at `retry_at` while attempts remain
 /// (and `retryable`), else `failed`. The error joins the job's history. `None`: not the
 /// owner (nothing changed).
-#[allow(clippy::too_many_arguments)]
 pub fn fail(
     tx: &Transaction<'_>,
-    epoch: i64,
-    id: i64,
-    token: &str,
+    claim: &ClaimRef,
     error: &str,
     retryable: bool,
-    retry_at: i64,
-    now: i64,
+    retry_at: WallMs,
+    now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
+    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
     let Some((attempts, max)) = tx
         .query_row(
             "SELECT attempts, max_attempts FROM job_queue
@@ -353,8 +294,8 @@ pub fn fail(
         FailOutcome::Retry { .. } if cancel_if_requested(tx, id, token, "failed", now)? => {
             return Ok(Some(FailOutcome::Cancelled));
         }
-        FailOutcome::Retry { run_after } => ("pending", Some(run_after), None),
-        _ => ("failed", None, Some(now)),
+        FailOutcome::Retry { run_after } => (JobStatus::Pending, Some(run_after), None),
+        _ => (JobStatus::Failed, None, Some(now)),
     };
     tx.execute(
         &format!(
@@ -374,12 +315,11 @@ pub fn fail(
 /// as an interruption instead; past `max_interruptions`, `failed`. `None`: not the owner.
 pub fn release(
     tx: &Transaction<'_>,
-    epoch: i64,
-    id: i64,
-    token: &str,
+    claim: &ClaimRef,
     max_interruptions: u32,
-    now: i64,
+    now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
+    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
     let Some(interruptions) = tx
         .query_row(
             "SELECT interruptions FROM job_queue
@@ -425,12 +365,11 @@ pub fn release(
 /// its lease ends `failed` after `max_attempts` like any other. `None`: not the owner.
 pub fn abandon(
     tx: &Transaction<'_>,
-    epoch: i64,
-    id: i64,
-    token: &str,
+    claim: &ClaimRef,
     reason: &str,
-    now: i64,
+    now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
+    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
     let Some(exhausted) = tx
         .query_row(
             "SELECT attempts >= max_attempts FROM job_queue
@@ -477,13 +416,12 @@ pub fn abandon(
 /// joins the job's error history. `None`: not the owner.
 pub fn requeue_unstarted(
     tx: &Transaction<'_>,
-    epoch: i64,
-    id: i64,
-    token: &str,
+    claim: &ClaimRef,
     reason: &str,
-    retry_at: i64,
-    now: i64,
+    retry_at: WallMs,
+    now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
+    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
     let owned = tx
         .prepare_cached(
             "SELECT 1 FROM job_queue WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
@@ -522,31 +460,9 @@ pub fn shift_scheduled(tx: &Transaction<'_>, from: i64, by: i64) -> rusqlite::Re
     Ok(n)
 }
 
-/// A child recorded by an earlier run that must be gone before its job runs again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OrphanChild {
-    pub job_id: i64,
-    pub pid: u32,
-    pub pgid: u32,
-    pub boot_id: String,
-    pub start_time: u64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// An operator asked to cancel them while they ran: `cancelled`.
-    pub cancelled: Vec<i64>,
-    /// Requeued to run after `orphan_retry_delay`.
-    pub requeued: Vec<i64>,
-    /// No attempts left: `failed` (a job that kills the daemon cannot crash-loop).
-    pub failed: Vec<i64>,
-    /// Children recorded by the orphaned runs (to kill and wait for before re-running).
-    pub children: Vec<OrphanChild>,
-}
-
 /// The process groups recorded by runs of jobs still `running` (read-only): startup
 /// kills them, and waits until they are gone, before [`recover_orphans`] requeues anything.
-pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<OrphanChild>> {
+pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(JobId, ChildIdentity)>> {
     let mut stmt = tx.prepare(
         "SELECT r.job_id, r.child_pid, r.child_pgid, r.child_boot_id, r.child_start_time
          FROM job_runs r JOIN job_queue q ON q.id = r.job_id
@@ -554,13 +470,13 @@ pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<OrphanChild
     )?;
     let rows = stmt
         .query_map([], |r| {
-            Ok(OrphanChild {
-                job_id: r.get(0)?,
+            let child = ChildIdentity {
                 pid: r.get(1)?,
                 pgid: r.get(2)?,
                 boot_id: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
                 start_time: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u64,
-            })
+            };
+            Ok((r.get(0)?, child))
         })?
         .collect();
     rows
@@ -568,7 +484,7 @@ pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<OrphanChild
 
 /// Startup recovery: with the epoch ours, every `running` row is an orphan, whatever
 /// its heartbeat age (PITFALLS 10, 11).
-pub fn recover_orphans(tx: &Transaction<'_>, retry_at: i64, now: i64) -> rusqlite::Result<Recovered> {
+pub fn recover_orphans(tx: &Transaction<'_>, retry_at: WallMs, now: WallMs) -> rusqlite::Result<Recovered> {
     crate::powerloss::phase("recovery");
     let mut out = Recovered { children: orphan_children(tx)?, ..Recovered::default() };
     if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
@@ -630,7 +546,7 @@ fn random_tokens(n: usize) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::clock::Clock;
-    use crate::store::schema;
+    use crate::sqlite::schema;
     use rusqlite::Connection;
 
     fn db() -> (tempfile::TempDir, Connection) {
@@ -641,7 +557,14 @@ mod tests {
     }
 
     fn job(lane: &str, kind: &str) -> NewJob {
-        NewJob { kind: kind.into(), args: vec![], lane: lane.into(), max_attempts: 3, timeout_ms: None, run_after: 0 }
+        NewJob {
+            kind: kind.into(),
+            args: vec![],
+            lane: lane.into(),
+            max_attempts: 3,
+            timeout_ms: None,
+            run_after: WallMs(0),
+        }
     }
 
     fn limits(global: u32, lanes: &[(&str, u32)]) -> ClaimLimits {
@@ -660,7 +583,7 @@ mod tests {
         r
     }
 
-    fn row(c: &Connection, id: i64) -> (String, u32, u32, Option<String>, Option<String>, String) {
+    fn row(c: &Connection, id: JobId) -> (String, u32, u32, Option<String>, Option<String>, String) {
         c.query_row(
             "SELECT status, attempts, interruptions, claim_token, locked_by, errors FROM job_queue WHERE id = ?1",
             [id],
@@ -672,16 +595,18 @@ mod tests {
     #[test]
     fn claim_is_fifo_within_a_lane_and_respects_caps() {
         let (_t, mut c) = db();
-        let ids: Vec<i64> =
-            with_tx(&mut c, |tx| (0..5).map(|_| enqueue(tx, &job("a", "noop"), 100).unwrap()).collect());
-        let got = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[("a", 2)]), 100).unwrap());
+        let ids: Vec<JobId> =
+            with_tx(&mut c, |tx| (0..5).map(|_| enqueue(tx, &job("a", "noop"), WallMs(100)).unwrap()).collect());
+        let got = with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[("a", 2)]), WallMs(100)).unwrap());
         assert_eq!(got.iter().map(|c| c.id).collect::<Vec<_>>(), ids[..2]);
         assert!(got.iter().all(|c| c.attempt == 1 && c.run == 1 && c.token.len() == 32));
         assert_ne!(got[0].token, got[1].token);
         // The lane is full: nothing more until one finishes.
-        assert!(with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[("a", 2)]), 100).unwrap()).is_empty());
-        assert!(with_tx(&mut c, |tx| complete(tx, 1, got[0].id, &got[0].token, None, 101).unwrap()));
-        let next = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[("a", 2)]), 102).unwrap());
+        assert!(
+            with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[("a", 2)]), WallMs(100)).unwrap()).is_empty()
+        );
+        assert!(with_tx(&mut c, |tx| complete(tx, &got[0].claim_ref(Epoch(1)), None, WallMs(101)).unwrap()));
+        let next = with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[("a", 2)]), WallMs(102)).unwrap());
         assert_eq!(next.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[2]]);
     }
 
@@ -690,13 +615,14 @@ mod tests {
         let (_t, mut c) = db();
         with_tx(&mut c, |tx| {
             for _ in 0..4 {
-                enqueue(tx, &job("a", "noop"), 100).unwrap();
+                enqueue(tx, &job("a", "noop"), WallMs(100)).unwrap();
             }
             for _ in 0..4 {
-                enqueue(tx, &job("b", "noop"), 100).unwrap();
+                enqueue(tx, &job("b", "noop"), WallMs(100)).unwrap();
             }
         });
-        let got = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(3, &[("a", 4), ("b", 4)]), 100).unwrap());
+        let got =
+            with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(3, &[("a", 4), ("b", 4)]), WallMs(100)).unwrap());
         let lanes: Vec<&str> = got.iter().map(|c| c.lane.as_str()).collect();
         assert_eq!(lanes, ["a", "b", "a"], "both lanes progress, oldest lane first, global cap 3");
     }
@@ -705,27 +631,30 @@ mod tests {
     fn future_jobs_wait_for_run_after() {
         let (_t, mut c) = db();
         let mut j = job("a", "noop");
-        j.run_after = 5_000;
-        with_tx(&mut c, |tx| enqueue(tx, &j, 100).unwrap());
-        assert!(with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 4_999).unwrap()).is_empty());
-        assert_eq!(with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 5_000).unwrap()).len(), 1);
+        j.run_after = WallMs(5_000);
+        with_tx(&mut c, |tx| enqueue(tx, &j, WallMs(100)).unwrap());
+        assert!(with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[]), WallMs(4_999)).unwrap()).is_empty());
+        assert_eq!(with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[]), WallMs(5_000)).unwrap()).len(), 1);
     }
 
     #[test]
     fn a_stale_token_or_epoch_changes_nothing() {
         let (_t, mut c) = db();
-        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "noop"), 100).unwrap());
-        let cl = with_tx(&mut c, |tx| claim(tx, 7, "w", &limits(4, &[]), 100).unwrap()).remove(0);
+        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "noop"), WallMs(100)).unwrap());
+        let cl = with_tx(&mut c, |tx| claim(tx, Epoch(7), "w", &limits(4, &[]), WallMs(100)).unwrap()).remove(0);
         let before = row(&c, id);
         let runs_before: i64 =
             c.query_row("SELECT COUNT(*) FROM job_runs WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
+        let child = ChildIdentity { pid: 1, pgid: 1, boot_id: "b".into(), start_time: 1 };
         for (epoch, token) in [(7, "not-the-token"), (6, cl.token.as_str()), (8, cl.token.as_str())] {
+            let claim = ClaimRef { epoch: Epoch(epoch), id, token: token.to_owned() };
+            let now = WallMs(200);
             with_tx(&mut c, |tx| {
-                assert!(!complete(tx, epoch, id, token, None, 200).unwrap());
-                assert_eq!(fail(tx, epoch, id, token, "x", true, 300, 200).unwrap(), None);
-                assert_eq!(release(tx, epoch, id, token, 10, 200).unwrap(), None);
-                assert!(renew(tx, epoch, &[(id, token.to_owned())], 200).unwrap().is_empty());
-                assert!(!record_child(tx, epoch, id, token, 1, 1, "b", 1).unwrap());
+                assert!(!complete(tx, &claim, None, now).unwrap());
+                assert_eq!(fail(tx, &claim, "x", true, WallMs(300), now).unwrap(), None);
+                assert_eq!(release(tx, &claim, 10, now).unwrap(), None);
+                assert!(renew(tx, claim.epoch, &[(id, token.to_owned())], now).unwrap().is_empty());
+                assert!(!record_child(tx, &claim, &child).unwrap());
             });
             assert_eq!(row(&c, id), before, "epoch {epoch} token {token} changed the job");
         }
@@ -733,24 +662,27 @@ mod tests {
             c.query_row("SELECT COUNT(*) FROM job_runs WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
         assert_eq!(runs_before, runs_after);
         // The owner can.
-        assert_eq!(with_tx(&mut c, |tx| renew(tx, 7, &[(id, cl.token.clone())], 150).unwrap()), vec![id]);
-        assert!(with_tx(&mut c, |tx| complete(tx, 7, id, &cl.token, Some("ok"), 200).unwrap()));
+        assert_eq!(
+            with_tx(&mut c, |tx| renew(tx, Epoch(7), &[(id, cl.token.clone())], WallMs(150)).unwrap()),
+            vec![id]
+        );
+        assert!(with_tx(&mut c, |tx| complete(tx, &cl.claim_ref(Epoch(7)), Some("ok"), WallMs(200)).unwrap()));
         let (status, _, _, token, locked_by, _) = row(&c, id);
         assert_eq!((status.as_str(), token, locked_by), ("completed", None, None), "lock columns cleared");
         // And only once.
-        assert!(!with_tx(&mut c, |tx| complete(tx, 7, id, &cl.token, Some("again"), 201).unwrap()));
+        assert!(!with_tx(&mut c, |tx| complete(tx, &cl.claim_ref(Epoch(7)), Some("again"), WallMs(201)).unwrap()));
     }
 
     #[test]
     fn failures_retry_until_attempts_run_out_keeping_every_error() {
         let (_t, mut c) = db();
-        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "fail"), 100).unwrap());
-        let mut now = 100;
+        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "fail"), WallMs(100)).unwrap());
+        let mut now = WallMs(100);
         for attempt in 1..=3u32 {
-            let cl = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), now).unwrap()).remove(0);
+            let cl = with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[]), now).unwrap()).remove(0);
             assert_eq!((cl.attempt, cl.run), (attempt, attempt));
             let out = with_tx(&mut c, |tx| {
-                fail(tx, 1, id, &cl.token, &format!("boom {attempt}"), true, now + 1000, now).unwrap()
+                fail(tx, &cl.claim_ref(Epoch(1)), &format!("boom {attempt}"), true, now + 1000, now).unwrap()
             });
             let expect = if attempt < 3 {
                 Some(FailOutcome::Retry { run_after: now + 1000 })
@@ -758,7 +690,7 @@ mod tests {
                 Some(FailOutcome::Failed)
             };
             assert_eq!(out, expect);
-            now += 1000;
+            now = now + 1000;
         }
         let (status, attempts, _, token, _, errors) = row(&c, id);
         assert_eq!((status.as_str(), attempts, token), ("failed", 3, None));
@@ -778,15 +710,15 @@ mod tests {
     #[test]
     fn graceful_release_gives_the_attempt_back_until_max_interruptions() {
         let (_t, mut c) = db();
-        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "sleep"), 100).unwrap());
+        let id = with_tx(&mut c, |tx| enqueue(tx, &job("a", "sleep"), WallMs(100)).unwrap());
         for n in 1..=2u32 {
-            let cl = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 100).unwrap()).remove(0);
+            let cl = with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[]), WallMs(100)).unwrap()).remove(0);
             assert_eq!(cl.attempt, 1, "a released run does not consume an attempt");
             assert_eq!(cl.run, n);
-            let out = with_tx(&mut c, |tx| release(tx, 1, id, &cl.token, 1, 200).unwrap());
+            let out = with_tx(&mut c, |tx| release(tx, &cl.claim_ref(Epoch(1)), 1, WallMs(200)).unwrap());
             let (status, attempts, interruptions, ..) = row(&c, id);
             if n == 1 {
-                assert_eq!(out, Some(FailOutcome::Retry { run_after: 200 }));
+                assert_eq!(out, Some(FailOutcome::Retry { run_after: WallMs(200) }));
                 assert_eq!((status.as_str(), attempts, interruptions), ("pending", 0, 1));
             } else {
                 assert_eq!(out, Some(FailOutcome::Failed));
@@ -799,32 +731,30 @@ mod tests {
     fn startup_recovery_requeues_every_orphan_and_fails_the_exhausted() {
         let (_t, mut c) = db();
         let (a, b) = with_tx(&mut c, |tx| {
-            let a = enqueue(tx, &job("a", "noop"), 100).unwrap();
+            let a = enqueue(tx, &job("a", "noop"), WallMs(100)).unwrap();
             let mut one = job("b", "crash");
             one.max_attempts = 1;
-            (a, enqueue(tx, &one, 100).unwrap())
+            (a, enqueue(tx, &one, WallMs(100)).unwrap())
         });
-        let claimed = with_tx(&mut c, |tx| claim(tx, 1, "w", &limits(4, &[]), 100).unwrap());
+        let claimed = with_tx(&mut c, |tx| claim(tx, Epoch(1), "w", &limits(4, &[]), WallMs(100)).unwrap());
         assert_eq!(claimed.len(), 2);
         let ca = claimed.iter().find(|c| c.id == a).unwrap();
-        with_tx(&mut c, |tx| assert!(record_child(tx, 1, a, &ca.token, 4242, 4242, "boot", 77).unwrap()));
+        let child = ChildIdentity { pid: 4242, pgid: 4242, boot_id: "boot".into(), start_time: 77 };
+        with_tx(&mut c, |tx| assert!(record_child(tx, &ca.claim_ref(Epoch(1)), &child).unwrap()));
         // A fresh heartbeat does not matter: the epoch is ours, so every running row is orphaned.
-        let rec = with_tx(&mut c, |tx| recover_orphans(tx, 150, 101).unwrap());
+        let rec = with_tx(&mut c, |tx| recover_orphans(tx, WallMs(150), WallMs(101)).unwrap());
         assert_eq!(rec.requeued, vec![a]);
         assert_eq!(rec.failed, vec![b]);
-        assert_eq!(
-            rec.children,
-            vec![OrphanChild { job_id: a, pid: 4242, pgid: 4242, boot_id: "boot".into(), start_time: 77 }]
-        );
+        assert_eq!(rec.children, vec![(a, child)]);
         assert_eq!(row(&c, a).0, "pending");
         assert_eq!(row(&c, b).0, "failed");
         let open: i64 = c.query_row("SELECT COUNT(*) FROM job_runs WHERE ended_at IS NULL", [], |r| r.get(0)).unwrap();
         assert_eq!(open, 0);
         // The old claim cannot complete after recovery, even under the same epoch.
-        assert!(!with_tx(&mut c, |tx| complete(tx, 1, a, &ca.token, None, 102).unwrap()));
+        assert!(!with_tx(&mut c, |tx| complete(tx, &ca.claim_ref(Epoch(1)), None, WallMs(102)).unwrap()));
         // It runs again after orphan_retry_delay, as attempt 2, run 2.
-        assert!(with_tx(&mut c, |tx| claim(tx, 2, "w2", &limits(4, &[]), 149).unwrap()).is_empty());
-        let again = with_tx(&mut c, |tx| claim(tx, 2, "w2", &limits(4, &[]), 150).unwrap());
+        assert!(with_tx(&mut c, |tx| claim(tx, Epoch(2), "w2", &limits(4, &[]), WallMs(149)).unwrap()).is_empty());
+        let again = with_tx(&mut c, |tx| claim(tx, Epoch(2), "w2", &limits(4, &[]), WallMs(150)).unwrap());
         assert_eq!((again[0].id, again[0].attempt, again[0].run), (a, 2, 2));
     }
 }

@@ -252,7 +252,7 @@ pub fn release(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema;
+    use crate::sqlite::schema;
 
     fn db() -> (tempfile::TempDir, Connection) {
         let t = tempfile::tempdir().unwrap();
