@@ -328,7 +328,7 @@ impl std::error::Error for PathError {
 /// the process is out of descriptors (EMFILE) or the system is (ENFILE), no process or
 /// thread can be created or no memory had (EAGAIN, ENOMEM), or the run logs cannot be
 /// written (a full, over-quota or read-only disk, or a home the daemon may not write).
-/// Nothing of the job ran, so it must not be charged an attempt (PITFALLS 25). A job's
+/// Nothing of the job ran, so it must not be charged an attempt (failure mode 25). A job's
 /// own failure — its program missing, a non-zero exit — happens after the release, in
 /// the shim or the job, and never reaches here as an error.
 pub fn is_resource_error(e: &io::Error) -> bool {

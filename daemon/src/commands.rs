@@ -163,7 +163,7 @@ struct Check {
     detail: String,
 }
 
-/// `homerd doctor [--json]`: the seed's "Verify Deployment" steps as checks, then a
+/// `homerd doctor [--json]`: the original daemon's "Verify Deployment" steps as checks, then a
 /// `WARN` line for each key of an installed launchd/systemd unit that contradicts what
 /// `homerd service` writes. A check that fails means the deployment is broken now and
 /// exits 1; a warning is a latent problem (it bites at the next stop or restart) and
@@ -291,7 +291,7 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
         Err(e) => check("integrity", false, e.to_string()),
     }
 
-    // 4. Lock columns on job_queue (the seed's PRAGMA table_info check).
+    // 4. Lock columns on job_queue (the original deployment notes' PRAGMA table_info check).
     let cols = read::columns(&conn, "job_queue").unwrap_or_default();
     let missing: Vec<&str> =
         ["locked_by", "locked_at", "heartbeat_at"].into_iter().filter(|c| !cols.iter().any(|x| x == c)).collect();

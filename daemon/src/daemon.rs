@@ -1,6 +1,7 @@
 //! `homerd run`: the daemon's lifecycle.
 //!
-//! Order matters and is the protocol (DESIGN.md): flock → database validated read-only →
+//! Order matters and is the protocol (README.md "Guarantees"; ARCHITECTURE.md):
+//! flock → database validated read-only →
 //! leader row accepts us (epoch bumped) → migrations → diagnostics written through the
 //! locked fd → log file opened → `daemon.active`. Then, until SIGTERM/SIGINT: refresh the
 //! leader row every `heartbeat_interval` (epoch-guarded: that is how an idle daemon

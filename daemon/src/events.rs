@@ -1,5 +1,5 @@
 //! Structured events: every lifecycle step has a stable name (`lock.acquired`,
-//! `daemon.active`, ...) and a human message (the seed's log lines, e.g. "Daemon lock
+//! `daemon.active`, ...) and a human message (the original daemon's log lines, e.g. "Daemon lock
 //! acquired"). Events go to stderr — JSON lines with `--log-format json`, human lines
 //! otherwise — and, for the lock holder only, to `<home>/logs/homer.log` once
 //! [`open_log_file`] is called (after the leader row accepted the start). A losing or

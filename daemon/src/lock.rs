@@ -1,16 +1,16 @@
 //! The single-instance lock: the only module that calls `flock`.
 //!
-//! Protocol (DESIGN.md "Lock"):
+//! Protocol (README.md "Guarantees", one active daemon):
 //! 1. The directory is created 0700 only if missing; the file is opened without
 //!    truncation, created 0600, with `O_NOFOLLOW` (a symlink is refused, its target
 //!    untouched), `O_NONBLOCK` (a FIFO planted at the path cannot hang us) and
-//!    close-on-exec (a job child must never inherit the lock: PITFALLS 4). Anything but
+//!    close-on-exec (a job child must never inherit the lock: failure mode 4). Anything but
 //!    a regular file is refused. Network filesystems are refused before opening.
 //! 2. `flock(LOCK_EX | LOCK_NB)`. `EWOULDBLOCK` means another holder; *any other* error
 //!    fails closed — homerd never treats an unexpected lock error as "I am alone".
 //! 3. After winning, `fstat(fd)` must match `lstat(path)` (dev + ino): if the file was
 //!    unlinked or replaced between our open and our flock, we locked an orphaned inode,
-//!    so we close it and start over (PITFALLS 5).
+//!    so we close it and start over (failure mode 5).
 //! 4. Nothing is written until the caller says the leader row accepted the start; then
 //!    diagnostics are written through the locked fd ([`HeldLock::write_diagnostics`]).
 //!    A losing start never writes a byte to the file.

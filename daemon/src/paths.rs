@@ -3,7 +3,7 @@
 //! `$HOME` while its database did not).
 //!
 //! Home: `--home` / `HOMER_HOME`; otherwise macOS `~/Library/Application Support/Homer`
-//! (the seed's lock directory), Linux `$XDG_DATA_HOME/homer` or `~/.local/share/homer`.
+//! (the original daemon's lock directory), Linux `$XDG_DATA_HOME/homer` or `~/.local/share/homer`.
 
 use std::path::{Path, PathBuf};
 

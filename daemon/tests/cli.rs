@@ -1,4 +1,4 @@
-//! The CLI contract: help, usage and config errors, every bad input of PITFALLS 8, 9 and
+//! The CLI contract: help, usage and config errors, every bad input of failure modes 8, 9 and
 //! 20 (exit code, message, file unchanged), status, doctor, migrate and backup.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly
 
@@ -210,7 +210,7 @@ fn another_programs_database_is_refused_unchanged() {
     assert_refused(&sb, &before, "not a homerd database");
 }
 
-/// PITFALLS 21 with the checked-in fixture: running rows at 004 are failed with the
+/// failure mode 21 with the checked-in fixture: running rows at 004 are failed with the
 /// seed's reason; others untouched.
 #[test]
 fn pre_004_running_rows_are_failed_by_migration_004() {
@@ -285,7 +285,7 @@ fn directory_at_the_lock_path_is_refused() {
     assert!(!sb.db().exists());
 }
 
-/// PITFALLS 8: flock failing in any unexpected way fails closed with its own code.
+/// failure mode 8: flock failing in any unexpected way fails closed with its own code.
 #[test]
 fn unexpected_flock_errors_fail_closed() {
     for errno in ["ENOLCK", "ENOTSUP", "EINVAL"] {
@@ -310,7 +310,7 @@ fn malformed_failpoint_spec_is_a_usage_error() {
     assert!(out.stderr.contains("unknown failpoint"), "{}", out.stderr);
 }
 
-/// PITFALLS 9, permissions: meaningless as root, so run as an unprivileged uid.
+/// failure mode 9, permissions: meaningless as root, so run as an unprivileged uid.
 #[test]
 fn unwritable_lock_directory_is_a_permission_error() {
     let sb = Sandbox::new();

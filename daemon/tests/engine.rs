@@ -468,7 +468,7 @@ fn a_second_signal_cuts_the_drain_short() {
     assert_eq!((status.as_str(), attempts, interruptions), ("pending", 0, 1));
 }
 
-/// PITFALLS 7 with a job: A runs an exec job; A is paused (only A: its child keeps
+/// failure mode 7 with a job: A runs an exec job; A is paused (only A: its child keeps
 /// running); once A is stale, B (another lock path) takes over, kills A's recorded group
 /// before re-running the job, and completes it. Resumed, A is fenced: it stops, records
 /// nothing, exits 76. The run history shows one completion, by B.
@@ -519,7 +519,7 @@ fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed(
     assert_eq!(r[0].2.as_deref(), Some("orphaned"), "{r:?}");
 }
 
-/// PITFALLS 4: a job child must never inherit the lock. The job forks a grandchild that
+/// failure mode 4: a job child must never inherit the lock. The job forks a grandchild that
 /// outlives it; the daemon is killed; a new start must win the lock. The lock file is
 /// re-acquired first so the lock lives on a descriptor other than 3 (the shim's release
 /// pipe is dup2'ed onto fd 3, which would otherwise hide a missing close-on-exec).

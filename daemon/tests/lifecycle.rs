@@ -1,5 +1,5 @@
 //! Process-level tests of the single-instance protocol with real `homerd` processes,
-//! real signals and real files (PITFALLS 1-3, 5-7, 19; DESIGN.md Lock and Leader row).
+//! real signals and real files (failure modes 1-3, 5-7, 19; the lock and the leader row).
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly
 
 mod common;
@@ -16,7 +16,7 @@ fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
     d
 }
 
-/// PITFALLS 1: a second start exits 0 at once with the message and the holder's PID,
+/// failure mode 1: a second start exits 0 at once with the message and the holder's PID,
 /// and changes nothing: not a byte of the lock file, not a line of the log.
 #[test]
 fn dual_start_exits_cleanly_and_touches_nothing() {
@@ -69,7 +69,7 @@ fn dual_start_human_message_names_the_pid() {
     assert!(!out.stderr.contains('\x1b'), "colour without a terminal");
 }
 
-/// PITFALLS 2: 16 starts at once, exactly one holder; the rest exit 0.
+/// failure mode 2: 16 starts at once, exactly one holder; the rest exit 0.
 #[test]
 fn sixteen_way_start_race_has_one_winner() {
     let sb = Sandbox::new();
@@ -94,7 +94,7 @@ fn sixteen_way_start_race_has_one_winner() {
     assert_eq!(st["daemon"]["epoch"], 1, "losers must not bump the epoch");
 }
 
-/// PITFALLS 3: kill -9 releases the lock; a restart right after succeeds, with a new
+/// failure mode 3: kill -9 releases the lock; a restart right after succeeds, with a new
 /// epoch. A dead PID left in the lock file does not block it either.
 #[test]
 fn kill_9_then_immediate_restart() {
@@ -123,7 +123,7 @@ fn stale_pid_in_unlocked_file_does_not_block() {
     assert!(diag.contains(&format!("pid={}", b.pid())), "{diag}");
 }
 
-/// PITFALLS 6: the lock file removed while running is re-acquired in place; a start
+/// failure mode 6: the lock file removed while running is re-acquired in place; a start
 /// afterwards still finds the daemon.
 #[test]
 fn removed_lock_file_is_reacquired_in_place() {
@@ -139,7 +139,7 @@ fn removed_lock_file_is_reacquired_in_place() {
     assert_eq!(out.event("lock.busy").expect("busy")["holder_pid"], a.pid());
 }
 
-/// PITFALLS 6, `mv` over the file: also re-acquired.
+/// failure mode 6, `mv` over the file: also re-acquired.
 #[test]
 fn replaced_lock_file_is_reacquired_in_place() {
     let sb = Sandbox::new();
@@ -174,7 +174,7 @@ fn event_file_id(v: &serde_json::Value) -> (u64, u64) {
     (field("dev"), field("ino"))
 }
 
-/// PITFALLS 6, the window before the re-check: a start that locks the fresh file is
+/// failure mode 6, the window before the re-check: a start that locks the fresh file is
 /// refused by the leader row, writes nothing and bumps nothing.
 #[test]
 fn start_in_the_deleted_lock_window_is_refused_by_the_leader_row() {
@@ -193,7 +193,7 @@ fn start_in_the_deleted_lock_window_is_refused_by_the_leader_row() {
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 }
 
-/// DESIGN.md Leader row: a second daemon through another lock path is refused (own exit
+/// The leader row: a second daemon through another lock path is refused (own exit
 /// code, no epoch bump) right away and after the first has idled past stale_threshold.
 #[test]
 fn other_lock_path_is_refused_now_and_after_idling_past_stale_threshold() {
@@ -224,7 +224,7 @@ fn other_lock_path_is_refused_now_and_after_idling_past_stale_threshold() {
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 }
 
-/// PITFALLS 7 (the fencing half): a paused holder is taken over once stale; when it
+/// failure mode 7 (the fencing half): a paused holder is taken over once stale; when it
 /// resumes, its next guarded write fails and it exits with the fenced code.
 #[test]
 fn paused_holder_is_taken_over_and_fenced_on_resume() {
@@ -283,7 +283,7 @@ fn sigterm_shuts_down_cleanly_and_clears_the_leader_row() {
     let _b = active(&sb, &["--lock-file", other.to_str().unwrap()]);
 }
 
-/// PITFALLS 5: B paused after open(), the file removed, B resumed: B's inode re-check
+/// failure mode 5: B paused after open(), the file removed, B resumed: B's inode re-check
 /// sends it back to retry, and it ends with the "another instance" message.
 #[test]
 fn unlink_race_after_open_is_caught_by_the_inode_recheck() {
@@ -337,7 +337,7 @@ fn start_waits_for_a_migrate_holder() {
     assert!(!d.has_event("lock.busy"));
 }
 
-/// PITFALLS 19: two `homerd migrate` at once: one applies, the other waits and finds
+/// failure mode 19: two `homerd migrate` at once: one applies, the other waits and finds
 /// nothing to do; no duplicate-column errors.
 #[test]
 fn concurrent_migrates_apply_each_file_once() {
@@ -363,7 +363,7 @@ fn concurrent_migrates_apply_each_file_once() {
     assert_eq!(n as usize, homerd::sqlite::schema::MIGRATIONS.len());
 }
 
-/// PITFALLS 19: kill -9 in the middle of a migration file leaves no half-applied file;
+/// failure mode 19: kill -9 in the middle of a migration file leaves no half-applied file;
 /// the next run completes cleanly.
 #[test]
 fn kill_9_mid_migration_leaves_no_half_applied_file() {

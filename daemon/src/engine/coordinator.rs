@@ -130,7 +130,7 @@ pub enum JobResult {
     },
     /// The daemon could not start it for its own reasons (out of descriptors, processes
     /// or memory; a full or read-only disk): nothing of the job ran, so nothing is
-    /// charged to it (PITFALLS 25).
+    /// charged to it (failure mode 25).
     NotStarted {
         error: String,
     },

@@ -4,9 +4,9 @@
 //! Every function that changes a claimed job takes the epoch and the claim token and
 //! matches on both (plus `status = 'running'`): a worker whose claim was recovered and
 //! re-claimed — a zombie — changes nothing, and the caller learns it from the `false` /
-//! empty result (PITFALLS 13). The writer's transaction additionally checks the leader
+//! empty result (failure mode 13). The writer's transaction additionally checks the leader
 //! epoch before any of these run, and claims happen inside that one `BEGIN IMMEDIATE`
-//! transaction (PITFALLS 14). Times are passed in from the daemon's clock: no SQL reads
+//! transaction (failure mode 14). Times are passed in from the daemon's clock: no SQL reads
 //! the time.
 
 use std::collections::BTreeMap;
@@ -483,7 +483,7 @@ pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(JobId, Chi
 }
 
 /// Startup recovery: with the epoch ours, every `running` row is an orphan, whatever
-/// its heartbeat age (PITFALLS 10, 11).
+/// its heartbeat age (failure modes 10, 11).
 pub fn recover_orphans(tx: &Transaction<'_>, retry_at: WallMs, now: WallMs) -> rusqlite::Result<Recovered> {
     crate::powerloss::phase("recovery");
     let mut out = Recovered { children: orphan_children(tx)?, ..Recovered::default() };

@@ -70,7 +70,7 @@ pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
                 });
             }
             // Side files without their database hold another file's last commits: a new
-            // database created here would have them replayed into it (PITFALLS 23).
+            // database created here would have them replayed into it (failure mode 23).
             if !mutant::active(mutant::ADOPT_STRAY_WAL) {
                 refuse_stray_side_files(path)?;
             }

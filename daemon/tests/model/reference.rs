@@ -1,4 +1,4 @@
-//! The reference model of the job queue: what DESIGN.md's "Job states" and "The protocol"
+//! The reference model of the job queue: what README.md's "Jobs" and "Guarantees"
 //! say the queue does, as plain data and plain code. It shares nothing with the stores it
 //! checks but the `JobStore` trait and that trait's value types (no SQL, no `MemoryStore`):
 //! a bug copied into both would otherwise go unseen.
