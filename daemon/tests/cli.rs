@@ -211,7 +211,7 @@ fn another_programs_database_is_refused_unchanged() {
 }
 
 /// failure mode 21 with the checked-in fixture: running rows at 004 are failed with the
-/// seed's reason; others untouched.
+/// original migration's reason; others untouched.
 #[test]
 fn pre_004_running_rows_are_failed_by_migration_004() {
     let sb = Sandbox::new();
