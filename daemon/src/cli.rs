@@ -1,16 +1,14 @@
-//! Command-line parsing and dispatch; maps errors to the documented exit codes.
+//! Command-line parsing (clap) and dispatch to the subcommands in `cmd/`; maps errors to
+//! the documented exit codes.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::clock::Clock;
-use crate::commands;
-use crate::config::{Config, Sources};
-use crate::daemon::{self, Context};
+use crate::cmd::context::Context;
+use crate::cmd::{doctor, enqueue, maintain, operate, run, service, status};
 use crate::error::{exit, Error};
 use crate::events::{self, Format};
-use crate::paths::Paths;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -138,7 +136,7 @@ with this invocation's resolved home and any of the others given here. launchd: 
     Service {
         /// The supervisor
         #[arg(value_enum)]
-        manager: crate::service::Manager,
+        manager: service::Manager,
     },
     /// (internal) The held-start shim that job children run through
     #[command(hide = true, name = "job-shim")]
@@ -184,35 +182,28 @@ pub fn main() -> i32 {
 
 fn dispatch(cli: Cli) -> Result<i32, Error> {
     // What `service` passes on to the daemon it installs (before the paths consume it).
-    let passed = crate::service::Passed {
-        lock_file: cli.lock_file.is_some(),
-        config: cli.config.clone(),
-        sets: cli.set.clone(),
-    };
-    let paths = Paths::new(cli.home, cli.lock_file);
-    let sources =
-        Sources { explicit_file: cli.config, default_file: Some(paths.default_config.clone()), overrides: cli.set };
-    let config = Config::load(&sources)?;
-    let ctx = Context { paths, config, clock: Clock::from_env() };
+    let passed =
+        service::Passed { lock_file: cli.lock_file.is_some(), config: cli.config.clone(), sets: cli.set.clone() };
+    let ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
     match cli.command {
-        Command::Run => daemon::run(ctx),
-        Command::Status { json } => commands::status(&ctx, json),
-        Command::Doctor { json } => commands::doctor(&ctx, json),
-        Command::Migrate => commands::migrate(&ctx),
-        Command::Backup { path } => commands::backup(&ctx, &path),
+        Command::Run => run::run(ctx),
+        Command::Status { json } => status::status(&ctx, json),
+        Command::Doctor { json } => doctor::doctor(&ctx, json),
+        Command::Migrate => maintain::migrate(&ctx),
+        Command::Backup { path } => maintain::backup(&ctx, &path),
         Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, kind, args } => match from {
-            Some(file) => crate::operate::enqueue_from(&ctx, &file),
+            Some(file) => enqueue::enqueue_from(&ctx, &file),
             None => {
                 let kind = kind.expect("clap requires a kind without --from");
-                let spec = commands::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key };
-                commands::enqueue(&ctx, spec)
+                let spec = enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key };
+                enqueue::enqueue(&ctx, spec)
             }
         },
-        Command::List { status, lane, limit, json } => crate::operate::list(&ctx, status, lane, limit, json),
-        Command::Show { id, json } => crate::operate::show(&ctx, id, json),
-        Command::Cancel { id, json } => crate::operate::cancel(&ctx, id, json),
-        Command::Retry { id, json } => crate::operate::retry(&ctx, id, json),
-        Command::Service { manager } => crate::service::print(&ctx.paths, &ctx.config, manager, &passed),
+        Command::List { status, lane, limit, json } => operate::list(&ctx, status, lane, limit, json),
+        Command::Show { id, json } => operate::show(&ctx, id, json),
+        Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
+        Command::Retry { id, json } => operate::retry(&ctx, id, json),
+        Command::Service { manager } => service::print(&ctx.paths, &ctx.config, manager, &passed),
         Command::JobShim { .. } => unreachable!("handled before configuration is loaded"),
     }
 }

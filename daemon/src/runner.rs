@@ -610,10 +610,10 @@ impl JobContext {
                 error: job.args.first().cloned().unwrap_or_else(|| String::from("failed (fail job)")),
                 retryable: true,
             },
-            "crash" if !crate::commands::crash_jobs_allowed() => JobResult::Failed {
+            "crash" if !crate::cmd::enqueue::crash_jobs_allowed() => JobResult::Failed {
                 error: format!(
                     "`crash` is a test hook; this daemon runs it only with {}=1",
-                    crate::commands::CRASH_JOBS_ENV
+                    crate::cmd::enqueue::CRASH_JOBS_ENV
                 ),
                 retryable: false,
             },

@@ -114,7 +114,7 @@ pub fn open_reader(path: &Path, busy_timeout: Duration) -> Result<Connection> {
 }
 
 /// Drops an open connection's commits to `synchronous=OFF`: only for the `ack_before_sync`
-/// mutant (`commands::open_for_enqueue`), which acknowledges what a power cut can take back.
+/// mutant (`cmd::enqueue::open_for_enqueue`), which acknowledges what a power cut can take back.
 pub fn unsynced_commits(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "OFF")
 }

@@ -118,7 +118,7 @@ fn random_database_id() -> i64 {
 /// The identity [`create`] stamped into a database's header (`user_version`, offset 60),
 /// read from the main file alone (so never from a `-wal`); `None` for a file too short
 /// or made before homerd stamped identities (0). Only before this process opens the
-/// database with SQLite (see `daemon::diagnostics` on POSIX locks); afterwards use
+/// database with SQLite (see `cmd::lead::diagnostics` on POSIX locks); afterwards use
 /// [`database_id_of`].
 pub fn database_id(path: &Path) -> Option<u32> {
     let mut header = [0u8; 64];

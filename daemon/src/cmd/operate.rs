@@ -1,37 +1,21 @@
-//! Operator commands: `list`, `show`, `cancel`, `retry`, `enqueue --from`. Each works
-//! while the daemon runs (readers never block it; writers wait out its short
-//! transactions with `busy_timeout`), changes a job only through statements matched on
-//! the status it expects, and asks the daemon to stop a running job rather than writing
-//! under its feet.
+//! Operator commands on single jobs: `list`, `show`, `cancel`, `retry` (adding jobs is
+//! `enqueue.rs`). Each works while the daemon runs (readers never block it; writers wait
+//! out its short transactions with `busy_timeout`), changes a job only through
+//! statements matched on the status it expects, and asks the daemon to stop a running
+//! job rather than writing under its feet.
 
-use std::io::Read;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rusqlite::TransactionBehavior;
 use serde_json::json;
 
 use crate::clock::format_rfc3339;
-use crate::commands::{build_job, open_for_cli_write};
-use crate::daemon::Context;
+use crate::cmd::context::{self, Context};
 use crate::error::{exit, Error, Result};
 use crate::job::JobStatus;
 use crate::sqlite::leader::HolderState;
 use crate::sqlite::ops::{self, Cancel, JobRow, Retry};
-use crate::sqlite::{self, read, schema};
-
-fn reader(ctx: &Context) -> Result<rusqlite::Connection> {
-    let db = &ctx.paths.database;
-    match schema::inspect(db, ctx.config.busy_timeout)? {
-        schema::DbState::Missing => Err(Error::data(db, "does not exist yet; start the daemon once (homerd run)")),
-        s if !s.is_current() => Err(Error::data(db, "needs migrating; run `homerd migrate`")),
-        _ => {
-            let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
-            read::anchor_clock(&conn, &ctx.clock);
-            Ok(conn)
-        }
-    }
-}
+use crate::sqlite::read;
 
 fn time(ms: Option<i64>) -> String {
     ms.map(format_rfc3339).unwrap_or_else(|| String::from("-"))
@@ -49,7 +33,7 @@ pub fn list(ctx: &Context, status: Option<String>, lane: Option<String>, limit: 
             return Err(Error::Usage(format!("--status: unknown status `{s}`; one of {all}")));
         }
     }
-    let conn = reader(ctx)?;
+    let conn = context::open_existing_read_only(ctx)?;
     let rows = ops::list(&conn, status.as_deref(), lane.as_deref(), limit)
         .map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
     if as_json {
@@ -84,7 +68,7 @@ fn not_found(id: i64) -> Error {
 
 /// `homerd show ID`.
 pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let mut conn = reader(ctx)?;
+    let mut conn = context::open_existing_read_only(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     // One read transaction: the job, its runs and its errors from one snapshot (retention
     // could otherwise prune it between the reads).
@@ -158,7 +142,7 @@ fn print_job(j: &JobRow) {
 /// stopped by the daemon that owns it (this waits, bounded, to report the result); a
 /// finished one is left alone (exit 3).
 pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let mut conn = open_for_cli_write(ctx)?;
+    let mut conn = context::open_for_write(ctx)?;
     let db = ctx.paths.database.clone();
     let sql = |e| Error::sqlite(&db, e);
     let report = |result: &str, message: String| {
@@ -220,7 +204,7 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
 
 /// `homerd retry ID`.
 pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let mut conn = open_for_cli_write(ctx)?;
+    let mut conn = context::open_for_write(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let outcome = ops::retry(&tx, id, ctx.clock.now_ms()).map_err(sql)?;
@@ -239,81 +223,4 @@ pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
             Ok(exit::OK)
         }
     }
-}
-
-/// Jobs one `enqueue --from` may hold: one transaction holds the write lock while it
-/// commits, and the daemon's renewals wait behind it (10,000 jobs commit in well under
-/// a second here).
-pub const MAX_BATCH: usize = 100_000;
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LineJob {
-    kind: String,
-    #[serde(default)]
-    args: Vec<String>,
-    #[serde(default)]
-    lane: Option<String>,
-    #[serde(default)]
-    max_attempts: Option<u32>,
-    #[serde(default)]
-    timeout: Option<String>,
-    #[serde(default)]
-    run_after: Option<String>,
-    #[serde(default)]
-    key: Option<String>,
-}
-
-/// `homerd enqueue --from FILE|-`: every line validated first (a bad line rejects the
-/// whole batch, naming its number), then all jobs in one transaction; ids printed in order.
-pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
-    let (name, text) = if file == Path::new("-") {
-        let mut t = String::new();
-        std::io::stdin().read_to_string(&mut t).map_err(|e| Error::io("read", "<stdin>", e))?;
-        (String::from("<stdin>"), t)
-    } else {
-        (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| Error::io("read", file, e))?)
-    };
-    let mut jobs = Vec::new();
-    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
-    if lines > MAX_BATCH {
-        return Err(Error::data(
-            &name,
-            format!(
-                "{lines} jobs in one batch; at most {MAX_BATCH} (one transaction holds the database's write lock while it commits: split the file)"
-            ),
-        ));
-    }
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let lineno = i + 1;
-        let bad = |msg: String| Error::data(&name, format!("line {lineno}: {msg}; nothing was enqueued"));
-        let lj: LineJob = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        let job = build_job(
-            ctx,
-            lj.kind,
-            &lj.args,
-            lj.lane.unwrap_or_else(|| String::from("default")),
-            lj.max_attempts,
-            lj.timeout.as_deref(),
-            lj.run_after.as_deref(),
-        )
-        .map_err(bad)?;
-        jobs.push((job, lj.key));
-    }
-    let mut conn = crate::commands::open_for_enqueue(ctx)?;
-    let sql = |e| Error::sqlite(&ctx.paths.database, e);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-    let now = ctx.clock.now();
-    let mut ids = Vec::with_capacity(jobs.len());
-    for (i, (draft, key)) in jobs.iter().enumerate() {
-        let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
-        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?.0);
-    }
-    tx.commit().map_err(sql)?;
-    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    print!("{out}");
-    Ok(exit::OK)
 }

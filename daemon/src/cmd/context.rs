@@ -1,0 +1,99 @@
+//! What every command runs with, and how a command that does not take the lock opens the
+//! database.
+//!
+//! [`Context`] is resolved once from the global options (home, lock file, configuration
+//! file, `--set`): the paths, the validated configuration, the effective clock. The
+//! openers validate the database read-only first and never create or migrate it (only
+//! `run` and `migrate` do, under the lock: `lead.rs`); each anchors the effective clock
+//! from the database (`clock.rs`) before the command reads or writes the time.
+
+use std::path::PathBuf;
+
+use rusqlite::Connection;
+
+use crate::clock::Clock;
+use crate::config::{Config, Durability, Sources};
+use crate::error::{Error, Result};
+use crate::paths::Paths;
+use crate::sqlite::schema::{self, DbState, MIGRATIONS};
+use crate::sqlite::{self, read};
+
+/// Everything a command needs: where things are, the validated configuration, the clock.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub paths: Paths,
+    pub config: Config,
+    pub clock: Clock,
+}
+
+impl Context {
+    /// Resolves the paths from `--home`/`--lock-file` and loads the configuration from
+    /// `--config` (or the home's default file) with every `--set` applied over it.
+    pub fn load(
+        home: Option<PathBuf>,
+        lock_file: Option<PathBuf>,
+        config_file: Option<PathBuf>,
+        overrides: Vec<String>,
+    ) -> Result<Context> {
+        let paths = Paths::new(home, lock_file);
+        let sources =
+            Sources { explicit_file: config_file, default_file: Some(paths.default_config.clone()), overrides };
+        let config = Config::load(&sources)?;
+        Ok(Context { paths, config, clock: Clock::from_env() })
+    }
+}
+
+/// Opens the database read-only after validating it; `None` if it does not exist
+/// (`status` reports that; `backup` refuses it).
+pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
+    let db = &ctx.paths.database;
+    match schema::inspect(db, ctx.config.busy_timeout)? {
+        DbState::Missing => Ok(None),
+        state if !state.is_current() => Err(Error::data(
+            db,
+            format!(
+                "has {} of {} migrations applied; run `homerd migrate` (or start the daemon, which migrates)",
+                state.applied(),
+                MIGRATIONS.len()
+            ),
+        )),
+        _ => {
+            let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
+            read::anchor_clock(&conn, &ctx.clock);
+            Ok(Some(conn))
+        }
+    }
+}
+
+/// Opens the database read-only for the operator's reads (`list`, `show`): it must
+/// exist and be current.
+pub fn open_existing_read_only(ctx: &Context) -> Result<Connection> {
+    let db = &ctx.paths.database;
+    match schema::inspect(db, ctx.config.busy_timeout)? {
+        DbState::Missing => Err(Error::data(db, "does not exist yet; start the daemon once (homerd run)")),
+        s if !s.is_current() => Err(Error::data(db, "needs migrating; run `homerd migrate`")),
+        _ => {
+            let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
+            read::anchor_clock(&conn, &ctx.clock);
+            Ok(conn)
+        }
+    }
+}
+
+/// Opens the database for a CLI write: it must exist and be current (the CLI never creates
+/// or migrates), with `synchronous=FULL` (an acknowledgement is durable).
+pub fn open_for_write(ctx: &Context) -> Result<Connection> {
+    let db = &ctx.paths.database;
+    match schema::inspect(db, ctx.config.busy_timeout)? {
+        DbState::Missing => {
+            return Err(Error::data(db, "does not exist yet; start the daemon once (homerd run) or run homerd migrate"))
+        }
+        state if !state.is_current() => {
+            return Err(Error::data(db, "needs migrating; run `homerd migrate` (or start the daemon, which migrates)"))
+        }
+        _ => {}
+    }
+    let conn = sqlite::open_writer(db, ctx.config.busy_timeout, Durability::Full)?;
+    read::anchor_clock(&conn, &ctx.clock);
+    Ok(conn)
+}

@@ -1,0 +1,231 @@
+//! `homerd enqueue` (one job) and `homerd enqueue --from FILE|-` (a batch, one JSON
+//! object per line): the job kinds and their validation, and the acknowledgement rule —
+//! an id is printed only after the `BEGIN IMMEDIATE` transaction that inserted it
+//! committed with `synchronous=FULL`, so a printed id survives a power cut.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::TransactionBehavior;
+
+use crate::cmd::context::{self, Context};
+use crate::error::{exit, Error, Result};
+use crate::job::{NewJob, WallMs};
+use crate::sqlite::{self, ops};
+
+/// What `homerd enqueue` was asked for.
+pub struct EnqueueSpec {
+    pub key: Option<String>,
+    pub lane: String,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<String>,
+    pub run_after: Option<String>,
+    pub kind: String,
+    pub args: Vec<String>,
+}
+
+/// The switch for the `crash` job kind, a test hook (the poison job of the scenarios): a
+/// `crash` job kills the daemon that runs it, so `enqueue` refuses it and the daemon fails
+/// it unrun unless this is set to `1` in their environment.
+pub const CRASH_JOBS_ENV: &str = "HOMERD_ALLOW_CRASH_JOBS";
+
+/// Whether this process may enqueue or run `crash` jobs ([`CRASH_JOBS_ENV`]).
+pub fn crash_jobs_allowed() -> bool {
+    std::env::var_os(CRASH_JOBS_ENV).is_some_and(|v| v == "1")
+}
+
+/// Checks a job's kind and arguments; returns the arguments to store.
+pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<String>, String> {
+    let args: Vec<String> = match kind {
+        "exec" => args.iter().skip_while(|a| *a == "--").cloned().collect(),
+        _ => args.to_vec(),
+    };
+    if kind == "crash" && !crash_jobs_allowed() {
+        return Err(format!(
+            "`crash` is a test hook (it kills the daemon that runs it); set {CRASH_JOBS_ENV}=1 to enqueue it"
+        ));
+    }
+    match (kind, args.len()) {
+        ("noop" | "crash", 0) => {}
+        ("noop" | "crash", _) => return Err(format!("`{kind}` takes no arguments")),
+        ("sleep", 1) => {
+            crate::config::parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
+        }
+        ("sleep", _) => return Err(String::from("`sleep` takes one duration, e.g. `sleep 30s`")),
+        ("fail", 0 | 1) => {}
+        ("fail", _) => return Err(String::from("`fail` takes at most one message")),
+        ("exec", 0) => return Err(String::from("`exec` needs a program: `exec -- PROGRAM [ARGS...]`")),
+        ("exec", _) => {}
+        _ => return Err(format!("unknown job kind `{kind}`; kinds: noop, sleep, fail, exec, crash")),
+    }
+    Ok(args)
+}
+
+/// A validated job, not yet placed in time: its delay becomes a `run_after` only once
+/// the database is open and the effective clock anchored from it (`clock.rs`), so a CLI
+/// started after a backward step of the wall clock does not schedule into the past.
+pub struct JobDraft {
+    job: NewJob,
+    delay: Duration,
+}
+
+impl JobDraft {
+    /// The job to insert at `now` (effective milliseconds).
+    pub fn at(&self, now: WallMs) -> std::result::Result<NewJob, String> {
+        // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
+        let run_after = now
+            .0
+            .checked_add(self.delay.as_millis() as i64)
+            .ok_or_else(|| String::from("run_after: the time it names is out of range"))?;
+        Ok(NewJob { run_after: WallMs(run_after), ..self.job.clone() })
+    }
+}
+
+/// Builds a validated job from its parts (shared by `enqueue` and `enqueue --from`).
+pub fn build_job(
+    ctx: &Context,
+    kind: String,
+    args: &[String],
+    lane: String,
+    max_attempts: Option<u32>,
+    timeout: Option<&str>,
+    run_after: Option<&str>,
+) -> std::result::Result<JobDraft, String> {
+    let args = validate_job(&kind, args)?;
+    let dur = |what: &str, v: Option<&str>| -> std::result::Result<Option<Duration>, String> {
+        v.map(|s| crate::config::parse_duration(s).map_err(|e| format!("{what}: {e}"))).transpose()
+    };
+    let timeout = dur("timeout", timeout)?;
+    let delay = dur("run_after", run_after)?.unwrap_or_default();
+    let max_attempts = max_attempts.unwrap_or(ctx.config.max_attempts);
+    if max_attempts == 0 {
+        return Err(String::from("max_attempts must be at least 1"));
+    }
+    if lane.is_empty() {
+        return Err(String::from("lane must not be empty"));
+    }
+    let job = NewJob {
+        kind,
+        args,
+        lane,
+        max_attempts,
+        timeout_ms: timeout.map(|t| t.as_millis() as u64),
+        run_after: WallMs(0),
+    };
+    Ok(JobDraft { job, delay })
+}
+/// Opens the database for `enqueue` and `enqueue --from`: [`context::open_for_write`], so the
+/// commit is `synchronous=FULL` and the ids printed after it are covered by an fsync. The
+/// `ack_before_sync` mutant commits with `synchronous=OFF` instead.
+pub fn open_for_enqueue(ctx: &Context) -> Result<rusqlite::Connection> {
+    crate::powerloss::phase("enqueue");
+    let conn = context::open_for_write(ctx)?;
+    if crate::mutant::active(crate::mutant::ACK_BEFORE_SYNC) {
+        sqlite::unsynced_commits(&conn).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    }
+    Ok(conn)
+}
+
+/// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the
+/// id is printed only after the commit (acknowledged = durable). With `--key`, the same
+/// key prints the existing job's id and creates nothing.
+pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
+    let job = build_job(
+        ctx,
+        spec.kind,
+        &spec.args,
+        spec.lane,
+        spec.max_attempts,
+        spec.timeout.as_deref(),
+        spec.run_after.as_deref(),
+    )
+    .map_err(Error::Usage)?;
+    let mut conn = open_for_enqueue(ctx)?;
+    let db = &ctx.paths.database;
+    let sql = |e| Error::sqlite(db, e);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+    let now = ctx.clock.now();
+    let job = job.at(now).map_err(Error::Usage)?;
+    let (id, _created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    println!("{id}");
+    Ok(exit::OK)
+}
+
+/// Jobs one `enqueue --from` may hold: one transaction holds the write lock while it
+/// commits, and the daemon's renewals wait behind it (10,000 jobs commit in well under
+/// a second here).
+pub const MAX_BATCH: usize = 100_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineJob {
+    kind: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    lane: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    run_after: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// `homerd enqueue --from FILE|-`: every line validated first (a bad line rejects the
+/// whole batch, naming its number), then all jobs in one transaction; ids printed in order.
+pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
+    let (name, text) = if file == Path::new("-") {
+        let mut t = String::new();
+        std::io::stdin().read_to_string(&mut t).map_err(|e| Error::io("read", "<stdin>", e))?;
+        (String::from("<stdin>"), t)
+    } else {
+        (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| Error::io("read", file, e))?)
+    };
+    let mut jobs = Vec::new();
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    if lines > MAX_BATCH {
+        return Err(Error::data(
+            &name,
+            format!(
+                "{lines} jobs in one batch; at most {MAX_BATCH} (one transaction holds the database's write lock while it commits: split the file)"
+            ),
+        ));
+    }
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let lineno = i + 1;
+        let bad = |msg: String| Error::data(&name, format!("line {lineno}: {msg}; nothing was enqueued"));
+        let lj: LineJob = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let job = build_job(
+            ctx,
+            lj.kind,
+            &lj.args,
+            lj.lane.unwrap_or_else(|| String::from("default")),
+            lj.max_attempts,
+            lj.timeout.as_deref(),
+            lj.run_after.as_deref(),
+        )
+        .map_err(bad)?;
+        jobs.push((job, lj.key));
+    }
+    let mut conn = open_for_enqueue(ctx)?;
+    let sql = |e| Error::sqlite(&ctx.paths.database, e);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+    let now = ctx.clock.now();
+    let mut ids = Vec::with_capacity(jobs.len());
+    for (i, (draft, key)) in jobs.iter().enumerate() {
+        let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
+        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?.0);
+    }
+    tx.commit().map_err(sql)?;
+    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    print!("{out}");
+    Ok(exit::OK)
+}

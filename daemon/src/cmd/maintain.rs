@@ -1,0 +1,80 @@
+//! The database's upkeep: `homerd migrate` (pending migrations, under the lock and the
+//! leader row, refused while a daemon runs) and `homerd backup PATH` (one consistent
+//! online snapshot, safe while the daemon runs).
+
+use std::path::Path;
+
+use crate::cmd::context::{self, Context};
+use crate::cmd::lead::{acquire_lock, diagnostics, open_and_lead, Leadership, Role};
+use crate::error::{exit, Error, Result};
+use crate::sqlite::schema::MIGRATIONS;
+use crate::sqlite::{leader, read};
+
+/// `homerd migrate`: apply pending migrations under the lock and the leader row.
+pub fn migrate(ctx: &Context) -> Result<i32> {
+    let Some(mut lock) = acquire_lock(ctx, Role::Migrate)? else { return Ok(exit::OK) };
+    let existed = std::fs::symlink_metadata(&ctx.paths.database).is_ok();
+    let Leadership { mut conn, epoch, applied, .. } =
+        open_and_lead(ctx, &mut lock, Role::Migrate, &mut |lock, epoch, id| {
+            lock.write_diagnostics(&diagnostics(ctx, Role::Migrate, epoch, id))
+        })?;
+    let clock = ctx.clock.clone();
+    let tx = conn.transaction().map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    leader::release(&tx, epoch, &clock).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    tx.commit().map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    drop(conn);
+    let db = ctx.paths.database.display();
+    match (existed, applied.len()) {
+        (false, _) => println!("created {db} with {} migrations", MIGRATIONS.len()),
+        (true, 0) => println!("{db} is up to date ({} migrations)", MIGRATIONS.len()),
+        (true, n) => println!("applied {n} migration(s) to {db}: {}", applied.join(", ")),
+    }
+    drop(lock);
+    Ok(exit::OK)
+}
+
+/// `homerd backup PATH`: one consistent online snapshot, written to a temp file beside
+/// PATH and linked into place (an existing PATH is never overwritten).
+pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
+    let db = &ctx.paths.database;
+    if std::fs::symlink_metadata(dest).is_ok() {
+        return Err(Error::io(
+            "backup to",
+            dest,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "file exists; refusing to overwrite it (choose a new path)",
+            ),
+        ));
+    }
+    let Some(conn) = context::open_read_only(ctx)? else {
+        return Err(Error::data(db, "no database to back up (start the daemon first)"));
+    };
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    // Created 0600 before SQLite writes into it (an empty file is an empty database): a
+    // snapshot holds every job's arguments, and `cp` keeps its mode when it is restored.
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+    }
+    let result = read::backup_to(&conn, &tmp)
+        .map_err(|e| Error::sqlite(&tmp, e))
+        .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync", &tmp, e)))
+        .and_then(|()| std::fs::hard_link(&tmp, dest).map_err(|e| Error::io("link", dest, e)));
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_file(tmp.with_extension("tmp-journal"));
+    result?;
+    println!("{}", dest.display());
+    Ok(exit::OK)
+}

@@ -1,0 +1,134 @@
+//! `homerd status [--json]`: job counts, lanes, running jobs, metrics, and whether a
+//! daemon is active.
+//!
+//! "Is a daemon running" is answered from the leader row plus a process-identity check,
+//! never by taking or probing the lock, so a status loop can never make a daemon's start
+//! fail. The database is opened read-only.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cmd::context::{self, Context};
+use crate::config::format_duration;
+use crate::error::{exit, Error, Result};
+use crate::sqlite::leader::{self, HolderState, LeaderRow};
+use crate::sqlite::schema::MIGRATIONS;
+use crate::sqlite::{self, read};
+
+fn holder_json(row: &LeaderRow, state: &HolderState) -> serde_json::Value {
+    let (name, pid, age) = match state {
+        HolderState::None => ("none", None, None),
+        HolderState::Active { pid, age } => ("active", Some(*pid), Some(age.as_millis() as u64)),
+        HolderState::Stale { pid, age } => ("stale", Some(*pid), Some(age.as_millis() as u64)),
+        HolderState::Dead { pid } => ("dead", Some(*pid), None),
+    };
+    json!({
+        "state": name,
+        "active": matches!(state, HolderState::Active { .. }),
+        "pid": pid,
+        "epoch": row.epoch,
+        "role": row.role,
+        "lock_file": row.lock_path,
+        "seen_age_ms": age,
+    })
+}
+
+/// The leader row's holder in words (`status`, and `doctor`'s "daemon running" check).
+pub(crate) fn describe_holder(state: &HolderState) -> String {
+    match state {
+        HolderState::None => String::from("not running"),
+        HolderState::Active { pid, age } => format!("active (PID {pid}, seen {} ago)", format_age(*age)),
+        HolderState::Stale { pid, age } => {
+            format!("stalled: PID {pid} is alive but was last seen {} ago", format_age(*age))
+        }
+        HolderState::Dead { pid } => format!("not running (last holder PID {pid} is gone)"),
+    }
+}
+
+pub(crate) fn format_age(d: Duration) -> String {
+    if d < Duration::from_secs(10) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format_duration(Duration::from_secs(d.as_secs()))
+    }
+}
+
+/// `homerd status [--json]`.
+pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
+    let db = &ctx.paths.database;
+    let sql = |e| Error::sqlite(db, e);
+    let Some(conn) = context::open_read_only(ctx)? else {
+        if as_json {
+            println!("{}", json!({"database": db, "exists": false, "daemon": {"state": "none", "active": false}}));
+        } else {
+            println!("database: {} (not created yet: start the daemon with `homerd run`)", db.display());
+            println!("daemon:   not running");
+        }
+        return Ok(exit::OK);
+    };
+    let row = leader::read(&conn).map_err(sql)?;
+    let state = row.holder_state(&ctx.clock, ctx.config.stale_threshold);
+    let counts = read::job_counts(&conn).map_err(sql)?;
+    let lanes = sqlite::ops::lane_counts(&conn).map_err(sql)?;
+    let metrics = sqlite::ops::metrics(&conn).map_err(sql)?;
+    let now = ctx.clock.now_ms();
+    let oldest_pending_age_ms = sqlite::ops::oldest_pending(&conn, now).map_err(sql)?.map(|t| (now - t).max(0));
+    let running = read::running_jobs(&conn).map_err(sql)?;
+    if as_json {
+        let running: Vec<_> = running
+            .iter()
+            .map(|j| {
+                json!({
+                    "id": j.id,
+                    "lane": j.lane,
+                    "kind": j.kind,
+                    "owner": j.locked_by,
+                    "heartbeat_age_ms": j.heartbeat_at.map(|h| (now - h).max(0)),
+                })
+            })
+            .collect();
+        let out = json!({
+            "database": db,
+            "exists": true,
+            "schema": {"applied": MIGRATIONS.len(), "known": MIGRATIONS.len()},
+            "daemon": holder_json(&row, &state),
+            "jobs": counts,
+            "lanes": lanes,
+            "oldest_pending_age_ms": oldest_pending_age_ms,
+            "running": running,
+            "metrics": metrics,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    } else {
+        println!("database: {}", db.display());
+        println!("daemon:   {}", describe_holder(&state));
+        if matches!(state, HolderState::Active { .. } | HolderState::Stale { .. }) {
+            println!("epoch:    {}", row.epoch);
+            println!("lock:     {}", row.lock_path.as_deref().unwrap_or("-"));
+        }
+        let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("jobs:     {}", line.join(", "));
+        for (lane, by_status) in &lanes {
+            let line: Vec<String> = by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  lane {lane}: {}", line.join(", "));
+        }
+        if let Some(age) = oldest_pending_age_ms {
+            println!("oldest pending: {} ago", format_age(Duration::from_millis(age as u64)));
+        }
+        for j in &running {
+            let hb = j.heartbeat_at.map(|h| format_age(Duration::from_millis((now - h).max(0) as u64)));
+            println!(
+                "running:  job {} ({} in lane {}), heartbeat {} ago, owner {}",
+                j.id,
+                j.kind,
+                j.lane,
+                hb.as_deref().unwrap_or("never"),
+                j.locked_by.as_deref().unwrap_or("-")
+            );
+        }
+        let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("metrics:  {}", line.join(", "));
+    }
+    Ok(exit::OK)
+}
