@@ -2,7 +2,7 @@
 //! real binary prints are parsed (the plist by the `plist` crate, the unit by the INI
 //! reader below and by `systemd-analyze verify` where it exists), every key homerd needs
 //! is checked, paths with spaces round-trip, and doctor warns on a unit that
-//! contradicts them without changing its exit code.
+//! contradicts them (a plist in XML or binary) without changing its exit code.
 
 mod common;
 
@@ -416,6 +416,14 @@ fn doctor_accepts_generated_units_and_warns_on_contradicting_ones() {
     assert_eq!(warnings[0]["path"], plist_path.as_str());
     assert_eq!(warnings[0]["check"], "service unit");
     assert!(warnings[6]["detail"].as_str().unwrap().starts_with("RestartPreventExitStatus lacks"));
+
+    // The same plist converted to binary (`plutil -convert binary1`) reads the same.
+    let mut binary = Vec::new();
+    plist::Value::from_reader_xml(BAD_PLIST.as_bytes()).unwrap().to_writer_binary(&mut binary).unwrap();
+    std::fs::write(launch_agent(&sb), &binary).unwrap();
+    let from_binary = doctor(false);
+    assert_eq!(from_binary.code, Some(0), "{}", from_binary.stdout);
+    assert_eq!(warn_lines(&from_binary.stdout), warns, "{}", from_binary.stdout);
 }
 
 /// `$XDG_CONFIG_HOME` wins over `~/.config` (as for systemd), and a drop-in that
