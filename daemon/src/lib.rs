@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map. Module ownership of dangerous primitives:
 //! `lock` owns `flock`, `sqlite` owns SQL, `identity` owns process identity; `job` is the vocabulary.
+//! `cli` parses the command line and dispatches to the subcommands in `cmd`, one file each.
 
 pub mod children;
 pub mod cli;
