@@ -46,7 +46,8 @@ pub(crate) fn describe_holder(state: &HolderState) -> String {
     }
 }
 
-pub(crate) fn format_age(d: Duration) -> String {
+/// An age as status prints it: milliseconds under 10 s, whole seconds above.
+fn format_age(d: Duration) -> String {
     if d < Duration::from_secs(10) {
         format!("{}ms", d.as_millis())
     } else {
