@@ -61,6 +61,9 @@ pub struct Proc {
     pid: i32,
     exited: Receiver<()>,
     exit: Option<Exit>,
+    /// The child could not be reaped (someone else did): its pid may name another
+    /// process now, so it is never signalled again.
+    lost: bool,
     /// `waitpid(WUNTRACED)` reports a stop once; remembered until SIGCONT is sent.
     stopped: std::cell::Cell<bool>,
 }
@@ -89,7 +92,7 @@ impl Proc {
             }
             let _ = tx.send(());
         });
-        let proc = Proc { pid, exited, exit: None, stopped: std::cell::Cell::new(false) };
+        let proc = Proc { pid, exited, exit: None, lost: false, stopped: std::cell::Cell::new(false) };
         // Without a watcher `proc` drops here: its group is killed and the child reaped.
         watcher?;
         Ok((proc, pipes))
@@ -114,7 +117,7 @@ impl Proc {
     /// Sends `sig` unless the child has been reaped (a zombie still owns its pid). False
     /// when it was not sent.
     pub fn signal(&self, sig: i32) -> bool {
-        if self.exit.is_some() {
+        if self.exit.is_some() || self.lost {
             return false;
         }
         if sig == libc::SIGCONT {
@@ -127,7 +130,7 @@ impl Proc {
     /// Sends `sig` to the child's whole process group unless the child has been reaped
     /// (while the leader is unreaped its pid names its group).
     pub fn signal_group(&self, sig: i32) -> bool {
-        if self.exit.is_some() || self.pid <= 1 {
+        if self.exit.is_some() || self.lost || self.pid <= 1 {
             return false;
         }
         if sig == libc::SIGCONT {
@@ -139,8 +142,8 @@ impl Proc {
 
     /// Waits up to `limit` for the child to exit; reaps it. `None`: still running.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<Exit> {
-        if let Some(e) = self.exit {
-            return Some(e);
+        if self.exit.is_some() || self.lost {
+            return self.exit;
         }
         match self.exited.recv_timeout(limit) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => self.reap(),
@@ -170,6 +173,7 @@ impl Proc {
                 break;
             }
             if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                self.lost = true;
                 return None;
             }
         }
@@ -215,7 +219,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.exit.is_none() {
+        if self.exit.is_none() && !self.lost {
             self.kill();
         }
     }

@@ -51,7 +51,7 @@ pub fn alive(pid: i32) -> bool {
     } else {
         // SAFETY: signal 0 only checks existence. macOS counts a zombie as present; the
         // callers there reap their own children before asking.
-        pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+        pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || exists_but_not_ours())
     }
 }
 
@@ -61,8 +61,13 @@ pub fn group_alive(pgid: i32) -> bool {
         all_stats().iter().any(|(_, s)| s.pgrp == pgid && !s.is_dead())
     } else {
         // SAFETY: as in `alive`, for the group.
-        pgid > 1 && unsafe { libc::kill(-pgid, 0) } == 0
+        pgid > 1 && (unsafe { libc::kill(-pgid, 0) } == 0 || exists_but_not_ours())
     }
+}
+
+/// The `kill(_, 0)` that just failed did so because the target exists under another uid.
+fn exists_but_not_ours() -> bool {
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(test)]
