@@ -1,176 +1,21 @@
 //! The processes the bench starts: `homerd` daemons, whose JSON events are read on a
 //! thread and stamped with the monotonic clock as they arrive; one-shot `homerd` commands;
-//! and the bench's own baseline children.
-//!
-//! Every long-lived child is watched by a thread that waits for its exit without reaping
-//! it (`waitid(WNOWAIT)`), so its pid stays ours until we reap it with `wait4`, which also
-//! gives the child's peak RSS: a signal never reaches a recycled pid.
+//! and the bench's own baseline children. Spawning, reading, waiting and reaping (with
+//! the child's peak RSS, so a signal never reaches a recycled pid) are `homer-testkit`'s;
+//! what is the bench's is which lines matter and how long it waits.
 
-use std::collections::VecDeque;
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use homer_testkit::{Events, Parse};
+pub use homer_testkit::{Exit, Injector, Line as Ev, Proc};
 
-/// Event lines kept for error messages.
-const TAIL: usize = 40;
-
-/// One line a daemon wrote on stderr, stamped when the bench read it. `name` is the
-/// `event` field (empty for a line that is not an event).
-#[derive(Clone, Debug)]
-pub struct Ev {
-    pub at: Instant,
-    pub name: String,
-    pub line: String,
-}
-
-impl Ev {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.line).unwrap_or(Value::Null)
-    }
-
-    pub fn field_i64(&self, key: &str) -> Option<i64> {
-        self.json().get(key).and_then(Value::as_i64)
-    }
-}
-
-/// The event name of a JSON line, found without parsing the whole line (the throughput
-/// run reads a few hundred thousand of them while the daemon shares the CPU).
-fn event_name(line: &str) -> Option<&str> {
-    const KEY: &str = "\"event\":\"";
-    let start = line.find(KEY)? + KEY.len();
-    let len = line[start..].find('"')?;
-    Some(&line[start..start + len])
-}
-
-/// How a child ended, and its peak resident set.
-#[derive(Clone, Copy, Debug)]
-pub struct Exit {
-    /// The raw wait status.
-    pub status: i32,
-    pub max_rss_bytes: u64,
-}
-
-impl Exit {
-    pub fn describe(&self) -> String {
-        let s = self.status;
-        if libc::WIFEXITED(s) {
-            format!("exit {}", libc::WEXITSTATUS(s))
-        } else if libc::WIFSIGNALED(s) {
-            format!("signal {}", libc::WTERMSIG(s))
-        } else {
-            format!("wait status {s}")
-        }
-    }
-
-    pub fn success(&self) -> bool {
-        libc::WIFEXITED(self.status) && libc::WEXITSTATUS(self.status) == 0
-    }
-}
-
-/// A child process we reap ourselves.
-pub struct Proc {
-    pub pid: i32,
-    exited: Receiver<()>,
-    exit: Option<Exit>,
-}
-
-impl Proc {
-    /// Spawns `cmd` and starts watching for its exit. The caller takes the pipes it asked
-    /// for from the returned std child before it is dropped (dropping it neither kills nor
-    /// waits).
-    fn spawn(cmd: &mut Command, what: &str) -> Result<(Proc, std::process::Child), String> {
-        let child = cmd.spawn().map_err(|e| format!("cannot start {what}: {e}"))?;
-        let pid = child.id() as i32;
-        let (tx, exited) = mpsc::channel();
-        std::thread::Builder::new()
-            .name(format!("wait-{pid}"))
-            .spawn(move || {
-                // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
-                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-                loop {
-                    // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT leaves the
-                    // child waitable, so its pid stays reserved until `reap`.
-                    let rc = unsafe {
-                        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
-                    };
-                    if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                        break;
-                    }
-                }
-                let _ = tx.send(());
-            })
-            .map_err(|e| format!("cannot start a waiter thread: {e}"))?;
-        Ok((Proc { pid, exited, exit: None }, child))
-    }
-
-    /// Sends `sig` unless the child has been reaped (a zombie still owns its pid).
-    pub fn signal(&self, sig: i32) {
-        if self.exit.is_none() {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-            unsafe { libc::kill(self.pid, sig) };
-        }
-    }
-
-    /// Sends `sig` to the child's process group (for a child started as its own group's
-    /// leader) unless the child has been reaped.
-    pub fn signal_group(&self, sig: i32) {
-        if self.exit.is_none() && self.pid > 1 {
-            // SAFETY: as in `signal`; while the leader is unreaped its pid names its group.
-            unsafe { libc::kill(-self.pid, sig) };
-        }
-    }
-
-    /// Waits up to `limit` for the child to exit; reaps it.
-    pub fn wait(&mut self, limit: Duration) -> Option<Exit> {
-        if let Some(e) = self.exit {
-            return Some(e);
-        }
-        match self.exited.recv_timeout(limit) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => self.reap_now(),
-            Err(RecvTimeoutError::Timeout) => None,
-        }
-    }
-
-    /// SIGKILL, then reap.
-    pub fn kill(&mut self) -> Exit {
-        self.signal(libc::SIGKILL);
-        self.wait(Duration::from_secs(60)).unwrap_or(Exit { status: -1, max_rss_bytes: 0 })
-    }
-
-    fn reap_now(&mut self) -> Option<Exit> {
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: `status` and `usage` are valid and writable; the pid is our child.
-            let rc = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
-            if rc == self.pid {
-                break;
-            }
-            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return None;
-            }
-        }
-        // ru_maxrss: KiB on Linux, bytes on macOS.
-        let unit = if cfg!(target_os = "macos") { 1 } else { 1024 };
-        let exit = Exit { status, max_rss_bytes: usage.ru_maxrss as u64 * unit };
-        self.exit = Some(exit);
-        Some(exit)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exit.is_none() {
-            self.kill();
-        }
-    }
+/// Routine events of a throughput run, left out of the lines an error message shows.
+fn worth_showing(line: &Ev) -> bool {
+    !matches!(line.name.as_str(), "job.claimed" | "job.completed" | "job.started")
 }
 
 /// Removes every variable that could point a `homerd` at a user's real home or config, or
@@ -209,64 +54,40 @@ pub fn output(cmd: &mut Command) -> Result<String, String> {
 pub struct Daemon {
     pub proc: Proc,
     pub spawned_at: Instant,
-    events: Receiver<Ev>,
-    inject: Sender<Ev>,
-    tail: Arc<Mutex<VecDeque<String>>>,
+    events: Events,
 }
 
 impl Daemon {
     pub fn start(homerd_bin: &Path, home: &Path, sets: &[String]) -> Result<Daemon, String> {
         let mut cmd = homerd(homerd_bin, home, sets);
-        cmd.arg("run").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg("run");
         let spawned_at = Instant::now();
-        let (proc, mut child) = Proc::spawn(&mut cmd, "homerd run")?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, events) = mpsc::channel();
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
-        let (reader_tx, reader_tail) = (tx.clone(), tail.clone());
-        std::thread::Builder::new()
-            .name(format!("events-{}", proc.pid))
-            .spawn(move || read_events(stderr, reader_tx, reader_tail))
-            .map_err(|e| format!("cannot start an event reader: {e}"))?;
-        Ok(Daemon { proc, spawned_at, events, inject: tx, tail })
+        let (proc, events) =
+            Proc::spawn_with_events(&mut cmd, Parse::Name).map_err(|e| format!("cannot start homerd run: {e}"))?;
+        Ok(Daemon { proc, spawned_at, events: events.tail_filter(worth_showing) })
     }
 
     /// A sender into this daemon's event stream (for the bench's own markers).
-    pub fn sender(&self) -> Sender<Ev> {
-        self.inject.clone()
+    pub fn sender(&self) -> Injector {
+        self.events.injector()
     }
 
     /// The next event matching `pred`, or an error once `deadline` passes or the daemon's
     /// stderr closes.
-    pub fn wait_for(&self, deadline: Instant, what: &str, mut pred: impl FnMut(&Ev) -> bool) -> Result<Ev, String> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(ev) if pred(&ev) => return Ok(ev),
-                Ok(ev) if ev.name == "daemon.error" => {
-                    return Err(format!("homerd (pid {}) failed while waiting for {what}: {}", self.proc.pid, ev.line))
-                }
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!(
-                        "timed out waiting for {what} from homerd (pid {}){}",
-                        self.proc.pid,
-                        self.tail()
-                    ))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(format!(
-                        "homerd (pid {}) exited while waiting for {what}{}",
-                        self.proc.pid,
-                        self.tail()
-                    ))
-                }
-            }
+    pub fn wait_for(&mut self, deadline: Instant, what: &str, mut pred: impl FnMut(&Ev) -> bool) -> Result<Ev, String> {
+        let pid = self.proc.pid();
+        let ev = self
+            .events
+            .wait_for(what, deadline, |ev| pred(ev) || ev.name == "daemon.error")
+            .map_err(|e| format!("homerd (pid {pid}): {e}"))?;
+        if ev.name == "daemon.error" && !pred(&ev) {
+            return Err(format!("homerd (pid {pid}) failed while waiting for {what}: {}", ev.text()));
         }
+        Ok(ev)
     }
 
     /// Waits for `n` events named `name` (from now on); the last one.
-    pub fn wait_count(&self, deadline: Instant, name: &str, n: usize) -> Result<Ev, String> {
+    pub fn wait_count(&mut self, deadline: Instant, name: &str, n: usize) -> Result<Ev, String> {
         let mut seen = 0;
         let what = format!("{n} × {name}");
         self.wait_for(deadline, &what, |ev| {
@@ -277,57 +98,24 @@ impl Daemon {
         })
     }
 
-    fn tail(&self) -> String {
-        let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        if t.is_empty() {
-            return String::new();
-        }
-        let lines: Vec<&str> = t.iter().map(String::as_str).collect();
-        format!("; its last lines:\n  {}", lines.join("\n  "))
-    }
-
     /// A graceful stop: SIGTERM (twice after `grace`, which cuts the drain short); reaped.
     pub fn stop(&mut self, grace: Duration) -> Result<Exit, String> {
         self.proc.signal(libc::SIGTERM);
-        if let Some(e) = self.proc.wait(grace) {
+        if let Some(e) = self.proc.wait_exit(grace) {
             return Ok(e);
         }
         self.proc.signal(libc::SIGTERM);
-        self.proc.wait(Duration::from_secs(60)).ok_or_else(|| format!("homerd (pid {}) did not stop", self.proc.pid))
-    }
-}
-
-fn read_events(stderr: impl Read, tx: Sender<Ev>, tail: Arc<Mutex<VecDeque<String>>>) {
-    let mut reader = BufReader::with_capacity(1 << 16, stderr);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let at = Instant::now();
-        let text = line.trim_end();
-        let name = event_name(text).unwrap_or_default().to_owned();
-        if name != "job.claimed" && name != "job.completed" && name != "job.started" {
-            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-            if t.len() == TAIL {
-                t.pop_front();
-            }
-            t.push_back(text.to_owned());
-        }
-        if tx.send(Ev { at, name, line: text.to_owned() }).is_err() {
-            return;
-        }
+        self.proc
+            .wait_exit(Duration::from_secs(60))
+            .ok_or_else(|| format!("homerd (pid {}) did not stop", self.proc.pid()))
     }
 }
 
 /// Starts a child whose stdout the caller reads (a baseline process of this binary).
 pub fn spawn_piped(cmd: &mut Command, what: &str) -> Result<(Proc, std::process::ChildStdout), String> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let (proc, mut child) = Proc::spawn(cmd, what)?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    Ok((proc, stdout))
+    let (proc, pipes) = Proc::spawn(cmd).map_err(|e| format!("cannot start {what}: {e}"))?;
+    Ok((proc, pipes.stdout.expect("stdout is piped")))
 }
 
 /// Runs this binary's internal subcommand `args` to completion; its stdout and its exit
@@ -340,7 +128,7 @@ pub fn run_self(args: &[&OsStr], limit: Duration) -> Result<(String, Exit), Stri
     let (mut proc, mut stdout) = spawn_piped(&mut cmd, &what)?;
     let mut out = String::new();
     stdout.read_to_string(&mut out).map_err(|e| format!("{what}: {e}"))?;
-    let exit = proc.wait(limit).ok_or_else(|| format!("{what} did not finish in {limit:?}"))?;
+    let exit = proc.wait_exit(limit).ok_or_else(|| format!("{what} did not finish in {limit:?}"))?;
     if !exit.success() {
         return Err(format!("{what} failed ({})", exit.describe()));
     }
@@ -387,25 +175,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_names_are_found_without_parsing() {
-        let line = r#"{"event":"job.claimed","job_id":7,"level":"info","msg":"Job claimed atomically"}"#;
-        assert_eq!(event_name(line), Some("job.claimed"));
-        assert_eq!(event_name("thread 'main' panicked"), None);
-    }
-
-    #[test]
     fn proc_status_values_are_read_in_kib() {
         let status = "Name:\thomerd\nVmHWM:\t   10240 kB\nVmRSS:\t    8192 kB\n";
         assert_eq!(proc_status_kib(status, "VmRSS:"), Some(8192));
         assert_eq!(proc_status_kib(status, "VmHWM:"), Some(10240));
         assert_eq!(proc_status_kib(status, "VmSwap:"), None);
-    }
-
-    #[test]
-    fn a_child_is_reaped_with_its_status() {
-        let (mut p, _) = Proc::spawn(Command::new("sh").args(["-c", "exit 3"]), "sh").unwrap();
-        let e = p.wait(Duration::from_secs(30)).unwrap();
-        assert_eq!(e.describe(), "exit 3");
-        assert_eq!(p.wait(Duration::ZERO).unwrap().describe(), "exit 3", "reaped once, remembered");
     }
 }

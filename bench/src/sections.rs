@@ -11,6 +11,7 @@ use crate::procs::{self, Daemon, Ev};
 use crate::raw::{self, Sync};
 use crate::report::{short, thousands, Report, Summary, Unit};
 use crate::Options;
+use homer_testkit::{Parse, Stream};
 
 pub const ALL: &[&str] = &["throughput", "restart", "latency", "recovery"];
 
@@ -276,23 +277,23 @@ pub fn restart(ctx: &mut Ctx<'_>) -> Result<(), String> {
     for round in 1..=o.rounds {
         let t0 = Instant::now();
         d.proc.signal(libc::SIGKILL);
-        d.proc.wait(START_LIMIT).ok_or("the killed homerd was not reaped")?;
+        d.proc.wait_exit(START_LIMIT).ok_or("the killed homerd was not reaped")?;
         // A supervisor restarts once it has seen the exit: the new start follows the reap.
         reaped.push(ms(t0.elapsed()));
-        let next = Daemon::start(&o.homerd, &home, &sets)?;
+        let mut next = Daemon::start(&o.homerd, &home, &sets)?;
         let deadline = Instant::now() + START_LIMIT;
         let lock = next.wait_for(deadline, "lock.acquired", |e| e.name == "lock.acquired" || e.name == "lock.busy")?;
         if lock.name == "lock.busy" {
             return Err(format!(
                 "round {round}: the new homerd found the lock still held after the reap: {}",
-                lock.line
+                lock.text()
             ));
         }
         locked.push(ms(lock.at - t0));
         let rec = next.wait_for(deadline, "jobs.recovered", |e| e.name == "jobs.recovered")?;
         let count = rec.field_i64("count").unwrap_or(-1);
         if count != k as i64 {
-            return Err(format!("round {round}: {count} jobs recovered, not {k}: {}", rec.line));
+            return Err(format!("round {round}: {count} jobs recovered, not {k}: {}", rec.text()));
         }
         recovered.push(ms(rec.at - t0));
         let act = next.wait_for(deadline, "daemon.active", |e| e.name == "daemon.active")?;
@@ -379,7 +380,7 @@ fn flock_floor(o: &Options, lock_path: &Path, children: usize) -> Result<Vec<f64
     for _ in 0..o.rounds {
         let t0 = Instant::now();
         holder.0.signal_group(libc::SIGKILL);
-        holder.0.wait(START_LIMIT).ok_or("the killed lock holder was not reaped")?;
+        holder.0.wait_exit(START_LIMIT).ok_or("the killed lock holder was not reaped")?;
         holder = hold()?;
         rounds.push(ms(t0.elapsed()));
     }
@@ -401,7 +402,7 @@ pub fn latency(ctx: &mut Ctx<'_>) -> Result<(), String> {
     let raw_db = migrate(o, &raw_home)?;
     let mut d = Daemon::start(&o.homerd, &home, &[])?;
     d.wait_for(Instant::now() + START_LIMIT, "daemon.active", |e| e.name == "daemon.active")?;
-    let fresh_rss = procs::rss_bytes(d.proc.pid);
+    let fresh_rss = procs::rss_bytes(d.proc.pid());
     let (mut to_claim, mut cli) = (Vec::new(), Vec::new());
     for i in 0..n {
         let mut cmd = procs::homerd(&o.homerd, &home, &[]);
@@ -413,7 +414,10 @@ pub fn latency(ctx: &mut Ctx<'_>) -> Result<(), String> {
                 Ok(out) => out.trim().to_owned(),
                 Err(e) => format!("error: {e}"),
             };
-            let _ = sender.send(Ev { at: Instant::now(), name: String::from("bench.enqueued"), line });
+            sender.send(Ev {
+                name: String::from("bench.enqueued"),
+                ..Ev::new(Stream::Stdout, line.into_bytes(), Parse::None)
+            });
         });
         let deadline = Instant::now() + START_LIMIT;
         let (mut claimed, mut enqueued, mut completed): (Option<Ev>, Option<Ev>, Option<i64>) = (None, None, None);
@@ -428,9 +432,9 @@ pub fn latency(ctx: &mut Ctx<'_>) -> Result<(), String> {
             }
         }
         let (claimed, enqueued) = (claimed.expect("seen"), enqueued.expect("seen"));
-        let id: i64 = enqueued.line.parse().map_err(|_| format!("homerd enqueue: {}", enqueued.line))?;
+        let id: i64 = enqueued.text().parse().map_err(|_| format!("homerd enqueue: {}", enqueued.text()))?;
         if claimed.field_i64("job_id") != Some(id) || completed != Some(id) {
-            return Err(format!("job {id} was enqueued but the daemon claimed: {}", claimed.line));
+            return Err(format!("job {id} was enqueued but the daemon claimed: {}", claimed.text()));
         }
         to_claim.push(ms(claimed.at - t0));
         cli.push(ms(enqueued.at - t0));
@@ -438,7 +442,7 @@ pub fn latency(ctx: &mut Ctx<'_>) -> Result<(), String> {
             progress(format!("latency: {}/{n}", i + 1));
         }
     }
-    let idle_rss = procs::rss_bytes(d.proc.pid);
+    let idle_rss = procs::rss_bytes(d.proc.pid());
     d.stop(Duration::from_secs(30))?;
     drop(d);
     let floor = raw::notice_latency(&raw_db, n)?;

@@ -507,7 +507,7 @@ fn backup_while_running_is_a_consistent_copy_and_never_overwrites() {
     assert_eq!(out.code, Some(EX_IO), "{}", out.stderr);
     assert!(out.stderr.contains("refusing to overwrite"), "{}", out.stderr);
     assert_eq!(bytes(&dest), before);
-    assert!(d.child.try_wait().unwrap().is_none(), "backup disturbed the daemon");
+    assert!(d.proc.try_wait().is_none(), "backup disturbed the daemon");
 }
 
 #[test]

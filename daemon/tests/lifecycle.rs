@@ -534,7 +534,7 @@ fn lock_after_flock_stop_holds_others_off() {
         v["event"] == "lock.waiting" || v["event"] == "lock.busy" || v["event"] == "daemon.active"
     });
     assert_eq!(waiting["event"], "lock.waiting", "B did not wait for an undescribed holder:\n{}", b.dump());
-    assert!(b.child.try_wait().unwrap().is_none(), "B exited while A held the lock undescribed:\n{}", b.dump());
+    assert!(b.proc.try_wait().is_none(), "B exited while A held the lock undescribed:\n{}", b.dump());
 
     a.resume();
     assert_eq!(a.wait_event("daemon.active")["epoch"], 1, "{}", a.dump());

@@ -151,10 +151,10 @@ fn time(ms: Option<i64>) -> String {
 
 /// Every live (non-zombie) process whose process group is `pgid`.
 fn group_members(pgid: i64) -> Vec<i64> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
-        .filter(|pid| proc_stat(*pid).is_some_and(|(state, _, pg)| pg == pgid && state != "Z" && state != "X"))
+    homer_testkit::all_stats()
+        .into_iter()
+        .filter(|(_, s)| i64::from(s.pgrp) == pgid && !s.is_dead())
+        .map(|(pid, _)| i64::from(pid))
         .collect()
 }
 
@@ -448,7 +448,11 @@ fn cancel_of_a_running_exec_job_kills_its_whole_group() {
     let mut members: BTreeSet<i64> = group_members(pgid).into_iter().collect();
     members.extend([pid, grandchild]);
     assert!(members.iter().all(|p| running(*p)), "members {members:?}");
-    assert_eq!(proc_stat(grandchild).unwrap().2, pgid, "the grandchild is in the job's group");
+    assert_eq!(
+        homer_testkit::stat(grandchild as i32).map(|s| i64::from(s.pgrp)),
+        Some(pgid),
+        "the grandchild is in the job's group"
+    );
     assert_eq!(job(&sb, id).status, "running");
 
     let t = Instant::now();

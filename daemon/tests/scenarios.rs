@@ -112,15 +112,15 @@ fn interrupted_binary_leaves_nothing() -> Result<(), Failed> {
             .stderr(std::process::Stdio::null());
         // This process is a subreaper with a zombie reaper: a child it waits on itself must
         // be registered as owned, or the reaper may collect its exit status first.
-        let mut child = procs::spawn_owned(&mut cmd).map_err(|e| Failed::from(e.to_string()))?;
-        let pid = child.id();
+        let (mut child, _) = procs::spawn_owned(&mut cmd).map_err(|e| Failed::from(e.to_string()))?;
+        let pid = child.pid() as u32;
         let seen = wait_for_processes(pid, 3);
         // SAFETY: signalling the copy of this binary we just started.
         unsafe { libc::kill(pid as i32, signal) };
-        let status = child.wait().map_err(|e| Failed::from(e.to_string()))?;
+        let exit = child.wait_exit(deadline(60.0)).ok_or_else(|| Failed::from("the test binary did not exit"))?;
         procs::disown(pid);
-        if status.code() != Some(128 + signal) {
-            return Err(Failed::from(format!("signal {signal}: the test binary exited {status}")));
+        if exit.code() != Some(128 + signal) {
+            return Err(Failed::from(format!("signal {signal}: the test binary exited {}", exit.describe())));
         }
         let alive = started_by(pid);
         if !alive.is_empty() {

@@ -448,19 +448,7 @@ fn revert(path: &Path, lost: &[&Record]) -> Result<FileReport, String> {
 
 /// Whether `pid` is a live process (zombies are dead: they write nothing).
 fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => {
-                let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
-                !matches!(state, Some("Z") | Some("X") | None)
-            }
-            Err(_) => false,
-        }
-    } else {
-        // SAFETY: signal 0 only checks that the process exists.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
+    homer_testkit::alive(pid as i32)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! - **Linux.** The harness is a child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans of a
 //!   killed daemon are re-parented to it instead of PID 1, and a reaper thread collects the
 //!   zombies it does not own (it never calls `waitpid(-1)`, which would steal the exit
-//!   status of a `Child` another thread waits on). Cleanup scans `/proc/*/environ` for the
+//!   status of a child another thread waits on). Cleanup scans `/proc/*/environ` for the
 //!   marker and SIGKILLs until nothing marked is alive; zombies count as gone.
 //! - **macOS.** No subreaper and no readable environ: the harness tracks process groups —
 //!   every process it spawns leads its own group, and the executor registers the job groups
@@ -27,9 +27,11 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
+
+use homer_testkit::{Pipes, Proc};
 
 /// The environment variable that tags a scenario's processes.
 pub const MARKER_VAR: &str = "HOMER_HARNESS_RUN";
@@ -39,7 +41,7 @@ struct Registry {
     /// Marker -> process groups known to belong to it (used on every platform; the only
     /// mechanism on macOS).
     groups: HashMap<String, HashSet<i32>>,
-    /// Pids owned by a `Child` handle: the reaper must never collect these.
+    /// Pids owned by a [`Proc`]: the reaper must never collect these.
     owned: HashSet<u32>,
     /// Marker -> tmpfs mounts to unmount once its processes are dead.
     mounts: HashMap<String, Vec<std::path::PathBuf>>,
@@ -137,7 +139,7 @@ fn become_subreaper() -> bool {
     false
 }
 
-/// Collect zombies re-parented to us that no `Child` handle owns.
+/// Collect zombies re-parented to us that no [`Proc`] owns.
 fn reaper_thread() {
     let me = std::process::id();
     loop {
@@ -153,7 +155,7 @@ fn reaper_thread() {
         for pid in zombies {
             if !owned.contains(&pid) {
                 let mut status = 0;
-                // SAFETY: waits for one specific pid we do not own through a Child handle.
+                // SAFETY: waits for one specific pid we do not own through a Proc.
                 unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
             }
         }
@@ -162,40 +164,11 @@ fn reaper_thread() {
 
 /// (pid, state) of every process whose parent is `parent` (Linux `/proc`).
 fn children_of(parent: u32) -> Vec<(u32, char)> {
-    let mut out = Vec::new();
-    for (pid, stat) in proc_stats() {
-        if stat.ppid == parent {
-            out.push((pid, stat.state));
-        }
-    }
-    out
-}
-
-struct Stat {
-    ppid: u32,
-    state: char,
-}
-
-fn proc_stats() -> Vec<(u32, Stat)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if let Some(stat) = read_stat(pid) {
-            out.push((pid, stat));
-        }
-    }
-    out
-}
-
-fn read_stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: parse after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some(Stat { ppid, state })
+    homer_testkit::all_stats()
+        .into_iter()
+        .filter(|(_, stat)| stat.ppid as u32 == parent)
+        .map(|(pid, stat)| (pid as u32, stat.state))
+        .collect()
 }
 
 /// The umask every process starts with: a typical login umask, so what a scenario sees of
@@ -203,11 +176,10 @@ fn read_stat(pid: u32) -> Option<Stat> {
 /// harness itself happened to be started with.
 pub const UMASK: libc::mode_t = 0o022;
 
-/// Prepare a command for spawning under `marker`: tagged environment, its own process group,
-/// the default signal mask, umask [`UMASK`].
+/// Prepare a command for spawning under `marker`: tagged environment, the default signal
+/// mask, umask [`UMASK`] ([`spawn`] makes it the leader of its own process group).
 pub fn prepare(cmd: &mut Command, marker: &str) {
     cmd.env(MARKER_VAR, marker);
-    cmd.process_group(0);
     // SAFETY: the closure only calls pthread_sigmask and umask, which are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -257,28 +229,29 @@ pub fn drop_privileges(cmd: &mut Command) -> Result<(), String> {
     Ok(())
 }
 
-/// Spawn a prepared command, register it under `marker` and as owned.
-pub fn spawn(cmd: &mut Command, marker: &str) -> io::Result<Child> {
+/// Spawn a prepared command as the leader of its own process group (`homer-testkit`),
+/// register it under `marker` and as owned.
+pub fn spawn(cmd: &mut Command, marker: &str) -> io::Result<(Proc, Pipes)> {
     let _gate = spawn_gate().read();
-    let child = cmd.spawn()?;
+    let (proc, pipes) = Proc::spawn(cmd)?;
     let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    r.owned.insert(child.id());
-    r.groups.entry(marker.to_string()).or_default().insert(child.id() as i32);
-    Ok(child)
+    r.owned.insert(proc.pid() as u32);
+    r.groups.entry(marker.to_string()).or_default().insert(proc.pid());
+    Ok((proc, pipes))
 }
 
 /// Spawn a command the caller will wait on itself, outside any scenario: registered as
 /// owned (under the spawn gate, so the reaper cannot take its exit status first) but not
-/// tagged or killed by scenario cleanup. Every `Child` of a process that called [`init`]
+/// tagged or killed by scenario cleanup. Every child of a process that called [`init`]
 /// must come from here or [`spawn`].
-pub fn spawn_owned(cmd: &mut Command) -> io::Result<Child> {
+pub fn spawn_owned(cmd: &mut Command) -> io::Result<(Proc, Pipes)> {
     let _gate = spawn_gate().read();
-    let child = cmd.spawn()?;
-    registry().lock().unwrap_or_else(|e| e.into_inner()).owned.insert(child.id());
-    Ok(child)
+    let (proc, pipes) = Proc::spawn(cmd)?;
+    registry().lock().unwrap_or_else(|e| e.into_inner()).owned.insert(proc.pid() as u32);
+    Ok((proc, pipes))
 }
 
-/// The `Child` for `pid` has been waited for: the reaper may have its pid again.
+/// The [`Proc`] for `pid` has been reaped: the reaper may have its pid again.
 pub fn disown(pid: u32) {
     if let Ok(mut r) = registry().lock() {
         r.owned.remove(&pid);
@@ -349,8 +322,9 @@ pub fn marked_alive(marker: &str) -> Vec<u32> {
         let needle = format!("{MARKER_VAR}={marker}");
         let me = std::process::id();
         let mut out = Vec::new();
-        for (pid, stat) in proc_stats() {
-            if pid == me || stat.state == 'Z' || stat.state == 'X' {
+        for (pid, stat) in homer_testkit::all_stats() {
+            let pid = pid as u32;
+            if pid == me || stat.is_dead() {
                 continue;
             }
             let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };

@@ -53,15 +53,7 @@ pub fn linger(duration: &str) -> String {
     format!("[[step]]\nwait = \"duration\"\nduration = \"{duration}\"")
 }
 
-pub fn deadline(secs: f64) -> Duration {
-    let scale: f64 = std::env::var("HOMER_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    Duration::from_secs_f64(secs * scale.max(0.1))
-}
-
-fn state(pid: u32) -> Option<char> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text[text.rfind(')')? + 2..].chars().next()
-}
+pub use homer_testkit::deadline;
 
 /// Live (non-zombie) processes started by the harness process `harness_pid`.
 pub fn started_by(harness_pid: u32) -> Vec<u32> {
@@ -69,7 +61,7 @@ pub fn started_by(harness_pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if matches!(state(pid), None | Some('Z') | Some('X')) {
+        if !homer_testkit::alive(pid as i32) {
             continue;
         }
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };

@@ -1,28 +1,23 @@
 //! Test support for homerd's process-level tests: one sandbox per test, real `homerd`
-//! processes, readiness from JSON events (never sleeps), every process killed and
-//! reaped on drop.
+//! processes, readiness from JSON events (never sleeps), every process group killed and
+//! reaped on drop — the process layer itself is `homer-testkit`'s.
 //!
-//! Deadlines scale with `HOMER_TEST_TIME_SCALE` (default 1): a loaded machine gets
-//! more time without editing tests. Deadlines only bound genuine failures.
+//! Deadlines scale with `HOMER_TEST_TIME_SCALE` (default 1, through
+//! `homer_testkit::deadline`): a loaded machine gets more time without editing tests.
+//! Deadlines only bound genuine failures.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use homer_testkit::deadline;
+use homer_testkit::{Events, Line, Parse, Proc, WaitError};
 use serde_json::Value;
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_homerd"))
-}
-
-/// A deadline of `secs` seconds times `HOMER_TEST_TIME_SCALE`.
-pub fn deadline(secs: f64) -> Duration {
-    let scale: f64 = std::env::var("HOMER_TEST_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    Duration::from_secs_f64(secs * scale.max(0.1))
 }
 
 /// Fast intervals so tests see many heartbeats and staleness within a second or two.
@@ -130,41 +125,27 @@ impl Output {
     }
 }
 
-/// Runs a command with stdout/stderr captured; kills it past `limit`.
+/// Runs a command with stdout/stderr captured; kills its group past `limit`.
 pub fn run_bounded(mut c: Command, limit: Duration) -> Output {
-    let started = Instant::now();
-    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => {
-            let out = out.expect("wait");
-            Output {
-                code: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-                elapsed: started.elapsed(),
-            }
-        }
-        Err(_) => {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("command did not finish within {limit:?}: {c:?}");
-        }
+    let done = homer_testkit::run(&mut c, limit).unwrap_or_else(|e| panic!("{e}"));
+    Output {
+        code: done.exit.code(),
+        stdout: String::from_utf8_lossy(&done.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+        elapsed: done.elapsed,
     }
 }
 
-/// A running `homerd run`, its events read from stderr as they come.
+/// A running `homerd run`, its events read from stderr as they come (a line that is not
+/// JSON is kept as `{"event": "raw", "line": ...}`). Dropping it kills its process group.
 pub struct Daemon {
-    pub child: Child,
-    rx: Receiver<Value>,
+    pub proc: Proc,
+    events: Events,
     pub seen: Vec<Value>,
-    exited: Option<ExitStatus>,
-    /// `waitpid(WUNTRACED)` reports a stop once; remember it until we send SIGCONT.
-    stopped: std::cell::Cell<bool>,
+}
+
+fn event_value(line: &Line) -> Value {
+    line.json.clone().unwrap_or_else(|| serde_json::json!({"event": "raw", "line": line.text()}))
 }
 
 impl Daemon {
@@ -175,24 +156,37 @@ impl Daemon {
     /// [`Daemon::spawn`], returning a failed `spawn` (e.g. `ETXTBSY` for a just-written
     /// binary) instead of panicking.
     pub fn try_spawn(mut c: Command) -> std::io::Result<Daemon> {
-        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let v =
-                    serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({"event": "raw", "line": line}));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Daemon { child, rx, seen: Vec::new(), exited: None, stopped: std::cell::Cell::new(false) })
+        let (proc, events) = Proc::spawn_with_events(&mut c, Parse::Json)?;
+        Ok(Daemon { proc, events, seen: Vec::new() })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid() as u32
+    }
+
+    /// Waits for the first *new* event matching `pred`, recording every event on the way.
+    fn wait_new(&mut self, what: &str, limit: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let seen = &mut self.seen;
+        let mut hit = None;
+        let got = self.events.wait_for(what, Instant::now() + limit, |line| {
+            let v = event_value(line);
+            let found = pred(&v);
+            if found {
+                hit = Some(v.clone());
+            }
+            seen.push(v);
+            found
+        });
+        match got {
+            Ok(_) => hit.expect("recorded"),
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    /// Every event seen, not only the tail the error carries.
+    fn fail(&self, e: &WaitError) -> ! {
+        let why = if e.closed { "exited before" } else { "sent no" };
+        panic!("homerd (pid {}) {why} {} within {:?}; events so far:\n{}", self.pid(), e.what, e.waited, self.dump())
     }
 
     /// Waits for the first event (seen or new) matching `pred`.
@@ -200,38 +194,12 @@ impl Daemon {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
             return v.clone();
         }
-        let end = Instant::now() + limit;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => panic!("no {what} within {limit:?}; events so far:\n{}", self.dump()),
-                Err(RecvTimeoutError::Disconnected) => panic!("homerd exited before {what}; events:\n{}", self.dump()),
-            }
-        }
+        self.wait_new(what, limit, pred)
     }
 
     /// Waits for the next *new* event matching `pred` (ignores those already seen).
     pub fn next(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let limit = deadline(20.0);
-        let end = Instant::now() + limit;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(_) => panic!("no {what} within {limit:?} (or homerd exited); events:\n{}", self.dump()),
-            }
-        }
+        self.wait_new(what, deadline(20.0), pred)
     }
 
     pub fn wait_event(&mut self, name: &str) -> Value {
@@ -240,59 +208,43 @@ impl Daemon {
 
     /// Waits for the `n`-th occurrence of event `name` (counting those already seen).
     pub fn wait_count(&mut self, name: &str, n: usize) {
-        let limit = deadline(30.0);
-        let end = Instant::now() + limit;
-        while self.seen.iter().filter(|v| v["event"] == name).count() < n {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(v) => self.seen.push(v),
-                Err(_) => panic!("fewer than {n} {name} events within {limit:?}:\n{}", self.dump()),
-            }
+        let mut count = self.seen.iter().filter(|v| v["event"] == name).count();
+        if count < n {
+            self.wait_new(&format!("{n} {name} events"), deadline(30.0), |v| {
+                count += usize::from(v["event"] == name);
+                count >= n
+            });
         }
     }
 
     /// Drains stderr until EOF and reaps the process (bounded).
     pub fn wait_exit(&mut self) -> ExitStatus {
-        if let Some(s) = self.exited {
-            return s;
+        if let Some(exit) = self.proc.exit() {
+            return exit.status();
         }
-        let limit = deadline(30.0);
-        let end = Instant::now() + limit;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(v) => self.seen.push(v),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("homerd did not exit within {limit:?}:\n{}", self.dump()),
-            }
+        let seen = &mut self.seen;
+        let end = self.events.wait_for("the end of its output", Instant::now() + deadline(30.0), |line| {
+            seen.push(event_value(line));
+            false
+        });
+        match end {
+            Err(e) if e.closed => {}
+            Err(e) => self.fail(&e),
+            Ok(_) => unreachable!("nothing matches"),
         }
         // stderr closed: the process has exited (it has no children that keep it open).
-        let status = self.child.wait().expect("wait");
-        self.exited = Some(status);
-        status
+        match self.proc.wait_exit(deadline(30.0)) {
+            Some(exit) => exit.status(),
+            None => panic!("homerd (pid {}) closed stderr but did not exit:\n{}", self.pid(), self.dump()),
+        }
     }
 
     /// Waits until the process is stopped (SIGSTOP, or a `stop` failpoint): a failpoint
     /// emits `failpoint.hit` *before* stopping itself, so a SIGCONT sent on the event
     /// alone could arrive first and be lost.
     pub fn wait_stopped(&self) {
-        if self.stopped.get() {
-            return;
-        }
-        let limit = deadline(20.0);
-        let end = Instant::now() + limit;
-        loop {
-            let mut status = 0;
-            // SAFETY: our own child; WNOHANG|WUNTRACED only reports, never blocks, and a
-            // stop report does not reap it.
-            let rc = unsafe { libc::waitpid(self.pid() as i32, &mut status, libc::WNOHANG | libc::WUNTRACED) };
-            if rc == self.pid() as i32 && libc::WIFSTOPPED(status) {
-                self.stopped.set(true);
-                return;
-            }
-            assert!(rc == 0, "homerd exited or vanished while we waited for it to stop (rc {rc}, status {status:#x})");
-            assert!(Instant::now() < end, "homerd did not stop within {limit:?}:\n{}", self.dump());
-            std::thread::sleep(Duration::from_millis(1));
+        if let Err(e) = self.proc.wait_stopped(deadline(20.0)) {
+            panic!("homerd: {e}:\n{}", self.dump());
         }
     }
 
@@ -303,11 +255,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own, not yet reaped, child.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0, "kill({sig})");
-        if sig == libc::SIGCONT {
-            self.stopped.set(false);
-        }
+        assert!(self.proc.signal(sig), "kill({sig}) of homerd (pid {})", self.pid());
     }
 
     pub fn has_event(&self, name: &str) -> bool {
@@ -316,15 +264,6 @@ impl Daemon {
 
     pub fn dump(&self) -> String {
         self.seen.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -358,16 +297,9 @@ pub fn wait_job_event(d: &mut Daemon, name: &str, id: i64) -> Value {
     d.wait_for(&format!("{name} for job {id}"), deadline(30.0), |v| v["event"] == name && v["job_id"] == id)
 }
 
-/// `/proc/<pid>/stat` fields after the command name: (state, ppid, pgrp).
-pub fn proc_stat(pid: i64) -> Option<(String, i64, i64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
-    Some((f[0].to_owned(), f[1].parse().ok()?, f[2].parse().ok()?))
-}
-
 /// Present and not a zombie: the process really runs.
 pub fn running(pid: i64) -> bool {
-    proc_stat(pid).is_some_and(|(state, ..)| state != "Z" && state != "X")
+    homer_testkit::alive(pid as i32)
 }
 
 /// Bytes of a file (panics with the path if unreadable).

@@ -11,12 +11,13 @@
 //! read-write connections never checkpoint on close ([`harness_rw`]).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use homer_testkit::{read_lines, Line, LineSink, Parse, Stream};
 
 use super::Options;
 use crate::check::{self, CheckOptions};
@@ -122,6 +123,46 @@ impl Shared {
             let slice = (deadline - now).min(Duration::from_millis(25));
             st = self.changed.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+}
+
+/// Records what one process prints into the shared state: stdout and stderr as bytes,
+/// each JSON event on stderr into the history, stamped and numbered in receive order.
+#[derive(Clone)]
+struct Recorder {
+    shared: Arc<Shared>,
+    index: usize,
+    name: String,
+    pid: u32,
+}
+
+impl LineSink for Recorder {
+    fn line(&mut self, line: Line) -> bool {
+        let mut st = self.shared.lock();
+        match line.stream {
+            Stream::Stdout => st.procs[self.index].stdout.extend_from_slice(&line.bytes),
+            Stream::Stderr => {
+                st.procs[self.index].stderr.extend_from_slice(&line.bytes);
+                if let Some(json) = line.json.filter(|v| v.get("event").is_some()) {
+                    st.seq += 1;
+                    let (seq, at) = (st.seq, self.shared.start.elapsed());
+                    st.events.push(Event { proc_name: self.name.clone(), pid: self.pid, seq, at, json });
+                }
+            }
+        }
+        drop(st);
+        self.shared.changed.notify_all();
+        true
+    }
+
+    fn closed(&mut self, stream: Stream) {
+        let mut st = self.shared.lock();
+        match stream {
+            Stream::Stdout => st.procs[self.index].stdout_closed = true,
+            Stream::Stderr => st.procs[self.index].stderr_closed = true,
+        }
+        drop(st);
+        self.shared.changed.notify_all();
     }
 }
 
@@ -372,11 +413,11 @@ impl Ctx<'_> {
 
     /// Spawn and attach readers and a waiter; returns the pid.
     pub(crate) fn spawn(&mut self, name: String, kind: ProcKind, mut cmd: Command) -> Result<u32, StepError> {
-        let mut child = match procs::spawn(&mut cmd, &self.marker) {
-            Ok(c) => c,
+        let (mut proc, pipes) = match procs::spawn(&mut cmd, &self.marker) {
+            Ok(spawned) => spawned,
             Err(e) => return fail(format!("{name} to start"), format!("spawn failed: {e}")),
         };
-        let pid = child.id();
+        let pid = proc.pid() as u32;
         let index = {
             let mut st = self.shared.lock();
             st.procs.push(ProcState {
@@ -389,67 +430,29 @@ impl Ctx<'_> {
                 signal: None,
                 stdout: Vec::new(),
                 stderr: Vec::new(),
-                stdout_closed: false,
-                stderr_closed: false,
+                stdout_closed: pipes.stdout.is_none(),
+                stderr_closed: pipes.stderr.is_none(),
                 prints_ids: false,
             });
             st.procs.len() - 1
         };
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
+        let recorder = Recorder { shared: self.shared.clone(), index, name, pid };
+        if let Some(out) = pipes.stdout {
+            self.threads.extend(read_lines(out, Stream::Stdout, Parse::None, recorder.clone()));
+        }
+        if let Some(err) = pipes.stderr {
+            self.threads.extend(read_lines(err, Stream::Stderr, Parse::Json, recorder.clone()));
+        }
         let shared = self.shared.clone();
-        if let Some(mut out) = stdout {
-            let shared = shared.clone();
-            self.threads.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match out.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => shared.lock().procs[index].stdout.extend_from_slice(&buf[..n]),
-                    }
-                }
-                shared.lock().procs[index].stdout_closed = true;
-                shared.changed.notify_all();
-            }));
-        }
-        if let Some(err) = stderr {
-            let shared = shared.clone();
-            let name = name.clone();
-            self.threads.push(std::thread::spawn(move || {
-                let mut reader = BufReader::new(err);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    match reader.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    let json =
-                        serde_json::from_slice::<serde_json::Value>(&line).ok().filter(|v| v.get("event").is_some());
-                    let mut st = shared.lock();
-                    st.procs[index].stderr.extend_from_slice(&line);
-                    if let Some(json) = json {
-                        st.seq += 1;
-                        let seq = st.seq;
-                        st.events.push(Event { proc_name: name.clone(), pid, seq, at: shared.start.elapsed(), json });
-                    }
-                    drop(st);
-                    shared.changed.notify_all();
-                }
-                shared.lock().procs[index].stderr_closed = true;
-                shared.changed.notify_all();
-            }));
-        }
         self.threads.push(std::thread::spawn(move || {
-            let status = child.wait();
+            let exit = proc.wait_exit(Duration::MAX);
             procs::disown(pid);
             let mut st = shared.lock();
             let p = &mut st.procs[index];
             p.exited = Some(Instant::now());
-            if let Ok(s) = status {
-                use std::os::unix::process::ExitStatusExt;
-                p.code = s.code();
-                p.signal = s.signal();
+            if let Some(exit) = exit {
+                p.code = exit.code();
+                p.signal = exit.signal();
             }
             drop(st);
             shared.changed.notify_all();

@@ -65,7 +65,7 @@ impl Options {
     }
 
     pub fn time_scale_from_env() -> f64 {
-        std::env::var("HOMER_TEST_TIME_SCALE").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(1.0).max(0.1)
+        homer_testkit::time_scale()
     }
 }
 

@@ -2,12 +2,14 @@
 //! waits on them, and the teardown that kills them all.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use homer_testkit::{read_lines, Line, LineSink, Parse, Stream};
 
 use crate::procs;
 
@@ -58,6 +60,39 @@ impl Shared {
             }
             st = self.changed.wait_timeout(st, (deadline - now).min(POLL)).unwrap_or_else(|e| e.into_inner()).0;
         }
+    }
+}
+
+/// Records what one process prints: stdout and stderr as bytes, and each JSON event on
+/// stderr as (name, its `job_id`, its `epoch`).
+#[derive(Clone)]
+struct Recorder {
+    shared: Arc<Shared>,
+    slot: usize,
+}
+
+impl LineSink for Recorder {
+    fn line(&mut self, line: Line) -> bool {
+        let mut st = self.shared.lock();
+        let p = &mut st[self.slot];
+        match line.stream {
+            Stream::Stdout => p.stdout.extend_from_slice(&line.bytes),
+            Stream::Stderr => {
+                p.stderr.extend_from_slice(&line.bytes);
+                if let Some(v) = line.json.as_ref().filter(|v| v.get("event").is_some_and(|e| e.is_string())) {
+                    let field = |k: &str| v.get(k).and_then(|j| j.as_i64());
+                    p.events.push((line.name.clone(), field("job_id"), field("epoch")));
+                }
+            }
+        }
+        drop(st);
+        self.shared.changed.notify_all();
+        true
+    }
+
+    fn closed(&mut self, _: Stream) {
+        self.shared.lock()[self.slot].open_pipes -= 1;
+        self.shared.changed.notify_all();
     }
 }
 
@@ -150,9 +185,9 @@ impl<'a> Sandbox<'a> {
         }
         cmd.args(&argv).current_dir(self.dir.path()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         procs::prepare(&mut cmd, &self.marker);
-        let mut child =
+        let (mut proc, pipes) =
             procs::spawn(&mut cmd, &self.marker).map_err(|e| format!("{}: {e}", self.opts.daemon.display()))?;
-        let pid = child.id();
+        let pid = proc.pid() as u32;
         if rec != Recording::Off {
             self.indexes.push((pid, index));
         }
@@ -161,48 +196,18 @@ impl<'a> Sandbox<'a> {
             st.push(ProcState { name: name.to_owned(), pid, open_pipes: 2, ..ProcState::default() });
             st.len() - 1
         };
-        let (mut out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        let (out, err) = (pipes.stdout.expect("piped"), pipes.stderr.expect("piped"));
+        let recorder = Recorder { shared: self.shared.clone(), slot };
+        self.threads.extend(read_lines(out, Stream::Stdout, Parse::None, recorder.clone()));
+        self.threads.extend(read_lines(err, Stream::Stderr, Parse::Json, recorder));
         let shared = self.shared.clone();
         self.threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                shared.lock()[slot].stdout.extend_from_slice(&buf[..n]);
-            }
-            shared.lock()[slot].open_pipes -= 1;
-            shared.changed.notify_all();
-        }));
-        let shared = self.shared.clone();
-        self.threads.push(std::thread::spawn(move || {
-            let mut reader = BufReader::new(err);
-            let mut line = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                let event = serde_json::from_slice::<serde_json::Value>(&line).ok().and_then(|v| {
-                    let name = v.get("event")?.as_str()?.to_owned();
-                    Some((name, v.get("job_id").and_then(|j| j.as_i64()), v.get("epoch").and_then(|j| j.as_i64())))
-                });
-                let mut st = shared.lock();
-                st[slot].stderr.extend_from_slice(&line);
-                if let Some(e) = event {
-                    st[slot].events.push(e);
-                }
-                drop(st);
-                shared.changed.notify_all();
-                line.clear();
-            }
-            shared.lock()[slot].open_pipes -= 1;
-            shared.changed.notify_all();
-        }));
-        let shared = self.shared.clone();
-        self.threads.push(std::thread::spawn(move || {
-            let status = child.wait();
+            let exit = proc.wait_exit(Duration::MAX);
             procs::disown(pid);
-            shared.lock()[slot].status = Some(status.unwrap_or_else(|_| {
-                use std::os::unix::process::ExitStatusExt;
-                ExitStatus::from_raw(255 << 8) // waitpid failed: report exit 255
-            }));
+            shared.lock()[slot].status = Some(exit.map_or_else(
+                || ExitStatus::from_raw(255 << 8), // waitpid failed: report exit 255
+                |e| e.status(),
+            ));
             shared.changed.notify_all();
         }));
         Ok(slot)
