@@ -78,6 +78,9 @@ pub struct ProcRecord {
     /// When the harness saw it exit; `None` if it was still running when the history was
     /// taken.
     pub exited: Option<Duration>,
+    /// When the harness first sent it SIGKILL, if it did: the kernel may release what the
+    /// process held (its flock) at any moment after, before its exit is observed.
+    pub killed: Option<Duration>,
     pub exit_code: Option<i32>,
     /// The signal that ended it, if any.
     pub signal: Option<i32>,

@@ -224,7 +224,9 @@ struct Hold {
 /// A hold of `(dev, ino)` starts at `lock.acquired` / `lock.reacquired` (fields `dev`,
 /// `ino`, `path`) and ends at the holder's next `lock.released`, `lock.lost` or
 /// `lock.(re)acquired`, else at its exit (still open if it had not exited; at its last
-/// event if the harness has no record of it). Two processes whose holds of the same inode
+/// event if the harness has no record of it) — or, for a process the harness SIGKILLed,
+/// when the signal was sent, since the kernel releases the lock as the process dies and
+/// another start can report the lock before the harness sees that exit. Two processes whose holds of the same inode
 /// overlap is a violation: flock makes that impossible, so it means a daemon announced a
 /// lock it did not really hold. Holds of *different* inodes of one path may overlap — an
 /// admin removed the file and a new start locked a fresh one — and are the leader row's
@@ -266,7 +268,13 @@ pub fn lock_holders(h: &History) -> Vec<Violation> {
     for (holder, mut hold) in current {
         let record = h.procs.iter().find(|p| p.name == holder.0 && p.pid == holder.1);
         hold.end = match record {
-            Some(p) => p.exited.map_or(Mark::Open, Mark::Exit),
+            // SIGKILLed by the harness: the kernel drops the flock as the process dies,
+            // which can be observed (another start's `lock.acquired`) before its exit is.
+            Some(p) => match (p.killed, p.exited) {
+                (Some(k), Some(x)) => Mark::Exit(k.min(x)),
+                (Some(k), None) => Mark::Exit(k),
+                (None, x) => x.map_or(Mark::Open, Mark::Exit),
+            },
             None => last_event.get(&holder).copied().unwrap_or(hold.start),
         };
         holds.push(hold);

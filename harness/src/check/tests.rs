@@ -26,6 +26,7 @@ impl Hb {
             kind: ProcKind::Daemon,
             started,
             exited: None,
+            killed: None,
             exit_code: None,
             signal: None,
         });
@@ -58,6 +59,15 @@ impl Hb {
             p.exited = Some(at);
             p.exit_code = if signal.is_none() { Some(0) } else { None };
             p.signal = signal;
+        }
+        self
+    }
+
+    /// The harness sends `name` SIGKILL now (its exit is observed later, or never).
+    fn kill(mut self, name: &str) -> Hb {
+        let at = self.now();
+        if let Some(p) = self.h.procs.iter_mut().find(|p| p.name == name) {
+            p.killed = Some(at);
         }
         self
     }
@@ -253,6 +263,36 @@ fn lock_holders_rejects_a_clash_on_a_reacquired_inode() {
         .ev("a", "lock.released", json!({}))
         .build();
     assert_rejects(lock_holders(&h), LOCK_HOLDERS, "ino 9");
+}
+
+#[test]
+fn lock_holders_ends_a_killed_holders_hold_when_the_kill_was_sent() {
+    // a is SIGKILLed; the kernel drops its flock as it dies, and b's lock.acquired arrives
+    // before the harness sees a's exit. The hold ended at the kill: one holder at a time.
+    let h = Hb::default()
+        .daemon("a", 100)
+        .acquired("a", 7)
+        .kill("a")
+        .daemon("b", 200)
+        .acquired("b", 7)
+        .exit("a", Some(9))
+        .build();
+    assert_passes(lock_holders(&h));
+    // The same order without a kill from the harness (a exits by itself later) is two
+    // holders: nothing else ends a hold early.
+    let h =
+        Hb::default().daemon("a", 100).acquired("a", 7).daemon("b", 200).acquired("b", 7).exit("a", Some(9)).build();
+    assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
+    // A lock reported before the kill was sent is still a second holder.
+    let h = Hb::default()
+        .daemon("a", 100)
+        .acquired("a", 7)
+        .daemon("b", 200)
+        .acquired("b", 7)
+        .kill("a")
+        .exit("a", Some(9))
+        .build();
+    assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
 }
 
 #[test]

@@ -49,6 +49,9 @@ pub(crate) struct ProcState {
     pub(crate) kind: ProcKind,
     pub(crate) started: Instant,
     pub(crate) exited: Option<Instant>,
+    /// When the harness first sent it SIGKILL: from then on the kernel may release its
+    /// locks at any moment, before the exit is observed.
+    pub(crate) killed: Option<Instant>,
     pub(crate) code: Option<i32>,
     pub(crate) signal: Option<i32>,
     pub(crate) stdout: Vec<u8>,
@@ -426,6 +429,7 @@ impl Ctx<'_> {
                 kind,
                 started: Instant::now(),
                 exited: None,
+                killed: None,
                 code: None,
                 signal: None,
                 stdout: Vec::new(),
@@ -574,6 +578,7 @@ impl Ctx<'_> {
                 kind: p.kind.clone(),
                 started: p.started.saturating_duration_since(start),
                 exited: p.exited.map(|t| t.saturating_duration_since(start)),
+                killed: p.killed.map(|t| t.saturating_duration_since(start)),
                 exit_code: p.code,
                 signal: p.signal,
             })

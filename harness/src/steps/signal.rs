@@ -85,15 +85,15 @@ fn signal(ctx: &mut Ctx, target: &str, sig: Sig) -> Result<(), StepError> {
         Sig::Cont => libc::SIGCONT,
         Sig::Hup => libc::SIGHUP,
     };
-    let st = ctx.shared.lock();
-    let targets: Vec<&ProcState> = st.procs.iter().filter(|p| matches_target(target, &p.name)).collect();
+    let mut st = ctx.shared.lock();
+    let mut targets: Vec<&mut ProcState> = st.procs.iter_mut().filter(|p| matches_target(target, &p.name)).collect();
     if targets.is_empty() {
         return fail(format!("a process named {target}"), String::from("none was started"));
     }
     // A group selector signals the members still alive (the fuzzer aims at "whoever is
     // left"); a named process must still be running.
     let group = target.contains('*');
-    for p in targets {
+    for p in targets.iter_mut() {
         if p.exited.is_some() && group {
             continue;
         }
@@ -102,6 +102,10 @@ fn signal(ctx: &mut Ctx, target: &str, sig: Sig) -> Result<(), StepError> {
                 format!("{} running to receive {sig:?}", p.name),
                 format!("it exited {}", exit_text(p.code, p.signal)),
             );
+        }
+        if signo == libc::SIGKILL && p.killed.is_none() {
+            // Stamped before the signal goes: no release can precede it.
+            p.killed = Some(std::time::Instant::now());
         }
         // SAFETY: the waiter thread has not reaped this pid (exited is None under the lock,
         // and it records the exit under the same lock), so it still names our child.
