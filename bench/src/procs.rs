@@ -20,19 +20,10 @@ fn worth_showing(line: &Ev) -> bool {
 
 /// Removes every variable that could point a `homerd` at a user's real home or config, or
 /// arm a test hook.
-fn scrub_env(cmd: &mut Command) {
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("HOMER_") || k.starts_with("HOMERD_") {
-            cmd.env_remove(k);
-        }
-    }
-}
-
 /// A `homerd` command line for `home`, with JSON events and `--set` overrides.
 pub fn homerd(homerd: &Path, home: &Path, sets: &[String]) -> Command {
     let mut cmd = Command::new(homerd);
-    scrub_env(&mut cmd);
+    homer_testkit::scrub_homer_env(&mut cmd, &[]);
     cmd.arg("--home").arg(home).args(["--log-format", "json"]);
     for s in sets {
         cmd.arg("--set").arg(s);

@@ -17,11 +17,13 @@
 //! What stays with each user: the tests' `Sandbox`, the harness's markers, subreaper and
 //! interrupt handling, the bench's timings.
 
+mod homerd;
 mod lines;
 mod proc;
 mod stat;
 mod time;
 
+pub use homerd::{homerd_command, scrub_homer_env};
 pub use lines::{read_lines, Events, Injector, Line, LineSink, Parse, Stream, WaitError};
 pub use proc::{run, Exit, Finished, Pipes, Proc};
 pub use stat::{alive, all_stats, group_alive, stat, Stat};

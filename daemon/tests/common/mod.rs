@@ -62,26 +62,15 @@ impl Sandbox {
 
     /// [`Sandbox::cmd`] running `program` (a copy of the homerd binary) instead.
     pub fn cmd_with(&self, program: &Path) -> Command {
-        let mut c = Command::new(program);
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy().into_owned();
-            // HOMERD_MUTANT passes through: the mutation runs point the suite at a broken
-            // daemon (README "Teeth").
-            if (k.starts_with("HOMER_") || k.starts_with("HOMERD_"))
-                && k != "HOMER_TEST_TIME_SCALE"
-                && k != "HOMERD_MUTANT"
-            {
-                c.env_remove(k);
-            }
-        }
-        c.env("HOMER_HOME", self.home())
-            .env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
-            .env("XDG_DATA_HOME", self.dir.path().join(".local/share"))
-            .env("HOMER_LOG_FORMAT", "json")
-            .env("NO_COLOR", "1")
-            .env("HOMERD_ALLOW_CRASH_JOBS", "1")
-            .stdin(Stdio::null());
+        // HOMERD_MUTANT passes through: the mutation runs point the suite at a broken
+        // daemon (README "Teeth").
+        let mut c = homer_testkit::homerd_command(
+            program,
+            self.dir.path(),
+            &self.home(),
+            &["HOMER_TEST_TIME_SCALE", "HOMERD_MUTANT"],
+        );
+        c.stdin(Stdio::null());
         c
     }
 

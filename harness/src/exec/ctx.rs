@@ -362,23 +362,10 @@ impl Ctx<'_> {
         env: &[(String, String)],
         unprivileged: bool,
     ) -> Command {
-        let mut cmd = Command::new(&self.daemon_bin);
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("HOMER_") || k.starts_with("HOMERD_") {
-                cmd.env_remove(k.as_ref());
-            }
-        }
         // HOME and the XDG directories point into the sandbox, so nothing of the user's
         // (an installed service unit, a config) leaks into a scenario.
-        cmd.env("HOMER_HOME", self.home())
-            .env("HOME", &self.sandbox)
-            .env("XDG_CONFIG_HOME", self.sandbox.join(".config"))
-            .env("XDG_DATA_HOME", self.sandbox.join(".local/share"))
-            .env("HOMER_LOG_FORMAT", "json")
-            .env("NO_COLOR", "1")
-            .env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file())
-            .env("HOMERD_ALLOW_CRASH_JOBS", "1");
+        let mut cmd = homer_testkit::homerd_command(&self.daemon_bin, &self.sandbox, &self.home(), &[]);
+        cmd.env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file());
         if let Some(m) = &self.opts.mutant {
             cmd.env("HOMERD_MUTANT", m);
         }

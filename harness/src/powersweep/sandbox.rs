@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -153,19 +153,7 @@ impl<'a> Sandbox<'a> {
                 .collect();
             std::fs::write(&batch, lines).map_err(|e| format!("{}: {e}", batch.display()))?;
         }
-        let mut cmd = Command::new(&self.opts.daemon);
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("HOMER_") || k.starts_with("HOMERD_") {
-                cmd.env_remove(k.as_ref());
-            }
-        }
-        cmd.env("HOMER_HOME", self.home())
-            .env("HOME", self.dir.path())
-            .env("XDG_CONFIG_HOME", self.dir.path().join(".config"))
-            .env("XDG_DATA_HOME", self.dir.path().join(".local/share"))
-            .env("HOMER_LOG_FORMAT", "json")
-            .env("NO_COLOR", "1");
+        let mut cmd = homer_testkit::homerd_command(&self.opts.daemon, self.dir.path(), &self.home(), &[]);
         if rec != Recording::Off {
             cmd.env(homerd_env::LOG, self.log());
             if let Some(m) = &self.opts.mutant {
