@@ -79,9 +79,9 @@ impl EngineConfig {
 pub enum StopReason {
     /// Not renewed in time, or the store says it is no longer ours.
     LeaseLost,
-    /// Not renewed in time because the leader row could not be refreshed either: the
-    /// daemon is standing down (the database cannot be written: held by another writer,
-    /// a full disk). Its own trouble, not the job's: released with the attempt given
+    /// Not renewed in time because the database could not be written — the renewals
+    /// failed, or the leader row could not be refreshed either: the daemon is standing
+    /// down (held by another writer past the busy timeout, a full disk). Its own trouble, not the job's: released with the attempt given
     /// back (an interruption, bounded by `max_interruptions`) once it can write again.
     StandDown,
     /// The job's own timeout.
@@ -169,6 +169,10 @@ struct State {
     halted: bool,
     /// Monotonic time of the leader row's last successful refresh.
     leader_at: Option<MonoMs>,
+    /// The last renewal could not be written (the store was unavailable: busy past its
+    /// timeout, a full disk). A lease that runs out meanwhile ran out for the daemon's
+    /// trouble, however recently the leader row was refreshed.
+    renew_unwritable: bool,
     /// Stop decisions not yet carried out (see [`Coordinator::take_stops`]).
     stops: Vec<(JobId, StopReason)>,
     /// Set while job starts fail for the daemon's own reasons.
@@ -372,6 +376,7 @@ impl<S: JobStore> Coordinator<S> {
         let mut st = sync::lock(&self.state);
         match result {
             Ok(ours) => {
+                st.renew_unwritable = false;
                 let mut lost = Vec::new();
                 for (id, token) in held {
                     // Finished (or re-claimed under a new token) while the store was busy:
@@ -391,7 +396,10 @@ impl<S: JobStore> Coordinator<S> {
             }
             Err(StoreError::Fenced) => fence_locked(&mut st),
             // Not renewed: the deadlines in `due` decide when to give up.
-            Err(StoreError::Unavailable(_)) => Vec::new(),
+            Err(StoreError::Unavailable(_)) => {
+                st.renew_unwritable = true;
+                Vec::new()
+            }
         }
     }
 
@@ -403,7 +411,10 @@ impl<S: JobStore> Coordinator<S> {
         let mut st = sync::lock(&self.state);
         let grace_over = st.shutdown.is_some_and(|s| now_mono >= s.grace_ends);
         let leader_at = st.leader_at;
-        let standing_down = self.leader_stale(&st, now_mono);
+        // The daemon's trouble, not the job's: the leader row has gone unrefreshed, or the
+        // renewals themselves cannot be written. (The leader row alone is not enough: a
+        // lease claimed after its last refresh runs out first.)
+        let standing_down = self.leader_stale(&st, now_mono) || st.renew_unwritable;
         let mut out = Vec::new();
         for lease in st.leases.values().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
             let lease_expired = now_mono >= lease.kill_by(&self.cfg, leader_at)

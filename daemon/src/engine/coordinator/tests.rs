@@ -1,8 +1,9 @@
 //! The coordinator's unit tests, on the in-memory store and a fake clock.
 
 use super::*;
+use crate::engine::jobstore::{RecordItem, StoreResult};
 use crate::engine::memory::MemoryStore;
-use crate::job::{JobStatus, NewJob};
+use crate::job::{ChildIdentity, ClaimRef, JobStatus, NewJob};
 
 fn cfg() -> EngineConfig {
     EngineConfig::for_tests()
@@ -294,4 +295,73 @@ mod ended_tests {
         assert_eq!(c.next_deadline(), None);
         assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(10_000), 0.5), Finished::Completed);
     }
+}
+
+/// A store whose writes fail as on a full disk once `full` is set: renewals and records
+/// return `Unavailable`; everything else is the in-memory store.
+struct FullDisk {
+    inner: MemoryStore,
+    full: bool,
+}
+
+impl JobStore for FullDisk {
+    fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
+        self.inner.claim(epoch, worker, limits, now)
+    }
+    fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
+        if self.full {
+            return Err(StoreError::Unavailable(String::from("database or disk is full")));
+        }
+        self.inner.renew(epoch, held, now)
+    }
+    fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
+        self.inner.record_child(claim, child)
+    }
+    fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
+        if self.full {
+            return items.iter().map(|_| Err(StoreError::Unavailable(String::from("disk full")))).collect();
+        }
+        self.inner.record_many(items, now)
+    }
+    fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
+        self.inner.orphan_children(epoch)
+    }
+    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
+        self.inner.recover(epoch, retry_at, now)
+    }
+}
+
+/// A job claimed after the leader row's last refresh, whose renewals then fail because
+/// the disk is full, runs out of lease before the leader row counts as stale: it is still
+/// the daemon's trouble (stand-down, released with its attempt given back), never a lost
+/// lease charged to the job. Renewals that are written but find the row gone are a lost
+/// lease, as before.
+#[test]
+fn a_lease_that_runs_out_while_renewals_cannot_be_written_is_a_stand_down() {
+    let mut inner = MemoryStore::new(Epoch(1));
+    let job = NewJob {
+        kind: "noop".into(),
+        args: vec![],
+        lane: "l".into(),
+        max_attempts: 1,
+        timeout_ms: None,
+        run_after: WallMs(0),
+    };
+    let id = inner.enqueue(&job);
+    let c = Coordinator::new(cfg(), Epoch(1), FullDisk { inner, full: false });
+    assert_eq!(c.claim(MonoMs(50), WallMs(50)).len(), 1);
+    // The leader row's last refresh comes after the claim; then the disk fills.
+    c.note_leader_refresh(MonoMs(100));
+    sync::lock(&c.store).full = true;
+    assert!(c.renew(MonoMs(150), WallMs(150)).is_empty());
+    let kill_by = c.lease(id).unwrap().kill_by(&c.cfg, Some(MonoMs(100)));
+    assert_eq!(kill_by, MonoMs(50) + (c.cfg.stale_ms - c.cfg.kill_grace_ms - c.cfg.margin_ms()));
+    assert!(c.due(kill_by - 1).is_empty());
+    assert!(!c.standing_down(kill_by), "the leader row alone does not say stand-down yet");
+    assert_eq!(c.due(kill_by), vec![(id, StopReason::StandDown)]);
+    // Released, the attempt given back, once the disk has room again.
+    sync::lock(&c.store).full = false;
+    assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(5000), 0.5), Finished::Released);
+    let j = &sync::lock(&c.store).inner.jobs[&id];
+    assert_eq!((j.status, j.attempts), (JobStatus::Pending, 0));
 }
