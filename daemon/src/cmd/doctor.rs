@@ -14,6 +14,7 @@ use crate::lock;
 use crate::sqlite::leader::HolderState;
 use crate::sqlite::schema::{self, DbState, MIGRATIONS};
 use crate::sqlite::{self, read};
+use crate::{outln, output};
 
 struct Check {
     name: &'static str,
@@ -35,13 +36,13 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
         let warns: Vec<_> =
             warnings.iter().map(|w| json!({"check": "service unit", "path": w.path, "detail": w.detail})).collect();
         let out = json!({"ok": failed == 0, "checks": list, "warnings": warns});
-        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+        output::json(&out)?;
     } else {
         for c in &checks {
-            println!("{} {:<18} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
+            outln!("{} {:<18} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail)?;
         }
         for w in &warnings {
-            println!("WARN {:<18} {}: {}", "service unit", w.path.display(), w.detail);
+            outln!("WARN {:<18} {}: {}", "service unit", w.path.display(), w.detail)?;
         }
         let warned = match warnings.len() {
             0 => String::new(),
@@ -49,9 +50,9 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
             n => format!(", {n} warnings"),
         };
         if failed == 0 {
-            println!("all {} checks passed{warned}", checks.len());
+            outln!("all {} checks passed{warned}", checks.len())?;
         } else {
-            println!("{failed} of {} checks failed{warned}", checks.len());
+            outln!("{failed} of {} checks failed{warned}", checks.len())?;
         }
     }
     Ok(if failed == 0 { exit::OK } else { exit::CHECK_FAILED })

@@ -13,6 +13,7 @@ use crate::cmd::context::{self, Context};
 use crate::error::{exit, Error, Result};
 use crate::job::{NewJob, WallMs};
 use crate::sqlite::{self, ops};
+use crate::{outln, output};
 
 /// What `homerd enqueue` was asked for.
 pub struct EnqueueSpec {
@@ -127,10 +128,16 @@ pub fn open_for_enqueue(ctx: &Context) -> Result<rusqlite::Connection> {
     Ok(conn)
 }
 
+/// One acknowledged job as `--json` prints it: `{"id": N, "created": bool}` (`created`
+/// is false when `--key` named an existing job).
+fn ack_json(id: crate::job::JobId, created: bool) -> serde_json::Value {
+    serde_json::json!({"id": id.0, "created": created})
+}
+
 /// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the
 /// id is printed only after the commit (acknowledged = durable). With `--key`, the same
 /// key prints the existing job's id and creates nothing.
-pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
+pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
     let job = build_job(
         ctx,
         spec.kind,
@@ -147,9 +154,13 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now();
     let job = job.at(now).map_err(Error::Usage)?;
-    let (id, _created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
+    let (id, created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
     tx.commit().map_err(sql)?;
-    println!("{id}");
+    if as_json {
+        output::json(&ack_json(id, created))?;
+    } else {
+        outln!("{id}")?;
+    }
     Ok(exit::OK)
 }
 
@@ -178,7 +189,7 @@ struct LineJob {
 
 /// `homerd enqueue --from FILE|-`: every line validated first (a bad line rejects the
 /// whole batch, naming its number), then all jobs in one transaction; ids printed in order.
-pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
+pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
     let (name, text) = if file == Path::new("-") {
         let mut t = String::new();
         std::io::stdin().read_to_string(&mut t).map_err(|e| Error::io("read", "<stdin>", e))?;
@@ -222,10 +233,15 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
     let mut ids = Vec::with_capacity(jobs.len());
     for (i, (draft, key)) in jobs.iter().enumerate() {
         let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
-        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?.0);
+        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?);
     }
     tx.commit().map_err(sql)?;
-    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    print!("{out}");
+    // One write for the lot: a batch of 100,000 ids is not 100,000 system calls.
+    let out: String = if as_json {
+        ids.iter().map(|&(id, created)| format!("{}\n", ack_json(id, created))).collect()
+    } else {
+        ids.iter().map(|(id, _)| format!("{id}\n")).collect()
+    };
+    output::text(&out)?;
     Ok(exit::OK)
 }

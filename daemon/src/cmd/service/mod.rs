@@ -130,13 +130,21 @@ fn invocation(paths: &Paths, passed: &Passed) -> Result<Invocation> {
 }
 
 /// `homerd service launchd|systemd`: prints the unit; touches nothing.
-pub fn print(paths: &Paths, cfg: &Config, manager: Manager, passed: &Passed) -> Result<i32> {
+pub fn print(paths: &Paths, cfg: &Config, manager: Manager, passed: &Passed, as_json: bool) -> Result<i32> {
     let inv = invocation(paths, passed)?;
     let text = match manager {
         Manager::Launchd => launchd::plist(&inv, cfg)?,
         Manager::Systemd => systemd::unit(&inv, cfg),
     };
-    print!("{text}");
+    if as_json {
+        let name = match manager {
+            Manager::Launchd => "launchd",
+            Manager::Systemd => "systemd",
+        };
+        crate::output::json(&serde_json::json!({"manager": name, "unit": text}))?;
+    } else {
+        crate::output::text(&text)?;
+    }
     Ok(exit::OK)
 }
 
