@@ -38,9 +38,24 @@ fn out(a: &Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stdout).into_owned()
 }
 
+/// The one JSON value a `--json` command printed: one compact line (README "The JSON
+/// contract").
 fn json_out(a: &Assert) -> Value {
-    let s = out(a);
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+    let mut lines = json_lines(a);
+    assert_eq!(lines.len(), 1, "one JSON line: {}", out(a));
+    lines.remove(0)
+}
+
+/// The JSON lines a `--json` command printed (`list`: one job per line).
+fn json_lines(a: &Assert) -> Vec<Value> {
+    out(a)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert_eq!(v.to_string(), l, "not compact");
+            v
+        })
+        .collect()
 }
 
 fn migrate(sb: &Sandbox) {
@@ -209,8 +224,9 @@ fn list_filters_by_status_lane_and_limit() {
     assert!(lines[1].contains("pending") && lines[1].contains("alpha") && lines[1].contains("echo hello world"));
     assert!(lines[2].contains("sleep") && lines[2].contains("0/5"), "{text}");
 
-    // JSON: every job with its fields, as in the database.
-    let all = json_out(&homer(&sb, &["list", "--json"]).code(0));
+    // JSON: one line per job with its fields, as in the database, each time beside its
+    // RFC 3339 form.
+    let all = Value::Array(json_lines(&homer(&sb, &["list", "--json"]).code(0)));
     let rows = all.as_array().unwrap();
     assert_eq!(rows.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![b2, a2, b1, a1]);
     for r in rows {
@@ -221,19 +237,24 @@ fn list_filters_by_status_lane_and_limit() {
         assert_eq!(r["run_after"], db.run_after);
         assert_eq!(r["completed_at"], json!(db.completed_at));
         assert_eq!(r["error"], json!(db.error));
+        assert_eq!(r["run_after_rfc3339"], time(Some(db.run_after)));
+        assert_eq!(r["completed_at_rfc3339"], json!(db.completed_at.map(|t| time(Some(t)))));
     }
     assert_eq!(rows[1]["args"], json!(["echo", "hello world"]));
     assert_eq!(rows[2]["max_attempts"], 5);
     insta::assert_json_snapshot!("list_json", all, {
         "[].created_at" => set("[ms]"),
+        "[].created_at_rfc3339" => set("[time]"),
         "[].run_after" => set("[ms]"),
+        "[].run_after_rfc3339" => set("[time]"),
         "[].completed_at" => set("[ms]"),
+        "[].completed_at_rfc3339" => set("[time]"),
     });
 
     let ids = |args: &[&str]| -> Vec<i64> {
         let mut all = vec!["list", "--json"];
         all.extend_from_slice(args);
-        json_out(&homer(&sb, &all).code(0)).as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect()
+        json_lines(&homer(&sb, &all).code(0)).iter().map(|r| r["id"].as_i64().unwrap()).collect()
     };
     assert_eq!(ids(&["--status", "cancelled"]), vec![b2]);
     assert_eq!(ids(&["--status", "pending"]), vec![a2, b1, a1]);
@@ -336,7 +357,11 @@ fn show_reports_every_run_and_the_error_history() {
         assert_eq!(v["job"]["status"], status);
         assert_eq!(v["job"]["attempts"], db.attempts);
         assert_eq!(v["job"]["runs"], db.runs);
-        assert_eq!(v["errors"], db.errors);
+        let mut errors = db.errors.clone();
+        for e in errors.as_array_mut().unwrap() {
+            e["at_rfc3339"] = json!(time(e["at"].as_i64()));
+        }
+        assert_eq!(v["errors"], errors);
         let shown = v["runs"].as_array().unwrap();
         assert_eq!(shown.len(), db_runs.len());
         for (s, r) in shown.iter().zip(&db_runs) {
@@ -344,6 +369,8 @@ fn show_reports_every_run_and_the_error_history() {
                 "run": r.run, "attempt": r.attempt, "epoch": r.epoch, "worker": r.worker,
                 "child_pid": r.child_pid, "started_at": r.started_at, "ended_at": r.ended_at,
                 "outcome": r.outcome, "error": r.error,
+                "started_at_rfc3339": time(Some(r.started_at)),
+                "ended_at_rfc3339": r.ended_at.map(|t| time(Some(t))),
             });
             assert_eq!(s, &expected);
         }
@@ -357,15 +384,23 @@ fn show_reports_every_run_and_the_error_history() {
     let v = json_out(&homer(&sb, &["show", &failing.to_string(), "--json"]).code(0));
     insta::assert_json_snapshot!("show_json_failed_job", v, {
         ".job.created_at" => set("[ms]"),
+        ".job.created_at_rfc3339" => set("[time]"),
         ".job.run_after" => set("[ms]"),
+        ".job.run_after_rfc3339" => set("[time]"),
         ".job.started_at" => set("[ms]"),
+        ".job.started_at_rfc3339" => set("[time]"),
         ".job.completed_at" => set("[ms]"),
+        ".job.completed_at_rfc3339" => set("[time]"),
         ".job.heartbeat_at" => set("[ms]"),
+        ".job.heartbeat_at_rfc3339" => set("[time]"),
         ".runs[].started_at" => set("[ms]"),
+        ".runs[].started_at_rfc3339" => set("[time]"),
         ".runs[].ended_at" => set("[ms]"),
+        ".runs[].ended_at_rfc3339" => set("[time]"),
         ".runs[].worker" => set("[host/pid]"),
         ".runs[].child_pid" => set("[pid]"),
         ".errors[].at" => set("[ms]"),
+        ".errors[].at_rfc3339" => set("[time]"),
     });
 
     homer(&sb, &["show", "999999"])
@@ -931,11 +966,8 @@ fn retention_prunes_old_terminal_jobs_runs_and_logs() {
     assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), 2);
     // The operator commands agree.
     at(&["show", &ok.to_string()]).code(66);
-    let listed = json_out(&at(&["list", "--json"]).code(0));
-    assert_eq!(
-        listed.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(),
-        vec![recent, pending]
-    );
+    let listed = json_lines(&at(&["list", "--json"]).code(0));
+    assert_eq!(listed.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![recent, pending]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@
 use serde_json::json;
 
 use crate::cmd::context::Context;
+use crate::cmd::service::UnitWarning;
 use crate::cmd::status::describe_holder;
 use crate::config::format_duration;
-use crate::error::{exit, Result};
+use crate::error::{exit, Error, Result};
 use crate::lock;
 use crate::sqlite::leader::HolderState;
 use crate::sqlite::schema::{self, DbState, MIGRATIONS};
@@ -31,6 +32,16 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
     let checks = doctor_checks(ctx);
     let warnings = crate::cmd::service::installed_unit_warnings(&ctx.config);
     let failed = checks.iter().filter(|c| !c.ok).count();
+    let code = if failed == 0 { exit::OK } else { exit::CHECK_FAILED };
+    // The verdict is reached before a line is printed, so a reader that stops reading
+    // (`homerd doctor | head -1`) still gets it as the exit status.
+    match report(&checks, &warnings, failed, as_json) {
+        Ok(()) | Err(Error::StdoutClosed) => Ok(code),
+        Err(e) => Err(e),
+    }
+}
+
+fn report(checks: &[Check], warnings: &[UnitWarning], failed: usize, as_json: bool) -> Result<()> {
     if as_json {
         let list: Vec<_> = checks.iter().map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail})).collect();
         let warns: Vec<_> =
@@ -38,10 +49,10 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
         let out = json!({"ok": failed == 0, "checks": list, "warnings": warns});
         output::json(&out)?;
     } else {
-        for c in &checks {
+        for c in checks {
             outln!("{} {:<18} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail)?;
         }
-        for w in &warnings {
+        for w in warnings {
             outln!("WARN {:<18} {}: {}", "service unit", w.path.display(), w.detail)?;
         }
         let warned = match warnings.len() {
@@ -55,7 +66,7 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
             outln!("{failed} of {} checks failed{warned}", checks.len())?;
         }
     }
-    Ok(if failed == 0 { exit::OK } else { exit::CHECK_FAILED })
+    Ok(())
 }
 
 fn doctor_checks(ctx: &Context) -> Vec<Check> {
