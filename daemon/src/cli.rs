@@ -16,7 +16,8 @@ use crate::events::{self, Format};
     version,
     about = "A local job daemon that never runs twice and never loses or double-runs a job",
     long_about = None,
-    after_help = "Exit codes: 0 ok (also: another instance is running), 1 a doctor check failed, 64 usage, \
+    after_help = "Exit codes: 0 ok (also: another instance is running; stdout closed by its reader), \
+1 a doctor check failed, 64 usage, \
 3 job in the wrong state, 65 bad database, 66 no such job, 69 lock unsupported, 70 internal, \
 73 unsafe path, 74 I/O, 75 in use, 76 fenced, 77 permission, 78 config. See README.md."
 )]
