@@ -1,5 +1,5 @@
-//! Every byte a command prints on stdout goes through here (`println!` is denied in the
-//! daemon by `clippy::print_stdout`; this module alone allows it, and does not use it).
+//! Every byte a command prints on stdout goes through here (`println!` is a lint error in
+//! the daemon crate: `clippy::print_stdout`, switched on in `lib.rs`).
 //!
 //! Two things are decided once, here, rather than at every call site:
 //!
@@ -7,10 +7,11 @@
 //!   closes the pipe after one line; the next write fails with `EPIPE` (Rust ignores
 //!   SIGPIPE, so the process is not killed: `println!` would panic instead). Every
 //!   writer here turns `BrokenPipe` into [`Error::StdoutClosed`], which `cli::main`
-//!   ends with status 0 and nothing on stderr, as ripgrep does: what the command did
-//!   (an enqueue committed, a cancel recorded) stays done, and only the rest of its
-//!   report is dropped. Any other write error (a full disk behind `>`) is an I/O error
-//!   naming `<stdout>` (exit 74).
+//!   ends with status 0 and nothing on stderr, as ripgrep does (a command that reached
+//!   a verdict before printing keeps it: `doctor`'s 1). Commands act first and report
+//!   after, so what the command did (an enqueue committed, a cancel recorded) stays
+//!   done and only the rest of its report is dropped. Any other write error (a full
+//!   disk behind `>`) is an I/O error naming `<stdout>` (exit 74).
 //! - **The JSON contract** (README "The JSON contract"): one compact JSON value per line,
 //!   never pretty-printed; every point in time as epoch milliseconds with its RFC 3339
 //!   form beside it ([`with_times`]).

@@ -51,12 +51,16 @@ struct Piped {
 }
 
 /// Runs `c` with its stdout a pipe the reader closes early, stderr captured (bounded).
-fn run_piped(mut c: Command, reader: Reader) -> Piped {
+fn run_piped(c: Command, reader: Reader) -> Piped {
     match reader {
-        Reader::FirstLine => c.stdout(Stdio::piped()),
-        Reader::ClosedAtStart => c.stdout(Stdio::from(closed_pipe())),
-    };
-    c.stdin(Stdio::null()).stderr(Stdio::piped());
+        Reader::FirstLine => run_with_stdout(c, Stdio::piped()),
+        Reader::ClosedAtStart => run_with_stdout(c, Stdio::from(closed_pipe())),
+    }
+}
+
+/// Runs `c` with `stdout` (a pipe: its first line read, then closed), stderr captured.
+fn run_with_stdout(mut c: Command, stdout: Stdio) -> Piped {
+    c.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::piped());
     let (mut proc, pipes) = Proc::spawn(&mut c).unwrap_or_else(|e| panic!("spawn {c:?}: {e}"));
     drop(c); // the parent's copy of a write end
     let mut err = pipes.stderr.expect("stderr piped");
@@ -242,6 +246,22 @@ fn every_command_ends_quietly_when_its_reader_closes_stdout() {
         }
     }
     assert!(d.proc.try_wait().is_none(), "the daemon exited:\n{}", d.dump());
+}
+
+/// Any other failure to write stdout is an I/O error that names it (74), not a quiet exit:
+/// `/dev/full` fails every write with ENOSPC.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_behind_stdout_is_an_io_error_naming_stdout() {
+    let sb = Sandbox::new();
+    for args in [&["status"][..], &["status", "--json"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut c = sb.cmd();
+        c.args(args);
+        let p = run_with_stdout(c, Stdio::from(full));
+        assert_eq!(p.code, Some(74), "{args:?}: {}", p.stderr);
+        assert!(p.stderr.contains("<stdout>") && !p.stderr.contains("panicked"), "{args:?}: {}", p.stderr);
+    }
 }
 
 fn job_status(sb: &Sandbox, id: i64) -> String {
