@@ -5,11 +5,11 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::TransactionBehavior;
 
 use crate::cmd::context::{self, Context};
+use crate::duration::{parse_duration, parse_run_after, RunAfter};
 use crate::error::{exit, Error, Result};
 use crate::job::{NewJob, WallMs};
 use crate::sqlite::{self, ops};
@@ -50,7 +50,7 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
         ("noop" | "crash", 0) => {}
         ("noop" | "crash", _) => return Err(format!("`{kind}` takes no arguments")),
         ("sleep", 1) => {
-            crate::config::parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
+            parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
         }
         ("sleep", _) => return Err(String::from("`sleep` takes one duration, e.g. `sleep 30s`")),
         ("fail", 0 | 1) => {}
@@ -62,23 +62,21 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
     Ok(args)
 }
 
-/// A validated job, not yet placed in time: its delay becomes a `run_after` only once
-/// the database is open and the effective clock anchored from it (`clock.rs`), so a CLI
+/// A validated job, not yet placed in time: its `run_after` is fixed only once the
+/// database is open and the effective clock anchored from it (`clock.rs`), so a CLI
 /// started after a backward step of the wall clock does not schedule into the past.
 pub struct JobDraft {
     job: NewJob,
-    delay: Duration,
+    when: RunAfter,
 }
 
 impl JobDraft {
-    /// The job to insert at `now` (effective milliseconds).
-    pub fn at(&self, now: WallMs) -> std::result::Result<NewJob, String> {
-        // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
-        let run_after = now
-            .0
-            .checked_add(self.delay.as_millis() as i64)
-            .ok_or_else(|| String::from("run_after: the time it names is out of range"))?;
-        Ok(NewJob { run_after: WallMs(run_after), ..self.job.clone() })
+    /// The job to insert at `now` (effective milliseconds), and the `run_after_set_at` to
+    /// store with it ([`RunAfter::resolve`]: a past time is due at once, a future one is
+    /// not moved by forward clock steps, one beyond `MAX_DURATION` is refused).
+    pub fn at(&self, now: WallMs) -> std::result::Result<(NewJob, WallMs), String> {
+        let (run_after, set_at) = self.when.resolve(now).map_err(|e| format!("run_after: {e}"))?;
+        Ok((NewJob { run_after, ..self.job.clone() }, set_at))
     }
 }
 
@@ -93,11 +91,8 @@ pub fn build_job(
     run_after: Option<&str>,
 ) -> std::result::Result<JobDraft, String> {
     let args = validate_job(&kind, args)?;
-    let dur = |what: &str, v: Option<&str>| -> std::result::Result<Option<Duration>, String> {
-        v.map(|s| crate::config::parse_duration(s).map_err(|e| format!("{what}: {e}"))).transpose()
-    };
-    let timeout = dur("timeout", timeout)?;
-    let delay = dur("run_after", run_after)?.unwrap_or_default();
+    let timeout = timeout.map(|s| parse_duration(s).map_err(|e| format!("timeout: {e}"))).transpose()?;
+    let when = run_after.map(|s| parse_run_after(s).map_err(|e| format!("run_after: {e}"))).transpose()?;
     let max_attempts = max_attempts.unwrap_or(ctx.config.max_attempts);
     if max_attempts == 0 {
         return Err(String::from("max_attempts must be at least 1"));
@@ -113,7 +108,7 @@ pub fn build_job(
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
         run_after: WallMs(0),
     };
-    Ok(JobDraft { job, delay })
+    Ok(JobDraft { job, when: when.unwrap_or_default() })
 }
 /// Opens the database for `enqueue` and `enqueue --from`: [`context::open_for_write`], so the
 /// commit is `synchronous=FULL` and the ids printed after it are covered by an fsync. The
@@ -146,8 +141,8 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
     let sql = |e| Error::sqlite(db, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now();
-    let job = job.at(now).map_err(Error::Usage)?;
-    let (id, _created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
+    let (job, set_at) = job.at(now).map_err(Error::Usage)?;
+    let (id, _created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now, set_at).map_err(sql)?;
     tx.commit().map_err(sql)?;
     println!("{id}");
     Ok(exit::OK)
@@ -221,8 +216,9 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
     let now = ctx.clock.now();
     let mut ids = Vec::with_capacity(jobs.len());
     for (i, (draft, key)) in jobs.iter().enumerate() {
-        let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
-        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?.0);
+        let (job, set_at) =
+            draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
+        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now, set_at).map_err(sql)?.0);
     }
     tx.commit().map_err(sql)?;
     let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
