@@ -344,6 +344,35 @@ mod tests {
     }
 
     #[test]
+    fn durations_in_the_one_grammar_from_every_layer() {
+        let mut c = Config::default();
+        let p = Path::new("/etc/homer/homerd.toml");
+        c.apply_toml(
+            "retention = \"2d 3h\"\nbackoff_cap = \"1h30m\"\nbackoff_base = \"1.5s\"\norphan_retry_delay = 0\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.retention, Duration::from_secs(51 * 3600));
+        assert_eq!(c.backoff_cap, Duration::from_secs(5400));
+        assert_eq!(c.backoff_base, Duration::from_millis(1500));
+        assert_eq!(c.orphan_retry_delay, Duration::ZERO);
+        // --set, as the CLI passes it (the environment goes through the same `set`).
+        let sources = Sources { overrides: vec![String::from("migrate_wait = 1m 30s")], ..Sources::default() };
+        assert_eq!(Config::load(&sources).unwrap().migrate_wait, Duration::from_secs(90));
+        // Refusals name the source, the key and the value, and give the bound or examples.
+        let err = Config::default().apply_toml("retention = \"36501d\"\n", p).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/etc/homer/homerd.toml") && text.contains("`retention`"), "{text}");
+        assert!(text.contains("`36501d` is too long: at most 36500d"), "{text}");
+        assert_eq!(err.exit_code(), crate::error::exit::CONFIG);
+        for (value, says) in [("106751980000d", "at most 36500d"), ("90", "1h30m"), ("1.0001s", "whole milliseconds")] {
+            let sources = Sources { overrides: vec![format!("backoff_cap={value}")], ..Sources::default() };
+            let text = Config::load(&sources).unwrap_err().to_string();
+            assert!(text.contains("--set") && text.contains("backoff_cap") && text.contains(says), "{value}: {text}");
+        }
+    }
+
+    #[test]
     fn cross_key_rule() {
         let mut c = Config::default();
         c.set("stale_threshold", "15s", "t").unwrap();

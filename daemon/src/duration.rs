@@ -114,6 +114,14 @@ pub fn parse_run_after(s: &str) -> Result<RunAfter, String> {
     Ok(RunAfter::At(i64::try_from(ms).map_err(|_| format!("the time `{s}` is out of range"))?))
 }
 
+/// An absolute time (Unix milliseconds) in RFC 3339, UTC, for messages.
+pub fn format_time(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000);
+    t.ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms after the epoch"))
+}
+
 impl RunAfter {
     /// Places the job in time at `now` (homerd's effective clock, see `clock.rs`): returns
     /// its `run_after` and the `run_after_set_at` to store with it.
@@ -136,7 +144,7 @@ impl RunAfter {
             RunAfter::At(t) if t <= now.0 => Ok((now, now)),
             RunAfter::At(t) => {
                 if (t - now.0) as u128 > MAX_DURATION.as_millis() {
-                    return Err(String::from("the time is more than 36500d (100 years) from now"));
+                    return Err(format!("{} is more than 36500d (100 years) from now", format_time(t)));
                 }
                 Ok((WallMs(t), WallMs(t)))
             }
@@ -259,8 +267,9 @@ mod tests {
         let edge = now.0 + MAX_DURATION.as_millis() as i64;
         assert_eq!(RunAfter::At(edge).resolve(now), Ok((WallMs(edge), WallMs(edge))));
         let e = RunAfter::At(edge + 1).resolve(now).unwrap_err();
-        assert!(e.contains("36500d"), "{e}");
+        assert!(e.contains("36500d") && e.contains("2126-11-11T10:00:00.001Z"), "{e}");
         let far = parse_run_after("9999-12-31T23:59:59Z").unwrap();
-        assert!(far.resolve(now).unwrap_err().contains("36500d"));
+        let e = far.resolve(now).unwrap_err();
+        assert_eq!(e, "9999-12-31T23:59:59Z is more than 36500d (100 years) from now");
     }
 }

@@ -68,6 +68,8 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
 pub struct JobDraft {
     job: NewJob,
     when: RunAfter,
+    /// How the input named `run_after` (`--run-after` or `run_after`), for errors.
+    run_after_name: &'static str,
 }
 
 impl JobDraft {
@@ -75,14 +77,25 @@ impl JobDraft {
     /// store with it ([`RunAfter::resolve`]: a past time is due at once, a future one is
     /// not moved by forward clock steps, one beyond `MAX_DURATION` is refused).
     pub fn at(&self, now: WallMs) -> std::result::Result<(NewJob, WallMs), String> {
-        let (run_after, set_at) = self.when.resolve(now).map_err(|e| format!("run_after: {e}"))?;
+        let (run_after, set_at) = self.when.resolve(now).map_err(|e| format!("{}: {e}", self.run_after_name))?;
         Ok((NewJob { run_after, ..self.job.clone() }, set_at))
     }
 }
 
+/// How each input names the job's fields in its errors.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// `homerd enqueue --timeout D --run-after D`.
+    Flags,
+    /// A line of `homerd enqueue --from`: `"timeout"`, `"run_after"`.
+    Line,
+}
+
 /// Builds a validated job from its parts (shared by `enqueue` and `enqueue --from`).
+#[allow(clippy::too_many_arguments)]
 pub fn build_job(
     ctx: &Context,
+    source: Source,
     kind: String,
     args: &[String],
     lane: String,
@@ -91,8 +104,12 @@ pub fn build_job(
     run_after: Option<&str>,
 ) -> std::result::Result<JobDraft, String> {
     let args = validate_job(&kind, args)?;
-    let timeout = timeout.map(|s| parse_duration(s).map_err(|e| format!("timeout: {e}"))).transpose()?;
-    let when = run_after.map(|s| parse_run_after(s).map_err(|e| format!("run_after: {e}"))).transpose()?;
+    let (timeout_name, run_after_name) = match source {
+        Source::Flags => ("--timeout", "--run-after"),
+        Source::Line => ("timeout", "run_after"),
+    };
+    let timeout = timeout.map(|s| parse_duration(s).map_err(|e| format!("{timeout_name}: {e}"))).transpose()?;
+    let when = run_after.map(|s| parse_run_after(s).map_err(|e| format!("{run_after_name}: {e}"))).transpose()?;
     let max_attempts = max_attempts.unwrap_or(ctx.config.max_attempts);
     if max_attempts == 0 {
         return Err(String::from("max_attempts must be at least 1"));
@@ -108,7 +125,7 @@ pub fn build_job(
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
         run_after: WallMs(0),
     };
-    Ok(JobDraft { job, when: when.unwrap_or_default() })
+    Ok(JobDraft { job, when: when.unwrap_or_default(), run_after_name })
 }
 /// Opens the database for `enqueue` and `enqueue --from`: [`context::open_for_write`], so the
 /// commit is `synchronous=FULL` and the ids printed after it are covered by an fsync. The
@@ -128,6 +145,7 @@ pub fn open_for_enqueue(ctx: &Context) -> Result<rusqlite::Connection> {
 pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
     let job = build_job(
         ctx,
+        Source::Flags,
         spec.kind,
         &spec.args,
         spec.lane,
@@ -200,6 +218,7 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
         let lj: LineJob = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let job = build_job(
             ctx,
+            Source::Line,
             lj.kind,
             &lj.args,
             lj.lane.unwrap_or_else(|| String::from("default")),
@@ -208,16 +227,16 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
             lj.run_after.as_deref(),
         )
         .map_err(bad)?;
-        jobs.push((job, lj.key));
+        jobs.push((job, lj.key, lineno));
     }
     let mut conn = open_for_enqueue(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now();
     let mut ids = Vec::with_capacity(jobs.len());
-    for (i, (draft, key)) in jobs.iter().enumerate() {
+    for (draft, key, lineno) in &jobs {
         let (job, set_at) =
-            draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
+            draft.at(now).map_err(|e| Error::data(&name, format!("line {lineno}: {e}; nothing was enqueued")))?;
         ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now, set_at).map_err(sql)?.0);
     }
     tx.commit().map_err(sql)?;
