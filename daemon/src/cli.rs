@@ -88,11 +88,13 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         /// Attempts before the job is failed (default: the max_attempts setting)
         #[arg(long, value_name = "N")]
         max_attempts: Option<u32>,
-        /// Kill the run after this long (e.g. 90s); counts as a failed attempt
+        /// Kill the run after this long (e.g. 90s, 1h30m); counts as a failed attempt
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
-        /// Do not start before this much time from now (e.g. 5m)
-        #[arg(long, value_name = "DURATION")]
+        /// Do not start before this much time from now (e.g. 5m, 1h30m, "2d 3h"), or before
+        /// an RFC 3339 time (e.g. 2026-12-05T10:00:00Z, 2026-12-05T11:00:00+01:00; a past
+        /// time is due at once); at most 36500d ahead
+        #[arg(long, value_name = "DURATION|TIME")]
         run_after: Option<String>,
         /// Job kind: noop, sleep, fail, exec or crash
         #[arg(required_unless_present = "from")]

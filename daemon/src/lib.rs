@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod events;

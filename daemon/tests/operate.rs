@@ -748,6 +748,78 @@ fn enqueue_from_file_is_one_transaction() {
     assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), total);
 }
 
+/// `--run-after` and `run_after` in `--from` lines take one grammar: compound delays
+/// (`1h30m`, `2d 3h`) and RFC 3339 times with `Z` or an offset, read back through
+/// `show --json`. A past time is due at once (stored as the enqueue's own time, so it
+/// does not jump the queue); a future one is stored as set at itself (forward clock
+/// steps leave it). Refusals — a value in neither form, a time without an offset, a time
+/// or delay beyond 100 years — exit 64 from the flag and 65 from a line, name the value
+/// and create nothing.
+#[test]
+fn run_after_takes_compound_delays_and_rfc3339_times() {
+    let sb = Sandbox::new();
+    migrate(&sb);
+    let show = |id: i64| json_out(&homer(&sb, &["show", &id.to_string(), "--json"]).code(0))["job"].clone();
+    let ms = |v: &Value, key: &str| v[key].as_i64().unwrap_or_else(|| panic!("no {key} in {v}"));
+    let set_at = |id: i64| count(&sb, &format!("SELECT run_after_set_at FROM job_queue WHERE id = {id}"));
+
+    let delayed = show(enqueue(&sb, &["--run-after", "1h30m", "noop"]));
+    assert_eq!(ms(&delayed, "run_after") - ms(&delayed, "created_at"), 5_400_000, "{delayed}");
+    let spaced = enqueue(&sb, &["--run-after", "2d 3h", "--timeout", "1m 30s", "noop"]);
+    let v = show(spaced);
+    assert_eq!(ms(&v, "run_after") - ms(&v, "created_at"), 51 * 3_600_000, "{v}");
+    assert_eq!(count(&sb, &format!("SELECT timeout_ms FROM job_queue WHERE id = {spaced}")), 90_000);
+    assert_eq!(set_at(spaced), ms(&v, "created_at"), "a delay is set at its enqueue");
+
+    // 2030-01-01T10:00:00Z, written with an offset.
+    let at = enqueue(&sb, &["--run-after", "2030-01-01T11:00:00+01:00", "noop"]);
+    let v = show(at);
+    assert_eq!(ms(&v, "run_after"), 1_893_492_000_000, "{v}");
+    assert_eq!(set_at(at), 1_893_492_000_000, "an absolute time is set at itself");
+
+    let past = enqueue(&sb, &["--run-after", "2001-09-09T01:46:40Z", "noop"]);
+    let v = show(past);
+    assert_eq!(ms(&v, "run_after"), ms(&v, "created_at"), "a past time is due at once: {v}");
+
+    // --from: the same grammar, each line placed alike.
+    let file = sb.dir.path().join("times.jsonl");
+    write_lines(
+        &file,
+        &[
+            String::from(r#"{"kind": "noop", "run_after": "1h 30m"}"#),
+            String::from(r#"{"kind": "noop", "run_after": "2030-01-01T10:00:00Z"}"#),
+        ],
+    );
+    let ids = ids_of(&out(&homer(&sb, &["enqueue", "--from", file.to_str().unwrap()]).code(0)));
+    let v = show(ids[0]);
+    assert_eq!(ms(&v, "run_after") - ms(&v, "created_at"), 5_400_000, "{v}");
+    assert_eq!(ms(&show(ids[1]), "run_after"), 1_893_492_000_000);
+
+    // Refusals: nothing created, the value named.
+    let rows = count(&sb, "SELECT COUNT(*) FROM job_queue");
+    for (value, says) in [
+        ("soon", "got `soon`"),
+        ("1h30", "got `1h30`"),
+        ("2030-01-01T10:00:00", "a `Z` or an offset is required"),
+        ("36500d 1ms", "at most 36500d"),
+        ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z is more than 36500d (100 years) from now"),
+    ] {
+        homer(&sb, &["enqueue", "--run-after", value, "noop"])
+            .code(64)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains("--run-after").and(predicate::str::contains(says)));
+        write_lines(
+            &file,
+            &[String::from(r#"{"kind": "noop"}"#), format!(r#"{{"kind": "noop", "run_after": "{value}"}}"#)],
+        );
+        homer(&sb, &["enqueue", "--from", file.to_str().unwrap()])
+            .code(65)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains("line 2: run_after").and(predicate::str::contains(says)));
+    }
+    assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), rows, "a refused enqueue created a row");
+}
+
 /// `enqueue --from` killed with SIGKILL during a 10,000-line import leaves zero or all of
 /// its rows. There is no failpoint inside the transaction to synchronise on, so this is
 /// fault injection: each attempt kills the import after a short, bounded delay that varies

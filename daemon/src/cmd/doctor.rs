@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::cmd::context::Context;
 use crate::cmd::service::UnitWarning;
 use crate::cmd::status::describe_holder;
-use crate::config::format_duration;
+use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
 use crate::lock;
 use crate::sqlite::leader::HolderState;

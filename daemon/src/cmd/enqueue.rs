@@ -5,11 +5,11 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::TransactionBehavior;
 
 use crate::cmd::context::{self, Context};
+use crate::duration::{parse_duration, parse_run_after, RunAfter};
 use crate::error::{exit, Error, Result};
 use crate::job::{NewJob, WallMs};
 use crate::sqlite::{self, ops};
@@ -51,7 +51,7 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
         ("noop" | "crash", 0) => {}
         ("noop" | "crash", _) => return Err(format!("`{kind}` takes no arguments")),
         ("sleep", 1) => {
-            crate::config::parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
+            parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
         }
         ("sleep", _) => return Err(String::from("`sleep` takes one duration, e.g. `sleep 30s`")),
         ("fail", 0 | 1) => {}
@@ -63,29 +63,40 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
     Ok(args)
 }
 
-/// A validated job, not yet placed in time: its delay becomes a `run_after` only once
-/// the database is open and the effective clock anchored from it (`clock.rs`), so a CLI
+/// A validated job, not yet placed in time: its `run_after` is fixed only once the
+/// database is open and the effective clock anchored from it (`clock.rs`), so a CLI
 /// started after a backward step of the wall clock does not schedule into the past.
 pub struct JobDraft {
     job: NewJob,
-    delay: Duration,
+    when: RunAfter,
+    /// How the input named `run_after` (`--run-after` or `run_after`), for errors.
+    run_after_name: &'static str,
 }
 
 impl JobDraft {
-    /// The job to insert at `now` (effective milliseconds).
-    pub fn at(&self, now: WallMs) -> std::result::Result<NewJob, String> {
-        // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
-        let run_after = now
-            .0
-            .checked_add(self.delay.as_millis() as i64)
-            .ok_or_else(|| String::from("run_after: the time it names is out of range"))?;
-        Ok(NewJob { run_after: WallMs(run_after), ..self.job.clone() })
+    /// The job to insert at `now` (effective milliseconds), and the `run_after_set_at` to
+    /// store with it ([`RunAfter::resolve`]: a past time is due at once, a future one is
+    /// not moved by forward clock steps, one beyond `MAX_DURATION` is refused).
+    pub fn at(&self, now: WallMs) -> std::result::Result<(NewJob, WallMs), String> {
+        let (run_after, set_at) = self.when.resolve(now).map_err(|e| format!("{}: {e}", self.run_after_name))?;
+        Ok((NewJob { run_after, ..self.job.clone() }, set_at))
     }
 }
 
+/// How each input names the job's fields in its errors.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// `homerd enqueue --timeout D --run-after D`.
+    Flags,
+    /// A line of `homerd enqueue --from`: `"timeout"`, `"run_after"`.
+    Line,
+}
+
 /// Builds a validated job from its parts (shared by `enqueue` and `enqueue --from`).
+#[allow(clippy::too_many_arguments)]
 pub fn build_job(
     ctx: &Context,
+    source: Source,
     kind: String,
     args: &[String],
     lane: String,
@@ -94,11 +105,12 @@ pub fn build_job(
     run_after: Option<&str>,
 ) -> std::result::Result<JobDraft, String> {
     let args = validate_job(&kind, args)?;
-    let dur = |what: &str, v: Option<&str>| -> std::result::Result<Option<Duration>, String> {
-        v.map(|s| crate::config::parse_duration(s).map_err(|e| format!("{what}: {e}"))).transpose()
+    let (timeout_name, run_after_name) = match source {
+        Source::Flags => ("--timeout", "--run-after"),
+        Source::Line => ("timeout", "run_after"),
     };
-    let timeout = dur("timeout", timeout)?;
-    let delay = dur("run_after", run_after)?.unwrap_or_default();
+    let timeout = timeout.map(|s| parse_duration(s).map_err(|e| format!("{timeout_name}: {e}"))).transpose()?;
+    let when = run_after.map(|s| parse_run_after(s).map_err(|e| format!("{run_after_name}: {e}"))).transpose()?;
     let max_attempts = max_attempts.unwrap_or(ctx.config.max_attempts);
     if max_attempts == 0 {
         return Err(String::from("max_attempts must be at least 1"));
@@ -114,7 +126,7 @@ pub fn build_job(
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
         run_after: WallMs(0),
     };
-    Ok(JobDraft { job, delay })
+    Ok(JobDraft { job, when: when.unwrap_or_default(), run_after_name })
 }
 /// Opens the database for `enqueue` and `enqueue --from`: [`context::open_for_write`], so the
 /// commit is `synchronous=FULL` and the ids printed after it are covered by an fsync. The
@@ -140,6 +152,7 @@ fn ack_json(id: crate::job::JobId, created: bool) -> serde_json::Value {
 pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
     let job = build_job(
         ctx,
+        Source::Flags,
         spec.kind,
         &spec.args,
         spec.lane,
@@ -153,8 +166,8 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
     let sql = |e| Error::sqlite(db, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now();
-    let job = job.at(now).map_err(Error::Usage)?;
-    let (id, created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
+    let (job, set_at) = job.at(now).map_err(Error::Usage)?;
+    let (id, created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now, set_at).map_err(sql)?;
     tx.commit().map_err(sql)?;
     if as_json {
         output::json(&ack_json(id, created))?;
@@ -216,6 +229,7 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
         let lj: LineJob = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
         let job = build_job(
             ctx,
+            Source::Line,
             lj.kind,
             &lj.args,
             lj.lane.unwrap_or_else(|| String::from("default")),
@@ -224,16 +238,17 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
             lj.run_after.as_deref(),
         )
         .map_err(bad)?;
-        jobs.push((job, lj.key));
+        jobs.push((job, lj.key, lineno));
     }
     let mut conn = open_for_enqueue(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now();
     let mut ids = Vec::with_capacity(jobs.len());
-    for (i, (draft, key)) in jobs.iter().enumerate() {
-        let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
-        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?);
+    for (draft, key, lineno) in &jobs {
+        let (job, set_at) =
+            draft.at(now).map_err(|e| Error::data(&name, format!("line {lineno}: {e}; nothing was enqueued")))?;
+        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now, set_at).map_err(sql)?);
     }
     tx.commit().map_err(sql)?;
     // One write for the lot: a batch of 100,000 ids is not 100,000 system calls.

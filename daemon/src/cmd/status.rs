@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cmd::context::{self, Context};
-use crate::config::format_duration;
+use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
 use crate::sqlite::leader::{self, HolderState, LeaderRow};
 use crate::sqlite::schema::MIGRATIONS;

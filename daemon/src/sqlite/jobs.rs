@@ -25,13 +25,34 @@ fn parse_args(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
-/// Inserts a pending job; returns its id.
+/// Inserts a pending job whose `run_after` was set now; returns its id.
 pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: WallMs) -> rusqlite::Result<JobId> {
+    enqueue_set_at(tx, job, now, now)
+}
+
+/// Inserts a pending job with its `run_after_set_at` (see [`shift_scheduled`]): `now` for
+/// a delay; the time itself for an absolute `--run-after` time, which forward steps of
+/// the wall clock must not move. Returns its id.
+pub fn enqueue_set_at(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    now: WallMs,
+    run_after_set_at: WallMs,
+) -> rusqlite::Result<JobId> {
     tx.query_row(
         "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
                                 run_after_set_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?4) RETURNING id",
-        params![job.lane, job.kind, args_json(&job.args), now, job.max_attempts, job.run_after, job.timeout_ms],
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8) RETURNING id",
+        params![
+            job.lane,
+            job.kind,
+            args_json(&job.args),
+            now,
+            job.max_attempts,
+            job.run_after,
+            job.timeout_ms,
+            run_after_set_at
+        ],
         |r| r.get(0),
     )
 }
@@ -449,7 +470,9 @@ pub fn requeue_unstarted(
 /// A forward step of the wall clock (see `clock.rs`): every job still waiting for a
 /// `run_after` that was set before the step (at or before `from`, on the effective
 /// clock) moves forward by `by`, so its delay keeps its length. Times set after the step
-/// are on the new clock already and stay. Returns how many jobs moved.
+/// are on the new clock already and stay. An absolute `--run-after` time is stored as set
+/// at itself, so it is never before a step taken while it waits, and never moves.
+/// Returns how many jobs moved.
 pub fn shift_scheduled(tx: &Transaction<'_>, from: i64, by: i64) -> rusqlite::Result<usize> {
     let n = tx.execute(
         "UPDATE job_queue SET run_after = run_after + ?2

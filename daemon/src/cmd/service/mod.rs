@@ -26,7 +26,8 @@ pub use systemd::{check as check_systemd, parse_unit};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{format_duration, Config};
+use crate::config::Config;
+use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
 use crate::paths::Paths;
 
