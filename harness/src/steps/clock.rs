@@ -1,6 +1,6 @@
 //! `clock`: step every daemon's wall clock (through `HOMERD_CLOCK_OFFSET_FILE`).
 
-use super::Verb;
+use super::{Mark, MarkKind, Verb};
 use crate::exec::ctx::{Ctx, StepError};
 use crate::scenario::kit::{Cx, Field, Res, Tbl};
 
@@ -21,6 +21,11 @@ impl Verb for Clock {
 
     fn summary(&self) -> String {
         format!("step the clock by {} ms", self.step_ms)
+    }
+
+    fn mark(&self) -> Option<Mark> {
+        let label = format!("clock {:+.1} s", self.step_ms as f64 / 1000.0);
+        Some(Mark { kind: MarkKind::Clock, label, target: None })
     }
 
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
