@@ -325,10 +325,14 @@ fn daemon_row<'h>(run: &Run<'h>, p: &'h ProcRecord, horizon: f64, named: &Named)
         spans.push(Span { from, to: end, state: State::Paused });
     }
     spans.sort_by(|a, b| a.from.total_cmp(&b.from));
+    // The harness kills whatever still runs after the last step (teardown): not a fault.
+    let last_step = run.steps.iter().filter_map(|s| s.ended).max().map_or(f64::MAX, secs);
+    let torn_down = p.killed.is_none() && p.exited.is_some_and(|e| secs(e) >= last_step);
     let ending = match (p.exit_code, p.signal, p.killed) {
         (Some(0), _, _) if refused => String::from("exit 0 (refused)"),
         (Some(76), _, _) => String::from("exit 76 (fenced)"),
         (Some(c), _, _) => format!("exit {c}"),
+        (None, Some(9), None) if torn_down => String::from("killed at teardown"),
         (None, Some(9), _) | (None, None, Some(_)) => String::from("killed (SIGKILL)"),
         (None, Some(s), _) => format!("signal {s}"),
         (None, None, None) => String::from("still running"),
@@ -481,7 +485,7 @@ svg text { font-family: inherit; }
 .grandchild { stroke: #0f766e; stroke-width: 2; }
 .overlap { fill: #dc2626; }
 .cli { fill: #64748b; }
-.note { font-size: 10px; fill: #fff; font-weight: bold; }
+.note { font-size: 10px; fill: #fff; font-weight: bold; stroke: #1f2937; stroke-width: 2.5px; paint-order: stroke; }
 .notedark { font-size: 10px; fill: #111827; }
 .ending { font-size: 10px; fill: #374151; }
 .killx { stroke: #dc2626; stroke-width: 2.2; }
@@ -608,7 +612,7 @@ pub fn render(run: &Run<'_>) -> String {
     // Row labels' column: faults and steps.
     let _ = write!(
         svg,
-        r#"<text class="rowlabel" x="{LABEL_W}" y="{:.1}" text-anchor="end">faults</text><text class="rowlabel" x="{LABEL_W}" y="{:.1}" text-anchor="end">steps</text>"#,
+        r#"<text class="rowlabel" x="8" y="{:.1}">faults</text><text class="rowlabel" x="8" y="{:.1}">steps</text>"#,
         faults_y + 12.0,
         steps_y + 13.0
     );
@@ -766,13 +770,19 @@ pub fn render(run: &Run<'_>) -> String {
                 }
             }
             for (gs, ge) in &r.grandchildren {
+                // Without an end record the grandchild was killed, no later than anything
+                // else we know of: drawn (dashed) to its run's end.
                 let gy = by + BAR_H + 3.0;
+                let (to, dash, when) = match ge {
+                    Some(e) => (*e, "", format!("{e:.3} s")),
+                    None => (r.drawn_to.max(*gs), r#" stroke-dasharray="4 3""#, String::from("no end recorded")),
+                };
                 let _ = write!(
                     svg,
-                    r#"<line class="grandchild" x1="{:.1}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}"><title>{}</title></line>"#,
+                    r#"<line class="grandchild"{dash} x1="{:.1}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}"><title>{}</title></line>"#,
                     x(*gs),
-                    x(ge.unwrap_or(horizon)).max(x(*gs) + 2.0),
-                    esc(&format!("job {} run {}: its grandchild", r.job_id, r.run))
+                    x(to).max(x(*gs) + 2.0),
+                    esc(&format!("job {} run {}: its grandchild, {gs:.3} s to {when}", r.job_id, r.run))
                 );
             }
             for o in &r.overlaps {
@@ -835,9 +845,9 @@ fn row_label(svg: &mut String, y: f64, name: &str, sub: &str, highlighted: bool)
     let flag = if highlighted { "\u{26a0} " } else { "" };
     let _ = write!(
         svg,
-        r#"<text class="{class}" x="{:.1}" y="{:.1}" text-anchor="end">{flag}{}</text><text class="sub" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-        LABEL_W - 70.0,
-        y + 16.0,
+        r#"<text class="{class}" x="{:.1}" y="{:.1}">{flag}{}</text><text class="sub" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+        8.0,
+        y + 17.0,
         esc(name),
         LABEL_W,
         y + 16.0,

@@ -246,11 +246,16 @@ fn the_processes_a_violation_names_are_highlighted() {
 
 #[test]
 fn a_passed_run_has_no_failure_and_a_failed_step_is_marked() {
-    let h = history();
+    let mut h = history();
+    // b still ran after the last step: the harness's teardown killed it, no step did.
+    let b = h.procs.iter_mut().find(|p| p.name == "b").unwrap();
+    (b.exit_code, b.signal) = (None, Some(9));
     let mut steps = steps();
     let page = render(&Run { name: "ok", history: &h, steps: &steps, violations: &[], failure: None });
     assert!(page.contains(r#"<span class="passed">passed</span>"#));
     assert!(!page.contains(r#"class="failure""#) && !svg_of(&page).contains(r#"class="hl""#));
+    assert!(page.contains(">killed at teardown<") && page.contains(">killed (SIGKILL)<"), "{page}");
+    assert_eq!(count(&page, r#"<line class="killx""#), 2, "one cross (two strokes), for a's kill -9 step only");
 
     steps[1].failed = true;
     let failure = FailureText {
