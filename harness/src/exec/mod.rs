@@ -149,7 +149,7 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run_steps()));
     let mut outcome = match run {
         Ok(Ok(())) => Outcome::Passed,
-        Ok(Err(f)) => Outcome::Failed(f),
+        Ok(Err(f)) => Outcome::Failed(*f),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
@@ -259,20 +259,20 @@ fn setup_failure(msg: String) -> Failure {
 }
 
 impl Ctx<'_> {
-    fn run_steps(&mut self) -> Result<(), Failure> {
-        self.setup().map_err(setup_failure)?;
+    fn run_steps(&mut self) -> Result<(), Box<Failure>> {
+        self.setup().map_err(|e| Box::new(setup_failure(e)))?;
         let scenario_deadline = self.deadline(self.sc.timeout);
         let steps = self.sc.steps.clone();
         for (i, at) in steps.iter().enumerate() {
             if Instant::now() >= scenario_deadline {
-                return Err(Failure {
+                return Err(Box::new(Failure {
                     step: Some((i + 1, at.line)),
                     what: String::from("scenario timeout"),
                     expected: format!("the scenario within {:?} (scaled)", self.scaled(self.sc.timeout)),
                     actual: String::from("still running"),
                     logs: self.log_tails(),
                     timeline: None,
-                });
+                }));
             }
             self.step_log.push(format!("step {} (line {}): {}", i + 1, at.line, at.step.summary()));
             self.step_records.push(StepRecord {
@@ -292,14 +292,14 @@ impl Ctx<'_> {
             }
             if let Err(e) = result {
                 self.note(format!("failed: expected {}; actual {}", e.expected, e.actual));
-                return Err(Failure {
+                return Err(Box::new(Failure {
                     step: Some((i + 1, at.line)),
                     what: at.step.summary(),
                     expected: e.expected,
                     actual: e.actual,
                     logs: self.log_tails(),
                     timeline: None,
-                });
+                }));
             }
         }
         // A final look at the safety invariants, whatever the scenario checked itself.
@@ -308,14 +308,14 @@ impl Ctx<'_> {
             none_running: false,
         };
         if let Err(e) = self.check(&opts, false) {
-            return Err(Failure {
+            return Err(Box::new(Failure {
                 step: None,
                 what: String::from("final invariant check"),
                 expected: e.expected,
                 actual: e.actual,
                 logs: self.log_tails(),
                 timeline: None,
-            });
+            }));
         }
         Ok(())
     }

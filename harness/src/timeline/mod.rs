@@ -872,9 +872,9 @@ fn page(run: &Run<'_>, horizon: f64, svg: &str) -> String {
         Some(_) => out.push_str(r#"<span class="failedrun">FAILED</span>"#),
     }
     let daemons = h.procs.iter().filter(|p| p.kind == ProcKind::Daemon).count();
-    let _ = write!(
+    let _ = writeln!(
         out,
-        " &middot; {horizon:.2} s &middot; {daemons} daemon process(es), {} CLI call(s), {} job run(s) in the effects log, {} step(s), {} power cut(s)</div>\n",
+        " &middot; {horizon:.2} s &middot; {daemons} daemon process(es), {} CLI call(s), {} job run(s) in the effects log, {} step(s), {} power cut(s)</div>",
         h.procs.len() - daemons,
         h.effects.iter().filter(|e| e.kind == EffectKind::Start).count(),
         run.steps.len(),
