@@ -555,17 +555,19 @@ pub fn render(run: &Run<'_>) -> String {
     let jobs = run_bars(run, horizon);
     let marks: Vec<(&StepRecord, &Mark)> = run.steps.iter().filter_map(|s| s.mark.as_ref().map(|m| (s, m))).collect();
 
-    // Fault labels stagger over up to four lines so that close ones do not collide.
+    // Fault labels stagger over up to four lines so that close ones do not collide; one
+    // that would run off the right edge is written to the left of its line.
     let mut label_rows: Vec<(usize, f64)> = Vec::new();
     let mut ends: Vec<f64> = Vec::new();
     for (s, m) in &marks {
         let at = x(secs(s.started));
-        let width = 6.5 * m.label.chars().count() as f64 + 8.0;
-        let row = ends.iter().position(|&e| e <= at).unwrap_or(ends.len().min(3));
+        let width = text_width(&m.label, 11.0);
+        let from = if at + width > WIDTH { at - width } else { at };
+        let row = ends.iter().position(|&e| e <= from).unwrap_or(ends.len().min(3));
         if row == ends.len() {
             ends.push(0.0);
         }
-        ends[row] = at + width;
+        ends[row] = from + width;
         label_rows.push((row, at));
     }
     let fault_band = 16.0 * ends.len().max(1) as f64 + 6.0;
@@ -602,12 +604,7 @@ pub fn render(run: &Run<'_>) -> String {
             by = bottom + 14.0,
         );
     }
-    let _ = write!(
-        svg,
-        r#"<text x="{lx}" y="{ty}" text-anchor="end">seconds since start</text></g>"#,
-        lx = LABEL_W,
-        ty = axis_y - 5.0
-    );
+    let _ = write!(svg, r#"<text x="8" y="{ty}">seconds since start</text></g>"#, ty = axis_y - 5.0);
 
     // Row labels' column: faults and steps.
     let _ = write!(
@@ -627,12 +624,12 @@ pub fn render(run: &Run<'_>) -> String {
             esc(&format!("step {} (line {}) at {:.3} s: {}", s.index, s.line, secs(s.started), s.summary)),
         );
         if s.failed {
+            let label = format!("step {} failed", s.index);
+            let (lx, anchor) = label_at(xs, &label, 11.0);
             let _ = write!(
                 svg,
-                r#"<text class="hltext" x="{:.1}" y="{:.1}" font-size="11">step {} failed</text>"#,
-                xs + 4.0,
+                r#"<text class="hltext" x="{lx:.1}" y="{:.1}" font-size="11" text-anchor="{anchor}">{label}</text>"#,
                 steps_y + 13.0,
-                s.index
             );
         }
     }
@@ -807,17 +804,32 @@ pub fn render(run: &Run<'_>) -> String {
     for ((s, m), (row, at)) in marks.iter().zip(&label_rows) {
         let class = mark_class(m.kind);
         let ly = faults_y + 12.0 + 16.0 * *row as f64;
+        let (lx, anchor) = label_at(*at, &m.label, 11.0);
         let _ = write!(
             svg,
-            r#"<line class="markline {class}" x1="{at:.1}" y1="{ly:.1}" x2="{at:.1}" y2="{bottom:.1}"><title>{}</title></line><text class="marklabel {class}-t" x="{:.1}" y="{ly:.1}">{}</text>"#,
+            r#"<line class="markline {class}" x1="{at:.1}" y1="{ly:.1}" x2="{at:.1}" y2="{bottom:.1}"><title>{}</title></line><text class="marklabel {class}-t" x="{lx:.1}" y="{ly:.1}" text-anchor="{anchor}">{}</text>"#,
             esc(&format!("step {} (line {}) at {:.3} s: {}", s.index, s.line, secs(s.started), s.summary)),
-            at + 3.0,
             esc(&m.label),
         );
     }
     svg.push_str("</svg>");
 
     page(run, horizon, &svg)
+}
+
+/// Roughly how wide `text` is drawn at `size` px (labels only need to avoid each other).
+fn text_width(text: &str, size: f64) -> f64 {
+    0.6 * size * text.chars().count() as f64 + 6.0
+}
+
+/// Where a label beside the vertical line at `at` goes: to its right, or to its left when
+/// it would run off the page.
+fn label_at(at: f64, text: &str, size: f64) -> (f64, &'static str) {
+    if at + text_width(text, size) > WIDTH {
+        (at - 4.0, "end")
+    } else {
+        (at + 4.0, "start")
+    }
 }
 
 fn state_text(s: State) -> &'static str {
