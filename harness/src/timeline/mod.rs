@@ -663,16 +663,14 @@ pub fn render(run: &Run<'_>) -> String {
                 esc(&format!("{}: {:.3} s to {:.3} s", state_text(sp.state), sp.from, sp.to)),
             );
         }
+        // Notes and the ending never overlap: each starts after the one before it.
+        let mut cursor = f64::MIN;
         for (at, note) in &d.notes {
             let in_lock = d.spans.iter().any(|s| s.state == State::Lock && s.from <= *at + 1e-3 && *at <= s.to);
             let class = if in_lock { "note" } else { "notedark" };
-            let _ = write!(
-                svg,
-                r#"<text class="{class}" x="{:.1}" y="{:.1}">{}</text>"#,
-                x(*at) + 3.0,
-                by + 12.0,
-                esc(note)
-            );
+            let nx = (x(*at) + 3.0).max(cursor);
+            cursor = nx + text_width(note, 10.0) + 4.0;
+            let _ = write!(svg, r#"<text class="{class}" x="{nx:.1}" y="{:.1}">{}</text>"#, by + 12.0, esc(note));
         }
         if let Some(k) = d.proc.killed {
             let kx = x(secs(k));
@@ -689,7 +687,8 @@ pub fn render(run: &Run<'_>) -> String {
                 by - 1.0,
             );
         }
-        let (anchor, ex) = if x1 > PLOT_X1 - 110.0 { ("end", x1 - 4.0) } else { ("start", x1 + 6.0) };
+        let (anchor, ex) =
+            if x1.max(cursor) > PLOT_X1 - 110.0 { ("end", x1 - 4.0) } else { ("start", (x1 + 6.0).max(cursor)) };
         let ending_class = if anchor == "end" { "note" } else { "ending" };
         let _ = write!(
             svg,
