@@ -328,10 +328,19 @@ fn daemon_row<'h>(run: &Run<'h>, p: &'h ProcRecord, horizon: f64, named: &Named)
     // The harness kills whatever still runs after the last step (teardown): not a fault.
     let last_step = run.steps.iter().filter_map(|s| s.ended).max().map_or(f64::MAX, secs);
     let torn_down = p.killed.is_none() && p.exited.is_some_and(|e| secs(e) >= last_step);
+    // A `power_loss` step kills every process while it runs.
+    let cut = p.exited.is_some_and(|e| {
+        run.steps.iter().any(|s| {
+            s.mark.as_ref().is_some_and(|m| m.kind == MarkKind::PowerLoss)
+                && s.started <= e
+                && s.ended.is_none_or(|end| e <= end)
+        })
+    });
     let ending = match (p.exit_code, p.signal, p.killed) {
         (Some(0), _, _) if refused => String::from("exit 0 (refused)"),
         (Some(76), _, _) => String::from("exit 76 (fenced)"),
         (Some(c), _, _) => format!("exit {c}"),
+        (None, Some(9), None) if cut => String::from("killed by the power loss"),
         (None, Some(9), None) if torn_down => String::from("killed at teardown"),
         (None, Some(9), _) | (None, None, Some(_)) => String::from("killed (SIGKILL)"),
         (None, Some(s), _) => format!("signal {s}"),

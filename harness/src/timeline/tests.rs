@@ -278,14 +278,18 @@ fn a_power_cut_ends_the_runs_it_killed_and_without_a_database_events_give_outcom
     h.db = None;
     h.power_cuts = vec![PowerCut { at: ms(800), mono_ns: ORIGIN + 800_000_000, last_seq: 3 }];
     let steps = vec![step(1, 790, "power loss", Some((MarkKind::PowerLoss, "power loss", None)))];
+    // The cut killed a (its exit observed within the step), which ends its run there.
+    let a = h.procs.iter_mut().find(|p| p.name == "a").unwrap();
+    (a.killed, a.exited) = (None, Some(ms(795)));
     let b = h.procs.iter().find(|p| p.name == "b").unwrap().clone();
     h.events.push(event(11, &b, 3_010, serde_json::json!({"event": "job.completed", "job_id": 1, "run": 2})));
     let page = render(&Run { name: "cut", history: &h, steps: &steps, violations: &[], failure: None });
     let svg = svg_of(&page);
-    assert!(svg.contains("job 1 run 1 attempt 1 (token t1.1): 0.500 s to 0.800 s (no end recorded"), "{svg}");
+    assert!(svg.contains("job 1 run 1 attempt 1 (token t1.1): 0.500 s to 0.795 s (no end recorded"), "{svg}");
     assert!(svg.contains("job 1 run 2 attempt 2 (token t1.2): 2.500 s to 3.000 s, completed"), "{svg}");
     assert!(svg.contains("job 2 run 1 attempt 1 (token t2.1): 1.000 s to 1.500 s, no outcome recorded"), "{svg}");
     assert!(svg.contains(r#"<line class="markline mark-power""#) && svg.contains(">power loss</text>"), "{svg}");
+    assert!(svg.contains(">killed by the power loss<"), "{svg}");
 }
 
 #[test]
