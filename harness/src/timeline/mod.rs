@@ -913,9 +913,11 @@ fn page(run: &Run<'_>, horizon: f64, svg: &str) -> String {
         for v in run.violations {
             let n = named_in(&v.message);
             let mut names: Vec<String> = n.jobs.iter().map(|j| format!("job {j}")).collect();
+            // Only the harness's own processes have rows; a job's pid stays in the message.
             for pid in &n.pids {
-                let who = h.procs.iter().find(|p| p.pid == *pid).map_or_else(String::new, |p| format!("{} ", p.name));
-                names.push(format!("{who}(pid {pid})"));
+                if let Some(p) = h.procs.iter().find(|p| p.pid == *pid) {
+                    names.push(format!("{} (pid {pid})", p.name));
+                }
             }
             let names = if names.is_empty() {
                 String::new()

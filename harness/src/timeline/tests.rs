@@ -133,7 +133,11 @@ fn steps() -> Vec<StepRecord> {
 }
 
 fn violations() -> Vec<Violation> {
-    vec![Violation { checker: NO_OVERLAP, message: String::from("job 2 run 1 overlapped another run of job 2") }]
+    // The checker names the probe's pid too: a job's process, which has no row.
+    vec![Violation {
+        checker: NO_OVERLAP,
+        message: String::from("job 2 run 1 (attempt 1, pid 20002) overlapped another run of job 2"),
+    }]
 }
 
 fn failed_run<'a>(h: &'a History, steps: &'a [StepRecord], violations: &'a [Violation]) -> Run<'a> {
@@ -223,7 +227,10 @@ fn a_known_history_draws_its_daemons_runs_faults_and_the_violation() {
 
     // The failure and the violation, with what it names highlighted.
     assert!(page.contains(r#"<span class="failedrun">FAILED</span>"#));
-    assert!(page.contains("invariant no_overlap</b>: job 2 run 1 overlapped another run of job 2"), "{page}");
+    assert!(
+        page.contains("invariant no_overlap</b>: job 2 run 1 (attempt 1, pid 20002) overlapped another run of job 2"),
+        "{page}"
+    );
     assert!(page.contains("highlighted: job 2<"), "{page}");
     assert_eq!(count(&svg, r#"<rect class="hl""#), 1, "only job 2's row");
     assert!(page.contains("<td>signal Kill to a</td>"), "the step table: {page}");
