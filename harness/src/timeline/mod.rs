@@ -164,6 +164,8 @@ struct DaemonRow<'h> {
     notes: Vec<(f64, String)>,
     ending: String,
     highlighted: bool,
+    /// It printed a `lock.*` or `daemon.*` event (a `homerd run`, not a background CLI).
+    daemon_events: bool,
 }
 
 /// One run of a job, from its effects.
@@ -267,8 +269,10 @@ fn daemon_row<'h>(run: &Run<'h>, p: &'h ProcRecord, horizon: f64, named: &Named)
         }
     };
     let mut refused = false;
+    let mut daemon_events = false;
     for e in events_of(run.history, p) {
         let at = secs(e.at);
+        daemon_events |= e.name().starts_with("lock.") || e.name().starts_with("daemon.");
         match e.name() {
             "lock.acquired" | "lock.reacquired" => {
                 open.entry(0).or_insert((State::Lock, at));
@@ -346,7 +350,7 @@ fn daemon_row<'h>(run: &Run<'h>, p: &'h ProcRecord, horizon: f64, named: &Named)
         (None, Some(s), _) => format!("signal {s}"),
         (None, None, None) => String::from("still running"),
     };
-    DaemonRow { proc: p, end, spans, notes, ending, highlighted: named.pids.contains(&p.pid) }
+    DaemonRow { proc: p, end, spans, notes, ending, highlighted: named.pids.contains(&p.pid), daemon_events }
 }
 
 fn run_bars(run: &Run<'_>, horizon: f64) -> BTreeMap<i64, Vec<RunBar>> {
@@ -646,7 +650,10 @@ pub fn render(run: &Run<'_>) -> String {
     // Rows.
     let mut y = first_row_y;
     for d in &daemons {
-        row_label(&mut svg, y, &d.proc.name, &format!("daemon, pid {}", d.proc.pid), d.highlighted);
+        // A background `start` of another command (an `enqueue` loop) shares the kind; only
+        // a process that spoke of the lock or its epoch is called a daemon.
+        let what = if d.daemon_events { "daemon, pid" } else { "pid" };
+        row_label(&mut svg, y, &d.proc.name, &format!("{what} {}", d.proc.pid), d.highlighted);
         let (x0, x1) = (x(secs(d.proc.started)), x(d.end));
         let by = y + (ROW_H - BAR_H) / 2.0;
         let _ = write!(

@@ -81,6 +81,8 @@ fn history() -> History {
     let b = daemon("b", 102, 2_100, Some(5_000));
     let c = daemon("c", 103, 3_000, Some(3_100));
     let cli = ProcRecord { kind: ProcKind::Cli, ..daemon("cli.1", 104, 400, Some(450)) };
+    // A background `start` of `enqueue`: the kind of a daemon, none of its events.
+    let q = daemon("q", 105, 300, Some(350));
     let events = vec![
         event(1, &a, 100, serde_json::json!({"event": "lock.acquired", "epoch": 1})),
         event(2, &a, 110, serde_json::json!({"event": "daemon.active", "epoch": 1})),
@@ -110,7 +112,7 @@ fn history() -> History {
         integrity: String::from("ok"),
     };
     History {
-        procs: vec![a, cli, b, c],
+        procs: vec![a, cli, q, b, c],
         events,
         effects,
         db: Some(db),
@@ -180,9 +182,14 @@ fn a_known_history_draws_its_daemons_runs_faults_and_the_violation() {
     assert!(page.contains(r#"<svg xmlns="http://www.w3.org/2000/svg""#));
 
     // One row per daemon (and one for the CLI calls), in start order, with their states.
-    for label in ["daemon, pid 101", "daemon, pid 102", "daemon, pid 103", "CLI calls"] {
+    for label in ["daemon, pid 101", "daemon, pid 102", "daemon, pid 103", ">pid 105<", "CLI calls"] {
         assert_eq!(count(&svg, label), 1, "{label}");
     }
+    let rows: Vec<usize> = [">a<", ">q<", ">b<", ">c<", ">CLI calls<", ">job 1<"]
+        .iter()
+        .map(|l| svg.find(l).unwrap_or_else(|| panic!("{l}: {svg}")))
+        .collect();
+    assert!(rows.windows(2).all(|w| w[0] < w[1]), "rows in start order, then the CLI calls, then jobs");
     assert_eq!(count(&svg, r#"<rect class="lock""#), 2, "a and b each hold the lock once");
     assert_eq!(count(&svg, r#"<rect class="standdown""#), 1);
     assert_eq!(count(&svg, r#"<rect class="drain""#), 1);
