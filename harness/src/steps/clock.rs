@@ -24,7 +24,12 @@ impl Verb for Clock {
     }
 
     fn mark(&self) -> Option<Mark> {
-        let label = format!("clock {:+.1} s", self.step_ms as f64 / 1000.0);
+        let secs = self.step_ms as f64 / 1000.0;
+        let label = match secs.abs() {
+            s if s < 120.0 => format!("clock {secs:+.1} s"),
+            s if s < 7200.0 => format!("clock {:+.1} min", secs / 60.0),
+            _ => format!("clock {:+.1} h", secs / 3600.0),
+        };
         Some(Mark { kind: MarkKind::Clock, label, target: None })
     }
 

@@ -358,3 +358,62 @@ fn write_puts_the_page_in_the_sandbox() {
     assert_eq!(path, dir.path().join("timeline.html"));
     assert!(std::fs::read_to_string(&path).unwrap().starts_with("<!DOCTYPE html>"));
 }
+
+#[test]
+fn fault_steps_carry_their_marks_and_ordinary_steps_none() {
+    let text = r#"description = "d"
+covers = ["t"]
+mutant_none = "marks only"
+power_loss = true
+
+[[step]]
+start = "a"
+
+[[step]]
+signal = "a"
+sig = "KILL"
+
+[[step]]
+signal = "b.*"
+sig = "STOP"
+
+[[step]]
+file = "{lock}"
+op = "remove"
+
+[[step]]
+file = "{lock}"
+op = "exists"
+
+[[step]]
+clock = "-5s"
+
+[[step]]
+clock = "+2h"
+
+[[step]]
+hold_write = "2s"
+
+[[step]]
+power_loss = "cut"
+"#;
+    let sc = crate::scenario::parse_str(std::path::Path::new("marks.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let marks: Vec<Option<(MarkKind, String, Option<String>)>> =
+        sc.steps.iter().map(|s| s.step.mark().map(|m| (m.kind, m.label, m.target))).collect();
+    let mark = |kind, label: &str, target: Option<&str>| Some((kind, label.to_string(), target.map(String::from)));
+    assert_eq!(
+        marks,
+        [
+            None,
+            mark(MarkKind::Kill, "kill -9 a", Some("a")),
+            mark(MarkKind::Pause, "pause b.*", Some("b.*")),
+            mark(MarkKind::File, "lock deleted", None),
+            None,
+            mark(MarkKind::Clock, "clock -5.0 s", None),
+            mark(MarkKind::Clock, "clock +2.0 h", None),
+            mark(MarkKind::Busy, "db busy 2s", None),
+            mark(MarkKind::PowerLoss, "power loss", None),
+        ]
+    );
+    assert_eq!(sc.steps[1].step.key(), "signal");
+}
