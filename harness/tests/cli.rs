@@ -5,7 +5,7 @@
 //! --workspace` builds it before any test runs.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 #[cfg(target_os = "linux")]
 use std::process::Stdio;
 use std::process::{Command, Output};
@@ -144,6 +144,26 @@ fn a_failed_run_reports_its_timeline_with_the_failing_step() {
     assert!(timeline.contains(r#"<span class="failedrun">FAILED</span>"#), "{timeline}");
     assert!(timeline.contains(">step 5 failed<"), "{timeline}");
     assert!(timeline.contains("<b>expected:</b> "), "{timeline}");
+
+    // Without --keep-failed the sandbox goes, but the failed run's timeline is saved
+    // beside it, and the report names that copy.
+    let gone = tempfile::tempdir().unwrap();
+    let out = Command::new(harness())
+        .args(["run", a.to_str().unwrap(), "--daemon"])
+        .arg(daemon())
+        .env("HOMER_HARNESS_SANDBOX_DIR", gone.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
+    let path = Path::new(path);
+    assert_eq!(path.parent(), Some(gone.path()), "{stdout}");
+    assert!(path.file_name().unwrap().to_string_lossy().ends_with(".timeline.html"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(gone.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(left, vec![path.to_path_buf()], "the sandbox itself is removed");
+    let timeline = std::fs::read_to_string(path).unwrap();
+    assert!(timeline.contains(">step 5 failed<"), "{timeline}");
 }
 
 #[cfg(target_os = "linux")]

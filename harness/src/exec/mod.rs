@@ -21,7 +21,7 @@ pub(crate) mod ctx;
 mod tests;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::check::CheckOptions;
@@ -202,10 +202,15 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
             f.logs = ctx.log_tails();
         }
     }
-    if keep {
-        // Every process is dead and the home is back in place: the history is final.
+    let failed = matches!(outcome, Outcome::Failed(_));
+    if keep || failed {
+        // Every process is dead and the home is back in place: the history is final. A
+        // failed run always gets its timeline: when its sandbox is not kept, the page is
+        // moved beside the sandboxes (`<base>/<sandbox name>.timeline.html`) before the
+        // sandbox is removed, so the failure report can still point at it.
         if let Some(path) = ctx.write_timeline(&outcome) {
-            if let Outcome::Failed(f) = &mut outcome {
+            let path = if keep { Some(path) } else { ctx.save_timeline_outside(&path, &base) };
+            if let (Some(path), Outcome::Failed(f)) = (path, &mut outcome) {
                 f.timeline = Some(path);
             }
         }
@@ -353,6 +358,22 @@ impl Ctx<'_> {
 }
 
 impl Ctx<'_> {
+    /// Moves a failed run's timeline out of a sandbox that is about to be removed, to
+    /// `<base>/<sandbox name>.timeline.html`; `None` (the reason in the step log) if it
+    /// cannot.
+    fn save_timeline_outside(&mut self, page: &Path, base: &Path) -> Option<PathBuf> {
+        let name = self.sandbox.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let to = base.join(format!("{name}.timeline.html"));
+        // A copy, not a rename: the sandbox may be a tmpfs home's parent on another device.
+        match std::fs::copy(page, &to) {
+            Ok(_) => Some(to),
+            Err(e) => {
+                self.step_log.push(format!("timeline not saved to {}: {e}", to.display()));
+                None
+            }
+        }
+    }
+
     /// Draws the run into `<sandbox>/timeline.html` (see `timeline/`); returns its path, or
     /// `None` with the reason in the step log when it could not be written.
     fn write_timeline(&mut self, outcome: &Outcome) -> Option<PathBuf> {
