@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::context::Context;
-use crate::cmd::{doctor, enqueue, maintain, operate, run, service, status};
+use crate::cmd::{doctor, enqueue, logs, maintain, operate, run, service, status, wait};
 use crate::error::{exit, Error};
 use crate::events::{self, Format};
 
@@ -17,7 +17,7 @@ use crate::events::{self, Format};
     about = "A local job daemon that never runs twice and never loses or double-runs a job",
     long_about = None,
     after_help = "Exit codes: 0 ok (also: another instance is running), 1 a doctor check failed, 64 usage, \
-3 job in the wrong state, 65 bad database, 66 no such job, 69 lock unsupported, 70 internal, \
+3 job in the wrong state, 4 a waited job failed, 5 cancelled, 6 wait timed out, 65 bad database, 66 no such job, 69 lock unsupported, 70 internal, \
 73 unsafe path, 74 I/O, 75 in use, 76 fenced, 77 permission, 78 config. See README.md."
 )]
 pub struct Cli {
@@ -49,6 +49,12 @@ pub enum Command {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Refresh until Ctrl-C: in place on a terminal, re-printed otherwise
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// How often --watch refreshes (e.g. 500ms)
+        #[arg(long, value_name = "DURATION", default_value = "1s", requires = "watch")]
+        interval: String,
     },
     /// Check a deployment: lock file, daemon, migrations, lock columns, heartbeats, stuck jobs
     Doctor {
@@ -72,7 +78,7 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         key: Option<String>,
         /// Enqueue every job in FILE (`-` for stdin), one JSON object per line, in one
         /// transaction: {"kind", "args", "lane", "max_attempts", "timeout", "run_after", "key"}
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key", "max_attempts", "timeout", "run_after"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key", "max_attempts", "timeout", "run_after", "cwd", "env"])]
         from: Option<PathBuf>,
         /// Lane (jobs in one lane run FIFO, under the lane's concurrency cap)
         #[arg(long, default_value = "default")]
@@ -86,6 +92,14 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         /// Do not start before this much time from now (e.g. 5m)
         #[arg(long, value_name = "DURATION")]
         run_after: Option<String>,
+        /// exec: the directory the program runs in (default: this command's directory;
+        /// relative to it when relative); must exist
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+        /// exec: set a variable for the job (repeatable); the job otherwise gets the
+        /// daemon's environment, never this command's
+        #[arg(long, value_name = "KEY=VALUE")]
+        env: Vec<String>,
         /// Job kind: noop, sleep, fail, exec or crash
         #[arg(required_unless_present = "from")]
         kind: Option<String>,
@@ -113,6 +127,36 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         id: i64,
         #[arg(long)]
         json: bool,
+    },
+    /// Print a run's output (default: the latest run's stdout)
+    #[command(after_help = "With -f: exit 0 when the job completed, 4 failed, 5 cancelled (see README, Exit codes).")]
+    Logs {
+        id: i64,
+        /// This run (1, 2, ...; `homerd show` lists them) instead of the latest
+        #[arg(long, value_name = "N")]
+        run: Option<u32>,
+        /// The run's stderr instead of its stdout
+        #[arg(long, conflicts_with = "both")]
+        stderr: bool,
+        /// Both: the run's stdout to stdout, its stderr to stderr
+        #[arg(long)]
+        both: bool,
+        /// Follow the job until it ends (across retries), then exit with its outcome
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with the last N lines (of each file)
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// Wait until the jobs are completed, failed or cancelled
+    #[command(after_help = "Exit: 0 all completed, 4 one failed, 5 one cancelled (none failed), \
+6 --timeout reached first, 66 no such job (see README, Exit codes).")]
+    Wait {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<i64>,
+        /// Give up after this long (e.g. 10m); default: wait as long as it takes
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
     },
     /// Cancel a job: a pending one at once; a running one is stopped by the daemon
     Cancel {
@@ -143,6 +187,8 @@ with this invocation's resolved home and any of the others given here. launchd: 
     JobShim {
         #[arg(long)]
         parent: u32,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
     },
@@ -158,11 +204,11 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    if let Command::JobShim { parent, argv } = &cli.command {
+    if let Command::JobShim { parent, cwd, argv } = &cli.command {
         // The shim must not read configuration or touch anything: it only waits to be
         // released, then execs the job.
         let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
-        return crate::shim::shim_main(*parent, &argv);
+        return crate::shim::shim_main(*parent, cwd.as_deref(), &argv);
     }
     events::init(cli.log_format);
     let is_run = matches!(cli.command, Command::Run);
@@ -187,20 +233,30 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     let ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
     match cli.command {
         Command::Run => run::run(ctx),
-        Command::Status { json } => status::status(&ctx, json),
+        Command::Status { json, watch: false, .. } => status::status(&ctx, json),
+        Command::Status { watch: true, interval, .. } => status::watch(&ctx, &interval),
         Command::Doctor { json } => doctor::doctor(&ctx, json),
         Command::Migrate => maintain::migrate(&ctx),
         Command::Backup { path } => maintain::backup(&ctx, &path),
-        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, kind, args } => match from {
+        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, cwd, env, kind, args } => match from {
             Some(file) => enqueue::enqueue_from(&ctx, &file),
             None => {
                 let kind = kind.expect("clap requires a kind without --from");
-                let spec = enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key };
+                let spec = enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key, cwd, env };
                 enqueue::enqueue(&ctx, spec)
             }
         },
         Command::List { status, lane, limit, json } => operate::list(&ctx, status, lane, limit, json),
         Command::Show { id, json } => operate::show(&ctx, id, json),
+        Command::Logs { id, run, stderr, both, follow, tail } => {
+            let streams = match (stderr, both) {
+                (_, true) => logs::Streams::Both,
+                (true, false) => logs::Streams::Stderr,
+                (false, false) => logs::Streams::Stdout,
+            };
+            logs::logs(&ctx, logs::LogsSpec { id, run, streams, follow, tail })
+        }
+        Command::Wait { ids, timeout } => wait::wait(&ctx, &ids, timeout.as_deref()),
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
         Command::Service { manager } => service::print(&ctx.paths, &ctx.config, manager, &passed),

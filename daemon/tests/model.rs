@@ -556,6 +556,7 @@ fn new_job(lane: usize, max_attempts: u32, run_after: i64, timeout_ms: Option<u6
         max_attempts,
         timeout_ms,
         run_after: WallMs(run_after),
+        exec: Default::default(),
     }
 }
 
