@@ -172,10 +172,10 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
             first_pump = false;
         }
         if over {
-            if now.status.terminal() {
+            if now.status.terminal() && now.runs <= run {
                 return Ok(wait::outcome_code(now.status));
             }
-            eprintln!("homerd: job {id} run {run} ended; the job is {}: following run {}", now.status, run + 1);
+            eprintln!("homerd: job {id} run {run} ended; following run {}", run + 1);
             run += 1;
             ts = tailers(ctx, id, run, spec.streams);
             continue;
