@@ -172,6 +172,12 @@ pub struct JobDraft {
 }
 
 impl JobDraft {
+    /// The draft with an `exec` job's directory and variables ([`resolve_exec`]).
+    pub fn with_exec(mut self, exec: ExecSettings) -> JobDraft {
+        self.job.exec = exec;
+        self
+    }
+
     /// The job to insert at `now` (effective milliseconds).
     pub fn at(&self, now: WallMs) -> std::result::Result<NewJob, String> {
         // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
@@ -192,7 +198,6 @@ pub fn build_job(
     max_attempts: Option<u32>,
     timeout: Option<&str>,
     run_after: Option<&str>,
-    exec: ExecSettings,
 ) -> std::result::Result<JobDraft, String> {
     let args = validate_job(&kind, args)?;
     let dur = |what: &str, v: Option<&str>| -> std::result::Result<Option<Duration>, String> {
@@ -214,7 +219,7 @@ pub fn build_job(
         max_attempts,
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
         run_after: WallMs(0),
-        exec,
+        exec: ExecSettings::default(),
     };
     Ok(JobDraft { job, delay })
 }
@@ -248,9 +253,9 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
         spec.max_attempts,
         spec.timeout.as_deref(),
         spec.run_after.as_deref(),
-        exec,
     )
-    .map_err(Error::Usage)?;
+    .map_err(Error::Usage)?
+    .with_exec(exec);
     let mut conn = open_for_enqueue(ctx)?;
     let db = &ctx.paths.database;
     let sql = |e| Error::sqlite(db, e);
@@ -329,9 +334,9 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
             lj.max_attempts,
             lj.timeout.as_deref(),
             lj.run_after.as_deref(),
-            exec,
         )
-        .map_err(bad)?;
+        .map_err(bad)?
+        .with_exec(exec);
         jobs.push((job, lj.key));
     }
     let mut conn = open_for_enqueue(ctx)?;

@@ -79,7 +79,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>) -> Result<i32> {
     loop {
         if changes.changed(ctx, &conn)? {
             let mut still = BTreeMap::new();
-            for (&id, _) in &open {
+            for &id in open.keys() {
                 let p = progress(ctx, &conn, id)?;
                 if p.status.terminal() {
                     println!("job {id}: {}", p.status);
