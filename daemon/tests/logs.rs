@@ -352,3 +352,51 @@ fn status_watch_reprints_plainly_off_a_terminal() {
     assert!(stray.is_empty(), "control characters off a terminal: {stray:?}");
     assert!(reports[2] > reports[1] && reports[1] > reports[0]);
 }
+
+/// A directory the enqueuer may enter but the daemon's user may not (the daemon as uid
+/// 65534, the directory root's and 0700): the run fails with the cause on its stderr.
+#[test]
+fn a_directory_the_daemon_cannot_enter_fails_the_run_with_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("NOT RUN: needs root to start the daemon as another user (uid 65534)");
+        return;
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists()) else {
+        eprintln!("NOT RUN: running as root and setpriv is unavailable, so the permission case cannot be exercised");
+        return;
+    };
+    let sb = Sandbox::new();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(sb.home()).unwrap();
+    let home = std::ffi::CString::new(sb.home().to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::chown(home.as_ptr(), 65534, 65534) }, 0, "chown the home to 65534");
+    let private = sb.dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let inner = sb.cmd();
+    let mut c = std::process::Command::new(setpriv);
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(inner.get_program());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.arg("run").args(engine_args(&[]));
+    let mut d = Daemon::spawn(c);
+    d.wait_event("daemon.active");
+
+    let id = enqueue_in(&sb, &private, &["--max-attempts", "1", "exec", "--", "true"]);
+    wait_job_event(&mut d, "job.failed", id);
+    let ids = id.to_string();
+    assert_eq!(sb.run(&["wait", &ids]).code, Some(4));
+    let err = sb.run(&["logs", &ids, "--stderr"]).stdout;
+    assert!(
+        err.contains(&format!("cannot enter the job's working directory {}: Permission denied", private.display())),
+        "{err}"
+    );
+}
