@@ -131,6 +131,7 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
     /// Print a run's output (default: the latest run's stdout)
     #[command(after_help = "With -f: exit 0 when the job completed, 4 failed, 5 cancelled (see README, Exit codes).")]
     Logs {
+        /// The job's id
         id: i64,
         /// This run (1, 2, ...; `homerd show` lists them) instead of the latest
         #[arg(long, value_name = "N")]
@@ -152,6 +153,7 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
     #[command(after_help = "Exit: 0 all completed, 4 one failed, 5 one cancelled (none failed), \
 6 --timeout reached first, 66 no such job (see README, Exit codes).")]
     Wait {
+        /// The jobs' ids
         #[arg(required = true, value_name = "ID")]
         ids: Vec<i64>,
         /// Give up after this long (e.g. 10m); default: wait as long as it takes
