@@ -33,7 +33,7 @@ pub const ENQUEUE: Stmt = Stmt {
     name: "enqueue",
     template: "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
                                 run_after_set_at, cwd, env)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?4, ?8, ?9) RETURNING id",
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
 };
 pub const CLAIM_RUNNING: Stmt = Stmt {
     name: "claim: running per lane",
@@ -321,9 +321,12 @@ pub fn notice_latency(db: &Path, n: usize) -> Result<Vec<f64>, String> {
         for _ in 0..n {
             let started = Instant::now();
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| err("begin", e))?;
+            let now = now_ms();
+            // A job due now: created, due and its `run_after` set at the same moment; no
+            // directory or variables (not an exec job).
             tx.query_row(
                 &sql,
-                params!["default", "noop", "[]", now_ms(), 3, now_ms(), None::<i64>, None::<String>, None::<String>],
+                params!["default", "noop", "[]", now, 3, now, None::<i64>, now, None::<String>, None::<String>],
                 |r| r.get::<_, i64>(0),
             )
             .map_err(|e| err("insert", e))?;

@@ -16,8 +16,10 @@ use crate::events::{self, Format};
     version,
     about = "A local job daemon that never runs twice and never loses or double-runs a job",
     long_about = None,
-    after_help = "Exit codes: 0 ok (also: another instance is running), 1 a doctor check failed, 64 usage, \
-3 job in the wrong state, 4 a waited job failed, 5 cancelled, 6 wait timed out, 65 bad database, 66 no such job, 69 lock unsupported, 70 internal, \
+    after_help = "Exit codes: 0 ok (also: another instance is running; stdout closed by its reader), \
+1 a doctor check failed, 64 usage, \
+3 job in the wrong state, 4 a waited job failed, 5 cancelled, 6 wait timed out, 65 bad database, 66 no such job, \
+69 lock unsupported, 70 internal, \
 73 unsafe path, 74 I/O, 75 in use, 76 fenced, 77 permission, 78 config. See README.md."
 )]
 pub struct Cli {
@@ -63,11 +65,18 @@ pub enum Command {
         json: bool,
     },
     /// Apply pending migrations (refuses while a daemon is running)
-    Migrate,
+    Migrate {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy the database to PATH as one consistent snapshot (safe while the daemon runs)
     Backup {
         /// Destination file; must not exist
         path: PathBuf,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
     },
     /// Add a job; prints its id once it is durably committed
     #[command(after_help = "Kinds: noop | sleep DURATION | fail [MESSAGE] | exec -- PROGRAM [ARGS...] | crash\n\
@@ -86,11 +95,13 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         /// Attempts before the job is failed (default: the max_attempts setting)
         #[arg(long, value_name = "N")]
         max_attempts: Option<u32>,
-        /// Kill the run after this long (e.g. 90s); counts as a failed attempt
+        /// Kill the run after this long (e.g. 90s, 1h30m); counts as a failed attempt
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
-        /// Do not start before this much time from now (e.g. 5m)
-        #[arg(long, value_name = "DURATION")]
+        /// Do not start before this much time from now (e.g. 5m, 1h30m, "2d 3h"), or before
+        /// an RFC 3339 time (e.g. 2026-12-05T10:00:00Z, 2026-12-05T11:00:00+01:00; a past
+        /// time is due at once); at most 36500d ahead
+        #[arg(long, value_name = "DURATION|TIME")]
         run_after: Option<String>,
         /// exec: the directory the program runs in (default: this command's directory;
         /// relative to it when relative); must exist
@@ -106,6 +117,9 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         /// The kind's arguments (for exec: `-- PROGRAM [ARGS...]`)
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+        /// Machine-readable output: {"id": N} (one per line with --from); goes before the kind
+        #[arg(long)]
+        json: bool,
     },
     /// List jobs, newest first
     List {
@@ -125,6 +139,7 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
     /// Show one job: its fields, every run and its error history
     Show {
         id: i64,
+        /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
@@ -163,12 +178,14 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
     /// Cancel a job: a pending one at once; a running one is stopped by the daemon
     Cancel {
         id: i64,
+        /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
     /// Put a failed or cancelled job back to pending with a fresh attempt budget
     Retry {
         id: i64,
+        /// Machine-readable output
         #[arg(long)]
         json: bool,
     },
@@ -183,6 +200,9 @@ with this invocation's resolved home and any of the others given here. launchd: 
         /// The supervisor
         #[arg(value_enum)]
         manager: service::Manager,
+        /// Machine-readable output: {"manager", "unit"}
+        #[arg(long)]
+        json: bool,
     },
     /// (internal) The held-start shim that job children run through
     #[command(hide = true, name = "job-shim")]
@@ -196,13 +216,55 @@ with this invocation's resolved home and any of the others given here. launchd: 
     },
 }
 
+impl Command {
+    /// Whether the command was asked for JSON (`--json`): its output, and its error, are
+    /// then JSON (README "The JSON contract"). `run` speaks in events (`--log-format`).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Run | Command::JobShim { .. } | Command::Logs { .. } | Command::Wait { .. } => false,
+            Command::Status { json, .. }
+            | Command::Doctor { json }
+            | Command::Migrate { json }
+            | Command::Backup { json, .. }
+            | Command::Enqueue { json, .. }
+            | Command::List { json, .. }
+            | Command::Show { json, .. }
+            | Command::Cancel { json, .. }
+            | Command::Retry { json, .. }
+            | Command::Service { json, .. } => *json,
+        }
+    }
+}
+
+/// Whether `--json` is among the arguments before any `--`: how a command line clap
+/// refused still gets its usage error as JSON.
+fn json_requested(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter().take_while(|a| a != "--").any(|a| a == "--json")
+}
+
+/// Prints an error on stderr: `homerd: error: MESSAGE`, or under `--json` one line
+/// `{"error", "code", "kind"}`. A closed stderr is ignored (there is nowhere left to say it).
+fn report_error(as_json: bool, e: &Error) {
+    use std::io::Write;
+    let line = if as_json { e.to_json().to_string() } else { format!("homerd: error: {e}") };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Entry point for the binary: returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
-            let _ = e.print();
+            if code == exit::USAGE && json_requested(std::env::args_os().skip(1)) {
+                // clap's first paragraph is the error; the usage and tip after it are for people.
+                let text = e.render().to_string();
+                let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+                report_error(true, &Error::Usage(first.join(" ").trim_start_matches("error: ").to_owned()));
+            } else {
+                // Help and version go to stdout; a closed one is the reader's choice.
+                let _ = e.print();
+            }
             return code;
         }
     };
@@ -212,16 +274,20 @@ pub fn main() -> i32 {
         let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
         return crate::shim::shim_main(*parent, cwd.as_deref(), &argv);
     }
-    events::init(cli.log_format);
     let is_run = matches!(cli.command, Command::Run);
+    let as_json = cli.command.json();
+    // Under --json every line on stderr is JSON too: the events, and the error.
+    events::init(if as_json { Format::Json } else { cli.log_format });
     match dispatch(cli) {
         Ok(code) => code,
+        // The reader closed stdout: end quietly (`output.rs`).
+        Err(Error::StdoutClosed) => Error::StdoutClosed.exit_code(),
         Err(e) => {
             let code = e.exit_code();
             if is_run {
                 events::error("daemon.error", e.to_string()).field("exit_code", code).emit();
             } else {
-                eprintln!("homerd: error: {e}");
+                report_error(as_json, &e);
             }
             code
         }
@@ -238,14 +304,14 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Status { json, watch: false, .. } => status::status(&ctx, json),
         Command::Status { watch: true, interval, .. } => status::watch(&ctx, &interval),
         Command::Doctor { json } => doctor::doctor(&ctx, json),
-        Command::Migrate => maintain::migrate(&ctx),
-        Command::Backup { path } => maintain::backup(&ctx, &path),
-        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, cwd, env, kind, args } => match from {
-            Some(file) => enqueue::enqueue_from(&ctx, &file),
+        Command::Migrate { json } => maintain::migrate(&ctx, json),
+        Command::Backup { path, json } => maintain::backup(&ctx, &path, json),
+        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, cwd, env, kind, args, json } => match from {
+            Some(file) => enqueue::enqueue_from(&ctx, &file, json),
             None => {
                 let kind = kind.expect("clap requires a kind without --from");
                 let spec = enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key, cwd, env };
-                enqueue::enqueue(&ctx, spec)
+                enqueue::enqueue(&ctx, spec, json)
             }
         },
         Command::List { status, lane, limit, json } => operate::list(&ctx, status, lane, limit, json),
@@ -261,7 +327,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Wait { ids, timeout } => wait::wait(&ctx, &ids, timeout.as_deref()),
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
-        Command::Service { manager } => service::print(&ctx.paths, &ctx.config, manager, &passed),
+        Command::Service { manager, json } => service::print(&ctx.paths, &ctx.config, manager, &passed, json),
         Command::JobShim { .. } => unreachable!("handled before configuration is loaded"),
     }
 }

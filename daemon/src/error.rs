@@ -48,6 +48,28 @@ pub mod exit {
     pub const PERMISSION: i32 = 77;
     /// Invalid configuration (EX_CONFIG).
     pub const CONFIG: i32 = 78;
+
+    /// The stable name of an exit code: the `kind` of a `--json` error, which scripts
+    /// can match instead of the number.
+    pub fn kind(code: i32) -> &'static str {
+        match code {
+            OK => "ok",
+            CHECK_FAILED => "check_failed",
+            WRONG_STATE => "wrong_state",
+            NOT_FOUND => "not_found",
+            USAGE => "usage",
+            DATA => "data",
+            LOCK_UNSUPPORTED => "lock_unsupported",
+            INTERNAL => "internal",
+            UNSAFE_PATH => "unsafe_path",
+            IO => "io",
+            IN_USE => "in_use",
+            FENCED => "fenced",
+            PERMISSION => "permission",
+            CONFIG => "config",
+            _ => "other",
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -92,6 +114,11 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// The reader closed stdout (`homerd list | head -1`): not a failure. `cli::main`
+    /// ends the command quietly with [`exit::OK`] (README "Exit codes"); see `output.rs`.
+    #[error("stdout closed by its reader")]
+    StdoutClosed,
 }
 
 impl Error {
@@ -133,7 +160,15 @@ impl Error {
             Error::Io { source, .. } => io_exit_code(source),
             Error::Sqlite { source, .. } => sqlite_exit_code(source),
             Error::Internal(_) => exit::INTERNAL,
+            Error::StdoutClosed => exit::OK,
         }
+    }
+
+    /// The error as `--json` reports it on stderr: one compact line
+    /// `{"error": message, "code": exit code, "kind": name}` (README "The JSON contract").
+    pub fn to_json(&self) -> serde_json::Value {
+        let code = self.exit_code();
+        serde_json::json!({"error": self.to_string(), "code": code, "kind": exit::kind(code)})
     }
 }
 

@@ -600,7 +600,7 @@ impl JobContext {
         match job.kind.as_str() {
             "noop" => JobResult::Succeeded,
             "sleep" => {
-                let d = job.args.first().and_then(|a| crate::config::parse_duration(a).ok()).unwrap_or_default();
+                let d = job.args.first().and_then(|a| crate::duration::parse_duration(a).ok()).unwrap_or_default();
                 match self.stop_rx.recv_timeout(d) {
                     Err(RecvTimeoutError::Timeout) => JobResult::Succeeded,
                     _ => JobResult::Failed { error: String::from("stopped"), retryable: true },

@@ -66,7 +66,7 @@ fn a_malformed_file_is_rejected_before_anything_runs() {
         dir.path(),
         "bad.toml",
         &PASSING
-            .replace("wait = \"event\"\ntarget = \"a\"", "wait = \"event\"\ntimeout = \"5 seconds\"\ntarget = \"a\""),
+            .replace("wait = \"event\"\ntarget = \"a\"", "wait = \"event\"\ntimeout = \"5 sekunden\"\ntarget = \"a\""),
     );
     let out = Command::new(harness()).arg("run").arg(&good).arg(&bad).arg("--daemon").arg(daemon()).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");

@@ -6,14 +6,15 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::TransactionBehavior;
 
 use crate::cmd::context::{self, Context};
+use crate::duration::{parse_duration, parse_run_after, RunAfter};
 use crate::error::{exit, Error, Result};
 use crate::job::{ExecSettings, NewJob, WallMs};
 use crate::sqlite::{self, ops};
+use crate::{outln, output};
 
 /// What `homerd enqueue` was asked for.
 pub struct EnqueueSpec {
@@ -151,7 +152,7 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
         ("noop" | "crash", 0) => {}
         ("noop" | "crash", _) => return Err(format!("`{kind}` takes no arguments")),
         ("sleep", 1) => {
-            crate::config::parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
+            parse_duration(&args[0]).map_err(|e| format!("sleep: {e}"))?;
         }
         ("sleep", _) => return Err(String::from("`sleep` takes one duration, e.g. `sleep 30s`")),
         ("fail", 0 | 1) => {}
@@ -163,12 +164,14 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
     Ok(args)
 }
 
-/// A validated job, not yet placed in time: its delay becomes a `run_after` only once
-/// the database is open and the effective clock anchored from it (`clock.rs`), so a CLI
+/// A validated job, not yet placed in time: its `run_after` is fixed only once the
+/// database is open and the effective clock anchored from it (`clock.rs`), so a CLI
 /// started after a backward step of the wall clock does not schedule into the past.
 pub struct JobDraft {
     job: NewJob,
-    delay: Duration,
+    when: RunAfter,
+    /// How the input named `run_after` (`--run-after` or `run_after`), for errors.
+    run_after_name: &'static str,
 }
 
 impl JobDraft {
@@ -178,20 +181,29 @@ impl JobDraft {
         self
     }
 
-    /// The job to insert at `now` (effective milliseconds).
-    pub fn at(&self, now: WallMs) -> std::result::Result<NewJob, String> {
-        // Bounded by MAX_DURATION, so this cannot overflow; checked anyway.
-        let run_after = now
-            .0
-            .checked_add(self.delay.as_millis() as i64)
-            .ok_or_else(|| String::from("run_after: the time it names is out of range"))?;
-        Ok(NewJob { run_after: WallMs(run_after), ..self.job.clone() })
+    /// The job to insert at `now` (effective milliseconds), and the `run_after_set_at` to
+    /// store with it ([`RunAfter::resolve`]: a past time is due at once, a future one is
+    /// not moved by forward clock steps, one beyond `MAX_DURATION` is refused).
+    pub fn at(&self, now: WallMs) -> std::result::Result<(NewJob, WallMs), String> {
+        let (run_after, set_at) = self.when.resolve(now).map_err(|e| format!("{}: {e}", self.run_after_name))?;
+        Ok((NewJob { run_after, ..self.job.clone() }, set_at))
     }
 }
 
+/// How each input names the job's fields in its errors.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// `homerd enqueue --timeout D --run-after D`.
+    Flags,
+    /// A line of `homerd enqueue --from`: `"timeout"`, `"run_after"`.
+    Line,
+}
+
 /// Builds a validated job from its parts (shared by `enqueue` and `enqueue --from`).
+#[allow(clippy::too_many_arguments)]
 pub fn build_job(
     ctx: &Context,
+    source: Source,
     kind: String,
     args: &[String],
     lane: String,
@@ -200,11 +212,12 @@ pub fn build_job(
     run_after: Option<&str>,
 ) -> std::result::Result<JobDraft, String> {
     let args = validate_job(&kind, args)?;
-    let dur = |what: &str, v: Option<&str>| -> std::result::Result<Option<Duration>, String> {
-        v.map(|s| crate::config::parse_duration(s).map_err(|e| format!("{what}: {e}"))).transpose()
+    let (timeout_name, run_after_name) = match source {
+        Source::Flags => ("--timeout", "--run-after"),
+        Source::Line => ("timeout", "run_after"),
     };
-    let timeout = dur("timeout", timeout)?;
-    let delay = dur("run_after", run_after)?.unwrap_or_default();
+    let timeout = timeout.map(|s| parse_duration(s).map_err(|e| format!("{timeout_name}: {e}"))).transpose()?;
+    let when = run_after.map(|s| parse_run_after(s).map_err(|e| format!("{run_after_name}: {e}"))).transpose()?;
     let max_attempts = max_attempts.unwrap_or(ctx.config.max_attempts);
     if max_attempts == 0 {
         return Err(String::from("max_attempts must be at least 1"));
@@ -221,7 +234,7 @@ pub fn build_job(
         run_after: WallMs(0),
         exec: ExecSettings::default(),
     };
-    Ok(JobDraft { job, delay })
+    Ok(JobDraft { job, when: when.unwrap_or_default(), run_after_name })
 }
 /// Opens the database for `enqueue` and `enqueue --from`: [`context::open_for_write`], so the
 /// commit is `synchronous=FULL` and the ids printed after it are covered by an fsync. The
@@ -235,10 +248,16 @@ pub fn open_for_enqueue(ctx: &Context) -> Result<rusqlite::Connection> {
     Ok(conn)
 }
 
+/// One acknowledged job as `--json` prints it: `{"id": N, "created": bool}` (`created`
+/// is false when `--key` named an existing job).
+fn ack_json(id: crate::job::JobId, created: bool) -> serde_json::Value {
+    serde_json::json!({"id": id.0, "created": created})
+}
+
 /// `homerd enqueue`: one `BEGIN IMMEDIATE` insert committed with `synchronous=FULL`; the
 /// id is printed only after the commit (acknowledged = durable). With `--key`, the same
 /// key prints the existing job's id and creates nothing.
-pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
+pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
     let refused = |r: ExecRefusal| match r {
         ExecRefusal::Usage(m) => Error::Usage(m),
         ExecRefusal::Missing(m) => Error::NotFound(m),
@@ -247,6 +266,7 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
     let exec = resolve_exec(&spec.kind, spec.cwd.as_deref(), &env).map_err(refused)?;
     let job = build_job(
         ctx,
+        Source::Flags,
         spec.kind,
         &spec.args,
         spec.lane,
@@ -261,10 +281,14 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec) -> Result<i32> {
     let sql = |e| Error::sqlite(db, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now();
-    let job = job.at(now).map_err(Error::Usage)?;
-    let (id, _created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now).map_err(sql)?;
+    let (job, set_at) = job.at(now).map_err(Error::Usage)?;
+    let (id, created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now, set_at).map_err(sql)?;
     tx.commit().map_err(sql)?;
-    println!("{id}");
+    if as_json {
+        output::json(&ack_json(id, created))?;
+    } else {
+        outln!("{id}")?;
+    }
     Ok(exit::OK)
 }
 
@@ -299,7 +323,7 @@ struct LineJob {
 
 /// `homerd enqueue --from FILE|-`: every line validated first (a bad line rejects the
 /// whole batch, naming its number), then all jobs in one transaction; ids printed in order.
-pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
+pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
     let (name, text) = if file == Path::new("-") {
         let mut t = String::new();
         std::io::stdin().read_to_string(&mut t).map_err(|e| Error::io("read", "<stdin>", e))?;
@@ -328,6 +352,7 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
         let exec = resolve_exec(&lj.kind, lj.cwd.as_deref(), &env).map_err(|r| bad(r.message()))?;
         let job = build_job(
             ctx,
+            Source::Line,
             lj.kind,
             &lj.args,
             lj.lane.unwrap_or_else(|| String::from("default")),
@@ -337,19 +362,25 @@ pub fn enqueue_from(ctx: &Context, file: &Path) -> Result<i32> {
         )
         .map_err(bad)?
         .with_exec(exec);
-        jobs.push((job, lj.key));
+        jobs.push((job, lj.key, lineno));
     }
     let mut conn = open_for_enqueue(ctx)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let now = ctx.clock.now();
     let mut ids = Vec::with_capacity(jobs.len());
-    for (i, (draft, key)) in jobs.iter().enumerate() {
-        let job = draft.at(now).map_err(|e| Error::data(&name, format!("job {}: {e}; nothing was enqueued", i + 1)))?;
-        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now).map_err(sql)?.0);
+    for (draft, key, lineno) in &jobs {
+        let (job, set_at) =
+            draft.at(now).map_err(|e| Error::data(&name, format!("line {lineno}: {e}; nothing was enqueued")))?;
+        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now, set_at).map_err(sql)?);
     }
     tx.commit().map_err(sql)?;
-    let out: String = ids.iter().map(|id| format!("{id}\n")).collect();
-    print!("{out}");
+    // One write for the lot: a batch of 100,000 ids is not 100,000 system calls.
+    let out: String = if as_json {
+        ids.iter().map(|&(id, created)| format!("{}\n", ack_json(id, created))).collect()
+    } else {
+        ids.iter().map(|(id, _)| format!("{id}\n")).collect()
+    };
+    output::text(&out)?;
     Ok(exit::OK)
 }

@@ -118,7 +118,8 @@ fn pump_all(ts: &mut [Tailer], tail: Option<usize>) -> Result<()> {
 
 /// `homerd logs`.
 pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
-    let conn = context::open_existing_read_only(ctx)?;
+    let conn = context::open_read_only(ctx)?
+        .ok_or_else(|| Error::data(&ctx.paths.database, "does not exist yet; start the daemon once (homerd run)"))?;
     let id = spec.id;
     let first = wait::progress(ctx, &conn, id)?;
     if first.kind != "exec" {

@@ -378,7 +378,7 @@ impl LockWatch {
             return Err(format!(
                 "could not re-acquire {} for {} (stale_threshold)",
                 self.held.path().display(),
-                crate::config::format_duration(lost_for)
+                crate::duration::format_duration(lost_for)
             ));
         }
         Ok(())

@@ -66,10 +66,11 @@ pub fn progress(ctx: &Context, conn: &Connection, id: i64) -> Result<JobProgress
 /// `homerd wait`.
 pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>) -> Result<i32> {
     let timeout = timeout
-        .map(|t| crate::config::parse_duration(t).map_err(|e| Error::Usage(format!("--timeout: {e}"))))
+        .map(|t| crate::duration::parse_duration(t).map_err(|e| Error::Usage(format!("--timeout: {e}"))))
         .transpose()?;
     let started = Instant::now();
-    let conn = context::open_existing_read_only(ctx)?;
+    let conn = context::open_read_only(ctx)?
+        .ok_or_else(|| Error::data(&ctx.paths.database, "does not exist yet; start the daemon once (homerd run)"))?;
     let mut open: BTreeMap<i64, JobStatus> = BTreeMap::new();
     for &id in ids {
         open.insert(id, progress(ctx, &conn, id)?.status);
@@ -103,7 +104,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>) -> Result<i32> {
                 let left: Vec<String> = open.iter().map(|(id, s)| format!("job {id} ({s})")).collect();
                 eprintln!(
                     "homerd: wait: --timeout {} ran out; not finished: {}",
-                    crate::config::format_duration(limit),
+                    crate::duration::format_duration(limit),
                     left.join(", ")
                 );
                 return Ok(exit::WAIT_TIMEOUT);

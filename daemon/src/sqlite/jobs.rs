@@ -36,12 +36,24 @@ pub(crate) fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
     json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
 }
 
-/// Inserts a pending job; returns its id.
+/// Inserts a pending job whose `run_after` was set now; returns its id.
 pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: WallMs) -> rusqlite::Result<JobId> {
+    enqueue_set_at(tx, job, now, now)
+}
+
+/// Inserts a pending job with its `run_after_set_at` (see [`shift_scheduled`]): `now` for
+/// a delay; the time itself for an absolute `--run-after` time, which forward steps of
+/// the wall clock must not move. Returns its id.
+pub fn enqueue_set_at(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    now: WallMs,
+    run_after_set_at: WallMs,
+) -> rusqlite::Result<JobId> {
     tx.query_row(
         "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
                                 run_after_set_at, cwd, env)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?4, ?8, ?9) RETURNING id",
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
         params![
             job.lane,
             job.kind,
@@ -50,6 +62,7 @@ pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: WallMs) -> rusqlite::Res
             job.max_attempts,
             job.run_after,
             job.timeout_ms,
+            run_after_set_at,
             job.exec.cwd,
             env_json(&job.exec.env)
         ],
@@ -471,7 +484,9 @@ pub fn requeue_unstarted(
 /// A forward step of the wall clock (see `clock.rs`): every job still waiting for a
 /// `run_after` that was set before the step (at or before `from`, on the effective
 /// clock) moves forward by `by`, so its delay keeps its length. Times set after the step
-/// are on the new clock already and stay. Returns how many jobs moved.
+/// are on the new clock already and stay. An absolute `--run-after` time is stored as set
+/// at itself, so it is never before a step taken while it waits, and never moves.
+/// Returns how many jobs moved.
 pub fn shift_scheduled(tx: &Transaction<'_>, from: i64, by: i64) -> rusqlite::Result<usize> {
     let n = tx.execute(
         "UPDATE job_queue SET run_after = run_after + ?2

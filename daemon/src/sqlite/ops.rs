@@ -131,14 +131,15 @@ pub fn enqueue_keyed(
     job: &NewJob,
     key: Option<&str>,
     now: WallMs,
+    run_after_set_at: WallMs,
 ) -> rusqlite::Result<(JobId, bool)> {
-    let Some(key) = key else { return Ok((jobs::enqueue(tx, job, now)?, true)) };
+    let Some(key) = key else { return Ok((jobs::enqueue_set_at(tx, job, now, run_after_set_at)?, true)) };
     if let Some(id) =
         tx.query_row("SELECT id FROM job_queue WHERE idempotency_key = ?1", [key], |r| r.get(0)).optional()?
     {
         return Ok((id, false));
     }
-    let id = jobs::enqueue(tx, job, now)?;
+    let id = jobs::enqueue_set_at(tx, job, now, run_after_set_at)?;
     tx.execute("UPDATE job_queue SET idempotency_key = ?2 WHERE id = ?1", params![id, key])?;
     Ok((id, true))
 }

@@ -395,8 +395,11 @@ impl Ctx<'_> {
     }
 
     pub(crate) fn scale_setting(&self, v: &str) -> String {
+        // A zero stays as written: "0" is also a count (`max_interruptions = "0"`).
         match parse_duration(v) {
-            Some(d) if self.opts.time_scale != 1.0 => format!("{}ms", self.scaled(d).as_millis().max(1)),
+            Ok(d) if self.opts.time_scale != 1.0 && !d.is_zero() => {
+                homerd::duration::format_duration(self.scaled(d).max(Duration::from_millis(1)))
+            }
             _ => v.to_string(),
         }
     }
