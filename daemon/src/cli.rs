@@ -48,13 +48,13 @@ pub enum Command {
     Run,
     /// Show job counts and whether a daemon is active (never touches the lock)
     Status {
-        /// Machine-readable output
+        /// Machine-readable output (with --watch: one object per refresh, one per line)
         #[arg(long)]
         json: bool,
         /// Refresh until Ctrl-C: in place on a terminal, re-printed otherwise
-        #[arg(long, conflicts_with = "json")]
+        #[arg(long)]
         watch: bool,
-        /// How often --watch refreshes (e.g. 500ms)
+        /// How often --watch refreshes (e.g. 500ms, 1m30s)
         #[arg(long, value_name = "DURATION", default_value = "1s", requires = "watch")]
         interval: String,
     },
@@ -163,6 +163,10 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         /// Start with the last N lines (of each file)
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
+        /// Refused (64): logs prints the job's own bytes, which are not JSON; `show ID
+        /// --json` names the run's log files
+        #[arg(long)]
+        json: bool,
     },
     /// Wait until the jobs are completed, failed or cancelled
     #[command(after_help = "Exit: 0 all completed, 4 one failed, 5 one cancelled (none failed), \
@@ -171,9 +175,13 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         /// The jobs' ids
         #[arg(required = true, value_name = "ID")]
         ids: Vec<i64>,
-        /// Give up after this long (e.g. 10m); default: wait as long as it takes
+        /// Give up after this long (e.g. 10m, 1h30m); default: wait as long as it takes
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
+        /// Machine-readable output: one {"id", "status", "ended", "completed_at"} per job
+        /// as it ends (and, when --timeout runs out, per job still open)
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a job: a pending one at once; a running one is stopped by the daemon
     Cancel {
@@ -221,7 +229,7 @@ impl Command {
     /// then JSON (README "The JSON contract"). `run` speaks in events (`--log-format`).
     pub fn json(&self) -> bool {
         match self {
-            Command::Run | Command::JobShim { .. } | Command::Logs { .. } | Command::Wait { .. } => false,
+            Command::Run | Command::JobShim { .. } => false,
             Command::Status { json, .. }
             | Command::Doctor { json }
             | Command::Migrate { json }
@@ -229,6 +237,8 @@ impl Command {
             | Command::Enqueue { json, .. }
             | Command::List { json, .. }
             | Command::Show { json, .. }
+            | Command::Logs { json, .. }
+            | Command::Wait { json, .. }
             | Command::Cancel { json, .. }
             | Command::Retry { json, .. }
             | Command::Service { json, .. } => *json,
@@ -302,29 +312,32 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Run => run::run(ctx),
         Command::Status { json, watch: false, .. } => status::status(&ctx, json),
-        Command::Status { watch: true, interval, .. } => status::watch(&ctx, &interval),
+        Command::Status { json, watch: true, interval } => status::watch(&ctx, &interval, json),
         Command::Doctor { json } => doctor::doctor(&ctx, json),
         Command::Migrate { json } => maintain::migrate(&ctx, json),
         Command::Backup { path, json } => maintain::backup(&ctx, &path, json),
-        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, cwd, env, kind, args, json } => match from {
-            Some(file) => enqueue::enqueue_from(&ctx, &file, json),
-            None => {
-                let kind = kind.expect("clap requires a kind without --from");
-                let spec = enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key, cwd, env };
-                enqueue::enqueue(&ctx, spec, json)
+        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, cwd, env, kind, args, json } => {
+            match from {
+                Some(file) => enqueue::enqueue_from(&ctx, &file, json),
+                None => {
+                    let kind = kind.expect("clap requires a kind without --from");
+                    let spec =
+                        enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key, cwd, env };
+                    enqueue::enqueue(&ctx, spec, json)
+                }
             }
-        },
+        }
         Command::List { status, lane, limit, json } => operate::list(&ctx, status, lane, limit, json),
         Command::Show { id, json } => operate::show(&ctx, id, json),
-        Command::Logs { id, run, stderr, both, follow, tail } => {
+        Command::Logs { id, run, stderr, both, follow, tail, json } => {
             let streams = match (stderr, both) {
                 (_, true) => logs::Streams::Both,
                 (true, false) => logs::Streams::Stderr,
                 (false, false) => logs::Streams::Stdout,
             };
-            logs::logs(&ctx, logs::LogsSpec { id, run, streams, follow, tail })
+            logs::logs(&ctx, logs::LogsSpec { id, run, streams, follow, tail, json })
         }
-        Command::Wait { ids, timeout } => wait::wait(&ctx, &ids, timeout.as_deref()),
+        Command::Wait { ids, timeout, json } => wait::wait(&ctx, &ids, timeout.as_deref(), json),
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
         Command::Service { manager, json } => service::print(&ctx.paths, &ctx.config, manager, &passed, json),

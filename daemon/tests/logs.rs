@@ -191,6 +191,85 @@ fn wait_exits_with_the_outcomes_and_times_out_with_6() {
     assert_eq!(missing.code, Some(66), "{missing:?}");
     assert!(missing.stderr.contains("no job 4242"));
     assert_eq!(sb.run(&["wait", &ok, "--timeout", "soon"]).code, Some(64));
+    // The one duration grammar: compound durations are read as everywhere else.
+    let out = sb.run(&["wait", &ok, &long, "--timeout", "0.2s 100ms"]);
+    assert_eq!(out.code, Some(5), "{out:?}");
+}
+
+/// `wait --json`: one compact object per job as it ends (`ended` true, `completed_at`
+/// with its RFC 3339 form), and when `--timeout` runs out one per job still open
+/// (`ended` false, its current status) — with the same exit codes, and nothing on stderr
+/// that is not JSON. Its errors are the JSON error object.
+#[test]
+fn wait_json_prints_one_object_per_job_with_its_outcome() {
+    let sb = Sandbox::new();
+    let _d = active_engine(&sb, &[]);
+    let ok = enqueue(&sb, &["noop"]).to_string();
+    let bad = enqueue(&sb, &["--max-attempts", "1", "fail", "no"]).to_string();
+    let lines = |out: &Output| -> Vec<Value> {
+        for l in out.stderr.lines() {
+            assert!(serde_json::from_str::<Value>(l).is_ok(), "stderr line not JSON: {l}");
+        }
+        out.stdout
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                assert_eq!(v.to_string(), l, "not compact");
+                v
+            })
+            .collect()
+    };
+    let out = sb.run(&["wait", &ok, &bad, "--json"]);
+    assert_eq!(out.code, Some(4), "{out:?}");
+    let mut got = lines(&out);
+    got.sort_by_key(|v| v["id"].as_i64());
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (v, (id, status)) in got.iter().zip([(&ok, "completed"), (&bad, "failed")]) {
+        assert_eq!(v["id"].as_i64(), Some(id.parse().unwrap()), "{v}");
+        assert_eq!((v["status"].as_str(), v["ended"].as_bool()), (Some(status), Some(true)), "{v}");
+        let at = v["completed_at"].as_i64().unwrap_or_else(|| panic!("completed_at: {v}"));
+        assert_eq!(v["completed_at_rfc3339"], homerd::clock::format_rfc3339(at), "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 5, "id, status, ended, completed_at(_rfc3339): {v}");
+    }
+
+    let long = enqueue(&sb, &["--run-after", "1h", "noop"]).to_string();
+    let out = sb.run(&["wait", &ok, &long, "--timeout", "200ms", "--json"]);
+    assert_eq!(out.code, Some(6), "{out:?}");
+    let got = lines(&out);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let open = got.iter().find(|v| v["id"].as_i64() == Some(long.parse().unwrap())).expect("the open job's line");
+    assert_eq!(
+        open,
+        &serde_json::json!({"id": long.parse::<i64>().unwrap(), "status": "pending", "ended": false,
+            "completed_at": null, "completed_at_rfc3339": null})
+    );
+
+    let out = sb.run(&["wait", "4242", "--json"]);
+    assert_eq!(out.code, Some(66), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err: Value = serde_json::from_str(out.stderr.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stderr));
+    assert_eq!((err["code"].as_i64(), err["kind"].as_str()), (Some(66), Some("not_found")), "{err}");
+    assert!(err["error"].as_str().unwrap().contains("no job 4242"), "{err}");
+}
+
+/// `logs --json` is refused with 64 and says where to look instead, as a JSON error;
+/// `logs` and `wait` before the daemon's first start are a missing job (66) that says
+/// why, and create nothing.
+#[test]
+fn logs_refuses_json_and_logs_and_wait_before_the_first_start_find_no_job() {
+    let sb = Sandbox::new();
+    for args in [&["logs", "1"][..], &["wait", "1"], &["logs", "-f", "1"]] {
+        let out = sb.run(args);
+        assert_eq!(out.code, Some(66), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("no job 1: the daemon has not created its database yet"), "{out:?}");
+    }
+    assert!(!sb.home().exists(), "logs or wait created the home directory");
+    let out = sb.run(&["logs", "1", "--json"]);
+    assert_eq!(out.code, Some(64), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err: Value = serde_json::from_str(out.stderr.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stderr));
+    assert_eq!(err["kind"], "usage", "{err}");
+    assert!(err["error"].as_str().unwrap().contains("homerd show 1 --json"), "{err}");
 }
 
 /// `show` names an `exec` run's log files and, for a run that failed because its
@@ -350,6 +429,30 @@ fn status_watch_reprints_plainly_off_a_terminal() {
     let exit = proc.wait_exit(deadline(30.0)).expect("Ctrl-C ends it");
     assert_eq!(exit.signal(), Some(libc::SIGINT), "{}", exit.describe());
     assert!(stray.is_empty(), "control characters off a terminal: {stray:?}");
+    assert!(reports[2] > reports[1] && reports[1] > reports[0]);
+}
+
+/// `status --watch --json` prints one compact status object per refresh, one per line,
+/// with no control characters, until interrupted.
+#[test]
+fn status_watch_json_prints_one_object_per_refresh() {
+    let sb = Sandbox::new();
+    let _d = active_engine(&sb, &[]);
+    let mut c = sb.cmd();
+    c.args(["status", "--watch", "--json", "--interval", "100ms"]);
+    let (mut proc, mut lines) = spawn_reading(&mut c);
+    let mut reports = Vec::new();
+    while reports.len() < 3 {
+        let line = lines.wait_for("a report", Instant::now() + deadline(30.0), |l| l.stream == Stream::Stdout).unwrap();
+        let text = line.text();
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        assert_eq!(v.to_string(), text, "one compact object per line");
+        assert_eq!((v["exists"].as_bool(), v["daemon"]["active"].as_bool()), (Some(true), Some(true)), "{v}");
+        reports.push(line.at);
+    }
+    proc.signal(libc::SIGINT);
+    let exit = proc.wait_exit(deadline(30.0)).expect("Ctrl-C ends it");
+    assert_eq!(exit.signal(), Some(libc::SIGINT), "{}", exit.describe());
     assert!(reports[2] > reports[1] && reports[1] > reports[0]);
 }
 

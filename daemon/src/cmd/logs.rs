@@ -8,6 +8,12 @@
 //! daemon finishes a run's files before it records anything, so what is read after that
 //! is all of it. A retried job is followed into its next run (a note on stderr says so);
 //! the command exits when the job is completed (0), failed (4) or cancelled (5).
+//!
+//! What it prints on stdout is the job's own bytes, through `output.rs` (a reader that
+//! closes stdout ends it quietly, exit 0). `--json` is refused (64): the output is the
+//! program's, not homerd's, and need not be text, so there is no JSON shape to give it
+//! that would not re-encode it; `show ID --json` names each run's log files, for a
+//! program that wants them.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,6 +23,7 @@ use crate::cmd::context::{self, Context};
 use crate::cmd::wait::{self, Changes};
 use crate::error::{exit, Error, Result};
 use crate::job::JobStatus;
+use crate::output;
 
 /// Which of a run's files to print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +42,8 @@ pub struct LogsSpec {
     pub streams: Streams,
     pub follow: bool,
     pub tail: Option<usize>,
+    /// `--json`, refused (see the module docs).
+    pub json: bool,
 }
 
 /// One file being printed: where it is, where it goes, how far it was read.
@@ -65,14 +74,12 @@ impl Tailer {
             return Ok(());
         }
         self.offset += buf.len() as u64;
-        let written = if self.to_stderr {
+        if self.to_stderr {
             let mut err = std::io::stderr().lock();
-            err.write_all(&buf).and_then(|_| err.flush())
+            err.write_all(&buf).and_then(|_| err.flush()).map_err(|e| Error::io("write", "<stderr>", e))
         } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&buf).and_then(|_| out.flush())
-        };
-        written.map_err(|e| Error::io("write", if self.to_stderr { "<stderr>" } else { "<stdout>" }, e))
+            output::bytes(&buf)
+        }
     }
 }
 
@@ -118,9 +125,18 @@ fn pump_all(ts: &mut [Tailer], tail: Option<usize>) -> Result<()> {
 
 /// `homerd logs`.
 pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
-    let conn = context::open_read_only(ctx)?
-        .ok_or_else(|| Error::data(&ctx.paths.database, "does not exist yet; start the daemon once (homerd run)"))?;
     let id = spec.id;
+    if spec.json {
+        return Err(Error::Usage(format!(
+            "logs has no --json: it prints the job's own output as the program wrote it; `homerd show {id} --json` names each run's log files (`stdout`, `stderr`)"
+        )));
+    }
+    let Some(conn) = context::open_read_only(ctx)? else {
+        return Err(Error::NotFound(format!(
+            "no job {id}: the daemon has not created its database yet ({}); start it once with `homerd run`",
+            ctx.paths.database.display()
+        )));
+    };
     let first = wait::progress(ctx, &conn, id)?;
     if first.kind != "exec" {
         eprintln!("homerd: job {id} is a `{}` job: only `exec` jobs have output", first.kind);

@@ -6,7 +6,13 @@
 //!
 //! Exit codes (README, Exit codes): 0 every job completed; 4 one failed; 5 one was
 //! cancelled and none failed; 6 `--timeout` ran out first; 66 a job does not exist
-//! (never enqueued, or pruned by retention).
+//! (never enqueued, or pruned by retention, or no database yet).
+//!
+//! Output goes through `output.rs`: `job N: STATUS` per job as it ends, or with `--json`
+//! one `{"id", "status", "ended", "completed_at", "completed_at_rfc3339"}` per line —
+//! `ended` true as each job ends, and when `--timeout` runs out one line per job still
+//! open with `ended` false and its current status (the lines then say what the human
+//! note on stderr says). A reader that closes stdout ends the wait quietly (exit 0).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,9 +20,11 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use crate::cmd::context::{self, Context};
+use crate::duration::{format_duration, parse_duration};
 use crate::error::{exit, Error, Result};
 use crate::job::JobStatus;
 use crate::sqlite::read::{self, JobProgress};
+use crate::{outln, output};
 
 /// How often `wait` and `logs -f` look for a commit (and `logs -f` for new output).
 pub const POLL: Duration = Duration::from_millis(100);
@@ -63,17 +71,31 @@ pub fn progress(ctx: &Context, conn: &Connection, id: i64) -> Result<JobProgress
         .ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
 }
 
+/// One job's line under `--json`.
+fn job_json(id: i64, p: &JobProgress) -> serde_json::Value {
+    output::with_times(serde_json::json!({
+        "id": id,
+        "status": p.status.as_str(),
+        "ended": p.status.terminal(),
+        "completed_at": p.completed_at,
+    }))
+}
+
 /// `homerd wait`.
-pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>) -> Result<i32> {
-    let timeout = timeout
-        .map(|t| crate::duration::parse_duration(t).map_err(|e| Error::Usage(format!("--timeout: {e}"))))
-        .transpose()?;
+pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) -> Result<i32> {
+    let timeout =
+        timeout.map(|t| parse_duration(t).map_err(|e| Error::Usage(format!("--timeout: {e}")))).transpose()?;
     let started = Instant::now();
-    let conn = context::open_read_only(ctx)?
-        .ok_or_else(|| Error::data(&ctx.paths.database, "does not exist yet; start the daemon once (homerd run)"))?;
-    let mut open: BTreeMap<i64, JobStatus> = BTreeMap::new();
+    let Some(conn) = context::open_read_only(ctx)? else {
+        return Err(Error::NotFound(format!(
+            "no job {}: the daemon has not created its database yet ({}); start it once with `homerd run`",
+            ids[0],
+            ctx.paths.database.display()
+        )));
+    };
+    let mut open: BTreeMap<i64, JobProgress> = BTreeMap::new();
     for &id in ids {
-        open.insert(id, progress(ctx, &conn, id)?.status);
+        open.insert(id, progress(ctx, &conn, id)?);
     }
     let mut ended: BTreeMap<i64, JobStatus> = BTreeMap::new();
     let mut changes = Changes::new();
@@ -83,10 +105,14 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>) -> Result<i32> {
             for &id in open.keys() {
                 let p = progress(ctx, &conn, id)?;
                 if p.status.terminal() {
-                    println!("job {id}: {}", p.status);
+                    if as_json {
+                        output::json(&job_json(id, &p))?;
+                    } else {
+                        outln!("job {id}: {}", p.status)?;
+                    }
                     ended.insert(id, p.status);
                 } else {
-                    still.insert(id, p.status);
+                    still.insert(id, p);
                 }
             }
             open = still;
@@ -101,12 +127,18 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>) -> Result<i32> {
         }
         if let Some(limit) = timeout {
             if started.elapsed() >= limit {
-                let left: Vec<String> = open.iter().map(|(id, s)| format!("job {id} ({s})")).collect();
-                eprintln!(
-                    "homerd: wait: --timeout {} ran out; not finished: {}",
-                    crate::duration::format_duration(limit),
-                    left.join(", ")
-                );
+                if as_json {
+                    for (id, p) in &open {
+                        output::json(&job_json(*id, p))?;
+                    }
+                } else {
+                    let left: Vec<String> = open.iter().map(|(id, p)| format!("job {id} ({})", p.status)).collect();
+                    eprintln!(
+                        "homerd: wait: --timeout {} ran out; not finished: {}",
+                        format_duration(limit),
+                        left.join(", ")
+                    );
+                }
                 return Ok(exit::WAIT_TIMEOUT);
             }
         }
