@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::cmd::context::Context;
-use crate::cmd::{doctor, enqueue, maintain, operate, run, service, status};
+use crate::cmd::{doctor, enqueue, logs, maintain, operate, run, service, status, wait};
 use crate::error::{exit, Error};
 use crate::events::{self, Format};
 
@@ -18,7 +18,8 @@ use crate::events::{self, Format};
     long_about = None,
     after_help = "Exit codes: 0 ok (also: another instance is running; stdout closed by its reader), \
 1 a doctor check failed, 64 usage, \
-3 job in the wrong state, 65 bad database, 66 no such job, 69 lock unsupported, 70 internal, \
+3 job in the wrong state, 4 a waited job failed, 5 cancelled, 6 wait timed out, 65 bad database, 66 no such job, \
+69 lock unsupported, 70 internal, \
 73 unsafe path, 74 I/O, 75 in use, 76 fenced, 77 permission, 78 config. See README.md."
 )]
 pub struct Cli {
@@ -47,9 +48,15 @@ pub enum Command {
     Run,
     /// Show job counts and whether a daemon is active (never touches the lock)
     Status {
-        /// Machine-readable output
+        /// Machine-readable output (with --watch: one object per refresh, one per line)
         #[arg(long)]
         json: bool,
+        /// Refresh until Ctrl-C: in place on a terminal, re-printed otherwise
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes (e.g. 500ms, 1m30s)
+        #[arg(long, value_name = "DURATION", default_value = "1s", requires = "watch")]
+        interval: String,
     },
     /// Check a deployment: lock file, daemon, migrations, lock columns, heartbeats, stuck jobs
     Doctor {
@@ -80,7 +87,7 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         key: Option<String>,
         /// Enqueue every job in FILE (`-` for stdin), one JSON object per line, in one
         /// transaction: {"kind", "args", "lane", "max_attempts", "timeout", "run_after", "key"}
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key", "max_attempts", "timeout", "run_after"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["kind", "key", "max_attempts", "timeout", "run_after", "cwd", "env"])]
         from: Option<PathBuf>,
         /// Lane (jobs in one lane run FIFO, under the lane's concurrency cap)
         #[arg(long, default_value = "default")]
@@ -96,6 +103,14 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
         /// time is due at once); at most 36500d ahead
         #[arg(long, value_name = "DURATION|TIME")]
         run_after: Option<String>,
+        /// exec: the directory the program runs in (default: this command's directory;
+        /// relative to it when relative); must exist
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+        /// exec: set a variable for the job (repeatable); the job otherwise gets the
+        /// daemon's environment, never this command's
+        #[arg(long, value_name = "KEY=VALUE")]
+        env: Vec<String>,
         /// Job kind: noop, sleep, fail, exec or crash
         #[arg(required_unless_present = "from")]
         kind: Option<String>,
@@ -125,6 +140,46 @@ Examples:\n  homerd enqueue sleep 30s\n  homerd enqueue --lane io --timeout 10m 
     Show {
         id: i64,
         /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's output (default: the latest run's stdout)
+    #[command(after_help = "With -f: exit 0 when the job completed, 4 failed, 5 cancelled (see README, Exit codes).")]
+    Logs {
+        /// The job's id
+        id: i64,
+        /// This run (1, 2, ...; `homerd show` lists them) instead of the latest
+        #[arg(long, value_name = "N")]
+        run: Option<u32>,
+        /// The run's stderr instead of its stdout
+        #[arg(long, conflicts_with = "both")]
+        stderr: bool,
+        /// Both: the run's stdout to stdout, its stderr to stderr
+        #[arg(long)]
+        both: bool,
+        /// Follow the job until it ends (across retries), then exit with its outcome
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with the last N lines (of each file)
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Refused (64): logs prints the job's own bytes, which are not JSON; `show ID
+        /// --json` names the run's log files
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until the jobs are completed, failed or cancelled
+    #[command(after_help = "Exit: 0 all completed, 4 one failed, 5 one cancelled (none failed), \
+6 --timeout reached first, 66 no such job (see README, Exit codes).")]
+    Wait {
+        /// The jobs' ids
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<i64>,
+        /// Give up after this long (e.g. 10m, 1h30m); default: wait as long as it takes
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Machine-readable output: one {"id", "status", "ended", "completed_at"} per job
+        /// as it ends (and, when --timeout runs out, per job still open)
         #[arg(long)]
         json: bool,
     },
@@ -162,6 +217,8 @@ with this invocation's resolved home and any of the others given here. launchd: 
     JobShim {
         #[arg(long)]
         parent: u32,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
     },
@@ -173,13 +230,15 @@ impl Command {
     pub fn json(&self) -> bool {
         match self {
             Command::Run | Command::JobShim { .. } => false,
-            Command::Status { json }
+            Command::Status { json, .. }
             | Command::Doctor { json }
             | Command::Migrate { json }
             | Command::Backup { json, .. }
             | Command::Enqueue { json, .. }
             | Command::List { json, .. }
             | Command::Show { json, .. }
+            | Command::Logs { json, .. }
+            | Command::Wait { json, .. }
             | Command::Cancel { json, .. }
             | Command::Retry { json, .. }
             | Command::Service { json, .. } => *json,
@@ -219,11 +278,11 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    if let Command::JobShim { parent, argv } = &cli.command {
+    if let Command::JobShim { parent, cwd, argv } = &cli.command {
         // The shim must not read configuration or touch anything: it only waits to be
         // released, then execs the job.
         let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
-        return crate::shim::shim_main(*parent, &argv);
+        return crate::shim::shim_main(*parent, cwd.as_deref(), &argv);
     }
     let is_run = matches!(cli.command, Command::Run);
     let as_json = cli.command.json();
@@ -252,20 +311,33 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     let ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
     match cli.command {
         Command::Run => run::run(ctx),
-        Command::Status { json } => status::status(&ctx, json),
+        Command::Status { json, watch: false, .. } => status::status(&ctx, json),
+        Command::Status { json, watch: true, interval } => status::watch(&ctx, &interval, json),
         Command::Doctor { json } => doctor::doctor(&ctx, json),
         Command::Migrate { json } => maintain::migrate(&ctx, json),
         Command::Backup { path, json } => maintain::backup(&ctx, &path, json),
-        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, kind, args, json } => match from {
-            Some(file) => enqueue::enqueue_from(&ctx, &file, json),
-            None => {
-                let kind = kind.expect("clap requires a kind without --from");
-                let spec = enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key };
-                enqueue::enqueue(&ctx, spec, json)
+        Command::Enqueue { key, from, lane, max_attempts, timeout, run_after, cwd, env, kind, args, json } => {
+            match from {
+                Some(file) => enqueue::enqueue_from(&ctx, &file, json),
+                None => {
+                    let kind = kind.expect("clap requires a kind without --from");
+                    let spec =
+                        enqueue::EnqueueSpec { lane, max_attempts, timeout, run_after, kind, args, key, cwd, env };
+                    enqueue::enqueue(&ctx, spec, json)
+                }
             }
-        },
+        }
         Command::List { status, lane, limit, json } => operate::list(&ctx, status, lane, limit, json),
         Command::Show { id, json } => operate::show(&ctx, id, json),
+        Command::Logs { id, run, stderr, both, follow, tail, json } => {
+            let streams = match (stderr, both) {
+                (_, true) => logs::Streams::Both,
+                (true, false) => logs::Streams::Stderr,
+                (false, false) => logs::Streams::Stdout,
+            };
+            logs::logs(&ctx, logs::LogsSpec { id, run, streams, follow, tail, json })
+        }
+        Command::Wait { ids, timeout, json } => wait::wait(&ctx, &ids, timeout.as_deref(), json),
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
         Command::Service { manager, json } => service::print(&ctx.paths, &ctx.config, manager, &passed, json),

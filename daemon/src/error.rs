@@ -19,6 +19,12 @@ pub mod exit {
     pub const WRONG_STATE: i32 = 3;
     /// No such job (EX_NOINPUT).
     pub const NOT_FOUND: i32 = 66;
+    /// `wait`, `logs -f`: a job ended `failed`.
+    pub const JOB_FAILED: i32 = 4;
+    /// `wait`, `logs -f`: a job ended `cancelled` (and none failed).
+    pub const JOB_CANCELLED: i32 = 5;
+    /// `wait --timeout`: the time ran out before every job ended.
+    pub const WAIT_TIMEOUT: i32 = 6;
     /// Bad command line (EX_USAGE).
     pub const USAGE: i32 = 64;
     /// Corrupt, zero-byte, foreign or newer database, changed migration (EX_DATAERR).

@@ -44,6 +44,13 @@ pub fn text(text: &str) -> Result<()> {
     io::stdout().lock().write_all(text.as_bytes()).map_err(write_error)
 }
 
+/// Writes raw bytes to stdout and flushes them (a job's output, which need not be UTF-8
+/// nor end in a newline: `logs -f` shows a partial line as soon as it is written).
+pub fn bytes(buf: &[u8]) -> Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(buf).and_then(|_| out.flush()).map_err(write_error)
+}
+
 /// Writes one JSON value as one compact line.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
     let mut line = serde_json::to_string(value).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;

@@ -242,7 +242,10 @@ fn list_filters_by_status_lane_and_limit() {
     }
     assert_eq!(rows[1]["args"], json!(["echo", "hello world"]));
     assert_eq!(rows[2]["max_attempts"], 5);
+    // An `exec` job records the enqueuer's directory (this test's, which varies).
+    assert_eq!(rows[1]["cwd"], json!(std::env::current_dir().unwrap()));
     insta::assert_json_snapshot!("list_json", all, {
+        "[].cwd" => set("[cwd]"),
         "[].created_at" => set("[ms]"),
         "[].created_at_rfc3339" => set("[time]"),
         "[].run_after" => set("[ms]"),
@@ -365,13 +368,20 @@ fn show_reports_every_run_and_the_error_history() {
         let shown = v["runs"].as_array().unwrap();
         assert_eq!(shown.len(), db_runs.len());
         for (s, r) in shown.iter().zip(&db_runs) {
-            let expected = json!({
+            let mut expected = json!({
                 "run": r.run, "attempt": r.attempt, "epoch": r.epoch, "worker": r.worker,
                 "child_pid": r.child_pid, "started_at": r.started_at, "ended_at": r.ended_at,
                 "outcome": r.outcome, "error": r.error,
                 "started_at_rfc3339": time(Some(r.started_at)),
                 "ended_at_rfc3339": r.ended_at.map(|t| time(Some(t))),
             });
+            if kind == "exec" {
+                // An `exec` run names its log files (tests/logs.rs checks the last line).
+                let base = sb.home().join(format!("logs/runs/{id}-{}", r.run));
+                expected["stdout"] = json!(base.with_extension("out"));
+                expected["stderr"] = json!(base.with_extension("err"));
+                expected["stderr_last_line"] = s["stderr_last_line"].clone();
+            }
             assert_eq!(s, &expected);
         }
     }

@@ -225,6 +225,27 @@ fn every_command_ends_quietly_when_its_reader_closes_stdout() {
         assert!(p.stderr.contains("no job 999999") && !p.stderr.contains("panicked"), "{}", p.stderr);
     }
 
+    // logs (a run's output, far more than a pipe holds), logs -f, wait and status --watch:
+    // each ends quietly, though `logs -f` and `status --watch` would otherwise go on.
+    let out = run(&sb, &["enqueue", "exec", "--", "seq", "1", "200000"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let exec = out.stdout.trim().to_owned();
+    let out = run(&sb, &["wait", &exec]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let follow = run(&sb, &["enqueue", "exec", "--", "sh", "-c", "seq 1 200000; exec sleep 600"]);
+    let follow = follow.stdout.trim().to_owned();
+    for reader in readers {
+        check(&["logs", &exec], reader, 0, &|l| l == "1");
+        check(&["logs", "-f", &exec], reader, 0, &|l| l == "1");
+        check(&["logs", "-f", &follow], reader, 0, &|l| l == "1");
+        check(&["wait", &exec], reader, 0, &|l| l == format!("job {exec}: completed"));
+        check(&["wait", &exec, "--json"], reader, 0, &json_line);
+        check(&["status", "--watch", "--interval", "50ms"], reader, 0, &|l| l.starts_with("database: "));
+        check(&["status", "--watch", "--json", "--interval", "50ms"], reader, 0, &json_line);
+    }
+    assert_eq!(job_status(&sb, follow.parse().unwrap()), "running", "logs -f ended before its job");
+    assert_eq!(run(&sb, &["cancel", &follow]).code, Some(0));
+
     // cancel, retry, backup: each done, although nobody read the report.
     let mut id = 10;
     for reader in readers {
@@ -413,6 +434,16 @@ fn every_command_prints_one_compact_json_value_per_line() {
     assert!(times(&show) >= 5, "{show}");
     assert!(list.iter().map(times).sum::<usize>() >= 6);
     let status = json_one("status", &json(&["status", "--json"]));
+    // wait: one object per job with its outcome, exit 4 for the failed one; and, when its
+    // --timeout runs out, one per job still open (exit 6).
+    let exits_with = |code: i32, args: &[&str]| -> Vec<Value> {
+        let out = json(args);
+        assert_eq!(out.code, Some(code), "{args:?}: {}", out.stderr);
+        json_lines(&format!("{args:?}"), &Output { code: Some(0), ..out })
+    };
+    let wait = exits_with(4, &["wait", &failed.to_string(), "--json"]);
+    assert!(wait.iter().map(times).sum::<usize>() == 1, "{wait:?}");
+    let wait_open = exits_with(6, &["wait", "3", "--timeout", "100ms", "--json"]);
     let doctor = json_one("doctor", &json(&["doctor", "--json"]));
     assert_eq!(doctor["ok"], true, "{doctor}");
     let retry = json_one("retry", &json(&["retry", &failed.to_string(), "--json"]));
@@ -435,6 +466,8 @@ fn every_command_prints_one_compact_json_value_per_line() {
             "list": list,
             "show": show,
             "status": status,
+            "wait": wait,
+            "wait (timed out)": wait_open,
             "doctor": doctor,
             "retry": retry,
             "cancel (pending)": cancel_pending,
@@ -458,6 +491,7 @@ fn every_command_prints_one_compact_json_value_per_line() {
         ".show.runs[].ended_at" => set("[ms]"), ".show.runs[].ended_at_rfc3339" => set("[time]"),
         ".show.runs[].worker" => set("[host/pid]"),
         ".show.errors[].at" => set("[ms]"), ".show.errors[].at_rfc3339" => set("[time]"),
+        ".wait[].completed_at" => set("[ms]"), ".wait[].completed_at_rfc3339" => set("[time]"),
         ".status.daemon.pid" => set("[pid]"),
         ".status.daemon.seen_age_ms" => set("[ms]"),
         ".status.oldest_pending_age_ms" => set("[ms]"),
@@ -531,6 +565,13 @@ fn every_error_under_json_is_one_object_on_stderr_with_its_exit_code() {
     let mut d = sb.start(FAST);
     d.wait_event("daemon.active");
     all.push(error(&["migrate", "--json"]));
+    all.extend([error(&["wait", "999", "--json"]), error(&["wait", &pending, "--timeout", "soon", "--json"])]);
+    // logs has no JSON shape (it prints the job's own bytes): --json is a usage error.
+    let out = run(&sb, &["logs", &pending, "--json"]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(64), ""), "{}", out.stderr);
+    let v: Value = serde_json::from_str(out.stderr.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stderr));
+    assert_eq!(v["code"], 64, "{v}");
+    all.push(json!({"command": format!("logs {pending} --json"), "stderr": v}));
     // clap's own usage errors: JSON too when --json is among the arguments.
     let out = run(&sb, &["list", "--json", "--no-such-flag"]);
     assert_eq!(out.code, Some(64));

@@ -3,15 +3,16 @@
 //! an id is printed only after the `BEGIN IMMEDIATE` transaction that inserted it
 //! committed with `synchronous=FULL`, so a printed id survives a power cut.
 
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::TransactionBehavior;
 
 use crate::cmd::context::{self, Context};
 use crate::duration::{parse_duration, parse_run_after, RunAfter};
 use crate::error::{exit, Error, Result};
-use crate::job::{NewJob, WallMs};
+use crate::job::{ExecSettings, NewJob, WallMs};
 use crate::sqlite::{self, ops};
 use crate::{outln, output};
 
@@ -24,6 +25,106 @@ pub struct EnqueueSpec {
     pub run_after: Option<String>,
     pub kind: String,
     pub args: Vec<String>,
+    /// `--cwd DIR` (exec only; default: the caller's working directory).
+    pub cwd: Option<PathBuf>,
+    /// `--env KEY=VALUE`, repeatable (exec only).
+    pub env: Vec<String>,
+}
+
+/// Variables the daemon sets for every `exec` run; `--env` may not name them (nor any
+/// `HOMERD_*` test hook, which the daemon strips from jobs).
+const RESERVED_ENV: [&str; 6] =
+    ["HOMER_JOB_ID", "HOMER_ATTEMPT", "HOMER_RUN", "HOMER_CLAIM_TOKEN", "HOMER_HOME", "HOMER_LOCK_FILE"];
+
+/// Why an `exec` job's directory or environment was refused.
+#[derive(Debug)]
+pub enum ExecRefusal {
+    /// A malformed value, or a setting on a kind that runs no program (64 on the command line).
+    Usage(String),
+    /// The directory does not exist or is not a directory (66 on the command line).
+    Missing(String),
+}
+
+impl ExecRefusal {
+    fn message(self) -> String {
+        match self {
+            ExecRefusal::Usage(m) | ExecRefusal::Missing(m) => m,
+        }
+    }
+}
+
+/// Resolves an `exec` job's working directory and `--env` variables. The directory is
+/// the caller's own unless `cwd` names one; a relative `cwd` resolves against the
+/// caller's directory; either must exist now (it may still vanish before the run: the
+/// run then fails, saying so on its stderr). Nothing of the caller's environment is taken.
+pub fn resolve_exec(
+    kind: &str,
+    cwd: Option<&Path>,
+    env: &[(String, String)],
+) -> std::result::Result<ExecSettings, ExecRefusal> {
+    if kind != "exec" {
+        if cwd.is_some() || !env.is_empty() {
+            return Err(ExecRefusal::Usage(format!(
+                "a working directory and --env apply only to `exec` jobs, not `{kind}`"
+            )));
+        }
+        return Ok(ExecSettings::default());
+    }
+    let here = std::env::current_dir();
+    let dir = match (cwd, here) {
+        (Some(c), _) if c.is_absolute() => c.to_path_buf(),
+        (Some(c), Ok(here)) => here.join(c),
+        (None, Ok(here)) => here,
+        (_, Err(e)) => {
+            return Err(ExecRefusal::Missing(format!(
+                "cannot read the current directory ({e}); it may have been removed: run from an existing directory or give --cwd with an absolute path"
+            )))
+        }
+    };
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ExecRefusal::Missing(format!(
+                "working directory {}: not a directory; give --cwd an existing directory",
+                dir.display()
+            )))
+        }
+        Err(e) => {
+            return Err(ExecRefusal::Missing(format!(
+                "working directory {}: {e}; give --cwd an existing directory",
+                dir.display()
+            )))
+        }
+    }
+    let Some(cwd) = dir.to_str().map(String::from) else {
+        return Err(ExecRefusal::Usage(format!("working directory {}: not valid UTF-8", dir.display())));
+    };
+    let mut vars = BTreeMap::new();
+    for (key, value) in env {
+        let bad = |why: &str| ExecRefusal::Usage(format!("--env {key}: {why}"));
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(bad("the name must be non-empty, without `=` or NUL (KEY=VALUE)"));
+        }
+        if value.contains('\0') {
+            return Err(bad("the value must not contain NUL"));
+        }
+        if RESERVED_ENV.contains(&key.as_str()) || key.starts_with("HOMERD_") {
+            return Err(bad("set by the daemon for every run; choose another name"));
+        }
+        vars.insert(key.clone(), value.clone());
+    }
+    Ok(ExecSettings { cwd: Some(cwd), env: vars })
+}
+
+/// `KEY=VALUE` from the command line.
+pub fn split_env(pairs: &[String]) -> std::result::Result<Vec<(String, String)>, ExecRefusal> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => Err(ExecRefusal::Usage(format!("--env {p}: expected KEY=VALUE"))),
+        })
+        .collect()
 }
 
 /// The switch for the `crash` job kind, a test hook (the poison job of the scenarios): a
@@ -74,6 +175,12 @@ pub struct JobDraft {
 }
 
 impl JobDraft {
+    /// The draft with an `exec` job's directory and variables ([`resolve_exec`]).
+    pub fn with_exec(mut self, exec: ExecSettings) -> JobDraft {
+        self.job.exec = exec;
+        self
+    }
+
     /// The job to insert at `now` (effective milliseconds), and the `run_after_set_at` to
     /// store with it ([`RunAfter::resolve`]: a past time is due at once, a future one is
     /// not moved by forward clock steps, one beyond `MAX_DURATION` is refused).
@@ -125,6 +232,7 @@ pub fn build_job(
         max_attempts,
         timeout_ms: timeout.map(|t| t.as_millis() as u64),
         run_after: WallMs(0),
+        exec: ExecSettings::default(),
     };
     Ok(JobDraft { job, when: when.unwrap_or_default(), run_after_name })
 }
@@ -150,6 +258,12 @@ fn ack_json(id: crate::job::JobId, created: bool) -> serde_json::Value {
 /// id is printed only after the commit (acknowledged = durable). With `--key`, the same
 /// key prints the existing job's id and creates nothing.
 pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
+    let refused = |r: ExecRefusal| match r {
+        ExecRefusal::Usage(m) => Error::Usage(m),
+        ExecRefusal::Missing(m) => Error::NotFound(m),
+    };
+    let env = split_env(&spec.env).map_err(refused)?;
+    let exec = resolve_exec(&spec.kind, spec.cwd.as_deref(), &env).map_err(refused)?;
     let job = build_job(
         ctx,
         Source::Flags,
@@ -160,7 +274,8 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
         spec.timeout.as_deref(),
         spec.run_after.as_deref(),
     )
-    .map_err(Error::Usage)?;
+    .map_err(Error::Usage)?
+    .with_exec(exec);
     let mut conn = open_for_enqueue(ctx)?;
     let db = &ctx.paths.database;
     let sql = |e| Error::sqlite(db, e);
@@ -198,6 +313,12 @@ struct LineJob {
     run_after: Option<String>,
     #[serde(default)]
     key: Option<String>,
+    /// As `--cwd` (relative: against the enqueuing caller's directory).
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    /// As `--env`, an object of strings.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
 }
 
 /// `homerd enqueue --from FILE|-`: every line validated first (a bad line rejects the
@@ -227,6 +348,8 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
         let lineno = i + 1;
         let bad = |msg: String| Error::data(&name, format!("line {lineno}: {msg}; nothing was enqueued"));
         let lj: LineJob = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let env: Vec<(String, String)> = lj.env.into_iter().collect();
+        let exec = resolve_exec(&lj.kind, lj.cwd.as_deref(), &env).map_err(|r| bad(r.message()))?;
         let job = build_job(
             ctx,
             Source::Line,
@@ -237,7 +360,8 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
             lj.timeout.as_deref(),
             lj.run_after.as_deref(),
         )
-        .map_err(bad)?;
+        .map_err(bad)?
+        .with_exec(exec);
         jobs.push((job, lj.key, lineno));
     }
     let mut conn = open_for_enqueue(ctx)?;

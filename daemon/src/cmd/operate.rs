@@ -90,7 +90,26 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     let runs = ops::runs(&tx, id).map_err(sql)?;
     let errors = ops::errors(&tx, id).map_err(sql)?;
     drop(tx);
+    // An `exec` job's runs name their output files, and a run that did not complete
+    // its stderr's last line: the cause, when the program could not even start.
+    let outputs: Vec<Option<RunOutput>> = runs
+        .iter()
+        .map(|r| (job.kind == "exec").then(|| RunOutput::read(ctx, id, r.run, r.outcome.as_deref())))
+        .collect();
     if as_json {
+        let runs = runs
+            .iter()
+            .zip(&outputs)
+            .map(|(r, o)| {
+                let mut v = serde_json::to_value(r).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;
+                if let Some(o) = o {
+                    v["stdout"] = json!(o.stdout);
+                    v["stderr"] = json!(o.stderr);
+                    v["stderr_last_line"] = json!(o.last_stderr_line);
+                }
+                Ok(v)
+            })
+            .collect::<Result<Vec<serde_json::Value>>>()?;
         print_json(json!({"job": job, "runs": runs, "errors": errors}))?;
         return Ok(exit::OK);
     }
@@ -99,7 +118,7 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     if runs.is_empty() {
         outln!("  (none)")?;
     }
-    for r in &runs {
+    for (r, output) in runs.iter().zip(&outputs) {
         outln!(
             "  run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
             r.run,
@@ -112,6 +131,13 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
             r.outcome.as_deref().unwrap_or("running"),
             r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
         )?;
+        if let Some(o) = output {
+            outln!("    stdout: {}", o.describe(&o.stdout))?;
+            outln!("    stderr: {}", o.describe(&o.stderr))?;
+            if let Some(line) = &o.last_stderr_line {
+                outln!("    last stderr line: {line}")?;
+            }
+        }
     }
     outln!("errors:")?;
     match errors.as_array() {
@@ -131,6 +157,45 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// Where an `exec` run's output is, and the last line of its stderr when it did not
+/// complete.
+struct RunOutput {
+    stdout: String,
+    stderr: String,
+    last_stderr_line: Option<String>,
+}
+
+impl RunOutput {
+    fn read(ctx: &Context, id: i64, run: i64, outcome: Option<&str>) -> RunOutput {
+        let (out, err) = ctx.paths.run_logs(id, run);
+        let last_stderr_line = match outcome {
+            Some("completed") => None,
+            _ => last_line(&err),
+        };
+        RunOutput { stdout: out.display().to_string(), stderr: err.display().to_string(), last_stderr_line }
+    }
+
+    /// A file's path and size, or that it is not there (not started, or pruned).
+    fn describe(&self, path: &str) -> String {
+        match std::fs::metadata(path) {
+            Ok(m) => format!("{path} ({} bytes)", m.len()),
+            Err(_) => format!("{path} (not there: the program never started, or retention pruned it)"),
+        }
+    }
+}
+
+/// The last non-empty line of a file, read from its last 4 KiB (a run log can be large).
+fn last_line(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().rev().map(str::trim_end).find(|l| !l.is_empty()).map(String::from)
+}
+
 fn print_job(j: &JobRow) -> Result<()> {
     outln!("job {}: {} ({} in lane {})", j.id, j.status, j.kind, j.lane)?;
     outln!("  args:          {:?}", j.args)?;
@@ -142,6 +207,12 @@ fn print_job(j: &JobRow) -> Result<()> {
     if j.status == "running" {
         outln!("  owner:         {}", j.locked_by.as_deref().unwrap_or("-"))?;
         outln!("  heartbeat:     {}", time(j.heartbeat_at))?;
+    }
+    if let Some(dir) = &j.cwd {
+        outln!("  directory:     {dir}")?;
+    }
+    for (k, v) in &j.env {
+        outln!("  env:           {k}={v}")?;
     }
     if let Some(k) = &j.key {
         outln!("  key:           {k}")?;

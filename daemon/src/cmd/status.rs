@@ -134,3 +134,32 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     }
     Ok(exit::OK)
 }
+
+/// `homerd status --watch [--interval D] [--json]`: `status` again every `interval` until
+/// Ctrl-C. On a terminal each refresh clears the screen first, so the report stays in
+/// place; otherwise (a pipe, a file) each report follows the last after a blank line,
+/// with no control characters. With `--json`, one status object per refresh, one per line
+/// (JSON Lines, never a control character). The database is reopened every time, so a
+/// daemon's first start, a migration or a restore shows up. Everything goes through
+/// `output.rs`: a reader that closes stdout ends the watch quietly (exit 0).
+pub fn watch(ctx: &Context, interval: &str, as_json: bool) -> Result<i32> {
+    use std::io::IsTerminal;
+    let interval = crate::duration::parse_duration(interval).map_err(|e| Error::Usage(format!("--interval: {e}")))?;
+    if interval.is_zero() {
+        return Err(Error::Usage(String::from("--interval: must be more than 0, e.g. 1s")));
+    }
+    let tty = !as_json && std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        if tty {
+            // Home, clear the screen: the next report replaces this one.
+            output::text("\x1b[H\x1b[2J")?;
+        } else if !first && !as_json {
+            outln!()?;
+        }
+        first = false;
+        status(ctx, as_json)?;
+        // The poll interval the operator asked for, not a wait for some condition.
+        std::thread::sleep(interval);
+    }
+}

@@ -29,10 +29,17 @@ pub struct JobRow {
     pub error: Option<String>,
     pub key: Option<String>,
     pub cancel_requested_at: Option<i64>,
+    /// An `exec` job's working directory (absent for other kinds and older rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// An `exec` job's `--env` variables (absent when none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 const JOB_COLUMNS: &str = "id, status, lane, kind, payload, attempts, max_attempts, interruptions, runs, created_at,
-     run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at";
+     run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at,
+     cwd, env";
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
@@ -54,6 +61,8 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         error: r.get(15)?,
         key: r.get(16)?,
         cancel_requested_at: r.get(17)?,
+        cwd: r.get(18)?,
+        env: jobs::parse_env(r.get(19)?),
     })
 }
 
