@@ -232,6 +232,10 @@ fn every_command_ends_quietly_when_its_reader_closes_stdout() {
     let exec = out.stdout.trim().to_owned();
     let out = run(&sb, &["wait", &exec]);
     assert_eq!(out.code, Some(0), "{out:?}");
+    let failed = run(&sb, &["enqueue", "--max-attempts", "1", "exec", "--", "false"]);
+    assert_eq!(failed.code, Some(0), "{}", failed.stderr);
+    let failed = failed.stdout.trim().to_owned();
+    assert_eq!(run(&sb, &["wait", &failed]).code, Some(4));
     let follow = run(&sb, &["enqueue", "exec", "--", "sh", "-c", "seq 1 200000; exec sleep 600"]);
     let follow = follow.stdout.trim().to_owned();
     for reader in readers {
@@ -240,6 +244,9 @@ fn every_command_ends_quietly_when_its_reader_closes_stdout() {
         check(&["logs", "-f", &follow], reader, 0, &|l| l == "1");
         check(&["wait", &exec], reader, 0, &|l| l == format!("job {exec}: completed"));
         check(&["wait", &exec, "--json"], reader, 0, &json_line);
+        // wait keeps its verdict: the failed job's 4, whoever stopped reading.
+        check(&["wait", &exec, &failed], reader, 4, &|l| l == format!("job {exec}: completed"));
+        check(&["wait", &exec, &failed, "--json"], reader, 4, &json_line);
         check(&["status", "--watch", "--interval", "50ms"], reader, 0, &|l| l.starts_with("database: "));
         check(&["status", "--watch", "--json", "--interval", "50ms"], reader, 0, &json_line);
     }

@@ -12,7 +12,9 @@
 //! one `{"id", "status", "ended", "completed_at", "completed_at_rfc3339"}` per line —
 //! `ended` true as each job ends, and when `--timeout` runs out one line per job still
 //! open with `ended` false and its current status (the lines then say what the human
-//! note on stderr says). A reader that closes stdout ends the wait quietly (exit 0).
+//! note on stderr says). The exit status is the point of `wait`, so a reader that closes
+//! stdout does not end it: it goes on waiting, silently, and still exits with the
+//! outcome (as `doctor` keeps its verdict).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -81,6 +83,27 @@ fn job_json(id: i64, p: &JobProgress) -> serde_json::Value {
     }))
 }
 
+/// Prints the lines of a wait until its reader goes; after that, nothing (the wait and its
+/// exit status go on).
+struct Report {
+    closed: bool,
+}
+
+impl Report {
+    fn line(&mut self, write: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match write() {
+            Err(Error::StdoutClosed) => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
 /// `homerd wait`.
 pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) -> Result<i32> {
     let timeout =
@@ -99,17 +122,20 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
     }
     let mut ended: BTreeMap<i64, JobStatus> = BTreeMap::new();
     let mut changes = Changes::new();
+    let mut report = Report { closed: false };
     loop {
         if changes.changed(ctx, &conn)? {
             let mut still = BTreeMap::new();
             for &id in open.keys() {
                 let p = progress(ctx, &conn, id)?;
                 if p.status.terminal() {
-                    if as_json {
-                        output::json(&job_json(id, &p))?;
-                    } else {
-                        outln!("job {id}: {}", p.status)?;
-                    }
+                    report.line(|| {
+                        if as_json {
+                            output::json(&job_json(id, &p))
+                        } else {
+                            outln!("job {id}: {}", p.status)
+                        }
+                    })?;
                     ended.insert(id, p.status);
                 } else {
                     still.insert(id, p);
@@ -129,7 +155,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
             if started.elapsed() >= limit {
                 if as_json {
                     for (id, p) in &open {
-                        output::json(&job_json(*id, p))?;
+                        report.line(|| output::json(&job_json(*id, p)))?;
                     }
                 } else {
                     let left: Vec<String> = open.iter().map(|(id, p)| format!("job {id} ({})", p.status)).collect();
