@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
 
 use crate::cmd::context::Context;
 use crate::cmd::{doctor, enqueue, maintain, operate, run, service, status};
 use crate::error::{exit, Error};
-use crate::events::{self, Format};
+use crate::events::{self, Format, Level};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +36,16 @@ pub struct Cli {
     /// Event format on stderr (and in the log file)
     #[arg(long, global = true, value_enum, default_value = "human", env = "HOMER_LOG_FORMAT")]
     pub log_format: Format,
+    /// Least severe event shown and logged: debug, info, warn or error (default: the
+    /// log_level setting, info)
+    #[arg(long, global = true, value_enum, value_name = "LEVEL", conflicts_with_all = ["verbose", "quiet"])]
+    pub log_level: Option<Level>,
+    /// More events: -v adds DEBUG lines (one level below the log_level setting per -v)
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Fewer events: -q keeps WARN and ERROR, -qq only ERROR
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -165,6 +175,8 @@ pub fn main() -> i32 {
         return crate::shim::shim_main(*parent, &argv);
     }
     events::init(cli.log_format);
+    // Until the configuration is read (it may name another level), the flags over INFO.
+    events::set_level(cli.log_level.unwrap_or_else(|| Level::Info.shifted(i32::from(cli.verbose) - i32::from(cli.quiet))));
     let is_run = matches!(cli.command, Command::Run);
     match dispatch(cli) {
         Ok(code) => code,
@@ -184,7 +196,9 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     // What `service` passes on to the daemon it installs (before the paths consume it).
     let passed =
         service::Passed { lock_file: cli.lock_file.is_some(), config: cli.config.clone(), sets: cli.set.clone() };
+    let (flag, shift) = (cli.log_level, i32::from(cli.verbose) - i32::from(cli.quiet));
     let ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
+    events::set_level(flag.unwrap_or_else(|| ctx.config.log_level.shifted(shift)));
     match cli.command {
         Command::Run => run::run(ctx),
         Command::Status { json } => status::status(&ctx, json),
