@@ -176,7 +176,9 @@ pub fn main() -> i32 {
     }
     events::init(cli.log_format);
     // Until the configuration is read (it may name another level), the flags over INFO.
-    events::set_level(cli.log_level.unwrap_or_else(|| Level::Info.shifted(i32::from(cli.verbose) - i32::from(cli.quiet))));
+    events::set_level(
+        cli.log_level.unwrap_or_else(|| Level::Info.shifted(i32::from(cli.verbose) - i32::from(cli.quiet))),
+    );
     let is_run = matches!(cli.command, Command::Run);
     match dispatch(cli) {
         Ok(code) => code,

@@ -221,6 +221,17 @@ impl Event {
         }
     }
 
+    /// [`Event::emit`], and when stderr is a terminal that would not show it as a human
+    /// line (JSON events, or a level below the threshold), its message as a plain line
+    /// too: for what a person at the terminal must see, such as what a second Ctrl-C does.
+    pub fn emit_and_tell_terminal(self) {
+        let shown = enabled(self.level) && sink().format == Format::Human;
+        if !shown && std::io::stderr().is_terminal() {
+            let _ = writeln!(std::io::stderr().lock(), "homerd: {}", self.message);
+        }
+        self.emit();
+    }
+
     fn to_json(&self, ts: &str) -> String {
         let mut obj = Map::new();
         obj.insert("ts".into(), ts.into());

@@ -1,5 +1,6 @@
 //! Operator-facing behaviour of `homerd run` and the global flags, with real processes:
-//! event levels (INFO by default; `-v`, `-q`, `--log-level`, the `log_level` setting).
+//! event levels (INFO by default; `-v`, `-q`, `--log-level`, the `log_level` setting) and
+//! what a signal says: how many jobs the drain waits for, how long, what a second does.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect the database directly
 
 mod common;
@@ -103,4 +104,77 @@ fn a_bad_level_is_refused_naming_the_value_and_touches_nothing() {
         assert!(out.stderr.contains("`log_level`") && out.stderr.contains("`loud`"), "{how}: {}", out.stderr);
     }
     assert!(!sb.home().exists(), "a refused level created the home directory");
+}
+
+/// The state of job `id` in the database: (status, attempts, interruptions).
+fn job_state(sb: &Sandbox, id: i64) -> (String, i64, i64) {
+    sql(&sb.db())
+        .query_row("SELECT status, attempts, interruptions FROM job_queue WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap()
+}
+
+/// The first signal names the jobs it waits for and the grace; the second says it stops
+/// them now, and it does: the daemon exits well inside the hour of grace, the jobs
+/// released with their attempts given back.
+#[test]
+fn shutdown_says_what_it_waits_for_and_what_a_second_signal_does() {
+    let sb = Sandbox::new();
+    let mut d = sb.start(&engine_args(&["--set", "shutdown_grace=1h"]));
+    d.wait_event("daemon.active");
+    let ids = [enqueue(&sb, &["--lane", "a", "sleep", "1h"]), enqueue(&sb, &["--lane", "b", "sleep", "1h"])];
+    for id in ids {
+        wait_job_event(&mut d, "job.claimed", id);
+    }
+    d.signal(libc::SIGTERM);
+    let begin = d.wait_event("shutdown.begin");
+    assert_eq!((begin["running"].as_u64(), begin["grace_ms"].as_u64()), (Some(2), Some(3_600_000)), "{begin}");
+    let msg = begin["msg"].as_str().unwrap();
+    assert!(msg.contains("up to 1h") && msg.contains("for 2 running jobs") && msg.contains("again"), "{msg}");
+    let t = std::time::Instant::now();
+    d.signal(libc::SIGINT);
+    let hurry = d.wait_event("shutdown.hurry");
+    assert_eq!(hurry["running"].as_u64(), Some(2), "{hurry}");
+    assert!(hurry["msg"].as_str().unwrap().contains("stopping 2 running jobs now"), "{hurry}");
+    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+    assert!(t.elapsed() < deadline(5.0), "a second signal took {:?} to stop", t.elapsed());
+    for id in ids {
+        assert_eq!(job_state(&sb, id), (String::from("pending"), 0, 1), "job {id}");
+    }
+    // Not a terminal: the events alone, no extra plain line.
+    assert!(!d.has_event("raw"), "a non-JSON line on a non-terminal stderr:\n{}", d.dump());
+
+    // Nothing running: the message says so.
+    let sb = Sandbox::new();
+    let mut d = sb.start(&engine_args(&[]));
+    d.wait_event("daemon.active");
+    d.signal(libc::SIGTERM);
+    let begin = d.wait_event("shutdown.begin");
+    assert_eq!((begin["running"].as_u64(), begin["msg"].as_str()), (Some(0), Some("Shutting down: no jobs running")));
+    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+}
+
+/// On a terminal whose stderr shows JSON events (or filters INFO out), the signal's
+/// message is printed as a plain line too: a person pressing Ctrl-C reads it.
+#[test]
+fn a_terminal_is_told_what_ctrl_c_does_even_with_json_events() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.cmd();
+    cmd.arg("run").args(engine_args(&["--set", "shutdown_grace=1h"]));
+    let timeout_ms = deadline(20.0).as_millis() as u64;
+    let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+    session.exp_string("\"event\":\"daemon.active\"").expect("daemon became active");
+    enqueue(&sb, &["sleep", "1h"]);
+    session.exp_string("\"event\":\"job.claimed\"").expect("job claimed");
+    session.send_control('c').expect("send ^C");
+    session
+        .exp_string("homerd: Shutting down: waiting up to 1h (shutdown_grace) for 1 running job to finish")
+        .expect("the plain shutdown line");
+    session.send_control('c').expect("send ^C again");
+    session.exp_string("homerd: Signal received again: stopping 1 running job now").expect("the plain hurry line");
+    session.exp_string("\"event\":\"lock.released\"").expect("lock released");
+    session.exp_eof().expect("exited");
+    let status = session.process.wait().expect("wait");
+    assert_eq!(format!("{status:?}").split(", ").last(), Some("0)"), "exit status: {status:?}");
 }

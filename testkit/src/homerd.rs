@@ -58,8 +58,13 @@ mod tests {
         assert!(env_of(&cmd, "HOMER_TEST_TIME_SCALE").is_none(), "kept: neither set nor removed");
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
-            let ours =
-                ["HOMER_HOME", "HOMER_LOG_FORMAT", "HOMER_LOG_LEVEL", "HOMERD_ALLOW_CRASH_JOBS", "HOMER_TEST_TIME_SCALE"];
+            let ours = [
+                "HOMER_HOME",
+                "HOMER_LOG_FORMAT",
+                "HOMER_LOG_LEVEL",
+                "HOMERD_ALLOW_CRASH_JOBS",
+                "HOMER_TEST_TIME_SCALE",
+            ];
             if (k.starts_with("HOMER_") || k.starts_with("HOMERD_")) && !ours.contains(&k.as_str()) {
                 assert_eq!(env_of(&cmd, &k), Some(None), "{k} must be removed");
             }
