@@ -148,6 +148,18 @@ with this invocation's resolved home and any of the others given here. launchd: 
         #[arg(value_enum)]
         manager: service::Manager,
     },
+    /// Print a completion script for SHELL to stdout (reads no configuration, touches nothing)
+    #[command(after_help = "Install (then start a new shell):\n  \
+bash: homerd completions bash > ~/.local/share/bash-completion/completions/homerd\n  \
+zsh:  homerd completions zsh > ~/.zfunc/_homerd   (with fpath+=(~/.zfunc) before compinit in ~/.zshrc)\n  \
+fish: homerd completions fish > ~/.config/fish/completions/homerd.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// (internal) Write the man pages (homerd.1, homerd-<command>.1) into DIR: `cargo xtask man`
+    #[command(hide = true, name = "man-pages")]
+    ManPages { dir: PathBuf },
     /// (internal) The held-start shim that job children run through
     #[command(hide = true, name = "job-shim")]
     JobShim {
@@ -156,6 +168,69 @@ with this invocation's resolved home and any of the others given here. launchd: 
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
     },
+}
+
+/// The shells `homerd completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `homerd completions SHELL`: the script on stdout.
+fn completions(shell: CompletionShell) -> i32 {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    // clap_complete offers hidden subcommands too: complete a copy without them (the
+    // built command's arguments include help and version, so the copy adds neither).
+    let mut full = Cli::command();
+    full.build();
+    let mut visible = clap::Command::new("homerd")
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .args(full.get_arguments().cloned())
+        // `help` is made afresh from the visible ones (the built one lists them all).
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help").cloned());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut visible, "homerd", &mut script);
+    write_stdout(&script, "the completion script")
+}
+
+/// Writes `bytes` to stdout; a write error (a closed pipe, a full disk) is reported and
+/// exits 74.
+fn write_stdout(bytes: &[u8], what: &str) -> i32 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("homerd: error: cannot write {what} to stdout: {e}");
+            exit::IO
+        }
+    }
+}
+
+/// `homerd man-pages DIR`: `homerd.1` and one page per visible subcommand, written into
+/// DIR (which must exist: `cargo xtask man` creates it under target/).
+fn man_pages(dir: &std::path::Path) -> i32 {
+    use clap::CommandFactory;
+    if !dir.is_dir() {
+        eprintln!("homerd: error: {}: not a directory; create it first", dir.display());
+        return exit::NOT_FOUND;
+    }
+    match clap_mangen::generate_to(Cli::command(), dir) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("homerd: error: cannot write man pages into {}: {e}", dir.display());
+            exit::IO
+        }
+    }
 }
 
 /// Entry point for the binary: returns the process exit code.
@@ -173,6 +248,12 @@ pub fn main() -> i32 {
         // released, then execs the job.
         let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
         return crate::shim::shim_main(*parent, &argv);
+    }
+    // Neither reads configuration nor touches anything: they describe the CLI.
+    match &cli.command {
+        Command::Completions { shell } => return completions(*shell),
+        Command::ManPages { dir } => return man_pages(dir),
+        _ => {}
     }
     events::init(cli.log_format);
     // Until the configuration is read (it may name another level), the flags over INFO.
@@ -220,6 +301,8 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
         Command::Service { manager } => service::print(&ctx.paths, &ctx.config, manager, &passed),
-        Command::JobShim { .. } => unreachable!("handled before configuration is loaded"),
+        Command::JobShim { .. } | Command::Completions { .. } | Command::ManPages { .. } => {
+            unreachable!("handled before configuration is loaded")
+        }
     }
 }

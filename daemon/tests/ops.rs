@@ -178,3 +178,61 @@ fn a_terminal_is_told_what_ctrl_c_does_even_with_json_events() {
     let status = session.process.wait().expect("wait");
     assert_eq!(format!("{status:?}").split(", ").last(), Some("0)"), "exit status: {status:?}");
 }
+
+/// `homerd completions SHELL`: a script for the visible commands and flags only, without
+/// reading configuration or creating anything; bash parses it.
+#[test]
+fn completions_for_bash_zsh_and_fish_touch_nothing() {
+    let sb = Sandbox::new();
+    for (shell, marker) in [("bash", "complete -F _homerd"), ("zsh", "#compdef homerd"), ("fish", "complete -c homerd")]
+    {
+        // A config that would be refused (78): completions never read it.
+        let mut c = sb.cmd();
+        c.env("HOMER_MAX_ATTEMPTS", "0").args(["completions", shell]);
+        let out = run_bounded(c, deadline(30.0));
+        assert_eq!(out.code, Some(0), "{shell}: {}", out.stderr);
+        let script = &out.stdout;
+        assert!(script.contains(marker), "{shell}: no `{marker}`");
+        for word in ["enqueue", "completions", "log-level"] {
+            assert!(script.contains(word), "{shell}: `{word}` not offered");
+        }
+        for hidden in ["job-shim", "man-pages"] {
+            assert!(!script.contains(hidden), "{shell}: the hidden `{hidden}` is offered");
+        }
+        if shell == "bash" {
+            let file = sb.dir.path().join("homerd.bash");
+            std::fs::write(&file, script).unwrap();
+            let mut check = std::process::Command::new("bash");
+            check.arg("-n").arg(&file);
+            let out = run_bounded(check, deadline(30.0));
+            assert_eq!(out.code, Some(0), "bash -n: {}", out.stderr);
+        }
+    }
+    let out = sb.run(&["completions", "tcsh"]);
+    assert_eq!(out.code, Some(EX_USAGE), "{}", out.stderr);
+    assert!(out.stderr.contains("tcsh") && out.stderr.contains("bash, zsh, fish"), "{}", out.stderr);
+    assert!(!sb.home().exists(), "completions created the home directory");
+}
+
+/// The man pages `cargo xtask man` asks for: one per visible command, none for the hidden
+/// ones; a missing directory is refused (66) and not created.
+#[test]
+fn man_pages_for_every_visible_command() {
+    let sb = Sandbox::new();
+    let dir = sb.dir.path().join("man1");
+    let out = sb.run(&["man-pages", dir.to_str().unwrap()]);
+    assert_eq!(out.code, Some(66), "{}", out.stderr);
+    assert!(out.stderr.contains(dir.to_str().unwrap()) && !dir.exists(), "{}", out.stderr);
+    std::fs::create_dir(&dir).unwrap();
+    let out = sb.run(&["man-pages", dir.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let pages = listing(&dir);
+    for page in ["homerd.1", "homerd-run.1", "homerd-enqueue.1", "homerd-completions.1"] {
+        assert!(pages.contains(&page.to_string()), "{page} missing: {pages:?}");
+    }
+    assert!(!pages.iter().any(|p| p.contains("job-shim") || p.contains("man-pages")), "{pages:?}");
+    let main = String::from_utf8(bytes(&dir.join("homerd.1"))).unwrap();
+    assert!(main.starts_with(".ie") || main.contains(".TH homerd"), "not a man page: {}", &main[..200.min(main.len())]);
+    assert!(main.contains("log\\-level"), "homerd.1 lacks --log-level");
+    assert!(!sb.home().exists(), "man-pages created the home directory");
+}

@@ -11,8 +11,10 @@
 //! usage before anything runs.
 //! - `cargo xtask bench [options]`: release-built benchmarks against same-run baselines
 //!   (bench.rs; the measuring program is the `homer-bench` package).
+//! - `cargo xtask man`: homerd's man pages into `target/man/man1` (man.rs).
 
 mod bench;
+mod man;
 mod models;
 mod mutants;
 mod verify;
@@ -24,6 +26,7 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask verify [--quick | --full] [--stage NAME] [--macos]
        cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N] [--loom-preemptions N]
        cargo xtask bench [--jobs N] [--json FILE] [homer-bench options]
+       cargo xtask man
        cargo xtask --help | COMMAND --help";
 
 const HELP: &str = "cargo xtask: the project's one entry point for checks (every command it runs is printed first)
@@ -41,6 +44,7 @@ Commands:
             --loom-preemptions N   LOOM_MAX_PREEMPTIONS for the models layer (default 2)
   bench     release-built measurements against same-run baselines; other options go to
             homer-bench (`target/bench/release/homer-bench --help` lists them)
+  man       homerd's man pages (homerd.1, homerd-<command>.1) into target/man/man1
 
 Exit status: 0 ok; 1 a check failed; 64 a usage error (unknown command or argument).";
 
@@ -99,6 +103,10 @@ fn main() -> ExitCode {
         "verify" => verify::Options::parse(rest).map(Job::Verify),
         "mutants" => mutants::Options::parse(rest).map(Job::Mutants),
         "bench" => Ok(Job::Bench(rest.to_vec())),
+        "man" => match rest.first() {
+            None => Ok(Job::Man),
+            Some(a) => Err(format!("unknown argument `{a}` for man")),
+        },
         "" => Err(String::from("no command given")),
         other => Err(format!("unknown command `{other}`")),
     };
@@ -113,6 +121,7 @@ fn main() -> ExitCode {
         Job::Verify(o) => verify::verify(&o),
         Job::Mutants(o) => mutants_command(&o),
         Job::Bench(args) => bench::bench(&args),
+        Job::Man => man::man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,6 +137,7 @@ enum Job {
     Verify(verify::Options),
     Mutants(mutants::Options),
     Bench(Vec<String>),
+    Man,
 }
 
 fn mutants_command(o: &mutants::Options) -> Result<(), String> {
