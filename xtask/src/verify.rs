@@ -36,7 +36,7 @@ const FULL: &[Stage] = &[
     Stage { name: "clippy", what: "clippy on every target, warnings denied", run: clippy },
     Stage { name: "test", what: "workspace tests + scenarios, insta read-only", run: test },
     Stage { name: "loom", what: "the coordinator under loom (release; --full: the full preemption bound)", run: loom },
-    Stage { name: "workflow", what: ".github/workflows/ci.yml against its schema", run: workflow },
+    Stage { name: "workflow", what: "every .github/workflows file against the workflow schema", run: workflow },
 ];
 
 const QUICK: &[Stage] = &[
@@ -249,15 +249,23 @@ fn ensure_venv(packages: &[&str]) -> Result<PathBuf, String> {
     Ok(venv)
 }
 
+/// Every workflow file: `ci.yml` must be there, and each `.yml`/`.yaml` in
+/// `.github/workflows` (ci.yml, release.yml, ...) must match the GitHub workflow schema.
 fn workflow(_: &Options) -> Result<(), String> {
     let venv = ensure_venv(&[CHECK_JSONSCHEMA])?;
-    let workflow = root().join(".github/workflows/ci.yml");
-    if !workflow.is_file() {
-        return Err(format!("{} is missing", workflow.display()));
+    let dir = root().join(".github/workflows");
+    if !dir.join("ci.yml").is_file() {
+        return Err(format!("{} is missing", dir.join("ci.yml").display()));
     }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
     run(Command::new(venv.join("bin/check-jsonschema"))
         .args(["--builtin-schema", "vendor.github-workflows"])
-        .arg(&workflow))
+        .args(&files))
 }
 
 fn macos(_: &Options) -> Result<(), String> {
