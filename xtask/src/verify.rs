@@ -35,7 +35,7 @@ const FULL: &[Stage] = &[
     Stage { name: "fmt", what: "cargo fmt --check", run: fmt },
     Stage { name: "clippy", what: "clippy on every target, warnings denied", run: clippy },
     Stage { name: "test", what: "workspace tests + scenarios, insta read-only", run: test },
-    Stage { name: "loom", what: "the coordinator under loom (release; --full: the full preemption bound)", run: loom },
+    Stage { name: "loom", what: "the coordinator under loom (--full: the full preemption bound)", run: loom },
     Stage { name: "workflow", what: "every .github/workflows file against the workflow schema", run: workflow },
 ];
 
@@ -229,12 +229,14 @@ fn loom(o: &Options) -> Result<(), String> {
             "(preemption bound {bound}; `cargo xtask verify --full` and CI's loom job run {LOOM_PREEMPTIONS_FULL})"
         );
     }
-    // --nocapture: each model prints its interleavings and time as it finishes.
+    // The `loom` profile (Cargo.toml): homerd and loom optimised, the rest at -O0 — a
+    // cold build of everything in release took most of this stage. --nocapture: each
+    // model prints its interleavings and time as it finishes.
     run(cargo()
         .env("RUSTFLAGS", "--cfg homer_loom")
         .env("CARGO_TARGET_DIR", root().join("target/loom"))
         .env("LOOM_MAX_PREEMPTIONS", bound)
-        .args(["test", "-p", "homerd", "--release", "--locked", "--test", "loom", "--", "--nocapture"]))
+        .args(["test", "-p", "homerd", "--profile", "loom", "--locked", "--test", "loom", "--", "--nocapture"]))
 }
 
 /// A virtualenv under target/ with `packages` installed.
