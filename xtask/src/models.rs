@@ -1,7 +1,8 @@
 //! `cargo xtask mutants --layer models`: the model layers' teeth. Builds homerd's two
 //! model tests with the `mutants` feature — the proptest state machine
 //! (`daemon/tests/model.rs`, in `target/mutants-models`) and the loom suite
-//! (`daemon/tests/loom.rs`, release, `--cfg homer_loom`, in `target/mutants-models/loom`)
+//! (`daemon/tests/loom.rs`, the `loom` profile, `--cfg homer_loom`, in
+//! `target/mutants-models/loom`)
 //! — runs both unmutated (they must pass), then once per mutant, each run its own
 //! process with `HOMERD_MUTANT` set (homerd reads it once per process), and prints which
 //! tests of which layer each mutant fails.
@@ -61,12 +62,18 @@ const REQUIRED: &[(Layer, &str)] = &[
 ];
 
 /// Builds one test target and returns its executable (from cargo's JSON messages).
-fn build_test(target_dir: &Path, test: &str, release: bool, rustflags: Option<&str>) -> Result<PathBuf, String> {
+/// `profile`: `None` for dev, or a profile name (`loom`: see Cargo.toml).
+fn build_test(
+    target_dir: &Path,
+    test: &str,
+    profile: Option<&str>,
+    rustflags: Option<&str>,
+) -> Result<PathBuf, String> {
     let mut cmd = cargo();
     cmd.args(["test", "-p", "homerd", "--features", "mutants", "--test", test, "--no-run", "--message-format=json"])
         .env("CARGO_TARGET_DIR", target_dir);
-    if release {
-        cmd.arg("--release");
+    if let Some(profile) = profile {
+        cmd.args(["--profile", profile]);
     }
     if let Some(flags) = rustflags {
         cmd.env("RUSTFLAGS", flags);
@@ -165,8 +172,8 @@ pub fn mutants_models(o: &crate::mutants::Options) -> Result<(), String> {
     let out_dir = target.join("runs");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let bins = Binaries {
-        model: build_test(&target, "model", false, None)?,
-        loom: build_test(&target.join("loom"), "loom", true, Some("--cfg homer_loom"))?,
+        model: build_test(&target, "model", None, None)?,
+        loom: build_test(&target.join("loom"), "loom", Some("loom"), Some("--cfg homer_loom"))?,
         out_dir,
         loom_preemptions,
     };
