@@ -294,3 +294,23 @@ fn macos(_: &Options) -> Result<(), String> {
     eprintln!("(links every target for macOS; nothing runs there)");
     run(&mut cmd).map_err(|e| format!("{e} — {}", show(&cmd)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_are_read_before_anything_runs() {
+        let o = parse(&["--full", "--stage", "loom"]).unwrap();
+        assert!(o.full && !o.quick && o.stage.map(|s| s.name) == Some("loom"));
+        assert!(parse(&["--quick", "--full"]).err().unwrap().contains("contradict"));
+        let e = parse(&["--stage", "lint"]).err().unwrap();
+        assert!(e.contains("`lint`") && e.contains("clippy"), "{e}");
+        assert!(parse(&["--stage"]).err().unwrap().contains("needs a name"));
+        assert!(parse(&["--fast"]).err().unwrap().contains("`--fast`"));
+    }
+}
