@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
 
 use crate::cmd::context::Context;
 use crate::cmd::{doctor, enqueue, logs, maintain, operate, run, service, status, wait};
 use crate::error::{exit, Error};
-use crate::events::{self, Format};
+use crate::events::{self, Format, Level};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +38,16 @@ pub struct Cli {
     /// Event format on stderr (and in the log file)
     #[arg(long, global = true, value_enum, default_value = "human", env = "HOMER_LOG_FORMAT")]
     pub log_format: Format,
+    /// Least severe event shown and logged: debug, info, warn or error (default: the
+    /// log_level setting, info)
+    #[arg(long, global = true, value_enum, value_name = "LEVEL", conflicts_with_all = ["verbose", "quiet"])]
+    pub log_level: Option<Level>,
+    /// More events: -v adds DEBUG lines (one level below the log_level setting per -v)
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Fewer events: -q keeps WARN and ERROR, -qq only ERROR
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -212,6 +222,18 @@ with this invocation's resolved home and any of the others given here. launchd: 
         #[arg(long)]
         json: bool,
     },
+    /// Print a completion script for SHELL to stdout (reads no configuration, touches nothing)
+    #[command(after_help = "Install (then start a new shell):\n  \
+bash: homerd completions bash > ~/.local/share/bash-completion/completions/homerd\n  \
+zsh:  homerd completions zsh > ~/.zfunc/_homerd   (with fpath+=(~/.zfunc) before compinit in ~/.zshrc)\n  \
+fish: homerd completions fish > ~/.config/fish/completions/homerd.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// (internal) Write the man pages (homerd.1, homerd-<command>.1) into DIR: `cargo xtask man`
+    #[command(hide = true, name = "man-pages")]
+    ManPages { dir: PathBuf },
     /// (internal) The held-start shim that job children run through
     #[command(hide = true, name = "job-shim")]
     JobShim {
@@ -229,7 +251,7 @@ impl Command {
     /// then JSON (README "The JSON contract"). `run` speaks in events (`--log-format`).
     pub fn json(&self) -> bool {
         match self {
-            Command::Run | Command::JobShim { .. } => false,
+            Command::Run | Command::JobShim { .. } | Command::Completions { .. } | Command::ManPages { .. } => false,
             Command::Status { json, .. }
             | Command::Doctor { json }
             | Command::Migrate { json }
@@ -246,6 +268,39 @@ impl Command {
     }
 }
 
+/// The shells `homerd completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `homerd completions SHELL`: the script on stdout.
+fn completions(shell: CompletionShell) -> Result<i32, Error> {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    // clap_complete offers hidden subcommands too: complete a copy without them (the
+    // built command's arguments include help and version, so the copy adds neither).
+    let mut full = Cli::command();
+    full.build();
+    let mut visible = clap::Command::new("homerd")
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .args(full.get_arguments().cloned())
+        // `help` is made afresh from the visible ones (the built one lists them all).
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help").cloned());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut visible, "homerd", &mut script);
+    crate::output::bytes(&script)?;
+    Ok(exit::OK)
+}
+
 /// Whether `--json` is among the arguments before any `--`: how a command line clap
 /// refused still gets its usage error as JSON.
 fn json_requested(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
@@ -258,6 +313,23 @@ fn report_error(as_json: bool, e: &Error) {
     use std::io::Write;
     let line = if as_json { e.to_json().to_string() } else { format!("homerd: error: {e}") };
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `homerd man-pages DIR`: `homerd.1` and one page per visible subcommand, written into
+/// DIR (which must exist: `cargo xtask man` creates it under target/).
+fn man_pages(dir: &std::path::Path) -> i32 {
+    use clap::CommandFactory;
+    if !dir.is_dir() {
+        eprintln!("homerd: error: {}: not a directory; create it first", dir.display());
+        return exit::NOT_FOUND;
+    }
+    match clap_mangen::generate_to(Cli::command(), dir) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("homerd: error: cannot write man pages into {}: {e}", dir.display());
+            exit::IO
+        }
+    }
 }
 
 /// Entry point for the binary: returns the process exit code.
@@ -284,10 +356,28 @@ pub fn main() -> i32 {
         let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
         return crate::shim::shim_main(*parent, cwd.as_deref(), &argv);
     }
+    // Neither reads configuration nor touches anything: they describe the CLI.
+    match &cli.command {
+        Command::Completions { shell } => {
+            return completions(*shell).unwrap_or_else(|e| match e {
+                Error::StdoutClosed => e.exit_code(),
+                e => {
+                    report_error(false, &e);
+                    e.exit_code()
+                }
+            })
+        }
+        Command::ManPages { dir } => return man_pages(dir),
+        _ => {}
+    }
     let is_run = matches!(cli.command, Command::Run);
     let as_json = cli.command.json();
     // Under --json every line on stderr is JSON too: the events, and the error.
     events::init(if as_json { Format::Json } else { cli.log_format });
+    // Until the configuration is read (it may name another level), the flags over INFO.
+    events::set_level(
+        cli.log_level.unwrap_or_else(|| Level::Info.shifted(i32::from(cli.verbose) - i32::from(cli.quiet))),
+    );
     match dispatch(cli) {
         Ok(code) => code,
         // The reader closed stdout: end quietly (`output.rs`).
@@ -308,7 +398,9 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     // What `service` passes on to the daemon it installs (before the paths consume it).
     let passed =
         service::Passed { lock_file: cli.lock_file.is_some(), config: cli.config.clone(), sets: cli.set.clone() };
+    let (flag, shift) = (cli.log_level, i32::from(cli.verbose) - i32::from(cli.quiet));
     let ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
+    events::set_level(flag.unwrap_or_else(|| ctx.config.log_level.shifted(shift)));
     match cli.command {
         Command::Run => run::run(ctx),
         Command::Status { json, watch: false, .. } => status::status(&ctx, json),
@@ -341,6 +433,8 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
         Command::Service { manager, json } => service::print(&ctx.paths, &ctx.config, manager, &passed, json),
-        Command::JobShim { .. } => unreachable!("handled before configuration is loaded"),
+        Command::JobShim { .. } | Command::Completions { .. } | Command::ManPages { .. } => {
+            unreachable!("handled before configuration is loaded")
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::duration::{format_duration, parse_duration};
 use crate::error::{Error, Result};
+use crate::events::Level;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -46,6 +47,8 @@ pub struct Config {
     pub busy_timeout: Duration,
     pub migrate_wait: Duration,
     pub durability: Durability,
+    /// The least severe event level emitted (`-v`, `-q` and `--log-level` override it).
+    pub log_level: Level,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             busy_timeout: Duration::from_secs(5),
             migrate_wait: Duration::from_secs(300),
             durability: Durability::Normal,
+            log_level: Level::Info,
         }
     }
 }
@@ -92,6 +96,7 @@ pub const KEYS: &[&str] = &[
     "busy_timeout",
     "migrate_wait",
     "durability",
+    "log_level",
 ];
 
 /// Where the configuration comes from (for the CLI).
@@ -251,6 +256,11 @@ impl Config {
                     _ => return Err(cfg_err(source, key, &format!("expected `normal` or `full`, got `{value}`"))),
                 }
             }
+            "log_level" => {
+                self.log_level = Level::parse(value).ok_or_else(|| {
+                    cfg_err(source, key, &format!("expected `debug`, `info`, `warn` or `error`, got `{value}`"))
+                })?
+            }
             _ => {
                 let hint = KEYS
                     .iter()
@@ -370,6 +380,17 @@ mod tests {
             let text = Config::load(&sources).unwrap_err().to_string();
             assert!(text.contains("--set") && text.contains("backoff_cap") && text.contains(says), "{value}: {text}");
         }
+    }
+
+    #[test]
+    fn log_level_reads_the_four_levels_and_names_a_bad_one() {
+        let mut c = Config::default();
+        assert_eq!(c.log_level, Level::Info);
+        c.set("log_level", "debug", "t").unwrap();
+        assert_eq!(c.log_level, Level::Debug);
+        let err = c.set("log_level", "loud", "environment variable HOMER_LOG_LEVEL").unwrap_err().to_string();
+        assert!(err.contains("HOMER_LOG_LEVEL") && err.contains("`loud`") && err.contains("`debug`"), "{err}");
+        assert_eq!(c.log_level, Level::Debug, "a refused value changes nothing");
     }
 
     #[test]
