@@ -85,7 +85,8 @@ run 0 show "$id" --json && ! printf '%s' "$out" | grep -q do-not-store \
     && ok "the caller's environment is not stored (show --json has no SECRET_TOKEN)" || bad "environment capture" "$out"
 run 66 enqueue exec --cwd "$work/nowhere" -- true && printf '%s' "$err" | grep -q nowhere \
     && ok "--cwd to a missing directory: refused, exit 66, names it" || bad "--cwd missing" "exit $code" "$err"
-run 64 enqueue exec --env '1BAD=x' -- true && ok "--env with a bad name: refused, exit 64" || bad "--env bad name" "exit $code" "$err"
+run 64 enqueue exec --env NO_VALUE -- true && ok "--env without =VALUE: refused, exit 64" || bad "--env NO_VALUE" "exit $code" "$err"
+run 64 enqueue exec --env HOMER_JOB_ID=7 -- true && ok "--env over a variable the daemon sets: refused, exit 64" || bad "--env HOMER_JOB_ID" "exit $code" "$err"
 
 # --- A missing program: show says why -----------------------------------------------------------
 id=$(enqueue --max-attempts 1 exec -- no-such-program-here)
@@ -97,8 +98,11 @@ run 0 show "$id" && printf '%s' "$out" | grep -q "No such file or directory" && 
 id=$(enqueue --max-attempts 1 exec -- sh -c 'for i in 1 2 3 4 5; do echo "line $i"; sleep 0.1; done; exit 3')
 run 4 logs -f "$id" && [ "$(printf '%s\n' "$out" | wc -l | tr -d ' ')" = 5 ] && [ "$(printf '%s\n' "$out" | tail -1)" = "line 5" ] \
     && ok "logs -f: every line, then exit 4 for the failed job" || bad "logs -f $id" "exit $code" "$out" "$err"
-run 6 wait "$(enqueue exec -- sleep 600)" --timeout 200ms && ok "wait --timeout: exit 6, names what is left" \
-    || bad "wait --timeout" "exit $code" "$err"
+long=$(enqueue exec -- sleep 600)
+run 6 wait "$long" --timeout 200ms && ok "wait --timeout: exit 6, names what is left" || bad "wait --timeout" "exit $code" "$err"
+# A lane runs one job at a time unless configured otherwise: the sleeper goes.
+run 0 cancel "$long" && run 5 wait "$long" --timeout "${deadline}s" && ok "cancel a running job; wait on it exits 5" \
+    || bad "cancel $long" "exit $code" "$out" "$err"
 
 # --- Durations and times --------------------------------------------------------------------------
 run 0 enqueue --run-after 1h30m noop && ok "--run-after 1h30m" || bad "--run-after 1h30m" "exit $code" "$err"
@@ -141,27 +145,28 @@ check "a release workflow builds the four targets" grep -q 'aarch64-apple-darwin
 id=$(enqueue exec -- sh -c 'echo started; while :; do sleep 0.2; echo tick; done')
 "$homerd" logs -f "$id" 2>/dev/null | grep -q -m1 started && ok "the long job is running (logs -f saw it start)" || bad "long job start"
 kill -TERM "$daemon_pid"
-until_line "$work/daemon.err" 'second signal' && ok "SIGTERM: says it waits for the running job and that a second signal stops now" \
+until_line "$work/daemon.err" 'again to stop' && ok "SIGTERM: says it waits for the running job and that a second signal stops now" \
     || bad "shutdown message" "$(tail -5 "$work/daemon.err")"
-grep 'second signal' "$work/daemon.err" | head -1 | sed 's/^/      /'
+grep 'again to stop' "$work/daemon.err" | head -1 | sed 's/.*"msg":"\([^"]*\)".*/      \1/'
 kill -TERM "$daemon_pid"
 until_line "$work/daemon.err" '"event":"lock.released"' && wait "$daemon_pid"
 code=$?
 [ "$code" = 0 ] && ok "a second SIGTERM stops the daemon (exit 0, lock released)" || bad "second SIGTERM" "exit $code" "$(tail -5 "$work/daemon.err")"
 daemon_pid=
-run 0 show "$id" && ok "the stopped job: $(printf '%s\n' "$out" | grep -m1 -i 'status' | tr -s ' ')" || bad "show $id after the stop" "$err"
+run 0 show "$id" && ok "the stopped job, released for the next start: $(printf '%s\n' "$out" | head -1)" || bad "show $id after the stop" "$err"
 
 # --- A failing scenario draws its timeline --------------------------------------------------------
 if [ -n "$harness" ]; then
     cat >"$work/fails.toml" <<'EOF'
-name = "tour-fails-on-purpose"
 description = "Expects seven jobs where there is one, to show a failure's timeline."
-covers = []
+covers = ["the tour: a failure shown on purpose"]
+mutant_none = "it fails on every daemon: it expects seven jobs where there is one"
 [[step]]
 start = "a"
 [[step]]
-wait = "daemon.active"
-from = "a"
+wait = "event"
+target = "a"
+event = "daemon.active"
 [[step]]
 enqueue = "noop"
 [[step]]
