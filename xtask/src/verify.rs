@@ -2,13 +2,13 @@
 //! run, are timed, and end in one table. A failed stage does not stop the others (the
 //! table shows all of them); the exit status is non-zero and names the failed stages.
 //!
-//! Nothing is assumed installed: rustfmt and clippy come from rustup, cargo-insta is built
-//! at the version of the insta crate in Cargo.lock into `target/tools`, Python tools go into
+//! Nothing is assumed installed: rustfmt and clippy come from rustup, snapshots are checked
+//! through insta's own environment switches (no cargo-insta to build), Python tools go into
 //! a virtualenv at `target/venv` (system pip is externally managed on Debian and on GitHub's
 //! runners).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -174,52 +174,78 @@ fn tool_path() -> OsString {
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
-/// The insta version Cargo.lock pins (cargo-insta must match it).
-fn insta_version() -> Result<String, String> {
-    let lock = std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
-    let mut lines = lock.lines();
-    while let Some(l) = lines.next() {
-        if l == "name = \"insta\"" {
-            if let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = \"")).and_then(|v| v.strip_suffix('"'))
-            {
-                return Ok(v.to_string());
+/// Every `.snap` file in the repository (outside `target/`), as absolute paths.
+fn snapshot_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            if name == "target" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "snap") {
+                out.push(path);
             }
         }
     }
-    Err(String::from("insta is not in Cargo.lock"))
+    let mut out = Vec::new();
+    walk(&root(), &mut out);
+    out.sort();
+    out
 }
 
-fn ensure_cargo_insta() -> Result<(), String> {
-    let version = insta_version()?;
-    let bin = tools_dir().join("bin/cargo-insta");
-    let have =
-        Command::new(&bin).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if have.as_deref().is_some_and(|v| v.split_whitespace().any(|w| w == version)) {
-        return Ok(());
-    }
-    run(cargo()
-        .args(["install", "cargo-insta", "--locked", "--quiet", "--version"])
-        .arg(format!("={version}"))
-        .arg("--root")
-        .arg(tools_dir()))
-    .map_err(|e| format!("{e}; cargo-insta {version} is needed to check snapshots read-only"))
+/// The `.snap` files no snapshot assertion of the run named (insta appends each
+/// assertion's file to `INSTA_SNAPSHOT_REFERENCES_FILE`): a stale snapshot is an error.
+fn unreferenced(references: &Path, files: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let text = std::fs::read_to_string(references).map_err(|e| format!("{}: {e}", references.display()))?;
+    let named: std::collections::BTreeSet<PathBuf> =
+        text.lines().map(|l| std::fs::canonicalize(l).unwrap_or_else(|_| PathBuf::from(l))).collect();
+    Ok(files
+        .iter()
+        .filter(|f| !named.contains(&std::fs::canonicalize(f).unwrap_or_else(|_| (*f).clone())))
+        .cloned()
+        .collect())
 }
 
 fn test(_: &Options) -> Result<(), String> {
-    ensure_cargo_insta()?;
     let root = root();
     let junit = root.join("target/junit");
     let sandboxes = root.join("target/sandboxes");
     for d in [&junit, &sandboxes] {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
-    // Snapshots are checked, never written; a .snap no test references is an error.
+    let references = root.join("target/insta-references.txt");
+    let _ = std::fs::remove_file(&references);
+    // Snapshots are checked, never written (insta's own switches: no update, no
+    // forced pass, CI behaviour), and every assertion names its file so that a .snap no
+    // test references is an error below — what `cargo insta test --check
+    // --unreferenced=reject` does, without building cargo-insta.
     run(cargo()
         .env("PATH", tool_path())
         .env("HOMER_HARNESS_JUNIT", junit.join("scenarios.xml"))
         .env("HOMER_HARNESS_SANDBOX_DIR", &sandboxes)
         .env("HOMER_HARNESS_KEEP", "failed")
-        .args(["insta", "test", "--workspace", "--check", "--unreferenced=reject"]))
+        .env("INSTA_UPDATE", "no")
+        .env("INSTA_FORCE_PASS", "0")
+        .env("CI", "true")
+        .env("INSTA_SNAPSHOT_REFERENCES_FILE", &references)
+        .args(["test", "--workspace", "--locked"]))?;
+    let files = snapshot_files();
+    let stale = unreferenced(&references, &files)?;
+    if !stale.is_empty() {
+        let list: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!(
+            "{} of {} snapshot files are referenced by no test (delete them or restore their test): {}",
+            stale.len(),
+            files.len(),
+            list.join(", ")
+        ));
+    }
+    eprintln!("snapshots: all {} files referenced, none written", files.len());
+    Ok(())
 }
 
 fn loom(o: &Options) -> Result<(), String> {
@@ -297,7 +323,7 @@ fn macos(_: &Options) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::Options;
+    use super::{unreferenced, Options};
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
@@ -312,5 +338,25 @@ mod tests {
         assert!(e.contains("`lint`") && e.contains("clippy"), "{e}");
         assert!(parse(&["--stage"]).err().unwrap().contains("needs a name"));
         assert!(parse(&["--fast"]).err().unwrap().contains("`--fast`"));
+    }
+
+    #[test]
+    fn a_snapshot_no_assertion_named_is_reported() {
+        let dir = std::env::temp_dir().join(format!("xtask-snapshots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (used, stale) = (dir.join("used.snap"), dir.join("stale.snap"));
+        for f in [&used, &stale] {
+            std::fs::write(f, "---\n").unwrap();
+        }
+        let refs = dir.join("references.txt");
+        // insta appends one line per assertion, the same file more than once.
+        std::fs::write(&refs, format!("{0}\n{0}\n", used.display())).unwrap();
+        let files = vec![stale.clone(), used.clone()];
+        assert_eq!(unreferenced(&refs, &files).unwrap(), vec![stale.clone()]);
+        std::fs::write(&refs, format!("{}\n{}\n", used.display(), stale.display())).unwrap();
+        assert!(unreferenced(&refs, &files).unwrap().is_empty());
+        // No references file at all (no test ran) is an error, not "nothing is stale".
+        assert!(unreferenced(&dir.join("missing.txt"), &files).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

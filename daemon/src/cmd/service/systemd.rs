@@ -166,36 +166,14 @@ fn parse_timespan(s: &str) -> Option<Option<Duration>> {
     if s == "infinity" {
         return Some(None);
     }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        rest = rest.trim_start();
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if num_len == 0 {
-            return None;
-        }
-        let n: f64 = rest[..num_len].parse().ok()?;
-        rest = rest[num_len..].trim_start();
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "" | "s" | "sec" | "second" | "seconds" => 1.0,
-            "us" | "usec" => 1e-6,
-            "ms" | "msec" => 1e-3,
-            "m" | "min" | "minute" | "minutes" => 60.0,
-            "h" | "hr" | "hour" | "hours" => 3600.0,
-            "d" | "day" | "days" => 86_400.0,
-            "w" | "week" | "weeks" => 604_800.0,
-            "M" | "month" | "months" => 2_629_800.0,
-            "y" | "year" | "years" => 31_557_600.0,
-            _ => return None,
-        };
-        total += n * secs;
-        rest = &rest[unit_len..];
-    }
-    Some((total > 0.0).then(|| Duration::from_secs_f64(total)))
+    // A bare number is seconds to systemd. Anything else is a span in units humantime
+    // reads as systemd does (us, ms, s, min, h, d, w, M, y and their long forms, mixed:
+    // `1min 30s`) — not homerd's own grammar (`duration.rs`), which refuses a bare number.
+    let d = match s.parse::<f64>() {
+        Ok(n) => Duration::try_from_secs_f64(n).ok()?,
+        Err(_) => humantime::parse_duration(s).ok()?,
+    };
+    Some((!d.is_zero()).then_some(d))
 }
 
 /// The assignments of a unit file, in order, as `(section, key, value)`: comments
@@ -278,7 +256,10 @@ mod tests {
         assert_eq!(parse_timespan("2h"), Some(Some(Duration::from_secs(7200))));
         assert_eq!(parse_timespan("infinity"), Some(None));
         assert_eq!(parse_timespan("0"), Some(None));
+        assert_eq!(parse_timespan("1.5"), Some(Some(Duration::from_millis(1500))));
+        assert_eq!(parse_timespan("2 weeks"), Some(Some(Duration::from_secs(14 * 86_400))));
         assert_eq!(parse_timespan("soon"), None);
+        assert_eq!(parse_timespan("-5"), None);
         assert_eq!(parse_timespan(""), None);
     }
 
