@@ -281,7 +281,7 @@ mod tests {
         let member: i32 = line.text().parse().unwrap();
         let pgid = p.pid();
         if cfg!(target_os = "linux") {
-            assert_eq!(crate::stat(member).unwrap().pgrp, pgid);
+            assert_eq!(crate::stat(member).unwrap().pgrp as i32, pgid);
         }
         assert!(crate::group_alive(pgid));
         drop(p);

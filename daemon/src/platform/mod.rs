@@ -115,6 +115,13 @@ fn group_pid(pgid: u32) -> io::Result<rustix::process::Pid> {
     }
 }
 
+/// `kill(pid, 0)`: whether the kernel knows the pid at all — zombies included, and
+/// another user's process (EPERM) counts as existing.
+pub fn process_exists(target: u32) -> bool {
+    let Some(p) = pid(target) else { return false };
+    matches!(rustix::process::test_kill_process(p), Ok(()) | Err(rustix::io::Errno::PERM))
+}
+
 /// `kill(pid, sig)`. ESRCH is an error here (the caller asked about one process).
 pub fn signal_process(target: u32, sig: Signal) -> io::Result<()> {
     let p = pid(target).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("pid {target}")))?;
