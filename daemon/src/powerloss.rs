@@ -163,9 +163,7 @@ pub fn install(log: &Path, cut: Option<u64>, as_default: bool) -> Result<(), Str
     RECORDER
         .set(Recorder { log: file, path: log.to_owned(), cut, ops: AtomicU64::new(0) })
         .map_err(|_| String::from("power-loss recording is already installed in this process"))?;
-    // SAFETY: registration reads the current default VFS and hands SQLite a VFS that lives
-    // for the rest of the process (leaked); both are documented as thread-safe calls.
-    unsafe { register(as_default) }?;
+    register(as_default)?;
     ACTIVE.store(true, Ordering::SeqCst);
     Ok(())
 }
@@ -313,10 +311,12 @@ const REAL_OFFSET: usize = (std::mem::size_of::<WrapFile>() + 7) & !7;
 const RECORDED: c_int =
     ffi::SQLITE_OPEN_MAIN_DB | ffi::SQLITE_OPEN_MAIN_JOURNAL | ffi::SQLITE_OPEN_WAL | ffi::SQLITE_OPEN_SUPER_JOURNAL;
 
-/// # Safety
-/// Must run before SQLite opens connections through the default VFS in other threads (it
-/// is called from `install`, first thing in `main` or in a test before its connections).
-unsafe fn register(as_default: bool) -> Result<(), String> {
+/// Registers the recording VFS in front of SQLite's default one. Call it before SQLite
+/// opens connections through the default VFS (`install` runs first thing in `main`, or in
+/// a test before its connections): a connection opened earlier is not recorded. That is
+/// a matter of what gets recorded, not of memory safety — both SQLite calls below are
+/// thread-safe — so this is a safe function.
+fn register(as_default: bool) -> Result<(), String> {
     // SAFETY: sqlite3_vfs_find(NULL) initialises SQLite if needed and returns the default
     // VFS (or null), a static registration that lives as long as the process.
     let Some(r) = (unsafe { ffi::sqlite3_vfs_find(ptr::null()).as_ref() }) else {
@@ -356,22 +356,14 @@ unsafe fn register(as_default: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The wrapped VFS behind ours.
-///
-/// # Safety
-/// `vfs` must be the VFS registered by [`register`].
-unsafe fn real_vfs<'a>(vfs: *mut ffi::sqlite3_vfs) -> &'a mut ffi::sqlite3_vfs {
-    // SAFETY: our pAppData is the real VFS, registered for the life of the process.
-    unsafe { &mut *(*vfs).pAppData.cast::<ffi::sqlite3_vfs>() }
-}
-
 /// Forwards a VFS method to the real VFS (or returns `$missing` if it lacks it).
 macro_rules! forward_vfs {
     ($vfs:expr, $method:ident ( $($arg:expr),* ), $missing:expr) => {{
-        // SAFETY: SQLite calls our VFS methods with our VFS; the real VFS's method takes
-        // the same arguments with the real VFS in front.
+        // SAFETY: SQLite calls our VFS methods with our VFS, whose pAppData is the real
+        // VFS (set in `register`), registered for the life of the process; the real VFS's
+        // method takes the same arguments with the real VFS in front.
         unsafe {
-            let real = real_vfs($vfs);
+            let real = &mut *(*$vfs).pAppData.cast::<ffi::sqlite3_vfs>();
             match real.$method {
                 Some(f) => f(real, $($arg),*),
                 None => $missing,

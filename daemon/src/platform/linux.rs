@@ -1,4 +1,4 @@
-//! Linux: `/proc` and the system calls `rustix` wraps. No `unsafe` here.
+//! Linux: `/proc`, and system calls through `rustix` only (no raw `libc` calls).
 
 use std::collections::HashSet;
 use std::io;

@@ -1,6 +1,6 @@
 //! macOS: no `/proc`; libSystem's `proc_pidinfo`, `proc_listpids` and `sysctlbyname`
 //! (all in libSystem, so nothing links against Apple frameworks). `rustix` does not wrap
-//! these three; each is one `unsafe` call below with its reasoning.
+//! these three, so they are raw `libc` calls, each with its `SAFETY` reasoning.
 
 use std::collections::HashSet;
 use std::io;
@@ -45,9 +45,13 @@ pub fn stat(pid: u32) -> io::Result<Option<Stat>> {
     let Ok(pid) = libc::c_int::try_from(pid) else { return Ok(None) };
     let mut info = std::mem::MaybeUninit::<libc::proc_bsdinfo>::zeroed();
     let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
-    // SAFETY: `info` is writable for exactly `size` bytes; when the call reports `size`
-    // bytes written, the all-zero-initialised plain-old-data struct is fully filled.
-    let n = unsafe { libc::proc_pidinfo(pid, libc::PROC_PIDTBSDINFO, 0, info.as_mut_ptr().cast(), size) };
+    // SAFETY: `info` is writable for exactly `size` bytes. It was zero-initialised, and
+    // every bit pattern is a valid proc_bsdinfo (integers and byte arrays only), so it is
+    // initialised whatever the call wrote.
+    let (n, info) = unsafe {
+        let n = libc::proc_pidinfo(pid, libc::PROC_PIDTBSDINFO, 0, info.as_mut_ptr().cast(), size);
+        (n, info.assume_init())
+    };
     if n != size {
         let err = io::Error::last_os_error();
         return match err.raw_os_error() {
@@ -55,9 +59,6 @@ pub fn stat(pid: u32) -> io::Result<Option<Stat>> {
             _ => Err(err),
         };
     }
-    // SAFETY: zero-initialised above and filled by the kernel; every bit pattern is a
-    // valid proc_bsdinfo (integers and byte arrays only).
-    let info = unsafe { info.assume_init() };
     Ok(Some(Stat {
         ppid: info.pbi_ppid,
         pgrp: info.pbi_pgid,
