@@ -164,14 +164,7 @@ pub fn mono() -> MonoMs {
 
 /// Boot-relative monotonic milliseconds (see the module docs for the clock chosen).
 pub fn mono_ms() -> i64 {
-    #[cfg(target_os = "linux")]
-    const CLOCK: rustix::time::ClockId = rustix::time::ClockId::Boottime;
-    // Darwin: CLOCK_MONOTONIC_RAW is mach_continuous_time — counts sleep, never steps
-    // (Darwin's CLOCK_MONOTONIC is derived from the wall clock and boot time).
-    #[cfg(not(target_os = "linux"))]
-    const CLOCK: rustix::time::ClockId = rustix::time::ClockId::MonotonicRaw;
-    let ts = rustix::time::clock_gettime(CLOCK);
-    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    crate::platform::boot_clock_ms()
 }
 
 /// Formats wall-clock milliseconds as RFC 3339 UTC (`2026-11-26T14:40:59.123Z`).

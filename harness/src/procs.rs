@@ -67,10 +67,10 @@ pub struct InitReport {
 
 /// Call first in `main`, before any thread is spawned.
 pub fn init() -> InitReport {
-    block_termination_signals();
+    let set = block_termination_signals();
     std::thread::Builder::new()
         .name(String::from("harness-signals"))
-        .spawn(signal_thread)
+        .spawn(move || signal_thread(set))
         .expect("spawn the signal thread");
     let subreaper = become_subreaper();
     if subreaper {
@@ -81,28 +81,23 @@ pub fn init() -> InitReport {
 
 const TERMINATION: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (threads spawned later inherit the
+/// mask) and returns that set, for the one thread that `sigwait`s on it.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t; pthread_sigmask
+    // changes only this thread's mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in TERMINATION {
             libc::sigaddset(&mut set, s);
         }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn block_termination_signals() {
-    let set = termination_set();
-    // SAFETY: changes only this thread's mask; threads spawned later inherit it.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-fn signal_thread() {
-    let set = termination_set();
+fn signal_thread(set: libc::sigset_t) {
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: the set is initialised and blocked in every thread, so sigwait receives it.

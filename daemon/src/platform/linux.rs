@@ -99,6 +99,11 @@ pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
+pub fn boot_clock_ms() -> i64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
 pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     Ok(true)

@@ -1,6 +1,8 @@
 //! macOS: no `/proc`; libSystem's `proc_pidinfo`, `proc_listpids` and `sysctlbyname`
-//! (all in libSystem, so nothing links against Apple frameworks). `rustix` does not wrap
-//! these three, so they are raw `libc` calls, each with its `SAFETY` reasoning.
+//! (all in libSystem, so nothing links against Apple frameworks), and
+//! `clock_gettime(CLOCK_MONOTONIC_RAW)`. `rustix` does not wrap these (it has no
+//! `CLOCK_MONOTONIC_RAW` on Apple targets), so they are raw `libc` calls, each with its
+//! `SAFETY` reasoning.
 
 use std::collections::HashSet;
 use std::io;
@@ -127,6 +129,15 @@ pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
     }
     Ok((read, write))
+}
+
+/// `CLOCK_MONOTONIC_RAW`: `mach_continuous_time`, counts sleep, never steps.
+pub fn boot_clock_ms() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock exists on every macOS.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_RAW, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime failed on a clock the platform guarantees");
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
 }
 
 /// macOS has no parent-death signal (startup recovery kills what a dead daemon left).

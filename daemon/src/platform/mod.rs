@@ -147,6 +147,13 @@ pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     os::kill_me_when_parent_dies()
 }
 
+/// Milliseconds on a clock that counts time asleep and never steps, comparable across
+/// processes of one boot: Linux `CLOCK_BOOTTIME`; macOS `CLOCK_MONOTONIC_RAW`
+/// (`mach_continuous_time`: Darwin's `CLOCK_MONOTONIC` is derived from the wall clock).
+pub fn boot_clock_ms() -> i64 {
+    os::boot_clock_ms()
+}
+
 /// Fills `buf` from the operating system's random source.
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     getrandom::fill(buf).map_err(|e| io::Error::other(format!("no randomness from the operating system: {e}")))
