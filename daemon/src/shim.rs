@@ -65,8 +65,8 @@ pub fn shim_main(parent: u32, argv: &[String]) -> i32 {
     };
     // Something must be open on fd 3 before anything may own it (a shim started by hand
     // may not have it).
-    if let Err(e) = std::fs::metadata(format!("/dev/fd/{RELEASE_FD}")) {
-        eprintln!("homerd job-shim: no release pipe on fd {RELEASE_FD}: {e}");
+    if !crate::platform::descriptor_open(RELEASE_FD) {
+        eprintln!("homerd job-shim: no release pipe on fd {RELEASE_FD}");
         return EXIT_NOT_RELEASED;
     }
     // SAFETY: fd 3 is open (checked above) and is the release pipe the daemon put there

@@ -367,6 +367,33 @@ fn real_shim_exits_125_on_eof_without_running_argv() {
 }
 
 #[test]
+fn real_shim_without_a_release_pipe_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let spec = [std::process::id().to_string(), "sh".into(), "-c".into(), r#"echo ran > "$1""#.into(), "sh".into()]
+        .into_iter()
+        .chain([marker.to_str().unwrap().to_owned()])
+        .collect::<Vec<String>>()
+        .join(&SEP.to_string());
+    let (exe, args) = real_shim_command(std::process::id(), &[], &mut request(dir.path()));
+    // The shell closes fd 3 (whatever this process had there), then becomes the shim: its
+    // parent is this process, as the shim requires, and it has no release pipe.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 3>&-; exec "$0" "$@""#)
+        .arg(&exe)
+        .args(&args)
+        .env(SHIM_ENV, spec)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(shim::EXIT_NOT_RELEASED), "{stderr}");
+    assert!(stderr.contains("no release pipe on fd 3"), "{stderr}");
+    assert!(!marker.exists());
+}
+
+#[test]
 fn real_shim_refuses_a_parent_that_is_not_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
