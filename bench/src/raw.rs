@@ -32,8 +32,8 @@ impl Stmt {
 pub const ENQUEUE: Stmt = Stmt {
     name: "enqueue",
     template: "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
-                                run_after_set_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?4) RETURNING id",
+                                run_after_set_at, cwd, env)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
 };
 pub const CLAIM_RUNNING: Stmt = Stmt {
     name: "claim: running per lane",
@@ -60,7 +60,7 @@ pub const CLAIM_MARK: Stmt = Stmt {
                 started_at = ?3, attempts = attempts + 1, runs = runs + 1,
                 claim_token = ?4, claim_epoch = ?5
          WHERE id = ?1 AND status = 'pending' AND cancel_requested_at IS NULL
-         RETURNING lane, kind, payload, attempts, runs, timeout_ms, max_attempts",
+         RETURNING lane, kind, payload, attempts, runs, timeout_ms, max_attempts, cwd, env",
 };
 pub const CLAIM_RUN_ROW: Stmt = Stmt {
     name: "claim: job_runs row",
@@ -321,9 +321,14 @@ pub fn notice_latency(db: &Path, n: usize) -> Result<Vec<f64>, String> {
         for _ in 0..n {
             let started = Instant::now();
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| err("begin", e))?;
-            tx.query_row(&sql, params!["default", "noop", "[]", now_ms(), 3, now_ms(), None::<i64>], |r| {
-                r.get::<_, i64>(0)
-            })
+            let now = now_ms();
+            // A job due now: created, due and its `run_after` set at the same moment; no
+            // directory or variables (not an exec job).
+            tx.query_row(
+                &sql,
+                params!["default", "noop", "[]", now, 3, now, None::<i64>, now, None::<String>, None::<String>],
+                |r| r.get::<_, i64>(0),
+            )
             .map_err(|e| err("insert", e))?;
             tx.commit().map_err(|e| err("commit", e))?;
             let seen = recv(&rx)?;

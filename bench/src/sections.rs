@@ -521,7 +521,8 @@ pub fn recovery(ctx: &mut Ctx<'_>) -> Result<(), String> {
     for run in 1..=o.runs {
         let home = procs::fresh_dir(&o.work, "recovery-homerd")?;
         procs::copy_db(&template, &home.join("homer.db"))?;
-        let mut d = Daemon::start(&o.homerd, &home, &[])?;
+        // database.checked is a DEBUG event.
+        let mut d = Daemon::start(&o.homerd, &home, &[String::from("log_level=debug")])?;
         let deadline = Instant::now() + START_LIMIT;
         let check = d.wait_for(deadline, "database.checked", |e| e.name == "database.checked")?;
         checked.push(check.field_i64("ms").ok_or("database.checked without ms")? as f64);

@@ -107,6 +107,10 @@ pub struct SpawnRequest {
     /// that copier threads drain into the files up to the cap, dropping the rest (a line
     /// at the end says how much); `None`: the child writes the files directly.
     pub output_cap: Option<u64>,
+    /// The job's working directory, entered by the shim after the release (so a
+    /// directory that vanished fails the run with its cause on the run's stderr, and the
+    /// program path resolves against it); `None`: the daemon's own directory.
+    pub cwd: Option<PathBuf>,
 }
 
 /// A started job that has not necessarily been released yet.
@@ -161,7 +165,7 @@ pub(crate) fn spawn_held_via(program: &Path, req: SpawnRequest) -> io::Result<He
     if req.argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
     }
-    let mut args: Vec<OsString> = shim::args_before_argv(std::process::id()).into_iter().map(OsString::from).collect();
+    let mut args: Vec<OsString> = shim::args_before_argv(std::process::id(), req.cwd.as_deref());
     args.extend(req.argv.iter().map(OsString::from));
     spawn_held_with(program, &args, req)
 }

@@ -3,13 +3,16 @@
 //! invalid value is reported with the key and where it came from, and homerd exits with
 //! the config code before touching anything.
 //!
-//! Durations are written `250ms`, `10s`, `5m`, `1h`, `7d`; sizes `512`, `64KiB`, `10MiB`.
+//! Durations are in the one grammar of `duration.rs` (`250ms`, `90s`, `1h30m`, `2d 3h`, at
+//! most 100 years); sizes `512`, `64KiB`, `10MiB`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::duration::{format_duration, parse_duration};
 use crate::error::{Error, Result};
+use crate::events::Level;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -44,6 +47,8 @@ pub struct Config {
     pub busy_timeout: Duration,
     pub migrate_wait: Duration,
     pub durability: Durability,
+    /// The least severe event level emitted (`-v`, `-q` and `--log-level` override it).
+    pub log_level: Level,
 }
 
 impl Default for Config {
@@ -67,6 +72,7 @@ impl Default for Config {
             busy_timeout: Duration::from_secs(5),
             migrate_wait: Duration::from_secs(300),
             durability: Durability::Normal,
+            log_level: Level::Info,
         }
     }
 }
@@ -90,6 +96,7 @@ pub const KEYS: &[&str] = &[
     "busy_timeout",
     "migrate_wait",
     "durability",
+    "log_level",
 ];
 
 /// Where the configuration comes from (for the CLI).
@@ -249,6 +256,11 @@ impl Config {
                     _ => return Err(cfg_err(source, key, &format!("expected `normal` or `full`, got `{value}`"))),
                 }
             }
+            "log_level" => {
+                self.log_level = Level::parse(value).ok_or_else(|| {
+                    cfg_err(source, key, &format!("expected `debug`, `info`, `warn` or `error`, got `{value}`"))
+                })?
+            }
             _ => {
                 let hint = KEYS
                     .iter()
@@ -297,51 +309,6 @@ fn cfg_err(source: &str, key: &str, message: &str) -> Error {
     Error::Config { source_name: source.to_owned(), key: key.to_owned(), message: message.to_owned() }
 }
 
-/// The longest duration any input may give: 36500 days (100 years). Every time homerd
-/// computes is a wall or monotonic millisecond count (about 1.8e12 today) plus at most a
-/// few such durations, far inside `i64` — so no sum of times can wrap, whichever input
-/// path (CLI, `--from`, configuration file, environment, `--set`) the value came from.
-pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
-
-/// Parses `250ms`, `10s`, `5m`, `1h`, `7d` (a bare `0` is zero), at most [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 250ms, 10s, 5m, 1h or 7d, got `{s}`"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => {
-            return Err(format!(
-                "expected a duration like 250ms, 10s, 5m, 1h or 7d, got `{s}` (unit missing or unknown)"
-            ))
-        }
-    }
-    .filter(|ms| *ms <= MAX_DURATION.as_millis() as u64)
-    .ok_or_else(|| format!("duration `{s}` is too long: at most 36500d (100 years)"))?;
-    Ok(Duration::from_millis(ms))
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis() as u64;
-    match ms {
-        0 => String::from("0"),
-        _ if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
-    }
-}
-
 /// Parses `1048576`, `64KiB`, `10MiB`, `1GiB`.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let s = s.trim();
@@ -361,28 +328,6 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "10", "ten s", "5 s", "3w", "-1s", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-        // The bound: 100 years is the most, and the range that used to wrap an i64 of
-        // milliseconds once added to the clock is refused with the bound in the message.
-        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
-        for too_long in ["36501d", "876001h", "106751980000d", "9999999999999d"] {
-            let e = parse_duration(too_long).unwrap_err();
-            assert!(e.contains("at most 36500d"), "{too_long}: {e}");
-        }
-        for d in ["250ms", "10s", "5m", "1h", "7d", "1500ms"] {
-            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
-        }
-    }
 
     #[test]
     fn sizes() {
@@ -406,6 +351,46 @@ mod tests {
         assert!(err.contains("max_attempts") && err.contains("array"), "{err}");
         let err = Config::default().apply_toml("x = \n", p).unwrap_err().to_string();
         assert!(err.contains("(syntax)") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn durations_in_the_one_grammar_from_every_layer() {
+        let mut c = Config::default();
+        let p = Path::new("/etc/homer/homerd.toml");
+        c.apply_toml(
+            "retention = \"2d 3h\"\nbackoff_cap = \"1h30m\"\nbackoff_base = \"1.5s\"\norphan_retry_delay = 0\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.retention, Duration::from_secs(51 * 3600));
+        assert_eq!(c.backoff_cap, Duration::from_secs(5400));
+        assert_eq!(c.backoff_base, Duration::from_millis(1500));
+        assert_eq!(c.orphan_retry_delay, Duration::ZERO);
+        // --set, as the CLI passes it (the environment goes through the same `set`).
+        let sources = Sources { overrides: vec![String::from("migrate_wait = 1m 30s")], ..Sources::default() };
+        assert_eq!(Config::load(&sources).unwrap().migrate_wait, Duration::from_secs(90));
+        // Refusals name the source, the key and the value, and give the bound or examples.
+        let err = Config::default().apply_toml("retention = \"36501d\"\n", p).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/etc/homer/homerd.toml") && text.contains("`retention`"), "{text}");
+        assert!(text.contains("`36501d` is too long: at most 36500d"), "{text}");
+        assert_eq!(err.exit_code(), crate::error::exit::CONFIG);
+        for (value, says) in [("106751980000d", "at most 36500d"), ("90", "1h30m"), ("1.0001s", "whole milliseconds")] {
+            let sources = Sources { overrides: vec![format!("backoff_cap={value}")], ..Sources::default() };
+            let text = Config::load(&sources).unwrap_err().to_string();
+            assert!(text.contains("--set") && text.contains("backoff_cap") && text.contains(says), "{value}: {text}");
+        }
+    }
+
+    #[test]
+    fn log_level_reads_the_four_levels_and_names_a_bad_one() {
+        let mut c = Config::default();
+        assert_eq!(c.log_level, Level::Info);
+        c.set("log_level", "debug", "t").unwrap();
+        assert_eq!(c.log_level, Level::Debug);
+        let err = c.set("log_level", "loud", "environment variable HOMER_LOG_LEVEL").unwrap_err().to_string();
+        assert!(err.contains("HOMER_LOG_LEVEL") && err.contains("`loud`") && err.contains("`debug`"), "{err}");
+        assert_eq!(c.log_level, Level::Debug, "a refused value changes nothing");
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub mod exit {
     pub const WRONG_STATE: i32 = 3;
     /// No such job (EX_NOINPUT).
     pub const NOT_FOUND: i32 = 66;
+    /// `wait`, `logs -f`: a job ended `failed`.
+    pub const JOB_FAILED: i32 = 4;
+    /// `wait`, `logs -f`: a job ended `cancelled` (and none failed).
+    pub const JOB_CANCELLED: i32 = 5;
+    /// `wait --timeout`: the time ran out before every job ended.
+    pub const WAIT_TIMEOUT: i32 = 6;
     /// Bad command line (EX_USAGE).
     pub const USAGE: i32 = 64;
     /// Corrupt, zero-byte, foreign or newer database, changed migration (EX_DATAERR).
@@ -28,7 +34,7 @@ pub mod exit {
     pub const LOCK_UNSUPPORTED: i32 = 69;
     /// A bug in homerd (EX_SOFTWARE).
     pub const INTERNAL: i32 = 70;
-    /// Lock or database path is unsafe: a symlink, a directory, not a regular file
+    /// Lock or database path refused: a symlink, a directory, not a regular file
     /// (EX_CANTCREAT).
     pub const UNSAFE_PATH: i32 = 73;
     /// Any other I/O error (EX_IOERR).
@@ -42,6 +48,28 @@ pub mod exit {
     pub const PERMISSION: i32 = 77;
     /// Invalid configuration (EX_CONFIG).
     pub const CONFIG: i32 = 78;
+
+    /// The stable name of an exit code: the `kind` of a `--json` error, which scripts
+    /// can match instead of the number.
+    pub fn kind(code: i32) -> &'static str {
+        match code {
+            OK => "ok",
+            CHECK_FAILED => "check_failed",
+            WRONG_STATE => "wrong_state",
+            NOT_FOUND => "not_found",
+            USAGE => "usage",
+            DATA => "data",
+            LOCK_UNSUPPORTED => "lock_unsupported",
+            INTERNAL => "internal",
+            UNSAFE_PATH => "unsafe_path",
+            IO => "io",
+            IN_USE => "in_use",
+            FENCED => "fenced",
+            PERMISSION => "permission",
+            CONFIG => "config",
+            _ => "other",
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -86,6 +114,11 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// The reader closed stdout (`homerd list | head -1`): not a failure. `cli::main`
+    /// ends the command quietly with [`exit::OK`] (README "Exit codes"); see `output.rs`.
+    #[error("stdout closed by its reader")]
+    StdoutClosed,
 }
 
 impl Error {
@@ -127,7 +160,15 @@ impl Error {
             Error::Io { source, .. } => io_exit_code(source),
             Error::Sqlite { source, .. } => sqlite_exit_code(source),
             Error::Internal(_) => exit::INTERNAL,
+            Error::StdoutClosed => exit::OK,
         }
+    }
+
+    /// The error as `--json` reports it on stderr: one compact line
+    /// `{"error": message, "code": exit code, "kind": name}` (README "The JSON contract").
+    pub fn to_json(&self) -> serde_json::Value {
+        let code = self.exit_code();
+        serde_json::json!({"error": self.to_string(), "code": code, "kind": exit::kind(code)})
     }
 }
 

@@ -6,10 +6,16 @@
 //! refused start therefore never opens, creates or writes the log file.
 //!
 //! Colour only when stderr is a terminal and `NO_COLOR` is unset.
+//!
+//! Levels: an event below the threshold ([`set_level`]; INFO unless the operator asks for
+//! more or less with `-v`/`-q`, `--log-level` or the `log_level` setting) is dropped from
+//! both stderr and the log file. Routine repeats — heartbeats, lease renewals, counters —
+//! are DEBUG, so a default `homer.log` holds what an operator acts on.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use serde_json::{Map, Value};
@@ -22,7 +28,7 @@ pub enum Format {
     Json,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Level {
     Debug,
     Info,
@@ -31,7 +37,21 @@ pub enum Level {
 }
 
 impl Level {
-    fn as_str(self) -> &'static str {
+    /// Every level, least severe first.
+    pub const ALL: [Level; 4] = [Level::Debug, Level::Info, Level::Warn, Level::Error];
+
+    /// Reads `debug`, `info`, `warn` or `error` (any case).
+    pub fn parse(text: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(text.trim()))
+    }
+
+    /// `steps` levels more verbose (negative: quieter), clamped to DEBUG..=ERROR.
+    pub fn shifted(self, steps: i32) -> Level {
+        let at = Level::ALL.iter().position(|l| *l == self).unwrap_or(1) as i32;
+        Level::ALL[(at - steps).clamp(0, Level::ALL.len() as i32 - 1) as usize]
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Level::Debug => "debug",
             Level::Info => "info",
@@ -102,6 +122,22 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+/// The least severe level emitted, as its index in [`Level::ALL`]; INFO until
+/// [`set_level`] (events emitted before the configuration is read use the flag's level,
+/// or INFO).
+static THRESHOLD: AtomicU8 = AtomicU8::new(1);
+
+/// Sets the least severe level emitted, on stderr and in the log file alike.
+pub fn set_level(level: Level) {
+    let at = Level::ALL.iter().position(|l| *l == level).unwrap_or(1);
+    THRESHOLD.store(at as u8, Ordering::Relaxed);
+}
+
+/// Whether an event at `level` would be emitted.
+pub fn enabled(level: Level) -> bool {
+    Level::ALL.iter().position(|l| *l == level).unwrap_or(1) >= usize::from(THRESHOLD.load(Ordering::Relaxed))
+}
+
 fn sink() -> &'static Sink {
     SINK.get_or_init(|| Sink { format: Format::Human, colour: false, clock: Clock::from_env(), file: Mutex::new(None) })
 }
@@ -164,6 +200,9 @@ impl Event {
     }
 
     pub fn emit(self) {
+        if !enabled(self.level) {
+            return;
+        }
         let sink = sink();
         let ts = format_rfc3339(sink.clock.wall_ms());
         // The file gets the plain line; stderr the same, or its coloured form. Each is
@@ -180,6 +219,17 @@ impl Event {
         if let Some(f) = file.as_mut() {
             f.write_line(&plain);
         }
+    }
+
+    /// [`Event::emit`], and when stderr is a terminal that would not show it as a human
+    /// line (JSON events, or a level below the threshold), its message as a plain line
+    /// too: for what a person at the terminal must see, such as what a second Ctrl-C does.
+    pub fn emit_and_tell_terminal(self) {
+        let shown = enabled(self.level) && sink().format == Format::Human;
+        if !shown && std::io::stderr().is_terminal() {
+            let _ = writeln!(std::io::stderr().lock(), "homerd: {}", self.message);
+        }
+        self.emit();
     }
 
     fn to_json(&self, ts: &str) -> String {
@@ -241,5 +291,17 @@ mod tests {
         assert!(!line.contains('\x1b'));
         assert!(line.contains("Another Homer instance is running. Exiting cleanly. [lock.busy] holder_pid=7"));
         assert!(e.to_human("T", true).contains('\x1b'));
+    }
+
+    #[test]
+    fn levels_parse_and_shift_within_bounds() {
+        assert_eq!(Level::parse("DEBUG"), Some(Level::Debug));
+        assert_eq!(Level::parse(" warn "), Some(Level::Warn));
+        assert_eq!(Level::parse("verbose"), None);
+        assert_eq!(Level::Info.shifted(1), Level::Debug);
+        assert_eq!(Level::Info.shifted(5), Level::Debug);
+        assert_eq!(Level::Info.shifted(-1), Level::Warn);
+        assert_eq!(Level::Info.shifted(-9), Level::Error);
+        assert_eq!(Level::Warn.shifted(0), Level::Warn);
     }
 }

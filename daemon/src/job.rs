@@ -1,5 +1,5 @@
 //! The job vocabulary: the values the coordinator, every `JobStore` and the CLI talk in —
-//! what is enqueued ([`NewJob`]), what a claim hands out ([`Claimed`]) and how it is
+//! what is enqueued ([`NewJob`], with an `exec` job's [`ExecSettings`]), what a claim hands out ([`Claimed`]) and how it is
 //! named afterwards ([`ClaimRef`]), what an outcome did ([`FailOutcome`]), what recovery
 //! found ([`Recovered`]), a child's identity ([`ChildIdentity`]) and a job's status
 //! ([`JobStatus`]).
@@ -132,6 +132,19 @@ pub struct NewJob {
     pub max_attempts: u32,
     pub timeout_ms: Option<u64>,
     pub run_after: WallMs,
+    /// Where an `exec` job runs and what it adds to its environment.
+    pub exec: ExecSettings,
+}
+
+/// An `exec` job's working directory and explicit environment (`job_queue.cwd`, `.env`).
+/// The enqueuing caller's own environment is never part of it: a job gets the daemon's
+/// environment plus `env`, so a job row holds no variable nobody named.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// Absolute directory the program starts in; `None`: the daemon's own directory.
+    pub cwd: Option<String>,
+    /// Set on top of the daemon's environment (`--env KEY=VALUE`).
+    pub env: BTreeMap<String, String>,
 }
 
 /// What a claim hands the worker.
@@ -148,6 +161,7 @@ pub struct Claimed {
     pub token: String,
     pub timeout_ms: Option<u64>,
     pub max_attempts: u32,
+    pub exec: ExecSettings,
 }
 
 impl Claimed {

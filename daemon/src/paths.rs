@@ -33,6 +33,19 @@ impl Paths {
     }
 }
 
+impl Paths {
+    /// Where `exec` runs write their output: `<home>/logs/runs`.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.logs.join("runs")
+    }
+
+    /// A run's stdout and stderr files: `<runs_dir>/<job>-<run>.out` and `.err`.
+    pub fn run_logs(&self, job: i64, run: i64) -> (PathBuf, PathBuf) {
+        let base = self.runs_dir().join(format!("{job}-{run}"));
+        (base.with_extension("out"), base.with_extension("err"))
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()

@@ -600,7 +600,7 @@ impl JobContext {
         match job.kind.as_str() {
             "noop" => JobResult::Succeeded,
             "sleep" => {
-                let d = job.args.first().and_then(|a| crate::config::parse_duration(a).ok()).unwrap_or_default();
+                let d = job.args.first().and_then(|a| crate::duration::parse_duration(a).ok()).unwrap_or_default();
                 match self.stop_rx.recv_timeout(d) {
                     Err(RecvTimeoutError::Timeout) => JobResult::Succeeded,
                     _ => JobResult::Failed { error: String::from("stopped"), retryable: true },
@@ -639,22 +639,27 @@ impl JobContext {
                 JobResult::Failed { error, retryable: true }
             };
         }
+        // The job's own `--env` variables first: the daemon's `HOMER_*` below win (enqueue
+        // refuses those names anyway).
+        let mut env_set: Vec<(String, String)> = job.exec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env_set.extend([
+            (String::from("HOMER_JOB_ID"), job.id.to_string()),
+            (String::from("HOMER_ATTEMPT"), job.attempt.to_string()),
+            (String::from("HOMER_RUN"), job.run.to_string()),
+            (String::from("HOMER_CLAIM_TOKEN"), job.token.clone()),
+            // The daemon's resolved paths, so a job's own `homerd enqueue` reaches the
+            // same database whether the daemon got them from flags or the environment.
+            (String::from("HOMER_HOME"), self.paths.home.display().to_string()),
+            (String::from("HOMER_LOCK_FILE"), self.paths.lock_file.display().to_string()),
+        ]);
         let req = SpawnRequest {
             argv: job.args.clone(),
-            env_set: vec![
-                (String::from("HOMER_JOB_ID"), job.id.to_string()),
-                (String::from("HOMER_ATTEMPT"), job.attempt.to_string()),
-                (String::from("HOMER_RUN"), job.run.to_string()),
-                (String::from("HOMER_CLAIM_TOKEN"), job.token.clone()),
-                // The daemon's resolved paths, so a job's own `homerd enqueue` reaches the
-                // same database whether the daemon got them from flags or the environment.
-                (String::from("HOMER_HOME"), self.paths.home.display().to_string()),
-                (String::from("HOMER_LOCK_FILE"), self.paths.lock_file.display().to_string()),
-            ],
+            env_set,
             env_deny_prefixes: ENV_DENY_PREFIXES.iter().map(|s| s.to_string()).collect(),
             stdout: base.with_extension("out"),
             stderr: base.with_extension("err"),
             output_cap: Some(self.run_log_cap),
+            cwd: job.exec.cwd.as_ref().map(PathBuf::from),
         };
         let mut child = match children::spawn_held(req) {
             Ok(c) => c,

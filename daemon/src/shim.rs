@@ -23,8 +23,10 @@
 //! starts a runtime: it runs with the job's environment (every `HOMERD_*` variable
 //! removed) and must do nothing but the steps above.
 
+use std::ffi::OsString;
 use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 /// The hidden subcommand name.
@@ -38,17 +40,23 @@ pub const RELEASE_FD: i32 = 3;
 /// is not the daemon that spawned it, or fd 3 / the arguments are unusable.
 pub const EXIT_NOT_RELEASED: i32 = 125;
 
-/// The shim was released but could not `exec` the job's argv.
+/// The shim was released but could not enter the job's directory or `exec` its argv.
 pub const EXIT_CANNOT_EXEC: i32 = 127;
 
 /// The arguments that precede the job's argv on the shim's command line:
-/// `job-shim --parent PID --`.
-pub fn args_before_argv(parent: u32) -> [String; 4] {
-    [SUBCOMMAND.to_owned(), String::from("--parent"), parent.to_string(), String::from("--")]
+/// `job-shim --parent PID [--cwd DIR] --`.
+pub fn args_before_argv(parent: u32, cwd: Option<&Path>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--parent".into(), parent.to_string().into()];
+    if let Some(dir) = cwd {
+        args.push("--cwd".into());
+        args.push(dir.as_os_str().to_owned());
+    }
+    args.push("--".into());
+    args
 }
 
 /// Runs the shim; returns the exit code when it does not `exec` the job.
-pub fn shim_main(parent: u32, argv: &[String]) -> i32 {
+pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
     // Linux: SIGKILL when the daemon's spawner thread ends; macOS has no such signal.
     if let Err(e) = crate::platform::kill_me_when_parent_dies() {
         eprintln!("homerd job-shim: cannot set the parent-death signal: {e}");
@@ -79,6 +87,16 @@ pub fn shim_main(parent: u32, argv: &[String]) -> i32 {
         Err(e) => {
             eprintln!("homerd job-shim: cannot read the release pipe (fd {RELEASE_FD}): {e}");
             return EXIT_NOT_RELEASED;
+        }
+    }
+    // The job's directory is entered only now, after the release (the File owning fd 3
+    // closed it above): one that vanished since the enqueue fails this run, its cause the
+    // run's last stderr line (what `homerd show` prints), and a relative program path
+    // resolves against it.
+    if let Some(dir) = cwd {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!("homerd job-shim: cannot enter the job's working directory {}: {e}", dir.display());
+            return EXIT_CANNOT_EXEC;
         }
     }
     // Same process: same pid, process group and start time as recorded. PATH lookup and

@@ -62,7 +62,7 @@ fn invalid_config_names_key_and_source_and_touches_nothing() {
         .stderr(contains("`heartbeat_interval`").and(contains("--set")));
 
     let cfg = sb.dir.path().join("homerd.toml");
-    std::fs::write(&cfg, "stale_threshold = \"10 minutes\"\n").unwrap();
+    std::fs::write(&cfg, "stale_threshold = \"ten minutes\"\n").unwrap();
     homerd(&sb)
         .args(["run", "--config", cfg.to_str().unwrap()])
         .assert()

@@ -97,6 +97,7 @@ fn jobs(n: usize) -> MemoryStore {
             max_attempts: 3,
             timeout_ms: None,
             run_after: WallMs(0),
+            exec: Default::default(),
         };
         store.enqueue(&job);
     }

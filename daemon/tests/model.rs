@@ -556,6 +556,12 @@ fn new_job(lane: usize, max_attempts: u32, run_after: i64, timeout_ms: Option<u6
         max_attempts,
         timeout_ms,
         run_after: WallMs(run_after),
+        // The store must hand every claim the directory and variables it was enqueued
+        // with, as the reference does: derived from the random args so they vary.
+        exec: job::ExecSettings {
+            cwd: args.first().map(|a| format!("/jobs/{a}")),
+            env: args.iter().skip(1).map(|a| (format!("V_{a}"), a.clone())).collect(),
+        },
     }
 }
 

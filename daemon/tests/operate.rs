@@ -38,9 +38,24 @@ fn out(a: &Assert) -> String {
     String::from_utf8_lossy(&a.get_output().stdout).into_owned()
 }
 
+/// The one JSON value a `--json` command printed: one compact line (README "The JSON
+/// contract").
 fn json_out(a: &Assert) -> Value {
-    let s = out(a);
-    serde_json::from_str(&s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+    let mut lines = json_lines(a);
+    assert_eq!(lines.len(), 1, "one JSON line: {}", out(a));
+    lines.remove(0)
+}
+
+/// The JSON lines a `--json` command printed (`list`: one job per line).
+fn json_lines(a: &Assert) -> Vec<Value> {
+    out(a)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            assert_eq!(v.to_string(), l, "not compact");
+            v
+        })
+        .collect()
 }
 
 fn migrate(sb: &Sandbox) {
@@ -209,8 +224,9 @@ fn list_filters_by_status_lane_and_limit() {
     assert!(lines[1].contains("pending") && lines[1].contains("alpha") && lines[1].contains("echo hello world"));
     assert!(lines[2].contains("sleep") && lines[2].contains("0/5"), "{text}");
 
-    // JSON: every job with its fields, as in the database.
-    let all = json_out(&homer(&sb, &["list", "--json"]).code(0));
+    // JSON: one line per job with its fields, as in the database, each time beside its
+    // RFC 3339 form.
+    let all = Value::Array(json_lines(&homer(&sb, &["list", "--json"]).code(0)));
     let rows = all.as_array().unwrap();
     assert_eq!(rows.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![b2, a2, b1, a1]);
     for r in rows {
@@ -221,19 +237,27 @@ fn list_filters_by_status_lane_and_limit() {
         assert_eq!(r["run_after"], db.run_after);
         assert_eq!(r["completed_at"], json!(db.completed_at));
         assert_eq!(r["error"], json!(db.error));
+        assert_eq!(r["run_after_rfc3339"], time(Some(db.run_after)));
+        assert_eq!(r["completed_at_rfc3339"], json!(db.completed_at.map(|t| time(Some(t)))));
     }
     assert_eq!(rows[1]["args"], json!(["echo", "hello world"]));
     assert_eq!(rows[2]["max_attempts"], 5);
+    // An `exec` job records the enqueuer's directory (this test's, which varies).
+    assert_eq!(rows[1]["cwd"], json!(std::env::current_dir().unwrap()));
     insta::assert_json_snapshot!("list_json", all, {
+        "[].cwd" => set("[cwd]"),
         "[].created_at" => set("[ms]"),
+        "[].created_at_rfc3339" => set("[time]"),
         "[].run_after" => set("[ms]"),
+        "[].run_after_rfc3339" => set("[time]"),
         "[].completed_at" => set("[ms]"),
+        "[].completed_at_rfc3339" => set("[time]"),
     });
 
     let ids = |args: &[&str]| -> Vec<i64> {
         let mut all = vec!["list", "--json"];
         all.extend_from_slice(args);
-        json_out(&homer(&sb, &all).code(0)).as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect()
+        json_lines(&homer(&sb, &all).code(0)).iter().map(|r| r["id"].as_i64().unwrap()).collect()
     };
     assert_eq!(ids(&["--status", "cancelled"]), vec![b2]);
     assert_eq!(ids(&["--status", "pending"]), vec![a2, b1, a1]);
@@ -336,15 +360,28 @@ fn show_reports_every_run_and_the_error_history() {
         assert_eq!(v["job"]["status"], status);
         assert_eq!(v["job"]["attempts"], db.attempts);
         assert_eq!(v["job"]["runs"], db.runs);
-        assert_eq!(v["errors"], db.errors);
+        let mut errors = db.errors.clone();
+        for e in errors.as_array_mut().unwrap() {
+            e["at_rfc3339"] = json!(time(e["at"].as_i64()));
+        }
+        assert_eq!(v["errors"], errors);
         let shown = v["runs"].as_array().unwrap();
         assert_eq!(shown.len(), db_runs.len());
         for (s, r) in shown.iter().zip(&db_runs) {
-            let expected = json!({
+            let mut expected = json!({
                 "run": r.run, "attempt": r.attempt, "epoch": r.epoch, "worker": r.worker,
                 "child_pid": r.child_pid, "started_at": r.started_at, "ended_at": r.ended_at,
                 "outcome": r.outcome, "error": r.error,
+                "started_at_rfc3339": time(Some(r.started_at)),
+                "ended_at_rfc3339": r.ended_at.map(|t| time(Some(t))),
             });
+            if kind == "exec" {
+                // An `exec` run names its log files (tests/logs.rs checks the last line).
+                let base = sb.home().join(format!("logs/runs/{id}-{}", r.run));
+                expected["stdout"] = json!(base.with_extension("out"));
+                expected["stderr"] = json!(base.with_extension("err"));
+                expected["stderr_last_line"] = s["stderr_last_line"].clone();
+            }
             assert_eq!(s, &expected);
         }
     }
@@ -357,15 +394,23 @@ fn show_reports_every_run_and_the_error_history() {
     let v = json_out(&homer(&sb, &["show", &failing.to_string(), "--json"]).code(0));
     insta::assert_json_snapshot!("show_json_failed_job", v, {
         ".job.created_at" => set("[ms]"),
+        ".job.created_at_rfc3339" => set("[time]"),
         ".job.run_after" => set("[ms]"),
+        ".job.run_after_rfc3339" => set("[time]"),
         ".job.started_at" => set("[ms]"),
+        ".job.started_at_rfc3339" => set("[time]"),
         ".job.completed_at" => set("[ms]"),
+        ".job.completed_at_rfc3339" => set("[time]"),
         ".job.heartbeat_at" => set("[ms]"),
+        ".job.heartbeat_at_rfc3339" => set("[time]"),
         ".runs[].started_at" => set("[ms]"),
+        ".runs[].started_at_rfc3339" => set("[time]"),
         ".runs[].ended_at" => set("[ms]"),
+        ".runs[].ended_at_rfc3339" => set("[time]"),
         ".runs[].worker" => set("[host/pid]"),
         ".runs[].child_pid" => set("[pid]"),
         ".errors[].at" => set("[ms]"),
+        ".errors[].at_rfc3339" => set("[time]"),
     });
 
     homer(&sb, &["show", "999999"])
@@ -713,6 +758,78 @@ fn enqueue_from_file_is_one_transaction() {
     assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), total);
 }
 
+/// `--run-after` and `run_after` in `--from` lines take one grammar: compound delays
+/// (`1h30m`, `2d 3h`) and RFC 3339 times with `Z` or an offset, read back through
+/// `show --json`. A past time is due at once (stored as the enqueue's own time, so it
+/// does not jump the queue); a future one is stored as set at itself (forward clock
+/// steps leave it). Refusals — a value in neither form, a time without an offset, a time
+/// or delay beyond 100 years — exit 64 from the flag and 65 from a line, name the value
+/// and create nothing.
+#[test]
+fn run_after_takes_compound_delays_and_rfc3339_times() {
+    let sb = Sandbox::new();
+    migrate(&sb);
+    let show = |id: i64| json_out(&homer(&sb, &["show", &id.to_string(), "--json"]).code(0))["job"].clone();
+    let ms = |v: &Value, key: &str| v[key].as_i64().unwrap_or_else(|| panic!("no {key} in {v}"));
+    let set_at = |id: i64| count(&sb, &format!("SELECT run_after_set_at FROM job_queue WHERE id = {id}"));
+
+    let delayed = show(enqueue(&sb, &["--run-after", "1h30m", "noop"]));
+    assert_eq!(ms(&delayed, "run_after") - ms(&delayed, "created_at"), 5_400_000, "{delayed}");
+    let spaced = enqueue(&sb, &["--run-after", "2d 3h", "--timeout", "1m 30s", "noop"]);
+    let v = show(spaced);
+    assert_eq!(ms(&v, "run_after") - ms(&v, "created_at"), 51 * 3_600_000, "{v}");
+    assert_eq!(count(&sb, &format!("SELECT timeout_ms FROM job_queue WHERE id = {spaced}")), 90_000);
+    assert_eq!(set_at(spaced), ms(&v, "created_at"), "a delay is set at its enqueue");
+
+    // 2030-01-01T10:00:00Z, written with an offset.
+    let at = enqueue(&sb, &["--run-after", "2030-01-01T11:00:00+01:00", "noop"]);
+    let v = show(at);
+    assert_eq!(ms(&v, "run_after"), 1_893_492_000_000, "{v}");
+    assert_eq!(set_at(at), 1_893_492_000_000, "an absolute time is set at itself");
+
+    let past = enqueue(&sb, &["--run-after", "2001-09-09T01:46:40Z", "noop"]);
+    let v = show(past);
+    assert_eq!(ms(&v, "run_after"), ms(&v, "created_at"), "a past time is due at once: {v}");
+
+    // --from: the same grammar, each line placed alike.
+    let file = sb.dir.path().join("times.jsonl");
+    write_lines(
+        &file,
+        &[
+            String::from(r#"{"kind": "noop", "run_after": "1h 30m"}"#),
+            String::from(r#"{"kind": "noop", "run_after": "2030-01-01T10:00:00Z"}"#),
+        ],
+    );
+    let ids = ids_of(&out(&homer(&sb, &["enqueue", "--from", file.to_str().unwrap()]).code(0)));
+    let v = show(ids[0]);
+    assert_eq!(ms(&v, "run_after") - ms(&v, "created_at"), 5_400_000, "{v}");
+    assert_eq!(ms(&show(ids[1]), "run_after"), 1_893_492_000_000);
+
+    // Refusals: nothing created, the value named.
+    let rows = count(&sb, "SELECT COUNT(*) FROM job_queue");
+    for (value, says) in [
+        ("soon", "got `soon`"),
+        ("1h30", "got `1h30`"),
+        ("2030-01-01T10:00:00", "a `Z` or an offset is required"),
+        ("36500d 1ms", "at most 36500d"),
+        ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z is more than 36500d (100 years) from now"),
+    ] {
+        homer(&sb, &["enqueue", "--run-after", value, "noop"])
+            .code(64)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains("--run-after").and(predicate::str::contains(says)));
+        write_lines(
+            &file,
+            &[String::from(r#"{"kind": "noop"}"#), format!(r#"{{"kind": "noop", "run_after": "{value}"}}"#)],
+        );
+        homer(&sb, &["enqueue", "--from", file.to_str().unwrap()])
+            .code(65)
+            .stdout(predicate::str::is_empty())
+            .stderr(predicate::str::contains("line 2: run_after").and(predicate::str::contains(says)));
+    }
+    assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), rows, "a refused enqueue created a row");
+}
+
 /// `enqueue --from` killed with SIGKILL during a 10,000-line import leaves zero or all of
 /// its rows. There is no failpoint inside the transaction to synchronise on, so this is
 /// fault injection: each attempt kills the import after a short, bounded delay that varies
@@ -931,11 +1048,8 @@ fn retention_prunes_old_terminal_jobs_runs_and_logs() {
     assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), 2);
     // The operator commands agree.
     at(&["show", &ok.to_string()]).code(66);
-    let listed = json_out(&at(&["list", "--json"]).code(0));
-    assert_eq!(
-        listed.as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(),
-        vec![recent, pending]
-    );
+    let listed = json_lines(&at(&["list", "--json"]).code(0));
+    assert_eq!(listed.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![recent, pending]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -43,3 +43,22 @@ fn colour_on_a_terminal_unless_no_color() {
         session.exp_eof().expect("exited");
     }
 }
+
+/// `status --watch` on a terminal refreshes in place: each report starts by moving the
+/// cursor home and clearing the screen; Ctrl-C ends it.
+#[test]
+fn status_watch_on_a_terminal_refreshes_in_place() {
+    let sb = Sandbox::new();
+    let mut d = sb.start(FAST);
+    d.wait_event("daemon.active");
+    let mut cmd = sb.cmd();
+    cmd.args(["status", "--watch", "--interval", "100ms"]);
+    let timeout_ms = deadline(20.0).as_millis() as u64;
+    let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+    for _ in 0..3 {
+        session.exp_string("\x1b[H\x1b[2J").expect("a refresh clears the screen");
+        session.exp_string("daemon:   active").expect("then the report");
+    }
+    session.send_control('c').expect("send ^C");
+    session.exp_eof().expect("Ctrl-C ends it");
+}

@@ -294,6 +294,10 @@ pub struct History {
     pub acked: Vec<i64>,
     /// The power losses the scenario cut (`power_loss` steps), in order.
     pub power_cuts: Vec<PowerCut>,
+    /// `CLOCK_MONOTONIC` in nanoseconds when the scenario started (the origin of every
+    /// `at`, `started` and `exited` above): puts the effects log on the same axis
+    /// (`timeline/`). 0 when unknown.
+    pub mono_origin_ns: u64,
 }
 
 /// One `power_loss` step: every process of the scenario was SIGKILLed and gone, then every

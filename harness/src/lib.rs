@@ -10,7 +10,8 @@
 //! - [`procs`]: owns every process the harness starts (subreaper, markers, cleanup, signals).
 //! - [`faults`]: faults below the process (damaged bytes, a full filesystem, a tmpfs home).
 //! - [`probe`]: the effects probe jobs `exec`; [`history`] and [`check`]: the invariants.
-//! - [`report`]: live lines, the summary table, JUnit XML.
+//! - [`report`]: live lines, the summary table, JUnit XML; [`timeline`]: `timeline.html`,
+//!   a kept run drawn on one time axis.
 //! - [`fuzz`]: randomized fault runs composed from the same steps.
 //! - [`powerloss`]: drops the writes no fsync covered (homerd's recording VFS log);
 //!   [`powersweep`]: `homer-harness powerloss`, power cuts swept over small workloads.
@@ -29,6 +30,7 @@ pub mod scenario;
 pub mod selftest;
 pub mod snapshot;
 pub mod steps;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@
 //! --workspace` builds it before any test runs.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 #[cfg(target_os = "linux")]
 use std::process::Stdio;
 use std::process::{Command, Output};
@@ -66,7 +66,7 @@ fn a_malformed_file_is_rejected_before_anything_runs() {
         dir.path(),
         "bad.toml",
         &PASSING
-            .replace("wait = \"event\"\ntarget = \"a\"", "wait = \"event\"\ntimeout = \"5 seconds\"\ntarget = \"a\""),
+            .replace("wait = \"event\"\ntarget = \"a\"", "wait = \"event\"\ntimeout = \"5 sekunden\"\ntarget = \"a\""),
     );
     let out = Command::new(harness()).arg("run").arg(&good).arg(&bad).arg("--daemon").arg(daemon()).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -104,7 +104,8 @@ fn junit_has_one_testcase_per_run_and_repeat_runs_each_scenario_again() {
 #[test]
 fn keep_leaves_the_sandbox_and_prints_its_path() {
     let dir = tempfile::tempdir().unwrap();
-    let a = write(dir.path(), "kept.toml", PASSING);
+    // A probe job, so the effects log has a run for the timeline to draw.
+    let a = write(dir.path(), "kept.toml", &PASSING.replace("enqueue = \"noop\"", "enqueue = \"probe\""));
     let out = run(&["run", a.to_str().unwrap(), "--keep"]);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -112,7 +113,57 @@ fn keep_leaves_the_sandbox_and_prints_its_path() {
     let kept = PathBuf::from(&path);
     assert!(kept.join("home/homer.db").is_file(), "{path}");
     assert!(kept.join("harness-logs/a.stderr").is_file(), "{path}");
+    let timeline = std::fs::read_to_string(kept.join("timeline.html")).unwrap();
+    assert!(timeline.contains(r#"<span class="passed">passed</span>"#), "{timeline}");
+    assert!(timeline.contains(">epoch 1<") && timeline.contains(">job 1<"), "{timeline}");
+    assert!(timeline.contains(", completed</title>"), "the probe job's run: {timeline}");
     std::fs::remove_dir_all(kept).unwrap();
+}
+
+#[test]
+fn a_failed_run_reports_its_timeline_with_the_failing_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandboxes = tempfile::tempdir().unwrap();
+    let failing = PASSING.replace(
+        "[[step]]\ncheck = \"invariants\"",
+        "[[step]]\nsql = \"SELECT count(*) FROM job_queue\"\nrows = [[7]]",
+    );
+    assert_ne!(failing, PASSING);
+    let a = write(dir.path(), "fails-at-sql.toml", &failing);
+    let out = Command::new(harness())
+        .args(["run", a.to_str().unwrap(), "--keep-failed", "--daemon"])
+        .arg(daemon())
+        .env("HOMER_HARNESS_SANDBOX_DIR", sandboxes.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
+    assert!(path.starts_with(sandboxes.path().to_str().unwrap()) && path.ends_with("/timeline.html"), "{stdout}");
+    let timeline = std::fs::read_to_string(path).unwrap();
+    assert!(timeline.contains(r#"<span class="failedrun">FAILED</span>"#), "{timeline}");
+    assert!(timeline.contains(">step 5 failed<"), "{timeline}");
+    assert!(timeline.contains("<b>expected:</b> "), "{timeline}");
+
+    // Without --keep-failed the sandbox goes, but the failed run's timeline is saved
+    // beside it, and the report names that copy.
+    let gone = tempfile::tempdir().unwrap();
+    let out = Command::new(harness())
+        .args(["run", a.to_str().unwrap(), "--daemon"])
+        .arg(daemon())
+        .env("HOMER_HARNESS_SANDBOX_DIR", gone.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
+    let path = Path::new(path);
+    assert_eq!(path.parent(), Some(gone.path()), "{stdout}");
+    assert!(path.file_name().unwrap().to_string_lossy().ends_with(".timeline.html"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(gone.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(left, vec![path.to_path_buf()], "the sandbox itself is removed");
+    let timeline = std::fs::read_to_string(path).unwrap();
+    assert!(timeline.contains(">step 5 failed<"), "{timeline}");
 }
 
 #[cfg(target_os = "linux")]

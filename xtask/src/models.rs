@@ -1,7 +1,8 @@
 //! `cargo xtask mutants --layer models`: the model layers' teeth. Builds homerd's two
 //! model tests with the `mutants` feature — the proptest state machine
 //! (`daemon/tests/model.rs`, in `target/mutants-models`) and the loom suite
-//! (`daemon/tests/loom.rs`, release, `--cfg homer_loom`, in `target/mutants-models/loom`)
+//! (`daemon/tests/loom.rs`, the `loom` profile, `--cfg homer_loom`, in
+//! `target/mutants-models/loom`)
 //! — runs both unmutated (they must pass), then once per mutant, each run its own
 //! process with `HOMERD_MUTANT` set (homerd reads it once per process), and prints which
 //! tests of which layer each mutant fails.
@@ -31,6 +32,10 @@ fn sets() -> impl Iterator<Item = &'static str> {
     MUTANTS.iter().chain(COMBOS).copied()
 }
 
+fn sets_list() -> String {
+    sets().collect::<Vec<_>>().join(", ")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Layer {
     Proptest,
@@ -57,12 +62,18 @@ const REQUIRED: &[(Layer, &str)] = &[
 ];
 
 /// Builds one test target and returns its executable (from cargo's JSON messages).
-fn build_test(target_dir: &Path, test: &str, release: bool, rustflags: Option<&str>) -> Result<PathBuf, String> {
+/// `profile`: `None` for dev, or a profile name (`loom`: see Cargo.toml).
+fn build_test(
+    target_dir: &Path,
+    test: &str,
+    profile: Option<&str>,
+    rustflags: Option<&str>,
+) -> Result<PathBuf, String> {
     let mut cmd = cargo();
     cmd.args(["test", "-p", "homerd", "--features", "mutants", "--test", test, "--no-run", "--message-format=json"])
         .env("CARGO_TARGET_DIR", target_dir);
-    if release {
-        cmd.arg("--release");
+    if let Some(profile) = profile {
+        cmd.args(["--profile", profile]);
     }
     if let Some(flags) = rustflags {
         cmd.env("RUSTFLAGS", flags);
@@ -141,29 +152,28 @@ impl Binaries {
 }
 
 /// `cargo xtask mutants --layer models [--only NAME] [--loom-preemptions N]`.
-pub fn mutants_models(args: &[String]) -> Result<(), String> {
-    let mut only: Option<String> = None;
-    let mut loom_preemptions = String::from("2");
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--only" => only = it.next().cloned(),
-            "--loom-preemptions" => loom_preemptions = it.next().cloned().unwrap_or(loom_preemptions),
-            "--layer" => {
-                // Accepted (and checked) here too, so the whole argument list can be passed on.
-                if it.next().map(String::as_str) != Some("models") {
-                    return Err(String::from("mutants_models: --layer must be `models`"));
-                }
-            }
-            other => return Err(format!("unknown argument {other}")),
+pub fn mutants_models(o: &crate::mutants::Options) -> Result<(), String> {
+    let (only, loom_preemptions) = (o.only.clone(), o.loom_preemptions.clone());
+    let all_sets = sets().count();
+    // --only NAME: that set, the combinations containing it and their parts alone — what
+    // the second-layer judgement needs.
+    let combos: Vec<&str> = sets()
+        .filter(|s| only.as_deref().is_none_or(|o| *s == o || s.contains('+') && s.split('+').any(|p| p == o)))
+        .collect();
+    let parts: BTreeSet<&str> = combos.iter().flat_map(|c| c.split('+')).collect();
+    let sets: Vec<&str> = sets().filter(|s| combos.contains(s) || parts.contains(s)).collect();
+    if let Some(o) = &only {
+        if !sets.contains(&o.as_str()) {
+            return Err(format!("--only {o}: no such mutant set for the model layers; sets: {}", sets_list()));
         }
+        eprintln!("--only {o}: running {} of {all_sets} mutant sets ({})", sets.len(), sets.join(", "));
     }
     let target = root().join("target/mutants-models");
     let out_dir = target.join("runs");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let bins = Binaries {
-        model: build_test(&target, "model", false, None)?,
-        loom: build_test(&target.join("loom"), "loom", true, Some("--cfg homer_loom"))?,
+        model: build_test(&target, "model", None, None)?,
+        loom: build_test(&target.join("loom"), "loom", Some("loom"), Some("--cfg homer_loom"))?,
         out_dir,
         loom_preemptions,
     };
@@ -174,10 +184,6 @@ pub fn mutants_models(args: &[String]) -> Result<(), String> {
         if !broken.is_empty() {
             return Err(format!("{} fails without a mutant: {broken:?}", layer.name()));
         }
-    }
-    let sets: Vec<&str> = sets().filter(|s| only.as_deref().is_none_or(|o| o == *s)).collect();
-    if sets.is_empty() {
-        return Err(format!("no mutant set named {}", only.unwrap_or_default()));
     }
     let mut caught: BTreeMap<(Layer, String), BTreeSet<String>> = BTreeMap::new();
     for set in &sets {
@@ -228,7 +234,19 @@ pub fn mutants_models(args: &[String]) -> Result<(), String> {
         .map(|(layer, m)| format!("{} does not catch {m}", layer.name()))
         .collect();
     if missed.is_empty() {
-        println!("every required mutant is caught by its layer (table also in {})", table_file.display());
+        if only.is_some() {
+            let required: Vec<String> =
+                REQUIRED.iter().filter(|(_, m)| sets.contains(m)).map(|(l, m)| [l.name(), *m].join(": ")).collect();
+            println!(
+                "--only: ran {} of {all_sets} mutant sets; required of these and caught: {} (table also in {}). \
+                 The rest were not run.",
+                sets.len(),
+                if required.is_empty() { String::from("none") } else { required.join(", ") },
+                table_file.display()
+            );
+        } else {
+            println!("every required mutant is caught by its layer (table also in {})", table_file.display());
+        }
         Ok(())
     } else {
         Err(missed.join("\n"))

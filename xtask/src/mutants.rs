@@ -40,17 +40,62 @@ struct Scenario {
     none_reason: Option<String>,
 }
 
-pub fn scenarios(args: &[String]) -> Result<(), String> {
-    let mut only: Option<String> = None;
-    let mut jobs = String::from("4");
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--only" => only = it.next().cloned(),
-            "--jobs" | "-j" => jobs = it.next().cloned().unwrap_or(jobs),
-            other => return Err(format!("unknown argument {other}")),
+/// `cargo xtask mutants` options, for both layers.
+pub struct Options {
+    /// `scenarios`, `models` or `all`.
+    pub layer: String,
+    /// One mutant (run with every combination that contains it) or one `a+b` set.
+    pub only: Option<String>,
+    /// Scenarios run in parallel.
+    pub jobs: String,
+    /// The models layer's `LOOM_MAX_PREEMPTIONS`.
+    pub loom_preemptions: String,
+}
+
+impl Options {
+    /// Reads the arguments; an unknown one, a missing value or a value that is not a
+    /// number is an error naming it.
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            layer: String::from("scenarios"),
+            only: None,
+            jobs: String::from("4"),
+            loom_preemptions: String::from("2"),
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |what: &str| it.next().cloned().ok_or_else(|| format!("{a} needs {what}"));
+            match a.as_str() {
+                "--layer" => o.layer = value("a layer: scenarios, models or all")?,
+                "--only" => o.only = Some(value("a mutant name")?),
+                "--jobs" | "-j" => o.jobs = number(a, value("a number")?)?,
+                "--loom-preemptions" => o.loom_preemptions = number(a, value("a number")?)?,
+                other => return Err(format!("unknown argument `{other}` for mutants")),
+            }
         }
+        if !["scenarios", "models", "all"].contains(&o.layer.as_str()) {
+            return Err(format!("unknown layer `{}`; expected scenarios, models or all", o.layer));
+        }
+        if let Some(only) = &o.only {
+            for part in only.split('+') {
+                if !MUTANTS.contains(&part) {
+                    return Err(format!("--only: no mutant `{part}`; mutants: {}", MUTANTS.join(", ")));
+                }
+            }
+        }
+        Ok(o)
     }
+}
+
+fn number(flag: &str, text: String) -> Result<String, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(text),
+        _ => Err(format!("{flag} needs a whole number above 0, got `{text}`")),
+    }
+}
+
+pub fn scenarios(o: &Options) -> Result<(), String> {
+    let (only, jobs) = (o.only.clone(), o.jobs.clone());
     let root = root();
     let mutant_target = root.join("target/mutants");
     run(cargo()
@@ -76,8 +121,23 @@ pub fn scenarios(args: &[String]) -> Result<(), String> {
             sets.insert(m.clone());
         }
     }
+    let all_sets = sets.len();
     if let Some(o) = &only {
-        sets.retain(|m| m == o);
+        // One mutant: with every combination containing it and those combinations' other
+        // parts alone, so a mechanism that only shows behind another layer is judged as
+        // in a full run. An `a+b` set: itself and its parts alone.
+        if o.contains('+') && !sets.contains(o) {
+            return Err(format!("--only {o}: no scenario names this combination"));
+        }
+        let combos: Vec<String> =
+            sets.iter().filter(|m| m.contains('+') && m.split('+').any(|p| p == o) || *m == o).cloned().collect();
+        let parts: BTreeSet<&str> = combos.iter().flat_map(|c| c.split('+')).collect();
+        sets.retain(|m| combos.contains(m) || parts.contains(m.as_str()));
+        eprintln!(
+            "--only {o}: running {} of {all_sets} mutant sets ({})",
+            sets.len(),
+            sets.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
 
     let suite = |mutant: Option<&str>| -> Result<BTreeMap<String, (String, String)>, String> {
@@ -156,6 +216,10 @@ pub fn scenarios(args: &[String]) -> Result<(), String> {
     }
     println!("\n{:<44} must fail on", "scenario");
     for s in &scenarios {
+        // Under --only, the scenarios that name none of the sets run are not judged.
+        if only.is_some() && !s.mutants.iter().any(|m| caught.contains_key(m)) {
+            continue;
+        }
         if let Some(why) = &s.none_reason {
             println!("{:<44} (none: {why})", s.name);
             continue;
@@ -172,7 +236,16 @@ pub fn scenarios(args: &[String]) -> Result<(), String> {
         println!("{:<44} {}", s.name, marks.join(", "));
     }
     if problems.is_empty() {
-        println!("\nevery mutant caught; every scenario fails on the mutants it names");
+        match &only {
+            None => println!("\nevery mutant caught; every scenario fails on the mutants it names"),
+            Some(o) => println!(
+                "\n--only {o}: ran {} of {all_sets} mutant sets ({}); each caught, and every scenario naming \
+                 one fails on it. The other {} sets were not run: a full `cargo xtask mutants` judges them.",
+                caught.len(),
+                caught.keys().cloned().collect::<Vec<_>>().join(", "),
+                all_sets - caught.len()
+            ),
+        }
         Ok(())
     } else {
         Err(problems.join("\n"))
@@ -207,6 +280,25 @@ fn list_scenarios(harness: &Path) -> Result<Vec<Scenario>, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::Options;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_name_what_is_wrong() {
+        let o = parse(&["--only", "no_group_kill", "--jobs", "2"]).unwrap();
+        assert_eq!((o.only.as_deref(), o.jobs.as_str(), o.layer.as_str()), (Some("no_group_kill"), "2", "scenarios"));
+        parse(&["--only", "no_epoch_guard+no_owner_token_guard", "--layer", "all"]).unwrap();
+        let e = parse(&["--only", "no_such"]).err().unwrap();
+        assert!(e.contains("`no_such`") && e.contains("no_group_kill"), "{e}");
+        assert!(parse(&["--only"]).err().unwrap().contains("--only needs"));
+        assert!(parse(&["--jobs", "many"]).err().unwrap().contains("`many`"));
+        assert!(parse(&["--layer", "unit"]).err().unwrap().contains("`unit`"));
+        assert!(parse(&["--frobnicate"]).err().unwrap().contains("`--frobnicate`"));
+    }
+
     /// The list here and homerd's must not drift apart.
     #[test]
     fn mutant_list_matches_the_daemon() {

@@ -17,19 +17,26 @@ use crate::{cargo, root, run, show};
 /// check-jsonschema, pinned: its built-in GitHub workflow schema validates ci.yml.
 const CHECK_JSONSCHEMA: &str = "check-jsonschema==0.33.2";
 const MACOS_TARGET: &str = "aarch64-apple-darwin";
+/// `LOOM_MAX_PREEMPTIONS` for the loom stage: 2 by default (about 35,000 interleavings of
+/// the four models, seconds once built), 3 with `--full` and in CI's own loom job (about
+/// 2.7 million, about five minutes here) — the bound ARCHITECTURE.md's loom row claims.
+const LOOM_PREEMPTIONS: &str = "2";
+const LOOM_PREEMPTIONS_FULL: &str = "3";
+/// A stage still running prints a line this often, so no stage is silent for longer.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 struct Stage {
     name: &'static str,
     what: &'static str,
-    run: fn() -> Result<(), String>,
+    run: fn(&Options) -> Result<(), String>,
 }
 
 const FULL: &[Stage] = &[
     Stage { name: "fmt", what: "cargo fmt --check", run: fmt },
     Stage { name: "clippy", what: "clippy on every target, warnings denied", run: clippy },
     Stage { name: "test", what: "workspace tests + scenarios, insta read-only", run: test },
-    Stage { name: "loom", what: "the coordinator under loom (release)", run: loom },
-    Stage { name: "workflow", what: ".github/workflows/ci.yml against its schema", run: workflow },
+    Stage { name: "loom", what: "the coordinator under loom (--full: the full preemption bound)", run: loom },
+    Stage { name: "workflow", what: "every .github/workflows file against the workflow schema", run: workflow },
 ];
 
 const QUICK: &[Stage] = &[
@@ -40,30 +47,49 @@ const QUICK: &[Stage] = &[
 
 const MACOS: Stage = Stage { name: "macos", what: "cross-build every target for Apple silicon", run: macos };
 
-pub fn verify(args: &[String]) -> Result<(), String> {
-    let mut quick = false;
-    let mut only: Option<String> = None;
-    let mut with_macos = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--macos" => with_macos = true,
-            "--stage" => only = Some(it.next().cloned().ok_or("--stage needs a name")?),
-            other => return Err(format!("unknown argument {other}")),
+/// `cargo xtask verify` options.
+pub struct Options {
+    quick: bool,
+    full: bool,
+    macos: bool,
+    stage: Option<&'static Stage>,
+}
+
+impl Options {
+    /// Reads the arguments; an unknown one, or an unknown stage, is an error naming it.
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options { quick: false, full: false, macos: false, stage: None };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--full" => o.full = true,
+                "--macos" => o.macos = true,
+                "--stage" => {
+                    let name = it.next().ok_or("--stage needs a name")?;
+                    let all = || FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS));
+                    let Some(stage) = all().find(|s| s.name == name) else {
+                        let names: Vec<&str> = all().map(|s| s.name).collect();
+                        return Err(format!("no stage `{name}`; stages: {}", names.join(", ")));
+                    };
+                    o.stage = Some(stage);
+                }
+                other => return Err(format!("unknown argument `{other}` for verify")),
+            }
         }
+        if o.quick && o.full {
+            return Err(String::from("--quick and --full contradict each other"));
+        }
+        Ok(o)
     }
-    let mut stages: Vec<&Stage> = if quick { QUICK.iter().collect() } else { FULL.iter().collect() };
-    if with_macos {
+}
+
+pub fn verify(o: &Options) -> Result<(), String> {
+    let mut stages: Vec<&Stage> = if o.quick { QUICK.iter().collect() } else { FULL.iter().collect() };
+    if o.macos {
         stages.push(&MACOS);
     }
-    if let Some(name) = &only {
-        let all: Vec<&Stage> = FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS)).collect();
-        let Some(stage) = all.into_iter().find(|s| s.name == name) else {
-            let names: Vec<&str> =
-                FULL.iter().chain(QUICK.iter()).chain(std::iter::once(&MACOS)).map(|s| s.name).collect();
-            return Err(format!("no stage {name}; stages: {}", names.join(", ")));
-        };
+    if let Some(stage) = o.stage {
         stages = vec![stage];
     }
     let started = Instant::now();
@@ -71,7 +97,7 @@ pub fn verify(args: &[String]) -> Result<(), String> {
     for stage in stages {
         eprintln!("\n==> {} ({})", stage.name, stage.what);
         let t = Instant::now();
-        let r = (stage.run)();
+        let r = with_progress(stage.name, || (stage.run)(o));
         if let Err(e) = &r {
             eprintln!("==> {} FAILED: {e}", stage.name);
         }
@@ -90,6 +116,27 @@ pub fn verify(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// Runs `work`, printing `==> NAME: still running (Ns)` every [`PROGRESS_EVERY`] until it
+/// returns: a stage whose commands are quiet for minutes (a cold build, a long test) still
+/// shows it is alive.
+fn with_progress<T>(name: &str, work: impl FnOnce() -> T) -> T {
+    let (done, waiting) = std::sync::mpsc::channel::<()>();
+    let started = Instant::now();
+    let ticker = std::thread::spawn({
+        let name = name.to_owned();
+        move || {
+            // A disconnect (the sender dropped) or a message ends it; a timeout is a tick.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = waiting.recv_timeout(PROGRESS_EVERY) {
+                eprintln!("==> {name}: still running ({:.0}s)", started.elapsed().as_secs_f64());
+            }
+        }
+    });
+    let out = work();
+    drop(done);
+    let _ = ticker.join();
+    out
+}
+
 /// rustup components come with the toolchain; add them when a minimal profile lacks them.
 fn ensure_component(probe: &[&str], component: &str) -> Result<(), String> {
     let ok = cargo().args(probe).output().map(|o| o.status.success()).unwrap_or(false);
@@ -100,17 +147,17 @@ fn ensure_component(probe: &[&str], component: &str) -> Result<(), String> {
         .map_err(|e| format!("{e}; install it with `rustup component add {component}`"))
 }
 
-fn fmt() -> Result<(), String> {
+fn fmt(_: &Options) -> Result<(), String> {
     ensure_component(&["fmt", "--version"], "rustfmt")?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))
 }
 
-fn clippy() -> Result<(), String> {
+fn clippy(_: &Options) -> Result<(), String> {
     ensure_component(&["clippy", "--version"], "clippy")?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))
 }
 
-fn unit() -> Result<(), String> {
+fn unit(_: &Options) -> Result<(), String> {
     run(cargo().args(["test", "--workspace", "--locked", "--lib", "--bins"]))
 }
 
@@ -158,7 +205,7 @@ fn ensure_cargo_insta() -> Result<(), String> {
     .map_err(|e| format!("{e}; cargo-insta {version} is needed to check snapshots read-only"))
 }
 
-fn test() -> Result<(), String> {
+fn test(_: &Options) -> Result<(), String> {
     ensure_cargo_insta()?;
     let root = root();
     let junit = root.join("target/junit");
@@ -175,16 +222,21 @@ fn test() -> Result<(), String> {
         .args(["insta", "test", "--workspace", "--check", "--unreferenced=reject"]))
 }
 
-fn loom() -> Result<(), String> {
-    run(cargo().env("RUSTFLAGS", "--cfg homer_loom").env("CARGO_TARGET_DIR", root().join("target/loom")).args([
-        "test",
-        "-p",
-        "homerd",
-        "--release",
-        "--locked",
-        "--test",
-        "loom",
-    ]))
+fn loom(o: &Options) -> Result<(), String> {
+    let bound = if o.full { LOOM_PREEMPTIONS_FULL } else { LOOM_PREEMPTIONS };
+    if !o.full {
+        eprintln!(
+            "(preemption bound {bound}; `cargo xtask verify --full` and CI's loom job run {LOOM_PREEMPTIONS_FULL})"
+        );
+    }
+    // The `loom` profile (Cargo.toml): homerd and loom optimised, the rest at -O0 — a
+    // cold build of everything in release took most of this stage. --nocapture: each
+    // model prints its interleavings and time as it finishes.
+    run(cargo()
+        .env("RUSTFLAGS", "--cfg homer_loom")
+        .env("CARGO_TARGET_DIR", root().join("target/loom"))
+        .env("LOOM_MAX_PREEMPTIONS", bound)
+        .args(["test", "-p", "homerd", "--profile", "loom", "--locked", "--test", "loom", "--", "--nocapture"]))
 }
 
 /// A virtualenv under target/ with `packages` installed.
@@ -199,18 +251,26 @@ fn ensure_venv(packages: &[&str]) -> Result<PathBuf, String> {
     Ok(venv)
 }
 
-fn workflow() -> Result<(), String> {
+/// Every workflow file: `ci.yml` must be there, and each `.yml`/`.yaml` in
+/// `.github/workflows` (ci.yml, release.yml, ...) must match the GitHub workflow schema.
+fn workflow(_: &Options) -> Result<(), String> {
     let venv = ensure_venv(&[CHECK_JSONSCHEMA])?;
-    let workflow = root().join(".github/workflows/ci.yml");
-    if !workflow.is_file() {
-        return Err(format!("{} is missing", workflow.display()));
+    let dir = root().join(".github/workflows");
+    if !dir.join("ci.yml").is_file() {
+        return Err(format!("{} is missing", dir.join("ci.yml").display()));
     }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
     run(Command::new(venv.join("bin/check-jsonschema"))
         .args(["--builtin-schema", "vendor.github-workflows"])
-        .arg(&workflow))
+        .args(&files))
 }
 
-fn macos() -> Result<(), String> {
+fn macos(_: &Options) -> Result<(), String> {
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     let has_target =
         installed.map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == MACOS_TARGET)).unwrap_or(false);
@@ -233,4 +293,24 @@ fn macos() -> Result<(), String> {
     ]);
     eprintln!("(links every target for macOS; nothing runs there)");
     run(&mut cmd).map_err(|e| format!("{e} — {}", show(&cmd)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_are_read_before_anything_runs() {
+        let o = parse(&["--full", "--stage", "loom"]).unwrap();
+        assert!(o.full && !o.quick && o.stage.map(|s| s.name) == Some("loom"));
+        assert!(parse(&["--quick", "--full"]).err().unwrap().contains("contradict"));
+        let e = parse(&["--stage", "lint"]).err().unwrap();
+        assert!(e.contains("`lint`") && e.contains("clippy"), "{e}");
+        assert!(parse(&["--stage"]).err().unwrap().contains("needs a name"));
+        assert!(parse(&["--fast"]).err().unwrap().contains("`--fast`"));
+    }
 }

@@ -25,6 +25,7 @@ fn request(dir: &Path) -> SpawnRequest {
         stdout: dir.join("stdout.log"),
         stderr: dir.join("stderr.log"),
         output_cap: None,
+        cwd: None,
     }
 }
 
@@ -319,7 +320,7 @@ fn real_shim_entry() {
     let mut parts = spec.split(SEP);
     let parent: u32 = parts.next().unwrap().parse().unwrap();
     let argv: Vec<String> = parts.map(String::from).collect();
-    std::process::exit(shim::shim_main(parent, &argv));
+    std::process::exit(shim::shim_main(parent, None, &argv));
 }
 
 /// The program and arguments that run this test binary as the shim.
@@ -498,6 +499,7 @@ mod cap_tests {
             stdout: dir.path().join("out"),
             stderr: dir.path().join("err"),
             output_cap: Some(1000),
+            cwd: None,
         };
         let stand_in = r#"read -r _ <&3 || exit 125; exec 3<&-; exec "$@""#;
         let args: Vec<OsString> = ["-c", stand_in, "sh", "sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x; echo e >&2"]

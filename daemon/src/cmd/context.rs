@@ -44,7 +44,8 @@ impl Context {
 }
 
 /// Opens the database read-only after validating it; `None` if it does not exist
-/// (`status` reports that; `backup` refuses it).
+/// (before the daemon's first start: `status` reports that, `list` lists no jobs, `show`
+/// finds none, `backup` refuses it).
 pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
     let db = &ctx.paths.database;
     match schema::inspect(db, ctx.config.busy_timeout)? {
@@ -61,21 +62,6 @@ pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
             let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
             read::anchor_clock(&conn, &ctx.clock);
             Ok(Some(conn))
-        }
-    }
-}
-
-/// Opens the database read-only for the operator's reads (`list`, `show`): it must
-/// exist and be current.
-pub fn open_existing_read_only(ctx: &Context) -> Result<Connection> {
-    let db = &ctx.paths.database;
-    match schema::inspect(db, ctx.config.busy_timeout)? {
-        DbState::Missing => Err(Error::data(db, "does not exist yet; start the daemon once (homerd run)")),
-        s if !s.is_current() => Err(Error::data(db, "needs migrating; run `homerd migrate`")),
-        _ => {
-            let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
-            read::anchor_clock(&conn, &ctx.clock);
-            Ok(conn)
         }
     }
 }

@@ -7,13 +7,15 @@
 use serde_json::json;
 
 use crate::cmd::context::Context;
+use crate::cmd::service::UnitWarning;
 use crate::cmd::status::describe_holder;
-use crate::config::format_duration;
-use crate::error::{exit, Result};
+use crate::duration::format_duration;
+use crate::error::{exit, Error, Result};
 use crate::lock;
 use crate::sqlite::leader::HolderState;
 use crate::sqlite::schema::{self, DbState, MIGRATIONS};
 use crate::sqlite::{self, read};
+use crate::{outln, output};
 
 struct Check {
     name: &'static str,
@@ -30,18 +32,28 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
     let checks = doctor_checks(ctx);
     let warnings = crate::cmd::service::installed_unit_warnings(&ctx.config);
     let failed = checks.iter().filter(|c| !c.ok).count();
+    let code = if failed == 0 { exit::OK } else { exit::CHECK_FAILED };
+    // The verdict is reached before a line is printed, so a reader that stops reading
+    // (`homerd doctor | head -1`) still gets it as the exit status.
+    match report(&checks, &warnings, failed, as_json) {
+        Ok(()) | Err(Error::StdoutClosed) => Ok(code),
+        Err(e) => Err(e),
+    }
+}
+
+fn report(checks: &[Check], warnings: &[UnitWarning], failed: usize, as_json: bool) -> Result<()> {
     if as_json {
         let list: Vec<_> = checks.iter().map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail})).collect();
         let warns: Vec<_> =
             warnings.iter().map(|w| json!({"check": "service unit", "path": w.path, "detail": w.detail})).collect();
         let out = json!({"ok": failed == 0, "checks": list, "warnings": warns});
-        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+        output::json(&out)?;
     } else {
-        for c in &checks {
-            println!("{} {:<18} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
+        for c in checks {
+            outln!("{} {:<18} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail)?;
         }
-        for w in &warnings {
-            println!("WARN {:<18} {}: {}", "service unit", w.path.display(), w.detail);
+        for w in warnings {
+            outln!("WARN {:<18} {}: {}", "service unit", w.path.display(), w.detail)?;
         }
         let warned = match warnings.len() {
             0 => String::new(),
@@ -49,12 +61,12 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
             n => format!(", {n} warnings"),
         };
         if failed == 0 {
-            println!("all {} checks passed{warned}", checks.len());
+            outln!("all {} checks passed{warned}", checks.len())?;
         } else {
-            println!("{failed} of {} checks failed{warned}", checks.len());
+            outln!("{failed} of {} checks failed{warned}", checks.len())?;
         }
     }
-    Ok(if failed == 0 { exit::OK } else { exit::CHECK_FAILED })
+    Ok(())
 }
 
 fn doctor_checks(ctx: &Context) -> Vec<Check> {

@@ -76,7 +76,7 @@ pub fn acquire_lock(ctx: &Context, role: Role) -> Result<Option<HeldLock>> {
                 return Err(Error::Busy(format!(
                     "PID {pid} has held {} for {} without writing its diagnostics; is it stuck?",
                     path.display(),
-                    crate::config::format_duration(ctx.config.migrate_wait)
+                    crate::duration::format_duration(ctx.config.migrate_wait)
                 )));
             }
             if !announced_wait && started.elapsed() >= DIAGNOSTICS_WAIT {

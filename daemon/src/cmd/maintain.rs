@@ -9,9 +9,10 @@ use crate::cmd::lead::{acquire_lock, diagnostics, open_and_lead, Leadership, Rol
 use crate::error::{exit, Error, Result};
 use crate::sqlite::schema::MIGRATIONS;
 use crate::sqlite::{leader, read};
+use crate::{outln, output};
 
-/// `homerd migrate`: apply pending migrations under the lock and the leader row.
-pub fn migrate(ctx: &Context) -> Result<i32> {
+/// `homerd migrate [--json]`: apply pending migrations under the lock and the leader row.
+pub fn migrate(ctx: &Context, as_json: bool) -> Result<i32> {
     let Some(mut lock) = acquire_lock(ctx, Role::Migrate)? else { return Ok(exit::OK) };
     let existed = std::fs::symlink_metadata(&ctx.paths.database).is_ok();
     let Leadership { mut conn, epoch, applied, .. } =
@@ -23,19 +24,29 @@ pub fn migrate(ctx: &Context) -> Result<i32> {
     leader::release(&tx, epoch, &clock).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
     tx.commit().map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
     drop(conn);
-    let db = ctx.paths.database.display();
-    match (existed, applied.len()) {
-        (false, _) => println!("created {db} with {} migrations", MIGRATIONS.len()),
-        (true, 0) => println!("{db} is up to date ({} migrations)", MIGRATIONS.len()),
-        (true, n) => println!("applied {n} migration(s) to {db}: {}", applied.join(", ")),
-    }
+    // Reported once the lock is released: a reader that stops reading cannot hold it.
     drop(lock);
+    let db = ctx.paths.database.display();
+    if as_json {
+        output::json(&serde_json::json!({
+            "database": ctx.paths.database,
+            "created": !existed,
+            "applied": applied,
+            "migrations": MIGRATIONS.len(),
+        }))?;
+        return Ok(exit::OK);
+    }
+    match (existed, applied.len()) {
+        (false, _) => outln!("created {db} with {} migrations", MIGRATIONS.len())?,
+        (true, 0) => outln!("{db} is up to date ({} migrations)", MIGRATIONS.len())?,
+        (true, n) => outln!("applied {n} migration(s) to {db}: {}", applied.join(", "))?,
+    }
     Ok(exit::OK)
 }
 
-/// `homerd backup PATH`: one consistent online snapshot, written to a temp file beside
-/// PATH and linked into place (an existing PATH is never overwritten).
-pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
+/// `homerd backup PATH [--json]`: one consistent online snapshot, written to a temp file
+/// beside PATH and linked into place (an existing PATH is never overwritten).
+pub fn backup(ctx: &Context, dest: &Path, as_json: bool) -> Result<i32> {
     let db = &ctx.paths.database;
     if std::fs::symlink_metadata(dest).is_ok() {
         return Err(Error::io(
@@ -75,6 +86,10 @@ pub fn backup(ctx: &Context, dest: &Path) -> Result<i32> {
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_file(tmp.with_extension("tmp-journal"));
     result?;
-    println!("{}", dest.display());
+    if as_json {
+        output::json(&serde_json::json!({"path": dest, "database": db}))?;
+    } else {
+        outln!("{}", dest.display())?;
+    }
     Ok(exit::OK)
 }

@@ -16,16 +16,20 @@ use crate::job::JobStatus;
 use crate::sqlite::leader::HolderState;
 use crate::sqlite::ops::{self, Cancel, JobRow, Retry};
 use crate::sqlite::read;
+use crate::{outln, output};
 
 fn time(ms: Option<i64>) -> String {
     ms.map(format_rfc3339).unwrap_or_else(|| String::from("-"))
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+/// One JSON line, every time in it with its RFC 3339 companion.
+fn print_json(v: serde_json::Value) -> Result<()> {
+    output::json(&output::with_times(v))
 }
 
-/// `homerd list`.
+/// `homerd list`: a table, or with `--json` one job object per line (no line for no
+/// jobs). Before the daemon's first start there is no database, and so no jobs: an
+/// empty list, not an error.
 pub fn list(ctx: &Context, status: Option<String>, lane: Option<String>, limit: u32, as_json: bool) -> Result<i32> {
     if let Some(s) = &status {
         if JobStatus::parse(s).is_none() {
@@ -33,19 +37,23 @@ pub fn list(ctx: &Context, status: Option<String>, lane: Option<String>, limit: 
             return Err(Error::Usage(format!("--status: unknown status `{s}`; one of {all}")));
         }
     }
-    let conn = context::open_existing_read_only(ctx)?;
-    let rows = ops::list(&conn, status.as_deref(), lane.as_deref(), limit)
-        .map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+    let rows = match context::open_read_only(ctx)? {
+        Some(conn) => ops::list(&conn, status.as_deref(), lane.as_deref(), limit)
+            .map_err(|e| Error::sqlite(&ctx.paths.database, e))?,
+        None => Vec::new(),
+    };
     if as_json {
-        print_json(&serde_json::to_value(&rows).expect("rows serialise"));
+        for r in &rows {
+            print_json(serde_json::to_value(r).map_err(|e| Error::Internal(format!("JSON output: {e}")))?)?;
+        }
         return Ok(exit::OK);
     }
-    println!("{:>6}  {:<9}  {:<10}  {:<6}  {:>8}  {:<24}  ARGS", "ID", "STATUS", "LANE", "KIND", "ATTEMPTS", "CREATED");
+    outln!("{:>6}  {:<9}  {:<10}  {:<6}  {:>8}  {:<24}  ARGS", "ID", "STATUS", "LANE", "KIND", "ATTEMPTS", "CREATED")?;
     for r in &rows {
         let args = r.args.join(" ");
         let args =
             if args.chars().count() > 60 { format!("{}...", args.chars().take(57).collect::<String>()) } else { args };
-        println!(
+        outln!(
             "{:>6}  {:<9}  {:<10}  {:<6}  {:>8}  {:<24}  {}",
             r.id,
             r.status,
@@ -54,10 +62,10 @@ pub fn list(ctx: &Context, status: Option<String>, lane: Option<String>, limit: 
             format!("{}/{}", r.attempts, r.max_attempts),
             time(Some(r.created_at)),
             args
-        );
+        )?;
     }
     if rows.is_empty() {
-        println!("(no jobs)");
+        outln!("(no jobs)")?;
     }
     Ok(exit::OK)
 }
@@ -66,9 +74,14 @@ fn not_found(id: i64) -> Error {
     Error::NotFound(format!("no job {id}"))
 }
 
-/// `homerd show ID`.
+/// `homerd show ID`: the job, its runs and its error history.
 pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let mut conn = context::open_existing_read_only(ctx)?;
+    let Some(mut conn) = context::open_read_only(ctx)? else {
+        return Err(Error::NotFound(format!(
+            "no job {id}: the daemon has not created its database yet ({}); start it once with `homerd run`",
+            ctx.paths.database.display()
+        )));
+    };
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     // One read transaction: the job, its runs and its errors from one snapshot (retention
     // could otherwise prune it between the reads).
@@ -77,17 +90,36 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     let runs = ops::runs(&tx, id).map_err(sql)?;
     let errors = ops::errors(&tx, id).map_err(sql)?;
     drop(tx);
+    // An `exec` job's runs name their output files, and a run that did not complete
+    // its stderr's last line: the cause, when the program could not even start.
+    let outputs: Vec<Option<RunOutput>> = runs
+        .iter()
+        .map(|r| (job.kind == "exec").then(|| RunOutput::read(ctx, id, r.run, r.outcome.as_deref())))
+        .collect();
     if as_json {
-        print_json(&json!({"job": job, "runs": runs, "errors": errors}));
+        let runs = runs
+            .iter()
+            .zip(&outputs)
+            .map(|(r, o)| {
+                let mut v = serde_json::to_value(r).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;
+                if let Some(o) = o {
+                    v["stdout"] = json!(o.stdout);
+                    v["stderr"] = json!(o.stderr);
+                    v["stderr_last_line"] = json!(o.last_stderr_line);
+                }
+                Ok(v)
+            })
+            .collect::<Result<Vec<serde_json::Value>>>()?;
+        print_json(json!({"job": job, "runs": runs, "errors": errors}))?;
         return Ok(exit::OK);
     }
-    print_job(&job);
-    println!("runs:");
+    print_job(&job)?;
+    outln!("runs:")?;
     if runs.is_empty() {
-        println!("  (none)");
+        outln!("  (none)")?;
     }
-    for r in &runs {
-        println!(
+    for (r, output) in runs.iter().zip(&outputs) {
+        outln!(
             "  run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
             r.run,
             r.attempt,
@@ -98,44 +130,97 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
             time(r.ended_at),
             r.outcome.as_deref().unwrap_or("running"),
             r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-        );
+        )?;
+        if let Some(o) = output {
+            outln!("    stdout: {}", o.describe(&o.stdout))?;
+            outln!("    stderr: {}", o.describe(&o.stderr))?;
+            if let Some(line) = &o.last_stderr_line {
+                outln!("    last stderr line: {line}")?;
+            }
+        }
     }
-    println!("errors:");
+    outln!("errors:")?;
     match errors.as_array() {
         Some(list) if !list.is_empty() => {
             for e in list {
-                println!(
+                outln!(
                     "  {} attempt {} run {}: {}",
                     time(e["at"].as_i64()),
                     e["attempt"],
                     e["run"],
                     e["error"].as_str().unwrap_or("")
-                );
+                )?;
             }
         }
-        _ => println!("  (none)"),
+        _ => outln!("  (none)")?,
     }
     Ok(exit::OK)
 }
 
-fn print_job(j: &JobRow) {
-    println!("job {}: {} ({} in lane {})", j.id, j.status, j.kind, j.lane);
-    println!("  args:          {:?}", j.args);
-    println!("  attempts:      {}/{} ({} interruptions, {} runs)", j.attempts, j.max_attempts, j.interruptions, j.runs);
-    println!("  created:       {}", time(Some(j.created_at)));
-    println!("  run after:     {}", time(Some(j.run_after)));
-    println!("  started:       {}", time(j.started_at));
-    println!("  completed:     {}", time(j.completed_at));
+/// Where an `exec` run's output is, and the last line of its stderr when it did not
+/// complete.
+struct RunOutput {
+    stdout: String,
+    stderr: String,
+    last_stderr_line: Option<String>,
+}
+
+impl RunOutput {
+    fn read(ctx: &Context, id: i64, run: i64, outcome: Option<&str>) -> RunOutput {
+        let (out, err) = ctx.paths.run_logs(id, run);
+        let last_stderr_line = match outcome {
+            Some("completed") => None,
+            _ => last_line(&err),
+        };
+        RunOutput { stdout: out.display().to_string(), stderr: err.display().to_string(), last_stderr_line }
+    }
+
+    /// A file's path and size, or that it is not there (not started, or pruned).
+    fn describe(&self, path: &str) -> String {
+        match std::fs::metadata(path) {
+            Ok(m) => format!("{path} ({} bytes)", m.len()),
+            Err(_) => format!("{path} (not there: the program never started, or retention pruned it)"),
+        }
+    }
+}
+
+/// The last non-empty line of a file, read from its last 4 KiB (a run log can be large).
+fn last_line(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().rev().map(str::trim_end).find(|l| !l.is_empty()).map(String::from)
+}
+
+fn print_job(j: &JobRow) -> Result<()> {
+    outln!("job {}: {} ({} in lane {})", j.id, j.status, j.kind, j.lane)?;
+    outln!("  args:          {:?}", j.args)?;
+    outln!("  attempts:      {}/{} ({} interruptions, {} runs)", j.attempts, j.max_attempts, j.interruptions, j.runs)?;
+    outln!("  created:       {}", time(Some(j.created_at)))?;
+    outln!("  run after:     {}", time(Some(j.run_after)))?;
+    outln!("  started:       {}", time(j.started_at))?;
+    outln!("  completed:     {}", time(j.completed_at))?;
     if j.status == "running" {
-        println!("  owner:         {}", j.locked_by.as_deref().unwrap_or("-"));
-        println!("  heartbeat:     {}", time(j.heartbeat_at));
+        outln!("  owner:         {}", j.locked_by.as_deref().unwrap_or("-"))?;
+        outln!("  heartbeat:     {}", time(j.heartbeat_at))?;
+    }
+    if let Some(dir) = &j.cwd {
+        outln!("  directory:     {dir}")?;
+    }
+    for (k, v) in &j.env {
+        outln!("  env:           {k}={v}")?;
     }
     if let Some(k) = &j.key {
-        println!("  key:           {k}");
+        outln!("  key:           {k}")?;
     }
     if let Some(e) = &j.error {
-        println!("  last error:    {e}");
+        outln!("  last error:    {e}")?;
     }
+    Ok(())
 }
 
 /// `homerd cancel ID`: a pending job becomes `cancelled` at once; a running one is
@@ -147,9 +232,9 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     let sql = |e| Error::sqlite(&db, e);
     let report = |result: &str, message: String| {
         if as_json {
-            print_json(&json!({"id": id, "result": result}));
+            print_json(json!({"id": id, "result": result}))
         } else {
-            println!("{message}");
+            outln!("{message}")
         }
     };
     let deadline = Instant::now() + ctx.config.drain_bound(Duration::ZERO);
@@ -160,7 +245,7 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
         match outcome {
             Cancel::NotFound => return Err(not_found(id)),
             Cancel::Cancelled => {
-                report("cancelled", format!("job {id} cancelled"));
+                report("cancelled", format!("job {id} cancelled"))?;
                 return Ok(exit::OK);
             }
             Cancel::Terminal(status) => {
@@ -174,19 +259,19 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
             matches!(r.holder_state(&ctx.clock, ctx.config.stale_threshold), HolderState::Active { .. })
         });
         if !active {
-            report("requested", format!("job {id} is marked running but no daemon is active: it will be cancelled when the daemon next starts"));
+            report("requested", format!("job {id} is marked running but no daemon is active: it will be cancelled when the daemon next starts"))?;
             return Ok(exit::OK);
         }
         loop {
             let status = ops::job(&conn, id).map_err(sql)?.map(|j| j.status).unwrap_or_default();
             match status.as_str() {
                 "cancelled" => {
-                    report("cancelled", format!("job {id} cancelled (its run was stopped)"));
+                    report("cancelled", format!("job {id} cancelled (its run was stopped)"))?;
                     return Ok(exit::OK);
                 }
                 "running" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 "running" => {
-                    report("requested", format!("job {id}: cancel requested; the daemon has not stopped it yet"));
+                    report("requested", format!("job {id}: cancel requested; the daemon has not stopped it yet"))?;
                     return Ok(exit::OK);
                 }
                 // Released or requeued before the daemon saw the request: cancel it as
@@ -216,9 +301,9 @@ pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
         }
         Retry::Requeued => {
             if as_json {
-                print_json(&json!({"id": id, "result": "requeued"}));
+                print_json(json!({"id": id, "result": "requeued"}))?;
             } else {
-                println!("job {id} requeued with a fresh attempt budget");
+                outln!("job {id} requeued with a fresh attempt budget")?;
             }
             Ok(exit::OK)
         }

@@ -176,8 +176,8 @@ async fn supervise(
     let stop = loop {
         let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = sigterm.recv() => on_signal(ctx, &control, "SIGTERM", &mut signals_seen, &mut drain_deadline),
-            _ = sigint.recv() => on_signal(ctx, &control, "SIGINT", &mut signals_seen, &mut drain_deadline),
+            _ = sigterm.recv() => on_signal(ctx, &control, "SIGTERM", coord.held().len(), &mut signals_seen, &mut drain_deadline),
+            _ = sigint.recv() => on_signal(ctx, &control, "SIGINT", coord.held().len(), &mut signals_seen, &mut drain_deadline),
             exit = &mut engine_done => {
                 engine_finished = true;
                 match exit {
@@ -305,28 +305,74 @@ fn corrupt_error(db: &std::path::Path) -> Error {
     )
 }
 
+/// A signal: the first starts the drain (`shutdown_grace` for the `running` jobs to
+/// finish, then each is stopped and released); every later one cuts the grace to zero —
+/// the engine stops what still runs at once (TERM to its group, KILL after `kill_grace`)
+/// and releases it. The message says which, how many jobs and how long, so an operator
+/// at a terminal knows what a second Ctrl-C does before pressing it.
 fn on_signal(
     ctx: &Context,
     control: &std::sync::mpsc::Sender<runner::Control>,
     name: &'static str,
+    running: usize,
     seen: &mut u32,
     drain_deadline: &mut Option<tokio::time::Instant>,
 ) {
     *seen += 1;
     let cfg = &ctx.config;
-    // The second signal cuts the grace short: stop and release what runs, now.
     let grace = if *seen == 1 { cfg.shutdown_grace } else { Duration::ZERO };
-    if *seen == 1 {
-        events::info("shutdown.begin", "Shutting down")
+    let event = if *seen == 1 {
+        events::info("shutdown.begin", shutdown_message(running, cfg.shutdown_grace, cfg.kill_grace))
             .field("signal", name)
             .field("grace_ms", grace.as_millis() as u64)
-            .emit();
+            .field("running", running)
     } else {
-        events::warn("shutdown.hurry", "Second signal: stopping running jobs now").field("signal", name).emit();
-    }
+        events::warn("shutdown.hurry", hurry_message(running, cfg.kill_grace))
+            .field("signal", name)
+            .field("running", running)
+    };
+    event.emit_and_tell_terminal();
     let _ = control.send(runner::Control::Shutdown { grace_ms: grace.as_millis() as i64 });
     let bound = tokio::time::Instant::now() + cfg.drain_bound(grace);
     *drain_deadline = Some(drain_deadline.map_or(bound, |d| d.min(bound)));
+}
+
+fn jobs(n: usize) -> String {
+    if n == 1 {
+        String::from("1 running job")
+    } else {
+        format!("{n} running jobs")
+    }
+}
+
+/// `shutdown.begin`'s message.
+fn shutdown_message(running: usize, grace: Duration, kill_grace: Duration) -> String {
+    use crate::duration::format_duration;
+    if running == 0 {
+        return String::from("Shutting down: no jobs running");
+    }
+    format!(
+        "Shutting down: waiting up to {} (shutdown_grace) for {} to finish, then stopping and releasing {}; \
+         send SIGTERM or SIGINT (Ctrl-C) again to stop {} now (TERM, then KILL after {})",
+        format_duration(grace),
+        jobs(running),
+        if running == 1 { "it" } else { "them" },
+        if running == 1 { "it" } else { "them" },
+        format_duration(kill_grace),
+    )
+}
+
+/// `shutdown.hurry`'s message.
+fn hurry_message(running: usize, kill_grace: Duration) -> String {
+    if running == 0 {
+        return String::from("Signal received again: no jobs running; stopping");
+    }
+    format!(
+        "Signal received again: stopping {} now (TERM, then KILL after {}) and releasing {}",
+        jobs(running),
+        crate::duration::format_duration(kill_grace),
+        if running == 1 { "it" } else { "them" },
+    )
 }
 
 /// The lock is released last: after the database is closed and the final log line.
@@ -378,7 +424,7 @@ impl LockWatch {
             return Err(format!(
                 "could not re-acquire {} for {} (stale_threshold)",
                 self.held.path().display(),
-                crate::config::format_duration(lost_for)
+                crate::duration::format_duration(lost_for)
             ));
         }
         Ok(())
@@ -429,5 +475,27 @@ impl LockWatch {
             .field("ino", ino)
             .emit();
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_messages_name_the_jobs_the_grace_and_the_second_signal() {
+        let (grace, kill) = (Duration::from_secs(30), Duration::from_secs(5));
+        assert_eq!(shutdown_message(0, grace, kill), "Shutting down: no jobs running");
+        assert_eq!(
+            shutdown_message(1, grace, kill),
+            "Shutting down: waiting up to 30s (shutdown_grace) for 1 running job to finish, then stopping and \
+             releasing it; send SIGTERM or SIGINT (Ctrl-C) again to stop it now (TERM, then KILL after 5s)"
+        );
+        assert!(shutdown_message(3, grace, kill).contains("for 3 running jobs to finish"));
+        assert_eq!(
+            hurry_message(2, Duration::from_millis(1500)),
+            "Signal received again: stopping 2 running jobs now (TERM, then KILL after 1s500ms) and releasing them"
+        );
+        assert_eq!(hurry_message(0, kill), "Signal received again: no jobs running; stopping");
     }
 }

@@ -10,11 +10,12 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::cmd::context::{self, Context};
-use crate::config::format_duration;
+use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
 use crate::sqlite::leader::{self, HolderState, LeaderRow};
 use crate::sqlite::schema::MIGRATIONS;
 use crate::sqlite::{self, read};
+use crate::{outln, output};
 
 fn holder_json(row: &LeaderRow, state: &HolderState) -> serde_json::Value {
     let (name, pid, age) = match state {
@@ -61,10 +62,10 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     let sql = |e| Error::sqlite(db, e);
     let Some(conn) = context::open_read_only(ctx)? else {
         if as_json {
-            println!("{}", json!({"database": db, "exists": false, "daemon": {"state": "none", "active": false}}));
+            output::json(&json!({"database": db, "exists": false, "daemon": {"state": "none", "active": false}}))?;
         } else {
-            println!("database: {} (not created yet: start the daemon with `homerd run`)", db.display());
-            println!("daemon:   not running");
+            outln!("database: {} (not created yet: start the daemon with `homerd run`)", db.display())?;
+            outln!("daemon:   not running")?;
         }
         return Ok(exit::OK);
     };
@@ -100,36 +101,65 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
             "running": running,
             "metrics": metrics,
         });
-        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+        output::json(&out)?;
     } else {
-        println!("database: {}", db.display());
-        println!("daemon:   {}", describe_holder(&state));
+        outln!("database: {}", db.display())?;
+        outln!("daemon:   {}", describe_holder(&state))?;
         if matches!(state, HolderState::Active { .. } | HolderState::Stale { .. }) {
-            println!("epoch:    {}", row.epoch);
-            println!("lock:     {}", row.lock_path.as_deref().unwrap_or("-"));
+            outln!("epoch:    {}", row.epoch)?;
+            outln!("lock:     {}", row.lock_path.as_deref().unwrap_or("-"))?;
         }
         let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("jobs:     {}", line.join(", "));
+        outln!("jobs:     {}", line.join(", "))?;
         for (lane, by_status) in &lanes {
             let line: Vec<String> = by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  lane {lane}: {}", line.join(", "));
+            outln!("  lane {lane}: {}", line.join(", "))?;
         }
         if let Some(age) = oldest_pending_age_ms {
-            println!("oldest pending: {} ago", format_age(Duration::from_millis(age as u64)));
+            outln!("oldest pending: {} ago", format_age(Duration::from_millis(age as u64)))?;
         }
         for j in &running {
             let hb = j.heartbeat_at.map(|h| format_age(Duration::from_millis((now - h).max(0) as u64)));
-            println!(
+            outln!(
                 "running:  job {} ({} in lane {}), heartbeat {} ago, owner {}",
                 j.id,
                 j.kind,
                 j.lane,
                 hb.as_deref().unwrap_or("never"),
                 j.locked_by.as_deref().unwrap_or("-")
-            );
+            )?;
         }
         let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        println!("metrics:  {}", line.join(", "));
+        outln!("metrics:  {}", line.join(", "))?;
     }
     Ok(exit::OK)
+}
+
+/// `homerd status --watch [--interval D] [--json]`: `status` again every `interval` until
+/// Ctrl-C. On a terminal each refresh clears the screen first, so the report stays in
+/// place; otherwise (a pipe, a file) each report follows the last after a blank line,
+/// with no control characters. With `--json`, one status object per refresh, one per line
+/// (JSON Lines, never a control character). The database is reopened every time, so a
+/// daemon's first start, a migration or a restore shows up. Everything goes through
+/// `output.rs`: a reader that closes stdout ends the watch quietly (exit 0).
+pub fn watch(ctx: &Context, interval: &str, as_json: bool) -> Result<i32> {
+    use std::io::IsTerminal;
+    let interval = crate::duration::parse_duration(interval).map_err(|e| Error::Usage(format!("--interval: {e}")))?;
+    if interval.is_zero() {
+        return Err(Error::Usage(String::from("--interval: must be more than 0, e.g. 1s")));
+    }
+    let tty = !as_json && std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        if tty {
+            // Home, clear the screen: the next report replaces this one.
+            output::text("\x1b[H\x1b[2J")?;
+        } else if !first && !as_json {
+            outln!()?;
+        }
+        first = false;
+        status(ctx, as_json)?;
+        // The poll interval the operator asked for, not a wait for some condition.
+        std::thread::sleep(interval);
+    }
 }

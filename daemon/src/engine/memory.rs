@@ -256,6 +256,7 @@ impl JobStore for MemoryStore {
                 token,
                 timeout_ms: j.job.timeout_ms,
                 max_attempts: j.job.max_attempts,
+                exec: j.job.exec.clone(),
             });
         }
         Ok(out)

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::job::{
-    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, Recovered, WallMs,
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, ExecSettings, FailOutcome, JobId, JobStatus, NewJob,
+    Recovered, WallMs,
 };
 
 fn args_json(args: &[String]) -> String {
@@ -25,13 +26,46 @@ fn parse_args(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
-/// Inserts a pending job; returns its id.
+/// `job_queue.env`: NULL when no variable was given, else a JSON object.
+fn env_json(env: &BTreeMap<String, String>) -> Option<String> {
+    (!env.is_empty()).then(|| serde_json::to_string(env).expect("strings serialise"))
+}
+
+/// The stored `env` column back as a map (NULL or unreadable: none).
+pub(crate) fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
+    json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
+}
+
+/// Inserts a pending job whose `run_after` was set now; returns its id.
 pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: WallMs) -> rusqlite::Result<JobId> {
+    enqueue_set_at(tx, job, now, now)
+}
+
+/// Inserts a pending job with its `run_after_set_at` (see [`shift_scheduled`]): `now` for
+/// a delay; the time itself for an absolute `--run-after` time, which forward steps of
+/// the wall clock must not move. Returns its id.
+pub fn enqueue_set_at(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    now: WallMs,
+    run_after_set_at: WallMs,
+) -> rusqlite::Result<JobId> {
     tx.query_row(
         "INSERT INTO job_queue (lane, kind, payload, status, created_at, max_attempts, run_after, timeout_ms,
-                                run_after_set_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?4) RETURNING id",
-        params![job.lane, job.kind, args_json(&job.args), now, job.max_attempts, job.run_after, job.timeout_ms],
+                                run_after_set_at, cwd, env)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+        params![
+            job.lane,
+            job.kind,
+            args_json(&job.args),
+            now,
+            job.max_attempts,
+            job.run_after,
+            job.timeout_ms,
+            run_after_set_at,
+            job.exec.cwd,
+            env_json(&job.exec.env)
+        ],
         |r| r.get(0),
     )
 }
@@ -97,7 +131,7 @@ pub fn claim(
                 started_at = ?3, attempts = attempts + 1, runs = runs + 1,
                 claim_token = ?4, claim_epoch = ?5
          WHERE id = ?1 AND status = 'pending' AND cancel_requested_at IS NULL
-         RETURNING lane, kind, payload, attempts, runs, timeout_ms, max_attempts",
+         RETURNING lane, kind, payload, attempts, runs, timeout_ms, max_attempts, cwd, env",
     )?;
     let mut run_row = tx.prepare_cached(
         "INSERT INTO job_runs (job_id, run, attempt, epoch, claim_token, worker, started_at)
@@ -117,6 +151,7 @@ pub fn claim(
                     token: token.clone(),
                     timeout_ms: r.get(5)?,
                     max_attempts: r.get(6)?,
+                    exec: ExecSettings { cwd: r.get(7)?, env: parse_env(r.get(8)?) },
                 })
             })
             .optional()?;
@@ -449,7 +484,9 @@ pub fn requeue_unstarted(
 /// A forward step of the wall clock (see `clock.rs`): every job still waiting for a
 /// `run_after` that was set before the step (at or before `from`, on the effective
 /// clock) moves forward by `by`, so its delay keeps its length. Times set after the step
-/// are on the new clock already and stay. Returns how many jobs moved.
+/// are on the new clock already and stay. An absolute `--run-after` time is stored as set
+/// at itself, so it is never before a step taken while it waits, and never moves.
+/// Returns how many jobs moved.
 pub fn shift_scheduled(tx: &Transaction<'_>, from: i64, by: i64) -> rusqlite::Result<usize> {
     let n = tx.execute(
         "UPDATE job_queue SET run_after = run_after + ?2
@@ -562,6 +599,7 @@ mod tests {
             max_attempts: 3,
             timeout_ms: None,
             run_after: WallMs(0),
+            exec: Default::default(),
         }
     }
 

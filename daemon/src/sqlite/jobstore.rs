@@ -151,6 +151,7 @@ mod tests {
             max_attempts,
             timeout_ms: Some(5),
             run_after: WallMs(0),
+            exec: Default::default(),
         }
     }
 

@@ -29,10 +29,17 @@ pub struct JobRow {
     pub error: Option<String>,
     pub key: Option<String>,
     pub cancel_requested_at: Option<i64>,
+    /// An `exec` job's working directory (absent for other kinds and older rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// An `exec` job's `--env` variables (absent when none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 const JOB_COLUMNS: &str = "id, status, lane, kind, payload, attempts, max_attempts, interruptions, runs, created_at,
-     run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at";
+     run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at,
+     cwd, env";
 
 fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
@@ -54,6 +61,8 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         error: r.get(15)?,
         key: r.get(16)?,
         cancel_requested_at: r.get(17)?,
+        cwd: r.get(18)?,
+        env: jobs::parse_env(r.get(19)?),
     })
 }
 
@@ -122,14 +131,15 @@ pub fn enqueue_keyed(
     job: &NewJob,
     key: Option<&str>,
     now: WallMs,
+    run_after_set_at: WallMs,
 ) -> rusqlite::Result<(JobId, bool)> {
-    let Some(key) = key else { return Ok((jobs::enqueue(tx, job, now)?, true)) };
+    let Some(key) = key else { return Ok((jobs::enqueue_set_at(tx, job, now, run_after_set_at)?, true)) };
     if let Some(id) =
         tx.query_row("SELECT id FROM job_queue WHERE idempotency_key = ?1", [key], |r| r.get(0)).optional()?
     {
         return Ok((id, false));
     }
-    let id = jobs::enqueue(tx, job, now)?;
+    let id = jobs::enqueue_set_at(tx, job, now, run_after_set_at)?;
     tx.execute("UPDATE job_queue SET idempotency_key = ?2 WHERE id = ?1", params![id, key])?;
     Ok((id, true))
 }

@@ -148,3 +148,23 @@ pub fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
 pub fn next_run_after(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     Ok(super::jobs::lane_heads(conn)?.into_iter().map(|(_, run_after, _)| run_after).min())
 }
+
+/// Where a job stands, for `wait` and `logs -f`: its status, kind, how many runs it has
+/// had and when it ended. `None`: no such job (never enqueued, or pruned by retention).
+pub fn job_progress(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobProgress>> {
+    conn.prepare_cached("SELECT status, kind, runs, completed_at FROM job_queue WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok(JobProgress { status: r.get(0)?, kind: r.get(1)?, runs: r.get(2)?, completed_at: r.get(3)? })
+        })
+        .optional()
+}
+
+/// See [`job_progress`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobProgress {
+    pub status: JobStatus,
+    pub kind: String,
+    pub runs: i64,
+    /// When it ended (`completed_at`, set for every terminal status); `None` before.
+    pub completed_at: Option<i64>,
+}

@@ -280,6 +280,7 @@ impl JobStore for Queue {
                 token,
                 timeout_ms: j.spec.timeout_ms,
                 max_attempts: j.spec.max_attempts,
+                exec: j.spec.exec.clone(),
             });
         }
         Ok(out)

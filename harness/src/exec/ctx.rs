@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use homer_testkit::{read_lines, Line, LineSink, Parse, Stream};
 
 use super::Options;
-use crate::check::{self, CheckOptions};
+use crate::check::{self, CheckOptions, Violation};
 use crate::history::{DbState, Event, History, PowerCut, ProcKind, ProcRecord};
 use crate::procs;
 use crate::scenario::{parse_duration, Pattern, Scalar, Scenario};
 use crate::steps::enqueue::ProbeSpec;
 use crate::steps::file::Remembered;
+use crate::timeline::StepRecord;
 
 /// A finished CLI process: exit code, stdout, stderr.
 pub(crate) type CliOutput = (Option<i32>, Vec<u8>, Vec<u8>);
@@ -233,6 +234,12 @@ pub(crate) struct Ctx<'a> {
     pub(crate) power_log: u32,
     /// The `power_loss` steps run so far.
     pub(crate) power_cuts: Vec<PowerCut>,
+    /// `CLOCK_MONOTONIC` (the probe's clock) at `shared.start`.
+    pub(crate) mono_origin_ns: u64,
+    /// Every step run so far, with its times, for the timeline.
+    pub(crate) step_records: Vec<StepRecord>,
+    /// What the last failing invariant check found (the timeline highlights it).
+    pub(crate) violations: Vec<Violation>,
 }
 
 impl<'a> Ctx<'a> {
@@ -253,6 +260,10 @@ impl<'a> Ctx<'a> {
             threads: Vec::new(),
             power_log: 1,
             power_cuts: Vec::new(),
+            // `start` was taken a moment ago: step the probe's clock back by as much.
+            mono_origin_ns: crate::probe::mono_ns().saturating_sub(start.elapsed().as_nanos() as u64),
+            step_records: Vec::new(),
+            violations: Vec::new(),
         }
     }
 }
@@ -395,8 +406,11 @@ impl Ctx<'_> {
     }
 
     pub(crate) fn scale_setting(&self, v: &str) -> String {
+        // A zero stays as written: "0" is also a count (`max_interruptions = "0"`).
         match parse_duration(v) {
-            Some(d) if self.opts.time_scale != 1.0 => format!("{}ms", self.scaled(d).as_millis().max(1)),
+            Ok(d) if self.opts.time_scale != 1.0 && !d.is_zero() => {
+                homerd::duration::format_duration(self.scaled(d).max(Duration::from_millis(1)))
+            }
             _ => v.to_string(),
         }
     }
@@ -573,7 +587,15 @@ impl Ctx<'_> {
         // Ids printed by background enqueues are acknowledged too, after the steps' ones.
         let mut acked = self.acked.clone();
         acked.extend(st.procs.iter().flat_map(ProcState::printed_ids));
-        Ok(History { procs, events: st.events.clone(), effects, db, acked, power_cuts: self.power_cuts.clone() })
+        Ok(History {
+            procs,
+            events: st.events.clone(),
+            effects,
+            db,
+            acked,
+            power_cuts: self.power_cuts.clone(),
+            mono_origin_ns: self.mono_origin_ns,
+        })
     }
 
     pub(crate) fn check(&mut self, opts: &CheckOptions, explicit: bool) -> Result<(), StepError> {
@@ -589,6 +611,7 @@ impl Ctx<'_> {
             return Ok(());
         }
         let list: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+        self.violations = violations;
         fail("every invariant to hold", list.join("; "))
     }
 

@@ -21,12 +21,13 @@ pub(crate) mod ctx;
 mod tests;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::check::CheckOptions;
 use crate::procs;
 use crate::scenario::{Requirement, Scenario};
+use crate::timeline::{self, StepRecord};
 use ctx::Ctx;
 
 /// How to run scenarios.
@@ -85,6 +86,8 @@ pub struct Failure {
     pub actual: String,
     /// The tail of each process's stderr.
     pub logs: Vec<(String, String)>,
+    /// The run's `timeline.html`, when its sandbox was kept.
+    pub timeline: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Failure {
@@ -95,6 +98,9 @@ impl std::fmt::Display for Failure {
         }
         writeln!(f, "  expected: {}", self.expected)?;
         writeln!(f, "  actual:   {}", self.actual)?;
+        if let Some(t) = &self.timeline {
+            writeln!(f, "  timeline: {}", t.display())?;
+        }
         for (name, tail) in &self.logs {
             writeln!(f, "  --- {name} (last lines) ---")?;
             for l in tail.lines() {
@@ -143,7 +149,7 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run_steps()));
     let mut outcome = match run {
         Ok(Ok(())) => Outcome::Passed,
-        Ok(Err(f)) => Outcome::Failed(f),
+        Ok(Err(f)) => Outcome::Failed(*f),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
@@ -156,6 +162,7 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
                 expected: String::from("no panic"),
                 actual: msg,
                 logs: ctx.log_tails(),
+                timeline: None,
             })
         }
     };
@@ -177,6 +184,7 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
             expected: String::from("no process started by the scenario alive after SIGKILL"),
             actual: format!("still alive: {survivors:?}"),
             logs: Vec::new(),
+            timeline: None,
         });
     }
     if !unmount_errors.is_empty() && !matches!(outcome, Outcome::Failed(_)) {
@@ -186,11 +194,25 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
             expected: String::from("the tmpfs home unmounted"),
             actual: unmount_errors.join("; "),
             logs: Vec::new(),
+            timeline: None,
         });
     }
     if let Outcome::Failed(f) = &mut outcome {
         if f.logs.is_empty() {
             f.logs = ctx.log_tails();
+        }
+    }
+    let failed = matches!(outcome, Outcome::Failed(_));
+    if keep || failed {
+        // Every process is dead and the home is back in place: the history is final. A
+        // failed run always gets its timeline: when its sandbox is not kept, the page is
+        // moved beside the sandboxes (`<base>/<sandbox name>.timeline.html`) before the
+        // sandbox is removed, so the failure report can still point at it.
+        if let Some(path) = ctx.write_timeline(&outcome) {
+            let path = if keep { Some(path) } else { ctx.save_timeline_outside(&path, &base) };
+            if let (Some(path), Outcome::Failed(f)) = (path, &mut outcome) {
+                f.timeline = Some(path);
+            }
         }
     }
     ctx.write_logs();
@@ -237,34 +259,52 @@ fn setup_failure(msg: String) -> Failure {
         expected: String::from("a sandbox"),
         actual: msg,
         logs: Vec::new(),
+        timeline: None,
     }
 }
 
 impl Ctx<'_> {
-    fn run_steps(&mut self) -> Result<(), Failure> {
-        self.setup().map_err(setup_failure)?;
+    fn run_steps(&mut self) -> Result<(), Box<Failure>> {
+        self.setup().map_err(|e| Box::new(setup_failure(e)))?;
         let scenario_deadline = self.deadline(self.sc.timeout);
         let steps = self.sc.steps.clone();
         for (i, at) in steps.iter().enumerate() {
             if Instant::now() >= scenario_deadline {
-                return Err(Failure {
+                return Err(Box::new(Failure {
                     step: Some((i + 1, at.line)),
                     what: String::from("scenario timeout"),
                     expected: format!("the scenario within {:?} (scaled)", self.scaled(self.sc.timeout)),
                     actual: String::from("still running"),
                     logs: self.log_tails(),
-                });
+                    timeline: None,
+                }));
             }
             self.step_log.push(format!("step {} (line {}): {}", i + 1, at.line, at.step.summary()));
-            if let Err(e) = at.step.run(self) {
+            self.step_records.push(StepRecord {
+                index: i + 1,
+                line: at.line,
+                summary: at.step.summary(),
+                mark: at.step.mark(),
+                started: self.shared.start.elapsed(),
+                ended: None,
+                failed: false,
+            });
+            let result = at.step.run(self);
+            let ended = self.shared.start.elapsed();
+            if let Some(record) = self.step_records.last_mut() {
+                record.ended = Some(ended);
+                record.failed = result.is_err();
+            }
+            if let Err(e) = result {
                 self.note(format!("failed: expected {}; actual {}", e.expected, e.actual));
-                return Err(Failure {
+                return Err(Box::new(Failure {
                     step: Some((i + 1, at.line)),
                     what: at.step.summary(),
                     expected: e.expected,
                     actual: e.actual,
                     logs: self.log_tails(),
-                });
+                    timeline: None,
+                }));
             }
         }
         // A final look at the safety invariants, whatever the scenario checked itself.
@@ -273,13 +313,14 @@ impl Ctx<'_> {
             none_running: false,
         };
         if let Err(e) = self.check(&opts, false) {
-            return Err(Failure {
+            return Err(Box::new(Failure {
                 step: None,
                 what: String::from("final invariant check"),
                 expected: e.expected,
                 actual: e.actual,
                 logs: self.log_tails(),
-            });
+                timeline: None,
+            }));
         }
         Ok(())
     }
@@ -313,5 +354,60 @@ impl Ctx<'_> {
             self.daemon_bin = copy;
         }
         Ok(())
+    }
+}
+
+impl Ctx<'_> {
+    /// Moves a failed run's timeline out of a sandbox that is about to be removed, to
+    /// `<base>/<sandbox name>.timeline.html`; `None` (the reason in the step log) if it
+    /// cannot.
+    fn save_timeline_outside(&mut self, page: &Path, base: &Path) -> Option<PathBuf> {
+        let name = self.sandbox.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let to = base.join(format!("{name}.timeline.html"));
+        // A copy, not a rename: the sandbox may be a tmpfs home's parent on another device.
+        match std::fs::copy(page, &to) {
+            Ok(_) => Some(to),
+            Err(e) => {
+                self.step_log.push(format!("timeline not saved to {}: {e}", to.display()));
+                None
+            }
+        }
+    }
+
+    /// Draws the run into `<sandbox>/timeline.html` (see `timeline/`); returns its path, or
+    /// `None` with the reason in the step log when it could not be written.
+    fn write_timeline(&mut self, outcome: &Outcome) -> Option<PathBuf> {
+        let history = match self.history(true) {
+            Ok(h) => h,
+            Err(e) => {
+                self.step_log.push(format!("timeline not written: expected {}; actual {}", e.expected, e.actual));
+                return None;
+            }
+        };
+        let failure = match outcome {
+            Outcome::Failed(f) => Some(timeline::FailureText {
+                what: match f.step {
+                    Some((i, line)) => format!("step {i} (line {line}): {}", f.what),
+                    None => f.what.clone(),
+                },
+                expected: f.expected.clone(),
+                actual: f.actual.clone(),
+            }),
+            Outcome::Passed | Outcome::Skipped(_) => None,
+        };
+        let run = timeline::Run {
+            name: &self.sc.name,
+            history: &history,
+            steps: &self.step_records,
+            violations: &self.violations,
+            failure,
+        };
+        match timeline::write(&self.sandbox, &run) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                self.step_log.push(format!("timeline not written: {}: {e}", self.sandbox.display()));
+                None
+            }
+        }
     }
 }

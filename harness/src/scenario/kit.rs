@@ -134,7 +134,7 @@ pub(crate) fn parse_signed_ms(s: &str) -> Option<i64> {
     if rest.starts_with(['+', '-']) || rest.trim() != rest {
         return None;
     }
-    let ms = i64::try_from(parse_duration(rest)?.as_millis()).ok()?;
+    let ms = i64::try_from(parse_duration(rest).ok()?.as_millis()).ok()?;
     Some(if negative { -ms } else { ms })
 }
 
@@ -267,11 +267,14 @@ impl Cx<'_> {
     }
 
     pub(crate) fn duration(&self, f: &Field) -> Res<Duration> {
-        f.str().and_then(parse_duration).ok_or_else(|| self.wrong(f, "a duration like \"250ms\" or \"5s\""))
+        let Some(text) = f.str() else { return Err(self.wrong(f, "a duration like \"250ms\", \"5s\" or \"1h30m\"")) };
+        parse_duration(text).map_err(|e| self.err(&f.span(), f.path.clone(), e))
     }
 
     pub(crate) fn signed_ms(&self, f: &Field) -> Res<i64> {
-        f.str().and_then(parse_signed_ms).ok_or_else(|| self.wrong(f, "a signed duration like \"+90s\" or \"-2h\""))
+        f.str()
+            .and_then(parse_signed_ms)
+            .ok_or_else(|| self.wrong(f, "a signed duration like \"+90s\", \"-2h\" or \"-1h30m\""))
     }
 
     /// An inline table of strings (`env`), in file order.

@@ -130,23 +130,11 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, ParseError> {
     cx.scenario(&root)
 }
 
-/// Parse a duration: `250ms`, `5s`, `2m`, `1h`, `1.5s`. Used for settings scaling too.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Some(Duration::from_secs_f64(secs))
+/// Parse a duration in homerd's one grammar (`250ms`, `5s`, `1h30m`, `2d 3h`, `1.5s`;
+/// whole milliseconds, at most 36500d): `homerd::duration::parse_duration`, so a scenario
+/// file reads a duration exactly as the daemon it drives does. Used for settings scaling too.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    homerd::duration::parse_duration(s)
 }
 
 /// Parse a size: `4096`, `512k`, `2m`, `1g` (case-insensitive; `KiB`, `MiB`, `GiB` too).

@@ -64,8 +64,28 @@ fn missing_field() {
 
 #[test]
 fn bad_duration() {
-    let e = err(&format!("{HEADER}[[step]]\nwait = \"exit\"\ntarget = \"a\"\ntimeout = \"5 seconds\"\n"));
-    assert_err(&e, 7, 11, "step[1].timeout", "expected a duration like \"250ms\" or \"5s\", found \"5 seconds\"");
+    // The message is homerd's own (`homerd::duration`): the value, examples, the cause.
+    let e = err(&format!("{HEADER}[[step]]\nwait = \"exit\"\ntarget = \"a\"\ntimeout = \"5 sekunden\"\n"));
+    assert_err(
+        &e,
+        7,
+        11,
+        "step[1].timeout",
+        "expected a duration like 250ms, 90s, 1h30m, 2d 3h or 0, got `5 sekunden`",
+    );
+    assert!(e.message.contains("unknown time unit \"sekunden\""), "{e}");
+    let e = err(&format!("{HEADER}[[step]]\nwait = \"exit\"\ntarget = \"a\"\ntimeout = \"36501d\"\n"));
+    assert_err(&e, 7, 11, "step[1].timeout", "`36501d` is too long: at most 36500d (100 years)");
+    let e = err(&format!("{HEADER}[[step]]\nwait = \"exit\"\ntarget = \"a\"\ntimeout = \"1.0001s\"\n"));
+    assert_err(&e, 7, 11, "step[1].timeout", "whole milliseconds");
+    let e = err(&format!("{HEADER}[[step]]\nwait = \"exit\"\ntarget = \"a\"\ntimeout = 5\n"));
+    assert_err(
+        &e,
+        7,
+        11,
+        "step[1].timeout",
+        "expected a duration like \"250ms\", \"5s\" or \"1h30m\", found the integer 5",
+    );
     let e = err(&format!("timeout = 5\n{HEADER}[[step]]\nstart = \"a\"\n"));
     assert_err(&e, 1, 11, "timeout", "found the integer 5");
     let e = err(&format!("{HEADER}[[step]]\nclock = \"+-2h\"\n"));
@@ -149,6 +169,14 @@ fn helpers() {
     assert_eq!(parse_signed_ms("-2h"), Some(-7_200_000));
     assert_eq!(parse_signed_ms("30m"), Some(1_800_000));
     assert_eq!(parse_signed_ms("--1s"), None);
+    // The one grammar: compound and fractional forms, whole milliseconds, the cap.
+    assert_eq!(parse_signed_ms("-1h30m"), Some(-5_400_000));
+    assert_eq!(parse_signed_ms("+2d 3h"), Some(51 * 3_600_000));
+    assert_eq!(parse_signed_ms("1.5s"), Some(1500));
+    assert_eq!(parse_signed_ms("-36501d"), None);
+    assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    assert!(parse_duration("1.5").is_err());
     assert_eq!(parse_sig("sigkill"), Some(Sig::Kill));
     assert_eq!(parse_sig("Hup"), Some(Sig::Hup));
     assert_eq!(parse_sig("USR1"), None);
@@ -605,7 +633,7 @@ fn fault_vocabulary_rejections() {
         ("[[step]]\nstart = \"a\"\nnofile = [64, 32]\n", 6, 10, "step[1].nofile", "soft <= hard"),
         ("[[step]]\nstart = \"a\"\nnofile = [64, \"x\"]\n", 6, 15, "step[1].nofile[2]", "at least 3"),
         ("[[step]]\nwait = \"effects\"\nnot_before = \"2s\"\n", 6, 1, "step[1].not_before", "needs `job`"),
-        ("[[step]]\nwait = \"effects\"\njob = 1\nnot_before = \"2 s\"\n", 7, 14, "step[1].not_before", "duration"),
+        ("[[step]]\nwait = \"effects\"\njob = 1\nnot_before = \"soon\"\n", 7, 14, "step[1].not_before", "duration"),
         (
             "[[step]]\nwait = \"sql\"\nquery = \"q\"\nrows = []\nnot_before = \"1s\"\n",
             8,

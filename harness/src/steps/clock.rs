@@ -1,6 +1,6 @@
 //! `clock`: step every daemon's wall clock (through `HOMERD_CLOCK_OFFSET_FILE`).
 
-use super::Verb;
+use super::{Mark, MarkKind, Verb};
 use crate::exec::ctx::{Ctx, StepError};
 use crate::scenario::kit::{Cx, Field, Res, Tbl};
 
@@ -21,6 +21,16 @@ impl Verb for Clock {
 
     fn summary(&self) -> String {
         format!("step the clock by {} ms", self.step_ms)
+    }
+
+    fn mark(&self) -> Option<Mark> {
+        let secs = self.step_ms as f64 / 1000.0;
+        let label = match secs.abs() {
+            s if s < 120.0 => format!("clock {secs:+.1} s"),
+            s if s < 7200.0 => format!("clock {:+.1} min", secs / 60.0),
+            _ => format!("clock {:+.1} h", secs / 3600.0),
+        };
+        Some(Mark { kind: MarkKind::Clock, label, target: None })
     }
 
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {

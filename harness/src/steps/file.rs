@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::Verb;
+use super::{Mark, MarkKind, Verb};
 use crate::exec::ctx::{fail, Ctx, StepError};
 use crate::scenario::kit::{one_of, Cx, Field, Res, Tbl};
 use crate::scenario::tree::Val;
@@ -198,6 +198,30 @@ impl Verb for FileStep {
             FileOp::Mode { mode } => format!("file mode {mode:04o} on {}", self.path),
             op => format!("file {op:?} on {}", self.path).chars().take(120).collect(),
         }
+    }
+
+    /// Only the operations that change something are faults; checks are ordinary steps.
+    fn mark(&self) -> Option<Mark> {
+        let what = match &self.op {
+            FileOp::Remove => "deleted",
+            FileOp::Replace { .. } => "replaced",
+            FileOp::Symlink { .. } => "made a symlink",
+            FileOp::Chmod { .. } => "chmod",
+            FileOp::Write { .. } => "written",
+            FileOp::Mkdir => "made a directory",
+            FileOp::Corrupt { .. } => "damaged",
+            FileOp::Rename { .. } => "moved aside",
+            FileOp::Fill => "disk filled",
+            FileOp::Copy { .. }
+            | FileOp::Remember { .. }
+            | FileOp::Unchanged { .. }
+            | FileOp::Exists { .. }
+            | FileOp::Absent
+            | FileOp::Mode { .. } => return None,
+        };
+        // The file's own name says which: `{lock}` -> `lock`, `{home}/homer.db-wal` -> `homer.db-wal`.
+        let name = self.path.rsplit('/').next().unwrap_or(&self.path).trim_matches(|c| c == '{' || c == '}');
+        Some(Mark { kind: MarkKind::File, label: format!("{name} {what}"), target: None })
     }
 
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Verb;
+use super::{Mark, MarkKind, Verb};
 use crate::exec::ctx::{fail, harness_rw, Ctx, Hold, StepError};
 use crate::scenario::kit::{Cx, Field, Res, Tbl};
 
@@ -23,6 +23,10 @@ impl Verb for HoldWrite {
 
     fn summary(&self) -> String {
         format!("hold a write transaction for {:?}", self.duration)
+    }
+
+    fn mark(&self) -> Option<Mark> {
+        Some(Mark { kind: MarkKind::Busy, label: format!("db busy {:?}", self.duration), target: None })
     }
 
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {

@@ -49,6 +49,42 @@ pub(crate) trait Verb: Sized {
 
     /// Run the step against the scenario's context.
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError>;
+
+    /// How a run's timeline (`timeline.rs`) marks this step when it is a fault (a signal,
+    /// a clock step, a power cut, file surgery, a held write); `None`: an ordinary step.
+    fn mark(&self) -> Option<Mark> {
+        None
+    }
+}
+
+/// What kind of fault a step is, as a run's timeline draws it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkKind {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP: the target is paused until a `Resume`.
+    Pause,
+    /// SIGCONT.
+    Resume,
+    /// Any other signal (TERM, INT, HUP).
+    Signal,
+    /// A wall-clock step.
+    Clock,
+    /// A `power_loss` cut.
+    PowerLoss,
+    /// File surgery: a lock file deleted or replaced, a page damaged, a disk filled...
+    File,
+    /// A write transaction held by the harness (a busy database).
+    Busy,
+}
+
+/// A fault step as the timeline shows it: its kind, a short label, and the processes it
+/// targets (a `signal` target pattern such as `a` or `cli.*`), if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub kind: MarkKind,
+    pub label: String,
+    pub target: Option<String>,
 }
 
 /// The registry: `Variant(module::Type)`, one line per verb, in the order error messages
@@ -85,6 +121,20 @@ macro_rules! registry {
             pub fn summary(&self) -> String {
                 match self {
                     $(Step::$variant(s) => s.summary(),)*
+                }
+            }
+
+            /// The verb's key, e.g. `"start"`.
+            pub fn key(&self) -> &'static str {
+                match self {
+                    $(Step::$variant(_) => <$module::$ty as Verb>::KEY,)*
+                }
+            }
+
+            /// How a timeline marks the step, if it is a fault.
+            pub fn mark(&self) -> Option<Mark> {
+                match self {
+                    $(Step::$variant(s) => s.mark(),)*
                 }
             }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::Verb;
+use super::{Mark, MarkKind, Verb};
 use crate::check::CheckOptions;
 use crate::exec::ctx::{fail, Ctx, StepError};
 use crate::history::PowerCut;
@@ -41,6 +41,10 @@ impl Verb for PowerLoss {
 
     fn summary(&self) -> String {
         String::from("power loss")
+    }
+
+    fn mark(&self) -> Option<Mark> {
+        Some(Mark { kind: MarkKind::PowerLoss, label: String::from("power loss"), target: None })
     }
 
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Verb;
+use super::{Mark, MarkKind, Verb};
 use crate::exec::ctx::{exit_text, fail, harness_rw, matches_target, Ctx, ProcState, StepError};
 use crate::scenario::kit::{Cx, Field, Res, Tbl};
 
@@ -57,6 +57,18 @@ impl Verb for Signal {
 
     fn summary(&self) -> String {
         format!("signal {:?} to {}", self.signal, self.target)
+    }
+
+    fn mark(&self) -> Option<Mark> {
+        let (kind, what) = match self.signal {
+            Sig::Kill => (MarkKind::Kill, "kill -9"),
+            Sig::Stop => (MarkKind::Pause, "pause"),
+            Sig::Cont => (MarkKind::Resume, "resume"),
+            Sig::Term => (MarkKind::Signal, "TERM"),
+            Sig::Int => (MarkKind::Signal, "INT"),
+            Sig::Hup => (MarkKind::Signal, "HUP"),
+        };
+        Some(Mark { kind, label: format!("{what} {}", self.target), target: Some(self.target.clone()) })
     }
 
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {

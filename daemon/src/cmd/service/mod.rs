@@ -26,7 +26,8 @@ pub use systemd::{check as check_systemd, parse_unit};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{format_duration, Config};
+use crate::config::Config;
+use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
 use crate::paths::Paths;
 
@@ -130,13 +131,21 @@ fn invocation(paths: &Paths, passed: &Passed) -> Result<Invocation> {
 }
 
 /// `homerd service launchd|systemd`: prints the unit; touches nothing.
-pub fn print(paths: &Paths, cfg: &Config, manager: Manager, passed: &Passed) -> Result<i32> {
+pub fn print(paths: &Paths, cfg: &Config, manager: Manager, passed: &Passed, as_json: bool) -> Result<i32> {
     let inv = invocation(paths, passed)?;
     let text = match manager {
         Manager::Launchd => launchd::plist(&inv, cfg)?,
         Manager::Systemd => systemd::unit(&inv, cfg),
     };
-    print!("{text}");
+    if as_json {
+        let name = match manager {
+            Manager::Launchd => "launchd",
+            Manager::Systemd => "systemd",
+        };
+        crate::output::json(&serde_json::json!({"manager": name, "unit": text}))?;
+    } else {
+        crate::output::text(&text)?;
+    }
     Ok(exit::OK)
 }
 

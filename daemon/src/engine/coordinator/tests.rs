@@ -19,6 +19,7 @@ fn with_jobs(n: usize, timeout_ms: Option<u64>) -> Coordinator<MemoryStore> {
             max_attempts: 3,
             timeout_ms,
             run_after: WallMs(0),
+            exec: Default::default(),
         };
         store.enqueue(&job);
     }
@@ -250,6 +251,7 @@ fn recovery_requeues_orphans_after_the_orphan_delay() {
         max_attempts: 3,
         timeout_ms: None,
         run_after: WallMs(0),
+        exec: Default::default(),
     };
     let id = store.enqueue(&job);
     store.claim(Epoch(1), "old", &cfg().limits, WallMs(0)).unwrap();
@@ -278,6 +280,7 @@ mod ended_tests {
             max_attempts: 3,
             timeout_ms: None,
             run_after: WallMs(0),
+            exec: Default::default(),
         };
         store.enqueue(&job);
         let cfg = EngineConfig {
@@ -346,6 +349,7 @@ fn a_lease_that_runs_out_while_renewals_cannot_be_written_is_a_stand_down() {
         max_attempts: 1,
         timeout_ms: None,
         run_after: WallMs(0),
+        exec: Default::default(),
     };
     let id = inner.enqueue(&job);
     let c = Coordinator::new(cfg(), Epoch(1), FullDisk { inner, full: false });

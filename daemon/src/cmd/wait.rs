@@ -1,0 +1,173 @@
+//! `homerd wait ID... [--timeout DUR]`: blocks until every named job is completed,
+//! failed or cancelled, and exits with their outcome. Also what `logs -f` shares: the
+//! outcome → exit code mapping ([`outcome_code`]) and [`Changes`], which re-reads the
+//! database only after another connection committed (`PRAGMA data_version`), checked
+//! every [`POLL`] — a read-only connection, no write, no lock, no busy loop.
+//!
+//! Exit codes (README, Exit codes): 0 every job completed; 4 one failed; 5 one was
+//! cancelled and none failed; 6 `--timeout` ran out first; 66 a job does not exist
+//! (never enqueued, or pruned by retention, or no database yet).
+//!
+//! Output goes through `output.rs`: `job N: STATUS` per job as it ends, or with `--json`
+//! one `{"id", "status", "ended", "completed_at", "completed_at_rfc3339"}` per line —
+//! `ended` true as each job ends, and when `--timeout` runs out one line per job still
+//! open with `ended` false and its current status (the lines then say what the human
+//! note on stderr says). The exit status is the point of `wait`, so a reader that closes
+//! stdout does not end it: it goes on waiting, silently, and still exits with the
+//! outcome (as `doctor` keeps its verdict).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::cmd::context::{self, Context};
+use crate::duration::{format_duration, parse_duration};
+use crate::error::{exit, Error, Result};
+use crate::job::JobStatus;
+use crate::sqlite::read::{self, JobProgress};
+use crate::{outln, output};
+
+/// How often `wait` and `logs -f` look for a commit (and `logs -f` for new output).
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// The exit code for a job that ended in `status`: 0 completed, 4 failed, 5 cancelled.
+pub fn outcome_code(status: JobStatus) -> i32 {
+    match status {
+        JobStatus::Failed => exit::JOB_FAILED,
+        JobStatus::Cancelled => exit::JOB_CANCELLED,
+        _ => exit::OK,
+    }
+}
+
+/// Tells when the database changed since the last look: `PRAGMA data_version` moves when
+/// another connection commits, and reading it writes nothing.
+pub struct Changes {
+    last: Option<i64>,
+}
+
+impl Changes {
+    pub fn new() -> Changes {
+        Changes { last: None }
+    }
+
+    /// True the first time, then whenever another connection committed since.
+    pub fn changed(&mut self, ctx: &Context, conn: &Connection) -> Result<bool> {
+        let v = read::data_version(conn).map_err(|e| Error::sqlite(&ctx.paths.database, e))?;
+        let changed = self.last != Some(v);
+        self.last = Some(v);
+        Ok(changed)
+    }
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes::new()
+    }
+}
+
+/// A job's progress, or 66 when it does not exist.
+pub fn progress(ctx: &Context, conn: &Connection, id: i64) -> Result<JobProgress> {
+    read::job_progress(conn, id)
+        .map_err(|e| Error::sqlite(&ctx.paths.database, e))?
+        .ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
+}
+
+/// One job's line under `--json`.
+fn job_json(id: i64, p: &JobProgress) -> serde_json::Value {
+    output::with_times(serde_json::json!({
+        "id": id,
+        "status": p.status.as_str(),
+        "ended": p.status.terminal(),
+        "completed_at": p.completed_at,
+    }))
+}
+
+/// Prints the lines of a wait until its reader goes; after that, nothing (the wait and its
+/// exit status go on).
+struct Report {
+    closed: bool,
+}
+
+impl Report {
+    fn line(&mut self, write: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        match write() {
+            Err(Error::StdoutClosed) => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// `homerd wait`.
+pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) -> Result<i32> {
+    let timeout =
+        timeout.map(|t| parse_duration(t).map_err(|e| Error::Usage(format!("--timeout: {e}")))).transpose()?;
+    let started = Instant::now();
+    let Some(conn) = context::open_read_only(ctx)? else {
+        return Err(Error::NotFound(format!(
+            "no job {}: the daemon has not created its database yet ({}); start it once with `homerd run`",
+            ids[0],
+            ctx.paths.database.display()
+        )));
+    };
+    let mut open: BTreeMap<i64, JobProgress> = BTreeMap::new();
+    for &id in ids {
+        open.insert(id, progress(ctx, &conn, id)?);
+    }
+    let mut ended: BTreeMap<i64, JobStatus> = BTreeMap::new();
+    let mut changes = Changes::new();
+    let mut report = Report { closed: false };
+    loop {
+        if changes.changed(ctx, &conn)? {
+            let mut still = BTreeMap::new();
+            for &id in open.keys() {
+                let p = progress(ctx, &conn, id)?;
+                if p.status.terminal() {
+                    report.line(|| {
+                        if as_json {
+                            output::json(&job_json(id, &p))
+                        } else {
+                            outln!("job {id}: {}", p.status)
+                        }
+                    })?;
+                    ended.insert(id, p.status);
+                } else {
+                    still.insert(id, p);
+                }
+            }
+            open = still;
+        }
+        if open.is_empty() {
+            let worst = ended.values().map(|s| outcome_code(*s)).max_by_key(|c| match *c {
+                exit::JOB_FAILED => 2,
+                exit::JOB_CANCELLED => 1,
+                _ => 0,
+            });
+            return Ok(worst.unwrap_or(exit::OK));
+        }
+        if let Some(limit) = timeout {
+            if started.elapsed() >= limit {
+                if as_json {
+                    for (id, p) in &open {
+                        report.line(|| output::json(&job_json(*id, p)))?;
+                    }
+                } else {
+                    let left: Vec<String> = open.iter().map(|(id, p)| format!("job {id} ({})", p.status)).collect();
+                    eprintln!(
+                        "homerd: wait: --timeout {} ran out; not finished: {}",
+                        format_duration(limit),
+                        left.join(", ")
+                    );
+                }
+                return Ok(exit::WAIT_TIMEOUT);
+            }
+        }
+        std::thread::sleep(timeout.map_or(POLL, |limit| limit.saturating_sub(started.elapsed()).min(POLL)));
+    }
+}
