@@ -501,7 +501,6 @@ fn full_scan(detail: &str) -> bool {
 /// the bench kills the group), say so on stdout, then hold it all until killed.
 pub fn hold_lock(path: &Path, children: usize) -> Result<(), String> {
     use std::io::Write;
-    use std::os::unix::io::AsRawFd;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -510,13 +509,10 @@ pub fn hold_lock(path: &Path, children: usize) -> Result<(), String> {
         .open(path)
         .map_err(|e| err(&path.display().to_string(), e))?;
     loop {
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(err("flock", e));
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(err("flock", std::io::Error::from(e))),
         }
     }
     for _ in 0..children {

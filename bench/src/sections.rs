@@ -648,31 +648,18 @@ fn memory_bytes() -> Option<u64> {
 }
 
 fn uname() -> String {
-    // SAFETY: an all-zero utsname is a valid value for uname to fill in.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return String::from("unknown");
-    }
-    let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    format!("{} {} {}", field(&u.sysname), field(&u.release), field(&u.machine))
+    let u = rustix::system::uname();
+    let field = |f: &std::ffi::CStr| f.to_string_lossy().into_owned();
+    format!("{} {} {}", field(u.sysname()), field(u.release()), field(u.machine()))
 }
 
 /// The filesystem under `dir` (fsync cost is most of what a queue pays).
 #[cfg(target_os = "linux")]
 fn fs_type(dir: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return String::from("unknown") };
-    // SAFETY: an all-zero statfs is a valid value for statfs to fill in.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `st` is valid and writable.
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-        return String::from("unknown");
-    }
-    match st.f_type as i64 {
+    let Ok(st) = rustix::fs::statfs(dir) else { return String::from("unknown") };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    let magic = st.f_type as i64;
+    match magic {
         0xEF53 => String::from("ext4"),
         0x5846_5342 => String::from("xfs"),
         0x9123_683E => String::from("btrfs"),
@@ -687,14 +674,7 @@ fn fs_type(dir: &Path) -> String {
 /// The filesystem under `dir` (fsync cost is most of what a queue pays).
 #[cfg(not(target_os = "linux"))]
 fn fs_type(dir: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return String::from("unknown") };
-    // SAFETY: an all-zero statfs is a valid value for statfs to fill in.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `st` is valid and writable.
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-        return String::from("unknown");
-    }
+    let Ok(st) = rustix::fs::statfs(dir) else { return String::from("unknown") };
     let bytes: Vec<u8> = st.f_fstypename.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -66,7 +66,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -76,6 +76,7 @@ use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::job::ChildIdentity;
+use crate::platform::{self, Signal};
 use crate::{identity, shim};
 
 /// How often waiting loops re-check.
@@ -155,14 +156,7 @@ pub fn spawn_held(req: SpawnRequest) -> io::Result<HeldChild> {
 /// macOS has no `/proc`: the path from `current_exe()` is used, so there a replaced or
 /// removed binary needs a daemon restart before new `exec` jobs can start (README, Jobs).
 pub fn shim_program() -> PathBuf {
-    #[cfg(target_os = "linux")]
-    {
-        PathBuf::from("/proc/self/exe")
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("homerd"))
-    }
+    platform::shim_program()
 }
 
 /// [`spawn_held`] through `program` in place of [`shim_program`] (given the same
@@ -356,8 +350,11 @@ pub fn is_resource_error(e: &io::Error) -> bool {
 
 /// In the forked child: make the release pipe's read end fd 3, without close-on-exec.
 /// [`release_pipe`] guarantees `fd != 3`, so `dup2` always clears close-on-exec.
+/// `rustix::io::dup2` wants the target as an `OwnedFd`, which fd 3 in the child is not
+/// (and must not be closed by a drop), so this stays raw `libc`.
 fn put_on_release_fd(fd: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 onto fd 3 (replacing whatever was there); async-signal-safe.
+    // SAFETY: dup2 onto fd 3 (replacing whatever was there); async-signal-safe, and it
+    // touches no memory.
     if unsafe { libc::dup2(fd, shim::RELEASE_FD) } == -1 {
         return Err(io::Error::last_os_error());
     }
@@ -391,32 +388,7 @@ fn copy_capped(mut from: File, mut to: File, cap: u64) {
 
 /// A pipe with both ends close-on-exec (the child gets its end through std's dup2).
 fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `fds` is a writable array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // No pipe2 on macOS: pipe, then FIOCLEX. Not atomic with respect to a fork on
-        // another thread, but every fork of the daemon happens on the spawner thread,
-        // which is the one running this.
-        // SAFETY: `fds` is a writable array of two ints.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        for fd in fds {
-            // SAFETY: FIOCLEX on a descriptor we own.
-            if unsafe { libc::ioctl(fd, libc::FIOCLEX) } == -1 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    // SAFETY: both descriptors were just created by pipe and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    platform::cloexec_pipe()
 }
 
 /// Both ends close-on-exec. The read end is moved above fd 3 if needed: std's stdio
@@ -507,7 +479,7 @@ impl Drop for HeldChild {
             Ok(Some(_)) => {}
             _ => {
                 // Unreaped, so the pid — and the group id — cannot have been reused.
-                let _ = signal_group(self.pgid, libc::SIGKILL);
+                let _ = signal_group(self.pgid, Signal::KILL);
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }
@@ -518,33 +490,23 @@ impl Drop for HeldChild {
 /// Sends `sig` to process group `pgid`. Refuses pgid 0 and 1 (our own group, init /
 /// "every process"), anything beyond `pid_t`, and our own group, with `InvalidInput`.
 /// A group that no longer exists (ESRCH) is `Ok`.
-pub fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
-    let pg = checked_pgid(pgid)?;
-    // SAFETY: kill has no memory-safety preconditions; with pg > 1 and not our own group,
-    // -pg names exactly process group pg.
-    if unsafe { libc::kill(-pg, sig) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(err)
-    }
+pub fn signal_group(pgid: u32, sig: Signal) -> io::Result<()> {
+    platform::signal_group(checked_pgid(pgid)?, sig)
 }
 
-fn checked_pgid(pgid: u32) -> io::Result<libc::pid_t> {
+fn checked_pgid(pgid: u32) -> io::Result<u32> {
     let refuse =
         |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal pgid {pgid}: {why}"));
-    let pg = libc::pid_t::try_from(pgid).map_err(|_| refuse("not a valid process group id"))?;
-    if pg <= 1 {
+    if libc::pid_t::try_from(pgid).is_err() {
+        return Err(refuse("not a valid process group id"));
+    }
+    if pgid <= 1 {
         return Err(refuse("0 and 1 are never a job's group"));
     }
-    // SAFETY: getpgrp has no preconditions and cannot fail.
-    if pg == unsafe { libc::getpgrp() } {
+    if pgid == platform::own_process_group() {
         return Err(refuse("it is the daemon's own process group"));
     }
-    Ok(pg)
+    Ok(pgid)
 }
 
 /// Whether process group `pgid` has any member that is not a zombie.
@@ -552,57 +514,12 @@ pub fn group_alive(pgid: u32) -> bool {
     if pgid == 0 || libc::pid_t::try_from(pgid).is_err() {
         return false;
     }
-    match scan_group(pgid) {
+    match platform::group_has_live_member(pgid) {
         Ok(alive) => alive,
         // The listing failed: fall back to the kernel's own answer, which counts zombies
         // as members (conservative: we wait longer, never re-run early).
-        Err(_) => probe_group(pgid),
+        Err(_) => platform::group_exists(pgid),
     }
-}
-
-fn probe_group(pgid: u32) -> bool {
-    let Ok(pg) = libc::pid_t::try_from(pgid) else { return false };
-    // SAFETY: signal 0 only checks existence and permission; pg > 0 here.
-    if unsafe { libc::kill(-pg, 0) } == 0 {
-        return true;
-    }
-    io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// Linux: every `/proc/<pid>/stat` whose pgrp (field 5) is `pgid` and whose state (field
-/// 3) is not Z or X. Fields are counted after the last `)`, as the command name may
-/// contain anything.
-#[cfg(target_os = "linux")]
-fn scan_group(pgid: u32) -> io::Result<bool> {
-    let mut alive = false;
-    for_each_live_process(|pgrp| {
-        alive = pgrp == pgid;
-        alive
-    })?;
-    Ok(alive)
-}
-
-/// Linux: calls `f` with the pgrp of every process that is not a zombie, until it returns
-/// `true`.
-#[cfg(target_os = "linux")]
-fn for_each_live_process(mut f: impl FnMut(u32) -> bool) -> io::Result<()> {
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat,
-            // Exited since the directory was listed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => continue,
-            Err(e) => return Err(e),
-        };
-        let (state, pgrp) =
-            parse_stat_state_pgrp(&stat).ok_or_else(|| io::Error::other(format!("unparseable /proc/{pid}/stat")))?;
-        if state != "Z" && state != "X" && f(pgrp) {
-            break;
-        }
-    }
-    Ok(())
 }
 
 /// The process groups that have a live (not zombie) member, from one listing of every
@@ -611,80 +528,19 @@ fn for_each_live_process(mut f: impl FnMut(u32) -> bool) -> io::Result<()> {
 /// orphans cost 50 listings). `None` where groups can only be listed one at a time
 /// (macOS), or if the listing failed: callers then check each group on its own.
 pub fn live_groups() -> Option<std::collections::HashSet<u32>> {
-    #[cfg(target_os = "linux")]
-    {
-        let mut live = std::collections::HashSet::new();
-        for_each_live_process(|pgrp| {
-            live.insert(pgrp);
-            false
-        })
-        .ok()?;
-        Some(live)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
-}
-
-#[cfg(any(target_os = "linux", test))]
-fn parse_stat_state_pgrp(stat: &str) -> Option<(&str, u32)> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_ascii_whitespace();
-    let state = fields.next()?; // field 3
-    let _ppid = fields.next()?; // field 4
-    let pgrp = fields.next()?.parse().ok()?; // field 5
-    Some((state, pgrp))
-}
-
-/// macOS: `proc_listpids(PROC_PGRP_ONLY, pgid)`, then skip zombies (and pids gone since)
-/// through [`identity::proc_state`]. A member whose state cannot be read counts as alive.
-#[cfg(target_os = "macos")]
-fn scan_group(pgid: u32) -> io::Result<bool> {
-    /// `<sys/proc_info.h>`; not exported by the libc crate.
-    const PROC_PGRP_ONLY: u32 = 2;
-    let pid_size = std::mem::size_of::<libc::pid_t>();
-    let mut capacity = 256usize;
-    loop {
-        let mut pids: Vec<libc::pid_t> = vec![0; capacity];
-        let bytes =
-            libc::c_int::try_from(capacity * pid_size).map_err(|_| io::Error::other("process list too large"))?;
-        // SAFETY: `pids` is writable for `bytes` bytes; proc_listpids fills at most that.
-        let n = unsafe { libc::proc_listpids(PROC_PGRP_ONLY, pgid, pids.as_mut_ptr().cast(), bytes) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let count = (n as usize / pid_size).min(capacity);
-        if count == capacity {
-            // Possibly truncated: list again with more room.
-            capacity *= 4;
-            continue;
-        }
-        for &pid in &pids[..count] {
-            let Ok(pid) = u32::try_from(pid) else { continue };
-            if pid == 0 {
-                continue;
-            }
-            match identity::proc_state(pid) {
-                Ok(Some(state)) if state.zombie => {}
-                Ok(None) => {}
-                Ok(Some(_)) | Err(_) => return Ok(true),
-            }
-        }
-        return Ok(false);
-    }
+    platform::live_groups()
 }
 
 /// SIGTERM to the group; wait up to `kill_grace` for it to empty; then SIGKILL and wait
 /// up to `limit` more (so at most `kill_grace + limit` in all), else `TimedOut`. The
 /// caller must know the group is still its own (e.g. a [`HeldChild`] not yet reaped).
 pub fn kill_group_and_wait(pgid: u32, kill_grace: Duration, limit: Duration) -> io::Result<()> {
-    signal_group(pgid, libc::SIGTERM)?;
+    signal_group(pgid, Signal::TERM)?;
     if wait_group_gone(pgid, Instant::now() + kill_grace, None) {
         return Ok(());
     }
-    signal_group(pgid, libc::SIGKILL)?;
-    if wait_group_gone(pgid, Instant::now() + limit, Some(libc::SIGKILL)) {
+    signal_group(pgid, Signal::KILL)?;
+    if wait_group_gone(pgid, Instant::now() + limit, Some(Signal::KILL)) {
         return Ok(());
     }
     Err(timed_out(pgid, kill_grace + limit))
@@ -692,7 +548,7 @@ pub fn kill_group_and_wait(pgid: u32, kill_grace: Duration, limit: Duration) -> 
 
 /// Polls [`group_alive`] until false (`true`) or `deadline` (`false`), repeating `repeat`
 /// every [`KILL_REPEAT`] while members remain.
-fn wait_group_gone(pgid: u32, deadline: Instant, repeat: Option<i32>) -> bool {
+fn wait_group_gone(pgid: u32, deadline: Instant, repeat: Option<Signal>) -> bool {
     let mut last_signal = Instant::now();
     loop {
         if !group_alive(pgid) {
@@ -761,8 +617,8 @@ pub fn kill_recorded_group_in(
     if pid_reused || (!leader_alive && !group_live()) {
         return Ok(false);
     }
-    signal_group(c.pgid, libc::SIGKILL)?;
-    if wait_group_gone(c.pgid, Instant::now() + limit, Some(libc::SIGKILL)) {
+    signal_group(c.pgid, Signal::KILL)?;
+    if wait_group_gone(c.pgid, Instant::now() + limit, Some(Signal::KILL)) {
         Ok(true)
     } else {
         Err(timed_out(c.pgid, limit))

@@ -164,19 +164,7 @@ pub fn mono() -> MonoMs {
 
 /// Boot-relative monotonic milliseconds (see the module docs for the clock chosen).
 pub fn mono_ms() -> i64 {
-    #[cfg(target_os = "linux")]
-    const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
-    // Darwin: CLOCK_MONOTONIC_RAW is mach_continuous_time — counts sleep, never steps
-    // (Darwin's CLOCK_MONOTONIC is derived from the wall clock and boot time).
-    #[cfg(not(target_os = "linux"))]
-    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC_RAW;
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is supported on the target.
-    let rc = unsafe { libc::clock_gettime(CLOCK, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime failed on a clock the platform guarantees");
-    #[allow(clippy::unnecessary_cast)] // time_t / c_long are not i64 on every target
-    let ms = ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000;
-    ms
+    crate::platform::boot_clock_ms()
 }
 
 /// Formats wall-clock milliseconds as RFC 3339 UTC (`2026-11-26T14:40:59.123Z`).

@@ -34,7 +34,7 @@ pub mod exit {
     pub const LOCK_UNSUPPORTED: i32 = 69;
     /// A bug in homerd (EX_SOFTWARE).
     pub const INTERNAL: i32 = 70;
-    /// Lock or database path is unsafe: a symlink, a directory, not a regular file
+    /// Lock or database path refused: a symlink, a directory, not a regular file
     /// (EX_CANTCREAT).
     pub const UNSAFE_PATH: i32 = 73;
     /// Any other I/O error (EX_IOERR).

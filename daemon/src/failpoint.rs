@@ -167,13 +167,12 @@ pub fn hit(name: &'static str) -> io::Result<()> {
     events::warn("failpoint.hit", "Failpoint hit").field("failpoint", name).emit();
     match action {
         Action::Stop => {
-            // SAFETY: raising a signal on ourselves has no memory-safety preconditions.
-            unsafe { libc::raise(libc::SIGSTOP) };
+            crate::platform::signal_self(crate::platform::Signal::STOP);
             Ok(())
         }
         Action::Abort => {
-            // SAFETY: as above; SIGKILL does not return.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            // SIGKILL does not return.
+            crate::platform::signal_self(crate::platform::Signal::KILL);
             unreachable!("SIGKILL to self returned")
         }
         Action::Error(errno) => Err(io::Error::from_raw_os_error(*errno)),

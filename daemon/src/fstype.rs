@@ -75,17 +75,8 @@ pub fn classify(path: &Path) -> io::Result<FsClass> {
     }
 }
 
-fn statfs(path: &Path) -> io::Result<libc::statfs> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    // SAFETY: statfs is plain old data; all-zero is a valid value to be overwritten.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a writable statfs.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st)
+fn statfs(path: &Path) -> io::Result<rustix::fs::StatFs> {
+    Ok(rustix::fs::statfs(path)?)
 }
 
 #[cfg(test)]

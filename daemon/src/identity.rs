@@ -5,13 +5,15 @@
 //! ask "is *that* process still alive?" through [`liveness`]. Zombies count as dead: a
 //! killed process whose parent has not reaped it yet still answers `kill(pid, 0)`.
 //!
-//! Linux reads `/proc/sys/kernel/random/boot_id` and field 22 (`starttime`, clock ticks
-//! since boot) of `/proc/<pid>/stat`. macOS reads `kern.bootsessionuuid` with
-//! `sysctlbyname` and `proc_pidinfo(PROC_PIDTBSDINFO)` for the start time and the
-//! zombie state; both are in libSystem, so nothing links against Apple frameworks.
+//! The facts come from [`crate::platform`]: Linux reads `/proc/sys/kernel/random/boot_id`
+//! and field 22 (`starttime`, clock ticks since boot) of `/proc/<pid>/stat`; macOS reads
+//! `kern.bootsessionuuid` and `proc_pidinfo(PROC_PIDTBSDINFO)`. This module decides what
+//! they mean.
 
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
+
+use crate::platform;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessIdentity {
@@ -99,109 +101,25 @@ pub fn pid_space() -> &'static str {
     })
 }
 
-#[cfg(target_os = "linux")]
-fn pid_namespace() -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
-}
-
-/// macOS has no pid namespaces.
-#[cfg(not(target_os = "linux"))]
-fn pid_namespace() -> Option<u64> {
-    None
-}
-
 /// The host name, as `gethostname(2)` reports it.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname NUL-terminates
-    // within it or truncates, and we stop at the first NUL either way.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::from("unknown-host");
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    platform::hostname()
 }
 
-#[cfg(target_os = "linux")]
+fn pid_namespace() -> Option<u64> {
+    platform::pid_namespace()
+}
+
 fn read_boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| String::from("unknown-boot"))
+    platform::boot_id()
 }
 
-/// Reads `/proc/<pid>/stat`: state (field 3) and starttime (field 22). `Ok(None)`: no
-/// such process; `Err`: the kernel would not say (no /proc, hidepid, unparseable).
-#[cfg(target_os = "linux")]
+/// The state of `pid` (start time, zombie or not) from the platform's one process-table
+/// reader. `Ok(None)`: no such process; `Err`: the kernel would not say (no /proc,
+/// hidepid, unparseable).
 pub fn proc_state(pid: u32) -> std::io::Result<Option<ProcState>> {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => parse_linux_stat(&stat)
-            .map(Some)
-            .ok_or_else(|| std::io::Error::other(format!("unparseable /proc/{pid}/stat"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(platform::stat(pid)?.map(|st| ProcState { start_time: st.start_time, zombie: st.zombie }))
 }
-
-/// The command name (field 2) is in parentheses and may itself contain spaces and
-/// parentheses, so fields are counted from the last `)`.
-#[cfg(any(target_os = "linux", test))]
-fn parse_linux_stat(stat: &str) -> Option<ProcState> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_ascii_whitespace();
-    let state = fields.next()?; // field 3
-    let start_time = fields.nth(18)?.parse().ok()?; // field 22
-    Some(ProcState { start_time, zombie: state == "Z" || state == "X" })
-}
-
-#[cfg(target_os = "macos")]
-fn read_boot_id() -> String {
-    let name = c"kern.bootsessionuuid";
-    let mut buf = [0u8; 64];
-    let mut len = buf.len();
-    // SAFETY: `name` is NUL-terminated; `buf`/`len` describe a writable buffer; no new
-    // value is set (null, 0).
-    let rc = unsafe { libc::sysctlbyname(name.as_ptr(), buf.as_mut_ptr().cast(), &mut len, std::ptr::null_mut(), 0) };
-    if rc != 0 {
-        return String::from("unknown-boot");
-    }
-    let end = buf[..len].iter().position(|&b| b == 0).unwrap_or(len);
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// `proc_pidinfo(PROC_PIDTBSDINFO)`. `Ok(None)` only for ESRCH; anything else (EPERM
-/// for another user's process, say) is `Err`, which callers treat as Unknown.
-#[cfg(target_os = "macos")]
-pub fn proc_state(pid: u32) -> std::io::Result<Option<ProcState>> {
-    // SAFETY: proc_bsdinfo is plain old data; all-zero is a valid value.
-    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
-    // SAFETY: `info` is a writable proc_bsdinfo of exactly `size` bytes.
-    let n = unsafe {
-        libc::proc_pidinfo(
-            pid as libc::c_int,
-            libc::PROC_PIDTBSDINFO,
-            0,
-            (&mut info as *mut libc::proc_bsdinfo).cast(),
-            size,
-        )
-    };
-    if n != size {
-        let err = std::io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ESRCH) => Ok(None),
-            _ => Err(err),
-        };
-    }
-    Ok(Some(ProcState {
-        start_time: info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
-        zombie: info.pbi_status == libc::SZOMB,
-    }))
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
-compile_error!("homerd supports Linux and macOS only");
 
 #[cfg(test)]
 mod tests {
@@ -259,13 +177,5 @@ mod tests {
         }
         child.wait().unwrap();
         assert_eq!(liveness(&id), Liveness::Dead);
-    }
-
-    #[test]
-    fn stat_parsing_survives_odd_command_names() {
-        let line = "4242 (a (weird) name) Z 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
-        let st = parse_linux_stat(line).unwrap();
-        assert_eq!(st, ProcState { start_time: 987654, zombie: true });
-        assert!(parse_linux_stat("garbage").is_none());
     }
 }

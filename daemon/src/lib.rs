@@ -1,7 +1,7 @@
 //! homerd: a local job daemon that never runs twice and never loses or double-runs a job.
 //!
 //! See ARCHITECTURE.md for the map. Module ownership of dangerous primitives:
-//! `lock` owns `flock`, `sqlite` owns SQL, `identity` owns process identity; `job` is the vocabulary.
+//! `lock` owns `flock`, `sqlite` owns SQL, `identity` owns process identity, `platform` every system call about processes (one file per OS); `job` is the vocabulary.
 //! `cli` parses the command line and dispatches to the subcommands in `cmd`, one file each;
 //! everything they print on stdout goes through `output` (a closed pipe ends a command
 //! quietly), which is why `println!` is a lint error here.
@@ -24,6 +24,7 @@ pub mod lock;
 pub mod mutant;
 pub mod output;
 pub mod paths;
+pub mod platform;
 pub mod pool;
 pub mod powerloss;
 pub mod rlimit;

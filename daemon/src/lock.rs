@@ -24,7 +24,6 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -250,8 +249,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
         });
     }
     if mutant::active(mutant::LOCK_NO_CLOEXEC) {
-        // SAFETY: F_SETFD on a valid, owned fd.
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0) };
+        let _ = rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty());
     }
     Ok(file)
 }
@@ -261,11 +259,9 @@ fn try_flock(file: &File, path: &Path) -> Result<bool> {
     loop {
         let rc = match failpoint::hit("lock.flock_error") {
             Err(e) => Err(e),
-            // SAFETY: flock on a valid, owned fd.
-            Ok(()) => match unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } {
-                0 => Ok(()),
-                _ => Err(io::Error::last_os_error()),
-            },
+            Ok(()) => {
+                rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(io::Error::from)
+            }
         };
         return match rc {
             Ok(()) => Ok(true),
@@ -375,9 +371,8 @@ mod tests {
         let file_mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
         assert_eq!(file_mode, 0o600);
-        // SAFETY: F_GETFD on a valid fd.
-        let flags = unsafe { libc::fcntl(lock.file.as_raw_fd(), libc::F_GETFD) };
-        assert_ne!(flags & libc::FD_CLOEXEC, 0, "lock fd must be close-on-exec");
+        let flags = rustix::io::fcntl_getfd(&lock.file).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC), "lock fd must be close-on-exec");
     }
 
     #[test]
@@ -439,9 +434,8 @@ mod tests {
         let err = acquire(&dir).unwrap_err();
         assert_eq!(err.exit_code(), crate::error::exit::UNSAFE_PATH, "{err}");
         let fifo = t.path().join("fifo.lock");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let made = std::process::Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo {}", fifo.display());
         let err = acquire(&fifo).unwrap_err();
         assert_eq!(err.exit_code(), crate::error::exit::UNSAFE_PATH, "{err}");
     }

@@ -163,9 +163,7 @@ pub fn install(log: &Path, cut: Option<u64>, as_default: bool) -> Result<(), Str
     RECORDER
         .set(Recorder { log: file, path: log.to_owned(), cut, ops: AtomicU64::new(0) })
         .map_err(|_| String::from("power-loss recording is already installed in this process"))?;
-    // SAFETY: registration reads the current default VFS and hands SQLite a VFS that lives
-    // for the rest of the process (leaked); both are documented as thread-safe calls.
-    unsafe { register(as_default) }?;
+    register(as_default)?;
     ACTIVE.store(true, Ordering::SeqCst);
     Ok(())
 }
@@ -270,11 +268,10 @@ fn begin_op() -> u64 {
                     pre: b"",
                 });
             }
-            // SAFETY: signalling ourselves has no memory-safety preconditions.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            crate::platform::signal_self(crate::platform::Signal::KILL);
             loop {
-                // SAFETY: as above; SIGKILL is on its way and cannot be caught.
-                unsafe { libc::pause() };
+                // SIGKILL is on its way and cannot be caught: wait for it here.
+                std::thread::park();
             }
         }
     }
@@ -314,25 +311,25 @@ const REAL_OFFSET: usize = (std::mem::size_of::<WrapFile>() + 7) & !7;
 const RECORDED: c_int =
     ffi::SQLITE_OPEN_MAIN_DB | ffi::SQLITE_OPEN_MAIN_JOURNAL | ffi::SQLITE_OPEN_WAL | ffi::SQLITE_OPEN_SUPER_JOURNAL;
 
-/// # Safety
-/// Must run before SQLite opens connections through the default VFS in other threads (it
-/// is called from `install`, first thing in `main` or in a test before its connections).
-unsafe fn register(as_default: bool) -> Result<(), String> {
+/// Registers the recording VFS in front of SQLite's default one. Call it before SQLite
+/// opens connections through the default VFS (`install` runs first thing in `main`, or in
+/// a test before its connections): a connection opened earlier is not recorded. That is
+/// a matter of what gets recorded, not of memory safety — both SQLite calls below are
+/// thread-safe — so this is a safe function.
+fn register(as_default: bool) -> Result<(), String> {
     // SAFETY: sqlite3_vfs_find(NULL) initialises SQLite if needed and returns the default
-    // VFS, a static registration that lives as long as the process.
-    let real = unsafe { ffi::sqlite3_vfs_find(ptr::null()) };
-    if real.is_null() {
+    // VFS (or null), a static registration that lives as long as the process.
+    let Some(r) = (unsafe { ffi::sqlite3_vfs_find(ptr::null()).as_ref() }) else {
         return Err(String::from("SQLite has no default VFS to wrap"));
-    }
-    // SAFETY: `real` is non-null and points to a registered VFS.
-    let r = unsafe { &*real };
+    };
+    let real: *const ffi::sqlite3_vfs = r;
     let vfs = Box::new(ffi::sqlite3_vfs {
         iVersion: r.iVersion.min(3),
         szOsFile: (REAL_OFFSET + r.szOsFile as usize) as c_int,
         mxPathname: r.mxPathname,
         pNext: ptr::null_mut(),
         zName: VFS_NAME_C.as_ptr(),
-        pAppData: real.cast(),
+        pAppData: real.cast_mut().cast(),
         xOpen: Some(vfs_open),
         xDelete: Some(vfs_delete),
         xAccess: Some(vfs_access),
@@ -359,22 +356,14 @@ unsafe fn register(as_default: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The wrapped VFS behind ours.
-///
-/// # Safety
-/// `vfs` must be the VFS registered by [`register`].
-unsafe fn real_vfs<'a>(vfs: *mut ffi::sqlite3_vfs) -> &'a mut ffi::sqlite3_vfs {
-    // SAFETY: our pAppData is the real VFS, registered for the life of the process.
-    unsafe { &mut *(*vfs).pAppData.cast::<ffi::sqlite3_vfs>() }
-}
-
 /// Forwards a VFS method to the real VFS (or returns `$missing` if it lacks it).
 macro_rules! forward_vfs {
     ($vfs:expr, $method:ident ( $($arg:expr),* ), $missing:expr) => {{
-        // SAFETY: SQLite calls our VFS methods with our VFS; the real VFS's method takes
-        // the same arguments with the real VFS in front.
+        // SAFETY: SQLite calls our VFS methods with our VFS, whose pAppData is the real
+        // VFS (set in `register`), registered for the life of the process; the real VFS's
+        // method takes the same arguments with the real VFS in front.
         unsafe {
-            let real = real_vfs($vfs);
+            let real = &mut *(*$vfs).pAppData.cast::<ffi::sqlite3_vfs>();
             match real.$method {
                 Some(f) => f(real, $($arg),*),
                 None => $missing,
@@ -408,25 +397,27 @@ unsafe extern "C" fn vfs_open(
     let wrap = file.cast::<WrapFile>();
     // SAFETY: SQLite gives us `szOsFile` bytes at `file` (REAL_OFFSET + the real size, so
     // the real file fits after our header); we initialise the header before anything can
-    // fail. A null pMethods tells SQLite there is nothing to close.
-    let real_file = unsafe {
+    // fail (a null pMethods tells SQLite there is nothing to close). The header is ours
+    // alone until xClose, and the real file lies wholly after it, so `header` aliases
+    // nothing the real VFS writes.
+    let (header, real_file) = unsafe {
         let real_file = file.cast::<u8>().add(REAL_OFFSET).cast::<ffi::sqlite3_file>();
         wrap.write(WrapFile {
             base: ffi::sqlite3_file { pMethods: ptr::null() },
             real: real_file,
             tracked: ptr::null_mut(),
         });
-        real_file
+        (&mut *wrap, real_file)
     };
     let rc = forward_vfs!(vfs, xOpen(name, real_file, flags, out_flags), ffi::SQLITE_CANTOPEN);
-    // SAFETY: the real xOpen initialised (at least) the real file's pMethods.
-    let real_methods = unsafe { (*real_file).pMethods };
-    if real_methods.is_null() {
+    // SAFETY: the real xOpen initialised (at least) the real file's pMethods: null, or the
+    // real VFS's methods, which live as long as the process.
+    let Some(real_methods) = (unsafe { (*real_file).pMethods.as_ref() }) else {
         return rc;
-    }
-    // SAFETY: non-null methods of the real VFS; SQLite closes a file whose pMethods is set
-    // even when the open failed, so ours is set to forward that close.
-    unsafe { (*wrap).base.pMethods = methods_for((*real_methods).iVersion) };
+    };
+    // SQLite closes a file whose pMethods is set even when the open failed, so ours is set
+    // to forward that close.
+    header.base.pMethods = methods_for(real_methods.iVersion);
     let read_only = flags & ffi::SQLITE_OPEN_READONLY != 0;
     if rc != ffi::SQLITE_OK || name.is_null() || flags & RECORDED == 0 || read_only {
         return rc;
@@ -449,13 +440,14 @@ unsafe extern "C" fn vfs_open(
         append(&open).map(|()| t).map_err(|_| ())
     });
     match tracked {
-        // SAFETY: the header was initialised above; the Box is freed in xClose.
-        Ok(t) => unsafe { (*wrap).tracked = Box::into_raw(Box::new(t)) },
+        // Freed in xClose.
+        Ok(t) => header.tracked = Box::into_raw(Box::new(t)),
         Err(()) => {
-            // Unrecorded writes would make the test lie: refuse the open instead.
+            // Unrecorded writes would make the test lie: refuse the open instead. The real
+            // file is closed here, so SQLite must not close it again (and `header` is not
+            // used after the close reads the file through `file`).
+            header.base.pMethods = ptr::null();
             forward_file!(file, xClose(), ffi::SQLITE_OK);
-            // SAFETY: as above; the file is closed, so SQLite must not close it again.
-            unsafe { (*wrap).base.pMethods = ptr::null() };
             return ffi::SQLITE_CANTOPEN;
         }
     }
@@ -492,76 +484,34 @@ unsafe extern "C" fn vfs_delete(vfs: *mut ffi::sqlite3_vfs, name: *const c_char,
     rc
 }
 
-unsafe extern "C" fn vfs_access(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    flags: c_int,
-    out: *mut c_int,
-) -> c_int {
-    forward_vfs!(vfs, xAccess(name, flags, out), ffi::SQLITE_IOERR_ACCESS)
-}
-
-unsafe extern "C" fn vfs_full_pathname(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    n: c_int,
-    out: *mut c_char,
-) -> c_int {
-    forward_vfs!(vfs, xFullPathname(name, n, out), ffi::SQLITE_ERROR)
-}
-
-unsafe extern "C" fn vfs_dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
-    forward_vfs!(vfs, xDlOpen(name), ptr::null_mut())
-}
-
-unsafe extern "C" fn vfs_dl_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) {
-    forward_vfs!(vfs, xDlError(n, out), ())
+/// The VFS methods that only forward to the real VFS: `name(args) -> ret` forwards to the
+/// real VFS's `xMethod`, or returns `missing` if it has none. One template, so each
+/// forwarder carries the same contract (see [`forward_vfs`]).
+macro_rules! vfs_forwarders {
+    ($($name:ident => $method:ident($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr;)*) => {$(
+        unsafe extern "C" fn $name(vfs: *mut ffi::sqlite3_vfs, $($arg: $ty),*) -> $ret {
+            forward_vfs!(vfs, $method($($arg),*), $missing)
+        }
+    )*};
 }
 
 type DlSym = Option<unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char)>;
 
-unsafe extern "C" fn vfs_dl_sym(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void, symbol: *const c_char) -> DlSym {
-    forward_vfs!(vfs, xDlSym(handle, symbol), None)
-}
-
-unsafe extern "C" fn vfs_dl_close(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
-    forward_vfs!(vfs, xDlClose(handle), ())
-}
-
-unsafe extern "C" fn vfs_randomness(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
-    forward_vfs!(vfs, xRandomness(n, out), 0)
-}
-
-unsafe extern "C" fn vfs_sleep(vfs: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
-    forward_vfs!(vfs, xSleep(micros), 0)
-}
-
-unsafe extern "C" fn vfs_current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
-    forward_vfs!(vfs, xCurrentTime(out), ffi::SQLITE_ERROR)
-}
-
-unsafe extern "C" fn vfs_get_last_error(vfs: *mut ffi::sqlite3_vfs, n: c_int, out: *mut c_char) -> c_int {
-    forward_vfs!(vfs, xGetLastError(n, out), 0)
-}
-
-unsafe extern "C" fn vfs_current_time_int64(vfs: *mut ffi::sqlite3_vfs, out: *mut ffi::sqlite3_int64) -> c_int {
-    forward_vfs!(vfs, xCurrentTimeInt64(out), ffi::SQLITE_ERROR)
-}
-
-unsafe extern "C" fn vfs_set_system_call(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    f: ffi::sqlite3_syscall_ptr,
-) -> c_int {
-    forward_vfs!(vfs, xSetSystemCall(name, f), ffi::SQLITE_NOTFOUND)
-}
-
-unsafe extern "C" fn vfs_get_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> ffi::sqlite3_syscall_ptr {
-    forward_vfs!(vfs, xGetSystemCall(name), None)
-}
-
-unsafe extern "C" fn vfs_next_system_call(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *const c_char {
-    forward_vfs!(vfs, xNextSystemCall(name), ptr::null())
+vfs_forwarders! {
+    vfs_access => xAccess(name: *const c_char, flags: c_int, out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_ACCESS;
+    vfs_full_pathname => xFullPathname(name: *const c_char, n: c_int, out: *mut c_char) -> c_int, ffi::SQLITE_ERROR;
+    vfs_dl_open => xDlOpen(name: *const c_char) -> *mut c_void, ptr::null_mut();
+    vfs_dl_error => xDlError(n: c_int, out: *mut c_char) -> (), ();
+    vfs_dl_sym => xDlSym(handle: *mut c_void, symbol: *const c_char) -> DlSym, None;
+    vfs_dl_close => xDlClose(handle: *mut c_void) -> (), ();
+    vfs_randomness => xRandomness(n: c_int, out: *mut c_char) -> c_int, 0;
+    vfs_sleep => xSleep(micros: c_int) -> c_int, 0;
+    vfs_current_time => xCurrentTime(out: *mut f64) -> c_int, ffi::SQLITE_ERROR;
+    vfs_get_last_error => xGetLastError(n: c_int, out: *mut c_char) -> c_int, 0;
+    vfs_current_time_int64 => xCurrentTimeInt64(out: *mut ffi::sqlite3_int64) -> c_int, ffi::SQLITE_ERROR;
+    vfs_set_system_call => xSetSystemCall(name: *const c_char, f: ffi::sqlite3_syscall_ptr) -> c_int, ffi::SQLITE_NOTFOUND;
+    vfs_get_system_call => xGetSystemCall(name: *const c_char) -> ffi::sqlite3_syscall_ptr, None;
+    vfs_next_system_call => xNextSystemCall(name: *const c_char) -> *const c_char, ptr::null();
 }
 
 /// Our io methods, at the version of the real file's (SQLite decides what to call, WAL
@@ -667,15 +617,6 @@ unsafe extern "C" fn file_close(file: *mut ffi::sqlite3_file) -> c_int {
     rc
 }
 
-unsafe extern "C" fn file_read(
-    file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    n: c_int,
-    off: ffi::sqlite3_int64,
-) -> c_int {
-    forward_file!(file, xRead(buf, n, off), ffi::SQLITE_IOERR_READ)
-}
-
 unsafe extern "C" fn file_write(
     file: *mut ffi::sqlite3_file,
     buf: *const c_void,
@@ -732,22 +673,6 @@ unsafe extern "C" fn file_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, out: *mut ffi::sqlite3_int64) -> c_int {
-    forward_file!(file, xFileSize(out), ffi::SQLITE_IOERR_FSTAT)
-}
-
-unsafe extern "C" fn file_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    forward_file!(file, xLock(level), ffi::SQLITE_IOERR_LOCK)
-}
-
-unsafe extern "C" fn file_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    forward_file!(file, xUnlock(level), ffi::SQLITE_IOERR_UNLOCK)
-}
-
-unsafe extern "C" fn file_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    forward_file!(file, xCheckReservedLock(out), ffi::SQLITE_IOERR_CHECKRESERVEDLOCK)
-}
-
 unsafe extern "C" fn file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: *mut c_void) -> c_int {
     // SAFETY: SQLite calls xFileControl on an open file of ours.
     if op == ffi::SQLITE_FCNTL_SIZE_HINT && unsafe { tracked(file) }.is_some() {
@@ -757,48 +682,31 @@ unsafe extern "C" fn file_control(file: *mut ffi::sqlite3_file, op: c_int, arg: 
     forward_file!(file, xFileControl(op, arg), ffi::SQLITE_NOTFOUND)
 }
 
-unsafe extern "C" fn file_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    forward_file!(file, xSectorSize(), 4096)
+/// The io methods that only forward to the real file: `name(args) -> ret` forwards to
+/// the real file's `xMethod`, or returns `missing` if it has none (see [`forward_file`]).
+macro_rules! file_forwarders {
+    ($($name:ident => $method:ident($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr;)*) => {$(
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> $ret {
+            forward_file!(file, $method($($arg),*), $missing)
+        }
+    )*};
 }
 
-unsafe extern "C" fn file_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    forward_file!(file, xDeviceCharacteristics(), 0)
-}
-
-unsafe extern "C" fn file_shm_map(
-    file: *mut ffi::sqlite3_file,
-    page: c_int,
-    size: c_int,
-    extend: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
-    forward_file!(file, xShmMap(page, size, extend, out), ffi::SQLITE_IOERR_SHMMAP)
-}
-
-unsafe extern "C" fn file_shm_lock(file: *mut ffi::sqlite3_file, offset: c_int, n: c_int, flags: c_int) -> c_int {
-    forward_file!(file, xShmLock(offset, n, flags), ffi::SQLITE_IOERR_SHMLOCK)
-}
-
-unsafe extern "C" fn file_shm_barrier(file: *mut ffi::sqlite3_file) {
-    forward_file!(file, xShmBarrier(), ())
-}
-
-unsafe extern "C" fn file_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    forward_file!(file, xShmUnmap(delete), ffi::SQLITE_OK)
-}
-
-unsafe extern "C" fn file_fetch(
-    file: *mut ffi::sqlite3_file,
-    off: ffi::sqlite3_int64,
-    n: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
+file_forwarders! {
+    file_read => xRead(buf: *mut c_void, n: c_int, off: ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_READ;
+    file_size => xFileSize(out: *mut ffi::sqlite3_int64) -> c_int, ffi::SQLITE_IOERR_FSTAT;
+    file_lock => xLock(level: c_int) -> c_int, ffi::SQLITE_IOERR_LOCK;
+    file_unlock => xUnlock(level: c_int) -> c_int, ffi::SQLITE_IOERR_UNLOCK;
+    file_check_reserved_lock => xCheckReservedLock(out: *mut c_int) -> c_int, ffi::SQLITE_IOERR_CHECKRESERVEDLOCK;
+    file_sector_size => xSectorSize() -> c_int, 4096;
+    file_device_characteristics => xDeviceCharacteristics() -> c_int, 0;
+    file_shm_map => xShmMap(page: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_IOERR_SHMMAP;
+    file_shm_lock => xShmLock(offset: c_int, n: c_int, flags: c_int) -> c_int, ffi::SQLITE_IOERR_SHMLOCK;
+    file_shm_barrier => xShmBarrier() -> (), ();
+    file_shm_unmap => xShmUnmap(delete: c_int) -> c_int, ffi::SQLITE_OK;
     // Memory-mapped reads: SQLite never writes through them (no SQLITE_MMAP_READWRITE).
-    forward_file!(file, xFetch(off, n, out), ffi::SQLITE_OK)
-}
-
-unsafe extern "C" fn file_unfetch(file: *mut ffi::sqlite3_file, off: ffi::sqlite3_int64, p: *mut c_void) -> c_int {
-    forward_file!(file, xUnfetch(off, p), ffi::SQLITE_OK)
+    file_fetch => xFetch(off: ffi::sqlite3_int64, n: c_int, out: *mut *mut c_void) -> c_int, ffi::SQLITE_OK;
+    file_unfetch => xUnfetch(off: ffi::sqlite3_int64, p: *mut c_void) -> c_int, ffi::SQLITE_OK;
 }
 
 #[cfg(test)]

@@ -28,35 +28,31 @@ pub struct Raised {
     pub hard: u64,
 }
 
-fn get() -> std::io::Result<libc::rlimit> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(lim)
+/// `RLIMIT_NOFILE` as (soft, hard); `None` (unlimited) as `u64::MAX`.
+fn get() -> (u64, u64) {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    (lim.current.unwrap_or(u64::MAX), lim.maximum.unwrap_or(u64::MAX))
+}
+
+fn set(soft: u64, hard: u64) -> std::io::Result<()> {
+    let unlimited = |v: u64| (v != u64::MAX).then_some(v);
+    let lim = rustix::process::Rlimit { current: unlimited(soft), maximum: unlimited(hard) };
+    Ok(rustix::process::setrlimit(rustix::process::Resource::Nofile, lim)?)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` as far as the hard limit allows.
 pub fn raise() -> std::io::Result<Raised> {
-    let lim = get()?;
-    let hard = lim.rlim_max;
+    let (before, hard) = get();
     #[cfg(target_os = "macos")]
     let target = hard.min(10_240);
     #[cfg(not(target_os = "macos"))]
     let target = hard;
-    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on the targets we build, not everywhere
-    let before = lim.rlim_cur as u64;
-    if lim.rlim_cur >= target {
-        return Ok(Raised { before, after: before, hard: hard as u64 });
+    if before >= target {
+        return Ok(Raised { before, after: before, hard });
     }
-    let new = libc::rlimit { rlim_cur: target, rlim_max: hard };
-    // SAFETY: `new` is a valid rlimit whose soft value does not exceed its hard value.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    set(target, hard)?;
     ORIGINAL_SOFT.store(before, Ordering::SeqCst);
-    Ok(Raised { before, after: target as u64, hard: hard as u64 })
+    Ok(Raised { before, after: target, hard })
 }
 
 /// The soft limit a job child should get back (`None`: the daemon did not change it).
@@ -70,17 +66,8 @@ pub fn child_soft_limit() -> Option<u64> {
 /// In a forked child before `exec`: puts the soft limit back to `soft` (async-signal-safe:
 /// two system calls, no allocation).
 pub fn restore_in_child(soft: u64) -> std::io::Result<()> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    lim.rlim_cur = (soft as libc::rlim_t).min(lim.rlim_max);
-    // SAFETY: `lim` is a valid rlimit, soft at most hard.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let (_, hard) = get();
+    set(soft.min(hard), hard)
 }
 
 #[cfg(test)]
@@ -89,11 +76,11 @@ mod tests {
 
     #[test]
     fn the_soft_limit_rises_to_the_hard_one_and_children_get_the_old_one_back() {
-        let start = get().unwrap();
+        let (start, _) = get();
         let raised = raise().unwrap();
-        assert_eq!(raised.before, start.rlim_cur as u64);
-        let now = get().unwrap();
-        assert_eq!(now.rlim_cur as u64, raised.after);
+        assert_eq!(raised.before, start);
+        let (now, _) = get();
+        assert_eq!(now, raised.after);
         assert!(raised.after >= raised.before && raised.after <= raised.hard);
         if raised.after > raised.before {
             assert_eq!(child_soft_limit(), Some(raised.before));

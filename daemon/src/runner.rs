@@ -620,8 +620,7 @@ impl JobContext {
             "crash" => {
                 // The poison job: kills the daemon that runs it (after its claim committed).
                 events::error("job.crash", "Crash job: killing the daemon").field("job_id", job.id).emit();
-                // SAFETY: signalling ourselves has no memory-safety preconditions.
-                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+                crate::platform::signal_self(crate::platform::Signal::KILL);
                 JobResult::Failed { error: String::from("crash"), retryable: true }
             }
             "exec" => self.run_exec(),
@@ -744,8 +743,7 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// A jitter factor in [0, 1] for backoff.
 fn jitter() -> f64 {
     let mut b = [0u8; 4];
-    // SAFETY: `b` is writable for its 4 bytes.
-    if unsafe { libc::getentropy(b.as_mut_ptr().cast(), b.len()) } != 0 {
+    if crate::platform::random_bytes(&mut b).is_err() {
         return 0.5;
     }
     u32::from_ne_bytes(b) as f64 / u32::MAX as f64

@@ -24,6 +24,7 @@
 //! removed) and must do nothing but the steps above.
 
 use std::ffi::OsString;
+use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -56,19 +57,12 @@ pub fn args_before_argv(parent: u32, cwd: Option<&Path>) -> Vec<OsString> {
 
 /// Runs the shim; returns the exit code when it does not `exec` the job.
 pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: PR_SET_PDEATHSIG takes the signal number as its only argument; the
-        // unused variadic arguments are passed as zero, as prctl(2) recommends.
-        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 {
-            eprintln!("homerd job-shim: cannot set the parent-death signal: {}", std::io::Error::last_os_error());
-            return EXIT_NOT_RELEASED;
-        }
+    // Linux: SIGKILL when the daemon's spawner thread ends; macOS has no such signal.
+    if let Err(e) = crate::platform::kill_me_when_parent_dies() {
+        eprintln!("homerd job-shim: cannot set the parent-death signal: {e}");
+        return EXIT_NOT_RELEASED;
     }
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let ppid = unsafe { libc::getppid() };
-    if u32::try_from(ppid).ok() != Some(parent) {
+    if std::os::unix::process::parent_id() != parent {
         // The daemon that spawned us is gone (we were reparented), or we were started
         // by something else: never run the job.
         return EXIT_NOT_RELEASED;
@@ -77,7 +71,17 @@ pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
         eprintln!("homerd job-shim: no command given");
         return EXIT_NOT_RELEASED;
     };
-    match read_release_byte() {
+    // Something must be open on fd 3 before anything may own it (a shim started by hand
+    // may not have it).
+    if !crate::platform::descriptor_open(RELEASE_FD) {
+        eprintln!("homerd job-shim: no release pipe on fd {RELEASE_FD}");
+        return EXIT_NOT_RELEASED;
+    }
+    // SAFETY: fd 3 is open (checked above) and is the release pipe the daemon put there
+    // for us (children.rs); nothing else in this process owns or uses it, so the File
+    // may own it, and closes it when dropped: the job must not inherit it.
+    let release = unsafe { std::fs::File::from_raw_fd(RELEASE_FD) };
+    match read_release_byte(release) {
         Ok(true) => {}
         Ok(false) => return EXIT_NOT_RELEASED,
         Err(e) => {
@@ -85,12 +89,10 @@ pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
             return EXIT_NOT_RELEASED;
         }
     }
-    // SAFETY: fd 3 is the release pipe handed to us by the daemon; nothing else in this
-    // process uses it, and the job must not inherit it.
-    unsafe { libc::close(RELEASE_FD) };
-    // The job's directory is entered only now, after the release: one that vanished
-    // since the enqueue fails this run, its cause the run's last stderr line (what
-    // `homerd show` prints), and a relative program path resolves against it.
+    // The job's directory is entered only now, after the release (the File owning fd 3
+    // closed it above): one that vanished since the enqueue fails this run, its cause the
+    // run's last stderr line (what `homerd show` prints), and a relative program path
+    // resolves against it.
     if let Some(dir) = cwd {
         if let Err(e) = std::env::set_current_dir(dir) {
             eprintln!("homerd job-shim: cannot enter the job's working directory {}: {e}", dir.display());
@@ -105,21 +107,16 @@ pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
     EXIT_CANNOT_EXEC
 }
 
-/// Blocks until one byte (`Ok(true)`) or EOF (`Ok(false)`) arrives on fd 3.
-fn read_release_byte() -> std::io::Result<bool> {
-    let mut byte = 0u8;
+/// Blocks until one byte (`Ok(true)`) or EOF (`Ok(false)`) arrives on the release
+/// pipe; closes it either way.
+fn read_release_byte(mut pipe: std::fs::File) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut byte = [0u8; 1];
     loop {
-        // SAFETY: reading at most one byte into a valid one-byte buffer.
-        let n = unsafe { libc::read(RELEASE_FD, (&mut byte as *mut u8).cast(), 1) };
-        match n {
-            1 => return Ok(true),
-            0 => return Ok(false),
-            _ => {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
+        match pipe.read(&mut byte) {
+            Ok(n) => return Ok(n == 1),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

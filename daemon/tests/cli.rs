@@ -337,8 +337,7 @@ fn unwritable_lock_directory_is_a_permission_error() {
 /// are not root (then permission checks are real already). `None` (reported on stderr,
 /// not silently passed) when root cannot drop privileges here.
 fn unprivileged(sb: &Sandbox) -> Option<std::process::Command> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Some(sb.cmd());
     }
     let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());

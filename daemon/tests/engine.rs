@@ -557,7 +557,7 @@ fn a_job_never_inherits_the_lock() {
     let v = b.wait_for("the new start's outcome", deadline(20.0), |v| {
         v["event"] == "daemon.active" || v["event"] == "lock.busy"
     });
-    // SAFETY: cleaning up the escaped process we deliberately created.
-    unsafe { libc::kill(escaped as i32, libc::SIGKILL) };
+    // Cleaning up the escaped process we deliberately created.
+    let _ = homerd::platform::signal_process(escaped as u32, homerd::platform::Signal::KILL);
     assert_eq!(v["event"], "daemon.active", "a job's escaped descendant kept the lock: {}", b.dump());
 }

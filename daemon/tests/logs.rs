@@ -461,8 +461,7 @@ fn status_watch_json_prints_one_object_per_refresh() {
 #[test]
 fn a_directory_the_daemon_cannot_enter_fails_the_run_with_permission_denied() {
     use std::os::unix::fs::PermissionsExt;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("NOT RUN: needs root to start the daemon as another user (uid 65534)");
         return;
     }
@@ -473,9 +472,7 @@ fn a_directory_the_daemon_cannot_enter_fails_the_run_with_permission_denied() {
     let sb = Sandbox::new();
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir(sb.home()).unwrap();
-    let home = std::ffi::CString::new(sb.home().to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::chown(home.as_ptr(), 65534, 65534) }, 0, "chown the home to 65534");
+    std::os::unix::fs::chown(sb.home(), Some(65534), Some(65534)).expect("chown the home to 65534");
     let private = sb.dir.path().join("private");
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();

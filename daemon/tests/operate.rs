@@ -168,7 +168,7 @@ fn time(ms: Option<i64>) -> String {
 fn group_members(pgid: i64) -> Vec<i64> {
     homer_testkit::all_stats()
         .into_iter()
-        .filter(|(_, s)| i64::from(s.pgrp) == pgid && !s.is_dead())
+        .filter(|(_, s)| i64::from(s.pgrp) == pgid && !s.zombie)
         .map(|(pid, _)| i64::from(pid))
         .collect()
 }

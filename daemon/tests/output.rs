@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -34,11 +34,7 @@ enum Reader {
 
 /// The write end of a pipe whose read end is already closed.
 fn closed_pipe() -> OwnedFd {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe(2) to fill.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe: {}", std::io::Error::last_os_error());
-    // SAFETY: pipe(2) just returned these two descriptors, and nothing else owns them.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
     drop(read);
     write
 }

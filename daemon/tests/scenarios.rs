@@ -115,8 +115,8 @@ fn interrupted_binary_leaves_nothing() -> Result<(), Failed> {
         let (mut child, _) = procs::spawn_owned(&mut cmd).map_err(|e| Failed::from(e.to_string()))?;
         let pid = child.pid() as u32;
         let seen = wait_for_processes(pid, 3);
-        // SAFETY: signalling the copy of this binary we just started.
-        unsafe { libc::kill(pid as i32, signal) };
+        // The copy of this binary we just started, unreaped until wait_exit: still ours.
+        child.signal(signal);
         let exit = child.wait_exit(deadline(60.0)).ok_or_else(|| Failed::from("the test binary did not exit"))?;
         procs::disown(pid);
         if exit.code() != Some(128 + signal) {

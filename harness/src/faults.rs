@@ -119,13 +119,7 @@ fn is_full(e: &std::io::Error) -> bool {
 #[cfg(target_os = "linux")]
 pub fn is_tmpfs(path: &Path) -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
-    let Ok(c) = cstring(path) else { return false };
-    // SAFETY: `st` is a writable statfs and `c` a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
+    let Ok(st) = rustix::fs::statfs(path) else { return false };
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
     let kind = st.f_type as i64;
     kind == TMPFS_MAGIC
@@ -135,12 +129,6 @@ pub fn is_tmpfs(path: &Path) -> bool {
 #[cfg(not(target_os = "linux"))]
 pub fn is_tmpfs(_path: &Path) -> bool {
     false
-}
-
-#[cfg(target_os = "linux")]
-fn cstring(path: &Path) -> Result<std::ffi::CString, String> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{} contains a NUL byte", path.display()))
 }
 
 /// Why this process cannot mount a tmpfs, if it cannot: not Linux, or no `CAP_SYS_ADMIN`.
@@ -164,22 +152,10 @@ pub fn cannot_mount() -> Option<String> {
 /// Mount a fresh tmpfs of `size` bytes at the existing directory `dir`, mode 0700.
 #[cfg(target_os = "linux")]
 pub fn mount_tmpfs(dir: &Path, size: u64) -> Result<(), String> {
-    let target = cstring(dir)?;
+    use rustix::mount::{mount, MountFlags};
     let data = std::ffi::CString::new(format!("size={size},mode=0700")).expect("no NUL in the options");
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            target.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!("mount a {size}-byte tmpfs at {}: {}", dir.display(), std::io::Error::last_os_error()));
-    }
-    Ok(())
+    mount("tmpfs", dir, "tmpfs", MountFlags::NOSUID | MountFlags::NODEV, data.as_c_str())
+        .map_err(|e| format!("mount a {size}-byte tmpfs at {}: {}", dir.display(), std::io::Error::from(e)))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -191,15 +167,12 @@ pub fn mount_tmpfs(dir: &Path, _size: u64) -> Result<(), String> {
 /// busy after a short while is detached (lazily unmounted) rather than leaked.
 #[cfg(target_os = "linux")]
 pub fn unmount(dir: &Path) -> Result<(), String> {
+    use rustix::mount::{unmount as umount2, UnmountFlags};
     use std::time::{Duration, Instant};
-    let target = cstring(dir)?;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        // SAFETY: `target` is a NUL-terminated path.
-        if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
+        let Err(errno) = umount2(dir, UnmountFlags::empty()) else { return Ok(()) };
+        let e = std::io::Error::from(errno);
         match e.raw_os_error() {
             // Not a mount point (any more): nothing to do.
             Some(libc::EINVAL) | Some(libc::ENOENT) if !mount_points().iter().any(|m| m == dir) => return Ok(()),
@@ -210,11 +183,8 @@ pub fn unmount(dir: &Path) -> Result<(), String> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Some(libc::EBUSY) => {
-                // SAFETY: as above; MNT_DETACH takes no other argument.
-                if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
-                    return Ok(());
-                }
-                return Err(format!("unmount {}: {}", dir.display(), std::io::Error::last_os_error()));
+                return umount2(dir, UnmountFlags::DETACH)
+                    .map_err(|e| format!("unmount {}: {}", dir.display(), std::io::Error::from(e)));
             }
             _ => return Err(format!("unmount {}: {e}", dir.display())),
         }

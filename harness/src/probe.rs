@@ -258,29 +258,19 @@ fn run_probe(args: &ProbeArgs, ids: &RunIds) -> Result<i32, String> {
 /// call [`wait_job_lock`] to wait for it. Two opens in one process conflict too.
 fn take_job_lock(path: &Path) -> io::Result<(File, bool)> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(path)?;
-    // SAFETY: flock only reads the descriptor number, which `file` keeps open.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok((file, false));
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok((file, false)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok((file, true)),
+        Err(e) => Err(e.into()),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok((file, true));
-    }
-    Err(err)
 }
 
 /// Blocks until `file` (from [`take_job_lock`]) holds its flock.
 fn wait_job_lock(file: &File) -> io::Result<()> {
     loop {
-        // SAFETY: flock only reads the descriptor number, which `file` keeps open.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
+            Err(rustix::io::Errno::INTR) => continue,
+            done => return Ok(done?),
         }
     }
 }
@@ -302,14 +292,8 @@ fn append(log: &File, record: &[u8]) -> io::Result<()> {
 
 /// `CLOCK_MONOTONIC` in nanoseconds (the executor stamps enqueues on the same clock).
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec and CLOCK_MONOTONIC exists on every
-    // supported target; clock_gettime is async-signal-safe (the grandchild calls this).
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        // Cannot happen for CLOCK_MONOTONIC; 0 keeps the record parseable and visibly odd.
-        return 0;
-    }
+    // A plain system call, async-signal-safe (the grandchild calls this).
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
     secs.saturating_mul(1_000_000_000).saturating_add(nanos)
@@ -384,37 +368,27 @@ fn spawn_grandchild(ids: &RunIds, log: &File, lock: &File, lives: Duration, sets
     let mut start = PreparedRecord::new(EffectKind::GrandchildStart, ids).map_err(io::Error::other)?;
     let mut end = PreparedRecord::new(EffectKind::GrandchildEnd, ids).map_err(io::Error::other)?;
     let lock_fd = lock.as_raw_fd();
-    let mut ready: [libc::c_int; 2] = [-1, -1];
-    // SAFETY: pipe writes two descriptors into the array it is given.
-    if unsafe { libc::pipe(ready.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let (ready_read, ready_write) = rustix::pipe::pipe()?;
     // SAFETY: the child runs only async-signal-safe code until `_exit` — setsid, close,
     // getpid, clock_gettime, write and nanosleep, with its records' memory reserved before
     // the fork — so fork is sound even if the caller had other threads. The child never
-    // returns into the caller, so no destructor or buffered output runs twice.
+    // returns into the caller, so no destructor or buffered output runs twice. (rustix has
+    // no public fork: it cannot make it safe.)
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
     if pid > 0 {
         // Wait until the grandchild has set itself up and recorded its start (one byte, or
-        // EOF if it died first).
-        let mut byte = 0u8;
-        // SAFETY: closes our copy of the write end; reads one byte into a local; closes the
-        // read end. All three descriptors came from the pipe above.
-        unsafe {
-            libc::close(ready[1]);
-            while libc::read(ready[0], (&mut byte as *mut u8).cast(), 1) < 0
-                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-            {}
-            libc::close(ready[0]);
-        }
+        // EOF if it died first); our copy of the write end must be closed for the EOF.
+        drop(ready_write);
+        let mut byte = [0u8; 1];
+        while let Err(rustix::io::Errno::INTR) = rustix::io::read(&ready_read, &mut byte) {}
         return Ok(());
     }
-    // SAFETY: the child closes its copy of the read end (async-signal-safe).
-    unsafe { libc::close(ready[0]) };
-    let code = grandchild(log, lock_fd, &mut start, &mut end, lives, setsid, ready[1]);
+    // The child closes its copy of the read end (close is async-signal-safe).
+    drop(ready_read);
+    let code = grandchild(log, lock_fd, &mut start, &mut end, lives, setsid, ready_write);
     // SAFETY: `_exit` ends the forked child immediately, skipping atexit handlers and
     // stdio flushing that belong to the parent.
     unsafe { libc::_exit(code) }
@@ -428,27 +402,22 @@ fn grandchild(
     end: &mut PreparedRecord,
     lives: Duration,
     setsid: bool,
-    ready_fd: libc::c_int,
+    ready: std::os::fd::OwnedFd,
 ) -> i32 {
     if setsid {
-        // SAFETY: setsid has no memory-safety preconditions; a fresh child is never a
-        // group leader, so it succeeds.
-        unsafe { libc::setsid() };
+        // A fresh child is never a group leader, so this succeeds.
+        let _ = rustix::process::setsid();
         // SAFETY: closes only this process's copy of the descriptor (the parent keeps
         // its own); nothing in this process uses `lock_fd` afterwards.
         unsafe { libc::close(lock_fd) };
     }
-    // SAFETY: getpid has no preconditions (std::process::id would do the same call).
-    let pid = unsafe { libc::getpid() };
-    let pid = u32::try_from(pid).unwrap_or(0);
+    let pid = rustix::process::getpid().as_raw_nonzero().get().unsigned_abs();
     if append(log, start.finish(pid, mono_ns())).is_err() {
         return EXIT_IO;
     }
-    // SAFETY: write and close on the pipe's write end, which this process owns.
-    unsafe {
-        libc::write(ready_fd, b"r".as_ptr().cast(), 1);
-        libc::close(ready_fd);
-    }
+    // One byte to the waiting parent, then close (both async-signal-safe system calls).
+    let _ = rustix::io::write(&ready, b"r");
+    drop(ready);
     #[allow(clippy::disallowed_methods)] // the grandchild's body: it lives as long as it was told
     std::thread::sleep(lives);
     if append(log, end.finish(pid, mono_ns())).is_err() {
@@ -502,11 +471,12 @@ mod tests {
     }
 
     fn reap(pid: u32) {
-        let mut status = 0;
-        // SAFETY: waits for our own forked child; `status` is a valid out-pointer.
-        let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-        assert_eq!(rc, pid as libc::pid_t);
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "grandchild status {status}");
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a real pid");
+        let (reaped, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+            .expect("waitpid on our own forked child")
+            .expect("a blocking wait returns a status");
+        assert_eq!(reaped, pid);
+        assert_eq!(status.exit_status(), Some(0), "grandchild status {status:?}");
     }
 
     #[test]
@@ -628,9 +598,9 @@ mod tests {
         let (_, overlap) = take_job_lock(&job_lock_path(dir.path(), 4)).unwrap();
         assert!(!read_effects(dir.path()).unwrap().iter().any(|e| e.kind == EffectKind::GrandchildEnd));
         assert!(!overlap, "an escaped grandchild must not count as the job running");
-        // SAFETY: getsid only queries the session of a pid.
-        let session = unsafe { libc::getsid(child as libc::pid_t) };
-        assert_eq!(session, child as libc::pid_t, "the grandchild leads its own session");
+        let child_pid = rustix::process::Pid::from_raw(child as i32).expect("a real pid");
+        let session = rustix::process::getsid(Some(child_pid)).expect("the grandchild's session");
+        assert_eq!(session, child_pid, "the grandchild leads its own session");
         wait_for(dir.path(), has(EffectKind::GrandchildEnd));
         reap(child);
     }

@@ -67,10 +67,10 @@ pub struct InitReport {
 
 /// Call first in `main`, before any thread is spawned.
 pub fn init() -> InitReport {
-    block_termination_signals();
+    let set = block_termination_signals();
     std::thread::Builder::new()
         .name(String::from("harness-signals"))
-        .spawn(signal_thread)
+        .spawn(move || signal_thread(set))
         .expect("spawn the signal thread");
     let subreaper = become_subreaper();
     if subreaper {
@@ -81,28 +81,23 @@ pub fn init() -> InitReport {
 
 const TERMINATION: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (threads spawned later inherit the
+/// mask) and returns that set, for the one thread that `sigwait`s on it.
+fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t; pthread_sigmask
+    // changes only this thread's mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in TERMINATION {
             libc::sigaddset(&mut set, s);
         }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn block_termination_signals() {
-    let set = termination_set();
-    // SAFETY: changes only this thread's mask; threads spawned later inherit it.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-fn signal_thread() {
-    let set = termination_set();
+fn signal_thread(set: libc::sigset_t) {
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: the set is initialised and blocked in every thread, so sigwait receives it.
@@ -129,8 +124,7 @@ fn signal_thread() {
 
 #[cfg(target_os = "linux")]
 fn become_subreaper() -> bool {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0 }
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).is_ok()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -145,8 +139,7 @@ fn reaper_thread() {
     loop {
         #[allow(clippy::disallowed_methods)] // a polling period: orphans re-parented to us send no event
         std::thread::sleep(Duration::from_millis(200));
-        let zombies: Vec<u32> =
-            children_of(me).into_iter().filter(|&(_, state)| state == 'Z').map(|(p, _)| p).collect();
+        let zombies: Vec<u32> = children_of(me).into_iter().filter(|&(_, zombie)| zombie).map(|(p, _)| p).collect();
         if zombies.is_empty() {
             continue;
         }
@@ -154,20 +147,21 @@ fn reaper_thread() {
         let owned = registry().lock().map(|r| r.owned.clone()).unwrap_or_default();
         for pid in zombies {
             if !owned.contains(&pid) {
-                let mut status = 0;
-                // SAFETY: waits for one specific pid we do not own through a Proc.
-                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+                // One specific pid that no Proc owns.
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+                }
             }
         }
     }
 }
 
-/// (pid, state) of every process whose parent is `parent` (Linux `/proc`).
-fn children_of(parent: u32) -> Vec<(u32, char)> {
+/// (pid, zombie) of every process whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<(u32, bool)> {
     homer_testkit::all_stats()
         .into_iter()
-        .filter(|(_, stat)| stat.ppid as u32 == parent)
-        .map(|(pid, stat)| (pid as u32, stat.state))
+        .filter(|(_, stat)| stat.ppid == parent)
+        .map(|(pid, stat)| (pid as u32, stat.zombie))
         .collect()
 }
 
@@ -195,37 +189,21 @@ pub fn prepare(cmd: &mut Command, marker: &str) {
 /// Start the command with `RLIMIT_NOFILE` at (`soft`, `hard`). Lowering works for anyone;
 /// raising the hard limit needs root, and a failure fails the spawn.
 pub fn limit_open_files(cmd: &mut Command, soft: u64, hard: u64) {
-    let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    let limit = rustix::process::Rlimit { current: Some(soft), maximum: Some(hard) };
     // SAFETY: the closure calls only setrlimit, an async-signal-safe syscall, on a copy of
     // a plain struct; it allocates nothing.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || Ok(rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?));
     }
 }
 
 /// Make the command run as the unprivileged uid/gid 65534 (only when we are root).
 pub fn drop_privileges(cmd: &mut Command) -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Ok(()); // already unprivileged: permission checks mean something as we are
     }
-    // SAFETY: the closure calls only setgroups/setgid/setuid, async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // std drops the supplementary groups (setgroups(0), as root), then setgid, setuid.
+    cmd.gid(65534).uid(65534);
     Ok(())
 }
 
@@ -324,7 +302,7 @@ pub fn marked_alive(marker: &str) -> Vec<u32> {
         let mut out = Vec::new();
         for (pid, stat) in homer_testkit::all_stats() {
             let pid = pid as u32;
-            if pid == me || stat.is_dead() {
+            if pid == me || stat.zombie {
                 continue;
             }
             let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
@@ -340,8 +318,10 @@ pub fn marked_alive(marker: &str) -> Vec<u32> {
             .unwrap_or_default();
         groups
             .into_iter()
-            // SAFETY: signal 0 only checks existence; pgid > 1 was checked at registration.
-            .filter(|&g| unsafe { libc::kill(-g, 0) } == 0)
+            // Signal 0 only checks existence; pgid > 1 was checked at registration.
+            .filter(|&g| {
+                rustix::process::Pid::from_raw(g).is_some_and(|g| rustix::process::test_kill_process_group(g).is_ok())
+            })
             .map(|g| g as u32)
             .collect()
     }
@@ -362,15 +342,19 @@ pub fn kill_marked(marker: &str, bound: Duration) -> Vec<u32> {
         let groups = if cfg!(target_os = "linux") { Vec::new() } else { groups };
         for g in groups {
             if g > 1 && g != me {
-                // SAFETY: kills a process group the harness created or homerd recorded for us.
-                unsafe { libc::kill(-g, libc::SIGKILL) };
+                // A process group the harness created or homerd recorded for us.
+                if let Some(g) = rustix::process::Pid::from_raw(g) {
+                    let _ = rustix::process::kill_process_group(g, rustix::process::Signal::KILL);
+                }
             }
         }
         let alive = marked_alive(marker);
         if cfg!(target_os = "linux") {
             for &pid in &alive {
-                // SAFETY: the process carries this scenario's marker, so the harness started it.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                // The process carries this scenario's marker, so the harness started it.
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
             }
         }
         if alive.is_empty() || Instant::now() >= deadline {
@@ -381,10 +365,22 @@ pub fn kill_marked(marker: &str, bound: Duration) -> Vec<u32> {
     }
 }
 
+/// `kill(pid, signo)`, for a process the caller knows is still its own child (not yet
+/// reaped, so the pid cannot have been reused). Whether the signal was sent: a signal
+/// number rustix does not name (real-time signals), a pid beyond `pid_t` or a failed
+/// `kill` is `false`.
+pub fn signal_pid(pid: u32, signo: i32) -> bool {
+    let (Some(pid), Some(sig)) =
+        (rustix::process::Pid::from_raw(pid as i32), rustix::process::Signal::from_named_raw(signo))
+    else {
+        return false;
+    };
+    rustix::process::kill_process(pid, sig).is_ok()
+}
+
 /// Whether processes can be run as an unprivileged uid here.
 pub fn can_drop_privileges() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Ok(());
     }
     if cfg!(target_os = "linux") {

@@ -213,8 +213,8 @@ fn nothing_survives_an_interrupted_run() {
         let pid = child.id();
         // The daemon, the job and its escaped grandchild (a CLI enqueue may also be seen).
         let seen = wait_for_processes(pid, 3);
-        // SAFETY: signalling the harness child this test started.
-        unsafe { libc::kill(pid as i32, signal) };
+        // The harness child this test started, not yet reaped.
+        assert!(homer_harness::procs::signal_pid(pid, signal), "signal {signal} to {pid}");
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(128 + signal), "signal {signal}");
         assert!(started_by(pid).is_empty(), "signal {signal}: {:?} alive (saw {seen:?})", started_by(pid));
@@ -287,8 +287,8 @@ fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
         wait_for_processes(pid, 1);
         assert_eq!(sandbox_mounts(name).len(), 1, "{name}: the tmpfs home is not mounted while it runs");
         if code == 128 + libc::SIGINT {
-            // SAFETY: signalling the harness child this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGINT) };
+            // The harness child this test started, not yet reaped.
+            assert!(homer_harness::procs::signal_pid(pid, libc::SIGINT), "SIGINT to {pid}");
         }
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(code), "{name}: {out:?}");

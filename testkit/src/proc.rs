@@ -79,16 +79,12 @@ impl Proc {
         drop(child);
         let (tx, exited) = mpsc::channel();
         let watcher = std::thread::Builder::new().name(format!("exit-{pid}")).spawn(move || {
-            // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill in.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            loop {
-                // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT leaves the child
-                // waitable, so its pid stays reserved until `reap`.
-                let rc =
-                    unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
-                if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                    break;
-                }
+            use rustix::process::{waitid, WaitId, WaitIdOptions};
+            // WNOWAIT leaves the child waitable, so its pid stays reserved until `reap`.
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                while let Err(rustix::io::Errno::INTR) =
+                    waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOWAIT)
+                {}
             }
             let _ = tx.send(());
         });
@@ -123,8 +119,11 @@ impl Proc {
         if sig == libc::SIGCONT {
             self.stopped.set(false);
         }
-        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(self.pid, sig) == 0 }
+        // The pid is our unreaped child.
+        match (rustix::process::Pid::from_raw(self.pid), rustix::process::Signal::from_named_raw(sig)) {
+            (Some(pid), Some(sig)) => rustix::process::kill_process(pid, sig).is_ok(),
+            _ => false,
+        }
     }
 
     /// Sends `sig` to the child's whole process group unless the child has been reaped
@@ -136,8 +135,11 @@ impl Proc {
         if sig == libc::SIGCONT {
             self.stopped.set(false);
         }
-        // SAFETY: as in `signal`, for the group the child leads.
-        unsafe { libc::kill(-self.pid, sig) == 0 }
+        // As in `signal`, for the group the child leads.
+        match (rustix::process::Pid::from_raw(self.pid), rustix::process::Signal::from_named_raw(sig)) {
+            (Some(pid), Some(sig)) => rustix::process::kill_process_group(pid, sig).is_ok(),
+            _ => false,
+        }
     }
 
     /// Waits up to `limit` for the child to exit; reaps it. `None`: still running.
@@ -193,19 +195,19 @@ impl Proc {
         }
         let end = Instant::now() + limit;
         loop {
-            let mut status = 0;
-            // SAFETY: our own child; WNOHANG|WUNTRACED only reports, never blocks, and a
-            // stop report does not reap it.
-            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG | libc::WUNTRACED) };
-            if rc == self.pid && libc::WIFSTOPPED(status) {
-                self.stopped.set(true);
-                return Ok(());
-            }
-            if rc != 0 {
-                return Err(format!(
-                    "pid {} exited or vanished before it stopped (rc {rc}, status {status:#x})",
-                    self.pid
-                ));
+            use rustix::process::{waitpid, Pid, WaitOptions};
+            let Some(pid) = Pid::from_raw(self.pid) else { return Err(format!("pid {} is not a pid", self.pid)) };
+            // Our own child; WNOHANG|WUNTRACED only reports, never blocks, and a stop report
+            // does not reap it.
+            match waitpid(Some(pid), WaitOptions::NOHANG | WaitOptions::UNTRACED) {
+                Ok(Some((_, status))) if status.stopped() => {
+                    self.stopped.set(true);
+                    return Ok(());
+                }
+                Ok(None) => {}
+                other => {
+                    return Err(format!("pid {} exited or vanished before it stopped ({other:?})", self.pid));
+                }
             }
             if Instant::now() >= end {
                 return Err(format!("pid {} did not stop within {limit:?}", self.pid));
@@ -281,7 +283,7 @@ mod tests {
         let member: i32 = line.text().parse().unwrap();
         let pgid = p.pid();
         if cfg!(target_os = "linux") {
-            assert_eq!(crate::stat(member).unwrap().pgrp, pgid);
+            assert_eq!(crate::stat(member).unwrap().pgrp as i32, pgid);
         }
         assert!(crate::group_alive(pgid));
         drop(p);

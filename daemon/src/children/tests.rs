@@ -177,15 +177,14 @@ fn kill_group_and_wait_returns_early_when_sigterm_suffices() {
 // 4.
 #[test]
 fn signal_group_refuses_dangerous_groups() {
-    // SAFETY: getpgrp has no preconditions.
-    let own = unsafe { libc::getpgrp() } as u32;
+    let own = crate::platform::own_process_group();
     for pgid in [0, 1, own, u32::MAX, i32::MAX as u32 + 1] {
-        let err = signal_group(pgid, 0).unwrap_err();
+        let err = signal_group(pgid, Signal::TERM).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "pgid {pgid}: {err}");
         assert!(kill_group_and_wait(pgid, Duration::ZERO, Duration::ZERO).is_err());
     }
     // A group that does not exist (beyond any pid_max) is fine: ESRCH is Ok.
-    signal_group(0x3fff_fff0, libc::SIGKILL).unwrap();
+    signal_group(0x3fff_fff0, Signal::KILL).unwrap();
     assert!(!group_alive(0x3fff_fff0));
     assert!(!group_alive(0));
 }
@@ -200,9 +199,7 @@ fn group_alive_treats_zombies_as_gone() {
     wait_until("the killed child to become a zombie", || !group_alive(pgid));
     // Still an unreaped member as far as kill(2) is concerned: a probe would call the
     // group alive, group_alive must not.
-    let pg = pgid as libc::pid_t;
-    // SAFETY: signal 0 only checks existence.
-    assert_eq!(unsafe { libc::kill(-pg, 0) }, 0, "the zombie was reaped early: the test proves nothing");
+    assert!(crate::platform::group_exists(pgid), "the zombie was reaped early: the test proves nothing");
     #[cfg(target_os = "linux")]
     assert!(identity::proc_state(pgid).unwrap().unwrap().zombie);
     child.wait().unwrap();
@@ -310,13 +307,6 @@ fn output_lands_in_the_log_files() {
     assert_eq!(mode, 0o600);
 }
 
-#[test]
-fn stat_parsing_counts_fields_after_the_last_paren() {
-    let line = "4242 (a (weird) 1 2) Z 1 777 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
-    assert_eq!(parse_stat_state_pgrp(line), Some(("Z", 777)));
-    assert_eq!(parse_stat_state_pgrp("garbage"), None);
-}
-
 // The real shim (shim.rs): the unit-test binary re-runs itself as the shim through
 // the ignored entry point below, which calls shim::shim_main.
 
@@ -378,6 +368,33 @@ fn real_shim_exits_125_on_eof_without_running_argv() {
 }
 
 #[test]
+fn real_shim_without_a_release_pipe_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let spec = [std::process::id().to_string(), "sh".into(), "-c".into(), r#"echo ran > "$1""#.into(), "sh".into()]
+        .into_iter()
+        .chain([marker.to_str().unwrap().to_owned()])
+        .collect::<Vec<String>>()
+        .join(&SEP.to_string());
+    let (exe, args) = real_shim_command(std::process::id(), &[], &mut request(dir.path()));
+    // The shell closes fd 3 (whatever this process had there), then becomes the shim: its
+    // parent is this process, as the shim requires, and it has no release pipe.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 3>&-; exec "$0" "$@""#)
+        .arg(&exe)
+        .args(&args)
+        .env(SHIM_ENV, spec)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(shim::EXIT_NOT_RELEASED), "{stderr}");
+    assert!(stderr.contains("no release pipe on fd 3"), "{stderr}");
+    assert!(!marker.exists());
+}
+
+#[test]
 fn real_shim_refuses_a_parent_that_is_not_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
@@ -413,8 +430,7 @@ fn real_shim_from_ended_thread(direct: bool, dir: &Path) -> HeldChild {
         let held = held.unwrap();
         assert!(blocked_in_read(held.pid).is_some(), "cannot observe the shim blocking here");
         wait_until("the shim to block", || blocked_in_read(held.pid) == Some(true));
-        // SAFETY: gettid has no preconditions.
-        (held, unsafe { libc::gettid() })
+        (held, rustix::thread::gettid().as_raw_nonzero().get())
     })
     .join()
     .unwrap();

@@ -170,8 +170,7 @@ pub fn diagnostics(ctx: &Context, role: Role, epoch: i64, database_id: Option<u3
         d.0.insert(k.to_owned(), v);
     };
     put("pid", me.pid.to_string());
-    // SAFETY: getppid has no preconditions.
-    put("ppid", unsafe { libc::getppid() }.to_string());
+    put("ppid", std::os::unix::process::parent_id().to_string());
     put("host", me.host);
     put("boot_id", me.boot_id);
     put("start_time", me.start_time.to_string());

@@ -571,10 +571,8 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: WallMs, now: WallMs) -> r
 /// `n` random 128-bit claim tokens, hex.
 fn random_tokens(n: usize) -> Vec<String> {
     let mut buf = vec![0u8; 16 * n];
-    for chunk in buf.chunks_mut(256) {
-        // SAFETY: `chunk` is writable for its length, at most 256 bytes (getentropy's limit).
-        let rc = unsafe { libc::getentropy(chunk.as_mut_ptr().cast(), chunk.len()) };
-        assert_eq!(rc, 0, "getentropy failed: {}", std::io::Error::last_os_error());
+    if let Err(e) = crate::platform::random_bytes(&mut buf) {
+        panic!("{e}");
     }
     buf.chunks(16).map(|c| c.iter().map(|b| format!("{b:02x}")).collect()).collect()
 }

@@ -109,9 +109,9 @@ pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
 /// A non-zero random 31-bit identity for a new database (its header's `user_version`).
 fn random_database_id() -> i64 {
     let mut b = [0u8; 4];
-    // SAFETY: `b` is writable for its 4 bytes.
-    let rc = unsafe { libc::getentropy(b.as_mut_ptr().cast(), b.len()) };
-    assert_eq!(rc, 0, "getentropy failed: {}", std::io::Error::last_os_error());
+    if let Err(e) = crate::platform::random_bytes(&mut b) {
+        panic!("{e}");
+    }
     i64::from(u32::from_ne_bytes(b) & 0x7fff_ffff).max(1)
 }
 

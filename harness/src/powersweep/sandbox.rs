@@ -226,8 +226,8 @@ impl<'a> Sandbox<'a> {
     pub(super) fn signal(&self, slot: usize, sig: i32) {
         let st = self.shared.lock();
         if st[slot].status.is_none() {
-            // SAFETY: the process is our child and not yet reaped (its waiter holds its pid).
-            unsafe { libc::kill(st[slot].pid as libc::pid_t, sig) };
+            // The process is our child and not yet reaped (its waiter holds its pid).
+            crate::procs::signal_pid(st[slot].pid, sig);
         }
     }
 

@@ -119,9 +119,9 @@ fn signal(ctx: &mut Ctx, target: &str, sig: Sig) -> Result<(), StepError> {
             // Stamped before the signal goes: no release can precede it.
             p.killed = Some(std::time::Instant::now());
         }
-        // SAFETY: the waiter thread has not reaped this pid (exited is None under the lock,
-        // and it records the exit under the same lock), so it still names our child.
-        unsafe { libc::kill(p.pid as libc::pid_t, signo) };
+        // The waiter thread has not reaped this pid (exited is None under the lock, and it
+        // records the exit under the same lock), so it still names our child.
+        crate::procs::signal_pid(p.pid, signo);
     }
     Ok(())
 }

@@ -1,0 +1,151 @@
+//! Linux: `/proc`, and system calls through `rustix` only (no raw `libc` calls).
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use super::Stat;
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| String::from("unknown-boot"))
+}
+
+/// The inode of this process's pid namespace.
+pub fn pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// `/proc/self/exe`: resolved by the kernel at `exec` time, it names the image this
+/// process runs even after the file at its path was replaced or removed.
+pub fn shim_program() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
+/// The one reader of `/proc/<pid>/stat`.
+pub fn stat(pid: u32) -> io::Result<Option<Stat>> {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(line) => {
+            parse_stat(&line).map(Some).ok_or_else(|| io::Error::other(format!("unparseable /proc/{pid}/stat")))
+        }
+        // Gone (or exited since the directory was listed).
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses a `/proc/<pid>/stat` line: state (field 3), ppid (4), pgrp (5), starttime (22).
+/// The command name (field 2) is in parentheses and may itself contain spaces and
+/// parentheses, so fields are counted from the *last* `)`. A short line is unreadable,
+/// never zeros.
+pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
+    let mut fields = line[line.rfind(')')? + 1..].split_ascii_whitespace();
+    let state = fields.next()?; // field 3
+    let ppid = fields.next()?.parse().ok()?; // field 4
+    let pgrp = fields.next()?.parse().ok()?; // field 5
+    let start_time = fields.nth(16)?.parse().ok()?; // field 22
+    Some(Stat { ppid, pgrp, start_time, zombie: state == "Z" || state == "X" })
+}
+
+pub fn all_stats() -> io::Result<Vec<(u32, Stat)>> {
+    let mut out = Vec::new();
+    for_each_process(|pid, stat| {
+        out.push((pid, stat));
+        false
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every process in `/proc` until it returns `true`.
+fn for_each_process(mut f: impl FnMut(u32, Stat) -> bool) -> io::Result<()> {
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if let Some(stat) = stat(pid)? {
+            if f(pid, stat) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn group_has_live_member(pgid: u32) -> io::Result<bool> {
+    let mut alive = false;
+    for_each_process(|_, stat| {
+        alive = !stat.zombie && stat.pgrp == pgid;
+        alive
+    })?;
+    Ok(alive)
+}
+
+pub fn live_groups() -> Option<HashSet<u32>> {
+    let mut live = HashSet::new();
+    for_each_process(|_, stat| {
+        if !stat.zombie {
+            live.insert(stat.pgrp);
+        }
+        false
+    })
+    .ok()?;
+    Some(live)
+}
+
+/// `/proc/self/fd/<fd>`: the kernel lists exactly the open descriptors there.
+pub fn descriptor_open(fd: std::os::fd::RawFd) -> bool {
+    std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok()
+}
+
+pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+pub fn boot_clock_ms() -> i64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+pub fn kill_me_when_parent_dies() -> io::Result<bool> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_command_names() {
+        let line = "4242 (a (weird) name) Z 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let st = parse_stat(line).unwrap();
+        assert_eq!(st, Stat { ppid: 1, pgrp: 4242, start_time: 987654, zombie: true });
+        let running = "42 (a) b (c)) S 7 40 40 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 55 0 0";
+        assert_eq!(parse_stat(running).unwrap(), Stat { ppid: 7, pgrp: 40, start_time: 55, zombie: false });
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) Z 1 1").is_none(), "a short line is unreadable, not zeros");
+    }
+
+    #[test]
+    fn open_descriptors_are_seen_and_others_not() {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        assert!(descriptor_open(file.as_raw_fd()));
+        assert!(!descriptor_open(1 << 30), "beyond any descriptor limit");
+        assert!(!descriptor_open(-1));
+    }
+
+    #[test]
+    fn this_process_is_listed_alive_in_its_group() {
+        let me = std::process::id();
+        let st = stat(me).unwrap().expect("our own stat");
+        assert!(!st.zombie);
+        assert_eq!(st.pgrp, super::super::own_process_group());
+        assert!(group_has_live_member(st.pgrp).unwrap());
+        assert!(live_groups().unwrap().contains(&st.pgrp));
+        assert!(all_stats().unwrap().iter().any(|(pid, _)| *pid == me));
+    }
+}
