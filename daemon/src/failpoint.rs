@@ -154,6 +154,12 @@ pub fn announce() {
     }
 }
 
+/// Whether `name` is armed (its hits may be used up): for a hook that must be routed
+/// somewhere before it is hit.
+pub fn is_armed(name: &'static str) -> bool {
+    armed().contains_key(name)
+}
+
 /// Runs the failpoint `name` if armed. `Ok(())` when inert.
 pub fn hit(name: &'static str) -> io::Result<()> {
     debug_assert!(all_known().contains(&name) || name.starts_with("test."), "undeclared failpoint {name}");

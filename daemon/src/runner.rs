@@ -525,10 +525,17 @@ impl Engine {
             self.running.remove(id);
         }
         drop(table);
-        if ended.iter().any(|(_, r)| *r == JobResult::Succeeded) {
-            if let Err(e) = failpoint::hit("job.before_complete") {
-                events::warn("failpoint.error", "job.before_complete").field("error", e.to_string()).emit();
-            }
+        if ended.iter().any(|(_, r)| *r == JobResult::Succeeded) && failpoint::is_armed("job.before_complete") {
+            // Hit on the writer thread between transactions: a `stop` here freezes the
+            // daemon after the job ended and before its outcome is written, as a paused
+            // worker would — not inside some other thread's write transaction, holding
+            // SQLite's write lock (README, Limits), which would block a successor for
+            // reasons this hook is not about.
+            self.writer.between_transactions_blocking(|| {
+                if let Err(e) = failpoint::hit("job.before_complete") {
+                    events::warn("failpoint.error", "job.before_complete").field("error", e.to_string()).emit();
+                }
+            });
         }
         // `finish_many` answers in the order given: each answer meets its own result.
         let errors: Vec<Option<String>> = ended

@@ -114,6 +114,11 @@ pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     Ok(true)
 }
 
+/// The id `signal_self` sends to: this thread's (see there).
+pub fn own_signal_target() -> rustix::process::Pid {
+    rustix::thread::gettid()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,3 +149,8 @@ pub fn boot_clock_ms() -> i64 {
 pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     Ok(false)
 }
+
+/// The id `signal_self` sends to: the process's (see there).
+pub fn own_signal_target() -> rustix::process::Pid {
+    rustix::process::getpid()
+}

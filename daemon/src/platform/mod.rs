@@ -128,10 +128,19 @@ pub fn signal_process(target: u32, sig: Signal) -> io::Result<()> {
     Ok(rustix::process::kill_process(p, sig)?)
 }
 
-/// Sends `sig` to this process (a failpoint's stop, a crash job's kill).
+/// Sends `sig` to this process (a failpoint's stop, a crash job's kill), so that it has
+/// taken effect on the calling thread by the time this returns.
+///
+/// A process-directed signal is handled by whichever thread the kernel picks, and the
+/// caller may run on for a while before that thread starts the group stop: under load,
+/// long enough for a `stop` failpoint's thread to carry on and write what the stop was
+/// meant to hold back. On Linux, `kill` given the caller's thread id still signals the
+/// whole process but makes the caller the thread that takes the signal, on its way out of
+/// the system call. macOS offers that only through `pthread_kill`, raw FFI, so there
+/// the signal is process-directed and a stop may lag by a scheduling delay.
 pub fn signal_self(sig: Signal) {
-    // Our own pid is always valid and signalling ourselves is always permitted.
-    let _ = rustix::process::kill_process(rustix::process::getpid(), sig);
+    // Our own pid (and thread id) is always valid and signalling ourselves is permitted.
+    let _ = rustix::process::kill_process(os::own_signal_target(), sig);
 }
 
 /// A pipe with both ends close-on-exec: atomically on Linux (`pipe2`); on macOS, which

@@ -83,6 +83,9 @@ enum Msg {
     /// Operations that must share one transaction (see [`Writer::call_together_blocking`]).
     Group(Vec<Box<dyn Op>>),
     Stop(oneshot::Sender<Connection>),
+    /// A closure run on the writer thread with no transaction open (see
+    /// [`Writer::between_transactions_blocking`]).
+    Between(Box<dyn FnOnce() + Send>),
 }
 
 /// Handle to the writer thread. Cloneable; [`Writer::stop`] returns the connection.
@@ -161,6 +164,22 @@ impl Writer {
         self.submit(sync, f).blocking_recv().unwrap_or(Err(WriteError::Closed))
     }
 
+    /// Runs `f` on the writer thread after the operations already queued have committed
+    /// and before any later one begins: with no write transaction of this process open.
+    /// For test hooks that freeze the whole process (a `stop` failpoint): frozen inside a
+    /// transaction it would hold SQLite's write lock, which no real pause of the job's
+    /// worker implies. Returns when `f` has run (or at once if the writer has stopped).
+    pub fn between_transactions_blocking(&self, f: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let run = move || {
+            f();
+            let _ = tx.send(());
+        };
+        if self.tx.send(Msg::Between(Box::new(run))).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
     /// Stops the thread after the operations already queued; returns the connection.
     pub async fn stop(&self) -> Option<Connection> {
         let (tx, rx) = oneshot::channel();
@@ -180,22 +199,29 @@ fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
         let mut batch: Vec<Box<dyn Op>> = Vec::new();
         let mut stop = None;
+        let mut between = None;
         match first {
             Msg::Op(op) => batch.push(op),
             // A group stays whole, even past MAX_BATCH.
             Msg::Group(ops) => batch.extend(ops),
             Msg::Stop(reply) => stop = Some(reply),
+            Msg::Between(f) => between = Some(f),
         }
-        while stop.is_none() && batch.len() < MAX_BATCH {
+        while stop.is_none() && between.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(Msg::Op(op)) => batch.push(op),
                 Ok(Msg::Group(ops)) => batch.extend(ops),
                 Ok(Msg::Stop(reply)) => stop = Some(reply),
+                Ok(Msg::Between(f)) => between = Some(f),
                 Err(_) => break,
             }
         }
         if !batch.is_empty() {
             commit_batch(&mut conn, epoch, batch, &mut current_sync);
+        }
+        // Everything queued before it has committed; nothing after it has begun.
+        if let Some(f) = between {
+            f();
         }
         if let Some(reply) = stop {
             let _ = reply.send(conn);
@@ -311,6 +337,30 @@ mod tests {
     }
 
     const INSERT: &str = "INSERT INTO job_queue (kind, created_at) VALUES ('noop', 0)";
+
+    #[test]
+    fn between_transactions_runs_after_what_was_queued_and_with_no_write_lock_held() {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
+        // Queued without waiting, so they are still in the writer's queue (or its batch)
+        // when the barrier is sent.
+        let pending: Vec<_> = (0..50).map(|_| w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []))).collect();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let probe = path.clone();
+        w.between_transactions_blocking(move || {
+            let other = Connection::open(&probe).unwrap();
+            // A write transaction open in the writer would make this fail with SQLITE_BUSY.
+            let took_the_write_lock = other.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok();
+            let n: i64 = other.query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0)).unwrap();
+            seen_tx.send((took_the_write_lock, n)).unwrap();
+        });
+        assert_eq!(seen_rx.recv().unwrap(), (true, 50), "every op queued before it had committed");
+        for rx in pending {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), 1);
+        }
+        drop(w);
+        th.join();
+    }
 
     #[test]
     fn ops_commit_under_our_epoch() {
