@@ -54,6 +54,8 @@ run 0 list && [ "$(printf '%s\n' "$out" | grep -c '^ *[0-9]')" = 0 ] \
     && ok "list before the first start: an empty list, exit 0" || bad "list before the first start" "exit $code" "$out" "$err"
 run 66 show 1 && printf '%s' "$err" | grep -q "has not created its database" \
     && ok "show before the first start: exit 66, says why" || bad "show before the first start" "exit $code" "$err"
+run 66 cancel 1 && printf '%s' "$err" | grep -q "has not created its database" \
+    && ok "cancel before the first start: exit 66, says why" || bad "cancel before the first start" "exit $code" "$err"
 run 65 enqueue noop && printf '%s' "$err" | grep -q "start the daemon once" \
     && ok "enqueue before the first start: exit 65, says what to do" || bad "enqueue before the first start" "exit $code" "$err"
 

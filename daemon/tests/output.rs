@@ -358,7 +358,13 @@ fn list_and_show_before_the_daemon_created_its_database() {
     assert_eq!(out.code, Some(66));
     let err: Value = serde_json::from_str(out.stderr.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stderr));
     assert_eq!((err["code"].as_i64(), err["kind"].as_str()), (Some(66), Some("not_found")), "{err}");
-    assert!(!sb.home().exists(), "list or show created the home directory");
+    // cancel and retry say the same: no job yet, 66 (not 65, a bad database).
+    for cmd in ["cancel", "retry"] {
+        let out = run(&sb, &[cmd, "1"]);
+        assert_eq!(out.code, Some(66), "{cmd}: {}", out.stderr);
+        assert!(out.stderr.contains("no job 1: the daemon has not created its database yet"), "{cmd}: {}", out.stderr);
+    }
+    assert!(!sb.home().exists(), "list, show, cancel or retry created the home directory");
 }
 
 // ---------------------------------------------------------------------------------------

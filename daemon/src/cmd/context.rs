@@ -66,6 +66,25 @@ pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
     }
 }
 
+/// What a command about job `id` says before the daemon's first start (66, like a job
+/// that does not exist: there is none yet).
+pub fn no_database_yet(ctx: &Context, id: i64) -> Error {
+    Error::NotFound(format!(
+        "no job {id}: the daemon has not created its database yet ({}); start it once with `homerd run`",
+        ctx.paths.database.display()
+    ))
+}
+
+/// [`open_for_write`] for a command about job `id` (`cancel`, `retry`): before the
+/// daemon's first start there is no such job ([`no_database_yet`], 66), as `show`, `logs`
+/// and `wait` say.
+pub fn open_for_job_write(ctx: &Context, id: i64) -> Result<Connection> {
+    match schema::inspect(&ctx.paths.database, ctx.config.busy_timeout)? {
+        DbState::Missing => Err(no_database_yet(ctx, id)),
+        _ => open_for_write(ctx),
+    }
+}
+
 /// Opens the database for a CLI write: it must exist and be current (the CLI never creates
 /// or migrates), with `synchronous=FULL` (an acknowledgement is durable).
 pub fn open_for_write(ctx: &Context) -> Result<Connection> {

@@ -132,10 +132,7 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
         )));
     }
     let Some(conn) = context::open_read_only(ctx)? else {
-        return Err(Error::NotFound(format!(
-            "no job {id}: the daemon has not created its database yet ({}); start it once with `homerd run`",
-            ctx.paths.database.display()
-        )));
+        return Err(context::no_database_yet(ctx, id));
     };
     let first = wait::progress(ctx, &conn, id)?;
     if first.kind != "exec" {

@@ -77,10 +77,7 @@ fn not_found(id: i64) -> Error {
 /// `homerd show ID`: the job, its runs and its error history.
 pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     let Some(mut conn) = context::open_read_only(ctx)? else {
-        return Err(Error::NotFound(format!(
-            "no job {id}: the daemon has not created its database yet ({}); start it once with `homerd run`",
-            ctx.paths.database.display()
-        )));
+        return Err(context::no_database_yet(ctx, id));
     };
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     // One read transaction: the job, its runs and its errors from one snapshot (retention
@@ -227,7 +224,7 @@ fn print_job(j: &JobRow) -> Result<()> {
 /// stopped by the daemon that owns it (this waits, bounded, to report the result); a
 /// finished one is left alone (exit 3).
 pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let mut conn = context::open_for_write(ctx)?;
+    let mut conn = context::open_for_job_write(ctx, id)?;
     let db = ctx.paths.database.clone();
     let sql = |e| Error::sqlite(&db, e);
     let report = |result: &str, message: String| {
@@ -289,7 +286,7 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
 
 /// `homerd retry ID`.
 pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let mut conn = context::open_for_write(ctx)?;
+    let mut conn = context::open_for_job_write(ctx, id)?;
     let sql = |e| Error::sqlite(&ctx.paths.database, e);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
     let outcome = ops::retry(&tx, id, ctx.clock.now_ms()).map_err(sql)?;

@@ -110,11 +110,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
         timeout.map(|t| parse_duration(t).map_err(|e| Error::Usage(format!("--timeout: {e}")))).transpose()?;
     let started = Instant::now();
     let Some(conn) = context::open_read_only(ctx)? else {
-        return Err(Error::NotFound(format!(
-            "no job {}: the daemon has not created its database yet ({}); start it once with `homerd run`",
-            ids[0],
-            ctx.paths.database.display()
-        )));
+        return Err(context::no_database_yet(ctx, ids[0]));
     };
     let mut open: BTreeMap<i64, JobProgress> = BTreeMap::new();
     for &id in ids {
