@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, Result};
+
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub home: PathBuf,
@@ -63,4 +65,18 @@ fn default_home() -> PathBuf {
         Some(xdg) if xdg.is_absolute() => xdg.join("homer"),
         _ => user_home.join(".local/share/homer"),
     }
+}
+
+/// Creates `path`, which must not exist, empty and mode 0600, before SQLite writes into it
+/// (an empty file is an empty database): a database or a snapshot holds every job's
+/// arguments, and `cp` keeps the mode when one is restored.
+pub fn create_private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| Error::io("create", path, e))
 }

@@ -68,17 +68,7 @@ pub fn backup(ctx: &Context, dest: &Path, as_json: bool) -> Result<i32> {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
-    // Created 0600 before SQLite writes into it (an empty file is an empty database): a
-    // snapshot holds every job's arguments, and `cp` keeps its mode when it is restored.
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-    }
+    crate::paths::create_private_file(&tmp)?;
     let result = read::backup_to(&conn, &tmp)
         .map_err(|e| Error::sqlite(&tmp, e))
         .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync", &tmp, e)))

@@ -580,15 +580,10 @@ fn random_tokens(n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::sqlite::schema;
     use rusqlite::Connection;
 
     fn db() -> (tempfile::TempDir, Connection) {
-        let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("homer.db");
-        schema::create(&path, &Clock::default()).unwrap();
-        (t, Connection::open(&path).unwrap())
+        crate::sqlite::test_db()
     }
 
     fn job(lane: &str, kind: &str) -> NewJob {

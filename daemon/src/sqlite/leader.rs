@@ -252,13 +252,9 @@ pub fn release(tx: &Transaction<'_>, epoch: i64, clock: &Clock) -> rusqlite::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sqlite::schema;
 
     fn db() -> (tempfile::TempDir, Connection) {
-        let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("homer.db");
-        schema::create(&path, &Clock::default()).unwrap();
-        (t, Connection::open(&path).unwrap())
+        crate::sqlite::test_db()
     }
 
     fn candidate(identity: ProcessIdentity) -> Candidate {

@@ -125,3 +125,13 @@ fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> 
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
+
+/// A migrated database in a temporary directory, for the SQL modules' unit tests.
+#[cfg(test)]
+pub(crate) fn test_db() -> (tempfile::TempDir, rusqlite::Connection) {
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("homer.db");
+    schema::create(&path, &crate::clock::Clock::default()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    (t, conn)
+}

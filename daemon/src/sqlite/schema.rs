@@ -387,16 +387,7 @@ pub fn create(path: &Path, clock: &Clock) -> Result<bool> {
     remove_temp(&tmp);
     let result = (|| {
         crate::powerloss::phase("create");
-        // Created 0600 before SQLite opens it: the queue holds job arguments.
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| Error::io("create", &tmp, e))?;
-        }
+        crate::paths::create_private_file(&tmp)?;
         let mut conn = Connection::open(&tmp).map_err(|e| Error::sqlite(&tmp, e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| Error::sqlite(&tmp, e))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| Error::sqlite(&tmp, e))?;
