@@ -1,11 +1,17 @@
-//! Embeds `../migrations/NNN_name.sql` into the binary, in name order.
+//! Embeds `../migrations/NNN_name.sql` (SQLite) and `../migrations/postgres/NNN_name.sql`
+//! (PostgreSQL) into the binary, each set in name order.
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() {
-    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../migrations");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../migrations");
+    embed(&root, "migrations.rs");
+    embed(&root.join("postgres"), "pg_migrations.rs");
+}
+
+fn embed(dir: &Path, file: &str) {
     println!("cargo:rerun-if-changed={}", dir.display());
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("migrations directory")
         .map(|e| e.unwrap().file_name().into_string().expect("UTF-8 migration name"))
         .filter(|n| n.ends_with(".sql"))
@@ -24,6 +30,6 @@ fn main() {
         writeln!(out, "    ({name:?}, include_str!({:?})),", path.display().to_string()).unwrap();
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("migrations.rs");
+    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(file);
     std::fs::write(dest, out).unwrap();
 }

@@ -115,6 +115,11 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// A PostgreSQL database: `target` is its connection string with any password
+    /// replaced (`crate::postgres::redact`); `code` the exit code the failure maps to.
+    #[error("{target}: {message}")]
+    Postgres { target: String, message: String, code: i32 },
+
     /// The reader closed stdout (`homerd list | head -1`): not a failure. `cli::main`
     /// ends the command quietly with [`exit::OK`] (README "Exit codes"); see `output.rs`.
     #[error("stdout closed by its reader")]
@@ -141,6 +146,35 @@ impl Error {
         Error::Sqlite { path: path.into(), source }
     }
 
+    /// A PostgreSQL failure on `target` (already redacted): the server unreachable or
+    /// gone is "try again later" (75), refused credentials 77, anything else 74.
+    pub fn postgres(target: &str, e: postgres::Error) -> Error {
+        Error::postgres_in(target, "", e)
+    }
+
+    /// [`Error::postgres`], saying what was being done (`what`, may be empty).
+    pub fn postgres_in(target: &str, what: &str, e: postgres::Error) -> Error {
+        use postgres::error::SqlState;
+        let code = match e.code() {
+            Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+                exit::PERMISSION
+            }
+            Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => exit::PERMISSION,
+            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => exit::NOT_FOUND,
+            Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW => exit::IN_USE,
+            Some(_) => exit::IO,
+            // No SQLSTATE: the connection failed or broke (refused, timed out, reset).
+            None => exit::IN_USE,
+        };
+        // The driver's Display for a server error is "db error: ..."; say what the server said.
+        let said = match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        };
+        let message = if what.is_empty() { said } else { format!("{what}: {said}") };
+        Error::Postgres { target: target.to_owned(), message, code }
+    }
+
     pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
         Error::Data { path: path.into(), message: message.into() }
     }
@@ -160,6 +194,7 @@ impl Error {
             Error::Io { source, .. } => io_exit_code(source),
             Error::Sqlite { source, .. } => sqlite_exit_code(source),
             Error::Internal(_) => exit::INTERNAL,
+            Error::Postgres { code, .. } => *code,
             Error::StdoutClosed => exit::OK,
         }
     }

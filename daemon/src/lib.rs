@@ -26,6 +26,7 @@ pub mod output;
 pub mod paths;
 pub mod platform;
 pub mod pool;
+pub mod postgres;
 pub mod powerloss;
 pub mod rlimit;
 pub mod runner;

@@ -5,6 +5,8 @@
 pub mod coordinator;
 pub mod jobstore;
 pub mod memory;
+#[cfg(test)]
+pub mod suite;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,292 @@
+//! The engine's [`JobStore`] on PostgreSQL: every call is one transaction that starts
+//! with [`workers::guard`] (this incarnation unfenced, its row share-locked) and whose
+//! statements ([`jobs`]) match incarnation + token. The suite in `crate::engine::suite`
+//! holds it to the same semantics as the SQLite and in-memory stores.
+//!
+//! A broken connection is reconnected at the next call; the incarnation survives it
+//! unless another worker fenced it meanwhile, in which case every call answers `Fenced`.
+
+use postgres::{Client, Transaction};
+
+use super::jobs::{self, server_now, PgResult};
+use super::{workers, Target};
+use crate::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
+use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, Recovered, WallMs};
+
+/// Which clock the store's times come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreClock {
+    /// The server's (`homer_now_ms()`): what a daemon uses, so no host's clock decides when
+    /// a job is due. Delays the coordinator computes are applied to it.
+    Server,
+    /// The `now` each call is given: the shared store suite's fixed times.
+    Caller,
+}
+
+const RECOVERED_WHY: &str = "orphaned: the daemon running it stopped without recording an outcome";
+const STALE_WHY: &str = "orphaned: its worker was not seen for its stale threshold and was fenced";
+
+pub struct PgStore {
+    client: Client,
+    target: Target,
+    /// This start's name (`workers::Registration::name`): its predecessors share it.
+    name: String,
+    clock: StoreClock,
+}
+
+fn unavailable(e: postgres::Error) -> StoreError {
+    StoreError::Unavailable(match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    })
+}
+
+impl PgStore {
+    pub fn new(client: Client, target: Target, name: String, clock: StoreClock) -> PgStore {
+        PgStore { client, target, name, clock }
+    }
+
+    /// Runs `f` in one transaction guarded on `epoch`, with the store's `now`.
+    fn guarded<R>(
+        &mut self,
+        epoch: Epoch,
+        given: WallMs,
+        f: impl FnOnce(&mut Transaction<'_>, i64) -> PgResult<R>,
+    ) -> StoreResult<R> {
+        if self.client.is_closed() {
+            self.client = self.target.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        let clock = self.clock;
+        let mut tx = self.client.transaction().map_err(unavailable)?;
+        let unguarded = crate::mutant::active(crate::mutant::NO_EPOCH_GUARD);
+        if !unguarded && !workers::guard(&mut tx, epoch).map_err(unavailable)? {
+            return Err(StoreError::Fenced);
+        }
+        let now = match clock {
+            StoreClock::Server => server_now(&mut tx).map_err(unavailable)?,
+            StoreClock::Caller => given.0,
+        };
+        let out = f(&mut tx, now).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(out)
+    }
+
+    /// Enqueues `job` (for tests that drive the store; the CLI has its own path).
+    pub fn enqueue(&mut self, job: &NewJob, now: WallMs) -> StoreResult<JobId> {
+        let clock = self.clock;
+        let mut tx = self.client.transaction().map_err(unavailable)?;
+        let store_now = match clock {
+            StoreClock::Server => server_now(&mut tx).map_err(unavailable)?,
+            StoreClock::Caller => now.0,
+        };
+        let id = jobs::enqueue(&mut tx, job, now, store_now, None).map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(id)
+    }
+
+    /// The worker heartbeat: `seen_at` refreshed on the server's clock. `Fenced` once
+    /// another worker fenced this incarnation.
+    pub fn heartbeat(&mut self, epoch: Epoch) -> StoreResult<()> {
+        self.guarded(epoch, WallMs(0), |tx, _| workers::heartbeat(tx, epoch)).map(|_| ())
+    }
+
+    /// Fences every other incarnation not seen for its stale threshold and recovers its
+    /// running jobs (after `delay_ms`). Nothing is killed: those runs' children are on
+    /// another host (or in another boot) and were stopped by their own daemon before its
+    /// lease ran out.
+    pub fn sweep_stale(&mut self, epoch: Epoch, delay_ms: i64) -> StoreResult<(Vec<i64>, Recovered)> {
+        self.guarded(epoch, WallMs(0), |tx, now| {
+            let stale = workers::stale(tx, epoch)?;
+            if stale.is_empty() {
+                return Ok((stale, Recovered::default()));
+            }
+            workers::fence(tx, &stale, epoch, "not seen for its stale threshold")?;
+            let rec = jobs::recover_orphans(tx, &stale, delay_ms, STALE_WHY, now)?;
+            Ok((stale, rec))
+        })
+    }
+
+    /// A clean exit, once every run was released: nobody waits out this incarnation.
+    pub fn stop(&mut self, epoch: Epoch) -> StoreResult<()> {
+        self.guarded(epoch, WallMs(0), |tx, _| workers::stop(tx, epoch)).map(|_| ())
+    }
+}
+
+/// The incarnations whose jobs startup recovery owns: the predecessors on this home
+/// (same `name`), and then also `epoch` itself (nothing of ours runs yet at startup).
+fn own_and_predecessors(tx: &mut Transaction<'_>, epoch: Epoch, name: &str) -> PgResult<(Vec<i64>, Vec<i64>)> {
+    let before = workers::predecessors(tx, epoch, name)?;
+    let mut all = before.clone();
+    all.push(epoch.0);
+    Ok((before, all))
+}
+
+/// One [`Record`] in the store's transaction.
+fn record_sql(
+    tx: &mut Transaction<'_>,
+    claim: &ClaimRef,
+    what: &Record,
+    given: WallMs,
+    now: i64,
+) -> PgResult<Recorded> {
+    let ended = |o: Option<FailOutcome>| o.map_or(Recorded::NotOwner, Recorded::Ended);
+    Ok(match what {
+        Record::Complete => {
+            if jobs::complete(tx, claim, now)? {
+                Recorded::Completed
+            } else {
+                Recorded::NotOwner
+            }
+        }
+        Record::Fail { error, retryable, retry_at } => {
+            ended(jobs::fail(tx, claim, error, *retryable, *retry_at - given, now)?)
+        }
+        Record::Release { max_interruptions } => ended(jobs::release(tx, claim, *max_interruptions, now)?),
+        Record::Abandon { reason } => ended(jobs::abandon(tx, claim, reason, now)?),
+        Record::Cancel => {
+            if jobs::cancel_running(tx, claim, now)? {
+                Recorded::Ended(FailOutcome::Cancelled)
+            } else {
+                Recorded::NotOwner
+            }
+        }
+        Record::Requeue { reason, retry_at } => {
+            ended(jobs::requeue_unstarted(tx, claim, reason, *retry_at - given, now)?)
+        }
+    })
+}
+
+impl JobStore for PgStore {
+    fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
+        self.guarded(epoch, now, |tx, now| jobs::claim(tx, epoch, worker, limits, now))
+    }
+
+    fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
+        // A renewal is also the worker's heartbeat: whoever judges this worker stale
+        // judges it by the last renewal that reached the server.
+        self.guarded(epoch, now, |tx, now| {
+            workers::heartbeat(tx, epoch)?;
+            jobs::renew(tx, epoch, held, now)
+        })
+    }
+
+    fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
+        self.guarded(claim.epoch, WallMs(0), |tx, _| jobs::record_child(tx, claim, child))
+    }
+
+    fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
+        let Some((first, _)) = items.first() else { return Vec::new() };
+        // Every run that ended together, in one transaction (one commit); each item is
+        // guarded on its own claim. A daemon's items all share its incarnation.
+        let epoch = first.epoch;
+        if items.iter().any(|(c, _)| c.epoch != epoch) {
+            return items.iter().map(|_| Err(StoreError::Unavailable("mixed incarnations".into()))).collect();
+        }
+        match self.guarded(epoch, now, |tx, store_now| {
+            items.iter().map(|(claim, what)| record_sql(tx, claim, what, now, store_now)).collect::<PgResult<Vec<_>>>()
+        }) {
+            Ok(done) => done.into_iter().map(Ok).collect(),
+            Err(e) => items.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
+        let name = self.name.clone();
+        self.guarded(epoch, WallMs(0), |tx, _| {
+            let (_, all) = own_and_predecessors(tx, epoch, &name)?;
+            jobs::orphan_children(tx, &all)
+        })
+    }
+
+    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
+        let name = self.name.clone();
+        self.guarded(epoch, now, |tx, store_now| {
+            let (before, all) = own_and_predecessors(tx, epoch, &name)?;
+            if !before.is_empty() {
+                workers::fence(tx, &before, epoch, "replaced by a new start on the same home")?;
+            }
+            if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
+                return Ok(Recovered::default());
+            }
+            jobs::recover_orphans(tx, &all, retry_at - now, RECOVERED_WHY, store_now)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::engine::suite::{suite, Harness, E1};
+
+    /// Fresh databases on one throwaway server, one per store the suite makes.
+    struct Pg {
+        /// The server's URL up to the database name.
+        base: String,
+        made: Cell<u32>,
+    }
+
+    impl Pg {
+        fn url(&self, db: &str) -> String {
+            format!("{}/{db}", self.base)
+        }
+
+        fn newest(&self) -> Client {
+            Target::parse(&self.url(&format!("suite_{}", self.made.get())), std::time::Duration::from_secs(10))
+                .unwrap()
+                .connect()
+                .unwrap()
+        }
+    }
+
+    impl Harness for Pg {
+        type S = PgStore;
+        fn make(&self) -> PgStore {
+            self.made.set(self.made.get() + 1);
+            let db = format!("suite_{}", self.made.get());
+            let timeout = std::time::Duration::from_secs(10);
+            let mut admin = Target::parse(&self.url("postgres"), timeout).unwrap().connect().unwrap();
+            admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+            let target = Target::parse(&self.url(&db), timeout).unwrap();
+            let mut client = target.connect().unwrap();
+            super::super::schema::migrate(&mut client, &target.shown).unwrap();
+            let me = workers::Registration {
+                name: "suite".into(),
+                identity: crate::identity::current().unwrap(),
+                stale_ms: 1000,
+            };
+            assert_eq!(workers::register(&mut client, &me).unwrap(), E1, "a fresh database's first incarnation");
+            PgStore::new(client, target, me.name, StoreClock::Caller)
+        }
+        fn enqueue(&self, s: &mut PgStore, job: &NewJob) -> JobId {
+            s.enqueue(job, WallMs(0)).unwrap()
+        }
+        fn bump(&self, _s: &mut PgStore) {
+            // Another worker fences incarnation 1.
+            let mut c = self.newest();
+            let other = workers::Registration {
+                name: "other".into(),
+                identity: crate::identity::current().unwrap(),
+                stale_ms: 1000,
+            };
+            let two = workers::register(&mut c, &other).unwrap();
+            let mut tx = c.transaction().unwrap();
+            assert_eq!(workers::fence(&mut tx, &[E1.0], two, "test").unwrap(), vec![E1.0]);
+            tx.commit().unwrap();
+        }
+        fn request_cancel(&self, _s: &mut PgStore, id: JobId) {
+            let n = self
+                .newest()
+                .execute("UPDATE job_queue SET cancel_requested_at = 5 WHERE id = $1 AND status = 'running'", &[&id.0])
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+
+    #[test]
+    fn postgres_store_passes_the_suite() {
+        let base = std::env::var("HOMER_TEST_PG_BASE").expect("HOMER_TEST_PG_BASE");
+        suite(&Pg { base, made: Cell::new(0) });
+    }
+}

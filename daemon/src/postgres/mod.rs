@@ -1,0 +1,122 @@
+//! The PostgreSQL backend: many daemons, on any number of hosts, share one queue.
+//!
+//! - [`schema`]: numbered, checksummed migrations under an advisory lock.
+//! - [`workers`]: worker rows — incarnations, heartbeats on the server's clock, fencing.
+//! - [`jobs`]: the queue's statements (claims with `FOR UPDATE SKIP LOCKED`).
+//! - [`jobstore`]: [`jobstore::PgStore`], the engine's `JobStore` over them.
+//!
+//! Architecture invariant, as for `crate::sqlite`: no other module sends SQL to
+//! PostgreSQL, and every write of a daemon starts with [`workers::guard`].
+//!
+//! Connection strings are secrets (they may carry a password): everything that shows or
+//! logs one goes through [`redact`].
+
+pub mod jobs;
+pub mod jobstore;
+pub mod schema;
+pub mod workers;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+use crate::error::{Error, Result};
+
+/// Whether `database` names a PostgreSQL database (a `postgres://` or `postgresql://` URL).
+pub fn is_url(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
+/// `url` with any password replaced by `***`, fit for logs, errors and `status`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    // userinfo ends at the last '@' before the path; a password may itself hold '@'.
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut out = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{userinfo}@{host}"),
+        },
+        None => format!("{scheme}://{authority}"),
+    };
+    // A `password=` query parameter is a password too.
+    let mut query_sep = '?';
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    out.push_str(path);
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        out.push(query_sep);
+        query_sep = '&';
+        match param.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => out.push_str(&format!("{k}=***")),
+            _ => out.push_str(param),
+        }
+    }
+    out
+}
+
+/// How a daemon or command connects: the parsed URL with homerd's timeouts.
+#[derive(Clone)]
+pub struct Target {
+    pub config: postgres::Config,
+    /// The URL as shown to people: password replaced.
+    pub shown: String,
+}
+
+impl Target {
+    /// Parses `url`; `timeout` bounds connecting, each statement and lock wait, and how long
+    /// unacknowledged data may sit on a TCP connection (a partition is noticed within it).
+    pub fn parse(url: &str, timeout: Duration) -> Result<Target> {
+        let shown = redact(url);
+        let mut config = postgres::Config::from_str(url)
+            .map_err(|e| Error::Usage(format!("{shown}: not a PostgreSQL connection URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(timeout);
+        }
+        let ms = timeout.as_millis().max(1);
+        config
+            .application_name("homerd")
+            .tcp_user_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(1))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .options(&format!(
+                "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
+                ms * 4
+            ));
+        Ok(Target { config, shown })
+    }
+
+    pub fn connect(&self) -> Result<Client> {
+        self.config.connect(NoTls).map_err(|e| Error::postgres_in(&self.shown, "connect", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_every_password() {
+        let cases = [
+            ("postgres://u:secret@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgresql://u:p@ss@h/db?sslmode=disable", "postgresql://u:***@h/db?sslmode=disable"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://h/db?user=u&password=secret&x=1", "postgres://h/db?user=u&password=***&x=1"),
+            ("postgres://h", "postgres://h"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact(url), want, "{url}");
+            assert!(!redact(url).contains("secret"));
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_a_usage_error_without_the_password() {
+        let e = Target::parse("postgres://u:secret@h:notaport/db", Duration::from_secs(1)).err().unwrap();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+}
