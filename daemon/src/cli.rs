@@ -32,6 +32,10 @@ pub struct Cli {
     /// TOML configuration file (default: <home>/homerd.toml if present)
     #[arg(long, global = true, env = "HOMER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The queue: a postgres:// URL shared by many daemons, or `sqlite` (the default:
+    /// <home>/homer.db). Same as the `database` setting and HOMER_DATABASE
+    #[arg(long, global = true, value_name = "URL", hide_env_values = true)]
+    pub database: Option<String>,
     /// Override one configuration key (repeatable), e.g. --set heartbeat_interval=2s
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -399,7 +403,10 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
     let passed =
         service::Passed { lock_file: cli.lock_file.is_some(), config: cli.config.clone(), sets: cli.set.clone() };
     let (flag, shift) = (cli.log_level, i32::from(cli.verbose) - i32::from(cli.quiet));
-    let ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
+    let mut ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
+    if let Some(url) = &cli.database {
+        ctx.config.set("database", url, "--database")?;
+    }
     events::set_level(flag.unwrap_or_else(|| ctx.config.log_level.shifted(shift)));
     match cli.command {
         Command::Run => run::run(ctx),

@@ -49,6 +49,10 @@ pub struct Config {
     pub durability: Durability,
     /// The least severe event level emitted (`-v`, `-q` and `--log-level` override it).
     pub log_level: Level,
+    /// `None`: the SQLite database in the home (`<home>/homer.db`). `Some(url)`: a
+    /// PostgreSQL queue many daemons share (`postgres://…`). A secret: shown only through
+    /// `crate::postgres::redact`.
+    pub database: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +77,7 @@ impl Default for Config {
             migrate_wait: Duration::from_secs(300),
             durability: Durability::Normal,
             log_level: Level::Info,
+            database: None,
         }
     }
 }
@@ -97,6 +102,7 @@ pub const KEYS: &[&str] = &[
     "migrate_wait",
     "durability",
     "log_level",
+    "database",
 ];
 
 /// Where the configuration comes from (for the CLI).
@@ -260,6 +266,19 @@ impl Config {
                 self.log_level = Level::parse(value).ok_or_else(|| {
                     cfg_err(source, key, &format!("expected `debug`, `info`, `warn` or `error`, got `{value}`"))
                 })?
+            }
+            "database" => {
+                // Never echo the value: a connection URL may carry a password.
+                self.database =
+                    match value {
+                        "" | "sqlite" => None,
+                        url if crate::postgres::is_url(url) => Some(url.to_owned()),
+                        _ => return Err(cfg_err(
+                            source,
+                            key,
+                            "expected a postgres:// (or postgresql://) URL, or `sqlite` for the database in the home",
+                        )),
+                    }
             }
             _ => {
                 let hint = KEYS
