@@ -11,6 +11,7 @@
 //! Connection strings are secrets (they may carry a password): everything that shows or
 //! logs one goes through [`redact`].
 
+pub mod daemon;
 pub mod jobs;
 pub mod jobstore;
 pub mod schema;
