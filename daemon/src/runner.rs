@@ -670,6 +670,9 @@ impl JobContext {
             (String::from("HOMER_ATTEMPT"), job.attempt.to_string()),
             (String::from("HOMER_RUN"), job.run.to_string()),
             (String::from("HOMER_CLAIM_TOKEN"), job.token.clone()),
+            // The claim's epoch (on PostgreSQL, the worker's incarnation): with the token,
+            // what a job needs to fence its own effects against a stale run of itself.
+            (String::from("HOMER_EPOCH"), self.coord.epoch.to_string()),
             // The daemon's resolved paths, so a job's own `homerd enqueue` reaches the
             // same database whether the daemon got them from flags or the environment.
             (String::from("HOMER_HOME"), self.paths.home.display().to_string()),
