@@ -15,6 +15,8 @@ pub mod daemon;
 pub mod jobs;
 pub mod jobstore;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 pub mod workers;
 
 use std::str::FromStr;
