@@ -19,12 +19,16 @@
 
 mod homerd;
 mod lines;
+mod postgres;
 mod proc;
 mod stat;
 mod time;
 
 pub use homerd::{homerd_command, scrub_homer_env};
 pub use lines::{read_lines, Events, Injector, Line, LineSink, Parse, Stream, WaitError};
-pub use proc::{run, Exit, Finished, Pipes, Proc};
+pub use postgres::{
+    available as pg_available, DirectSpawner, PgOptions, PgServer, Spawner, StopMode, BIN_DIR_VAR as PG_BIN_DIR_VAR,
+};
+pub use proc::{run, run_spawned, Exit, Finished, Pipes, Proc};
 pub use stat::{alive, all_stats, group_alive, stat, Stat};
 pub use time::{deadline, scaled, time_scale, TIME_SCALE_VAR};
