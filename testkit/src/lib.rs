@@ -3,7 +3,8 @@
 //! output ([`Proc::spawn`]), read its output a line at a time on threads, JSON events
 //! parsed as they arrive ([`Events`], or any [`LineSink`]), wait for an event with a
 //! deadline ([`Events::wait_for`], never a sleep), wait for the exit with a bound
-//! ([`Proc::wait_exit`]), and kill the group and reap the child on drop.
+//! ([`Proc::wait_exit`]), and kill the group and reap the child on drop. Also a throwaway
+//! PostgreSQL server for the PostgreSQL backend's tests ([`PgServer`], in [`postgres`]).
 //!
 //! Invariants:
 //! - a pid is signalled only while it is still ours: the child is watched without being
@@ -19,7 +20,7 @@
 
 mod homerd;
 mod lines;
-mod postgres;
+pub mod postgres;
 mod proc;
 mod stat;
 mod time;
