@@ -501,7 +501,12 @@ pub fn available() -> Result<PathBuf, String> {
 }
 
 fn available_with(spawner: &dyn Spawner) -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os(BIN_DIR_VAR).filter(|v| !v.is_empty()) {
+    find_bin_dir(std::env::var_os(BIN_DIR_VAR), spawner)
+}
+
+/// [`available`], with `HOMER_PG_BINDIR`'s value passed in (empty counts as unset).
+fn find_bin_dir(named: Option<std::ffi::OsString>, spawner: &dyn Spawner) -> Result<PathBuf, String> {
+    if let Some(dir) = named.filter(|v| !v.is_empty()) {
         return check_bin_dir(Path::new(&dir), BIN_DIR_VAR);
     }
     let mut candidates = Vec::new();
@@ -690,13 +695,22 @@ mod tests {
     }
 
     #[test]
-    fn a_bin_dir_missing_a_binary_is_named_with_what_to_do() {
+    fn a_bin_dir_variable_naming_a_dir_without_the_binaries_is_an_error_saying_what_to_do() {
         let empty = std::env::temp_dir().join(format!("homer-pg-empty-{}", std::process::id()));
         fs::create_dir_all(&empty).unwrap();
-        let err = check_bin_dir(&empty, BIN_DIR_VAR).unwrap_err();
+        let err = find_bin_dir(Some(empty.clone().into_os_string()), &DirectSpawner).unwrap_err();
         let _ = fs::remove_dir_all(&empty);
         assert!(err.starts_with("PostgreSQL server binaries not found"), "{err}");
-        assert!(err.contains(BIN_DIR_VAR) && err.contains(&empty.display().to_string()), "{err}");
+        assert!(err.contains(&format!("{BIN_DIR_VAR} names {}", empty.display())), "{err}");
         assert!(err.contains("no initdb") && err.contains("apt-get install postgresql"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_bin_dir_variable_is_unset_and_the_search_finds_what_the_variable_would_name() {
+        // This machine (and CI, through .ci/postgres-binaries) has the binaries.
+        let found = find_bin_dir(Some(std::ffi::OsString::new()), &DirectSpawner).unwrap();
+        assert!(missing_binary(&found).is_none(), "{}", found.display());
+        let named = find_bin_dir(Some(found.clone().into_os_string()), &DirectSpawner).unwrap();
+        assert_eq!(named, found);
     }
 }

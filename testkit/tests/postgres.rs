@@ -68,7 +68,8 @@ fn cluster_state(data: &Path) -> String {
 fn a_server_answers_over_tcp_and_the_socket_as_homer_and_a_fast_stop_shuts_it_down() {
     let parent = Scratch::new("answers");
     let mut pg = PgServer::start(&parent.0).unwrap();
-    assert!(pg.data_dir().starts_with(&parent.0), "{} under {}", pg.data_dir().display(), parent.0.display());
+    let under = parent.0.canonicalize().unwrap();
+    assert!(pg.data_dir().starts_with(&under), "{} under {}", pg.data_dir().display(), under.display());
     assert_eq!(pg.psql("select 1").unwrap(), "1\n");
     assert_eq!(pg.url(), format!("postgres://homer@127.0.0.1:{}/homer", pg.port()));
     for url in [pg.url(), pg.socket_url()] {
@@ -199,6 +200,20 @@ fn a_failed_initdb_is_reported_and_its_directory_removed() {
     assert!(err.starts_with("initdb for ") && err.contains("initdb: the disk is on fire"), "{err}");
     assert!(err.contains("exit 1"), "{err}");
     assert!(parent.entries().is_empty(), "{:?}", parent.entries());
+}
+
+#[test]
+fn a_parent_too_deep_for_a_socket_path_gets_its_socket_under_tmp() {
+    let parent = Scratch::new("deep");
+    let deep = parent.0.join("d".repeat(60)).join("e".repeat(40));
+    std::fs::create_dir_all(&deep).unwrap();
+    let pg = PgServer::start(&deep).unwrap();
+    let socket_dir = pg.socket_dir().to_path_buf();
+    assert!(pg.data_dir().starts_with(deep.canonicalize().unwrap()), "{}", pg.data_dir().display());
+    assert!(socket_dir.to_string_lossy().starts_with("/tmp/homer-pgs-"), "{}", socket_dir.display());
+    assert_eq!(psql_url(&pg.socket_url(), "select current_database()").unwrap(), "homer\n");
+    drop(pg);
+    assert!(!socket_dir.exists(), "{} outlived the drop", socket_dir.display());
 }
 
 #[test]
