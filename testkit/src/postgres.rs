@@ -249,18 +249,24 @@ impl PgServer {
             .open(&conf)
             .and_then(|mut f| io::Write::write_all(&mut f, settings.as_bytes()))
             .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+        self.start_on_a_free_port(free_port)?;
+        self.psql_in("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
+        Ok(())
+    }
+
+    /// Starts the postmaster on a port from `pick`, again on the next one (up to
+    /// [`PORT_ATTEMPTS`] in all) when another process took it first.
+    fn start_on_a_free_port(&mut self, mut pick: impl FnMut() -> Result<u16, String>) -> Result<(), String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            self.port = free_port()?;
+            self.port = pick()?;
             match self.spawn_and_wait() {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err(StartError::PortTaken(_)) if attempt < PORT_ATTEMPTS => continue,
                 Err(StartError::PortTaken(e) | StartError::Other(e)) => return Err(e),
             }
         }
-        self.psql_in("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
-        Ok(())
     }
 
     /// `postgres://homer@127.0.0.1:PORT/homer` (trust authentication: no password).
@@ -655,6 +661,30 @@ fn url_encode(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_someone_else_took_is_left_for_the_next_free_one() {
+        let parent = std::env::temp_dir().join(format!("homer-pg-port-{}", std::process::id()));
+        fs::create_dir_all(&parent).unwrap();
+        let mut pg = PgServer::start(&parent).unwrap();
+        pg.stop_fast().unwrap();
+        // Held by another process in effect: a listener of ours on the server's port.
+        let holder = std::net::TcpListener::bind(("127.0.0.1", pg.port())).unwrap();
+        let taken = pg.port();
+        let mut picks = vec![taken, taken];
+        let result = pg.start_on_a_free_port(|| picks.pop().map_or_else(free_port, Ok));
+        let (port, answer) = (pg.port(), pg.psql("select 1"));
+        // And with every attempt on the taken port, the error says why.
+        pg.stop_fast().unwrap();
+        let err = pg.start_on_a_free_port(|| Ok(taken)).unwrap_err();
+        drop(holder);
+        drop(pg);
+        let _ = fs::remove_dir_all(&parent);
+        result.unwrap();
+        assert_ne!(port, taken);
+        assert_eq!(answer.unwrap(), "1\n");
+        assert!(err.contains("exited during startup") && err.contains("Address already in use"), "{err}");
+    }
 
     #[test]
     fn a_path_is_percent_encoded_in_a_url_except_unreserved_and_slashes() {
