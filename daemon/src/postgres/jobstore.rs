@@ -71,6 +71,12 @@ impl PgStore {
         Ok(out)
     }
 
+    /// The store's connection (tests set session options through it).
+    #[cfg(test)]
+    pub(crate) fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// Enqueues `job` (for tests that drive the store; the CLI has its own path).
     pub fn enqueue(&mut self, job: &NewJob, now: WallMs) -> StoreResult<JobId> {
         let clock = self.clock;
