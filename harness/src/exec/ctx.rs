@@ -240,6 +240,14 @@ pub(crate) struct Ctx<'a> {
     pub(crate) step_records: Vec<StepRecord>,
     /// What the last failing invariant check found (the timeline highlights it).
     pub(crate) violations: Vec<Violation>,
+    /// The throwaway PostgreSQL server of a run on that backend (started by `setup`,
+    /// stopped at teardown on every path out).
+    pub(crate) pg: Option<homer_testkit::PgServer>,
+    /// Its URL, given to every homerd as `HOMER_DATABASE`; kept after the server stops.
+    pub(crate) pg_url: Option<String>,
+    /// The PostgreSQL database as read just before the server stopped: what a history
+    /// taken after teardown (the timeline) reads.
+    pub(crate) pg_final: Option<DbState>,
 }
 
 impl<'a> Ctx<'a> {
@@ -264,6 +272,9 @@ impl<'a> Ctx<'a> {
             mono_origin_ns: crate::probe::mono_ns().saturating_sub(start.elapsed().as_nanos() as u64),
             step_records: Vec::new(),
             violations: Vec::new(),
+            pg: None,
+            pg_url: None,
+            pg_final: None,
         }
     }
 }
@@ -373,10 +384,33 @@ impl Ctx<'_> {
         env: &[(String, String)],
         unprivileged: bool,
     ) -> Command {
+        self.homerd_in(&self.home(), args, with_settings, env, unprivileged)
+    }
+
+    /// A named home of its own (`start`'s `home = "b"`): `<sandbox>/homes/b`, another
+    /// "host" sharing the run's database on PostgreSQL (on SQLite: its own database).
+    pub(crate) fn named_home(&self, name: &str) -> PathBuf {
+        self.sandbox.join("homes").join(name)
+    }
+
+    /// [`Ctx::homerd`] with `home` as `HOMER_HOME`.
+    pub(crate) fn homerd_in(
+        &self,
+        home: &Path,
+        args: &[String],
+        with_settings: bool,
+        env: &[(String, String)],
+        unprivileged: bool,
+    ) -> Command {
         // HOME and the XDG directories point into the sandbox, so nothing of the user's
         // (an installed service unit, a config) leaks into a scenario.
-        let mut cmd = homer_testkit::homerd_command(&self.daemon_bin, &self.sandbox, &self.home(), &[]);
+        let mut cmd = homer_testkit::homerd_command(&self.daemon_bin, &self.sandbox, home, &[]);
         cmd.env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file());
+        if let Some(url) = &self.pg_url {
+            // The `database` setting, from the environment: every daemon and CLI call of
+            // a run on PostgreSQL shares the run's server.
+            cmd.env("HOMER_DATABASE", url);
+        }
         if let Some(m) = &self.opts.mutant {
             cmd.env("HOMERD_MUTANT", m);
         }
@@ -521,8 +555,68 @@ impl Ctx<'_> {
         }
     }
 
+    /// Runs a query on the run's database: the home's SQLite file, or on PostgreSQL the
+    /// run's server (read-only transaction).
     pub(crate) fn query(&self, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
-        self.query_at(&self.db(), sql)
+        match &self.pg_url {
+            Some(url) => self.query_postgres(url, sql),
+            None => self.query_at(&self.db(), sql),
+        }
+    }
+
+    /// Whether the run's database does not exist yet (no file; on PostgreSQL no
+    /// `job_queue` table, before the first daemon's migrations): a `wait = "sql"` keeps
+    /// waiting then rather than failing.
+    pub(crate) fn database_absent(&self) -> bool {
+        match &self.pg_url {
+            Some(url) => {
+                !matches!(self.query_postgres(url, "SELECT to_regclass('job_queue') IS NOT NULL").as_deref(), Ok([row]) if row == &[Scalar::Int(1)])
+            }
+            None => !self.db().exists(),
+        }
+    }
+
+    /// A query on PostgreSQL, values as a SQLite query would give them: integers of any
+    /// width and integral `numeric`s (`sum` of a `bigint`) as `Int`, booleans as 0/1 (SQLite
+    /// has no boolean), other numbers as `Float`, everything else as its text.
+    fn query_postgres(&self, url: &str, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
+        use postgres::types::Type;
+        let err = |e: postgres::Error| StepError {
+            expected: format!("the query `{sql}` to run on {}", crate::history::redact(url)),
+            actual: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+        };
+        let timeout = self.scaled(Duration::from_secs(10));
+        let mut config: postgres::Config = url.parse().map_err(err)?;
+        config.connect_timeout(timeout);
+        let mut client = config.connect(postgres::NoTls).map_err(err)?;
+        let mut tx = client.build_transaction().read_only(true).start().map_err(err)?;
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1))).map_err(err)?;
+        let types: Vec<Type> = tx.prepare(sql).map_err(err)?.columns().iter().map(|c| c.type_().clone()).collect();
+        let mut rows = Vec::new();
+        for msg in tx.simple_query(sql).map_err(err)? {
+            let postgres::SimpleQueryMessage::Row(row) = msg else { continue };
+            let mut out = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                let ty = types.get(i).cloned().unwrap_or(Type::TEXT);
+                out.push(match row.get(i) {
+                    None => Scalar::Null,
+                    Some(v) if [Type::INT2, Type::INT4, Type::INT8, Type::OID].contains(&ty) => {
+                        v.parse().map(Scalar::Int).unwrap_or_else(|_| Scalar::Text(v.to_string()))
+                    }
+                    Some(v) if ty == Type::BOOL => Scalar::Int(i64::from(v == "t")),
+                    Some(v) if ty == Type::NUMERIC && !v.contains(['.', 'e', 'E']) => {
+                        v.parse().map(Scalar::Int).unwrap_or_else(|_| Scalar::Text(v.to_string()))
+                    }
+                    Some(v) if [Type::FLOAT4, Type::FLOAT8, Type::NUMERIC].contains(&ty) => {
+                        v.parse().map(Scalar::Float).unwrap_or_else(|_| Scalar::Text(v.to_string()))
+                    }
+                    Some(v) => Scalar::Text(v.to_string()),
+                });
+            }
+            rows.push(out);
+        }
+        tx.rollback().map_err(err)?;
+        Ok(rows)
     }
 
     pub(crate) fn query_at(&self, db: &Path, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
@@ -567,7 +661,13 @@ impl Ctx<'_> {
     pub(crate) fn history(&self, with_db: bool) -> Result<History, StepError> {
         let effects =
             self.effects().map_err(|e| StepError { expected: String::from("a readable effects log"), actual: e })?;
-        let db = if with_db && self.db().exists() { DbState::read(&self.db()).ok() } else { None };
+        let db = match (&self.pg_url, &self.pg) {
+            _ if !with_db => None,
+            (None, _) => self.db().exists().then(|| DbState::read(&self.db()).ok()).flatten(),
+            (Some(url), Some(_)) => DbState::read_postgres(url, self.scaled(Duration::from_secs(10))).ok(),
+            // The server is gone (teardown): the snapshot taken just before it stopped.
+            (Some(_), None) => self.pg_final.clone(),
+        };
         let st = self.shared.lock();
         let start = self.shared.start;
         let procs = st
@@ -601,10 +701,11 @@ impl Ctx<'_> {
     pub(crate) fn check(&mut self, opts: &CheckOptions, explicit: bool) -> Result<(), StepError> {
         let h = self.history(true)?;
         if explicit && h.db.is_none() {
-            return fail(
-                "a readable homerd database to check",
-                format!("{} unreadable or absent", self.db().display()),
-            );
+            let which = match &self.pg_url {
+                Some(url) => format!("the queue at {}", crate::history::redact(url)),
+                None => self.db().display().to_string(),
+            };
+            return fail("a readable homerd database to check", format!("{which} unreadable or absent"));
         }
         let violations = check::check_all(&h, opts);
         if violations.is_empty() {
@@ -653,6 +754,36 @@ impl Ctx<'_> {
             last.push_str(" -> ");
             last.push_str(&note);
         }
+    }
+
+    /// Starts the run's PostgreSQL server in the sandbox, its processes under the run's
+    /// marker (`procs::PgSpawner`: the survivors check covers them).
+    pub(crate) fn start_postgres(&mut self) -> Result<(), String> {
+        let opts = homer_testkit::PgOptions {
+            spawner: std::sync::Arc::new(procs::PgSpawner { marker: self.marker.clone() }),
+            ..Default::default()
+        };
+        let pg = homer_testkit::PgServer::start_with(&self.sandbox, &opts)
+            .map_err(|e| format!("start the run's PostgreSQL server: {e}"))?;
+        self.step_log.push(format!("postgres: {} (log {})", pg.url(), pg.log_path().display()));
+        self.pg_url = Some(pg.url());
+        self.pg = Some(pg);
+        Ok(())
+    }
+
+    /// Stops the run's PostgreSQL server, if it runs, after a last read of the queue for
+    /// what comes after teardown (the timeline). The drop copies the server's log into the
+    /// sandbox when the server lived outside it. Returns what failed.
+    pub(crate) fn stop_postgres(&mut self) -> Vec<String> {
+        let Some(url) = self.pg_url.clone() else { return Vec::new() };
+        if self.pg.is_none() {
+            return Vec::new();
+        }
+        self.pg_final = DbState::read_postgres(&url, self.scaled(Duration::from_secs(10))).ok();
+        let mut pg = self.pg.take().expect("checked above");
+        let result = pg.stop(homer_testkit::StopMode::Fast);
+        drop(pg);
+        result.err().into_iter().collect()
     }
 
     /// Unmount the tmpfs home, if the scenario has one (every process is dead by now).

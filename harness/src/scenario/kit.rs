@@ -161,6 +161,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) power_loss: bool,
     /// Labels of `op = "remember"` steps so far.
     pub(crate) labels: Vec<String>,
+    /// `[settings] backends` includes `postgres` (steps that act on the SQLite file are refused).
+    pub(crate) postgres: bool,
 }
 
 impl Cx<'_> {
