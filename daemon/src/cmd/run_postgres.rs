@@ -163,7 +163,8 @@ async fn supervise(
             }
             _ = heartbeat.tick() => {
                 let asked_at = crate::clock::mono();
-                match with_pg(&coord, move |p| p.heartbeat(epoch)).await {
+                let host_now = ctx.clock.now();
+                match with_pg(&coord, move |p| p.heartbeat(epoch, host_now)).await {
                     Ok(()) => {
                         last_refresh = Instant::now();
                         coord.note_leader_refresh(asked_at);
@@ -172,7 +173,7 @@ async fn supervise(
                             standing_down = false;
                             events::info("daemon.resumed", "Worker row refreshed again: resuming").emit();
                         }
-                        match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay)).await {
+                        match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay, host_now)).await {
                             Ok((fenced, rec)) if !fenced.is_empty() => {
                                 events::warn("workers.fenced", "Fenced workers not seen for their stale threshold; their jobs were recovered")
                                     .field("incarnations", fenced)

@@ -117,12 +117,19 @@ pub fn claim(
          ORDER BY h.run_after, h.id",
         &[&now],
     )?;
-    let pick = "SELECT id FROM job_queue WHERE status = 'pending' AND lane = $1 AND run_after <= $2
-                  AND cancel_requested_at IS NULL ORDER BY run_after, id LIMIT $3 FOR UPDATE SKIP LOCKED";
+    let unlocked = crate::mutant::active(crate::mutant::PG_NO_SKIP_LOCKED);
+    let pick = if unlocked {
+        // Mutant: the rows are read without locking, and taken by the UPDATE below.
+        "SELECT id FROM job_queue WHERE status = 'pending' AND lane = $1 AND run_after <= $2
+           AND cancel_requested_at IS NULL ORDER BY run_after, id LIMIT $3 FOR UPDATE"
+    } else {
+        "SELECT id FROM job_queue WHERE status = 'pending' AND lane = $1 AND run_after <= $2
+           AND cancel_requested_at IS NULL ORDER BY run_after, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+    };
     let mut queues: Vec<std::collections::VecDeque<i64>> = Vec::new();
     for head in &heads {
         let lane: String = head.get(0);
-        if !tx.query_one(LANE_LOCK, &[&lane])?.get::<_, bool>(0) {
+        if !unlocked && !tx.query_one(LANE_LOCK, &[&lane])?.get::<_, bool>(0) {
             continue;
         }
         let running: i64 =
