@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
-    let mut args: Vec<&str> = FAST.to_vec();
-    args.extend_from_slice(extra);
-    let mut d = sb.start(&args);
-    d.wait_event("daemon.active");
-    d
-}
-
 /// failure mode 1: a second start exits 0 at once with the message and the holder's PID,
 /// and changes nothing: not a byte of the lock file, not a line of the log.
 #[test]
@@ -377,22 +369,10 @@ fn kill_9_mid_migration_leaves_no_half_applied_file() {
     let conn = sql(&sb.db());
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 3, "the interrupted file must not be recorded");
-    let cols: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('job_queue')")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let cols: Vec<String> = query_rows(&conn, "SELECT name FROM pragma_table_info('job_queue')", [], |r| r.get(0));
     assert!(!cols.iter().any(|c| c == "locked_by"), "half-applied 004: {cols:?}");
     drop(conn);
-    let out = sb.run(&["migrate"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        out.stdout.contains(&format!("applied {} migration(s)", homerd::sqlite::schema::MIGRATIONS.len() - 3)),
-        "{}",
-        out.stdout
-    );
+    sb.migrate_applies(homerd::sqlite::schema::MIGRATIONS.len() - 3);
 }
 
 /// The daemon keeps refreshing the leader row while idle (seen_at moves).
@@ -467,13 +447,7 @@ fn crash_before_the_epoch_bump_changes_nothing() {
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 
     let mut crashed = sb.start_with(FAST, &[("HOMERD_FAILPOINTS", "epoch.before_bump=abort")]);
-    let status = crashed.wait_exit();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL),
-        "expected death at the failpoint, got {status:?}:\n{}",
-        crashed.dump()
-    );
+    wait_killed_at_failpoint(&mut crashed);
     assert!(!crashed.has_event("daemon.active"), "{}", crashed.dump());
     let st = status_json(&sb);
     assert_eq!(st["daemon"]["epoch"], 1, "an uncommitted bump changed the epoch: {st}");
@@ -496,13 +470,7 @@ fn crash_during_shutdown_is_recovered_by_the_next_start() {
     let a_pid = a.pid();
     a.signal(libc::SIGTERM);
     a.wait_event("shutdown.begin");
-    let status = a.wait_exit();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL),
-        "expected death at the failpoint, got {status:?}:\n{}",
-        a.dump()
-    );
+    wait_killed_at_failpoint(&mut a);
     assert!(!a.has_event("lock.released"), "{}", a.dump());
 
     let st = status_json(&sb);
@@ -639,4 +607,15 @@ fn a_cli_close_never_deletes_the_wal_of_a_running_daemon() {
     }
     assert_eq!(sb.run(&["status"]).code, Some(0));
     assert!(wal.exists(), "status deleted the daemon's -wal");
+}
+
+/// Waits for `d`'s exit and checks an `abort` failpoint killed it (SIGKILL).
+fn wait_killed_at_failpoint(d: &mut Daemon) {
+    let status = d.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "expected death at the failpoint, got {status:?}:\n{}",
+        d.dump()
+    );
 }

@@ -90,16 +90,7 @@ const STALE: i64 = 1000;
 fn jobs(n: usize) -> MemoryStore {
     let mut store = MemoryStore::new(Epoch(1));
     for _ in 0..n {
-        let job = NewJob {
-            kind: "exec".into(),
-            args: vec![],
-            lane: "l".into(),
-            max_attempts: 3,
-            timeout_ms: None,
-            run_after: WallMs(0),
-            exec: Default::default(),
-        };
-        store.enqueue(&job);
+        store.enqueue(&NewJob::new("exec", "l", 3));
     }
     store
 }

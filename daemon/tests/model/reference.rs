@@ -118,6 +118,13 @@ impl Queue {
         }
     }
 
+    /// `f` on the job `claim` owns, once its epoch is checked (a fenced one is an error);
+    /// `None`: not the owner, nothing changed.
+    fn with_owned<T>(&mut self, claim: &ClaimRef, f: impl FnOnce(&mut Job) -> T) -> StoreResult<Option<T>> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(f))
+    }
+
     fn owned_mut(&mut self, epoch: i64, id: i64, token: &str) -> Option<&mut Job> {
         if self.owns(epoch, id, token) {
             self.jobs.get_mut(&id)
@@ -365,11 +372,7 @@ impl Queue {
     }
 
     fn complete(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self
-            .owned_mut(claim.epoch.0, claim.id.0, &claim.token)
-            .map(|j| j.end_run(JobStatus::Completed, "completed", now))
-            .is_some())
+        Ok(self.with_owned(claim, |j| j.end_run(JobStatus::Completed, "completed", now))?.is_some())
     }
 
     fn fail(
@@ -380,8 +383,7 @@ impl Queue {
         retry_at: i64,
         now: i64,
     ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             if retryable && j.attempts < j.spec.max_attempts {
                 if j.cancel_requested_at.is_some() {
                     // Would go back to pending: the operator's cancel wins instead.
@@ -397,12 +399,11 @@ impl Queue {
                 j.end_run(JobStatus::Failed, "failed", now);
                 FailOutcome::Failed
             }
-        }))
+        })
     }
 
     fn release(&mut self, claim: &ClaimRef, max_interruptions: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             if j.cancel_requested_at.is_some() {
                 j.end_run(JobStatus::Cancelled, "released", now);
                 return FailOutcome::Cancelled;
@@ -418,12 +419,11 @@ impl Queue {
                 j.end_run(JobStatus::Failed, "released", now);
                 FailOutcome::Failed
             }
-        }))
+        })
     }
 
     fn abandon(&mut self, claim: &ClaimRef, _reason: &str, now: i64) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             // The attempt stays counted: a job that keeps losing its lease ends failed.
             if j.attempts >= j.spec.max_attempts {
                 j.errors += 1;
@@ -437,15 +437,11 @@ impl Queue {
                 j.end_run(JobStatus::Pending, "abandoned", now);
                 FailOutcome::Retry { run_after: WallMs(now) }
             }
-        }))
+        })
     }
 
     fn cancel(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self
-            .owned_mut(claim.epoch.0, claim.id.0, &claim.token)
-            .map(|j| j.end_run(JobStatus::Cancelled, "cancelled", now))
-            .is_some())
+        Ok(self.with_owned(claim, |j| j.end_run(JobStatus::Cancelled, "cancelled", now))?.is_some())
     }
 
     fn requeue_unstarted(
@@ -455,8 +451,7 @@ impl Queue {
         retry_at: i64,
         now: i64,
     ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             if j.cancel_requested_at.is_some() {
                 j.end_run(JobStatus::Cancelled, "not_started", now);
                 return FailOutcome::Cancelled;
@@ -468,6 +463,6 @@ impl Queue {
             j.run_after = retry_at;
             j.end_run(JobStatus::Pending, "not_started", now);
             FailOutcome::Retry { run_after: WallMs(retry_at) }
-        }))
+        })
     }
 }

@@ -12,16 +12,7 @@ fn cfg() -> EngineConfig {
 fn with_jobs(n: usize, timeout_ms: Option<u64>) -> Coordinator<MemoryStore> {
     let mut store = MemoryStore::new(Epoch(1));
     for _ in 0..n {
-        let job = NewJob {
-            kind: "noop".into(),
-            args: vec![],
-            lane: "l".into(),
-            max_attempts: 3,
-            timeout_ms,
-            run_after: WallMs(0),
-            exec: Default::default(),
-        };
-        store.enqueue(&job);
+        store.enqueue(&NewJob { timeout_ms, ..NewJob::new("noop", "l", 3) });
     }
     Coordinator::new(cfg(), Epoch(1), store)
 }
@@ -244,16 +235,7 @@ fn starts_that_fail_for_the_daemons_reasons_are_postponed_and_throttle_claims() 
 #[test]
 fn recovery_requeues_orphans_after_the_orphan_delay() {
     let mut store = MemoryStore::new(Epoch(1));
-    let job = NewJob {
-        kind: "noop".into(),
-        args: vec![],
-        lane: "l".into(),
-        max_attempts: 3,
-        timeout_ms: None,
-        run_after: WallMs(0),
-        exec: Default::default(),
-    };
-    let id = store.enqueue(&job);
+    let id = store.enqueue(&NewJob::new("noop", "l", 3));
     store.claim(Epoch(1), "old", &cfg().limits, WallMs(0)).unwrap();
     store.epoch = Epoch(2);
     let mut config = cfg();
@@ -273,16 +255,7 @@ mod ended_tests {
     #[test]
     fn a_run_that_ended_before_its_deadline_keeps_its_result() {
         let mut store = MemoryStore::new(Epoch(1));
-        let job = NewJob {
-            kind: "noop".into(),
-            args: vec![],
-            lane: "l".into(),
-            max_attempts: 3,
-            timeout_ms: None,
-            run_after: WallMs(0),
-            exec: Default::default(),
-        };
-        store.enqueue(&job);
+        store.enqueue(&NewJob::new("noop", "l", 3));
         let cfg = EngineConfig {
             shutdown_grace_ms: 0,
             backoff_base_ms: 10,
@@ -342,16 +315,7 @@ impl JobStore for FullDisk {
 #[test]
 fn a_lease_that_runs_out_while_renewals_cannot_be_written_is_a_stand_down() {
     let mut inner = MemoryStore::new(Epoch(1));
-    let job = NewJob {
-        kind: "noop".into(),
-        args: vec![],
-        lane: "l".into(),
-        max_attempts: 1,
-        timeout_ms: None,
-        run_after: WallMs(0),
-        exec: Default::default(),
-    };
-    let id = inner.enqueue(&job);
+    let id = inner.enqueue(&NewJob::new("noop", "l", 1));
     let c = Coordinator::new(cfg(), Epoch(1), FullDisk { inner, full: false });
     assert_eq!(c.claim(MonoMs(50), WallMs(50)).len(), 1);
     // The leader row's last refresh comes after the claim; then the disk fills.
