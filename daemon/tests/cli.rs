@@ -5,7 +5,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use common::*;
 use predicates::prelude::*;
@@ -215,8 +214,7 @@ fn another_programs_database_is_refused_unchanged() {
 #[test]
 fn pre_004_running_rows_are_failed_by_migration_004() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre004.db"), sb.db()).unwrap();
+    sb.db_from_pre004_fixture();
     std::fs::set_permissions(sb.db(), std::fs::Permissions::from_mode(0o600)).unwrap();
     let status = sb.run(&["status"]);
     assert_eq!(status.code, Some(EX_DATA), "status must refuse, not migrate: {}", status.stderr);
@@ -410,8 +408,7 @@ fn doctor_fails(sb: &Sandbox, check: &str) -> String {
 fn doctor_fails_when_no_daemon_is_running() {
     let sb = Sandbox::new();
     let mut d = active(&sb, &[]);
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0));
+    d.stop_cleanly();
     let out = doctor_fails(&sb, "daemon running");
     assert!(out.contains("not running"), "{out}");
     assert!(out.contains("PASS lock file"), "{out}");
@@ -430,8 +427,7 @@ fn doctor_fails_when_the_lock_file_is_missing() {
 #[test]
 fn doctor_fails_on_a_database_stopped_at_migration_003() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre004.db"), sb.db()).unwrap();
+    sb.db_from_pre004_fixture();
     let before = bytes(&sb.db());
     let out = doctor_fails(&sb, "migrations");
     assert!(

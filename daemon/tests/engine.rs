@@ -303,8 +303,7 @@ fn sigterm_drains_kills_a_stubborn_child_and_releases_its_job() {
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", "trap '' TERM; sleep 60"]);
     let pid = wait_job_event(&mut d, "job.started", id)["pid"].as_i64().unwrap();
     let t = Instant::now();
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+    d.stop_cleanly();
     let took = t.elapsed();
     eprintln!("SIGTERM to exit with a stubborn child: {took:?} (grace 300ms + kill_grace 300ms)");
     assert!(took < Duration::from_millis(600) + deadline(1.0), "{took:?}");
@@ -363,8 +362,7 @@ fn crash_jobs_need_their_switch() {
     assert!(!d.has_event("job.crash"), "{}", d.dump());
     let (status, attempts, ..) = job_status(&sb, id);
     assert_eq!((status.as_str(), attempts), ("failed", 1), "{failed}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0));
+    d.stop_cleanly();
 }
 
 /// Acceptance 10b: 8 concurrent CLI enqueuers x 125 jobs while the daemon runs: every

@@ -148,8 +148,7 @@ fn replaced_lock_file_is_reacquired_in_place() {
     assert!(diag.contains(&format!("pid={}", a.pid())), "{diag}");
     assert_eq!(reacquired, file_id(&sb.lock()), "lock.reacquired does not name the file now at the path");
     assert_ne!(reacquired, first);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0), "{}", a.dump());
+    a.stop_cleanly();
     assert_eq!(event_file_id(&a.wait_event("lock.released")), reacquired, "lock.released names another inode");
 }
 
@@ -261,8 +260,7 @@ fn pause_outside_a_transaction(sb: &Sandbox, d: &Daemon) {
 fn sigterm_shuts_down_cleanly_and_clears_the_leader_row() {
     let sb = Sandbox::new();
     let mut a = active(&sb, &[]);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0));
+    a.stop_cleanly();
     let names: Vec<String> = a.seen.iter().map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
     let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("no {n}: {names:?}"));
     assert!(pos("shutdown.begin") < pos("lock.released"));
@@ -309,8 +307,7 @@ fn unlink_race_after_open_is_caught_by_the_inode_recheck() {
 #[test]
 fn start_waits_for_a_migrate_holder() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    sb.db_migrated_to(3);
     let mut c = sb.cmd();
     c.env("HOMERD_FAILPOINTS", "migrate.mid_file=stop").arg("migrate");
     let mut m = Daemon::spawn(c);
@@ -334,8 +331,7 @@ fn start_waits_for_a_migrate_holder() {
 #[test]
 fn concurrent_migrates_apply_each_file_once() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    sb.db_migrated_to(3);
     let outs: Vec<Output> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..2).map(|_| s.spawn(|| sb.run(&["migrate"]))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -360,8 +356,7 @@ fn concurrent_migrates_apply_each_file_once() {
 #[test]
 fn kill_9_mid_migration_leaves_no_half_applied_file() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    sb.db_migrated_to(3);
     let mut c = sb.cmd();
     c.env("HOMERD_FAILPOINTS", "migrate.mid_file=abort").arg("migrate");
     let out = run_bounded(c, deadline(30.0));
@@ -442,8 +437,7 @@ fn refused_start_creates_no_lock_folder() {
 fn crash_before_the_epoch_bump_changes_nothing() {
     let sb = Sandbox::new();
     let mut a = active(&sb, &[]);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0), "{}", a.dump());
+    a.stop_cleanly();
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 
     let mut crashed = sb.start_with(FAST, &[("HOMERD_FAILPOINTS", "epoch.before_bump=abort")]);
@@ -569,8 +563,7 @@ fn exec_job_after_binary_change(change: BinaryChange) {
     assert_eq!(outcome["event"], "job.completed", "job error: {error:?}\nrun stderr: {err}\nevents:\n{}", d.dump());
     let out = std::fs::read_to_string(sb.home().join(format!("logs/runs/{id}-1.out"))).unwrap();
     assert_eq!(out, "job-ran\n");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+    d.stop_cleanly();
 }
 
 /// The homerd binary replaced under a running daemon (rename over it, as an upgrade

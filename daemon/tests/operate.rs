@@ -549,8 +549,7 @@ fn retry_requeues_failed_and_cancelled_jobs_only() {
     homer(&sb, &["cancel", &cancelled.to_string()]).code(0);
     let completed = enqueue(&sb, &["noop"]);
     wait_job_event(&mut a, "job.completed", completed);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0));
+    a.stop_cleanly();
 
     let old = job(&sb, failed);
     let old_runs = runs(&sb, failed);

@@ -108,6 +108,19 @@ impl Sandbox {
         Some(c)
     }
 
+    /// Creates the home with a database stopped after its first `n` migrations.
+    pub fn db_migrated_to(&self, n: usize) {
+        std::fs::create_dir_all(self.home()).unwrap();
+        homerd::sqlite::schema::create_partial(&self.db(), n, &homerd::clock::Clock::default()).unwrap();
+    }
+
+    /// Creates the home with a copy of the checked-in pre-004 database
+    /// (`tests/fixtures/pre004.db`, written by the original daemon).
+    pub fn db_from_pre004_fixture(&self) {
+        std::fs::create_dir_all(self.home()).unwrap();
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre004.db"), self.db()).unwrap();
+    }
+
     /// Runs `homerd migrate` and checks it applied `n` migrations.
     pub fn migrate_applies(&self, n: usize) {
         let out = self.run(&["migrate"]);
@@ -273,6 +286,12 @@ impl Daemon {
 
     pub fn signal(&self, sig: i32) {
         assert!(self.proc.signal(sig), "kill({sig}) of homerd (pid {})", self.pid());
+    }
+
+    /// SIGTERM, then the exit, which must be 0 (a clean shutdown).
+    pub fn stop_cleanly(&mut self) {
+        self.signal(libc::SIGTERM);
+        assert_eq!(self.wait_exit().code(), Some(0), "{}", self.dump());
     }
 
     pub fn has_event(&self, name: &str) -> bool {

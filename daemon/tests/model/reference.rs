@@ -360,19 +360,17 @@ impl Queue {
     fn record(&mut self, claim: &ClaimRef, what: &Record, now: i64) -> StoreResult<Recorded> {
         let ended = |o: Option<FailOutcome>| o.map_or(Recorded::NotOwner, Recorded::Ended);
         Ok(match what {
-            Record::Complete if self.complete(claim, now)? => Recorded::Completed,
+            Record::Complete if self.end_owned(claim, JobStatus::Completed, "completed", now)? => Recorded::Completed,
             Record::Complete => Recorded::NotOwner,
             Record::Fail { error, retryable, retry_at } => ended(self.fail(claim, error, *retryable, retry_at.0, now)?),
             Record::Release { max_interruptions } => ended(self.release(claim, *max_interruptions, now)?),
             Record::Abandon { reason } => ended(self.abandon(claim, reason, now)?),
-            Record::Cancel if self.cancel(claim, now)? => Recorded::Ended(FailOutcome::Cancelled),
+            Record::Cancel if self.end_owned(claim, JobStatus::Cancelled, "cancelled", now)? => {
+                Recorded::Ended(FailOutcome::Cancelled)
+            }
             Record::Cancel => Recorded::NotOwner,
             Record::Requeue { reason, retry_at } => ended(self.requeue_unstarted(claim, reason, retry_at.0, now)?),
         })
-    }
-
-    fn complete(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
-        Ok(self.with_owned(claim, |j| j.end_run(JobStatus::Completed, "completed", now))?.is_some())
     }
 
     fn fail(
@@ -440,8 +438,9 @@ impl Queue {
         })
     }
 
-    fn cancel(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
-        Ok(self.with_owned(claim, |j| j.end_run(JobStatus::Cancelled, "cancelled", now))?.is_some())
+    /// The owner ends its run `status` (`outcome` in its history); false: not the owner.
+    fn end_owned(&mut self, claim: &ClaimRef, status: JobStatus, outcome: &'static str, now: i64) -> StoreResult<bool> {
+        Ok(self.with_owned(claim, |j| j.end_run(status, outcome, now))?.is_some())
     }
 
     fn requeue_unstarted(

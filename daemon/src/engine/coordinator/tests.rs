@@ -17,14 +17,20 @@ fn with_jobs(n: usize, timeout_ms: Option<u64>) -> Coordinator<MemoryStore> {
     Coordinator::new(cfg(), Epoch(1), store)
 }
 
+/// One job (with `timeout_ms`), claimed at t = 0.
+fn one_claimed(timeout_ms: Option<u64>) -> (Coordinator<MemoryStore>, JobId) {
+    let c = with_jobs(1, timeout_ms);
+    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    (c, id)
+}
+
 fn status(c: &Coordinator<MemoryStore>, id: JobId) -> JobStatus {
     sync::lock(&c.store).jobs[&id].status
 }
 
 #[test]
 fn a_healthy_lease_renewed_in_time_is_never_due() {
-    let c = with_jobs(1, None);
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(None);
     for t in (100..=10_000).step_by(100) {
         assert!(c.renew(MonoMs(t), WallMs(t)).is_empty());
         assert!(c.due(MonoMs(t)).is_empty(), "due at {t}");
@@ -35,8 +41,7 @@ fn a_healthy_lease_renewed_in_time_is_never_due() {
 
 #[test]
 fn an_unrenewed_lease_is_killed_before_it_could_be_taken_over() {
-    let c = with_jobs(1, None);
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(None);
     let kill_by = c.lease(id).unwrap().kill_by(&c.cfg, None);
     // The child must be dead (kill_by + kill_grace) before last renewal + stale - margin.
     assert!(kill_by + c.cfg.kill_grace_ms < MonoMs(c.cfg.stale_ms));
@@ -50,8 +55,7 @@ fn an_unrenewed_lease_is_killed_before_it_could_be_taken_over() {
 
 #[test]
 fn a_lease_the_store_disowns_is_lost_and_records_nothing() {
-    let c = with_jobs(1, None);
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(None);
     // Another worker's recovery took it (token changed under us).
     sync::lock(&c.store).jobs.get_mut(&id).unwrap().token = Some("someone-else".into());
     assert_eq!(c.renew(MonoMs(100), WallMs(100)), vec![id]);
@@ -74,8 +78,7 @@ fn a_full_daemon_does_not_ask_the_store() {
 
 #[test]
 fn timeouts_fail_the_run_with_backoff() {
-    let c = with_jobs(1, Some(300));
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(Some(300));
     assert!(c.due(MonoMs(299)).is_empty());
     assert_eq!(c.due(MonoMs(300)), vec![(id, StopReason::Timeout)]);
     let f = c.finish(id, JobResult::Failed { error: "killed".into(), retryable: true }, WallMs(1000), 1.0);
