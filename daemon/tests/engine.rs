@@ -287,7 +287,9 @@ fn failing_job_retries_with_growing_delays_then_fails() {
     let errors: Vec<serde_json::Value> = serde_json::from_str(&errors).unwrap();
     assert_eq!(errors.len(), 3, "{errors:?}");
     let starts: Vec<i64> =
-        query_rows(&sql(&sb.db()), "SELECT started_at FROM job_runs WHERE job_id = ?1 ORDER BY run", [id], |r| r.get(0));
+        query_rows(&sql(&sb.db()), "SELECT started_at FROM job_runs WHERE job_id = ?1 ORDER BY run", [id], |r| {
+            r.get(0)
+        });
     let (g1, g2) = (starts[1] - starts[0], starts[2] - starts[1]);
     eprintln!("retry gaps: {g1} ms, {g2} ms (base 200ms, jitter in the upper half)");
     assert!(g1 >= 100 && g2 >= 200 && g2 >= g1, "gaps {g1}, {g2}");

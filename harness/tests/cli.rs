@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::process::{Command, Output};
 
-use homer_harness::selftest::{self_test, write, FAST_SETTINGS};
 #[cfg(target_os = "linux")]
 use homer_harness::selftest::{linger, long_scenario, never, started_by, wait_for_processes};
+use homer_harness::selftest::{self_test, write, FAST_SETTINGS};
 
 fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_homer-harness"))
@@ -119,15 +119,25 @@ fn a_failed_run_reports_its_timeline_with_the_failing_step() {
     );
     assert_ne!(failing, passing());
     let a = write(dir.path(), "fails-at-sql.toml", &failing);
-    let out = Command::new(harness())
-        .args(["run", a.to_str().unwrap(), "--keep-failed", "--daemon"])
-        .arg(daemon())
-        .env("HOMER_HARNESS_SANDBOX_DIR", sandboxes.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
+    // Runs it with sandboxes under `base` (and `extra` arguments): it fails, and its report
+    // names a timeline. Returns that path and the report.
+    let run_failing = |base: &Path, extra: &[&str]| -> (PathBuf, String) {
+        let out = Command::new(harness())
+            .arg("run")
+            .arg(&a)
+            .args(extra)
+            .arg("--daemon")
+            .arg(daemon())
+            .env("HOMER_HARNESS_SANDBOX_DIR", base)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
+        (PathBuf::from(path), stdout)
+    };
+    let (path, stdout) = run_failing(sandboxes.path(), &["--keep-failed"]);
+    let path = path.to_str().unwrap();
     assert!(path.starts_with(sandboxes.path().to_str().unwrap()) && path.ends_with("/timeline.html"), "{stdout}");
     let timeline = std::fs::read_to_string(path).unwrap();
     assert!(timeline.contains(r#"<span class="failedrun">FAILED</span>"#), "{timeline}");
@@ -137,16 +147,8 @@ fn a_failed_run_reports_its_timeline_with_the_failing_step() {
     // Without --keep-failed the sandbox goes, but the failed run's timeline is saved
     // beside it, and the report names that copy.
     let gone = tempfile::tempdir().unwrap();
-    let out = Command::new(harness())
-        .args(["run", a.to_str().unwrap(), "--daemon"])
-        .arg(daemon())
-        .env("HOMER_HARNESS_SANDBOX_DIR", gone.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
-    let path = Path::new(path);
+    let (path, stdout) = run_failing(gone.path(), &[]);
+    let path = path.as_path();
     assert_eq!(path.parent(), Some(gone.path()), "{stdout}");
     assert!(path.file_name().unwrap().to_string_lossy().ends_with(".timeline.html"), "{stdout}");
     let left: Vec<_> = std::fs::read_dir(gone.path()).unwrap().map(|e| e.unwrap().path()).collect();

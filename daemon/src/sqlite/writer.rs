@@ -389,7 +389,10 @@ mod tests {
     fn a_fenced_batch_writes_nothing() {
         with_writer(4, |w, path| {
             for _ in 0..3 {
-                assert!(matches!(w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])), Err(WriteError::Fenced)));
+                assert!(matches!(
+                    w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])),
+                    Err(WriteError::Fenced)
+                ));
             }
             assert_eq!(count(path), 0);
         });
@@ -430,10 +433,13 @@ mod tests {
                     }),
                 )
             };
-            let bad: (SyncMode, F) = (SyncMode::Normal, Box::new(|tx: &Transaction<'_>| insert_then_fail(tx).map(|_| 0)));
+            let bad: (SyncMode, F) =
+                (SyncMode::Normal, Box::new(|tx: &Transaction<'_>| insert_then_fail(tx).map(|_| 0)));
             // What the group commits with, seen from inside it: one FULL member makes it FULL.
-            let sync: (SyncMode, F) =
-                (SyncMode::Normal, Box::new(|tx: &Transaction<'_>| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))));
+            let sync: (SyncMode, F) = (
+                SyncMode::Normal,
+                Box::new(|tx: &Transaction<'_>| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))),
+            );
             let got = w.call_together_blocking(vec![
                 insert(SyncMode::Normal),
                 bad,
@@ -442,7 +448,11 @@ mod tests {
                 sync,
             ]);
             let got: Vec<Option<i64>> = got.iter().map(|r| r.as_ref().ok().copied()).collect();
-            assert_eq!(got, vec![Some(1), None, Some(2), Some(3), Some(2)], "counts in order, then synchronous=FULL (2)");
+            assert_eq!(
+                got,
+                vec![Some(1), None, Some(2), Some(3), Some(2)],
+                "counts in order, then synchronous=FULL (2)"
+            );
             assert_eq!(count(path), 3);
         });
     }

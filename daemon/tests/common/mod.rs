@@ -92,7 +92,9 @@ impl Sandbox {
     /// setpriv is not installed.
     pub fn cmd_as_65534(&self) -> Option<Command> {
         let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists()) else {
-            eprintln!("NOT RUN: running as root and setpriv is unavailable, so the permission case cannot be exercised");
+            eprintln!(
+                "NOT RUN: running as root and setpriv is unavailable, so the permission case cannot be exercised"
+            );
             return None;
         };
         let inner = self.cmd();

@@ -71,6 +71,26 @@ impl Job {
             .expect("a running job has its open run")
     }
 
+    /// The run ends with `outcome` and the job `failed`; the error joins its history.
+    fn end_failed(&mut self, outcome: &'static str, now: i64) -> FailOutcome {
+        self.errors += 1;
+        self.end_run(JobStatus::Failed, outcome, now);
+        FailOutcome::Failed
+    }
+
+    /// The run ends with `outcome` and the job `cancelled` (an operator's request).
+    fn end_cancelled(&mut self, outcome: &'static str, now: i64) -> FailOutcome {
+        self.end_run(JobStatus::Cancelled, outcome, now);
+        FailOutcome::Cancelled
+    }
+
+    /// The run ends with `outcome` and the job is `pending` again; the store reports it
+    /// due at `run_after`.
+    fn end_pending(&mut self, outcome: &'static str, run_after: i64, now: i64) -> FailOutcome {
+        self.end_run(JobStatus::Pending, outcome, now);
+        FailOutcome::Retry { run_after: WallMs(run_after) }
+    }
+
     /// Leaves `running`: the run ends with `outcome`, the lock is cleared.
     fn end_run(&mut self, status: JobStatus, outcome: &'static str, now: i64) {
         self.open_run().ended = Some((now, outcome));
@@ -385,17 +405,13 @@ impl Queue {
             if retryable && j.attempts < j.spec.max_attempts {
                 if j.cancel_requested_at.is_some() {
                     // Would go back to pending: the operator's cancel wins instead.
-                    j.end_run(JobStatus::Cancelled, "failed", now);
-                    return FailOutcome::Cancelled;
+                    return j.end_cancelled("failed", now);
                 }
                 j.errors += 1;
                 j.run_after = retry_at;
-                j.end_run(JobStatus::Pending, "failed", now);
-                FailOutcome::Retry { run_after: WallMs(retry_at) }
+                j.end_pending("failed", retry_at, now)
             } else {
-                j.errors += 1;
-                j.end_run(JobStatus::Failed, "failed", now);
-                FailOutcome::Failed
+                j.end_failed("failed", now)
             }
         })
     }
@@ -403,19 +419,15 @@ impl Queue {
     fn release(&mut self, claim: &ClaimRef, max_interruptions: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
         self.with_owned(claim, |j| {
             if j.cancel_requested_at.is_some() {
-                j.end_run(JobStatus::Cancelled, "released", now);
-                return FailOutcome::Cancelled;
+                return j.end_cancelled("released", now);
             }
             j.interruptions += 1;
             if j.interruptions <= max_interruptions {
                 // The attempt is given back: an interruption is not a failure.
                 j.attempts -= 1;
-                j.end_run(JobStatus::Pending, "released", now);
-                FailOutcome::Retry { run_after: WallMs(now) }
+                j.end_pending("released", now, now)
             } else {
-                j.errors += 1;
-                j.end_run(JobStatus::Failed, "released", now);
-                FailOutcome::Failed
+                j.end_failed("released", now)
             }
         })
     }
@@ -424,16 +436,12 @@ impl Queue {
         self.with_owned(claim, |j| {
             // The attempt stays counted: a job that keeps losing its lease ends failed.
             if j.attempts >= j.spec.max_attempts {
-                j.errors += 1;
-                j.end_run(JobStatus::Failed, "abandoned", now);
-                FailOutcome::Failed
+                j.end_failed("abandoned", now)
             } else if j.cancel_requested_at.is_some() {
-                j.end_run(JobStatus::Cancelled, "abandoned", now);
-                FailOutcome::Cancelled
+                j.end_cancelled("abandoned", now)
             } else {
                 j.errors += 1;
-                j.end_run(JobStatus::Pending, "abandoned", now);
-                FailOutcome::Retry { run_after: WallMs(now) }
+                j.end_pending("abandoned", now, now)
             }
         })
     }
@@ -452,16 +460,14 @@ impl Queue {
     ) -> StoreResult<Option<FailOutcome>> {
         self.with_owned(claim, |j| {
             if j.cancel_requested_at.is_some() {
-                j.end_run(JobStatus::Cancelled, "not_started", now);
-                return FailOutcome::Cancelled;
+                return j.end_cancelled("not_started", now);
             }
             // Nothing of the job ran: the attempt is given back, and no interruption is
             // counted either; the reason joins the error history.
             j.attempts -= 1;
             j.errors += 1;
             j.run_after = retry_at;
-            j.end_run(JobStatus::Pending, "not_started", now);
-            FailOutcome::Retry { run_after: WallMs(retry_at) }
+            j.end_pending("not_started", retry_at, now)
         })
     }
 }
