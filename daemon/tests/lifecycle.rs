@@ -307,9 +307,7 @@ fn unlink_race_after_open_is_caught_by_the_inode_recheck() {
 #[test]
 fn start_waits_for_a_migrate_holder() {
     let sb = Sandbox::new();
-    sb.db_migrated_to(3);
-    let mut c = sb.cmd();
-    c.env("HOMERD_FAILPOINTS", "migrate.mid_file=stop").arg("migrate");
+    let c = migrate_at_004_mid_file(&sb, "stop");
     let mut m = Daemon::spawn(c);
     m.wait_event("failpoint.hit");
     let mut d = sb.start(FAST);
@@ -356,9 +354,7 @@ fn concurrent_migrates_apply_each_file_once() {
 #[test]
 fn kill_9_mid_migration_leaves_no_half_applied_file() {
     let sb = Sandbox::new();
-    sb.db_migrated_to(3);
-    let mut c = sb.cmd();
-    c.env("HOMERD_FAILPOINTS", "migrate.mid_file=abort").arg("migrate");
+    let c = migrate_at_004_mid_file(&sb, "abort");
     let out = run_bounded(c, deadline(30.0));
     assert_eq!(out.code, None, "migrate should have been killed: {}", out.stderr);
     let conn = sql(&sb.db());
@@ -611,4 +607,13 @@ fn wait_killed_at_failpoint(d: &mut Daemon) {
         "expected death at the failpoint, got {status:?}:\n{}",
         d.dump()
     );
+}
+
+/// `homerd migrate` of a database at 003 (created here), with the failpoint
+/// `migrate.mid_file` (inside 004's transaction) set to `action`.
+fn migrate_at_004_mid_file(sb: &Sandbox, action: &str) -> std::process::Command {
+    sb.db_migrated_to(3);
+    let mut c = sb.cmd();
+    c.env("HOMERD_FAILPOINTS", format!("migrate.mid_file={action}")).arg("migrate");
+    c
 }
