@@ -136,6 +136,22 @@ pub struct NewJob {
     pub exec: ExecSettings,
 }
 
+impl NewJob {
+    /// A job of `kind` on `lane` with no arguments, no timeout, due at once and the default
+    /// exec settings (what tests and the models start from; change fields with `..`).
+    pub fn new(kind: &str, lane: &str, max_attempts: u32) -> NewJob {
+        NewJob {
+            kind: kind.into(),
+            args: vec![],
+            lane: lane.into(),
+            max_attempts,
+            timeout_ms: None,
+            run_after: WallMs(0),
+            exec: ExecSettings::default(),
+        }
+    }
+}
+
 /// An `exec` job's working directory and explicit environment (`job_queue.cwd`, `.env`).
 /// The enqueuing caller's own environment is never part of it: a job gets the daemon's
 /// environment plus `env`, so a job row holds no variable nobody named.
