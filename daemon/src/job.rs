@@ -163,6 +163,29 @@ pub struct ExecSettings {
     pub env: BTreeMap<String, String>,
 }
 
+/// The stored form of a job's arguments and environment, the same text in every
+/// backend: `payload` is a JSON array of strings; `env` is NULL for none, else a JSON
+/// object. Unreadable stored values read back as empty (the daemon never writes one).
+pub mod stored {
+    use std::collections::BTreeMap;
+
+    pub fn args_json(args: &[String]) -> String {
+        serde_json::to_string(args).expect("strings serialise")
+    }
+
+    pub fn parse_args(json: &str) -> Vec<String> {
+        serde_json::from_str(json).unwrap_or_default()
+    }
+
+    pub fn env_json(env: &BTreeMap<String, String>) -> Option<String> {
+        (!env.is_empty()).then(|| serde_json::to_string(env).expect("strings serialise"))
+    }
+
+    pub fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
+        json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
+    }
+}
+
 /// What a claim hands the worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claimed {

@@ -148,6 +148,94 @@ impl Signals {
     }
 }
 
+/// What both backends' supervise loops share: the signals, the engine thread's end, the
+/// drain's bound, and the stop after fencing.
+pub(super) struct Lifecycle<'a> {
+    ctx: &'a Context,
+    signals: Signals,
+    control: std::sync::mpsc::Sender<runner::Control>,
+    engine_done: tokio::sync::oneshot::Receiver<runner::EngineExit>,
+    /// A completed oneshot must not be awaited again.
+    engine_finished: bool,
+    coord: Arc<runner::EngineCoordinator>,
+    signals_seen: u32,
+    /// Every wait is bounded: once draining, the engine gets its grace plus kill_grace
+    /// plus slack, then the daemon stops regardless (the next start recovers the rest).
+    drain_deadline: Option<tokio::time::Instant>,
+}
+
+impl<'a> Lifecycle<'a> {
+    pub(super) fn new(
+        ctx: &'a Context,
+        signals: Signals,
+        engine: runner::EngineThread,
+        coord: Arc<runner::EngineCoordinator>,
+    ) -> Lifecycle<'a> {
+        let runner::EngineThread { control, done } = engine;
+        Lifecycle {
+            ctx,
+            signals,
+            control,
+            engine_done: done,
+            engine_finished: false,
+            coord,
+            signals_seen: 0,
+            drain_deadline: None,
+        }
+    }
+
+    /// Waits for a signal (handled here: the drain begins or hurries), the engine's end
+    /// or the drain's bound; `Some` when the daemon must stop. Cancel-safe: a supervise
+    /// loop drops it whenever one of its own timers fires first.
+    pub(super) async fn next(&mut self) -> Option<Stop> {
+        let deadline = self.drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let running = self.coord.held().len();
+        tokio::select! {
+            _ = self.signals.term.recv() => {
+                on_signal(self.ctx, &self.control, "SIGTERM", running, &mut self.signals_seen, &mut self.drain_deadline);
+                None
+            }
+            _ = self.signals.int.recv() => {
+                on_signal(self.ctx, &self.control, "SIGINT", running, &mut self.signals_seen, &mut self.drain_deadline);
+                None
+            }
+            exit = &mut self.engine_done, if !self.engine_finished => {
+                self.engine_finished = true;
+                Some(match exit {
+                    Ok(runner::EngineExit::Drained) => Stop::Drained,
+                    Ok(runner::EngineExit::Corrupt) => Stop::Corrupt,
+                    Ok(runner::EngineExit::Fenced) | Err(_) => Stop::Fenced(String::from("the engine stopped: fenced")),
+                })
+            }
+            _ = tokio::time::sleep_until(deadline), if self.drain_deadline.is_some() => {
+                events::error("shutdown.timeout", "Jobs did not stop within the drain bound; stopping anyway")
+                    .field("held", 0)
+                    .emit();
+                Some(Stop::Drained)
+            }
+        }
+    }
+
+    /// Fenced: every job stopped now, and a bounded wait for the engine to see them gone.
+    pub(super) async fn stop_fenced(&mut self, epoch: i64, reason: &str, message: &str) {
+        events::error("daemon.fenced", message).field("epoch", epoch).field("reason", reason.to_owned()).emit();
+        let _ = self.control.send(runner::Control::Fence);
+        let bound = self.ctx.config.kill_grace + Duration::from_secs(10);
+        if !self.engine_finished && tokio::time::timeout(bound, &mut self.engine_done).await.is_err() {
+            events::error("shutdown.timeout", "Jobs did not stop after fencing; exiting anyway").emit();
+        }
+    }
+}
+
+/// A periodic timer whose first tick is one period away, not immediate (tokio's
+/// `interval` default): the leader row (or worker row) was just written and the lock
+/// just verified.
+pub(super) fn every(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn supervise(
     ctx: &Context,
@@ -160,47 +248,16 @@ async fn supervise(
     engine: runner::EngineThread,
     coord: Arc<runner::EngineCoordinator>,
 ) -> Result<i32> {
-    let Signals { term: mut sigterm, int: mut sigint } = signals;
-    let runner::EngineThread { control, done: mut engine_done } = engine;
-    // The leader row was just written and the lock just verified: the first refresh and
-    // the first re-check are one period away, not immediate (tokio's `interval` default).
-    let every = |period: Duration| {
-        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    };
+    let mut life = Lifecycle::new(ctx, signals, engine, coord.clone());
     let mut heartbeat = every(ctx.config.heartbeat_interval);
     let mut lock_check = every(ctx.config.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id };
     let mut last_refresh = Instant::now();
     let mut pending_heartbeat_failures: i64 = 0;
     let mut standing_down = false;
-    let mut signals_seen = 0;
-    // A completed oneshot must not be awaited again.
-    let mut engine_finished = false;
-    // Every wait is bounded: once draining, the engine gets its grace plus kill_grace
-    // plus slack, then the daemon stops regardless (the next start recovers the rest).
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let cfg = &ctx.config;
     let stop = loop {
-        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = sigterm.recv() => on_signal(ctx, &control, "SIGTERM", coord.held().len(), &mut signals_seen, &mut drain_deadline),
-            _ = sigint.recv() => on_signal(ctx, &control, "SIGINT", coord.held().len(), &mut signals_seen, &mut drain_deadline),
-            exit = &mut engine_done => {
-                engine_finished = true;
-                match exit {
-                    Ok(runner::EngineExit::Drained) => break Stop::Drained,
-                    Ok(runner::EngineExit::Corrupt) => break Stop::Corrupt,
-                    Ok(runner::EngineExit::Fenced) | Err(_) => break Stop::Fenced(String::from("the engine stopped: fenced")),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
-                events::error("shutdown.timeout", "Jobs did not stop within the drain bound; stopping anyway")
-                    .field("held", 0)
-                    .emit();
-                break Stop::Drained;
-            }
+            stop = life.next() => if let Some(stop) = stop { break stop },
             _ = heartbeat.tick() => {
                 let clock = ctx.clock.clone();
                 // Stamped before the call: a refresh counts from when it was asked for.
@@ -286,16 +343,7 @@ async fn supervise(
             Err(corrupt_error(&ctx.paths.database))
         }
         Stop::Fenced(reason) => {
-            events::error("daemon.fenced", "Fenced: another homerd holds this database's epoch; stopping")
-                .field("epoch", epoch)
-                .field("reason", reason.clone())
-                .emit();
-            // Stop every job now and wait (bounded) for the engine to see them gone.
-            let _ = control.send(runner::Control::Fence);
-            let bound = cfg.kill_grace + Duration::from_secs(10);
-            if !engine_finished && tokio::time::timeout(bound, &mut engine_done).await.is_err() {
-                events::error("shutdown.timeout", "Jobs did not stop after fencing; exiting anyway").emit();
-            }
+            life.stop_fenced(epoch, &reason, "Fenced: another homerd holds this database's epoch; stopping").await;
             drop(writer.stop().await);
             release_lock(lock);
             Err(Error::Fenced(reason))

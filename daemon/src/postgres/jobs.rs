@@ -12,10 +12,9 @@
 //!   wait on (or take) the same row, and take a per-lane advisory lock so a lane's cap
 //!   holds across the cluster (see [`claim`]).
 
-use std::collections::BTreeMap;
-
 use postgres::Transaction;
 
+use crate::job::stored::{args_json, env_json, parse_args, parse_env};
 use crate::job::{
     ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, ExecSettings, FailOutcome, JobId, NewJob, Recovered, WallMs,
 };
@@ -25,22 +24,6 @@ pub type PgResult<T> = Result<T, postgres::Error>;
 /// The server's clock, in milliseconds since the Unix epoch.
 pub fn server_now(tx: &mut Transaction<'_>) -> PgResult<i64> {
     Ok(tx.query_one("SELECT homer_now_ms()", &[])?.get(0))
-}
-
-fn args_json(args: &[String]) -> String {
-    serde_json::to_string(args).expect("strings serialise")
-}
-
-fn parse_args(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
-}
-
-fn env_json(env: &BTreeMap<String, String>) -> Option<String> {
-    (!env.is_empty()).then(|| serde_json::to_string(env).expect("strings serialise"))
-}
-
-fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
-    json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
 }
 
 /// Inserts a pending job, due `job.run_after - caller_now` after `now` (a delay the

@@ -13,28 +13,11 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use crate::job::stored::{args_json, env_json, parse_args, parse_env};
 use crate::job::{
     ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, ExecSettings, FailOutcome, JobId, JobStatus, NewJob,
     Recovered, WallMs,
 };
-
-fn args_json(args: &[String]) -> String {
-    serde_json::to_string(args).expect("strings serialise")
-}
-
-fn parse_args(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
-}
-
-/// `job_queue.env`: NULL when no variable was given, else a JSON object.
-fn env_json(env: &BTreeMap<String, String>) -> Option<String> {
-    (!env.is_empty()).then(|| serde_json::to_string(env).expect("strings serialise"))
-}
-
-/// The stored `env` column back as a map (NULL or unreadable: none).
-pub(crate) fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
-    json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
-}
 
 /// Inserts a pending job whose `run_after` was set now; returns its id.
 pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: WallMs) -> rusqlite::Result<JobId> {

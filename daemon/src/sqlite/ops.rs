@@ -62,7 +62,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         key: r.get(16)?,
         cancel_requested_at: r.get(17)?,
         cwd: r.get(18)?,
-        env: jobs::parse_env(r.get(19)?),
+        env: crate::job::stored::parse_env(r.get(19)?),
     })
 }
 
