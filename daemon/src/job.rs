@@ -238,6 +238,24 @@ impl ClaimLimits {
     }
 }
 
+/// Lanes take turns: one from each queue in order, round after round, until `room` are
+/// taken or every queue is empty. Each queue is one lane's ready jobs, FIFO; the queues
+/// come oldest head first.
+pub fn take_turns<T>(mut queues: Vec<std::collections::VecDeque<T>>, room: usize) -> Vec<T> {
+    let mut chosen = Vec::new();
+    while chosen.len() < room && queues.iter().any(|q| !q.is_empty()) {
+        for q in queues.iter_mut() {
+            if chosen.len() == room {
+                break;
+            }
+            if let Some(id) = q.pop_front() {
+                chosen.push(id);
+            }
+        }
+    }
+    chosen
+}
+
 /// What an outcome other than success did to the job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailOutcome {

@@ -66,20 +66,25 @@ impl Options {
         while let Some(a) = it.next() {
             let mut value = |what: &str| it.next().map(String::from).ok_or_else(|| format!("{a} needs {what}"));
             match a {
-                "--layer" => o.layer = value("a layer: scenarios, models or all")?,
+                "--layer" => o.layer = value("a layer: scenarios, models, postgres or all")?,
                 "--only" => o.only = Some(value("a mutant name")?),
                 "--jobs" | "-j" => o.jobs = number(a, value("a number")?)?,
                 "--loom-preemptions" => o.loom_preemptions = number(a, value("a number")?)?,
                 other => return Err(format!("unknown argument `{other}` for mutants")),
             }
         }
-        if !["scenarios", "models", "all"].contains(&o.layer.as_str()) {
-            return Err(format!("unknown layer `{}`; expected scenarios, models or all", o.layer));
+        if !["scenarios", "models", "postgres", "all"].contains(&o.layer.as_str()) {
+            return Err(format!("unknown layer `{}`; expected scenarios, models, postgres or all", o.layer));
         }
         if let Some(only) = &o.only {
+            let pg = crate::pgmutants::PG_MUTANTS;
             for part in only.split('+') {
-                if !MUTANTS.contains(&part) {
-                    return Err(format!("--only: no mutant `{part}`; mutants: {}", MUTANTS.join(", ")));
+                if !MUTANTS.contains(&part) && !pg.contains(&part) {
+                    return Err(format!(
+                        "--only: no mutant `{part}`; mutants: {}, {}",
+                        MUTANTS.join(", "),
+                        pg.join(", ")
+                    ));
                 }
             }
         }
@@ -302,7 +307,11 @@ mod tests {
         for m in super::MUTANTS {
             assert!(src.contains(&format!("\"{m}\"")), "{m} is not defined in daemon/src/mutant.rs");
         }
-        let defined = src.matches("pub const ").count() - 1; // minus `ALL`
-        assert_eq!(defined, super::MUTANTS.len(), "daemon/src/mutant.rs defines mutants xtask does not list");
+        let defined = src.matches("pub const ").count() - 2; // minus the lists `ALL` and `POSTGRES`
+        assert_eq!(
+            defined,
+            super::MUTANTS.len() + crate::pgmutants::PG_MUTANTS.len(),
+            "daemon/src/mutant.rs defines mutants xtask does not list"
+        );
     }
 }

@@ -227,6 +227,57 @@ impl<'a> Lifecycle<'a> {
     }
 }
 
+/// The heartbeat's standing: when it last got through, and whether the daemon stands
+/// down because it has not for too long. `row` names what is refreshed in messages
+/// ("leader row", "worker row").
+pub(super) struct Refresh {
+    row: &'static str,
+    last: Instant,
+    standing_down: bool,
+}
+
+impl Refresh {
+    pub(super) fn new(row: &'static str) -> Refresh {
+        Refresh { row, last: Instant::now(), standing_down: false }
+    }
+
+    /// A refresh asked for at `asked_at` (monotonic) got through.
+    pub(super) fn succeeded(&mut self, coord: &runner::EngineCoordinator, asked_at: crate::job::MonoMs, epoch: i64) {
+        self.last = Instant::now();
+        coord.note_leader_refresh(asked_at);
+        events::debug("daemon.heartbeat", format!("{} refreshed", capitalised(self.row))).field("epoch", epoch).emit();
+        if self.standing_down {
+            self.standing_down = false;
+            events::info("daemon.resumed", format!("{} refreshed again: resuming", capitalised(self.row))).emit();
+        }
+    }
+
+    /// A refresh failed for a reason that may pass (busy, unreachable).
+    pub(super) fn failed(&mut self, coord: &runner::EngineCoordinator, error: String) {
+        events::warn("daemon.heartbeat_failed", format!("Could not refresh the {}", self.row))
+            .field("error", error)
+            .emit();
+        // The coordinator's deadlines are anchored to the last refresh, so every run is
+        // already being stopped (by the watchdog, on its own timer) and nothing is
+        // claimed: report it. Once the row can be refreshed again, the epoch (or the
+        // worker row's fence) tells whether we still own anything.
+        if !self.standing_down && coord.standing_down(crate::clock::mono()) {
+            self.standing_down = true;
+            events::error(
+                "daemon.standing_down",
+                format!("Cannot refresh the {}: stopping all jobs, claiming nothing", self.row),
+            )
+            .field("unrefreshed_ms", self.last.elapsed().as_millis() as u64)
+            .emit();
+        }
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
 /// A periodic timer whose first tick is one period away, not immediate (tokio's
 /// `interval` default): the leader row (or worker row) was just written and the lock
 /// just verified.
@@ -252,9 +303,8 @@ async fn supervise(
     let mut heartbeat = every(ctx.config.heartbeat_interval);
     let mut lock_check = every(ctx.config.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id };
-    let mut last_refresh = Instant::now();
+    let mut refresh_state = Refresh::new("leader row");
     let mut pending_heartbeat_failures: i64 = 0;
-    let mut standing_down = false;
     let stop = loop {
         tokio::select! {
             stop = life.next() => if let Some(stop) = stop { break stop },
@@ -276,31 +326,13 @@ async fn supervise(
                     Ok(true) => {
                         pending_heartbeat_failures = 0;
                         watch.failures -= lock_failures;
-                        last_refresh = Instant::now();
-                        coord.note_leader_refresh(asked_at);
-                        events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit();
-                        if standing_down {
-                            standing_down = false;
-                            events::info("daemon.resumed", "Leader row refreshed again: resuming").emit();
-                        }
+                        refresh_state.succeeded(&coord, asked_at, epoch);
                     }
                     Ok(false) | Err(WriteError::Fenced) => break Stop::Fenced(String::from("the leader row names a newer epoch")),
                     Err(WriteError::Closed) => break Stop::Fenced(String::from("the database writer stopped")),
                     Err(e) => {
                         pending_heartbeat_failures += 1;
-                        events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
-                            .field("error", e.to_string())
-                            .emit();
-                        // The coordinator's deadlines are anchored to the last refresh, so
-                        // every run is already being stopped (by the watchdog, on its own
-                        // timer) and nothing is claimed: report it. Once the row can be
-                        // refreshed again, the epoch tells whether we still lead.
-                        if !standing_down && coord.standing_down(crate::clock::mono()) {
-                            standing_down = true;
-                            events::error("daemon.standing_down", "Cannot refresh the leader row: stopping all jobs, claiming nothing")
-                                .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
-                                .emit();
-                        }
+                        refresh_state.failed(&coord, e.to_string());
                     }
                 }
             }

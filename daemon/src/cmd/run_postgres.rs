@@ -12,12 +12,12 @@
 //! resumes when a heartbeat gets through again, unless it was fenced meanwhile.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backend::{AnyStore, EngineIo};
 use crate::cmd::context::Context;
 use crate::cmd::lead::{acquire_lock, diagnostics, Role};
-use crate::cmd::run::{every, raise_open_files, release_lock, Lifecycle, LockWatch, Signals, Stop};
+use crate::cmd::run::{every, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop};
 use crate::engine::coordinator::Coordinator;
 use crate::engine::jobstore::StoreError;
 use crate::error::{exit, Error, Result};
@@ -130,8 +130,7 @@ async fn supervise(
     let mut heartbeat = every(cfg.heartbeat_interval);
     let mut lock_check = every(cfg.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id: None };
-    let mut last_refresh = Instant::now();
-    let mut standing_down = false;
+    let mut refresh = Refresh::new("worker row");
     let retry_delay = cfg.orphan_retry_delay.as_millis() as i64;
     let stop = loop {
         tokio::select! {
@@ -141,13 +140,7 @@ async fn supervise(
                 let host_now = ctx.clock.now();
                 match with_pg(&coord, move |p| p.heartbeat(epoch, host_now)).await {
                     Ok(()) => {
-                        last_refresh = Instant::now();
-                        coord.note_leader_refresh(asked_at);
-                        events::debug("daemon.heartbeat", "Worker row refreshed").field("epoch", epoch).emit();
-                        if standing_down {
-                            standing_down = false;
-                            events::info("daemon.resumed", "Worker row refreshed again: resuming").emit();
-                        }
+                        refresh.succeeded(&coord, asked_at, epoch.0);
                         match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay, host_now)).await {
                             Ok((fenced, rec)) if !fenced.is_empty() => {
                                 events::warn("workers.fenced", "Fenced workers not seen for their stale threshold; their jobs were recovered")
@@ -165,17 +158,7 @@ async fn supervise(
                         }
                     }
                     Err(StoreError::Fenced) => break Stop::Fenced(String::from("another worker fenced this incarnation")),
-                    Err(e) => {
-                        events::warn("daemon.heartbeat_failed", "Could not refresh the worker row")
-                            .field("error", e.to_string())
-                            .emit();
-                        if !standing_down && coord.standing_down(crate::clock::mono()) {
-                            standing_down = true;
-                            events::error("daemon.standing_down", "Cannot reach the database: stopping all jobs, claiming nothing")
-                                .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
-                                .emit();
-                        }
-                    }
+                    Err(e) => refresh.failed(&coord, e.to_string()),
                 }
             }
             _ = lock_check.tick() => {

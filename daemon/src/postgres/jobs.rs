@@ -124,17 +124,7 @@ pub fn claim(
         let ids = tx.query(pick, &[&lane, &now, &free])?.iter().map(|r| r.get::<_, i64>(0)).collect();
         queues.push(ids);
     }
-    let mut chosen = Vec::new();
-    while chosen.len() < room as usize && queues.iter().any(|q| !q.is_empty()) {
-        for q in queues.iter_mut() {
-            if chosen.len() == room as usize {
-                break;
-            }
-            if let Some(id) = q.pop_front() {
-                chosen.push(id);
-            }
-        }
-    }
+    let chosen = crate::job::take_turns(queues, room as usize);
     let mut claimed = Vec::with_capacity(chosen.len());
     let mark = tx.prepare(
         "UPDATE job_queue SET status = 'running', locked_by = $2, locked_at = $3, heartbeat_at = $3,

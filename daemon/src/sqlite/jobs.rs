@@ -96,17 +96,7 @@ pub fn claim(
             queues.push(ids);
         }
     }
-    let mut chosen = Vec::new();
-    while chosen.len() < room as usize && queues.iter().any(|q| !q.is_empty()) {
-        for q in queues.iter_mut() {
-            if chosen.len() == room as usize {
-                break;
-            }
-            if let Some(id) = q.pop_front() {
-                chosen.push(id);
-            }
-        }
-    }
+    let chosen = crate::job::take_turns(queues, room as usize);
     let mut tokens = random_tokens(chosen.len());
     let mut claimed = Vec::with_capacity(chosen.len());
     let mut mark = tx.prepare_cached(
