@@ -84,6 +84,12 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
             return Err(e);
         }
     };
+    // Another host cannot kill this host's processes: if this daemon dies, the guardian
+    // stops the groups of the jobs it ran before another worker can take them over.
+    if let Err(e) = crate::guardian::start(ctx.config.kill_grace) {
+        release_lock(lock);
+        return Err(Error::io("start the group guardian", "homerd", e));
+    }
     events::info("daemon.active", "Daemon active")
         .field("epoch", epoch)
         .field("database", target.shown.clone())
@@ -178,11 +184,13 @@ async fn supervise(
                     .field("error", e.to_string())
                     .emit();
             }
+            crate::guardian::stop();
             release_lock(lock);
             Ok(exit::OK)
         }
         Stop::Fenced(reason) => {
             life.stop_fenced(epoch.0, &reason, "Fenced: another worker fenced this incarnation; stopping").await;
+            crate::guardian::stop();
             release_lock(lock);
             Err(Error::Fenced(reason))
         }
