@@ -734,6 +734,14 @@ impl Ctx<'_> {
         if !notes.is_empty() {
             tails.push((String::from("harness step notes"), notes.join("\n")));
         }
+        // A PostgreSQL run's server speaks for itself (warnings and worse: refused
+        // connections, a crash) beside the daemons.
+        if let Some(log) = self.pg.as_ref().and_then(|pg| std::fs::read(pg.log_path()).ok()) {
+            let log = tail(&log, 12);
+            if !log.is_empty() {
+                tails.push((String::from("postgres (server log)"), log));
+            }
+        }
         tails
     }
 
