@@ -189,8 +189,15 @@ pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
 pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, ParseError> {
     let src = Source::new(path, text);
     let root = tree::parse(&src)?;
-    let mut cx =
-        Cx { src, requires: Vec::new(), home_size: None, power_loss: false, labels: Vec::new(), postgres: false };
+    let mut cx = Cx {
+        src,
+        requires: Vec::new(),
+        home_size: None,
+        power_loss: false,
+        labels: Vec::new(),
+        postgres: false,
+        postgres_only: false,
+    };
     cx.scenario(&root)
 }
 
@@ -349,6 +356,7 @@ impl Cx<'_> {
         settings.sort_by_key(|(at, _, _)| *at);
         let settings = settings.into_iter().map(|(_, k, v)| (k, v)).collect();
         self.postgres = backends.contains(&Backend::Postgres);
+        self.postgres_only = backends == [Backend::Postgres];
         if self.postgres {
             // What a run on PostgreSQL could not do: the header's SQLite-file features.
             for key in ["power_loss", "home_size"] {

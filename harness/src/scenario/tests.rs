@@ -841,3 +841,22 @@ fn start_in_a_home_of_its_own() {
     let e = err(&format!("{HEADER}[[step]]\nstart = \"b\"\nhome = \"../b\"\n"));
     assert_err(&e, 6, 8, "step[1].home", "a home name of letters, digits");
 }
+
+#[test]
+fn server_restarts_only_in_a_postgres_only_scenario() {
+    let pg_only = format!("{HEADER}[settings]\nbackends = [\"postgres\"]\n");
+    let sc = parse(&format!("{pg_only}[[step]]\nserver = \"restart\"\nmode = \"immediate\"\n")).unwrap();
+    let Step::Server(s) = &sc.steps[0].step else { panic!("{sc:#?}") };
+    assert!(s.immediate);
+    let sc = parse(&format!("{pg_only}[[step]]\nserver = \"restart\"\n")).unwrap();
+    assert!(matches!(&sc.steps[0].step, Step::Server(s) if !s.immediate));
+    let e = err(&format!("{pg_only}[[step]]\nserver = \"restart\"\nmode = \"smart\"\n"));
+    assert_err(&e, 8, 8, "step[1].mode", "expected \"fast\" or \"immediate\"");
+    let e = err(&format!("{pg_only}[[step]]\nserver = \"stop\"\n"));
+    assert_err(&e, 7, 10, "step[1].server", "expected \"restart\"");
+    let both = format!("{HEADER}[settings]\nbackends = [\"sqlite\", \"postgres\"]\n");
+    let e = err(&format!("{both}[[step]]\nserver = \"restart\"\n"));
+    assert_err(&e, 7, 1, "step[1].server", "needs `[settings] backends = [\"postgres\"]`");
+    let e = err(&format!("{HEADER}[[step]]\nserver = \"restart\"\n"));
+    assert_err(&e, 5, 1, "step[1].server", "a SQLite run has no server");
+}
