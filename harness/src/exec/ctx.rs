@@ -232,6 +232,8 @@ pub(crate) struct Ctx<'a> {
     /// The throwaway PostgreSQL server of a run on that backend (started by `setup`,
     /// stopped at teardown on every path out).
     pub(crate) pg: Option<homer_testkit::PgServer>,
+    /// The harness's own connection for `query` (read-only transactions), while it works.
+    pub(crate) pg_client: std::cell::RefCell<Option<postgres::Client>>,
     /// Its URL, given to every homerd as `HOMER_DATABASE`; kept after the server stops.
     pub(crate) pg_url: Option<String>,
     /// The PostgreSQL database as read just before the server stopped: what a history
@@ -262,6 +264,7 @@ impl<'a> Ctx<'a> {
             step_records: Vec::new(),
             violations: Vec::new(),
             pg: None,
+            pg_client: std::cell::RefCell::new(None),
             pg_url: None,
             pg_final: None,
         }
@@ -569,20 +572,48 @@ impl Ctx<'_> {
     /// width and integral `numeric`s (`sum` of a `bigint`) as `Int`, booleans as 0/1 (SQLite
     /// has no boolean), other numbers as `Float`, everything else as its text.
     fn query_postgres(&self, url: &str, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
-        use postgres::types::Type;
         let err = |e: postgres::Error| StepError {
             expected: format!("the query `{sql}` to run on {}", crate::history::redact(url)),
             actual: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
         };
         let timeout = self.scaled(Duration::from_secs(10));
-        let mut config: postgres::Config = url.parse().map_err(err)?;
-        config.connect_timeout(timeout);
-        let mut client = config.connect(postgres::NoTls).map_err(err)?;
-        let mut tx = client.build_transaction().read_only(true).start().map_err(err)?;
-        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1))).map_err(err)?;
-        let types: Vec<Type> = tx.prepare(sql).map_err(err)?.columns().iter().map(|c| c.type_().clone()).collect();
+        // One connection for the run's queries (a `wait = "sql"` polls every 20 ms), kept
+        // while it works: one that failed (a server restart) is dropped and made anew.
+        let connect = || -> Result<postgres::Client, postgres::Error> {
+            let mut config: postgres::Config = url.parse()?;
+            config.connect_timeout(timeout);
+            config.connect(postgres::NoTls)
+        };
+        let mut slot = self.pg_client.borrow_mut();
+        let (mut client, kept) = match slot.take().filter(|c| !c.is_closed()) {
+            Some(c) => (c, true),
+            None => (connect().map_err(err)?, false),
+        };
+        let rows = match Self::query_on(&mut client, sql, timeout) {
+            Ok(rows) => rows,
+            // A kept connection the server ended meanwhile (a restart): once more, anew.
+            Err(_) if kept => {
+                client = connect().map_err(err)?;
+                Self::query_on(&mut client, sql, timeout).map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
+        *slot = Some(client);
+        Ok(rows)
+    }
+
+    /// [`Ctx::query_postgres`] on a connection: a read-only transaction, rolled back.
+    fn query_on(
+        client: &mut postgres::Client,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<Scalar>>, postgres::Error> {
+        use postgres::types::Type;
+        let mut tx = client.build_transaction().read_only(true).start()?;
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1)))?;
+        let types: Vec<Type> = tx.prepare(sql)?.columns().iter().map(|c| c.type_().clone()).collect();
         let mut rows = Vec::new();
-        for msg in tx.simple_query(sql).map_err(err)? {
+        for msg in tx.simple_query(sql)? {
             let postgres::SimpleQueryMessage::Row(row) = msg else { continue };
             let mut out = Vec::with_capacity(row.len());
             for i in 0..row.len() {
@@ -604,7 +635,7 @@ impl Ctx<'_> {
             }
             rows.push(out);
         }
-        tx.rollback().map_err(err)?;
+        tx.rollback()?;
         Ok(rows)
     }
 
@@ -776,6 +807,7 @@ impl Ctx<'_> {
         if self.pg.is_none() {
             return Vec::new();
         }
+        self.pg_client.borrow_mut().take();
         self.pg_final = DbState::read_postgres(&url, self.scaled(Duration::from_secs(10))).ok();
         let mut pg = self.pg.take().expect("checked above");
         let result = pg.stop(homer_testkit::StopMode::Fast);
