@@ -97,3 +97,43 @@ rows = [["homer", 1, 0]]
     let super::Outcome::Failed(f) = r.outcome else { panic!("{:?}", r.outcome) };
     assert!(f.expected.contains("postgres://"), "{f}");
 }
+
+/// `server = "restart"`: the run's server stops (immediate: a crash; fast) and starts
+/// again on the same port; the run's queries reach it again after each.
+#[test]
+fn a_server_step_restarts_the_run_s_server_and_queries_reach_it_again() {
+    if let Err(why) = homer_testkit::postgres::available() {
+        panic!("this test needs the PostgreSQL server binaries (.ci/postgres-binaries installs them): {why}");
+    }
+    let base = tempfile::tempdir().unwrap();
+    let text = r#"description = "d"
+covers = ["t"]
+mutant_none = "a test of the harness"
+[settings]
+backends = ["postgres"]
+[[step]]
+sql = "SELECT count(*) FROM pg_stat_activity WHERE false"
+rows = [[0]]
+[[step]]
+server = "restart"
+mode = "immediate"
+[[step]]
+sql = "SELECT count(*) FROM pg_stat_activity WHERE false"
+rows = [[0]]
+[[step]]
+server = "restart"
+[[step]]
+wait = "sql"
+query = "SELECT 1"
+rows = [[1]]
+"#;
+    let sc = parse_str(Path::new("scenarios/t.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let run = sc.for_backend(crate::scenario::Backend::Postgres).unwrap();
+    let opts =
+        Options { daemon: PathBuf::from("/bin/sh"), keep: true, sandbox_base: Some(base.path().into()), ..options() };
+    let r = super::run_scenario(&run, &opts);
+    assert!(matches!(r.outcome, super::Outcome::Passed), "{:?}", r.outcome);
+    let steps = std::fs::read_to_string(r.kept.unwrap().join("harness-logs/steps.log")).unwrap();
+    assert_eq!(steps.matches("the server accepts connections again after").count(), 2, "{steps}");
+    assert!(steps.contains("restart the PostgreSQL server (immediate)") && steps.contains("(fast)"), "{steps}");
+}
