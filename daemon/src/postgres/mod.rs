@@ -74,6 +74,11 @@ impl Target {
         let shown = redact(url);
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| Error::Usage(format!("{shown}: not a PostgreSQL connection URL: {e}")))?;
+        if config.get_user().is_none() {
+            // As libpq does: the operating system user's name (whoami is built as a
+            // stub, see daemon/Cargo.toml).
+            config.user(&std::env::var("USER").unwrap_or_else(|_| String::from("postgres")));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
         }
