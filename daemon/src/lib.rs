@@ -29,6 +29,7 @@ pub mod pool;
 pub mod postgres;
 pub mod powerloss;
 pub mod rlimit;
+pub mod rows;
 pub mod runner;
 pub mod shim;
 pub mod sqlite;
