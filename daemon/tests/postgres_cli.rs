@@ -387,6 +387,9 @@ fn logs_of_a_run_on_another_host_name_that_host() {
     let out = pg.run(&["logs", &id.to_string()]);
     assert_eq!(out.code, Some(66), "{}", out.stderr);
     assert!(out.stderr.contains(worker), "{}", out.stderr);
+    let show = pg.ok(&["show", &id.to_string()]);
+    assert!(show.contains(&format!("worker {worker}")), "{show}");
+    assert!(show.contains("not in this home"), "{show}");
     let out = pg.run(&["logs", &id.to_string(), "--run", "2"]);
     assert_eq!(out.code, Some(66), "no run 2: {}", out.stderr);
 }

@@ -173,6 +173,8 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
 /// Where an `exec` run's output is, and the last line of its stderr when it did not
 /// complete.
 struct RunOutput {
+    /// On PostgreSQL the run may have been on another host, whose home has its files.
+    shared_queue: bool,
     stdout: String,
     stderr: String,
     last_stderr_line: Option<String>,
@@ -185,13 +187,22 @@ impl RunOutput {
             Some("completed") => None,
             _ => last_line(&err),
         };
-        RunOutput { stdout: out.display().to_string(), stderr: err.display().to_string(), last_stderr_line }
+        let shared_queue = matches!(ctx.backend(), Backend::Postgres(_));
+        RunOutput {
+            shared_queue,
+            stdout: out.display().to_string(),
+            stderr: err.display().to_string(),
+            last_stderr_line,
+        }
     }
 
     /// A file's path and size, or that it is not there (not started, or pruned).
     fn describe(&self, path: &str) -> String {
         match std::fs::metadata(path) {
             Ok(m) => format!("{path} ({} bytes)", m.len()),
+            Err(_) if self.shared_queue => format!(
+                "{path} (not in this home: the run's worker keeps it in its own home, or the program never started)"
+            ),
             Err(_) => format!("{path} (not there: the program never started, or retention pruned it)"),
         }
     }

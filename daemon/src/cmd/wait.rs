@@ -79,7 +79,7 @@ pub fn progress(ctx: &Context, conn: &Connection, id: i64) -> Result<JobProgress
 /// connection for the daemons' writes, which do not all notify).
 pub enum Source {
     Sqlite { conn: Connection, changes: Changes },
-    Postgres(context::Pg),
+    Postgres(Box<context::Pg>),
 }
 
 impl Source {
@@ -87,7 +87,7 @@ impl Source {
     /// no job `id` yet (66, [`context::no_database_yet`]).
     pub fn open(ctx: &Context, id: i64) -> Result<Source> {
         match ctx.backend() {
-            Backend::Postgres(url) => Ok(Source::Postgres(context::open_postgres(ctx, url)?)),
+            Backend::Postgres(url) => Ok(Source::Postgres(Box::new(context::open_postgres(ctx, url)?))),
             Backend::Sqlite => match context::open_read_only(ctx)? {
                 Some(conn) => Ok(Source::Sqlite { conn, changes: Changes::new() }),
                 None => Err(context::no_database_yet(ctx, id)),
