@@ -7,6 +7,7 @@
 //! quietly), which is why `println!` is a lint error here.
 #![warn(clippy::print_stdout)]
 
+pub mod backend;
 pub mod children;
 pub mod cli;
 pub mod clock;

@@ -21,15 +21,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
-
+use crate::backend::{AnyStore, EngineIo};
 use crate::children::{self, SpawnRequest};
 use crate::clock::{mono, Clock};
 use crate::config::Config;
 use crate::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult, StopReason};
 use crate::job::{ChildIdentity, ClaimLimits, Claimed, Epoch, JobId, WallMs};
 use crate::paths::Paths;
-use crate::sqlite::jobstore::SqliteStore;
 use crate::sqlite::read;
 use crate::sqlite::writer::{SyncMode, Writer};
 use crate::{events, failpoint, identity};
@@ -53,11 +51,17 @@ fn remove_run_logs(dir: &std::path::Path, ids: &[i64]) {
 /// Engine loop period while nothing wakes it.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// PostgreSQL: how long each engine pass waits for a notification at most.
+const PG_LISTEN_WAIT: Duration = Duration::from_millis(1);
+
+/// PostgreSQL: claims are attempted at least this often even when nothing notified.
+const PG_CLAIM_POLL: Duration = Duration::from_secs(1);
+
 /// Variables no job child inherits: every homerd test hook. (`HOMER_*` settings pass, so
 /// a job can run `homerd enqueue` against the same home.)
 pub const ENV_DENY_PREFIXES: &[&str] = &["HOMERD_"];
 
-pub type EngineCoordinator = Coordinator<SqliteStore>;
+pub type EngineCoordinator = Coordinator<AnyStore>;
 
 /// What the supervisor tells the engine thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +144,10 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
 /// The same commit refreshes the leader row's reading (`seen_at`/`seen_mono`) past the
 /// step: a start that anchors its clock on the row after this daemon died (`Clock::anchor`)
 /// must not see the step again and move the jobs a second time.
-pub fn absorb_clock_steps(clock: &Clock, writer: &Writer, epoch: Epoch) {
+///
+/// On PostgreSQL the server's clock schedules every job: a step of this host's clock
+/// moves nothing, and is only reported.
+pub fn absorb_clock_steps(clock: &Clock, writer: Option<&Writer>, epoch: Epoch) {
     for back in clock.take_backward_steps() {
         events::warn(
             "clock.stepped_back",
@@ -149,6 +156,18 @@ pub fn absorb_clock_steps(clock: &Clock, writer: &Writer, epoch: Epoch) {
         .field("by_ms", back)
         .emit();
     }
+    let Some(writer) = writer else {
+        for step in clock.take_forward_steps() {
+            events::warn(
+                "clock.stepped",
+                "The wall clock jumped forward; the server's clock schedules jobs: nothing moved",
+            )
+            .field("by_ms", step.by)
+            .field("moved", 0)
+            .emit();
+        }
+        return;
+    };
     for step in clock.take_forward_steps() {
         let crate::clock::ForwardStep { from, by } = step;
         let reading = clock.clone();
@@ -247,20 +266,13 @@ pub struct EngineThread {
 }
 
 /// Starts the engine thread (which starts the watchdog).
-pub fn start(
-    coord: Arc<EngineCoordinator>,
-    writer: Writer,
-    cfg: Config,
-    clock: Clock,
-    paths: Paths,
-    reader: Connection,
-) -> EngineThread {
+pub fn start(coord: Arc<EngineCoordinator>, io: EngineIo, cfg: Config, clock: Clock, paths: Paths) -> EngineThread {
     let (control, control_rx) = mpsc::channel();
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(String::from("homerd-engine"))
         .spawn(move || {
-            let exit = Engine::new(coord, writer, cfg, clock, paths, reader).run(control_rx);
+            let exit = Engine::new(coord, io, cfg, clock, paths).run(control_rx);
             let _ = done_tx.send(exit);
         })
         .expect("spawn engine thread");
@@ -269,12 +281,12 @@ pub fn start(
 
 struct Engine {
     coord: Arc<EngineCoordinator>,
-    /// For housekeeping writes (retention); job state goes through the coordinator.
-    writer: Writer,
+    /// Wake-ups, cancel requests, the next due time, housekeeping; job state goes
+    /// through the coordinator.
+    io: EngineIo,
     cfg: Config,
     clock: Clock,
     paths: Paths,
-    reader: Connection,
     controls: Controls,
     /// Job threads, reused.
     pool: crate::pool::Pool,
@@ -287,22 +299,14 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(
-        coord: Arc<EngineCoordinator>,
-        writer: Writer,
-        cfg: Config,
-        clock: Clock,
-        paths: Paths,
-        reader: Connection,
-    ) -> Engine {
+    fn new(coord: Arc<EngineCoordinator>, io: EngineIo, cfg: Config, clock: Clock, paths: Paths) -> Engine {
         let (ended_tx, ended_rx) = mpsc::channel();
         Engine {
             coord,
-            writer,
+            io,
             cfg,
             clock,
             paths,
-            reader,
             controls: Controls::default(),
             pool: crate::pool::Pool::new("homerd-job"),
             running: BTreeSet::new(),
@@ -333,7 +337,12 @@ impl Engine {
         let mut next_renew = mono() + heartbeat_ms;
         // Housekeeping (retention, the metrics event) every 6 heartbeats, and at once.
         let mut next_housekeeping = mono();
-        let mut last_version = read::data_version(&self.reader).unwrap_or(0);
+        let mut last_version = 0;
+        self.io.changed(&mut last_version, Duration::ZERO);
+        // PostgreSQL: another daemon's claim or outcome frees a lane's capacity without a
+        // local change; notifications wake us for most, a poll catches the rest.
+        let poll_claims = matches!(self.io, EngineIo::Postgres { .. }).then_some(PG_CLAIM_POLL);
+        let mut last_claim = std::time::Instant::now();
         let mut claim_now = true;
         let mut next_ready: Option<WallMs> = None;
         let mut ended: Vec<(JobId, JobResult)> = Vec::new();
@@ -351,7 +360,7 @@ impl Engine {
             // then sees the jobs already moved by any step this reading (or another
             // thread's) noticed — never a stepped time with the jobs not yet moved.
             let wall = self.clock.now();
-            absorb_clock_steps(&self.clock, &self.writer, self.coord.epoch);
+            absorb_clock_steps(&self.clock, self.io.sqlite_writer(), self.coord.epoch);
             ended.extend(self.ended_rx.try_iter());
             if !ended.is_empty() {
                 // Every run that ended since the last pass is recorded in one commit.
@@ -366,7 +375,7 @@ impl Engine {
                 }
             }
             if !self.coord.halted() {
-                if let Some(why) = crate::sqlite::corruption() {
+                if let Some(why) = crate::backend::corruption() {
                     events::error("daemon.corrupt", "The database is corrupt: stopping every job, claiming nothing")
                         .field("error", why)
                         .emit();
@@ -406,20 +415,22 @@ impl Engine {
                 next_housekeeping = now + 6 * heartbeat_ms;
                 self.housekeeping();
             }
-            let version = noted(read::data_version(&self.reader)).unwrap_or(last_version);
-            if version != last_version {
-                last_version = version;
+            if self.io.changed(&mut last_version, PG_LISTEN_WAIT) {
                 claim_now = true;
                 // Someone committed: maybe a `homerd cancel` request for a job we run.
-                for id in crate::sqlite::ops::cancel_requests(&self.reader).unwrap_or_default() {
+                for id in self.io.cancel_requests(self.coord.epoch) {
                     self.coord.request_cancel(id);
                 }
+            }
+            if poll_claims.is_some_and(|p| last_claim.elapsed() >= p) {
+                claim_now = true;
             }
             if next_ready.is_some_and(|t| wall >= t) {
                 claim_now = true;
             }
             if claim_now && !self.coord.shutting_down() && !self.coord.fenced() {
                 claim_now = false;
+                last_claim = std::time::Instant::now();
                 let claimed = self.coord.claim(mono(), wall);
                 if !claimed.is_empty() {
                     claim_now = true; // more may be ready than one batch took
@@ -430,7 +441,7 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
-                next_ready = noted(read::next_run_after(&self.reader)).flatten().map(WallMs);
+                next_ready = self.io.next_ready(&self.clock);
             }
             if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
@@ -450,32 +461,38 @@ impl Engine {
     /// Retention: prunes terminal jobs older than `retention` with their runs and run logs
     /// (a bounded batch per pass); then reports the counters as a `daemon.metrics` event.
     fn housekeeping(&mut self) {
-        let before = self.clock.now_ms() - self.cfg.retention.as_millis() as i64;
-        let pruned = self.writer.call_blocking(SyncMode::Normal, move |tx| {
-            let ids = crate::sqlite::ops::prune(tx, before, PRUNE_BATCH)?;
-            crate::sqlite::ops::bump_metric(tx, "jobs_pruned", ids.len() as i64)?;
-            Ok(ids)
-        });
+        let pruned = match &mut self.io {
+            EngineIo::Sqlite { writer, .. } => {
+                let before = self.clock.now_ms() - self.cfg.retention.as_millis() as i64;
+                writer
+                    .call_blocking(SyncMode::Normal, move |tx| {
+                        let ids = crate::sqlite::ops::prune(tx, before, PRUNE_BATCH)?;
+                        crate::sqlite::ops::bump_metric(tx, "jobs_pruned", ids.len() as i64)?;
+                        Ok(ids)
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            io @ EngineIo::Postgres { .. } => io.pg_prune(self.cfg.retention, PRUNE_BATCH),
+        };
         match pruned {
             Ok(ids) if !ids.is_empty() => {
                 remove_run_logs(&self.paths.logs.join("runs"), &ids);
                 events::info("jobs.pruned", "Pruned jobs past retention").field("count", ids.len()).emit();
             }
             Ok(_) => {}
-            Err(e) => {
-                events::warn("jobs.prune_failed", "Could not prune old jobs").field("error", e.to_string()).emit()
-            }
+            Err(e) => events::warn("jobs.prune_failed", "Could not prune old jobs").field("error", e).emit(),
         }
+        let Some(reader) = self.io.sqlite_reader() else { return };
         let mut ev = events::debug("daemon.metrics", "Counters");
-        for (k, v) in crate::sqlite::ops::metrics(&self.reader).unwrap_or_default() {
+        for (k, v) in crate::sqlite::ops::metrics(reader).unwrap_or_default() {
             ev = ev.field(&k, v);
         }
-        for (k, v) in read::job_counts(&self.reader).unwrap_or_default() {
+        for (k, v) in read::job_counts(reader).unwrap_or_default() {
             ev = ev.field(&format!("jobs_{k}"), v);
         }
         let now = self.clock.now_ms();
-        let oldest = crate::sqlite::ops::oldest_pending(&self.reader, now).ok().flatten().map(|t| (now - t).max(0));
-        let lanes = crate::sqlite::ops::lane_counts(&self.reader).unwrap_or_default();
+        let oldest = crate::sqlite::ops::oldest_pending(reader, now).ok().flatten().map(|t| (now - t).max(0));
+        let lanes = crate::sqlite::ops::lane_counts(reader).unwrap_or_default();
         ev.field("oldest_pending_age_ms", serde_json::json!(oldest)).field("lanes", serde_json::json!(lanes)).emit();
     }
 
@@ -531,11 +548,16 @@ impl Engine {
             // worker would — not inside some other thread's write transaction, holding
             // SQLite's write lock (README, Limits), which would block a successor for
             // reasons this hook is not about.
-            self.writer.between_transactions_blocking(|| {
+            let hit = || {
                 if let Err(e) = failpoint::hit("job.before_complete") {
                     events::warn("failpoint.error", "job.before_complete").field("error", e.to_string()).emit();
                 }
-            });
+            };
+            match self.io.sqlite_writer() {
+                Some(writer) => writer.between_transactions_blocking(hit),
+                // PostgreSQL: the engine thread holds no transaction open here.
+                None => hit(),
+            }
         }
         // `finish_many` answers in the order given: each answer meets its own result.
         let errors: Vec<Option<String>> = ended
@@ -556,12 +578,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// A reader's result, with corruption noted (`sqlite::note_corruption`): the engine's
-/// reads are best-effort, but a damaged page they meet must stop the daemon.
-fn noted<T>(r: rusqlite::Result<T>) -> Option<T> {
-    r.map_err(|e| crate::sqlite::note_corruption(&e)).ok()
 }
 
 fn announce_finish(id: JobId, f: &Finished) {
@@ -654,6 +670,9 @@ impl JobContext {
             (String::from("HOMER_ATTEMPT"), job.attempt.to_string()),
             (String::from("HOMER_RUN"), job.run.to_string()),
             (String::from("HOMER_CLAIM_TOKEN"), job.token.clone()),
+            // The claim's epoch (on PostgreSQL, the worker's incarnation): with the token,
+            // what a job needs to fence its own effects against a stale run of itself.
+            (String::from("HOMER_EPOCH"), self.coord.epoch.to_string()),
             // The daemon's resolved paths, so a job's own `homerd enqueue` reaches the
             // same database whether the daemon got them from flags or the environment.
             (String::from("HOMER_HOME"), self.paths.home.display().to_string()),

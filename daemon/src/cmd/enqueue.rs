@@ -33,8 +33,8 @@ pub struct EnqueueSpec {
 
 /// Variables the daemon sets for every `exec` run; `--env` may not name them (nor any
 /// `HOMERD_*` test hook, which the daemon strips from jobs).
-const RESERVED_ENV: [&str; 6] =
-    ["HOMER_JOB_ID", "HOMER_ATTEMPT", "HOMER_RUN", "HOMER_CLAIM_TOKEN", "HOMER_HOME", "HOMER_LOCK_FILE"];
+const RESERVED_ENV: [&str; 7] =
+    ["HOMER_JOB_ID", "HOMER_ATTEMPT", "HOMER_RUN", "HOMER_CLAIM_TOKEN", "HOMER_EPOCH", "HOMER_HOME", "HOMER_LOCK_FILE"];
 
 /// Why an `exec` job's directory or environment was refused.
 #[derive(Debug)]

@@ -20,6 +20,7 @@ pub mod logs;
 pub mod maintain;
 pub mod operate;
 pub mod run;
+pub mod run_postgres;
 pub mod service;
 pub mod status;
 pub mod wait;

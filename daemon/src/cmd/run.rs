@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backend::{AnyStore, EngineIo};
 use crate::cmd::context::Context;
 use crate::cmd::lead::{acquire_lock, diagnostics, file_ids, open_and_lead, Leadership, Role};
 use crate::engine::coordinator::Coordinator;
@@ -26,6 +27,9 @@ use crate::{events, failpoint, mutant, runner, sqlite};
 
 /// `homerd run`.
 pub fn run(ctx: Context) -> Result<i32> {
+    if let Some(url) = ctx.config.database.clone() {
+        return crate::cmd::run_postgres::run(ctx, &url);
+    }
     failpoint::announce();
     crate::powerloss::announce();
     let Some(mut lock) = acquire_lock(&ctx, Role::Daemon)? else { return Ok(exit::OK) };
@@ -57,23 +61,13 @@ pub fn run(ctx: Context) -> Result<i32> {
             .field("migrations", applied.join(","))
             .emit();
     }
-    // Room for `concurrency` jobs' descriptors (rlimit.rs); jobs get the old limit back.
-    match crate::rlimit::raise() {
-        Ok(r) if r.after > r.before => events::info("daemon.nofile", "Raised the open-file limit")
-            .field("before", r.before)
-            .field("soft", r.after)
-            .field("hard", r.hard)
-            .emit(),
-        Ok(r) => events::debug("daemon.nofile", "Open-file limit").field("soft", r.after).field("hard", r.hard).emit(),
-        Err(e) => {
-            events::warn("daemon.nofile", "Could not raise the open-file limit").field("error", e.to_string()).emit()
-        }
-    }
+    raise_open_files();
     let (writer, thread) = Writer::start(conn, epoch);
     let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
-    let coord = Arc::new(Coordinator::new(engine_cfg, Epoch(epoch), SqliteStore::new(writer.clone())));
+    let store = AnyStore::Sqlite(SqliteStore::new(writer.clone()));
+    let coord = Arc::new(Coordinator::new(engine_cfg, Epoch(epoch), store));
     // A forward step of the wall clock while no daemon ran: move the waiting jobs first.
-    runner::absorb_clock_steps(&ctx.clock, &writer, Epoch(epoch));
+    runner::absorb_clock_steps(&ctx.clock, Some(&writer), Epoch(epoch));
     // Recovery runs before anything is claimed: every orphan requeued (or failed) and its
     // recorded process group gone. Then the engine's reader; only then is the daemon active.
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);
@@ -110,14 +104,29 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
     coord.note_leader_refresh(crate::clock::mono());
-    let engine =
-        runner::start(coord.clone(), writer.clone(), ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone(), reader);
+    let io = EngineIo::Sqlite { writer: writer.clone(), reader };
+    let engine = runner::start(coord.clone(), io, ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone());
     let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, database_id, signals, engine, coord));
     thread.join();
     result
 }
 
-enum Stop {
+/// Room for `concurrency` jobs' descriptors (rlimit.rs); jobs get the old limit back.
+pub(super) fn raise_open_files() {
+    match crate::rlimit::raise() {
+        Ok(r) if r.after > r.before => events::info("daemon.nofile", "Raised the open-file limit")
+            .field("before", r.before)
+            .field("soft", r.after)
+            .field("hard", r.hard)
+            .emit(),
+        Ok(r) => events::debug("daemon.nofile", "Open-file limit").field("soft", r.after).field("hard", r.hard).emit(),
+        Err(e) => {
+            events::warn("daemon.nofile", "Could not raise the open-file limit").field("error", e.to_string()).emit()
+        }
+    }
+}
+
+pub(super) enum Stop {
     /// Drained (or the drain ran out of time) after a signal.
     Drained,
     Fenced(String),
@@ -126,13 +135,13 @@ enum Stop {
 }
 
 /// SIGTERM and SIGINT, registered once the lock is held.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+pub(super) struct Signals {
+    pub(super) term: tokio::signal::unix::Signal,
+    pub(super) int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn register() -> Result<Signals> {
+    pub(super) fn register() -> Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         let sig = |kind| signal(kind).map_err(|e| Error::Internal(format!("signal handler: {e}")));
         Ok(Signals { term: sig(SignalKind::terminate())?, int: sig(SignalKind::interrupt())? })
@@ -239,7 +248,7 @@ async fn supervise(
                 }
             }
             _ = lock_check.tick() => {
-                if let Err(reason) = watch.check(ctx, &writer, epoch).await {
+                if let Err(reason) = watch.check(ctx, Some(&writer), epoch).await {
                     break Stop::Fenced(reason);
                 }
                 // An admin's `mv`/restore over the database, or `rm -rf` of the home: our
@@ -310,7 +319,7 @@ fn corrupt_error(db: &std::path::Path) -> Error {
 /// the engine stops what still runs at once (TERM to its group, KILL after `kill_grace`)
 /// and releases it. The message says which, how many jobs and how long, so an operator
 /// at a terminal knows what a second Ctrl-C does before pressing it.
-fn on_signal(
+pub(super) fn on_signal(
     ctx: &Context,
     control: &std::sync::mpsc::Sender<runner::Control>,
     name: &'static str,
@@ -376,7 +385,7 @@ fn hurry_message(running: usize, kill_grace: Duration) -> String {
 }
 
 /// The lock is released last: after the database is closed and the final log line.
-fn release_lock(lock: HeldLock) {
+pub(super) fn release_lock(lock: HeldLock) {
     let (dev, ino) = lock.dev_ino();
     events::info("lock.released", "Daemon lock released")
         .field("path", lock.path().display().to_string())
@@ -388,17 +397,24 @@ fn release_lock(lock: HeldLock) {
 }
 
 /// The periodic path-vs-fd re-check and in-place re-acquisition.
-struct LockWatch {
-    held: HeldLock,
-    lost_since: Option<Instant>,
+pub(super) struct LockWatch {
+    pub(super) held: HeldLock,
+    pub(super) lost_since: Option<Instant>,
     /// Failed re-acquisition attempts not yet counted in the database.
-    failures: i64,
-    database_id: Option<u32>,
+    pub(super) failures: i64,
+    pub(super) database_id: Option<u32>,
 }
 
 impl LockWatch {
     /// `Err(reason)`: fenced.
-    async fn check(&mut self, ctx: &Context, writer: &Writer, epoch: i64) -> std::result::Result<(), String> {
+    /// `writer`: SQLite's, to record the new lock file on the leader row; `None` on
+    /// PostgreSQL, where the lock only keeps one daemon per home.
+    pub(super) async fn check(
+        &mut self,
+        ctx: &Context,
+        writer: Option<&Writer>,
+        epoch: i64,
+    ) -> std::result::Result<(), String> {
         let state = self.held.check_path().unwrap_or(PathState::Missing);
         if state == PathState::Same {
             self.lost_since = None;
@@ -432,7 +448,12 @@ impl LockWatch {
 
     /// `Ok(true)`: re-acquired; `Ok(false)`: not yet (someone briefly holds the new file,
     /// or an I/O error); `Err`: the epoch moved.
-    async fn reacquire(&mut self, ctx: &Context, writer: &Writer, epoch: i64) -> std::result::Result<bool, String> {
+    async fn reacquire(
+        &mut self,
+        ctx: &Context,
+        writer: Option<&Writer>,
+        epoch: i64,
+    ) -> std::result::Result<bool, String> {
         let path = self.held.path().to_owned();
         let mut new = match lock::acquire(&path) {
             Ok(Acquire::Held(new)) => new,
@@ -450,7 +471,11 @@ impl LockWatch {
             }
         };
         let (dev, ino) = new.dev_ino();
-        match writer.call(SyncMode::Full, move |tx| leader::update_lock_file(tx, epoch, dev, ino)).await {
+        let recorded = match writer {
+            Some(writer) => writer.call(SyncMode::Full, move |tx| leader::update_lock_file(tx, epoch, dev, ino)).await,
+            None => Ok(true),
+        };
+        match recorded {
             Ok(true) => {}
             Ok(false) | Err(WriteError::Fenced) => {
                 return Err(String::from("the epoch moved while the lock file was gone"))

@@ -183,7 +183,13 @@ impl JobStore for PgStore {
             return items.iter().map(|_| Err(StoreError::Unavailable("mixed incarnations".into()))).collect();
         }
         match self.guarded(epoch, now, |tx, store_now| {
-            items.iter().map(|(claim, what)| record_sql(tx, claim, what, now, store_now)).collect::<PgResult<Vec<_>>>()
+            let done = items
+                .iter()
+                .map(|(claim, what)| record_sql(tx, claim, what, now, store_now))
+                .collect::<PgResult<Vec<_>>>()?;
+            // A lane's capacity freed, or a retry scheduled: wake every daemon.
+            super::daemon::notify(tx)?;
+            Ok(done)
         }) {
             Ok(done) => done.into_iter().map(Ok).collect(),
             Err(e) => items.iter().map(|_| Err(e.clone())).collect(),

@@ -12,10 +12,13 @@
 //! Connection strings are secrets (they may carry a password): everything that shows or
 //! logs one goes through [`redact`].
 
+pub mod daemon;
 pub mod jobs;
 pub mod jobstore;
 pub mod ops;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 pub mod workers;
 
 use std::str::FromStr;

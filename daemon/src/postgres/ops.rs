@@ -23,7 +23,7 @@ use crate::job::{JobId, JobStatus, NewJob, WallMs};
 use crate::rows::{Cancel, JobProgress, JobRow, Retry, RunRow, RunningJob};
 
 /// The channel a daemon LISTENs on to learn that the queue changed.
-pub const CHANNEL: &str = "homer_jobs";
+pub const CHANNEL: &str = super::daemon::CHANNEL;
 
 /// Wakes the daemons listening on [`CHANNEL`] once `tx` commits (not before, not if it
 /// rolls back). `what` is the payload, for a reader watching the channel by hand.

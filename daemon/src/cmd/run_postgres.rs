@@ -1,0 +1,239 @@
+//! `homerd run` on PostgreSQL: one daemon per home (the flock stays), many daemons per
+//! queue.
+//!
+//! flock on the home's lock file → connect → migrations (advisory lock) → register a
+//! worker row (a fresh incarnation) → recovery of this home's predecessors (their
+//! recorded children killed first, then their jobs requeued) → `daemon.active`. Then,
+//! until SIGTERM/SIGINT: every `heartbeat_interval`, refresh the worker row on the
+//! server's clock and fence any other worker not seen for its stale threshold, requeueing
+//! its jobs; every `lock_check_interval`, re-check the lock path. A fenced incarnation
+//! (another worker judged it stale) stops every run and exits 76; one that cannot reach
+//! the server stands down (runs stopped by their lease deadlines, nothing claimed) and
+//! resumes when a heartbeat gets through again, unless it was fenced meanwhile.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{AnyStore, EngineIo};
+use crate::cmd::context::Context;
+use crate::cmd::lead::{acquire_lock, diagnostics, Role};
+use crate::cmd::run::{on_signal, raise_open_files, release_lock, LockWatch, Signals, Stop};
+use crate::engine::coordinator::Coordinator;
+use crate::engine::jobstore::StoreError;
+use crate::error::{exit, Error, Result};
+use crate::job::Epoch;
+use crate::postgres::jobstore::{PgStore, StoreClock};
+use crate::postgres::{daemon, schema, workers, Target};
+use crate::{events, failpoint, identity, runner};
+
+pub fn run(ctx: Context, url: &str) -> Result<i32> {
+    failpoint::announce();
+    let Some(mut lock) = acquire_lock(&ctx, Role::Daemon)? else { return Ok(exit::OK) };
+    // Describe ourselves at once: another start waiting on the lock reads this.
+    lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, 0, None))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+    let signals = runtime.block_on(async { Signals::register() })?;
+    let target = Target::parse(url, ctx.config.busy_timeout)?;
+    let mut client = target.connect()?;
+    let applied = schema::migrate(&mut client, &target.shown)?;
+    let me = identity::current().map_err(|e| Error::Internal(format!("own process identity: {e}")))?;
+    let registration = workers::Registration {
+        name: format!("{}/{}:{}", me.host, me.boot_id, ctx.paths.home.display()),
+        identity: me,
+        stale_ms: ctx.config.stale_threshold.as_millis() as i64,
+    };
+    let epoch = workers::register(&mut client, &registration).map_err(|e| Error::postgres(&target.shown, e))?;
+    lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch.0, None))?;
+    events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
+    let (dev, ino) = lock.dev_ino();
+    events::info("lock.acquired", "Daemon lock acquired")
+        .field("path", lock.path().display().to_string())
+        .field("epoch", epoch)
+        .field("dev", dev)
+        .field("ino", ino)
+        .emit();
+    if !applied.is_empty() {
+        events::info("migrations.applied", "Migrations applied")
+            .field("count", applied.len())
+            .field("migrations", applied.join(","))
+            .emit();
+    }
+    events::info("worker.registered", "Registered as a worker of the shared queue")
+        .field("incarnation", epoch)
+        .field("name", registration.name.clone())
+        .emit();
+    raise_open_files();
+    let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
+    let store = PgStore::new(client, target.clone(), registration.name.clone(), StoreClock::Server);
+    let coord = Arc::new(Coordinator::new(engine_cfg, epoch, AnyStore::Postgres(Box::new(store))));
+    let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);
+    let ready = runner::recover(&coord, &ctx.clock, kill_limit)
+        .map_err(|e| if e.contains("fenced") { Error::Fenced(e) } else { Error::Busy(e) })
+        .and_then(|()| {
+            let mut listener = target.connect()?;
+            daemon::listen(&mut listener).map_err(|e| Error::postgres(&target.shown, e))?;
+            Ok(listener)
+        });
+    let listener = match ready {
+        Ok(l) => l,
+        Err(e) => {
+            release_lock(lock);
+            return Err(e);
+        }
+    };
+    events::info("daemon.active", "Daemon active")
+        .field("epoch", epoch)
+        .field("database", target.shown.clone())
+        .field("version", env!("CARGO_PKG_VERSION"))
+        .emit();
+    coord.note_leader_refresh(crate::clock::mono());
+    let io = EngineIo::Postgres { client: Some(listener), target: Box::new(target) };
+    let engine = runner::start(coord.clone(), io, ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone());
+    let result = runtime.block_on(supervise(&ctx, lock, epoch, signals, engine, coord.clone()));
+    // The store's synchronous client shuts down its own runtime when dropped: outside ours.
+    drop(runtime);
+    drop(coord);
+    result
+}
+
+/// Runs `f` on the coordinator's PostgreSQL store, on tokio's blocking pool: the
+/// synchronous client drives its own runtime, which must not run inside ours, and a call
+/// that waits on an unreachable server must not hold up signal handling.
+async fn with_pg<R: Send + 'static>(
+    coord: &Arc<runner::EngineCoordinator>,
+    f: impl FnOnce(&mut PgStore) -> R + Send + 'static,
+) -> R {
+    let coord = coord.clone();
+    tokio::task::spawn_blocking(move || {
+        coord.with_store(|s| match s {
+            AnyStore::Postgres(p) => f(p),
+            AnyStore::Sqlite(_) => unreachable!("run_postgres runs the PostgreSQL store"),
+        })
+    })
+    .await
+    .expect("a store call panicked")
+}
+
+async fn supervise(
+    ctx: &Context,
+    lock: crate::lock::HeldLock,
+    epoch: Epoch,
+    signals: Signals,
+    engine: runner::EngineThread,
+    coord: Arc<runner::EngineCoordinator>,
+) -> Result<i32> {
+    let Signals { term: mut sigterm, int: mut sigint } = signals;
+    let runner::EngineThread { control, done: mut engine_done } = engine;
+    let every = |period: Duration| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let cfg = &ctx.config;
+    let mut heartbeat = every(cfg.heartbeat_interval);
+    let mut lock_check = every(cfg.lock_check_interval);
+    let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id: None };
+    let mut last_refresh = Instant::now();
+    let mut standing_down = false;
+    let mut signals_seen = 0;
+    let mut engine_finished = false;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let retry_delay = cfg.orphan_retry_delay.as_millis() as i64;
+    let stop = loop {
+        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = sigterm.recv() => on_signal(ctx, &control, "SIGTERM", coord.held().len(), &mut signals_seen, &mut drain_deadline),
+            _ = sigint.recv() => on_signal(ctx, &control, "SIGINT", coord.held().len(), &mut signals_seen, &mut drain_deadline),
+            exit = &mut engine_done => {
+                engine_finished = true;
+                match exit {
+                    Ok(runner::EngineExit::Drained) => break Stop::Drained,
+                    Ok(runner::EngineExit::Corrupt) => break Stop::Corrupt,
+                    Ok(runner::EngineExit::Fenced) | Err(_) => break Stop::Fenced(String::from("the engine stopped: fenced")),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
+                events::error("shutdown.timeout", "Jobs did not stop within the drain bound; stopping anyway")
+                    .field("held", 0)
+                    .emit();
+                break Stop::Drained;
+            }
+            _ = heartbeat.tick() => {
+                let asked_at = crate::clock::mono();
+                match with_pg(&coord, move |p| p.heartbeat(epoch)).await {
+                    Ok(()) => {
+                        last_refresh = Instant::now();
+                        coord.note_leader_refresh(asked_at);
+                        events::debug("daemon.heartbeat", "Worker row refreshed").field("epoch", epoch).emit();
+                        if standing_down {
+                            standing_down = false;
+                            events::info("daemon.resumed", "Worker row refreshed again: resuming").emit();
+                        }
+                        match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay)).await {
+                            Ok((fenced, rec)) if !fenced.is_empty() => {
+                                events::warn("workers.fenced", "Fenced workers not seen for their stale threshold; their jobs were recovered")
+                                    .field("incarnations", fenced)
+                                    .field("requeued", rec.requeued)
+                                    .field("failed", rec.failed)
+                                    .field("cancelled", rec.cancelled)
+                                    .emit();
+                            }
+                            Ok(_) => {}
+                            Err(StoreError::Fenced) => break Stop::Fenced(String::from("another worker fenced this incarnation")),
+                            Err(e) => events::warn("workers.sweep_failed", "Could not check for stale workers")
+                                .field("error", e.to_string())
+                                .emit(),
+                        }
+                    }
+                    Err(StoreError::Fenced) => break Stop::Fenced(String::from("another worker fenced this incarnation")),
+                    Err(e) => {
+                        events::warn("daemon.heartbeat_failed", "Could not refresh the worker row")
+                            .field("error", e.to_string())
+                            .emit();
+                        if !standing_down && coord.standing_down(crate::clock::mono()) {
+                            standing_down = true;
+                            events::error("daemon.standing_down", "Cannot reach the database: stopping all jobs, claiming nothing")
+                                .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
+                                .emit();
+                        }
+                    }
+                }
+            }
+            _ = lock_check.tick() => {
+                if let Err(reason) = watch.check(ctx, None, epoch.0).await {
+                    break Stop::Fenced(reason);
+                }
+            }
+        }
+    };
+    let LockWatch { held: lock, .. } = watch;
+    match stop {
+        Stop::Drained | Stop::Corrupt => {
+            failpoint::hit("shutdown.before_release").map_err(|e| Error::io("shutdown", &ctx.paths.home, e))?;
+            // Every run was released: nobody needs to wait out this incarnation's lease.
+            if let Err(e) = with_pg(&coord, move |p| p.stop(epoch)).await {
+                events::warn("daemon.release_failed", "Could not mark the worker row stopped")
+                    .field("error", e.to_string())
+                    .emit();
+            }
+            release_lock(lock);
+            Ok(exit::OK)
+        }
+        Stop::Fenced(reason) => {
+            events::error("daemon.fenced", "Fenced: another worker fenced this incarnation; stopping")
+                .field("epoch", epoch)
+                .field("reason", reason.clone())
+                .emit();
+            let _ = control.send(runner::Control::Fence);
+            let bound = cfg.kill_grace + Duration::from_secs(10);
+            if !engine_finished && tokio::time::timeout(bound, &mut engine_done).await.is_err() {
+                events::error("shutdown.timeout", "Jobs did not stop after fencing; exiting anyway").emit();
+            }
+            release_lock(lock);
+            Err(Error::Fenced(reason))
+        }
+    }
+}
