@@ -502,3 +502,32 @@ mod devpg {
         }
     }
 }
+
+#[test]
+fn with_a_real_daemon_the_commands_see_its_work() {
+    let pg = Pg::new();
+    let url = pg.url();
+    let mut c = pg.sb.cmd();
+    c.args(["--database", &url, "run"]);
+    let mut d = common::Daemon::spawn(c);
+    d.wait_event("daemon.active");
+
+    let id = pg.enqueue(&["exec", "--", "sh", "-c", "echo out of $HOMER_JOB_ID"]);
+    let out = pg.run(&["wait", &id.to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(pg.ok(&["logs", &id.to_string()]), format!("out of {id}\n"), "read from this home");
+
+    let long = pg.enqueue(&["sleep", "1h"]);
+    common::wait_job_event(&mut d, "job.claimed", long);
+    let status = pg.json(&["status", "--json"]);
+    assert_eq!(status["daemon"]["state"], "active", "{status}");
+    assert_eq!(status["workers"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(status["workers"][0]["running"], 1, "{status}");
+    assert_eq!(status["running"][0]["id"], long, "{status}");
+    let out = pg.ok(&["cancel", &long.to_string()]);
+    assert_eq!(out, format!("job {long} cancelled (its run was stopped)\n"));
+    common::wait_job_event(&mut d, "job.cancelled", long);
+    let out = pg.run(&["doctor"]);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert!(out.stdout.contains("PASS daemon running"), "{}", out.stdout);
+}

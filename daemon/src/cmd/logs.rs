@@ -218,7 +218,7 @@ fn elsewhere(ctx: &Context, source: &mut Source, id: i64, run: i64) -> Result<()
     else {
         return Ok(());
     };
-    if is_this_home(ctx, &worker) {
+    if is_this_home(&crate::platform::hostname(), &ctx.paths.home, &worker) {
         return Ok(());
     }
     let host = host.unwrap_or_else(|| worker.split('/').next().unwrap_or("?").to_owned());
@@ -231,11 +231,9 @@ fn elsewhere(ctx: &Context, source: &mut Source, id: i64, run: i64) -> Result<()
 
 /// Whether a worker name (`<host>/<boot id>:<home>`, as a daemon registers itself) is
 /// this host's daemon for this home.
-fn is_this_home(ctx: &Context, worker: &str) -> bool {
-    let host = crate::platform::hostname();
-    worker
-        .strip_prefix(&format!("{host}/"))
-        .is_some_and(|rest| rest.split_once(':').is_some_and(|(_, home)| Path::new(home) == ctx.paths.home.as_path()))
+fn is_this_home(host: &str, home: &Path, worker: &str) -> bool {
+    // The boot id may itself hold ':' (it carries the pid namespace): match both ends.
+    worker.starts_with(&format!("{host}/")) && worker.ends_with(&format!(":{}", home.display()))
 }
 
 fn display(p: &Path) -> String {
@@ -244,7 +242,17 @@ fn display(p: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::tail_start;
+    use super::{is_this_home, tail_start};
+    use std::path::Path;
+
+    #[test]
+    fn a_worker_name_is_this_home_only_with_both_host_and_home() {
+        let me = "vm/9020ca1a/pidns:4026531836:/tmp/h";
+        assert!(is_this_home("vm", Path::new("/tmp/h"), me));
+        assert!(!is_this_home("other", Path::new("/tmp/h"), me));
+        assert!(!is_this_home("vm", Path::new("/tmp/other"), me));
+        assert!(!is_this_home("vm", Path::new("/h"), me), "a suffix of the home is not the home");
+    }
 
     #[test]
     fn tail_starts_at_the_last_lines() {

@@ -112,7 +112,8 @@ fn many_workers_never_share_a_job_and_keep_lane_caps_across_the_cluster(server: 
         all.push(job(if i % 3 == 0 { "a" } else { "b" }));
     }
     let ids = enqueue(&url, &all);
-    let limits = ClaimLimits { global: 6, lanes: [("a".into(), 3), ("b".into(), 100)].into(), default_lane: 1, batch: 4 };
+    let limits =
+        ClaimLimits { global: 6, lanes: [("a".into(), 3), ("b".into(), 100)].into(), default_lane: 1, batch: 4 };
     // Jobs some worker holds right now, by lane. A job leaves before its completion
     // commits, so this is never more than what the database has running.
     let held: Arc<Mutex<BTreeMap<JobId, String>>> = Arc::default();
@@ -225,9 +226,10 @@ fn stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(s
     assert!(ids.contains(&old_claim.id));
     assert_eq!(old_store.renew(old, &[(old_claim.id, old_claim.token.clone())], WallMs(0)), Err(StoreError::Fenced));
     // The live worker renews and completes as usual.
-    assert_eq!(live_store.renew(live, &[(live_claim.id, live_claim.token.clone())], WallMs(0)).unwrap(), vec![
-        live_claim.id
-    ]);
+    assert_eq!(
+        live_store.renew(live, &[(live_claim.id, live_claim.token.clone())], WallMs(0)).unwrap(),
+        vec![live_claim.id]
+    );
     assert_eq!(
         live_store.record_many(&[(live_claim.claim_ref(live), Record::Complete)], WallMs(0)),
         vec![Ok(Recorded::Completed)]
@@ -280,9 +282,7 @@ fn migrations_apply_once_and_refuse_what_is_not_theirs(server: &TestServer) {
     assert!(e.to_string().contains("checksum"), "{e}");
 
     let newer = migrated(server);
-    connect(&newer)
-        .execute("INSERT INTO homer_migrations VALUES (999, '999_future.sql', 'x', 0)", &[])
-        .unwrap();
+    connect(&newer).execute("INSERT INTO homer_migrations VALUES (999, '999_future.sql', 'x', 0)", &[]).unwrap();
     let e = schema::migrate(&mut connect(&newer), "test").unwrap_err();
     assert_eq!(e.exit_code(), crate::error::exit::DATA);
     assert!(e.to_string().contains("newer homerd"), "{e}");
@@ -291,5 +291,9 @@ fn migrations_apply_once_and_refuse_what_is_not_theirs(server: &TestServer) {
     connect(&foreign).batch_execute("CREATE TABLE job_queue (id int)").unwrap();
     let e = schema::migrate(&mut connect(&foreign), "test").unwrap_err();
     assert_eq!(e.exit_code(), crate::error::exit::DATA);
-    assert_eq!(scalar(&foreign, "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'homer_workers'"), 0, "nothing created");
+    assert_eq!(
+        scalar(&foreign, "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'homer_workers'"),
+        0,
+        "nothing created"
+    );
 }
