@@ -531,3 +531,19 @@ fn with_a_real_daemon_the_commands_see_its_work() {
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     assert!(out.stdout.contains("PASS daemon running"), "{}", out.stdout);
 }
+
+#[test]
+fn refused_credentials_are_77_and_never_show_the_password() {
+    let pg = Pg::migrated();
+    pg.server.psql("CREATE ROLE shut NOLOGIN").unwrap();
+    let url = pg.url().replacen("postgres://homer@", "postgres://shut:sekret@", 1);
+    assert!(url.contains("shut:sekret@"), "{url}");
+    for args in [&["list"][..], &["status", "--json"], &["enqueue", "--json", "noop"]] {
+        let mut all = vec!["--database", url.as_str()];
+        all.extend_from_slice(args);
+        let out = pg.sb.run(&all);
+        assert_eq!(out.code, Some(77), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("shut:***@"), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("sekret") && !out.stdout.contains("sekret"), "{args:?}: {}", out.stderr);
+    }
+}
