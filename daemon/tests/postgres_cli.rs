@@ -547,3 +547,27 @@ fn refused_credentials_are_77_and_never_show_the_password() {
         assert!(!out.stderr.contains("sekret") && !out.stdout.contains("sekret"), "{args:?}: {}", out.stderr);
     }
 }
+
+#[test]
+fn concurrent_enqueuers_of_one_key_make_one_job() {
+    let pg = Pg::migrated();
+    let url = pg.url();
+    let procs: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = pg.sb.cmd();
+            c.args(["--database", &url, "enqueue", "--json", "--key", "once", "fail", &format!("from {i}")]);
+            std::thread::spawn(move || common::run_bounded(c, deadline(60.0)))
+        })
+        .collect();
+    let acks: Vec<Value> = procs
+        .into_iter()
+        .map(|p| {
+            let out = p.join().unwrap();
+            assert_eq!(out.code, Some(0), "{}", out.stderr);
+            serde_json::from_str(out.stdout.trim()).unwrap()
+        })
+        .collect();
+    assert_eq!(acks.iter().filter(|a| a["created"] == true).count(), 1, "{acks:?}");
+    assert!(acks.iter().all(|a| a["id"] == acks[0]["id"]), "{acks:?}");
+    assert_eq!(pg.server.psql("SELECT count(*) FROM job_queue").unwrap().trim(), "1");
+}
