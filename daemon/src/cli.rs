@@ -400,8 +400,12 @@ pub fn main() -> i32 {
 
 fn dispatch(cli: Cli) -> Result<i32, Error> {
     // What `service` passes on to the daemon it installs (before the paths consume it).
-    let passed =
-        service::Passed { lock_file: cli.lock_file.is_some(), config: cli.config.clone(), sets: cli.set.clone() };
+    let passed = service::Passed {
+        lock_file: cli.lock_file.is_some(),
+        config: cli.config.clone(),
+        sets: cli.set.clone(),
+        database: cli.database.clone(),
+    };
     let (flag, shift) = (cli.log_level, i32::from(cli.verbose) - i32::from(cli.quiet));
     let mut ctx = Context::load(cli.home, cli.lock_file, cli.config, cli.set)?;
     if let Some(url) = &cli.database {

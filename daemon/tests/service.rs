@@ -310,6 +310,20 @@ fn relative_config_becomes_absolute_and_unrepresentable_paths_are_refused() {
     }
 }
 
+/// `--database` reaches the unit; a URL with a password does not (a unit file and the
+/// process list would show it): refused with the usage code, the password not echoed.
+#[test]
+fn a_database_url_is_passed_on_but_never_a_password() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["--database", "postgres://homer@db.example:5432/homer", "service", "systemd"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains(r#""--database" "postgres://homer@db.example:5432/homer""#), "{}", out.stdout);
+    let out = sb.run(&["--database", "postgres://homer:sekret@db.example/homer", "service", "launchd"]);
+    assert_eq!(out.code, Some(exit::USAGE), "{out:?}");
+    assert!(out.stderr.contains("configuration file"), "{}", out.stderr);
+    assert!(!out.stderr.contains("sekret") && out.stdout.is_empty(), "{out:?}");
+}
+
 #[test]
 fn service_help_and_usage() {
     let sb = Sandbox::new();

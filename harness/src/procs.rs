@@ -229,6 +229,26 @@ pub fn spawn_owned(cmd: &mut Command) -> io::Result<(Proc, Pipes)> {
     Ok((proc, pipes))
 }
 
+/// Starts the processes of a throwaway PostgreSQL server (`homer_testkit::PgServer`, through
+/// `PgOptions::spawner`) as a scenario's own: prepared and tagged with the marker, so an
+/// interrupt's cleanup kills the server too, and registered as owned, so the reaper leaves
+/// their exits to the server, which reports each reap back ([`disown`]). A scenario drops
+/// its server before its marker's cleanup, which would otherwise SIGKILL it.
+pub struct PgSpawner {
+    pub marker: String,
+}
+
+impl homer_testkit::Spawner for PgSpawner {
+    fn spawn(&self, cmd: &mut Command) -> io::Result<(Proc, Pipes)> {
+        prepare(cmd, &self.marker);
+        spawn(cmd, &self.marker)
+    }
+
+    fn reaped(&self, pid: i32) {
+        disown(pid as u32);
+    }
+}
+
 /// The [`Proc`] for `pid` has been reaped: the reaper may have its pid again.
 pub fn disown(pid: u32) {
     if let Ok(mut r) = registry().lock() {
@@ -387,5 +407,28 @@ pub fn can_drop_privileges() -> Result<(), String> {
         Ok(())
     } else {
         Err(String::from("running as root on a system where the harness does not switch uid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_postgres_server_started_through_the_pg_spawner_is_marked_owned_and_released() {
+        let parent = tempfile::tempdir().unwrap();
+        let marker = format!("pg-spawner-test-{}", std::process::id());
+        let opts =
+            homer_testkit::PgOptions { spawner: Arc::new(PgSpawner { marker: marker.clone() }), ..Default::default() };
+        let pg = homer_testkit::PgServer::start_with(parent.path(), &opts).unwrap();
+        let pid = pg.pid().unwrap();
+        assert_eq!(pg.psql("select 1").unwrap(), "1\n");
+        assert!(registry().lock().unwrap().owned.contains(&(pid as u32)), "the reaper must leave the postmaster alone");
+        assert!(marked_alive(&marker).contains(&(pid as u32)), "an interrupt's cleanup must find the postmaster");
+        drop(pg);
+        assert!(!registry().lock().unwrap().owned.contains(&(pid as u32)), "disowned once reaped");
+        assert!(marked_alive(&marker).is_empty(), "{:?}", marked_alive(&marker));
+        close_marker(&marker);
     }
 }

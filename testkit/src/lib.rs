@@ -3,7 +3,8 @@
 //! output ([`Proc::spawn`]), read its output a line at a time on threads, JSON events
 //! parsed as they arrive ([`Events`], or any [`LineSink`]), wait for an event with a
 //! deadline ([`Events::wait_for`], never a sleep), wait for the exit with a bound
-//! ([`Proc::wait_exit`]), and kill the group and reap the child on drop.
+//! ([`Proc::wait_exit`]), and kill the group and reap the child on drop. Also a throwaway
+//! PostgreSQL server for the PostgreSQL backend's tests ([`PgServer`], in [`postgres`]).
 //!
 //! Invariants:
 //! - a pid is signalled only while it is still ours: the child is watched without being
@@ -19,12 +20,16 @@
 
 mod homerd;
 mod lines;
+pub mod postgres;
 mod proc;
 mod stat;
 mod time;
 
 pub use homerd::{homerd_command, scrub_homer_env};
 pub use lines::{read_lines, Events, Injector, Line, LineSink, Parse, Stream, WaitError};
-pub use proc::{run, Exit, Finished, Pipes, Proc};
+pub use postgres::{
+    available as pg_available, DirectSpawner, PgOptions, PgServer, Spawner, StopMode, BIN_DIR_VAR as PG_BIN_DIR_VAR,
+};
+pub use proc::{run, run_spawned, Exit, Finished, Pipes, Proc};
 pub use stat::{alive, all_stats, group_alive, stat, Stat};
 pub use time::{deadline, scaled, time_scale, TIME_SCALE_VAR};

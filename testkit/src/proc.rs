@@ -230,6 +230,8 @@ impl Drop for Proc {
 /// A one-shot command's result: its exit and everything it printed.
 #[derive(Debug)]
 pub struct Finished {
+    /// The child's pid (reaped: only for a caller that tracks the pids it started).
+    pub pid: i32,
     pub exit: Exit,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -239,9 +241,20 @@ pub struct Finished {
 /// Runs `cmd` (stdin closed, stdout and stderr captured) to completion within `limit`;
 /// past it the group is killed and the error names the command.
 pub fn run(cmd: &mut Command, limit: Duration) -> Result<Finished, String> {
+    run_spawned(cmd, limit, Proc::spawn)
+}
+
+/// [`run`], with the child started by `spawn` (which must make it a [`Proc`], e.g.
+/// through [`Proc::spawn`]): for a caller that registers every child it starts, as the
+/// harness does.
+pub fn run_spawned(
+    cmd: &mut Command,
+    limit: Duration,
+    spawn: impl FnOnce(&mut Command) -> io::Result<(Proc, Pipes)>,
+) -> Result<Finished, String> {
     let started = Instant::now();
     let end = started + limit;
-    let (mut proc, pipes) = Proc::spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))
+    let (mut proc, pipes) = spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     let mut events = Events::read(pipes, Parse::None).map_err(|e| format!("cannot read {cmd:?}: {e}"))?;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -255,7 +268,7 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<Finished, String> {
     let exit = proc
         .wait_exit(end.saturating_duration_since(Instant::now()))
         .ok_or_else(|| format!("{cmd:?} did not exit within {limit:?}"))?;
-    Ok(Finished { exit, stdout, stderr, elapsed: started.elapsed() })
+    Ok(Finished { pid: proc.pid(), exit, stdout, stderr, elapsed: started.elapsed() })
 }
 
 #[cfg(test)]

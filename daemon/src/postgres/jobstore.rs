@@ -71,6 +71,12 @@ impl PgStore {
         Ok(out)
     }
 
+    /// The store's connection (tests set session options through it).
+    #[cfg(test)]
+    pub(crate) fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// Enqueues `job` (for tests that drive the store; the CLI has its own path).
     pub fn enqueue(&mut self, job: &NewJob, now: WallMs) -> StoreResult<JobId> {
         let clock = self.clock;
@@ -221,40 +227,27 @@ impl JobStore for PgStore {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-
     use super::*;
     use crate::engine::suite::{suite, Harness, E1};
 
     /// Fresh databases on one throwaway server, one per store the suite makes.
     struct Pg {
-        /// The server's URL up to the database name.
-        base: String,
-        made: Cell<u32>,
+        server: crate::postgres::tests::TestServer,
+        newest: std::cell::RefCell<String>,
     }
 
     impl Pg {
-        fn url(&self, db: &str) -> String {
-            format!("{}/{db}", self.base)
-        }
-
         fn newest(&self) -> Client {
-            Target::parse(&self.url(&format!("suite_{}", self.made.get())), std::time::Duration::from_secs(10))
-                .unwrap()
-                .connect()
-                .unwrap()
+            Target::parse(&self.newest.borrow(), std::time::Duration::from_secs(10)).unwrap().connect().unwrap()
         }
     }
 
     impl Harness for Pg {
         type S = PgStore;
         fn make(&self) -> PgStore {
-            self.made.set(self.made.get() + 1);
-            let db = format!("suite_{}", self.made.get());
-            let timeout = std::time::Duration::from_secs(10);
-            let mut admin = Target::parse(&self.url("postgres"), timeout).unwrap().connect().unwrap();
-            admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-            let target = Target::parse(&self.url(&db), timeout).unwrap();
+            let url = self.server.fresh();
+            *self.newest.borrow_mut() = url.clone();
+            let target = Target::parse(&url, std::time::Duration::from_secs(10)).unwrap();
             let mut client = target.connect().unwrap();
             super::super::schema::migrate(&mut client, &target.shown).unwrap();
             let me = workers::Registration {
@@ -292,7 +285,6 @@ mod tests {
 
     #[test]
     fn postgres_store_passes_the_suite() {
-        let base = std::env::var("HOMER_TEST_PG_BASE").expect("HOMER_TEST_PG_BASE");
-        suite(&Pg { base, made: Cell::new(0) });
+        suite(&Pg { server: crate::postgres::tests::TestServer::start(), newest: Default::default() });
     }
 }

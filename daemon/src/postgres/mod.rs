@@ -100,7 +100,7 @@ impl Target {
 }
 
 #[cfg(test)]
-mod tests {
+mod url_tests {
     use super::*;
 
     #[test]

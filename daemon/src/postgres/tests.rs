@@ -100,6 +100,28 @@ fn postgres_workers_share_one_queue() {
     stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(&server);
     a_new_start_on_the_same_home_recovers_its_predecessors_at_once(&server);
     migrations_apply_once_and_refuse_what_is_not_theirs(&server);
+    a_claim_passes_over_a_row_another_transaction_holds(&server);
+}
+
+/// A row another transaction has locked (an operator's `cancel`, another worker's
+/// recovery, in flight) is passed over at once, not waited on: the claim takes the next
+/// job. (Waiting would end at the lock timeout with an error.)
+fn a_claim_passes_over_a_row_another_transaction_holds(server: &TestServer) {
+    let url = migrated(server);
+    let ids = enqueue(&url, &[job("a"), job("a")]);
+    let mut operator = connect(&url);
+    let mut held = operator.transaction().unwrap();
+    held.query("SELECT id FROM job_queue WHERE id = $1 FOR UPDATE", &[&ids[0].0]).unwrap();
+    let mut c = connect(&url);
+    let epoch = workers::register(&mut c, &registration("w", 60_000)).unwrap();
+    // A lock wait would fail this claim within a second instead of hanging the test.
+    let mut store =
+        PgStore::new(c, Target::parse(&url, Duration::from_secs(1)).unwrap(), "w".into(), StoreClock::Server);
+    store.client_mut().batch_execute("SET lock_timeout = '1s'").unwrap();
+    let limits = ClaimLimits { global: 2, lanes: [("a".into(), 2)].into(), default_lane: 1, batch: 2 };
+    let got = store.claim(epoch, "w", &limits, WallMs(0)).unwrap();
+    assert_eq!(got.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[1]], "the held row is skipped, the next taken");
+    held.rollback().unwrap();
 }
 
 /// Four workers claim and complete 300 jobs at once. A job is never held by two workers
@@ -182,7 +204,7 @@ fn a_fence_waits_for_a_write_in_flight_and_refuses_every_later_one(server: &Test
         })
     };
     // Wait (bounded) until the fencer is seen blocked on the victim's row lock.
-    let deadline = std::time::Instant::now() + homer_testkit::time::scaled(Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + homer_testkit::scaled(Duration::from_secs(30));
     while scalar(&url, "SELECT COUNT(*) FROM pg_locks WHERE NOT granted") == 0 {
         assert!(std::time::Instant::now() < deadline, "the fence never waited on the write in flight");
         assert!(!fencer.is_finished(), "the fence committed while a guarded write was in flight");

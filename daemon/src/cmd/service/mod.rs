@@ -94,6 +94,8 @@ pub struct Passed {
     pub config: Option<PathBuf>,
     /// Every `--set KEY=VALUE`.
     pub sets: Vec<String>,
+    /// `--database URL`, as given.
+    pub database: Option<String>,
 }
 
 /// The daemon's command line in a unit: the running binary, then the options.
@@ -125,6 +127,18 @@ fn invocation(paths: &Paths, passed: &Passed) -> Result<Invocation> {
     }
     for set in &passed.sets {
         args.extend([String::from("--set"), set.clone()]);
+    }
+    if let Some(url) = &passed.database {
+        // A unit file is world-readable on most systems, and its command line shows in
+        // `ps`: a password does not go there.
+        if crate::postgres::redact(url) != *url {
+            return Err(Error::Usage(String::from(
+                "--database carries a password, which a unit file and the process list would show; \
+                 put `database = \"postgres://…\"` in the configuration file (kept 0600) and pass --config, \
+                 or use a URL without a password",
+            )));
+        }
+        args.extend([String::from("--database"), url.clone()]);
     }
     args.push(String::from("run"));
     Ok(Invocation { exe, args, home, logs: unit_text("logs directory", &paths.logs)?.to_owned() })
