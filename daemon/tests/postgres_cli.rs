@@ -13,7 +13,7 @@
 mod common;
 
 use common::{deadline, Output, Sandbox};
-use devpg::PgServer;
+use homer_testkit::postgres::PgServer;
 use std::collections::BTreeSet; // TEMP until homer_testkit::postgres lands
 
 use homerd::job::{ClaimLimits, ClaimRef, Epoch, JobId};
@@ -456,51 +456,6 @@ fn wait_sees_a_job_end_through_the_server() {
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(v["status"], "completed");
     assert_eq!(v["ended"], true);
-}
-
-// TEMP: stand-in for homer_testkit::postgres::PgServer on the dev server (port 55433).
-mod devpg {
-    pub struct PgServer {
-        db: String,
-    }
-    impl PgServer {
-        pub fn start(_parent: &std::path::Path) -> Result<PgServer, String> {
-            let mut b = [0u8; 6];
-            getrandom::fill(&mut b).unwrap();
-            let db = format!("t_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>());
-            let mut c = postgres::Client::connect("postgres://homer@127.0.0.1:55433/postgres", postgres::NoTls)
-                .map_err(|e| e.to_string())?;
-            c.batch_execute(&format!("CREATE DATABASE {db}")).map_err(|e| e.to_string())?;
-            Ok(PgServer { db })
-        }
-        pub fn url(&self) -> String {
-            format!("postgres://homer@127.0.0.1:55433/{}", self.db)
-        }
-        pub fn psql(&self, sql: &str) -> Result<String, String> {
-            let out = std::process::Command::new("psql")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    "55433",
-                    "-U",
-                    "homer",
-                    "-d",
-                    &self.db,
-                    "-XAtq",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-c",
-                    sql,
-                ])
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        }
-    }
 }
 
 #[test]
