@@ -159,23 +159,7 @@ run 0 show "$id" && ok "the stopped job, released for the next start: $(printf '
 
 # --- A failing scenario draws its timeline --------------------------------------------------------
 if [ -n "$harness" ]; then
-    cat >"$work/fails.toml" <<'EOF'
-description = "Expects seven jobs where there is one, to show a failure's timeline."
-covers = ["the tour: a failure shown on purpose"]
-mutant_none = "it fails on every daemon: it expects seven jobs where there is one"
-[[step]]
-start = "a"
-[[step]]
-wait = "event"
-target = "a"
-event = "daemon.active"
-[[step]]
-enqueue = "noop"
-[[step]]
-sql = "SELECT count(*) FROM job_queue"
-rows = [[7]]
-EOF
-    out=$(HOMER_HARNESS_SANDBOX_DIR=$work "$harness" run "$work/fails.toml" --daemon "$homerd" 2>&1)
+    out=$(HOMER_HARNESS_SANDBOX_DIR=$work "$harness" run "$here/scripts/tour-fails.toml" --daemon "$homerd" 2>&1)
     page=$(printf '%s\n' "$out" | sed -n 's/^ *timeline: //p' | head -1)
     [ -n "$page" ] && [ -s "$page" ] && grep -q "<svg" "$page" && ok "a failed scenario's report names its timeline.html ($(wc -c <"$page" | tr -d ' ') bytes)" \
         || bad "failed scenario timeline" "$out"

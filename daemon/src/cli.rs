@@ -238,6 +238,14 @@ fish: homerd completions fish > ~/.config/fish/completions/homerd.fish")]
     /// (internal) Write the man pages (homerd.1, homerd-<command>.1) into DIR: `cargo xtask man`
     #[command(hide = true, name = "man-pages")]
     ManPages { dir: PathBuf },
+    /// (internal) The group guardian: kills the daemon's job groups when it dies
+    #[command(hide = true, name = "group-guardian")]
+    GroupGuardian {
+        #[arg(long)]
+        parent: u32,
+        #[arg(long)]
+        grace_ms: u64,
+    },
     /// (internal) The held-start shim that job children run through
     #[command(hide = true, name = "job-shim")]
     JobShim {
@@ -255,7 +263,11 @@ impl Command {
     /// then JSON (README "The JSON contract"). `run` speaks in events (`--log-format`).
     pub fn json(&self) -> bool {
         match self {
-            Command::Run | Command::JobShim { .. } | Command::Completions { .. } | Command::ManPages { .. } => false,
+            Command::Run
+            | Command::JobShim { .. }
+            | Command::GroupGuardian { .. }
+            | Command::Completions { .. }
+            | Command::ManPages { .. } => false,
             Command::Status { json, .. }
             | Command::Doctor { json }
             | Command::Migrate { json }
@@ -354,6 +366,10 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if let Command::GroupGuardian { parent, grace_ms } = &cli.command {
+        // Like the shim: no configuration, no files; it only watches its stdin.
+        return crate::guardian::guardian_main(*parent, std::time::Duration::from_millis(*grace_ms));
+    }
     if let Command::JobShim { parent, cwd, argv } = &cli.command {
         // The shim must not read configuration or touch anything: it only waits to be
         // released, then execs the job.
@@ -444,7 +460,10 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
         Command::Service { manager, json } => service::print(&ctx.paths, &ctx.config, manager, &passed, json),
-        Command::JobShim { .. } | Command::Completions { .. } | Command::ManPages { .. } => {
+        Command::JobShim { .. }
+        | Command::GroupGuardian { .. }
+        | Command::Completions { .. }
+        | Command::ManPages { .. } => {
             unreachable!("handled before configuration is loaded")
         }
     }

@@ -136,6 +136,22 @@ pub struct NewJob {
     pub exec: ExecSettings,
 }
 
+impl NewJob {
+    /// A job of `kind` on `lane` with no arguments, no timeout, due at once and the default
+    /// exec settings (what tests and the models start from; change fields with `..`).
+    pub fn new(kind: &str, lane: &str, max_attempts: u32) -> NewJob {
+        NewJob {
+            kind: kind.into(),
+            args: vec![],
+            lane: lane.into(),
+            max_attempts,
+            timeout_ms: None,
+            run_after: WallMs(0),
+            exec: ExecSettings::default(),
+        }
+    }
+}
+
 /// An `exec` job's working directory and explicit environment (`job_queue.cwd`, `.env`).
 /// The enqueuing caller's own environment is never part of it: a job gets the daemon's
 /// environment plus `env`, so a job row holds no variable nobody named.
@@ -145,6 +161,29 @@ pub struct ExecSettings {
     pub cwd: Option<String>,
     /// Set on top of the daemon's environment (`--env KEY=VALUE`).
     pub env: BTreeMap<String, String>,
+}
+
+/// The stored form of a job's arguments and environment, the same text in every
+/// backend: `payload` is a JSON array of strings; `env` is NULL for none, else a JSON
+/// object. Unreadable stored values read back as empty (the daemon never writes one).
+pub mod stored {
+    use std::collections::BTreeMap;
+
+    pub fn args_json(args: &[String]) -> String {
+        serde_json::to_string(args).expect("strings serialise")
+    }
+
+    pub fn parse_args(json: &str) -> Vec<String> {
+        serde_json::from_str(json).unwrap_or_default()
+    }
+
+    pub fn env_json(env: &BTreeMap<String, String>) -> Option<String> {
+        (!env.is_empty()).then(|| serde_json::to_string(env).expect("strings serialise"))
+    }
+
+    pub fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
+        json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
+    }
 }
 
 /// What a claim hands the worker.
@@ -197,6 +236,24 @@ impl ClaimLimits {
     pub fn lane_cap(&self, lane: &str) -> u32 {
         self.lanes.get(lane).copied().unwrap_or(self.default_lane)
     }
+}
+
+/// Lanes take turns: one from each queue in order, round after round, until `room` are
+/// taken or every queue is empty. Each queue is one lane's ready jobs, FIFO; the queues
+/// come oldest head first.
+pub fn take_turns<T>(mut queues: Vec<std::collections::VecDeque<T>>, room: usize) -> Vec<T> {
+    let mut chosen = Vec::new();
+    while chosen.len() < room && queues.iter().any(|q| !q.is_empty()) {
+        for q in queues.iter_mut() {
+            if chosen.len() == room {
+                break;
+            }
+            if let Some(id) = q.pop_front() {
+                chosen.push(id);
+            }
+        }
+    }
+    chosen
 }
 
 /// What an outcome other than success did to the job.

@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod fstype;
+pub mod guardian;
 pub mod identity;
 pub mod job;
 pub mod lock;

@@ -38,6 +38,23 @@ pub const WALL_CLOCK_SCHEDULING: &str = "wall_clock_scheduling";
 /// job had lost its lease, instead of released with the attempt given back.
 pub const STAND_DOWN_CHARGED: &str = "stand_down_charged";
 
+/// PostgreSQL: claims take rows without the lane's advisory lock and without
+/// `SKIP LOCKED`, so a lane's cap no longer holds across workers and a claim waits on a
+/// row another transaction holds.
+pub const PG_NO_SKIP_LOCKED: &str = "pg_no_skip_locked";
+/// PostgreSQL: liveness on the host's clock — heartbeats write `seen_at` from the
+/// worker's own clock and the stale sweep judges by the sweeper's, so a host whose clock
+/// runs ahead fences live workers.
+pub const PG_LEASE_ON_HOST_CLOCK: &str = "pg_lease_on_host_clock";
+/// PostgreSQL: a write does not first share-lock its worker row and find it unfenced
+/// (`workers::guard`): a fenced incarnation's writes go through.
+pub const PG_NO_INCARNATION_GUARD: &str = "pg_no_incarnation_guard";
+
+/// The PostgreSQL backend's mutants. They are judged by the PostgreSQL layer of
+/// `cargo xtask mutants` (the many-worker tests, `postgres::tests`), not the scenarios.
+/// The owner's self-kill on this backend is the backend-agnostic `no_lease_self_kill`.
+pub const POSTGRES: &[&str] = &[PG_NO_SKIP_LOCKED, PG_LEASE_ON_HOST_CLOCK, PG_NO_INCARNATION_GUARD];
+
 pub const ALL: &[&str] = &[
     LOCK_NO_CLOEXEC,
     LOCK_NO_INODE_RECHECK,

@@ -699,6 +699,10 @@ impl JobContext {
         }
         // Published first: a stop decided from here on kills the (still held) group.
         self.pgid.store(child.pgid, Ordering::SeqCst);
+        // Watched by the group guardian (when one runs) until the group is gone, so it
+        // dies with the daemon if the daemon dies first. Dropped as this returns: by then
+        // the group is gone (killed and reaped, or dropped unreleased).
+        let _watched = crate::guardian::watch(child.pgid);
         let record = ChildIdentity {
             pid: child.pid,
             pgid: child.pgid,

@@ -5,7 +5,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use common::*;
 use predicates::prelude::*;
@@ -215,27 +214,17 @@ fn another_programs_database_is_refused_unchanged() {
 #[test]
 fn pre_004_running_rows_are_failed_by_migration_004() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre004.db"), sb.db()).unwrap();
+    sb.db_from_pre004_fixture();
     std::fs::set_permissions(sb.db(), std::fs::Permissions::from_mode(0o600)).unwrap();
     let status = sb.run(&["status"]);
     assert_eq!(status.code, Some(EX_DATA), "status must refuse, not migrate: {}", status.stderr);
     assert!(status.stderr.contains("run `homerd migrate`"), "{}", status.stderr);
-    let out = sb.run(&["migrate"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        out.stdout.contains(&format!("applied {} migration(s)", homerd::sqlite::schema::MIGRATIONS.len() - 3)),
-        "{}",
-        out.stdout
-    );
+    sb.migrate_applies(homerd::sqlite::schema::MIGRATIONS.len() - 3);
     let c = sql(&sb.db());
-    let rows: Vec<(i64, String, Option<String>, Option<i64>)> = c
-        .prepare("SELECT id, status, error, completed_at FROM job_queue ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows: Vec<(i64, String, Option<String>, Option<i64>)> =
+        query_rows(&c, "SELECT id, status, error, completed_at FROM job_queue ORDER BY id", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        });
     let reason = "Daemon restarted during job execution (migration cleanup)";
     assert_eq!(rows[0].1, "failed");
     assert_eq!(rows[0].2.as_deref(), Some(reason));
@@ -340,22 +329,7 @@ fn unprivileged(sb: &Sandbox) -> Option<std::process::Command> {
     if !rustix::process::geteuid().is_root() {
         return Some(sb.cmd());
     }
-    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists());
-    let Some(setpriv) = setpriv else {
-        eprintln!("NOT RUN: running as root and setpriv is unavailable, so the permission case cannot be exercised");
-        return None;
-    };
-    let inner = sb.cmd();
-    let mut c = std::process::Command::new(setpriv);
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(inner.get_program());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c.stdin(std::process::Stdio::null());
-    Some(c)
+    sb.cmd_as_65534()
 }
 
 #[test]
@@ -372,8 +346,7 @@ fn status_without_a_database_creates_nothing() {
 #[test]
 fn status_reports_the_active_daemon_and_counts() {
     let sb = Sandbox::new();
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let d = active(&sb, &[]);
     let v = status_json(&sb);
     assert_eq!(v["daemon"]["state"], "active");
     assert_eq!(v["daemon"]["pid"], d.pid());
@@ -391,8 +364,7 @@ fn status_reports_the_active_daemon_and_counts() {
 #[test]
 fn doctor_passes_on_a_running_install() {
     let sb = Sandbox::new();
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let _d = active(&sb, &[]);
     let out = sb.run(&["doctor"]);
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     assert_eq!(out.stdout.matches("PASS").count(), 7, "{}", out.stdout);
@@ -435,10 +407,8 @@ fn doctor_fails(sb: &Sandbox, check: &str) -> String {
 #[test]
 fn doctor_fails_when_no_daemon_is_running() {
     let sb = Sandbox::new();
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0));
+    let mut d = active(&sb, &[]);
+    d.stop_cleanly();
     let out = doctor_fails(&sb, "daemon running");
     assert!(out.contains("not running"), "{out}");
     assert!(out.contains("PASS lock file"), "{out}");
@@ -457,8 +427,7 @@ fn doctor_fails_when_the_lock_file_is_missing() {
 #[test]
 fn doctor_fails_on_a_database_stopped_at_migration_003() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre004.db"), sb.db()).unwrap();
+    sb.db_from_pre004_fixture();
     let before = bytes(&sb.db());
     let out = doctor_fails(&sb, "migrations");
     assert!(
@@ -489,8 +458,7 @@ fn doctor_fails_on_a_stale_running_row_with_no_live_owner() {
 #[test]
 fn backup_while_running_is_a_consistent_copy_and_never_overwrites() {
     let sb = Sandbox::new();
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let mut d = active(&sb, &[]);
     let dest = sb.dir.path().join("backup.db");
     let out = sb.run(&["backup", dest.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -512,8 +480,7 @@ fn backup_while_running_is_a_consistent_copy_and_never_overwrites() {
 #[test]
 fn migrate_refuses_while_a_daemon_runs() {
     let sb = Sandbox::new();
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let d = active(&sb, &[]);
     let out = sb.run(&["migrate"]);
     assert_eq!(out.code, Some(EX_IN_USE), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("daemon (PID {})", d.pid())), "{}", out.stderr);

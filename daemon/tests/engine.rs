@@ -18,14 +18,25 @@ fn job_status(sb: &Sandbox, id: i64) -> (String, i64, i64, String) {
         .unwrap()
 }
 
+/// A `marks` directory in the sandbox and a job script for it: run 1 does `first` (which
+/// writes a pid to `$M/{pid_file}`, `$M` the directory); any later run writes
+/// `$M/OVERLAP` if that process is still alive (and not a zombie) when it starts.
+fn overlap_probe(sb: &Sandbox, first: &str, pid_file: &str) -> (std::path::PathBuf, String) {
+    let marks = sb.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = format!(
+        "M={m}; if [ \"$HOMER_RUN\" = 1 ]; then {first}; else \
+         s=$(awk '{{print $3}}' /proc/$(cat $M/{pid_file})/stat 2>/dev/null); \
+         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo overlap > $M/OVERLAP; fi; fi",
+        m = marks.display()
+    );
+    (marks, script)
+}
+
 fn runs(sb: &Sandbox, id: i64) -> Vec<(i64, i64, Option<String>)> {
-    sql(&sb.db())
-        .prepare("SELECT run, attempt, outcome FROM job_runs WHERE job_id = ?1 ORDER BY run")
-        .unwrap()
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    query_rows(&sql(&sb.db()), "SELECT run, attempt, outcome FROM job_runs WHERE job_id = ?1 ORDER BY run", [id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 /// Acceptance 2: an idle daemon notices `homerd enqueue noop` within tens of ms.
@@ -114,16 +125,13 @@ fn lanes_respect_caps_progress_together_and_stay_fifo() {
     }
     let conn = sql(&sb.db());
     for (lane, cap) in [("one", 1), ("two", 2)] {
-        let rows: Vec<(i64, i64, i64)> = conn
-            .prepare(
-                "SELECT r.job_id, r.started_at, r.ended_at FROM job_runs r JOIN job_queue q ON q.id = r.job_id
-                 WHERE q.lane = ?1 ORDER BY r.id",
-            )
-            .unwrap()
-            .query_map([lane], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let rows: Vec<(i64, i64, i64)> = query_rows(
+            &conn,
+            "SELECT r.job_id, r.started_at, r.ended_at FROM job_runs r JOIN job_queue q ON q.id = r.job_id
+             WHERE q.lane = ?1 ORDER BY r.id",
+            [lane],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        );
         let order: Vec<i64> = rows.iter().map(|r| r.0).collect();
         assert_eq!(order, ids[lane], "lane {lane} not FIFO");
         // Max overlap of [started, ended) intervals.
@@ -214,14 +222,7 @@ fn wall_clock_steps_expire_nothing() {
 #[test]
 fn kill_9_reruns_the_job_only_after_the_old_group_is_gone() {
     let sb = Sandbox::new();
-    let mark = sb.dir.path().join("marks");
-    std::fs::create_dir_all(&mark).unwrap();
-    let script = format!(
-        "M={m}; if [ \"$HOMER_RUN\" = 1 ]; then sleep 60 & echo $! > $M/grandchild; wait; else \
-         s=$(awk '{{print $3}}' /proc/$(cat $M/grandchild)/stat 2>/dev/null); \
-         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo overlap > $M/OVERLAP; fi; fi",
-        m = mark.display()
-    );
+    let (mark, script) = overlap_probe(&sb, "sleep 60 & echo $! > $M/grandchild; wait", "grandchild");
     let mut a = active_engine(&sb, &[]);
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
     wait_job_event(&mut a, "job.started", id);
@@ -285,13 +286,10 @@ fn failing_job_retries_with_growing_delays_then_fails() {
     assert_eq!((status.as_str(), attempts), ("failed", 3));
     let errors: Vec<serde_json::Value> = serde_json::from_str(&errors).unwrap();
     assert_eq!(errors.len(), 3, "{errors:?}");
-    let starts: Vec<i64> = sql(&sb.db())
-        .prepare("SELECT started_at FROM job_runs WHERE job_id = ?1 ORDER BY run")
-        .unwrap()
-        .query_map([id], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let starts: Vec<i64> =
+        query_rows(&sql(&sb.db()), "SELECT started_at FROM job_runs WHERE job_id = ?1 ORDER BY run", [id], |r| {
+            r.get(0)
+        });
     let (g1, g2) = (starts[1] - starts[0], starts[2] - starts[1]);
     eprintln!("retry gaps: {g1} ms, {g2} ms (base 200ms, jitter in the upper half)");
     assert!(g1 >= 100 && g2 >= 200 && g2 >= g1, "gaps {g1}, {g2}");
@@ -307,8 +305,7 @@ fn sigterm_drains_kills_a_stubborn_child_and_releases_its_job() {
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", "trap '' TERM; sleep 60"]);
     let pid = wait_job_event(&mut d, "job.started", id)["pid"].as_i64().unwrap();
     let t = Instant::now();
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+    d.stop_cleanly();
     let took = t.elapsed();
     eprintln!("SIGTERM to exit with a stubborn child: {took:?} (grace 300ms + kill_grace 300ms)");
     assert!(took < Duration::from_millis(600) + deadline(1.0), "{took:?}");
@@ -367,8 +364,7 @@ fn crash_jobs_need_their_switch() {
     assert!(!d.has_event("job.crash"), "{}", d.dump());
     let (status, attempts, ..) = job_status(&sb, id);
     assert_eq!((status.as_str(), attempts), ("failed", 1), "{failed}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0));
+    d.stop_cleanly();
 }
 
 /// Acceptance 10b: 8 concurrent CLI enqueuers x 125 jobs while the daemon runs: every
@@ -403,13 +399,12 @@ fn concurrent_enqueuers_lose_nothing_and_run_nothing_twice() {
     assert!(Instant::now() < end);
     assert_eq!(completed(&sb), 1000);
     let runs: i64 = sql(&sb.db()).query_row("SELECT COUNT(*) FROM job_runs", [], |r| r.get(0)).unwrap();
-    let twice: Vec<(i64, i64, String, String)> = sql(&sb.db())
-        .prepare("SELECT job_id, run, COALESCE(outcome, '-'), COALESCE(error, '-') FROM job_runs WHERE job_id IN (SELECT job_id FROM job_runs GROUP BY job_id HAVING COUNT(*) > 1) ORDER BY job_id, run")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let twice: Vec<(i64, i64, String, String)> = query_rows(
+        &sql(&sb.db()),
+        "SELECT job_id, run, COALESCE(outcome, '-'), COALESCE(error, '-') FROM job_runs WHERE job_id IN (SELECT job_id FROM job_runs GROUP BY job_id HAVING COUNT(*) > 1) ORDER BY job_id, run",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    );
     let notable: Vec<String> = d
         .seen
         .iter()
@@ -475,14 +470,7 @@ fn a_second_signal_cuts_the_drain_short() {
 #[test]
 fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed() {
     let sb = Sandbox::new();
-    let marks = sb.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
-    let script = format!(
-        "if [ \"$HOMER_RUN\" = 1 ]; then echo $$ > {m}/run1; sleep 60; else \
-         s=$(awk '{{print $3}}' /proc/$(cat {m}/run1)/stat 2>/dev/null); \
-         if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo overlap > {m}/OVERLAP; fi; fi",
-        m = marks.display()
-    );
+    let (marks, script) = overlap_probe(&sb, "echo $$ > $M/run1; sleep 60", "run1");
     let mut a = active_engine(&sb, &[]);
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
     let pid1 = wait_job_event(&mut a, "job.started", id)["pid"].as_i64().unwrap();

@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
-    let mut args: Vec<&str> = FAST.to_vec();
-    args.extend_from_slice(extra);
-    let mut d = sb.start(&args);
-    d.wait_event("daemon.active");
-    d
-}
-
 /// failure mode 1: a second start exits 0 at once with the message and the holder's PID,
 /// and changes nothing: not a byte of the lock file, not a line of the log.
 #[test]
@@ -156,8 +148,7 @@ fn replaced_lock_file_is_reacquired_in_place() {
     assert!(diag.contains(&format!("pid={}", a.pid())), "{diag}");
     assert_eq!(reacquired, file_id(&sb.lock()), "lock.reacquired does not name the file now at the path");
     assert_ne!(reacquired, first);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0), "{}", a.dump());
+    a.stop_cleanly();
     assert_eq!(event_file_id(&a.wait_event("lock.released")), reacquired, "lock.released names another inode");
 }
 
@@ -269,8 +260,7 @@ fn pause_outside_a_transaction(sb: &Sandbox, d: &Daemon) {
 fn sigterm_shuts_down_cleanly_and_clears_the_leader_row() {
     let sb = Sandbox::new();
     let mut a = active(&sb, &[]);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0));
+    a.stop_cleanly();
     let names: Vec<String> = a.seen.iter().map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
     let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("no {n}: {names:?}"));
     assert!(pos("shutdown.begin") < pos("lock.released"));
@@ -317,10 +307,7 @@ fn unlink_race_after_open_is_caught_by_the_inode_recheck() {
 #[test]
 fn start_waits_for_a_migrate_holder() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
-    let mut c = sb.cmd();
-    c.env("HOMERD_FAILPOINTS", "migrate.mid_file=stop").arg("migrate");
+    let c = migrate_at_004_mid_file(&sb, "stop");
     let mut m = Daemon::spawn(c);
     m.wait_event("failpoint.hit");
     let mut d = sb.start(FAST);
@@ -342,8 +329,7 @@ fn start_waits_for_a_migrate_holder() {
 #[test]
 fn concurrent_migrates_apply_each_file_once() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
+    sb.db_migrated_to(3);
     let outs: Vec<Output> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..2).map(|_| s.spawn(|| sb.run(&["migrate"]))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
@@ -368,31 +354,16 @@ fn concurrent_migrates_apply_each_file_once() {
 #[test]
 fn kill_9_mid_migration_leaves_no_half_applied_file() {
     let sb = Sandbox::new();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    homerd::sqlite::schema::create_partial(&sb.db(), 3, &homerd::clock::Clock::default()).unwrap();
-    let mut c = sb.cmd();
-    c.env("HOMERD_FAILPOINTS", "migrate.mid_file=abort").arg("migrate");
+    let c = migrate_at_004_mid_file(&sb, "abort");
     let out = run_bounded(c, deadline(30.0));
     assert_eq!(out.code, None, "migrate should have been killed: {}", out.stderr);
     let conn = sql(&sb.db());
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 3, "the interrupted file must not be recorded");
-    let cols: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('job_queue')")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let cols: Vec<String> = query_rows(&conn, "SELECT name FROM pragma_table_info('job_queue')", [], |r| r.get(0));
     assert!(!cols.iter().any(|c| c == "locked_by"), "half-applied 004: {cols:?}");
     drop(conn);
-    let out = sb.run(&["migrate"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        out.stdout.contains(&format!("applied {} migration(s)", homerd::sqlite::schema::MIGRATIONS.len() - 3)),
-        "{}",
-        out.stdout
-    );
+    sb.migrate_applies(homerd::sqlite::schema::MIGRATIONS.len() - 3);
 }
 
 /// The daemon keeps refreshing the leader row while idle (seen_at moves).
@@ -462,18 +433,11 @@ fn refused_start_creates_no_lock_folder() {
 fn crash_before_the_epoch_bump_changes_nothing() {
     let sb = Sandbox::new();
     let mut a = active(&sb, &[]);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0), "{}", a.dump());
+    a.stop_cleanly();
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 
     let mut crashed = sb.start_with(FAST, &[("HOMERD_FAILPOINTS", "epoch.before_bump=abort")]);
-    let status = crashed.wait_exit();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL),
-        "expected death at the failpoint, got {status:?}:\n{}",
-        crashed.dump()
-    );
+    wait_killed_at_failpoint(&mut crashed);
     assert!(!crashed.has_event("daemon.active"), "{}", crashed.dump());
     let st = status_json(&sb);
     assert_eq!(st["daemon"]["epoch"], 1, "an uncommitted bump changed the epoch: {st}");
@@ -496,13 +460,7 @@ fn crash_during_shutdown_is_recovered_by_the_next_start() {
     let a_pid = a.pid();
     a.signal(libc::SIGTERM);
     a.wait_event("shutdown.begin");
-    let status = a.wait_exit();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL),
-        "expected death at the failpoint, got {status:?}:\n{}",
-        a.dump()
-    );
+    wait_killed_at_failpoint(&mut a);
     assert!(!a.has_event("lock.released"), "{}", a.dump());
 
     let st = status_json(&sb);
@@ -601,8 +559,7 @@ fn exec_job_after_binary_change(change: BinaryChange) {
     assert_eq!(outcome["event"], "job.completed", "job error: {error:?}\nrun stderr: {err}\nevents:\n{}", d.dump());
     let out = std::fs::read_to_string(sb.home().join(format!("logs/runs/{id}-1.out"))).unwrap();
     assert_eq!(out, "job-ran\n");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit().code(), Some(0), "{}", d.dump());
+    d.stop_cleanly();
 }
 
 /// The homerd binary replaced under a running daemon (rename over it, as an upgrade
@@ -639,4 +596,24 @@ fn a_cli_close_never_deletes_the_wal_of_a_running_daemon() {
     }
     assert_eq!(sb.run(&["status"]).code, Some(0));
     assert!(wal.exists(), "status deleted the daemon's -wal");
+}
+
+/// Waits for `d`'s exit and checks an `abort` failpoint killed it (SIGKILL).
+fn wait_killed_at_failpoint(d: &mut Daemon) {
+    let status = d.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "expected death at the failpoint, got {status:?}:\n{}",
+        d.dump()
+    );
+}
+
+/// `homerd migrate` of a database at 003 (created here), with the failpoint
+/// `migrate.mid_file` (inside 004's transaction) set to `action`.
+fn migrate_at_004_mid_file(sb: &Sandbox, action: &str) -> std::process::Command {
+    sb.db_migrated_to(3);
+    let mut c = sb.cmd();
+    c.env("HOMERD_FAILPOINTS", format!("migrate.mid_file={action}")).arg("migrate");
+    c
 }

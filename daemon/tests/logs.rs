@@ -210,14 +210,7 @@ fn wait_json_prints_one_object_per_job_with_its_outcome() {
         for l in out.stderr.lines() {
             assert!(serde_json::from_str::<Value>(l).is_ok(), "stderr line not JSON: {l}");
         }
-        out.stdout
-            .lines()
-            .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
-                assert_eq!(v.to_string(), l, "not compact");
-                v
-            })
-            .collect()
+        compact_json_lines(&out.stdout, "wait --json")
     };
     let out = sb.run(&["wait", &ok, &bad, "--json"]);
     assert_eq!(out.code, Some(4), "{out:?}");
@@ -465,11 +458,8 @@ fn a_directory_the_daemon_cannot_enter_fails_the_run_with_permission_denied() {
         eprintln!("NOT RUN: needs root to start the daemon as another user (uid 65534)");
         return;
     }
-    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists()) else {
-        eprintln!("NOT RUN: running as root and setpriv is unavailable, so the permission case cannot be exercised");
-        return;
-    };
     let sb = Sandbox::new();
+    let Some(mut c) = sb.cmd_as_65534() else { return };
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir(sb.home()).unwrap();
     std::os::unix::fs::chown(sb.home(), Some(65534), Some(65534)).expect("chown the home to 65534");
@@ -477,15 +467,6 @@ fn a_directory_the_daemon_cannot_enter_fails_the_run_with_permission_denied() {
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    let inner = sb.cmd();
-    let mut c = std::process::Command::new(setpriv);
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(inner.get_program());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
     c.arg("run").args(engine_args(&[]));
     let mut d = Daemon::spawn(c);
     d.wait_event("daemon.active");

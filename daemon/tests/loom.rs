@@ -90,18 +90,16 @@ const STALE: i64 = 1000;
 fn jobs(n: usize) -> MemoryStore {
     let mut store = MemoryStore::new(Epoch(1));
     for _ in 0..n {
-        let job = NewJob {
-            kind: "exec".into(),
-            args: vec![],
-            lane: "l".into(),
-            max_attempts: 3,
-            timeout_ms: None,
-            run_after: WallMs(0),
-            exec: Default::default(),
-        };
-        store.enqueue(&job);
+        store.enqueue(&NewJob::new("exec", "l", 3));
     }
     store
+}
+
+/// The shared database holding `n` jobs, and daemon 1's coordinator on it (epoch 1).
+fn first_daemon(n: usize) -> (Db, Arc<Coordinator<Db>>) {
+    let db = Db::new(jobs(n));
+    let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
+    (db, a)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -452,8 +450,7 @@ fn assert_no_zombie_outcome(db: &Db) {
 #[test]
 fn shutdown_releases_what_it_claimed() {
     model("shutdown_releases_what_it_claimed", || {
-        let db = Db::new(jobs(2));
-        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
+        let (db, a) = first_daemon(2);
         let world = World::new();
         let workers: Vec<_> = [Work::Short, Work::Long]
             .into_iter()
@@ -518,8 +515,7 @@ fn shutdown_releases_what_it_claimed() {
 #[test]
 fn an_unrenewable_lease_is_given_up_before_it_can_be_taken_over() {
     model("an_unrenewable_lease_is_given_up_before_it_can_be_taken_over", || {
-        let db = Db::new(jobs(1));
-        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
+        let (db, a) = first_daemon(1);
         a.note_leader_refresh(MonoMs(0));
         let world = World::new();
         let worker = {
@@ -562,8 +558,7 @@ fn an_unrenewable_lease_is_given_up_before_it_can_be_taken_over() {
 #[test]
 fn a_zombie_never_records_an_outcome() {
     model("a_zombie_never_records_an_outcome", || {
-        let db = Db::new(jobs(1));
-        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
+        let (db, a) = first_daemon(1);
         let world = World::new();
         let now = 0;
         let job = a.claim(MonoMs(now), WallMs(now)).remove(0);
@@ -599,8 +594,7 @@ fn a_zombie_never_records_an_outcome() {
 #[test]
 fn a_fenced_daemon_stops_everything() {
     model("a_fenced_daemon_stops_everything", || {
-        let db = Db::new(jobs(3));
-        let a = Arc::new(Coordinator::new(cfg(), Epoch(1), db.clone()));
+        let (db, a) = first_daemon(3);
         let world = World::new();
         let workers: Vec<_> = (0..2)
             .map(|_| {

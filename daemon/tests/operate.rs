@@ -77,9 +77,9 @@ fn job_row(sb: &Sandbox, id: i64) -> Option<Vec<Sql>> {
 /// Every column of every row of a table, in rowid order.
 fn table(sb: &Sandbox, name: &str) -> Vec<Vec<Sql>> {
     let c = sql(&sb.db());
-    let mut st = c.prepare(&format!("SELECT * FROM {name} ORDER BY rowid")).unwrap();
-    let n = st.column_count();
-    st.query_map([], |r| (0..n).map(|i| r.get::<_, Sql>(i)).collect()).unwrap().map(Result::unwrap).collect()
+    query_rows(&c, &format!("SELECT * FROM {name} ORDER BY rowid"), [], |r| {
+        (0..r.as_ref().column_count()).map(|i| r.get::<_, Sql>(i)).collect()
+    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,13 +136,12 @@ struct RunDb {
 }
 
 fn runs(sb: &Sandbox, id: i64) -> Vec<RunDb> {
-    sql(&sb.db())
-        .prepare(
-            "SELECT run, attempt, epoch, worker, child_pid, started_at, ended_at, outcome, error
-             FROM job_runs WHERE job_id = ?1 ORDER BY run",
-        )
-        .unwrap()
-        .query_map([id], |r| {
+    query_rows(
+        &sql(&sb.db()),
+        "SELECT run, attempt, epoch, worker, child_pid, started_at, ended_at, outcome, error
+         FROM job_runs WHERE job_id = ?1 ORDER BY run",
+        [id],
+        |r| {
             Ok(RunDb {
                 run: r.get(0)?,
                 attempt: r.get(1)?,
@@ -154,10 +153,8 @@ fn runs(sb: &Sandbox, id: i64) -> Vec<RunDb> {
                 outcome: r.get(7)?,
                 error: r.get(8)?,
             })
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+        },
+    )
 }
 
 fn time(ms: Option<i64>) -> String {
@@ -552,8 +549,7 @@ fn retry_requeues_failed_and_cancelled_jobs_only() {
     homer(&sb, &["cancel", &cancelled.to_string()]).code(0);
     let completed = enqueue(&sb, &["noop"]);
     wait_job_event(&mut a, "job.completed", completed);
-    a.signal(libc::SIGTERM);
-    assert_eq!(a.wait_exit().code(), Some(0));
+    a.stop_cleanly();
 
     let old = job(&sb, failed);
     let old_runs = runs(&sb, failed);

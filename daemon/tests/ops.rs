@@ -162,8 +162,7 @@ fn a_terminal_is_told_what_ctrl_c_does_even_with_json_events() {
     let sb = Sandbox::new();
     let mut cmd = sb.cmd();
     cmd.arg("run").args(engine_args(&["--set", "shutdown_grace=1h"]));
-    let timeout_ms = deadline(20.0).as_millis() as u64;
-    let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+    let mut session = spawn_on_pty(cmd);
     session.exp_string("\"event\":\"daemon.active\"").expect("daemon became active");
     enqueue(&sb, &["sleep", "1h"]);
     session.exp_string("\"event\":\"job.claimed\"").expect("job claimed");
@@ -174,9 +173,7 @@ fn a_terminal_is_told_what_ctrl_c_does_even_with_json_events() {
     session.send_control('c').expect("send ^C again");
     session.exp_string("homerd: Signal received again: stopping 1 running job now").expect("the plain hurry line");
     session.exp_string("\"event\":\"lock.released\"").expect("lock released");
-    session.exp_eof().expect("exited");
-    let status = session.process.wait().expect("wait");
-    assert_eq!(format!("{status:?}").split(", ").last(), Some("0)"), "exit status: {status:?}");
+    expect_exit_0(session);
 }
 
 /// `homerd completions SHELL`: a script for the visible commands and flags only, without

@@ -108,14 +108,7 @@ fn run(sb: &Sandbox, args: &[&str]) -> Output {
 fn json_lines(what: &str, out: &Output) -> Vec<Value> {
     assert_eq!(out.code, Some(0), "{what}: {}", out.stderr);
     assert!(out.stdout.is_empty() || out.stdout.ends_with('\n'), "{what}: unterminated: {:?}", out.stdout);
-    out.stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {l}"));
-            assert_eq!(v.to_string(), l, "{what}: not one compact value per line");
-            v
-        })
-        .collect()
+    compact_json_lines(&out.stdout, what)
 }
 
 /// The single JSON value a `--json` command printed.
@@ -196,8 +189,7 @@ fn every_command_ends_quietly_when_its_reader_closes_stdout() {
         assert_eq!(count("SELECT COUNT(*) FROM job_queue"), jobs);
     }
 
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let mut d = active(&sb, &[]);
     let limit = jobs.to_string();
     for reader in readers {
         check(&["list", "--limit", &limit], reader, 0, &|l| l.starts_with("    ID  STATUS"));
@@ -485,29 +477,35 @@ fn every_command_prints_one_compact_json_value_per_line() {
             "service": {"manager": service["manager"], "unit": "[unit text]"},
         }),
     );
-    insta::assert_json_snapshot!("json_success", all, {
-        ".list[].created_at" => set("[ms]"), ".list[].created_at_rfc3339" => set("[time]"),
-        ".list[].run_after" => set("[ms]"), ".list[].run_after_rfc3339" => set("[time]"),
-        ".list[].started_at" => set("[ms]"), ".list[].started_at_rfc3339" => set("[time]"),
-        ".list[].completed_at" => set("[ms]"), ".list[].completed_at_rfc3339" => set("[time]"),
-        ".list[].heartbeat_at" => set("[ms]"), ".list[].heartbeat_at_rfc3339" => set("[time]"),
-        ".list[].locked_by" => set("[host/pid]"),
-        ".show.job.created_at" => set("[ms]"), ".show.job.created_at_rfc3339" => set("[time]"),
-        ".show.job.run_after" => set("[ms]"), ".show.job.run_after_rfc3339" => set("[time]"),
-        ".show.job.started_at" => set("[ms]"), ".show.job.started_at_rfc3339" => set("[time]"),
-        ".show.job.completed_at" => set("[ms]"), ".show.job.completed_at_rfc3339" => set("[time]"),
-        ".show.runs[].started_at" => set("[ms]"), ".show.runs[].started_at_rfc3339" => set("[time]"),
-        ".show.runs[].ended_at" => set("[ms]"), ".show.runs[].ended_at_rfc3339" => set("[time]"),
-        ".show.runs[].worker" => set("[host/pid]"),
-        ".show.errors[].at" => set("[ms]"), ".show.errors[].at_rfc3339" => set("[time]"),
-        ".wait[].completed_at" => set("[ms]"), ".wait[].completed_at_rfc3339" => set("[time]"),
-        ".status.daemon.pid" => set("[pid]"),
-        ".status.daemon.seen_age_ms" => set("[ms]"),
-        ".status.oldest_pending_age_ms" => set("[ms]"),
-        ".status.running[].heartbeat_age_ms" => set("[ms]"),
-        ".status.running[].owner" => set("[host/pid]"),
-        ".doctor.checks[].detail" => set("[detail]"),
-    });
+    // Every time field in milliseconds and its RFC 3339 form, then the other values that
+    // change from run to run.
+    let mut settings = insta::Settings::clone_current();
+    let times: [(&str, &[&str]); 5] = [
+        (".list[]", &["created_at", "run_after", "started_at", "completed_at", "heartbeat_at"]),
+        (".show.job", &["created_at", "run_after", "started_at", "completed_at"]),
+        (".show.runs[]", &["started_at", "ended_at"]),
+        (".show.errors[]", &["at"]),
+        (".wait[]", &["completed_at"]),
+    ];
+    for (prefix, fields) in times {
+        for field in fields {
+            settings.add_redaction(&format!("{prefix}.{field}"), set("[ms]"));
+            settings.add_redaction(&format!("{prefix}.{field}_rfc3339"), set("[time]"));
+        }
+    }
+    for (selector, label) in [
+        (".list[].locked_by", "[host/pid]"),
+        (".show.runs[].worker", "[host/pid]"),
+        (".status.daemon.pid", "[pid]"),
+        (".status.daemon.seen_age_ms", "[ms]"),
+        (".status.oldest_pending_age_ms", "[ms]"),
+        (".status.running[].heartbeat_age_ms", "[ms]"),
+        (".status.running[].owner", "[host/pid]"),
+        (".doctor.checks[].detail", "[detail]"),
+    ] {
+        settings.add_redaction(selector, set(label));
+    }
+    settings.bind(|| insta::assert_json_snapshot!("json_success", all));
 }
 
 /// Every kind of error under `--json`: nothing on stdout, one JSON object on stderr —
@@ -571,8 +569,7 @@ fn every_error_under_json_is_one_object_on_stderr_with_its_exit_code() {
     ]);
     assert_eq!(jobs(), before, "a refused command changed the jobs");
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let d = active(&sb, &[]);
     all.push(error(&["migrate", "--json"]));
     all.extend([error(&["wait", "999", "--json"]), error(&["wait", &pending, "--timeout", "soon", "--json"])]);
     // logs has no JSON shape (it prints the job's own bytes): --json is a usage error.

@@ -12,15 +12,12 @@ fn ctrl_c_on_a_terminal_releases_the_lock_and_exits_0() {
     let mut cmd = sb.cmd();
     // Human lines, as a person at a terminal sees them; no colour (NO_COLOR is set).
     cmd.env("HOMER_LOG_FORMAT", "human").arg("run").args(FAST);
-    let timeout_ms = deadline(20.0).as_millis() as u64;
-    let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+    let mut session = spawn_on_pty(cmd);
     session.exp_string("Daemon active").expect("daemon became active");
     session.send_control('c').expect("send ^C");
     session.exp_string("Shutting down").expect("shutdown began");
     session.exp_string("Daemon lock released").expect("lock released");
-    session.exp_eof().expect("exited");
-    let status = session.process.wait().expect("wait");
-    assert_eq!(format!("{status:?}").split(", ").last(), Some("0)"), "exit status: {status:?}");
+    expect_exit_0(session);
     let log = String::from_utf8(bytes(&sb.log())).unwrap();
     assert!(log.contains("Daemon lock released") && log.contains("signal=\"SIGINT\""), "{log}");
 }
@@ -35,8 +32,7 @@ fn colour_on_a_terminal_unless_no_color() {
         if !no_color {
             cmd.env_remove("NO_COLOR");
         }
-        let timeout_ms = deadline(20.0).as_millis() as u64;
-        let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+        let mut session = spawn_on_pty(cmd);
         let before = session.exp_string("Daemon active").expect("daemon became active");
         assert_eq!(before.contains('\x1b'), !no_color, "NO_COLOR={no_color}: {before:?}");
         session.send_control('c').expect("send ^C");
@@ -49,12 +45,10 @@ fn colour_on_a_terminal_unless_no_color() {
 #[test]
 fn status_watch_on_a_terminal_refreshes_in_place() {
     let sb = Sandbox::new();
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let _d = active(&sb, &[]);
     let mut cmd = sb.cmd();
     cmd.args(["status", "--watch", "--interval", "100ms"]);
-    let timeout_ms = deadline(20.0).as_millis() as u64;
-    let mut session = rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty");
+    let mut session = spawn_on_pty(cmd);
     for _ in 0..3 {
         session.exp_string("\x1b[H\x1b[2J").expect("a refresh clears the screen");
         session.exp_string("daemon:   active").expect("then the report");

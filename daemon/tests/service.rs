@@ -379,8 +379,7 @@ Restart=always\nTimeoutStopSec=35s\nRestartPreventExitStatus=78\n\n[Install]\nWa
 #[test]
 fn doctor_accepts_generated_units_and_warns_on_contradicting_ones() {
     let sb = Sandbox::new();
-    let mut d = sb.start(FAST);
-    d.wait_event("daemon.active");
+    let _d = active(&sb, &[]);
     let doctor = |json: bool| {
         let args: &[&str] = if json { &["doctor", "--json"] } else { &["doctor"] };
         run_with(&sb, &bin(), args, &[("XDG_CONFIG_HOME", None)])

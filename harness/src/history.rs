@@ -202,15 +202,11 @@ impl DbState {
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| context("busy_timeout", e))?;
         let tx = conn.transaction().map_err(|e| context("begin", e))?;
 
-        let jobs = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT id, status, attempts, max_attempts, interruptions, locked_by, claim_token,
-                            claim_epoch, runs
-                     FROM job_queue ORDER BY id",
-                )
-                .map_err(|e| context("read job_queue", e))?;
-            stmt.query_map([], |r| {
+        let jobs = all_rows(
+            &tx,
+            "SELECT id, status, attempts, max_attempts, interruptions, locked_by, claim_token, claim_epoch, runs
+             FROM job_queue ORDER BY id",
+            |r| {
                 Ok(JobRow {
                     id: r.get(0)?,
                     status: r.get(1)?,
@@ -222,19 +218,15 @@ impl DbState {
                     claim_epoch: r.get(7)?,
                     runs: r.get(8)?,
                 })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| context("read job_queue", e))?
-        };
+            },
+        )
+        .map_err(|e| context("read job_queue", e))?;
 
-        let runs = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT id, job_id, run, attempt, epoch, claim_token, outcome, ended_at IS NOT NULL, error
-                     FROM job_runs ORDER BY id",
-                )
-                .map_err(|e| context("read job_runs", e))?;
-            stmt.query_map([], |r| {
+        let runs = all_rows(
+            &tx,
+            "SELECT id, job_id, run, attempt, epoch, claim_token, outcome, ended_at IS NOT NULL, error
+             FROM job_runs ORDER BY id",
+            |r| {
                 Ok(RunRow {
                     id: r.get(0)?,
                     job_id: r.get(1)?,
@@ -246,10 +238,9 @@ impl DbState {
                     ended: r.get(7)?,
                     error: r.get(8)?,
                 })
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| context("read job_runs", e))?
-        };
+            },
+        )
+        .map_err(|e| context("read job_runs", e))?;
 
         // Migration 009 inserts the one row; a missing row is itself worth reporting.
         let leader_epoch = tx
@@ -258,14 +249,9 @@ impl DbState {
             .map_err(|e| context("read leader", e))?
             .ok_or_else(|| format!("{}: the leader table has no row", db.display()))?;
 
-        let integrity = {
-            let mut stmt = tx.prepare("PRAGMA integrity_check").map_err(|e| context("integrity_check", e))?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, String>(0))
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(|e| context("integrity_check", e))?;
-            rows.join("; ")
-        };
+        let integrity = all_rows(&tx, "PRAGMA integrity_check", |r| r.get::<_, String>(0))
+            .map_err(|e| context("integrity_check", e))?
+            .join("; ");
 
         // Read-only: nothing to commit, and dropping would roll back anyway.
         tx.rollback().map_err(|e| context("end read transaction", e))?;
@@ -280,6 +266,17 @@ impl DbState {
     pub fn runs_of(&self, job_id: i64) -> impl Iterator<Item = &RunRow> + '_ {
         self.runs.iter().filter(move |r| r.job_id == job_id)
     }
+}
+
+/// Every row `sql` returns, mapped by `row`.
+fn all_rows<T>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = tx.prepare(sql)?;
+    let rows = stmt.query_map([], row)?.collect();
+    rows
 }
 
 /// Everything the checkers judge about one scenario run.

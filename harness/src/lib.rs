@@ -31,6 +31,7 @@ pub mod selftest;
 pub mod snapshot;
 pub mod steps;
 pub mod timeline;
+mod watch;
 
 use std::path::{Path, PathBuf};
 

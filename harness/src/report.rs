@@ -74,20 +74,7 @@ pub fn table(results: &[ScenarioResult], wall: Duration) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 forbids most control characters, even escaped.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out
+    crate::timeline::escape_markup(s, crate::timeline::Markup::Xml)
 }
 
 /// JUnit XML: one `<testsuite>`, one `<testcase>` per scenario run (repeats get `#N`).

@@ -6,20 +6,23 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A scenario that leaves a daemon, a job and an escaped grandchild running, then waits
-/// takes `final_step`.
-pub fn long_scenario(final_step: &str) -> String {
-    format!(
-        r#"description = "a daemon, a job and a grandchild that escaped its group, then a long wait"
-covers = ["harness self-test"]
-mutant_none = "a test of the harness itself"
-
-[settings]
+/// Fast daemon settings for a self-test: heartbeats every 100 ms, stale after 1 s.
+pub const FAST_SETTINGS: &str = r#"[settings]
 heartbeat_interval = "100ms"
 stale_threshold = "1s"
 kill_grace = "100ms"
 lock_check_interval = "100ms"
+"#;
 
+/// A self-test scenario of the harness: `description`, then `header` (more header keys
+/// and tables, each line ending in a newline), then daemon `a` started and waited for
+/// until it is active, then `steps`.
+pub fn self_test(description: &str, header: &str, steps: &str) -> String {
+    format!(
+        r#"description = "{description}"
+covers = ["harness self-test"]
+mutant_none = "a test of the harness itself"
+{header}
 [[step]]
 start = "a"
 
@@ -28,7 +31,18 @@ wait = "event"
 target = "a"
 event = "daemon.active"
 
-[[step]]
+{steps}"#
+    )
+}
+
+/// A scenario that leaves a daemon, a job and an escaped grandchild running, then waits
+/// takes `final_step`.
+pub fn long_scenario(final_step: &str) -> String {
+    self_test(
+        "a daemon, a job and a grandchild that escaped its group, then a long wait",
+        &format!("\n{FAST_SETTINGS}"),
+        &format!(
+            r#"[[step]]
 enqueue = "probe"
 sleep = "120s"
 grandchild = "120s"
@@ -40,6 +54,7 @@ starts = 1
 
 {final_step}
 "#
+        ),
     )
 }
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::process::{Command, Output};
 
-use homer_harness::selftest::write;
 #[cfg(target_os = "linux")]
 use homer_harness::selftest::{linger, long_scenario, never, started_by, wait_for_processes};
+use homer_harness::selftest::{self_test, write, FAST_SETTINGS};
 
 fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_homer-harness"))
@@ -28,25 +28,12 @@ fn run(args: &[&str]) -> Output {
     Command::new(harness()).args(args).arg("--daemon").arg(daemon()).output().unwrap()
 }
 
-const PASSING: &str = r#"description = "one daemon, one job"
-covers = ["harness self-test"]
-mutant_none = "a test of the harness itself"
-
-[settings]
-heartbeat_interval = "100ms"
-stale_threshold = "1s"
-kill_grace = "100ms"
-lock_check_interval = "100ms"
-
-[[step]]
-start = "a"
-
-[[step]]
-wait = "event"
-target = "a"
-event = "daemon.active"
-
-[[step]]
+/// One daemon, one job that completes, the invariants checked.
+fn passing() -> String {
+    self_test(
+        "one daemon, one job",
+        &format!("\n{FAST_SETTINGS}"),
+        r#"[[step]]
 enqueue = "noop"
 
 [[step]]
@@ -56,16 +43,18 @@ event = "job.completed"
 
 [[step]]
 check = "invariants"
-"#;
+"#,
+    )
+}
 
 #[test]
 fn a_malformed_file_is_rejected_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write(dir.path(), "good.toml", PASSING);
+    let good = write(dir.path(), "good.toml", &passing());
     let bad = write(
         dir.path(),
         "bad.toml",
-        &PASSING
+        &passing()
             .replace("wait = \"event\"\ntarget = \"a\"", "wait = \"event\"\ntimeout = \"5 sekunden\"\ntarget = \"a\""),
     );
     let out = Command::new(harness()).arg("run").arg(&good).arg(&bad).arg("--daemon").arg(daemon()).output().unwrap();
@@ -80,8 +69,8 @@ fn a_malformed_file_is_rejected_before_anything_runs() {
 #[test]
 fn junit_has_one_testcase_per_run_and_repeat_runs_each_scenario_again() {
     let dir = tempfile::tempdir().unwrap();
-    let a = write(dir.path(), "first.toml", PASSING);
-    let b = write(dir.path(), "second.toml", &PASSING.replace("enqueue = \"noop\"", "enqueue = \"fail\""));
+    let a = write(dir.path(), "first.toml", &passing());
+    let b = write(dir.path(), "second.toml", &passing().replace("enqueue = \"noop\"", "enqueue = \"fail\""));
     let junit = dir.path().join("report.xml");
     let out =
         run(&["run", a.to_str().unwrap(), b.to_str().unwrap(), "--repeat", "3", "--junit", junit.to_str().unwrap()]);
@@ -105,7 +94,7 @@ fn junit_has_one_testcase_per_run_and_repeat_runs_each_scenario_again() {
 fn keep_leaves_the_sandbox_and_prints_its_path() {
     let dir = tempfile::tempdir().unwrap();
     // A probe job, so the effects log has a run for the timeline to draw.
-    let a = write(dir.path(), "kept.toml", &PASSING.replace("enqueue = \"noop\"", "enqueue = \"probe\""));
+    let a = write(dir.path(), "kept.toml", &passing().replace("enqueue = \"noop\"", "enqueue = \"probe\""));
     let out = run(&["run", a.to_str().unwrap(), "--keep"]);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -124,21 +113,31 @@ fn keep_leaves_the_sandbox_and_prints_its_path() {
 fn a_failed_run_reports_its_timeline_with_the_failing_step() {
     let dir = tempfile::tempdir().unwrap();
     let sandboxes = tempfile::tempdir().unwrap();
-    let failing = PASSING.replace(
+    let failing = passing().replace(
         "[[step]]\ncheck = \"invariants\"",
         "[[step]]\nsql = \"SELECT count(*) FROM job_queue\"\nrows = [[7]]",
     );
-    assert_ne!(failing, PASSING);
+    assert_ne!(failing, passing());
     let a = write(dir.path(), "fails-at-sql.toml", &failing);
-    let out = Command::new(harness())
-        .args(["run", a.to_str().unwrap(), "--keep-failed", "--daemon"])
-        .arg(daemon())
-        .env("HOMER_HARNESS_SANDBOX_DIR", sandboxes.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
+    // Runs it with sandboxes under `base` (and `extra` arguments): it fails, and its report
+    // names a timeline. Returns that path and the report.
+    let run_failing = |base: &Path, extra: &[&str]| -> (PathBuf, String) {
+        let out = Command::new(harness())
+            .arg("run")
+            .arg(&a)
+            .args(extra)
+            .arg("--daemon")
+            .arg(daemon())
+            .env("HOMER_HARNESS_SANDBOX_DIR", base)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
+        (PathBuf::from(path), stdout)
+    };
+    let (path, stdout) = run_failing(sandboxes.path(), &["--keep-failed"]);
+    let path = path.to_str().unwrap();
     assert!(path.starts_with(sandboxes.path().to_str().unwrap()) && path.ends_with("/timeline.html"), "{stdout}");
     let timeline = std::fs::read_to_string(path).unwrap();
     assert!(timeline.contains(r#"<span class="failedrun">FAILED</span>"#), "{timeline}");
@@ -148,22 +147,20 @@ fn a_failed_run_reports_its_timeline_with_the_failing_step() {
     // Without --keep-failed the sandbox goes, but the failed run's timeline is saved
     // beside it, and the report names that copy.
     let gone = tempfile::tempdir().unwrap();
-    let out = Command::new(harness())
-        .args(["run", a.to_str().unwrap(), "--daemon"])
-        .arg(daemon())
-        .env("HOMER_HARNESS_SANDBOX_DIR", gone.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
-    let path = Path::new(path);
+    let (path, stdout) = run_failing(gone.path(), &[]);
+    let path = path.as_path();
     assert_eq!(path.parent(), Some(gone.path()), "{stdout}");
     assert!(path.file_name().unwrap().to_string_lossy().ends_with(".timeline.html"), "{stdout}");
     let left: Vec<_> = std::fs::read_dir(gone.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(left, vec![path.to_path_buf()], "the sandbox itself is removed");
     let timeline = std::fs::read_to_string(path).unwrap();
     assert!(timeline.contains(">step 5 failed<"), "{timeline}");
+}
+
+/// `homer-harness run FILE` against the workspace's daemon, in the background.
+#[cfg(target_os = "linux")]
+fn spawn_run(file: &Path, stdout: Stdio) -> std::process::Child {
+    Command::new(harness()).arg("run").arg(file).arg("--daemon").arg(daemon()).stdout(stdout).spawn().unwrap()
 }
 
 #[cfg(target_os = "linux")]
@@ -175,14 +172,7 @@ fn nothing_survives_a_passed_or_a_failed_run() {
     // Fails at its last step, with the same processes running.
     let failing = write(dir.path(), "fails.toml", &long_scenario(&never("3s")));
     for (file, code) in [(passing, 0), (failing, 1)] {
-        let mut child = Command::new(harness())
-            .arg("run")
-            .arg(&file)
-            .arg("--daemon")
-            .arg(daemon())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&file, Stdio::piped());
         let pid = child.id();
         let seen = wait_for_processes(pid, 3);
         let status = child.wait().unwrap();
@@ -202,14 +192,7 @@ fn nothing_survives_an_interrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "long.toml", &long_scenario(&never("600s")));
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        let mut child = Command::new(harness())
-            .arg("run")
-            .arg(&file)
-            .arg("--daemon")
-            .arg(daemon())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&file, Stdio::null());
         let pid = child.id();
         // The daemon, the job and its escaped grandchild (a CLI enqueue may also be seen).
         let seen = wait_for_processes(pid, 3);
@@ -224,28 +207,21 @@ fn nothing_survives_an_interrupted_run() {
 /// A scenario on a 4 MiB tmpfs home that fills it, then ends with `last_step`.
 #[cfg(target_os = "linux")]
 fn tmpfs_scenario(last_step: &str) -> String {
-    format!(
-        r#"description = "a daemon on a tmpfs home, the home filled"
-covers = ["harness self-test"]
-mutant_none = "a test of the harness itself"
-requires = ["tmpfs"]
-home_size = "4m"
-
-[[step]]
-start = "a"
-
-[[step]]
-wait = "event"
-target = "a"
-event = "daemon.active"
-
-[[step]]
-file = "{{home}}/filler"
-op = "fill"
-
-{last_step}
-"#
+    self_test(
+        "a daemon on a tmpfs home, the home filled",
+        "requires = [\"tmpfs\"]\nhome_size = \"4m\"\n",
+        &format!("[[step]]\nfile = \"{{home}}/filler\"\nop = \"fill\"\n\n{last_step}\n"),
     )
+}
+
+/// Whether a tmpfs cannot be mounted here; says why on stderr (the caller then skips).
+#[cfg(target_os = "linux")]
+fn tmpfs_unavailable() -> bool {
+    let why = homer_harness::faults::cannot_mount();
+    if let Some(why) = &why {
+        eprintln!("skipped: {why}");
+    }
+    why.is_some()
 }
 
 /// Mount points of this namespace under a sandbox of scenario `name`.
@@ -261,8 +237,7 @@ fn sandbox_mounts(name: &str) -> Vec<PathBuf> {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
-    if let Some(why) = homer_harness::faults::cannot_mount() {
-        eprintln!("skipped: {why}");
+    if tmpfs_unavailable() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -305,8 +280,7 @@ fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_kept_tmpfs_home_is_copied_into_the_sandbox() {
-    if let Some(why) = homer_harness::faults::cannot_mount() {
-        eprintln!("skipped: {why}");
+    if tmpfs_unavailable() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -113,31 +113,32 @@ impl Proc {
     /// Sends `sig` unless the child has been reaped (a zombie still owns its pid). False
     /// when it was not sent.
     pub fn signal(&self, sig: i32) -> bool {
+        // The pid is our unreaped child.
+        self.send(sig, rustix::process::kill_process)
+    }
+
+    /// Sends `sig` to the child's whole process group unless the child has been reaped
+    /// (while the leader is unreaped its pid names its group).
+    pub fn signal_group(&self, sig: i32) -> bool {
+        // As in `signal`, for the group the child leads.
+        self.pid > 1 && self.send(sig, rustix::process::kill_process_group)
+    }
+
+    /// `kill(pid, sig)` unless the child has been reaped or lost; a SIGCONT first marks it
+    /// no longer stopped.
+    fn send(
+        &self,
+        sig: i32,
+        kill: fn(rustix::process::Pid, rustix::process::Signal) -> rustix::io::Result<()>,
+    ) -> bool {
         if self.exit.is_some() || self.lost {
             return false;
         }
         if sig == libc::SIGCONT {
             self.stopped.set(false);
         }
-        // The pid is our unreaped child.
         match (rustix::process::Pid::from_raw(self.pid), rustix::process::Signal::from_named_raw(sig)) {
-            (Some(pid), Some(sig)) => rustix::process::kill_process(pid, sig).is_ok(),
-            _ => false,
-        }
-    }
-
-    /// Sends `sig` to the child's whole process group unless the child has been reaped
-    /// (while the leader is unreaped its pid names its group).
-    pub fn signal_group(&self, sig: i32) -> bool {
-        if self.exit.is_some() || self.lost || self.pid <= 1 {
-            return false;
-        }
-        if sig == libc::SIGCONT {
-            self.stopped.set(false);
-        }
-        // As in `signal`, for the group the child leads.
-        match (rustix::process::Pid::from_raw(self.pid), rustix::process::Signal::from_named_raw(sig)) {
-            (Some(pid), Some(sig)) => rustix::process::kill_process_group(pid, sig).is_ok(),
+            (Some(pid), Some(sig)) => kill(pid, sig).is_ok(),
             _ => false,
         }
     }

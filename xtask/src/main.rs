@@ -3,7 +3,7 @@
 //!
 //! - `cargo xtask verify [--quick | --full] [--stage NAME] [--macos]`: every check, as
 //!   timed stages ending in a table (verify.rs).
-//! - `cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N]`: every
+//! - `cargo xtask mutants [--layer scenarios|models|postgres|all] [--only NAME] [--jobs N]`: every
 //!   named mutant must be caught (mutants.rs, which also reads the options of both
 //!   layers; the models layer in models.rs).
 //!
@@ -17,6 +17,7 @@ mod bench;
 mod man;
 mod models;
 mod mutants;
+mod pgmutants;
 mod verify;
 
 use std::io::Write;
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: cargo xtask verify [--quick | --full] [--stage NAME] [--macos]
-       cargo xtask mutants [--layer scenarios|models|all] [--only NAME] [--jobs N] [--loom-preemptions N]
+       cargo xtask mutants [--layer scenarios|models|postgres|all] [--only NAME] [--jobs N] [--loom-preemptions N]
        cargo xtask bench [--jobs N] [--json FILE] [homer-bench options]
        cargo xtask man
        cargo xtask --help | COMMAND --help";
@@ -38,7 +39,8 @@ Commands:
             --stage NAME  one stage (fmt, clippy, test, loom, workflow, unit, macos)
             --macos       add a cross-build of every target for Apple silicon (zig)
   mutants   every named safety mechanism switched off must be caught
-            --layer L     scenarios (default), models (proptest + loom) or all
+            --layer L     scenarios (default), models (proptest + loom), postgres (the
+                          PostgreSQL mutants against the many-worker tests) or all
             --only NAME   one mutant (with the combinations that contain it) or one a+b set
             --jobs N      scenarios run in parallel (scenarios layer; default 4)
             --loom-preemptions N   LOOM_MAX_PREEMPTIONS for the models layer (default 2)
@@ -144,6 +146,9 @@ fn mutants_command(o: &mutants::Options) -> Result<(), String> {
     match o.layer.as_str() {
         "scenarios" => mutants::scenarios(o),
         "models" => models::mutants_models(o),
-        _ => mutants::scenarios(o).and_then(|()| models::mutants_models(o)),
+        "postgres" => pgmutants::mutants_postgres(o.only.as_deref()),
+        _ => mutants::scenarios(o)
+            .and_then(|()| models::mutants_models(o))
+            .and_then(|()| pgmutants::mutants_postgres(o.only.as_deref())),
     }
 }

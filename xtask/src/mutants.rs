@@ -55,31 +55,36 @@ pub struct Options {
 impl Options {
     /// Reads the arguments; an unknown one, a missing value or a value that is not a
     /// number is an error naming it.
-    pub fn parse(args: &[String]) -> Result<Options, String> {
+    pub fn parse(args: &[impl AsRef<str>]) -> Result<Options, String> {
         let mut o = Options {
             layer: String::from("scenarios"),
             only: None,
             jobs: String::from("4"),
             loom_preemptions: String::from("2"),
         };
-        let mut it = args.iter();
+        let mut it = args.iter().map(AsRef::as_ref);
         while let Some(a) = it.next() {
-            let mut value = |what: &str| it.next().cloned().ok_or_else(|| format!("{a} needs {what}"));
-            match a.as_str() {
-                "--layer" => o.layer = value("a layer: scenarios, models or all")?,
+            let mut value = |what: &str| it.next().map(String::from).ok_or_else(|| format!("{a} needs {what}"));
+            match a {
+                "--layer" => o.layer = value("a layer: scenarios, models, postgres or all")?,
                 "--only" => o.only = Some(value("a mutant name")?),
                 "--jobs" | "-j" => o.jobs = number(a, value("a number")?)?,
                 "--loom-preemptions" => o.loom_preemptions = number(a, value("a number")?)?,
                 other => return Err(format!("unknown argument `{other}` for mutants")),
             }
         }
-        if !["scenarios", "models", "all"].contains(&o.layer.as_str()) {
-            return Err(format!("unknown layer `{}`; expected scenarios, models or all", o.layer));
+        if !["scenarios", "models", "postgres", "all"].contains(&o.layer.as_str()) {
+            return Err(format!("unknown layer `{}`; expected scenarios, models, postgres or all", o.layer));
         }
         if let Some(only) = &o.only {
+            let pg = crate::pgmutants::PG_MUTANTS;
             for part in only.split('+') {
-                if !MUTANTS.contains(&part) {
-                    return Err(format!("--only: no mutant `{part}`; mutants: {}", MUTANTS.join(", ")));
+                if !MUTANTS.contains(&part) && !pg.contains(&part) {
+                    return Err(format!(
+                        "--only: no mutant `{part}`; mutants: {}, {}",
+                        MUTANTS.join(", "),
+                        pg.join(", ")
+                    ));
                 }
             }
         }
@@ -282,21 +287,17 @@ fn list_scenarios(harness: &Path) -> Result<Vec<Scenario>, String> {
 mod tests {
     use super::Options;
 
-    fn parse(args: &[&str]) -> Result<Options, String> {
-        Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
-    }
-
     #[test]
     fn options_name_what_is_wrong() {
-        let o = parse(&["--only", "no_group_kill", "--jobs", "2"]).unwrap();
+        let o = Options::parse(&["--only", "no_group_kill", "--jobs", "2"]).unwrap();
         assert_eq!((o.only.as_deref(), o.jobs.as_str(), o.layer.as_str()), (Some("no_group_kill"), "2", "scenarios"));
-        parse(&["--only", "no_epoch_guard+no_owner_token_guard", "--layer", "all"]).unwrap();
-        let e = parse(&["--only", "no_such"]).err().unwrap();
+        Options::parse(&["--only", "no_epoch_guard+no_owner_token_guard", "--layer", "all"]).unwrap();
+        let e = Options::parse(&["--only", "no_such"]).err().unwrap();
         assert!(e.contains("`no_such`") && e.contains("no_group_kill"), "{e}");
-        assert!(parse(&["--only"]).err().unwrap().contains("--only needs"));
-        assert!(parse(&["--jobs", "many"]).err().unwrap().contains("`many`"));
-        assert!(parse(&["--layer", "unit"]).err().unwrap().contains("`unit`"));
-        assert!(parse(&["--frobnicate"]).err().unwrap().contains("`--frobnicate`"));
+        assert!(Options::parse(&["--only"]).err().unwrap().contains("--only needs"));
+        assert!(Options::parse(&["--jobs", "many"]).err().unwrap().contains("`many`"));
+        assert!(Options::parse(&["--layer", "unit"]).err().unwrap().contains("`unit`"));
+        assert!(Options::parse(&["--frobnicate"]).err().unwrap().contains("`--frobnicate`"));
     }
 
     /// The list here and homerd's must not drift apart.
@@ -306,7 +307,11 @@ mod tests {
         for m in super::MUTANTS {
             assert!(src.contains(&format!("\"{m}\"")), "{m} is not defined in daemon/src/mutant.rs");
         }
-        let defined = src.matches("pub const ").count() - 1; // minus `ALL`
-        assert_eq!(defined, super::MUTANTS.len(), "daemon/src/mutant.rs defines mutants xtask does not list");
+        let defined = src.matches("pub const ").count() - 2; // minus the lists `ALL` and `POSTGRES`
+        assert_eq!(
+            defined,
+            super::MUTANTS.len() + crate::pgmutants::PG_MUTANTS.len(),
+            "daemon/src/mutant.rs defines mutants xtask does not list"
+        );
     }
 }

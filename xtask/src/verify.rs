@@ -57,11 +57,11 @@ pub struct Options {
 
 impl Options {
     /// Reads the arguments; an unknown one, or an unknown stage, is an error naming it.
-    pub fn parse(args: &[String]) -> Result<Options, String> {
+    pub fn parse(args: &[impl AsRef<str>]) -> Result<Options, String> {
         let mut o = Options { quick: false, full: false, macos: false, stage: None };
-        let mut it = args.iter();
+        let mut it = args.iter().map(AsRef::as_ref);
         while let Some(a) = it.next() {
-            match a.as_str() {
+            match a {
                 "--quick" => o.quick = true,
                 "--full" => o.full = true,
                 "--macos" => o.macos = true,
@@ -325,19 +325,15 @@ fn macos(_: &Options) -> Result<(), String> {
 mod tests {
     use super::{unreferenced, Options};
 
-    fn parse(args: &[&str]) -> Result<Options, String> {
-        Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
-    }
-
     #[test]
     fn options_are_read_before_anything_runs() {
-        let o = parse(&["--full", "--stage", "loom"]).unwrap();
+        let o = Options::parse(&["--full", "--stage", "loom"]).unwrap();
         assert!(o.full && !o.quick && o.stage.map(|s| s.name) == Some("loom"));
-        assert!(parse(&["--quick", "--full"]).err().unwrap().contains("contradict"));
-        let e = parse(&["--stage", "lint"]).err().unwrap();
+        assert!(Options::parse(&["--quick", "--full"]).err().unwrap().contains("contradict"));
+        let e = Options::parse(&["--stage", "lint"]).err().unwrap();
         assert!(e.contains("`lint`") && e.contains("clippy"), "{e}");
-        assert!(parse(&["--stage"]).err().unwrap().contains("needs a name"));
-        assert!(parse(&["--fast"]).err().unwrap().contains("`--fast`"));
+        assert!(Options::parse(&["--stage"]).err().unwrap().contains("needs a name"));
+        assert!(Options::parse(&["--fast"]).err().unwrap().contains("`--fast`"));
     }
 
     #[test]

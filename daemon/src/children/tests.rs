@@ -37,6 +37,21 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// What the daemon records of a held child.
+fn identity(held: &HeldChild) -> ChildIdentity {
+    ChildIdentity { pid: held.pid, pgid: held.pgid, boot_id: held.boot_id.clone(), start_time: held.start_time }
+}
+
+/// A released child that exited leaving a member of its group running (`sleep 60` in the
+/// background): the record of its dead leader, and the directory of its output files.
+fn orphaned_group() -> (tempfile::TempDir, ChildIdentity) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut held = stand_in(&["sh", "-c", "sleep 60 & echo started"], request(dir.path())).unwrap();
+    held.release().unwrap();
+    assert!(wait_exit(&mut held).success());
+    (dir, identity(&held))
+}
+
 fn wait_exit(held: &mut HeldChild) -> ExitStatus {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -211,8 +226,7 @@ fn kill_recorded_group_kills_only_a_live_group_of_this_boot() {
     let dir = tempfile::tempdir().unwrap();
     let mut held = stand_in(&["sleep", "60"], request(dir.path())).unwrap();
     held.release().unwrap();
-    let mut rec =
-        ChildIdentity { pid: held.pid, pgid: held.pgid, boot_id: held.boot_id.clone(), start_time: held.start_time };
+    let mut rec = identity(&held);
 
     let earlier = ChildIdentity { boot_id: String::from("some-earlier-boot"), ..rec.clone() };
     assert!(!kill_recorded_group(&earlier, Duration::from_secs(5)).unwrap());
@@ -231,12 +245,7 @@ fn kill_recorded_group_kills_only_a_live_group_of_this_boot() {
 
 #[test]
 fn kill_recorded_group_kills_members_of_a_dead_leader() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut held = stand_in(&["sh", "-c", "sleep 60 & echo started"], request(dir.path())).unwrap();
-    held.release().unwrap();
-    assert!(wait_exit(&mut held).success());
-    let rec =
-        ChildIdentity { pid: held.pid, pgid: held.pgid, boot_id: held.boot_id.clone(), start_time: held.start_time };
+    let (_dir, rec) = orphaned_group();
     assert!(gone(rec.pid, rec.start_time));
     assert!(group_alive(rec.pgid), "the orphaned member should still run");
     assert!(kill_recorded_group(&rec, Duration::from_secs(10)).unwrap());
@@ -245,12 +254,7 @@ fn kill_recorded_group_kills_members_of_a_dead_leader() {
 
 #[test]
 fn recorded_groups_are_judged_by_a_live_groups_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut held = stand_in(&["sh", "-c", "sleep 60 & echo started"], request(dir.path())).unwrap();
-    held.release().unwrap();
-    assert!(wait_exit(&mut held).success());
-    let rec =
-        ChildIdentity { pid: held.pid, pgid: held.pgid, boot_id: held.boot_id.clone(), start_time: held.start_time };
+    let (_dir, rec) = orphaned_group();
     let snapshot = live_groups();
     if cfg!(target_os = "linux") {
         assert!(snapshot.as_ref().unwrap().contains(&rec.pgid), "the orphaned member's group is live");

@@ -148,6 +148,145 @@ impl Signals {
     }
 }
 
+/// What both backends' supervise loops share: the signals, the engine thread's end, the
+/// drain's bound, and the stop after fencing.
+pub(super) struct Lifecycle<'a> {
+    ctx: &'a Context,
+    signals: Signals,
+    control: std::sync::mpsc::Sender<runner::Control>,
+    engine_done: tokio::sync::oneshot::Receiver<runner::EngineExit>,
+    /// A completed oneshot must not be awaited again.
+    engine_finished: bool,
+    coord: Arc<runner::EngineCoordinator>,
+    signals_seen: u32,
+    /// Every wait is bounded: once draining, the engine gets its grace plus kill_grace
+    /// plus slack, then the daemon stops regardless (the next start recovers the rest).
+    drain_deadline: Option<tokio::time::Instant>,
+}
+
+impl<'a> Lifecycle<'a> {
+    pub(super) fn new(
+        ctx: &'a Context,
+        signals: Signals,
+        engine: runner::EngineThread,
+        coord: Arc<runner::EngineCoordinator>,
+    ) -> Lifecycle<'a> {
+        let runner::EngineThread { control, done } = engine;
+        Lifecycle {
+            ctx,
+            signals,
+            control,
+            engine_done: done,
+            engine_finished: false,
+            coord,
+            signals_seen: 0,
+            drain_deadline: None,
+        }
+    }
+
+    /// Waits for a signal (handled here: the drain begins or hurries), the engine's end
+    /// or the drain's bound; `Some` when the daemon must stop. Cancel-safe: a supervise
+    /// loop drops it whenever one of its own timers fires first.
+    pub(super) async fn next(&mut self) -> Option<Stop> {
+        let deadline = self.drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        let running = self.coord.held().len();
+        tokio::select! {
+            _ = self.signals.term.recv() => {
+                on_signal(self.ctx, &self.control, "SIGTERM", running, &mut self.signals_seen, &mut self.drain_deadline);
+                None
+            }
+            _ = self.signals.int.recv() => {
+                on_signal(self.ctx, &self.control, "SIGINT", running, &mut self.signals_seen, &mut self.drain_deadline);
+                None
+            }
+            exit = &mut self.engine_done, if !self.engine_finished => {
+                self.engine_finished = true;
+                Some(match exit {
+                    Ok(runner::EngineExit::Drained) => Stop::Drained,
+                    Ok(runner::EngineExit::Corrupt) => Stop::Corrupt,
+                    Ok(runner::EngineExit::Fenced) | Err(_) => Stop::Fenced(String::from("the engine stopped: fenced")),
+                })
+            }
+            _ = tokio::time::sleep_until(deadline), if self.drain_deadline.is_some() => {
+                events::error("shutdown.timeout", "Jobs did not stop within the drain bound; stopping anyway")
+                    .field("held", 0)
+                    .emit();
+                Some(Stop::Drained)
+            }
+        }
+    }
+
+    /// Fenced: every job stopped now, and a bounded wait for the engine to see them gone.
+    pub(super) async fn stop_fenced(&mut self, epoch: i64, reason: &str, message: &str) {
+        events::error("daemon.fenced", message).field("epoch", epoch).field("reason", reason.to_owned()).emit();
+        let _ = self.control.send(runner::Control::Fence);
+        let bound = self.ctx.config.kill_grace + Duration::from_secs(10);
+        if !self.engine_finished && tokio::time::timeout(bound, &mut self.engine_done).await.is_err() {
+            events::error("shutdown.timeout", "Jobs did not stop after fencing; exiting anyway").emit();
+        }
+    }
+}
+
+/// The heartbeat's standing: when it last got through, and whether the daemon stands
+/// down because it has not for too long. `row` names what is refreshed in messages
+/// ("leader row", "worker row").
+pub(super) struct Refresh {
+    row: &'static str,
+    last: Instant,
+    standing_down: bool,
+}
+
+impl Refresh {
+    pub(super) fn new(row: &'static str) -> Refresh {
+        Refresh { row, last: Instant::now(), standing_down: false }
+    }
+
+    /// A refresh asked for at `asked_at` (monotonic) got through.
+    pub(super) fn succeeded(&mut self, coord: &runner::EngineCoordinator, asked_at: crate::job::MonoMs, epoch: i64) {
+        self.last = Instant::now();
+        coord.note_leader_refresh(asked_at);
+        events::debug("daemon.heartbeat", format!("{} refreshed", capitalised(self.row))).field("epoch", epoch).emit();
+        if self.standing_down {
+            self.standing_down = false;
+            events::info("daemon.resumed", format!("{} refreshed again: resuming", capitalised(self.row))).emit();
+        }
+    }
+
+    /// A refresh failed for a reason that may pass (busy, unreachable).
+    pub(super) fn failed(&mut self, coord: &runner::EngineCoordinator, error: String) {
+        events::warn("daemon.heartbeat_failed", format!("Could not refresh the {}", self.row))
+            .field("error", error)
+            .emit();
+        // The coordinator's deadlines are anchored to the last refresh, so every run is
+        // already being stopped (by the watchdog, on its own timer) and nothing is
+        // claimed: report it. Once the row can be refreshed again, the epoch (or the
+        // worker row's fence) tells whether we still own anything.
+        if !self.standing_down && coord.standing_down(crate::clock::mono()) {
+            self.standing_down = true;
+            events::error(
+                "daemon.standing_down",
+                format!("Cannot refresh the {}: stopping all jobs, claiming nothing", self.row),
+            )
+            .field("unrefreshed_ms", self.last.elapsed().as_millis() as u64)
+            .emit();
+        }
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// A periodic timer whose first tick is one period away, not immediate (tokio's
+/// `interval` default): the leader row (or worker row) was just written and the lock
+/// just verified.
+pub(super) fn every(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn supervise(
     ctx: &Context,
@@ -160,47 +299,15 @@ async fn supervise(
     engine: runner::EngineThread,
     coord: Arc<runner::EngineCoordinator>,
 ) -> Result<i32> {
-    let Signals { term: mut sigterm, int: mut sigint } = signals;
-    let runner::EngineThread { control, done: mut engine_done } = engine;
-    // The leader row was just written and the lock just verified: the first refresh and
-    // the first re-check are one period away, not immediate (tokio's `interval` default).
-    let every = |period: Duration| {
-        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    };
+    let mut life = Lifecycle::new(ctx, signals, engine, coord.clone());
     let mut heartbeat = every(ctx.config.heartbeat_interval);
     let mut lock_check = every(ctx.config.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id };
-    let mut last_refresh = Instant::now();
+    let mut refresh_state = Refresh::new("leader row");
     let mut pending_heartbeat_failures: i64 = 0;
-    let mut standing_down = false;
-    let mut signals_seen = 0;
-    // A completed oneshot must not be awaited again.
-    let mut engine_finished = false;
-    // Every wait is bounded: once draining, the engine gets its grace plus kill_grace
-    // plus slack, then the daemon stops regardless (the next start recovers the rest).
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let cfg = &ctx.config;
     let stop = loop {
-        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = sigterm.recv() => on_signal(ctx, &control, "SIGTERM", coord.held().len(), &mut signals_seen, &mut drain_deadline),
-            _ = sigint.recv() => on_signal(ctx, &control, "SIGINT", coord.held().len(), &mut signals_seen, &mut drain_deadline),
-            exit = &mut engine_done => {
-                engine_finished = true;
-                match exit {
-                    Ok(runner::EngineExit::Drained) => break Stop::Drained,
-                    Ok(runner::EngineExit::Corrupt) => break Stop::Corrupt,
-                    Ok(runner::EngineExit::Fenced) | Err(_) => break Stop::Fenced(String::from("the engine stopped: fenced")),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
-                events::error("shutdown.timeout", "Jobs did not stop within the drain bound; stopping anyway")
-                    .field("held", 0)
-                    .emit();
-                break Stop::Drained;
-            }
+            stop = life.next() => if let Some(stop) = stop { break stop },
             _ = heartbeat.tick() => {
                 let clock = ctx.clock.clone();
                 // Stamped before the call: a refresh counts from when it was asked for.
@@ -219,31 +326,13 @@ async fn supervise(
                     Ok(true) => {
                         pending_heartbeat_failures = 0;
                         watch.failures -= lock_failures;
-                        last_refresh = Instant::now();
-                        coord.note_leader_refresh(asked_at);
-                        events::debug("daemon.heartbeat", "Leader row refreshed").field("epoch", epoch).emit();
-                        if standing_down {
-                            standing_down = false;
-                            events::info("daemon.resumed", "Leader row refreshed again: resuming").emit();
-                        }
+                        refresh_state.succeeded(&coord, asked_at, epoch);
                     }
                     Ok(false) | Err(WriteError::Fenced) => break Stop::Fenced(String::from("the leader row names a newer epoch")),
                     Err(WriteError::Closed) => break Stop::Fenced(String::from("the database writer stopped")),
                     Err(e) => {
                         pending_heartbeat_failures += 1;
-                        events::warn("daemon.heartbeat_failed", "Could not refresh the leader row")
-                            .field("error", e.to_string())
-                            .emit();
-                        // The coordinator's deadlines are anchored to the last refresh, so
-                        // every run is already being stopped (by the watchdog, on its own
-                        // timer) and nothing is claimed: report it. Once the row can be
-                        // refreshed again, the epoch tells whether we still lead.
-                        if !standing_down && coord.standing_down(crate::clock::mono()) {
-                            standing_down = true;
-                            events::error("daemon.standing_down", "Cannot refresh the leader row: stopping all jobs, claiming nothing")
-                                .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
-                                .emit();
-                        }
+                        refresh_state.failed(&coord, e.to_string());
                     }
                 }
             }
@@ -286,16 +375,7 @@ async fn supervise(
             Err(corrupt_error(&ctx.paths.database))
         }
         Stop::Fenced(reason) => {
-            events::error("daemon.fenced", "Fenced: another homerd holds this database's epoch; stopping")
-                .field("epoch", epoch)
-                .field("reason", reason.clone())
-                .emit();
-            // Stop every job now and wait (bounded) for the engine to see them gone.
-            let _ = control.send(runner::Control::Fence);
-            let bound = cfg.kill_grace + Duration::from_secs(10);
-            if !engine_finished && tokio::time::timeout(bound, &mut engine_done).await.is_err() {
-                events::error("shutdown.timeout", "Jobs did not stop after fencing; exiting anyway").emit();
-            }
+            life.stop_fenced(epoch, &reason, "Fenced: another homerd holds this database's epoch; stopping").await;
             drop(writer.stop().await);
             release_lock(lock);
             Err(Error::Fenced(reason))

@@ -12,12 +12,12 @@
 //! resumes when a heartbeat gets through again, unless it was fenced meanwhile.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backend::{AnyStore, EngineIo};
 use crate::cmd::context::Context;
 use crate::cmd::lead::{acquire_lock, diagnostics, Role};
-use crate::cmd::run::{on_signal, raise_open_files, release_lock, LockWatch, Signals, Stop};
+use crate::cmd::run::{every, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop};
 use crate::engine::coordinator::Coordinator;
 use crate::engine::jobstore::StoreError;
 use crate::error::{exit, Error, Result};
@@ -84,6 +84,12 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
             return Err(e);
         }
     };
+    // Another host cannot kill this host's processes: if this daemon dies, the guardian
+    // stops the groups of the jobs it ran before another worker can take them over.
+    if let Err(e) = crate::guardian::start(ctx.config.kill_grace) {
+        release_lock(lock);
+        return Err(Error::io("start the group guardian", "homerd", e));
+    }
     events::info("daemon.active", "Daemon active")
         .field("epoch", epoch)
         .field("database", target.shown.clone())
@@ -125,54 +131,23 @@ async fn supervise(
     engine: runner::EngineThread,
     coord: Arc<runner::EngineCoordinator>,
 ) -> Result<i32> {
-    let Signals { term: mut sigterm, int: mut sigint } = signals;
-    let runner::EngineThread { control, done: mut engine_done } = engine;
-    let every = |period: Duration| {
-        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    };
+    let mut life = Lifecycle::new(ctx, signals, engine, coord.clone());
     let cfg = &ctx.config;
     let mut heartbeat = every(cfg.heartbeat_interval);
     let mut lock_check = every(cfg.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id: None };
-    let mut last_refresh = Instant::now();
-    let mut standing_down = false;
-    let mut signals_seen = 0;
-    let mut engine_finished = false;
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut refresh = Refresh::new("worker row");
     let retry_delay = cfg.orphan_retry_delay.as_millis() as i64;
     let stop = loop {
-        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = sigterm.recv() => on_signal(ctx, &control, "SIGTERM", coord.held().len(), &mut signals_seen, &mut drain_deadline),
-            _ = sigint.recv() => on_signal(ctx, &control, "SIGINT", coord.held().len(), &mut signals_seen, &mut drain_deadline),
-            exit = &mut engine_done => {
-                engine_finished = true;
-                match exit {
-                    Ok(runner::EngineExit::Drained) => break Stop::Drained,
-                    Ok(runner::EngineExit::Corrupt) => break Stop::Corrupt,
-                    Ok(runner::EngineExit::Fenced) | Err(_) => break Stop::Fenced(String::from("the engine stopped: fenced")),
-                }
-            }
-            _ = tokio::time::sleep_until(deadline), if drain_deadline.is_some() => {
-                events::error("shutdown.timeout", "Jobs did not stop within the drain bound; stopping anyway")
-                    .field("held", 0)
-                    .emit();
-                break Stop::Drained;
-            }
+            stop = life.next() => if let Some(stop) = stop { break stop },
             _ = heartbeat.tick() => {
                 let asked_at = crate::clock::mono();
-                match with_pg(&coord, move |p| p.heartbeat(epoch)).await {
+                let host_now = ctx.clock.now();
+                match with_pg(&coord, move |p| p.heartbeat(epoch, host_now)).await {
                     Ok(()) => {
-                        last_refresh = Instant::now();
-                        coord.note_leader_refresh(asked_at);
-                        events::debug("daemon.heartbeat", "Worker row refreshed").field("epoch", epoch).emit();
-                        if standing_down {
-                            standing_down = false;
-                            events::info("daemon.resumed", "Worker row refreshed again: resuming").emit();
-                        }
-                        match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay)).await {
+                        refresh.succeeded(&coord, asked_at, epoch.0);
+                        match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay, host_now)).await {
                             Ok((fenced, rec)) if !fenced.is_empty() => {
                                 events::warn("workers.fenced", "Fenced workers not seen for their stale threshold; their jobs were recovered")
                                     .field("incarnations", fenced)
@@ -189,17 +164,7 @@ async fn supervise(
                         }
                     }
                     Err(StoreError::Fenced) => break Stop::Fenced(String::from("another worker fenced this incarnation")),
-                    Err(e) => {
-                        events::warn("daemon.heartbeat_failed", "Could not refresh the worker row")
-                            .field("error", e.to_string())
-                            .emit();
-                        if !standing_down && coord.standing_down(crate::clock::mono()) {
-                            standing_down = true;
-                            events::error("daemon.standing_down", "Cannot reach the database: stopping all jobs, claiming nothing")
-                                .field("unrefreshed_ms", last_refresh.elapsed().as_millis() as u64)
-                                .emit();
-                        }
-                    }
+                    Err(e) => refresh.failed(&coord, e.to_string()),
                 }
             }
             _ = lock_check.tick() => {
@@ -219,19 +184,13 @@ async fn supervise(
                     .field("error", e.to_string())
                     .emit();
             }
+            crate::guardian::stop();
             release_lock(lock);
             Ok(exit::OK)
         }
         Stop::Fenced(reason) => {
-            events::error("daemon.fenced", "Fenced: another worker fenced this incarnation; stopping")
-                .field("epoch", epoch)
-                .field("reason", reason.clone())
-                .emit();
-            let _ = control.send(runner::Control::Fence);
-            let bound = cfg.kill_grace + Duration::from_secs(10);
-            if !engine_finished && tokio::time::timeout(bound, &mut engine_done).await.is_err() {
-                events::error("shutdown.timeout", "Jobs did not stop after fencing; exiting anyway").emit();
-            }
+            life.stop_fenced(epoch.0, &reason, "Fenced: another worker fenced this incarnation; stopping").await;
+            crate::guardian::stop();
             release_lock(lock);
             Err(Error::Fenced(reason))
         }

@@ -12,10 +12,9 @@
 //!   wait on (or take) the same row, and take a per-lane advisory lock so a lane's cap
 //!   holds across the cluster (see [`claim`]).
 
-use std::collections::BTreeMap;
-
 use postgres::Transaction;
 
+use crate::job::stored::{args_json, env_json, parse_args, parse_env};
 use crate::job::{
     ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, ExecSettings, FailOutcome, JobId, NewJob, Recovered, WallMs,
 };
@@ -25,22 +24,6 @@ pub type PgResult<T> = Result<T, postgres::Error>;
 /// The server's clock, in milliseconds since the Unix epoch.
 pub fn server_now(tx: &mut Transaction<'_>) -> PgResult<i64> {
     Ok(tx.query_one("SELECT homer_now_ms()", &[])?.get(0))
-}
-
-fn args_json(args: &[String]) -> String {
-    serde_json::to_string(args).expect("strings serialise")
-}
-
-fn parse_args(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
-}
-
-fn env_json(env: &BTreeMap<String, String>) -> Option<String> {
-    (!env.is_empty()).then(|| serde_json::to_string(env).expect("strings serialise"))
-}
-
-fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
-    json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
 }
 
 /// Inserts a pending job, due `job.run_after - caller_now` after `now` (a delay the
@@ -117,12 +100,19 @@ pub fn claim(
          ORDER BY h.run_after, h.id",
         &[&now],
     )?;
-    let pick = "SELECT id FROM job_queue WHERE status = 'pending' AND lane = $1 AND run_after <= $2
-                  AND cancel_requested_at IS NULL ORDER BY run_after, id LIMIT $3 FOR UPDATE SKIP LOCKED";
+    let unlocked = crate::mutant::active(crate::mutant::PG_NO_SKIP_LOCKED);
+    let pick = if unlocked {
+        // Mutant: the rows are read without locking, and taken by the UPDATE below.
+        "SELECT id FROM job_queue WHERE status = 'pending' AND lane = $1 AND run_after <= $2
+           AND cancel_requested_at IS NULL ORDER BY run_after, id LIMIT $3 FOR UPDATE"
+    } else {
+        "SELECT id FROM job_queue WHERE status = 'pending' AND lane = $1 AND run_after <= $2
+           AND cancel_requested_at IS NULL ORDER BY run_after, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+    };
     let mut queues: Vec<std::collections::VecDeque<i64>> = Vec::new();
     for head in &heads {
         let lane: String = head.get(0);
-        if !tx.query_one(LANE_LOCK, &[&lane])?.get::<_, bool>(0) {
+        if !unlocked && !tx.query_one(LANE_LOCK, &[&lane])?.get::<_, bool>(0) {
             continue;
         }
         let running: i64 =
@@ -134,17 +124,7 @@ pub fn claim(
         let ids = tx.query(pick, &[&lane, &now, &free])?.iter().map(|r| r.get::<_, i64>(0)).collect();
         queues.push(ids);
     }
-    let mut chosen = Vec::new();
-    while chosen.len() < room as usize && queues.iter().any(|q| !q.is_empty()) {
-        for q in queues.iter_mut() {
-            if chosen.len() == room as usize {
-                break;
-            }
-            if let Some(id) = q.pop_front() {
-                chosen.push(id);
-            }
-        }
-    }
+    let chosen = crate::job::take_turns(queues, room as usize);
     let mut claimed = Vec::with_capacity(chosen.len());
     let mark = tx.prepare(
         "UPDATE job_queue SET status = 'running', locked_by = $2, locked_at = $3, heartbeat_at = $3,

@@ -58,7 +58,7 @@ impl PgStore {
         }
         let clock = self.clock;
         let mut tx = self.client.transaction().map_err(unavailable)?;
-        let unguarded = crate::mutant::active(crate::mutant::NO_EPOCH_GUARD);
+        let unguarded = crate::mutant::active(crate::mutant::PG_NO_INCARNATION_GUARD);
         if !unguarded && !workers::guard(&mut tx, epoch).map_err(unavailable)? {
             return Err(StoreError::Fenced);
         }
@@ -92,17 +92,21 @@ impl PgStore {
 
     /// The worker heartbeat: `seen_at` refreshed on the server's clock. `Fenced` once
     /// another worker fenced this incarnation.
-    pub fn heartbeat(&mut self, epoch: Epoch) -> StoreResult<()> {
-        self.guarded(epoch, WallMs(0), |tx, _| workers::heartbeat(tx, epoch)).map(|_| ())
+    pub fn heartbeat(&mut self, epoch: Epoch, host_now: WallMs) -> StoreResult<()> {
+        match self.guarded(epoch, host_now, |tx, _| workers::heartbeat(tx, epoch, host_now))? {
+            true => Ok(()),
+            // Only reachable without the guard (a mutant): the row says fenced.
+            false => Err(StoreError::Fenced),
+        }
     }
 
     /// Fences every other incarnation not seen for its stale threshold and recovers its
     /// running jobs (after `delay_ms`). Nothing is killed: those runs' children are on
     /// another host (or in another boot) and were stopped by their own daemon before its
     /// lease ran out.
-    pub fn sweep_stale(&mut self, epoch: Epoch, delay_ms: i64) -> StoreResult<(Vec<i64>, Recovered)> {
-        self.guarded(epoch, WallMs(0), |tx, now| {
-            let stale = workers::stale(tx, epoch)?;
+    pub fn sweep_stale(&mut self, epoch: Epoch, delay_ms: i64, host_now: WallMs) -> StoreResult<(Vec<i64>, Recovered)> {
+        self.guarded(epoch, host_now, |tx, now| {
+            let stale = workers::stale(tx, epoch, host_now)?;
             if stale.is_empty() {
                 return Ok((stale, Recovered::default()));
             }
@@ -170,9 +174,9 @@ impl JobStore for PgStore {
     fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
         // A renewal is also the worker's heartbeat: whoever judges this worker stale
         // judges it by the last renewal that reached the server.
-        self.guarded(epoch, now, |tx, now| {
-            workers::heartbeat(tx, epoch)?;
-            jobs::renew(tx, epoch, held, now)
+        self.guarded(epoch, now, |tx, store_now| {
+            workers::heartbeat(tx, epoch, now)?;
+            jobs::renew(tx, epoch, held, store_now)
         })
     }
 

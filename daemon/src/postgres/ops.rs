@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use postgres::{GenericClient, Transaction};
 
 use super::jobs::{self, server_now, PgResult};
+use crate::job::stored::{parse_args, parse_env};
 use crate::job::{JobId, JobStatus, NewJob, WallMs};
 use crate::rows::{Cancel, JobProgress, JobRow, Retry, RunRow, RunningJob};
 
@@ -42,7 +43,7 @@ fn job_row(r: &postgres::Row) -> JobRow {
         status: r.get(1),
         lane: r.get(2),
         kind: r.get(3),
-        args: serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default(),
+        args: parse_args(r.get::<_, &str>(4)),
         attempts: i64::from(r.get::<_, i32>(5)),
         max_attempts: i64::from(r.get::<_, i32>(6)),
         interruptions: i64::from(r.get::<_, i32>(7)),
@@ -57,7 +58,7 @@ fn job_row(r: &postgres::Row) -> JobRow {
         key: r.get(16),
         cancel_requested_at: r.get(17),
         cwd: r.get(18),
-        env: r.get::<_, Option<&str>>(19).and_then(|j| serde_json::from_str(j).ok()).unwrap_or_default(),
+        env: parse_env(r.get(19)),
     }
 }
 

@@ -18,7 +18,7 @@ use postgres::{Client, Transaction};
 
 use super::jobs::{server_now, PgResult};
 use crate::identity::ProcessIdentity;
-use crate::job::Epoch;
+use crate::job::{Epoch, WallMs};
 
 /// Who a worker is, as registered.
 #[derive(Clone, Debug)]
@@ -60,12 +60,14 @@ pub fn guard(tx: &mut Transaction<'_>, epoch: Epoch) -> PgResult<bool> {
         .is_some())
 }
 
-/// Refreshes `seen_at` (server clock). `false`: fenced (or stopped).
-pub fn heartbeat(tx: &mut Transaction<'_>, epoch: Epoch) -> PgResult<bool> {
+/// Refreshes `seen_at` (server clock; `host_now` is the worker's own clock, which only the
+/// `pg_lease_on_host_clock` mutant uses). `false`: fenced (or stopped).
+pub fn heartbeat(tx: &mut Transaction<'_>, epoch: Epoch, host_now: WallMs) -> PgResult<bool> {
+    let host = crate::mutant::active(crate::mutant::PG_LEASE_ON_HOST_CLOCK).then_some(host_now.0);
     Ok(tx.execute(
-        "UPDATE homer_workers SET seen_at = homer_now_ms()
+        "UPDATE homer_workers SET seen_at = COALESCE($2, homer_now_ms())
          WHERE incarnation = $1 AND fenced_at IS NULL AND stopped_at IS NULL",
-        &[&epoch.0],
+        &[&epoch.0, &host],
     )? == 1)
 }
 
@@ -100,16 +102,20 @@ pub fn fence(tx: &mut Transaction<'_>, epochs: &[i64], by: Epoch, reason: &str) 
 /// their own `stale_ms` by the server's clock, and either still unfenced or fenced with
 /// jobs still `running`. Their rows are locked (`FOR UPDATE`) until the transaction ends;
 /// one another worker is handling already is skipped.
-pub fn stale(tx: &mut Transaction<'_>, me: Epoch) -> PgResult<Vec<i64>> {
+///
+/// `host_now` is the sweeper's own clock: only the `pg_lease_on_host_clock` mutant judges
+/// by it.
+pub fn stale(tx: &mut Transaction<'_>, me: Epoch, host_now: WallMs) -> PgResult<Vec<i64>> {
+    let host = crate::mutant::active(crate::mutant::PG_LEASE_ON_HOST_CLOCK).then_some(host_now.0);
     let rows = tx.query(
         "SELECT w.incarnation FROM homer_workers w
          WHERE w.incarnation <> $1 AND w.stopped_at IS NULL
-           AND w.seen_at < homer_now_ms() - w.stale_ms
+           AND w.seen_at < COALESCE($2, homer_now_ms()) - w.stale_ms
            AND (w.fenced_at IS NULL
                 OR EXISTS (SELECT 1 FROM job_queue q WHERE q.status = 'running' AND q.claim_epoch = w.incarnation))
          ORDER BY w.incarnation
-         FOR UPDATE SKIP LOCKED",
-        &[&me.0],
+         FOR UPDATE OF w SKIP LOCKED",
+        &[&me.0, &host],
     )?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

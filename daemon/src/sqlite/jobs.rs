@@ -13,28 +13,11 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use crate::job::stored::{args_json, env_json, parse_args, parse_env};
 use crate::job::{
     ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, ExecSettings, FailOutcome, JobId, JobStatus, NewJob,
     Recovered, WallMs,
 };
-
-fn args_json(args: &[String]) -> String {
-    serde_json::to_string(args).expect("strings serialise")
-}
-
-fn parse_args(json: &str) -> Vec<String> {
-    serde_json::from_str(json).unwrap_or_default()
-}
-
-/// `job_queue.env`: NULL when no variable was given, else a JSON object.
-fn env_json(env: &BTreeMap<String, String>) -> Option<String> {
-    (!env.is_empty()).then(|| serde_json::to_string(env).expect("strings serialise"))
-}
-
-/// The stored `env` column back as a map (NULL or unreadable: none).
-pub(crate) fn parse_env(json: Option<String>) -> BTreeMap<String, String> {
-    json.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
-}
 
 /// Inserts a pending job whose `run_after` was set now; returns its id.
 pub fn enqueue(tx: &Transaction<'_>, job: &NewJob, now: WallMs) -> rusqlite::Result<JobId> {
@@ -113,17 +96,7 @@ pub fn claim(
             queues.push(ids);
         }
     }
-    let mut chosen = Vec::new();
-    while chosen.len() < room as usize && queues.iter().any(|q| !q.is_empty()) {
-        for q in queues.iter_mut() {
-            if chosen.len() == room as usize {
-                break;
-            }
-            if let Some(id) = q.pop_front() {
-                chosen.push(id);
-            }
-        }
-    }
+    let chosen = crate::job::take_turns(queues, room as usize);
     let mut tokens = random_tokens(chosen.len());
     let mut claimed = Vec::with_capacity(chosen.len());
     let mut mark = tx.prepare_cached(
@@ -228,6 +201,25 @@ fn owns(tx: &Transaction<'_>, epoch: Epoch, id: JobId, token: &str) -> rusqlite:
     .map(|o| o.is_some())
 }
 
+/// `columns` of the job `claim` owns (running, under its token and epoch), read by `row`;
+/// `None`: not the owner.
+fn owned_row<T>(
+    tx: &Transaction<'_>,
+    claim: &ClaimRef,
+    columns: &str,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    tx.query_row(
+        &format!(
+            "SELECT {columns} FROM job_queue
+             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3"
+        ),
+        params![claim.id, claim.token, claim.epoch],
+        row,
+    )
+    .optional()
+}
+
 /// Clears the lock columns: every transition out of `running` does this.
 const CLEAR_LOCK: &str =
     "locked_by = NULL, locked_at = NULL, heartbeat_at = NULL, claim_token = NULL, claim_epoch = NULL";
@@ -312,14 +304,8 @@ pub fn fail(
     now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
     let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
-    let Some((attempts, max)) = tx
-        .query_row(
-            "SELECT attempts, max_attempts FROM job_queue
-             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
-            params![id, token, epoch],
-            |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?)),
-        )
-        .optional()?
+    let Some((attempts, max)) =
+        owned_row(tx, claim, "attempts, max_attempts", |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?)))?
     else {
         return Ok(None);
     };
@@ -354,16 +340,8 @@ pub fn release(
     max_interruptions: u32,
     now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
-    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
-    let Some(interruptions) = tx
-        .query_row(
-            "SELECT interruptions FROM job_queue
-             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
-            params![id, token, epoch],
-            |r| r.get::<_, u32>(0),
-        )
-        .optional()?
-    else {
+    let (id, token) = (claim.id, claim.token.as_str());
+    let Some(interruptions) = owned_row(tx, claim, "interruptions", |r| r.get::<_, u32>(0))? else {
         return Ok(None);
     };
     if cancel_if_requested(tx, id, token, "released", now)? {
@@ -404,16 +382,8 @@ pub fn abandon(
     reason: &str,
     now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
-    let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
-    let Some(exhausted) = tx
-        .query_row(
-            "SELECT attempts >= max_attempts FROM job_queue
-             WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
-            params![id, token, epoch],
-            |r| r.get::<_, bool>(0),
-        )
-        .optional()?
-    else {
+    let (id, token) = (claim.id, claim.token.as_str());
+    let Some(exhausted) = owned_row(tx, claim, "attempts >= max_attempts", |r| r.get::<_, bool>(0))? else {
         return Ok(None);
     };
     if !exhausted && cancel_if_requested(tx, id, token, "abandoned", now)? {
@@ -457,13 +427,7 @@ pub fn requeue_unstarted(
     now: WallMs,
 ) -> rusqlite::Result<Option<FailOutcome>> {
     let (epoch, id, token) = (claim.epoch, claim.id, claim.token.as_str());
-    let owned = tx
-        .prepare_cached(
-            "SELECT 1 FROM job_queue WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3",
-        )?
-        .query_row(params![id, token, epoch], |_| Ok(()))
-        .optional()?;
-    if owned.is_none() {
+    if !owns(tx, epoch, id, token)? {
         return Ok(None);
     }
     if cancel_if_requested(tx, id, token, "not_started", now)? {
@@ -587,15 +551,7 @@ mod tests {
     }
 
     fn job(lane: &str, kind: &str) -> NewJob {
-        NewJob {
-            kind: kind.into(),
-            args: vec![],
-            lane: lane.into(),
-            max_attempts: 3,
-            timeout_ms: None,
-            run_after: WallMs(0),
-            exec: Default::default(),
-        }
+        NewJob::new(kind, lane, 3)
     }
 
     fn limits(global: u32, lanes: &[(&str, u32)]) -> ClaimLimits {

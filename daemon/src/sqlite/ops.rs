@@ -33,7 +33,7 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         key: r.get(16)?,
         cancel_requested_at: r.get(17)?,
         cwd: r.get(18)?,
-        env: jobs::parse_env(r.get(19)?),
+        env: crate::job::stored::parse_env(r.get(19)?),
     })
 }
 
@@ -102,12 +102,13 @@ pub fn enqueue_keyed(
     Ok((id, true))
 }
 
+/// Job `id`'s status, `None` when there is no such job.
+fn status_of(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Option<JobStatus>> {
+    tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, JobStatus>(0)).optional()
+}
+
 pub fn cancel(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Cancel> {
-    let Some(status) =
-        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, JobStatus>(0)).optional()?
-    else {
-        return Ok(Cancel::NotFound);
-    };
+    let Some(status) = status_of(tx, id)? else { return Ok(Cancel::NotFound) };
     Ok(match status {
         JobStatus::Pending => {
             tx.execute(
@@ -158,11 +159,7 @@ pub fn cancel_running(tx: &Transaction<'_>, claim: &ClaimRef, now: WallMs) -> ru
 /// A failed or cancelled job back to pending with a fresh attempt budget; its runs and
 /// error history are kept.
 pub fn retry(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Retry> {
-    let Some(status) =
-        tx.query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get::<_, JobStatus>(0)).optional()?
-    else {
-        return Ok(Retry::NotFound);
-    };
+    let Some(status) = status_of(tx, id)? else { return Ok(Retry::NotFound) };
     if !matches!(status, JobStatus::Failed | JobStatus::Cancelled) {
         return Ok(Retry::NotRetryable(status));
     }

@@ -429,15 +429,26 @@ fn remove_temp(tmp: &Path) {
     }
 }
 
-/// Applies every migration after the first `applied`, one `BEGIN IMMEDIATE` transaction
-/// each. With `epoch`, each transaction first checks the leader row still names it.
-/// Returns the names applied by this call.
 /// Index of the migration that creates the leader row.
 pub fn leader_migration_index() -> usize {
     MIGRATIONS.iter().position(|(n, _)| *n == LEADER_MIGRATION).expect("leader migration is embedded")
 }
 
-/// Applies migrations `from..to` (see [`apply_pending`]).
+/// Applies every migration after the first `applied`, one `BEGIN IMMEDIATE` transaction
+/// each. With `epoch`, each transaction first checks the leader row still names it.
+/// Returns the names applied by this call.
+pub fn apply_pending(
+    conn: &mut Connection,
+    path: &Path,
+    applied: usize,
+    epoch: Option<i64>,
+    clock: &Clock,
+) -> Result<Vec<&'static str>> {
+    apply_upto(conn, path, applied, MIGRATIONS.len(), epoch, clock)
+}
+
+/// Applies migrations `from..to` (`to` past the last: up to the last) as
+/// [`apply_pending`] does.
 pub fn apply_upto(
     conn: &mut Connection,
     path: &Path,
@@ -446,29 +457,8 @@ pub fn apply_upto(
     epoch: Option<i64>,
     clock: &Clock,
 ) -> Result<Vec<&'static str>> {
-    apply_range(conn, path, from, to.min(MIGRATIONS.len()), epoch, clock)
-}
-
-pub fn apply_pending(
-    conn: &mut Connection,
-    path: &Path,
-    applied: usize,
-    epoch: Option<i64>,
-    clock: &Clock,
-) -> Result<Vec<&'static str>> {
-    apply_range(conn, path, applied, MIGRATIONS.len(), epoch, clock)
-}
-
-fn apply_range(
-    conn: &mut Connection,
-    path: &Path,
-    from: usize,
-    to: usize,
-    epoch: Option<i64>,
-    clock: &Clock,
-) -> Result<Vec<&'static str>> {
     let mut done = Vec::new();
-    for (name, sql) in &MIGRATIONS[from..to] {
+    for (name, sql) in &MIGRATIONS[from..to.min(MIGRATIONS.len())] {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| Error::sqlite(path, e))?;
         let sqlerr = |e| Error::sqlite(path, e);
         tx.execute_batch(
@@ -530,7 +520,7 @@ fn apply_range(
 pub fn create_partial(path: &Path, upto: usize, clock: &Clock) -> Result<()> {
     let mut conn = Connection::open(path).map_err(|e| Error::sqlite(path, e))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| Error::sqlite(path, e))?;
-    apply_range(&mut conn, path, 0, upto, None, clock).map(drop)
+    apply_upto(&mut conn, path, 0, upto, None, clock).map(drop)
 }
 
 #[cfg(test)]

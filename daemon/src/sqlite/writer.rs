@@ -332,128 +332,129 @@ mod tests {
         (t, path)
     }
 
+    /// Runs `test` with a writer under `epoch` on a database whose leader row is at epoch
+    /// 5, then stops the writer (dropping it) and joins its thread.
+    fn with_writer(epoch: i64, test: impl FnOnce(&Writer, &std::path::Path)) {
+        let (_t, path) = setup();
+        let (w, th) = Writer::start(Connection::open(&path).unwrap(), epoch);
+        test(&w, &path);
+        drop(w);
+        th.join();
+    }
+
     fn count(path: &std::path::Path) -> i64 {
         Connection::open(path).unwrap().query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0)).unwrap()
     }
 
     const INSERT: &str = "INSERT INTO job_queue (kind, created_at) VALUES ('noop', 0)";
 
+    /// An op that inserts a row, then fails.
+    fn insert_then_fail(tx: &Transaction<'_>) -> rusqlite::Result<usize> {
+        tx.execute(INSERT, [])?;
+        tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+    }
+
     #[test]
     fn between_transactions_runs_after_what_was_queued_and_with_no_write_lock_held() {
-        let (_t, path) = setup();
-        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        // Queued without waiting, so they are still in the writer's queue (or its batch)
-        // when the barrier is sent.
-        let pending: Vec<_> = (0..50).map(|_| w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []))).collect();
-        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-        let probe = path.clone();
-        w.between_transactions_blocking(move || {
-            let other = Connection::open(&probe).unwrap();
-            // A write transaction open in the writer would make this fail with SQLITE_BUSY.
-            let took_the_write_lock = other.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok();
-            let n: i64 = other.query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0)).unwrap();
-            seen_tx.send((took_the_write_lock, n)).unwrap();
+        with_writer(5, |w, path| {
+            // Queued without waiting, so they are still in the writer's queue (or its batch)
+            // when the barrier is sent.
+            let pending: Vec<_> = (0..50).map(|_| w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []))).collect();
+            let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+            let probe = path.to_path_buf();
+            w.between_transactions_blocking(move || {
+                let other = Connection::open(&probe).unwrap();
+                // A write transaction open in the writer would make this fail with SQLITE_BUSY.
+                let took_the_write_lock = other.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").is_ok();
+                let n: i64 = other.query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0)).unwrap();
+                seen_tx.send((took_the_write_lock, n)).unwrap();
+            });
+            assert_eq!(seen_rx.recv().unwrap(), (true, 50), "every op queued before it had committed");
+            for rx in pending {
+                assert_eq!(rx.blocking_recv().unwrap().unwrap(), 1);
+            }
         });
-        assert_eq!(seen_rx.recv().unwrap(), (true, 50), "every op queued before it had committed");
-        for rx in pending {
-            assert_eq!(rx.blocking_recv().unwrap().unwrap(), 1);
-        }
-        drop(w);
-        th.join();
     }
 
     #[test]
     fn ops_commit_under_our_epoch() {
-        let (_t, path) = setup();
-        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let n = w.call_blocking(SyncMode::Full, |tx| tx.execute(INSERT, [])).unwrap();
-        assert_eq!(n, 1);
-        assert_eq!(count(&path), 1);
-        drop(w);
-        th.join();
+        with_writer(5, |w, path| {
+            let n = w.call_blocking(SyncMode::Full, |tx| tx.execute(INSERT, [])).unwrap();
+            assert_eq!(n, 1);
+            assert_eq!(count(path), 1);
+        });
     }
 
     #[test]
     fn a_fenced_batch_writes_nothing() {
-        let (_t, path) = setup();
-        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 4);
-        for _ in 0..3 {
-            assert!(matches!(w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])), Err(WriteError::Fenced)));
-        }
-        assert_eq!(count(&path), 0);
-        drop(w);
-        th.join();
+        with_writer(4, |w, path| {
+            for _ in 0..3 {
+                assert!(matches!(
+                    w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])),
+                    Err(WriteError::Fenced)
+                ));
+            }
+            assert_eq!(count(path), 0);
+        });
     }
 
     #[test]
     fn a_failing_op_alone_in_its_batch_leaves_nothing_behind() {
-        let (_t, path) = setup();
-        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let bad = w.call_blocking(SyncMode::Full, |tx| {
-            tx.execute(INSERT, [])?;
-            tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+        with_writer(5, |w, path| {
+            let bad = w.call_blocking(SyncMode::Full, insert_then_fail);
+            assert!(matches!(bad, Err(WriteError::Sqlite(_))), "{bad:?}");
+            assert_eq!(count(path), 0, "the failing op's first insert must be rolled back");
+            assert_eq!(w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])).unwrap(), 1);
+            assert_eq!(count(path), 1, "the writer goes on after a failed batch");
         });
-        assert!(matches!(bad, Err(WriteError::Sqlite(_))), "{bad:?}");
-        assert_eq!(count(&path), 0, "the failing op's first insert must be rolled back");
-        assert_eq!(w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])).unwrap(), 1);
-        assert_eq!(count(&path), 1, "the writer goes on after a failed batch");
-        drop(w);
-        th.join();
     }
 
     #[test]
     fn a_failing_op_is_rolled_back_alone() {
-        let (_t, path) = setup();
-        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let bad = w.submit(SyncMode::Normal, |tx| {
-            tx.execute(INSERT, [])?;
-            tx.execute("INSERT INTO no_such_table VALUES (1)", [])
+        with_writer(5, |w, path| {
+            let bad = w.submit(SyncMode::Normal, insert_then_fail);
+            let good = w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []));
+            assert!(bad.blocking_recv().unwrap().is_err());
+            assert_eq!(good.blocking_recv().unwrap().unwrap(), 1);
+            assert_eq!(count(path), 1, "the failing op's first insert must be rolled back");
         });
-        let good = w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []));
-        assert!(bad.blocking_recv().unwrap().is_err());
-        assert_eq!(good.blocking_recv().unwrap().unwrap(), 1);
-        assert_eq!(count(&path), 1, "the failing op's first insert must be rolled back");
-        drop(w);
-        th.join();
     }
 
     #[test]
     fn a_group_keeps_its_order_and_a_failing_member_is_rolled_back_alone() {
-        let (_t, path) = setup();
-        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        type F = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<i64> + Send>;
-        let insert = |sync| -> (SyncMode, F) {
-            (
+        with_writer(5, |w, path| {
+            type F = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<i64> + Send>;
+            let insert = |sync| -> (SyncMode, F) {
+                (
+                    sync,
+                    Box::new(|tx: &Transaction<'_>| {
+                        tx.execute(INSERT, [])?;
+                        tx.query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0))
+                    }),
+                )
+            };
+            let bad: (SyncMode, F) =
+                (SyncMode::Normal, Box::new(|tx: &Transaction<'_>| insert_then_fail(tx).map(|_| 0)));
+            // What the group commits with, seen from inside it: one FULL member makes it FULL.
+            let sync: (SyncMode, F) = (
+                SyncMode::Normal,
+                Box::new(|tx: &Transaction<'_>| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))),
+            );
+            let got = w.call_together_blocking(vec![
+                insert(SyncMode::Normal),
+                bad,
+                insert(SyncMode::Full),
+                insert(SyncMode::Normal),
                 sync,
-                Box::new(|tx: &Transaction<'_>| {
-                    tx.execute(INSERT, [])?;
-                    tx.query_row("SELECT COUNT(*) FROM job_queue", [], |r| r.get(0))
-                }),
-            )
-        };
-        let bad: (SyncMode, F) = (
-            SyncMode::Normal,
-            Box::new(|tx: &Transaction<'_>| {
-                tx.execute(INSERT, [])?;
-                tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
-                Ok(0)
-            }),
-        );
-        // What the group commits with, seen from inside it: one FULL member makes it FULL.
-        let sync: (SyncMode, F) =
-            (SyncMode::Normal, Box::new(|tx: &Transaction<'_>| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))));
-        let got = w.call_together_blocking(vec![
-            insert(SyncMode::Normal),
-            bad,
-            insert(SyncMode::Full),
-            insert(SyncMode::Normal),
-            sync,
-        ]);
-        let got: Vec<Option<i64>> = got.iter().map(|r| r.as_ref().ok().copied()).collect();
-        assert_eq!(got, vec![Some(1), None, Some(2), Some(3), Some(2)], "counts in order, then synchronous=FULL (2)");
-        assert_eq!(count(&path), 3);
-        drop(w);
-        th.join();
+            ]);
+            let got: Vec<Option<i64>> = got.iter().map(|r| r.as_ref().ok().copied()).collect();
+            assert_eq!(
+                got,
+                vec![Some(1), None, Some(2), Some(3), Some(2)],
+                "counts in order, then synchronous=FULL (2)"
+            );
+            assert_eq!(count(path), 3);
+        });
     }
 
     #[test]
@@ -470,14 +471,12 @@ mod tests {
 
     #[test]
     fn many_callers_share_batches() {
-        let (_t, path) = setup();
-        let (w, th) = Writer::start(Connection::open(&path).unwrap(), 5);
-        let rxs: Vec<_> = (0..500).map(|_| w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []))).collect();
-        for rx in rxs {
-            rx.blocking_recv().unwrap().unwrap();
-        }
-        assert_eq!(count(&path), 500);
-        drop(w);
-        th.join();
+        with_writer(5, |w, path| {
+            let rxs: Vec<_> = (0..500).map(|_| w.submit(SyncMode::Normal, |tx| tx.execute(INSERT, []))).collect();
+            for rx in rxs {
+                rx.blocking_recv().unwrap().unwrap();
+            }
+            assert_eq!(count(path), 500);
+        });
     }
 }

@@ -87,6 +87,49 @@ impl Sandbox {
         Daemon::spawn(c)
     }
 
+    /// [`Sandbox::cmd`] run as uid/gid 65534 through `setpriv`, for the permission cases
+    /// when the tests run as root. `None` (reported on stderr, not silently passed) when
+    /// setpriv is not installed.
+    pub fn cmd_as_65534(&self) -> Option<Command> {
+        let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| Path::new(p).exists()) else {
+            eprintln!(
+                "NOT RUN: running as root and setpriv is unavailable, so the permission case cannot be exercised"
+            );
+            return None;
+        };
+        let inner = self.cmd();
+        let mut c = Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(inner.get_program());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.stdin(Stdio::null());
+        Some(c)
+    }
+
+    /// Creates the home with a database stopped after its first `n` migrations.
+    pub fn db_migrated_to(&self, n: usize) {
+        std::fs::create_dir_all(self.home()).unwrap();
+        homerd::sqlite::schema::create_partial(&self.db(), n, &homerd::clock::Clock::default()).unwrap();
+    }
+
+    /// Creates the home with a copy of the checked-in pre-004 database
+    /// (`tests/fixtures/pre004.db`, written by the original daemon).
+    pub fn db_from_pre004_fixture(&self) {
+        std::fs::create_dir_all(self.home()).unwrap();
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pre004.db"), self.db()).unwrap();
+    }
+
+    /// Runs `homerd migrate` and checks it applied `n` migrations.
+    pub fn migrate_applies(&self, n: usize) {
+        let out = self.run(&["migrate"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(out.stdout.contains(&format!("applied {n} migration(s)")), "{}", out.stdout);
+    }
+
     pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut c = self.cmd();
         c.arg("run").args(args);
@@ -247,6 +290,12 @@ impl Daemon {
         assert!(self.proc.signal(sig), "kill({sig}) of homerd (pid {})", self.pid());
     }
 
+    /// SIGTERM, then the exit, which must be 0 (a clean shutdown).
+    pub fn stop_cleanly(&mut self) {
+        self.signal(libc::SIGTERM);
+        assert_eq!(self.wait_exit().code(), Some(0), "{}", self.dump());
+    }
+
     pub fn has_event(&self, name: &str) -> bool {
         self.seen.iter().any(|v| v["event"] == name)
     }
@@ -254,6 +303,15 @@ impl Daemon {
     pub fn dump(&self) -> String {
         self.seen.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
     }
+}
+
+/// A daemon started with [`FAST`] timings and `extra`, once it is active.
+pub fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend_from_slice(extra);
+    let mut d = sb.start(&args);
+    d.wait_event("daemon.active");
+    d
 }
 
 /// Engine timings for tests: everything fast (`FAST`, short backoff and shutdown
@@ -310,6 +368,44 @@ pub fn sql(db: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(db).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
     c
+}
+
+/// `cmd` on a pseudo-terminal (rexpect); each expectation is bounded by a scaled deadline.
+pub fn spawn_on_pty(cmd: Command) -> rexpect::session::PtySession {
+    let timeout_ms = deadline(20.0).as_millis() as u64;
+    rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty")
+}
+
+/// Reads a pty session to its end and checks the process exited 0.
+pub fn expect_exit_0(mut session: rexpect::session::PtySession) {
+    session.exp_eof().expect("exited");
+    let status = session.process.wait().expect("wait");
+    assert_eq!(format!("{status:?}").split(", ").last(), Some("0)"), "exit status: {status:?}");
+}
+
+/// Every row `query` (with `params`) returns, mapped by `row` (panics on an error).
+pub fn query_rows<T>(
+    c: &rusqlite::Connection,
+    query: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Vec<T> {
+    let mut stmt = c.prepare(query).unwrap_or_else(|e| panic!("prepare {query}: {e}"));
+    let rows = stmt.query_map(params, row).unwrap_or_else(|e| panic!("{query}: {e}"));
+    rows.map(|r| r.unwrap_or_else(|e| panic!("{query}: {e}"))).collect()
+}
+
+/// A command's stdout as JSON lines: each one value, printed compact (`what` names the
+/// command in a failure).
+pub fn compact_json_lines(stdout: &str, what: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {l}"));
+            assert_eq!(v.to_string(), l, "{what}: not one compact value per line");
+            v
+        })
+        .collect()
 }
 
 /// `homerd status --json` parsed.

@@ -71,6 +71,26 @@ impl Job {
             .expect("a running job has its open run")
     }
 
+    /// The run ends with `outcome` and the job `failed`; the error joins its history.
+    fn end_failed(&mut self, outcome: &'static str, now: i64) -> FailOutcome {
+        self.errors += 1;
+        self.end_run(JobStatus::Failed, outcome, now);
+        FailOutcome::Failed
+    }
+
+    /// The run ends with `outcome` and the job `cancelled` (an operator's request).
+    fn end_cancelled(&mut self, outcome: &'static str, now: i64) -> FailOutcome {
+        self.end_run(JobStatus::Cancelled, outcome, now);
+        FailOutcome::Cancelled
+    }
+
+    /// The run ends with `outcome` and the job is `pending` again; the store reports it
+    /// due at `run_after`.
+    fn end_pending(&mut self, outcome: &'static str, run_after: i64, now: i64) -> FailOutcome {
+        self.end_run(JobStatus::Pending, outcome, now);
+        FailOutcome::Retry { run_after: WallMs(run_after) }
+    }
+
     /// Leaves `running`: the run ends with `outcome`, the lock is cleared.
     fn end_run(&mut self, status: JobStatus, outcome: &'static str, now: i64) {
         self.open_run().ended = Some((now, outcome));
@@ -116,6 +136,13 @@ impl Queue {
         } else {
             Err(StoreError::Fenced)
         }
+    }
+
+    /// `f` on the job `claim` owns, once its epoch is checked (a fenced one is an error);
+    /// `None`: not the owner, nothing changed.
+    fn with_owned<T>(&mut self, claim: &ClaimRef, f: impl FnOnce(&mut Job) -> T) -> StoreResult<Option<T>> {
+        self.fenced(claim.epoch.0)?;
+        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(f))
     }
 
     fn owned_mut(&mut self, epoch: i64, id: i64, token: &str) -> Option<&mut Job> {
@@ -353,23 +380,17 @@ impl Queue {
     fn record(&mut self, claim: &ClaimRef, what: &Record, now: i64) -> StoreResult<Recorded> {
         let ended = |o: Option<FailOutcome>| o.map_or(Recorded::NotOwner, Recorded::Ended);
         Ok(match what {
-            Record::Complete if self.complete(claim, now)? => Recorded::Completed,
+            Record::Complete if self.end_owned(claim, JobStatus::Completed, "completed", now)? => Recorded::Completed,
             Record::Complete => Recorded::NotOwner,
             Record::Fail { error, retryable, retry_at } => ended(self.fail(claim, error, *retryable, retry_at.0, now)?),
             Record::Release { max_interruptions } => ended(self.release(claim, *max_interruptions, now)?),
             Record::Abandon { reason } => ended(self.abandon(claim, reason, now)?),
-            Record::Cancel if self.cancel(claim, now)? => Recorded::Ended(FailOutcome::Cancelled),
+            Record::Cancel if self.end_owned(claim, JobStatus::Cancelled, "cancelled", now)? => {
+                Recorded::Ended(FailOutcome::Cancelled)
+            }
             Record::Cancel => Recorded::NotOwner,
             Record::Requeue { reason, retry_at } => ended(self.requeue_unstarted(claim, reason, retry_at.0, now)?),
         })
-    }
-
-    fn complete(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self
-            .owned_mut(claim.epoch.0, claim.id.0, &claim.token)
-            .map(|j| j.end_run(JobStatus::Completed, "completed", now))
-            .is_some())
     }
 
     fn fail(
@@ -380,72 +401,54 @@ impl Queue {
         retry_at: i64,
         now: i64,
     ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             if retryable && j.attempts < j.spec.max_attempts {
                 if j.cancel_requested_at.is_some() {
                     // Would go back to pending: the operator's cancel wins instead.
-                    j.end_run(JobStatus::Cancelled, "failed", now);
-                    return FailOutcome::Cancelled;
+                    return j.end_cancelled("failed", now);
                 }
                 j.errors += 1;
                 j.run_after = retry_at;
-                j.end_run(JobStatus::Pending, "failed", now);
-                FailOutcome::Retry { run_after: WallMs(retry_at) }
+                j.end_pending("failed", retry_at, now)
             } else {
-                j.errors += 1;
-                j.end_run(JobStatus::Failed, "failed", now);
-                FailOutcome::Failed
+                j.end_failed("failed", now)
             }
-        }))
+        })
     }
 
     fn release(&mut self, claim: &ClaimRef, max_interruptions: u32, now: i64) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             if j.cancel_requested_at.is_some() {
-                j.end_run(JobStatus::Cancelled, "released", now);
-                return FailOutcome::Cancelled;
+                return j.end_cancelled("released", now);
             }
             j.interruptions += 1;
             if j.interruptions <= max_interruptions {
                 // The attempt is given back: an interruption is not a failure.
                 j.attempts -= 1;
-                j.end_run(JobStatus::Pending, "released", now);
-                FailOutcome::Retry { run_after: WallMs(now) }
+                j.end_pending("released", now, now)
             } else {
-                j.errors += 1;
-                j.end_run(JobStatus::Failed, "released", now);
-                FailOutcome::Failed
+                j.end_failed("released", now)
             }
-        }))
+        })
     }
 
     fn abandon(&mut self, claim: &ClaimRef, _reason: &str, now: i64) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             // The attempt stays counted: a job that keeps losing its lease ends failed.
             if j.attempts >= j.spec.max_attempts {
-                j.errors += 1;
-                j.end_run(JobStatus::Failed, "abandoned", now);
-                FailOutcome::Failed
+                j.end_failed("abandoned", now)
             } else if j.cancel_requested_at.is_some() {
-                j.end_run(JobStatus::Cancelled, "abandoned", now);
-                FailOutcome::Cancelled
+                j.end_cancelled("abandoned", now)
             } else {
                 j.errors += 1;
-                j.end_run(JobStatus::Pending, "abandoned", now);
-                FailOutcome::Retry { run_after: WallMs(now) }
+                j.end_pending("abandoned", now, now)
             }
-        }))
+        })
     }
 
-    fn cancel(&mut self, claim: &ClaimRef, now: i64) -> StoreResult<bool> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self
-            .owned_mut(claim.epoch.0, claim.id.0, &claim.token)
-            .map(|j| j.end_run(JobStatus::Cancelled, "cancelled", now))
-            .is_some())
+    /// The owner ends its run `status` (`outcome` in its history); false: not the owner.
+    fn end_owned(&mut self, claim: &ClaimRef, status: JobStatus, outcome: &'static str, now: i64) -> StoreResult<bool> {
+        Ok(self.with_owned(claim, |j| j.end_run(status, outcome, now))?.is_some())
     }
 
     fn requeue_unstarted(
@@ -455,19 +458,16 @@ impl Queue {
         retry_at: i64,
         now: i64,
     ) -> StoreResult<Option<FailOutcome>> {
-        self.fenced(claim.epoch.0)?;
-        Ok(self.owned_mut(claim.epoch.0, claim.id.0, &claim.token).map(|j| {
+        self.with_owned(claim, |j| {
             if j.cancel_requested_at.is_some() {
-                j.end_run(JobStatus::Cancelled, "not_started", now);
-                return FailOutcome::Cancelled;
+                return j.end_cancelled("not_started", now);
             }
             // Nothing of the job ran: the attempt is given back, and no interruption is
             // counted either; the reason joins the error history.
             j.attempts -= 1;
             j.errors += 1;
             j.run_after = retry_at;
-            j.end_run(JobStatus::Pending, "not_started", now);
-            FailOutcome::Retry { run_after: WallMs(retry_at) }
-        }))
+            j.end_pending("not_started", retry_at, now)
+        })
     }
 }

@@ -113,20 +113,9 @@ impl Shared {
     }
 
     /// Wait until `ready` returns Some or the deadline passes.
-    pub(crate) fn wait_for<T>(&self, deadline: Instant, mut ready: impl FnMut(&State) -> Option<T>) -> Option<T> {
-        let mut st = self.lock();
-        loop {
-            if let Some(v) = ready(&st) {
-                return Some(v);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            // Bounded so conditions on files and the database (which do not notify) are re-polled.
-            let slice = (deadline - now).min(Duration::from_millis(25));
-            st = self.changed.wait_timeout(st, slice).unwrap_or_else(|e| e.into_inner()).0;
-        }
+    /// Re-polled every 25 ms for conditions on files and the database (which do not notify).
+    pub(crate) fn wait_for<T>(&self, deadline: Instant, ready: impl FnMut(&State) -> Option<T>) -> Option<T> {
+        crate::watch::wait_until(self.lock(), &self.changed, deadline, Duration::from_millis(25), ready)
     }
 }
 

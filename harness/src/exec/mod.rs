@@ -52,6 +52,21 @@ pub struct Options {
 }
 
 impl Options {
+    /// Options for unit tests that build a context without running a daemon.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Options {
+        Options {
+            daemon: PathBuf::from("homerd"),
+            probe: vec!["probe".into(), "__probe".into()],
+            time_scale: 1.0,
+            keep: false,
+            keep_failed: false,
+            sandbox_base: None,
+            mutant: None,
+            snapshot_dir: PathBuf::from("snapshots"),
+        }
+    }
+
     /// `HOMER_TEST_TIME_SCALE`, default 1, at least 0.1.
     /// `HOMER_HARNESS_KEEP` (`failed`: keep failed runs' sandboxes; any other value: all)
     /// and `HOMER_HARNESS_SANDBOX_DIR` (where sandboxes go), as (keep, keep_failed, base).

@@ -8,16 +8,7 @@ use super::Options;
 use crate::scenario::{parse_str, Pattern};
 
 fn options() -> Options {
-    Options {
-        daemon: PathBuf::from("homerd"),
-        probe: vec!["probe".into(), "__probe".into()],
-        time_scale: 1.0,
-        keep: false,
-        keep_failed: false,
-        sandbox_base: None,
-        mutant: None,
-        snapshot_dir: PathBuf::from("snapshots"),
-    }
+    Options::for_tests()
 }
 
 #[test]

@@ -49,17 +49,7 @@ impl Shared {
     /// Waits until `ready` answers or the deadline passes; re-asks every [`POLL`] (for
     /// conditions on the database, which does not notify).
     pub(super) fn wait_for<T>(&self, deadline: Instant, mut ready: impl FnMut(&[ProcState]) -> Option<T>) -> Option<T> {
-        let mut st = self.lock();
-        loop {
-            if let Some(v) = ready(&st) {
-                return Some(v);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            st = self.changed.wait_timeout(st, (deadline - now).min(POLL)).unwrap_or_else(|e| e.into_inner()).0;
-        }
+        crate::watch::wait_until(self.lock(), &self.changed, deadline, POLL, |procs: &Vec<ProcState>| ready(procs))
     }
 }
 
@@ -300,15 +290,21 @@ impl<'a> Sandbox<'a> {
         whole.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
-    /// Whether no job is pending or running (read-only; false when it cannot tell).
-    pub(super) fn all_terminal(&self) -> bool {
-        let Ok(conn) = rusqlite::Connection::open_with_flags(
+    /// The database opened read-only (waiting up to 5 s on a busy one); `None` when it
+    /// cannot be opened.
+    fn read_only(&self) -> Option<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open_with_flags(
             self.db(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        ) else {
-            return false;
-        };
+        )
+        .ok()?;
         let _ = conn.busy_timeout(Duration::from_secs(5));
+        Some(conn)
+    }
+
+    /// Whether no job is pending or running (read-only; false when it cannot tell).
+    pub(super) fn all_terminal(&self) -> bool {
+        let Some(conn) = self.read_only() else { return false };
         conn.query_row("SELECT COUNT(*) FROM job_queue WHERE status IN ('pending', 'running')", [], |r| {
             r.get::<_, i64>(0)
         })
@@ -317,13 +313,7 @@ impl<'a> Sandbox<'a> {
 
     /// Whether every id in `ids` is terminal or absent (an absent one can never appear).
     pub(super) fn settled(&self, ids: &[i64]) -> bool {
-        let Ok(conn) = rusqlite::Connection::open_with_flags(
-            self.db(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        ) else {
-            return false;
-        };
-        let _ = conn.busy_timeout(Duration::from_secs(5));
+        let Some(conn) = self.read_only() else { return false };
         let Ok(mut stmt) = conn.prepare("SELECT status FROM job_queue WHERE id = ?1") else { return false };
         ids.iter().all(|id| {
             let status: rusqlite::Result<String> = stmt.query_row([id], |r| r.get(0));

@@ -176,19 +176,20 @@ impl Cx<'_> {
     pub(crate) fn only(&self, t: &Tbl, allowed: &[&str], context: &str) -> Res<()> {
         for e in t.sorted() {
             if !allowed.contains(&e.key.as_str()) {
-                return Err(self.err(
-                    &e.span,
-                    t.key_path(&e.key),
-                    format!(
-                        "unknown option `{}` for {context}; expected one of: {}{}",
-                        e.key,
-                        allowed.join(", "),
-                        did_you_mean(&e.key, allowed)
-                    ),
-                ));
+                return Err(self.unknown(t, e, &format!("option `{}` for {context}", e.key), allowed));
             }
         }
         Ok(())
+    }
+
+    /// Key `e` of `t` is none of `expected`: the error says `unknown {what}`, lists them and
+    /// suggests the closest.
+    pub(crate) fn unknown(&self, t: &Tbl, e: &Entry, what: &str, expected: &[&str]) -> ParseError {
+        self.err(
+            &e.span,
+            t.key_path(&e.key),
+            format!("unknown {what}; expected one of: {}{}", expected.join(", "), did_you_mean(&e.key, expected)),
+        )
     }
 
     /// A required key of a step: missing means an error at the verb (`anchor`).

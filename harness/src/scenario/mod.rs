@@ -343,16 +343,7 @@ impl Cx<'_> {
             [verb] => *verb,
             [] => {
                 if let Some(e) = sorted.iter().find(|e| !steps::is_any_option(&e.key)) {
-                    return Err(self.err(
-                        &e.span,
-                        t.key_path(&e.key),
-                        format!(
-                            "unknown step verb `{}`; expected one of: {}{}",
-                            e.key,
-                            steps::VERBS.join(", "),
-                            did_you_mean(&e.key, steps::VERBS)
-                        ),
-                    ));
+                    return Err(self.unknown(&t, e, &format!("step verb `{}`", e.key), steps::VERBS));
                 }
                 let found = if sorted.is_empty() {
                     String::from("an empty step")

@@ -70,7 +70,7 @@ fn present(path: &Path, min_size: Option<u64>) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::time::{Duration, Instant};
 
     use super::WaitFile;
@@ -119,23 +119,10 @@ mod tests {
         }
     }
 
-    fn options() -> Options {
-        Options {
-            daemon: PathBuf::from("homerd"),
-            probe: Vec::new(),
-            time_scale: 1.0,
-            keep: false,
-            keep_failed: false,
-            sandbox_base: None,
-            mutant: None,
-            snapshot_dir: PathBuf::from("snapshots"),
-        }
-    }
-
     #[test]
     fn waits_for_the_file_and_fails_at_the_deadline() {
         let sc = parse("[[step]]\nwait_file = \"x\"\n").unwrap_or_else(|e| panic!("{e}"));
-        let opts = options();
+        let opts = Options::for_tests();
         let dir = tempfile::tempdir().unwrap();
         let mut ctx = Ctx::new(&sc, &opts, dir.path().to_path_buf(), String::from("test"), Instant::now());
         let step = |path: &str, min_size| WaitFile { path: path.into(), min_size, timeout: Duration::from_millis(300) };

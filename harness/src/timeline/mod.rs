@@ -83,6 +83,31 @@ pub fn write(dir: &Path, run: &Run<'_>) -> std::io::Result<PathBuf> {
 
 /// Escapes text for HTML and SVG, in element content and in quoted attributes.
 pub fn esc(text: &str) -> String {
+    escape_markup(text, Markup::Html)
+}
+
+/// Where escaped text goes: the page's HTML and SVG, or the JUnit report's XML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Markup {
+    /// `'` as `&#39;`; every control character but newline and tab (a torn line, a
+    /// terminal escape: invalid in XML, meaningless on the page) as U+FFFD.
+    Html,
+    /// `'` as `&apos;`; the control characters XML 1.0 forbids even escaped (below 0x20,
+    /// but newline, carriage return and tab) as `?`.
+    Xml,
+}
+
+/// Escapes `&`, `<`, `>`, `"` and `'` as entities, for element content and quoted
+/// attributes alike, and replaces what `markup` cannot hold.
+pub fn escape_markup(text: &str, markup: Markup) -> String {
+    let (apos, replacement) = match markup {
+        Markup::Html => ("&#39;", '\u{FFFD}'),
+        Markup::Xml => ("&apos;", '?'),
+    };
+    let cannot_hold = |c: char| match markup {
+        Markup::Html => c.is_control() && c != '\n' && c != '\t',
+        Markup::Xml => (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t'),
+    };
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -90,9 +115,8 @@ pub fn esc(text: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            // Control characters (a torn line, a terminal escape) are invalid in XML.
-            c if c.is_control() && c != '\n' && c != '\t' => out.push('\u{FFFD}'),
+            '\'' => out.push_str(apos),
+            c if cannot_hold(c) => out.push(replacement),
             c => out.push(c),
         }
     }

@@ -306,6 +306,15 @@ fn a_power_cut_ends_the_runs_it_killed_and_without_a_database_events_give_outcom
     assert!(svg.contains(">killed by the power loss<"), "{svg}");
 }
 
+/// The page's HTML and the JUnit report's XML escape alike but for the apostrophe and
+/// what replaces a character the markup cannot hold.
+#[test]
+fn html_and_xml_differ_only_in_the_apostrophe_and_control_characters() {
+    let text = "a&<>\"'\u{1}\r\u{7f}\n\tz";
+    assert_eq!(escape_markup(text, Markup::Html), "a&amp;&lt;&gt;&quot;&#39;\u{FFFD}\u{FFFD}\u{FFFD}\n\tz");
+    assert_eq!(escape_markup(text, Markup::Xml), "a&amp;&lt;&gt;&quot;&apos;?\r\u{7f}\n\tz");
+}
+
 #[test]
 fn text_from_processes_and_scenarios_is_escaped() {
     assert_eq!(esc(r#"<a href="x">&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");

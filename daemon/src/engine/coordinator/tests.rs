@@ -12,18 +12,16 @@ fn cfg() -> EngineConfig {
 fn with_jobs(n: usize, timeout_ms: Option<u64>) -> Coordinator<MemoryStore> {
     let mut store = MemoryStore::new(Epoch(1));
     for _ in 0..n {
-        let job = NewJob {
-            kind: "noop".into(),
-            args: vec![],
-            lane: "l".into(),
-            max_attempts: 3,
-            timeout_ms,
-            run_after: WallMs(0),
-            exec: Default::default(),
-        };
-        store.enqueue(&job);
+        store.enqueue(&NewJob { timeout_ms, ..NewJob::new("noop", "l", 3) });
     }
     Coordinator::new(cfg(), Epoch(1), store)
+}
+
+/// One job (with `timeout_ms`), claimed at t = 0.
+fn one_claimed(timeout_ms: Option<u64>) -> (Coordinator<MemoryStore>, JobId) {
+    let c = with_jobs(1, timeout_ms);
+    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    (c, id)
 }
 
 fn status(c: &Coordinator<MemoryStore>, id: JobId) -> JobStatus {
@@ -32,8 +30,7 @@ fn status(c: &Coordinator<MemoryStore>, id: JobId) -> JobStatus {
 
 #[test]
 fn a_healthy_lease_renewed_in_time_is_never_due() {
-    let c = with_jobs(1, None);
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(None);
     for t in (100..=10_000).step_by(100) {
         assert!(c.renew(MonoMs(t), WallMs(t)).is_empty());
         assert!(c.due(MonoMs(t)).is_empty(), "due at {t}");
@@ -44,8 +41,7 @@ fn a_healthy_lease_renewed_in_time_is_never_due() {
 
 #[test]
 fn an_unrenewed_lease_is_killed_before_it_could_be_taken_over() {
-    let c = with_jobs(1, None);
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(None);
     let kill_by = c.lease(id).unwrap().kill_by(&c.cfg, None);
     // The child must be dead (kill_by + kill_grace) before last renewal + stale - margin.
     assert!(kill_by + c.cfg.kill_grace_ms < MonoMs(c.cfg.stale_ms));
@@ -59,8 +55,7 @@ fn an_unrenewed_lease_is_killed_before_it_could_be_taken_over() {
 
 #[test]
 fn a_lease_the_store_disowns_is_lost_and_records_nothing() {
-    let c = with_jobs(1, None);
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(None);
     // Another worker's recovery took it (token changed under us).
     sync::lock(&c.store).jobs.get_mut(&id).unwrap().token = Some("someone-else".into());
     assert_eq!(c.renew(MonoMs(100), WallMs(100)), vec![id]);
@@ -83,8 +78,7 @@ fn a_full_daemon_does_not_ask_the_store() {
 
 #[test]
 fn timeouts_fail_the_run_with_backoff() {
-    let c = with_jobs(1, Some(300));
-    let id = c.claim(MonoMs(0), WallMs(0))[0].id;
+    let (c, id) = one_claimed(Some(300));
     assert!(c.due(MonoMs(299)).is_empty());
     assert_eq!(c.due(MonoMs(300)), vec![(id, StopReason::Timeout)]);
     let f = c.finish(id, JobResult::Failed { error: "killed".into(), retryable: true }, WallMs(1000), 1.0);
@@ -244,16 +238,7 @@ fn starts_that_fail_for_the_daemons_reasons_are_postponed_and_throttle_claims() 
 #[test]
 fn recovery_requeues_orphans_after_the_orphan_delay() {
     let mut store = MemoryStore::new(Epoch(1));
-    let job = NewJob {
-        kind: "noop".into(),
-        args: vec![],
-        lane: "l".into(),
-        max_attempts: 3,
-        timeout_ms: None,
-        run_after: WallMs(0),
-        exec: Default::default(),
-    };
-    let id = store.enqueue(&job);
+    let id = store.enqueue(&NewJob::new("noop", "l", 3));
     store.claim(Epoch(1), "old", &cfg().limits, WallMs(0)).unwrap();
     store.epoch = Epoch(2);
     let mut config = cfg();
@@ -273,16 +258,7 @@ mod ended_tests {
     #[test]
     fn a_run_that_ended_before_its_deadline_keeps_its_result() {
         let mut store = MemoryStore::new(Epoch(1));
-        let job = NewJob {
-            kind: "noop".into(),
-            args: vec![],
-            lane: "l".into(),
-            max_attempts: 3,
-            timeout_ms: None,
-            run_after: WallMs(0),
-            exec: Default::default(),
-        };
-        store.enqueue(&job);
+        store.enqueue(&NewJob::new("noop", "l", 3));
         let cfg = EngineConfig {
             shutdown_grace_ms: 0,
             backoff_base_ms: 10,
@@ -342,16 +318,7 @@ impl JobStore for FullDisk {
 #[test]
 fn a_lease_that_runs_out_while_renewals_cannot_be_written_is_a_stand_down() {
     let mut inner = MemoryStore::new(Epoch(1));
-    let job = NewJob {
-        kind: "noop".into(),
-        args: vec![],
-        lane: "l".into(),
-        max_attempts: 1,
-        timeout_ms: None,
-        run_after: WallMs(0),
-        exec: Default::default(),
-    };
-    let id = inner.enqueue(&job);
+    let id = inner.enqueue(&NewJob::new("noop", "l", 1));
     let c = Coordinator::new(cfg(), Epoch(1), FullDisk { inner, full: false });
     assert_eq!(c.claim(MonoMs(50), WallMs(50)).len(), 1);
     // The leader row's last refresh comes after the claim; then the disk fills.
