@@ -4,6 +4,7 @@
 //! - [`workers`]: worker rows — incarnations, heartbeats on the server's clock, fencing.
 //! - [`jobs`]: the queue's statements (claims with `FOR UPDATE SKIP LOCKED`).
 //! - [`jobstore`]: [`jobstore::PgStore`], the engine's `JobStore` over them.
+//! - [`ops`]: the operator commands' statements (`enqueue`, `list`, `cancel`, `status`, ...).
 //!
 //! Architecture invariant, as for `crate::sqlite`: no other module sends SQL to
 //! PostgreSQL, and every write of a daemon starts with [`workers::guard`].
@@ -14,6 +15,7 @@
 pub mod daemon;
 pub mod jobs;
 pub mod jobstore;
+pub mod ops;
 pub mod schema;
 #[cfg(test)]
 mod tests;
