@@ -399,7 +399,10 @@ mod tests {
         stop_echo(server, port, t);
         drop(host);
         assert!(!exists(&["netns", "list"], &ns), "{ns} left behind");
-        assert!(!exists(&["-br", "link"], &root_if), "{root_if} left behind");
+        // Its pair, known by its alias (another test may have claimed the same /30 since).
+        let links = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        assert!(!links.contains(&format!("alias {ns}\n")) && !links.contains(&format!("alias {ns} ")), "{links}");
         eprintln!("partitioned round trip failed after {:?}: {}", started.elapsed(), cut.unwrap_err());
     }
 
@@ -471,12 +474,22 @@ mod tests {
         let finished = run(&mut gone, deadline(10.0)).unwrap();
         let stale = format!("homer-{}-1", finished.pid);
         assert!(Command::new("ip").args(["netns", "add", &stale]).status().unwrap().success());
+        // And a pair it made but never moved into its namespace (named by its alias).
+        let free = (0..=255u8).rev().map(|k| format!("homer{k}")).find(|name| {
+            let pair = ["link", "add", &format!("{name}r"), "type", "veth", "peer", "name", &format!("{name}h")];
+            Command::new("ip").args(pair).stderr(std::process::Stdio::null()).status().unwrap().success()
+        });
+        let root_if = format!("{}r", free.expect("a free veth name"));
+        assert!(Command::new("ip").args(["link", "set", &root_if, "alias", &stale]).status().unwrap().success());
         let c = Host::create("d3").unwrap();
-        let left = exists(&["netns", "list"], &stale);
+        let (left, pair_left) = (exists(&["netns", "list"], &stale), exists(&["-br", "link"], &root_if));
         if left {
             let _ = Command::new("ip").args(["netns", "del", &stale]).status();
         }
-        assert!(!left, "{stale} not swept");
+        if pair_left {
+            let _ = Command::new("ip").args(["link", "del", &root_if]).status();
+        }
+        assert!(!left && !pair_left, "not swept: namespace {left}, pair {pair_left}");
         drop((a, b, c));
     }
 }
