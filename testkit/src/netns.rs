@@ -385,8 +385,7 @@ mod tests {
             return;
         }
         let host = Host::create("a").unwrap();
-        let (ns, root_if, server) =
-            (host.netns().to_owned(), format!("homer{}r", host.server_addr().octets()[2]), host.server_addr());
+        let (ns, server) = (host.netns().to_owned(), host.server_addr());
         assert!(exists(&["netns", "list"], &ns), "{ns}");
         let (port, t) = echo(server);
         round_trip(&host, port, deadline(10.0)).expect("connected host");
