@@ -4,7 +4,7 @@
 //! loopback up. A daemon started with [`Host::command`] reaches the server only at
 //! [`Host::server_addr`], over that pair, so the pair is the network between this host and
 //! the server: [`Host::partition`] cuts it, [`Host::heal`] joins it again, [`Host::delay`]
-//! slows it.
+//! slows it, and [`Host::kill_all`] crashes the host (SIGKILL to every process in it).
 //!
 //! A partition is the host side's link set down, inside the namespace. What the host's
 //! processes see is what a real partition gives them: the packets of an established TCP
@@ -202,6 +202,41 @@ mod linux {
             })
         }
 
+        /// A host crash: SIGKILL to every process in the namespace (`ip netns pids`), again
+        /// until none is left alive (a process may fork meanwhile), bounded. Returns how
+        /// many were killed. The processes are not all our children: a pid is signalled
+        /// right after `ip` listed it in this namespace, a window in which only a pid that
+        /// exited and was reused could be hit.
+        pub fn kill_all(&self) -> Result<usize, String> {
+            let limit = deadline(30.0);
+            let end = std::time::Instant::now() + limit;
+            let mut killed = 0;
+            loop {
+                let listed = ip(&["netns", "pids", &self.ns]).map_err(|e| self.err("kill_all", e))?;
+                let live: Vec<i32> = listed
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .filter(|&p| crate::stat::alive(p))
+                    .collect();
+                if live.is_empty() {
+                    return Ok(killed);
+                }
+                if std::time::Instant::now() >= end {
+                    return Err(self.err("kill_all", format!("processes {live:?} still alive after {limit:?}")));
+                }
+                for pid in live {
+                    if rustix::process::Pid::from_raw(pid)
+                        .is_some_and(|p| rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok())
+                    {
+                        killed += 1;
+                    }
+                }
+                // A polling period while SIGKILL takes effect: the loop's condition decides.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
         fn err(&self, what: &str, e: String) -> String {
             format!("host {} ({}): {what}: {e}", self.label, self.ns)
         }
@@ -314,6 +349,9 @@ mod other {
             match self.never {}
         }
         pub fn delay(&self, _ms: u32, _jitter_ms: u32) -> Result<(), String> {
+            match self.never {}
+        }
+        pub fn kill_all(&self) -> Result<usize, String> {
             match self.never {}
         }
     }
@@ -458,6 +496,28 @@ mod tests {
         }
         round_trip(&host, port, deadline(10.0)).unwrap();
         stop_echo(host.server_addr(), port, t);
+    }
+
+    #[test]
+    fn a_crashed_host_has_no_process_left_not_even_one_that_left_its_group() {
+        if !root() {
+            return;
+        }
+        let host = Host::create("k").unwrap();
+        // A process that puts a grandchild in a session of its own, then waits.
+        let mut cmd = host.command("sh");
+        cmd.args(["-c", "setsid sleep 600 & echo $!; sleep 600"]).stdout(std::process::Stdio::piped());
+        let (mut child, pipes) = crate::proc::Proc::spawn(&mut cmd).unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(pipes.stdout.unwrap()), &mut line).unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        assert!(crate::stat::alive(grandchild));
+        let killed = host.kill_all().unwrap();
+        let exit = child.wait_exit(deadline(10.0)).expect("the leader died");
+        assert_eq!(exit.signal(), Some(libc::SIGKILL));
+        assert!(killed >= 2, "{killed}");
+        // kill_all returns only once nothing in the namespace is alive.
+        assert!(!crate::stat::alive(grandchild), "the grandchild in its own session survived");
     }
 
     #[test]
