@@ -307,9 +307,11 @@ fn two_hosts_start_and_share_fifty_jobs_each_completed_exactly_once_without_over
     c.assert_completed_once(&ids);
     c.assert_no_overlap();
     let fx = c.effects();
-    let starts = fx.iter().filter(|e| e.kind == "start").count();
-    let ends = fx.iter().filter(|e| e.kind == "end").count();
-    assert_eq!((starts, ends), (50, 50), "{}", c.report());
+    // Each job's child ran once, from start to end: no run was lost or repeated.
+    for id in &ids {
+        let lines: Vec<&str> = fx.iter().filter(|e| e.job == *id).map(|e| e.kind.as_str()).collect();
+        assert_eq!(lines, ["start", "end"], "job {id}\n{}", c.report());
+    }
     let by_a = fx.iter().filter(|e| e.kind == "end" && e.host == "a").count();
     // Both were active; who ran what is the claims' business. Neither may have been fenced.
     let fenced = c.scalar("SELECT count(*) FROM homer_workers WHERE fenced_at IS NOT NULL");
@@ -495,6 +497,11 @@ fn a_stale_run_of_a_paused_owner_is_refused_by_the_token_guard_while_the_new_run
     let stale = c.wait_effect("run 1's effect", |e| e.kind == "effect" && e.run == 1);
     assert_eq!((stale.host.as_str(), stale.rest.as_str()), ("a", "rows=0"), "{}", c.report());
     assert_eq!(c.sql("SELECT run, token, host FROM fx"), format!("2|{}|b\n", fresh.token));
+    eprintln!(
+        "token guard: run 2 (b) wrote its effect {:.3} s after run 1 (a, paused owner) started; run 1's, {:.3} s later, was refused",
+        secs(fresh.at_ns - first.at_ns),
+        secs(stale.at_ns - fresh.at_ns)
+    );
     // Resumed, the paused daemon is fenced and records nothing.
     c.daemon(0).signal(libc::SIGCONT);
     let status = c.daemon(0).wait_exit();
