@@ -143,6 +143,9 @@ impl Cluster {
             .args(["--set", &format!("heartbeat_interval={HEARTBEAT_MS}ms"), "--set", &stale])
             .args(["--set", "kill_grace=300ms", "--set", "busy_timeout=1s", "--set", "lock_check_interval=250ms"])
             .args(["--set", "shutdown_grace=300ms", "--set", "backoff_base=50ms", "--set", "backoff_cap=500ms"])
+            // Four runs per daemon; the default lane's cap (cluster-wide, 1 by default) up
+            // to what both hosts can run at once.
+            .args(["--set", "concurrency=4", "--set", "lanes.default.concurrency=8"])
             // What the jobs read (not HOMER_*: the daemon keeps those from its children).
             .env("PGHOSTS_HOST", node.label)
             .env("PGHOSTS_DIR", self.dir.path())
@@ -313,10 +316,21 @@ fn two_hosts_start_and_share_fifty_jobs_each_completed_exactly_once_without_over
         assert_eq!(lines, ["start", "end"], "job {id}\n{}", c.report());
     }
     let by_a = fx.iter().filter(|e| e.kind == "end" && e.host == "a").count();
+    // The hosts ran jobs side by side (the flocks were contended for real), and never one
+    // job twice.
+    let mut edges: Vec<(u128, i32)> = fx.iter().map(|e| (e.at_ns, if e.kind == "start" { 1 } else { -1 })).collect();
+    edges.sort();
+    let most = edges.iter().scan(0, |n, (_, d)| {
+        *n += d;
+        Some(*n)
+    });
+    let most = most.max().unwrap_or(0);
+    let both = fx.iter().any(|e| e.host == "a") && fx.iter().any(|e| e.host == "b");
+    assert!(most >= 2 && both, "runs at once: at most {most}; both hosts ran jobs: {both}\n{}", c.report());
     // Both were active; who ran what is the claims' business. Neither may have been fenced.
     let fenced = c.scalar("SELECT count(*) FROM homer_workers WHERE fenced_at IS NOT NULL");
     assert_eq!(fenced, 0, "a worker fenced with no fault made (a heartbeat late by the stale threshold: on a loaded machine raise HOMER_TEST_TIME_SCALE)\n{}", c.report());
-    eprintln!("50 jobs on 2 hosts in {took:?}: a ran {by_a}, b ran {}", 50 - by_a);
+    eprintln!("50 jobs on 2 hosts in {took:?}: a ran {by_a}, b ran {}; at most {most} at once", 50 - by_a);
 }
 
 /// How the owner of a running job dies.
@@ -440,16 +454,21 @@ fn server_restart_mid_batch(mode: StopMode) {
     let mut c = Cluster::new(&["a", "b"]);
     c.start(0);
     c.start(1);
-    let ids = c.enqueue(&vec![job_script(&sleep_body("0.1"), false); 40]);
+    // 40 jobs of 0.3 s on 2 hosts x 4 slots: at least 1.5 s of work, so the restart after
+    // the first 10 finds jobs running and jobs waiting.
+    let mut ids = c.enqueue(&vec![job_script(&sleep_body("0.3"), false); 40]);
     let done = "SELECT count(*) FROM job_queue WHERE status = 'completed'";
     c.wait_count("10 completed jobs", done, 10, deadline(60.0));
+    let (before, running) = (c.scalar(done), c.scalar("SELECT count(*) FROM job_queue WHERE status = 'running'"));
     let restarted = Instant::now();
     c.pg.restart(mode).unwrap_or_else(|e| panic!("{e}"));
     let down_for = restarted.elapsed();
+    assert!(before < 40, "the batch was over before the restart: {before} completed");
     // Every job acknowledged before the restart is still there...
     assert_eq!(c.scalar("SELECT count(*) FROM job_queue"), 40, "{}", c.report());
-    // ...and all of them complete, each once, with the daemons still running.
-    c.wait_count("40 completed jobs", done, 40, deadline(120.0));
+    // ...new ones are taken up by the same daemons, and all complete, each once.
+    ids.extend(c.enqueue(&vec![job_script(&sleep_body("0.05"), false); 10]));
+    c.wait_count("50 completed jobs", done, 50, deadline(120.0));
     c.assert_completed_once(&ids);
     c.assert_no_overlap();
     for i in 0..2 {
@@ -457,7 +476,10 @@ fn server_restart_mid_batch(mode: StopMode) {
         assert!(d.proc.exit().is_none(), "daemon {i} exited:\n{}", d.dump());
     }
     let other = c.runs().into_iter().filter(|r| r.3 != "completed").count();
-    eprintln!("server restart ({mode:?}, {down_for:?}) mid-batch: 40 jobs completed once each; {other} runs interrupted and redone");
+    eprintln!(
+        "server restart ({mode:?}, {down_for:?}) with {before} of 40 jobs completed and {running} running: \
+         all 40 and 10 more completed once each; {other} runs interrupted and redone"
+    );
 }
 
 #[test]
