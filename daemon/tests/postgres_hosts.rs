@@ -35,13 +35,24 @@ fn stale_ms() -> u64 {
     (STALE_MS as f64 * time_scale()) as u64
 }
 
-/// A host: its namespace and home, and the daemon running there (if any). The daemon is
-/// declared first so it is dropped (its group killed) before the namespace goes.
+/// A host: its namespace and home, and the daemon running there (if any). Dropped: the
+/// daemon, then everything left in the namespace, then the namespace.
 struct Node {
     daemon: Option<Daemon>,
     label: &'static str,
     home: PathBuf,
     host: Host,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The daemon's group first; then whatever else still runs on the host (a job's
+        // processes lead groups of their own), so a failed test leaves nothing behind.
+        drop(self.daemon.take());
+        if let Err(e) = self.host.kill_all() {
+            eprintln!("{e}");
+        }
+    }
 }
 
 /// A server and its hosts in one sandbox. Dropped: daemons, then namespaces, then the
@@ -98,7 +109,7 @@ impl Cluster {
     fn new(labels: &[&'static str]) -> Cluster {
         require_root();
         let dir = tempfile::Builder::new().prefix("homerd-pghosts-").tempdir().unwrap();
-        // The server runs as uid 65534 and the jobs write here from their namespaces.
+        // The jobs' flock files; the jobs run as their daemons do (root), in any namespace.
         std::fs::create_dir_all(dir.path().join("locks")).unwrap();
         let hosts: Vec<Host> = labels.iter().map(|l| Host::create(l).unwrap_or_else(|e| panic!("{e}"))).collect();
         let opts = PgOptions {
