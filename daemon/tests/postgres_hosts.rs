@@ -303,6 +303,14 @@ fn first_run_hangs() -> String {
     job_script(&format!("if [ \"$HOMER_RUN\" = 1 ]; then {}; fi", sleep_body("120")), false)
 }
 
+/// An event's `ts` (RFC 3339, milliseconds) as ns since the epoch, rounded down to its ms.
+fn event_ns(event: &serde_json::Value) -> u128 {
+    let ts = event["ts"].as_str().unwrap_or_else(|| panic!("no ts: {event}"));
+    let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{ts}: {e}"));
+    t.unix_timestamp_nanos() as u128
+}
+
 fn secs(ns: u128) -> f64 {
     ns as f64 / 1e9
 }
@@ -432,6 +440,17 @@ fn a_partitioned_owner_kills_its_run_before_another_host_claims_and_once_healed_
     // ...and only then does the other host fence it and run the job again.
     let rerun = c.wait_effect("run 2's start", |e| e.kind == "start" && e.run == 2);
     assert_eq!(rerun.host, "b");
+    // b's claim (its event's time, the same clock) came after run 1 was told to stop and
+    // exiting; run 2's flock, taken at its start, proves run 1's whole group was gone.
+    let claimed = common::wait_job_event(c.daemon(1), "job.claimed", ids[0]);
+    let claimed_ns = event_ns(&claimed);
+    assert!(
+        stopped.at_ns < claimed_ns,
+        "run 1 stopped at {:.3}, b claimed at {:.3}\n{}",
+        secs(stopped.at_ns),
+        secs(claimed_ns),
+        c.report()
+    );
     assert!(
         stopped.at_ns < rerun.at_ns,
         "run 1 stopped at {:.3}, run 2 started at {:.3}\n{}",
@@ -454,8 +473,9 @@ fn a_partitioned_owner_kills_its_run_before_another_host_claims_and_once_healed_
     let fenced_by_b = c.scalar(&format!("SELECT fenced_by FROM homer_workers WHERE incarnation = {}", first.epoch));
     assert_eq!(fenced_by_b, rerun.epoch);
     eprintln!(
-        "partition -> lease_lost event, run 1 stopped after {:.3} s, run 2 started on b after {:.3} s (gap {:.3} s); lease_lost: {lost}",
+        "partition -> run 1 stopped after {:.3} s, b claimed after {:.3} s, run 2 started on b after {:.3} s (gap {:.3} s); lease_lost: {lost}",
         secs(stopped.at_ns - cut_at),
+        secs(claimed_ns - cut_at),
         secs(rerun.at_ns - cut_at),
         secs(rerun.at_ns - stopped.at_ns)
     );
