@@ -140,6 +140,11 @@ impl Cluster {
 
     /// Starts `homerd run` inside host `i`'s namespace and waits until it is active.
     fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// [`Cluster::start`] with more arguments after the common ones (a later `--set` wins).
+    fn start_with(&mut self, i: usize, extra: &[&str]) {
         let url = self.url(i);
         let node = &self.nodes[i];
         std::fs::create_dir_all(&node.home).unwrap();
@@ -157,6 +162,7 @@ impl Cluster {
             // Four runs per daemon; the default lane's cap (cluster-wide, 1 by default) up
             // to what both hosts can run at once.
             .args(["--set", "concurrency=4", "--set", "lanes.default.concurrency=8"])
+            .args(extra)
             // What the jobs read (not HOMER_*: the daemon keeps those from its children).
             .env("PGHOSTS_HOST", node.label)
             .env("PGHOSTS_DIR", self.dir.path())
@@ -478,6 +484,54 @@ fn a_partitioned_owner_kills_its_run_before_another_host_claims_and_once_healed_
         secs(claimed_ns - cut_at),
         secs(rerun.at_ns - cut_at),
         secs(rerun.at_ns - stopped.at_ns)
+    );
+}
+
+#[test]
+fn a_partition_healed_before_the_stale_threshold_lets_the_owner_resume_unfenced_and_the_job_complete_once() {
+    let mut c = Cluster::new(&["a", "b"]);
+    // A long kill_grace moves a's lease deadline (stale - kill_grace - margin) well before
+    // the stale threshold: between the two, a's run is stopped but nobody has fenced a.
+    c.start_with(0, &["--set", "kill_grace=1500ms"]);
+    let ids = c.enqueue(&[first_run_hangs()]);
+    let first = c.wait_effect("run 1's start", |e| e.kind == "start" && e.run == 1);
+    assert_eq!(first.host, "a");
+    c.start(1);
+    let cut_at = now_ns();
+    c.nodes[0].host.partition().unwrap();
+    common::wait_job_event(c.daemon(0), "job.lease_lost", ids[0]);
+    let stopped = c.wait_effect("run 1 stopped", |e| e.kind == "stopped" && e.run == 1);
+    c.nodes[0].host.heal().unwrap();
+    let healed_at = now_ns();
+    let healed_ms = c.scalar("SELECT homer_now_ms()");
+    // a gets through again before b judges it stale: its worker row is refreshed after the
+    // heal, it records its stopped run itself (the job back to pending), then the job runs
+    // again on either host.
+    let seen =
+        format!("SELECT count(*) FROM homer_workers WHERE incarnation = {} AND seen_at > {healed_ms}", first.epoch);
+    c.wait_count("a's worker row refreshed after the heal", &seen, 1, deadline(30.0));
+    let refreshed_at = now_ns();
+    c.wait_count("the job completed", "SELECT count(*) FROM job_queue WHERE status = 'completed'", 1, deadline(60.0));
+    c.assert_no_overlap();
+    c.assert_completed_once(&ids);
+    let fenced = c.scalar("SELECT count(*) FROM homer_workers WHERE fenced_at IS NOT NULL");
+    assert_eq!(fenced, 0, "{}", c.report());
+    assert!(c.daemon(0).proc.exit().is_none(), "a exited:\n{}", c.daemon(0).dump());
+    let runs = c.runs();
+    assert_eq!(runs.len(), 2, "{}", c.report());
+    // Run 1's end was written by its owner, not by a sweep: not `orphaned`.
+    assert_eq!(runs[0].2, first.epoch);
+    assert!(["abandoned", "released"].contains(&runs[0].3.as_str()), "run 1: {runs:?}\n{}", c.report());
+    let rerun = c.effects().into_iter().find(|e| e.kind == "start" && e.run == 2).expect("run 2 started");
+    assert!(stopped.at_ns < rerun.at_ns);
+    eprintln!(
+        "short partition: run 1 stopped {:.3} s after the cut, healed at {:.3} s, a's row refreshed by {:.3} s (unfenced), run 2 on {} at {:.3} s; run 1 ended {}",
+        secs(stopped.at_ns - cut_at),
+        secs(healed_at - cut_at),
+        secs(refreshed_at - cut_at),
+        rerun.host,
+        secs(rerun.at_ns - cut_at),
+        runs[0].3
     );
 }
 
