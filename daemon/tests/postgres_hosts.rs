@@ -151,7 +151,12 @@ impl Cluster {
         let sandbox = self.dir.path().join(format!("sandbox-{}", node.label));
         std::fs::create_dir_all(&sandbox).unwrap();
         // homerd's sandboxed environment, run through `ip netns exec NAME homerd ...`.
-        let mut cmd = homer_testkit::homerd_command(Path::new("ip"), &sandbox, &node.home, &["HOMER_TEST_TIME_SCALE"]);
+        let mut cmd = homer_testkit::homerd_command(
+            Path::new("ip"),
+            &sandbox,
+            &node.home,
+            &["HOMER_TEST_TIME_SCALE", "HOMERD_MUTANT"],
+        );
         let stale = format!("stale_threshold={}ms", stale_ms());
         cmd.args(["netns", "exec", node.host.netns()])
             .arg(common::bin())
