@@ -95,7 +95,8 @@ fn claim(c: &mut Client, epoch: Epoch, worker: &str) -> Vec<homerd::job::Claimed
     assert!(workers::guard(&mut tx, epoch).unwrap(), "worker {epoch:?} is live");
     let now = jobs::server_now(&mut tx).unwrap();
     let limits = ClaimLimits { global: 10, lanes: Default::default(), default_lane: 10, batch: 10 };
-    let claimed = jobs::claim(&mut tx, epoch, worker, &limits, now).unwrap();
+    let tokens: Vec<String> = (0..limits.batch).map(|_| jobs::random_token()).collect();
+    let claimed = jobs::claim(&mut tx, epoch, worker, &limits, now, &tokens).unwrap();
     tx.commit().unwrap();
     claimed
 }
