@@ -39,12 +39,24 @@ fn main() {
     let dir =
         std::env::var_os("HOMER_SCENARIOS_DIR").map(PathBuf::from).unwrap_or_else(homer_harness::repo_scenarios_dir);
     let files = homer_harness::collect_scenarios(&[dir]).expect("list the scenario files");
-    let trials: Vec<Trial> = files
+    // One trial per (scenario, backend) pair: `NAME` on SQLite, `NAME [postgres]` on
+    // PostgreSQL. A file that does not parse is one trial, which fails with the error.
+    let runs: Vec<(PathBuf, Option<scenario::Scenario>)> = files
         .into_iter()
-        .map(|path| {
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        .flat_map(|path| match scenario::parse_file(&path) {
+            Ok(sc) => sc.runs(None).into_iter().map(|run| (path.clone(), Some(run))).collect(),
+            Err(_) => vec![(path, None)],
+        })
+        .collect();
+    let trials: Vec<Trial> = runs
+        .into_iter()
+        .map(|(path, run)| {
+            let name = match &run {
+                Some(sc) => sc.name.clone(),
+                None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
             let opts = opts.clone();
-            let linux_only = scenario::parse_file(&path).map(|s| skip_here(&s)).unwrap_or(None);
+            let linux_only = run.as_ref().and_then(skip_here);
             if let Some(why) = &linux_only {
                 // Not run here: still a testcase in the JUnit report, marked skipped.
                 results().lock().unwrap_or_else(|e| e.into_inner()).push(exec::ScenarioResult {
@@ -56,7 +68,14 @@ fn main() {
                 });
             }
             Trial::test(name, move || {
-                let sc = scenario::parse_file(&path).map_err(|e| Failed::from(e.to_string()))?;
+                let sc = match run {
+                    Some(sc) => sc,
+                    None => {
+                        return Err(Failed::from(
+                            scenario::parse_file(&path).err().map(|e| e.to_string()).unwrap_or_default(),
+                        ))
+                    }
+                };
                 let r = exec::run_scenario(&sc, &opts);
                 results().lock().unwrap_or_else(|e| e.into_inner()).push(r.clone());
                 if let Some(k) = &r.kept {

@@ -7,7 +7,12 @@
 //! - what the jobs *did*: the effects log the probe (`probe.rs`) appends to, which does not
 //!   trust the daemon at all ([`Effect`], [`parse_effects`]);
 //! - what the database *holds* at the end: a consistent snapshot of `job_queue`,
-//!   `job_runs`, the leader epoch and `PRAGMA integrity_check` ([`DbState::read`]).
+//!   `job_runs`, the leader epoch and `PRAGMA integrity_check` ([`DbState::read`]), or on
+//!   the PostgreSQL backend the same tables and the worker rows ([`DbState::read_postgres`]).
+//!
+//! The readers are the judge's own: their queries are written here, against the schema
+//! (`migrations/`, `migrations/postgres/`), never borrowed from the daemon's code, so a
+//! daemon bug in a query cannot hide itself from the checkers.
 //!
 //! Invariants: `Event::seq` is a single order across all processes of a scenario (the
 //! order in which the harness received the lines), and `Event::at` / `ProcRecord::started`
@@ -178,6 +183,18 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
+/// A `homer_workers` row (PostgreSQL only), reduced to what the checkers judge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRow {
+    /// The worker's epoch: `job_runs.epoch` and `job_queue.claim_epoch` carry it.
+    pub incarnation: i64,
+    /// `<host>/<boot id>:<home>`: the incarnations of one name succeed each other (the
+    /// home's flock lets only one live at a time).
+    pub name: String,
+    pub fenced: bool,
+    pub stopped: bool,
+}
+
 /// The database at the end of a scenario (or at a `check` step).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DbState {
@@ -185,9 +202,17 @@ pub struct DbState {
     pub jobs: Vec<JobRow>,
     /// Ordered by id, i.e. in commit order.
     pub runs: Vec<RunRow>,
+    /// The highest epoch the database has handed out: SQLite's leader row; on PostgreSQL
+    /// the highest worker incarnation (0 before any worker registered).
     pub leader_epoch: i64,
     /// `PRAGMA integrity_check`'s rows joined with `"; "`: exactly `"ok"` when healthy.
+    /// PostgreSQL keeps its own storage and has no read-only counterpart (amcheck is an
+    /// extension, installed by a write), so its reader says `"ok"`: the `integrity`
+    /// checker judges SQLite files.
     pub integrity: String,
+    /// PostgreSQL's worker rows, by incarnation; empty on SQLite, where one leader row
+    /// makes every epoch one line of succession.
+    pub workers: Vec<WorkerRow>,
 }
 
 impl DbState {
@@ -255,7 +280,106 @@ impl DbState {
 
         // Read-only: nothing to commit, and dropping would roll back anyway.
         tx.rollback().map_err(|e| context("end read transaction", e))?;
-        Ok(DbState { jobs, runs, leader_epoch, integrity })
+        Ok(DbState { jobs, runs, leader_epoch, integrity, workers: Vec::new() })
+    }
+
+    /// Reads a snapshot of the PostgreSQL queue at `url` in one `REPEATABLE READ READ
+    /// ONLY` transaction (one snapshot: the tables agree), with its own queries: the same
+    /// [`DbState`] as [`DbState::read`], plus the worker rows. Integer columns are read as
+    /// `bigint` whatever their width. A missing schema is an error naming the table.
+    pub fn read_postgres(url: &str, timeout: Duration) -> Result<DbState, String> {
+        let shown = redact(url);
+        let context = |what: &str, e: postgres::Error| format!("{shown}: {what}: {e}");
+        let mut config: postgres::Config = url.parse().map_err(|e| context("parse the URL", e))?;
+        config.connect_timeout(timeout);
+        let mut client = config.connect(postgres::NoTls).map_err(|e| context("connect", e))?;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| context("begin", e))?;
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1)))
+            .map_err(|e| context("statement_timeout", e))?;
+        let jobs = tx
+            .query(
+                "SELECT id, status, attempts::bigint, max_attempts::bigint, interruptions::bigint, locked_by,
+                        claim_token, claim_epoch, runs::bigint
+                 FROM job_queue ORDER BY id",
+                &[],
+            )
+            .map_err(|e| context("read job_queue", e))?
+            .iter()
+            .map(|r| {
+                Ok(JobRow {
+                    id: r.try_get(0)?,
+                    status: r.try_get(1)?,
+                    attempts: r.try_get(2)?,
+                    max_attempts: r.try_get(3)?,
+                    interruptions: r.try_get(4)?,
+                    locked_by: r.try_get(5)?,
+                    claim_token: r.try_get(6)?,
+                    claim_epoch: r.try_get(7)?,
+                    runs: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<Vec<_>, postgres::Error>>()
+            .map_err(|e| context("read job_queue", e))?;
+        let runs = tx
+            .query(
+                "SELECT id, job_id, run::bigint, attempt::bigint, epoch, claim_token, outcome,
+                        ended_at IS NOT NULL, error
+                 FROM job_runs ORDER BY id",
+                &[],
+            )
+            .map_err(|e| context("read job_runs", e))?
+            .iter()
+            .map(|r| {
+                Ok(RunRow {
+                    id: r.try_get(0)?,
+                    job_id: r.try_get(1)?,
+                    run: r.try_get(2)?,
+                    attempt: r.try_get(3)?,
+                    epoch: r.try_get(4)?,
+                    claim_token: r.try_get(5)?,
+                    outcome: r.try_get(6)?,
+                    ended: r.try_get(7)?,
+                    error: r.try_get(8)?,
+                })
+            })
+            .collect::<Result<Vec<_>, postgres::Error>>()
+            .map_err(|e| context("read job_runs", e))?;
+        let workers = tx
+            .query(
+                "SELECT incarnation, name, fenced_at IS NOT NULL, stopped_at IS NOT NULL
+                 FROM homer_workers ORDER BY incarnation",
+                &[],
+            )
+            .map_err(|e| context("read homer_workers", e))?
+            .iter()
+            .map(|r| {
+                Ok(WorkerRow {
+                    incarnation: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    fenced: r.try_get(2)?,
+                    stopped: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<Vec<_>, postgres::Error>>()
+            .map_err(|e| context("read homer_workers", e))?;
+        tx.rollback().map_err(|e| context("end read transaction", e))?;
+        let leader_epoch = workers.iter().map(|w| w.incarnation).max().unwrap_or(0);
+        Ok(DbState { jobs, runs, leader_epoch, integrity: String::from("ok"), workers })
+    }
+
+    /// The line of succession an epoch belongs to: on PostgreSQL its worker's name (a
+    /// home on a host), `None` for an epoch no worker row has; on SQLite every epoch is
+    /// the database's one line (`Some("")`).
+    pub fn lineage(&self, epoch: i64) -> Option<&str> {
+        if self.workers.is_empty() {
+            return Some("");
+        }
+        self.workers.iter().find(|w| w.incarnation == epoch).map(|w| w.name.as_str())
     }
 
     pub fn job(&self, id: i64) -> Option<&JobRow> {
@@ -265,6 +389,28 @@ impl DbState {
     /// The runs of one job, in id order.
     pub fn runs_of(&self, job_id: i64) -> impl Iterator<Item = &RunRow> + '_ {
         self.runs.iter().filter(move |r| r.job_id == job_id)
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`: what messages may show.
+pub fn redact(url: &str) -> String {
+    let mut url = url.to_string();
+    if let Some(at) = url.find("password=") {
+        let start = at + "password=".len();
+        let end = url[start..].find('&').map_or(url.len(), |e| start + e);
+        url.replace_range(start..end, "***");
+    }
+    let Some((scheme, rest)) = url.split_once("://") else { return url };
+    let (auth, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match auth.rsplit_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.clone(),
+        },
+        None => url.clone(),
     }
 }
 
@@ -452,6 +598,109 @@ mod tests {
         assert_eq!(state.runs[0].outcome.as_deref(), Some("completed"));
         assert_eq!(state.runs_of(2).count(), 2);
         assert_eq!(state.job(1).map(|j| j.status.as_str()), Some("completed"));
+    }
+
+    /// The PostgreSQL reader on a database written by hand: the daemon's schema
+    /// (`migrations/postgres/`, applied as they are), rows inserted with psql, read into the
+    /// same `History` parts the SQLite reader gives.
+    #[test]
+    fn reads_a_postgres_queue_written_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = homer_testkit::PgServer::start(dir.path()).unwrap();
+        pg.psql(include_str!("../../migrations/postgres/001_queue.sql")).unwrap();
+        pg.psql(
+            "INSERT INTO homer_workers (incarnation, name, host, boot_id, pid, start_time, started_at, seen_at, stale_ms,
+                                       fenced_at, stopped_at)
+                 VALUES (1, 'h/boot:/a', 'h', 'boot', 10, 1, 0, 0, 1000, 5, NULL),
+                        (2, 'h/boot:/a', 'h', 'boot', 11, 2, 0, 0, 1000, NULL, NULL),
+                        (3, 'h/boot:/b', 'h', 'boot', 12, 3, 0, 0, 1000, NULL, 9);
+             INSERT INTO job_queue (id, kind, status, created_at, run_after, attempts, max_attempts, runs,
+                                    interruptions, locked_by, claim_token, claim_epoch)
+                 VALUES (1, 'noop', 'completed', 0, 0, 1, 3, 1, 0, NULL, NULL, NULL),
+                        (2, 'noop', 'running', 0, 0, 2, 5, 2, 1, 'w', 'tok2', 2);
+             INSERT INTO job_runs (id, job_id, run, attempt, epoch, claim_token, worker, started_at, ended_at, outcome,
+                                   error)
+                 VALUES (1, 1, 1, 1, 3, 'tok1', 'w', 0, 5, 'completed', NULL),
+                        (2, 2, 1, 1, 1, 'tokx', 'w', 0, 5, 'orphaned', 'fenced'),
+                        (3, 2, 2, 2, 2, 'tok2', 'w', 0, NULL, NULL, NULL);",
+        )
+        .unwrap();
+        let state = DbState::read_postgres(&pg.url(), Duration::from_secs(10)).unwrap();
+        let run =
+            |id, job_id, run, attempt, epoch, token: &str, outcome: Option<&str>, ended, error: Option<&str>| RunRow {
+                id,
+                job_id,
+                run,
+                attempt,
+                epoch,
+                claim_token: token.to_string(),
+                outcome: outcome.map(String::from),
+                ended,
+                error: error.map(String::from),
+            };
+        let worker = |incarnation, name: &str, fenced, stopped| WorkerRow {
+            incarnation,
+            name: name.to_string(),
+            fenced,
+            stopped,
+        };
+        assert_eq!(
+            state,
+            DbState {
+                jobs: vec![
+                    JobRow {
+                        id: 1,
+                        status: String::from("completed"),
+                        attempts: 1,
+                        max_attempts: 3,
+                        interruptions: 0,
+                        locked_by: None,
+                        claim_token: None,
+                        claim_epoch: None,
+                        runs: 1,
+                    },
+                    JobRow {
+                        id: 2,
+                        status: String::from("running"),
+                        attempts: 2,
+                        max_attempts: 5,
+                        interruptions: 1,
+                        locked_by: Some(String::from("w")),
+                        claim_token: Some(String::from("tok2")),
+                        claim_epoch: Some(2),
+                        runs: 2,
+                    },
+                ],
+                runs: vec![
+                    run(1, 1, 1, 1, 3, "tok1", Some("completed"), true, None),
+                    run(2, 2, 1, 1, 1, "tokx", Some("orphaned"), true, Some("fenced")),
+                    run(3, 2, 2, 2, 2, "tok2", None, false, None),
+                ],
+                leader_epoch: 3,
+                integrity: String::from("ok"),
+                workers: vec![
+                    worker(1, "h/boot:/a", true, false),
+                    worker(2, "h/boot:/a", false, false),
+                    worker(3, "h/boot:/b", false, true),
+                ],
+            }
+        );
+        assert_eq!(state.lineage(2), Some("h/boot:/a"));
+        assert_eq!(state.lineage(3), Some("h/boot:/b"));
+        assert_eq!(state.lineage(4), None, "an epoch no worker row has");
+        // The reader only reads: a read-only transaction, nothing changed.
+        assert_eq!(pg.psql("SELECT count(*) FROM job_queue WHERE status = 'running'").unwrap(), "1\n");
+        // No schema: an error naming the table, not an empty history.
+        pg.psql("DROP TABLE job_runs").unwrap();
+        let err = DbState::read_postgres(&pg.url(), Duration::from_secs(10)).unwrap_err();
+        assert!(err.contains("job_runs") && err.contains("postgres://homer@127.0.0.1:"), "{err}");
+    }
+
+    #[test]
+    fn a_password_never_reaches_a_message() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db?password=x@y&port=1"), "postgres://h/db?password=***&port=1");
     }
 
     #[test]

@@ -57,6 +57,10 @@ enum Command {
         /// Write the results as JSON (name, outcome, detail) — for `cargo xtask mutants`
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// Run only on this backend: `sqlite` or `postgres` (default: every backend each
+        /// scenario names in `[settings] backends`)
+        #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+        backend: Option<scenario::Backend>,
     },
     /// Print every scenario's name, what it covers and the mutants it must fail on, as JSON
     List { paths: Vec<PathBuf> },
@@ -144,6 +148,10 @@ fn options(t: &Target) -> Result<exec::Options, String> {
     })
 }
 
+fn parse_backend(s: &str) -> Result<scenario::Backend, String> {
+    scenario::Backend::parse(s).ok_or_else(|| format!("unknown backend `{s}`; expected sqlite or postgres"))
+}
+
 fn jobs(t: &Target) -> usize {
     t.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(2))
 }
@@ -196,9 +204,10 @@ fn main() -> ExitCode {
                             scenario::MutantExpectation::Catches(m) => (m.clone(), None),
                             scenario::MutantExpectation::None(why) => (Vec::new(), Some(why.clone())),
                         };
+                        let backends: Vec<&str> = s.backends.iter().map(|b| b.name()).collect();
                         serde_json::json!({
                             "name": s.name, "path": s.path, "covers": s.covers,
-                            "mutants": mutants, "mutant_none": reason,
+                            "mutants": mutants, "mutant_none": reason, "backends": backends,
                         })
                     })
                     .collect();
@@ -210,7 +219,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { paths, target, junit, repeat, until_fail, json } => {
+        Command::Run { paths, target, junit, repeat, until_fail, json, backend } => {
             let scenarios = match parse_all(&paths) {
                 Ok(s) => s,
                 Err(e) => {
@@ -218,6 +227,16 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // One run per (scenario, backend) pair.
+            let scenarios: Vec<scenario::Scenario> = scenarios.iter().flat_map(|s| s.runs(backend)).collect();
+            if scenarios.is_empty() {
+                let b = backend.map(|b| b.name()).unwrap_or_default();
+                eprintln!(
+                    "homer-harness: no scenario given runs on {b}: a scenario opts in with `[settings] backends = \
+                     [\"sqlite\", \"{b}\"]` (scenarios/README.md)"
+                );
+                return ExitCode::from(2);
+            }
             let opts = match options(&target) {
                 Ok(o) => o,
                 Err(e) => {

@@ -297,3 +297,23 @@ fn a_kept_tmpfs_home_is_copied_into_the_sandbox() {
     assert!(steps.contains("step 3 (line 15)") && steps.contains("before ENOSPC"), "{steps}");
     std::fs::remove_dir_all(kept).unwrap();
 }
+
+/// `--backend` picks one backend; naming one no given file opts into exits 2 (usage) and
+/// runs nothing; an unknown one is refused by the argument parser.
+#[test]
+fn backend_picks_the_runs_and_a_backend_no_file_names_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "sqlite-only.toml", &passing());
+    let file = file.to_string_lossy().into_owned();
+    let out = run(&["run", &file, "--backend", "postgres"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no scenario given runs on postgres") && err.contains("backends"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"), "{out:?}");
+    let out = run(&["run", &file, "--backend", "mysql"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend `mysql`"), "{out:?}");
+    let out = run(&["run", &file, "--backend", "sqlite"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 runs: 1 passed"), "{out:?}");
+}

@@ -232,7 +232,7 @@ pub fn scenarios(o: &Options) -> Result<(), String> {
         let mut marks = Vec::new();
         for m in &s.mutants {
             let Some(by) = caught.get(m) else { continue };
-            let ok = by.contains(&s.name);
+            let ok = failed_on(by, &s.name);
             marks.push(format!("{m} {}", if ok { "ok" } else { "MISSED" }));
             if !ok {
                 problems.push(format!("scenario {} names {m} but passes with it", s.name));
@@ -255,6 +255,13 @@ pub fn scenarios(o: &Options) -> Result<(), String> {
     } else {
         Err(problems.join("\n"))
     }
+}
+
+/// Whether the scenario file `name` failed among the runs `by`: its SQLite run carries
+/// the file's name, its PostgreSQL run `NAME [postgres]` (a file that runs only on
+/// PostgreSQL has only that one). A file fails on a mutant when any of its runs does.
+fn failed_on(by: &[String], name: &str) -> bool {
+    by.iter().any(|run| run == name || run.strip_suffix(" [postgres]") == Some(name))
 }
 
 fn list_scenarios(harness: &Path) -> Result<Vec<Scenario>, String> {
@@ -286,6 +293,14 @@ fn list_scenarios(harness: &Path) -> Result<Vec<Scenario>, String> {
 #[cfg(test)]
 mod tests {
     use super::Options;
+
+    #[test]
+    fn a_scenario_fails_on_a_mutant_when_any_of_its_backend_runs_does() {
+        let by = vec![String::from("pitfall-14"), String::from("postgres-two-homes [postgres]")];
+        assert!(super::failed_on(&by, "pitfall-14"));
+        assert!(super::failed_on(&by, "postgres-two-homes"));
+        assert!(!super::failed_on(&by, "pitfall-1"));
+    }
 
     #[test]
     fn options_name_what_is_wrong() {

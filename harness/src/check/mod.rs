@@ -6,7 +6,7 @@
 //!
 //! | checker | guarantee | judged from |
 //! |---|---|---|
-//! | [`single_active`] | one active daemon per database | `daemon.active` epochs; `job_runs.epoch` vs the leader row |
+//! | [`single_active`] | one active daemon per database (PostgreSQL: per home) | `daemon.active` epochs; `job_runs.epoch` vs the leader row (worker rows) |
 //! | [`lock_holders`] | never two holders of one lock inode | `lock.*` events with `dev`/`ino`, process exits |
 //! | [`no_overlap`] | two runs of a job never run at once | the probe's effects log |
 //! | [`outcome_latest_claim`] | one recorded outcome, by the current claim | `job_queue` vs `job_runs` |
@@ -117,30 +117,45 @@ fn who(e: &Event) -> String {
 /// event's `database` field. From the database: every commit is epoch-guarded, so
 /// `job_runs` rows in id (commit) order never carry a decreasing epoch — a decrease is a
 /// superseded epoch committing — and none carries an epoch above the leader row's.
+///
+/// On PostgreSQL many daemons are active at once, one per home (the home's flock), each
+/// with its own incarnation as its epoch: the rules above hold per *line of succession*,
+/// the incarnations of one worker name (`worker.registered`'s `name`, the worker rows'
+/// `name`: a home on a host). Different homes' runs interleave freely; an epoch that no
+/// worker row has is itself a violation. On SQLite there is one line per database.
 pub fn single_active(h: &History) -> Vec<Violation> {
     let mut found = Vec::new();
-    // Epochs are per database (the event names it): a scenario may run daemons on two.
-    let mut made_active: BTreeMap<(&str, i64), &Event> = BTreeMap::new();
-    let mut highest: HashMap<&str, (i64, &Event)> = HashMap::new();
+    // The line of succession each daemon process belongs to: its registered worker name on
+    // PostgreSQL, none (the database's one line) on SQLite.
+    let lineage_of = |e: &Event| -> &str {
+        h.events
+            .iter()
+            .find(|r| r.name() == "worker.registered" && r.pid == e.pid && r.proc_name == e.proc_name)
+            .and_then(|r| r.field_str("name"))
+            .unwrap_or("")
+    };
+    // Epochs are per database (the event names it) and line: a scenario may run daemons on two.
+    let mut made_active: BTreeMap<(&str, &str, i64), &Event> = BTreeMap::new();
+    let mut highest: HashMap<(&str, &str), (i64, &Event)> = HashMap::new();
     for e in h.events_named("daemon.active") {
         let Some(epoch) = e.field_i64("epoch") else {
             found.push(violation(SINGLE_ACTIVE, format!("daemon.active from {} carries no integer epoch", who(e))));
             continue;
         };
-        let database = e.field_str("database").unwrap_or("");
-        if let Some(first) = made_active.get(&(database, epoch)) {
+        let database = (e.field_str("database").unwrap_or(""), lineage_of(e));
+        if let Some(first) = made_active.get(&(database.0, database.1, epoch)) {
             found.push(violation(
                 SINGLE_ACTIVE,
                 format!("epoch {epoch} made active twice: by {} and by {}", who(first), who(e)),
             ));
-        } else if let Some(&(top, by)) = highest.get(database).filter(|(top, _)| epoch < *top) {
+        } else if let Some(&(top, by)) = highest.get(&database).filter(|(top, _)| epoch < *top) {
             found.push(violation(
                 SINGLE_ACTIVE,
                 format!("{} became active with epoch {epoch} after {} had epoch {top}", who(e), who(by)),
             ));
         }
-        made_active.entry((database, epoch)).or_insert(e);
-        if highest.get(database).is_none_or(|(top, _)| epoch > *top) {
+        made_active.entry((database.0, database.1, epoch)).or_insert(e);
+        if highest.get(&database).is_none_or(|(top, _)| epoch > *top) {
             highest.insert(database, (epoch, e));
         }
     }
@@ -148,7 +163,20 @@ pub fn single_active(h: &History) -> Vec<Violation> {
     if let Some(db) = &h.db {
         let mut runs: Vec<&RunRow> = db.runs.iter().collect();
         runs.sort_by_key(|r| r.id);
-        for pair in runs.windows(2) {
+        let mut lines: BTreeMap<&str, Vec<&RunRow>> = BTreeMap::new();
+        for r in &runs {
+            match db.lineage(r.epoch) {
+                Some(line) => lines.entry(line).or_default().push(r),
+                None => found.push(violation(
+                    SINGLE_ACTIVE,
+                    format!(
+                        "job_runs id {} (job {} run {}) carries epoch {}, which no worker row has",
+                        r.id, r.job_id, r.run, r.epoch
+                    ),
+                )),
+            }
+        }
+        for pair in lines.values().flat_map(|line| line.windows(2)) {
             let (earlier, later) = (pair[0], pair[1]);
             if later.epoch < earlier.epoch {
                 found.push(violation(

@@ -104,7 +104,7 @@ impl Hb {
 }
 
 fn db(jobs: Vec<JobRow>, runs: Vec<RunRow>, leader_epoch: i64) -> DbState {
-    DbState { jobs, runs, leader_epoch, integrity: String::from("ok") }
+    DbState { jobs, runs, leader_epoch, integrity: String::from("ok"), workers: Vec::new() }
 }
 
 fn job(id: i64, status: &str) -> JobRow {
@@ -212,6 +212,48 @@ fn single_active_rejects_a_superseded_epoch_committing() {
     assert_rejects(single_active(&h), SINGLE_ACTIVE, "a superseded epoch committed");
     let h = Hb::default().db(db(vec![], runs(&[(1, 1, 3, "t1", None)]), 2)).build();
     assert_rejects(single_active(&h), SINGLE_ACTIVE, "above the leader row's epoch 2");
+}
+
+/// PostgreSQL: one line of succession per worker name (a home on a host).
+fn workers(rows: &[(i64, &str)]) -> Vec<crate::history::WorkerRow> {
+    rows.iter()
+        .map(|&(incarnation, name)| crate::history::WorkerRow {
+            incarnation,
+            name: name.into(),
+            fenced: false,
+            stopped: false,
+        })
+        .collect()
+}
+
+#[test]
+fn single_active_on_postgres_judges_each_home_s_line_of_succession() {
+    // Two homes active at once, their incarnations interleaving in the events and in
+    // job_runs: allowed. Home a's incarnation 3 succeeds its 1.
+    let registered = |hb: Hb, name: &str, worker: &str| hb.ev(name, "worker.registered", json!({ "name": worker }));
+    let pg = |epoch: i64| json!({"epoch": epoch, "database": "postgres://homer@127.0.0.1:5/homer"});
+    let lines = workers(&[(1, "h/b:/a"), (2, "h/b:/b"), (3, "h/b:/a")]);
+    let two_homes = |runs_: Vec<RunRow>| {
+        let hb = Hb::default().daemon("b", 200);
+        let hb = registered(hb, "b", "h/b:/b").ev("b", "daemon.active", pg(2)).daemon("a", 100);
+        let hb = registered(hb, "a", "h/b:/a").ev("a", "daemon.active", pg(1)).daemon("a2", 300);
+        let hb = registered(hb, "a2", "h/b:/a").ev("a2", "daemon.active", pg(3));
+        hb.db(DbState { workers: lines.clone(), ..db(vec![], runs_, 3) }).build()
+    };
+    let h =
+        two_homes(runs(&[(1, 1, 2, "t1", None), (2, 1, 1, "t2", None), (3, 1, 2, "t3", None), (2, 2, 3, "t4", None)]));
+    assert_passes(single_active(&h));
+    // Home a's predecessor (1) commits after its successor (3): a superseded incarnation.
+    let h = two_homes(runs(&[(1, 1, 3, "t1", None), (2, 1, 2, "t2", None), (3, 1, 1, "t3", None)]));
+    assert_rejects(single_active(&h), SINGLE_ACTIVE, "a superseded epoch committed");
+    // A run under an incarnation no worker row has.
+    let h = two_homes(runs(&[(1, 1, 7, "t1", None)]));
+    assert_rejects(single_active(&h), SINGLE_ACTIVE, "epoch 7, which no worker row has");
+    // One home's line going backwards in the events is still caught.
+    let hb = Hb::default().daemon("a", 100);
+    let hb = registered(hb, "a", "h/b:/a").ev("a", "daemon.active", pg(3)).daemon("a2", 300);
+    let h = registered(hb, "a2", "h/b:/a").ev("a2", "daemon.active", pg(1)).build();
+    assert_rejects(single_active(&h), SINGLE_ACTIVE, "with epoch 1 after");
 }
 
 #[test]

@@ -229,6 +229,16 @@ pub(crate) struct Ctx<'a> {
     pub(crate) step_records: Vec<StepRecord>,
     /// What the last failing invariant check found (the timeline highlights it).
     pub(crate) violations: Vec<Violation>,
+    /// The throwaway PostgreSQL server of a run on that backend (started by `setup`,
+    /// stopped at teardown on every path out).
+    pub(crate) pg: Option<homer_testkit::PgServer>,
+    /// The harness's own connection for `query` (read-only transactions), while it works.
+    pub(crate) pg_client: std::cell::RefCell<Option<postgres::Client>>,
+    /// Its URL, given to every homerd as `HOMER_DATABASE`; kept after the server stops.
+    pub(crate) pg_url: Option<String>,
+    /// The PostgreSQL database as read just before the server stopped: what a history
+    /// taken after teardown (the timeline) reads.
+    pub(crate) pg_final: Option<DbState>,
 }
 
 impl<'a> Ctx<'a> {
@@ -253,6 +263,10 @@ impl<'a> Ctx<'a> {
             mono_origin_ns: crate::probe::mono_ns().saturating_sub(start.elapsed().as_nanos() as u64),
             step_records: Vec::new(),
             violations: Vec::new(),
+            pg: None,
+            pg_client: std::cell::RefCell::new(None),
+            pg_url: None,
+            pg_final: None,
         }
     }
 }
@@ -362,10 +376,33 @@ impl Ctx<'_> {
         env: &[(String, String)],
         unprivileged: bool,
     ) -> Command {
+        self.homerd_in(&self.home(), args, with_settings, env, unprivileged)
+    }
+
+    /// A named home of its own (`start`'s `home = "b"`): `<sandbox>/homes/b`, another
+    /// "host" sharing the run's database on PostgreSQL (on SQLite: its own database).
+    pub(crate) fn named_home(&self, name: &str) -> PathBuf {
+        self.sandbox.join("homes").join(name)
+    }
+
+    /// [`Ctx::homerd`] with `home` as `HOMER_HOME`.
+    pub(crate) fn homerd_in(
+        &self,
+        home: &Path,
+        args: &[String],
+        with_settings: bool,
+        env: &[(String, String)],
+        unprivileged: bool,
+    ) -> Command {
         // HOME and the XDG directories point into the sandbox, so nothing of the user's
         // (an installed service unit, a config) leaks into a scenario.
-        let mut cmd = homer_testkit::homerd_command(&self.daemon_bin, &self.sandbox, &self.home(), &[]);
+        let mut cmd = homer_testkit::homerd_command(&self.daemon_bin, &self.sandbox, home, &[]);
         cmd.env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file());
+        if let Some(url) = &self.pg_url {
+            // The `database` setting, from the environment: every daemon and CLI call of
+            // a run on PostgreSQL shares the run's server.
+            cmd.env("HOMER_DATABASE", url);
+        }
         if let Some(m) = &self.opts.mutant {
             cmd.env("HOMERD_MUTANT", m);
         }
@@ -510,8 +547,96 @@ impl Ctx<'_> {
         }
     }
 
+    /// Runs a query on the run's database: the home's SQLite file, or on PostgreSQL the
+    /// run's server (read-only transaction).
     pub(crate) fn query(&self, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
-        self.query_at(&self.db(), sql)
+        match &self.pg_url {
+            Some(url) => self.query_postgres(url, sql),
+            None => self.query_at(&self.db(), sql),
+        }
+    }
+
+    /// Whether the run's database does not exist yet (no file; on PostgreSQL no
+    /// `job_queue` table, before the first daemon's migrations): a `wait = "sql"` keeps
+    /// waiting then rather than failing.
+    pub(crate) fn database_absent(&self) -> bool {
+        match &self.pg_url {
+            Some(url) => {
+                !matches!(self.query_postgres(url, "SELECT to_regclass('job_queue') IS NOT NULL").as_deref(), Ok([row]) if row == &[Scalar::Int(1)])
+            }
+            None => !self.db().exists(),
+        }
+    }
+
+    /// A query on PostgreSQL, values as a SQLite query would give them: integers of any
+    /// width and integral `numeric`s (`sum` of a `bigint`) as `Int`, booleans as 0/1 (SQLite
+    /// has no boolean), other numbers as `Float`, everything else as its text.
+    fn query_postgres(&self, url: &str, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
+        let err = |e: postgres::Error| StepError {
+            expected: format!("the query `{sql}` to run on {}", crate::history::redact(url)),
+            actual: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+        };
+        let timeout = self.scaled(Duration::from_secs(10));
+        // One connection for the run's queries (a `wait = "sql"` polls every 20 ms), kept
+        // while it works: one that failed (a server restart) is dropped and made anew.
+        let connect = || -> Result<postgres::Client, postgres::Error> {
+            let mut config: postgres::Config = url.parse()?;
+            config.connect_timeout(timeout);
+            config.connect(postgres::NoTls)
+        };
+        let mut slot = self.pg_client.borrow_mut();
+        let (mut client, kept) = match slot.take().filter(|c| !c.is_closed()) {
+            Some(c) => (c, true),
+            None => (connect().map_err(err)?, false),
+        };
+        let rows = match Self::query_on(&mut client, sql, timeout) {
+            Ok(rows) => rows,
+            // A kept connection the server ended meanwhile (a restart): once more, anew.
+            Err(_) if kept => {
+                client = connect().map_err(err)?;
+                Self::query_on(&mut client, sql, timeout).map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
+        *slot = Some(client);
+        Ok(rows)
+    }
+
+    /// [`Ctx::query_postgres`] on a connection: a read-only transaction, rolled back.
+    fn query_on(
+        client: &mut postgres::Client,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<Scalar>>, postgres::Error> {
+        use postgres::types::Type;
+        let mut tx = client.build_transaction().read_only(true).start()?;
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1)))?;
+        let types: Vec<Type> = tx.prepare(sql)?.columns().iter().map(|c| c.type_().clone()).collect();
+        let mut rows = Vec::new();
+        for msg in tx.simple_query(sql)? {
+            let postgres::SimpleQueryMessage::Row(row) = msg else { continue };
+            let mut out = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                let ty = types.get(i).cloned().unwrap_or(Type::TEXT);
+                out.push(match row.get(i) {
+                    None => Scalar::Null,
+                    Some(v) if [Type::INT2, Type::INT4, Type::INT8, Type::OID].contains(&ty) => {
+                        v.parse().map(Scalar::Int).unwrap_or_else(|_| Scalar::Text(v.to_string()))
+                    }
+                    Some(v) if ty == Type::BOOL => Scalar::Int(i64::from(v == "t")),
+                    Some(v) if ty == Type::NUMERIC && !v.contains(['.', 'e', 'E']) => {
+                        v.parse().map(Scalar::Int).unwrap_or_else(|_| Scalar::Text(v.to_string()))
+                    }
+                    Some(v) if [Type::FLOAT4, Type::FLOAT8, Type::NUMERIC].contains(&ty) => {
+                        v.parse().map(Scalar::Float).unwrap_or_else(|_| Scalar::Text(v.to_string()))
+                    }
+                    Some(v) => Scalar::Text(v.to_string()),
+                });
+            }
+            rows.push(out);
+        }
+        tx.rollback()?;
+        Ok(rows)
     }
 
     pub(crate) fn query_at(&self, db: &Path, sql: &str) -> Result<Vec<Vec<Scalar>>, StepError> {
@@ -556,7 +681,13 @@ impl Ctx<'_> {
     pub(crate) fn history(&self, with_db: bool) -> Result<History, StepError> {
         let effects =
             self.effects().map_err(|e| StepError { expected: String::from("a readable effects log"), actual: e })?;
-        let db = if with_db && self.db().exists() { DbState::read(&self.db()).ok() } else { None };
+        let db = match (&self.pg_url, &self.pg) {
+            _ if !with_db => None,
+            (None, _) => self.db().exists().then(|| DbState::read(&self.db()).ok()).flatten(),
+            (Some(url), Some(_)) => DbState::read_postgres(url, self.scaled(Duration::from_secs(10))).ok(),
+            // The server is gone (teardown): the snapshot taken just before it stopped.
+            (Some(_), None) => self.pg_final.clone(),
+        };
         let st = self.shared.lock();
         let start = self.shared.start;
         let procs = st
@@ -590,10 +721,11 @@ impl Ctx<'_> {
     pub(crate) fn check(&mut self, opts: &CheckOptions, explicit: bool) -> Result<(), StepError> {
         let h = self.history(true)?;
         if explicit && h.db.is_none() {
-            return fail(
-                "a readable homerd database to check",
-                format!("{} unreadable or absent", self.db().display()),
-            );
+            let which = match &self.pg_url {
+                Some(url) => format!("the queue at {}", crate::history::redact(url)),
+                None => self.db().display().to_string(),
+            };
+            return fail("a readable homerd database to check", format!("{which} unreadable or absent"));
         }
         let violations = check::check_all(&h, opts);
         if violations.is_empty() {
@@ -633,6 +765,14 @@ impl Ctx<'_> {
         if !notes.is_empty() {
             tails.push((String::from("harness step notes"), notes.join("\n")));
         }
+        // A PostgreSQL run's server speaks for itself (warnings and worse: refused
+        // connections, a crash) beside the daemons.
+        if let Some(log) = self.pg.as_ref().and_then(|pg| std::fs::read(pg.log_path()).ok()) {
+            let log = tail(&log, 12);
+            if !log.is_empty() {
+                tails.push((String::from("postgres (server log)"), log));
+            }
+        }
         tails
     }
 
@@ -642,6 +782,37 @@ impl Ctx<'_> {
             last.push_str(" -> ");
             last.push_str(&note);
         }
+    }
+
+    /// Starts the run's PostgreSQL server in the sandbox, its processes under the run's
+    /// marker (`procs::PgSpawner`: the survivors check covers them).
+    pub(crate) fn start_postgres(&mut self) -> Result<(), String> {
+        let opts = homer_testkit::PgOptions {
+            spawner: std::sync::Arc::new(procs::PgSpawner { marker: self.marker.clone() }),
+            ..Default::default()
+        };
+        let pg = homer_testkit::PgServer::start_with(&self.sandbox, &opts)
+            .map_err(|e| format!("start the run's PostgreSQL server: {e}"))?;
+        self.step_log.push(format!("postgres: {} (log {})", pg.url(), pg.log_path().display()));
+        self.pg_url = Some(pg.url());
+        self.pg = Some(pg);
+        Ok(())
+    }
+
+    /// Stops the run's PostgreSQL server, if it runs, after a last read of the queue for
+    /// what comes after teardown (the timeline). The drop copies the server's log into the
+    /// sandbox when the server lived outside it. Returns what failed.
+    pub(crate) fn stop_postgres(&mut self) -> Vec<String> {
+        let Some(url) = self.pg_url.clone() else { return Vec::new() };
+        if self.pg.is_none() {
+            return Vec::new();
+        }
+        self.pg_client.borrow_mut().take();
+        self.pg_final = DbState::read_postgres(&url, self.scaled(Duration::from_secs(10))).ok();
+        let mut pg = self.pg.take().expect("checked above");
+        let result = pg.stop(homer_testkit::StopMode::Fast);
+        drop(pg);
+        result.err().into_iter().collect()
     }
 
     /// Unmount the tmpfs home, if the scenario has one (every process is dead by now).

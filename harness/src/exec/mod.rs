@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::check::CheckOptions;
 use crate::procs;
-use crate::scenario::{Requirement, Scenario};
+use crate::scenario::{Backend, Requirement, Scenario};
 use crate::timeline::{self, StepRecord};
 use ctx::Ctx;
 
@@ -150,7 +150,11 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
         return result(Outcome::Skipped(reason), None);
     }
     let base = opts.sandbox_base.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = match tempfile::Builder::new().prefix(&format!("homer-harness-{}-", sc.name)).tempdir_in(&base) {
+    let prefix = match sc.backend {
+        Backend::Sqlite => format!("homer-harness-{}-", sc.stem()),
+        Backend::Postgres => format!("homer-harness-{}-pg-", sc.stem()),
+    };
+    let dir = match tempfile::Builder::new().prefix(&prefix).tempdir_in(&base) {
         Ok(d) => d,
         Err(e) => {
             return result(Outcome::Failed(setup_failure(format!("create a sandbox in {}: {e}", base.display()))), None)
@@ -182,8 +186,12 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
         }
     };
     // Teardown: every marked process dies, whatever the outcome; then the tmpfs home (if
-    // any) is unmounted, which nothing alive can keep busy any more.
+    // any) is unmounted, which nothing alive can keep busy any more. A run's PostgreSQL
+    // server is stopped first (its groups read, its last state kept): a fast stop ends
+    // the daemons' sessions and writes a checkpoint, where SIGKILL would leave its
+    // shared memory behind.
     ctx.register_job_groups();
+    let pg_errors = ctx.stop_postgres();
     let survivors = procs::kill_marked(&marker, Duration::from_secs(10));
     let keep = opts.keep || (opts.keep_failed && matches!(outcome, Outcome::Failed(_)));
     let unmount_errors = ctx.unmount_home(keep);
@@ -208,6 +216,16 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
             what: String::from("cleanup"),
             expected: String::from("the tmpfs home unmounted"),
             actual: unmount_errors.join("; "),
+            logs: Vec::new(),
+            timeline: None,
+        });
+    }
+    if !pg_errors.is_empty() && !matches!(outcome, Outcome::Failed(_)) {
+        outcome = Outcome::Failed(Failure {
+            step: None,
+            what: String::from("cleanup"),
+            expected: String::from("the run's PostgreSQL server stopped"),
+            actual: pg_errors.join("; "),
             logs: Vec::new(),
             timeline: None,
         });
@@ -246,6 +264,11 @@ pub fn run_skip_reason(sc: &Scenario) -> Option<String> {
 }
 
 fn skip_reason(sc: &Scenario) -> Option<String> {
+    if sc.backend == Backend::Postgres {
+        if let Err(why) = homer_testkit::postgres::available() {
+            return Some(why);
+        }
+    }
     for r in &sc.requires {
         match r {
             Requirement::Linux if !cfg!(target_os = "linux") => {
@@ -346,6 +369,10 @@ impl Ctx<'_> {
         if self.sc.power_loss {
             let dir = self.sandbox.join("powerloss");
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        if self.sc.backend == Backend::Postgres {
+            // Before the first step, so every homerd the run starts gets its URL.
+            self.start_postgres()?;
         }
         if let Some(size) = self.sc.home_size {
             // Mounted before any process starts, registered before anything else can fail,

@@ -48,3 +48,92 @@ fn output_patterns() {
     assert_eq!(e.expected, "a stderr not to contain \"exit(ed)? 0\"");
     assert_eq!(tail(out, 1), "exited 0");
 }
+
+/// A run on PostgreSQL: the server starts before the first step, every homerd the run
+/// starts gets its URL (here a shell stands in for homerd and prints its environment),
+/// `sql` runs there, and at the end the server is gone while the kept sandbox holds its log.
+#[test]
+fn a_postgres_run_starts_its_server_gives_every_homerd_the_url_and_stops_it() {
+    if let Err(why) = homer_testkit::postgres::available() {
+        panic!("this test needs the PostgreSQL server binaries (.ci/postgres-binaries installs them): {why}");
+    }
+    let base = tempfile::tempdir().unwrap();
+    let text = r#"description = "d"
+covers = ["t"]
+mutant_none = "a test of the harness"
+[settings]
+backends = ["sqlite", "postgres"]
+[[step]]
+cli = ["-c", "printenv HOMER_DATABASE; printenv HOMER_HOME"]
+no_settings = true
+stdout = ["re:^postgres://homer@127\\.0\\.0\\.1:\\d+/homer\n", "/home\n"]
+[[step]]
+sql = "SELECT current_database(), 2 > 1, count(*) FROM pg_stat_activity WHERE false"
+rows = [["homer", 1, 0]]
+"#;
+    let sc = parse_str(Path::new("scenarios/t.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let run = sc.for_backend(crate::scenario::Backend::Postgres).unwrap();
+    // No `procs::init` here: its reaper would take the exit statuses of other tests'
+    // children in this process. The run's processes carry its marker all the same.
+    let opts =
+        Options { daemon: PathBuf::from("/bin/sh"), keep: true, sandbox_base: Some(base.path().into()), ..options() };
+    let r = super::run_scenario(&run, &opts);
+    assert!(matches!(r.outcome, super::Outcome::Passed), "{:?}", r.outcome);
+    assert_eq!(r.name, "t [postgres]");
+    let kept = r.kept.expect("kept");
+    assert!(kept.file_name().unwrap().to_string_lossy().starts_with("homer-harness-t-pg-"), "{}", kept.display());
+    let steps = std::fs::read_to_string(kept.join("harness-logs/steps.log")).unwrap();
+    let log = steps.lines().next().and_then(|l| l.split("(log ").nth(1)).map(|l| l.trim_end_matches(')')).unwrap();
+    // The log is in the sandbox: beside the data directory, or copied in when the server
+    // had to live outside it.
+    let in_sandbox = Path::new(log).starts_with(&kept)
+        || std::fs::read_dir(&kept).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".log"));
+    assert!(in_sandbox, "{steps}");
+    // Nothing of the server is left running.
+    let postmasters = std::process::Command::new("pgrep").args(["-f", &kept.to_string_lossy()]).output().unwrap();
+    assert!(postmasters.stdout.is_empty(), "{}", String::from_utf8_lossy(&postmasters.stdout));
+    // The same file on SQLite has no server and no URL: its cli step fails on the pattern.
+    let r = super::run_scenario(&sc, &Options { keep: false, ..opts });
+    let super::Outcome::Failed(f) = r.outcome else { panic!("{:?}", r.outcome) };
+    assert!(f.expected.contains("postgres://"), "{f}");
+}
+
+/// `server = "restart"`: the run's server stops (immediate: a crash; fast) and starts
+/// again on the same port; the run's queries reach it again after each.
+#[test]
+fn a_server_step_restarts_the_run_s_server_and_queries_reach_it_again() {
+    if let Err(why) = homer_testkit::postgres::available() {
+        panic!("this test needs the PostgreSQL server binaries (.ci/postgres-binaries installs them): {why}");
+    }
+    let base = tempfile::tempdir().unwrap();
+    let text = r#"description = "d"
+covers = ["t"]
+mutant_none = "a test of the harness"
+[settings]
+backends = ["postgres"]
+[[step]]
+sql = "SELECT count(*) FROM pg_stat_activity WHERE false"
+rows = [[0]]
+[[step]]
+server = "restart"
+mode = "immediate"
+[[step]]
+sql = "SELECT count(*) FROM pg_stat_activity WHERE false"
+rows = [[0]]
+[[step]]
+server = "restart"
+[[step]]
+wait = "sql"
+query = "SELECT 1"
+rows = [[1]]
+"#;
+    let sc = parse_str(Path::new("scenarios/t.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+    let run = sc.for_backend(crate::scenario::Backend::Postgres).unwrap();
+    let opts =
+        Options { daemon: PathBuf::from("/bin/sh"), keep: true, sandbox_base: Some(base.path().into()), ..options() };
+    let r = super::run_scenario(&run, &opts);
+    assert!(matches!(r.outcome, super::Outcome::Passed), "{:?}", r.outcome);
+    let steps = std::fs::read_to_string(r.kept.unwrap().join("harness-logs/steps.log")).unwrap();
+    assert_eq!(steps.matches("the server accepts connections again after").count(), 2, "{steps}");
+    assert!(steps.contains("restart the PostgreSQL server (immediate)") && steps.contains("(fast)"), "{steps}");
+}

@@ -161,6 +161,10 @@ pub(crate) struct Cx<'a> {
     pub(crate) power_loss: bool,
     /// Labels of `op = "remember"` steps so far.
     pub(crate) labels: Vec<String>,
+    /// `[settings] backends` includes `postgres` (steps that act on the SQLite file are refused).
+    pub(crate) postgres: bool,
+    /// `[settings] backends = ["postgres"]` alone (`server` steps need the run's server).
+    pub(crate) postgres_only: bool,
 }
 
 impl Cx<'_> {

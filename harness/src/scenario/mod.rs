@@ -59,7 +59,70 @@ pub struct Scenario {
     /// `[settings]`: `--set key=value` given to every daemon and CLI call, in file order.
     /// Values that parse as durations are scaled by the time scale.
     pub settings: Vec<(String, String)>,
+    /// `[settings] backends = ["sqlite", "postgres"]`: the queues the scenario is run on,
+    /// once each (default `["sqlite"]`). Never passed to homerd as a setting.
+    pub backends: Vec<Backend>,
+    /// The backend this run uses ([`Scenario::for_backend`]); the first of `backends` as parsed.
+    pub backend: Backend,
     pub steps: Vec<StepAt>,
+}
+
+/// The queue a scenario run drives: SQLite in the home (`<home>/homer.db`), or a
+/// throwaway PostgreSQL server the run starts in its sandbox (`HOMER_DATABASE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn parse(s: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == s)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Scenario {
+    /// The scenario as run on `backend`: a run on SQLite keeps the file's name, one on
+    /// PostgreSQL is reported as `NAME [postgres]`. `None` when the file does not opt in.
+    pub fn for_backend(&self, backend: Backend) -> Option<Scenario> {
+        if !self.backends.contains(&backend) {
+            return None;
+        }
+        let mut run = self.clone();
+        run.backend = backend;
+        run.name = match backend {
+            Backend::Sqlite => self.stem(),
+            Backend::Postgres => format!("{} [postgres]", self.stem()),
+        };
+        Some(run)
+    }
+
+    /// One scenario per backend it opts into (all of them, or only `only`), in
+    /// [`Backend::ALL`] order.
+    pub fn runs(&self, only: Option<Backend>) -> Vec<Scenario> {
+        Backend::ALL.into_iter().filter(|b| only.is_none_or(|o| o == *b)).filter_map(|b| self.for_backend(b)).collect()
+    }
+
+    /// The file stem, e.g. `pitfall-01-dual-start` (whatever the backend).
+    pub fn stem(&self) -> String {
+        self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    }
 }
 
 /// What `cargo xtask mutants` expects of the scenario.
@@ -126,7 +189,15 @@ pub fn parse_file(path: &Path) -> Result<Scenario, ParseError> {
 pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, ParseError> {
     let src = Source::new(path, text);
     let root = tree::parse(&src)?;
-    let mut cx = Cx { src, requires: Vec::new(), home_size: None, power_loss: false, labels: Vec::new() };
+    let mut cx = Cx {
+        src,
+        requires: Vec::new(),
+        home_size: None,
+        power_loss: false,
+        labels: Vec::new(),
+        postgres: false,
+        postgres_only: false,
+    };
     cx.scenario(&root)
 }
 
@@ -275,11 +346,32 @@ impl Cx<'_> {
         self.power_loss = power_loss;
 
         let mut settings = Vec::new();
+        let mut backends = vec![Backend::Sqlite];
         if let Some(f) = top.get("settings") {
+            if let Some(b) = self.table(&f, "a [settings] table")?.get("backends") {
+                backends = self.backends(&b)?;
+            }
             self.settings(&f, "", &mut settings)?;
         }
         settings.sort_by_key(|(at, _, _)| *at);
         let settings = settings.into_iter().map(|(_, k, v)| (k, v)).collect();
+        self.postgres = backends.contains(&Backend::Postgres);
+        self.postgres_only = backends == [Backend::Postgres];
+        if self.postgres {
+            // What a run on PostgreSQL could not do: the header's SQLite-file features.
+            for key in ["power_loss", "home_size"] {
+                if let Some(f) = top.get(key).filter(|f| key != "power_loss" || matches!(f.node.val, Val::Bool(true))) {
+                    return Err(self.err(
+                        &f.key_span,
+                        f.path.clone(),
+                        format!(
+                            "`{key}` acts on the SQLite database in the home: a scenario with it runs on SQLite \
+                             only (drop \"postgres\" from `backends`)"
+                        ),
+                    ));
+                }
+            }
+        }
 
         let steps_field = top.get("step").ok_or_else(|| missing("step", "at least one [[step]] table"))?;
         let items = self.array(&steps_field, "[[step]] tables")?;
@@ -302,8 +394,32 @@ impl Cx<'_> {
             home_size,
             power_loss,
             settings,
+            backend: backends[0],
+            backends,
             steps,
         })
+    }
+
+    /// `backends = ["sqlite", "postgres"]`: a non-empty array of distinct backend names.
+    fn backends(&self, f: &Field) -> Res<Vec<Backend>> {
+        const EXPECTED: &str = "a non-empty array of \"sqlite\" and \"postgres\", like [\"sqlite\", \"postgres\"]";
+        let items = self.array(f, EXPECTED)?;
+        if items.is_empty() {
+            return Err(self.wrong(f, EXPECTED));
+        }
+        let mut out = Vec::new();
+        for (i, node) in items.iter().enumerate() {
+            let item = f.item(i, node);
+            let Some(b) = item.str().and_then(Backend::parse) else {
+                return Err(self.wrong(&item, "\"sqlite\" or \"postgres\""));
+            };
+            if out.contains(&b) {
+                return Err(self.err(&item.span(), item.path.clone(), format!("`{b}` is named twice")));
+            }
+            out.push(b);
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// `[settings]`, flattened: `[settings.lanes.io] concurrency = 2` is `lanes.io.concurrency`.
@@ -313,6 +429,9 @@ impl Cx<'_> {
             let field = t.field(e);
             if e.key.is_empty() || e.key.contains(['=', ' ', '\t']) {
                 return Err(self.err(&e.span, field.path, "expected a setting name without spaces or `=`"));
+            }
+            if prefix.is_empty() && e.key == "backends" {
+                continue; // the harness's own setting (`Cx::backends`), never homerd's
             }
             let key = if prefix.is_empty() { e.key.clone() } else { format!("{prefix}.{}", e.key) };
             let value = match &e.node.val {
@@ -369,6 +488,18 @@ impl Cx<'_> {
         };
         let v = t.field(verb);
         let step = Step::parse(&verb.key, self, &t, &v)?;
+        if self.postgres {
+            if let Some(why) = sqlite_only(&step) {
+                return Err(self.err(
+                    &v.key_span,
+                    v.path.clone(),
+                    format!(
+                        "{why}: a scenario with this step runs on SQLite only (drop \"postgres\" from \
+                         `[settings] backends`, and say why in scenarios/README.md)"
+                    ),
+                ));
+            }
+        }
         Ok(StepAt { line, step })
     }
 
@@ -382,5 +513,19 @@ impl Cx<'_> {
             _ => None,
         };
         bytes.filter(|b| (4096..=1 << 30).contains(b)).ok_or_else(|| self.wrong(f, EXPECTED))
+    }
+}
+
+/// Why a step only means something on the SQLite backend, if it does: it acts on the
+/// database file itself, or compares with one snapshot file per step (a second backend's
+/// output would need its own).
+fn sqlite_only(step: &Step) -> Option<&'static str> {
+    match step {
+        Step::HoldWrite(_) => Some("`hold_write` holds SQLite's write lock on the home's database"),
+        Step::PowerLoss(_) => Some("`power_loss` drops un-synced writes of the SQLite file"),
+        Step::Sql(s) if s.write => Some("`sql` with `write` changes the SQLite file directly"),
+        Step::Sql(s) if s.database.is_some() => Some("`sql` with `database` reads another SQLite file"),
+        Step::Snapshot(_) => Some("`snapshot` compares with one snapshot file (schema and output are SQLite's)"),
+        _ => None,
     }
 }

@@ -791,3 +791,72 @@ fn defaults() {
     let Step::ExpectEvents(ev) = &s.steps[1].step else { panic!("expect_events") };
     assert_eq!((ev.target.as_str(), ev.min, ev.max), ("*", 1, None));
 }
+
+#[test]
+fn backends_default_to_sqlite_and_expand_into_one_run_each() {
+    let sc = parse(&format!("{HEADER}[[step]]\nstart = \"a\"\n")).unwrap();
+    assert_eq!((sc.backends.as_slice(), sc.backend), ([Backend::Sqlite].as_slice(), Backend::Sqlite));
+    assert_eq!(sc.runs(None).iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["t"]);
+    assert!(sc.runs(Some(Backend::Postgres)).is_empty());
+    let text = format!(
+        "{HEADER}[settings]\nbackends = [\"postgres\", \"sqlite\"]\nstale_threshold = \"1s\"\n[[step]]\nstart = \"a\"\n"
+    );
+    let sc = parse(&text).unwrap();
+    assert_eq!(sc.backends, [Backend::Sqlite, Backend::Postgres]);
+    // `backends` is the harness's: never passed to homerd with --set.
+    assert_eq!(sc.settings, [(String::from("stale_threshold"), String::from("1s"))]);
+    let runs = sc.runs(None);
+    assert_eq!(
+        runs.iter().map(|r| (r.name.as_str(), r.backend)).collect::<Vec<_>>(),
+        [("t", Backend::Sqlite), ("t [postgres]", Backend::Postgres)]
+    );
+    assert_eq!(runs[1].stem(), "t");
+    assert_eq!(sc.runs(Some(Backend::Postgres)).len(), 1);
+}
+
+#[test]
+fn backends_refuse_what_postgres_cannot_run() {
+    let set = |b: &str| format!("{HEADER}[settings]\nbackends = {b}\n[[step]]\nstart = \"a\"\n");
+    assert_err(&err(&set("[\"mysql\"]")), 5, 13, "settings.backends[1]", "expected \"sqlite\" or \"postgres\"");
+    assert_err(&err(&set("[]")), 5, 12, "settings.backends", "a non-empty array");
+    assert_err(&err(&set("\"postgres\"")), 5, 12, "settings.backends", "a non-empty array");
+    assert_err(&err(&set("[\"sqlite\", \"sqlite\"]")), 5, 23, "settings.backends[2]", "`sqlite` is named twice");
+    let pg = format!("{HEADER}[settings]\nbackends = [\"sqlite\", \"postgres\"]\n");
+    let e = err(&format!("{pg}[[step]]\nhold_write = \"2s\"\n"));
+    assert_err(&e, 7, 1, "step[1].hold_write", "runs on SQLite only");
+    let e = err(&format!("{pg}[[step]]\nsql = \"DELETE FROM job_queue\"\nrows = []\nwrite = true\n"));
+    assert_err(&e, 7, 1, "step[1].sql", "`sql` with `write` changes the SQLite file");
+    let e = err(&format!("power_loss = true\n{pg}[[step]]\nstart = \"a\"\n"));
+    assert_err(&e, 1, 1, "power_loss", "acts on the SQLite database in the home");
+    // Backend-neutral steps are fine, and the same steps on SQLite alone too.
+    parse(&format!("{pg}[[step]]\nsql = \"SELECT count(*) FROM job_queue\"\nrows = [[0]]\n")).unwrap();
+    parse(&format!("{HEADER}[[step]]\nhold_write = \"2s\"\n")).unwrap();
+}
+
+#[test]
+fn start_in_a_home_of_its_own() {
+    let sc = parse(&format!("{HEADER}[[step]]\nstart = \"b\"\nhome = \"b-2\"\n")).unwrap();
+    let Step::Start(s) = &sc.steps[0].step else { panic!("{sc:#?}") };
+    assert_eq!(s.home.as_deref(), Some("b-2"));
+    let e = err(&format!("{HEADER}[[step]]\nstart = \"b\"\nhome = \"../b\"\n"));
+    assert_err(&e, 6, 8, "step[1].home", "a home name of letters, digits");
+}
+
+#[test]
+fn server_restarts_only_in_a_postgres_only_scenario() {
+    let pg_only = format!("{HEADER}[settings]\nbackends = [\"postgres\"]\n");
+    let sc = parse(&format!("{pg_only}[[step]]\nserver = \"restart\"\nmode = \"immediate\"\n")).unwrap();
+    let Step::Server(s) = &sc.steps[0].step else { panic!("{sc:#?}") };
+    assert!(s.immediate);
+    let sc = parse(&format!("{pg_only}[[step]]\nserver = \"restart\"\n")).unwrap();
+    assert!(matches!(&sc.steps[0].step, Step::Server(s) if !s.immediate));
+    let e = err(&format!("{pg_only}[[step]]\nserver = \"restart\"\nmode = \"smart\"\n"));
+    assert_err(&e, 8, 8, "step[1].mode", "expected \"fast\" or \"immediate\"");
+    let e = err(&format!("{pg_only}[[step]]\nserver = \"stop\"\n"));
+    assert_err(&e, 7, 10, "step[1].server", "expected \"restart\"");
+    let both = format!("{HEADER}[settings]\nbackends = [\"sqlite\", \"postgres\"]\n");
+    let e = err(&format!("{both}[[step]]\nserver = \"restart\"\n"));
+    assert_err(&e, 7, 1, "step[1].server", "needs `[settings] backends = [\"postgres\"]`");
+    let e = err(&format!("{HEADER}[[step]]\nserver = \"restart\"\n"));
+    assert_err(&e, 5, 1, "step[1].server", "a SQLite run has no server");
+}

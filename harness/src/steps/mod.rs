@@ -23,6 +23,7 @@ pub mod expect_events;
 pub mod file;
 pub mod hold_write;
 pub mod power_loss;
+pub mod server;
 pub mod signal;
 pub mod snapshot;
 pub mod sql;
@@ -164,4 +165,5 @@ registry! {
     Snapshot(snapshot::Snapshot),
     PowerLoss(power_loss::PowerLoss),
     WaitFile(wait_file::WaitFile),
+    Server(server::Server),
 }

@@ -9,7 +9,8 @@ use crate::scenario::kit::{Cx, Field, Res, Tbl};
 
 /// Send a signal to a background process (its pid, not its group).
 /// With `outside_write` (STOP only): pause the process at a moment it holds no SQLite
-/// write transaction, as a scenario about a pause means.
+/// write transaction (on PostgreSQL: no lock on its worker row), as a scenario about a
+/// pause means.
 #[derive(Clone, Debug)]
 pub struct Signal {
     pub target: String,
@@ -138,7 +139,11 @@ fn pause_outside_write(ctx: &mut Ctx, target: &str, sig: Sig) -> Result<(), Step
     loop {
         signal(ctx, target, sig)?;
         tries += 1;
-        if !ctx.db().exists() || write_lock_free(ctx)? {
+        let free = match ctx.pg_url.clone() {
+            Some(url) => worker_row_free(ctx, &url, target)?,
+            None => !ctx.db().exists() || write_lock_free(ctx)?,
+        };
+        if free {
             return Ok(());
         }
         signal(ctx, target, Sig::Cont)?;
@@ -153,6 +158,42 @@ fn pause_outside_write(ctx: &mut Ctx, target: &str, sig: Sig) -> Result<(), Step
             (st.events.iter().filter(|e| matches_target(target, &e.proc_name)).count() > seen).then_some(())
         });
     }
+}
+
+/// PostgreSQL: whether the stopped `target`'s worker row is free of its own lock. Every
+/// write transaction of a daemon begins by taking `FOR SHARE` on its worker row, and the
+/// stale sweep passes over locked rows (`SKIP LOCKED`), so a daemon stopped inside one
+/// would never be judged stale while it stays stopped — a different scenario from a paused
+/// host being fenced. Probed with `FOR NO KEY UPDATE NOWAIT` (the weakest lock that
+/// conflicts with `FOR SHARE`) in a transaction that is rolled back at once. A target
+/// that has registered no worker row (not yet, or on SQLite) holds none.
+fn worker_row_free(ctx: &Ctx, url: &str, target: &str) -> Result<bool, StepError> {
+    let incarnation = {
+        let st = ctx.shared.lock();
+        st.events
+            .iter()
+            .rev()
+            .find(|e| matches_target(target, &e.proc_name) && e.name() == "worker.registered")
+            .and_then(|e| e.field_i64("incarnation"))
+    };
+    let Some(incarnation) = incarnation else { return Ok(true) };
+    let err = |e: postgres::Error| StepError {
+        expected: String::from("to probe the worker row's lock"),
+        actual: e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+    };
+    let mut config: postgres::Config = url.parse().map_err(err)?;
+    config.connect_timeout(ctx.scaled(Duration::from_secs(10)));
+    let mut client = config.connect(postgres::NoTls).map_err(err)?;
+    let mut tx = client.transaction().map_err(err)?;
+    let probe =
+        tx.query("SELECT 1 FROM homer_workers WHERE incarnation = $1 FOR NO KEY UPDATE NOWAIT", &[&incarnation]);
+    let free = match probe {
+        Ok(_) => true,
+        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => false,
+        Err(e) => return Err(err(e)),
+    };
+    tx.rollback().map_err(err)?;
+    Ok(free)
 }
 
 /// Whether a write transaction can begin at once (nobody holds SQLite's write lock).

@@ -7,7 +7,9 @@ use super::Verb;
 use crate::exec::ctx::{fail, harness_rw, Ctx, StepError};
 use crate::scenario::kit::{Cx, Field, Res, Scalar, Tbl};
 
-/// Run SQL on the database (read-only connection unless `write`) and compare rows.
+/// Run SQL on the database (read-only connection unless `write`) and compare rows. On a
+/// PostgreSQL run a plain query runs on the run's server (`write` and `database` act on
+/// SQLite files: the parser refuses them there).
 #[derive(Clone, Debug)]
 pub struct Sql {
     pub query: String,
@@ -40,12 +42,20 @@ impl Verb for Sql {
     }
 
     fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        let db = match &self.database {
-            Some(d) => ctx.path(d)?,
-            None => ctx.db(),
-        };
         let query = ctx.subst(&self.query)?;
-        let rows = if self.write { write_sql(ctx, &db, &query)? } else { ctx.query_at(&db, &query)? };
+        let rows = match (&self.database, self.write) {
+            // The run's database: the home's SQLite file, or the run's PostgreSQL server.
+            (None, false) => ctx.query(&query)?,
+            (None, true) => write_sql(ctx, &ctx.db(), &query)?,
+            (Some(d), write) => {
+                let db = ctx.path(d)?;
+                if write {
+                    write_sql(ctx, &db, &query)?
+                } else {
+                    ctx.query_at(&db, &query)?
+                }
+            }
+        };
         if rows != self.rows {
             return fail(format!("rows {:?}", self.rows), format!("{rows:?}"));
         }

@@ -33,12 +33,26 @@ pub struct Start {
     /// `HOMERD_POWERLOSS_CUT`: the process cuts power (SIGKILLs itself) just before its
     /// N-th recorded write, truncate or sync (needs the `power_loss` header).
     pub arm: Option<u64>,
+    /// `home = "b"`: run in a home of its own, `<sandbox>/homes/b` (its own lock file and,
+    /// on SQLite, its own database): another "host" of a PostgreSQL queue.
+    pub home: Option<String>,
 }
 
 impl Verb for Start {
     const KEY: &'static str = "start";
-    const OPTIONS: &'static [&'static str] =
-        &["count", "command", "args", "env", "failpoints", "lock_file", "unprivileged", "no_settings", "nofile", "arm"];
+    const OPTIONS: &'static [&'static str] = &[
+        "count",
+        "command",
+        "args",
+        "env",
+        "failpoints",
+        "lock_file",
+        "unprivileged",
+        "no_settings",
+        "nofile",
+        "arm",
+        "home",
+    ];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Start> {
         cx.only(t, &[&["start"], Self::OPTIONS].concat(), "`start`")?;
@@ -54,6 +68,7 @@ impl Verb for Start {
             no_settings: cx.opt(t, "no_settings", Cx::boolean)?.unwrap_or(false),
             nofile: cx.opt(t, "nofile", nofile)?,
             arm: cx.arm(t)?,
+            home: cx.opt(t, "home", home_name)?,
         })
     }
 
@@ -86,8 +101,12 @@ impl Verb for Start {
             env.push((String::from(POWERLOSS_CUT_ENV), n.to_string()));
         }
         // Build every command first so simultaneous starts leave as close together as possible.
+        let home = match &self.home {
+            Some(h) => ctx.named_home(h),
+            None => ctx.home(),
+        };
         let mut cmds: Vec<Command> =
-            names.iter().map(|_| ctx.homerd(&args, !self.no_settings, &env, self.unprivileged)).collect();
+            names.iter().map(|_| ctx.homerd_in(&home, &args, !self.no_settings, &env, self.unprivileged)).collect();
         if let Some((soft, hard)) = self.nofile {
             for cmd in &mut cmds {
                 procs::limit_open_files(cmd, soft, hard);
@@ -126,5 +145,19 @@ fn nofile(cx: &Cx, f: &Field) -> Res<(u64, u64)> {
             Ok((soft, hard))
         }
         _ => Err(cx.wrong(f, EXPECTED)),
+    }
+}
+
+/// `home = "b"`: a name of letters, digits, `_` and `-` (a directory under `<sandbox>/homes`).
+fn home_name(cx: &Cx, f: &Field) -> Res<String> {
+    match f.str() {
+        Some(s)
+            if !s.is_empty()
+                && s.len() <= 32
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-')) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(cx.wrong(f, "a home name of letters, digits, `_` and `-` (at most 32), like \"b\"")),
     }
 }

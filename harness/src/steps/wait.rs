@@ -157,7 +157,7 @@ impl Verb for Wait {
                     match ctx.query(query) {
                         Ok(r) if &r == rows => return Ok(()),
                         Ok(r) => last = r,
-                        Err(_) if !ctx.db().exists() => {}
+                        Err(_) if ctx.database_absent() => {}
                         Err(e) => return Err(e),
                     }
                     if Instant::now() >= deadline {

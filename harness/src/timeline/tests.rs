@@ -109,6 +109,7 @@ fn history() -> History {
         jobs: Vec::new(),
         runs: vec![run_row(1, 1, 1, None), run_row(2, 2, 1, Some("failed")), run_row(3, 1, 2, Some("completed"))],
         leader_epoch: 2,
+        workers: Vec::new(),
         integrity: String::from("ok"),
     };
     History {
