@@ -169,7 +169,11 @@ impl Error {
         // The driver's Display for a server error is "db error: ..."; say what the server said.
         let said = match e.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => e.to_string(),
+            // "error connecting to server" alone hides why: add the cause (refused, timed out).
+            None => match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
         };
         let message = if what.is_empty() { said } else { format!("{what}: {said}") };
         Error::Postgres { target: target.to_owned(), message, code }

@@ -31,6 +31,7 @@ pub mod pool;
 pub mod postgres;
 pub mod powerloss;
 pub mod rlimit;
+pub mod rows;
 pub mod runner;
 pub mod shim;
 pub mod sqlite;

@@ -50,10 +50,15 @@ pub const PG_LEASE_ON_HOST_CLOCK: &str = "pg_lease_on_host_clock";
 /// (`workers::guard`): a fenced incarnation's writes go through.
 pub const PG_NO_INCARNATION_GUARD: &str = "pg_no_incarnation_guard";
 
+/// PostgreSQL: no group guardian — a daemon killed alone leaves its jobs' other
+/// processes running, and another host's re-run overlaps them.
+pub const PG_NO_GUARDIAN: &str = "pg_no_guardian";
+
 /// The PostgreSQL backend's mutants. They are judged by the PostgreSQL layer of
-/// `cargo xtask mutants` (the many-worker tests, `postgres::tests`), not the scenarios.
+/// `cargo xtask mutants` (the many-worker tests, `postgres::tests`, and the many-hosts
+/// tests, `tests/postgres_hosts.rs`), not the scenarios.
 /// The owner's self-kill on this backend is the backend-agnostic `no_lease_self_kill`.
-pub const POSTGRES: &[&str] = &[PG_NO_SKIP_LOCKED, PG_LEASE_ON_HOST_CLOCK, PG_NO_INCARNATION_GUARD];
+pub const POSTGRES: &[&str] = &[PG_NO_SKIP_LOCKED, PG_LEASE_ON_HOST_CLOCK, PG_NO_INCARNATION_GUARD, PG_NO_GUARDIAN];
 
 pub const ALL: &[&str] = &[
     LOCK_NO_CLOEXEC,

@@ -4,7 +4,9 @@
 //! parsed as they arrive ([`Events`], or any [`LineSink`]), wait for an event with a
 //! deadline ([`Events::wait_for`], never a sleep), wait for the exit with a bound
 //! ([`Proc::wait_exit`]), and kill the group and reap the child on drop. Also a throwaway
-//! PostgreSQL server for the PostgreSQL backend's tests ([`PgServer`], in [`postgres`]).
+//! PostgreSQL server for the PostgreSQL backend's tests ([`PgServer`], in [`postgres`]),
+//! and hosts to run its daemons on, each a network namespace that can be cut off from
+//! the server ([`Host`], in [`netns`]; Linux only).
 //!
 //! Invariants:
 //! - a pid is signalled only while it is still ours: the child is watched without being
@@ -20,6 +22,7 @@
 
 mod homerd;
 mod lines;
+pub mod netns;
 pub mod postgres;
 mod proc;
 mod stat;
@@ -27,6 +30,7 @@ mod time;
 
 pub use homerd::{homerd_command, scrub_homer_env};
 pub use lines::{read_lines, Events, Injector, Line, LineSink, Parse, Stream, WaitError};
+pub use netns::Host;
 pub use postgres::{
     available as pg_available, DirectSpawner, PgOptions, PgServer, Spawner, StopMode, BIN_DIR_VAR as PG_BIN_DIR_VAR,
 };

@@ -1,7 +1,10 @@
 //! A throwaway PostgreSQL server for tests, the harness and CI: [`PgServer::start`] makes a
 //! fresh cluster in a new directory (`initdb`), starts `postgres` on a free 127.0.0.1 port
 //! and a unix socket, waits until it answers, and creates the database `homer` (role
-//! `homer`, a superuser, trust authentication, no password).
+//! `homer`, a superuser, trust authentication, no password). [`PgOptions::listen`] adds
+//! addresses on the same port (the root side of [`crate::netns`] hosts' pairs) and
+//! [`PgOptions::trust`] the networks trusted there; the free port is probed on 127.0.0.1,
+//! and a port taken on another address is retried like one taken there.
 //!
 //! Invariants:
 //! - the postmaster is our own child ([`Proc`]), leading its own process group, so its
@@ -40,6 +43,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -108,11 +112,25 @@ pub struct PgOptions {
     /// The server's `fsync` setting. On by default: tests of durability need it.
     pub fsync: bool,
     pub spawner: Arc<dyn Spawner>,
+    /// The addresses the server listens on (`listen_addresses`); 127.0.0.1 by default.
+    /// The port is the same on each. Other hosts' tests (`crate::netns`) add the root side
+    /// of each host's pair.
+    pub listen: Vec<IpAddr>,
+    /// Networks (CIDR, e.g. `10.213.7.0/30`) whose clients are trusted as on loopback:
+    /// `host all all NET trust` lines in `pg_hba.conf`. Empty by default (loopback and the
+    /// socket only).
+    pub trust: Vec<String>,
 }
 
 impl Default for PgOptions {
     fn default() -> PgOptions {
-        PgOptions { bin_dir: None, fsync: true, spawner: Arc::new(DirectSpawner) }
+        PgOptions {
+            bin_dir: None,
+            fsync: true,
+            spawner: Arc::new(DirectSpawner),
+            listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            trust: Vec::new(),
+        }
     }
 }
 
@@ -163,6 +181,7 @@ impl PgServer {
 
     /// [`PgServer::start`] with options.
     pub fn start_with(parent: &Path, opts: &PgOptions) -> Result<PgServer, String> {
+        check_network_options(opts)?;
         let bin = match &opts.bin_dir {
             Some(dir) => check_bin_dir(dir, "the bin_dir option")?,
             None => available_with(&*opts.spawner)?,
@@ -230,10 +249,20 @@ impl PgServer {
                 String::from_utf8_lossy(&done.stderr).trim()
             ));
         }
+        let listen: Vec<String> = opts.listen.iter().map(IpAddr::to_string).collect();
+        let hba = self.data.join("pg_hba.conf");
+        let lines: String = opts.trust.iter().map(|net| format!("host all all {net} trust\n")).collect();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&hba)
+            .and_then(|mut f| {
+                io::Write::write_all(&mut f, format!("\n# homer-testkit: trusted networks\n{lines}").as_bytes())
+            })
+            .map_err(|e| format!("cannot write {}: {e}", hba.display()))?;
         let conf = self.data.join("postgresql.conf");
         let settings = format!(
             "\n# homer-testkit: a throwaway server for tests\n\
-             listen_addresses = '127.0.0.1'\n\
+             listen_addresses = '{}'\n\
              max_connections = 100\n\
              shared_buffers = 16MB\n\
              fsync = {}\n\
@@ -241,6 +270,7 @@ impl PgServer {
              logging_collector = off\n\
              unix_socket_directories = '{}'\n\
              unix_socket_permissions = 0777\n",
+            listen.join(","),
             if opts.fsync { "on" } else { "off" },
             self.socket_dir.display().to_string().replace('\'', "''"),
         );
@@ -271,7 +301,16 @@ impl PgServer {
 
     /// `postgres://homer@127.0.0.1:PORT/homer` (trust authentication: no password).
     pub fn url(&self) -> String {
-        format!("postgres://{USER}@127.0.0.1:{}/{DATABASE}", self.port)
+        self.url_at(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// `postgres://homer@ADDR:PORT/homer`: the server at one of its [`PgOptions::listen`]
+    /// addresses (an IPv6 address in brackets).
+    pub fn url_at(&self, addr: IpAddr) -> String {
+        match addr {
+            IpAddr::V4(a) => format!("postgres://{USER}@{a}:{}/{DATABASE}", self.port),
+            IpAddr::V6(a) => format!("postgres://{USER}@[{a}]:{}/{DATABASE}", self.port),
+        }
     }
 
     /// The same database over the unix socket: `postgres://homer@/homer?host=DIR&port=PORT`.
@@ -491,6 +530,24 @@ impl Drop for PgServer {
             let _ = fs::remove_dir_all(dir);
         }
     }
+}
+
+/// [`PgOptions::listen`] and [`PgOptions::trust`] as the server's files will take them,
+/// checked before anything is made.
+fn check_network_options(opts: &PgOptions) -> Result<(), String> {
+    if opts.listen.is_empty() {
+        return Err(String::from("PgOptions::listen is empty: give the server at least one address (127.0.0.1)"));
+    }
+    for net in &opts.trust {
+        // A value pg_hba.conf would take apart or reject: refused here, by name.
+        let ok = net
+            .split_once('/')
+            .is_some_and(|(addr, bits)| addr.parse::<IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128));
+        if !ok {
+            return Err(format!("PgOptions::trust: {net:?} is not a network in CIDR form (e.g. 10.213.7.0/30)"));
+        }
+    }
+    Ok(())
 }
 
 enum StartError {

@@ -239,3 +239,47 @@ fn as_root_a_parent_nobody_can_search_gets_the_server_under_tmp_and_its_log_on_d
     let log = std::fs::read_to_string(&logs[0]).unwrap();
     assert!(log.contains("homer-testkit was here"), "{log}");
 }
+
+#[test]
+fn a_server_listening_on_a_hosts_address_answers_that_host_and_its_trusted_network_only() {
+    let scratch = Scratch::new("listen");
+    if !rustix::process::geteuid().is_root() {
+        let err = homer_testkit::Host::create("h").err().expect("hosts need root");
+        assert!(err.contains("needs root"), "{err}");
+        return;
+    }
+    let (trusted, stranger) = (homer_testkit::Host::create("h1").unwrap(), homer_testkit::Host::create("h2").unwrap());
+    let opts = PgOptions {
+        listen: vec![[127, 0, 0, 1].into(), trusted.server_addr().into(), stranger.server_addr().into()],
+        trust: vec![trusted.subnet()],
+        ..PgOptions::default()
+    };
+    let pg = PgServer::start_with(&scratch.0, &opts).unwrap();
+    // psql inside each host, to the server's address on that host's pair.
+    let from = |host: &homer_testkit::Host| {
+        let mut cmd = host.command(bin_dir().join("psql"));
+        cmd.args(["-X", "-A", "-t", "-d", &pg.url_at(host.server_addr().into()), "-c", "select 1"]);
+        run(&mut cmd, deadline(60.0)).unwrap()
+    };
+    let ok = from(&trusted);
+    let refused = from(&stranger);
+    let local = psql_url(&pg.url(), "select 2");
+    assert!(ok.exit.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "1\n");
+    // Listening there, but no pg_hba.conf line lets that network in.
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.exit.success() && said.contains("no pg_hba.conf entry"), "{said}");
+    assert_eq!(local.unwrap(), "2\n");
+}
+
+#[test]
+fn a_trusted_network_that_is_not_cidr_or_no_listen_address_is_refused_naming_it() {
+    let scratch = Scratch::new("badnet");
+    let bad = PgOptions { trust: vec![String::from("10.213.7.0")], ..PgOptions::default() };
+    let err = PgServer::start_with(&scratch.0, &bad).err().expect("refused");
+    assert!(err.contains("\"10.213.7.0\" is not a network in CIDR form"), "{err}");
+    let none = PgOptions { listen: Vec::new(), ..PgOptions::default() };
+    let err = PgServer::start_with(&scratch.0, &none).err().expect("refused");
+    assert!(err.contains("PgOptions::listen is empty"), "{err}");
+    assert!(scratch.entries().is_empty(), "{:?}", scratch.entries());
+}

@@ -1,14 +1,16 @@
 //! The PostgreSQL layer of `cargo xtask mutants`: the backend's own mechanisms switched
 //! off one at a time must fail its many-worker tests (`daemon/src/postgres/tests.rs` and
-//! the store suite on PostgreSQL), each against a real throwaway server. The unmutated
-//! build must pass them first.
+//! the store suite on PostgreSQL) or its many-hosts tests (`daemon/tests/postgres_hosts.rs`:
+//! network namespaces, so Linux and root), each against real throwaway servers. The
+//! unmutated build must pass them first.
 
 use std::time::Instant;
 
 use crate::{cargo, root, show};
 
 /// daemon/src/mutant.rs `POSTGRES`; a test keeps the lists equal.
-pub const PG_MUTANTS: &[&str] = &["pg_no_skip_locked", "pg_lease_on_host_clock", "pg_no_incarnation_guard"];
+pub const PG_MUTANTS: &[&str] =
+    &["pg_no_skip_locked", "pg_lease_on_host_clock", "pg_no_incarnation_guard", "pg_no_guardian"];
 
 /// Runs the layer; `only` narrows it to one of [`PG_MUTANTS`] (any other name: nothing
 /// of this layer runs).
@@ -21,35 +23,44 @@ pub fn mutants_postgres(only: Option<&str>) -> Result<(), String> {
     let root = root();
     let out_dir = root.join("target/xtask-mutants");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    // Both test targets, each in its own cargo run: `--lib postgres::` (the store suite
+    // and the many-worker tests) and `--test postgres_hosts`.
+    let targets: [&[&str]; 2] = [&["--lib", "postgres::"], &["--test", "postgres_hosts"]];
     let passes = |mutant: Option<&str>| -> Result<bool, String> {
         let label = mutant.unwrap_or("baseline");
-        let mut cmd = cargo();
-        cmd.args(["test", "--quiet", "-p", "homerd", "--features", "mutants", "--lib", "postgres::"])
-            .env("CARGO_TARGET_DIR", root.join("target/mutants"))
-            .env_remove("HOMERD_MUTANT");
-        if let Some(m) = mutant {
-            cmd.env("HOMERD_MUTANT", m);
+        let mut all = true;
+        for (i, target) in targets.iter().enumerate() {
+            let mut cmd = cargo();
+            cmd.args(["test", "--quiet", "-p", "homerd", "--features", "mutants"])
+                .args(*target)
+                .env("CARGO_TARGET_DIR", root.join("target/mutants"))
+                .env_remove("HOMERD_MUTANT");
+            if let Some(m) = mutant {
+                cmd.env("HOMERD_MUTANT", m);
+            }
+            eprintln!("$ {}", show(&cmd));
+            let started = Instant::now();
+            let out = cmd.output().map_err(|e| format!("{}: {e}", show(&cmd)))?;
+            let log = out_dir.join(format!("postgres-{label}-{i}.log"));
+            std::fs::write(&log, [out.stdout.as_slice(), out.stderr.as_slice()].concat()).ok();
+            eprintln!(
+                "  {label} {}: {} ({:.0}s, {})",
+                target.join(" "),
+                if out.status.success() { "passed" } else { "failed" },
+                started.elapsed().as_secs_f64(),
+                log.display()
+            );
+            all &= out.status.success();
         }
-        eprintln!("$ {}", show(&cmd));
-        let started = Instant::now();
-        let out = cmd.output().map_err(|e| format!("{}: {e}", show(&cmd)))?;
-        let log = out_dir.join(format!("postgres-{label}.log"));
-        std::fs::write(&log, [out.stdout.as_slice(), out.stderr.as_slice()].concat()).ok();
-        eprintln!(
-            "  {label}: {} ({:.0}s, {})",
-            if out.status.success() { "passed" } else { "failed" },
-            started.elapsed().as_secs_f64(),
-            log.display()
-        );
-        Ok(out.status.success())
+        Ok(all)
     };
     if !passes(None)? {
         return Err(String::from(
-            "the PostgreSQL tests fail without a mutant (see target/xtask-mutants/postgres-baseline.log)",
+            "the PostgreSQL tests fail without a mutant (see target/xtask-mutants/postgres-baseline-*.log)",
         ));
     }
     let mut missed = Vec::new();
-    println!("\n{:<44} postgres::tests", "PostgreSQL mutant");
+    println!("\n{:<44} postgres::tests, tests/postgres_hosts.rs", "PostgreSQL mutant");
     for m in chosen {
         let caught = !passes(Some(m))?;
         println!("{m:<44} {}", if caught { "caught" } else { "-- NOT CAUGHT --" });

@@ -102,3 +102,62 @@ pub fn open_for_write(ctx: &Context) -> Result<Connection> {
     read::anchor_clock(&conn, &ctx.clock);
     Ok(conn)
 }
+
+/// Which database the commands work on: `ctx.config.database` (`--database`, the
+/// `database` key, `HOMER_DATABASE`). Each command matches on it once; the SQLite arm is
+/// the command as it always was.
+pub enum Backend<'a> {
+    /// The home's SQLite file.
+    Sqlite,
+    /// A PostgreSQL URL (a secret: shown only as [`Pg::shown`]).
+    Postgres(&'a str),
+}
+
+impl Context {
+    pub fn backend(&self) -> Backend<'_> {
+        match self.config.database.as_deref() {
+            Some(url) if crate::postgres::is_url(url) => Backend::Postgres(url),
+            _ => Backend::Sqlite,
+        }
+    }
+}
+
+/// A command's connection to a PostgreSQL queue.
+pub struct Pg {
+    pub client: postgres::Client,
+    pub target: crate::postgres::Target,
+}
+
+impl Pg {
+    /// The database as errors and output name it (password replaced).
+    pub fn shown(&self) -> String {
+        self.target.shown.clone()
+    }
+}
+
+/// Parses `url` with the command's timeout (`busy_timeout`: connecting, each statement
+/// and each lock wait) and connects, without looking at the schema (`migrate`).
+pub fn connect_postgres(ctx: &Context, url: &str) -> Result<Pg> {
+    let target = crate::postgres::Target::parse(url, ctx.config.busy_timeout)?;
+    let client = target.connect()?;
+    Ok(Pg { client, target })
+}
+
+/// [`connect_postgres`], then the schema judged as a start judges it (ours, unchanged,
+/// not newer: else 65) and required current: the CLI never migrates (65 "run `homerd
+/// migrate`", as SQLite's "needs migrating").
+pub fn open_postgres(ctx: &Context, url: &str) -> Result<Pg> {
+    let mut pg = connect_postgres(ctx, url)?;
+    let known = crate::postgres::schema::MIGRATIONS.len();
+    let applied = crate::postgres::schema::applied(&mut pg.client, &pg.target.shown)?;
+    if applied < known {
+        return Err(Error::data(
+            pg.shown(),
+            format!(
+                "has {applied} of {known} PostgreSQL migrations applied; run `homerd migrate --database URL` \
+                 with this database's URL (or start the daemon, which migrates)"
+            ),
+        ));
+    }
+    Ok(pg)
+}

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::cmd::context::Context;
+use crate::cmd::context::{self, Backend, Context};
 use crate::cmd::service::UnitWarning;
 use crate::cmd::status::describe_holder;
 use crate::duration::format_duration;
@@ -29,7 +29,10 @@ struct Check {
 /// exits 1; a warning is a latent problem (it bites at the next stop or restart) and
 /// never changes the exit code.
 pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
-    let checks = doctor_checks(ctx);
+    let checks = match ctx.backend() {
+        Backend::Postgres(url) => postgres_checks(ctx, url),
+        Backend::Sqlite => doctor_checks(ctx),
+    };
     let warnings = crate::cmd::service::installed_unit_warnings(&ctx.config);
     let failed = checks.iter().filter(|c| !c.ok).count();
     let code = if failed == 0 { exit::OK } else { exit::CHECK_FAILED };
@@ -212,6 +215,87 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
             false,
             format!("running with no live owner: {stuck:?} (starting the daemon recovers them at once)"),
         );
+    }
+    checks
+}
+
+/// `doctor` on PostgreSQL: the server reachable with these credentials, the schema ours
+/// and current, a live worker, and no worker overdue past its stale threshold (its
+/// running jobs wait until a live worker fences it). There is no lock file, integrity
+/// check or leader row to look at: the server owns its storage, and workers replace the
+/// leader.
+fn postgres_checks(ctx: &Context, url: &str) -> Vec<Check> {
+    use crate::postgres::{ops, schema, workers};
+    let mut checks = Vec::new();
+    let mut check = |name, ok, detail: String| checks.push(Check { name, ok, detail });
+    let mut pg = match context::connect_postgres(ctx, url) {
+        Ok(pg) => pg,
+        Err(e) => {
+            check("database", false, e.to_string());
+            return checks;
+        }
+    };
+    let shown = pg.shown();
+    let version = ops::server_version(&mut pg.client).unwrap_or_else(|_| String::from("?"));
+    check("database", true, format!("connected to {shown} (PostgreSQL {version})"));
+    let known = schema::MIGRATIONS.len();
+    match schema::applied(&mut pg.client, &shown) {
+        Ok(n) if n == known => check("migrations", true, format!("{n} of {known} applied, checksums match")),
+        Ok(n) => {
+            let missing: Vec<&str> = schema::MIGRATIONS[n..].iter().map(|(name, _)| *name).collect();
+            check(
+                "migrations",
+                false,
+                format!(
+                    "{n} of {known} applied; missing {} (run homerd migrate with this --database)",
+                    missing.join(", ")
+                ),
+            );
+            return checks;
+        }
+        Err(e) => {
+            check("migrations", false, e.to_string());
+            return checks;
+        }
+    }
+    let pge = |e| Error::postgres(&shown, e).to_string();
+    match workers::live(&mut pg.client).map_err(pge) {
+        Ok(live) => {
+            let fresh = live.iter().filter(|w| w.seen_ms_ago <= w.stale_ms).count();
+            if fresh > 0 {
+                check("daemon running", true, format!("{fresh} live worker(s) seen within their stale threshold"));
+            } else {
+                check(
+                    "daemon running",
+                    false,
+                    String::from("no live worker (start one: homerd run with this --database)"),
+                );
+            }
+        }
+        Err(e) => check("daemon running", false, e),
+    }
+    match ops::stale_workers(&mut pg.client).map_err(pge) {
+        Ok(stale) if stale.is_empty() => check("stale workers", true, String::from("none")),
+        Ok(stale) => {
+            let list: Vec<String> = stale
+                .iter()
+                .map(|(inc, name, ago)| {
+                    format!(
+                        "{inc} {name} (seen {} ago)",
+                        format_duration(std::time::Duration::from_millis((*ago).max(0) as u64))
+                    )
+                })
+                .collect();
+            check(
+                "stale workers",
+                false,
+                format!(
+                    "not fenced yet: {} (a live worker fences them and recovers their jobs; start one if none runs)",
+                    list.join(", ")
+                ),
+            );
+        }
+        Err(e) => check("stale workers", false, e),
     }
     checks
 }

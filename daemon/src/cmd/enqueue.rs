@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::TransactionBehavior;
 
-use crate::cmd::context::{self, Context};
+use crate::cmd::context::{self, Backend, Context};
 use crate::duration::{parse_duration, parse_run_after, RunAfter};
 use crate::error::{exit, Error, Result};
 use crate::job::{ExecSettings, NewJob, WallMs};
@@ -276,14 +276,24 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
     )
     .map_err(Error::Usage)?
     .with_exec(exec);
-    let mut conn = open_for_enqueue(ctx)?;
-    let db = &ctx.paths.database;
-    let sql = |e| Error::sqlite(db, e);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-    let now = ctx.clock.now();
-    let (job, set_at) = job.at(now).map_err(Error::Usage)?;
-    let (id, created) = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now, set_at).map_err(sql)?;
-    tx.commit().map_err(sql)?;
+    let (id, created) = match ctx.backend() {
+        Backend::Postgres(url) => {
+            let now = ctx.clock.now();
+            let (job, _) = job.at(now).map_err(Error::Usage)?;
+            enqueue_postgres(ctx, url, &[(job, spec.key)], now)?[0]
+        }
+        Backend::Sqlite => {
+            let mut conn = open_for_enqueue(ctx)?;
+            let db = &ctx.paths.database;
+            let sql = |e| Error::sqlite(db, e);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let now = ctx.clock.now();
+            let (job, set_at) = job.at(now).map_err(Error::Usage)?;
+            let acked = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now, set_at).map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            acked
+        }
+    };
     if as_json {
         output::json(&ack_json(id, created))?;
     } else {
@@ -364,17 +374,34 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
         .with_exec(exec);
         jobs.push((job, lj.key, lineno));
     }
-    let mut conn = open_for_enqueue(ctx)?;
-    let sql = |e| Error::sqlite(&ctx.paths.database, e);
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-    let now = ctx.clock.now();
-    let mut ids = Vec::with_capacity(jobs.len());
-    for (draft, key, lineno) in &jobs {
-        let (job, set_at) =
-            draft.at(now).map_err(|e| Error::data(&name, format!("line {lineno}: {e}; nothing was enqueued")))?;
-        ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now, set_at).map_err(sql)?);
-    }
-    tx.commit().map_err(sql)?;
+    let ids = match ctx.backend() {
+        Backend::Postgres(url) => {
+            let now = ctx.clock.now();
+            let mut resolved = Vec::with_capacity(jobs.len());
+            for (draft, key, lineno) in jobs {
+                let (job, _) = draft
+                    .at(now)
+                    .map_err(|e| Error::data(&name, format!("line {lineno}: {e}; nothing was enqueued")))?;
+                resolved.push((job, key));
+            }
+            enqueue_postgres(ctx, url, &resolved, now)?
+        }
+        Backend::Sqlite => {
+            let mut conn = open_for_enqueue(ctx)?;
+            let sql = |e| Error::sqlite(&ctx.paths.database, e);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+            let now = ctx.clock.now();
+            let mut ids = Vec::with_capacity(jobs.len());
+            for (draft, key, lineno) in &jobs {
+                let (job, set_at) = draft
+                    .at(now)
+                    .map_err(|e| Error::data(&name, format!("line {lineno}: {e}; nothing was enqueued")))?;
+                ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now, set_at).map_err(sql)?);
+            }
+            tx.commit().map_err(sql)?;
+            ids
+        }
+    };
     // One write for the lot: a batch of 100,000 ids is not 100,000 system calls.
     let out: String = if as_json {
         ids.iter().map(|&(id, created)| format!("{}\n", ack_json(id, created))).collect()
@@ -383,4 +410,32 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
     };
     output::text(&out)?;
     Ok(exit::OK)
+}
+
+/// `enqueue` and `enqueue --from` on PostgreSQL: every job in one transaction (all or
+/// none), each keyed job created at most once (`postgres::ops::enqueue_keyed`), and one
+/// `NOTIFY` that the daemons see when it commits. `caller_now` is the clock the jobs'
+/// `run_after` was resolved on: each delay is applied to the server's clock, so a host's
+/// clock never decides when a job is due. Acknowledged (the ids printed) only after the
+/// commit returned.
+fn enqueue_postgres(
+    ctx: &Context,
+    url: &str,
+    jobs: &[(NewJob, Option<String>)],
+    caller_now: WallMs,
+) -> Result<Vec<(crate::job::JobId, bool)>> {
+    use crate::postgres::ops as pg_ops;
+    let mut pg = context::open_postgres(ctx, url)?;
+    let shown = pg.shown();
+    let pge = |e| Error::postgres(&shown, e);
+    let mut tx = pg.client.transaction().map_err(pge)?;
+    let mut ids = Vec::with_capacity(jobs.len());
+    for (job, key) in jobs {
+        ids.push(pg_ops::enqueue_keyed(&mut tx, job, key.as_deref(), caller_now).map_err(pge)?);
+    }
+    if ids.iter().any(|&(_, created)| created) {
+        pg_ops::notify(&mut tx, "enqueue").map_err(pge)?;
+    }
+    tx.commit().map_err(pge)?;
+    Ok(ids)
 }

@@ -19,8 +19,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::cmd::context::{self, Context};
-use crate::cmd::wait::{self, Changes};
+use crate::cmd::context::Context;
+use crate::cmd::wait::{self, Source};
 use crate::error::{exit, Error, Result};
 use crate::job::JobStatus;
 use crate::output;
@@ -131,10 +131,8 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
             "logs has no --json: it prints the job's own output as the program wrote it; `homerd show {id} --json` names each run's log files (`stdout`, `stderr`)"
         )));
     }
-    let Some(conn) = context::open_read_only(ctx)? else {
-        return Err(context::no_database_yet(ctx, id));
-    };
-    let first = wait::progress(ctx, &conn, id)?;
+    let mut source = Source::open(ctx, id)?;
+    let first = source.progress(ctx, id)?;
     if first.kind != "exec" {
         eprintln!("homerd: job {id} is a `{}` job: only `exec` jobs have output", first.kind);
         if !spec.follow {
@@ -162,6 +160,7 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
         }
         let mut ts = tailers(ctx, id, run, spec.streams);
         if ts.iter().all(|t| !t.path.exists()) {
+            elsewhere(ctx, &mut source, id, run)?;
             return Err(Error::NotFound(format!(
                 "no output kept for job {id} run {run}: {} does not exist (the run never started its program, or retention pruned it)",
                 display(&ts[0].path)
@@ -171,12 +170,18 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
         return Ok(exit::OK);
     }
     let mut ts = tailers(ctx, id, run, spec.streams);
-    let mut changes = Changes::new();
     let mut now = first;
     let mut first_pump = true;
+    let mut checked_host = 0;
     loop {
-        if changes.changed(ctx, &conn)? {
-            now = wait::progress(ctx, &conn, id)?;
+        if source.changed(ctx)? {
+            now = source.progress(ctx, id)?;
+        }
+        if now.runs >= run && checked_host < run && ts.iter().all(|t| !t.path.exists()) {
+            // The run has begun (its row exists) and its files are not here: on
+            // PostgreSQL it may run on another host, whose home has them.
+            elsewhere(ctx, &mut source, id, run)?;
+            checked_host = run;
         }
         // Read the state before the files: once the run is seen over, one more read gets
         // everything it wrote.
@@ -202,13 +207,52 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
     }
 }
 
+/// On PostgreSQL, a run whose output is not in this home: 66 naming the worker (and
+/// its host) that ran it, when that is not this home's daemon. A run's output files stay
+/// on the host that ran it; `homerd logs` there reads them.
+fn elsewhere(ctx: &Context, source: &mut Source, id: i64, run: i64) -> Result<()> {
+    let Source::Postgres(pg) = source else { return Ok(()) };
+    let shown = pg.shown();
+    let Some((worker, host)) =
+        crate::postgres::ops::run_worker(&mut pg.client, id, run).map_err(|e| Error::postgres(&shown, e))?
+    else {
+        return Ok(());
+    };
+    if is_this_home(&crate::platform::hostname(), &ctx.paths.home, &worker) {
+        return Ok(());
+    }
+    let host = host.unwrap_or_else(|| worker.split('/').next().unwrap_or("?").to_owned());
+    Err(Error::NotFound(format!(
+        "job {id} run {run} ran on worker {worker} (host {host}); its output is in that daemon's home there, \
+         not in {}: run `homerd logs {id} --run {run}` on {host} with that home",
+        ctx.paths.home.display()
+    )))
+}
+
+/// Whether a worker name (`<host>/<boot id>:<home>`, as a daemon registers itself) is
+/// this host's daemon for this home.
+fn is_this_home(host: &str, home: &Path, worker: &str) -> bool {
+    // The boot id may itself hold ':' (it carries the pid namespace): match both ends.
+    worker.starts_with(&format!("{host}/")) && worker.ends_with(&format!(":{}", home.display()))
+}
+
 fn display(p: &Path) -> String {
     p.display().to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tail_start;
+    use super::{is_this_home, tail_start};
+    use std::path::Path;
+
+    #[test]
+    fn a_worker_name_is_this_home_only_with_both_host_and_home() {
+        let me = "vm/9020ca1a/pidns:4026531836:/tmp/h";
+        assert!(is_this_home("vm", Path::new("/tmp/h"), me));
+        assert!(!is_this_home("other", Path::new("/tmp/h"), me));
+        assert!(!is_this_home("vm", Path::new("/tmp/other"), me));
+        assert!(!is_this_home("vm", Path::new("/h"), me), "a suffix of the home is not the home");
+    }
 
     #[test]
     fn tail_starts_at_the_last_lines() {

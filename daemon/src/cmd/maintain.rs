@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::cmd::context::{self, Context};
+use crate::cmd::context::{self, Backend, Context};
 use crate::cmd::lead::{acquire_lock, diagnostics, open_and_lead, Leadership, Role};
 use crate::error::{exit, Error, Result};
 use crate::sqlite::schema::MIGRATIONS;
@@ -13,6 +13,9 @@ use crate::{outln, output};
 
 /// `homerd migrate [--json]`: apply pending migrations under the lock and the leader row.
 pub fn migrate(ctx: &Context, as_json: bool) -> Result<i32> {
+    if let Backend::Postgres(url) = ctx.backend() {
+        return migrate_postgres(ctx, url, as_json);
+    }
     let Some(mut lock) = acquire_lock(ctx, Role::Migrate)? else { return Ok(exit::OK) };
     let existed = std::fs::symlink_metadata(&ctx.paths.database).is_ok();
     let Leadership { mut conn, epoch, applied, .. } =
@@ -47,6 +50,14 @@ pub fn migrate(ctx: &Context, as_json: bool) -> Result<i32> {
 /// `homerd backup PATH [--json]`: one consistent online snapshot, written to a temp file
 /// beside PATH and linked into place (an existing PATH is never overwritten).
 pub fn backup(ctx: &Context, dest: &Path, as_json: bool) -> Result<i32> {
+    if let Backend::Postgres(url) = ctx.backend() {
+        return Err(Error::Usage(format!(
+            "backup copies the home's SQLite database; this homerd's queue is on PostgreSQL ({}): back that up \
+             with PostgreSQL's own tools, e.g. `pg_dump --format=custom --file={} DBNAME`",
+            crate::postgres::redact(url),
+            dest.display()
+        )));
+    }
     let db = &ctx.paths.database;
     if std::fs::symlink_metadata(dest).is_ok() {
         return Err(Error::io(
@@ -80,6 +91,34 @@ pub fn backup(ctx: &Context, dest: &Path, as_json: bool) -> Result<i32> {
         output::json(&serde_json::json!({"path": dest, "database": db}))?;
     } else {
         outln!("{}", dest.display())?;
+    }
+    Ok(exit::OK)
+}
+
+/// `homerd migrate` on PostgreSQL: applies the pending PostgreSQL migrations under the
+/// schema's advisory lock (`postgres::schema::migrate`), safe while daemons run (each
+/// migration is one transaction; they judge the schema the same way). JSON shape as on
+/// SQLite; `created` is true when this run created the schema.
+fn migrate_postgres(ctx: &Context, url: &str, as_json: bool) -> Result<i32> {
+    use crate::postgres::schema::{self, MIGRATIONS};
+    let mut pg = context::connect_postgres(ctx, url)?;
+    let shown = pg.shown();
+    let applied = schema::migrate(&mut pg.client, &shown)?;
+    drop(pg);
+    let created = !applied.is_empty() && applied.len() == MIGRATIONS.len();
+    if as_json {
+        output::json(&serde_json::json!({
+            "database": shown,
+            "created": created,
+            "applied": applied,
+            "migrations": MIGRATIONS.len(),
+        }))?;
+        return Ok(exit::OK);
+    }
+    match (created, applied.len()) {
+        (true, _) => outln!("created homerd's schema in {shown} with {} migrations", MIGRATIONS.len())?,
+        (false, 0) => outln!("{shown} is up to date ({} migrations)", MIGRATIONS.len())?,
+        (false, n) => outln!("applied {n} migration(s) to {shown}: {}", applied.join(", "))?,
     }
     Ok(exit::OK)
 }

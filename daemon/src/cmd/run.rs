@@ -189,13 +189,15 @@ impl<'a> Lifecycle<'a> {
     /// loop drops it whenever one of its own timers fires first.
     pub(super) async fn next(&mut self) -> Option<Stop> {
         let deadline = self.drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        let running = self.coord.held().len();
+        // The running count is read when a signal arrives, not when the wait began.
         tokio::select! {
             _ = self.signals.term.recv() => {
+                let running = self.coord.held().len();
                 on_signal(self.ctx, &self.control, "SIGTERM", running, &mut self.signals_seen, &mut self.drain_deadline);
                 None
             }
             _ = self.signals.int.recv() => {
+                let running = self.coord.held().len();
                 on_signal(self.ctx, &self.control, "SIGINT", running, &mut self.signals_seen, &mut self.drain_deadline);
                 None
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cmd::context::{self, Context};
+use crate::cmd::context::{self, Backend, Context};
 use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
 use crate::sqlite::leader::{self, HolderState, LeaderRow};
@@ -58,6 +58,9 @@ fn format_age(d: Duration) -> String {
 
 /// `homerd status [--json]`.
 pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
+    if let Backend::Postgres(url) = ctx.backend() {
+        return status_postgres(ctx, url, as_json);
+    }
     let db = &ctx.paths.database;
     let sql = |e| Error::sqlite(db, e);
     let Some(conn) = context::open_read_only(ctx)? else {
@@ -132,6 +135,118 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
         outln!("metrics:  {}", line.join(", "))?;
     }
+    Ok(exit::OK)
+}
+
+/// `status` on PostgreSQL: the same report from the shared queue, with the server's clock
+/// for every age, and the live workers (registered, neither fenced nor stopped) in place
+/// of the leader row: `daemon.state` is `active` when one was heard from within its stale
+/// threshold, `stale` when every live one is overdue, `none` without any. `--json` has
+/// the SQLite keys plus `"workers"`.
+fn status_postgres(ctx: &Context, url: &str, as_json: bool) -> Result<i32> {
+    use crate::postgres::{ops, schema, workers};
+    let mut pg = context::open_postgres(ctx, url)?;
+    let shown = pg.shown();
+    let pge = |e| Error::postgres(&shown, e);
+    // One snapshot for every number.
+    let mut tx = pg
+        .client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(pge)?;
+    let now = ops::now(&mut tx).map_err(pge)?;
+    let counts = ops::job_counts(&mut tx).map_err(pge)?;
+    let lanes = ops::lane_counts(&mut tx).map_err(pge)?;
+    let metrics = ops::metrics(&mut tx).map_err(pge)?;
+    let oldest_pending_age_ms = ops::oldest_pending(&mut tx).map_err(pge)?.map(|t| (now - t).max(0));
+    let running = ops::running_jobs(&mut tx).map_err(pge)?;
+    tx.commit().map_err(pge)?;
+    let live = workers::live(&mut pg.client).map_err(pge)?;
+    let fresh = live.iter().filter(|w| w.seen_ms_ago <= w.stale_ms).count();
+    let state = match (fresh, live.len()) {
+        (0, 0) => "none",
+        (0, _) => "stale",
+        _ => "active",
+    };
+    let known = schema::MIGRATIONS.len();
+    if as_json {
+        let running: Vec<_> = running
+            .iter()
+            .map(|j| {
+                json!({
+                    "id": j.id,
+                    "lane": j.lane,
+                    "kind": j.kind,
+                    "owner": j.locked_by,
+                    "heartbeat_age_ms": j.heartbeat_at.map(|h| (now - h).max(0)),
+                })
+            })
+            .collect();
+        let workers: Vec<_> = live
+            .iter()
+            .map(|w| {
+                let mut v = serde_json::to_value(w).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;
+                v["stale"] = json!(w.seen_ms_ago > w.stale_ms);
+                Ok(v)
+            })
+            .collect::<Result<_>>()?;
+        let out = json!({
+            "database": shown,
+            "exists": true,
+            "schema": {"applied": known, "known": known},
+            "daemon": {"state": state, "active": fresh > 0, "workers": live.len()},
+            "jobs": counts,
+            "lanes": lanes,
+            "oldest_pending_age_ms": oldest_pending_age_ms,
+            "running": running,
+            "metrics": metrics,
+            "workers": workers,
+        });
+        output::json(&out)?;
+        return Ok(exit::OK);
+    }
+    outln!("database: {shown}")?;
+    match state {
+        "none" => outln!("daemon:   not running (no live worker)")?,
+        "stale" => outln!("daemon:   stalled: {} worker(s), none seen within its stale threshold", live.len())?,
+        _ => outln!("daemon:   active ({fresh} of {} live worker(s) seen within their stale threshold)", live.len())?,
+    }
+    let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    outln!("jobs:     {}", line.join(", "))?;
+    for (lane, by_status) in &lanes {
+        let line: Vec<String> = by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        outln!("  lane {lane}: {}", line.join(", "))?;
+    }
+    if let Some(age) = oldest_pending_age_ms {
+        outln!("oldest pending: {} ago", format_age(Duration::from_millis(age as u64)))?;
+    }
+    for j in &running {
+        let hb = j.heartbeat_at.map(|h| format_age(Duration::from_millis((now - h).max(0) as u64)));
+        outln!(
+            "running:  job {} ({} in lane {}), heartbeat {} ago, owner {}",
+            j.id,
+            j.kind,
+            j.lane,
+            hb.as_deref().unwrap_or("never"),
+            j.locked_by.as_deref().unwrap_or("-")
+        )?;
+    }
+    for w in &live {
+        outln!(
+            "worker:   {} {} (host {}, PID {}), seen {} ago{}, running {}",
+            w.incarnation,
+            w.name,
+            w.host,
+            w.pid,
+            format_age(Duration::from_millis(w.seen_ms_ago.max(0) as u64)),
+            if w.seen_ms_ago > w.stale_ms { " (stale)" } else { "" },
+            w.running
+        )?;
+    }
+    let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    outln!("metrics:  {}", line.join(", "))?;
     Ok(exit::OK)
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::cmd::context::{self, Context};
+use crate::cmd::context::{self, Backend, Context};
 use crate::duration::{format_duration, parse_duration};
 use crate::error::{exit, Error, Result};
 use crate::job::JobStatus;
@@ -73,6 +73,51 @@ pub fn progress(ctx: &Context, conn: &Connection, id: i64) -> Result<JobProgress
         .ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
 }
 
+/// Where `wait` and `logs -f` read a job's progress from. SQLite: re-read only after
+/// another connection committed ([`Changes`]). PostgreSQL: one indexed row read every
+/// [`POLL`] (the server has no `data_version`; a command does not hold a `LISTEN`
+/// connection for the daemons' writes, which do not all notify).
+pub enum Source {
+    Sqlite { conn: Connection, changes: Changes },
+    Postgres(Box<context::Pg>),
+}
+
+impl Source {
+    /// Opens the backend `ctx` names; on SQLite before the daemon's first start there is
+    /// no job `id` yet (66, [`context::no_database_yet`]).
+    pub fn open(ctx: &Context, id: i64) -> Result<Source> {
+        match ctx.backend() {
+            Backend::Postgres(url) => Ok(Source::Postgres(Box::new(context::open_postgres(ctx, url)?))),
+            Backend::Sqlite => match context::open_read_only(ctx)? {
+                Some(conn) => Ok(Source::Sqlite { conn, changes: Changes::new() }),
+                None => Err(context::no_database_yet(ctx, id)),
+            },
+        }
+    }
+
+    /// Whether the jobs may have moved since the last call (always true the first time).
+    pub fn changed(&mut self, ctx: &Context) -> Result<bool> {
+        match self {
+            Source::Sqlite { conn, changes } => changes.changed(ctx, conn),
+            Source::Postgres(_) => Ok(true),
+        }
+    }
+
+    /// Job `id`'s progress, or 66 when it does not exist.
+    pub fn progress(&mut self, ctx: &Context, id: i64) -> Result<JobProgress> {
+        let found = match self {
+            Source::Sqlite { conn, .. } => {
+                read::job_progress(conn, id).map_err(|e| Error::sqlite(&ctx.paths.database, e))?
+            }
+            Source::Postgres(pg) => {
+                let shown = pg.shown();
+                crate::postgres::ops::job_progress(&mut pg.client, id).map_err(|e| Error::postgres(&shown, e))?
+            }
+        };
+        found.ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
+    }
+}
+
 /// One job's line under `--json`.
 fn job_json(id: i64, p: &JobProgress) -> serde_json::Value {
     output::with_times(serde_json::json!({
@@ -109,21 +154,18 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
     let timeout =
         timeout.map(|t| parse_duration(t).map_err(|e| Error::Usage(format!("--timeout: {e}")))).transpose()?;
     let started = Instant::now();
-    let Some(conn) = context::open_read_only(ctx)? else {
-        return Err(context::no_database_yet(ctx, ids[0]));
-    };
+    let mut source = Source::open(ctx, ids[0])?;
     let mut open: BTreeMap<i64, JobProgress> = BTreeMap::new();
     for &id in ids {
-        open.insert(id, progress(ctx, &conn, id)?);
+        open.insert(id, source.progress(ctx, id)?);
     }
     let mut ended: BTreeMap<i64, JobStatus> = BTreeMap::new();
-    let mut changes = Changes::new();
     let mut report = Report { closed: false };
     loop {
-        if changes.changed(ctx, &conn)? {
+        if source.changed(ctx)? {
             let mut still = BTreeMap::new();
             for &id in open.keys() {
-                let p = progress(ctx, &conn, id)?;
+                let p = source.progress(ctx, id)?;
                 if p.status.terminal() {
                     report.line(|| {
                         if as_json {

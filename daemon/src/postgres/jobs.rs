@@ -75,6 +75,7 @@ pub fn claim(
     worker: &str,
     limits: &ClaimLimits,
     now: i64,
+    tokens: &[String],
 ) -> PgResult<Vec<Claimed>> {
     let mine: i64 = tx
         .query_one("SELECT COUNT(*) FROM job_queue WHERE status = 'running' AND claim_epoch = $1", &[&epoch.0])?
@@ -138,7 +139,9 @@ pub fn claim(
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )?;
     for id in chosen {
-        let token = random_token();
+        // One of the tokens the caller chose (at least `limits.batch`): a claim whose
+        // commit went unacknowledged is found again by them (`PgStore::claim`).
+        let Some(token) = tokens.get(claimed.len()).cloned() else { break };
         let Some(r) = tx.query_opt(&mark, &[&id, &worker, &now, &token, &epoch.0])? else { continue };
         let c = Claimed {
             id: JobId(id),
@@ -512,8 +515,18 @@ pub fn bump_metric(tx: &mut Transaction<'_>, name: &str, by: i64) -> PgResult<()
     Ok(())
 }
 
+/// The claims of `epoch` among `tokens` that are running: which of a claim's jobs its
+/// commit made ours, when the commit's reply was lost.
+pub fn running_with_tokens(tx: &mut Transaction<'_>, epoch: Epoch, tokens: &[String]) -> PgResult<Vec<JobId>> {
+    let rows = tx.query(
+        "SELECT id FROM job_queue WHERE status = 'running' AND claim_epoch = $1 AND claim_token = ANY($2)",
+        &[&epoch.0, &tokens],
+    )?;
+    Ok(rows.iter().map(|r| JobId(r.get(0))).collect())
+}
+
 /// A random 128-bit claim token, hex.
-fn random_token() -> String {
+pub fn random_token() -> String {
     let mut buf = [0u8; 16];
     if let Err(e) = crate::platform::random_bytes(&mut buf) {
         panic!("{e}");

@@ -13,6 +13,15 @@ use super::{workers, Target};
 use crate::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
 use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, Recovered, WallMs};
 
+/// How a guarded transaction failed.
+enum TxError<R> {
+    /// Before the commit: nothing was written.
+    Before(StoreError),
+    /// The commit's reply was lost: what the transaction did, which the server may or may
+    /// not have committed.
+    Commit(R, StoreError),
+}
+
 /// Which clock the store's times come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreClock {
@@ -28,6 +37,13 @@ const STALE_WHY: &str = "orphaned: its worker was not seen for its stale thresho
 
 pub struct PgStore {
     client: Client,
+    /// A claim whose commit was sent but whose reply never came (the connection dropped):
+    /// the server may have committed it or not. Resolved by its tokens before the next
+    /// claim ([`PgStore::resolve_unacknowledged`]); until then nothing new is claimed.
+    unacknowledged: Option<(Epoch, Vec<Claimed>)>,
+    /// Tests: the next commit succeeds on the server but its reply is treated as lost.
+    #[cfg(test)]
+    pub(crate) lose_next_commit_reply: bool,
     target: Target,
     /// This start's name (`workers::Registration::name`): its predecessors share it.
     name: String,
@@ -43,7 +59,15 @@ fn unavailable(e: postgres::Error) -> StoreError {
 
 impl PgStore {
     pub fn new(client: Client, target: Target, name: String, clock: StoreClock) -> PgStore {
-        PgStore { client, target, name, clock }
+        PgStore {
+            client,
+            target,
+            name,
+            clock,
+            unacknowledged: None,
+            #[cfg(test)]
+            lose_next_commit_reply: false,
+        }
     }
 
     /// Runs `f` in one transaction guarded on `epoch`, with the store's `now`.
@@ -53,22 +77,67 @@ impl PgStore {
         given: WallMs,
         f: impl FnOnce(&mut Transaction<'_>, i64) -> PgResult<R>,
     ) -> StoreResult<R> {
+        self.guarded_tx(epoch, given, f).map_err(|e| match e {
+            TxError::Before(e) | TxError::Commit(_, e) => e,
+        })
+    }
+
+    /// [`PgStore::guarded`], telling a failure before the commit (nothing was written)
+    /// from a failed commit (the server may have committed: its reply was lost).
+    fn guarded_tx<R>(
+        &mut self,
+        epoch: Epoch,
+        given: WallMs,
+        f: impl FnOnce(&mut Transaction<'_>, i64) -> PgResult<R>,
+    ) -> Result<R, TxError<R>> {
+        let before = |e| TxError::Before(unavailable(e));
         if self.client.is_closed() {
-            self.client = self.target.connect().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            self.client = self.target.connect().map_err(|e| TxError::Before(StoreError::Unavailable(e.to_string())))?;
         }
         let clock = self.clock;
-        let mut tx = self.client.transaction().map_err(unavailable)?;
+        let mut tx = self.client.transaction().map_err(before)?;
         let unguarded = crate::mutant::active(crate::mutant::PG_NO_INCARNATION_GUARD);
-        if !unguarded && !workers::guard(&mut tx, epoch).map_err(unavailable)? {
-            return Err(StoreError::Fenced);
+        if !unguarded && !workers::guard(&mut tx, epoch).map_err(before)? {
+            return Err(TxError::Before(StoreError::Fenced));
         }
         let now = match clock {
-            StoreClock::Server => server_now(&mut tx).map_err(unavailable)?,
+            StoreClock::Server => server_now(&mut tx).map_err(before)?,
             StoreClock::Caller => given.0,
         };
-        let out = f(&mut tx, now).map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-        Ok(out)
+        let out = f(&mut tx, now).map_err(before)?;
+        #[cfg(test)]
+        if std::mem::take(&mut self.lose_next_commit_reply) {
+            tx.commit().map_err(before)?;
+            return Err(TxError::Commit(out, StoreError::Unavailable(String::from("commit reply lost (test)"))));
+        }
+        match tx.commit() {
+            Ok(()) => Ok(out),
+            Err(e) => Err(TxError::Commit(out, unavailable(e))),
+        }
+    }
+
+    /// Resolves a claim whose commit went unacknowledged: of its jobs, those running
+    /// under its epoch with its tokens are ours (the commit happened); the rest never
+    /// were. `Err` while the server cannot say.
+    fn resolve_unacknowledged(&mut self) -> StoreResult<Vec<Claimed>> {
+        let Some((epoch, claimed)) = self.unacknowledged.take() else { return Ok(Vec::new()) };
+        let tokens: Vec<String> = claimed.iter().map(|c| c.token.clone()).collect();
+        match self.guarded(epoch, WallMs(0), |tx, _| jobs::running_with_tokens(tx, epoch, &tokens)) {
+            Ok(ours) => {
+                let found: Vec<Claimed> = claimed.into_iter().filter(|c| ours.contains(&c.id)).collect();
+                crate::events::warn(
+                    "claim.resolved",
+                    "A claim's commit went unacknowledged (the connection dropped); resolved by its tokens",
+                )
+                .field("committed", found.iter().map(|c| c.id).collect::<Vec<_>>())
+                .emit();
+                Ok(found)
+            }
+            Err(e) => {
+                self.unacknowledged = Some((epoch, claimed));
+                Err(e)
+            }
+        }
     }
 
     /// The store's connection (tests set session options through it).
@@ -168,7 +237,23 @@ fn record_sql(
 
 impl JobStore for PgStore {
     fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
-        self.guarded(epoch, now, |tx, now| jobs::claim(tx, epoch, worker, limits, now))
+        // A claim left unacknowledged by a dropped connection first: its committed jobs
+        // are ours and must run (or they would sit `running` under a live incarnation
+        // that nobody recovers); nothing new is claimed until it is resolved.
+        if self.unacknowledged.is_some() {
+            return self.resolve_unacknowledged();
+        }
+        let tokens: Vec<String> = (0..limits.batch.max(1)).map(|_| jobs::random_token()).collect();
+        match self.guarded_tx(epoch, now, |tx, now| jobs::claim(tx, epoch, worker, limits, now, &tokens)) {
+            Ok(claimed) => Ok(claimed),
+            Err(TxError::Before(e)) => Err(e),
+            Err(TxError::Commit(claimed, e)) => {
+                if !claimed.is_empty() {
+                    self.unacknowledged = Some((epoch, claimed));
+                }
+                Err(e)
+            }
+        }
     }
 
     fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {

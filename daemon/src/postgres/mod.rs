@@ -4,6 +4,7 @@
 //! - [`workers`]: worker rows — incarnations, heartbeats on the server's clock, fencing.
 //! - [`jobs`]: the queue's statements (claims with `FOR UPDATE SKIP LOCKED`).
 //! - [`jobstore`]: [`jobstore::PgStore`], the engine's `JobStore` over them.
+//! - [`ops`]: the operator commands' statements (`enqueue`, `list`, `cancel`, `status`, ...).
 //!
 //! Architecture invariant, as for `crate::sqlite`: no other module sends SQL to
 //! PostgreSQL, and every write of a daemon starts with [`workers::guard`].
@@ -14,6 +15,7 @@
 pub mod daemon;
 pub mod jobs;
 pub mod jobstore;
+pub mod ops;
 pub mod schema;
 #[cfg(test)]
 mod tests;
@@ -74,6 +76,11 @@ impl Target {
         let shown = redact(url);
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| Error::Usage(format!("{shown}: not a PostgreSQL connection URL: {e}")))?;
+        if config.get_user().is_none() {
+            // As libpq does: the operating system user's name (whoami is built as a
+            // stub, see daemon/Cargo.toml).
+            config.user(&std::env::var("USER").unwrap_or_else(|_| String::from("postgres")));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
         }

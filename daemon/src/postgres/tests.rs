@@ -101,6 +101,32 @@ fn postgres_workers_share_one_queue() {
     a_new_start_on_the_same_home_recovers_its_predecessors_at_once(&server);
     migrations_apply_once_and_refuse_what_is_not_theirs(&server);
     a_claim_passes_over_a_row_another_transaction_holds(&server);
+    a_claim_whose_commit_reply_was_lost_is_resolved_by_its_tokens(&server);
+}
+
+/// The server committed a claim but its reply never arrived (the connection dropped at
+/// the commit): the store does not know whether the jobs are its own. The next claim
+/// resolves it by the claim's tokens — the committed jobs are handed out as claimed (or
+/// they would sit `running` under a live incarnation nobody recovers) — and claims
+/// nothing else meanwhile.
+fn a_claim_whose_commit_reply_was_lost_is_resolved_by_its_tokens(server: &TestServer) {
+    let url = migrated(server);
+    let ids = enqueue(&url, &[job("a"), job("a"), job("a")]);
+    let (epoch, mut store) = worker(&url, "w", 60_000);
+    let limits = ClaimLimits { global: 2, lanes: [("a".into(), 3)].into(), default_lane: 1, batch: 2 };
+    store.lose_next_commit_reply = true;
+    assert!(matches!(store.claim(epoch, "w", &limits, WallMs(0)), Err(StoreError::Unavailable(_))));
+    assert_eq!(scalar(&url, "SELECT COUNT(*) FROM job_queue WHERE status = 'running'"), 2, "the server committed it");
+    let resolved = store.claim(epoch, "w", &limits, WallMs(0)).unwrap();
+    assert_eq!(resolved.iter().map(|c| c.id).collect::<Vec<_>>(), ids[..2].to_vec());
+    for c in &resolved {
+        assert_eq!(
+            store.record_many(&[(c.claim_ref(epoch), Record::Complete)], WallMs(0)),
+            vec![Ok(Recorded::Completed)]
+        );
+    }
+    let next = store.claim(epoch, "w", &limits, WallMs(0)).unwrap();
+    assert_eq!(next.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[2]]);
 }
 
 /// A row another transaction has locked (an operator's `cancel`, another worker's

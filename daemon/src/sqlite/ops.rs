@@ -3,39 +3,10 @@
 //! `BEGIN IMMEDIATE` transaction matched on the status they expect; a running job is
 //! never written by the CLI — `cancel` files a request the daemon acts on.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde::Serialize;
-
 use super::jobs;
 use crate::job::{ClaimRef, JobId, JobStatus, NewJob, WallMs};
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct JobRow {
-    pub id: i64,
-    pub status: String,
-    pub lane: String,
-    pub kind: String,
-    pub args: Vec<String>,
-    pub attempts: i64,
-    pub max_attempts: i64,
-    pub interruptions: i64,
-    pub runs: i64,
-    pub created_at: i64,
-    pub run_after: i64,
-    pub started_at: Option<i64>,
-    pub completed_at: Option<i64>,
-    pub heartbeat_at: Option<i64>,
-    pub locked_by: Option<String>,
-    pub error: Option<String>,
-    pub key: Option<String>,
-    pub cancel_requested_at: Option<i64>,
-    /// An `exec` job's working directory (absent for other kinds and older rows).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    /// An `exec` job's `--env` variables (absent when none).
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub env: std::collections::BTreeMap<String, String>,
-}
+pub use crate::rows::{Cancel, JobRow, Retry, RunRow};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 const JOB_COLUMNS: &str = "id, status, lane, kind, payload, attempts, max_attempts, interruptions, runs, created_at,
      run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at,
@@ -79,19 +50,6 @@ pub fn list(conn: &Connection, status: Option<&str>, lane: Option<&str>, limit: 
 
 pub fn job(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobRow>> {
     conn.query_row(&format!("SELECT {JOB_COLUMNS} FROM job_queue WHERE id = ?1"), [id], job_row).optional()
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RunRow {
-    pub run: i64,
-    pub attempt: i64,
-    pub epoch: i64,
-    pub worker: String,
-    pub child_pid: Option<i64>,
-    pub started_at: i64,
-    pub ended_at: Option<i64>,
-    pub outcome: Option<String>,
-    pub error: Option<String>,
 }
 
 pub fn runs(conn: &Connection, id: i64) -> rusqlite::Result<Vec<RunRow>> {
@@ -142,18 +100,6 @@ pub fn enqueue_keyed(
     let id = jobs::enqueue_set_at(tx, job, now, run_after_set_at)?;
     tx.execute("UPDATE job_queue SET idempotency_key = ?2 WHERE id = ?1", params![id, key])?;
     Ok((id, true))
-}
-
-/// What `cancel` did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cancel {
-    NotFound,
-    /// Was pending: now cancelled.
-    Cancelled,
-    /// Is running: a request was filed (or already was) for the daemon to act on.
-    Requested,
-    /// Already terminal: left alone.
-    Terminal(JobStatus),
 }
 
 /// Job `id`'s status, `None` when there is no such job.
@@ -208,15 +154,6 @@ pub fn cancel_running(tx: &Transaction<'_>, claim: &ClaimRef, now: WallMs) -> ru
         )?;
     }
     Ok(n == 1)
-}
-
-/// What `retry` did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Retry {
-    NotFound,
-    Requeued,
-    /// Not failed or cancelled: left alone.
-    NotRetryable(JobStatus),
 }
 
 /// A failed or cancelled job back to pending with a fresh attempt budget; its runs and

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::leader::{self, LeaderRow};
 use crate::job::JobStatus;
+pub use crate::rows::{JobProgress, RunningJob};
 
 /// Job counts per status (every status present, zero if none).
 pub fn job_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
@@ -75,16 +76,6 @@ pub fn applied_migrations(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare("SELECT name FROM _migrations ORDER BY name")?;
     let names = stmt.query_map([], |r| r.get(0))?.collect();
     names
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunningJob {
-    pub id: i64,
-    pub lane: String,
-    pub kind: String,
-    pub locked_by: Option<String>,
-    pub heartbeat_at: Option<i64>,
-    pub claim_epoch: Option<i64>,
 }
 
 /// Jobs in `running`, with what is known of their owner. Needs migration 006.
@@ -157,14 +148,4 @@ pub fn job_progress(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobPr
             Ok(JobProgress { status: r.get(0)?, kind: r.get(1)?, runs: r.get(2)?, completed_at: r.get(3)? })
         })
         .optional()
-}
-
-/// See [`job_progress`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobProgress {
-    pub status: JobStatus,
-    pub kind: String,
-    pub runs: i64,
-    /// When it ended (`completed_at`, set for every terminal status); `None` before.
-    pub completed_at: Option<i64>,
 }
