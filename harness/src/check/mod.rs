@@ -601,6 +601,9 @@ fn resource_errors() -> Vec<String> {
 /// `job_runs`: no run that consumed an attempt (`failed`, `abandoned`) ended with an error
 /// naming one of [`resource_errors`]; such a run ends `not_started` (its attempt given
 /// back). A job's own failure (a non-zero exit, a timeout) never carries an OS error.
+/// Nor is a run charged that never started: an error beginning `not started` (the daemon
+/// lost the lease before it could release the held child — a busy or unreachable
+/// database) says the job's program never ran, so it cannot be the job's failure.
 pub fn resources_not_charged(h: &History) -> Vec<Violation> {
     let Some(db) = &h.db else { return Vec::new() };
     let errors = resource_errors();
@@ -610,7 +613,18 @@ pub fn resources_not_charged(h: &History) -> Vec<Violation> {
             continue;
         }
         let Some(error) = &r.error else { continue };
-        if let Some(os) = errors.iter().find(|e| error.contains(e.as_str())) {
+        if error.starts_with("not started") {
+            found.push(violation(
+                RESOURCES_NOT_CHARGED,
+                format!(
+                    "job {} run {} (attempt {}) was charged as `{}` though its program never started: {error}",
+                    r.job_id,
+                    r.run,
+                    r.attempt,
+                    r.outcome.as_deref().unwrap_or("")
+                ),
+            ));
+        } else if let Some(os) = errors.iter().find(|e| error.contains(e.as_str())) {
             found.push(violation(
                 RESOURCES_NOT_CHARGED,
                 format!(

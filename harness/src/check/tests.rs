@@ -449,6 +449,19 @@ fn resources_not_charged_rejects_a_charged_resource_failure() {
 }
 
 #[test]
+fn resources_not_charged_rejects_a_charged_run_that_never_started() {
+    let error = "not started: the lease was lost first";
+    for outcome in ["failed", "abandoned"] {
+        let rows = with_errors(runs(&[(1, 1, 1, "a", Some(outcome))]), &[Some(error)]);
+        let h = Hb::default().db(db(vec![job(1, "pending")], rows, 1)).build();
+        assert_rejects(resources_not_charged(&h), RESOURCES_NOT_CHARGED, "its program never started");
+    }
+    // Given back, it is no charge.
+    let rows = with_errors(runs(&[(1, 1, 1, "a", Some("not_started"))]), &[Some(error)]);
+    assert_passes(resources_not_charged(&Hb::default().db(db(vec![job(1, "pending")], rows, 1)).build()));
+}
+
+#[test]
 fn outcome_latest_claim_accepts_consistent_rows() {
     let h = Hb::default()
         .db(db(
