@@ -461,7 +461,11 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
                 // Crash a host's daemon; restart it now, or leave the home dark a while.
                 if let Some(k) = p.live_home() {
                     let n = p.current[(k - 1) as usize].take().expect("live");
-                    p.g.step(&format!("signal = \"{}\"\nsig = \"KILL\"", PgGen::name(k, n)));
+                    let name = PgGen::name(k, n);
+                    p.g.step(&format!("signal = \"{name}\"\nsig = \"KILL\""));
+                    // Gone before its home starts again, as under a supervisor: until it
+                    // has exited the kernel keeps its flock, and a start would lose to it.
+                    p.g.step(&format!("wait = \"exit\"\ntarget = \"{name}\"\ntimeout = \"20s\""));
                     if p.g.rng.below(2) == 0 {
                         p.start(k);
                     }
