@@ -419,7 +419,9 @@ impl PgGen {
 }
 
 /// A seed on the PostgreSQL backend: `homes` daemons, each on a home of its own (a host),
-/// share one queue on the run's throwaway server. Faults: `kill -9` of a host's daemon,
+/// share one queue on the run's throwaway server. Signals name a daemon as `NAME.*`, which
+/// reaches it only while it lives: a daemon may have ended on its own (fenced after a
+/// server outage longer than its lease: exit 76). Faults: `kill -9` of a host's daemon,
 /// restarted at once (its start recovers its predecessor's jobs, killing their groups) or
 /// later (meanwhile the other hosts fence it once the server has not heard from it for
 /// its stale threshold, and re-run its jobs — its guardian has stopped their groups);
@@ -462,7 +464,7 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
                 if let Some(k) = p.live_home() {
                     let n = p.current[(k - 1) as usize].take().expect("live");
                     let name = PgGen::name(k, n);
-                    p.g.step(&format!("signal = \"{name}\"\nsig = \"KILL\""));
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"KILL\""));
                     // Gone before its home starts again, as under a supervisor: until it
                     // has exited the kernel keeps its flock, and a start would lose to it.
                     p.g.step(&format!("wait = \"exit\"\ntarget = \"{name}\"\ntimeout = \"20s\""));
@@ -482,9 +484,9 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
                 // A pause well inside the lease: nobody may fence it, nothing may overlap.
                 if let Some(k) = p.live_home() {
                     let name = PgGen::name(k, p.current[(k - 1) as usize].expect("live"));
-                    p.g.step(&format!("signal = \"{name}\"\nsig = \"STOP\""));
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"STOP\""));
                     p.g.pause(50, 400);
-                    p.g.step(&format!("signal = \"{name}\"\nsig = \"CONT\""));
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"CONT\""));
                 }
             }
             65..=72 => {
@@ -495,7 +497,7 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
                 // A graceful stop (its runs released), then a start on the same home.
                 if let Some(k) = p.live_home() {
                     let name = PgGen::name(k, p.current[(k - 1) as usize].take().expect("live"));
-                    p.g.step(&format!("signal = \"{name}\"\nsig = \"TERM\""));
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"TERM\""));
                     p.g.step(&format!("wait = \"exit\"\ntarget = \"{name}\"\ntimeout = \"30s\""));
                     p.start(k);
                 }
