@@ -25,7 +25,7 @@ use crate::backend::{AnyStore, EngineIo};
 use crate::children::{self, SpawnRequest};
 use crate::clock::{mono, Clock};
 use crate::config::Config;
-use crate::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult, StopReason};
+use crate::engine::coordinator::{ChildRecorded, Coordinator, EngineConfig, Finished, JobResult, StopReason};
 use crate::job::{ChildIdentity, ClaimLimits, Claimed, Epoch, JobId, WallMs};
 use crate::paths::Paths;
 use crate::sqlite::read;
@@ -711,9 +711,23 @@ impl JobContext {
         };
         // Recorded under the epoch before it may run; a fenced or lost record means it is
         // dropped unreleased (the drop kills and reaps it).
-        if !self.coord.record_child(job.id, record) || self.stop_rx.try_recv().is_ok() {
-            drop(child);
-            return JobResult::Failed { error: String::from("not started: the lease was lost first"), retryable: true };
+        match self.coord.record_child_outcome(job.id, record) {
+            ChildRecorded::Recorded if self.stop_rx.try_recv().is_err() => {}
+            ChildRecorded::Recorded | ChildRecorded::NotOurs => {
+                drop(child);
+                return JobResult::Failed {
+                    error: String::from("not started: the lease was lost first"),
+                    retryable: true,
+                };
+            }
+            // The database did not answer (busy past its timeout, a PostgreSQL server
+            // restarting): the program never ran, so the attempt is given back.
+            ChildRecorded::Unavailable => {
+                drop(child);
+                return JobResult::NotStarted {
+                    error: String::from("not started: the child could not be recorded (the database did not answer)"),
+                };
+            }
         }
         if let Err(e) = child.release() {
             drop(child);

@@ -378,18 +378,210 @@ pub fn generate(seed: u64, allowed: Allowed) -> String {
     t
 }
 
+/// How many homes (hosts) a PostgreSQL seed runs by default.
+pub const PG_HOMES: u32 = 3;
+
+/// One PostgreSQL seed's schedule: which daemon runs on each home now.
+struct PgGen {
+    g: Gen,
+    homes: u32,
+    /// Per home (index 0 = `h1`): the number of its current daemon, `None` when none runs.
+    current: Vec<Option<u32>>,
+}
+
+impl PgGen {
+    fn name(k: u32, n: u32) -> String {
+        format!("h{k}_{n}")
+    }
+
+    /// Starts a daemon on home `k` (1-based); returns its name.
+    fn start(&mut self, k: u32) -> String {
+        self.g.daemons += 1;
+        let n = self.g.daemons;
+        let name = Self::name(k, n);
+        self.g.step(&format!("start = \"{name}\"\nhome = \"h{k}\""));
+        self.current[(k - 1) as usize] = Some(n);
+        name
+    }
+
+    fn some_home(&mut self) -> u32 {
+        self.g.rng.range(1, u64::from(self.homes)) as u32
+    }
+
+    /// A home with a daemon running, if any.
+    fn live_home(&mut self) -> Option<u32> {
+        let live: Vec<u32> = (1..=self.homes).filter(|k| self.current[(*k - 1) as usize].is_some()).collect();
+        if live.is_empty() {
+            return None;
+        }
+        Some(live[self.g.rng.below(live.len() as u64) as usize])
+    }
+}
+
+/// A seed on the PostgreSQL backend: `homes` daemons, each on a home of its own (a host),
+/// share one queue on the run's throwaway server. Signals name a daemon as `NAME.*`, which
+/// reaches it only while it lives: a daemon may have ended on its own (fenced after a
+/// server outage longer than its lease: exit 76). Faults: `kill -9` of a host's daemon,
+/// restarted at once (its start recovers its predecessor's jobs, killing their groups) or
+/// later (meanwhile the other hosts fence it once the server has not heard from it for
+/// its stale threshold, and re-run its jobs — its guardian has stopped their groups);
+/// pauses shorter than the lease; graceful stops; the server restarted fast or crashed
+/// (immediate) mid-batch; wall-clock steps of the hosts (the server's clock judges, so
+/// they change nothing). Pauses past the lease are left to `postgres-paused-host`: a
+/// paused daemon's child can outlive its lease (README, Guarantees), which the overlap
+/// checker would rightly report.
+pub fn generate_postgres(seed: u64, homes: u32) -> String {
+    let homes = homes.max(1);
+    let mut p = PgGen {
+        g: Gen {
+            rng: Rng(seed ^ 0x5067_486F_6D65_7201),
+            steps: String::new(),
+            daemons: 0,
+            serial: 0,
+            power_loss: false,
+            fills: false,
+        },
+        homes,
+        current: vec![None; homes as usize],
+    };
+    for k in 1..=homes {
+        let name = p.start(k);
+        p.g.step(&format!("wait = \"event\"\ntarget = \"{name}\"\nevent = \"daemon.active\"\ntimeout = \"20s\""));
+    }
+    // A batch for the cluster to share from the start, then more as faults happen.
+    let (count, sleep) = (p.g.rng.range(30, 90), p.g.rng.range(20, 300));
+    p.g.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\"\nfrom_file = true"));
+    let actions = p.g.rng.range(8, 20);
+    for _ in 0..actions {
+        match p.g.rng.below(100) {
+            0..=19 => p.g.enqueue(),
+            20..=29 => {
+                let (count, sleep) = (p.g.rng.range(5, 25), p.g.rng.range(20, 400));
+                p.g.step(&format!("enqueue = \"probe\"\ncount = {count}\nsleep = \"{sleep}ms\"\nfrom_file = true"));
+            }
+            30..=44 => {
+                // Crash a host's daemon; restart it now, or leave the home dark a while.
+                if let Some(k) = p.live_home() {
+                    let n = p.current[(k - 1) as usize].take().expect("live");
+                    let name = PgGen::name(k, n);
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"KILL\""));
+                    // Gone before its home starts again, as under a supervisor: until it
+                    // has exited the kernel keeps its flock, and a start would lose to it.
+                    p.g.step(&format!("wait = \"exit\"\ntarget = \"{name}\"\ntimeout = \"20s\""));
+                    if p.g.rng.below(2) == 0 {
+                        p.start(k);
+                    }
+                }
+            }
+            45..=54 => {
+                // A dark home comes back.
+                let k = p.some_home();
+                if p.current[(k - 1) as usize].is_none() {
+                    p.start(k);
+                }
+            }
+            55..=64 => {
+                // A pause well inside the lease: nobody may fence it, nothing may overlap.
+                if let Some(k) = p.live_home() {
+                    let name = PgGen::name(k, p.current[(k - 1) as usize].expect("live"));
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"STOP\""));
+                    p.g.pause(50, 400);
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"CONT\""));
+                }
+            }
+            65..=72 => {
+                let mode = if p.g.rng.below(2) == 0 { "fast" } else { "immediate" };
+                p.g.step(&format!("server = \"restart\"\nmode = \"{mode}\""));
+            }
+            73..=80 => {
+                // A graceful stop (its runs released), then a start on the same home.
+                if let Some(k) = p.live_home() {
+                    let name = PgGen::name(k, p.current[(k - 1) as usize].take().expect("live"));
+                    p.g.step(&format!("signal = \"{name}.*\"\nsig = \"TERM\""));
+                    p.g.step(&format!("wait = \"exit\"\ntarget = \"{name}\"\ntimeout = \"30s\""));
+                    p.start(k);
+                }
+            }
+            81..=86 => {
+                let s = p.g.rng.range(1, 7200);
+                let sign = if p.g.rng.below(2) == 0 { "+" } else { "-" };
+                p.g.step(&format!("clock = \"{sign}{s}s\""));
+            }
+            _ => {}
+        }
+        p.g.pause(20, 500);
+    }
+    // Final phase: every daemon resumed and left running; dark homes started; the
+    // cluster drains the queue (a crashed daemon's jobs after its stale threshold).
+    p.g.step("signal = \"*\"\nsig = \"CONT\"");
+    for k in 1..=homes {
+        if p.current[(k - 1) as usize].is_none() {
+            p.start(k);
+        }
+    }
+    p.g.step(
+        "wait = \"sql\"\nquery = \"SELECT count(*) FROM job_queue WHERE status IN ('pending', 'running')\"\nrows = [[0]]\ntimeout = \"90s\"",
+    );
+    p.g.step("check = \"invariants\"");
+
+    let mut t = String::new();
+    let _ = writeln!(t, "# Generated by `homer-harness fuzz --backend postgres --seed {seed}`.");
+    let _ = writeln!(t, "description = \"randomized fault run on PostgreSQL, {homes} homes, seed {seed}\"");
+    t.push_str("covers = [\"fuzz\", \"many hosts\"]\n");
+    t.push_str("mutant_none = \"randomized run: judged by the invariants and the final drain\"\n");
+    t.push_str("timeout = \"240s\"\n");
+    t.push_str("\n[settings]\nbackends = [\"postgres\"]\n");
+    for (k, v) in [
+        ("heartbeat_interval", "100ms"),
+        ("stale_threshold", "1500ms"),
+        ("kill_grace", "100ms"),
+        ("lock_check_interval", "100ms"),
+        ("shutdown_grace", "1s"),
+        ("max_attempts", "20"),
+        ("backoff_base", "10ms"),
+        ("backoff_cap", "100ms"),
+    ] {
+        let _ = writeln!(t, "{k} = \"{v}\"");
+    }
+    let _ = writeln!(t, "concurrency = 3\n\"lanes.default.concurrency\" = {}", 3 * homes);
+    t.push_str(&p.g.steps);
+    t
+}
+
+/// Which backend the seeds run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// One SQLite database, the faults `allowed` lets this machine draw ([`generate`]).
+    Sqlite(Allowed),
+    /// One PostgreSQL queue shared by `homes` daemons on homes of their own ([`generate_postgres`]).
+    Postgres { homes: u32 },
+}
+
+impl Flavour {
+    pub fn generate(self, seed: u64) -> String {
+        match self {
+            Flavour::Sqlite(allowed) => generate(seed, allowed),
+            Flavour::Postgres { homes } => generate_postgres(seed, homes),
+        }
+    }
+}
+
 /// Run `count` seeds from `first`; failing ones are written to `out`.
 /// With `until_caught`, no new seed starts after one failed (for measuring how soon a
 /// broken daemon is caught).
-pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path, until_caught: bool) -> ExitCode {
+pub fn run(
+    first: u64,
+    count: u64,
+    flavour: Flavour,
+    opts: &Options,
+    jobs: usize,
+    out: &Path,
+    until_caught: bool,
+) -> ExitCode {
     let seeds: Vec<u64> = (first..first.saturating_add(count.max(1))).collect();
-    let (allowed, left_out) = Allowed::here();
-    if let Some(why) = left_out {
-        println!("fuzz: {why}");
-    }
     let mut scenarios = Vec::new();
     for &seed in &seeds {
-        let text = generate(seed, allowed);
+        let text = flavour.generate(seed);
         let path = out.join(format!("fuzz-seed-{seed}.toml"));
         match scenario::parse_str(&path, &text) {
             Ok(s) => scenarios.push((seed, text, s)),
@@ -407,13 +599,19 @@ pub fn run(first: u64, count: u64, opts: &Options, jobs: usize, out: &Path, unti
     for r in &results {
         if let Outcome::Failed(f) = &r.outcome {
             failed += 1;
-            let Some((seed, text, _)) = scenarios.iter().find(|(_, _, s)| s.name == r.name) else { continue };
+            // A run on one backend of several is reported as `NAME [backend]`.
+            let base = r.name.split(" [").next().unwrap_or(&r.name);
+            let Some((seed, text, _)) = scenarios.iter().find(|(_, _, s)| s.name == base) else { continue };
             let _ = std::fs::create_dir_all(out);
             let file = out.join(format!("fuzz-seed-{seed}.toml"));
             let written = std::fs::write(&file, text).is_ok();
             println!("\n=== FAILED seed {seed}\n{f}");
             let mutant = opts.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
-            println!("rerun: homer-harness fuzz --seed {seed} --daemon {}{mutant}", opts.daemon.display());
+            let backend = match flavour {
+                Flavour::Sqlite(_) => String::new(),
+                Flavour::Postgres { homes } => format!(" --backend postgres --homes {homes}"),
+            };
+            println!("rerun: homer-harness fuzz --seed {seed}{backend} --daemon {}{mutant}", opts.daemon.display());
             if written {
                 println!("replay: homer-harness run {} --daemon {}{mutant}", file.display(), opts.daemon.display());
             }
@@ -515,6 +713,48 @@ mod tests {
         let d = draw(1..=200, Allowed { tmpfs: false });
         assert_eq!(d.fills, 0);
         assert!(d.power_losses > 0 && d.few_descriptors > 0 && d.stray_refusals > 0, "{d:?}");
+    }
+
+    /// PostgreSQL seeds: every one parses, runs on PostgreSQL only, starts every daemon on
+    /// a home of its own, and 200 of them draw each fault many times.
+    #[test]
+    fn every_postgres_seed_parses_and_draws_the_many_host_faults() {
+        use crate::steps::signal::Sig;
+        let (mut kills, mut pauses, mut stops, mut fast, mut immediate, mut clocks) = (0, 0, 0, 0, 0, 0);
+        for seed in 1..=200 {
+            let text = generate_postgres(seed, 3);
+            let sc = scenario::parse_str(Path::new("fuzz.toml"), &text)
+                .unwrap_or_else(|e| panic!("seed {seed} does not parse: {e}\n{text}"));
+            assert_eq!(sc.backends, vec![scenario::Backend::Postgres], "seed {seed}");
+            let mut homes = std::collections::BTreeSet::new();
+            for at in &sc.steps {
+                match &at.step {
+                    Step::Start(s) => {
+                        homes.insert(s.home.clone().unwrap_or_else(|| panic!("seed {seed}: a start without a home")));
+                    }
+                    Step::Signal(s) if s.signal == Sig::Kill => kills += 1,
+                    Step::Signal(s) if s.signal == Sig::Stop => pauses += 1,
+                    Step::Signal(s) if s.signal == Sig::Term => stops += 1,
+                    Step::Server(s) if s.immediate => immediate += 1,
+                    Step::Server(_) => fast += 1,
+                    Step::Clock(_) => clocks += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(homes.len(), 3, "seed {seed}: every home runs a daemon");
+        }
+        for (what, n) in [
+            ("kills", kills),
+            ("pauses", pauses),
+            ("stops", stops),
+            ("fast", fast),
+            ("immediate", immediate),
+            ("clock", clocks),
+        ] {
+            assert!(n >= 20, "{what} drawn {n} times in 200 seeds");
+        }
+        assert_eq!(generate_postgres(7, 3), generate_postgres(7, 3));
+        assert_ne!(generate_postgres(7, 3), generate_postgres(8, 3));
     }
 
     #[test]

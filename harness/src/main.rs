@@ -85,6 +85,13 @@ enum Command {
         /// Start no new seed once one failed
         #[arg(long)]
         until_caught: bool,
+        /// `sqlite` (default) or `postgres`: many daemons on homes of their own share a
+        /// throwaway PostgreSQL server's queue
+        #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+        backend: Option<scenario::Backend>,
+        /// With `--backend postgres`: how many homes (hosts)
+        #[arg(long, value_name = "N", default_value_t = fuzz::PG_HOMES)]
+        homes: u32,
     },
     /// Sweep power cuts over small workloads: drop the writes no fsync covered, restart
     /// cleanly, check that nothing acknowledged was lost (see harness/src/powersweep/)
@@ -274,13 +281,19 @@ fn main() -> ExitCode {
         Command::Powerloss { daemon, cuts, phase, mutant, jobs, keep, at, fixture } => {
             powerloss(daemon, cuts, &phase, mutant, jobs, keep, at, fixture)
         }
-        Command::Fuzz { seed, seeds, target, out, print, until_caught } => {
-            if print {
-                let (allowed, left_out) = fuzz::Allowed::here();
-                if let Some(why) = left_out {
-                    eprintln!("fuzz: {why}");
+        Command::Fuzz { seed, seeds, target, out, print, until_caught, backend, homes } => {
+            let flavour = match backend {
+                Some(scenario::Backend::Postgres) => fuzz::Flavour::Postgres { homes },
+                _ => {
+                    let (allowed, left_out) = fuzz::Allowed::here();
+                    if let Some(why) = left_out {
+                        eprintln!("fuzz: {why}");
+                    }
+                    fuzz::Flavour::Sqlite(allowed)
                 }
-                println!("{}", fuzz::generate(seed, allowed));
+            };
+            if print {
+                println!("{}", flavour.generate(seed));
                 return ExitCode::SUCCESS;
             }
             let opts = match options(&target) {
@@ -290,7 +303,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            fuzz::run(seed, seeds, &opts, jobs(&target), &out, until_caught)
+            fuzz::run(seed, seeds, flavour, &opts, jobs(&target), &out, until_caught)
         }
     }
 }

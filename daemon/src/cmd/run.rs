@@ -243,6 +243,11 @@ impl Refresh {
         Refresh { row, last: Instant::now(), standing_down: false }
     }
 
+    /// How long ago the last refresh got through (before this one is noted).
+    pub(super) fn since_last(&self) -> Duration {
+        self.last.elapsed()
+    }
+
     /// A refresh asked for at `asked_at` (monotonic) got through.
     pub(super) fn succeeded(&mut self, coord: &runner::EngineCoordinator, asked_at: crate::job::MonoMs, epoch: i64) {
         self.last = Instant::now();

@@ -12,7 +12,7 @@
 //! resumes when a heartbeat gets through again, unless it was fenced meanwhile.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::{AnyStore, EngineIo};
 use crate::cmd::context::Context;
@@ -137,6 +137,11 @@ async fn supervise(
     let mut lock_check = every(cfg.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id: None };
     let mut refresh = Refresh::new("worker row");
+    // When this worker may next judge others stale. After it could not reach the server
+    // itself for a while, the outage was likely the server's or the network's, and every
+    // other worker missed its heartbeats too: it waits a stale threshold before fencing
+    // anyone, so they can get through again first. (Waiting only delays a recovery.)
+    let mut sweep_after = Instant::now();
     let retry_delay = cfg.orphan_retry_delay.as_millis() as i64;
     let stop = loop {
         tokio::select! {
@@ -146,7 +151,13 @@ async fn supervise(
                 let host_now = ctx.clock.now();
                 match with_pg(&coord, move |p| p.heartbeat(epoch, host_now)).await {
                     Ok(()) => {
+                        if refresh.since_last() > cfg.heartbeat_interval * 2 {
+                            sweep_after = Instant::now() + cfg.stale_threshold;
+                        }
                         refresh.succeeded(&coord, asked_at, epoch.0);
+                        if Instant::now() < sweep_after {
+                            continue;
+                        }
                         match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay, host_now)).await {
                             Ok((fenced, rec)) if !fenced.is_empty() => {
                                 events::warn("workers.fenced", "Fenced workers not seen for their stale threshold; their jobs were recovered")

@@ -120,6 +120,18 @@ impl Lease {
     }
 }
 
+/// What recording a held child's identity did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildRecorded {
+    /// On its run: the child may be released.
+    Recorded,
+    /// The lease is gone (lost, stopped, fenced): the child must not run.
+    NotOurs,
+    /// The store did not answer: the child must not run, and nothing of the job ran —
+    /// the daemon's trouble, not the job's (a `NotStarted` result, its attempt given back).
+    Unavailable,
+}
+
 /// How a job's process (or in-process work) ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobResult {
@@ -316,14 +328,19 @@ impl<S: JobStore> Coordinator<S> {
         }
     }
 
+    /// [`Coordinator::record_child_outcome`], as "recorded, and the child may run".
+    pub fn record_child(&self, id: JobId, child: ChildIdentity) -> bool {
+        self.record_child_outcome(id, child) == ChildRecorded::Recorded
+    }
+
     /// Records a held child's identity before it is released. `false`: do not release it
     /// (the lease is not ours any more); the runner kills it unreleased.
-    pub fn record_child(&self, id: JobId, child: ChildIdentity) -> bool {
+    pub fn record_child_outcome(&self, id: JobId, child: ChildIdentity) -> ChildRecorded {
         let claim = {
             let st = sync::lock(&self.state);
             match st.leases.get(&id).filter(|l| l.stop.is_none()) {
                 Some(l) => l.job.claim_ref(self.epoch),
-                None => return false,
+                None => return ChildRecorded::NotOurs,
             }
         };
         let result = sync::lock(&self.store).record_child(&claim, &child);
@@ -342,14 +359,15 @@ impl<S: JobStore> Coordinator<S> {
                             st.throttle = None;
                         }
                     }
-                    true
+                    ChildRecorded::Recorded
                 }
-                None => false,
+                None => ChildRecorded::NotOurs,
             },
-            Ok(false) | Err(StoreError::Unavailable(_)) => false,
+            Ok(false) => ChildRecorded::NotOurs,
+            Err(StoreError::Unavailable(_)) => ChildRecorded::Unavailable,
             Err(StoreError::Fenced) => {
                 fence_locked(&mut st);
-                false
+                ChildRecorded::NotOurs
             }
         }
     }

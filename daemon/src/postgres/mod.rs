@@ -74,6 +74,15 @@ impl Target {
     /// unacknowledged data may sit on a TCP connection (a partition is noticed within it).
     pub fn parse(url: &str, timeout: Duration) -> Result<Target> {
         let shown = redact(url);
+        let lower = url.to_ascii_lowercase();
+        let asks_tls =
+            ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| lower.contains(m));
+        if asks_tls {
+            return Err(Error::Usage(format!(
+                "{shown}: asks for TLS (sslmode=require or stricter), which homerd does not speak to PostgreSQL yet; \
+                 use a unix socket, a trusted network or a tunnel, with sslmode=disable or prefer (README, PostgreSQL)"
+            )));
+        }
         let mut config = postgres::Config::from_str(url)
             .map_err(|e| Error::Usage(format!("{shown}: not a PostgreSQL connection URL: {e}")))?;
         if config.get_user().is_none() {
@@ -121,6 +130,21 @@ mod url_tests {
             assert_eq!(redact(url), want, "{url}");
             assert!(!redact(url).contains("secret"));
         }
+    }
+
+    #[test]
+    fn a_url_that_requires_tls_is_refused_without_the_password() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u:secret@h/db?sslmode={mode}");
+            match Target::parse(&url, Duration::from_secs(1)) {
+                Ok(_) => panic!("{mode}: accepted"),
+                Err(e) => {
+                    assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{mode}");
+                    assert!(e.to_string().contains("TLS") && !e.to_string().contains("secret"), "{e}");
+                }
+            }
+        }
+        assert!(Target::parse("postgres://u@h/db?sslmode=prefer", Duration::from_secs(1)).is_ok());
     }
 
     #[test]
