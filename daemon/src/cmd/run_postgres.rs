@@ -36,7 +36,8 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
         .build()
         .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
     let signals = runtime.block_on(async { Signals::register() })?;
-    let target = Target::parse(url, ctx.config.busy_timeout)?;
+    let mut target = Target::parse(url, ctx.config.busy_timeout)?;
+    target.limit_idle_transactions((ctx.config.busy_timeout * 4).min(ctx.config.stale_threshold / 2));
     let mut client = target.connect()?;
     let applied = schema::migrate(&mut client, &target.shown)?;
     let me = identity::current().map_err(|e| Error::Internal(format!("own process identity: {e}")))?;

@@ -67,6 +67,8 @@ pub struct Target {
     pub config: postgres::Config,
     /// The URL as shown to people: password replaced.
     pub shown: String,
+    /// Each statement's and lock wait's bound, in ms.
+    timeout_ms: u128,
 }
 
 impl Target {
@@ -100,12 +102,23 @@ impl Target {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(1))
             .keepalives_interval(Duration::from_secs(1))
-            .keepalives_retries(3)
-            .options(&format!(
-                "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
-                ms * 4
-            ));
-        Ok(Target { config, shown })
+            .keepalives_retries(3);
+        let mut target = Target { config, shown, timeout_ms: ms };
+        target.limit_idle_transactions(timeout * 4);
+        Ok(target)
+    }
+
+    /// The server ends a session left idle inside a transaction after `limit` (releasing
+    /// its locks). A daemon sets it to half its stale threshold: a daemon frozen in the
+    /// middle of a write (SIGSTOP, a paused VM) holds the share lock on its own worker row,
+    /// which would otherwise keep every other worker from fencing it for as long as it
+    /// stays frozen.
+    pub fn limit_idle_transactions(&mut self, limit: Duration) {
+        let ms = self.timeout_ms;
+        let idle = limit.as_millis().max(1);
+        self.config.options(&format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={idle}"
+        ));
     }
 
     pub fn connect(&self) -> Result<Client> {
