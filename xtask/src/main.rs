@@ -67,6 +67,16 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// A mutant layer's verdict: every line of `missed` is a mutant (or a check) that got
+/// through; none means the layer passed.
+fn verdict(missed: Vec<String>) -> Result<(), String> {
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(missed.join("\n"))
+    }
+}
+
 fn show(cmd: &Command) -> String {
     let mut s = String::new();
     for (k, v) in cmd.get_envs() {

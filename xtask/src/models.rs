@@ -247,10 +247,8 @@ pub fn mutants_models(o: &crate::mutants::Options) -> Result<(), String> {
         } else {
             println!("every required mutant is caught by its layer (table also in {})", table_file.display());
         }
-        Ok(())
-    } else {
-        Err(missed.join("\n"))
     }
+    crate::verdict(missed)
 }
 
 #[cfg(test)]

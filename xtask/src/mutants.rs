@@ -251,10 +251,8 @@ pub fn scenarios(o: &Options) -> Result<(), String> {
                 all_sets - caught.len()
             ),
         }
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
     }
+    crate::verdict(problems)
 }
 
 /// Whether the scenario file `name` failed among the runs `by`: its SQLite run carries

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use crate::{cargo, root, show};
+use crate::{cargo, root, show, verdict};
 
 /// daemon/src/mutant.rs `POSTGRES`; a test keeps the lists equal.
 pub const PG_MUTANTS: &[&str] =
@@ -68,11 +68,7 @@ pub fn mutants_postgres(only: Option<&str>) -> Result<(), String> {
             missed.push(format!("PostgreSQL mutant {m} is caught by no test"));
         }
     }
-    if missed.is_empty() {
-        Ok(())
-    } else {
-        Err(missed.join("\n"))
-    }
+    verdict(missed)
 }
 
 #[cfg(test)]
