@@ -10,6 +10,7 @@
 //! Internal subcommands run the baselines in processes of their own, so their peak RSS
 //! is theirs alone: `__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS`, `__hold-lock PATH [N]`.
 
+mod exec;
 mod procs;
 mod raw;
 mod report;
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: homer-bench --homerd PATH [--work DIR] [--json FILE] [--only SECTIONS]
          [--jobs N] [--runs N] [--time-box SECS] [--rounds N] [--restart-jobs N]
-         [--latency-jobs N] [--rows N] [--orphans N] [--keep]
-  sections (comma-separated): throughput, restart, latency, recovery (default: all)";
+         [--latency-jobs N] [--rows N] [--orphans N] [--exec-jobs N] [--exec-concurrency K] [--keep]
+  sections (comma-separated): throughput, exec, restart, latency, recovery (default: all)";
 
 /// What to measure and how much.
 #[derive(Clone, Debug)]
@@ -44,6 +45,9 @@ pub struct Options {
     /// Rows in the recovery database, and how many of them are orphans.
     pub rows: u64,
     pub orphans: u64,
+    /// `exec -- true` jobs per exec run, and how many run at once.
+    pub exec_jobs: usize,
+    pub exec_concurrency: usize,
     pub keep: bool,
 }
 
@@ -62,6 +66,8 @@ impl Options {
             latency_jobs: 200,
             rows: 1_000_000,
             orphans: 100_000,
+            exec_jobs: 1_000,
+            exec_concurrency: 8,
             keep: false,
         };
         let mut it = args.iter();
@@ -81,6 +87,8 @@ impl Options {
                 "--latency-jobs" => o.latency_jobs = number(value()?)?.max(1) as usize,
                 "--rows" => o.rows = number(value()?)?.max(1),
                 "--orphans" => o.orphans = number(value()?)?.max(1),
+                "--exec-jobs" => o.exec_jobs = number(value()?)?.max(1) as usize,
+                "--exec-concurrency" => o.exec_concurrency = number(value()?)?.max(1) as usize,
                 "--keep" => o.keep = true,
                 other => return Err(format!("unknown argument {other}\n{USAGE}")),
             }
@@ -111,6 +119,7 @@ fn main() -> ExitCode {
     }
     let result = match args.first().map(String::as_str) {
         Some("__loop") => internal_loop(&args[1..]),
+        Some("__spawn") => exec::internal_spawn(&args[1..]),
         Some("__hold-lock") => match (args.get(1), args.get(2).map(|n| n.parse::<usize>())) {
             (Some(path), None) => raw::hold_lock(std::path::Path::new(path), 0),
             (Some(path), Some(Ok(n))) => raw::hold_lock(std::path::Path::new(path), n),
@@ -159,6 +168,9 @@ fn bench(o: &Options) -> Result<(), String> {
     let mut ctx = sections::Ctx { o, report: &mut report, raw_peak_rss: None };
     if o.wants("throughput") {
         sections::throughput(&mut ctx)?;
+    }
+    if o.wants("exec") {
+        exec::exec(&mut ctx)?;
     }
     if o.wants("restart") {
         sections::restart(&mut ctx)?;

@@ -13,10 +13,10 @@ use crate::report::{short, thousands, Report, Summary, Unit};
 use crate::Options;
 use homer_testkit::{Parse, Stream};
 
-pub const ALL: &[&str] = &["throughput", "restart", "latency", "recovery"];
+pub const ALL: &[&str] = &["throughput", "exec", "restart", "latency", "recovery"];
 
 /// A deadline for things that take well under a second when all is well.
-const START_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const START_LIMIT: Duration = Duration::from_secs(60);
 
 pub struct Ctx<'a> {
     pub o: &'a Options,
@@ -29,19 +29,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn progress(msg: impl AsRef<str>) {
+pub(crate) fn progress(msg: impl AsRef<str>) {
     eprintln!("homer-bench: {}", msg.as_ref());
 }
 
 /// `homerd migrate` in `home`: a database with the real schema, nothing else.
-fn migrate(o: &Options, home: &Path) -> Result<PathBuf, String> {
+pub(crate) fn migrate(o: &Options, home: &Path) -> Result<PathBuf, String> {
     procs::output(procs::homerd(&o.homerd, home, &[]).arg("migrate"))?;
     Ok(home.join("homer.db"))
 }
 
 /// Enqueues `lines` (JSON job lines) with `homerd enqueue --from`, in files of at most
 /// 100,000 jobs (its limit per transaction).
-fn enqueue_lines(o: &Options, home: &Path, lines: impl Iterator<Item = String>) -> Result<usize, String> {
+pub(crate) fn enqueue_lines(o: &Options, home: &Path, lines: impl Iterator<Item = String>) -> Result<usize, String> {
     let file = home.join("jobs.jsonl");
     let mut total = 0;
     let mut lines = lines.peekable();
@@ -601,7 +601,7 @@ pub fn recovery(ctx: &mut Ctx<'_>) -> Result<(), String> {
     Ok(())
 }
 
-fn remove(dir: &Path, o: &Options) {
+pub(crate) fn remove(dir: &Path, o: &Options) {
     if !o.keep {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -13,12 +13,15 @@ use crate::lines::{Events, Parse, Stream};
 /// How long a drop waits for a SIGKILLed child to be reaped.
 const KILL_BOUND: Duration = Duration::from_secs(60);
 
-/// How a child ended, and its peak resident set.
+/// How a child ended, its peak resident set and the CPU it used.
 #[derive(Clone, Copy, Debug)]
 pub struct Exit {
     /// The raw wait status.
     pub status: i32,
     pub max_rss_bytes: u64,
+    /// User + system CPU time of the child and of every descendant it reaped (wait4's
+    /// rusage): a daemon's whole process tree, when it reaps its jobs.
+    pub cpu: Duration,
 }
 
 impl Exit {
@@ -182,7 +185,9 @@ impl Proc {
         }
         // ru_maxrss: KiB on Linux, bytes on macOS.
         let unit = if cfg!(target_os = "macos") { 1 } else { 1024 };
-        let exit = Exit { status, max_rss_bytes: usage.ru_maxrss as u64 * unit };
+        let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+        let exit =
+            Exit { status, max_rss_bytes: usage.ru_maxrss as u64 * unit, cpu: tv(usage.ru_utime) + tv(usage.ru_stime) };
         self.exit = Some(exit);
         Some(exit)
     }

@@ -1,0 +1,172 @@
+//! Section `exec`: running commands, homerd's main job. `--exec-jobs` jobs of
+//! `exec -- true`, `--exec-concurrency` at a time, from the start of `homerd enqueue
+//! --from` against an idle daemon to its last `job.completed`, and the CPU the daemon's
+//! whole process tree spent on them (the daemon, its threads, every job shim and every
+//! `true` it reaped).
+//!
+//! The baseline is the floor of starting those processes on this machine: a loop of this
+//! binary (`__spawn N K`, a process of its own) that keeps K `true`s running, each started
+//! by `std::process::Command` and reaped, N in all, timed the same way and its CPU read
+//! the same way (wait4's rusage of the loop, which reaped every child). Runs alternate,
+//! so drift hits both alike.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::procs::{self, Daemon};
+use crate::report::{thousands, Summary, Unit};
+use crate::sections::{enqueue_lines, migrate, progress, remove, Ctx, START_LIMIT};
+
+/// One measured run: jobs per second and CPU milliseconds per job.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub per_sec: f64,
+    pub cpu_ms_per_job: f64,
+}
+
+pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
+    let o = ctx.o;
+    let (n, k) = (o.exec_jobs, o.exec_concurrency);
+    progress(format!("exec: {} × `exec -- true`, {k} at a time, {} runs", thousands(n as u64), o.runs));
+    let (mut daemon, mut floor) = (Vec::new(), Vec::new());
+    for run in 1..=o.runs {
+        daemon.push(exec_daemon(ctx, n, k)?);
+        floor.push(spawn_floor(n, k)?);
+        progress(format!(
+            "exec: run {run}/{}: homerd {:.0} jobs/s, {:.2} ms CPU/job; bare spawn loop {:.0}/s, {:.2} ms",
+            o.runs,
+            daemon[run - 1].per_sec,
+            daemon[run - 1].cpu_ms_per_job,
+            floor[run - 1].per_sec,
+            floor[run - 1].cpu_ms_per_job
+        ));
+    }
+    let pick = |v: &[Run], f: fn(&Run) -> f64| Summary::median(&v.iter().map(f).collect::<Vec<_>>());
+    let label = format!("{} × exec true, {k} at a time", thousands(n as u64));
+    ctx.report.row(
+        &label,
+        Unit::JobsPerSec,
+        pick(&daemon, |r| r.per_sec),
+        "bare spawn + reap loop",
+        pick(&floor, |r| r.per_sec),
+    );
+    ctx.report.row(
+        "CPU per exec job (daemon's process tree)",
+        Unit::Ms,
+        pick(&daemon, |r| r.cpu_ms_per_job),
+        "bare spawn + reap loop, per process",
+        pick(&floor, |r| r.cpu_ms_per_job),
+    );
+    ctx.report.note(format!(
+        "exec: from the start of `homerd enqueue --from` ({n} lines, one transaction) against an idle daemon \
+         (concurrency {k}, lane cap {k}) to its last job.completed; CPU = user + system time of the daemon and \
+         every descendant it reaped (/proc/PID/stat utime+stime+cutime+cstime over that window on Linux; the \
+         whole run from wait4 elsewhere); every job runs held through `homerd job-shim`, in its own process \
+         group, its identity recorded before release, its output captured to run logs"
+    ));
+    Ok(())
+}
+
+fn exec_daemon(ctx: &mut Ctx<'_>, n: usize, k: usize) -> Result<Run, String> {
+    let o = ctx.o;
+    let home = procs::fresh_dir(&o.work, "exec")?;
+    migrate(o, &home)?;
+    let sets = vec![format!("concurrency={k}"), format!("lanes.default.concurrency={k}")];
+    let mut d = Daemon::start(&o.homerd, &home, &sets)?;
+    d.wait_for(Instant::now() + START_LIMIT, "daemon.active", |e| e.name == "daemon.active")?;
+    let pid = d.proc.pid();
+    let cpu0 = tree_cpu(pid);
+    let t0 = Instant::now();
+    let line = String::from(r#"{"kind":"exec","args":["true"]}"#);
+    // The enqueue runs on a thread so the daemon's events are read while it commits.
+    let (opts, dir) = (o.clone(), home.clone());
+    let enqueuer = std::thread::spawn(move || enqueue_lines(&opts, &dir, std::iter::repeat_n(line, n)));
+    let last = d.wait_count(t0 + START_LIMIT + Duration::from_millis(100 * n as u64), "job.completed", n)?;
+    let elapsed = last.at.saturating_duration_since(t0);
+    let cpu1 = tree_cpu(pid);
+    let queued = enqueuer.join().map_err(|_| String::from("the enqueue thread panicked"))??;
+    if queued != n {
+        return Err(format!("homerd enqueue --from queued {queued} jobs, not {n}"));
+    }
+    let exit = d.stop(Duration::from_secs(30))?;
+    let cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => exit.cpu,
+    };
+    remove(&home, o);
+    Ok(Run {
+        per_sec: n as f64 / elapsed.as_secs_f64().max(1e-6),
+        cpu_ms_per_job: cpu.as_secs_f64() * 1000.0 / n as f64,
+    })
+}
+
+/// The floor, in a process of its own so its CPU is its alone.
+fn spawn_floor(n: usize, k: usize) -> Result<Run, String> {
+    let (nn, kk) = (n.to_string(), k.to_string());
+    let args: [&OsStr; 3] = ["__spawn".as_ref(), nn.as_ref(), kk.as_ref()];
+    let (out, exit) = procs::run_self(&args, START_LIMIT + Duration::from_millis(100 * n as u64))?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(|e| format!("__spawn output {out:?}: {e}"))?;
+    let secs = v["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
+    Ok(Run { per_sec: n as f64 / secs, cpu_ms_per_job: exit.cpu.as_secs_f64() * 1000.0 / n as f64 })
+}
+
+/// `__spawn N K`: keeps K `true`s running until N have run, each spawned and reaped;
+/// prints `{"seconds": S}`.
+pub fn internal_spawn(args: &[String]) -> Result<(), String> {
+    let [n, k] = args else { return Err(String::from("__spawn N K")) };
+    let num = |s: &str| s.parse::<usize>().map_err(|_| format!("not a number: {s}"));
+    let (n, k) = (num(n)?, num(k)?.max(1));
+    let start = || {
+        Command::new("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start true: {e}"))
+    };
+    let t0 = Instant::now();
+    let mut running: VecDeque<Child> = VecDeque::with_capacity(k);
+    let mut started = 0;
+    while started < n.min(k) {
+        running.push_back(start()?);
+        started += 1;
+    }
+    // Oldest first: each reaped child is replaced at once, so K stay running.
+    while let Some(mut child) = running.pop_front() {
+        let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+        if !status.success() {
+            return Err(format!("true exited {status}"));
+        }
+        if started < n {
+            running.push_back(start()?);
+            started += 1;
+        }
+    }
+    println!("{}", serde_json::json!({ "seconds": t0.elapsed().as_secs_f64() }));
+    Ok(())
+}
+
+/// CPU of `pid` and of the children it has reaped so far (Linux: /proc/PID/stat fields
+/// 14–17); `None` elsewhere (the caller then uses the whole run from wait4).
+fn tree_cpu(pid: i32) -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces and parentheses: fields start after the last ')'.
+        let rest = &text[text.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime is field 14 of the full line, i.e. index 11 after "pid (comm)".
+        let ticks: u64 = fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum::<Option<u64>>()?;
+        let hz = rustix::param::clock_ticks_per_second();
+        Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
