@@ -23,10 +23,15 @@
 //!   `/proc/self/exe` on Linux, so replacing or removing the homerd binary while the
 //!   daemon runs (an upgrade) neither breaks new `exec` jobs nor runs a different
 //!   version's shim. macOS has no equivalent; there the `current_exe()` path is used.
-//! - **Fixed fd 3 for the release pipe**: the only `pre_exec` work is an
-//!   async-signal-safe `dup2` of the read end onto fd 3. Passing the descriptor number in
-//!   a `HOMERD_*` variable would leak a daemon variable into the job; the shim closes fd 3
-//!   before `exec`, so the job never sees the pipe.
+//! - **The release pipe is the shim's stdin**, and nothing runs in the forked child before
+//!   `exec`: no `pre_exec` closure, so std starts the shim with `posix_spawn` — a
+//!   `vfork`-style clone that shares the daemon's memory until the `exec` instead of
+//!   copying its page tables and tearing the copy down again, which was a fifth of all
+//!   the CPU an `exec` job cost. The shim reads its release byte from fd 0, then puts
+//!   `/dev/null` there, so the job never sees the pipe and its stdin is what it always
+//!   was. What a `pre_exec` did before goes to the shim as arguments: the descriptor
+//!   limit the daemon was started with (`--nofile`, see `rlimit.rs`). Passing anything in
+//!   a `HOMERD_*` variable would leak a daemon variable into the job.
 //! - **Close-on-exec pipe ends in the daemon**: no other child (another job, a helper)
 //!   may inherit the write end, or the shim would never see EOF when the daemon dies. On
 //!   Linux `pipe2(O_CLOEXEC)` sets it atomically; macOS has no `pipe2`, so `pipe` +
@@ -66,7 +71,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -165,14 +170,15 @@ pub(crate) fn spawn_held_via(program: &Path, req: SpawnRequest) -> io::Result<He
     if req.argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty argv"));
     }
-    let mut args: Vec<OsString> = shim::args_before_argv(std::process::id(), req.cwd.as_deref());
+    let nofile = crate::rlimit::child_soft_limit();
+    let mut args: Vec<OsString> = shim::args_before_argv(std::process::id(), req.cwd.as_deref(), nofile);
     args.extend(req.argv.iter().map(OsString::from));
     spawn_held_with(program, &args, req)
 }
 
 /// [`spawn_held`] with an explicit program and its complete argument list (`req.argv` is
 /// not used: `args` must already carry the argv). The program must behave like the shim:
-/// read one byte from fd 3 and exec, or exit on EOF. Tests use a `/bin/sh` stand-in here.
+/// read one byte from stdin and exec, or exit on EOF. Tests use a `/bin/sh` stand-in here.
 pub(crate) fn spawn_held_with(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
     let (reply, answer) = mpsc::sync_channel(1);
     send_to_spawner(SpawnJob { program: program.to_owned(), args: args.to_vec(), req, reply })?;
@@ -248,31 +254,19 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
     let inherited: Vec<(OsString, OsString)> =
         std::env::vars_os().filter(|(key, _)| !denied(key, &req.env_deny_prefixes)).collect();
     let mut cmd = Command::new(program);
+    // No `pre_exec`: std then spawns with posix_spawn (see the module docs). The read end
+    // becomes the child's fd 0 (a dup, so without close-on-exec); this process's copy
+    // closes when `cmd` is dropped below.
     cmd.args(args)
         .env_clear()
         .envs(inherited)
         .envs(req.env_set.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(read_end))
         .stdout(child_out)
         .stderr(child_err)
         .process_group(0);
-    let fd = read_end.as_raw_fd();
-    let soft_limit = crate::rlimit::child_soft_limit();
-    // SAFETY: the closure runs in the forked child before exec and only calls dup2,
-    // getrlimit and setrlimit (async-signal-safe system calls, no allocation, no locks).
-    // `fd` stays open in the parent until spawn() has returned, so it is valid in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            put_on_release_fd(fd)?;
-            // The job gets the descriptor limit the daemon was started with (rlimit.rs).
-            match soft_limit {
-                Some(soft) => crate::rlimit::restore_in_child(soft),
-                None => Ok(()),
-            }
-        });
-    }
     let child = cmd.spawn()?;
-    drop(read_end);
+    drop(cmd);
 
     let pid = child.id();
     let mut held = HeldChild {
@@ -348,19 +342,6 @@ pub fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// In the forked child: make the release pipe's read end fd 3, without close-on-exec.
-/// [`release_pipe`] guarantees `fd != 3`, so `dup2` always clears close-on-exec.
-/// `rustix::io::dup2` wants the target as an `OwnedFd`, which fd 3 in the child is not
-/// (and must not be closed by a drop), so this stays raw `libc`.
-fn put_on_release_fd(fd: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 onto fd 3 (replacing whatever was there); async-signal-safe, and it
-    // touches no memory.
-    if unsafe { libc::dup2(fd, shim::RELEASE_FD) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Copies `from` into `to` up to `cap` bytes, reading (and dropping) the rest until EOF,
 /// then notes how much was dropped. EOF comes when every process holding the write end
 /// is gone: the job's group is killed before its run is recorded.
@@ -391,22 +372,18 @@ fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     platform::cloexec_pipe()
 }
 
-/// Both ends close-on-exec. The read end is moved above fd 3 if needed: std's stdio
-/// setup in the child (dup2 onto 0–2) must not clobber it before our dup2, and dup2(3, 3)
-/// would leave close-on-exec set. (`try_clone` is `F_DUPFD_CLOEXEC` with a minimum of 3;
-/// `fcntl` itself is reserved to `lock`.)
+/// Both ends close-on-exec: the read end reaches the shim only as the dup std makes onto
+/// its fd 0; the write end stays with the daemon (and no other child) until the release.
+/// The read end is moved above 2 if needed (a daemon started with its standard
+/// descriptors closed gets low numbers): a dup onto the descriptor it already is would
+/// leave close-on-exec set on some systems. (`try_clone` is `F_DUPFD_CLOEXEC` with a
+/// minimum of 3; `fcntl` itself is reserved to `lock`.)
 fn release_pipe() -> io::Result<(OwnedFd, File)> {
     let (mut read_end, write_end) = cloexec_pipe()?;
-    let write_end = File::from(write_end);
-    // Each clone lands on the lowest free fd >= 3 while the earlier ones stay open, so
-    // this ends within two rounds.
-    let mut superseded = Vec::new();
-    while read_end.as_raw_fd() <= shim::RELEASE_FD {
-        let moved = read_end.try_clone()?;
-        superseded.push(std::mem::replace(&mut read_end, moved));
+    if read_end.as_raw_fd() <= 2 {
+        read_end = read_end.try_clone()?;
     }
-    drop(superseded);
-    Ok((read_end, write_end))
+    Ok((read_end, File::from(write_end)))
 }
 
 /// The start time of a process we just forked, retried briefly in case the kernel does
@@ -471,7 +448,7 @@ impl Drop for HeldChild {
             let _ = self.child.try_wait();
             return;
         }
-        // EOF on fd 3: the shim exits without exec'ing.
+        // EOF on its stdin: the shim exits without exec'ing.
         drop(self.release_pipe.take());
         match self.child.try_wait() {
             // Already exited and reaped: its group id may be reused now, signal nothing.
@@ -512,6 +489,14 @@ fn checked_pgid(pgid: u32) -> io::Result<u32> {
 /// Whether process group `pgid` has any member that is not a zombie.
 pub fn group_alive(pgid: u32) -> bool {
     if pgid == 0 || libc::pid_t::try_from(pgid).is_err() {
+        return false;
+    }
+    // The kernel's answer first: a group it does not know (ESRCH) has no member at all,
+    // zombie or not, so nothing needs listing. That is the common case — a finished job
+    // whose leader was reaped and which left nothing behind — and it spares every job end
+    // a walk over every process's /proc stat. Only a group the kernel still knows is
+    // listed, to tell live members from zombies.
+    if pgid > 1 && !platform::group_exists(pgid) {
         return false;
     }
     match platform::group_has_live_member(pgid) {

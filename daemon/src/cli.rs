@@ -253,6 +253,9 @@ fish: homerd completions fish > ~/.config/fish/completions/homerd.fish")]
         parent: u32,
         #[arg(long)]
         cwd: Option<PathBuf>,
+        /// The open-file soft limit to give the job back (the daemon raised its own).
+        #[arg(long)]
+        nofile: Option<u64>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         argv: Vec<String>,
     },
@@ -370,11 +373,11 @@ pub fn main() -> i32 {
         // Like the shim: no configuration, no files; it only watches its stdin.
         return crate::guardian::guardian_main(*parent, std::time::Duration::from_millis(*grace_ms));
     }
-    if let Command::JobShim { parent, cwd, argv } = &cli.command {
+    if let Command::JobShim { parent, cwd, nofile, argv } = &cli.command {
         // The shim must not read configuration or touch anything: it only waits to be
         // released, then execs the job.
         let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
-        return crate::shim::shim_main(*parent, cwd.as_deref(), &argv);
+        return crate::shim::shim_main(*parent, cwd.as_deref(), *nofile, &argv);
     }
     // Neither reads configuration nor touches anything: they describe the CLI.
     match &cli.command {

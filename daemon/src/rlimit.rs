@@ -63,8 +63,8 @@ pub fn child_soft_limit() -> Option<u64> {
     }
 }
 
-/// In a forked child before `exec`: puts the soft limit back to `soft` (async-signal-safe:
-/// two system calls, no allocation).
+/// In a job's shim before it execs the job: puts the soft limit back to `soft` (never
+/// above the hard limit).
 pub fn restore_in_child(soft: u64) -> std::io::Result<()> {
     let (_, hard) = get();
     set(soft.min(hard), hard)

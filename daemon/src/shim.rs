@@ -1,14 +1,17 @@
-//! The job shim: `homerd job-shim --parent PID -- ARGV...` (a hidden subcommand).
+//! The job shim: `homerd job-shim --parent PID [--cwd DIR] [--nofile N] -- ARGV...` (a
+//! hidden subcommand).
 //!
 //! [`crate::children`] starts every job through this shim so the job is *held*: the shim
 //! is already running in the job's own process group — its pid, pgid and start time can
 //! be recorded in `job_runs` — but the job's argv has not run yet. The shim blocks
-//! reading one byte from fd 3, the read end of a pipe whose only write end is held by
-//! the daemon:
+//! reading one byte from its stdin, the read end of a pipe whose only write end is held
+//! by the daemon:
 //!
-//! - a byte arrives ([`crate::children::HeldChild::release`]): close fd 3 (the job never
-//!   sees the pipe) and `exec` the argv in this same process, so the job keeps the pid,
-//!   the process group and the start time that were recorded;
+//! - a byte arrives ([`crate::children::HeldChild::release`]): put `/dev/null` on fd 0
+//!   (the job never sees the pipe; its stdin is `/dev/null`, as every job's is), restore
+//!   the descriptor limit the daemon was started with (`--nofile`), enter the job's
+//!   directory and `exec` the argv in this same process, so the job keeps the pid, the
+//!   process group and the start time that were recorded;
 //! - EOF (the daemon died, or dropped the child without releasing it, e.g. because its
 //!   record was fenced): exit [`EXIT_NOT_RELEASED`] without running anything.
 //!
@@ -24,7 +27,7 @@
 //! removed) and must do nothing but the steps above.
 
 use std::ffi::OsString;
-use std::os::fd::FromRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -32,31 +35,31 @@ use std::process::Command;
 /// The hidden subcommand name.
 pub const SUBCOMMAND: &str = "job-shim";
 
-/// The descriptor the shim reads its release byte from (fixed, so no `HOMERD_*`
-/// variable has to carry it to the job's environment).
-pub const RELEASE_FD: i32 = 3;
-
-/// The shim exited without running the job: never released (EOF on fd 3), its parent
-/// is not the daemon that spawned it, or fd 3 / the arguments are unusable.
+/// The shim exited without running the job: never released (EOF on stdin), its parent
+/// is not the daemon that spawned it, or its stdin / the arguments are unusable.
 pub const EXIT_NOT_RELEASED: i32 = 125;
 
 /// The shim was released but could not enter the job's directory or `exec` its argv.
 pub const EXIT_CANNOT_EXEC: i32 = 127;
 
 /// The arguments that precede the job's argv on the shim's command line:
-/// `job-shim --parent PID [--cwd DIR] --`.
-pub fn args_before_argv(parent: u32, cwd: Option<&Path>) -> Vec<OsString> {
+/// `job-shim --parent PID [--cwd DIR] [--nofile N] --`.
+pub fn args_before_argv(parent: u32, cwd: Option<&Path>, nofile: Option<u64>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![SUBCOMMAND.into(), "--parent".into(), parent.to_string().into()];
     if let Some(dir) = cwd {
         args.push("--cwd".into());
         args.push(dir.as_os_str().to_owned());
+    }
+    if let Some(soft) = nofile {
+        args.push("--nofile".into());
+        args.push(soft.to_string().into());
     }
     args.push("--".into());
     args
 }
 
 /// Runs the shim; returns the exit code when it does not `exec` the job.
-pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
+pub fn shim_main(parent: u32, cwd: Option<&Path>, nofile: Option<u64>, argv: &[String]) -> i32 {
     // Linux: SIGKILL when the daemon's spawner thread ends; macOS has no such signal.
     if let Err(e) = crate::platform::kill_me_when_parent_dies() {
         eprintln!("homerd job-shim: cannot set the parent-death signal: {e}");
@@ -71,28 +74,38 @@ pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
         eprintln!("homerd job-shim: no command given");
         return EXIT_NOT_RELEASED;
     };
-    // Something must be open on fd 3 before anything may own it (a shim started by hand
-    // may not have it).
-    if !crate::platform::descriptor_open(RELEASE_FD) {
-        eprintln!("homerd job-shim: no release pipe on fd {RELEASE_FD}");
+    // The release pipe is stdin; anything else there (a shim started by hand from a
+    // terminal or with /dev/null) is not waited on.
+    let stdin = std::io::stdin();
+    let is_pipe = rustix::fs::fstat(stdin.as_fd())
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo);
+    if !matches!(is_pipe, Ok(true)) {
+        eprintln!("homerd job-shim: no release pipe on stdin");
         return EXIT_NOT_RELEASED;
     }
-    // SAFETY: fd 3 is open (checked above) and is the release pipe the daemon put there
-    // for us (children.rs); nothing else in this process owns or uses it, so the File
-    // may own it, and closes it when dropped: the job must not inherit it.
-    let release = unsafe { std::fs::File::from_raw_fd(RELEASE_FD) };
-    match read_release_byte(release) {
+    match read_release_byte(stdin.as_fd()) {
         Ok(true) => {}
         Ok(false) => return EXIT_NOT_RELEASED,
         Err(e) => {
-            eprintln!("homerd job-shim: cannot read the release pipe (fd {RELEASE_FD}): {e}");
+            eprintln!("homerd job-shim: cannot read the release pipe (stdin): {e}");
             return EXIT_NOT_RELEASED;
         }
     }
-    // The job's directory is entered only now, after the release (the File owning fd 3
-    // closed it above): one that vanished since the enqueue fails this run, its cause the
-    // run's last stderr line (what `homerd show` prints), and a relative program path
-    // resolves against it.
+    // The job's stdin is /dev/null; the dup closes the pipe's last descriptor here.
+    if let Err(e) = std::fs::File::open("/dev/null").and_then(|null| Ok(rustix::stdio::dup2_stdin(&null)?)) {
+        eprintln!("homerd job-shim: cannot put /dev/null on stdin: {e}");
+        return EXIT_CANNOT_EXEC;
+    }
+    // The descriptor limit the daemon was started with (it raised its own; rlimit.rs).
+    if let Some(soft) = nofile {
+        if let Err(e) = crate::rlimit::restore_in_child(soft) {
+            eprintln!("homerd job-shim: cannot restore the open-file limit {soft}: {e}");
+            return EXIT_CANNOT_EXEC;
+        }
+    }
+    // The job's directory is entered only now, after the release: one that vanished
+    // since the enqueue fails this run, its cause the run's last stderr line (what
+    // `homerd show` prints), and a relative program path resolves against it.
     if let Some(dir) = cwd {
         if let Err(e) = std::env::set_current_dir(dir) {
             eprintln!("homerd job-shim: cannot enter the job's working directory {}: {e}", dir.display());
@@ -107,16 +120,15 @@ pub fn shim_main(parent: u32, cwd: Option<&Path>, argv: &[String]) -> i32 {
     EXIT_CANNOT_EXEC
 }
 
-/// Blocks until one byte (`Ok(true)`) or EOF (`Ok(false)`) arrives on the release
-/// pipe; closes it either way.
-fn read_release_byte(mut pipe: std::fs::File) -> std::io::Result<bool> {
-    use std::io::Read;
+/// Blocks until one byte (`Ok(true)`) or EOF (`Ok(false)`) arrives on the release pipe.
+/// Unbuffered: std's `Stdin` would read ahead into a buffer of its own.
+fn read_release_byte(pipe: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
     let mut byte = [0u8; 1];
     loop {
-        match pipe.read(&mut byte) {
+        match rustix::io::read(pipe, &mut byte) {
             Ok(n) => return Ok(n == 1),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -396,6 +396,39 @@ fn a_vanished_directory_fails_the_run_with_its_cause() {
     assert!(sb.run(&["show", &id]).stdout.contains("last stderr line: homerd job-shim: cannot enter"));
 }
 
+/// A job starts with `/dev/null` on stdin (the shim's release pipe never reaches it) and
+/// with the open-file soft limit its daemon was started with, not the one the daemon
+/// raised itself to.
+#[test]
+fn a_job_gets_dev_null_on_stdin_and_the_daemons_original_descriptor_limit() {
+    let sb = Sandbox::new();
+    let hard: u64 = {
+        let out = std::process::Command::new("sh").args(["-c", "ulimit -Hn"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if text == "unlimited" {
+            u64::MAX
+        } else {
+            text.parse().unwrap()
+        }
+    };
+    // A soft limit below the hard one, so the daemon has something to raise.
+    let soft = 200u64;
+    assert!(hard > soft, "this test needs a hard RLIMIT_NOFILE above {soft}, not {hard}");
+    let probe = r#"ulimit -Sn; if [ -p /dev/stdin ]; then echo stdin-pipe; elif [ -c /dev/stdin ]; then echo stdin-char-device; fi"#;
+    assert_eq!(sb.run(&["migrate"]).code, Some(0));
+    let id = enqueue(&sb, &["exec", "--", "sh", "-c", probe]);
+    // The sandbox's environment around a shell that lowers only its soft limit, then
+    // becomes the daemon.
+    let mut c = sb.cmd_with(Path::new("/bin/sh"));
+    c.arg("-c").arg(format!("ulimit -Sn {soft} && exec \"$0\" \"$@\"")).arg(bin()).arg("run").args(engine_args(&[]));
+    let mut d = Daemon::spawn(c);
+    let raised = d.wait_event("daemon.active");
+    wait_job_event(&mut d, "job.completed", id);
+    let out = sb.run(&["logs", &id.to_string()]);
+    assert_eq!(out.stdout, format!("{soft}\nstdin-char-device\n"), "{out:?}\n{raised}");
+    d.stop_cleanly();
+}
+
 /// `status --watch` off a terminal prints one plain report after another (no control
 /// characters) until interrupted.
 #[test]

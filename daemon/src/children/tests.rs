@@ -8,8 +8,8 @@ use std::os::unix::process::ExitStatusExt;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Stands in for `homerd job-shim` (the unit-test binary is not homerd): read the
-/// release line from fd 3 or exit 125 on EOF, close fd 3, exec the argv.
-const STAND_IN: &str = r#"read -r _ <&3 || exit 125; exec 3<&-; exec "$@""#;
+/// release line from stdin or exit 125 on EOF, put /dev/null on stdin, exec the argv.
+const STAND_IN: &str = r#"read -r _ || exit 125; exec </dev/null; exec "$@""#;
 
 fn stand_in(argv: &[&str], req: SpawnRequest) -> io::Result<HeldChild> {
     let mut args: Vec<OsString> = vec!["-c".into(), STAND_IN.into(), "sh".into()];
@@ -324,7 +324,7 @@ fn real_shim_entry() {
     let mut parts = spec.split(SEP);
     let parent: u32 = parts.next().unwrap().parse().unwrap();
     let argv: Vec<String> = parts.map(String::from).collect();
-    std::process::exit(shim::shim_main(parent, None, &argv));
+    std::process::exit(shim::shim_main(parent, None, None, &argv));
 }
 
 /// The program and arguments that run this test binary as the shim.
@@ -342,11 +342,11 @@ fn real_shim(parent: u32, argv: &[&str], mut req: SpawnRequest) -> io::Result<He
 }
 
 #[test]
-fn real_shim_execs_argv_after_release_without_fd3() {
+fn real_shim_execs_argv_after_release_with_dev_null_on_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let req = request(dir.path());
     let out = req.stdout.clone();
-    let script = r#"if { true >&3; } 2>/dev/null; then echo fd3-open; else echo fd3-closed; fi; echo job-ran"#;
+    let script = r#"if [ -p /dev/stdin ]; then echo stdin-pipe; elif [ -c /dev/stdin ]; then echo stdin-char-device; fi; echo job-ran"#;
     let mut held = real_shim(std::process::id(), &["sh", "-c", script], req).unwrap();
     wait_blocked(held.pid);
     assert!(!read(&out).contains("job-ran"));
@@ -355,7 +355,10 @@ fn real_shim_execs_argv_after_release_without_fd3() {
     assert!(status.success(), "{status:?}: {}", read(&out));
     let out = read(&out);
     assert!(out.contains("job-ran"), "{out}");
-    assert!(out.contains("fd3-closed"), "the job inherited the release pipe: {out}");
+    assert!(
+        out.contains("stdin-char-device") && !out.contains("stdin-pipe"),
+        "the job inherited the release pipe: {out}"
+    );
 }
 
 #[test]
@@ -381,11 +384,11 @@ fn real_shim_without_a_release_pipe_runs_nothing() {
         .collect::<Vec<String>>()
         .join(&SEP.to_string());
     let (exe, args) = real_shim_command(std::process::id(), &[], &mut request(dir.path()));
-    // The shell closes fd 3 (whatever this process had there), then becomes the shim: its
-    // parent is this process, as the shim requires, and it has no release pipe.
+    // The shell becomes the shim with /dev/null on stdin: its parent is this process, as
+    // the shim requires, and it has no release pipe.
     let out = Command::new("sh")
         .arg("-c")
-        .arg(r#"exec 3>&-; exec "$0" "$@""#)
+        .arg(r#"exec "$0" "$@""#)
         .arg(&exe)
         .args(&args)
         .env(SHIM_ENV, spec)
@@ -394,7 +397,7 @@ fn real_shim_without_a_release_pipe_runs_nothing() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(shim::EXIT_NOT_RELEASED), "{stderr}");
-    assert!(stderr.contains("no release pipe on fd 3"), "{stderr}");
+    assert!(stderr.contains("no release pipe on stdin"), "{stderr}");
     assert!(!marker.exists());
 }
 
@@ -464,10 +467,10 @@ fn spawn_held_outlives_the_calling_thread() {
 #[test]
 fn spawn_held_runs_the_shim_with_the_protocol_arguments() {
     // A script standing in for the homerd executable prints its command line, then
-    // behaves like the shim (blocks on fd 3, exits 0 once released).
+    // behaves like the shim (blocks on stdin, exits 0 once released).
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("fake-homerd");
-    std::fs::write(&script, "#!/bin/sh\nprintf '%s\\n' \"$@\"\nread -r _ <&3 || exit 125\n").unwrap();
+    std::fs::write(&script, "#!/bin/sh\nprintf '%s\\n' \"$@\"\nread -r _ || exit 125\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut req = request(dir.path());
     req.argv = vec![String::from("prog"), String::from("a b")];
@@ -486,7 +489,9 @@ fn spawn_held_runs_the_shim_with_the_protocol_arguments() {
     };
     held.release().unwrap();
     assert!(wait_exit(&mut held).success());
-    let expected = format!("job-shim\n--parent\n{}\n--\nprog\na b\n", std::process::id());
+    // `--nofile` only once this process raised its limit (another test may have).
+    let nofile = crate::rlimit::child_soft_limit().map_or(String::new(), |n| format!("--nofile\n{n}\n"));
+    let expected = format!("job-shim\n--parent\n{}\n{nofile}--\nprog\na b\n", std::process::id());
     assert_eq!(read(&out), expected);
 }
 
@@ -505,7 +510,7 @@ mod cap_tests {
             output_cap: Some(1000),
             cwd: None,
         };
-        let stand_in = r#"read -r _ <&3 || exit 125; exec 3<&-; exec "$@""#;
+        let stand_in = STAND_IN;
         let args: Vec<OsString> = ["-c", stand_in, "sh", "sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x; echo e >&2"]
             .iter()
             .map(OsString::from)

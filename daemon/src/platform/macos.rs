@@ -121,11 +121,6 @@ pub fn live_groups() -> Option<HashSet<u32>> {
     None
 }
 
-/// `/dev/fd/<fd>` (devfs, always mounted): present exactly for the open descriptors.
-pub fn descriptor_open(fd: std::os::fd::RawFd) -> bool {
-    std::fs::symlink_metadata(format!("/dev/fd/{fd}")).is_ok()
-}
-
 /// No `pipe2`: `pipe`, then close-on-exec on each end. Not atomic with respect to a fork
 /// on another thread; the daemon forks only on the thread that calls this.
 pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -150,12 +150,6 @@ pub fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)
     os::cloexec_pipe()
 }
 
-/// Whether this process has descriptor `fd` open (before anything takes ownership of a
-/// descriptor it inherited by number).
-pub fn descriptor_open(fd: std::os::fd::RawFd) -> bool {
-    os::descriptor_open(fd)
-}
-
 /// Asks the kernel to SIGKILL this process when the thread that forked it exits (Linux
 /// `PR_SET_PDEATHSIG`). `Ok(false)` where there is no such mechanism (macOS).
 pub fn kill_me_when_parent_dies() -> io::Result<bool> {
