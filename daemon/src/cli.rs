@@ -246,19 +246,6 @@ fish: homerd completions fish > ~/.config/fish/completions/homerd.fish")]
         #[arg(long)]
         grace_ms: u64,
     },
-    /// (internal) The held-start shim that job children run through
-    #[command(hide = true, name = "job-shim")]
-    JobShim {
-        #[arg(long)]
-        parent: u32,
-        #[arg(long)]
-        cwd: Option<PathBuf>,
-        /// The open-file soft limit to give the job back (the daemon raised its own).
-        #[arg(long)]
-        nofile: Option<u64>,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        argv: Vec<String>,
-    },
 }
 
 impl Command {
@@ -266,11 +253,9 @@ impl Command {
     /// then JSON (README "The JSON contract"). `run` speaks in events (`--log-format`).
     pub fn json(&self) -> bool {
         match self {
-            Command::Run
-            | Command::JobShim { .. }
-            | Command::GroupGuardian { .. }
-            | Command::Completions { .. }
-            | Command::ManPages { .. } => false,
+            Command::Run | Command::GroupGuardian { .. } | Command::Completions { .. } | Command::ManPages { .. } => {
+                false
+            }
             Command::Status { json, .. }
             | Command::Doctor { json }
             | Command::Migrate { json }
@@ -373,12 +358,6 @@ pub fn main() -> i32 {
         // Like the shim: no configuration, no files; it only watches its stdin.
         return crate::guardian::guardian_main(*parent, std::time::Duration::from_millis(*grace_ms));
     }
-    if let Command::JobShim { parent, cwd, nofile, argv } = &cli.command {
-        // The shim must not read configuration or touch anything: it only waits to be
-        // released, then execs the job.
-        let argv: Vec<String> = argv.iter().skip_while(|a| *a == "--").cloned().collect();
-        return crate::shim::shim_main(*parent, cwd.as_deref(), *nofile, &argv);
-    }
     // Neither reads configuration nor touches anything: they describe the CLI.
     match &cli.command {
         Command::Completions { shell } => {
@@ -463,10 +442,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
         Command::Service { manager, json } => service::print(&ctx.paths, &ctx.config, manager, &passed, json),
-        Command::JobShim { .. }
-        | Command::GroupGuardian { .. }
-        | Command::Completions { .. }
-        | Command::ManPages { .. } => {
+        Command::GroupGuardian { .. } | Command::Completions { .. } | Command::ManPages { .. } => {
             unreachable!("handled before configuration is loaded")
         }
     }

@@ -22,9 +22,11 @@
 //! on startup recovery ([`crate::children::kill_recorded_group`]) killing every recorded
 //! group before any re-run.
 //!
-//! The shim must be dispatched before the CLI reads configuration, opens files or
-//! starts a runtime: it runs with the job's environment (every `HOMERD_*` variable
-//! removed) and must do nothing but the steps above.
+//! The shim is dispatched first thing in `main` ([`dispatch`]), before the CLI parser is
+//! even built: it runs once per job, so its start-up is on every job's path, and it runs
+//! with the job's environment (every `HOMERD_*` variable removed) and must do nothing but
+//! the steps above — no configuration, no files. Its command line is this module's own
+//! ([`args_before_argv`] writes it, [`dispatch`] reads it), so it is not part of the CLI.
 
 use std::ffi::OsString;
 use std::os::fd::AsFd;
@@ -56,6 +58,41 @@ pub fn args_before_argv(parent: u32, cwd: Option<&Path>, nofile: Option<u64>) ->
     }
     args.push("--".into());
     args
+}
+
+/// `Some(exit code)` when this process is a job shim (`argv[1]` is [`SUBCOMMAND`]): the
+/// shim ran and did not `exec` the job. `None`: any other command, for the CLI.
+pub fn dispatch(mut args: impl Iterator<Item = OsString>) -> Option<i32> {
+    let _argv0 = args.next();
+    if args.next()? != SUBCOMMAND {
+        return None;
+    }
+    let (mut parent, mut cwd, mut nofile) = (None, None, None);
+    let refuse = |what: String| {
+        eprintln!("homerd job-shim: {what} (the daemon starts this command; it is not for people)");
+        Some(EXIT_NOT_RELEASED)
+    };
+    loop {
+        let Some(flag) = args.next() else { return refuse(String::from("no `--` before the command")) };
+        let flag = flag.to_string_lossy().into_owned();
+        if flag == "--" {
+            break;
+        }
+        let Some(value) = args.next() else { return refuse(format!("{flag} needs a value")) };
+        match flag.as_str() {
+            "--parent" => parent = value.to_str().and_then(|v| v.parse::<u32>().ok()),
+            "--cwd" => cwd = Some(std::path::PathBuf::from(value)),
+            "--nofile" => match value.to_str().and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) => nofile = Some(n),
+                None => return refuse(format!("--nofile {} is not a number", value.to_string_lossy())),
+            },
+            _ => return refuse(format!("unexpected argument {flag}")),
+        }
+    }
+    let Some(parent) = parent else { return refuse(String::from("--parent PID is required")) };
+    let argv: Option<Vec<String>> = args.map(|a| a.into_string().ok()).collect();
+    let Some(argv) = argv else { return refuse(String::from("the command is not UTF-8")) };
+    Some(shim_main(parent, cwd.as_deref(), nofile, &argv))
 }
 
 /// Runs the shim; returns the exit code when it does not `exec` the job.
@@ -130,5 +167,50 @@ fn read_release_byte(pipe: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool>
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> impl Iterator<Item = OsString> {
+        std::iter::once(OsString::from("homerd"))
+            .chain(words.iter().map(OsString::from))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn only_the_shim_subcommand_is_dispatched() {
+        assert_eq!(dispatch(args(&[])), None);
+        assert_eq!(dispatch(args(&["run"])), None);
+        assert_eq!(dispatch(args(&["status", "job-shim"])), None);
+    }
+
+    /// Every malformed shim command line exits 125 before anything is waited on or run
+    /// (a well-formed one would wait on this test's stdin, so it is left to children.rs's
+    /// tests, which start the real shim).
+    #[test]
+    fn a_malformed_shim_command_line_runs_nothing() {
+        for bad in [
+            &["job-shim"][..],
+            &["job-shim", "--parent", "1"],
+            &["job-shim", "--parent"],
+            &["job-shim", "--", "true"],
+            &["job-shim", "--parent", "x", "--", "true"],
+            &["job-shim", "--parent", "1", "--nofile", "many", "--", "true"],
+            &["job-shim", "--parent", "1", "--verbose", "yes", "--", "true"],
+        ] {
+            assert_eq!(dispatch(args(bad)), Some(EXIT_NOT_RELEASED), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_arguments_written_are_the_arguments_read() {
+        let written = args_before_argv(42, Some(Path::new("/some dir")), Some(256));
+        let words: Vec<String> = written.iter().map(|w| w.to_string_lossy().into_owned()).collect();
+        assert_eq!(words, ["job-shim", "--parent", "42", "--cwd", "/some dir", "--nofile", "256", "--"]);
+        assert_eq!(args_before_argv(7, None, None), ["job-shim", "--parent", "7", "--"]);
     }
 }
