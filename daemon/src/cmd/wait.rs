@@ -66,13 +66,6 @@ impl Default for Changes {
     }
 }
 
-/// A job's progress, or 66 when it does not exist.
-pub fn progress(ctx: &Context, conn: &Connection, id: i64) -> Result<JobProgress> {
-    read::job_progress(conn, id)
-        .map_err(|e| Error::sqlite(&ctx.paths.database, e))?
-        .ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
-}
-
 /// Where `wait` and `logs -f` read a job's progress from. SQLite: re-read only after
 /// another connection committed ([`Changes`]). PostgreSQL: one indexed row read every
 /// [`POLL`] (the server has no `data_version`; a command does not hold a `LISTEN`
