@@ -132,18 +132,7 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
         outln!("  (none)")?;
     }
     for (r, output) in runs.iter().zip(&outputs) {
-        outln!(
-            "  run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
-            r.run,
-            r.attempt,
-            r.epoch,
-            r.worker,
-            r.child_pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("-")),
-            time(Some(r.started_at)),
-            time(r.ended_at),
-            r.outcome.as_deref().unwrap_or("running"),
-            r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-        )?;
+        outln!("  {}", run_line(r))?;
         if let Some(o) = output {
             outln!("    stdout: {}", o.describe(&o.stdout))?;
             outln!("    stderr: {}", o.describe(&o.stderr))?;
@@ -168,6 +157,23 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
         _ => outln!("  (none)")?,
     }
     Ok(exit::OK)
+}
+
+/// One run as `show` prints it (under `runs:`, indented): its numbers, worker, child,
+/// times and outcome (`running` while it has none), with its error after a colon.
+pub fn run_line(r: &RunRow) -> String {
+    format!(
+        "run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
+        r.run,
+        r.attempt,
+        r.epoch,
+        r.worker,
+        r.child_pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("-")),
+        time(Some(r.started_at)),
+        time(r.ended_at),
+        r.outcome.as_deref().unwrap_or("running"),
+        r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+    )
 }
 
 /// Where an `exec` run's output is, and the last line of its stderr when it did not
