@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::backend::{AnyStore, EngineIo};
 use crate::cmd::context::Context;
 use crate::cmd::lead::{acquire_lock, diagnostics, Role};
-use crate::cmd::run::{announce_lead, every, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop};
+use crate::cmd::run::{
+    announce_lead, every, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop,
+};
 use crate::engine::coordinator::Coordinator;
 use crate::engine::jobstore::StoreError;
 use crate::error::{exit, Error, Result};

@@ -424,13 +424,7 @@ pub fn requeue_unstarted(
 
 /// The daemon, as the run's owner, records an operator's cancellation.
 pub fn cancel_running(tx: &mut Transaction<'_>, claim: &ClaimRef, now: i64) -> PgResult<bool> {
-    finish_owned(
-        tx,
-        claim,
-        "status = 'cancelled', error = 'cancelled by an operator while running'",
-        "cancelled",
-        now,
-    )
+    finish_owned(tx, claim, "status = 'cancelled', error = 'cancelled by an operator while running'", "cancelled", now)
 }
 
 /// The children recorded by open runs of jobs still `running` under any of `epochs`.
