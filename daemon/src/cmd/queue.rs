@@ -22,6 +22,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::cmd::context::{self, Backend, Context, Pg};
 use crate::error::{Error, Result};
+use crate::postgres::jobs::PgResult;
 use crate::postgres::ops as pg_ops;
 use crate::postgres::workers::{self, WorkerRow};
 use crate::rows::{Cancel, JobProgress, JobRow, Retry, RunRow, RunningJob};
@@ -179,25 +180,9 @@ impl Queue {
     }
 
     /// Cancels job `id` in one transaction: a pending job at once, a running one by a
-    /// request its owner acts on. SQLite stamps it with the effective clock.
+    /// request its owner acts on.
     pub fn cancel(&mut self, ctx: &Context, id: i64) -> Result<Cancel> {
-        match self {
-            Queue::Sqlite { conn, db } => {
-                let sql = |e| Error::sqlite(&*db, e);
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-                let outcome = ops::cancel(&tx, id, ctx.clock.now_ms()).map_err(sql)?;
-                tx.commit().map_err(sql)?;
-                Ok(outcome)
-            }
-            Queue::Postgres(pg) => {
-                let shown = pg.shown();
-                let pge = |e| Error::postgres(&shown, e);
-                let mut tx = pg.client.transaction().map_err(pge)?;
-                let outcome = pg_ops::cancel(&mut tx, id).map_err(pge)?;
-                tx.commit().map_err(pge)?;
-                Ok(outcome)
-            }
-        }
+        self.write(ctx, |tx, now| ops::cancel(tx, id, now), |tx| pg_ops::cancel(tx, id))
     }
 
     /// Whether someone will act on running job `id`'s cancel request now. SQLite: a daemon
@@ -224,22 +209,33 @@ impl Queue {
         }
     }
 
-    /// A failed or cancelled job back to pending, in one transaction. SQLite stamps it
-    /// with the effective clock.
+    /// A failed or cancelled job back to pending, in one transaction.
     pub fn retry(&mut self, ctx: &Context, id: i64) -> Result<Retry> {
+        self.write(ctx, |tx, now| ops::retry(tx, id, now), |tx| pg_ops::retry(tx, id))
+    }
+
+    /// One write transaction, committed: on SQLite `BEGIN IMMEDIATE`, `sqlite` given the
+    /// effective clock's now to stamp with; on PostgreSQL `pg`, whose statements stamp the
+    /// server's clock.
+    fn write<R>(
+        &mut self,
+        ctx: &Context,
+        sqlite: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<R>,
+        pg: impl FnOnce(&mut postgres::Transaction<'_>) -> PgResult<R>,
+    ) -> Result<R> {
         match self {
             Queue::Sqlite { conn, db } => {
                 let sql = |e| Error::sqlite(&*db, e);
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-                let outcome = ops::retry(&tx, id, ctx.clock.now_ms()).map_err(sql)?;
+                let outcome = sqlite(&tx, ctx.clock.now_ms()).map_err(sql)?;
                 tx.commit().map_err(sql)?;
                 Ok(outcome)
             }
-            Queue::Postgres(pg) => {
-                let shown = pg.shown();
+            Queue::Postgres(p) => {
+                let shown = p.shown();
                 let pge = |e| Error::postgres(&shown, e);
-                let mut tx = pg.client.transaction().map_err(pge)?;
-                let outcome = pg_ops::retry(&mut tx, id).map_err(pge)?;
+                let mut tx = p.client.transaction().map_err(pge)?;
+                let outcome = pg(&mut tx).map_err(pge)?;
                 tx.commit().map_err(pge)?;
                 Ok(outcome)
             }
