@@ -40,7 +40,7 @@ pub enum Queue {
 /// Who is running the queue, as `status` reports it.
 pub enum Daemon {
     /// SQLite: the leader row, and whether its holder is alive and recently seen.
-    Leader { row: LeaderRow, state: HolderState },
+    Leader { row: Box<LeaderRow>, state: HolderState },
     /// PostgreSQL: the live workers (registered, neither fenced nor stopped).
     Workers(Vec<WorkerRow>),
 }
@@ -258,7 +258,7 @@ impl Queue {
                 let oldest_pending = ops::oldest_pending(conn, now).map_err(sql)?;
                 let running = read::running_jobs(conn).map_err(sql)?;
                 Ok(Overview {
-                    daemon: Daemon::Leader { row, state },
+                    daemon: Daemon::Leader { row: Box::new(row), state },
                     now,
                     counts,
                     lanes,
