@@ -126,6 +126,21 @@ pub enum Error {
     StdoutClosed,
 }
 
+/// A PostgreSQL failure in words, for every place that shows one ([`Error::postgres_in`],
+/// the PostgreSQL store's `StoreError::Unavailable`): what the server said, or for a
+/// connection that failed or broke, the driver's words and their cause.
+pub fn postgres_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        // The driver's Display for a server error is "db error: ..."; say what the server said.
+        Some(db) => db.message().to_owned(),
+        // "error connecting to server" alone hides why: add the cause (refused, timed out).
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 impl Error {
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io { op, path: path.into(), source }
@@ -166,15 +181,7 @@ impl Error {
             // No SQLSTATE: the connection failed or broke (refused, timed out, reset).
             None => exit::IN_USE,
         };
-        // The driver's Display for a server error is "db error: ..."; say what the server said.
-        let said = match e.as_db_error() {
-            Some(db) => db.message().to_owned(),
-            // "error connecting to server" alone hides why: add the cause (refused, timed out).
-            None => match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            },
-        };
+        let said = postgres_message(&e);
         let message = if what.is_empty() { said } else { format!("{what}: {said}") };
         Error::Postgres { target: target.to_owned(), message, code }
     }

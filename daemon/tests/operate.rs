@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::assert::Assert;
 use common::*;
+use homerd::rows::RunRow;
 use predicates::prelude::*;
 use rusqlite::types::Value as Sql;
 use rusqlite::OptionalExtension;
@@ -122,39 +123,11 @@ fn job(sb: &Sandbox, id: i64) -> JobDb {
         .unwrap_or_else(|e| panic!("job {id}: {e}"))
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct RunDb {
-    run: i64,
-    attempt: i64,
-    epoch: i64,
-    worker: String,
-    child_pid: Option<i64>,
-    started_at: i64,
-    ended_at: Option<i64>,
-    outcome: Option<String>,
-    error: Option<String>,
-}
-
-fn runs(sb: &Sandbox, id: i64) -> Vec<RunDb> {
-    query_rows(
-        &sql(&sb.db()),
-        "SELECT run, attempt, epoch, worker, child_pid, started_at, ended_at, outcome, error
-         FROM job_runs WHERE job_id = ?1 ORDER BY run",
-        [id],
-        |r| {
-            Ok(RunDb {
-                run: r.get(0)?,
-                attempt: r.get(1)?,
-                epoch: r.get(2)?,
-                worker: r.get(3)?,
-                child_pid: r.get(4)?,
-                started_at: r.get(5)?,
-                ended_at: r.get(6)?,
-                outcome: r.get(7)?,
-                error: r.get(8)?,
-            })
-        },
-    )
+/// A job's runs, read with the statement `show` reads them with
+/// (`homerd::sqlite::ops::runs`): what the daemon recorded, which the tests hold the
+/// commands' output and the daemon's events against.
+fn runs(sb: &Sandbox, id: i64) -> Vec<RunRow> {
+    homerd::sqlite::ops::runs(&sql(&sb.db()), id).unwrap_or_else(|e| panic!("runs of job {id}: {e}"))
 }
 
 fn time(ms: Option<i64>) -> String {
@@ -326,18 +299,8 @@ fn show_reports_every_run_and_the_error_history() {
         let line = format!("  attempts:      {}/{max} (0 interruptions, {} runs)\n", db.attempts, db_runs.len());
         assert!(text.contains(&line), "missing {line:?} in:\n{text}");
         for r in &db_runs {
-            let line = format!(
-                "  run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
-                r.run,
-                r.attempt,
-                r.epoch,
-                r.worker,
-                r.child_pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("-")),
-                time(Some(r.started_at)),
-                time(r.ended_at),
-                r.outcome.as_deref().unwrap(),
-                r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-            );
+            // Every recorded run, with the database's values in `show`'s words for a run.
+            let line = format!("  {}\n", homerd::cmd::operate::run_line(r));
             assert!(text.contains(&line), "missing {line:?} in:\n{text}");
         }
         for e in &errors {

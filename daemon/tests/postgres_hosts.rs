@@ -445,19 +445,40 @@ fn a_daemon_killed_alone_takes_its_jobs_whole_group_along_before_another_hosts_r
     owner_dies_mid_run(Death::Daemon, first_run_hangs());
 }
 
-#[test]
-fn a_partitioned_owner_kills_its_run_before_another_host_claims_and_once_healed_is_fenced_and_records_nothing() {
-    let Some(mut c) = Cluster::new(&["a", "b"]) else { return };
-    c.start(0);
+/// Where [`partition_owner_mid_run`] leaves a cluster.
+struct Partitioned {
+    ids: Vec<i64>,
+    /// Run 1's `start` record (on host a: its host and incarnation).
+    first: Effect,
+    /// When a was cut off.
+    cut_at: u128,
+    /// a's `job.lease_lost` event.
+    lost: serde_json::Value,
+    /// Run 1's `stopped` record.
+    stopped: Effect,
+}
+
+/// How both partition tests begin: host a (started with `a_args` after the common ones)
+/// runs a job whose first run hangs, b starts, and a is cut off mid-run; returns once a
+/// has said its lease is lost and its run has recorded that it was stopped.
+fn partition_owner_mid_run(c: &mut Cluster, a_args: &[&str]) -> Partitioned {
+    c.start_with(0, a_args);
     let ids = c.enqueue(&[first_run_hangs()]);
     let first = c.wait_effect("run 1's start", |e| e.kind == "start" && e.run == 1);
     assert_eq!(first.host, "a");
     c.start(1);
     let cut_at = now_ns();
     c.nodes[0].host.partition().unwrap();
-    // The owner, unable to renew, stops its run by the lease's deadline...
     let lost = common::wait_job_event(c.daemon(0), "job.lease_lost", ids[0]);
     let stopped = c.wait_effect("run 1 stopped", |e| e.kind == "stopped" && e.run == 1);
+    Partitioned { ids, first, cut_at, lost, stopped }
+}
+
+#[test]
+fn a_partitioned_owner_kills_its_run_before_another_host_claims_and_once_healed_is_fenced_and_records_nothing() {
+    let Some(mut c) = Cluster::new(&["a", "b"]) else { return };
+    // The owner, unable to renew, stops its run by the lease's deadline...
+    let Partitioned { ids, first, cut_at, lost, stopped } = partition_owner_mid_run(&mut c, &[]);
     // ...and only then does the other host fence it and run the job again.
     let rerun = c.wait_effect("run 2's start", |e| e.kind == "start" && e.run == 2);
     assert_eq!(rerun.host, "b");
@@ -507,15 +528,8 @@ fn a_partition_healed_before_the_stale_threshold_lets_the_owner_resume_unfenced_
     let Some(mut c) = Cluster::new(&["a", "b"]) else { return };
     // A long kill_grace moves a's lease deadline (stale - kill_grace - margin) well before
     // the stale threshold: between the two, a's run is stopped but nobody has fenced a.
-    c.start_with(0, &["--set", "kill_grace=1500ms"]);
-    let ids = c.enqueue(&[first_run_hangs()]);
-    let first = c.wait_effect("run 1's start", |e| e.kind == "start" && e.run == 1);
-    assert_eq!(first.host, "a");
-    c.start(1);
-    let cut_at = now_ns();
-    c.nodes[0].host.partition().unwrap();
-    common::wait_job_event(c.daemon(0), "job.lease_lost", ids[0]);
-    let stopped = c.wait_effect("run 1 stopped", |e| e.kind == "stopped" && e.run == 1);
+    let Partitioned { ids, first, cut_at, stopped, .. } =
+        partition_owner_mid_run(&mut c, &["--set", "kill_grace=1500ms"]);
     c.nodes[0].host.heal().unwrap();
     let healed_at = now_ns();
     let healed_ms = c.scalar("SELECT homer_now_ms()");

@@ -104,8 +104,9 @@ pub fn open_for_write(ctx: &Context) -> Result<Connection> {
 }
 
 /// Which database the commands work on: `ctx.config.database` (`--database`, the
-/// `database` key, `HOMER_DATABASE`). Each command matches on it once; the SQLite arm is
-/// the command as it always was.
+/// `database` key, `HOMER_DATABASE`). The operator commands on jobs match on it once,
+/// when they open their `crate::cmd::queue::Queue`; `enqueue`, `doctor`, `migrate`,
+/// `backup` and `run` each match on it once themselves.
 pub enum Backend<'a> {
     /// The home's SQLite file.
     Sqlite,

@@ -132,7 +132,7 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
         )));
     }
     let mut source = Source::open(ctx, id)?;
-    let first = source.progress(ctx, id)?;
+    let first = source.progress(id)?;
     if first.kind != "exec" {
         eprintln!("homerd: job {id} is a `{}` job: only `exec` jobs have output", first.kind);
         if !spec.follow {
@@ -175,7 +175,7 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
     let mut checked_host = 0;
     loop {
         if source.changed(ctx)? {
-            now = source.progress(ctx, id)?;
+            now = source.progress(id)?;
         }
         if now.runs >= run && checked_host < run && ts.iter().all(|t| !t.path.exists()) {
             // The run has begun (its row exists) and its files are not here: on
@@ -211,13 +211,7 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
 /// its host) that ran it, when that is not this home's daemon. A run's output files stay
 /// on the host that ran it; `homerd logs` there reads them.
 fn elsewhere(ctx: &Context, source: &mut Source, id: i64, run: i64) -> Result<()> {
-    let Source::Postgres(pg) = source else { return Ok(()) };
-    let shown = pg.shown();
-    let Some((worker, host)) =
-        crate::postgres::ops::run_worker(&mut pg.client, id, run).map_err(|e| Error::postgres(&shown, e))?
-    else {
-        return Ok(());
-    };
+    let Some((worker, host)) = source.queue.run_worker(id, run)? else { return Ok(()) };
     if is_this_home(&crate::platform::hostname(), &ctx.paths.home, &worker) {
         return Ok(());
     }

@@ -11,6 +11,8 @@
 //! - `wait.rs` — `wait`: blocking until jobs end; the outcome → exit code mapping `logs -f` shares.
 //! - `service/` — `homerd service launchd|systemd` and doctor's checks of installed units.
 //! - `context.rs` — the [`context::Context`] and the openers every other command uses.
+//! - `queue.rs` — [`queue::Queue`]: the operator commands' reads and writes on either
+//!   backend, chosen once when a command opens it.
 
 pub mod context;
 pub mod doctor;
@@ -19,6 +21,7 @@ pub mod lead;
 pub mod logs;
 pub mod maintain;
 pub mod operate;
+pub mod queue;
 pub mod run;
 pub mod run_postgres;
 pub mod service;

@@ -6,18 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::TransactionBehavior;
 use serde_json::json;
 
 use crate::clock::format_rfc3339;
-use crate::cmd::context::{self, Backend, Context};
+use crate::cmd::context::{Backend, Context};
+use crate::cmd::queue::Queue;
 use crate::error::{exit, Error, Result};
 use crate::job::JobStatus;
-use crate::postgres::ops as pg_ops;
-use crate::rows::RunRow;
-use crate::sqlite::leader::HolderState;
-use crate::sqlite::ops::{self, Cancel, JobRow, Retry};
-use crate::sqlite::read;
+use crate::rows::{Cancel, JobRow, Retry, RunRow};
 use crate::{outln, output};
 
 fn time(ms: Option<i64>) -> String {
@@ -39,18 +35,9 @@ pub fn list(ctx: &Context, status: Option<String>, lane: Option<String>, limit: 
             return Err(Error::Usage(format!("--status: unknown status `{s}`; one of {all}")));
         }
     }
-    let rows = match ctx.backend() {
-        Backend::Postgres(url) => {
-            let mut pg = context::open_postgres(ctx, url)?;
-            let shown = pg.shown();
-            pg_ops::list(&mut pg.client, status.as_deref(), lane.as_deref(), limit)
-                .map_err(|e| Error::postgres(&shown, e))?
-        }
-        Backend::Sqlite => match context::open_read_only(ctx)? {
-            Some(conn) => ops::list(&conn, status.as_deref(), lane.as_deref(), limit)
-                .map_err(|e| Error::sqlite(&ctx.paths.database, e))?,
-            None => Vec::new(),
-        },
+    let rows = match Queue::read_only(ctx)? {
+        Some(mut queue) => queue.list(status.as_deref(), lane.as_deref(), limit)?,
+        None => Vec::new(),
     };
     if as_json {
         for r in &rows {
@@ -86,23 +73,7 @@ fn not_found(id: i64) -> Error {
 
 /// `homerd show ID`: the job, its runs and its error history.
 pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let (job, runs, errors) = match ctx.backend() {
-        Backend::Postgres(url) => show_postgres(ctx, url, id)?,
-        Backend::Sqlite => {
-            let Some(mut conn) = context::open_read_only(ctx)? else {
-                return Err(context::no_database_yet(ctx, id));
-            };
-            let sql = |e| Error::sqlite(&ctx.paths.database, e);
-            // One read transaction: the job, its runs and its errors from one snapshot
-            // (retention could otherwise prune it between the reads).
-            let tx = conn.transaction().map_err(sql)?;
-            let job = ops::job(&tx, id).map_err(sql)?.ok_or_else(|| not_found(id))?;
-            let runs = ops::runs(&tx, id).map_err(sql)?;
-            let errors = ops::errors(&tx, id).map_err(sql)?;
-            drop(tx);
-            (job, runs, errors)
-        }
-    };
+    let (job, runs, errors) = Queue::for_job(ctx, id)?.show(id)?.ok_or_else(|| not_found(id))?;
     // An `exec` job's runs name their output files, and a run that did not complete
     // its stderr's last line: the cause, when the program could not even start.
     let outputs: Vec<Option<RunOutput>> = runs
@@ -132,18 +103,7 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
         outln!("  (none)")?;
     }
     for (r, output) in runs.iter().zip(&outputs) {
-        outln!(
-            "  run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
-            r.run,
-            r.attempt,
-            r.epoch,
-            r.worker,
-            r.child_pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("-")),
-            time(Some(r.started_at)),
-            time(r.ended_at),
-            r.outcome.as_deref().unwrap_or("running"),
-            r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-        )?;
+        outln!("  {}", run_line(r))?;
         if let Some(o) = output {
             outln!("    stdout: {}", o.describe(&o.stdout))?;
             outln!("    stderr: {}", o.describe(&o.stderr))?;
@@ -168,6 +128,23 @@ pub fn show(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
         _ => outln!("  (none)")?,
     }
     Ok(exit::OK)
+}
+
+/// One run as `show` prints it (under `runs:`, indented): its numbers, worker, child,
+/// times and outcome (`running` while it has none), with its error after a colon.
+pub fn run_line(r: &RunRow) -> String {
+    format!(
+        "run {} (attempt {}, epoch {}, worker {}, pid {}): {} -> {} {}{}",
+        r.run,
+        r.attempt,
+        r.epoch,
+        r.worker,
+        r.child_pid.map(|p| p.to_string()).unwrap_or_else(|| String::from("-")),
+        time(Some(r.started_at)),
+        time(r.ended_at),
+        r.outcome.as_deref().unwrap_or("running"),
+        r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+    )
 }
 
 /// Where an `exec` run's output is, and the last line of its stderr when it did not
@@ -249,14 +226,11 @@ fn print_job(j: &JobRow) -> Result<()> {
 
 /// `homerd cancel ID`: a pending job becomes `cancelled` at once; a running one is
 /// stopped by the daemon that owns it (this waits, bounded, to report the result); a
-/// finished one is left alone (exit 3).
+/// finished one is left alone (exit 3). On PostgreSQL a running job's owner may be on
+/// another host: it learns of the request on its next look, woken by the `NOTIFY`; with
+/// no live owner, the worker that fences the owner and recovers the job cancels it then.
 pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    if let Backend::Postgres(url) = ctx.backend() {
-        return cancel_postgres(ctx, url, id, as_json);
-    }
-    let mut conn = context::open_for_job_write(ctx, id)?;
-    let db = ctx.paths.database.clone();
-    let sql = |e| Error::sqlite(&db, e);
+    let mut queue = Queue::for_job_write(ctx, id)?;
     let report = |result: &str, message: String| {
         if as_json {
             print_json(json!({"id": id, "result": result}))
@@ -266,10 +240,7 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
     };
     let deadline = Instant::now() + ctx.config.drain_bound(Duration::ZERO);
     loop {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-        let outcome = ops::cancel(&tx, id, ctx.clock.now_ms()).map_err(sql)?;
-        tx.commit().map_err(sql)?;
-        match outcome {
+        match queue.cancel(ctx, id)? {
             Cancel::NotFound => return Err(not_found(id)),
             Cancel::Cancelled => {
                 report("cancelled", format!("job {id} cancelled"))?;
@@ -280,35 +251,32 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
             }
             Cancel::Requested => {}
         }
-        // Running: the daemon that owns it stops it and records `cancelled`. If no daemon
-        // is active, the next start's recovery cancels it.
-        let active = read::leader_row(&conn).ok().flatten().is_some_and(|r| {
-            matches!(r.holder_state(&ctx.clock, ctx.config.stale_threshold), HolderState::Active { .. })
-        });
-        if !active {
-            report("requested", format!("job {id} is marked running but no daemon is active: it will be cancelled when the daemon next starts"))?;
+        // Running: the daemon that owns it stops it and records `cancelled`. If nobody
+        // acts on the request now, the job is cancelled when its owner's place is taken.
+        if !queue.owner_active(ctx, id)? {
+            report("requested", format!("job {id} is marked running but {}", queue.unowned_cancel()))?;
             return Ok(exit::OK);
         }
         loop {
-            let status = ops::job(&conn, id).map_err(sql)?.map(|j| j.status).unwrap_or_default();
-            match status.as_str() {
-                "cancelled" => {
+            match queue.progress(id)?.map(|p| p.status) {
+                Some(JobStatus::Cancelled) => {
                     report("cancelled", format!("job {id} cancelled (its run was stopped)"))?;
                     return Ok(exit::OK);
                 }
-                "running" if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                "running" => {
+                Some(JobStatus::Running) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Some(JobStatus::Running) => {
                     report("requested", format!("job {id}: cancel requested; the daemon has not stopped it yet"))?;
                     return Ok(exit::OK);
                 }
                 // Released or requeued before the daemon saw the request: cancel it as
                 // a pending job now.
-                "pending" => break,
-                other => {
+                Some(JobStatus::Pending) => break,
+                Some(other) => {
                     return Err(Error::WrongState(format!(
                         "job {id} finished as {other} before it could be cancelled"
                     )));
                 }
+                None => return Err(not_found(id)),
             }
         }
     }
@@ -316,26 +284,7 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
 
 /// `homerd retry ID`.
 pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
-    let outcome = match ctx.backend() {
-        Backend::Postgres(url) => {
-            let mut pg = context::open_postgres(ctx, url)?;
-            let shown = pg.shown();
-            let pge = |e| Error::postgres(&shown, e);
-            let mut tx = pg.client.transaction().map_err(pge)?;
-            let outcome = pg_ops::retry(&mut tx, id).map_err(pge)?;
-            tx.commit().map_err(pge)?;
-            outcome
-        }
-        Backend::Sqlite => {
-            let mut conn = context::open_for_job_write(ctx, id)?;
-            let sql = |e| Error::sqlite(&ctx.paths.database, e);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
-            let outcome = ops::retry(&tx, id, ctx.clock.now_ms()).map_err(sql)?;
-            tx.commit().map_err(sql)?;
-            outcome
-        }
-    };
-    match outcome {
+    match Queue::for_job_write(ctx, id)?.retry(ctx, id)? {
         Retry::NotFound => Err(not_found(id)),
         Retry::NotRetryable(status) => {
             Err(Error::WrongState(format!("job {id} is {status}; only failed or cancelled jobs can be retried")))
@@ -347,91 +296,6 @@ pub fn retry(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
                 outln!("job {id} requeued with a fresh attempt budget")?;
             }
             Ok(exit::OK)
-        }
-    }
-}
-
-/// `show`'s reads on PostgreSQL, from one snapshot (REPEATABLE READ, read only).
-fn show_postgres(ctx: &Context, url: &str, id: i64) -> Result<(JobRow, Vec<RunRow>, serde_json::Value)> {
-    let mut pg = context::open_postgres(ctx, url)?;
-    let shown = pg.shown();
-    let pge = |e| Error::postgres(&shown, e);
-    let mut tx = pg
-        .client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(pge)?;
-    let job = pg_ops::job(&mut tx, id).map_err(pge)?.ok_or_else(|| not_found(id))?;
-    let runs = pg_ops::runs(&mut tx, id).map_err(pge)?;
-    let errors = pg_ops::errors(&mut tx, id).map_err(pge)?;
-    tx.commit().map_err(pge)?;
-    Ok((job, runs, errors))
-}
-
-/// `cancel` on PostgreSQL: the same outcomes and lines as on SQLite. A running job's
-/// owner may be on another host, so the request is filed and its owner stops the run
-/// (it learns of the request on its next look, woken by the `NOTIFY`); this waits, bounded
-/// as on SQLite, for it to say `cancelled`. With no live owner, the worker that fences
-/// the owner and recovers the job cancels it then.
-fn cancel_postgres(ctx: &Context, url: &str, id: i64, as_json: bool) -> Result<i32> {
-    let mut pg = context::open_postgres(ctx, url)?;
-    let shown = pg.shown();
-    let pge = |e| Error::postgres(&shown, e);
-    let report = |result: &str, message: String| {
-        if as_json {
-            print_json(json!({"id": id, "result": result}))
-        } else {
-            outln!("{message}")
-        }
-    };
-    let deadline = Instant::now() + ctx.config.drain_bound(Duration::ZERO);
-    loop {
-        let mut tx = pg.client.transaction().map_err(pge)?;
-        let outcome = pg_ops::cancel(&mut tx, id).map_err(pge)?;
-        tx.commit().map_err(pge)?;
-        match outcome {
-            Cancel::NotFound => return Err(not_found(id)),
-            Cancel::Cancelled => {
-                report("cancelled", format!("job {id} cancelled"))?;
-                return Ok(exit::OK);
-            }
-            Cancel::Terminal(status) => {
-                return Err(Error::WrongState(format!("job {id} is already {status}; nothing to cancel")));
-            }
-            Cancel::Requested => {}
-        }
-        if !pg_ops::owner_live(&mut pg.client, id).map_err(pge)? {
-            report(
-                "requested",
-                format!(
-                    "job {id} is marked running but its worker is not active: it will be cancelled when a live \
-                     worker recovers it"
-                ),
-            )?;
-            return Ok(exit::OK);
-        }
-        loop {
-            let status = pg_ops::job_progress(&mut pg.client, id).map_err(pge)?.map(|p| p.status);
-            match status {
-                Some(JobStatus::Cancelled) => {
-                    report("cancelled", format!("job {id} cancelled (its run was stopped)"))?;
-                    return Ok(exit::OK);
-                }
-                Some(JobStatus::Running) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                Some(JobStatus::Running) => {
-                    report("requested", format!("job {id}: cancel requested; the daemon has not stopped it yet"))?;
-                    return Ok(exit::OK);
-                }
-                Some(JobStatus::Pending) => break,
-                Some(other) => {
-                    return Err(Error::WrongState(format!(
-                        "job {id} finished as {other} before it could be cancelled"
-                    )));
-                }
-                None => return Err(not_found(id)),
-            }
         }
     }
 }

@@ -47,20 +47,7 @@ pub fn run(ctx: Context) -> Result<i32> {
         open_and_lead(&ctx, &mut lock, Role::Daemon, &mut |lock, epoch, id| {
             lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch, id))
         })?;
-    events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
-    let (dev, ino) = lock.dev_ino();
-    events::info("lock.acquired", "Daemon lock acquired")
-        .field("path", lock.path().display().to_string())
-        .field("epoch", epoch)
-        .field("dev", dev)
-        .field("ino", ino)
-        .emit();
-    if !applied.is_empty() {
-        events::info("migrations.applied", "Migrations applied")
-            .field("count", applied.len())
-            .field("migrations", applied.join(","))
-            .emit();
-    }
+    announce_lead(&ctx, &lock, epoch, &applied)?;
     raise_open_files();
     let (writer, thread) = Writer::start(conn, epoch);
     let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
@@ -109,6 +96,27 @@ pub fn run(ctx: Context) -> Result<i32> {
     let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, database_id, signals, engine, coord));
     thread.join();
     result
+}
+
+/// What a start says once it leads, on either backend: the log file opened, then
+/// `lock.acquired` (the lock file's path and identity, with the epoch — on PostgreSQL the
+/// incarnation) and `migrations.applied` when this start applied any.
+pub(super) fn announce_lead(ctx: &Context, lock: &HeldLock, epoch: i64, applied: &[&str]) -> Result<()> {
+    events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
+    let (dev, ino) = lock.dev_ino();
+    events::info("lock.acquired", "Daemon lock acquired")
+        .field("path", lock.path().display().to_string())
+        .field("epoch", epoch)
+        .field("dev", dev)
+        .field("ino", ino)
+        .emit();
+    if !applied.is_empty() {
+        events::info("migrations.applied", "Migrations applied")
+            .field("count", applied.len())
+            .field("migrations", applied.join(","))
+            .emit();
+    }
+    Ok(())
 }
 
 /// Room for `concurrency` jobs' descriptors (rlimit.rs); jobs get the old limit back.

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use crate::backend::{AnyStore, EngineIo};
 use crate::cmd::context::Context;
 use crate::cmd::lead::{acquire_lock, diagnostics, Role};
-use crate::cmd::run::{every, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop};
+use crate::cmd::run::{
+    announce_lead, every, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop,
+};
 use crate::engine::coordinator::Coordinator;
 use crate::engine::jobstore::StoreError;
 use crate::error::{exit, Error, Result};
@@ -48,20 +50,7 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
     };
     let epoch = workers::register(&mut client, &registration).map_err(|e| Error::postgres(&target.shown, e))?;
     lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch.0, None))?;
-    events::open_log_file(&ctx.paths.log_file).map_err(|e| Error::io("open log file", &ctx.paths.log_file, e))?;
-    let (dev, ino) = lock.dev_ino();
-    events::info("lock.acquired", "Daemon lock acquired")
-        .field("path", lock.path().display().to_string())
-        .field("epoch", epoch)
-        .field("dev", dev)
-        .field("ino", ino)
-        .emit();
-    if !applied.is_empty() {
-        events::info("migrations.applied", "Migrations applied")
-            .field("count", applied.len())
-            .field("migrations", applied.join(","))
-            .emit();
-    }
+    announce_lead(&ctx, &lock, epoch.0, &applied)?;
     events::info("worker.registered", "Registered as a worker of the shared queue")
         .field("incarnation", epoch)
         .field("name", registration.name.clone())

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cmd::context::{self, Backend, Context};
+use crate::cmd::context::Context;
+use crate::cmd::queue::{Daemon, Queue};
 use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
-use crate::sqlite::leader::{self, HolderState, LeaderRow};
-use crate::sqlite::schema::MIGRATIONS;
-use crate::sqlite::{self, read};
+use crate::postgres::workers::WorkerRow;
+use crate::sqlite::leader::{HolderState, LeaderRow};
 use crate::{outln, output};
 
 fn holder_json(row: &LeaderRow, state: &HolderState) -> serde_json::Value {
@@ -56,14 +56,14 @@ fn format_age(d: Duration) -> String {
     }
 }
 
-/// `homerd status [--json]`.
+/// `homerd status [--json]`. On PostgreSQL every age is by the server's clock, and the
+/// live workers (registered, neither fenced nor stopped) stand in for the leader row:
+/// `daemon.state` is `active` when one was heard from within its stale threshold, `stale`
+/// when every live one is overdue, `none` without any; `--json` has the SQLite keys plus
+/// `"workers"`.
 pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
-    if let Backend::Postgres(url) = ctx.backend() {
-        return status_postgres(ctx, url, as_json);
-    }
-    let db = &ctx.paths.database;
-    let sql = |e| Error::sqlite(db, e);
-    let Some(conn) = context::open_read_only(ctx)? else {
+    let Some(mut queue) = Queue::read_only(ctx)? else {
+        let db = &ctx.paths.database;
         if as_json {
             output::json(&json!({"database": db, "exists": false, "daemon": {"state": "none", "active": false}}))?;
         } else {
@@ -72,16 +72,12 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         }
         return Ok(exit::OK);
     };
-    let row = leader::read(&conn).map_err(sql)?;
-    let state = row.holder_state(&ctx.clock, ctx.config.stale_threshold);
-    let counts = read::job_counts(&conn).map_err(sql)?;
-    let lanes = sqlite::ops::lane_counts(&conn).map_err(sql)?;
-    let metrics = sqlite::ops::metrics(&conn).map_err(sql)?;
-    let now = ctx.clock.now_ms();
-    let oldest_pending_age_ms = sqlite::ops::oldest_pending(&conn, now).map_err(sql)?.map(|t| (now - t).max(0));
-    let running = read::running_jobs(&conn).map_err(sql)?;
+    let o = queue.overview(ctx)?;
+    let now = o.now;
+    let oldest_pending_age_ms = o.oldest_pending.map(|t| (now - t).max(0));
     if as_json {
-        let running: Vec<_> = running
+        let running: Vec<_> = o
+            .running
             .iter()
             .map(|j| {
                 json!({
@@ -93,136 +89,61 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
                 })
             })
             .collect();
-        let out = json!({
-            "database": db,
-            "exists": true,
-            "schema": {"applied": MIGRATIONS.len(), "known": MIGRATIONS.len()},
-            "daemon": holder_json(&row, &state),
-            "jobs": counts,
-            "lanes": lanes,
-            "oldest_pending_age_ms": oldest_pending_age_ms,
-            "running": running,
-            "metrics": metrics,
-        });
-        output::json(&out)?;
-    } else {
-        outln!("database: {}", db.display())?;
-        outln!("daemon:   {}", describe_holder(&state))?;
-        if matches!(state, HolderState::Active { .. } | HolderState::Stale { .. }) {
-            outln!("epoch:    {}", row.epoch)?;
-            outln!("lock:     {}", row.lock_path.as_deref().unwrap_or("-"))?;
-        }
-        let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        outln!("jobs:     {}", line.join(", "))?;
-        for (lane, by_status) in &lanes {
-            let line: Vec<String> = by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            outln!("  lane {lane}: {}", line.join(", "))?;
-        }
-        if let Some(age) = oldest_pending_age_ms {
-            outln!("oldest pending: {} ago", format_age(Duration::from_millis(age as u64)))?;
-        }
-        for j in &running {
-            let hb = j.heartbeat_at.map(|h| format_age(Duration::from_millis((now - h).max(0) as u64)));
-            outln!(
-                "running:  job {} ({} in lane {}), heartbeat {} ago, owner {}",
-                j.id,
-                j.kind,
-                j.lane,
-                hb.as_deref().unwrap_or("never"),
-                j.locked_by.as_deref().unwrap_or("-")
-            )?;
-        }
-        let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        outln!("metrics:  {}", line.join(", "))?;
-    }
-    Ok(exit::OK)
-}
-
-/// `status` on PostgreSQL: the same report from the shared queue, with the server's clock
-/// for every age, and the live workers (registered, neither fenced nor stopped) in place
-/// of the leader row: `daemon.state` is `active` when one was heard from within its stale
-/// threshold, `stale` when every live one is overdue, `none` without any. `--json` has
-/// the SQLite keys plus `"workers"`.
-fn status_postgres(ctx: &Context, url: &str, as_json: bool) -> Result<i32> {
-    use crate::postgres::{ops, schema, workers};
-    let mut pg = context::open_postgres(ctx, url)?;
-    let shown = pg.shown();
-    let pge = |e| Error::postgres(&shown, e);
-    // One snapshot for every number.
-    let mut tx = pg
-        .client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(pge)?;
-    let now = ops::now(&mut tx).map_err(pge)?;
-    let counts = ops::job_counts(&mut tx).map_err(pge)?;
-    let lanes = ops::lane_counts(&mut tx).map_err(pge)?;
-    let metrics = ops::metrics(&mut tx).map_err(pge)?;
-    let oldest_pending_age_ms = ops::oldest_pending(&mut tx).map_err(pge)?.map(|t| (now - t).max(0));
-    let running = ops::running_jobs(&mut tx).map_err(pge)?;
-    tx.commit().map_err(pge)?;
-    let live = workers::live(&mut pg.client).map_err(pge)?;
-    let fresh = live.iter().filter(|w| w.seen_ms_ago <= w.stale_ms).count();
-    let state = match (fresh, live.len()) {
-        (0, 0) => "none",
-        (0, _) => "stale",
-        _ => "active",
-    };
-    let known = schema::MIGRATIONS.len();
-    if as_json {
-        let running: Vec<_> = running
-            .iter()
-            .map(|j| {
-                json!({
-                    "id": j.id,
-                    "lane": j.lane,
-                    "kind": j.kind,
-                    "owner": j.locked_by,
-                    "heartbeat_age_ms": j.heartbeat_at.map(|h| (now - h).max(0)),
-                })
-            })
-            .collect();
-        let workers: Vec<_> = live
-            .iter()
-            .map(|w| {
-                let mut v = serde_json::to_value(w).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;
-                v["stale"] = json!(w.seen_ms_ago > w.stale_ms);
-                Ok(v)
-            })
-            .collect::<Result<_>>()?;
-        let out = json!({
-            "database": shown,
+        let known = queue.known_migrations();
+        let mut out = json!({
+            "database": queue.shown_json(),
             "exists": true,
             "schema": {"applied": known, "known": known},
-            "daemon": {"state": state, "active": fresh > 0, "workers": live.len()},
-            "jobs": counts,
-            "lanes": lanes,
+            "daemon": daemon_json(&o.daemon),
+            "jobs": o.counts,
+            "lanes": o.lanes,
             "oldest_pending_age_ms": oldest_pending_age_ms,
             "running": running,
-            "metrics": metrics,
-            "workers": workers,
+            "metrics": o.metrics,
         });
+        if let Daemon::Workers(live) = &o.daemon {
+            let workers: Vec<_> = live
+                .iter()
+                .map(|w| {
+                    let mut v = serde_json::to_value(w).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;
+                    v["stale"] = json!(w.seen_ms_ago > w.stale_ms);
+                    Ok(v)
+                })
+                .collect::<Result<_>>()?;
+            out["workers"] = serde_json::Value::Array(workers);
+        }
         output::json(&out)?;
         return Ok(exit::OK);
     }
-    outln!("database: {shown}")?;
-    match state {
-        "none" => outln!("daemon:   not running (no live worker)")?,
-        "stale" => outln!("daemon:   stalled: {} worker(s), none seen within its stale threshold", live.len())?,
-        _ => outln!("daemon:   active ({fresh} of {} live worker(s) seen within their stale threshold)", live.len())?,
+    outln!("database: {}", queue.shown())?;
+    match &o.daemon {
+        Daemon::Leader { row, state } => {
+            outln!("daemon:   {}", describe_holder(state))?;
+            if matches!(state, HolderState::Active { .. } | HolderState::Stale { .. }) {
+                outln!("epoch:    {}", row.epoch)?;
+                outln!("lock:     {}", row.lock_path.as_deref().unwrap_or("-"))?;
+            }
+        }
+        Daemon::Workers(live) => match workers_state(live) {
+            ("none", _) => outln!("daemon:   not running (no live worker)")?,
+            ("stale", _) => {
+                outln!("daemon:   stalled: {} worker(s), none seen within its stale threshold", live.len())?
+            }
+            (_, fresh) => {
+                outln!("daemon:   active ({fresh} of {} live worker(s) seen within their stale threshold)", live.len())?
+            }
+        },
     }
-    let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let line: Vec<String> = o.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     outln!("jobs:     {}", line.join(", "))?;
-    for (lane, by_status) in &lanes {
+    for (lane, by_status) in &o.lanes {
         let line: Vec<String> = by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
         outln!("  lane {lane}: {}", line.join(", "))?;
     }
     if let Some(age) = oldest_pending_age_ms {
         outln!("oldest pending: {} ago", format_age(Duration::from_millis(age as u64)))?;
     }
-    for j in &running {
+    for j in &o.running {
         let hb = j.heartbeat_at.map(|h| format_age(Duration::from_millis((now - h).max(0) as u64)));
         outln!(
             "running:  job {} ({} in lane {}), heartbeat {} ago, owner {}",
@@ -233,21 +154,46 @@ fn status_postgres(ctx: &Context, url: &str, as_json: bool) -> Result<i32> {
             j.locked_by.as_deref().unwrap_or("-")
         )?;
     }
-    for w in &live {
-        outln!(
-            "worker:   {} {} (host {}, PID {}), seen {} ago{}, running {}",
-            w.incarnation,
-            w.name,
-            w.host,
-            w.pid,
-            format_age(Duration::from_millis(w.seen_ms_ago.max(0) as u64)),
-            if w.seen_ms_ago > w.stale_ms { " (stale)" } else { "" },
-            w.running
-        )?;
+    if let Daemon::Workers(live) = &o.daemon {
+        for w in live {
+            outln!(
+                "worker:   {} {} (host {}, PID {}), seen {} ago{}, running {}",
+                w.incarnation,
+                w.name,
+                w.host,
+                w.pid,
+                format_age(Duration::from_millis(w.seen_ms_ago.max(0) as u64)),
+                if w.seen_ms_ago > w.stale_ms { " (stale)" } else { "" },
+                w.running
+            )?;
+        }
     }
-    let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let line: Vec<String> = o.metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
     outln!("metrics:  {}", line.join(", "))?;
     Ok(exit::OK)
+}
+
+/// The live workers' state as `status` names it (`none`, `stale`, `active`), with how
+/// many were seen within their stale threshold.
+fn workers_state(live: &[WorkerRow]) -> (&'static str, usize) {
+    let fresh = live.iter().filter(|w| w.seen_ms_ago <= w.stale_ms).count();
+    let state = match (fresh, live.len()) {
+        (0, 0) => "none",
+        (0, _) => "stale",
+        _ => "active",
+    };
+    (state, fresh)
+}
+
+/// `--json`'s `"daemon"`.
+fn daemon_json(daemon: &Daemon) -> serde_json::Value {
+    match daemon {
+        Daemon::Leader { row, state } => holder_json(row, state),
+        Daemon::Workers(live) => {
+            let (state, fresh) = workers_state(live);
+            json!({"state": state, "active": fresh > 0, "workers": live.len()})
+        }
+    }
 }
 
 /// `homerd status --watch [--interval D] [--json]`: `status` again every `interval` until

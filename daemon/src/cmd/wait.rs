@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::cmd::context::{self, Backend, Context};
+use crate::cmd::context::Context;
+use crate::cmd::queue::Queue;
 use crate::duration::{format_duration, parse_duration};
 use crate::error::{exit, Error, Result};
 use crate::job::JobStatus;
-use crate::sqlite::read::{self, JobProgress};
+use crate::rows::JobProgress;
+use crate::sqlite::read;
 use crate::{outln, output};
 
 /// How often `wait` and `logs -f` look for a commit (and `logs -f` for new output).
@@ -66,55 +68,35 @@ impl Default for Changes {
     }
 }
 
-/// A job's progress, or 66 when it does not exist.
-pub fn progress(ctx: &Context, conn: &Connection, id: i64) -> Result<JobProgress> {
-    read::job_progress(conn, id)
-        .map_err(|e| Error::sqlite(&ctx.paths.database, e))?
-        .ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
-}
-
-/// Where `wait` and `logs -f` read a job's progress from. SQLite: re-read only after
-/// another connection committed ([`Changes`]). PostgreSQL: one indexed row read every
-/// [`POLL`] (the server has no `data_version`; a command does not hold a `LISTEN`
-/// connection for the daemons' writes, which do not all notify).
-pub enum Source {
-    Sqlite { conn: Connection, changes: Changes },
-    Postgres(Box<context::Pg>),
+/// Where `wait` and `logs -f` read a job's progress from: the job's [`Queue`]. SQLite:
+/// re-read only after another connection committed ([`Changes`]). PostgreSQL: one
+/// indexed row read every [`POLL`] (the server has no `data_version`; a command does not
+/// hold a `LISTEN` connection for the daemons' writes, which do not all notify).
+pub struct Source {
+    pub queue: Queue,
+    changes: Changes,
 }
 
 impl Source {
     /// Opens the backend `ctx` names; on SQLite before the daemon's first start there is
-    /// no job `id` yet (66, [`context::no_database_yet`]).
+    /// no job `id` yet (66, [`crate::cmd::context::no_database_yet`]).
     pub fn open(ctx: &Context, id: i64) -> Result<Source> {
-        match ctx.backend() {
-            Backend::Postgres(url) => Ok(Source::Postgres(Box::new(context::open_postgres(ctx, url)?))),
-            Backend::Sqlite => match context::open_read_only(ctx)? {
-                Some(conn) => Ok(Source::Sqlite { conn, changes: Changes::new() }),
-                None => Err(context::no_database_yet(ctx, id)),
-            },
-        }
+        Ok(Source { queue: Queue::for_job(ctx, id)?, changes: Changes::new() })
     }
 
     /// Whether the jobs may have moved since the last call (always true the first time).
     pub fn changed(&mut self, ctx: &Context) -> Result<bool> {
-        match self {
-            Source::Sqlite { conn, changes } => changes.changed(ctx, conn),
-            Source::Postgres(_) => Ok(true),
+        match &self.queue {
+            Queue::Sqlite { conn, .. } => self.changes.changed(ctx, conn),
+            Queue::Postgres(_) => Ok(true),
         }
     }
 
     /// Job `id`'s progress, or 66 when it does not exist.
-    pub fn progress(&mut self, ctx: &Context, id: i64) -> Result<JobProgress> {
-        let found = match self {
-            Source::Sqlite { conn, .. } => {
-                read::job_progress(conn, id).map_err(|e| Error::sqlite(&ctx.paths.database, e))?
-            }
-            Source::Postgres(pg) => {
-                let shown = pg.shown();
-                crate::postgres::ops::job_progress(&mut pg.client, id).map_err(|e| Error::postgres(&shown, e))?
-            }
-        };
-        found.ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
+    pub fn progress(&mut self, id: i64) -> Result<JobProgress> {
+        self.queue
+            .progress(id)?
+            .ok_or_else(|| Error::NotFound(format!("no job {id} (never enqueued, or pruned by retention)")))
     }
 }
 
@@ -157,7 +139,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
     let mut source = Source::open(ctx, ids[0])?;
     let mut open: BTreeMap<i64, JobProgress> = BTreeMap::new();
     for &id in ids {
-        open.insert(id, source.progress(ctx, id)?);
+        open.insert(id, source.progress(id)?);
     }
     let mut ended: BTreeMap<i64, JobStatus> = BTreeMap::new();
     let mut report = Report { closed: false };
@@ -165,7 +147,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
         if source.changed(ctx)? {
             let mut still = BTreeMap::new();
             for &id in open.keys() {
-                let p = source.progress(ctx, id)?;
+                let p = source.progress(id)?;
                 if p.status.terminal() {
                     report.line(|| {
                         if as_json {

@@ -229,19 +229,26 @@ fn end_run(tx: &mut Transaction<'_>, claim: &ClaimRef, outcome: &str, error: Opt
     Ok(())
 }
 
-/// The current owner records success. `false`: not the owner (nothing changed).
-pub fn complete(tx: &mut Transaction<'_>, claim: &ClaimRef, now: i64) -> PgResult<bool> {
+/// The current owner ends the job for good: `set` (its terminal status, and an error if
+/// any) with `completed_at` = `now` and the lock cleared, and its run ended with
+/// `outcome`. `false`: not the owner (nothing changed).
+fn finish_owned(tx: &mut Transaction<'_>, claim: &ClaimRef, set: &str, outcome: &str, now: i64) -> PgResult<bool> {
     let n = tx.execute(
         &format!(
-            "UPDATE job_queue SET status = 'completed', completed_at = $4, {CLEAR_LOCK}
+            "UPDATE job_queue SET {set}, completed_at = $4, {CLEAR_LOCK}
              WHERE id = $1 AND status = 'running' AND claim_token = $2 AND claim_epoch = $3"
         ),
         &[&claim.id.0, &claim.token, &claim.epoch.0, &now],
     )?;
     if n == 1 {
-        end_run(tx, claim, "completed", None, now)?;
+        end_run(tx, claim, outcome, None, now)?;
     }
     Ok(n == 1)
+}
+
+/// The current owner records success. `false`: not the owner (nothing changed).
+pub fn complete(tx: &mut Transaction<'_>, claim: &ClaimRef, now: i64) -> PgResult<bool> {
+    finish_owned(tx, claim, "status = 'completed'", "completed", now)
 }
 
 /// If an operator asked to cancel the job while this run was ending: `cancelled`.
@@ -417,18 +424,7 @@ pub fn requeue_unstarted(
 
 /// The daemon, as the run's owner, records an operator's cancellation.
 pub fn cancel_running(tx: &mut Transaction<'_>, claim: &ClaimRef, now: i64) -> PgResult<bool> {
-    let n = tx.execute(
-        &format!(
-            "UPDATE job_queue SET status = 'cancelled', completed_at = $4,
-                    error = 'cancelled by an operator while running', {CLEAR_LOCK}
-             WHERE id = $1 AND status = 'running' AND claim_token = $2 AND claim_epoch = $3"
-        ),
-        &[&claim.id.0, &claim.token, &claim.epoch.0, &now],
-    )?;
-    if n == 1 {
-        end_run(tx, claim, "cancelled", None, now)?;
-    }
-    Ok(n == 1)
+    finish_owned(tx, claim, "status = 'cancelled', error = 'cancelled by an operator while running'", "cancelled", now)
 }
 
 /// The children recorded by open runs of jobs still `running` under any of `epochs`.

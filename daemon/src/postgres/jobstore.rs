@@ -51,10 +51,7 @@ pub struct PgStore {
 }
 
 fn unavailable(e: postgres::Error) -> StoreError {
-    StoreError::Unavailable(match e.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => e.to_string(),
-    })
+    StoreError::Unavailable(crate::error::postgres_message(&e))
 }
 
 impl PgStore {

@@ -37,6 +37,12 @@ const JOB_COLUMNS: &str = "id, status, lane, kind, payload, attempts, max_attemp
      run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at,
      cwd, env";
 
+/// An `integer` (int4) column as the rows' `i64` (SQLite's integers are 64-bit; these
+/// columns are `integer` in the PostgreSQL schema).
+fn int4(r: &postgres::Row, column: usize) -> i64 {
+    i64::from(r.get::<_, i32>(column))
+}
+
 fn job_row(r: &postgres::Row) -> JobRow {
     JobRow {
         id: r.get(0),
@@ -44,10 +50,10 @@ fn job_row(r: &postgres::Row) -> JobRow {
         lane: r.get(2),
         kind: r.get(3),
         args: parse_args(r.get::<_, &str>(4)),
-        attempts: i64::from(r.get::<_, i32>(5)),
-        max_attempts: i64::from(r.get::<_, i32>(6)),
-        interruptions: i64::from(r.get::<_, i32>(7)),
-        runs: i64::from(r.get::<_, i32>(8)),
+        attempts: int4(r, 5),
+        max_attempts: int4(r, 6),
+        interruptions: int4(r, 7),
+        runs: int4(r, 8),
         created_at: r.get(9),
         run_after: r.get(10),
         started_at: r.get(11),
@@ -115,8 +121,8 @@ pub fn runs(client: &mut impl GenericClient, id: i64) -> PgResult<Vec<RunRow>> {
     Ok(rows
         .iter()
         .map(|r| RunRow {
-            run: i64::from(r.get::<_, i32>(0)),
-            attempt: i64::from(r.get::<_, i32>(1)),
+            run: int4(r, 0),
+            attempt: int4(r, 1),
             epoch: r.get(2),
             worker: r.get(3),
             child_pid: r.get(4),
@@ -289,7 +295,7 @@ pub fn job_progress(client: &mut impl GenericClient, id: i64) -> PgResult<Option
         JobProgress {
             status: JobStatus::parse(r.get::<_, &str>(0)).unwrap_or(JobStatus::Failed),
             kind: r.get(1),
-            runs: i64::from(r.get::<_, i32>(2)),
+            runs: int4(&r, 2),
             completed_at: r.get(3),
         }
     }))
