@@ -32,9 +32,22 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
     let (n, k) = (o.exec_jobs, o.exec_concurrency);
     progress(format!("exec: {} × `exec -- true`, {k} at a time, {} runs", thousands(n as u64), o.runs));
     let (mut daemon, mut floor) = (Vec::new(), Vec::new());
+    let mut peer_runs: Vec<(String, Vec<Run>)> = Vec::new();
     for run in 1..=o.runs {
         daemon.push(exec_daemon(ctx, n, k)?);
         floor.push(spawn_floor(n, k)?);
+        if let Some(peers) = &o.peers {
+            for (i, (label, r)) in crate::peers::exec_once(peers, &o.work, n, k)?.into_iter().enumerate() {
+                progress(format!(
+                    "exec: run {run}/{}: {label} {:.0} jobs/s, {:.2} ms CPU/job",
+                    o.runs, r.per_sec, r.cpu_ms_per_job
+                ));
+                match peer_runs.get_mut(i) {
+                    Some((_, runs)) => runs.push(r),
+                    None => peer_runs.push((label, vec![r])),
+                }
+            }
+        }
         progress(format!(
             "exec: run {run}/{}: homerd {:.0} jobs/s, {:.2} ms CPU/job; bare spawn loop {:.0}/s, {:.2} ms",
             o.runs,
@@ -45,9 +58,8 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
         ));
     }
     let pick = |v: &[Run], f: fn(&Run) -> f64| Summary::median(&v.iter().map(f).collect::<Vec<_>>());
-    let label = format!("{} × exec true, {k} at a time", thousands(n as u64));
     ctx.report.row(
-        &label,
+        &label_rate(n, k),
         Unit::JobsPerSec,
         pick(&daemon, |r| r.per_sec),
         "bare spawn + reap loop",
@@ -60,6 +72,32 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
         "bare spawn + reap loop, per process",
         pick(&floor, |r| r.cpu_ms_per_job),
     );
+    for (label, runs) in &peer_runs {
+        ctx.report.row(
+            &label_rate(n, k),
+            Unit::JobsPerSec,
+            pick(&daemon, |r| r.per_sec),
+            label,
+            pick(runs, |r| r.per_sec),
+        );
+        ctx.report.row(
+            "CPU per exec job (daemon's process tree)",
+            Unit::Ms,
+            pick(&daemon, |r| r.cpu_ms_per_job),
+            label,
+            pick(runs, |r| r.cpu_ms_per_job),
+        );
+    }
+    if !peer_runs.is_empty() {
+        ctx.report.note(
+            "peers: huey from the start of the Python process that enqueues every task to its return from the last \
+             result (tasks run their argv with subprocess.run); pueue from the first `pueue add -- true` (one client \
+             process per task, its only way to add) to `pueue wait` returning; their CPU is the runner's whole life \
+             from wait4 (huey_consumer with its process workers and their children; pueued without the clients). \
+             Neither holds a start until its identity is recorded, fences a stale worker or re-runs what a crash \
+             interrupted: huey acknowledges a task when it dequeues it, pueue marks interrupted tasks failed",
+        );
+    }
     ctx.report.note(format!(
         "exec: from the start of `homerd enqueue --from` ({n} lines, one transaction) against an idle daemon \
          (concurrency {k}, lane cap {k}) to its last job.completed; CPU = user + system time of the daemon and \
@@ -68,6 +106,10 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
          group, its identity recorded before release, its output captured to run logs"
     ));
     Ok(())
+}
+
+fn label_rate(n: usize, k: usize) -> String {
+    format!("{} × exec true, {k} at a time", thousands(n as u64))
 }
 
 fn exec_daemon(ctx: &mut Ctx<'_>, n: usize, k: usize) -> Result<Run, String> {

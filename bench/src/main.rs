@@ -11,6 +11,7 @@
 //! is theirs alone: `__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS`, `__hold-lock PATH [N]`.
 
 mod exec;
+mod peers;
 mod procs;
 mod raw;
 mod report;
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: homer-bench --homerd PATH [--work DIR] [--json FILE] [--only SECTIONS]
          [--jobs N] [--runs N] [--time-box SECS] [--rounds N] [--restart-jobs N]
-         [--latency-jobs N] [--rows N] [--orphans N] [--exec-jobs N] [--exec-concurrency K] [--keep]
+         [--latency-jobs N] [--rows N] [--orphans N] [--exec-jobs N] [--exec-concurrency K]
+         [--peers DIR] [--keep]
   sections (comma-separated): throughput, exec, restart, latency, recovery (default: all)";
 
 /// What to measure and how much.
@@ -48,6 +50,9 @@ pub struct Options {
     /// `exec -- true` jobs per exec run, and how many run at once.
     pub exec_jobs: usize,
     pub exec_concurrency: usize,
+    /// Where pueue and huey are installed (`cargo xtask bench --peers`); the exec section
+    /// then runs them too.
+    pub peers: Option<peers::Peers>,
     pub keep: bool,
 }
 
@@ -68,6 +73,7 @@ impl Options {
             orphans: 100_000,
             exec_jobs: 1_000,
             exec_concurrency: 8,
+            peers: None,
             keep: false,
         };
         let mut it = args.iter();
@@ -89,6 +95,7 @@ impl Options {
                 "--orphans" => o.orphans = number(value()?)?.max(1),
                 "--exec-jobs" => o.exec_jobs = number(value()?)?.max(1) as usize,
                 "--exec-concurrency" => o.exec_concurrency = number(value()?)?.max(1) as usize,
+                "--peers" => o.peers = Some(peers::Peers { dir: PathBuf::from(value()?) }),
                 "--keep" => o.keep = true,
                 other => return Err(format!("unknown argument {other}\n{USAGE}")),
             }
@@ -162,6 +169,16 @@ fn bench(o: &Options) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let o = &Options { work: work.clone(), ..o.clone() };
     let mut report = report::Report { machine: sections::machine(o), ..report::Report::default() };
+    if let Some(peers) = &o.peers {
+        let found = peers.versions();
+        if found.len() < 2 {
+            return Err(format!(
+                "--peers {}: pueue and huey are not both installed there (found {found:?}); `cargo xtask bench --peers` installs them",
+                peers.dir.display()
+            ));
+        }
+        report.machine.extend(found);
+    }
     for (k, v) in &report.machine {
         eprintln!("{k}: {v}");
     }

@@ -1,0 +1,180 @@
+//! Peers (`--peers DIR`): the exec workload of `exec.rs` run against other job runners
+//! installed as their users would install them — `cargo xtask bench --peers` puts pueue
+//! (`cargo install --locked`) and huey (pip, into a virtualenv) under `DIR` — in the same
+//! run as homerd's, each figure a ratio.
+//!
+//! - **huey** (`SqliteHuey`, a SQLite file like homerd's): `huey_consumer -w K -k process`
+//!   over a task that runs its argv with `subprocess.run`; N tasks enqueued by one Python
+//!   process, which then blocks on every result. Time: from that process's start to its
+//!   exit. CPU: the consumer's whole life from wait4 (its workers and their children
+//!   reaped at its graceful stop), less nothing: start-up is included, as it is not for
+//!   homerd, which only makes huey look worse by a few milliseconds in all.
+//! - **pueue** (`pueued` + `pueue`): `default_parallel_tasks = K`, N × `pueue add -- true`
+//!   (one client process each, its only way to add), then `pueue wait`. CPU: `pueued`'s
+//!   whole life from wait4, clients not counted.
+//!
+//! Versions are printed with the figures. Runs alternate with homerd's and the floor's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::exec::Run;
+use crate::procs::{self, Proc};
+use crate::sections::START_LIMIT;
+
+/// Where `cargo xtask bench --peers` installed the peers.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    pub dir: PathBuf,
+}
+
+impl Peers {
+    fn huey_python(&self) -> PathBuf {
+        self.dir.join("venv/bin/python")
+    }
+    fn huey_consumer(&self) -> PathBuf {
+        self.dir.join("venv/bin/huey_consumer")
+    }
+    fn pueue_bin(&self, name: &str) -> PathBuf {
+        self.dir.join("pueue/bin").join(name)
+    }
+
+    /// `(name, version)` of each installed peer.
+    pub fn versions(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Ok(v) =
+            procs::output(Command::new(self.huey_python()).args(["-c", "import huey; print(huey.__version__)"]))
+        {
+            out.push((String::from("huey"), v.trim().to_owned()));
+        }
+        if let Ok(v) = procs::output(Command::new(self.pueue_bin("pueued")).arg("--version")) {
+            out.push((String::from("pueue"), v.trim().trim_start_matches("Pueue daemon ").to_owned()));
+        }
+        out
+    }
+}
+
+/// The huey side: the task module and the enqueuing script, written into the run's
+/// directory.
+const HUEY_TASKS: &str = r#"import os, subprocess
+from huey import SqliteHuey
+
+huey = SqliteHuey(filename=os.environ["BENCH_HUEY_DB"])
+
+
+@huey.task()
+def run(argv):
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
+    return 0
+"#;
+
+const HUEY_ENQUEUE: &str = r#"import sys, time
+from bench_tasks import run
+
+n = int(sys.argv[1])
+results = [run(["true"]) for _ in range(n)]
+for r in results:
+    r.get(blocking=True, timeout=600)
+"#;
+
+/// One huey run of `n` × `true`, `k` process workers.
+pub fn huey_exec(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, String> {
+    let dir = procs::fresh_dir(work, "huey")?;
+    std::fs::write(dir.join("bench_tasks.py"), HUEY_TASKS).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("bench_enqueue.py"), HUEY_ENQUEUE).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let env = |c: &mut Command| {
+        c.current_dir(&dir).env("PYTHONPATH", &dir).env("BENCH_HUEY_DB", dir.join("huey.db")).stdin(Stdio::null());
+    };
+    let mut consumer = Command::new(peers.huey_consumer());
+    env(&mut consumer);
+    consumer.args(["bench_tasks.huey", "-w", &k.to_string(), "-k", "process", "-q"]).stdout(Stdio::null());
+    let (mut proc, _) = Proc::spawn(&mut consumer).map_err(|e| format!("cannot start huey_consumer: {e}"))?;
+    let mut enqueue = Command::new(peers.huey_python());
+    env(&mut enqueue);
+    enqueue.args(["bench_enqueue.py", &n.to_string()]);
+    let t0 = Instant::now();
+    let done = procs::output(&mut enqueue);
+    let elapsed = t0.elapsed();
+    let exit = stop(&mut proc, libc::SIGINT, "huey_consumer")?;
+    done.map_err(|e| format!("huey: {e}"))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Run { per_sec: n as f64 / elapsed.as_secs_f64(), cpu_ms_per_job: exit.cpu.as_secs_f64() * 1000.0 / n as f64 })
+}
+
+/// pueue's configuration: everything under `dir`, `k` tasks at once.
+fn pueue_config(dir: &Path, k: usize) -> Result<PathBuf, String> {
+    let file = dir.join("pueue.yml");
+    let d = dir.display();
+    let text = format!(
+        "shared:\n  pueue_directory: {d}/state\n  runtime_directory: {d}/run\n  use_unix_socket: true\n  \
+         unix_socket_path: {d}/run/pueue.socket\ndaemon:\n  default_parallel_tasks: {k}\n  \
+         pause_group_on_failure: false\n  pause_all_on_failure: false\nclient:\n  read_local_logs: true\n"
+    );
+    std::fs::create_dir_all(dir.join("run")).map_err(|e| format!("{d}: {e}"))?;
+    std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(file)
+}
+
+fn pueue(peers: &Peers, config: &Path, args: &[&str]) -> Result<String, String> {
+    procs::output(Command::new(peers.pueue_bin("pueue")).arg("-c").arg(config).args(args))
+}
+
+fn start_pueued(peers: &Peers, config: &Path) -> Result<Proc, String> {
+    let mut cmd = Command::new(peers.pueue_bin("pueued"));
+    cmd.arg("-c").arg(config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let (proc, _) = Proc::spawn(&mut cmd).map_err(|e| format!("cannot start pueued: {e}"))?;
+    // Ready once a client gets an answer (pueued has no readiness signal of its own).
+    let deadline = Instant::now() + START_LIMIT;
+    while pueue(peers, config, &["status", "--json"]).is_err() {
+        if Instant::now() > deadline {
+            return Err(String::from("pueued did not answer `pueue status` within the start limit"));
+        }
+        std::thread::yield_now();
+    }
+    Ok(proc)
+}
+
+/// One pueue run of `n` × `true`, `k` at a time.
+pub fn pueue_exec(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, String> {
+    let dir = procs::fresh_dir(work, "pueue")?;
+    let config = pueue_config(&dir, k)?;
+    let mut daemon = start_pueued(peers, &config)?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        pueue(peers, &config, &["add", "--", "true"])?;
+    }
+    pueue(peers, &config, &["wait"])?;
+    let elapsed = t0.elapsed();
+    let status = pueue(peers, &config, &["status", "--json"])?;
+    let exit = stop(&mut daemon, libc::SIGTERM, "pueued")?;
+    let v: serde_json::Value = serde_json::from_str(&status).map_err(|e| format!("pueue status --json: {e}"))?;
+    let ok =
+        v["tasks"].as_object().map_or(0, |t| t.values().filter(|t| t["status"]["Done"]["result"] == "Success").count());
+    if ok != n {
+        return Err(format!("pueue ran {ok} of {n} tasks successfully"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Run { per_sec: n as f64 / elapsed.as_secs_f64(), cpu_ms_per_job: exit.cpu.as_secs_f64() * 1000.0 / n as f64 })
+}
+
+fn stop(proc: &mut Proc, sig: i32, what: &str) -> Result<procs::Exit, String> {
+    proc.signal(sig);
+    match proc.wait_exit(Duration::from_secs(60)) {
+        Some(e) => Ok(e),
+        None => {
+            proc.kill();
+            Err(format!("{what} did not stop within 60 s of signal {sig}"))
+        }
+    }
+}
+
+/// One run of each peer for the exec section: `(label, run)` in a fixed order.
+pub fn exec_once(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Vec<(String, Run)>, String> {
+    let versions = peers.versions();
+    let version = |name: &str| versions.iter().find(|(n, _)| n == name).map_or("?", |(_, v)| v.as_str()).to_owned();
+    Ok(vec![
+        (format!("huey {} (SqliteHuey, {k} process workers)", version("huey")), huey_exec(peers, work, n, k)?),
+        (format!("pueue {} ({k} parallel tasks)", version("pueue")), pueue_exec(peers, work, n, k)?),
+    ])
+}
