@@ -282,7 +282,7 @@ impl Tls {
                 format!("its certificate must chain to a root in {} and name the host", roots.display())
             }
             (Some(roots), _) => format!("its certificate must chain to a root in {}", roots.display()),
-            (None, _) => String::from("its certificate is not checked"),
+            (None, _) => String::from("its certificate is not checked under this sslmode"),
         }
     }
 }
@@ -409,7 +409,14 @@ pub fn explain(shown: &str, tls: &Tls, e: &postgres::Error) -> Option<Error> {
         return None;
     }
     let causes = chain();
-    let rustls_error = causes.iter().find_map(|c| c.downcast_ref::<rustls::Error>());
+    // rustls's error reaches the driver inside an io::Error, whose `source` skips it.
+    let rustls_error = causes.iter().find_map(|c| {
+        c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+        })
+    });
     let no_tls = causes.iter().any(|c| c.to_string() == "server does not support TLS");
     let no_host = causes.iter().any(|c| c.to_string() == "no hostname provided for TLS handshake");
     let message = if let Some(re) = rustls_error {
@@ -417,19 +424,19 @@ pub fn explain(shown: &str, tls: &Tls, e: &postgres::Error) -> Option<Error> {
             rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             ) => String::from(
-                "the server's certificate is not for the host name the URL names (sslmode=verify-full checks \
-                 it): connect by a name the certificate lists, or fix the server's certificate",
+                "the server's certificate is not for the host name the URL names (verify-full checks it): \
+                 connect by a name the certificate lists, or fix the server's certificate",
             ),
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
                 format!(
-                    "the server's certificate is not signed by a root in {}: name the CA that signed it",
+                    "the server's certificate is not signed by a root in {}: name the CA that signed it (sslrootcert)",
                     tls.roots_from.as_deref().map_or_else(|| String::from("sslrootcert"), |p| p.display().to_string())
                 )
             }
-            rustls::Error::InvalidCertificate(_) => String::from("the server's certificate was refused"),
-            _ => String::from("the TLS handshake with the server failed"),
+            rustls::Error::InvalidCertificate(_) => format!("the server's certificate was refused ({})", tls.checks()),
+            _ => format!("the TLS handshake with the server failed ({})", tls.checks()),
         };
-        format!("connect over TLS (sslmode={}: {}): {re}; {hint}", tls.mode.name(), tls.checks())
+        format!("connect over TLS (sslmode={}): {re}; {hint}", tls.mode.name())
     } else if no_tls {
         format!(
             "connect: sslmode={} asks for TLS and the server does not offer it (its `ssl` setting is off): \
