@@ -180,9 +180,13 @@ fn a_wrong_root_or_a_wrong_host_name_is_refused_and_nothing_is_written() {
         );
         assert!(out.stderr.contains("homer:***@127.0.0.1"), "{args:?} names the server: {}", out.stderr);
     }
-    // The same under require: the named root is checked (libpq: require + sslrootcert is verify-ca).
-    let out = t.run(&t.url(&format!("sslmode=require&sslrootcert={}", other.display())), &["enqueue", "noop"]);
-    assert_eq!(out.code, Some(78), "{}", out.stderr);
+    // The same under require and prefer: a named root is checked (libpq: require +
+    // sslrootcert is verify-ca), and prefer does not fall back to plain.
+    for mode in ["require", "prefer"] {
+        let out = t.run(&t.url(&format!("sslmode={mode}&sslrootcert={}", other.display())), &["enqueue", "noop"]);
+        assert_eq!(out.code, Some(78), "{mode}: {}", out.stderr);
+        assert!(out.stderr.contains("not signed by a root in"), "{mode}: {}", out.stderr);
+    }
 
     // The right root, but a host name the certificate does not list.
     let ca2 = Ca::new("homer test CA 2");
@@ -207,6 +211,33 @@ fn a_wrong_root_or_a_wrong_host_name_is_refused_and_nothing_is_written() {
     let verify_ca = named.url(&format!("sslmode=verify-ca&sslrootcert={}", named.ca_file.display()));
     assert_eq!(session_ssl(&verify_ca), Ok(true));
     assert_eq!((t.jobs(), named.jobs()), (String::from("0"), String::from("0")), "nothing was written");
+}
+
+#[test]
+fn a_password_login_over_tls_is_bound_to_the_servers_certificate() {
+    let ca = Ca::new("homer test CA");
+    let mut t = Tls::start(&ca, &["127.0.0.1"], true);
+    // A role that logs in with SCRAM (the server's default password_encryption), matched
+    // ahead of the trust lines; the restart makes the server read the new rules.
+    t.server.psql("CREATE ROLE pw LOGIN SUPERUSER PASSWORD 'sekret'").unwrap();
+    let hba = t.server.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("hostssl all pw 127.0.0.1/32 scram-sha-256\n{rules}")).unwrap();
+    t.server.restart(homer_testkit::StopMode::Fast).unwrap();
+    let as_pw = |password: &str| {
+        format!(
+            "postgres://pw:{password}@127.0.0.1:{}/homer?sslmode=verify-full&sslrootcert={}&channel_binding=require",
+            t.server.port(),
+            t.ca_file.display()
+        )
+    };
+    // channel_binding=require: the client refuses a login that is not SCRAM-SHA-256-PLUS,
+    // bound to the certificate the TLS session saw.
+    assert_eq!(session_ssl(&as_pw("sekret")), Ok(true));
+    t.ok(&as_pw("sekret"), &["migrate"]);
+    let out = t.run(&as_pw("wrong-sekret"), &["list"]);
+    assert_eq!(out.code, Some(77), "{}", out.stderr);
+    assert!(out.stderr.contains("pw:***@") && out.stderr.contains("password authentication failed"), "{}", out.stderr);
 }
 
 #[test]
