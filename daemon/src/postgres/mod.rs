@@ -87,21 +87,22 @@ impl Target {
         let (url, params) = tls::take_params(url, &shown)?;
         let mut config = postgres::Config::from_str(&url)
             .map_err(|e| Error::Usage(format!("{shown}: not a PostgreSQL connection URL: {e}")))?;
+        let sockets = config.get_hosts().iter().filter(|h| !matches!(h, postgres::config::Host::Tcp(_))).count();
+        let params = if sockets > 0 && sockets == config.get_hosts().len() {
+            // As libpq: no TLS over a unix socket (the server offers none there), and no
+            // certificate file read for it.
+            tls::Params { mode: tls::Mode::Disable, root_cert: None }
+        } else if sockets > 0 && params.mode != tls::Mode::Disable {
+            return Err(Error::Usage(format!(
+                "{shown}: sslmode={} applies to every host, and this URL mixes unix sockets (where the \
+                 server offers no TLS) with TCP hosts; list only TCP hosts, or only sockets",
+                params.mode.name()
+            )));
+        } else {
+            params
+        };
         let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(std::path::PathBuf::from);
-        let mut tls = tls::Tls::new(&params, &shown, home.as_deref())?;
-        if tls.mode != tls::Mode::Disable {
-            let sockets = config.get_hosts().iter().filter(|h| !matches!(h, postgres::config::Host::Tcp(_))).count();
-            if sockets > 0 && sockets == config.get_hosts().len() {
-                // As libpq: no TLS over a unix socket (the server offers none there).
-                tls = tls::Tls::new(&tls::Params { mode: tls::Mode::Disable, root_cert: None }, &shown, None)?;
-            } else if sockets > 0 {
-                return Err(Error::Usage(format!(
-                    "{shown}: sslmode={} applies to every host, and this URL mixes unix sockets (where the \
-                     server offers no TLS) with TCP hosts; list only TCP hosts, or only sockets",
-                    params.mode.name()
-                )));
-            }
-        }
+        let tls = tls::Tls::new(&params, &shown, home.as_deref())?;
         config.ssl_mode(tls.mode.driver());
         if config.get_user().is_none() {
             // As libpq does: the operating system user's name (whoami is built as a
@@ -189,9 +190,11 @@ mod url_tests {
             assert_eq!(t.config.get_ssl_mode(), want, "{query}");
             assert!(!t.shown.contains("secret"));
         }
-        // Over a unix socket: no TLS, whatever the mode (as libpq).
+        // Over a unix socket: no TLS, whatever the mode, and no root file read (as libpq).
         let t = Target::parse("postgres://u@/db?host=/run/pg&sslmode=require", Duration::from_secs(1)).unwrap();
         assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+        let url = "postgres://u@/db?host=/run/pg&sslmode=verify-full&sslrootcert=/nonexistent/root.crt";
+        assert_eq!(Target::parse(url, Duration::from_secs(1)).unwrap().config.get_ssl_mode(), SslMode::Disable);
         let e = Target::parse("postgres://u:secret@h,%2Frun%2Fpg/db?sslmode=require", Duration::from_secs(1))
             .err()
             .unwrap();
