@@ -51,7 +51,8 @@ pub fn redact(url: &str) -> String {
         },
         None => format!("{scheme}://{authority}"),
     };
-    // A `password=` query parameter is a password too.
+    // A `password=` query parameter is a password too, and so is `sslpassword=` (a client
+    // key's passphrase, which homerd refuses — in a message that shows the URL).
     let mut query_sep = '?';
     let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
     out.push_str(path);
@@ -59,7 +60,9 @@ pub fn redact(url: &str) -> String {
         out.push(query_sep);
         query_sep = '&';
         match param.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => out.push_str(&format!("{k}=***")),
+            Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => {
+                out.push_str(&format!("{k}=***"))
+            }
             _ => out.push_str(param),
         }
     }
@@ -163,6 +166,7 @@ mod url_tests {
             ("postgres://u@h/db", "postgres://u@h/db"),
             ("postgres://h/db?user=u&password=secret&x=1", "postgres://h/db?user=u&password=***&x=1"),
             ("postgres://h", "postgres://h"),
+            ("postgres://h/db?sslkey=/k&sslpassword=secret", "postgres://h/db?sslkey=/k&sslpassword=***"),
         ];
         for (url, want) in cases {
             assert_eq!(redact(url), want, "{url}");

@@ -485,6 +485,8 @@ mod tests {
             ("sslmode=require&sslmode=disable", "given twice"),
             ("sslcert=/c.pem&sslkey=/k.pem", "`sslcert` is not supported (client certificates"),
             ("sslkey=/k.pem", "`sslkey` is not supported"),
+            ("sslkey=/k.pem&sslpassword=secret3", "`sslkey` is not supported"),
+            ("sslpassword=secret3", "`sslpassword` is not supported"),
             ("sslrootcert=system", "sslrootcert=system is not supported"),
             ("sslrootcert=", "sslrootcert is empty"),
             ("sslrootcert=%ZZ", "not valid percent-encoded"),
