@@ -32,7 +32,8 @@ pub use homerd::{homerd_command, scrub_homer_env};
 pub use lines::{read_lines, Events, Injector, Line, LineSink, Parse, Stream, WaitError};
 pub use netns::Host;
 pub use postgres::{
-    available as pg_available, DirectSpawner, PgOptions, PgServer, Spawner, StopMode, BIN_DIR_VAR as PG_BIN_DIR_VAR,
+    available as pg_available, DirectSpawner, PgOptions, PgServer, PgTls, Spawner, StopMode,
+    BIN_DIR_VAR as PG_BIN_DIR_VAR,
 };
 pub use proc::{run, run_spawned, Exit, Finished, Pipes, Proc};
 pub use stat::{alive, all_stats, group_alive, stat, Stat};

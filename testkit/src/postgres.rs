@@ -37,6 +37,11 @@
 //! here. The server itself runs with `fsync = on`, so a commit is as durable as in
 //! production (tests stop it with `immediate` and SIGKILL, the crash they can make).
 //!
+//! TLS ([`PgOptions::tls`], [`PgTls`]): `ssl = on` with a certificate and key the test
+//! made (PEM; the key file 0600 and owned by the server's uid, as the server demands),
+//! and optionally `hostssl` instead of `host` in every `pg_hba.conf` line, so a TCP client
+//! gets in only over TLS (the unix socket, where `psql`/`pg_isready` talk, is unchanged).
+//!
 //! The harness starts every child through its own registry (its reaper must not take a
 //! child's exit); [`Spawner`] is that hook, [`PgOptions::spawner`] where it is passed.
 
@@ -120,6 +125,21 @@ pub struct PgOptions {
     /// `host all all NET trust` lines in `pg_hba.conf`. Empty by default (loopback and the
     /// socket only).
     pub trust: Vec<String>,
+    /// TLS on the server; `None` (the default): `ssl = off`.
+    pub tls: Option<PgTls>,
+}
+
+/// A server's TLS: its certificate (chain) and key, PEM, made by the caller (the tests use
+/// rcgen), and whether TCP clients must use it.
+#[derive(Clone)]
+pub struct PgTls {
+    /// The server's certificate, then any intermediates (`ssl_cert_file`).
+    pub cert_pem: String,
+    /// Its private key (`ssl_key_file`), unencrypted.
+    pub key_pem: String,
+    /// `hostssl` instead of `host` in `pg_hba.conf`: a TCP client without TLS is refused
+    /// ("no pg_hba.conf entry ... no encryption").
+    pub tls_only: bool,
 }
 
 impl Default for PgOptions {
@@ -130,6 +150,7 @@ impl Default for PgOptions {
             spawner: Arc::new(DirectSpawner),
             listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             trust: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -259,6 +280,10 @@ impl PgServer {
                 io::Write::write_all(&mut f, format!("\n# homer-testkit: trusted networks\n{lines}").as_bytes())
             })
             .map_err(|e| format!("cannot write {}: {e}", hba.display()))?;
+        let ssl = match &opts.tls {
+            Some(tls) => self.write_tls(tls, &hba)?,
+            None => String::new(),
+        };
         let conf = self.data.join("postgresql.conf");
         let settings = format!(
             "\n# homer-testkit: a throwaway server for tests\n\
@@ -269,7 +294,7 @@ impl PgServer {
              log_min_messages = warning\n\
              logging_collector = off\n\
              unix_socket_directories = '{}'\n\
-             unix_socket_permissions = 0777\n",
+             unix_socket_permissions = 0777\n{ssl}",
             listen.join(","),
             if opts.fsync { "on" } else { "off" },
             self.socket_dir.display().to_string().replace('\'', "''"),
@@ -282,6 +307,32 @@ impl PgServer {
         self.start_on_a_free_port(free_port)?;
         self.psql_in("postgres", &format!("CREATE DATABASE {DATABASE}"))?;
         Ok(())
+    }
+
+    /// Writes the certificate and key into the data directory (the key 0600, the server's)
+    /// and, for [`PgTls::tls_only`], turns every `host` line of `hba` into `hostssl`.
+    /// Returns the `postgresql.conf` lines.
+    fn write_tls(&self, tls: &PgTls, hba: &Path) -> Result<String, String> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, pem, mode) in [("server.crt", &tls.cert_pem, 0o644), ("server.key", &tls.key_pem, 0o600)] {
+            let path = self.data.join(name);
+            fs::write(&path, pem)
+                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(mode)))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            self.own(&path)?;
+        }
+        if tls.tls_only {
+            let text = fs::read_to_string(hba).map_err(|e| format!("cannot read {}: {e}", hba.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}"),
+                    None => l.to_owned(),
+                })
+                .collect();
+            fs::write(hba, lines.join("\n") + "\n").map_err(|e| format!("cannot write {}: {e}", hba.display()))?;
+        }
+        Ok(String::from("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"))
     }
 
     /// Starts the postmaster on a port from `pick`, again on the next one (up to

@@ -11,6 +11,10 @@
 //!
 //! Connection strings are secrets (they may carry a password): everything that shows or
 //! logs one goes through [`redact`].
+//!
+//! [`Target::connect`] is the one place a connection is opened — the daemon's, every
+//! operator command's, each reconnect — so every one of them gets the URL's TLS ([`tls`]:
+//! libpq's `sslmode` and `sslrootcert`, checked and loaded once, in [`Target::parse`]).
 
 pub mod daemon;
 pub mod jobs;
@@ -19,6 +23,7 @@ pub mod ops;
 pub mod schema;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod workers;
 
 use std::str::FromStr;
@@ -46,7 +51,8 @@ pub fn redact(url: &str) -> String {
         },
         None => format!("{scheme}://{authority}"),
     };
-    // A `password=` query parameter is a password too.
+    // A `password=` query parameter is a password too, and so is `sslpassword=` (a client
+    // key's passphrase, which homerd refuses — in a message that shows the URL).
     let mut query_sep = '?';
     let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
     out.push_str(path);
@@ -54,19 +60,23 @@ pub fn redact(url: &str) -> String {
         out.push(query_sep);
         query_sep = '&';
         match param.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => out.push_str(&format!("{k}=***")),
+            Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") => {
+                out.push_str(&format!("{k}=***"))
+            }
             _ => out.push_str(param),
         }
     }
     out
 }
 
-/// How a daemon or command connects: the parsed URL with homerd's timeouts.
+/// How a daemon or command connects: the parsed URL with homerd's timeouts and its TLS.
 #[derive(Clone)]
 pub struct Target {
     pub config: postgres::Config,
     /// The URL as shown to people: password replaced.
     pub shown: String,
+    /// What `sslmode`/`sslrootcert` asked for, roots loaded.
+    pub tls: tls::Tls,
     /// Each statement's and lock wait's bound, in ms.
     timeout_ms: u128,
 }
@@ -76,17 +86,27 @@ impl Target {
     /// unacknowledged data may sit on a TCP connection (a partition is noticed within it).
     pub fn parse(url: &str, timeout: Duration) -> Result<Target> {
         let shown = redact(url);
-        let lower = url.to_ascii_lowercase();
-        let asks_tls =
-            ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"].iter().any(|m| lower.contains(m));
-        if asks_tls {
-            return Err(Error::Usage(format!(
-                "{shown}: asks for TLS (sslmode=require or stricter), which homerd does not speak to PostgreSQL yet; \
-                 use a unix socket, a trusted network or a tunnel, with sslmode=disable or prefer (README, PostgreSQL)"
-            )));
-        }
-        let mut config = postgres::Config::from_str(url)
+        // The driver knows neither verify-* nor sslrootcert: they are taken out first.
+        let (url, params) = tls::take_params(url, &shown)?;
+        let mut config = postgres::Config::from_str(&url)
             .map_err(|e| Error::Usage(format!("{shown}: not a PostgreSQL connection URL: {e}")))?;
+        let sockets = config.get_hosts().iter().filter(|h| !matches!(h, postgres::config::Host::Tcp(_))).count();
+        let params = if sockets > 0 && sockets == config.get_hosts().len() {
+            // As libpq: no TLS over a unix socket (the server offers none there), and no
+            // certificate file read for it.
+            tls::Params { mode: tls::Mode::Disable, root_cert: None }
+        } else if sockets > 0 && params.mode != tls::Mode::Disable {
+            return Err(Error::Usage(format!(
+                "{shown}: sslmode={} applies to every host, and this URL mixes unix sockets (where the \
+                 server offers no TLS) with TCP hosts; list only TCP hosts, or only sockets",
+                params.mode.name()
+            )));
+        } else {
+            params
+        };
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(std::path::PathBuf::from);
+        let tls = tls::Tls::new(&params, &shown, home.as_deref())?;
+        config.ssl_mode(tls.mode.driver());
         if config.get_user().is_none() {
             // As libpq does: the operating system user's name (whoami is built as a
             // stub, see daemon/Cargo.toml).
@@ -103,7 +123,7 @@ impl Target {
             .keepalives_idle(Duration::from_secs(1))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
-        let mut target = Target { config, shown, timeout_ms: ms };
+        let mut target = Target { config, shown, tls, timeout_ms: ms };
         target.limit_idle_transactions(timeout * 4);
         Ok(target)
     }
@@ -121,8 +141,16 @@ impl Target {
         ));
     }
 
+    /// Opens a connection, with TLS when the URL asks for it. Every connection homerd
+    /// opens is opened here.
     pub fn connect(&self) -> Result<Client> {
-        self.config.connect(NoTls).map_err(|e| Error::postgres_in(&self.shown, "connect", e))
+        let result = match self.tls.connector() {
+            Some(connector) => self.config.connect(connector),
+            None => self.config.connect(NoTls),
+        };
+        result.map_err(|e| {
+            tls::explain(&self.shown, &self.tls, &e).unwrap_or_else(|| Error::postgres_in(&self.shown, "connect", e))
+        })
     }
 }
 
@@ -138,6 +166,7 @@ mod url_tests {
             ("postgres://u@h/db", "postgres://u@h/db"),
             ("postgres://h/db?user=u&password=secret&x=1", "postgres://h/db?user=u&password=***&x=1"),
             ("postgres://h", "postgres://h"),
+            ("postgres://h/db?sslkey=/k&sslpassword=secret", "postgres://h/db?sslkey=/k&sslpassword=***"),
         ];
         for (url, want) in cases {
             assert_eq!(redact(url), want, "{url}");
@@ -146,18 +175,35 @@ mod url_tests {
     }
 
     #[test]
-    fn a_url_that_requires_tls_is_refused_without_the_password() {
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let url = format!("postgres://u:secret@h/db?sslmode={mode}");
-            match Target::parse(&url, Duration::from_secs(1)) {
-                Ok(_) => panic!("{mode}: accepted"),
-                Err(e) => {
-                    assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{mode}");
-                    assert!(e.to_string().contains("TLS") && !e.to_string().contains("secret"), "{e}");
-                }
-            }
+    fn every_sslmode_parses_and_sets_the_drivers_mode() {
+        use postgres::config::SslMode;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root.crt");
+        let ca = rcgen::generate_simple_self_signed(vec![String::from("ca.test")]).unwrap();
+        std::fs::write(&root, ca.cert.pem()).unwrap();
+        let root = root.display().to_string();
+        for (query, want) in [
+            (String::new(), SslMode::Disable),
+            (String::from("?sslmode=disable"), SslMode::Disable),
+            (String::from("?sslmode=prefer"), SslMode::Prefer),
+            (String::from("?sslmode=require"), SslMode::Require),
+            (format!("?sslmode=verify-ca&sslrootcert={root}"), SslMode::Require),
+            (format!("?sslmode=verify-full&sslrootcert={root}"), SslMode::Require),
+        ] {
+            let t = Target::parse(&format!("postgres://u:secret@h/db{query}"), Duration::from_secs(1)).unwrap();
+            assert_eq!(t.config.get_ssl_mode(), want, "{query}");
+            assert!(!t.shown.contains("secret"));
         }
-        assert!(Target::parse("postgres://u@h/db?sslmode=prefer", Duration::from_secs(1)).is_ok());
+        // Over a unix socket: no TLS, whatever the mode, and no root file read (as libpq).
+        let t = Target::parse("postgres://u@/db?host=/run/pg&sslmode=require", Duration::from_secs(1)).unwrap();
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+        let url = "postgres://u@/db?host=/run/pg&sslmode=verify-full&sslrootcert=/nonexistent/root.crt";
+        assert_eq!(Target::parse(url, Duration::from_secs(1)).unwrap().config.get_ssl_mode(), SslMode::Disable);
+        let e = Target::parse("postgres://u:secret@h,%2Frun%2Fpg/db?sslmode=require", Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        assert!(e.to_string().contains("mixes unix sockets") && !e.to_string().contains("secret"), "{e}");
     }
 
     #[test]
