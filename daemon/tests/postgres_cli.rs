@@ -14,7 +14,7 @@ mod common;
 
 use common::{deadline, Output, Sandbox};
 use homer_testkit::postgres::PgServer;
-use std::collections::BTreeSet; // TEMP until homer_testkit::postgres lands
+use std::collections::BTreeSet;
 
 use homerd::job::{ClaimLimits, ClaimRef, Epoch, JobId};
 use homerd::postgres::{jobs, ops, workers};
