@@ -88,6 +88,17 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
             pick(runs, |r| r.cpu_ms_per_job),
         );
     }
+    if let Some(peers) = &o.peers {
+        let window = Duration::from_secs(5);
+        let found = crate::peers::crash(peers, &o.work, k, window)?;
+        let said: Vec<String> = found.iter().map(|(name, n)| format!("{name} re-ran {n} of {k}")).collect();
+        ctx.report.note(format!(
+            "crash: {k} jobs running, the runner's process group killed with SIGKILL, the runner started again on the \
+             same state, any re-run watched for {} s: {} (homerd re-runs all of them: the restart section)",
+            window.as_secs(),
+            said.join(", ")
+        ));
+    }
     if !peer_runs.is_empty() {
         ctx.report.note(
             "peers: huey from the start of the Python process that enqueues every task to its return from the last \

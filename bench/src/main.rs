@@ -110,6 +110,9 @@ impl Options {
             return Err(String::from("--orphans cannot exceed --rows"));
         }
         o.homerd = std::fs::canonicalize(&o.homerd).map_err(|e| format!("{}: {e}", o.homerd.display()))?;
+        if let Some(p) = &mut o.peers {
+            p.dir = std::fs::canonicalize(&p.dir).map_err(|e| format!("--peers {}: {e}", p.dir.display()))?;
+        }
         Ok(o)
     }
 

@@ -9,11 +9,17 @@
 //!   exit. CPU: the consumer's whole life from wait4 (its workers and their children
 //!   reaped at its graceful stop), less nothing: start-up is included, as it is not for
 //!   homerd, which only makes huey look worse by a few milliseconds in all.
-//! - **pueue** (`pueued` + `pueue`): `default_parallel_tasks = K`, N × `pueue add -- true`
+//! - **pueue** (`pueued` + `pueue`): `pueue parallel K`, N × `pueue add -- true`
 //!   (one client process each, its only way to add), then `pueue wait`. CPU: `pueued`'s
 //!   whole life from wait4, clients not counted.
 //!
 //! Versions are printed with the figures. Runs alternate with homerd's and the floor's.
+//!
+//! What each keeps when it crashes is measured too ([`crash`]): K jobs that note their
+//! start in a file and sleep, the runner's whole process group killed with SIGKILL once
+//! all K have started, the runner started again on the same state, and then a window of
+//! a few seconds in which any re-run would note its start. homerd's own figure for the
+//! same event is the restart section's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -49,7 +55,7 @@ impl Peers {
             out.push((String::from("huey"), v.trim().to_owned()));
         }
         if let Ok(v) = procs::output(Command::new(self.pueue_bin("pueued")).arg("--version")) {
-            out.push((String::from("pueue"), v.trim().trim_start_matches("Pueue daemon ").to_owned()));
+            out.push((String::from("pueue"), v.trim().trim_start_matches("pueued ").to_owned()));
         }
         out
     }
@@ -69,14 +75,19 @@ def run(argv):
     return 0
 "#;
 
-const HUEY_ENQUEUE: &str = r#"import sys, time
+const HUEY_ENQUEUE: &str = r#"import sys
 from bench_tasks import run
 
 n = int(sys.argv[1])
-results = [run(["true"]) for _ in range(n)]
-for r in results:
-    r.get(blocking=True, timeout=600)
+argv = sys.argv[2:] or ["true"]
+results = [run(argv) for _ in range(n)]
+if argv == ["true"]:
+    for r in results:
+        r.get(blocking=True, timeout=600)
 "#;
+
+/// A job for the crash check: notes its start in `started`, then sleeps.
+const NOTE_AND_SLEEP: &str = "echo started >> started; exec sleep 60";
 
 /// One huey run of `n` × `true`, `k` process workers.
 pub fn huey_exec(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, String> {
@@ -102,14 +113,14 @@ pub fn huey_exec(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, 
     Ok(Run { per_sec: n as f64 / elapsed.as_secs_f64(), cpu_ms_per_job: exit.cpu.as_secs_f64() * 1000.0 / n as f64 })
 }
 
-/// pueue's configuration: everything under `dir`, `k` tasks at once.
-fn pueue_config(dir: &Path, k: usize) -> Result<PathBuf, String> {
+/// pueue's configuration: everything under `dir` (how many tasks run at once is state,
+/// set by [`start_pueued`]).
+fn pueue_config(dir: &Path) -> Result<PathBuf, String> {
     let file = dir.join("pueue.yml");
     let d = dir.display();
     let text = format!(
         "shared:\n  pueue_directory: {d}/state\n  runtime_directory: {d}/run\n  use_unix_socket: true\n  \
-         unix_socket_path: {d}/run/pueue.socket\ndaemon:\n  default_parallel_tasks: {k}\n  \
-         pause_group_on_failure: false\n  pause_all_on_failure: false\nclient:\n  read_local_logs: true\n"
+         unix_socket_path: {d}/run/pueue.socket\ndaemon:\n  pause_group_on_failure: false\n  pause_all_on_failure: false\nclient:\n  read_local_logs: true\n"
     );
     std::fs::create_dir_all(dir.join("run")).map_err(|e| format!("{d}: {e}"))?;
     std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -120,7 +131,8 @@ fn pueue(peers: &Peers, config: &Path, args: &[&str]) -> Result<String, String> 
     procs::output(Command::new(peers.pueue_bin("pueue")).arg("-c").arg(config).args(args))
 }
 
-fn start_pueued(peers: &Peers, config: &Path) -> Result<Proc, String> {
+/// `pueued` on `config`, ready, running `k` tasks at once in its default group.
+fn start_pueued(peers: &Peers, config: &Path, k: usize) -> Result<Proc, String> {
     let mut cmd = Command::new(peers.pueue_bin("pueued"));
     cmd.arg("-c").arg(config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let (proc, _) = Proc::spawn(&mut cmd).map_err(|e| format!("cannot start pueued: {e}"))?;
@@ -132,14 +144,15 @@ fn start_pueued(peers: &Peers, config: &Path) -> Result<Proc, String> {
         }
         std::thread::yield_now();
     }
+    pueue(peers, config, &["parallel", &k.to_string()])?;
     Ok(proc)
 }
 
 /// One pueue run of `n` × `true`, `k` at a time.
 pub fn pueue_exec(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, String> {
     let dir = procs::fresh_dir(work, "pueue")?;
-    let config = pueue_config(&dir, k)?;
-    let mut daemon = start_pueued(peers, &config)?;
+    let config = pueue_config(&dir)?;
+    let mut daemon = start_pueued(peers, &config, k)?;
     let t0 = Instant::now();
     for _ in 0..n {
         pueue(peers, &config, &["add", "--", "true"])?;
@@ -177,4 +190,68 @@ pub fn exec_once(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Vec<(
         (format!("huey {} (SqliteHuey, {k} process workers)", version("huey")), huey_exec(peers, work, n, k)?),
         (format!("pueue {} ({k} parallel tasks)", version("pueue")), pueue_exec(peers, work, n, k)?),
     ])
+}
+
+/// How many of `k` started jobs ran again within `window` after a SIGKILL of each peer's
+/// process group and a restart: `(label, re-runs)`.
+pub fn crash(peers: &Peers, work: &Path, k: usize, window: Duration) -> Result<Vec<(String, usize)>, String> {
+    let started = |dir: &Path| std::fs::read_to_string(dir.join("started")).map_or(0, |t| t.lines().count());
+    let wait_started = |dir: &Path, n: usize, what: &str| -> Result<(), String> {
+        let deadline = Instant::now() + START_LIMIT;
+        while started(dir) < n {
+            if Instant::now() > deadline {
+                return Err(format!("{what}: {} of {n} jobs started within the start limit", started(dir)));
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
+    };
+    // Counts starts beyond `before` for `window` (a window, not a wait for an event: what
+    // is measured is that nothing happens).
+    let reruns = |dir: &Path, before: usize| -> usize {
+        std::thread::sleep(window);
+        started(dir) - before
+    };
+    let mut out = Vec::new();
+
+    // huey.
+    let dir = procs::fresh_dir(work, "huey-crash")?;
+    std::fs::write(dir.join("bench_tasks.py"), HUEY_TASKS).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(dir.join("bench_enqueue.py"), HUEY_ENQUEUE).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let consumer = |dir: &Path| -> Result<Proc, String> {
+        let mut c = Command::new(peers.huey_consumer());
+        c.current_dir(dir).env("PYTHONPATH", dir).env("BENCH_HUEY_DB", dir.join("huey.db")).stdin(Stdio::null());
+        c.args(["bench_tasks.huey", "-w", &k.to_string(), "-k", "process", "-q"]).stdout(Stdio::null());
+        Proc::spawn(&mut c).map(|(p, _)| p).map_err(|e| format!("cannot start huey_consumer: {e}"))
+    };
+    let mut first = consumer(&dir)?;
+    let mut enqueue = Command::new(peers.huey_python());
+    enqueue.current_dir(&dir).env("PYTHONPATH", &dir).env("BENCH_HUEY_DB", dir.join("huey.db")).stdin(Stdio::null());
+    enqueue.args(["bench_enqueue.py", &k.to_string(), "sh", "-c", NOTE_AND_SLEEP]);
+    procs::output(&mut enqueue).map_err(|e| format!("huey: {e}"))?;
+    wait_started(&dir, k, "huey")?;
+    first.kill();
+    let mut second = consumer(&dir)?;
+    let n = reruns(&dir, k);
+    second.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+    out.push((String::from("huey"), n));
+
+    // pueue.
+    let dir = procs::fresh_dir(work, "pueue-crash")?;
+    let config = pueue_config(&dir)?;
+    let mut first = start_pueued(peers, &config, k)?;
+    let job = format!("cd {} && {NOTE_AND_SLEEP}", dir.display());
+    for _ in 0..k {
+        pueue(peers, &config, &["add", "--", &job])?;
+    }
+    wait_started(&dir, k, "pueue")?;
+    first.kill();
+    let mut second = start_pueued(peers, &config, k)?;
+    let n = reruns(&dir, k);
+    let _ = pueue(peers, &config, &["kill", "--all"]);
+    second.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+    out.push((String::from("pueue"), n));
+    Ok(out)
 }
