@@ -67,7 +67,7 @@ pub fn run(ctx: Context) -> Result<i32> {
     let store = AnyStore::Sqlite(SqliteStore::new(writer.clone()));
     let coord = Arc::new(Coordinator::new(engine_cfg, Epoch(epoch), store));
     // A forward step of the wall clock while no daemon ran: move the waiting jobs first.
-    runner::absorb_clock_steps(&ctx.clock, Some(&writer), Epoch(epoch));
+    crate::backend::absorb_clock_steps(&ctx.clock, Some(&writer), Epoch(epoch));
     // Recovery runs before anything is claimed: every orphan requeued (or failed) and its
     // recorded process group gone. Then the engine's reader; only then is the daemon active.
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);

@@ -283,7 +283,7 @@ impl JobStore for PgStore {
                 .map(|(claim, what)| record_sql(tx, claim, what, now, store_now))
                 .collect::<PgResult<Vec<_>>>()?;
             // A lane's capacity freed, or a retry scheduled: wake every daemon.
-            super::daemon::notify(tx)?;
+            super::daemon::notify(tx, "outcome")?;
             Ok(done)
         }) {
             Ok(done) => done.into_iter().map(Ok).collect(),
