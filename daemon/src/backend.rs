@@ -9,15 +9,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
 use crate::clock::Clock;
+use crate::engine::coordinator::Coordinator;
 use crate::engine::jobstore::{JobStore, RecordItem, Recorded, StoreResult};
 use crate::events;
 use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, JobId, Recovered, WallMs};
 use crate::postgres::daemon::Listener;
+use crate::postgres::jobs::PgResult;
 use crate::postgres::jobstore::PgStore;
 use crate::postgres::Target;
 use crate::sqlite::jobstore::SqliteStore;
@@ -70,11 +73,11 @@ pub enum EngineIo {
     Postgres(Box<PgIo>),
 }
 
-/// The engine's PostgreSQL side: a connection for its reads and retention (connected
-/// when needed, replaced when it breaks) and the [`Listener`] thread with its own
-/// `LISTEN`ing connection.
+/// The engine's PostgreSQL side: its reads and retention on the store's connection
+/// (`PgStore::unguarded`, between the coordinator's store calls), and the [`Listener`]
+/// thread with the daemon's second connection, which only `LISTEN`s.
 pub struct PgIo {
-    reads: Option<postgres::Client>,
+    coord: Arc<Coordinator<AnyStore>>,
     target: Target,
     /// The listening connection the start opened, until [`EngineIo::start_wakeups`]
     /// hands it to the listener thread.
@@ -108,9 +111,10 @@ struct Counters {
 
 impl EngineIo {
     /// The PostgreSQL engine I/O of a start whose `listening` connection already
-    /// `LISTEN`s on the wake-up channel.
-    pub fn postgres(target: Target, listening: postgres::Client) -> EngineIo {
-        EngineIo::Postgres(Box::new(PgIo { reads: None, target, listening: Some(listening), listener: None }))
+    /// `LISTEN`s on the wake-up channel; `coord` owns the store whose connection the
+    /// engine's reads share.
+    pub fn postgres(target: Target, listening: postgres::Client, coord: Arc<Coordinator<AnyStore>>) -> EngineIo {
+        EngineIo::Postgres(Box::new(PgIo { coord, target, listening: Some(listening), listener: None }))
     }
 
     /// Starts whatever wakes the engine when the queue changes: on PostgreSQL the
@@ -154,9 +158,10 @@ impl EngineIo {
     pub fn cancel_requests(&mut self, epoch: Epoch) -> Vec<JobId> {
         match self {
             EngineIo::Sqlite { reader, .. } => crate::sqlite::ops::cancel_requests(reader).unwrap_or_default(),
-            EngineIo::Postgres(pg) => {
-                pg.reads().and_then(|c| crate::postgres::daemon::cancel_requests(c, epoch.0).ok()).unwrap_or_default()
-            }
+            EngineIo::Postgres(pg) => pg
+                .read(|c| crate::postgres::daemon::cancel_requests(c, epoch.0))
+                .and_then(Result::ok)
+                .unwrap_or_default(),
         }
     }
 
@@ -165,10 +170,9 @@ impl EngineIo {
         match self {
             EngineIo::Sqlite { reader, .. } => noted(crate::sqlite::read::next_run_after(reader)).flatten().map(WallMs),
             EngineIo::Postgres(pg) => {
-                let c = pg.reads()?;
                 // The server's delay, applied to our clock: due "in N ms" means the same
                 // on every host.
-                let in_ms = crate::postgres::daemon::next_due_in(c).ok().flatten()?;
+                let in_ms = pg.read(crate::postgres::daemon::next_due_in)?.ok().flatten()?;
                 Some(clock.now() + in_ms.max(0))
             }
         }
@@ -209,11 +213,13 @@ impl EngineIo {
                     })
                     .map_err(|e| e.to_string())
             }
-            EngineIo::Postgres(pg) => match pg.reads() {
-                Some(c) => crate::postgres::daemon::prune(c, retention.as_millis() as i64, i64::from(PRUNE_BATCH))
-                    .map_err(|e| e.to_string()),
-                None => Err(String::from("cannot connect to the database")),
-            },
+            EngineIo::Postgres(pg) => {
+                let retention_ms = retention.as_millis() as i64;
+                match pg.read(|c| crate::postgres::daemon::prune(c, retention_ms, i64::from(PRUNE_BATCH))) {
+                    Some(r) => r.map_err(|e| e.to_string()),
+                    None => Err(String::from("cannot connect to the database")),
+                }
+            }
         };
         match pruned {
             Ok(ids) if !ids.is_empty() => {
@@ -254,34 +260,33 @@ impl EngineIo {
             }
             EngineIo::Postgres(pg) => {
                 use crate::postgres::ops;
-                let c = pg.reads()?;
-                // Ages on the server's clock, as the rows' times are.
-                let oldest = match (ops::oldest_pending(c), ops::now(c)) {
-                    (Ok(Some(t)), Ok(now)) => Some((now - t).max(0)),
-                    _ => None,
-                };
-                Some(Counters {
-                    metrics: ops::metrics(c).unwrap_or_default(),
-                    jobs: ops::job_counts(c).unwrap_or_default(),
-                    oldest_pending_age_ms: oldest,
-                    lanes: ops::lane_counts(c).unwrap_or_default(),
+                pg.read(|c| {
+                    // Ages on the server's clock, as the rows' times are.
+                    let oldest = match (ops::oldest_pending(c), ops::now(c)) {
+                        (Ok(Some(t)), Ok(now)) => Some((now - t).max(0)),
+                        _ => None,
+                    };
+                    Ok(Counters {
+                        metrics: ops::metrics(c).unwrap_or_default(),
+                        jobs: ops::job_counts(c).unwrap_or_default(),
+                        oldest_pending_age_ms: oldest,
+                        lanes: ops::lane_counts(c).unwrap_or_default(),
+                    })
                 })
+                .and_then(Result::ok)
             }
         }
     }
 }
 
 impl PgIo {
-    /// The engine's read connection, reconnected when it broke (`None`: the server
-    /// cannot be reached now; every read is best-effort and tried again next pass).
-    fn reads(&mut self) -> Option<&mut postgres::Client> {
-        if self.reads.as_ref().is_some_and(|c| c.is_closed()) {
-            self.reads = None;
-        }
-        if self.reads.is_none() {
-            self.reads = Some(self.target.connect().ok()?);
-        }
-        self.reads.as_mut()
+    /// Runs `f` on the store's connection (`PgStore::unguarded`); `None`: the server
+    /// cannot be reached now. Every engine read is best-effort and tried again later.
+    fn read<R>(&self, f: impl FnOnce(&mut postgres::Client) -> PgResult<R>) -> Option<PgResult<R>> {
+        self.coord.with_store(|s| match s {
+            AnyStore::Postgres(p) => p.unguarded(f),
+            AnyStore::Sqlite(_) => unreachable!("a PostgreSQL engine runs the PostgreSQL store"),
+        })
     }
 }
 

@@ -70,6 +70,16 @@ impl PgStore {
         }
     }
 
+    /// Runs `f` on the store's connection outside any guarded transaction: the engine's
+    /// reads and retention (`backend::EngineIo`), so a daemon needs no third connection.
+    /// A broken connection is replaced first; `None` when the server cannot be reached.
+    pub fn unguarded<R>(&mut self, f: impl FnOnce(&mut Client) -> PgResult<R>) -> Option<PgResult<R>> {
+        if self.client.is_closed() {
+            self.client = self.target.connect().ok()?;
+        }
+        Some(f(&mut self.client))
+    }
+
     /// Runs `f` in one transaction guarded on `epoch`, with the store's `now`.
     fn guarded<R>(
         &mut self,
