@@ -319,6 +319,7 @@ impl Engine {
                 self.unrecorded = retried.iter().filter(|(_, f)| *f == Finished::Deferred).count();
                 for (id, f) in retried.iter().filter(|(_, f)| *f != Finished::Deferred) {
                     announce_finish(*id, f);
+                    claim_now = true; // its slot is free now
                 }
             }
             if !self.coord.halted() {
@@ -375,7 +376,8 @@ impl Engine {
                 claim_now = false;
                 last_claim = std::time::Instant::now();
                 let claimed = self.coord.claim(mono(), wall);
-                if !claimed.is_empty() {
+                let took_some = !claimed.is_empty();
+                if took_some {
                     claim_now = true; // more may be ready than one batch took
                     if let Err(e) = failpoint::hit("claim.after_commit") {
                         events::warn("failpoint.error", "claim.after_commit").field("error", e.to_string()).emit();
@@ -384,7 +386,12 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
-                next_ready = self.io.next_ready(&self.clock);
+                // When the next pending job is due matters only to a daemon that found
+                // nothing to take and has room: after a claim that took some, the next pass
+                // claims again anyway, and a full daemon claims again when a run ends. (On
+                // PostgreSQL the read is a round trip to the server.)
+                let full = self.coord.held().len() >= self.cfg.concurrency as usize;
+                next_ready = if took_some || full { None } else { self.io.next_ready(&self.clock) };
             }
             if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
