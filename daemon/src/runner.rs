@@ -40,15 +40,6 @@ pub const POLL: Duration = Duration::from_millis(10);
 /// a job can run `homerd enqueue` against the same home.)
 pub const ENV_DENY_PREFIXES: &[&str] = &["HOMERD_"];
 
-impl Wake {
-    fn ended(self) -> Option<(JobId, JobResult)> {
-        match self {
-            Wake::Ended(id, result) => Some((id, result)),
-            Wake::Changed => None,
-        }
-    }
-}
-
 pub type EngineCoordinator = Coordinator<AnyStore>;
 
 /// What the supervisor tells the engine thread.
@@ -239,6 +230,15 @@ enum Wake {
     Ended(JobId, JobResult),
     /// The queue changed (the backend's wake-up source; `EngineIo::changed` says so too).
     Changed,
+}
+
+impl Wake {
+    fn ended(self) -> Option<(JobId, JobResult)> {
+        match self {
+            Wake::Ended(id, result) => Some((id, result)),
+            Wake::Changed => None,
+        }
+    }
 }
 
 impl Engine {
