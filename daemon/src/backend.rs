@@ -139,6 +139,12 @@ impl EngineIo {
         }
     }
 
+    /// Whether a change of the queue wakes the engine (`start_wakeups`), so an idle
+    /// engine may sleep until its next deadline; SQLite's `data_version` must be looked at.
+    pub fn wakes_on_change(&self) -> bool {
+        matches!(self, EngineIo::Postgres(_))
+    }
+
     /// Whether another process changed the queue since the last call (an enqueue, a
     /// cancel, another daemon's outcome). Never waits: SQLite reads `data_version` (into
     /// `last`), PostgreSQL takes the listener's flag.

@@ -36,6 +36,10 @@ use crate::{events, failpoint, identity};
 /// Engine loop period while nothing wakes it.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// The longest an idle engine sleeps when its backend wakes it on every change
+/// (`EngineIo::wakes_on_change`): it still reports clock steps within this.
+const IDLE_MAX: Duration = Duration::from_secs(1);
+
 /// Variables no job child inherits: every homerd test hook. (`HOMER_*` settings pass, so
 /// a job can run `homerd enqueue` against the same home.)
 pub const ENV_DENY_PREFIXES: &[&str] = &["HOMERD_"];
@@ -176,31 +180,45 @@ fn watchdog(coord: Arc<EngineCoordinator>, c: Controls, kill_grace: Duration, st
             announce_stop(id, reason);
             stop_job(&c, id, reason, kill_grace);
         }
-        let wait = coord
-            .next_deadline()
-            .map(|d| (d - mono()).clamp(1, POLL.as_millis() as i64))
-            .unwrap_or(POLL.as_millis() as i64);
-        std::thread::sleep(Duration::from_millis(wait as u64));
+        match coord.next_deadline() {
+            Some(d) => std::thread::sleep(Duration::from_millis((d - mono()).clamp(1, POLL.as_millis() as i64) as u64)),
+            // Nothing held, so nothing to stop until the engine claims — and the engine
+            // unparks this thread when it does (and when it ends).
+            None if coord.held().is_empty() => std::thread::park_timeout(IDLE_MAX),
+            None => std::thread::sleep(POLL),
+        }
     }
 }
 
 pub struct EngineThread {
-    pub control: Sender<Control>,
+    pub control: ControlSender,
     pub done: tokio::sync::oneshot::Receiver<EngineExit>,
 }
 
 /// Starts the engine thread (which starts the watchdog).
 pub fn start(coord: Arc<EngineCoordinator>, io: EngineIo, cfg: Config, clock: Clock, paths: Paths) -> EngineThread {
-    let (control, control_rx) = mpsc::channel();
+    let engine = Engine::new(coord, io, cfg, clock, paths);
+    let control = ControlSender(engine.wake_tx.clone());
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(String::from("homerd-engine"))
         .spawn(move || {
-            let exit = Engine::new(coord, io, cfg, clock, paths).run(control_rx);
+            let exit = engine.run();
             let _ = done_tx.send(exit);
         })
         .expect("spawn engine thread");
     EngineThread { control, done }
+}
+
+/// How the supervisor sends the engine a [`Control`]: on the engine's wake-up channel,
+/// so it reaches an engine that is waiting at once.
+#[derive(Clone)]
+pub struct ControlSender(Sender<Wake>);
+
+impl ControlSender {
+    pub fn send(&self, c: Control) -> Result<(), mpsc::SendError<Control>> {
+        self.0.send(Wake::Control(c)).map_err(|_| mpsc::SendError(c))
+    }
 }
 
 struct Engine {
@@ -222,23 +240,18 @@ struct Engine {
     /// backend's wake-up source (`EngineIo::start_wakeups`) says the queue changed.
     wake_tx: Sender<Wake>,
     wake_rx: Receiver<Wake>,
+    /// The watchdog thread, which parks while nothing is held.
+    watchdog: Option<std::thread::Thread>,
 }
 
-/// What wakes the engine thread before its [`POLL`] is up.
+/// What wakes the engine thread before its wait is up.
 enum Wake {
+    /// The supervisor's word ([`ControlSender`]).
+    Control(Control),
     /// A job thread's result.
     Ended(JobId, JobResult),
     /// The queue changed (the backend's wake-up source; `EngineIo::changed` says so too).
     Changed,
-}
-
-impl Wake {
-    fn ended(self) -> Option<(JobId, JobResult)> {
-        match self {
-            Wake::Ended(id, result) => Some((id, result)),
-            Wake::Changed => None,
-        }
-    }
 }
 
 impl Engine {
@@ -260,10 +273,11 @@ impl Engine {
             unrecorded: 0,
             wake_tx,
             wake_rx,
+            watchdog: None,
         }
     }
 
-    fn run(mut self, control: Receiver<Control>) -> EngineExit {
+    fn run(mut self) -> EngineExit {
         let stop_watchdog = Arc::new(AtomicBool::new(false));
         let watchdog_thread = {
             let (coord, c, grace, stop) =
@@ -273,13 +287,15 @@ impl Engine {
                 .spawn(move || watchdog(coord, c, grace, stop))
                 .expect("spawn watchdog thread")
         };
-        let exit = self.run_loop(control);
+        self.watchdog = Some(watchdog_thread.thread().clone());
+        let exit = self.run_loop();
         stop_watchdog.store(true, Ordering::SeqCst);
+        watchdog_thread.thread().unpark();
         let _ = watchdog_thread.join();
         exit
     }
 
-    fn run_loop(&mut self, control: Receiver<Control>) -> EngineExit {
+    fn run_loop(&mut self) -> EngineExit {
         let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
         let mut next_renew = mono() + heartbeat_ms;
         // Housekeeping (retention, the metrics event) every 6 heartbeats, and at once.
@@ -295,12 +311,8 @@ impl Engine {
         let mut ended: Vec<(JobId, JobResult)> = Vec::new();
         let mut halted_at: Option<std::time::Instant> = None;
         loop {
-            for msg in control.try_iter() {
-                match msg {
-                    Control::Shutdown { grace_ms } => self.coord.begin_shutdown(mono(), grace_ms),
-                    // Queued for the watchdog, which carries out every stop.
-                    Control::Fence => drop(self.coord.fence()),
-                }
+            for w in self.wake_rx.try_iter() {
+                self.take(w, &mut ended);
             }
             // One reading of the effective clock for the whole pass, taken *before* the
             // wall-clock steps are absorbed: whatever this pass schedules or claims by
@@ -308,7 +320,6 @@ impl Engine {
             // thread's) noticed — never a stepped time with the jobs not yet moved.
             let wall = self.clock.now();
             self.io.absorb_clock_steps(&self.clock, self.coord.epoch);
-            ended.extend(self.wake_rx.try_iter().filter_map(Wake::ended));
             if !ended.is_empty() {
                 // Every run that ended since the last pass is recorded in one commit.
                 self.finish(std::mem::take(&mut ended), wall);
@@ -339,7 +350,7 @@ impl Engine {
                 if self.running.is_empty() || waited > self.cfg.drain_bound(Duration::ZERO) {
                     return EngineExit::Corrupt;
                 }
-                ended.extend(self.wait(POLL));
+                self.wait(POLL, &mut ended);
                 continue;
             }
             let now = mono();
@@ -386,6 +397,12 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
+                if took_some {
+                    // The watchdog may be parked: it has deadlines to watch now.
+                    if let Some(w) = &self.watchdog {
+                        w.unpark();
+                    }
+                }
                 // When the next pending job is due matters only to a daemon that found
                 // nothing to take and has room: after a claim that took some, the next pass
                 // claims again anyway, and a full daemon claims again when a run ends. (On
@@ -400,16 +417,50 @@ impl Engine {
             if self.coord.shutting_down() && self.running.is_empty() && self.coord.held().is_empty() {
                 return EngineExit::Drained;
             }
-            ended.extend(self.wait(POLL));
+            // A backend that wakes the engine when the queue changes lets an idle engine
+            // sleep until its next deadline; one that must be looked at (SQLite's
+            // `data_version`) is looked at every POLL.
+            let idle = self.io.wakes_on_change()
+                && !claim_now
+                && self.running.is_empty()
+                && self.unrecorded == 0
+                && !self.coord.shutting_down()
+                && !self.coord.fenced();
+            let limit = if idle {
+                let ms = |d: i64| Duration::from_millis(d.max(0) as u64);
+                let now = mono();
+                let mut limit = IDLE_MAX.min(ms(next_renew - now)).min(ms(next_housekeeping - now));
+                if let Some(t) = next_ready {
+                    limit = limit.min(ms(t.0 - self.clock.now().0));
+                }
+                if let Some(p) = poll_claims {
+                    limit = limit.min(p.saturating_sub(last_claim.elapsed()));
+                }
+                limit.max(POLL)
+            } else {
+                POLL
+            };
+            self.wait(limit, &mut ended);
         }
     }
 
-    /// Waits up to `limit` for a wake-up; a job's result if that is what came.
-    fn wait(&self, limit: Duration) -> Option<(JobId, JobResult)> {
+    /// Waits up to `limit` for a wake-up and takes it.
+    fn wait(&self, limit: Duration, ended: &mut Vec<(JobId, JobResult)>) {
         match self.wake_rx.recv_timeout(limit) {
-            Ok(w) => w.ended(),
-            Err(RecvTimeoutError::Timeout) => None,
+            Ok(w) => self.take(w, ended),
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
+        }
+    }
+
+    /// A wake-up: a control is applied at once, a job's result joins `ended`.
+    fn take(&self, w: Wake, ended: &mut Vec<(JobId, JobResult)>) {
+        match w {
+            Wake::Control(Control::Shutdown { grace_ms }) => self.coord.begin_shutdown(mono(), grace_ms),
+            // Queued for the watchdog, which carries out every stop.
+            Wake::Control(Control::Fence) => drop(self.coord.fence()),
+            Wake::Ended(id, result) => ended.push((id, result)),
+            Wake::Changed => {}
         }
     }
 

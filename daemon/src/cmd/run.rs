@@ -153,7 +153,7 @@ impl Signals {
 pub(super) struct Lifecycle<'a> {
     ctx: &'a Context,
     signals: Signals,
-    control: std::sync::mpsc::Sender<runner::Control>,
+    control: runner::ControlSender,
     engine_done: tokio::sync::oneshot::Receiver<runner::EngineExit>,
     /// A completed oneshot must not be awaited again.
     engine_finished: bool,
@@ -408,7 +408,7 @@ fn corrupt_error(db: &std::path::Path) -> Error {
 /// at a terminal knows what a second Ctrl-C does before pressing it.
 pub(super) fn on_signal(
     ctx: &Context,
-    control: &std::sync::mpsc::Sender<runner::Control>,
+    control: &runner::ControlSender,
     name: &'static str,
     running: usize,
     seen: &mut u32,
