@@ -4,13 +4,15 @@
 //!   the database for up to `busy_timeout` per call);
 //! - the **watchdog thread** carries out every stop decision the coordinator queues
 //!   (deadlines, lost leases, fencing, shutdown) — it never touches the database, so a
-//!   slow writer cannot delay a kill;
+//!   slow writer cannot delay a kill; it parks while no job is held;
 //! - one **job thread** per running job does its work (in-process for `noop`, `sleep`,
 //!   `fail`, `crash`; a held child process for `exec`); job threads are reused
 //!   ([`crate::pool`]).
 //!
-//! The engine thread wakes every [`POLL`] (or at once when a job ends, or when the
-//! backend's wake-up source says the queue changed) and claims when the backend says
+//! The engine thread wakes every [`POLL`] (or at once when a job ends, the supervisor
+//! sends a [`Control`], or the backend's wake-up source says the queue changed; an idle
+//! engine whose backend wakes it on every change sleeps until its next deadline, at most
+//! `IDLE_MAX`) and claims when the backend says
 //! another process changed the queue (`EngineIo::changed`: a CLI enqueue, another
 //! daemon's outcome), when a job ended (capacity freed), or when the next `run_after` is
 //! reached — so an idle daemon notices an enqueue within tens of milliseconds without
