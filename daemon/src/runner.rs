@@ -4,15 +4,20 @@
 //!   the database for up to `busy_timeout` per call);
 //! - the **watchdog thread** carries out every stop decision the coordinator queues
 //!   (deadlines, lost leases, fencing, shutdown) — it never touches the database, so a
-//!   slow writer cannot delay a kill;
+//!   slow writer cannot delay a kill; it parks while no job is held;
 //! - one **job thread** per running job does its work (in-process for `noop`, `sleep`,
 //!   `fail`, `crash`; a held child process for `exec`); job threads are reused
 //!   ([`crate::pool`]).
 //!
-//! The engine thread wakes every [`POLL`] (or at once when a job ends) and claims when
-//! `PRAGMA data_version` says another connection committed (a CLI enqueue), when a job
-//! ended (capacity freed), or when the next `run_after` is reached — so an idle daemon
-//! notices an enqueue within tens of milliseconds without writing anything while idle.
+//! The engine thread wakes every [`POLL`] (or at once when a job ends, the supervisor
+//! sends a [`Control`], or the backend's wake-up source says the queue changed; an idle
+//! engine whose backend wakes it on every change sleeps until its next deadline, at most
+//! `IDLE_MAX`) and claims when the backend says
+//! another process changed the queue (`EngineIo::changed`: a CLI enqueue, another
+//! daemon's outcome), when a job ended (capacity freed), or when the next `run_after` is
+//! reached — so an idle daemon notices an enqueue within tens of milliseconds without
+//! writing anything while idle. Which backend runs is `backend.rs`'s business: this module
+//! names none.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,36 +31,16 @@ use crate::children::{self, SpawnRequest};
 use crate::clock::{mono, Clock};
 use crate::config::Config;
 use crate::engine::coordinator::{ChildRecorded, Coordinator, EngineConfig, Finished, JobResult, StopReason};
-use crate::job::{ChildIdentity, ClaimLimits, Claimed, Epoch, JobId, WallMs};
+use crate::job::{ChildIdentity, ClaimLimits, Claimed, JobId, WallMs};
 use crate::paths::Paths;
-use crate::sqlite::read;
-use crate::sqlite::writer::{SyncMode, Writer};
 use crate::{events, failpoint, identity};
-
-/// Terminal jobs pruned per housekeeping pass at most (keeps each transaction short).
-const PRUNE_BATCH: u32 = 1000;
-
-/// Removes `<id>-<run>.out` / `.err` for the pruned jobs.
-fn remove_run_logs(dir: &std::path::Path, ids: &[i64]) {
-    let ids: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let job = name.split('-').next().and_then(|s| s.parse::<i64>().ok());
-        if job.is_some_and(|j| ids.contains(&j)) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
 
 /// Engine loop period while nothing wakes it.
 pub const POLL: Duration = Duration::from_millis(10);
 
-/// PostgreSQL: how long each engine pass waits for a notification at most.
-const PG_LISTEN_WAIT: Duration = Duration::from_millis(1);
-
-/// PostgreSQL: claims are attempted at least this often even when nothing notified.
-const PG_CLAIM_POLL: Duration = Duration::from_secs(1);
+/// The longest an idle engine sleeps when its backend wakes it on every change
+/// (`EngineIo::wakes_on_change`): it still reports clock steps within this.
+const IDLE_MAX: Duration = Duration::from_secs(1);
 
 /// Variables no job child inherits: every homerd test hook. (`HOMER_*` settings pass, so
 /// a job can run `homerd enqueue` against the same home.)
@@ -78,7 +63,7 @@ pub enum Control {
 pub enum EngineExit {
     Drained,
     Fenced,
-    /// The database is corrupt (`sqlite::corruption`): every run stopped, nothing recorded.
+    /// The database is corrupt (`backend::corruption`): every run stopped, nothing recorded.
     Corrupt,
 }
 
@@ -134,61 +119,6 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
         .field("cancelled", rec.cancelled.clone())
         .emit();
     Ok(())
-}
-
-/// Takes the wall-clock steps the effective clock saw (clock.rs) and acts on them: a
-/// forward step moves every job still waiting for a `run_after` set before it by the
-/// step (one epoch-guarded write), so delays keep their length; a backward step changes
-/// nothing (the effective clock keeps counting) and is reported.
-///
-/// The same commit refreshes the leader row's reading (`seen_at`/`seen_mono`) past the
-/// step: a start that anchors its clock on the row after this daemon died (`Clock::anchor`)
-/// must not see the step again and move the jobs a second time.
-///
-/// On PostgreSQL the server's clock schedules every job: a step of this host's clock
-/// moves nothing, and is only reported.
-pub fn absorb_clock_steps(clock: &Clock, writer: Option<&Writer>, epoch: Epoch) {
-    for back in clock.take_backward_steps() {
-        events::warn(
-            "clock.stepped_back",
-            "The wall clock stepped back; homerd's clock keeps counting from where it was",
-        )
-        .field("by_ms", back)
-        .emit();
-    }
-    let Some(writer) = writer else {
-        for step in clock.take_forward_steps() {
-            events::warn(
-                "clock.stepped",
-                "The wall clock jumped forward; the server's clock schedules jobs: nothing moved",
-            )
-            .field("by_ms", step.by)
-            .field("moved", 0)
-            .emit();
-        }
-        return;
-    };
-    for step in clock.take_forward_steps() {
-        let crate::clock::ForwardStep { from, by } = step;
-        let reading = clock.clone();
-        match writer.call_blocking(SyncMode::Normal, move |tx| {
-            let moved = crate::sqlite::jobs::shift_scheduled(tx, from, by)?;
-            // The writer checked the epoch in this transaction: the refresh cannot miss.
-            crate::sqlite::leader::heartbeat(tx, epoch.0, &reading)?;
-            Ok(moved)
-        }) {
-            Ok(moved) => {
-                events::warn("clock.stepped", "The wall clock jumped forward; jobs waiting for a time moved with it")
-                    .field("by_ms", by)
-                    .field("moved", moved)
-                    .emit()
-            }
-            Err(e) => events::error("clock.step_failed", "Could not move the waiting jobs after a wall-clock step")
-                .field("by_ms", by)
-                .field("error", e.to_string())
-                .emit(),
-        }
-    }
 }
 
 /// How to stop a running job: shared by the engine thread and the watchdog.
@@ -252,31 +182,45 @@ fn watchdog(coord: Arc<EngineCoordinator>, c: Controls, kill_grace: Duration, st
             announce_stop(id, reason);
             stop_job(&c, id, reason, kill_grace);
         }
-        let wait = coord
-            .next_deadline()
-            .map(|d| (d - mono()).clamp(1, POLL.as_millis() as i64))
-            .unwrap_or(POLL.as_millis() as i64);
-        std::thread::sleep(Duration::from_millis(wait as u64));
+        match coord.next_deadline() {
+            Some(d) => std::thread::sleep(Duration::from_millis((d - mono()).clamp(1, POLL.as_millis() as i64) as u64)),
+            // Nothing held, so nothing to stop until the engine claims — and the engine
+            // unparks this thread when it does (and when it ends).
+            None if coord.held().is_empty() => std::thread::park_timeout(IDLE_MAX),
+            None => std::thread::sleep(POLL),
+        }
     }
 }
 
 pub struct EngineThread {
-    pub control: Sender<Control>,
+    pub control: ControlSender,
     pub done: tokio::sync::oneshot::Receiver<EngineExit>,
 }
 
 /// Starts the engine thread (which starts the watchdog).
 pub fn start(coord: Arc<EngineCoordinator>, io: EngineIo, cfg: Config, clock: Clock, paths: Paths) -> EngineThread {
-    let (control, control_rx) = mpsc::channel();
+    let engine = Engine::new(coord, io, cfg, clock, paths);
+    let control = ControlSender(engine.wake_tx.clone());
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(String::from("homerd-engine"))
         .spawn(move || {
-            let exit = Engine::new(coord, io, cfg, clock, paths).run(control_rx);
+            let exit = engine.run();
             let _ = done_tx.send(exit);
         })
         .expect("spawn engine thread");
     EngineThread { control, done }
+}
+
+/// How the supervisor sends the engine a [`Control`]: on the engine's wake-up channel,
+/// so it reaches an engine that is waiting at once.
+#[derive(Clone)]
+pub struct ControlSender(Sender<Wake>);
+
+impl ControlSender {
+    pub fn send(&self, c: Control) -> Result<(), mpsc::SendError<Control>> {
+        self.0.send(Wake::Control(c)).map_err(|_| mpsc::SendError(c))
+    }
 }
 
 struct Engine {
@@ -294,13 +238,31 @@ struct Engine {
     running: BTreeSet<JobId>,
     /// Results the store could not take yet (retried every loop).
     unrecorded: usize,
-    ended_tx: Sender<(JobId, JobResult)>,
-    ended_rx: Receiver<(JobId, JobResult)>,
+    /// The engine's wake-up channel: job threads report their results on it, and the
+    /// backend's wake-up source (`EngineIo::start_wakeups`) says the queue changed.
+    wake_tx: Sender<Wake>,
+    wake_rx: Receiver<Wake>,
+    /// The watchdog thread, which parks while nothing is held.
+    watchdog: Option<std::thread::Thread>,
+}
+
+/// What wakes the engine thread before its wait is up.
+enum Wake {
+    /// The supervisor's word ([`ControlSender`]).
+    Control(Control),
+    /// A job thread's result.
+    Ended(JobId, JobResult),
+    /// The queue changed (the backend's wake-up source; `EngineIo::changed` says so too).
+    Changed,
 }
 
 impl Engine {
-    fn new(coord: Arc<EngineCoordinator>, io: EngineIo, cfg: Config, clock: Clock, paths: Paths) -> Engine {
-        let (ended_tx, ended_rx) = mpsc::channel();
+    fn new(coord: Arc<EngineCoordinator>, mut io: EngineIo, cfg: Config, clock: Clock, paths: Paths) -> Engine {
+        let (wake_tx, wake_rx) = mpsc::channel();
+        let waker = wake_tx.clone();
+        io.start_wakeups(Box::new(move || {
+            let _ = waker.send(Wake::Changed);
+        }));
         Engine {
             coord,
             io,
@@ -311,12 +273,13 @@ impl Engine {
             pool: crate::pool::Pool::new("homerd-job"),
             running: BTreeSet::new(),
             unrecorded: 0,
-            ended_tx,
-            ended_rx,
+            wake_tx,
+            wake_rx,
+            watchdog: None,
         }
     }
 
-    fn run(mut self, control: Receiver<Control>) -> EngineExit {
+    fn run(mut self) -> EngineExit {
         let stop_watchdog = Arc::new(AtomicBool::new(false));
         let watchdog_thread = {
             let (coord, c, grace, stop) =
@@ -326,42 +289,39 @@ impl Engine {
                 .spawn(move || watchdog(coord, c, grace, stop))
                 .expect("spawn watchdog thread")
         };
-        let exit = self.run_loop(control);
+        self.watchdog = Some(watchdog_thread.thread().clone());
+        let exit = self.run_loop();
         stop_watchdog.store(true, Ordering::SeqCst);
+        watchdog_thread.thread().unpark();
         let _ = watchdog_thread.join();
         exit
     }
 
-    fn run_loop(&mut self, control: Receiver<Control>) -> EngineExit {
+    fn run_loop(&mut self) -> EngineExit {
         let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
         let mut next_renew = mono() + heartbeat_ms;
         // Housekeeping (retention, the metrics event) every 6 heartbeats, and at once.
         let mut next_housekeeping = mono();
         let mut last_version = 0;
-        self.io.changed(&mut last_version, Duration::ZERO);
-        // PostgreSQL: another daemon's claim or outcome frees a lane's capacity without a
-        // local change; notifications wake us for most, a poll catches the rest.
-        let poll_claims = matches!(self.io, EngineIo::Postgres { .. }).then_some(PG_CLAIM_POLL);
+        self.io.changed(&mut last_version);
+        // Many daemons on one queue: another daemon's claim or outcome frees a lane's
+        // capacity without a change this daemon is told about; a poll catches those.
+        let poll_claims = self.io.claim_poll();
         let mut last_claim = std::time::Instant::now();
         let mut claim_now = true;
         let mut next_ready: Option<WallMs> = None;
         let mut ended: Vec<(JobId, JobResult)> = Vec::new();
         let mut halted_at: Option<std::time::Instant> = None;
         loop {
-            for msg in control.try_iter() {
-                match msg {
-                    Control::Shutdown { grace_ms } => self.coord.begin_shutdown(mono(), grace_ms),
-                    // Queued for the watchdog, which carries out every stop.
-                    Control::Fence => drop(self.coord.fence()),
-                }
+            for w in self.wake_rx.try_iter() {
+                self.take(w, &mut ended);
             }
             // One reading of the effective clock for the whole pass, taken *before* the
             // wall-clock steps are absorbed: whatever this pass schedules or claims by
             // then sees the jobs already moved by any step this reading (or another
             // thread's) noticed — never a stepped time with the jobs not yet moved.
             let wall = self.clock.now();
-            absorb_clock_steps(&self.clock, self.io.sqlite_writer(), self.coord.epoch);
-            ended.extend(self.ended_rx.try_iter());
+            self.io.absorb_clock_steps(&self.clock, self.coord.epoch);
             if !ended.is_empty() {
                 // Every run that ended since the last pass is recorded in one commit.
                 self.finish(std::mem::take(&mut ended), wall);
@@ -372,6 +332,7 @@ impl Engine {
                 self.unrecorded = retried.iter().filter(|(_, f)| *f == Finished::Deferred).count();
                 for (id, f) in retried.iter().filter(|(_, f)| *f != Finished::Deferred) {
                     announce_finish(*id, f);
+                    claim_now = true; // its slot is free now
                 }
             }
             if !self.coord.halted() {
@@ -391,11 +352,7 @@ impl Engine {
                 if self.running.is_empty() || waited > self.cfg.drain_bound(Duration::ZERO) {
                     return EngineExit::Corrupt;
                 }
-                match self.ended_rx.recv_timeout(POLL) {
-                    Ok(e) => ended.push(e),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
-                }
+                self.wait(POLL, &mut ended);
                 continue;
             }
             let now = mono();
@@ -415,7 +372,7 @@ impl Engine {
                 next_housekeeping = now + 6 * heartbeat_ms;
                 self.housekeeping();
             }
-            if self.io.changed(&mut last_version, PG_LISTEN_WAIT) {
+            if self.io.changed(&mut last_version) {
                 claim_now = true;
                 // Someone committed: maybe a `homerd cancel` request for a job we run.
                 for id in self.io.cancel_requests(self.coord.epoch) {
@@ -432,7 +389,8 @@ impl Engine {
                 claim_now = false;
                 last_claim = std::time::Instant::now();
                 let claimed = self.coord.claim(mono(), wall);
-                if !claimed.is_empty() {
+                let took_some = !claimed.is_empty();
+                if took_some {
                     claim_now = true; // more may be ready than one batch took
                     if let Err(e) = failpoint::hit("claim.after_commit") {
                         events::warn("failpoint.error", "claim.after_commit").field("error", e.to_string()).emit();
@@ -441,7 +399,18 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
-                next_ready = self.io.next_ready(&self.clock);
+                if took_some {
+                    // The watchdog may be parked: it has deadlines to watch now.
+                    if let Some(w) = &self.watchdog {
+                        w.unpark();
+                    }
+                }
+                // When the next pending job is due matters only to a daemon that found
+                // nothing to take and has room: after a claim that took some, the next pass
+                // claims again anyway, and a full daemon claims again when a run ends. (On
+                // PostgreSQL the read is a round trip to the server.)
+                let full = self.coord.held().len() >= self.cfg.concurrency as usize;
+                next_ready = if took_some || full { None } else { self.io.next_ready(&self.clock) };
             }
             if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
@@ -450,50 +419,56 @@ impl Engine {
             if self.coord.shutting_down() && self.running.is_empty() && self.coord.held().is_empty() {
                 return EngineExit::Drained;
             }
-            match self.ended_rx.recv_timeout(POLL) {
-                Ok(e) => ended.push(e),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
-            }
+            // A backend that wakes the engine when the queue changes lets an idle engine
+            // sleep until its next deadline; one that must be looked at (SQLite's
+            // `data_version`) is looked at every POLL.
+            let idle = self.io.wakes_on_change()
+                && !claim_now
+                && self.running.is_empty()
+                && self.unrecorded == 0
+                && !self.coord.shutting_down()
+                && !self.coord.fenced();
+            let limit = if idle {
+                let ms = |d: i64| Duration::from_millis(d.max(0) as u64);
+                let now = mono();
+                let mut limit = IDLE_MAX.min(ms(next_renew - now)).min(ms(next_housekeeping - now));
+                if let Some(t) = next_ready {
+                    limit = limit.min(ms(t.0 - self.clock.now().0));
+                }
+                if let Some(p) = poll_claims {
+                    limit = limit.min(p.saturating_sub(last_claim.elapsed()));
+                }
+                limit.max(POLL)
+            } else {
+                POLL
+            };
+            self.wait(limit, &mut ended);
         }
     }
 
-    /// Retention: prunes terminal jobs older than `retention` with their runs and run logs
-    /// (a bounded batch per pass); then reports the counters as a `daemon.metrics` event.
+    /// Waits up to `limit` for a wake-up and takes it.
+    fn wait(&self, limit: Duration, ended: &mut Vec<(JobId, JobResult)>) {
+        match self.wake_rx.recv_timeout(limit) {
+            Ok(w) => self.take(w, ended),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the engine holds a sender"),
+        }
+    }
+
+    /// A wake-up: a control is applied at once, a job's result joins `ended`.
+    fn take(&self, w: Wake, ended: &mut Vec<(JobId, JobResult)>) {
+        match w {
+            Wake::Control(Control::Shutdown { grace_ms }) => self.coord.begin_shutdown(mono(), grace_ms),
+            // Queued for the watchdog, which carries out every stop.
+            Wake::Control(Control::Fence) => drop(self.coord.fence()),
+            Wake::Ended(id, result) => ended.push((id, result)),
+            Wake::Changed => {}
+        }
+    }
+
+    /// Retention and the counters' event (`EngineIo::housekeeping`).
     fn housekeeping(&mut self) {
-        let pruned = match &mut self.io {
-            EngineIo::Sqlite { writer, .. } => {
-                let before = self.clock.now_ms() - self.cfg.retention.as_millis() as i64;
-                writer
-                    .call_blocking(SyncMode::Normal, move |tx| {
-                        let ids = crate::sqlite::ops::prune(tx, before, PRUNE_BATCH)?;
-                        crate::sqlite::ops::bump_metric(tx, "jobs_pruned", ids.len() as i64)?;
-                        Ok(ids)
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            io @ EngineIo::Postgres { .. } => io.pg_prune(self.cfg.retention, PRUNE_BATCH),
-        };
-        match pruned {
-            Ok(ids) if !ids.is_empty() => {
-                remove_run_logs(&self.paths.logs.join("runs"), &ids);
-                events::info("jobs.pruned", "Pruned jobs past retention").field("count", ids.len()).emit();
-            }
-            Ok(_) => {}
-            Err(e) => events::warn("jobs.prune_failed", "Could not prune old jobs").field("error", e).emit(),
-        }
-        let Some(reader) = self.io.sqlite_reader() else { return };
-        let mut ev = events::debug("daemon.metrics", "Counters");
-        for (k, v) in crate::sqlite::ops::metrics(reader).unwrap_or_default() {
-            ev = ev.field(&k, v);
-        }
-        for (k, v) in read::job_counts(reader).unwrap_or_default() {
-            ev = ev.field(&format!("jobs_{k}"), v);
-        }
-        let now = self.clock.now_ms();
-        let oldest = crate::sqlite::ops::oldest_pending(reader, now).ok().flatten().map(|t| (now - t).max(0));
-        let lanes = crate::sqlite::ops::lane_counts(reader).unwrap_or_default();
-        ev.field("oldest_pending_age_ms", serde_json::json!(oldest)).field("lanes", serde_json::json!(lanes)).emit();
+        self.io.housekeeping(&self.clock, self.cfg.retention, &self.paths.logs.join("runs"));
     }
 
     fn start_job(&mut self, job: Claimed) {
@@ -519,7 +494,7 @@ impl Engine {
             paths: self.paths.clone(),
             run_log_cap: self.cfg.run_log_cap,
         };
-        let ended = self.ended_tx.clone();
+        let wake = self.wake_tx.clone();
         let id = job.id;
         self.pool
             .run(move || {
@@ -527,7 +502,7 @@ impl Engine {
                 // Everything the job held is dropped when `run` returns, before it reports.
                 let result = ctx.run();
                 coord.mark_ended(id);
-                let _ = ended.send((id, result));
+                let _ = wake.send(Wake::Ended(id, result));
             })
             .expect("spawn job thread");
         self.running.insert(id);
@@ -543,21 +518,15 @@ impl Engine {
         }
         drop(table);
         if ended.iter().any(|(_, r)| *r == JobResult::Succeeded) && failpoint::is_armed("job.before_complete") {
-            // Hit on the writer thread between transactions: a `stop` here freezes the
-            // daemon after the job ended and before its outcome is written, as a paused
-            // worker would — not inside some other thread's write transaction, holding
-            // SQLite's write lock (README, Limits), which would block a successor for
-            // reasons this hook is not about.
-            let hit = || {
+            // Hit between transactions: a `stop` here freezes the daemon after the job
+            // ended and before its outcome is written, as a paused worker would — not
+            // inside a write transaction, holding the database's write lock (README,
+            // Limits), which would block a successor for reasons this hook is not about.
+            self.io.between_transactions(|| {
                 if let Err(e) = failpoint::hit("job.before_complete") {
                     events::warn("failpoint.error", "job.before_complete").field("error", e.to_string()).emit();
                 }
-            };
-            match self.io.sqlite_writer() {
-                Some(writer) => writer.between_transactions_blocking(hit),
-                // PostgreSQL: the engine thread holds no transaction open here.
-                None => hit(),
-            }
+            });
         }
         // `finish_many` answers in the order given: each answer meets its own result.
         let errors: Vec<Option<String>> = ended

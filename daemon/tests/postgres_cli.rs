@@ -527,3 +527,65 @@ fn concurrent_enqueuers_of_one_key_make_one_job() {
     assert!(acks.iter().all(|a| a["id"] == acks[0]["id"]), "{acks:?}");
     assert_eq!(pg.server.psql("SELECT count(*) FROM job_queue").unwrap().trim(), "1");
 }
+
+/// `homerd --database URL run ARGS`, as a daemon whose JSON events the test reads.
+fn daemon(pg: &Pg, args: &[&str]) -> common::Daemon {
+    let url = pg.url();
+    let mut c = pg.sb.cmd();
+    c.args(["--database", &url, "run"]).args(args);
+    let mut d = common::Daemon::spawn(c);
+    d.wait_event("daemon.active");
+    d
+}
+
+#[test]
+fn a_daemon_reports_its_counters_on_postgres_too() {
+    let pg = Pg::migrated();
+    pg.enqueue(&["--run-after", "1h", "--lane", "later", "noop"]);
+    // Housekeeping (retention, then the counters) at the engine's start and every six
+    // heartbeats.
+    let mut d = daemon(&pg, &["--set", "heartbeat_interval=200ms"]);
+    let m = d.wait_for("a daemon.metrics event", deadline(20.0), |v| v["event"] == "daemon.metrics");
+    assert_eq!(m["level"], "debug", "{m}");
+    assert_eq!(m["jobs_pending"], 1, "{m}");
+    assert_eq!(m["jobs_completed"], 0, "{m}");
+    assert_eq!(m["lanes"]["later"]["pending"], 1, "{m}");
+    assert_eq!(m["oldest_pending_age_ms"], Value::Null, "nothing pending is due yet: {m}");
+    // The queue's counters (the `metrics` table), as `status --json` shows them.
+    let status = pg.json(&["status", "--json"]);
+    let counters = status["metrics"].as_object().unwrap();
+    assert!(!counters.is_empty(), "{status}");
+    for (name, _) in counters {
+        assert!(m[name].is_i64(), "counter {name} missing from the event: {m}");
+    }
+
+    // The counts are read at each pass, not once.
+    let id = pg.enqueue(&["noop"]);
+    common::wait_job_event(&mut d, "job.completed", id);
+    let m = d.next("a daemon.metrics event after the job completed", |v| v["event"] == "daemon.metrics");
+    assert_eq!(m["jobs_completed"], 1, "{m}");
+    assert_eq!(m["jobs_pending"], 1, "{m}");
+}
+
+#[test]
+fn the_listener_reconnects_when_its_connection_is_cut() {
+    let pg = Pg::migrated();
+    let mut d = daemon(&pg, &[]);
+    let listening = |c: &mut Client| -> Vec<i32> {
+        let rows = c.query("SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN homer_jobs'", &[]).unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    let mut c = pg.client();
+    let before = listening(&mut c);
+    assert_eq!(before.len(), 1, "one connection listens: {before:?}");
+    let cut: bool = c.query_one("SELECT pg_terminate_backend($1)", &[&before[0]]).unwrap().get(0);
+    assert!(cut);
+    d.wait_event("listener.lost");
+    d.wait_event("listener.resumed");
+    let after = listening(&mut c);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before, "a new connection listens");
+    // And the daemon still takes work.
+    let id = pg.enqueue(&["noop"]);
+    common::wait_job_event(&mut d, "job.completed", id);
+}

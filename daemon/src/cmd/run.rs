@@ -54,7 +54,7 @@ pub fn run(ctx: Context) -> Result<i32> {
     let store = AnyStore::Sqlite(SqliteStore::new(writer.clone()));
     let coord = Arc::new(Coordinator::new(engine_cfg, Epoch(epoch), store));
     // A forward step of the wall clock while no daemon ran: move the waiting jobs first.
-    runner::absorb_clock_steps(&ctx.clock, Some(&writer), Epoch(epoch));
+    crate::backend::absorb_clock_steps(&ctx.clock, Some(&writer), Epoch(epoch));
     // Recovery runs before anything is claimed: every orphan requeued (or failed) and its
     // recorded process group gone. Then the engine's reader; only then is the daemon active.
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);
@@ -161,7 +161,7 @@ impl Signals {
 pub(super) struct Lifecycle<'a> {
     ctx: &'a Context,
     signals: Signals,
-    control: std::sync::mpsc::Sender<runner::Control>,
+    control: runner::ControlSender,
     engine_done: tokio::sync::oneshot::Receiver<runner::EngineExit>,
     /// A completed oneshot must not be awaited again.
     engine_finished: bool,
@@ -416,7 +416,7 @@ fn corrupt_error(db: &std::path::Path) -> Error {
 /// at a terminal knows what a second Ctrl-C does before pressing it.
 pub(super) fn on_signal(
     ctx: &Context,
-    control: &std::sync::mpsc::Sender<runner::Control>,
+    control: &runner::ControlSender,
     name: &'static str,
     running: usize,
     seen: &mut u32,

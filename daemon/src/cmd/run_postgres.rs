@@ -86,7 +86,7 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
     coord.note_leader_refresh(crate::clock::mono());
-    let io = EngineIo::Postgres { client: Some(listener), target: Box::new(target) };
+    let io = EngineIo::postgres(target, listener, coord.clone());
     let engine = runner::start(coord.clone(), io, ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone());
     let result = runtime.block_on(supervise(&ctx, lock, epoch, signals, engine, coord.clone()));
     // The store's synchronous client shuts down its own runtime when dropped: outside ours.

@@ -67,6 +67,16 @@ impl PgStore {
         }
     }
 
+    /// Runs `f` on the store's connection outside any guarded transaction: the engine's
+    /// reads and retention (`backend::EngineIo`), so a daemon needs no third connection.
+    /// A broken connection is replaced first; `None` when the server cannot be reached.
+    pub fn unguarded<R>(&mut self, f: impl FnOnce(&mut Client) -> PgResult<R>) -> Option<PgResult<R>> {
+        if self.client.is_closed() {
+            self.client = self.target.connect().ok()?;
+        }
+        Some(f(&mut self.client))
+    }
+
     /// Runs `f` in one transaction guarded on `epoch`, with the store's `now`.
     fn guarded<R>(
         &mut self,
@@ -280,7 +290,7 @@ impl JobStore for PgStore {
                 .map(|(claim, what)| record_sql(tx, claim, what, now, store_now))
                 .collect::<PgResult<Vec<_>>>()?;
             // A lane's capacity freed, or a retry scheduled: wake every daemon.
-            super::daemon::notify(tx)?;
+            super::daemon::notify(tx, "outcome")?;
             Ok(done)
         }) {
             Ok(done) => done.into_iter().map(Ok).collect(),

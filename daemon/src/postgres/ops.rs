@@ -23,15 +23,8 @@ use crate::job::stored::{parse_args, parse_env};
 use crate::job::{JobId, JobStatus, NewJob, WallMs};
 use crate::rows::{Cancel, JobProgress, JobRow, Retry, RunRow, RunningJob};
 
-/// The channel a daemon LISTENs on to learn that the queue changed.
-pub const CHANNEL: &str = super::daemon::CHANNEL;
-
-/// Wakes the daemons listening on [`CHANNEL`] once `tx` commits (not before, not if it
-/// rolls back). `what` is the payload, for a reader watching the channel by hand.
-pub fn notify(tx: &mut Transaction<'_>, what: &str) -> PgResult<()> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &what])?;
-    Ok(())
-}
+/// The channel a daemon LISTENs on, and the one `NOTIFY` every writer sends on it.
+pub use super::daemon::{notify, CHANNEL};
 
 const JOB_COLUMNS: &str = "id, status, lane, kind, payload, attempts, max_attempts, interruptions, runs, created_at,
      run_after, started_at, completed_at, heartbeat_at, locked_by, error, idempotency_key, cancel_requested_at,
