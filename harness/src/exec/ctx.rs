@@ -837,8 +837,12 @@ impl Ctx<'_> {
                 self.sc.hosts.join(", ")
             ));
         }
+        // Every `ip`/`tc` the host runs is registered as the run's (`procs::PgSpawner`), so
+        // the harness's reaper of orphaned zombies cannot take its exit status first.
+        let spawner: std::sync::Arc<dyn homer_testkit::Spawner> =
+            std::sync::Arc::new(procs::PgSpawner { marker: self.marker.clone() });
         for name in &self.sc.hosts {
-            let host = homer_testkit::Host::create(name)?;
+            let host = homer_testkit::Host::create_with(name, spawner.clone())?;
             self.step_log.push(format!(
                 "host {name}: network namespace {}, reaches the server at {} (its address {})",
                 host.netns(),

@@ -309,7 +309,7 @@ fn setup_failure(msg: String) -> Failure {
     Failure {
         step: None,
         what: String::from("setup"),
-        expected: String::from("a sandbox"),
+        expected: String::from("the run set up: its sandbox, and on PostgreSQL its hosts and server"),
         actual: msg,
         logs: Vec::new(),
         timeline: None,
