@@ -229,7 +229,8 @@ mod linux {
             let end = std::time::Instant::now() + limit;
             let mut killed = 0;
             loop {
-                let listed = ip(self.spawner.as_ref(), &["netns", "pids", &self.ns]).map_err(|e| self.err("kill_all", e))?;
+                let listed =
+                    ip(self.spawner.as_ref(), &["netns", "pids", &self.ns]).map_err(|e| self.err("kill_all", e))?;
                 let live: Vec<i32> = listed
                     .split_whitespace()
                     .filter_map(|p| p.parse().ok())
