@@ -209,6 +209,30 @@ mod tests {
         assert!(sc.settings.iter().all(|(k, _)| k != "hosts"), "hosts is never passed to homerd");
     }
 
+    /// `scenarios/long/` is not run by default (nor parsed by the scenario runner): its
+    /// files must still parse, and the repository's scenarios with hosts name their homes.
+    #[test]
+    fn the_repositorys_host_scenarios_parse_long_ones_included() {
+        let dirs = [crate::repo_scenarios_dir(), crate::repo_scenarios_dir().join("long")];
+        let files = crate::collect_scenarios(&dirs).unwrap();
+        let mut with_hosts = Vec::new();
+        for f in files {
+            let sc = crate::scenario::parse_file(&f).unwrap_or_else(|e| panic!("{e}"));
+            if !sc.hosts.is_empty() {
+                with_hosts.push((sc.stem(), sc.hosts.len()));
+            }
+        }
+        with_hosts.sort();
+        assert_eq!(
+            with_hosts,
+            vec![
+                (String::from("postgres-hosts-1000"), 3),
+                (String::from("postgres-partitioned-crash"), 2),
+                (String::from("postgres-partitioned-owner"), 2),
+            ]
+        );
+    }
+
     #[test]
     fn what_a_network_step_cannot_mean_is_refused_with_its_reason() {
         let cases = [
