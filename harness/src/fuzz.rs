@@ -403,9 +403,10 @@ struct PgGen {
     homes: u32,
     /// Per home (index 0 = `h1`): the number of its current daemon, `None` when none runs.
     current: Vec<Option<u32>>,
-    /// Per home: its daemon was partitioned past its stale threshold since it started, so
-    /// it may have been fenced (and exited 76) once healed — or not, when no other worker
-    /// was there to fence it. The final phase makes sure such a home runs a daemon.
+    /// Per home: its daemon was partitioned since it started, so it may have been fenced
+    /// (and exited 76) once healed — surely not when no other worker was there to fence
+    /// it, likely when the partition outlasted its stale threshold, possibly when it came
+    /// close. The final phase makes sure such a home runs a daemon.
     maybe_fenced: Vec<bool>,
 }
 
@@ -454,8 +455,8 @@ impl PgGen {
 ///
 /// With `hosts` (`[settings] hosts = true`: each home a network namespace), partitions
 /// too: a live host's link cut, then healed after a while shorter than its stale threshold
-/// (it stops runs whose lease deadline passed, then carries on unfenced) or longer (the
-/// others fence it and re-run its jobs; healed, it exits 76 having recorded nothing). A
+/// (it stops runs whose lease deadline passed, then usually carries on unfenced) or longer
+/// (the others fence it and re-run its jobs; healed, it exits 76 having recorded nothing). A
 /// partition's own child must be dead before another host re-runs its job: the overlap
 /// checker judges that.
 pub fn generate_postgres(seed: u64, homes: u32, hosts: bool) -> String {
@@ -541,14 +542,15 @@ pub fn generate_postgres(seed: u64, homes: u32, hosts: bool) -> String {
                 // partitions outlast the stale threshold.
                 if let Some(k) = p.live_home() {
                     p.g.step(&format!("partition = \"h{k}\""));
-                    let long = p.g.rng.below(2) == 0;
-                    if long {
+                    if p.g.rng.below(2) == 0 {
                         p.g.pause(PG_STALE_MS + 500, PG_STALE_MS * 3);
-                        p.maybe_fenced[(k - 1) as usize] = true;
                     } else {
                         p.g.pause(100, PG_STALE_MS - 300);
                     }
                     p.g.step(&format!("heal = \"h{k}\""));
+                    // Even a short one may end fenced: the reconnection after the heal
+                    // adds to the time the server has not heard from the host.
+                    p.maybe_fenced[(k - 1) as usize] = true;
                 }
             }
             _ => {}
