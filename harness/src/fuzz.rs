@@ -381,12 +381,33 @@ pub fn generate(seed: u64, allowed: Allowed) -> String {
 /// How many homes (hosts) a PostgreSQL seed runs by default.
 pub const PG_HOMES: u32 = 3;
 
+/// The stale threshold of a PostgreSQL seed's daemons, in ms (its `[settings]`): a
+/// partition is drawn shorter or longer than it.
+const PG_STALE_MS: u64 = 1500;
+
+/// Whether this process can run a PostgreSQL seed's homes as hosts (network namespaces:
+/// Linux, root), so partitions can be drawn; if not, why they are left out.
+pub fn hosts_here() -> (bool, Option<String>) {
+    if !cfg!(target_os = "linux") {
+        return (false, Some(String::from("partitions are not drawn: network namespaces are Linux-only")));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return (false, Some(String::from("partitions are not drawn: network namespaces need root")));
+    }
+    (true, None)
+}
+
 /// One PostgreSQL seed's schedule: which daemon runs on each home now.
 struct PgGen {
     g: Gen,
     homes: u32,
     /// Per home (index 0 = `h1`): the number of its current daemon, `None` when none runs.
     current: Vec<Option<u32>>,
+    /// Per home: its daemon was partitioned since it started, so it may have been fenced
+    /// (and exited 76) once healed — surely not when no other worker was there to fence
+    /// it, likely when the partition outlasted its stale threshold, possibly when it came
+    /// close. The final phase makes sure such a home runs a daemon.
+    maybe_fenced: Vec<bool>,
 }
 
 impl PgGen {
@@ -401,6 +422,7 @@ impl PgGen {
         let name = Self::name(k, n);
         self.g.step(&format!("start = \"{name}\"\nhome = \"h{k}\""));
         self.current[(k - 1) as usize] = Some(n);
+        self.maybe_fenced[(k - 1) as usize] = false;
         name
     }
 
@@ -430,7 +452,14 @@ impl PgGen {
 /// they change nothing). Pauses past the lease are left to `postgres-paused-host`: a
 /// paused daemon's child can outlive its lease (README, Guarantees), which the overlap
 /// checker would rightly report.
-pub fn generate_postgres(seed: u64, homes: u32) -> String {
+///
+/// With `hosts` (`[settings] hosts = true`: each home a network namespace), partitions
+/// too: a live host's link cut, then healed after a while shorter than its stale threshold
+/// (it stops runs whose lease deadline passed, then usually carries on unfenced) or longer
+/// (the others fence it and re-run its jobs; healed, it exits 76 having recorded nothing). A
+/// partition's own child must be dead before another host re-runs its job: the overlap
+/// checker judges that.
+pub fn generate_postgres(seed: u64, homes: u32, hosts: bool) -> String {
     let homes = homes.max(1);
     let mut p = PgGen {
         g: Gen {
@@ -443,6 +472,7 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
         },
         homes,
         current: vec![None; homes as usize],
+        maybe_fenced: vec![false; homes as usize],
     };
     for k in 1..=homes {
         let name = p.start(k);
@@ -507,6 +537,22 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
                 let sign = if p.g.rng.below(2) == 0 { "+" } else { "-" };
                 p.g.step(&format!("clock = \"{sign}{s}s\""));
             }
+            87..=99 if hosts => {
+                // A live host cut off from the server for a while, then healed. Half the
+                // partitions outlast the stale threshold.
+                if let Some(k) = p.live_home() {
+                    p.g.step(&format!("partition = \"h{k}\""));
+                    if p.g.rng.below(2) == 0 {
+                        p.g.pause(PG_STALE_MS + 500, PG_STALE_MS * 3);
+                    } else {
+                        p.g.pause(100, PG_STALE_MS - 300);
+                    }
+                    p.g.step(&format!("heal = \"h{k}\""));
+                    // Even a short one may end fenced: the reconnection after the heal
+                    // adds to the time the server has not heard from the host.
+                    p.maybe_fenced[(k - 1) as usize] = true;
+                }
+            }
             _ => {}
         }
         p.g.pause(20, 500);
@@ -515,6 +561,14 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
     // cluster drains the queue (a crashed daemon's jobs after its stale threshold).
     p.g.step("signal = \"*\"\nsig = \"CONT\"");
     for k in 1..=homes {
+        if p.maybe_fenced[(k - 1) as usize] {
+            // Fenced and gone, or still running: either way a daemon of its own next.
+            if let Some(n) = p.current[(k - 1) as usize].take() {
+                let name = PgGen::name(k, n);
+                p.g.step(&format!("signal = \"{name}.*\"\nsig = \"KILL\""));
+                p.g.step(&format!("wait = \"exit\"\ntarget = \"{name}\"\ntimeout = \"20s\""));
+            }
+        }
         if p.current[(k - 1) as usize].is_none() {
             p.start(k);
         }
@@ -531,9 +585,13 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
     t.push_str("mutant_none = \"randomized run: judged by the invariants and the final drain\"\n");
     t.push_str("timeout = \"240s\"\n");
     t.push_str("\n[settings]\nbackends = [\"postgres\"]\n");
+    if hosts {
+        t.push_str("hosts = true\n");
+    }
+    let stale = format!("{PG_STALE_MS}ms");
     for (k, v) in [
         ("heartbeat_interval", "100ms"),
-        ("stale_threshold", "1500ms"),
+        ("stale_threshold", stale.as_str()),
         ("kill_grace", "100ms"),
         ("lock_check_interval", "100ms"),
         ("shutdown_grace", "1s"),
@@ -553,15 +611,16 @@ pub fn generate_postgres(seed: u64, homes: u32) -> String {
 pub enum Flavour {
     /// One SQLite database, the faults `allowed` lets this machine draw ([`generate`]).
     Sqlite(Allowed),
-    /// One PostgreSQL queue shared by `homes` daemons on homes of their own ([`generate_postgres`]).
-    Postgres { homes: u32 },
+    /// One PostgreSQL queue shared by `homes` daemons on homes of their own
+    /// ([`generate_postgres`]); with `hosts`, each home a host, and partitions drawn.
+    Postgres { homes: u32, hosts: bool },
 }
 
 impl Flavour {
     pub fn generate(self, seed: u64) -> String {
         match self {
             Flavour::Sqlite(allowed) => generate(seed, allowed),
-            Flavour::Postgres { homes } => generate_postgres(seed, homes),
+            Flavour::Postgres { homes, hosts } => generate_postgres(seed, homes, hosts),
         }
     }
 }
@@ -609,7 +668,7 @@ pub fn run(
             let mutant = opts.mutant.as_ref().map(|m| format!(" --mutant {m}")).unwrap_or_default();
             let backend = match flavour {
                 Flavour::Sqlite(_) => String::new(),
-                Flavour::Postgres { homes } => format!(" --backend postgres --homes {homes}"),
+                Flavour::Postgres { homes, .. } => format!(" --backend postgres --homes {homes}"),
             };
             println!("rerun: homer-harness fuzz --seed {seed}{backend} --daemon {}{mutant}", opts.daemon.display());
             if written {
@@ -716,19 +775,48 @@ mod tests {
     }
 
     /// PostgreSQL seeds: every one parses, runs on PostgreSQL only, starts every daemon on
-    /// a home of its own, and 200 of them draw each fault many times.
+    /// a home of its own, and 200 of them draw each fault many times; with hosts,
+    /// partitions both shorter and longer than the stale threshold, each healed.
     #[test]
     fn every_postgres_seed_parses_and_draws_the_many_host_faults() {
         use crate::steps::signal::Sig;
         let (mut kills, mut pauses, mut stops, mut fast, mut immediate, mut clocks) = (0, 0, 0, 0, 0, 0);
-        for seed in 1..=200 {
-            let text = generate_postgres(seed, 3);
+        let (mut short, mut long) = (0, 0);
+        for (seed, hosts) in (1..=200).map(|s| (s, s % 2 == 0)) {
+            let text = generate_postgres(seed, 3, hosts);
             let sc = scenario::parse_str(Path::new("fuzz.toml"), &text)
                 .unwrap_or_else(|e| panic!("seed {seed} does not parse: {e}\n{text}"));
             assert_eq!(sc.backends, vec![scenario::Backend::Postgres], "seed {seed}");
+            assert_eq!(sc.hosts.len(), if hosts { 3 } else { 0 }, "seed {seed}");
             let mut homes = std::collections::BTreeSet::new();
+            let mut cut: Option<(String, Option<std::time::Duration>)> = None;
             for at in &sc.steps {
+                // Every partition is followed by one wait, then the heal of the same host.
+                if let Some((host, waited)) = cut.take() {
+                    match (&at.step, waited) {
+                        (Step::Wait(w), None) => {
+                            let crate::steps::wait::WaitFor::Elapsed { duration } = w.until else {
+                                panic!("seed {seed}: a partition followed by {w:?}")
+                            };
+                            cut = Some((host, Some(duration)));
+                        }
+                        (Step::Heal(h), Some(d)) => {
+                            assert_eq!(h.host, host, "seed {seed}");
+                            if d.as_millis() > u128::from(PG_STALE_MS) {
+                                long += 1;
+                            } else {
+                                short += 1;
+                            }
+                        }
+                        (other, _) => panic!("seed {seed}: partition of {host} then {other:?}"),
+                    }
+                    continue;
+                }
                 match &at.step {
+                    Step::Partition(p) => {
+                        assert!(hosts, "seed {seed}: a partition without hosts");
+                        cut = Some((p.host.clone(), None));
+                    }
                     Step::Start(s) => {
                         homes.insert(s.home.clone().unwrap_or_else(|| panic!("seed {seed}: a start without a home")));
                     }
@@ -753,8 +841,9 @@ mod tests {
         ] {
             assert!(n >= 20, "{what} drawn {n} times in 200 seeds");
         }
-        assert_eq!(generate_postgres(7, 3), generate_postgres(7, 3));
-        assert_ne!(generate_postgres(7, 3), generate_postgres(8, 3));
+        assert!(short >= 20 && long >= 20, "partitions in the 100 seeds with hosts: {short} short, {long} long");
+        assert_eq!(generate_postgres(7, 3, true), generate_postgres(7, 3, true));
+        assert_ne!(generate_postgres(7, 3, true), generate_postgres(8, 3, true));
     }
 
     #[test]

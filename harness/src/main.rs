@@ -283,7 +283,13 @@ fn main() -> ExitCode {
         }
         Command::Fuzz { seed, seeds, target, out, print, until_caught, backend, homes } => {
             let flavour = match backend {
-                Some(scenario::Backend::Postgres) => fuzz::Flavour::Postgres { homes },
+                Some(scenario::Backend::Postgres) => {
+                    let (hosts, left_out) = fuzz::hosts_here();
+                    if let Some(why) = left_out {
+                        eprintln!("fuzz: {why}");
+                    }
+                    fuzz::Flavour::Postgres { homes, hosts }
+                }
                 _ => {
                     let (allowed, left_out) = fuzz::Allowed::here();
                     if let Some(why) = left_out {

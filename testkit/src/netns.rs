@@ -28,12 +28,19 @@
 //!   drop never hangs. Processes still inside a deleted namespace keep it alive until they
 //!   exit (the kernel's rule), but its name and its pair are gone.
 //!
+//! - every `ip`/`tc` process is started through the host's [`Spawner`]
+//!   ([`Host::create_with`]): a caller that reaps children it does not own (the harness's
+//!   subreaper) registers them, so it cannot take their exit status first.
+//!
 //! Root only (creating namespaces needs `CAP_SYS_ADMIN` and `CAP_NET_ADMIN`): otherwise
 //! [`Host::create`] fails with an error saying so. Linux only: elsewhere every
 //! constructor fails with "network namespaces are Linux-only".
 
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::sync::Arc;
+
+use crate::postgres::{DirectSpawner, Spawner};
 
 /// What a caller gets on a system without network namespaces.
 pub const LINUX_ONLY: &str = "network namespaces are Linux-only: the partition tests run on Linux";
@@ -49,7 +56,7 @@ mod linux {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
-    use crate::proc::run;
+    use crate::proc::run_spawned;
     use crate::time::deadline;
 
     /// The /16 the hosts' /30s are cut from: `10.213.K.0/30`, K in 0..=255.
@@ -66,6 +73,8 @@ mod linux {
         /// The veth ends: in the root namespace, and inside the host's.
         root_if: String,
         host_if: String,
+        /// Starts every `ip`/`tc` process.
+        spawner: Arc<dyn Spawner>,
     }
 
     impl Host {
@@ -73,17 +82,24 @@ mod linux {
         /// when not root, or when `ip` cannot make the namespace, the pair or the
         /// addresses; nothing made is left behind.
         pub fn create(label: &str) -> Result<Host, String> {
+            Host::create_with(label, Arc::new(DirectSpawner))
+        }
+
+        /// [`Host::create`], every `ip`/`tc` process (now and for the host's life) started
+        /// through `spawner`.
+        pub fn create_with(label: &str, spawner: Arc<dyn Spawner>) -> Result<Host, String> {
+            let sp = spawner.as_ref();
             if !rustix::process::geteuid().is_root() {
                 return Err(format!(
                     "host {label}: creating a network namespace needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN); \
                      run the tests as root (sudo -E cargo test ...)"
                 ));
             }
-            sweep_dead();
+            sweep_dead(sp);
             static NEXT: AtomicU32 = AtomicU32::new(1);
             let pid = std::process::id();
             let ns = format!("{NS_PREFIX}{pid}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
-            ip(&["netns", "add", &ns]).map_err(|e| format!("host {label}: {e}"))?;
+            ip(sp, &["netns", "add", &ns]).map_err(|e| format!("host {label}: {e}"))?;
             // Start the search at a place derived from our pid, so that concurrent test
             // processes rarely contend for the same /30.
             let start = (pid as usize).wrapping_mul(37) % 256;
@@ -91,36 +107,37 @@ mod linux {
             for step in 0..256 {
                 let k = ((start + step) % 256) as u8;
                 let (root_if, host_if) = (format!("homer{k}r"), format!("homer{k}h"));
-                if ip(&["link", "add", &root_if, "type", "veth", "peer", "name", &host_if]).is_err() {
+                if ip(sp, &["link", "add", &root_if, "type", "veth", "peer", "name", &host_if]).is_err() {
                     continue; // taken by another host (ours or another process's)
                 }
                 let subnet = format!("{}.{}.{k}.0/30", PREFIX[0], PREFIX[1]);
-                let used = ip(&["-o", "-4", "addr", "show", "to", &subnet]).map(|out| !out.trim().is_empty());
+                let used = ip(sp, &["-o", "-4", "addr", "show", "to", &subnet]).map(|out| !out.trim().is_empty());
                 if used != Ok(false) {
-                    let _ = ip(&["link", "del", &root_if]);
+                    let _ = ip(sp, &["link", "del", &root_if]);
                     continue;
                 }
                 claimed = Some((k, root_if, host_if));
                 break;
             }
             let Some((index, root_if, host_if)) = claimed else {
-                let _ = ip(&["netns", "del", &ns]);
+                let _ = ip(sp, &["netns", "del", &ns]);
                 return Err(format!(
                     "host {label}: no free /30 in {}.{}.0.0/16 (every homer<K>r veth exists or its subnet is in use)",
                     PREFIX[0], PREFIX[1]
                 ));
             };
-            let host = Host { label: label.to_owned(), ns, index, root_if, host_if };
+            let host = Host { label: label.to_owned(), ns, index, root_if, host_if, spawner };
             host.wire().map_err(|e| format!("host {label}: {e}"))?; // on error, the drop removes it all
             Ok(host)
         }
 
         fn wire(&self) -> Result<(), String> {
             let (root, host) = (format!("{}/30", self.server_addr()), format!("{}/30", self.addr()));
-            ip(&["link", "set", &self.root_if, "alias", &self.ns])?;
-            ip(&["link", "set", &self.host_if, "netns", &self.ns])?;
-            ip(&["addr", "add", &root, "dev", &self.root_if])?;
-            ip(&["link", "set", &self.root_if, "up"])?;
+            let sp = self.spawner.as_ref();
+            ip(sp, &["link", "set", &self.root_if, "alias", &self.ns])?;
+            ip(sp, &["link", "set", &self.host_if, "netns", &self.ns])?;
+            ip(sp, &["addr", "add", &root, "dev", &self.root_if])?;
+            ip(sp, &["link", "set", &self.root_if, "up"])?;
             self.ip_in(&["link", "set", "lo", "up"])?;
             self.ip_in(&["addr", "add", &host, "dev", &self.host_if])?;
             self.ip_in(&["link", "set", &self.host_if, "up"])?;
@@ -212,7 +229,8 @@ mod linux {
             let end = std::time::Instant::now() + limit;
             let mut killed = 0;
             loop {
-                let listed = ip(&["netns", "pids", &self.ns]).map_err(|e| self.err("kill_all", e))?;
+                let listed =
+                    ip(self.spawner.as_ref(), &["netns", "pids", &self.ns]).map_err(|e| self.err("kill_all", e))?;
                 let live: Vec<i32> = listed
                     .split_whitespace()
                     .filter_map(|p| p.parse().ok())
@@ -244,13 +262,13 @@ mod linux {
         fn ip_in(&self, args: &[&str]) -> Result<String, String> {
             let mut all = vec!["-n", self.ns.as_str()];
             all.extend_from_slice(args);
-            ip(&all)
+            ip(self.spawner.as_ref(), &all)
         }
 
         fn tc_in(&self, args: &[&str]) -> Result<String, String> {
             let mut all = vec!["-n", self.ns.as_str()];
             all.extend_from_slice(args);
-            tool("tc", &all)
+            tool(self.spawner.as_ref(), "tc", &all)
         }
     }
 
@@ -258,51 +276,54 @@ mod linux {
         fn drop(&mut self) {
             // Deleting the root side deletes its peer; deleting the namespace deletes the
             // peer too when it is inside it. Both, so a half-made host goes as well.
-            let _ = ip(&["link", "del", &self.root_if]);
-            let _ = ip(&["netns", "del", &self.ns]);
+            let sp = self.spawner.as_ref();
+            let _ = ip(sp, &["link", "del", &self.root_if]);
+            let _ = ip(sp, &["netns", "del", &self.ns]);
         }
     }
 
     /// Removes namespaces (and with them their pairs) and root-side veths that a process
     /// of ours, now dead, left behind.
-    fn sweep_dead() {
+    fn sweep_dead(sp: &dyn Spawner) {
         let dead = |name: &str| -> bool {
             let Some(rest) = name.strip_prefix(NS_PREFIX) else { return false };
             let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { return false };
             pid > 0 && !crate::stat::alive(pid) && pid != std::process::id() as i32
         };
-        if let Ok(list) = ip(&["netns", "list"]) {
+        if let Ok(list) = ip(sp, &["netns", "list"]) {
             for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
                 if dead(name) {
-                    let _ = ip(&["netns", "del", name]);
+                    let _ = ip(sp, &["netns", "del", name]);
                 }
             }
         }
         // A pair whose namespace was never entered or already gone: its alias names the owner.
-        if let Ok(links) = ip(&["-o", "link", "show", "type", "veth"]) {
+        if let Ok(links) = ip(sp, &["-o", "link", "show", "type", "veth"]) {
             for line in links.lines() {
                 let Some(dev) = line.split(':').nth(1).map(|d| d.trim().split('@').next().unwrap_or("")) else {
                     continue;
                 };
                 let alias = line.split("alias ").nth(1).map(|a| a.split_whitespace().next().unwrap_or(""));
                 if dev.starts_with("homer") && dev.ends_with('r') && alias.is_some_and(dead) {
-                    let _ = ip(&["link", "del", dev]);
+                    let _ = ip(sp, &["link", "del", dev]);
                 }
             }
         }
     }
 
-    fn ip(args: &[&str]) -> Result<String, String> {
-        tool("ip", args)
+    fn ip(sp: &dyn Spawner, args: &[&str]) -> Result<String, String> {
+        tool(sp, "ip", args)
     }
 
-    /// Runs `program args`, bounded; its stdout, or an error with the command and stderr.
-    fn tool(program: &str, args: &[&str]) -> Result<String, String> {
+    /// Runs `program args` through `sp`, bounded; its stdout, or an error with the command
+    /// and stderr.
+    fn tool(sp: &dyn Spawner, program: &str, args: &[&str]) -> Result<String, String> {
         let mut cmd = Command::new(program);
         cmd.args(args);
         let shown = format!("{program} {}", args.join(" "));
-        let done = run(&mut cmd, deadline(30.0).max(Duration::from_secs(5)))
+        let done = run_spawned(&mut cmd, deadline(30.0).max(Duration::from_secs(5)), |c| sp.spawn(c))
             .map_err(|e| format!("{shown}: {e} (is iproute2 installed?)"))?;
+        sp.reaped(done.pid);
         if done.exit.success() {
             Ok(String::from_utf8_lossy(&done.stdout).into_owned())
         } else {
@@ -322,6 +343,9 @@ mod other {
 
     impl Host {
         pub fn create(label: &str) -> Result<Host, String> {
+            Host::create_with(label, Arc::new(DirectSpawner))
+        }
+        pub fn create_with(label: &str, _spawner: Arc<dyn Spawner>) -> Result<Host, String> {
             Err(format!("host {label}: {LINUX_ONLY}"))
         }
         pub fn label(&self) -> &str {

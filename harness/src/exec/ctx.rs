@@ -239,6 +239,9 @@ pub(crate) struct Ctx<'a> {
     /// The PostgreSQL database as read just before the server stopped: what a history
     /// taken after teardown (the timeline) reads.
     pub(crate) pg_final: Option<DbState>,
+    /// With `[settings] hosts = true`: each host by its home's name (made in `setup`
+    /// before the server, which listens on their links; dropped after teardown's kill).
+    pub(crate) hosts: Vec<(String, homer_testkit::Host)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -267,6 +270,7 @@ impl<'a> Ctx<'a> {
             pg_client: std::cell::RefCell::new(None),
             pg_url: None,
             pg_final: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -396,12 +400,24 @@ impl Ctx<'_> {
     ) -> Command {
         // HOME and the XDG directories point into the sandbox, so nothing of the user's
         // (an installed service unit, a config) leaks into a scenario.
-        let mut cmd = homer_testkit::homerd_command(&self.daemon_bin, &self.sandbox, home, &[]);
+        let host = self.hosts.iter().find(|(name, _)| self.named_home(name) == home).map(|(_, h)| h);
+        let mut cmd = match host {
+            // A host's home: the process runs in its network namespace (`ip netns exec`
+            // execs homerd, so the pid is homerd's) and reaches the server over its link.
+            Some(h) => {
+                let mut cmd = homer_testkit::homerd_command(std::path::Path::new("ip"), &self.sandbox, home, &[]);
+                cmd.args(["netns", "exec", h.netns()]).arg(&self.daemon_bin);
+                cmd
+            }
+            None => homer_testkit::homerd_command(&self.daemon_bin, &self.sandbox, home, &[]),
+        };
         cmd.env("HOMERD_CLOCK_OFFSET_FILE", self.clock_file());
         if let Some(url) = &self.pg_url {
             // The `database` setting, from the environment: every daemon and CLI call of
-            // a run on PostgreSQL shares the run's server.
-            cmd.env("HOMER_DATABASE", url);
+            // a run on PostgreSQL shares the run's server; a host reaches it at its link's
+            // root-side address.
+            let at_host = host.zip(self.pg.as_ref()).map(|(h, pg)| pg.url_at(h.server_addr().into()));
+            cmd.env("HOMER_DATABASE", at_host.as_deref().unwrap_or(url));
         }
         if let Some(m) = &self.opts.mutant {
             cmd.env("HOMERD_MUTANT", m);
@@ -787,16 +803,69 @@ impl Ctx<'_> {
     /// Starts the run's PostgreSQL server in the sandbox, its processes under the run's
     /// marker (`procs::PgSpawner`: the survivors check covers them).
     pub(crate) fn start_postgres(&mut self) -> Result<(), String> {
-        let opts = homer_testkit::PgOptions {
+        let mut opts = homer_testkit::PgOptions {
             spawner: std::sync::Arc::new(procs::PgSpawner { marker: self.marker.clone() }),
             ..Default::default()
         };
+        if !self.hosts.is_empty() {
+            // Loopback for the harness and CLI calls, and each host's link; each host's /30 trusted.
+            opts.listen = std::iter::once(std::net::IpAddr::from([127, 0, 0, 1]))
+                .chain(self.hosts.iter().map(|(_, h)| std::net::IpAddr::from(h.server_addr())))
+                .collect();
+            opts.trust = self.hosts.iter().map(|(_, h)| h.subnet()).collect();
+        }
         let pg = homer_testkit::PgServer::start_with(&self.sandbox, &opts)
             .map_err(|e| format!("start the run's PostgreSQL server: {e}"))?;
         self.step_log.push(format!("postgres: {} (log {})", pg.url(), pg.log_path().display()));
         self.pg_url = Some(pg.url());
         self.pg = Some(pg);
         Ok(())
+    }
+
+    /// Makes a host (network namespace and link) for each of the scenario's hosts
+    /// (`[settings] hosts = true`), before the server that listens on their links. Root
+    /// only: otherwise an error that says so and how to skip.
+    pub(crate) fn make_hosts(&mut self) -> Result<(), String> {
+        if self.sc.hosts.is_empty() {
+            return Ok(());
+        }
+        if !rustix::process::geteuid().is_root() {
+            return Err(format!(
+                "this scenario runs its homes ({}) as hosts (`[settings] hosts = true`): network namespaces \
+                 need root (CAP_SYS_ADMIN, CAP_NET_ADMIN); run the harness as root, or set \
+                 HOMER_SKIP_ROOT_TESTS=1 to skip such scenarios",
+                self.sc.hosts.join(", ")
+            ));
+        }
+        // Every `ip`/`tc` the host runs is registered as the run's (`procs::PgSpawner`), so
+        // the harness's reaper of orphaned zombies cannot take its exit status first.
+        let spawner: std::sync::Arc<dyn homer_testkit::Spawner> =
+            std::sync::Arc::new(procs::PgSpawner { marker: self.marker.clone() });
+        for name in &self.sc.hosts {
+            let host = homer_testkit::Host::create_with(name, spawner.clone())?;
+            self.step_log.push(format!(
+                "host {name}: network namespace {}, reaches the server at {} (its address {})",
+                host.netns(),
+                host.server_addr(),
+                host.addr()
+            ));
+            self.hosts.push((name.clone(), host));
+        }
+        Ok(())
+    }
+
+    /// The host named `name` (a home of a `hosts = true` scenario).
+    pub(crate) fn host(&self, name: &str) -> Result<&homer_testkit::Host, StepError> {
+        match self.hosts.iter().find(|(n, _)| n == name) {
+            Some((_, h)) => Ok(h),
+            None => fail(
+                format!("a host named {name}"),
+                format!(
+                    "hosts of this run: [{}]",
+                    self.hosts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+        }
     }
 
     /// Stops the run's PostgreSQL server, if it runs, after a last read of the queue for

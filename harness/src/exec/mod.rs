@@ -193,6 +193,8 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
     ctx.register_job_groups();
     let pg_errors = ctx.stop_postgres();
     let survivors = procs::kill_marked(&marker, Duration::from_secs(10));
+    // The hosts' namespaces and links go once nothing of the run lives in them.
+    ctx.hosts.clear();
     let keep = opts.keep || (opts.keep_failed && matches!(outcome, Outcome::Failed(_)));
     let unmount_errors = ctx.unmount_home(keep);
     ctx.end_holds();
@@ -269,6 +271,19 @@ fn skip_reason(sc: &Scenario) -> Option<String> {
             return Some(why);
         }
     }
+    if !sc.hosts.is_empty() {
+        if !cfg!(target_os = "linux") {
+            return Some(String::from("runs homes as hosts (`hosts = true`): network namespaces are Linux-only"));
+        }
+        // Not root: the run fails saying why (setup), unless this machine says it cannot
+        // give root (GitHub's runners), where it is skipped.
+        let root = rustix::process::geteuid().is_root();
+        if !root && std::env::var_os("HOMER_SKIP_ROOT_TESTS").is_some_and(|v| v == "1") {
+            return Some(String::from(
+                "runs homes as hosts (`hosts = true`): network namespaces need root; HOMER_SKIP_ROOT_TESTS=1",
+            ));
+        }
+    }
     for r in &sc.requires {
         match r {
             Requirement::Linux if !cfg!(target_os = "linux") => {
@@ -294,7 +309,7 @@ fn setup_failure(msg: String) -> Failure {
     Failure {
         step: None,
         what: String::from("setup"),
-        expected: String::from("a sandbox"),
+        expected: String::from("the run set up: its sandbox, and on PostgreSQL its hosts and server"),
         actual: msg,
         logs: Vec::new(),
         timeline: None,
@@ -371,6 +386,8 @@ impl Ctx<'_> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         }
         if self.sc.backend == Backend::Postgres {
+            // The hosts first: the server listens on their links.
+            self.make_hosts()?;
             // Before the first step, so every homerd the run starts gets its URL.
             self.start_postgres()?;
         }

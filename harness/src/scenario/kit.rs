@@ -165,6 +165,11 @@ pub(crate) struct Cx<'a> {
     pub(crate) postgres: bool,
     /// `[settings] backends = ["postgres"]` alone (`server` steps need the run's server).
     pub(crate) postgres_only: bool,
+    /// `[settings] hosts = true`: every `start` runs on its home's host (a network
+    /// namespace); `partition`, `heal` and `delay` need it.
+    pub(crate) hosts: bool,
+    /// The homes `start` steps so far run on (with `hosts`, the hosts a network step may name).
+    pub(crate) homes: Vec<String>,
 }
 
 impl Cx<'_> {

@@ -64,6 +64,11 @@ pub struct Scenario {
     pub backends: Vec<Backend>,
     /// The backend this run uses ([`Scenario::for_backend`]); the first of `backends` as parsed.
     pub backend: Backend,
+    /// `[settings] hosts = true` (PostgreSQL only): the homes its `start` steps name, in
+    /// order of first use; each runs as a host — a network namespace of its own that
+    /// reaches the run's server over its own link, which `partition`/`heal`/`delay` act
+    /// on. Empty without it. Never passed to homerd as a setting.
+    pub hosts: Vec<String>,
     pub steps: Vec<StepAt>,
 }
 
@@ -197,6 +202,8 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Scenario, ParseError> {
         labels: Vec::new(),
         postgres: false,
         postgres_only: false,
+        hosts: false,
+        homes: Vec::new(),
     };
     cx.scenario(&root)
 }
@@ -347,9 +354,14 @@ impl Cx<'_> {
 
         let mut settings = Vec::new();
         let mut backends = vec![Backend::Sqlite];
+        let mut hosts = None;
         if let Some(f) = top.get("settings") {
-            if let Some(b) = self.table(&f, "a [settings] table")?.get("backends") {
+            let t = self.table(&f, "a [settings] table")?;
+            if let Some(b) = t.get("backends") {
                 backends = self.backends(&b)?;
+            }
+            if let Some(h) = t.get("hosts") {
+                hosts = Some((self.boolean(&h)?, h));
             }
             self.settings(&f, "", &mut settings)?;
         }
@@ -357,6 +369,17 @@ impl Cx<'_> {
         let settings = settings.into_iter().map(|(_, k, v)| (k, v)).collect();
         self.postgres = backends.contains(&Backend::Postgres);
         self.postgres_only = backends == [Backend::Postgres];
+        if let Some((on, f)) = hosts {
+            if on && !self.postgres_only {
+                return Err(self.err(
+                    &f.key_span,
+                    f.path.clone(),
+                    "`hosts = true` runs each home as a host of the run's PostgreSQL server: it needs \
+                     `backends = [\"postgres\"]` (a SQLite home has no server to be cut off from)",
+                ));
+            }
+            self.hosts = on;
+        }
         if self.postgres {
             // What a run on PostgreSQL could not do: the header's SQLite-file features.
             for key in ["power_loss", "home_size"] {
@@ -396,6 +419,7 @@ impl Cx<'_> {
             settings,
             backend: backends[0],
             backends,
+            hosts: if self.hosts { self.homes.clone() } else { Vec::new() },
             steps,
         })
     }
@@ -430,8 +454,8 @@ impl Cx<'_> {
             if e.key.is_empty() || e.key.contains(['=', ' ', '\t']) {
                 return Err(self.err(&e.span, field.path, "expected a setting name without spaces or `=`"));
             }
-            if prefix.is_empty() && e.key == "backends" {
-                continue; // the harness's own setting (`Cx::backends`), never homerd's
+            if prefix.is_empty() && (e.key == "backends" || e.key == "hosts") {
+                continue; // the harness's own settings (`Cx::backends`, `hosts`), never homerd's
             }
             let key = if prefix.is_empty() { e.key.clone() } else { format!("{prefix}.{}", e.key) };
             let value = match &e.node.val {

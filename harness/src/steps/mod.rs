@@ -22,6 +22,7 @@ pub mod exit;
 pub mod expect_events;
 pub mod file;
 pub mod hold_write;
+pub mod net;
 pub mod power_loss;
 pub mod server;
 pub mod signal;
@@ -77,6 +78,8 @@ pub enum MarkKind {
     File,
     /// A write transaction held by the harness (a busy database).
     Busy,
+    /// A host's link to the server cut, joined again or slowed (`partition`, `heal`, `delay`).
+    Network,
 }
 
 /// A fault step as the timeline shows it: its kind, a short label, and the processes it
@@ -166,4 +169,7 @@ registry! {
     PowerLoss(power_loss::PowerLoss),
     WaitFile(wait_file::WaitFile),
     Server(server::Server),
+    Partition(net::Partition),
+    Heal(net::Heal),
+    Delay(net::Delay),
 }

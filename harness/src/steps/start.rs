@@ -56,7 +56,7 @@ impl Verb for Start {
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Start> {
         cx.only(t, &[&["start"], Self::OPTIONS].concat(), "`start`")?;
-        Ok(Start {
+        let start = Start {
             name: cx.name(v)?,
             count: cx.opt(t, "count", |cx, f| cx.count(f, 1))?.unwrap_or(1),
             command: cx.opt(t, "command", Cx::nonempty_strings)?.unwrap_or_else(|| vec![String::from("run")]),
@@ -69,7 +69,29 @@ impl Verb for Start {
             nofile: cx.opt(t, "nofile", nofile)?,
             arm: cx.arm(t)?,
             home: cx.opt(t, "home", home_name)?,
-        })
+        };
+        if cx.hosts {
+            // Each home is a host (`[settings] hosts = true`): the process runs in its network namespace.
+            let Some(home) = &start.home else {
+                return Err(cx.err(
+                    &v.key_span,
+                    v.path.clone(),
+                    "with `[settings] hosts = true` every `start` runs on a host: name its home (`home = \"a\"`), \
+                     which is also the host's name for `partition`, `heal` and `delay`",
+                ));
+            };
+            if start.unprivileged {
+                return Err(cx.err(
+                    &v.key_span,
+                    v.path.clone(),
+                    "`unprivileged` cannot enter a host's network namespace (`ip netns exec` needs root)",
+                ));
+            }
+            if !cx.homes.contains(home) {
+                cx.homes.push(home.clone());
+            }
+        }
+        Ok(start)
     }
 
     fn summary(&self) -> String {

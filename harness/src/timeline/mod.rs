@@ -474,6 +474,7 @@ svg text { font-family: inherit; }
 .mark-power { stroke: #111827; stroke-width: 3 !important; } .mark-power-t { fill: #111827; font-weight: bold; }
 .mark-file { stroke: #d97706; } .mark-file-t { fill: #b45309; }
 .mark-busy { stroke: #0d9488; } .mark-busy-t { fill: #0f766e; }
+.mark-net { stroke: #65a30d; } .mark-net-t { fill: #4d7c0f; }
 .markline { stroke-width: 1.5; stroke-dasharray: 5 3; }
 .marklabel { font-size: 11px; }
 .hl { fill: #fee2e2; stroke: #dc2626; stroke-width: 1.5; }
@@ -493,6 +494,7 @@ fn mark_class(kind: MarkKind) -> &'static str {
         MarkKind::PowerLoss => "mark-power",
         MarkKind::File => "mark-file",
         MarkKind::Busy => "mark-busy",
+        MarkKind::Network => "mark-net",
     }
 }
 
@@ -941,6 +943,6 @@ const LEGEND: &str = r#"<div class="legend">
 <span><b style="color:#0f766e">&#x2014;</b> grandchild</span>
 <span><b style="color:#dc2626">&#x25B2;</b> overlap</span>
 <span><b style="color:#dc2626">&#x26A0;</b> named by the failure</span>
-<span>dashed lines: faults (kill -9, pause/resume, clock step, power loss, file, busy database)</span>
+<span>dashed lines: faults (kill -9, pause/resume, clock step, power loss, file, busy database, network: partition/heal/delay of a host)</span>
 </div>
 "#;

@@ -427,3 +427,14 @@ power_loss = "cut"
     );
     assert_eq!(sc.steps[1].step.key(), "signal");
 }
+
+#[test]
+fn a_partition_and_its_heal_are_drawn_as_network_faults() {
+    let h = history();
+    let mut steps = steps();
+    steps.push(step(8, 3_500, "partition host a from the server", Some((MarkKind::Network, "partition a", None))));
+    steps.push(step(9, 4_200, "heal host a's link to the server", Some((MarkKind::Network, "heal a", None))));
+    let svg = svg_of(&render(&failed_run(&h, &steps, &violations())));
+    assert_eq!(count(&svg, r#"<line class="markline mark-net""#), 2, "{svg}");
+    assert!(svg.contains(">partition a</text>") && svg.contains(">heal a</text>"), "{svg}");
+}
