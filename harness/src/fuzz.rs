@@ -362,18 +362,7 @@ pub fn generate(seed: u64, allowed: Allowed) -> String {
         t.push_str("power_loss = true\n");
     }
     t.push_str("\n[settings]\n");
-    for (k, v) in [
-        ("heartbeat_interval", "100ms"),
-        ("stale_threshold", "1s"),
-        ("kill_grace", "100ms"),
-        ("lock_check_interval", "100ms"),
-        ("shutdown_grace", "1s"),
-        ("max_attempts", "20"),
-        ("backoff_base", "10ms"),
-        ("backoff_cap", "100ms"),
-    ] {
-        let _ = writeln!(t, "{k} = \"{v}\"");
-    }
+    fast_settings(&mut t, "1s");
     t.push_str(&g.steps);
     t
 }
@@ -588,19 +577,7 @@ pub fn generate_postgres(seed: u64, homes: u32, hosts: bool) -> String {
     if hosts {
         t.push_str("hosts = true\n");
     }
-    let stale = format!("{PG_STALE_MS}ms");
-    for (k, v) in [
-        ("heartbeat_interval", "100ms"),
-        ("stale_threshold", stale.as_str()),
-        ("kill_grace", "100ms"),
-        ("lock_check_interval", "100ms"),
-        ("shutdown_grace", "1s"),
-        ("max_attempts", "20"),
-        ("backoff_base", "10ms"),
-        ("backoff_cap", "100ms"),
-    ] {
-        let _ = writeln!(t, "{k} = \"{v}\"");
-    }
+    fast_settings(&mut t, &format!("{PG_STALE_MS}ms"));
     let _ = writeln!(t, "concurrency = 3\n\"lanes.default.concurrency\" = {}", 3 * homes);
     t.push_str(&p.g.steps);
     t
@@ -689,6 +666,23 @@ pub fn run(
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The daemon settings every generated scenario runs with: short heartbeats, grace and
+/// back-off so a seed's faults play out in seconds, and the given stale threshold.
+fn fast_settings(t: &mut String, stale_threshold: &str) {
+    for (k, v) in [
+        ("heartbeat_interval", "100ms"),
+        ("stale_threshold", stale_threshold),
+        ("kill_grace", "100ms"),
+        ("lock_check_interval", "100ms"),
+        ("shutdown_grace", "1s"),
+        ("max_attempts", "20"),
+        ("backoff_base", "10ms"),
+        ("backoff_cap", "100ms"),
+    ] {
+        let _ = writeln!(t, "{k} = \"{v}\"");
     }
 }
 

@@ -7,6 +7,37 @@ use super::ctx::{check_patterns, matches_target, tail, Ctx};
 use super::Options;
 use crate::scenario::{parse_str, Pattern};
 
+/// These tests run real servers: without the binaries they fail, saying what installs them.
+fn needs_postgres() {
+    if let Err(why) = homer_testkit::postgres::available() {
+        panic!("this test needs the PostgreSQL server binaries (.ci/postgres-binaries installs them): {why}");
+    }
+}
+
+/// The top of the scenario files these tests run.
+const HEADER: &str = "description = \"d\"\ncovers = [\"t\"]\nmutant_none = \"a test of the harness\"\n[settings]\n";
+
+/// Scenario `text`, parsed.
+fn parsed(text: &str) -> crate::scenario::Scenario {
+    parse_str(Path::new("scenarios/t.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Options with `/bin/sh` standing in for homerd, sandboxes kept under `base`.
+fn sh_options(base: &Path) -> Options {
+    Options { daemon: PathBuf::from("/bin/sh"), keep: true, sandbox_base: Some(base.into()), ..options() }
+}
+
+/// Runs scenario `text` on its PostgreSQL backend ([`sh_options`]); the run, which must
+/// have passed.
+fn passes_on_postgres(text: &str, base: &Path) -> super::ScenarioResult {
+    let run = parsed(text).for_backend(crate::scenario::Backend::Postgres).unwrap();
+    // No `procs::init` here: its reaper would take the exit statuses of other tests'
+    // children in this process. The run's processes carry its marker all the same.
+    let r = super::run_scenario(&run, &sh_options(base));
+    assert!(matches!(r.outcome, super::Outcome::Passed), "{:?}", r.outcome);
+    r
+}
+
 fn options() -> Options {
     Options::for_tests()
 }
@@ -54,15 +85,10 @@ fn output_patterns() {
 /// `sql` runs there, and at the end the server is gone while the kept sandbox holds its log.
 #[test]
 fn a_postgres_run_starts_its_server_gives_every_homerd_the_url_and_stops_it() {
-    if let Err(why) = homer_testkit::postgres::available() {
-        panic!("this test needs the PostgreSQL server binaries (.ci/postgres-binaries installs them): {why}");
-    }
+    needs_postgres();
     let base = tempfile::tempdir().unwrap();
-    let text = r#"description = "d"
-covers = ["t"]
-mutant_none = "a test of the harness"
-[settings]
-backends = ["sqlite", "postgres"]
+    let text = &format!(
+        r#"{HEADER}backends = ["sqlite", "postgres"]
 [[step]]
 cli = ["-c", "printenv HOMER_DATABASE; printenv HOMER_HOME"]
 no_settings = true
@@ -70,15 +96,9 @@ stdout = ["re:^postgres://homer@127\\.0\\.0\\.1:\\d+/homer\n", "/home\n"]
 [[step]]
 sql = "SELECT current_database(), 2 > 1, count(*) FROM pg_stat_activity WHERE false"
 rows = [["homer", 1, 0]]
-"#;
-    let sc = parse_str(Path::new("scenarios/t.toml"), text).unwrap_or_else(|e| panic!("{e}"));
-    let run = sc.for_backend(crate::scenario::Backend::Postgres).unwrap();
-    // No `procs::init` here: its reaper would take the exit statuses of other tests'
-    // children in this process. The run's processes carry its marker all the same.
-    let opts =
-        Options { daemon: PathBuf::from("/bin/sh"), keep: true, sandbox_base: Some(base.path().into()), ..options() };
-    let r = super::run_scenario(&run, &opts);
-    assert!(matches!(r.outcome, super::Outcome::Passed), "{:?}", r.outcome);
+"#
+    );
+    let r = passes_on_postgres(text, base.path());
     assert_eq!(r.name, "t [postgres]");
     let kept = r.kept.expect("kept");
     assert!(kept.file_name().unwrap().to_string_lossy().starts_with("homer-harness-t-pg-"), "{}", kept.display());
@@ -93,7 +113,7 @@ rows = [["homer", 1, 0]]
     let postmasters = std::process::Command::new("pgrep").args(["-f", &kept.to_string_lossy()]).output().unwrap();
     assert!(postmasters.stdout.is_empty(), "{}", String::from_utf8_lossy(&postmasters.stdout));
     // The same file on SQLite has no server and no URL: its cli step fails on the pattern.
-    let r = super::run_scenario(&sc, &Options { keep: false, ..opts });
+    let r = super::run_scenario(&parsed(text), &Options { keep: false, ..sh_options(base.path()) });
     let super::Outcome::Failed(f) = r.outcome else { panic!("{:?}", r.outcome) };
     assert!(f.expected.contains("postgres://"), "{f}");
 }
@@ -102,15 +122,10 @@ rows = [["homer", 1, 0]]
 /// again on the same port; the run's queries reach it again after each.
 #[test]
 fn a_server_step_restarts_the_run_s_server_and_queries_reach_it_again() {
-    if let Err(why) = homer_testkit::postgres::available() {
-        panic!("this test needs the PostgreSQL server binaries (.ci/postgres-binaries installs them): {why}");
-    }
+    needs_postgres();
     let base = tempfile::tempdir().unwrap();
-    let text = r#"description = "d"
-covers = ["t"]
-mutant_none = "a test of the harness"
-[settings]
-backends = ["postgres"]
+    let text = &format!(
+        r#"{HEADER}backends = ["postgres"]
 [[step]]
 sql = "SELECT count(*) FROM pg_stat_activity WHERE false"
 rows = [[0]]
@@ -126,13 +141,9 @@ server = "restart"
 wait = "sql"
 query = "SELECT 1"
 rows = [[1]]
-"#;
-    let sc = parse_str(Path::new("scenarios/t.toml"), text).unwrap_or_else(|e| panic!("{e}"));
-    let run = sc.for_backend(crate::scenario::Backend::Postgres).unwrap();
-    let opts =
-        Options { daemon: PathBuf::from("/bin/sh"), keep: true, sandbox_base: Some(base.path().into()), ..options() };
-    let r = super::run_scenario(&run, &opts);
-    assert!(matches!(r.outcome, super::Outcome::Passed), "{:?}", r.outcome);
+"#
+    );
+    let r = passes_on_postgres(text, base.path());
     let steps = std::fs::read_to_string(r.kept.unwrap().join("harness-logs/steps.log")).unwrap();
     assert_eq!(steps.matches("the server accepts connections again after").count(), 2, "{steps}");
     assert!(steps.contains("restart the PostgreSQL server (immediate)") && steps.contains("(fast)"), "{steps}");
