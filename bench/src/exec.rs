@@ -112,8 +112,7 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
     ctx.report.note(format!(
         "exec: from the start of `homerd enqueue --from` ({n} lines, one transaction) against an idle daemon \
          (concurrency {k}, lane cap {k}) to its last job.completed; CPU = user + system time of the daemon and \
-         every descendant it reaped (/proc/PID/stat utime+stime+cutime+cstime over that window on Linux; the \
-         whole run from wait4 elsewhere); every job runs held through `homerd job-shim`, in its own process \
+         every descendant it reaped, over its whole life (wait4), start-up and drain included; every job runs held through `homerd job-shim`, in its own process \
          group, its identity recorded before release, its output captured to run logs"
     ));
     Ok(())
@@ -130,8 +129,6 @@ fn exec_daemon(ctx: &mut Ctx<'_>, n: usize, k: usize) -> Result<Run, String> {
     let sets = vec![format!("concurrency={k}"), format!("lanes.default.concurrency={k}")];
     let mut d = Daemon::start(&o.homerd, &home, &sets)?;
     d.wait_for(Instant::now() + START_LIMIT, "daemon.active", |e| e.name == "daemon.active")?;
-    let pid = d.proc.pid();
-    let cpu0 = tree_cpu(pid);
     let t0 = Instant::now();
     let line = String::from(r#"{"kind":"exec","args":["true"]}"#);
     // The enqueue runs on a thread so the daemon's events are read while it commits.
@@ -139,16 +136,11 @@ fn exec_daemon(ctx: &mut Ctx<'_>, n: usize, k: usize) -> Result<Run, String> {
     let enqueuer = std::thread::spawn(move || enqueue_lines(&opts, &dir, std::iter::repeat_n(line, n)));
     let last = d.wait_count(t0 + START_LIMIT + Duration::from_millis(100 * n as u64), "job.completed", n)?;
     let elapsed = last.at.saturating_duration_since(t0);
-    let cpu1 = tree_cpu(pid);
     let queued = enqueuer.join().map_err(|_| String::from("the enqueue thread panicked"))??;
     if queued != n {
         return Err(format!("homerd enqueue --from queued {queued} jobs, not {n}"));
     }
-    let exit = d.stop(Duration::from_secs(30))?;
-    let cpu = match (cpu0, cpu1) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => exit.cpu,
-    };
+    let cpu = d.stop(Duration::from_secs(30))?.cpu;
     remove(&home, o);
     Ok(Run {
         per_sec: n as f64 / elapsed.as_secs_f64().max(1e-6),
@@ -201,25 +193,4 @@ pub fn internal_spawn(args: &[String]) -> Result<(), String> {
     }
     println!("{}", serde_json::json!({ "seconds": t0.elapsed().as_secs_f64() }));
     Ok(())
-}
-
-/// CPU of `pid` and of the children it has reaped so far (Linux: /proc/PID/stat fields
-/// 14–17); `None` elsewhere (the caller then uses the whole run from wait4).
-fn tree_cpu(pid: i32) -> Option<Duration> {
-    #[cfg(target_os = "linux")]
-    {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name may hold spaces and parentheses: fields start after the last ')'.
-        let rest = &text[text.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime is field 14 of the full line, i.e. index 11 after "pid (comm)".
-        let ticks: u64 = fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum::<Option<u64>>()?;
-        let hz = rustix::param::clock_ticks_per_second();
-        Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = pid;
-        None
-    }
 }

@@ -110,6 +110,10 @@ impl Options {
             return Err(String::from("--orphans cannot exceed --rows"));
         }
         o.homerd = std::fs::canonicalize(&o.homerd).map_err(|e| format!("{}: {e}", o.homerd.display()))?;
+        // Absolute: the peers run with their own working directory.
+        if o.work.is_relative() {
+            o.work = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?.join(&o.work);
+        }
         if let Some(p) = &mut o.peers {
             p.dir = std::fs::canonicalize(&p.dir).map_err(|e| format!("--peers {}: {e}", p.dir.display()))?;
         }

@@ -89,26 +89,45 @@ if argv == ["true"]:
 /// A job for the crash check: notes its start in `started`, then sleeps.
 const NOTE_AND_SLEEP: &str = "echo started >> started; exec sleep 60";
 
+/// A fresh directory holding the huey task module and the enqueuing script.
+fn huey_dir(work: &Path, name: &str) -> Result<PathBuf, String> {
+    let dir = procs::fresh_dir(work, name)?;
+    for (file, text) in [("bench_tasks.py", HUEY_TASKS), ("bench_enqueue.py", HUEY_ENQUEUE)] {
+        std::fs::write(dir.join(file), text).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
+/// `program` run in huey directory `dir`, on its queue.
+fn huey_command(program: PathBuf, dir: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.current_dir(dir).env("PYTHONPATH", dir).env("BENCH_HUEY_DB", dir.join("huey.db")).stdin(Stdio::null());
+    c
+}
+
+/// `huey_consumer` over `dir`'s queue with `k` process workers.
+fn huey_consumer(peers: &Peers, dir: &Path, k: usize) -> Result<Proc, String> {
+    let mut c = huey_command(peers.huey_consumer(), dir);
+    c.args(["bench_tasks.huey", "-w", &k.to_string(), "-k", "process", "-q"]).stdout(Stdio::null());
+    Proc::spawn(&mut c).map(|(p, _)| p).map_err(|e| format!("cannot start huey_consumer: {e}"))
+}
+
+/// Enqueues `n` tasks of `argv` (`true`, and then waits for every result, when empty).
+fn huey_enqueue(peers: &Peers, dir: &Path, n: usize, argv: &[&str]) -> Result<String, String> {
+    let mut c = huey_command(peers.huey_python(), dir);
+    c.args(["bench_enqueue.py", &n.to_string()]).args(argv);
+    procs::output(&mut c).map_err(|e| format!("huey: {e}"))
+}
+
 /// One huey run of `n` × `true`, `k` process workers.
 pub fn huey_exec(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, String> {
-    let dir = procs::fresh_dir(work, "huey")?;
-    std::fs::write(dir.join("bench_tasks.py"), HUEY_TASKS).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(dir.join("bench_enqueue.py"), HUEY_ENQUEUE).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let env = |c: &mut Command| {
-        c.current_dir(&dir).env("PYTHONPATH", &dir).env("BENCH_HUEY_DB", dir.join("huey.db")).stdin(Stdio::null());
-    };
-    let mut consumer = Command::new(peers.huey_consumer());
-    env(&mut consumer);
-    consumer.args(["bench_tasks.huey", "-w", &k.to_string(), "-k", "process", "-q"]).stdout(Stdio::null());
-    let (mut proc, _) = Proc::spawn(&mut consumer).map_err(|e| format!("cannot start huey_consumer: {e}"))?;
-    let mut enqueue = Command::new(peers.huey_python());
-    env(&mut enqueue);
-    enqueue.args(["bench_enqueue.py", &n.to_string()]);
+    let dir = huey_dir(work, "huey")?;
+    let mut proc = huey_consumer(peers, &dir, k)?;
     let t0 = Instant::now();
-    let done = procs::output(&mut enqueue);
+    let done = huey_enqueue(peers, &dir, n, &[]);
     let elapsed = t0.elapsed();
     let exit = stop(&mut proc, libc::SIGINT, "huey_consumer")?;
-    done.map_err(|e| format!("huey: {e}"))?;
+    done?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Run { per_sec: n as f64 / elapsed.as_secs_f64(), cpu_ms_per_job: exit.cpu.as_secs_f64() * 1000.0 / n as f64 })
 }
@@ -215,23 +234,12 @@ pub fn crash(peers: &Peers, work: &Path, k: usize, window: Duration) -> Result<V
     let mut out = Vec::new();
 
     // huey.
-    let dir = procs::fresh_dir(work, "huey-crash")?;
-    std::fs::write(dir.join("bench_tasks.py"), HUEY_TASKS).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(dir.join("bench_enqueue.py"), HUEY_ENQUEUE).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let consumer = |dir: &Path| -> Result<Proc, String> {
-        let mut c = Command::new(peers.huey_consumer());
-        c.current_dir(dir).env("PYTHONPATH", dir).env("BENCH_HUEY_DB", dir.join("huey.db")).stdin(Stdio::null());
-        c.args(["bench_tasks.huey", "-w", &k.to_string(), "-k", "process", "-q"]).stdout(Stdio::null());
-        Proc::spawn(&mut c).map(|(p, _)| p).map_err(|e| format!("cannot start huey_consumer: {e}"))
-    };
-    let mut first = consumer(&dir)?;
-    let mut enqueue = Command::new(peers.huey_python());
-    enqueue.current_dir(&dir).env("PYTHONPATH", &dir).env("BENCH_HUEY_DB", dir.join("huey.db")).stdin(Stdio::null());
-    enqueue.args(["bench_enqueue.py", &k.to_string(), "sh", "-c", NOTE_AND_SLEEP]);
-    procs::output(&mut enqueue).map_err(|e| format!("huey: {e}"))?;
+    let dir = huey_dir(work, "huey-crash")?;
+    let mut first = huey_consumer(peers, &dir, k)?;
+    huey_enqueue(peers, &dir, k, &["sh", "-c", NOTE_AND_SLEEP])?;
     wait_started(&dir, k, "huey")?;
     first.kill();
-    let mut second = consumer(&dir)?;
+    let mut second = huey_consumer(peers, &dir, k)?;
     let n = reruns(&dir, k);
     second.kill();
     let _ = std::fs::remove_dir_all(&dir);
