@@ -108,26 +108,11 @@ fn db(jobs: Vec<JobRow>, runs: Vec<RunRow>, leader_epoch: i64) -> DbState {
 }
 
 fn job(id: i64, status: &str) -> JobRow {
-    JobRow {
-        id,
-        status: status.into(),
-        attempts: 1,
-        max_attempts: 3,
-        interruptions: 0,
-        locked_by: None,
-        claim_token: None,
-        claim_epoch: None,
-        runs: 1,
-    }
+    JobRow::unclaimed(id, status)
 }
 
 fn running(id: i64, token: &str, epoch: i64) -> JobRow {
-    JobRow {
-        locked_by: Some(String::from("host:1")),
-        claim_token: Some(token.into()),
-        claim_epoch: Some(epoch),
-        ..job(id, "running")
-    }
+    job(id, "running").held("host:1", token, epoch)
 }
 
 /// Run row ids are assigned in the order rows are listed (commit order).
