@@ -503,13 +503,18 @@ mod tests {
             self.bytes.extend_from_slice(&encode(r));
         }
 
+        /// Appends a record of `kind` to the log, as [`Fixture::rec`] makes it.
+        fn record(&mut self, kind: Kind, path: &Path, offset: u64, length: u64, pre: &[u8]) {
+            let r = self.rec(kind, path, offset, length, pre);
+            self.push(&r);
+        }
+
         /// Records a write, then does it (what the recorder does).
         fn write(&mut self, path: &Path, offset: u64, data: &[u8]) {
             let now = std::fs::read(path).unwrap();
             let end = (offset as usize + data.len()).min(now.len());
             let pre = if (offset as usize) < now.len() { now[offset as usize..end].to_vec() } else { Vec::new() };
-            let r = self.rec(Kind::Write, path, offset, data.len() as u64, &pre);
-            self.push(&r);
+            self.record(Kind::Write, path, offset, data.len() as u64, &pre);
             let f = OpenOptions::new().write(true).open(path).unwrap();
             f.write_all_at(data, offset).unwrap();
         }
@@ -517,16 +522,14 @@ mod tests {
         fn truncate(&mut self, path: &Path, size: u64) {
             let now = std::fs::read(path).unwrap();
             let pre = if (size as usize) < now.len() { now[size as usize..].to_vec() } else { Vec::new() };
-            let r = self.rec(Kind::Truncate, path, size, 0, &pre);
-            self.push(&r);
+            self.record(Kind::Truncate, path, size, 0, &pre);
             OpenOptions::new().write(true).open(path).unwrap().set_len(size).unwrap();
         }
 
         /// A completed fsync that began now.
         fn sync(&mut self, path: &Path) {
             let began = self.bytes.len() as u64;
-            let r = self.rec(Kind::Sync, path, began, 0, &[]);
-            self.push(&r);
+            self.record(Kind::Sync, path, began, 0, &[]);
         }
 
         fn apply(&self) -> Result<PowerLossReport, String> {
@@ -581,8 +584,7 @@ mod tests {
         // Another process's write lands while the fsync runs: its record comes after the
         // fsync began, so it may have missed it, although the SYNC record comes later.
         f.write(&db, 0, b"late");
-        let r = f.rec(Kind::Sync, &db, began, 0, &[]);
-        f.push(&r);
+        f.record(Kind::Sync, &db, began, 0, &[]);
         f.apply().unwrap();
         assert_eq!(std::fs::read(&db).unwrap(), b"........");
     }
@@ -595,8 +597,7 @@ mod tests {
         let db = f.dir.path().join("homer.db");
         std::fs::hard_link(&tmp, &db).unwrap();
         std::fs::remove_file(&tmp).unwrap();
-        let open = f.rec(Kind::Open, &db, 4, 0, &[]);
-        f.push(&open);
+        f.record(Kind::Open, &db, 4, 0, &[]);
         let gone = f.file("homer.db-journal", b"jjjj");
         f.write(&gone, 0, b"JJ");
         std::fs::remove_file(&gone).unwrap();
@@ -613,8 +614,7 @@ mod tests {
         // Records of an earlier file with this (dev, ino), which SQLite then deleted: the
         // file now at the path, with the same inode, must not be touched.
         f.write(&wal, 0, b"old!");
-        let unlink = f.rec(Kind::Unlink, &wal, 0, 0, &[]);
-        f.push(&unlink);
+        f.record(Kind::Unlink, &wal, 0, 0, &[]);
         let report = f.apply().unwrap();
         assert_eq!(std::fs::read(&wal).unwrap(), b"old!file", "left as it is");
         assert!(report.files.is_empty() && report.skipped.is_empty(), "{report:?}");
