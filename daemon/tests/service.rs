@@ -378,8 +378,7 @@ Restart=always\nTimeoutStopSec=35s\nRestartPreventExitStatus=78\n\n[Install]\nWa
 /// ones add one WARN line per contradiction and leave the exit code at 0.
 #[test]
 fn doctor_accepts_generated_units_and_warns_on_contradicting_ones() {
-    let sb = Sandbox::new();
-    let _d = active(&sb, &[]);
+    let (sb, _d) = active_sandbox();
     let doctor = |json: bool| {
         let args: &[&str] = if json { &["doctor", "--json"] } else { &["doctor"] };
         run_with(&sb, &bin(), args, &[("XDG_CONFIG_HOME", None)])
