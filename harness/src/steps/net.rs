@@ -73,7 +73,7 @@ macro_rules! link_verb {
             const OPTIONS: &'static [&'static str] = &[];
 
             fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<$ty> {
-                cx.only(t, &[$key], concat!("`", $key, "`"))?;
+                Self::only_its_options(cx, t)?;
                 Ok($ty { host: host_name(cx, v, Self::KEY)? })
             }
 
@@ -111,7 +111,7 @@ impl Verb for Delay {
     const OPTIONS: &'static [&'static str] = &["by", "jitter"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Delay> {
-        cx.only(t, &[&["delay"], Self::OPTIONS].concat(), "`delay`")?;
+        Self::only_its_options(cx, t)?;
         let host = host_name(cx, v, Self::KEY)?;
         let Some(by) = cx.opt(t, "by", Cx::duration)? else {
             return Err(cx.err(

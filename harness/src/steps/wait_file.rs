@@ -24,7 +24,7 @@ impl Verb for WaitFile {
     const OPTIONS: &'static [&'static str] = &["min_size", "timeout"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<WaitFile> {
-        cx.only(t, &[&[Self::KEY], Self::OPTIONS].concat(), "`wait_file`")?;
+        Self::only_its_options(cx, t)?;
         Ok(WaitFile {
             path: cx.text(v)?,
             min_size: cx
