@@ -140,7 +140,7 @@ fn assert_refused(sb: &Sandbox, before: &[u8], needle: &str) {
         assert_eq!(dir_after, dir_before, "{args:?} created or removed files beside the database");
     }
     assert!(!sb.log().exists(), "a refused start opened the log file");
-    doctor_fails(&sb, "migrations");
+    doctor_fails(sb, "migrations");
 }
 
 #[test]
