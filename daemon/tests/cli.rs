@@ -140,9 +140,7 @@ fn assert_refused(sb: &Sandbox, before: &[u8], needle: &str) {
         assert_eq!(dir_after, dir_before, "{args:?} created or removed files beside the database");
     }
     assert!(!sb.log().exists(), "a refused start opened the log file");
-    let doctor = sb.run(&["doctor"]);
-    assert_eq!(doctor.code, Some(1), "{}", doctor.stdout);
-    assert!(doctor.stdout.contains("FAIL migrations"), "{}", doctor.stdout);
+    doctor_fails(sb, "migrations");
 }
 
 #[test]
@@ -345,8 +343,7 @@ fn status_without_a_database_creates_nothing() {
 
 #[test]
 fn status_reports_the_active_daemon_and_counts() {
-    let sb = Sandbox::new();
-    let d = active(&sb, &[]);
+    let (sb, d) = active_sandbox();
     let v = status_json(&sb);
     assert_eq!(v["daemon"]["state"], "active");
     assert_eq!(v["daemon"]["pid"], d.pid());
@@ -363,8 +360,7 @@ fn status_reports_the_active_daemon_and_counts() {
 
 #[test]
 fn doctor_passes_on_a_running_install() {
-    let sb = Sandbox::new();
-    let _d = active(&sb, &[]);
+    let (sb, _d) = active_sandbox();
     let out = sb.run(&["doctor"]);
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     assert_eq!(out.stdout.matches("PASS").count(), 7, "{}", out.stdout);
@@ -388,9 +384,7 @@ fn doctor_and_a_start_report_a_damaged_page() {
     let mid = raw.len() / 2;
     raw[mid..mid + 600].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 31 + 7) as u8);
     std::fs::write(sb.db(), &raw).unwrap();
-    let out = sb.run(&["doctor"]);
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
-    assert!(out.stdout.contains("FAIL integrity") && out.stdout.contains("is corrupt"), "{}", out.stdout);
+    sb.run(&["doctor"]).assert_doctor(1, &["FAIL integrity", "is corrupt"]);
     let start = sb.run(&["run"]);
     assert_eq!(start.code, Some(65), "{}", start.stderr);
     assert!(start.stderr.contains("homer.db") && start.stderr.contains("is corrupt"), "{}", start.stderr);
@@ -399,15 +393,13 @@ fn doctor_and_a_start_report_a_damaged_page() {
 
 fn doctor_fails(sb: &Sandbox, check: &str) -> String {
     let out = sb.run(&["doctor"]);
-    assert_eq!(out.code, Some(1), "doctor should fail {check}: {}", out.stdout);
-    assert!(out.stdout.contains(&format!("FAIL {check}")), "expected FAIL {check}: {}", out.stdout);
+    out.assert_doctor(1, &[&format!("FAIL {check}")]);
     out.stdout
 }
 
 #[test]
 fn doctor_fails_when_no_daemon_is_running() {
-    let sb = Sandbox::new();
-    let mut d = active(&sb, &[]);
+    let (sb, mut d) = active_sandbox();
     d.stop_cleanly();
     let out = doctor_fails(&sb, "daemon running");
     assert!(out.contains("not running"), "{out}");
@@ -457,8 +449,7 @@ fn doctor_fails_on_a_stale_running_row_with_no_live_owner() {
 
 #[test]
 fn backup_while_running_is_a_consistent_copy_and_never_overwrites() {
-    let sb = Sandbox::new();
-    let mut d = active(&sb, &[]);
+    let (sb, mut d) = active_sandbox();
     let dest = sb.dir.path().join("backup.db");
     let out = sb.run(&["backup", dest.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -479,8 +470,7 @@ fn backup_while_running_is_a_consistent_copy_and_never_overwrites() {
 
 #[test]
 fn migrate_refuses_while_a_daemon_runs() {
-    let sb = Sandbox::new();
-    let d = active(&sb, &[]);
+    let (sb, d) = active_sandbox();
     let out = sb.run(&["migrate"]);
     assert_eq!(out.code, Some(EX_IN_USE), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("daemon (PID {})", d.pid())), "{}", out.stderr);

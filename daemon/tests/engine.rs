@@ -33,6 +33,20 @@ fn overlap_probe(sb: &Sandbox, first: &str, pid_file: &str) -> (std::path::PathB
     (marks, script)
 }
 
+/// Enqueues an [`overlap_probe`] job on the active daemon `d` and waits for its first run
+/// to start: the marks directory, the job's id, its `job.started` event.
+fn started_overlap_probe(
+    sb: &Sandbox,
+    d: &mut Daemon,
+    first: &str,
+    pid_file: &str,
+) -> (std::path::PathBuf, i64, serde_json::Value) {
+    let (marks, script) = overlap_probe(sb, first, pid_file);
+    let id = enqueue(sb, &["exec", "--", "sh", "-c", &script]);
+    let started = wait_job_event(d, "job.started", id);
+    (marks, id, started)
+}
+
 fn runs(sb: &Sandbox, id: i64) -> Vec<(i64, i64, Option<String>)> {
     query_rows(&sql(&sb.db()), "SELECT run, attempt, outcome FROM job_runs WHERE job_id = ?1 ORDER BY run", [id], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -42,8 +56,7 @@ fn runs(sb: &Sandbox, id: i64) -> Vec<(i64, i64, Option<String>)> {
 /// Acceptance 2: an idle daemon notices `homerd enqueue noop` within tens of ms.
 #[test]
 fn idle_daemon_claims_an_enqueued_job_quickly() {
-    let sb = Sandbox::new();
-    let mut d = active_engine(&sb, &[]);
+    let (sb, mut d) = engine_sandbox();
     let mut lat = Vec::new();
     for _ in 0..30 {
         let out = sb.run(&["enqueue", "noop"]);
@@ -204,8 +217,7 @@ fn wall_clock_steps_expire_nothing() {
     std::fs::write(&offset, "0").unwrap();
     let mut d = sb.start_with(&engine_args(&[]), &[("HOMERD_CLOCK_OFFSET_FILE", offset.to_str().unwrap())]);
     d.wait_event("daemon.active");
-    let id = enqueue(&sb, &["exec", "--", "sleep", "2"]);
-    wait_job_event(&mut d, "job.started", id);
+    let id = enqueue_until(&sb, &mut d, "job.started", &["exec", "--", "sleep", "2"]);
     std::fs::write(&offset, "3600000").unwrap();
     let n = d.seen.iter().filter(|v| v["event"] == "daemon.heartbeat").count();
     d.wait_count("daemon.heartbeat", n + 3);
@@ -221,11 +233,8 @@ fn wall_clock_steps_expire_nothing() {
 /// gone; no row stays running.
 #[test]
 fn kill_9_reruns_the_job_only_after_the_old_group_is_gone() {
-    let sb = Sandbox::new();
-    let (mark, script) = overlap_probe(&sb, "sleep 60 & echo $! > $M/grandchild; wait", "grandchild");
-    let mut a = active_engine(&sb, &[]);
-    let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
-    wait_job_event(&mut a, "job.started", id);
+    let (sb, mut a) = engine_sandbox();
+    let (mark, id, _) = started_overlap_probe(&sb, &mut a, "sleep 60 & echo $! > $M/grandchild; wait", "grandchild");
     let gc_file = mark.join("grandchild");
     let end = Instant::now() + deadline(10.0);
     while std::fs::read_to_string(&gc_file).map(|s| s.trim().is_empty()).unwrap_or(true) {
@@ -280,8 +289,7 @@ fn orphans_of_a_dead_daemon_are_recovered_at_startup() {
 fn failing_job_retries_with_growing_delays_then_fails() {
     let sb = Sandbox::new();
     let mut d = active_engine(&sb, &["--set", "backoff_base=200ms"]);
-    let id = enqueue(&sb, &["--max-attempts", "3", "fail", "nope"]);
-    wait_job_event(&mut d, "job.failed", id);
+    let id = enqueue_until(&sb, &mut d, "job.failed", &["--max-attempts", "3", "fail", "nope"]);
     let (status, attempts, _, errors) = job_status(&sb, id);
     assert_eq!((status.as_str(), attempts), ("failed", 3));
     let errors: Vec<serde_json::Value> = serde_json::from_str(&errors).unwrap();
@@ -434,8 +442,12 @@ fn concurrent_enqueuers_lose_nothing_and_run_nothing_twice() {
 fn run_output_is_capped_per_file() {
     let sb = Sandbox::new();
     let mut d = active_engine(&sb, &["--set", "run_log_cap=1KiB"]);
-    let id = enqueue(&sb, &["exec", "--", "sh", "-c", "head -c 100000 /dev/zero | tr '\\0' y; echo small >&2"]);
-    wait_job_event(&mut d, "job.completed", id);
+    let id = enqueue_until(
+        &sb,
+        &mut d,
+        "job.completed",
+        &["exec", "--", "sh", "-c", "head -c 100000 /dev/zero | tr '\\0' y; echo small >&2"],
+    );
     let runs_dir = sb.home().join("logs/runs");
     let out = std::fs::read_to_string(runs_dir.join(format!("{id}-1.out"))).unwrap();
     assert_eq!(&out[..1024], "y".repeat(1024), "kept the first run_log_cap bytes");
@@ -449,8 +461,7 @@ fn run_output_is_capped_per_file() {
 fn a_second_signal_cuts_the_drain_short() {
     let sb = Sandbox::new();
     let mut d = active_engine(&sb, &["--set", "shutdown_grace=1h"]);
-    let id = enqueue(&sb, &["sleep", "1h"]);
-    wait_job_event(&mut d, "job.claimed", id);
+    let id = enqueue_until(&sb, &mut d, "job.claimed", &["sleep", "1h"]);
     d.signal(libc::SIGTERM);
     d.wait_event("shutdown.begin");
     let t = Instant::now();
@@ -469,11 +480,9 @@ fn a_second_signal_cuts_the_drain_short() {
 /// nothing, exits 76. The run history shows one completion, by B.
 #[test]
 fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed() {
-    let sb = Sandbox::new();
-    let (marks, script) = overlap_probe(&sb, "echo $$ > $M/run1; sleep 60", "run1");
-    let mut a = active_engine(&sb, &[]);
-    let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
-    let pid1 = wait_job_event(&mut a, "job.started", id)["pid"].as_i64().unwrap();
+    let (sb, mut a) = engine_sandbox();
+    let (marks, id, started) = started_overlap_probe(&sb, &mut a, "echo $$ > $M/run1; sleep 60", "run1");
+    let pid1 = started["pid"].as_i64().unwrap();
     // Pause A between transactions (a stopped SQLite writer would block B's start).
     let probe = sql(&sb.db());
     probe.busy_timeout(Duration::ZERO).unwrap();
@@ -513,8 +522,7 @@ fn paused_daemon_is_taken_over_and_its_job_rerun_only_after_its_group_is_killed(
 /// pipe is dup2'ed onto fd 3, which would otherwise hide a missing close-on-exec).
 #[test]
 fn a_job_never_inherits_the_lock() {
-    let sb = Sandbox::new();
-    let mut a = active_engine(&sb, &[]);
+    let (sb, mut a) = engine_sandbox();
     std::fs::remove_file(sb.lock()).unwrap();
     a.wait_event("lock.reacquired");
     // A descendant that leaves the job's process group (setsid) outlives the job and is
@@ -529,8 +537,7 @@ fn a_job_never_inherits_the_lock() {
          i=0; while [ ! -s {f} ] && [ $i -lt 2000 ]; do i=$((i+1)); sleep 0.01; done; exit 0",
         f = gc.display()
     );
-    let id = enqueue(&sb, &["exec", "--", "sh", "-c", &script]);
-    wait_job_event(&mut a, "job.completed", id);
+    enqueue_until(&sb, &mut a, "job.completed", &["exec", "--", "sh", "-c", &script]);
     let end = Instant::now() + deadline(10.0);
     let escaped: i64 = loop {
         if let Some(pid) = std::fs::read_to_string(&gc).ok().and_then(|s| s.trim().parse().ok()) {

@@ -12,8 +12,7 @@ use common::*;
 /// and changes nothing: not a byte of the lock file, not a line of the log.
 #[test]
 fn dual_start_exits_cleanly_and_touches_nothing() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     let lock_before = bytes(&sb.lock());
     let lock_mtime = std::fs::metadata(sb.lock()).unwrap().modified().unwrap();
     let home_before = listing(&sb.home());
@@ -90,8 +89,7 @@ fn sixteen_way_start_race_has_one_winner() {
 /// epoch. A dead PID left in the lock file does not block it either.
 #[test]
 fn kill_9_then_immediate_restart() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     a.signal(libc::SIGKILL);
     let st = a.wait_exit();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL));
@@ -119,8 +117,7 @@ fn stale_pid_in_unlocked_file_does_not_block() {
 /// afterwards still finds the daemon.
 #[test]
 fn removed_lock_file_is_reacquired_in_place() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     std::fs::remove_file(sb.lock()).unwrap();
     a.wait_event("lock.lost");
     a.wait_event("lock.reacquired");
@@ -134,8 +131,7 @@ fn removed_lock_file_is_reacquired_in_place() {
 /// failure mode 6, `mv` over the file: also re-acquired.
 #[test]
 fn replaced_lock_file_is_reacquired_in_place() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     let first = file_id(&sb.lock());
     assert_eq!(event_file_id(&a.wait_event("lock.acquired")), first, "lock.acquired names another inode");
     let other = sb.home().join("other");
@@ -188,8 +184,7 @@ fn start_in_the_deleted_lock_window_is_refused_by_the_leader_row() {
 /// code, no epoch bump) right away and after the first has idled past stale_threshold.
 #[test]
 fn other_lock_path_is_refused_now_and_after_idling_past_stale_threshold() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     let a_pid = a.pid();
     let other_lock = sb.dir.path().join("elsewhere/other.lock");
     let refuse = |sb: &Sandbox| {
@@ -219,8 +214,7 @@ fn other_lock_path_is_refused_now_and_after_idling_past_stale_threshold() {
 /// resumes, its next guarded write fails and it exits with the fenced code.
 #[test]
 fn paused_holder_is_taken_over_and_fenced_on_resume() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     pause_outside_a_transaction(&sb, &a);
     let end = Instant::now() + deadline(30.0);
     while status_json(&sb)["daemon"]["state"] != "stale" {
@@ -258,8 +252,7 @@ fn pause_outside_a_transaction(sb: &Sandbox, d: &Daemon) {
 /// SIGTERM: clean shutdown, lock released last, leader row cleared, exit 0.
 #[test]
 fn sigterm_shuts_down_cleanly_and_clears_the_leader_row() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     a.stop_cleanly();
     let names: Vec<String> = a.seen.iter().map(|v| v["event"].as_str().unwrap_or("").to_owned()).collect();
     let pos = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("no {n}: {names:?}"));
@@ -277,8 +270,7 @@ fn sigterm_shuts_down_cleanly_and_clears_the_leader_row() {
 /// sends it back to retry, and it ends with the "another instance" message.
 #[test]
 fn unlink_race_after_open_is_caught_by_the_inode_recheck() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     let mut b = sb.start_with(FAST, &[("HOMERD_FAILPOINTS", "lock.after_open=stop")]);
     b.wait_event("failpoint.hit");
     // B is stopped holding an fd to the current file. Remove it; A re-acquires a new one.
@@ -369,8 +361,7 @@ fn kill_9_mid_migration_leaves_no_half_applied_file() {
 /// The daemon keeps refreshing the leader row while idle (seen_at moves).
 #[test]
 fn idle_daemon_refreshes_the_leader_row() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     let seen =
         |sb: &Sandbox| -> i64 { sql(&sb.db()).query_row("SELECT seen_at FROM leader", [], |r| r.get(0)).unwrap() };
     let first = seen(&sb);
@@ -405,8 +396,7 @@ fn unrefreshable_leader_row_stands_down_then_resumes() {
 /// serve an inode no CLI will ever write to again.
 #[test]
 fn replaced_database_file_stops_the_daemon() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     std::fs::rename(sb.db(), sb.home().join("moved.db")).unwrap();
     let fenced = a.wait_event("daemon.fenced");
     assert!(fenced["reason"].as_str().unwrap().contains("removed or replaced"), "{fenced}");
@@ -416,8 +406,7 @@ fn replaced_database_file_stops_the_daemon() {
 /// A refused start creates no folder for its lock file.
 #[test]
 fn refused_start_creates_no_lock_folder() {
-    let sb = Sandbox::new();
-    let a = active(&sb, &[]);
+    let (sb, a) = active_sandbox();
     let dir = sb.dir.path().join("new/dirs");
     let lock = dir.join("x.lock");
     let out = sb.run(&["run", "--lock-file", lock.to_str().unwrap()]);
@@ -431,8 +420,7 @@ fn refused_start_creates_no_lock_folder() {
 /// next start takes the following one.
 #[test]
 fn crash_before_the_epoch_bump_changes_nothing() {
-    let sb = Sandbox::new();
-    let mut a = active(&sb, &[]);
+    let (sb, mut a) = active_sandbox();
     a.stop_cleanly();
     assert_eq!(status_json(&sb)["daemon"]["epoch"], 1);
 
@@ -596,8 +584,7 @@ fn exec_job_runs_after_the_daemon_binary_is_removed() {
 /// alone.) The log stays, and every enqueue is seen by the daemon.
 #[test]
 fn a_cli_close_never_deletes_the_wal_of_a_running_daemon() {
-    let sb = Sandbox::new();
-    let mut d = active(&sb, &[]);
+    let (sb, mut d) = active_sandbox();
     let wal = sb.home().join("homer.db-wal");
     for n in 1..=3 {
         let out = sb.run(&["enqueue", "noop"]);

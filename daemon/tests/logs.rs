@@ -60,8 +60,7 @@ fn now_secs() -> f64 {
 /// it must stay under 300 ms — in order, and exits 0 when the job completed.
 #[test]
 fn logs_follow_shows_each_line_within_300ms_in_order_and_exits_with_the_outcome() {
-    let sb = Sandbox::new();
-    let mut d = active_engine(&sb, &[]);
+    let (sb, mut d) = engine_sandbox();
     const LINES: usize = 30;
     let printer = format!(
         "$| = 1; use Time::HiRes qw(time sleep); for my $i (1..{LINES}) {{ printf \"%d %.6f\\n\", $i, time; sleep 0.1 }}"
@@ -100,8 +99,7 @@ fn logs_follow_shows_each_line_within_300ms_in_order_and_exits_with_the_outcome(
 /// 4 (failed); a cancelled one exits 5.
 #[test]
 fn logs_follow_crosses_retries_and_exits_4_failed_5_cancelled() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let id = enqueue(
         &sb,
         &["--max-attempts", "2", "exec", "--", "sh", "-c", "echo out$HOMER_RUN; echo err$HOMER_RUN >&2; exit 3"],
@@ -127,8 +125,7 @@ fn logs_follow_crosses_retries_and_exits_4_failed_5_cancelled() {
 /// output (a `noop`, or a program that wrote nothing) says so and exits 0.
 #[test]
 fn logs_picks_the_run_the_stream_and_the_tail() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let id = enqueue(
         &sb,
         &[
@@ -183,8 +180,7 @@ fn logs_picks_the_run_the_stream_and_the_tail() {
 /// is 66 and a bad duration 64.
 #[test]
 fn wait_exits_with_the_outcomes_and_times_out_with_6() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let ok = enqueue(&sb, &["noop"]).to_string();
     let bad = enqueue(&sb, &["--max-attempts", "1", "fail", "no"]).to_string();
     let out = sb.run(&["wait", &ok]);
@@ -216,8 +212,7 @@ fn wait_exits_with_the_outcomes_and_times_out_with_6() {
 /// that is not JSON. Its errors are the JSON error object.
 #[test]
 fn wait_json_prints_one_object_per_job_with_its_outcome() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let ok = enqueue(&sb, &["noop"]).to_string();
     let bad = enqueue(&sb, &["--max-attempts", "1", "fail", "no"]).to_string();
     let lines = |out: &Output| -> Vec<Value> {
@@ -283,8 +278,7 @@ fn logs_refuses_json_and_logs_and_wait_before_the_first_start_find_no_job() {
 /// program could not start, the cause from its stderr (not only "status 127").
 #[test]
 fn show_names_the_logs_and_a_failed_runs_last_stderr_line() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let id = enqueue(&sb, &["--max-attempts", "1", "exec", "--", "no-such-program-xyz"]).to_string();
     assert_eq!(sb.run(&["wait", &id]).code, Some(4));
     let out = sb.run(&["show", &id]);
@@ -308,8 +302,7 @@ fn show_names_the_logs_and_a_failed_runs_last_stderr_line() {
 /// caller's own environment is not carried: the job row stores only what was named.
 #[test]
 fn exec_runs_in_the_callers_directory_with_explicit_env_only() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let work = sb.dir.path().join("work");
     std::fs::create_dir_all(work.join("sub")).unwrap();
     let body = "echo \"dir=$(pwd -P) FOO=$FOO SECRET=$SECRET\"";
@@ -447,8 +440,7 @@ fn a_job_gets_dev_null_on_stdin_and_the_daemons_original_descriptor_limit() {
 /// characters) until interrupted.
 #[test]
 fn status_watch_reprints_plainly_off_a_terminal() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let mut c = sb.cmd();
     c.args(["status", "--watch", "--interval", "100ms"]);
     let (mut proc, mut lines) = spawn_reading(&mut c);
@@ -476,8 +468,7 @@ fn status_watch_reprints_plainly_off_a_terminal() {
 /// with no control characters, until interrupted.
 #[test]
 fn status_watch_json_prints_one_object_per_refresh() {
-    let sb = Sandbox::new();
-    let _d = active_engine(&sb, &[]);
+    let (sb, _d) = engine_sandbox();
     let mut c = sb.cmd();
     c.args(["status", "--watch", "--json", "--interval", "100ms"]);
     let (mut proc, mut lines) = spawn_reading(&mut c);
@@ -501,13 +492,7 @@ fn status_watch_json_prints_one_object_per_refresh() {
 #[test]
 fn a_directory_the_daemon_cannot_enter_fails_the_run_with_permission_denied() {
     use std::os::unix::fs::PermissionsExt;
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("NOT RUN: needs root to start the daemon as another user (uid 65534)");
-        return;
-    }
-    let sb = Sandbox::new();
-    let Some(mut c) = sb.cmd_as_65534() else { return };
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some((sb, mut c)) = Sandbox::for_65534("to start the daemon as another user (uid 65534)") else { return };
     std::fs::create_dir(sb.home()).unwrap();
     std::os::unix::fs::chown(sb.home(), Some(65534), Some(65534)).expect("chown the home to 65534");
     let private = sb.dir.path().join("private");

@@ -75,6 +75,17 @@ fn job_row(sb: &Sandbox, id: i64) -> Option<Vec<Sql>> {
     st.query_row([id], |r| (0..n).map(|i| r.get::<_, Sql>(i)).collect()).optional().unwrap()
 }
 
+/// `homerd VERB ID` on a job in a state it does not apply to: exits 3 with nothing on
+/// stdout and `message` on stderr, and leaves the job's row as it was.
+fn refused_unchanged(sb: &Sandbox, verb: &str, id: i64, message: &str) {
+    let row = job_row(sb, id);
+    homer(sb, &[verb, &id.to_string()])
+        .code(3)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains(message));
+    assert_eq!(job_row(sb, id), row, "{verb} changed job {id}");
+}
+
 /// Every column of every row of a table, in rowid order.
 fn table(sb: &Sandbox, name: &str) -> Vec<Vec<Sql>> {
     let c = sql(&sb.db());
@@ -263,13 +274,10 @@ fn list_filters_by_status_lane_and_limit() {
 /// completed, and one that ended failed. A missing id exits 66.
 #[test]
 fn show_reports_every_run_and_the_error_history() {
-    let sb = Sandbox::new();
-    let mut d = active_engine(&sb, &[]);
+    let (sb, mut d) = engine_sandbox();
     let script = "if [ \"$HOMER_RUN\" -lt 3 ]; then echo \"bad run $HOMER_RUN\" >&2; exit 4; fi";
-    let flaky = enqueue(&sb, &["--max-attempts", "3", "exec", "--", "sh", "-c", script]);
-    wait_job_event(&mut d, "job.completed", flaky);
-    let failing = enqueue(&sb, &["--max-attempts", "2", "fail", "it broke"]);
-    wait_job_event(&mut d, "job.failed", failing);
+    let flaky = enqueue_until(&sb, &mut d, "job.completed", &["--max-attempts", "3", "exec", "--", "sh", "-c", script]);
+    let failing = enqueue_until(&sb, &mut d, "job.failed", &["--max-attempts", "2", "fail", "it broke"]);
     let before = table(&sb, "job_queue");
     let before_runs = table(&sb, "job_runs");
 
@@ -390,14 +398,11 @@ fn show_reports_every_run_and_the_error_history() {
 /// nothing; of a missing id exits 66.
 #[test]
 fn cancel_pending_terminal_and_missing_jobs() {
-    let sb = Sandbox::new();
-    let mut d = active_engine(&sb, &[]);
+    let (sb, mut d) = engine_sandbox();
     let pending = enqueue(&sb, &["--run-after", "1h", "noop"]);
     let pending2 = enqueue(&sb, &["--run-after", "1h", "noop"]);
-    let done = enqueue(&sb, &["noop"]);
-    wait_job_event(&mut d, "job.completed", done);
-    let failed = enqueue(&sb, &["--max-attempts", "1", "fail", "x"]);
-    wait_job_event(&mut d, "job.failed", failed);
+    let done = enqueue_until(&sb, &mut d, "job.completed", &["noop"]);
+    let failed = enqueue_until(&sb, &mut d, "job.failed", &["--max-attempts", "1", "fail", "x"]);
 
     homer(&sb, &["cancel", &pending.to_string()]).code(0).stdout(format!("job {pending} cancelled\n"));
     let j = job(&sb, pending);
@@ -412,13 +417,8 @@ fn cancel_pending_terminal_and_missing_jobs() {
     assert_eq!(job(&sb, pending2).status, "cancelled");
 
     for (id, status) in [(done, "completed"), (failed, "failed"), (pending, "cancelled")] {
-        let row = job_row(&sb, id);
         let run_rows = runs(&sb, id);
-        homer(&sb, &["cancel", &id.to_string()])
-            .code(3)
-            .stdout(predicate::str::is_empty())
-            .stderr(predicate::str::contains(format!("job {id} is already {status}")));
-        assert_eq!(job_row(&sb, id), row, "cancel changed the {status} job");
+        refused_unchanged(&sb, "cancel", id, &format!("job {id} is already {status}"));
         assert_eq!(runs(&sb, id), run_rows);
         assert_eq!(job(&sb, id).status, status);
     }
@@ -475,8 +475,7 @@ fn cancel_of_a_running_exec_job_kills_its_whole_group() {
     wait_job_event(&mut d, "job.cancelling", id);
     wait_job_event(&mut d, "job.cancelled", id);
     // A later job runs to completion, so the daemon has moved on past the cancelled one.
-    let later = enqueue(&sb, &["noop"]);
-    wait_job_event(&mut d, "job.completed", later);
+    enqueue_until(&sb, &mut d, "job.completed", &["noop"]);
 
     let j = job(&sb, id);
     assert_eq!(j.status, "cancelled");
@@ -502,16 +501,13 @@ fn cancel_of_a_running_exec_job_kills_its_whole_group() {
 /// unchanged; a missing one 66.
 #[test]
 fn retry_requeues_failed_and_cancelled_jobs_only() {
-    let sb = Sandbox::new();
-    let mut a = active_engine(&sb, &[]);
+    let (sb, mut a) = engine_sandbox();
     // Fails runs 1 and 2 (its whole budget), completes from run 3 on.
     let script = "if [ \"$HOMER_RUN\" -lt 3 ]; then exit 4; fi";
-    let failed = enqueue(&sb, &["--max-attempts", "2", "exec", "--", "sh", "-c", script]);
-    wait_job_event(&mut a, "job.failed", failed);
+    let failed = enqueue_until(&sb, &mut a, "job.failed", &["--max-attempts", "2", "exec", "--", "sh", "-c", script]);
     let cancelled = enqueue(&sb, &["--run-after", "1h", "noop"]);
     homer(&sb, &["cancel", &cancelled.to_string()]).code(0);
-    let completed = enqueue(&sb, &["noop"]);
-    wait_job_event(&mut a, "job.completed", completed);
+    let completed = enqueue_until(&sb, &mut a, "job.completed", &["noop"]);
     a.stop_cleanly();
 
     let old = job(&sb, failed);
@@ -535,12 +531,7 @@ fn retry_requeues_failed_and_cancelled_jobs_only() {
     assert_eq!(c.cancel_requested_at, None);
 
     for (id, status) in [(completed, "completed"), (failed, "pending")] {
-        let row = job_row(&sb, id);
-        homer(&sb, &["retry", &id.to_string()])
-            .code(3)
-            .stdout(predicate::str::is_empty())
-            .stderr(predicate::str::contains(format!("job {id} is {status}; only failed or cancelled")));
-        assert_eq!(job_row(&sb, id), row, "retry changed the {status} job");
+        refused_unchanged(&sb, "retry", id, &format!("job {id} is {status}; only failed or cancelled"));
     }
     let before = table(&sb, "job_queue");
     homer(&sb, &["retry", "31337"]).code(66).stderr(predicate::str::contains("no job 31337"));
@@ -870,10 +861,8 @@ fn status_json_reports_lanes_running_jobs_and_metrics() {
     // Default (slow) heartbeats: nothing in the snapshot depends on timing.
     let mut d = sb.start(&["--set", "lanes.work.concurrency=1"]);
     d.wait_event("daemon.active");
-    let busy = enqueue(&sb, &["--lane", "work", "sleep", "60s"]);
-    wait_job_event(&mut d, "job.claimed", busy);
-    let done = enqueue(&sb, &["noop"]);
-    wait_job_event(&mut d, "job.completed", done);
+    let busy = enqueue_until(&sb, &mut d, "job.claimed", &["--lane", "work", "sleep", "60s"]);
+    enqueue_until(&sb, &mut d, "job.completed", &["noop"]);
     let later1 = enqueue(&sb, &["--lane", "later", "--run-after", "1h", "noop"]);
     let later2 = enqueue(&sb, &["--lane", "later", "--run-after", "2h", "noop"]);
     let queued = enqueue(&sb, &["--lane", "work", "noop"]);

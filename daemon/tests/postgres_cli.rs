@@ -101,6 +101,32 @@ fn claim(c: &mut Client, epoch: Epoch, worker: &str) -> Vec<homerd::job::Claimed
     claimed
 }
 
+/// A connection of worker `worker` (threshold `stale_ms`), registered, that has claimed
+/// every ready job as a daemon on another host would: the connection, its epoch, its claims.
+fn claimed_by(pg: &Pg, worker: &str, stale_ms: i64) -> (Client, Epoch, Vec<homerd::job::Claimed>) {
+    let mut c = pg.client();
+    let epoch = register(&mut c, worker, stale_ms);
+    let claimed = claim(&mut c, epoch, worker);
+    (c, epoch, claimed)
+}
+
+/// Ends job `id`'s claim `token` as its owner does, with `end` (`jobs::complete`,
+/// `jobs::cancel_running`...) in a guarded transaction on the server clock; it must apply.
+fn end_as_owner(
+    c: &mut Client,
+    epoch: Epoch,
+    id: i64,
+    token: String,
+    end: fn(&mut postgres::Transaction<'_>, &ClaimRef, i64) -> Result<bool, postgres::Error>,
+) {
+    let mut tx = c.transaction().unwrap();
+    assert!(workers::guard(&mut tx, epoch).unwrap());
+    let now = jobs::server_now(&mut tx).unwrap();
+    let claim = ClaimRef { epoch, id: JobId(id), token };
+    assert!(end(&mut tx, &claim, now).unwrap());
+    tx.commit().unwrap();
+}
+
 /// The same command's stdout keys on SQLite (a fresh home), for shape comparisons.
 fn sqlite_json(args: &[&str]) -> (Sandbox, Vec<Value>) {
     let sb = Sandbox::new();
@@ -276,10 +302,7 @@ fn cancel_a_pending_job_then_a_finished_one() {
 fn cancel_a_running_job_files_a_request_its_owner_acts_on() {
     let pg = Pg::migrated();
     let id = pg.enqueue(&["sleep", "1h"]);
-    let mut owner = pg.client();
-    let worker = "testhost/boot:/home/owner";
-    let epoch = register(&mut owner, worker, 60_000);
-    let claimed = claim(&mut owner, epoch, worker);
+    let (mut owner, epoch, claimed) = claimed_by(&pg, "testhost/boot:/home/owner", 60_000);
     assert_eq!(claimed.len(), 1);
     let token = claimed[0].token.clone();
     owner.batch_execute(&format!("LISTEN {}", ops::CHANNEL)).unwrap();
@@ -299,12 +322,7 @@ fn cancel_a_running_job_files_a_request_its_owner_acts_on() {
     assert_eq!(note.payload(), format!("cancel {id}"));
     let requested = pg.server.psql(&format!("SELECT cancel_requested_at IS NOT NULL FROM job_queue WHERE id = {id}"));
     assert_eq!(requested.unwrap().trim(), "t");
-    let mut tx = owner.transaction().unwrap();
-    assert!(workers::guard(&mut tx, epoch).unwrap());
-    let now = jobs::server_now(&mut tx).unwrap();
-    let claim = ClaimRef { epoch, id: JobId(id), token };
-    assert!(jobs::cancel_running(&mut tx, &claim, now).unwrap());
-    tx.commit().unwrap();
+    end_as_owner(&mut owner, epoch, id, token, jobs::cancel_running);
     let out = running.join().unwrap();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
@@ -316,10 +334,9 @@ fn cancel_a_running_job_files_a_request_its_owner_acts_on() {
 fn cancel_a_running_job_whose_worker_is_gone_leaves_the_request_for_recovery() {
     let pg = Pg::migrated();
     let id = pg.enqueue(&["sleep", "1h"]);
-    let mut c = pg.client();
     let worker = "testhost/boot:/home/gone";
-    let epoch = register(&mut c, worker, 1_000);
-    assert_eq!(claim(&mut c, epoch, worker).len(), 1);
+    let (mut c, epoch, claimed) = claimed_by(&pg, worker, 1_000);
+    assert_eq!(claimed.len(), 1);
     // Last heard from a minute ago: overdue past its 1 s threshold.
     pg.server
         .psql(&format!("UPDATE homer_workers SET seen_at = seen_at - 60000 WHERE incarnation = {}", epoch.0))
@@ -330,16 +347,8 @@ fn cancel_a_running_job_whose_worker_is_gone_leaves_the_request_for_recovery() {
     let row = pg.server.psql(&format!("SELECT status, cancel_requested_at IS NOT NULL FROM job_queue WHERE id = {id}"));
     assert_eq!(row.unwrap().trim(), "running|t");
     // doctor fails on the overdue, unfenced worker, and on no live worker.
-    let out = pg.run(&["doctor"]);
-    assert_eq!(out.code, Some(1), "{}", out.stdout);
-    assert!(out.stdout.contains("PASS database"), "{}", out.stdout);
-    assert!(out.stdout.contains("PASS migrations"), "{}", out.stdout);
-    assert!(out.stdout.contains("FAIL daemon running"), "{}", out.stdout);
-    assert!(
-        out.stdout.contains(&format!("FAIL stale workers      not fenced yet: {} {worker}", epoch.0)),
-        "{}",
-        out.stdout
-    );
+    let stale = format!("FAIL stale workers      not fenced yet: {} {worker}", epoch.0);
+    pg.run(&["doctor"]).assert_doctor(1, &["PASS database", "PASS migrations", "FAIL daemon running", &stale]);
     // A worker's recovery (fence + recover_orphans) cancels it, as the request asked.
     let other = register(&mut c, "testhost/boot:/home/other", 60_000);
     let mut tx = c.transaction().unwrap();
@@ -381,10 +390,9 @@ fn retry_a_failed_job() {
 fn logs_of_a_run_on_another_host_name_that_host() {
     let pg = Pg::migrated();
     let id = pg.enqueue(&["exec", "--", "true"]);
-    let mut c = pg.client();
     let worker = "otherhost/0f0f:/srv/homer";
-    let epoch = register(&mut c, worker, 60_000);
-    assert_eq!(claim(&mut c, epoch, worker).len(), 1);
+    let (_c, _epoch, claimed) = claimed_by(&pg, worker, 60_000);
+    assert_eq!(claimed.len(), 1);
     let out = pg.run(&["logs", &id.to_string()]);
     assert_eq!(out.code, Some(66), "{}", out.stderr);
     assert!(out.stderr.contains(worker), "{}", out.stderr);
@@ -442,16 +450,8 @@ fn wait_sees_a_job_end_through_the_server() {
     let id = pg.enqueue(&["noop"]);
     let out = pg.run(&["wait", &id.to_string(), "--timeout", "200ms", "--json"]);
     assert_eq!(out.code, Some(6), "{}", out.stderr);
-    let mut c = pg.client();
-    let worker = "testhost/boot:/home/w";
-    let epoch = register(&mut c, worker, 60_000);
-    let claimed = claim(&mut c, epoch, worker);
-    let mut tx = c.transaction().unwrap();
-    assert!(workers::guard(&mut tx, epoch).unwrap());
-    let now = jobs::server_now(&mut tx).unwrap();
-    let claim = ClaimRef { epoch, id: JobId(id), token: claimed[0].token.clone() };
-    assert!(jobs::complete(&mut tx, &claim, now).unwrap());
-    tx.commit().unwrap();
+    let (mut c, epoch, claimed) = claimed_by(&pg, "testhost/boot:/home/w", 60_000);
+    end_as_owner(&mut c, epoch, id, claimed[0].token.clone(), jobs::complete);
     let out = pg.run(&["wait", &id.to_string(), "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
@@ -483,9 +483,7 @@ fn with_a_real_daemon_the_commands_see_its_work() {
     let out = pg.ok(&["cancel", &long.to_string()]);
     assert_eq!(out, format!("job {long} cancelled (its run was stopped)\n"));
     common::wait_job_event(&mut d, "job.cancelled", long);
-    let out = pg.run(&["doctor"]);
-    assert_eq!(out.code, Some(0), "{}", out.stdout);
-    assert!(out.stdout.contains("PASS daemon running"), "{}", out.stdout);
+    pg.run(&["doctor"]).assert_doctor(0, &["PASS daemon running"]);
 }
 
 #[test]

@@ -307,18 +307,12 @@ fn a_bad_sslrootcert_is_refused_naming_the_file_before_connecting() {
 
 #[test]
 fn an_sslrootcert_this_user_cannot_read_is_77() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("NOT RUN: needs root to make a file another uid cannot read");
-        return;
-    }
-    let sb = Sandbox::new();
     use std::os::unix::fs::PermissionsExt;
-    // The sandbox searchable by uid 65534, the file in it readable by root only.
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some((sb, mut c)) = Sandbox::for_65534("to make a file another uid cannot read") else { return };
+    // The sandbox is searchable by uid 65534, the file in it readable by root only.
     let root_only = sb.dir.path().join("root-only.pem");
     std::fs::write(&root_only, Ca::new("homer test CA").pem).unwrap();
     std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let Some(mut c) = sb.cmd_as_65534() else { return };
     let url =
         format!("postgres://homer:sekret@127.0.0.1:1/homer?sslmode=verify-full&sslrootcert={}", root_only.display());
     c.args(["--database", &url, "list"]);

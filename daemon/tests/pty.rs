@@ -44,8 +44,7 @@ fn colour_on_a_terminal_unless_no_color() {
 /// cursor home and clearing the screen; Ctrl-C ends it.
 #[test]
 fn status_watch_on_a_terminal_refreshes_in_place() {
-    let sb = Sandbox::new();
-    let _d = active(&sb, &[]);
+    let (sb, _d) = active_sandbox();
     let mut cmd = sb.cmd();
     cmd.args(["status", "--watch", "--interval", "100ms"]);
     let mut session = spawn_on_pty(cmd);

@@ -218,14 +218,23 @@ fn verify_with_systemd(sb: &Sandbox, unit: &str) {
     assert!(about_unit.is_empty(), "systemd-analyze verify complained:\n{}\n{unit}", about_unit.join("\n"));
 }
 
-#[test]
-fn launchd_plist_has_every_key_and_runs_this_binary_with_the_home() {
+/// A fresh sandbox and `manager`'s file for it with the default settings, `check`ed (every
+/// key, the 60 s stop timeout): it runs this binary with `--home HOME run`, and writing it
+/// created no home.
+fn default_service(manager: &str, check: fn(&str, &str, u64) -> Vec<String>) -> (Sandbox, String) {
     let sb = Sandbox::new();
     let home = sb.home().to_str().unwrap().to_owned();
-    let plist = generate(&sb, &bin(), &[], "launchd");
-    let args = check_plist(&plist, &home, 60);
-    assert_eq!(args, [canonical_bin(), String::from("--home"), home.clone(), String::from("run")]);
+    let text = generate(&sb, &bin(), &[], manager);
+    let command = check(&text, &home, 60);
+    assert_eq!(command, [canonical_bin(), String::from("--home"), home, String::from("run")]);
     assert!(!sb.home().exists(), "service created the home directory");
+    (sb, text)
+}
+
+#[test]
+fn launchd_plist_has_every_key_and_runs_this_binary_with_the_home() {
+    let (sb, _) = default_service("launchd", check_plist);
+    let home = sb.home().to_str().unwrap().to_owned();
 
     // The timeout follows the graces: 2m + 2 x 7s + 10s drain slack + 10s margin.
     let plist = generate(&sb, &bin(), &["--set", "shutdown_grace=2m", "--set", "kill_grace=7s"], "launchd");
@@ -235,13 +244,9 @@ fn launchd_plist_has_every_key_and_runs_this_binary_with_the_home() {
 
 #[test]
 fn systemd_unit_has_every_key_and_passes_systemd_analyze_verify() {
-    let sb = Sandbox::new();
-    let home = sb.home().to_str().unwrap().to_owned();
-    let unit = generate(&sb, &bin(), &[], "systemd");
-    let words = check_unit(&unit, &home, 60);
-    assert_eq!(words, [canonical_bin(), String::from("--home"), home, String::from("run")]);
+    let (sb, unit) = default_service("systemd", check_unit);
     verify_with_systemd(&sb, &unit);
-    assert!(!sb.home().exists(), "service created the home directory");
+    assert!(!sb.home().exists(), "systemd-analyze created the home directory");
 
     let unit = generate(&sb, &bin(), &["--set", "shutdown_grace=2m", "--set", "kill_grace=7s"], "systemd");
     check_unit(&unit, sb.home().to_str().unwrap(), 154);
@@ -378,8 +383,7 @@ Restart=always\nTimeoutStopSec=35s\nRestartPreventExitStatus=78\n\n[Install]\nWa
 /// ones add one WARN line per contradiction and leave the exit code at 0.
 #[test]
 fn doctor_accepts_generated_units_and_warns_on_contradicting_ones() {
-    let sb = Sandbox::new();
-    let _d = active(&sb, &[]);
+    let (sb, _d) = active_sandbox();
     let doctor = |json: bool| {
         let args: &[&str] = if json { &["doctor", "--json"] } else { &["doctor"] };
         run_with(&sb, &bin(), args, &[("XDG_CONFIG_HOME", None)])

@@ -167,6 +167,30 @@ impl JobRow {
     }
 }
 
+/// Rows for the tests of the readers and the checkers.
+#[cfg(test)]
+impl JobRow {
+    /// Claimed once of three allowed attempts, holding no claim now.
+    pub(crate) fn unclaimed(id: i64, status: &str) -> JobRow {
+        JobRow {
+            id,
+            status: status.into(),
+            attempts: 1,
+            max_attempts: 3,
+            interruptions: 0,
+            locked_by: None,
+            claim_token: None,
+            claim_epoch: None,
+            runs: 1,
+        }
+    }
+
+    /// This row, holding the claim `token` of `worker` under `epoch`.
+    pub(crate) fn held(self, worker: &str, token: &str, epoch: i64) -> JobRow {
+        JobRow { locked_by: Some(worker.into()), claim_token: Some(token.into()), claim_epoch: Some(epoch), ..self }
+    }
+}
+
 /// A `job_runs` row, reduced to what the checkers judge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunRow {
@@ -193,6 +217,44 @@ pub struct WorkerRow {
     pub name: String,
     pub fenced: bool,
     pub stopped: bool,
+}
+
+/// A [`JobRow`] from a row whose columns are, in order, `id, status, attempts,
+/// max_attempts, interruptions, locked_by, claim_token, claim_epoch, runs`; `$get` is the
+/// row's fallible getter (`get` for SQLite, `try_get` for PostgreSQL). Both readers select
+/// these columns, so the mapping is written once.
+macro_rules! job_row {
+    ($r:ident, $get:ident) => {
+        JobRow {
+            id: $r.$get(0)?,
+            status: $r.$get(1)?,
+            attempts: $r.$get(2)?,
+            max_attempts: $r.$get(3)?,
+            interruptions: $r.$get(4)?,
+            locked_by: $r.$get(5)?,
+            claim_token: $r.$get(6)?,
+            claim_epoch: $r.$get(7)?,
+            runs: $r.$get(8)?,
+        }
+    };
+}
+
+/// A [`RunRow`] from a row whose columns are, in order, `id, job_id, run, attempt, epoch,
+/// claim_token, outcome, ended_at IS NOT NULL, error` (`$get` as for `job_row!`).
+macro_rules! run_row {
+    ($r:ident, $get:ident) => {
+        RunRow {
+            id: $r.$get(0)?,
+            job_id: $r.$get(1)?,
+            run: $r.$get(2)?,
+            attempt: $r.$get(3)?,
+            epoch: $r.$get(4)?,
+            claim_token: $r.$get(5)?,
+            outcome: $r.$get(6)?,
+            ended: $r.$get(7)?,
+            error: $r.$get(8)?,
+        }
+    };
 }
 
 /// The database at the end of a scenario (or at a `check` step).
@@ -231,19 +293,7 @@ impl DbState {
             &tx,
             "SELECT id, status, attempts, max_attempts, interruptions, locked_by, claim_token, claim_epoch, runs
              FROM job_queue ORDER BY id",
-            |r| {
-                Ok(JobRow {
-                    id: r.get(0)?,
-                    status: r.get(1)?,
-                    attempts: r.get(2)?,
-                    max_attempts: r.get(3)?,
-                    interruptions: r.get(4)?,
-                    locked_by: r.get(5)?,
-                    claim_token: r.get(6)?,
-                    claim_epoch: r.get(7)?,
-                    runs: r.get(8)?,
-                })
-            },
+            |r| Ok(job_row!(r, get)),
         )
         .map_err(|e| context("read job_queue", e))?;
 
@@ -251,19 +301,7 @@ impl DbState {
             &tx,
             "SELECT id, job_id, run, attempt, epoch, claim_token, outcome, ended_at IS NOT NULL, error
              FROM job_runs ORDER BY id",
-            |r| {
-                Ok(RunRow {
-                    id: r.get(0)?,
-                    job_id: r.get(1)?,
-                    run: r.get(2)?,
-                    attempt: r.get(3)?,
-                    epoch: r.get(4)?,
-                    claim_token: r.get(5)?,
-                    outcome: r.get(6)?,
-                    ended: r.get(7)?,
-                    error: r.get(8)?,
-                })
-            },
+            |r| Ok(run_row!(r, get)),
         )
         .map_err(|e| context("read job_runs", e))?;
 
@@ -301,72 +339,36 @@ impl DbState {
             .map_err(|e| context("begin", e))?;
         tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", timeout.as_millis().max(1)))
             .map_err(|e| context("statement_timeout", e))?;
-        let jobs = tx
-            .query(
-                "SELECT id, status, attempts::bigint, max_attempts::bigint, interruptions::bigint, locked_by,
-                        claim_token, claim_epoch, runs::bigint
-                 FROM job_queue ORDER BY id",
-                &[],
-            )
-            .map_err(|e| context("read job_queue", e))?
-            .iter()
-            .map(|r| {
-                Ok(JobRow {
-                    id: r.try_get(0)?,
-                    status: r.try_get(1)?,
-                    attempts: r.try_get(2)?,
-                    max_attempts: r.try_get(3)?,
-                    interruptions: r.try_get(4)?,
-                    locked_by: r.try_get(5)?,
-                    claim_token: r.try_get(6)?,
-                    claim_epoch: r.try_get(7)?,
-                    runs: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<Vec<_>, postgres::Error>>()
-            .map_err(|e| context("read job_queue", e))?;
-        let runs = tx
-            .query(
-                "SELECT id, job_id, run::bigint, attempt::bigint, epoch, claim_token, outcome,
-                        ended_at IS NOT NULL, error
-                 FROM job_runs ORDER BY id",
-                &[],
-            )
-            .map_err(|e| context("read job_runs", e))?
-            .iter()
-            .map(|r| {
-                Ok(RunRow {
-                    id: r.try_get(0)?,
-                    job_id: r.try_get(1)?,
-                    run: r.try_get(2)?,
-                    attempt: r.try_get(3)?,
-                    epoch: r.try_get(4)?,
-                    claim_token: r.try_get(5)?,
-                    outcome: r.try_get(6)?,
-                    ended: r.try_get(7)?,
-                    error: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<Vec<_>, postgres::Error>>()
-            .map_err(|e| context("read job_runs", e))?;
-        let workers = tx
-            .query(
-                "SELECT incarnation, name, fenced_at IS NOT NULL, stopped_at IS NOT NULL
-                 FROM homer_workers ORDER BY incarnation",
-                &[],
-            )
-            .map_err(|e| context("read homer_workers", e))?
-            .iter()
-            .map(|r| {
+        let jobs = pg_rows(
+            &mut tx,
+            "SELECT id, status, attempts::bigint, max_attempts::bigint, interruptions::bigint, locked_by,
+                    claim_token, claim_epoch, runs::bigint
+             FROM job_queue ORDER BY id",
+            |r| Ok(job_row!(r, try_get)),
+        )
+        .map_err(|e| context("read job_queue", e))?;
+        let runs = pg_rows(
+            &mut tx,
+            "SELECT id, job_id, run::bigint, attempt::bigint, epoch, claim_token, outcome,
+                    ended_at IS NOT NULL, error
+             FROM job_runs ORDER BY id",
+            |r| Ok(run_row!(r, try_get)),
+        )
+        .map_err(|e| context("read job_runs", e))?;
+        let workers = pg_rows(
+            &mut tx,
+            "SELECT incarnation, name, fenced_at IS NOT NULL, stopped_at IS NOT NULL
+             FROM homer_workers ORDER BY incarnation",
+            |r| {
                 Ok(WorkerRow {
                     incarnation: r.try_get(0)?,
                     name: r.try_get(1)?,
                     fenced: r.try_get(2)?,
                     stopped: r.try_get(3)?,
                 })
-            })
-            .collect::<Result<Vec<_>, postgres::Error>>()
-            .map_err(|e| context("read homer_workers", e))?;
+            },
+        )
+        .map_err(|e| context("read homer_workers", e))?;
         tx.rollback().map_err(|e| context("end read transaction", e))?;
         let leader_epoch = workers.iter().map(|w| w.incarnation).max().unwrap_or(0);
         Ok(DbState { jobs, runs, leader_epoch, integrity: String::from("ok"), workers })
@@ -415,6 +417,15 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Every row `sql` returns, mapped by `row`.
+/// Every row of a PostgreSQL query with no parameters, mapped by `row`.
+fn pg_rows<T>(
+    tx: &mut postgres::Transaction<'_>,
+    sql: &str,
+    row: impl FnMut(&postgres::Row) -> Result<T, postgres::Error>,
+) -> Result<Vec<T>, postgres::Error> {
+    tx.query(sql, &[])?.iter().map(row).collect()
+}
+
 fn all_rows<T>(
     tx: &rusqlite::Transaction<'_>,
     sql: &str,
@@ -578,17 +589,7 @@ mod tests {
         assert_eq!(state.jobs.len(), 2);
         assert_eq!(
             state.jobs[1],
-            JobRow {
-                id: 2,
-                status: String::from("running"),
-                attempts: 2,
-                max_attempts: 3,
-                interruptions: 0,
-                locked_by: Some(String::from("w")),
-                claim_token: Some(String::from("tok2")),
-                claim_epoch: Some(4),
-                runs: 2,
-            }
+            JobRow { attempts: 2, runs: 2, ..JobRow::unclaimed(2, "running").held("w", "tok2", 4) }
         );
         assert!(state.jobs[0].is_terminal() && !state.jobs[1].is_terminal());
         assert_eq!(
@@ -648,27 +649,13 @@ mod tests {
             state,
             DbState {
                 jobs: vec![
+                    JobRow::unclaimed(1, "completed"),
                     JobRow {
-                        id: 1,
-                        status: String::from("completed"),
-                        attempts: 1,
-                        max_attempts: 3,
-                        interruptions: 0,
-                        locked_by: None,
-                        claim_token: None,
-                        claim_epoch: None,
-                        runs: 1,
-                    },
-                    JobRow {
-                        id: 2,
-                        status: String::from("running"),
                         attempts: 2,
                         max_attempts: 5,
                         interruptions: 1,
-                        locked_by: Some(String::from("w")),
-                        claim_token: Some(String::from("tok2")),
-                        claim_epoch: Some(2),
                         runs: 2,
+                        ..JobRow::unclaimed(2, "running").held("w", "tok2", 2)
                     },
                 ],
                 runs: vec![

@@ -472,6 +472,14 @@ mod tests {
             Fixture { dir, log, bytes: Vec::new(), pid: 0x7fff_fff0, op: 0 }
         }
 
+        /// A fixture whose directory holds one file, `name` with `content`: the fixture, the
+        /// file's path.
+        fn with_file(name: &str, content: &[u8]) -> (Fixture, PathBuf) {
+            let f = Fixture::new();
+            let p = f.file(name, content);
+            (f, p)
+        }
+
         fn file(&self, name: &str, content: &[u8]) -> PathBuf {
             let p = self.dir.path().join(name);
             std::fs::write(&p, content).unwrap();
@@ -503,13 +511,18 @@ mod tests {
             self.bytes.extend_from_slice(&encode(r));
         }
 
+        /// Appends a record of `kind` to the log, as [`Fixture::rec`] makes it.
+        fn record(&mut self, kind: Kind, path: &Path, offset: u64, length: u64, pre: &[u8]) {
+            let r = self.rec(kind, path, offset, length, pre);
+            self.push(&r);
+        }
+
         /// Records a write, then does it (what the recorder does).
         fn write(&mut self, path: &Path, offset: u64, data: &[u8]) {
             let now = std::fs::read(path).unwrap();
             let end = (offset as usize + data.len()).min(now.len());
             let pre = if (offset as usize) < now.len() { now[offset as usize..end].to_vec() } else { Vec::new() };
-            let r = self.rec(Kind::Write, path, offset, data.len() as u64, &pre);
-            self.push(&r);
+            self.record(Kind::Write, path, offset, data.len() as u64, &pre);
             let f = OpenOptions::new().write(true).open(path).unwrap();
             f.write_all_at(data, offset).unwrap();
         }
@@ -517,113 +530,104 @@ mod tests {
         fn truncate(&mut self, path: &Path, size: u64) {
             let now = std::fs::read(path).unwrap();
             let pre = if (size as usize) < now.len() { now[size as usize..].to_vec() } else { Vec::new() };
-            let r = self.rec(Kind::Truncate, path, size, 0, &pre);
-            self.push(&r);
+            self.record(Kind::Truncate, path, size, 0, &pre);
             OpenOptions::new().write(true).open(path).unwrap().set_len(size).unwrap();
         }
 
         /// A completed fsync that began now.
         fn sync(&mut self, path: &Path) {
             let began = self.bytes.len() as u64;
-            let r = self.rec(Kind::Sync, path, began, 0, &[]);
-            self.push(&r);
+            self.record(Kind::Sync, path, began, 0, &[]);
         }
 
         fn apply(&self) -> Result<PowerLossReport, String> {
             std::fs::write(&self.log, &self.bytes).unwrap();
             apply_power_loss(&self.log)
         }
+
+        /// Applies the log, which must succeed and leave `path` holding `expected` (`why`
+        /// says what that means, when it needs saying): the report.
+        #[track_caller]
+        fn apply_leaving(&self, path: &Path, expected: &[u8], why: &str) -> PowerLossReport {
+            let report = self.apply().unwrap();
+            assert_eq!(std::fs::read(path).unwrap(), expected, "{why}");
+            report
+        }
     }
 
     #[test]
     fn a_synced_write_is_kept_and_an_unsynced_one_reverted() {
-        let mut f = Fixture::new();
-        let db = f.file("homer.db", b"aaaaaaaa");
+        let (mut f, db) = Fixture::with_file("homer.db", b"aaaaaaaa");
         f.write(&db, 0, b"XX");
         f.sync(&db);
         f.write(&db, 4, b"YY");
         assert_eq!(std::fs::read(&db).unwrap(), b"XXaaYYaa");
-        let report = f.apply().unwrap();
-        assert_eq!(std::fs::read(&db).unwrap(), b"XXaaaaaa", "the synced write stays, the other goes");
+        let report = f.apply_leaving(&db, b"XXaaaaaa", "the synced write stays, the other goes");
         assert_eq!(report.files.len(), 1);
         assert_eq!((report.files[0].ops_reverted, report.files[0].bytes_reverted, report.files[0].ops_kept), (1, 2, 1));
     }
 
     #[test]
     fn an_extension_is_reverted_by_truncating_back() {
-        let mut f = Fixture::new();
-        let wal = f.file("homer.db-wal", b"head");
+        let (mut f, wal) = Fixture::with_file("homer.db-wal", b"head");
         f.sync(&wal);
         f.write(&wal, 4, b"frame-1");
         f.write(&wal, 20, b"frame-2"); // past the end: a hole, then data
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), 27);
-        let report = f.apply().unwrap();
-        assert_eq!(std::fs::read(&wal).unwrap(), b"head");
+        let report = f.apply_leaving(&wal, b"head", "");
         assert_eq!((report.files[0].size_was, report.files[0].size_now), (27, 4));
     }
 
     #[test]
     fn a_truncation_is_reverted_with_the_bytes_it_cut_off() {
-        let mut f = Fixture::new();
-        let wal = f.file("homer.db-wal", b"0123456789");
+        let (mut f, wal) = Fixture::with_file("homer.db-wal", b"0123456789");
         f.truncate(&wal, 3);
         f.write(&wal, 1, b"ab"); // overlapping the cut, then extending nothing
-        let report = f.apply().unwrap();
-        assert_eq!(std::fs::read(&wal).unwrap(), b"0123456789");
+        let report = f.apply_leaving(&wal, b"0123456789", "");
         assert_eq!(report.files[0].ops_reverted, 2);
     }
 
     #[test]
     fn a_sync_covers_only_what_was_recorded_before_it_began() {
-        let mut f = Fixture::new();
-        let db = f.file("homer.db", b"........");
+        let (mut f, db) = Fixture::with_file("homer.db", b"........");
         let began = f.bytes.len() as u64;
         // Another process's write lands while the fsync runs: its record comes after the
         // fsync began, so it may have missed it, although the SYNC record comes later.
         f.write(&db, 0, b"late");
-        let r = f.rec(Kind::Sync, &db, began, 0, &[]);
-        f.push(&r);
-        f.apply().unwrap();
-        assert_eq!(std::fs::read(&db).unwrap(), b"........");
+        f.record(Kind::Sync, &db, began, 0, &[]);
+        f.apply_leaving(&db, b"........", "");
     }
 
     #[test]
     fn files_are_tracked_by_inode_across_a_link_and_skipped_when_gone() {
-        let mut f = Fixture::new();
-        let tmp = f.file(".homer.db.tmp-1", b"v1v1");
+        let (mut f, tmp) = Fixture::with_file(".homer.db.tmp-1", b"v1v1");
         f.write(&tmp, 0, b"v2");
         let db = f.dir.path().join("homer.db");
         std::fs::hard_link(&tmp, &db).unwrap();
         std::fs::remove_file(&tmp).unwrap();
-        let open = f.rec(Kind::Open, &db, 4, 0, &[]);
-        f.push(&open);
+        f.record(Kind::Open, &db, 4, 0, &[]);
         let gone = f.file("homer.db-journal", b"jjjj");
         f.write(&gone, 0, b"JJ");
         std::fs::remove_file(&gone).unwrap();
-        let report = f.apply().unwrap();
-        assert_eq!(std::fs::read(&db).unwrap(), b"v1v1", "reverted under the name it was linked to");
+        let report = f.apply_leaving(&db, b"v1v1", "reverted under the name it was linked to");
         assert_eq!(report.skipped.len(), 1, "{report:?}");
         assert!(report.skipped[0].0.ends_with("homer.db-journal"));
     }
 
     #[test]
     fn an_unlinked_file_never_lends_its_writes_to_a_file_reusing_its_inode() {
-        let mut f = Fixture::new();
-        let wal = f.file("homer.db-wal", b"new file");
+        let (mut f, wal) = Fixture::with_file("homer.db-wal", b"new file");
         // Records of an earlier file with this (dev, ino), which SQLite then deleted: the
         // file now at the path, with the same inode, must not be touched.
         f.write(&wal, 0, b"old!");
-        let unlink = f.rec(Kind::Unlink, &wal, 0, 0, &[]);
-        f.push(&unlink);
-        let report = f.apply().unwrap();
-        assert_eq!(std::fs::read(&wal).unwrap(), b"old!file", "left as it is");
+        f.record(Kind::Unlink, &wal, 0, 0, &[]);
+        let report = f.apply_leaving(&wal, b"old!file", "left as it is");
         assert!(report.files.is_empty() && report.skipped.is_empty(), "{report:?}");
     }
 
     #[test]
     fn a_torn_record_is_ignored_and_the_records_after_it_are_read() {
-        let mut f = Fixture::new();
-        let db = f.file("homer.db", b"abcdef");
+        let (mut f, db) = Fixture::with_file("homer.db", b"abcdef");
         f.sync(&db);
         // A process killed mid-append leaves half a record; its write never happened.
         let torn = f.rec(Kind::Write, &db, 0, 6, b"abcdef");
@@ -638,14 +642,12 @@ mod tests {
         f.bytes.extend_from_slice(&bytes[..10]);
         log = parse_log(&f.bytes);
         assert_eq!((log.records.len(), log.torn), (2, 2));
-        f.apply().unwrap();
-        assert_eq!(std::fs::read(&db).unwrap(), b"abcdef");
+        f.apply_leaving(&db, b"abcdef", "");
     }
 
     #[test]
     fn the_cut_is_reported_and_a_log_applies_once() {
-        let mut f = Fixture::new();
-        let db = f.file("homer.db", b"aa");
+        let (mut f, db) = Fixture::with_file("homer.db", b"aa");
         f.write(&db, 0, b"b");
         let mut cut = f.rec(Kind::Cut, &db, 0, 0, &[]);
         cut.op = 2;
@@ -672,8 +674,7 @@ mod tests {
 
     #[test]
     fn ops_are_counted_per_process() {
-        let mut f = Fixture::new();
-        let db = f.file("homer.db", b"aa");
+        let (mut f, db) = Fixture::with_file("homer.db", b"aa");
         f.write(&db, 0, b"b");
         f.sync(&db);
         let mut file = std::fs::File::create(&f.log).unwrap();

@@ -214,14 +214,15 @@ fn tmpfs_scenario(last_step: &str) -> String {
     )
 }
 
-/// Whether a tmpfs cannot be mounted here; says why on stderr (the caller then skips).
+/// A working directory for a tmpfs test, or `None` where a tmpfs cannot be mounted here
+/// (it says why on stderr; the caller then skips).
 #[cfg(target_os = "linux")]
-fn tmpfs_unavailable() -> bool {
-    let why = homer_harness::faults::cannot_mount();
-    if let Some(why) = &why {
+fn tmpfs_test_dir() -> Option<tempfile::TempDir> {
+    if let Some(why) = homer_harness::faults::cannot_mount() {
         eprintln!("skipped: {why}");
+        return None;
     }
-    why.is_some()
+    Some(tempfile::tempdir().unwrap())
 }
 
 /// Mount points of this namespace under a sandbox of scenario `name`.
@@ -237,10 +238,7 @@ fn sandbox_mounts(name: &str) -> Vec<PathBuf> {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
-    if tmpfs_unavailable() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = tmpfs_test_dir() else { return };
     let cases = [
         ("tmpfs-passes", linger("1s"), 0),
         ("tmpfs-fails", never("2s"), 1),
@@ -280,10 +278,7 @@ fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_kept_tmpfs_home_is_copied_into_the_sandbox() {
-    if tmpfs_unavailable() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = tmpfs_test_dir() else { return };
     let file = write(dir.path(), "tmpfs-kept.toml", &tmpfs_scenario(&linger("10ms")));
     let out = run(&["run", file.to_str().unwrap(), "--keep"]);
     assert!(out.status.success(), "{out:?}");

@@ -29,20 +29,35 @@ pub fn migrate(ctx: &Context, as_json: bool) -> Result<i32> {
     drop(conn);
     // Reported once the lock is released: a reader that stops reading cannot hold it.
     drop(lock);
-    let db = ctx.paths.database.display();
+    let db = ctx.paths.database.display().to_string();
+    let created = (!existed).then(|| format!("created {db} with {} migrations", MIGRATIONS.len()));
+    report_migrated(as_json, &ctx.paths.database, &db, created, &applied, MIGRATIONS.len())
+}
+
+/// What `migrate` prints on either backend (one JSON shape): `applied` of `total`
+/// migrations to `database` (`shown` in text); `created`, the line saying this run created
+/// the database (on PostgreSQL homerd's schema), if it did.
+fn report_migrated(
+    as_json: bool,
+    database: &impl serde::Serialize,
+    shown: &str,
+    created: Option<String>,
+    applied: &[&str],
+    total: usize,
+) -> Result<i32> {
     if as_json {
         output::json(&serde_json::json!({
-            "database": ctx.paths.database,
-            "created": !existed,
+            "database": database,
+            "created": created.is_some(),
             "applied": applied,
-            "migrations": MIGRATIONS.len(),
+            "migrations": total,
         }))?;
         return Ok(exit::OK);
     }
-    match (existed, applied.len()) {
-        (false, _) => outln!("created {db} with {} migrations", MIGRATIONS.len())?,
-        (true, 0) => outln!("{db} is up to date ({} migrations)", MIGRATIONS.len())?,
-        (true, n) => outln!("applied {n} migration(s) to {db}: {}", applied.join(", "))?,
+    match (created, applied.len()) {
+        (Some(line), _) => outln!("{line}")?,
+        (None, 0) => outln!("{shown} is up to date ({total} migrations)")?,
+        (None, n) => outln!("applied {n} migration(s) to {shown}: {}", applied.join(", "))?,
     }
     Ok(exit::OK)
 }
@@ -105,20 +120,7 @@ fn migrate_postgres(ctx: &Context, url: &str, as_json: bool) -> Result<i32> {
     let shown = pg.shown();
     let applied = schema::migrate(&mut pg.client, &shown)?;
     drop(pg);
-    let created = !applied.is_empty() && applied.len() == MIGRATIONS.len();
-    if as_json {
-        output::json(&serde_json::json!({
-            "database": shown,
-            "created": created,
-            "applied": applied,
-            "migrations": MIGRATIONS.len(),
-        }))?;
-        return Ok(exit::OK);
-    }
-    match (created, applied.len()) {
-        (true, _) => outln!("created homerd's schema in {shown} with {} migrations", MIGRATIONS.len())?,
-        (false, 0) => outln!("{shown} is up to date ({} migrations)", MIGRATIONS.len())?,
-        (false, n) => outln!("applied {n} migration(s) to {shown}: {}", applied.join(", "))?,
-    }
-    Ok(exit::OK)
+    let created = (!applied.is_empty() && applied.len() == MIGRATIONS.len())
+        .then(|| format!("created homerd's schema in {shown} with {} migrations", MIGRATIONS.len()));
+    report_migrated(as_json, &shown, &shown, created, &applied, MIGRATIONS.len())
 }

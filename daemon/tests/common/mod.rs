@@ -110,6 +110,21 @@ impl Sandbox {
         Some(c)
     }
 
+    /// For a test of what uid 65534 cannot do once root set things up: a sandbox that uid
+    /// 65534 may search (0755) and a [`Sandbox::cmd_as_65534`] command. `None` (said on
+    /// stderr, with `why` the test needs root) when not root or setpriv is missing.
+    pub fn for_65534(why: &str) -> Option<(Sandbox, Command)> {
+        use std::os::unix::fs::PermissionsExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("NOT RUN: needs root {why}");
+            return None;
+        }
+        let sb = Sandbox::new();
+        let c = sb.cmd_as_65534()?;
+        std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Some((sb, c))
+    }
+
     /// Creates the home with a database stopped after its first `n` migrations.
     pub fn db_migrated_to(&self, n: usize) {
         std::fs::create_dir_all(self.home()).unwrap();
@@ -149,6 +164,16 @@ pub struct Output {
 }
 
 impl Output {
+    /// Asserts a `doctor` report: exit `code`, and each of `lines` in it (e.g.
+    /// `FAIL migrations`).
+    #[track_caller]
+    pub fn assert_doctor(&self, code: i32, lines: &[&str]) {
+        assert_eq!(self.code, Some(code), "doctor should exit {code}: {}", self.stdout);
+        for line in lines {
+            assert!(self.stdout.contains(line), "expected {line:?}: {}", self.stdout);
+        }
+    }
+
     pub fn events(&self) -> Vec<Value> {
         self.stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
@@ -314,6 +339,21 @@ pub fn active(sb: &Sandbox, extra: &[&str]) -> Daemon {
     d
 }
 
+/// A fresh sandbox and a daemon active in it ([`active`] with no extra arguments).
+pub fn active_sandbox() -> (Sandbox, Daemon) {
+    let sb = Sandbox::new();
+    let d = active(&sb, &[]);
+    (sb, d)
+}
+
+/// A fresh sandbox and a daemon active in it on the engine timings ([`active_engine`]
+/// with no extra arguments).
+pub fn engine_sandbox() -> (Sandbox, Daemon) {
+    let sb = Sandbox::new();
+    let d = active_engine(&sb, &[]);
+    (sb, d)
+}
+
 /// Engine timings for tests: everything fast (`FAST`, short backoff and shutdown
 /// grace), then `extra`.
 pub fn engine_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
@@ -337,6 +377,14 @@ pub fn enqueue(sb: &Sandbox, args: &[&str]) -> i64 {
     let out = sb.run(&all);
     assert_eq!(out.code, Some(0), "enqueue {args:?}: {}", out.stderr);
     out.stdout.trim().parse().unwrap_or_else(|_| panic!("enqueue printed {:?}", out.stdout))
+}
+
+/// [`enqueue`]s a job, then waits for `d` to report its `event` (e.g. `job.completed`):
+/// the job's id.
+pub fn enqueue_until(sb: &Sandbox, d: &mut Daemon, event: &str, args: &[&str]) -> i64 {
+    let id = enqueue(sb, args);
+    wait_job_event(d, event, id);
+    id
 }
 
 /// Waits for the event `name` of job `id` (seen or new).

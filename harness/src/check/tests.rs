@@ -108,26 +108,11 @@ fn db(jobs: Vec<JobRow>, runs: Vec<RunRow>, leader_epoch: i64) -> DbState {
 }
 
 fn job(id: i64, status: &str) -> JobRow {
-    JobRow {
-        id,
-        status: status.into(),
-        attempts: 1,
-        max_attempts: 3,
-        interruptions: 0,
-        locked_by: None,
-        claim_token: None,
-        claim_epoch: None,
-        runs: 1,
-    }
+    JobRow::unclaimed(id, status)
 }
 
 fn running(id: i64, token: &str, epoch: i64) -> JobRow {
-    JobRow {
-        locked_by: Some(String::from("host:1")),
-        claim_token: Some(token.into()),
-        claim_epoch: Some(epoch),
-        ..job(id, "running")
-    }
+    job(id, "running").held("host:1", token, epoch)
 }
 
 /// Run row ids are assigned in the order rows are listed (commit order).
@@ -283,12 +268,17 @@ fn lock_holders_accepts_release_death_and_a_fresh_inode() {
     assert_passes(lock_holders(&h));
 }
 
+/// a locks inode 7, then b starts and locks inode 7 too.
+fn both_lock_7() -> Hb {
+    Hb::default().daemon("a", 100).acquired("a", 7).daemon("b", 200).acquired("b", 7)
+}
+
 #[test]
 fn lock_holders_rejects_a_second_holder_of_a_live_holders_inode() {
-    let h = Hb::default().daemon("a", 100).acquired("a", 7).daemon("b", 200).acquired("b", 7).build();
+    let h = both_lock_7().build();
     assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
     // The first holder exits only after the second acquired: still two holders.
-    let h = Hb::default().daemon("a", 100).acquired("a", 7).daemon("b", 200).acquired("b", 7).exit("a", None).build();
+    let h = both_lock_7().exit("a", None).build();
     assert_rejects(lock_holders(&h), LOCK_HOLDERS, "exit at");
 }
 
@@ -322,18 +312,10 @@ fn lock_holders_ends_a_killed_holders_hold_when_the_kill_was_sent() {
     assert_passes(lock_holders(&h));
     // The same order without a kill from the harness (a exits by itself later) is two
     // holders: nothing else ends a hold early.
-    let h =
-        Hb::default().daemon("a", 100).acquired("a", 7).daemon("b", 200).acquired("b", 7).exit("a", Some(9)).build();
+    let h = both_lock_7().exit("a", Some(9)).build();
     assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
     // A lock reported before the kill was sent is still a second holder.
-    let h = Hb::default()
-        .daemon("a", 100)
-        .acquired("a", 7)
-        .daemon("b", 200)
-        .acquired("b", 7)
-        .kill("a")
-        .exit("a", Some(9))
-        .build();
+    let h = both_lock_7().kill("a").exit("a", Some(9)).build();
     assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
 }
 

@@ -203,34 +203,16 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
     }
     procs::close_marker(&marker);
     if !survivors.is_empty() && matches!(outcome, Outcome::Passed) {
-        outcome = Outcome::Failed(Failure {
-            step: None,
-            what: String::from("cleanup"),
-            expected: String::from("no process started by the scenario alive after SIGKILL"),
-            actual: format!("still alive: {survivors:?}"),
-            logs: Vec::new(),
-            timeline: None,
-        });
+        let alive = format!("still alive: {survivors:?}");
+        outcome =
+            Outcome::Failed(stage_failure("cleanup", "no process started by the scenario alive after SIGKILL", alive));
     }
     if !unmount_errors.is_empty() && !matches!(outcome, Outcome::Failed(_)) {
-        outcome = Outcome::Failed(Failure {
-            step: None,
-            what: String::from("cleanup"),
-            expected: String::from("the tmpfs home unmounted"),
-            actual: unmount_errors.join("; "),
-            logs: Vec::new(),
-            timeline: None,
-        });
+        outcome = Outcome::Failed(stage_failure("cleanup", "the tmpfs home unmounted", unmount_errors.join("; ")));
     }
     if !pg_errors.is_empty() && !matches!(outcome, Outcome::Failed(_)) {
-        outcome = Outcome::Failed(Failure {
-            step: None,
-            what: String::from("cleanup"),
-            expected: String::from("the run's PostgreSQL server stopped"),
-            actual: pg_errors.join("; "),
-            logs: Vec::new(),
-            timeline: None,
-        });
+        outcome =
+            Outcome::Failed(stage_failure("cleanup", "the run's PostgreSQL server stopped", pg_errors.join("; ")));
     }
     if let Outcome::Failed(f) = &mut outcome {
         if f.logs.is_empty() {
@@ -306,11 +288,16 @@ fn skip_reason(sc: &Scenario) -> Option<String> {
 }
 
 fn setup_failure(msg: String) -> Failure {
+    stage_failure("setup", "the run set up: its sandbox, and on PostgreSQL its hosts and server", msg)
+}
+
+/// A failure outside every step (`what`: `setup` or `cleanup`).
+fn stage_failure(what: &str, expected: &str, actual: String) -> Failure {
     Failure {
         step: None,
-        what: String::from("setup"),
-        expected: String::from("the run set up: its sandbox, and on PostgreSQL its hosts and server"),
-        actual: msg,
+        what: what.to_owned(),
+        expected: expected.to_owned(),
+        actual,
         logs: Vec::new(),
         timeline: None,
     }

@@ -24,7 +24,7 @@
 
 pub(crate) mod kit;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub(crate) mod tree;
 
 use std::fmt;

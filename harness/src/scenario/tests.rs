@@ -1,5 +1,5 @@
 //! The parser's tests: every verb's vocabulary, and each rejection's position, key and
-//! message.
+//! message. The helpers are the steps' too (a verb module's own parsing tests).
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,9 +11,9 @@ use crate::steps::signal::{parse_sig, Sig};
 use crate::steps::snapshot::SnapshotPart;
 use crate::steps::wait::{Wait, WaitFor};
 
-const HEADER: &str = "description = \"d\"\ncovers = [\"test\"]\nmutant = \"m\"\n";
+pub(crate) const HEADER: &str = "description = \"d\"\ncovers = [\"test\"]\nmutant = \"m\"\n";
 
-fn parse(text: &str) -> Result<Scenario, ParseError> {
+pub(crate) fn parse(text: &str) -> Result<Scenario, ParseError> {
     parse_str(Path::new("scenarios/t.toml"), text)
 }
 
@@ -30,6 +30,15 @@ fn assert_err(e: &ParseError, line: usize, col: usize, key: &str, fragment: &str
     assert_eq!((e.line, e.col, e.key.as_str()), (line, col, key), "{e}");
     assert!(e.message.contains(fragment), "message lacks {fragment:?}: {e}");
     assert_eq!(e.file, Path::new("scenarios/t.toml"));
+}
+
+/// Each case `(body, line, col, key, fragment)`: `prefix` then `body` is refused as
+/// [`assert_err`] checks.
+#[track_caller]
+pub(crate) fn assert_rejections(prefix: &str, cases: &[(&str, usize, usize, &str, &str)]) {
+    for (body, line, col, key, fragment) in cases {
+        assert_err(&err(&format!("{prefix}{body}")), *line, *col, key, fragment);
+    }
 }
 
 #[test]
@@ -152,9 +161,7 @@ fn other_rejections() {
         ("requires = [\"windows\"]\n[[step]]\nstart = \"a\"\n", 4, 13, "requires[1]", "\"linux\""),
         ("step = []\n", 4, 8, "step", "at least one [[step]]"),
     ];
-    for (body, line, col, key, fragment) in cases {
-        assert_err(&err(&format!("{HEADER}{body}")), *line, *col, key, fragment);
-    }
+    assert_rejections(HEADER, cases);
 }
 
 #[test]
@@ -648,9 +655,7 @@ fn fault_vocabulary_rejections() {
         ("home_size = \"2m\"\n[[step]]\nstart = \"a\"\n", 4, 1, "home_size", "requires = [\"tmpfs\"]"),
         ("requires = [\"tmpf\"]\n[[step]]\nstart = \"a\"\n", 4, 13, "requires[1]", "\"tmpfs\""),
     ];
-    for (body, line, col, key, fragment) in cases {
-        assert_err(&err(&format!("{HEADER}{body}")), *line, *col, key, fragment);
-    }
+    assert_rejections(HEADER, cases);
     let tmpfs = "requires = [\"tmpfs\"]\n";
     for (size, col) in [("\"2 furlongs\"", 13), ("\"2g\"", 13), ("100", 13), ("\"1.5m\"", 13), ("true", 13)] {
         let e = err(&format!("{HEADER}{tmpfs}home_size = {size}\n[[step]]\nstart = \"a\"\n"));
@@ -720,9 +725,7 @@ fn power_loss_rejections() {
         ("[[step]]\nenqueue = \"noop\"\narm = 5\n", 6, 1, "step[1].arm", "needs `power_loss = true`"),
         ("[[step]]\ncli = [\"migrate\"]\narm = 5\n", 6, 1, "step[1].arm", "needs `power_loss = true`"),
     ];
-    for (body, line, col, key, fragment) in cases {
-        assert_err(&err(&format!("{HEADER}{body}")), *line, *col, key, fragment);
-    }
+    assert_rejections(HEADER, cases);
     // With the header (one line more above the steps).
     let cases: &[(&str, usize, usize, &str, &str)] = &[
         ("[[step]]\npower_loss = \"on\"\n", 6, 14, "step[1].power_loss", "expected \"cut\""),
@@ -744,9 +747,7 @@ fn power_loss_rejections() {
         ("[[step]]\ncli = [\"migrate\"]\ncode = 0\narm = 5\n", 7, 1, "step[1].code", "an armed `cli`"),
         ("[[step]]\ncheck = \"invariants\"\narm = 5\n", 7, 1, "step[1].arm", "unknown option `arm`"),
     ];
-    for (body, line, col, key, fragment) in cases {
-        assert_err(&err(&format!("{HEADER}{pl}{body}")), *line, *col, key, fragment);
-    }
+    assert_rejections(&format!("{HEADER}{pl}"), cases);
 }
 
 #[test]

@@ -25,7 +25,7 @@ impl Verb for Check {
         if v.str() != Some("invariants") {
             return Err(cx.wrong(v, "\"invariants\""));
         }
-        cx.only(t, &[&["check"], Self::OPTIONS].concat(), "`check`")?;
+        Self::only_its_options(cx, t)?;
         let mut allow = Vec::new();
         if let Some(f) = t.get("allow") {
             for (i, node) in cx.array(&f, "an array of statuses like [\"pending\"]")?.iter().enumerate() {

@@ -29,7 +29,7 @@ impl Verb for Cli {
         &["code", "stdout", "stderr", "unprivileged", "env", "no_settings", "timeout", "arm"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Cli> {
-        cx.only(t, &[&["cli"], Self::OPTIONS].concat(), "`cli`")?;
+        Self::only_its_options(cx, t)?;
         let arm = cx.arm(t)?;
         if let (Some(_), Some(f)) = (arm, t.get("code")) {
             return Err(cx.err(

@@ -15,7 +15,7 @@ impl Verb for Clock {
     const OPTIONS: &'static [&'static str] = &[];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Clock> {
-        cx.only(t, &["clock"], "`clock`")?;
+        Self::only_its_options(cx, t)?;
         Ok(Clock { step_ms: cx.signed_ms(v)? })
     }
 

@@ -77,7 +77,7 @@ impl Verb for Enqueue {
             Some(k) if ENQUEUE_KINDS.contains(&k) => k.to_owned(),
             _ => return Err(cx.wrong(v, &format!("a job kind, one of {}", one_of(ENQUEUE_KINDS)))),
         };
-        cx.only(t, &[&["enqueue"], Self::OPTIONS].concat(), "`enqueue`")?;
+        Self::only_its_options(cx, t)?;
         if kind != "probe" {
             if let Some(e) = t.sorted().into_iter().find(|e| PROBE_OPTS.contains(&e.key.as_str())) {
                 return Err(cx.err(

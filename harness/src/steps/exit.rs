@@ -23,7 +23,7 @@ impl Verb for ExpectExit {
     const OPTIONS: &'static [&'static str] = &["count", "code", "stdout", "stderr", "timeout"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<ExpectExit> {
-        cx.only(t, &[&["exit"], Self::OPTIONS].concat(), "`exit`")?;
+        Self::only_its_options(cx, t)?;
         Ok(ExpectExit {
             target: cx.text(v)?,
             count: cx.opt(t, "count", |cx, f| cx.count(f, 1))?,

@@ -19,7 +19,7 @@ impl Verb for ExpectEvents {
     const OPTIONS: &'static [&'static str] = &["target", "fields", "min", "max"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<ExpectEvents> {
-        cx.only(t, &[&["expect_events"], Self::OPTIONS].concat(), "`expect_events`")?;
+        Self::only_its_options(cx, t)?;
         let max = cx.opt(t, "max", |cx, f| cx.count(f, 0))?;
         // `max = 0` alone asserts "none": the default `min` of 1 gives way.
         let min = cx.opt(t, "min", |cx, f| cx.count(f, 0))?.unwrap_or(max.map_or(1, |max| max.min(1)));

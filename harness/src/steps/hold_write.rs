@@ -17,7 +17,7 @@ impl Verb for HoldWrite {
     const OPTIONS: &'static [&'static str] = &[];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<HoldWrite> {
-        cx.only(t, &["hold_write"], "`hold_write`")?;
+        Self::only_its_options(cx, t)?;
         Ok(HoldWrite { duration: cx.duration(v)? })
     }
 

@@ -43,8 +43,14 @@ pub(crate) trait Verb: Sized {
     const OPTIONS: &'static [&'static str];
 
     /// Validate the step table `t` whose verb key holds `v`. Reject every key outside the
-    /// verb's options (`cx.only`), and every value of the wrong shape, with its position.
+    /// verb's options ([`Verb::only_its_options`], or `cx.only` for a verb whose options
+    /// depend on its form), and every value of the wrong shape, with its position.
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Self>;
+
+    /// Reject every key of `t` but [`Verb::KEY`] and [`Verb::OPTIONS`].
+    fn only_its_options(cx: &Cx<'_>, t: &Tbl<'_>) -> Res<()> {
+        cx.only(t, &[&[Self::KEY], Self::OPTIONS].concat(), &format!("`{}`", Self::KEY))
+    }
 
     /// One line for `harness-logs/steps.log` and failure reports.
     fn summary(&self) -> String;

@@ -64,64 +64,54 @@ fn host_name(cx: &Cx, v: &Field, verb: &str) -> Res<String> {
     Ok(name.to_owned())
 }
 
-impl Verb for Partition {
-    const KEY: &'static str = "partition";
-    const OPTIONS: &'static [&'static str] = &[];
+/// `partition` and `heal` differ only in their words and the `Host` call they make: one
+/// implementation, written once.
+macro_rules! link_verb {
+    ($ty:ident, $key:literal, $summary:literal, $label:literal, $call:ident, $done:literal) => {
+        impl Verb for $ty {
+            const KEY: &'static str = $key;
+            const OPTIONS: &'static [&'static str] = &[];
 
-    fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Partition> {
-        cx.only(t, &["partition"], "`partition`")?;
-        Ok(Partition { host: host_name(cx, v, Self::KEY)? })
-    }
+            fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<$ty> {
+                Self::only_its_options(cx, t)?;
+                Ok($ty { host: host_name(cx, v, Self::KEY)? })
+            }
 
-    fn summary(&self) -> String {
-        format!("partition host {} from the server", self.host)
-    }
+            fn summary(&self) -> String {
+                format!($summary, self.host)
+            }
 
-    fn mark(&self) -> Option<Mark> {
-        Some(Mark { kind: MarkKind::Network, label: format!("partition {}", self.host), target: None })
-    }
+            fn mark(&self) -> Option<Mark> {
+                Some(Mark { kind: MarkKind::Network, label: format!($label, self.host), target: None })
+            }
 
-    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        let host = ctx.host(&self.host)?;
-        if let Err(e) = host.partition() {
-            return fail(format!("host {} partitioned", self.host), e);
+            fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
+                let host = ctx.host(&self.host)?;
+                if let Err(e) = host.$call() {
+                    return fail(format!($done, self.host), e);
+                }
+                Ok(())
+            }
         }
-        Ok(())
-    }
+    };
 }
 
-impl Verb for Heal {
-    const KEY: &'static str = "heal";
-    const OPTIONS: &'static [&'static str] = &[];
-
-    fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Heal> {
-        cx.only(t, &["heal"], "`heal`")?;
-        Ok(Heal { host: host_name(cx, v, Self::KEY)? })
-    }
-
-    fn summary(&self) -> String {
-        format!("heal host {}'s link to the server", self.host)
-    }
-
-    fn mark(&self) -> Option<Mark> {
-        Some(Mark { kind: MarkKind::Network, label: format!("heal {}", self.host), target: None })
-    }
-
-    fn run(&self, ctx: &mut Ctx<'_>) -> Result<(), StepError> {
-        let host = ctx.host(&self.host)?;
-        if let Err(e) = host.heal() {
-            return fail(format!("host {} healed", self.host), e);
-        }
-        Ok(())
-    }
-}
+link_verb!(
+    Partition,
+    "partition",
+    "partition host {} from the server",
+    "partition {}",
+    partition,
+    "host {} partitioned"
+);
+link_verb!(Heal, "heal", "heal host {}'s link to the server", "heal {}", heal, "host {} healed");
 
 impl Verb for Delay {
     const KEY: &'static str = "delay";
     const OPTIONS: &'static [&'static str] = &["by", "jitter"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Delay> {
-        cx.only(t, &[&["delay"], Self::OPTIONS].concat(), "`delay`")?;
+        Self::only_its_options(cx, t)?;
         let host = host_name(cx, v, Self::KEY)?;
         let Some(by) = cx.opt(t, "by", Cx::duration)? else {
             return Err(cx.err(

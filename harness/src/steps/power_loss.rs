@@ -28,7 +28,7 @@ impl Verb for PowerLoss {
         if v.str() != Some("cut") {
             return Err(cx.wrong(v, "\"cut\" (the header takes `power_loss = true`)"));
         }
-        cx.only(t, &[&["power_loss"], Self::OPTIONS].concat(), "`power_loss`")?;
+        Self::only_its_options(cx, t)?;
         if !cx.power_loss {
             return Err(cx.err(
                 &v.key_span,

@@ -18,7 +18,7 @@ impl Verb for Server {
     const OPTIONS: &'static [&'static str] = &["mode"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Server> {
-        cx.only(t, &[&["server"], Self::OPTIONS].concat(), "`server`")?;
+        Self::only_its_options(cx, t)?;
         if v.str() != Some("restart") {
             return Err(cx.wrong(v, "\"restart\""));
         }

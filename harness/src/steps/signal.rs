@@ -42,7 +42,7 @@ impl Verb for Signal {
     const OPTIONS: &'static [&'static str] = &["sig", "outside_write"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Signal> {
-        cx.only(t, &[&["signal"], Self::OPTIONS].concat(), "`signal`")?;
+        Self::only_its_options(cx, t)?;
         let target = cx.text(v)?;
         let sig = cx.need(t, "sig", &v.key_span, String::from("`signal` needs `sig` (e.g. \"KILL\" or \"TERM\")"))?;
         let signal = sig.str().and_then(parse_sig).ok_or_else(|| {

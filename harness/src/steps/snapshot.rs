@@ -40,7 +40,7 @@ impl Verb for Snapshot {
     const OPTIONS: &'static [&'static str] = &["parts"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Snapshot> {
-        cx.only(t, &[&["snapshot"], Self::OPTIONS].concat(), "`snapshot`")?;
+        Self::only_its_options(cx, t)?;
         let name = match v.str() {
             Some(s)
                 if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) =>

@@ -25,7 +25,7 @@ impl Verb for Sql {
     const OPTIONS: &'static [&'static str] = &["rows", "write", "database"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Sql> {
-        cx.only(t, &[&["sql"], Self::OPTIONS].concat(), "`sql`")?;
+        Self::only_its_options(cx, t)?;
         let query = cx.text(v)?;
         let rows =
             cx.need(t, "rows", &v.key_span, String::from("`sql` needs `rows` (the expected rows, e.g. [[1]])"))?;

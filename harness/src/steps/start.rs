@@ -55,7 +55,7 @@ impl Verb for Start {
     ];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<Start> {
-        cx.only(t, &[&["start"], Self::OPTIONS].concat(), "`start`")?;
+        Self::only_its_options(cx, t)?;
         let start = Start {
             name: cx.name(v)?,
             count: cx.opt(t, "count", |cx, f| cx.count(f, 1))?.unwrap_or(1),

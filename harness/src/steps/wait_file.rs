@@ -24,7 +24,7 @@ impl Verb for WaitFile {
     const OPTIONS: &'static [&'static str] = &["min_size", "timeout"];
 
     fn parse(cx: &mut Cx<'_>, t: &Tbl<'_>, v: &Field<'_>) -> Res<WaitFile> {
-        cx.only(t, &[&[Self::KEY], Self::OPTIONS].concat(), "`wait_file`")?;
+        Self::only_its_options(cx, t)?;
         Ok(WaitFile {
             path: cx.text(v)?,
             min_size: cx
@@ -70,19 +70,17 @@ fn present(path: &Path, min_size: Option<u64>) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::time::{Duration, Instant};
 
     use super::WaitFile;
     use crate::exec::ctx::Ctx;
     use crate::exec::Options;
-    use crate::scenario::{parse_str, Scenario, Step};
+    use crate::scenario::tests::{assert_rejections, HEADER};
+    use crate::scenario::{Scenario, Step};
     use crate::steps::Verb;
 
-    const HEADER: &str = "description = \"d\"\ncovers = [\"test\"]\nmutant = \"m\"\n";
-
     fn parse(body: &str) -> Result<Scenario, crate::scenario::ParseError> {
-        parse_str(Path::new("scenarios/t.toml"), &format!("{HEADER}{body}"))
+        crate::scenario::tests::parse(&format!("{HEADER}{body}"))
     }
 
     #[test]
@@ -112,11 +110,7 @@ mod tests {
             ),
             ("[[step]]\nwait_fil = \"x\"\n", 5, 1, "step[1].wait_fil", "did you mean `wait_file`?"),
         ];
-        for (body, line, col, key, fragment) in cases {
-            let e = parse(body).expect_err(body);
-            assert_eq!((e.line, e.col, e.key.as_str()), (*line, *col, *key), "{e}");
-            assert!(e.message.contains(fragment), "message lacks {fragment:?}: {e}");
-        }
+        assert_rejections(HEADER, cases);
     }
 
     #[test]
