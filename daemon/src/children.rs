@@ -231,6 +231,12 @@ fn spawner_loop(queue: mpsc::Receiver<SpawnJob>) {
     }
 }
 
+/// The threads that copy capped output into the run logs, two per running job, kept for
+/// reuse (`pool.rs`): creating and tearing down two threads per job was a tenth of what
+/// the daemon itself spent on an `exec true` job.
+static OUTPUT: std::sync::LazyLock<crate::pool::Pool> =
+    std::sync::LazyLock::new(|| crate::pool::Pool::new("homerd-output"));
+
 /// Spawns on the calling thread. Only the spawner thread (and tests) may call this.
 fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
     let (child_out, child_err, copiers) = match req.output_cap {
@@ -242,7 +248,7 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
             for path in [req.stdout, req.stderr] {
                 let (read, write) = cloexec_pipe()?;
                 let done = done_tx.clone();
-                std::thread::Builder::new().name(String::from("homerd-output")).spawn(move || {
+                OUTPUT.run(move || {
                     copy_capped(File::from(read), &path, cap);
                     let _ = done.send(());
                 })?;
@@ -258,6 +264,11 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
     let inherited: Vec<(OsString, OsString)> =
         std::env::vars_os().filter(|(key, _)| !denied(key, &req.env_deny_prefixes)).collect();
     let mut cmd = Command::new(program);
+    if program.starts_with("/proc/self/fd") {
+        // The held-open shim (platform::job_shim_program): `ps` shows its name, not the
+        // descriptor's path.
+        cmd.arg0(platform::JOB_SHIM_FILE);
+    }
     // No `pre_exec`: std then spawns with posix_spawn (see the module docs). The read end
     // becomes the child's fd 0 (a dup, so without close-on-exec); this process's copy
     // closes when `cmd` is dropped below.

@@ -4,6 +4,7 @@
 //! one only links what the shim uses, so its `exec` — one per job — is cheaper.
 
 fn main() {
+    homerd::platform::name_job_shim();
     let code = homerd::shim::dispatch(std::env::args_os()).unwrap_or_else(|| {
         eprintln!("homerd-shim: started by the daemon for each job (`homerd-shim job-shim ...`); not for people");
         homerd::shim::EXIT_NOT_RELEASED

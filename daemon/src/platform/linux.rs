@@ -131,6 +131,12 @@ pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     Ok(true)
 }
 
+/// The job shim's process name (`comm`, what `top` and `ps -o comm` show): exec'd
+/// through `/proc/self/fd/N` ([`job_shim_program`]), the kernel named it `N`.
+pub fn name_job_shim() {
+    let _ = rustix::thread::set_name(c"homerd-shim");
+}
+
 /// The id `signal_self` sends to: this thread's (see there).
 pub fn own_signal_target() -> rustix::process::Pid {
     rustix::thread::gettid()

@@ -158,6 +158,9 @@ pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     Ok(false)
 }
 
+/// Nothing to do: the shim is exec'd by its path, whose last part names the process.
+pub fn name_job_shim() {}
+
 /// The id `signal_self` sends to: the process's (see there).
 pub fn own_signal_target() -> rustix::process::Pid {
     rustix::process::getpid()
