@@ -112,7 +112,7 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
     ctx.report.note(format!(
         "exec: from the start of `homerd enqueue --from` ({n} lines, one transaction) against an idle daemon \
          (concurrency {k}, lane cap {k}) to its last job.completed; CPU = user + system time of the daemon and \
-         every descendant it reaped, over its whole life (wait4), start-up and drain included; every job runs held through `homerd job-shim`, in its own process \
+         every descendant it reaped, over its whole life (wait4), start-up and drain included; every job runs held through `homerd-shim`, in its own process \
          group, its identity recorded before release, its output captured to run logs"
     ));
     Ok(())

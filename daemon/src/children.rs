@@ -19,10 +19,13 @@
 //!   `homerd job-shim`, which blocks on a pipe and execs the argv only after
 //!   [`HeldChild::release`] writes a byte. EOF (the daemon died, or dropped the child)
 //!   makes the shim exit without running anything.
-//! - **The shim is the running image, not the file at its path** ([`shim_program`]):
-//!   `/proc/self/exe` on Linux, so replacing or removing the homerd binary while the
-//!   daemon runs (an upgrade) neither breaks new `exec` jobs nor runs a different
-//!   version's shim. macOS has no equivalent; there the `current_exe()` path is used.
+//! - **The shim is a small program of its own, held open** ([`platform::job_shim_program`]):
+//!   `homerd-shim` beside the daemon's executable — its `exec`, paid once per job, costs
+//!   a fraction of exec'ing the daemon's image. On Linux it is opened once and exec'd
+//!   through `/proc/self/fd/N`, and without it the daemon's own image runs `job-shim`
+//!   through `/proc/self/exe` ([`shim_program`]); either way replacing or removing the
+//!   installed files while the daemon runs (an upgrade) neither breaks new `exec` jobs nor
+//!   runs a different version's shim. macOS has no equivalent; there the paths are used.
 //! - **The release pipe is the shim's stdin**, and nothing runs in the forked child before
 //!   `exec`: no `pre_exec` closure, so std starts the shim with `posix_spawn` — a
 //!   `vfork`-style clone that shares the daemon's memory until the `exec` instead of
@@ -105,12 +108,14 @@ pub struct SpawnRequest {
     /// Every inherited variable whose name starts with one of these is removed
     /// (e.g. `HOMERD_`). Variables in `env_set` are not filtered.
     pub env_deny_prefixes: Vec<String>,
-    /// Per-run log files, opened append + create (mode 0600 when created).
+    /// Per-run log files, opened append + create (mode 0600 when created); with
+    /// `output_cap`, only once the program writes to them.
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     /// Bytes kept per output file (`run_log_cap`). `Some`: the child writes into pipes
     /// that copier threads drain into the files up to the cap, dropping the rest (a line
-    /// at the end says how much); `None`: the child writes the files directly.
+    /// at the end says how much), each creating its file at the first byte; `None`: the
+    /// files are created before the child starts, and it writes them directly.
     pub output_cap: Option<u64>,
     /// The job's working directory, entered by the shim after the release (so a
     /// directory that vanished fails the run with its cause on the run's stderr, and the
@@ -141,14 +146,14 @@ pub struct HeldChild {
     copiers: Option<(usize, mpsc::Receiver<()>)>,
 }
 
-/// Starts `req.argv` held: through `homerd job-shim --parent OUR_PID -- argv...` (this
-/// very executable, see [`shim_program`]), in its own process group, blocked until
+/// Starts `req.argv` held: through `homerd-shim job-shim --parent OUR_PID -- argv...` (see
+/// [`platform::job_shim_program`]), in its own process group, blocked until
 /// [`HeldChild::release`].
 ///
 /// Returns once the shim has been exec'd (it is then blocked on the release pipe or about
 /// to be). Runs on the dedicated spawner thread (see the module docs).
 pub fn spawn_held(req: SpawnRequest) -> io::Result<HeldChild> {
-    spawn_held_via(&shim_program(), req)
+    spawn_held_via(&platform::job_shim_program(), req)
 }
 
 /// The program that runs `job-shim`: the running daemon's own executable image.
@@ -226,20 +231,25 @@ fn spawner_loop(queue: mpsc::Receiver<SpawnJob>) {
     }
 }
 
+/// The threads that copy capped output into the run logs, two per running job, kept for
+/// reuse (`pool.rs`): creating and tearing down two threads per job was a tenth of what
+/// the daemon itself spent on an `exec true` job.
+static OUTPUT: std::sync::LazyLock<crate::pool::Pool> =
+    std::sync::LazyLock::new(|| crate::pool::Pool::new("homerd-output"));
+
 /// Spawns on the calling thread. Only the spawner thread (and tests) may call this.
 fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
-    let stdout = open_log(&req.stdout)?;
-    let stderr = open_log(&req.stderr)?;
     let (child_out, child_err, copiers) = match req.output_cap {
-        None => (Stdio::from(stdout), Stdio::from(stderr), None),
+        None => (Stdio::from(open_log(&req.stdout)?), Stdio::from(open_log(&req.stderr)?), None),
         Some(cap) => {
+            // The files are the copiers' to create, at the first byte (see `copy_capped`).
             let (done_tx, done_rx) = mpsc::channel();
             let mut ends = Vec::new();
-            for file in [stdout, stderr] {
+            for path in [req.stdout, req.stderr] {
                 let (read, write) = cloexec_pipe()?;
                 let done = done_tx.clone();
-                std::thread::Builder::new().name(String::from("homerd-output")).spawn(move || {
-                    copy_capped(File::from(read), file, cap);
+                OUTPUT.run(move || {
+                    copy_capped(File::from(read), &path, cap);
                     let _ = done.send(());
                 })?;
                 ends.push(Stdio::from(write));
@@ -254,6 +264,11 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
     let inherited: Vec<(OsString, OsString)> =
         std::env::vars_os().filter(|(key, _)| !denied(key, &req.env_deny_prefixes)).collect();
     let mut cmd = Command::new(program);
+    if program.starts_with("/proc/self/fd") {
+        // The held-open shim (platform::job_shim_program): `ps` shows its name, not the
+        // descriptor's path.
+        cmd.arg0(platform::JOB_SHIM_FILE);
+    }
     // No `pre_exec`: std then spawns with posix_spawn (see the module docs). The read end
     // becomes the child's fd 0 (a dup, so without close-on-exec); this process's copy
     // closes when `cmd` is dropped below.
@@ -324,11 +339,8 @@ impl std::error::Error for PathError {
 /// own failure — its program missing, a non-zero exit — happens after the release, in
 /// the shim or the job, and never reaches here as an error.
 pub fn is_resource_error(e: &io::Error) -> bool {
-    let code = e.raw_os_error().or_else(|| {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<PathError>()).and_then(|p| p.source.raw_os_error())
-    });
     matches!(
-        code,
+        os_code(e),
         Some(
             libc::EMFILE
                 | libc::ENFILE
@@ -342,12 +354,24 @@ pub fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// Copies `from` into `to` up to `cap` bytes, reading (and dropping) the rest until EOF,
-/// then notes how much was dropped. EOF comes when every process holding the write end
-/// is gone: the job's group is killed before its run is recorded.
-fn copy_capped(mut from: File, mut to: File, cap: u64) {
-    use std::io::{Read, Write};
+/// Copies `from` into the run log at `path` up to `cap` bytes, reading (and dropping) the
+/// rest until EOF, then notes how much was dropped. EOF comes when every process holding
+/// the write end is gone: the job's group is killed before its run is recorded.
+///
+/// The file is created when the first byte arrives, not before the job starts: a stream
+/// the program never writes to has no file (`homerd logs` and `show` say so), and a job
+/// that prints nothing costs no file creation — on some file systems (ext4 without a
+/// journal, whose inode allocator skips recently deleted inodes one by one) two creations
+/// were a third of everything an `exec true` job cost. A file that cannot be created is
+/// retried while the daemon is out of descriptors ([`create_log`]: the job waits on its
+/// pipe meanwhile, as on a slow disk); any other failure drops that stream's output, with
+/// a `job.output_lost` warning naming the file — as a full disk already dropped what a
+/// created file could not take.
+fn copy_capped(mut from: File, path: &Path, cap: u64) {
+    use std::io::Read;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut to: Option<File> = None;
+    let mut lost = false;
     let (mut kept, mut dropped) = (0u64, 0u64);
     loop {
         let n = match from.read(&mut buf) {
@@ -356,15 +380,65 @@ fn copy_capped(mut from: File, mut to: File, cap: u64) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        let room = cap.saturating_sub(kept).min(n as u64) as usize;
-        if room > 0 && to.write_all(&buf[..room]).is_ok() {
-            kept += room as u64;
+        if to.is_none() && !lost {
+            match create_log(path) {
+                Ok(file) => to = Some(file),
+                Err(e) => {
+                    lost = true;
+                    crate::events::warn(
+                        "job.output_lost",
+                        "A run log cannot be created: this stream's output is dropped",
+                    )
+                    .field("path", path.display().to_string())
+                    .field("error", e.to_string())
+                    .emit();
+                }
+            }
         }
+        let room = match to.as_mut() {
+            Some(file) => {
+                let room = cap.saturating_sub(kept).min(n as u64) as usize;
+                if room > 0 && file.write_all(&buf[..room]).is_ok() {
+                    kept += room as u64;
+                }
+                room
+            }
+            None => 0,
+        };
         dropped += (n - room) as u64;
     }
-    if dropped > 0 {
-        let _ = writeln!(to, "\n[homerd: {dropped} more bytes dropped: run_log_cap is {cap} bytes]");
+    if let (Some(file), true) = (to.as_mut(), dropped > 0) {
+        let _ = writeln!(file, "\n[homerd: {dropped} more bytes dropped: run_log_cap is {cap} bytes]");
     }
+}
+
+/// How long a run log's creation is retried while the daemon is out of descriptors:
+/// other jobs ending give theirs back. Bounded, because jobs blocked on their pipes
+/// might be all that holds them.
+const DESCRIPTORS_WITHIN: Duration = Duration::from_secs(5);
+
+/// [`open_log`], retried with a growing pause (up to [`DESCRIPTORS_WITHIN`]) while the
+/// failure is EMFILE or ENFILE.
+fn create_log(path: &Path) -> io::Result<File> {
+    let deadline = Instant::now() + DESCRIPTORS_WITHIN;
+    let mut pause = POLL;
+    loop {
+        match open_log(path) {
+            Err(e) if matches!(os_code(&e), Some(libc::EMFILE | libc::ENFILE)) && Instant::now() < deadline => {
+                // A retry of a failing call, not a wait on another thread's event.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The OS error behind `e`, also through a [`PathError`].
+fn os_code(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<PathError>()).and_then(|p| p.source.raw_os_error())
+    })
 }
 
 /// A pipe with both ends close-on-exec (the child gets its end through std's dup2).

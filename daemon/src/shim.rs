@@ -1,5 +1,7 @@
-//! The job shim: `homerd job-shim --parent PID [--cwd DIR] [--nofile N] -- ARGV...` (a
-//! hidden subcommand).
+//! The job shim: `homerd-shim job-shim --parent PID [--cwd DIR] [--nofile N] -- ARGV...`
+//! (`homerd-shim` is this module as a small program of its own, `src/shim_main.rs`; the
+//! same command line also works as a hidden subcommand of `homerd`, the fallback when
+//! `homerd-shim` is not installed beside it). Its messages say `homerd job-shim` either way.
 //!
 //! [`crate::children`] starts every job through this shim so the job is *held*: the shim
 //! is already running in the job's own process group — its pid, pgid and start time can

@@ -501,17 +501,24 @@ enum BinaryChange {
     Removed,
 }
 
-/// Starts a daemon from a private copy of homerd, changes that file as `change` says, then
-/// runs an `exec` job: it must complete (the job shim is the running image, not the file
-/// now at the daemon's path).
+/// Starts a daemon from a private copy of homerd (with `homerd-shim` beside it when
+/// `with_shim`), changes those files as `change` says, then runs an `exec` job: it must
+/// complete (the job shim is the file that was there when the daemon started — held
+/// open — or the running image, not whatever is at those paths now).
 #[cfg(target_os = "linux")]
-fn exec_job_after_binary_change(change: BinaryChange) {
+fn exec_job_after_binary_change(change: BinaryChange, with_shim: bool) {
     use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new();
     let bin_dir = sb.dir.path().join("bin");
     std::fs::create_dir(&bin_dir).unwrap();
     let copy = bin_dir.join("homerd");
     std::fs::copy(bin(), &copy).unwrap();
+    let shim = bin_dir.join("homerd-shim");
+    let mut changed = vec![copy.clone()];
+    if with_shim {
+        std::fs::copy(bin().with_file_name("homerd-shim"), &shim).unwrap();
+        changed.push(shim.clone());
+    }
     // ETXTBSY: a process forked by another test's thread may briefly hold the copy's
     // write descriptor (until its own exec closes it).
     let end = Instant::now() + deadline(10.0);
@@ -527,14 +534,16 @@ fn exec_job_after_binary_change(change: BinaryChange) {
     };
     d.wait_event("daemon.active");
 
-    match change {
-        BinaryChange::Replaced => {
-            let new = bin_dir.join("homerd.new");
-            std::fs::write(&new, "#!/bin/sh\necho \"not the running homerd: $*\" >&2\nexit 97\n").unwrap();
-            std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
-            std::fs::rename(&new, &copy).unwrap();
+    for file in &changed {
+        match change {
+            BinaryChange::Replaced => {
+                let new = bin_dir.join("replacement.new");
+                std::fs::write(&new, "#!/bin/sh\necho \"not the running homerd: $*\" >&2\nexit 97\n").unwrap();
+                std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+                std::fs::rename(&new, file).unwrap();
+            }
+            BinaryChange::Removed => std::fs::remove_file(file).unwrap(),
         }
-        BinaryChange::Removed => std::fs::remove_file(&copy).unwrap(),
     }
 
     let id = enqueue(&sb, &["--max-attempts", "1", "exec", "--", "sh", "-c", "echo job-ran"]);
@@ -550,19 +559,22 @@ fn exec_job_after_binary_change(change: BinaryChange) {
     d.stop_cleanly();
 }
 
-/// The homerd binary replaced under a running daemon (rename over it, as an upgrade
-/// does): new `exec` jobs still start through the running image's shim.
+/// The homerd binaries replaced under a running daemon (rename over them, as an upgrade
+/// does): new `exec` jobs still start through the shim the daemon started with — the
+/// held-open `homerd-shim`, or without one the running image's `job-shim`.
 #[cfg(target_os = "linux")]
 #[test]
 fn exec_job_runs_after_the_daemon_binary_is_replaced() {
-    exec_job_after_binary_change(BinaryChange::Replaced);
+    exec_job_after_binary_change(BinaryChange::Replaced, true);
+    exec_job_after_binary_change(BinaryChange::Replaced, false);
 }
 
-/// The homerd binary removed under a running daemon: new `exec` jobs still start.
+/// The homerd binaries removed under a running daemon: new `exec` jobs still start.
 #[cfg(target_os = "linux")]
 #[test]
 fn exec_job_runs_after_the_daemon_binary_is_removed() {
-    exec_job_after_binary_change(BinaryChange::Removed);
+    exec_job_after_binary_change(BinaryChange::Removed, true);
+    exec_job_after_binary_change(BinaryChange::Removed, false);
 }
 
 /// While a daemon holds the database, a CLI's connection is never the last one: closing

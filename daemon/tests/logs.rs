@@ -121,8 +121,8 @@ fn logs_follow_crosses_retries_and_exits_4_failed_5_cancelled() {
 }
 
 /// `logs` without `-f`: the latest run's stdout by default, `--stderr`, `--run N`,
-/// `--tail N`; a run that does not exist and a missing job are 66; a job that writes no
-/// output says so and exits 0.
+/// `--tail N`; a run that does not exist and a missing job are 66; a job that has no
+/// output (a `noop`, or a program that wrote nothing) says so and exits 0.
 #[test]
 fn logs_picks_the_run_the_stream_and_the_tail() {
     let (sb, _d) = engine_sandbox();
@@ -159,6 +159,20 @@ fn logs_picks_the_run_the_stream_and_the_tail() {
     let out = sb.run(&["logs", &noop.to_string()]);
     assert_eq!(out.code, Some(0));
     assert!(out.stdout.is_empty() && out.stderr.contains("only `exec` jobs have output"), "{out:?}");
+
+    // A program that writes nothing leaves no log file (one is created at its stream's
+    // first byte); `logs` says so and exits 0, `show` too.
+    let silent = enqueue(&sb, &["exec", "--", "true"]).to_string();
+    assert_eq!(sb.run(&["wait", &silent]).code, Some(0));
+    let runs = sb.home().join("logs/runs");
+    for ext in ["out", "err"] {
+        assert!(!runs.join(format!("{silent}-1.{ext}")).exists(), "{silent}-1.{ext} was created");
+    }
+    let out = sb.run(&["logs", &silent, "--both"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.contains("its program wrote nothing"), "{out:?}");
+    let show = sb.run(&["show", &silent]).stdout;
+    assert!(show.contains("(none: the program wrote nothing there"), "{show}");
 }
 
 /// `wait`: 0 when every job completed, 4 when one failed, 5 when one was cancelled;

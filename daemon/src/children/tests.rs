@@ -525,4 +525,29 @@ mod cap_tests {
         assert_eq!(out.matches('x').count(), 1000);
         assert_eq!(std::fs::read_to_string(dir.path().join("err")).unwrap(), "e\n");
     }
+
+    /// A run log is created at the stream's first byte: a silent stream leaves no file; a
+    /// stream whose file cannot be created (its directory is gone) is still read to EOF,
+    /// so the job never blocks on it, and nothing is created.
+    #[test]
+    fn a_run_log_is_created_only_when_its_stream_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = |bytes: &[u8], path: &Path| {
+            let (read, write) = cloexec_pipe().unwrap();
+            let bytes = bytes.to_vec();
+            // More than a pipe holds: written while the copier reads.
+            let writer = std::thread::spawn(move || File::from(write).write_all(&bytes).unwrap());
+            copy_capped(File::from(read), path, 1000);
+            writer.join().unwrap();
+        };
+        let silent = dir.path().join("silent.out");
+        copy(b"", &silent);
+        assert!(!silent.exists(), "a stream that wrote nothing got a file");
+        let spoken = dir.path().join("spoken.out");
+        copy(b"hello\n", &spoken);
+        assert_eq!(std::fs::read_to_string(&spoken).unwrap(), "hello\n");
+        let homeless = dir.path().join("gone/x.out");
+        copy(&[b'y'; 200_000], &homeless);
+        assert!(!homeless.exists() && !dir.path().join("gone").exists());
+    }
 }

@@ -1,6 +1,7 @@
 //! `homerd logs ID [--run N] [--stderr|--both] [-f] [--tail N]`: a run's output, read
 //! from the files the daemon writes it to (`<home>/logs/runs/<job>-<run>.out`/`.err`,
-//! `runner.rs`), never through the daemon.
+//! `runner.rs`), never through the daemon. A file is created at its stream's first byte
+//! (`children.rs`): a stream the program never wrote to has none, and prints nothing.
 //!
 //! Following (`-f`) reads what the files gained and looks at the job every
 //! [`wait::POLL`] (the database only after another connection committed, see
@@ -161,10 +162,12 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
         let mut ts = tailers(ctx, id, run, spec.streams);
         if ts.iter().all(|t| !t.path.exists()) {
             elsewhere(ctx, &mut source, id, run)?;
-            return Err(Error::NotFound(format!(
-                "no output kept for job {id} run {run}: {} does not exist (the run never started its program, or retention pruned it)",
+            // A log file is created at its stream's first byte (children.rs).
+            eprintln!(
+                "homerd: job {id} run {run} has no output here: its program wrote nothing (or never started), so {} does not exist",
                 display(&ts[0].path)
-            )));
+            );
+            return Ok(exit::OK);
         }
         pump_all(&mut ts, spec.tail)?;
         return Ok(exit::OK);

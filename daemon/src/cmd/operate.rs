@@ -173,14 +173,15 @@ impl RunOutput {
         }
     }
 
-    /// A file's path and size, or that it is not there (not started, or pruned).
+    /// A file's path and size, or that it is not there (the program wrote nothing to that
+    /// stream — a log file is created at its first byte — or never started).
     fn describe(&self, path: &str) -> String {
         match std::fs::metadata(path) {
             Ok(m) => format!("{path} ({} bytes)", m.len()),
             Err(_) if self.shared_queue => format!(
-                "{path} (not in this home: the run's worker keeps it in its own home, or the program never started)"
+                "{path} (not in this home: the run's worker keeps it in its own home, or the program wrote nothing there)"
             ),
-            Err(_) => format!("{path} (not there: the program never started, or retention pruned it)"),
+            Err(_) => format!("{path} (none: the program wrote nothing there, or never started)"),
         }
     }
 }

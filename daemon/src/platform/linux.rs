@@ -26,6 +26,28 @@ pub fn shim_program() -> PathBuf {
     PathBuf::from("/proc/self/exe")
 }
 
+/// The job shim's program: `homerd-shim` beside this executable, opened once (the first
+/// time a job starts) and exec'd through `/proc/self/fd/N` — resolved in the spawned child,
+/// which has a copy of the descriptor until its `exec` succeeds — so, like
+/// `/proc/self/exe`, it names the file that was there then even after an upgrade replaced
+/// or removed it. Without that file (a copied `homerd` alone): [`shim_program`], whose
+/// `job-shim` subcommand does the same, at the cost of exec'ing the whole daemon image.
+pub fn job_shim_program() -> PathBuf {
+    static SHIM: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    match SHIM.get_or_init(|| open_job_shim(&std::fs::read_link("/proc/self/exe").ok()?)) {
+        Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))),
+        None => shim_program(),
+    }
+}
+
+/// `homerd-shim` beside `exe`, open (close-on-exec) if it is an executable file.
+fn open_job_shim(exe: &std::path::Path) -> Option<OwnedFd> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::open(exe.with_file_name(super::JOB_SHIM_FILE)).ok()?;
+    let meta = file.metadata().ok()?;
+    (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then(|| file.into())
+}
+
 /// The one reader of `/proc/<pid>/stat`.
 pub fn stat(pid: u32) -> io::Result<Option<Stat>> {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -107,6 +129,12 @@ pub fn boot_clock_ms() -> i64 {
 pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     Ok(true)
+}
+
+/// The job shim's process name (`comm`, what `top` and `ps -o comm` show): exec'd
+/// through `/proc/self/fd/N` ([`job_shim_program`]), the kernel named it `N`.
+pub fn name_job_shim() {
+    let _ = rustix::thread::set_name(c"homerd-shim");
 }
 
 /// The id `signal_self` sends to: this thread's (see there).

@@ -41,6 +41,19 @@ pub fn shim_program() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("homerd"))
 }
 
+/// The job shim's program: `homerd-shim` beside this executable when it is there (no
+/// `/proc/self/fd` to hold it open by, so, as for [`shim_program`], a replaced file is
+/// what runs), else [`shim_program`], whose `job-shim` subcommand does the same.
+pub fn job_shim_program() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = shim_program();
+    let shim = exe.with_file_name(super::JOB_SHIM_FILE);
+    match std::fs::metadata(&shim) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => shim,
+        _ => exe,
+    }
+}
+
 /// `proc_pidinfo(PROC_PIDTBSDINFO)`. `Ok(None)` only for ESRCH; anything else (EPERM for
 /// another user's process, say) is `Err`.
 pub fn stat(pid: u32) -> io::Result<Option<Stat>> {
@@ -144,6 +157,9 @@ pub fn boot_clock_ms() -> i64 {
 pub fn kill_me_when_parent_dies() -> io::Result<bool> {
     Ok(false)
 }
+
+/// Nothing to do: the shim is exec'd by its path, whose last part names the process.
+pub fn name_job_shim() {}
 
 /// The id `signal_self` sends to: the process's (see there).
 pub fn own_signal_target() -> rustix::process::Pid {
