@@ -172,16 +172,15 @@ pub fn retry(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Retry>
     Ok(Retry::Requeued)
 }
 
-pub(crate) const PRUNE_CANDIDATES: &str = "SELECT id FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled')
+pub(crate) const PRUNE_CANDIDATES: &str =
+    "SELECT id FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled')
      AND completed_at < ?1 ORDER BY completed_at LIMIT ?2";
 
 /// Retention: deletes terminal jobs that ended before `before` (and their runs); returns
 /// their ids so the caller can remove their run logs.
 pub fn prune(tx: &Transaction<'_>, before: i64, limit: u32) -> rusqlite::Result<Vec<i64>> {
-    let ids: Vec<i64> = tx
-        .prepare(PRUNE_CANDIDATES)?
-        .query_map(params![before, limit], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let ids: Vec<i64> =
+        tx.prepare(PRUNE_CANDIDATES)?.query_map(params![before, limit], |r| r.get(0))?.collect::<Result<_, _>>()?;
     let mut runs = tx.prepare("DELETE FROM job_runs WHERE job_id = ?1")?;
     let mut job = tx.prepare("DELETE FROM job_queue WHERE id = ?1")?;
     for id in &ids {
@@ -216,7 +215,8 @@ pub fn lane_counts(
     Ok(out)
 }
 
-pub(crate) const OLDEST_PENDING: &str = "SELECT MIN(run_after) FROM job_queue WHERE status = 'pending' AND run_after <= ?1";
+pub(crate) const OLDEST_PENDING: &str =
+    "SELECT MIN(run_after) FROM job_queue WHERE status = 'pending' AND run_after <= ?1";
 
 /// Since when the longest-waiting *ready* job has been claimable (its `run_after`, for
 /// pending jobs whose `run_after` has passed): how far behind the queue is. Jobs
