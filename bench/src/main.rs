@@ -8,7 +8,7 @@
 //! every wait is on an event, a pipe or a process exit, under a generous deadline.
 //!
 //! Internal subcommands run the baselines in processes of their own, so their peak RSS
-//! is theirs alone: `__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS`, `__hold-lock PATH [N]`.
+//! is theirs alone: `__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS [SCHEMA]`, `__hold-lock PATH [N]`.
 
 mod exec;
 mod peers;
@@ -150,16 +150,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// `__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS`: one raw throughput loop; prints
-/// `{"jobs": N, "seconds": S}`.
+/// `__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS [SCHEMA]`: one raw throughput loop, on
+/// homerd's schema or (`minimal`) the minimal queue's; prints `{"jobs": N, "seconds": S}`.
 fn internal_loop(args: &[String]) -> Result<(), String> {
-    let [db, batch, sync, max_jobs, time_box_ms] = args else {
-        return Err(String::from("__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS"));
+    let usage = "__loop DB BATCH SYNC MAX_JOBS TIME_BOX_MS [homerd|minimal]";
+    let (db, batch, sync, max_jobs, time_box_ms, schema) = match args {
+        [db, batch, sync, max_jobs, time_box_ms] => (db, batch, sync, max_jobs, time_box_ms, "homerd"),
+        [db, batch, sync, max_jobs, time_box_ms, schema] => (db, batch, sync, max_jobs, time_box_ms, schema.as_str()),
+        _ => return Err(String::from(usage)),
     };
     let num = |s: &str| s.parse::<u64>().map_err(|_| format!("not a number: {s}"));
-    let sync = raw::Sync::parse(sync).ok_or_else(|| format!("sync must be normal or full, not {sync}"))?;
+    let sync = raw::Sync::parse(sync).ok_or_else(|| format!("sync must be normal, full or daemon, not {sync}"))?;
+    let schema = raw::Schema::parse(schema).ok_or_else(|| format!("schema must be homerd or minimal, not {schema}"))?;
     let r = raw::throughput_loop(
         std::path::Path::new(db),
+        schema,
         num(batch)? as u32,
         sync,
         num(max_jobs)?,

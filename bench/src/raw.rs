@@ -117,6 +117,88 @@ pub const RECOVER_REQUEUE: Stmt = Stmt {
 /// The error recovery records (`jobs.rs` `recover_orphans`).
 pub const ORPHAN_ERROR: &str = "orphaned: the daemon running it stopped without recording an outcome";
 
+/// The minimal queue the schema baseline runs on: one jobs table with what a fenced claim
+/// and an outcome write (owner, token, epoch, times, result), the one index a claim needs
+/// (the ready jobs of a lane in order), no trigger, no runs table. What SQLite does for a
+/// queue with nothing else to keep; homerd's schema pays for its run history, its
+/// operator reads and retention on top of it.
+pub const MINIMAL_SCHEMA: &str = "
+    CREATE TABLE jobs (
+        id          INTEGER PRIMARY KEY,
+        lane        TEXT    NOT NULL DEFAULT 'default',
+        kind        TEXT    NOT NULL,
+        payload     TEXT    NOT NULL DEFAULT '[]',
+        status      TEXT    NOT NULL DEFAULT 'pending',
+        run_after   INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        locked_by   TEXT,
+        started_at  INTEGER,
+        claim_token TEXT,
+        claim_epoch INTEGER,
+        completed_at INTEGER,
+        result      TEXT
+    );
+    CREATE INDEX jobs_ready ON jobs(lane, run_after, id) WHERE status = 'pending';";
+pub const MINIMAL_READY: &str = "SELECT id FROM jobs WHERE status = 'pending' AND lane = ?1 AND run_after <= ?2
+             ORDER BY run_after, id LIMIT ?3";
+pub const MINIMAL_MARK: &str = "UPDATE jobs SET status = 'running', locked_by = ?2, started_at = ?3,
+                attempts = attempts + 1, claim_token = ?4, claim_epoch = ?5
+         WHERE id = ?1 AND status = 'pending' RETURNING lane, kind, payload, attempts";
+pub const MINIMAL_COMPLETE: &str = "UPDATE jobs SET status = 'completed', result = ?4, completed_at = ?5,
+                locked_by = NULL, claim_token = NULL, claim_epoch = NULL
+         WHERE id = ?1 AND status = 'running' AND claim_token = ?2 AND claim_epoch = ?3";
+
+/// Which schema a throughput loop runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schema {
+    /// homerd's own (a `homerd migrate` database): the daemon's statements, a `job_runs`
+    /// row per claim.
+    Homerd,
+    /// [`MINIMAL_SCHEMA`], made by [`build_minimal_db`].
+    Minimal,
+}
+
+impl Schema {
+    pub fn parse(s: &str) -> Option<Schema> {
+        match s {
+            "homerd" => Some(Schema::Homerd),
+            "minimal" => Some(Schema::Minimal),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schema::Homerd => "homerd",
+            Schema::Minimal => "minimal",
+        }
+    }
+}
+
+/// Creates `db` (which must not exist) with [`MINIMAL_SCHEMA`] in WAL mode and `jobs`
+/// no-op jobs due now, as `homerd enqueue --from` leaves them. One transaction, no
+/// journal syncs: a fixture, not a measurement.
+pub fn build_minimal_db(db: &Path, jobs: u64) -> Result<(), String> {
+    if db.exists() {
+        return Err(format!("{}: already exists", db.display()));
+    }
+    let mut conn = Connection::open(db).map_err(|e| err(&db.display().to_string(), e))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err("journal_mode", e))?;
+    conn.pragma_update(None, "synchronous", "OFF").map_err(|e| err("synchronous", e))?;
+    conn.execute_batch(MINIMAL_SCHEMA).map_err(|e| err("minimal schema", e))?;
+    let now = now_ms();
+    let tx = conn.transaction().map_err(|e| err("begin", e))?;
+    {
+        let mut insert =
+            tx.prepare("INSERT INTO jobs (kind, run_after) VALUES ('noop', ?1)").map_err(|e| err("prepare", e))?;
+        for _ in 0..jobs {
+            insert.execute([now]).map_err(|e| err("insert", e))?;
+        }
+    }
+    tx.commit().map_err(|e| err("commit", e))?;
+    conn.close().map_err(|(_, e)| err("close", e))
+}
+
 /// The statements whose plans the bench prints: claim, renewal, outcome, recovery.
 pub const EXPLAINED: &[&Stmt] = &[
     &CLAIM_RUNNING,
@@ -221,19 +303,36 @@ pub struct LoopResult {
 /// The tightest job cycle with the daemon's writes per job: one transaction claims up to
 /// `batch` ready jobs (mark running + `job_runs` row), a second records their outcomes
 /// (job completed + run ended), each at `sync`'s level. Runs until `max_jobs` are done or
-/// `time_box` has passed; timed from the first claim to the last commit.
+/// `time_box` has passed; timed from the first claim to the last commit. On
+/// [`Schema::Minimal`] the same loop with the minimal queue's statements: no run rows.
 pub fn throughput_loop(
     db: &Path,
+    schema: Schema,
     batch: u32,
     sync: Sync,
     max_jobs: u64,
     time_box: Duration,
 ) -> Result<LoopResult, String> {
     let mut conn = open(db, sync)?;
-    let epoch: i64 = conn.query_row("SELECT epoch FROM leader", [], |r| r.get(0)).map_err(|e| err("leader", e))?;
+    let (epoch, ready, mark, run_row, complete, end_run) = match schema {
+        Schema::Homerd => (
+            conn.query_row("SELECT epoch FROM leader", [], |r| r.get(0)).map_err(|e| err("leader", e))?,
+            CLAIM_READY.sql(),
+            CLAIM_MARK.sql(),
+            Some(CLAIM_RUN_ROW.sql()),
+            COMPLETE.sql(),
+            Some(END_RUN.sql()),
+        ),
+        Schema::Minimal => {
+            (1i64, MINIMAL_READY.to_owned(), MINIMAL_MARK.to_owned(), None, MINIMAL_COMPLETE.to_owned(), None)
+        }
+    };
+    // Where the claim's RETURNING puts the attempt (and the run, homerd's schema only).
+    let (attempt_col, run_col) = match schema {
+        Schema::Homerd => (3, 4),
+        Schema::Minimal => (3, 3),
+    };
     let worker = format!("bench/{}", std::process::id());
-    let (ready, mark, run_row, complete, end_run) =
-        (CLAIM_READY.sql(), CLAIM_MARK.sql(), CLAIM_RUN_ROW.sql(), COMPLETE.sql(), END_RUN.sql());
     let mut done = 0u64;
     let mut serial = 0u64;
     let switch = sync.claims() != sync.outcomes();
@@ -253,7 +352,10 @@ pub fn throughput_loop(
         {
             let mut ready = tx.prepare_cached(&ready).map_err(|e| err("prepare", e))?;
             let mut mark = tx.prepare_cached(&mark).map_err(|e| err("prepare", e))?;
-            let mut run_row = tx.prepare_cached(&run_row).map_err(|e| err("prepare", e))?;
+            let mut run_row = match &run_row {
+                Some(sql) => Some(tx.prepare_cached(sql).map_err(|e| err("prepare", e))?),
+                None => None,
+            };
             let ids: Vec<i64> = ready
                 .query_map(params!["default", now, want], |r| r.get(0))
                 .and_then(|rows| rows.collect())
@@ -262,9 +364,13 @@ pub fn throughput_loop(
                 serial += 1;
                 let tok = token(serial);
                 let (attempt, run): (i64, i64) = mark
-                    .query_row(params![id, worker, now, tok, epoch], |r| Ok((r.get(3)?, r.get(4)?)))
+                    .query_row(params![id, worker, now, tok, epoch], |r| Ok((r.get(attempt_col)?, r.get(run_col)?)))
                     .map_err(|e| err("mark", e))?;
-                run_row.execute(params![id, run, attempt, epoch, tok, worker, now]).map_err(|e| err("run row", e))?;
+                if let Some(run_row) = &mut run_row {
+                    run_row
+                        .execute(params![id, run, attempt, epoch, tok, worker, now])
+                        .map_err(|e| err("run row", e))?;
+                }
                 claimed.push((id, tok));
             }
         }
@@ -279,14 +385,21 @@ pub fn throughput_loop(
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| err("begin", e))?;
         {
             let mut complete = tx.prepare_cached(&complete).map_err(|e| err("prepare", e))?;
-            let mut end_run = tx.prepare_cached(&end_run).map_err(|e| err("prepare", e))?;
+            let mut end_run = match &end_run {
+                Some(sql) => Some(tx.prepare_cached(sql).map_err(|e| err("prepare", e))?),
+                None => None,
+            };
             for (id, tok) in &claimed {
                 let n =
                     complete.execute(params![id, tok, epoch, None::<String>, now]).map_err(|e| err("complete", e))?;
                 if n != 1 {
                     return Err(format!("job {id} was not ours to complete"));
                 }
-                end_run.execute(params![id, tok, now, "completed", None::<String>]).map_err(|e| err("end run", e))?;
+                if let Some(end_run) = &mut end_run {
+                    end_run
+                        .execute(params![id, tok, now, "completed", None::<String>])
+                        .map_err(|e| err("end run", e))?;
+                }
             }
         }
         tx.commit().map_err(|e| err("commit outcome", e))?;
@@ -553,6 +666,29 @@ mod tests {
         }
         assert!(source.contains(&format!("const CLEAR_LOCK: &str = \"{}\"", squash(CLEAR_LOCK))));
         assert!(source.contains(&format!("let error = \"{ORPHAN_ERROR}\"")));
+    }
+
+    /// The minimal loop does the same cycle: every job claimed once and completed once.
+    #[test]
+    fn the_minimal_loop_completes_every_job_once() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("minimal.db");
+        build_minimal_db(&db, 70).unwrap();
+        let r = throughput_loop(&db, Schema::Minimal, 32, Sync::Daemon, 1_000, Duration::from_secs(60)).unwrap();
+        assert_eq!(r.jobs, 70);
+        let conn = Connection::open(&db).unwrap();
+        let (done, attempts): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), SUM(attempts) FROM jobs WHERE status = 'completed' AND claim_token IS NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((done, attempts), (70, 70));
+        let plan: String = conn
+            .query_row(&format!("EXPLAIN QUERY PLAN {MINIMAL_READY}"), params!["default", 0, 1], |r| r.get(3))
+            .unwrap();
+        assert!(plan.contains("jobs_ready"), "{plan}");
     }
 
     #[test]

@@ -231,14 +231,15 @@ fn pre_004_running_rows_are_failed_by_migration_004() {
     assert_eq!(rows[2].1, "failed");
     assert_eq!(rows[2].2.as_deref(), Some(reason));
     assert_eq!((rows[3].1.as_str(), rows[3].2.as_deref()), ("completed", None));
-    let idx: i64 = c
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('idx_queue_stale', 'idx_queue_locked_by')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(idx, 2);
+    // 004 created idx_queue_stale and idx_queue_locked_by; 013 replaced them with
+    // idx_queue_running. The chain ran through both.
+    let idx: Vec<String> = query_rows(
+        &c,
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name IN ('idx_queue_stale', 'idx_queue_locked_by', 'idx_queue_running')",
+        [],
+        |r| r.get(0),
+    );
+    assert_eq!(idx, ["idx_queue_running"]);
 }
 
 #[test]

@@ -172,16 +172,15 @@ pub fn retry(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Retry>
     Ok(Retry::Requeued)
 }
 
+pub(crate) const PRUNE_CANDIDATES: &str =
+    "SELECT id FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled')
+     AND completed_at < ?1 ORDER BY completed_at LIMIT ?2";
+
 /// Retention: deletes terminal jobs that ended before `before` (and their runs); returns
 /// their ids so the caller can remove their run logs.
 pub fn prune(tx: &Transaction<'_>, before: i64, limit: u32) -> rusqlite::Result<Vec<i64>> {
-    let ids: Vec<i64> = tx
-        .prepare(
-            "SELECT id FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?1
-             ORDER BY completed_at LIMIT ?2",
-        )?
-        .query_map(params![before, limit], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let ids: Vec<i64> =
+        tx.prepare(PRUNE_CANDIDATES)?.query_map(params![before, limit], |r| r.get(0))?.collect::<Result<_, _>>()?;
     let mut runs = tx.prepare("DELETE FROM job_runs WHERE job_id = ?1")?;
     let mut job = tx.prepare("DELETE FROM job_queue WHERE id = ?1")?;
     for id in &ids {
@@ -208,7 +207,7 @@ pub fn lane_counts(
     conn: &Connection,
 ) -> rusqlite::Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>> {
     let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> = Default::default();
-    let mut stmt = conn.prepare("SELECT lane, status, COUNT(*) FROM job_queue GROUP BY lane, status")?;
+    let mut stmt = conn.prepare(super::read::COUNTS_BY_LANE)?;
     for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
         let (lane, status, n) = row?;
         out.entry(lane).or_default().insert(status, n);
@@ -216,11 +215,12 @@ pub fn lane_counts(
     Ok(out)
 }
 
+pub(crate) const OLDEST_PENDING: &str =
+    "SELECT MIN(run_after) FROM job_queue WHERE status = 'pending' AND run_after <= ?1";
+
 /// Since when the longest-waiting *ready* job has been claimable (its `run_after`, for
 /// pending jobs whose `run_after` has passed): how far behind the queue is. Jobs
 /// scheduled for later, or backing off, are not waiting yet.
 pub fn oldest_pending(conn: &Connection, now: i64) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("SELECT MIN(run_after) FROM job_queue WHERE status = 'pending' AND run_after <= ?1", [now], |r| {
-        r.get(0)
-    })
+    conn.query_row(OLDEST_PENDING, [now], |r| r.get(0))
 }

@@ -11,13 +11,26 @@ use super::leader::{self, LeaderRow};
 use crate::job::JobStatus;
 pub use crate::rows::{JobProgress, RunningJob};
 
+/// Jobs per lane and status, one part per status group so that each reads only its own
+/// partial index (migration 013: `idx_queue_ready` for pending, `idx_queue_running`,
+/// `idx_queue_done` for the terminal three) rather than the whole table. No index holds
+/// every row's status any more: that index was rewritten at every status change. Any
+/// status outside the five is not counted (the INSERT trigger refuses them since 003).
+pub(crate) const COUNTS_BY_LANE: &str =
+    "SELECT lane, 'pending', COUNT(*) FROM job_queue WHERE status = 'pending' GROUP BY lane
+     UNION ALL
+     SELECT lane, 'running', COUNT(*) FROM job_queue WHERE status = 'running' GROUP BY lane
+     UNION ALL
+     SELECT lane, status, COUNT(*) FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled')
+     GROUP BY lane, status";
+
 /// Job counts per status (every status present, zero if none).
 pub fn job_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, i64>> {
     let mut counts: BTreeMap<String, i64> = JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
-    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM job_queue GROUP BY status")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+    let mut stmt = conn.prepare(COUNTS_BY_LANE)?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
         let (status, n) = row?;
-        counts.insert(status, n);
+        *counts.entry(status).or_insert(0) += n;
     }
     Ok(counts)
 }
@@ -78,12 +91,12 @@ pub fn applied_migrations(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     names
 }
 
+const RUNNING_JOBS: &str = "SELECT id, lane, kind, locked_by, heartbeat_at, claim_epoch
+         FROM job_queue WHERE status = 'running' ORDER BY id";
+
 /// Jobs in `running`, with what is known of their owner. Needs migration 006.
 pub fn running_jobs(conn: &Connection) -> rusqlite::Result<Vec<RunningJob>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, lane, kind, locked_by, heartbeat_at, claim_epoch
-         FROM job_queue WHERE status = 'running' ORDER BY id",
-    )?;
+    let mut stmt = conn.prepare(RUNNING_JOBS)?;
     let rows = stmt
         .query_map([], |r| {
             Ok(RunningJob {
@@ -148,4 +161,47 @@ pub fn job_progress(conn: &Connection, id: i64) -> rusqlite::Result<Option<JobPr
             Ok(JobProgress { status: r.get(0)?, kind: r.get(1)?, runs: r.get(2)?, completed_at: r.get(3)? })
         })
         .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `EXPLAIN QUERY PLAN` of `sql`, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    /// The operator's reads that count or list by status (`status`, `doctor`, the
+    /// engine's housekeeping) read an index on a table of any size, never the whole table:
+    /// migration 013 left no index on every row's status, so each must find its partial
+    /// one. (A scan of a partial index reads only the rows of its status.)
+    #[test]
+    fn status_reads_use_an_index() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("homer.db");
+        super::super::schema::create(&db, &crate::clock::Clock::default()).unwrap();
+        let conn = Connection::open(&db).unwrap();
+        let reads = [
+            ("counts by lane and status", COUNTS_BY_LANE),
+            ("running jobs", RUNNING_JOBS),
+            ("oldest pending", super::super::ops::OLDEST_PENDING),
+            ("retention", super::super::ops::PRUNE_CANDIDATES),
+        ];
+        for (name, sql) in reads {
+            let lines = plan(&conn, sql);
+            let whole = lines.iter().find(|l| l.starts_with("SCAN job_queue") && !l.contains(" USING "));
+            assert!(whole.is_none(), "{name} reads the whole table: {lines:#?}");
+            assert!(lines.iter().any(|l| l.contains("USING")), "{name}: no index in {lines:#?}");
+        }
+        // The three parts of the counts, each on its own index alone (every index holds
+        // the lane; a partial index stands for its status).
+        let counts = plan(&conn, COUNTS_BY_LANE).join("\n");
+        for index in ["idx_queue_ready", "idx_queue_running", "idx_queue_done"] {
+            assert!(counts.contains(&format!("USING COVERING INDEX {index}")), "{index} not covering:\n{counts}");
+        }
+    }
 }
