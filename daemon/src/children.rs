@@ -217,8 +217,9 @@ fn send_to_spawner(job: SpawnJob) -> io::Result<()> {
             let queue = std::sync::Arc::new(Mutex::new(queue));
             for i in 0..SPAWNERS {
                 let queue = queue.clone();
-                let started =
-                    std::thread::Builder::new().name(String::from("homerd-spawner")).spawn(move || spawner_loop(&queue));
+                let started = std::thread::Builder::new()
+                    .name(String::from("homerd-spawner"))
+                    .spawn(move || spawner_loop(&queue));
                 match started {
                     Ok(_) => {}
                     // The threads already started serve the queue; with none, report it.
