@@ -208,9 +208,15 @@ pub(crate) const SPAWNERS: usize = 4;
 /// signal) never end while the daemon runs.
 static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
 
-fn send_to_spawner(job: SpawnJob) -> io::Result<()> {
-    let mut slot = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
-    let sender = match slot.as_ref() {
+/// Starts the spawner threads now rather than at the first spawn, so a wave of jobs
+/// claimed right after a start does not wait for them (the engine calls this when it
+/// starts). Idempotent.
+pub fn start_spawners() -> io::Result<()> {
+    spawner_queue(&mut SPAWNER.lock().unwrap_or_else(PoisonError::into_inner)).map(drop)
+}
+
+fn spawner_queue(slot: &mut Option<mpsc::Sender<SpawnJob>>) -> io::Result<mpsc::Sender<SpawnJob>> {
+    Ok(match slot.as_ref() {
         Some(sender) => sender.clone(),
         None => {
             let (sender, queue) = mpsc::channel::<SpawnJob>();
@@ -230,7 +236,12 @@ fn send_to_spawner(job: SpawnJob) -> io::Result<()> {
             *slot = Some(sender.clone());
             sender
         }
-    };
+    })
+}
+
+fn send_to_spawner(job: SpawnJob) -> io::Result<()> {
+    let mut slot = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+    let sender = spawner_queue(&mut slot)?;
     sender.send(job).map_err(|_| {
         // Only possible if every thread died (a panic is caught in the loop, so this
         // should not happen); the next spawn starts fresh threads.
@@ -552,6 +563,14 @@ pub fn group_alive(pgid: u32) -> bool {
 /// (macOS), or if the listing failed: callers then check each group on its own.
 pub fn live_groups() -> Option<std::collections::HashSet<u32>> {
     platform::live_groups()
+}
+
+/// Whether the kernel still knows process group `pgid` — any member at all, zombies
+/// included; `false` for a pgid no group may be signalled by (see [`signal_group`]). One
+/// `kill(-pgid, 0)`, no listing: startup recovery lists every process only when some
+/// recorded group is still known ([`live_groups`]).
+pub fn group_known(pgid: u32) -> bool {
+    checked_pgid(pgid).is_ok() && platform::group_exists(pgid)
 }
 
 /// SIGTERM to the group; wait up to `kill_grace` for it to empty; then SIGKILL and wait
