@@ -97,7 +97,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         let (tx, rx) = mpsc::channel();
-        WakeSocket::bind(&path).unwrap().listen(Box::new(move || drop(tx.send(())))).unwrap();
+        WakeSocket::bind(&path)
+            .unwrap()
+            .listen(Box::new(move || {
+                let _ = tx.send(());
+            }))
+            .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         poke(&path);
@@ -111,7 +116,12 @@ mod tests {
         // A daemon that died left its socket: the next one binds in its place.
         drop(WakeSocket::bind(&path).unwrap());
         let (tx, rx) = mpsc::channel();
-        WakeSocket::bind(&path).unwrap().listen(Box::new(move || drop(tx.send(())))).unwrap();
+        WakeSocket::bind(&path)
+            .unwrap()
+            .listen(Box::new(move || {
+                let _ = tx.send(());
+            }))
+            .unwrap();
         poke(&path);
         rx.recv_timeout(Duration::from_secs(30)).expect("the poke woke nobody");
 
