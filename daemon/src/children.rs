@@ -35,18 +35,20 @@
 //! - **Close-on-exec pipe ends in the daemon**: no other child (another job, a helper)
 //!   may inherit the write end, or the shim would never see EOF when the daemon dies. On
 //!   Linux `pipe2(O_CLOEXEC)` sets it atomically; macOS has no `pipe2`, so `pipe` +
-//!   `FD_CLOEXEC` is used, and a pipe is made only while no spawn is in flight (the
-//!   `FORK_FENCE` below: spawns share it, a non-atomic pipe takes it alone), so no child
-//!   can inherit an end between the two calls.
+//!   `FD_CLOEXEC` is used, and a pipe is made only while no spawner thread's spawn is in
+//!   flight (the `FORK_FENCE` below: spawns share it, a non-atomic pipe takes it alone),
+//!   so no job's child can inherit an end between the two calls. (The PostgreSQL
+//!   daemon's one group guardian is started before any job.)
 //! - **Dedicated, never-ending spawner threads**: Linux's `PR_SET_PDEATHSIG` (set by the
 //!   shim, inherited across its `exec` by the job leader) fires when the *thread* that
 //!   forked the child exits, not the process. A job spawned from a short-lived worker
 //!   thread would be SIGKILLed when that thread ends, so every [`spawn_held`] is routed to
 //!   a small pool of lazily-started threads that live as long as the daemon
 //!   ([`SPAWNERS`] of them, taking requests from one queue). Several, because a restart
-//!   starts every recovered job at once: one thread made each start wait for the one
-//!   before it (the log files, the pipes, the `posix_spawn`, the start time read back),
-//!   which was most of the time from `kill -9` to all jobs running again.
+//!   starts every recovered job at once, and with one thread each start waited for the
+//!   one before it (the log files, the pipes, the `posix_spawn`, the start time read
+//!   back): that wave is most of the time from `kill -9` to all jobs running again
+//!   (README, Performance, "Restart and enqueue latency").
 //! - **macOS has no parent-death signal.** We do not keep the shim as a watching group
 //!   leader (kqueue `NOTE_EXIT`); instead macOS relies on the daemon's startup recovery
 //!   killing every recorded group ([`kill_recorded_group`]) before any re-run. Until the
