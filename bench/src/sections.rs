@@ -523,7 +523,7 @@ pub fn latency(ctx: &mut Ctx<'_>) -> Result<(), String> {
     ctx.report.note(format!(
         "enqueue-to-start: {n} jobs one after another, each from spawning `homerd enqueue noop` (a new process: \
          exec, validation, a FULL commit) to reading the daemon's job.claimed; the CLI itself took a median of {} ms \
-         to exit; the daemon polls data_version every 10 ms; baseline: the same insert committed FULL by one \
+         to exit; the CLI pokes the daemon's wake-up socket after its commit (the daemon's 10 ms data_version poll is the fallback); baseline: the same insert committed FULL by one \
          rusqlite connection, seen by a second one polling data_version in a tight loop (no process start)",
         Unit::Ms.format(Summary::median(&cli).value)
     ));

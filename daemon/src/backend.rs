@@ -69,6 +69,9 @@ pub enum EngineIo {
         writer: Writer,
         /// `PRAGMA data_version`, cancel requests, the next due time, counters.
         reader: Connection,
+        /// The wake-up socket commands poke after a commit (`wake.rs`), until
+        /// [`EngineIo::start_wakeups`] starts listening on it; `None` if it could not be bound.
+        wake: Option<crate::wake::WakeSocket>,
     },
     Postgres(Box<PgIo>),
 }
@@ -122,10 +125,24 @@ impl EngineIo {
     /// notification arrives. SQLite has nothing to start: the engine looks at `PRAGMA
     /// data_version` on every pass ([`EngineIo::changed`]).
     pub fn start_wakeups(&mut self, wake: Box<dyn Fn() + Send>) {
-        if let EngineIo::Postgres(pg) = self {
-            if let Some(client) = pg.listening.take() {
-                let listener = Listener::start(client, pg.target.clone(), wake).expect("spawn the listener thread");
-                pg.listener = Some(listener);
+        match self {
+            EngineIo::Sqlite { wake: socket, .. } => {
+                if let Some(socket) = socket.take() {
+                    if let Err(e) = socket.listen(wake) {
+                        events::warn(
+                            "wake.unavailable",
+                            "Could not listen for wake-ups; changes are noticed by the poll",
+                        )
+                        .field("error", e.to_string())
+                        .emit();
+                    }
+                }
+            }
+            EngineIo::Postgres(pg) => {
+                if let Some(client) = pg.listening.take() {
+                    let listener = Listener::start(client, pg.target.clone(), wake).expect("spawn the listener thread");
+                    pg.listener = Some(listener);
+                }
             }
         }
     }

@@ -38,13 +38,20 @@
 //! - **Close-on-exec pipe ends in the daemon**: no other child (another job, a helper)
 //!   may inherit the write end, or the shim would never see EOF when the daemon dies. On
 //!   Linux `pipe2(O_CLOEXEC)` sets it atomically; macOS has no `pipe2`, so `pipe` +
-//!   `FD_CLOEXEC` is used, which is safe because every spawn of the daemon goes through the
-//!   one spawner thread below (nothing else forks between the two calls).
-//! - **A dedicated, never-ending spawner thread**: Linux's `PR_SET_PDEATHSIG` (set by the
+//!   `FD_CLOEXEC` is used, and a pipe is made only while no spawner thread's spawn is in
+//!   flight (the `FORK_FENCE` below: spawns share it, a non-atomic pipe takes it alone),
+//!   so no job's child can inherit an end between the two calls. (The PostgreSQL
+//!   daemon's one group guardian is started before any job.)
+//! - **Dedicated, never-ending spawner threads**: Linux's `PR_SET_PDEATHSIG` (set by the
 //!   shim, inherited across its `exec` by the job leader) fires when the *thread* that
 //!   forked the child exits, not the process. A job spawned from a short-lived worker
 //!   thread would be SIGKILLed when that thread ends, so every [`spawn_held`] is routed to
-//!   one lazily-started thread that lives as long as the daemon.
+//!   a small pool of lazily-started threads that live as long as the daemon
+//!   ([`SPAWNERS`] of them, taking requests from one queue). Several, because a restart
+//!   starts every recovered job at once, and with one thread each start waited for the
+//!   one before it (the log files, the pipes, the `posix_spawn`, the start time read
+//!   back): that wave is most of the time from `kill -9` to all jobs running again
+//!   (README, Performance, "Restart and enqueue latency").
 //! - **macOS has no parent-death signal.** We do not keep the shim as a watching group
 //!   leader (kqueue `NOTE_EXIT`); instead macOS relies on the daemon's startup recovery
 //!   killing every recorded group ([`kill_recorded_group`]) before any re-run. Until the
@@ -80,7 +87,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Mutex, PoisonError};
+use std::sync::{mpsc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::job::ChildIdentity;
@@ -151,7 +158,7 @@ pub struct HeldChild {
 /// [`HeldChild::release`].
 ///
 /// Returns once the shim has been exec'd (it is then blocked on the release pipe or about
-/// to be). Runs on the dedicated spawner thread (see the module docs).
+/// to be). Runs on one of the spawner threads (see the module docs).
 pub fn spawn_held(req: SpawnRequest) -> io::Result<HeldChild> {
     spawn_held_via(&platform::job_shim_program(), req)
 }
@@ -197,33 +204,65 @@ struct SpawnJob {
     reply: mpsc::SyncSender<io::Result<HeldChild>>,
 }
 
-/// The spawner thread's queue, started on first use. The sender stays in this static for
-/// the life of the process, so the thread (and with it every child's parent-death
-/// signal) never ends while the daemon runs.
+/// How many spawner threads start held children side by side. Most of a start is the
+/// kernel's (creating the log files, `posix_spawn`, reading the new process's start time),
+/// so a few threads keep every core busy while a wave of jobs starts; more would only
+/// queue on the same cores. Idle spawners block on the queue and cost nothing.
+pub(crate) const SPAWNERS: usize = 4;
+
+/// The spawner threads' queue, started on first use. The sender stays in this static for
+/// the life of the process, so the threads (and with them every child's parent-death
+/// signal) never end while the daemon runs.
 static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
 
-fn send_to_spawner(job: SpawnJob) -> io::Result<()> {
-    let mut slot = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
-    let sender = match slot.as_ref() {
+/// Starts the spawner threads now rather than at the first spawn, so a wave of jobs
+/// claimed right after a start does not wait for them (the engine calls this when it
+/// starts). Idempotent.
+pub fn start_spawners() -> io::Result<()> {
+    spawner_queue(&mut SPAWNER.lock().unwrap_or_else(PoisonError::into_inner)).map(drop)
+}
+
+fn spawner_queue(slot: &mut Option<mpsc::Sender<SpawnJob>>) -> io::Result<mpsc::Sender<SpawnJob>> {
+    Ok(match slot.as_ref() {
         Some(sender) => sender.clone(),
         None => {
             let (sender, queue) = mpsc::channel::<SpawnJob>();
-            std::thread::Builder::new().name(String::from("homerd-spawner")).spawn(move || spawner_loop(queue))?;
+            let queue = std::sync::Arc::new(Mutex::new(queue));
+            for i in 0..SPAWNERS {
+                let queue = queue.clone();
+                let started = std::thread::Builder::new()
+                    .name(String::from("homerd-spawner"))
+                    .spawn(move || spawner_loop(&queue));
+                match started {
+                    Ok(_) => {}
+                    // The threads already started serve the queue; with none, report it.
+                    Err(e) if i == 0 => return Err(e),
+                    Err(_) => break,
+                }
+            }
             *slot = Some(sender.clone());
             sender
         }
-    };
-    sender.send(job).map_err(|_| {
-        // Only possible if the thread died (a panic is caught in the loop, so this
-        // should not happen); the next spawn starts a fresh thread.
-        *slot = None;
-        io::Error::other("the spawner thread is gone")
     })
 }
 
-fn spawner_loop(queue: mpsc::Receiver<SpawnJob>) {
-    for job in queue {
-        let SpawnJob { program, args, req, reply } = job;
+fn send_to_spawner(job: SpawnJob) -> io::Result<()> {
+    let mut slot = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+    let sender = spawner_queue(&mut slot)?;
+    sender.send(job).map_err(|_| {
+        // Only possible if every thread died (a panic is caught in the loop, so this
+        // should not happen); the next spawn starts fresh threads.
+        *slot = None;
+        io::Error::other("the spawner threads are gone")
+    })
+}
+
+/// One spawner thread: takes the next request from the shared queue (whoever holds the
+/// queue's mutex waits in `recv`, the others wait for the mutex) and starts it.
+fn spawner_loop(queue: &Mutex<mpsc::Receiver<SpawnJob>>) {
+    loop {
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(SpawnJob { program, args, req, reply }) = next else { return };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| spawn_direct(&program, &args, req)))
             .unwrap_or_else(|_| Err(io::Error::other("spawning panicked")));
         // If the caller is gone, the child is dropped here: an unreleased child is killed.
@@ -237,7 +276,15 @@ fn spawner_loop(queue: mpsc::Receiver<SpawnJob>) {
 static OUTPUT: std::sync::LazyLock<crate::pool::Pool> =
     std::sync::LazyLock::new(|| crate::pool::Pool::new("homerd-output"));
 
-/// Spawns on the calling thread. Only the spawner thread (and tests) may call this.
+/// Where `pipe2(O_CLOEXEC)` exists, a pipe is close-on-exec from its first instant. Elsewhere
+/// (macOS) `pipe` + `FD_CLOEXEC` leaves a window in which a child spawned by another
+/// spawner thread would inherit both ends: the pipe is made holding `FORK_FENCE` alone,
+/// each spawn holds it shared (spawns still run side by side).
+const PIPE_IS_ATOMIC: bool = cfg!(target_os = "linux");
+
+static FORK_FENCE: RwLock<()> = RwLock::new(());
+
+/// Spawns on the calling thread. Only the spawner threads (and tests) may call this.
 fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
     let (child_out, child_err, copiers) = match req.output_cap {
         None => (Stdio::from(open_log(&req.stdout)?), Stdio::from(open_log(&req.stderr)?), None),
@@ -280,7 +327,10 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
         .stdout(child_out)
         .stderr(child_err)
         .process_group(0);
-    let child = cmd.spawn()?;
+    let child = {
+        let _fence = (!PIPE_IS_ATOMIC).then(|| FORK_FENCE.read().unwrap_or_else(PoisonError::into_inner));
+        cmd.spawn()?
+    };
     drop(cmd);
 
     let pid = child.id();
@@ -443,6 +493,7 @@ fn os_code(e: &io::Error) -> Option<i32> {
 
 /// A pipe with both ends close-on-exec (the child gets its end through std's dup2).
 fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let _fence = (!PIPE_IS_ATOMIC).then(|| FORK_FENCE.write().unwrap_or_else(PoisonError::into_inner));
     platform::cloexec_pipe()
 }
 
@@ -588,6 +639,14 @@ pub fn group_alive(pgid: u32) -> bool {
 /// (macOS), or if the listing failed: callers then check each group on its own.
 pub fn live_groups() -> Option<std::collections::HashSet<u32>> {
     platform::live_groups()
+}
+
+/// Whether the kernel still knows process group `pgid` — any member at all, zombies
+/// included; `false` for a pgid no group may be signalled by (see [`signal_group`]). One
+/// `kill(-pgid, 0)`, no listing: startup recovery lists every process only when some
+/// recorded group is still known ([`live_groups`]).
+pub fn group_known(pgid: u32) -> bool {
+    checked_pgid(pgid).is_ok() && platform::group_exists(pgid)
 }
 
 /// SIGTERM to the group; wait up to `kill_grace` for it to empty; then SIGKILL and wait

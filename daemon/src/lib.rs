@@ -36,3 +36,4 @@ pub mod runner;
 pub mod shim;
 pub mod sqlite;
 pub mod sync;
+pub mod wake;

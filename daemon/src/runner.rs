@@ -101,8 +101,16 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
         failpoint::hit("recovery.before_kill").map_err(|e| format!("recovery: {e}"))?;
     }
     // One listing of every process for all the orphans, not one per orphan: with many
-    // orphans (50 groups: tens of milliseconds) that was most of a restart's recovery.
-    let live = if orphans.is_empty() { None } else { children::live_groups() };
+    // orphans (50 groups: tens of milliseconds) that was most of a restart's recovery. And
+    // none at all when the kernel knows none of their groups — a restart on Linux where
+    // the parent-death signal took every job with the daemon and whoever inherited them
+    // (init, the service manager) has reaped them before the successor looks; a listing
+    // costs a few milliseconds, and zombies not yet reaped still need it. The snapshot
+    // is then empty, and means what a listing would have: none of these groups had a live
+    // member after the daemon was gone (here not even a zombie), so none can have become
+    // ours again — only a leader still alive with its recorded start time is acted on.
+    let any_known = orphans.iter().any(|(_, child)| children::group_known(child.pgid));
+    let live = if any_known { children::live_groups() } else { Some(std::collections::HashSet::new()) };
     for (job_id, child) in orphans.iter().filter(|_| !crate::mutant::active(crate::mutant::NO_GROUP_KILL)) {
         match children::kill_recorded_group_in(child, kill_limit, live.as_ref()) {
             Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
@@ -283,6 +291,12 @@ impl Engine {
     }
 
     fn run(mut self) -> EngineExit {
+        // Before the first claim, so the first `exec` jobs do not wait for the threads.
+        if let Err(e) = children::start_spawners() {
+            events::warn("spawner.error", "Could not start the spawner threads yet; the first exec job retries")
+                .field("error", e.to_string())
+                .emit();
+        }
         let stop_watchdog = Arc::new(AtomicBool::new(false));
         let watchdog_thread = {
             let (coord, c, grace, stop) =

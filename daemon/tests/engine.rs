@@ -71,6 +71,42 @@ fn idle_daemon_claims_an_enqueued_job_quickly() {
     assert!(lat[15] < deadline(1.0), "median {:?}", lat[15]);
 }
 
+/// The wake-up socket: the active daemon listens at `<home>/homer.wake` (a socket, 0600)
+/// and a poke there wakes it (the unit tests in `wake.rs` time nothing either); a file of
+/// another kind in its place is left alone, said once, and the poll still finds the job.
+#[test]
+fn the_wake_socket_is_bound_and_a_file_in_its_place_is_left_alone() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let sb = Sandbox::new();
+    let mut d = active_engine(&sb, &[]);
+    let meta = std::fs::symlink_metadata(sb.home().join("homer.wake")).unwrap();
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(!d.has_event("wake.unavailable"), "{}", d.dump());
+    let id = enqueue(&sb, &["noop"]);
+    wait_job_event(&mut d, "job.completed", id);
+    d.stop_cleanly();
+    // Left behind, as the lock file is; a poke there now finds nobody and is ignored.
+    assert!(std::fs::symlink_metadata(sb.home().join("homer.wake")).unwrap().file_type().is_socket());
+    let id = enqueue(&sb, &["noop"]);
+
+    let sb2 = Sandbox::new();
+    std::fs::create_dir_all(sb2.home()).unwrap();
+    std::fs::write(sb2.home().join("homer.wake"), "not a socket").unwrap();
+    let mut d = active_engine(&sb2, &[]);
+    let warned = d.wait_event("wake.unavailable");
+    assert!(warned["error"].as_str().unwrap().contains("is not a socket"), "{warned}");
+    let id2 = enqueue(&sb2, &["noop"]);
+    wait_job_event(&mut d, "job.completed", id2);
+    assert_eq!(std::fs::read_to_string(sb2.home().join("homer.wake")).unwrap(), "not a socket");
+    d.stop_cleanly();
+
+    // The job enqueued while no daemon ran is claimed by the next start.
+    let mut d = active_engine(&sb, &[]);
+    wait_job_event(&mut d, "job.completed", id);
+    d.stop_cleanly();
+}
+
 /// Acceptance 3: every kind ends in its documented status; exec sees HOMER_* and no
 /// HOMERD_* hooks, and its output lands in its run files.
 #[test]

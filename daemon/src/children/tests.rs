@@ -495,6 +495,66 @@ fn spawn_held_runs_the_shim_with_the_protocol_arguments() {
     assert_eq!(read(&out), expected);
 }
 
+#[test]
+fn group_known_counts_any_member_and_refuses_what_is_never_a_jobs_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = stand_in(&["true"], request(dir.path())).unwrap();
+    let pgid = held.pgid;
+    assert!(group_known(pgid), "a held child's group");
+    // Dropped unreleased: killed and reaped, so the group has no member left at all.
+    drop(held);
+    assert!(!group_known(pgid), "a reaped group");
+    for refused in [0, 1, platform::own_process_group(), u32::MAX] {
+        assert!(!group_known(refused), "{refused}");
+    }
+}
+
+/// What startup recovery passes when the kernel knew none of the recorded groups: an
+/// empty snapshot skips every group, but not a leader still alive with its recorded
+/// start time (as with a full snapshot that missed it).
+#[test]
+fn an_empty_snapshot_still_kills_a_live_recorded_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut held = stand_in(&["sleep", "60"], request(dir.path())).unwrap();
+    held.release().unwrap();
+    let id = identity(&held);
+    let empty = std::collections::HashSet::new();
+    assert!(kill_recorded_group_in(&id, DEADLINE, Some(&empty)).unwrap(), "the live leader was not killed");
+    assert_eq!(wait_exit(&mut held).signal(), Some(libc::SIGKILL));
+    // Gone now: the same snapshot, and the record, skip it without a signal.
+    assert!(!kill_recorded_group_in(&id, DEADLINE, Some(&empty)).unwrap());
+}
+
+/// Every request is served when many arrive at once, by the pool of spawner threads.
+#[test]
+fn concurrent_spawns_are_all_served_by_the_spawner_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let starts: Vec<_> = (0..3 * SPAWNERS)
+        .map(|i| {
+            let mut req = request(dir.path());
+            req.stdout = dir.path().join(format!("{i}.out"));
+            std::thread::spawn(move || {
+                let mut held = stand_in(&["sh", "-c", "echo ran"], req).unwrap();
+                held.release().unwrap();
+                wait_exit(&mut held)
+            })
+        })
+        .collect();
+    for (i, start) in starts.into_iter().enumerate() {
+        assert!(start.join().unwrap().success());
+        assert_eq!(std::fs::read_to_string(dir.path().join(format!("{i}.out"))).unwrap(), "ran\n");
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let spawners = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "homerd-spawner")
+            .count();
+        assert_eq!(spawners, SPAWNERS, "spawner threads alive in this process");
+    }
+}
+
 mod cap_tests {
     use super::*;
 

@@ -229,6 +229,8 @@ impl Queue {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
                 let outcome = sqlite(&tx, ctx.clock.now_ms()).map_err(sql)?;
                 tx.commit().map_err(sql)?;
+                // The daemon acts on a cancel request or a retried job now, not at its poll.
+                crate::wake::poke(&crate::wake::path(&ctx.paths));
                 Ok(outcome)
             }
             Queue::Postgres(p) => {

@@ -49,6 +49,7 @@ pub fn run(ctx: Context) -> Result<i32> {
         })?;
     announce_lead(&ctx, &lock, epoch, &applied)?;
     raise_open_files();
+    let wake = bind_wake_socket(&ctx);
     let (writer, thread) = Writer::start(conn, epoch);
     let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
     let store = AnyStore::Sqlite(SqliteStore::new(writer.clone()));
@@ -91,7 +92,7 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
     coord.note_leader_refresh(crate::clock::mono());
-    let io = EngineIo::Sqlite { writer: writer.clone(), reader };
+    let io = EngineIo::Sqlite { writer: writer.clone(), reader, wake };
     let engine = runner::start(coord.clone(), io, ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone());
     let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, database_id, signals, engine, coord));
     thread.join();
@@ -117,6 +118,23 @@ pub(super) fn announce_lead(ctx: &Context, lock: &HeldLock, epoch: i64, applied:
             .emit();
     }
     Ok(())
+}
+
+/// The socket commands poke after they change the queue (`wake.rs`), bound while we hold
+/// the lock; without it (a path too long for a socket address, a read-only home, another
+/// kind of file in its place) the engine notices changes by its poll alone.
+fn bind_wake_socket(ctx: &Context) -> Option<crate::wake::WakeSocket> {
+    let path = crate::wake::path(&ctx.paths);
+    match crate::wake::WakeSocket::bind(&path) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            events::warn("wake.unavailable", "Could not bind the wake-up socket; changes are noticed by the poll")
+                .field("path", path.display().to_string())
+                .field("error", e.to_string())
+                .emit();
+            None
+        }
+    }
 }
 
 /// Room for `concurrency` jobs' descriptors (rlimit.rs); jobs get the old limit back.
