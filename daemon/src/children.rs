@@ -40,8 +40,9 @@
 //!   Linux `pipe2(O_CLOEXEC)` sets it atomically; macOS has no `pipe2`, so `pipe` +
 //!   `FD_CLOEXEC` is used, and a pipe is made only while no spawner thread's spawn is in
 //!   flight (the `FORK_FENCE` below: spawns share it, a non-atomic pipe takes it alone),
-//!   so no job's child can inherit an end between the two calls. (The PostgreSQL
-//!   daemon's one group guardian is started before any job.)
+//!   so no job's child can inherit an end between the two calls. The PostgreSQL daemon's
+//!   group guardian, which std starts with a pipe of its own and may be restarted while
+//!   jobs start, is spawned holding the fence alone too ([`fenced_spawn`]).
 //! - **Dedicated, never-ending spawner threads**: Linux's `PR_SET_PDEATHSIG` (set by the
 //!   shim, inherited across its `exec` by the job leader) fires when the *thread* that
 //!   forked the child exits, not the process. A job spawned from a short-lived worker
@@ -176,7 +177,7 @@ pub fn shim_program() -> PathBuf {
     platform::shim_program()
 }
 
-/// [`spawn_held`] through `program` in place of [`shim_program`] (given the same
+/// [`spawn_held`] through `program` in place of [`platform::job_shim_program`] (given the same
 /// `job-shim --parent OUR_PID -- argv...` arguments). Tests use a stand-in script here.
 pub(crate) fn spawn_held_via(program: &Path, req: SpawnRequest) -> io::Result<HeldChild> {
     if req.argv.is_empty() {
@@ -205,7 +206,7 @@ struct SpawnJob {
 }
 
 /// How many spawner threads start held children side by side. Most of a start is the
-/// kernel's (creating the log files, `posix_spawn`, reading the new process's start time),
+/// kernel's (its pipes, `posix_spawn`, reading the new process's start time),
 /// so a few threads keep every core busy while a wave of jobs starts; more would only
 /// queue on the same cores. Idle spawners block on the queue and cost nothing.
 pub(crate) const SPAWNERS: usize = 4;
@@ -284,12 +285,27 @@ const PIPE_IS_ATOMIC: bool = cfg!(target_os = "linux");
 
 static FORK_FENCE: RwLock<()> = RwLock::new(());
 
+/// Spawns `cmd` outside the spawner threads (the PostgreSQL group guardian) holding
+/// [`FORK_FENCE`] alone where pipes are not atomic: std makes the child's stdin pipe with
+/// `pipe` + `FD_CLOEXEC` there, and a job spawned meanwhile must not inherit it.
+pub fn fenced_spawn(cmd: &mut Command) -> io::Result<Child> {
+    let _fence = (!PIPE_IS_ATOMIC).then(|| FORK_FENCE.write().unwrap_or_else(PoisonError::into_inner));
+    cmd.spawn()
+}
+
 /// Spawns on the calling thread. Only the spawner threads (and tests) may call this.
 fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Result<HeldChild> {
     let (child_out, child_err, copiers) = match req.output_cap {
         None => (Stdio::from(open_log(&req.stdout)?), Stdio::from(open_log(&req.stderr)?), None),
         Some(cap) => {
-            // The files are the copiers' to create, at the first byte (see `copy_capped`).
+            // The files are the copiers' to create, at the first byte (see `copy_capped`);
+            // a log directory that cannot be written to at all (read-only, or not ours) is
+            // the daemon's trouble, found before anything starts.
+            for dir in [req.stdout.parent(), req.stderr.parent()].into_iter().flatten() {
+                rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).map_err(|e| {
+                    io::Error::new(io::Error::from(e).kind(), PathError { path: dir.to_owned(), source: e.into() })
+                })?;
+            }
             let (done_tx, done_rx) = mpsc::channel();
             let mut ends = Vec::new();
             for path in [req.stdout, req.stderr] {
@@ -383,8 +399,9 @@ impl std::error::Error for PathError {
 
 /// Whether a failure to start a job is the daemon's own trouble rather than the job's:
 /// the process is out of descriptors (EMFILE) or the system is (ENFILE), no process or
-/// thread can be created or no memory had (EAGAIN, ENOMEM), or the run logs cannot be
-/// written (a full, over-quota or read-only disk, or a home the daemon may not write).
+/// thread can be created or no memory had (EAGAIN, ENOMEM), or the run logs' directory
+/// cannot be made or written (a full, over-quota or read-only disk, or a home the daemon
+/// may not write).
 /// Nothing of the job ran, so it must not be charged an attempt (failure mode 25). A job's
 /// own failure — its program missing, a non-zero exit — happens after the release, in
 /// the shim or the job, and never reaches here as an error.
@@ -465,7 +482,9 @@ fn copy_capped(mut from: File, path: &Path, cap: u64) {
 /// How long a run log's creation is retried while the daemon is out of descriptors:
 /// other jobs ending give theirs back. Bounded, because jobs blocked on their pipes
 /// might be all that holds them.
-const DESCRIPTORS_WITHIN: Duration = Duration::from_secs(5);
+/// Shorter than the wait for a run's output before its outcome is recorded (5 s, runner.rs),
+/// so a log made late is still made before that.
+const DESCRIPTORS_WITHIN: Duration = Duration::from_secs(2);
 
 /// [`open_log`], retried with a growing pause (up to [`DESCRIPTORS_WITHIN`]) while the
 /// failure is EMFILE or ENFILE.

@@ -68,16 +68,16 @@ pub fn start(grace: Duration) -> std::io::Result<()> {
 
 fn spawn(grace: Duration) -> std::io::Result<Running> {
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(platform::shim_program())
-        .arg0("homerd")
+    let mut cmd = Command::new(platform::shim_program());
+    cmd.arg0("homerd")
         .arg(SUBCOMMAND)
         .arg("--parent")
         .arg(std::process::id().to_string())
         .arg("--grace-ms")
         .arg(grace.as_millis().to_string())
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()?;
+        .stdout(Stdio::null());
+    let mut child = crate::children::fenced_spawn(&mut cmd)?;
     let stdin = child.stdin.take().expect("piped stdin");
     Ok(Running { child, stdin })
 }

@@ -93,8 +93,9 @@ pub fn engine_config(cfg: &Config, worker: String) -> EngineConfig {
 /// a group cannot be killed, or we die here, the rows stay `running` with their recorded
 /// groups and the next start tries again — a job is never requeued beside a survivor.
 pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -> Result<(), String> {
-    // The job shim found (and on Linux held open) before the daemon is active: what an
-    // upgrade puts beside the executable later is not what this daemon runs.
+    // The job shim found (and on Linux held open) before the daemon is active: on Linux,
+    // what an upgrade renames into place later is not what this daemon runs (macOS looks
+    // the path up at each start).
     let _ = crate::platform::job_shim_program();
     let orphans = coord.orphan_children().map_err(|e| format!("startup recovery: {e}"))?;
     if !orphans.is_empty() {

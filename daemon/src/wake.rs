@@ -92,17 +92,23 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    #[test]
-    fn a_poke_wakes_the_listener() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILE_NAME);
+    /// Binds `path` and listens: each poke sends on the returned channel.
+    fn listen(path: &Path) -> mpsc::Receiver<()> {
         let (tx, rx) = mpsc::channel();
-        WakeSocket::bind(&path)
+        WakeSocket::bind(path)
             .unwrap()
             .listen(Box::new(move || {
                 let _ = tx.send(());
             }))
             .unwrap();
+        rx
+    }
+
+    #[test]
+    fn a_poke_wakes_the_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let rx = listen(&path);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         poke(&path);
@@ -115,13 +121,7 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         // A daemon that died left its socket: the next one binds in its place.
         drop(WakeSocket::bind(&path).unwrap());
-        let (tx, rx) = mpsc::channel();
-        WakeSocket::bind(&path)
-            .unwrap()
-            .listen(Box::new(move || {
-                let _ = tx.send(());
-            }))
-            .unwrap();
+        let rx = listen(&path);
         poke(&path);
         rx.recv_timeout(Duration::from_secs(30)).expect("the poke woke nobody");
 

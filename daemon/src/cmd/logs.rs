@@ -164,7 +164,7 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
             elsewhere(ctx, &mut source, id, run)?;
             // A log file is created at its stream's first byte (children.rs).
             eprintln!(
-                "homerd: job {id} run {run} has no output here: its program wrote nothing (or never started), so {} does not exist",
+                "homerd: job {id} run {run} has no output here: its program wrote nothing (or not yet, or never started; a `job.output_lost` warning would name a log that could not be created), so {} does not exist",
                 display(&ts[0].path)
             );
             return Ok(exit::OK);

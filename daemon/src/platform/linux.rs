@@ -40,12 +40,17 @@ pub fn job_shim_program() -> PathBuf {
     }
 }
 
-/// `homerd-shim` beside `exe`, open (close-on-exec) if it is an executable file.
+/// `homerd-shim` beside `exe`, open (close-on-exec) if it is an executable ELF file: a
+/// `#!` wrapper would be handed `/proc/self/fd/N` as its script after that descriptor
+/// closed at the `exec`, so a wrapped shim is not used (the daemon's own image is).
 fn open_job_shim(exe: &std::path::Path) -> Option<OwnedFd> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let file = std::fs::File::open(exe.with_file_name(super::JOB_SHIM_FILE)).ok()?;
+    let mut file = std::fs::File::open(exe.with_file_name(super::JOB_SHIM_FILE)).ok()?;
     let meta = file.metadata().ok()?;
-    (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then(|| file.into())
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic).ok()?;
+    (meta.is_file() && meta.permissions().mode() & 0o111 != 0 && magic == *b"\x7fELF").then(|| file.into())
 }
 
 /// The one reader of `/proc/<pid>/stat`.
@@ -145,6 +150,25 @@ pub fn own_signal_target() -> rustix::process::Pid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only an executable ELF `homerd-shim` beside the executable is held open: a `#!`
+    /// wrapper, a non-executable file or none at all leaves the daemon's own image.
+    #[test]
+    fn the_job_shim_is_an_executable_elf_file_or_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("homerd");
+        let shim = dir.path().join(super::super::JOB_SHIM_FILE);
+        assert!(open_job_shim(&exe).is_none(), "no file");
+        std::fs::write(&shim, "#!/bin/sh\nexec homerd \"$@\"\n").unwrap();
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(open_job_shim(&exe).is_none(), "a #! wrapper");
+        std::fs::copy("/proc/self/exe", &shim).unwrap();
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(open_job_shim(&exe).is_none(), "not executable");
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(open_job_shim(&exe).is_some(), "an executable ELF file");
+    }
 
     #[test]
     fn stat_parsing_survives_odd_command_names() {
