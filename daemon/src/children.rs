@@ -299,13 +299,7 @@ fn spawn_direct(program: &Path, args: &[OsString], req: SpawnRequest) -> io::Res
         None => (Stdio::from(open_log(&req.stdout)?), Stdio::from(open_log(&req.stderr)?), None),
         Some(cap) => {
             // The files are the copiers' to create, at the first byte (see `copy_capped`);
-            // a log directory that cannot be written to at all (read-only, or not ours) is
-            // the daemon's trouble, found before anything starts.
-            for dir in [req.stdout.parent(), req.stderr.parent()].into_iter().flatten() {
-                rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).map_err(|e| {
-                    io::Error::new(io::Error::from(e).kind(), PathError { path: dir.to_owned(), source: e.into() })
-                })?;
-            }
+            // the caller has made sure their directory can be written to.
             let (done_tx, done_rx) = mpsc::channel();
             let mut ends = Vec::new();
             for path in [req.stdout, req.stderr] {

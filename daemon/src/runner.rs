@@ -642,7 +642,7 @@ impl JobContext {
         let job = &self.job;
         let base = self.runs_dir.join(format!("{}-{}", job.id, job.run));
         if let Err(e) = create_private_dir(&self.runs_dir) {
-            let error = format!("cannot create {}: {e}", self.runs_dir.display());
+            let error = format!("cannot create or write to {}: {e}", self.runs_dir.display());
             return if children::is_resource_error(&e) {
                 JobResult::NotStarted { error }
             } else {
@@ -766,9 +766,13 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
     }
 }
 
+/// Makes `dir` (0700) if needed and checks it can be written to: run logs are created
+/// only at their stream's first byte (children.rs), so a directory that is read-only or
+/// not the daemon's must be found here, before the job starts, as the daemon's trouble.
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    Ok(rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)?)
 }
 
 /// A jitter factor in [0, 1] for backoff.

@@ -31,6 +31,11 @@ pub fn path(paths: &Paths) -> PathBuf {
     paths.home.join(FILE_NAME)
 }
 
+/// [`poke`]s the daemon of `paths`' home: what a command calls after its commit.
+pub fn poke_home(paths: &Paths) {
+    poke(&path(paths));
+}
+
 /// Best effort: tells a daemon listening at `path` that the queue changed. Never blocks
 /// and never fails — no socket, nobody listening, a full queue or a path too long for a
 /// socket address all leave the daemon to its poll.

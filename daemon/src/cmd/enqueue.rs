@@ -291,7 +291,7 @@ pub fn enqueue(ctx: &Context, spec: EnqueueSpec, as_json: bool) -> Result<i32> {
             let (job, set_at) = job.at(now).map_err(Error::Usage)?;
             let acked = ops::enqueue_keyed(&tx, &job, spec.key.as_deref(), now, set_at).map_err(sql)?;
             tx.commit().map_err(sql)?;
-            crate::wake::poke(&crate::wake::path(&ctx.paths));
+            crate::wake::poke_home(&ctx.paths);
             acked
         }
     };
@@ -400,7 +400,7 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
                 ids.push(ops::enqueue_keyed(&tx, &job, key.as_deref(), now, set_at).map_err(sql)?);
             }
             tx.commit().map_err(sql)?;
-            crate::wake::poke(&crate::wake::path(&ctx.paths));
+            crate::wake::poke_home(&ctx.paths);
             ids
         }
     };

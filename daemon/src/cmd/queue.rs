@@ -230,7 +230,7 @@ impl Queue {
                 let outcome = sqlite(&tx, ctx.clock.now_ms()).map_err(sql)?;
                 tx.commit().map_err(sql)?;
                 // The daemon acts on a cancel request or a retried job now, not at its poll.
-                crate::wake::poke(&crate::wake::path(&ctx.paths));
+                crate::wake::poke_home(&ctx.paths);
                 Ok(outcome)
             }
             Queue::Postgres(p) => {
