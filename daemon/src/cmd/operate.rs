@@ -254,7 +254,11 @@ pub fn cancel(ctx: &Context, id: i64, as_json: bool) -> Result<i32> {
         }
         // Running: the daemon that owns it stops it and records `cancelled`. If nobody
         // acts on the request now, the job is cancelled when its owner's place is taken.
-        if !queue.owner_active(ctx, id)? {
+        // An owner quick enough to act between our commit and the question (PostgreSQL
+        // asks about the job's own worker, which counts only while the job is running)
+        // is told apart by reading where the job stands: only a job still running has
+        // an owner that is really away; any other status is handled below.
+        if !queue.owner_active(ctx, id)? && queue.progress(id)?.is_some_and(|p| p.status == JobStatus::Running) {
             report("requested", format!("job {id} is marked running but {}", queue.unowned_cancel()))?;
             return Ok(exit::OK);
         }
