@@ -72,7 +72,7 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "1s", requires = "watch")]
         interval: String,
     },
-    /// Check a deployment: lock file, daemon, migrations, lock columns, heartbeats, stuck jobs
+    /// Check a deployment: lock file, daemon, migrations, lock columns, job statuses, heartbeats, stuck jobs
     Doctor {
         /// Machine-readable output
         #[arg(long)]

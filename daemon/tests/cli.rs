@@ -364,8 +364,8 @@ fn doctor_passes_on_a_running_install() {
     let (sb, _d) = active_sandbox();
     let out = sb.run(&["doctor"]);
     assert_eq!(out.code, Some(0), "{}", out.stdout);
-    assert_eq!(out.stdout.matches("PASS").count(), 7, "{}", out.stdout);
-    assert!(out.stdout.contains("all 7 checks passed"));
+    assert_eq!(out.stdout.matches("PASS").count(), 8, "{}", out.stdout);
+    assert!(out.stdout.contains("all 8 checks passed"));
     assert!(out.stdout.contains("PASS integrity"), "{}", out.stdout);
 }
 
@@ -429,6 +429,26 @@ fn doctor_fails_on_a_database_stopped_at_migration_003() {
         "{out}"
     );
     assert!(out.contains("FAIL lock columns"), "{out}");
+    assert_eq!(bytes(&sb.db()), before, "doctor wrote to the database");
+}
+
+/// A status only a hand edit can make (no trigger checks an UPDATE since migration 013) is
+/// a failing check naming the jobs, and the database is left as it was.
+#[test]
+fn doctor_fails_on_a_job_in_a_status_homerd_does_not_know() {
+    let sb = Sandbox::new();
+    assert_eq!(sb.run(&["migrate"]).code, Some(0));
+    for _ in 0..3 {
+        assert_eq!(sb.run(&["enqueue", "noop"]).code, Some(0));
+    }
+    sql(&sb.db()).execute("UPDATE job_queue SET status = 'paused' WHERE id IN (1, 3)", []).unwrap();
+    let before = bytes(&sb.db());
+    let out = doctor_fails(&sb, "job statuses");
+    assert!(
+        out.contains(r#"2 job(s) in a status homerd does not know"#) && out.contains(r#"1 ("paused"), 3 ("paused")"#),
+        "{out}"
+    );
+    assert!(out.contains("homerd retry"), "{out}");
     assert_eq!(bytes(&sb.db()), before, "doctor wrote to the database");
 }
 

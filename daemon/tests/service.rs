@@ -400,7 +400,7 @@ fn doctor_accepts_generated_units_and_warns_on_contradicting_ones() {
     assert_eq!(good.code, Some(0), "{}", good.stdout);
     assert_eq!(good.stdout.lines().count(), bare.stdout.lines().count(), "{}", good.stdout);
     assert!(warn_lines(&good.stdout).is_empty(), "{}", good.stdout);
-    assert!(good.stdout.ends_with("all 7 checks passed\n"), "{}", good.stdout);
+    assert!(good.stdout.ends_with("all 8 checks passed\n"), "{}", good.stdout);
 
     install(&launch_agent(&sb), BAD_PLIST);
     install(&systemd_path, BAD_UNIT);
@@ -422,7 +422,7 @@ fn doctor_accepts_generated_units_and_warns_on_contradicting_ones() {
     for (line, (path, text)) in warns.iter().zip(expect) {
         assert!(line.starts_with(&format!("WARN service unit       {path}: {text}")), "{line:?} vs {text:?}");
     }
-    assert!(bad.stdout.ends_with("all 7 checks passed, 7 warnings\n"), "{}", bad.stdout);
+    assert!(bad.stdout.ends_with("all 8 checks passed, 7 warnings\n"), "{}", bad.stdout);
 
     let json = doctor(true);
     assert_eq!(json.code, Some(0));

@@ -1,6 +1,6 @@
 //! `homerd doctor [--json]`: the original daemon's "Verify Deployment" steps as checks
-//! (lock file, daemon running, migrations, integrity, lock columns, heartbeats, stuck
-//! jobs), then a warning for each key of an installed launchd/systemd unit that
+//! (lock file, daemon running, migrations, integrity, lock columns, job statuses,
+//! heartbeats, stuck jobs), then a warning for each key of an installed launchd/systemd unit that
 //! contradicts what `homerd service` writes (`service/`). Like `status`, it never touches
 //! the lock and opens the database read-only.
 
@@ -176,6 +176,32 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
 
     if !state.is_current() {
         return checks;
+    }
+
+    // 4b. Every job in a status homerd knows (only a hand edit makes another: such a job
+    // is in no status index, so nothing would ever claim, count or recover it).
+    match read::unknown_statuses(&conn, 10) {
+        Ok((_, 0)) => check("job statuses", true, String::from("every job's status is one homerd knows")),
+        Ok((found, total)) => {
+            let shown: Vec<String> = found.iter().map(|(id, s)| format!("{id} ({s:?})")).collect();
+            let more = if total > found.len() as i64 {
+                format!(" and {} more", total - found.len() as i64)
+            } else {
+                String::new()
+            };
+            check(
+                "job statuses",
+                false,
+                format!(
+                    "{total} job(s) in a status homerd does not know, which nothing claims, counts or recovers: {}{more} \
+                     (a hand edit? give each a status homerd knows, e.g. \
+                     sqlite3 {} \"UPDATE job_queue SET status = 'failed' WHERE id = N\", then homerd retry N)",
+                    shown.join(", "),
+                    db.display()
+                ),
+            )
+        }
+        Err(e) => check("job statuses", false, format!("cannot read job_queue: {e}")),
     }
 
     // 5. Heartbeats fresh: the leader row, and every running job.

@@ -112,6 +112,30 @@ pub fn running_jobs(conn: &Connection) -> rusqlite::Result<Vec<RunningJob>> {
     rows
 }
 
+/// Jobs whose status is none of the five homerd knows, `(id, status)`, lowest ids first, at
+/// most `limit`, with how many there are in all. Only a hand edit makes one: the INSERT
+/// trigger refuses them, and since migration 013 no trigger checks an UPDATE (each status
+/// change would pay for it). Such a job is in no status index, so nothing claims, counts
+/// or recovers it: `doctor` reports them. Reads the whole table (as `doctor`'s integrity
+/// check already does).
+pub fn unknown_statuses(conn: &Connection, limit: usize) -> rusqlite::Result<(Vec<(i64, String)>, i64)> {
+    let known: Vec<String> = JobStatus::ALL.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, status, COUNT(*) OVER () FROM job_queue WHERE status IS NULL OR status NOT IN ({}) ORDER BY id",
+        known.join(", ")
+    ))?;
+    let (mut found, mut total) = (Vec::new(), 0);
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        total = r.get(2)?;
+        if found.len() == limit {
+            break;
+        }
+        found.push((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_else(|| String::from("NULL"))));
+    }
+    Ok((found, total))
+}
+
 /// Online backup: one consistent snapshot of `src` copied to `dest` (which must not
 /// exist yet; the caller renames a temp file into place).
 pub fn backup_to(src: &Connection, dest: &Path) -> rusqlite::Result<()> {
