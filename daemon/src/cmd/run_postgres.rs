@@ -127,6 +127,8 @@ async fn supervise(
     let mut lock_check = every(cfg.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id: None };
     let mut refresh = Refresh::new("worker row");
+    // Heartbeats that failed since the last one that got through: counted with the next.
+    let mut failed_heartbeats: i64 = 0;
     // When this worker may next judge others stale. After it could not reach the server
     // itself for a while, the outage was likely the server's or the network's, and every
     // other worker missed its heartbeats too: it waits a stale threshold before fencing
@@ -139,8 +141,10 @@ async fn supervise(
             _ = heartbeat.tick() => {
                 let asked_at = crate::clock::mono();
                 let host_now = ctx.clock.now();
-                match with_pg(&coord, move |p| p.heartbeat(epoch, host_now)).await {
+                let failed_before = failed_heartbeats;
+                match with_pg(&coord, move |p| p.heartbeat(epoch, host_now, failed_before)).await {
                     Ok(()) => {
+                        failed_heartbeats = 0;
                         if refresh.since_last() > cfg.heartbeat_interval * 2 {
                             sweep_after = Instant::now() + cfg.stale_threshold;
                         }
@@ -165,7 +169,10 @@ async fn supervise(
                         }
                     }
                     Err(StoreError::Fenced) => break Stop::Fenced(String::from("another worker fenced this incarnation")),
-                    Err(e) => refresh.failed(&coord, e.to_string()),
+                    Err(e) => {
+                        failed_heartbeats += 1;
+                        refresh.failed(&coord, e.to_string());
+                    }
                 }
             }
             _ = lock_check.tick() => {

@@ -166,10 +166,19 @@ impl PgStore {
         Ok(id)
     }
 
-    /// The worker heartbeat: `seen_at` refreshed on the server's clock. `Fenced` once
+    /// The worker heartbeat: `seen_at` refreshed on the server's clock, and `failed_before`
+    /// (this worker's heartbeats that did not get through since its last one that did)
+    /// added to the queue's `heartbeat_failures` in the same transaction. `Fenced` once
     /// another worker fenced this incarnation.
-    pub fn heartbeat(&mut self, epoch: Epoch, host_now: WallMs) -> StoreResult<()> {
-        match self.guarded(epoch, host_now, |tx, _| workers::heartbeat(tx, epoch, host_now))? {
+    pub fn heartbeat(&mut self, epoch: Epoch, host_now: WallMs, failed_before: i64) -> StoreResult<()> {
+        let beat = |tx: &mut Transaction<'_>, _: i64| {
+            let ours = workers::heartbeat(tx, epoch, host_now)?;
+            if ours {
+                jobs::bump_metric(tx, "heartbeat_failures", failed_before)?;
+            }
+            Ok(ours)
+        };
+        match self.guarded(epoch, host_now, beat)? {
             true => Ok(()),
             // Only reachable without the guard (a mutant): the row says fenced.
             false => Err(StoreError::Fenced),

@@ -244,7 +244,7 @@ fn a_fence_waits_for_a_write_in_flight_and_refuses_every_later_one(server: &Test
         store.record_many(&[(claimed.claim_ref(epoch), Record::Complete)], WallMs(0)),
         vec![Err(StoreError::Fenced)]
     );
-    assert_eq!(store.heartbeat(epoch, WallMs(0)), Err(StoreError::Fenced));
+    assert_eq!(store.heartbeat(epoch, WallMs(0), 0), Err(StoreError::Fenced));
     assert_eq!(scalar(&url, "SELECT COUNT(*) FROM job_queue WHERE status = 'completed'"), 0);
 }
 
@@ -267,7 +267,7 @@ fn stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(s
     assert_eq!(sweeper.sweep_stale(me, 0, WallMs(server_now)).unwrap().0, Vec::<i64>::new());
     // Nor does a sweeper whose own clock runs an hour ahead, nor a worker whose clock is
     // an hour behind when it heartbeats: only the server's clock judges.
-    live_store.heartbeat(live, WallMs(server_now - 3_600_000)).unwrap();
+    live_store.heartbeat(live, WallMs(server_now - 3_600_000), 0).unwrap();
     assert_eq!(sweeper.sweep_stale(me, 0, WallMs(server_now + 3_600_000)).unwrap().0, Vec::<i64>::new());
     // The server last heard from `old` 6 s ago (its threshold is 5 s).
     connect(&url)
@@ -310,7 +310,7 @@ fn a_new_start_on_the_same_home_recovers_its_predecessors_at_once(server: &TestS
     assert_eq!(second_store.orphan_children(second).unwrap(), vec![(id, child)]);
     let rec = second_store.recover(second, WallMs(0), WallMs(0)).unwrap();
     assert_eq!(rec.requeued, vec![id]);
-    assert_eq!(first_store.heartbeat(first, WallMs(0)), Err(StoreError::Fenced), "the predecessor is fenced");
+    assert_eq!(first_store.heartbeat(first, WallMs(0), 0), Err(StoreError::Fenced), "the predecessor is fenced");
     assert_eq!(scalar(&url, "SELECT COUNT(*) FROM homer_workers WHERE fenced_at IS NULL"), 2);
 }
 
