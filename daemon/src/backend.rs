@@ -271,14 +271,15 @@ impl EngineIo {
         match self {
             EngineIo::Sqlite { reader, .. } => {
                 let now = clock.now_ms();
+                let counts = crate::sqlite::read::job_counts(reader).unwrap_or_default();
                 Some(Counters {
                     metrics: crate::sqlite::ops::metrics(reader).unwrap_or_default(),
-                    jobs: crate::sqlite::read::job_counts(reader).unwrap_or_default(),
+                    jobs: counts.by_status,
                     oldest_pending_age_ms: crate::sqlite::ops::oldest_pending(reader, now)
                         .ok()
                         .flatten()
                         .map(|t| (now - t).max(0)),
-                    lanes: crate::sqlite::ops::lane_counts(reader).unwrap_or_default(),
+                    lanes: counts.by_lane,
                 })
             }
             EngineIo::Postgres(pg) => {
@@ -289,11 +290,12 @@ impl EngineIo {
                         (Ok(Some(t)), Ok(now)) => Some((now - t).max(0)),
                         _ => None,
                     };
+                    let counts = ops::job_counts(c).unwrap_or_default();
                     Ok(Counters {
                         metrics: ops::metrics(c).unwrap_or_default(),
-                        jobs: ops::job_counts(c).unwrap_or_default(),
+                        jobs: counts.by_status,
                         oldest_pending_age_ms: oldest,
-                        lanes: ops::lane_counts(c).unwrap_or_default(),
+                        lanes: counts.by_lane,
                     })
                 })
                 .and_then(Result::ok)

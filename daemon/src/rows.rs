@@ -48,6 +48,30 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
+/// Jobs per status and per lane and status, from one read (`status`, `daemon.metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Every status present, zero if none.
+    pub by_status: std::collections::BTreeMap<String, i64>,
+    /// Per lane, the statuses it has jobs in.
+    pub by_lane: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+}
+
+impl JobCounts {
+    /// From `(lane, status, count)` rows, one per lane and status present.
+    pub fn from_groups(groups: impl IntoIterator<Item = (String, String, i64)>) -> JobCounts {
+        let mut counts = JobCounts {
+            by_status: JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect(),
+            by_lane: Default::default(),
+        };
+        for (lane, status, n) in groups {
+            *counts.by_status.entry(status.clone()).or_insert(0) += n;
+            counts.by_lane.entry(lane).or_default().insert(status, n);
+        }
+        counts
+    }
+}
+
 /// What `cancel` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cancel {
@@ -87,4 +111,19 @@ pub struct JobProgress {
     pub runs: i64,
     /// When it ended (`completed_at`, set for every terminal status); `None` before.
     pub completed_at: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_status_add_up_the_lanes_and_name_every_status() {
+        let group = |lane: &str, status: &str, n| (lane.to_owned(), status.to_owned(), n);
+        let c = JobCounts::from_groups([group("a", "pending", 2), group("b", "pending", 3), group("b", "failed", 1)]);
+        let by_status: Vec<(&str, i64)> = c.by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        assert_eq!(by_status, [("cancelled", 0), ("completed", 0), ("failed", 1), ("pending", 5), ("running", 0)]);
+        assert_eq!(c.by_lane["a"].len(), 1);
+        assert_eq!((c.by_lane["b"]["pending"], c.by_lane["b"]["failed"]), (3, 1));
+    }
 }

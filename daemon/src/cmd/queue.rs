@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::postgres::jobs::PgResult;
 use crate::postgres::ops as pg_ops;
 use crate::postgres::workers::{self, WorkerRow};
-use crate::rows::{Cancel, JobProgress, JobRow, Retry, RunRow, RunningJob};
+use crate::rows::{Cancel, JobCounts, JobProgress, JobRow, Retry, RunRow, RunningJob};
 use crate::sqlite::leader::{self, HolderState, LeaderRow};
 use crate::sqlite::{ops, read};
 
@@ -253,8 +253,7 @@ impl Queue {
                 let sql = |e| Error::sqlite(&*db, e);
                 let row = leader::read(conn).map_err(sql)?;
                 let state = row.holder_state(&ctx.clock, ctx.config.stale_threshold);
-                let counts = read::job_counts(conn).map_err(sql)?;
-                let lanes = ops::lane_counts(conn).map_err(sql)?;
+                let JobCounts { by_status: counts, by_lane: lanes } = read::job_counts(conn).map_err(sql)?;
                 let metrics = ops::metrics(conn).map_err(sql)?;
                 let now = ctx.clock.now_ms();
                 let oldest_pending = ops::oldest_pending(conn, now).map_err(sql)?;
@@ -274,8 +273,7 @@ impl Queue {
                 let pge = |e| Error::postgres(&shown, e);
                 let mut tx = snapshot(pg)?;
                 let now = pg_ops::now(&mut tx).map_err(pge)?;
-                let counts = pg_ops::job_counts(&mut tx).map_err(pge)?;
-                let lanes = pg_ops::lane_counts(&mut tx).map_err(pge)?;
+                let JobCounts { by_status: counts, by_lane: lanes } = pg_ops::job_counts(&mut tx).map_err(pge)?;
                 let metrics = pg_ops::metrics(&mut tx).map_err(pge)?;
                 let oldest_pending = pg_ops::oldest_pending(&mut tx).map_err(pge)?;
                 let running = pg_ops::running_jobs(&mut tx).map_err(pge)?;

@@ -21,7 +21,7 @@ use postgres::{GenericClient, Transaction};
 use super::jobs::{self, server_now, PgResult};
 use crate::job::stored::{parse_args, parse_env};
 use crate::job::{JobId, JobStatus, NewJob, WallMs};
-use crate::rows::{Cancel, JobProgress, JobRow, Retry, RunRow, RunningJob};
+use crate::rows::{Cancel, JobCounts, JobProgress, JobRow, Retry, RunRow, RunningJob};
 
 /// The channel a daemon LISTENs on, and the one `NOTIFY` every writer sends on it.
 pub use super::daemon::{notify, CHANNEL};
@@ -202,22 +202,10 @@ pub fn retry(tx: &mut Transaction<'_>, id: i64) -> PgResult<Retry> {
     Ok(Retry::Requeued)
 }
 
-/// Job counts per status (every status present, zero if none).
-pub fn job_counts(client: &mut impl GenericClient) -> PgResult<BTreeMap<String, i64>> {
-    let mut counts: BTreeMap<String, i64> = JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
-    for r in client.query("SELECT status, COUNT(*) FROM job_queue GROUP BY status", &[])? {
-        counts.insert(r.get(0), r.get(1));
-    }
-    Ok(counts)
-}
-
-/// Per-lane counts per status.
-pub fn lane_counts(client: &mut impl GenericClient) -> PgResult<BTreeMap<String, BTreeMap<String, i64>>> {
-    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for r in client.query("SELECT lane, status, COUNT(*) FROM job_queue GROUP BY lane, status", &[])? {
-        out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
-    }
-    Ok(out)
+/// Jobs per status and per lane, from one grouped read.
+pub fn job_counts(client: &mut impl GenericClient) -> PgResult<JobCounts> {
+    let rows = client.query("SELECT lane, status, COUNT(*) FROM job_queue GROUP BY lane, status", &[])?;
+    Ok(JobCounts::from_groups(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2)))))
 }
 
 pub fn metrics(client: &mut impl GenericClient) -> PgResult<BTreeMap<String, i64>> {

@@ -202,19 +202,6 @@ pub fn metrics(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap
     m
 }
 
-/// Per-lane counts per status.
-pub fn lane_counts(
-    conn: &Connection,
-) -> rusqlite::Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>> {
-    let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> = Default::default();
-    let mut stmt = conn.prepare(super::read::COUNTS_BY_LANE)?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))? {
-        let (lane, status, n) = row?;
-        out.entry(lane).or_default().insert(status, n);
-    }
-    Ok(out)
-}
-
 pub(crate) const OLDEST_PENDING: &str =
     "SELECT MIN(run_after) FROM job_queue WHERE status = 'pending' AND run_after <= ?1";
 
