@@ -380,10 +380,21 @@ impl Engine {
                 // Lost leases are queued as stops for the watchdog.
                 let lost = self.coord.renew(now, wall);
                 if held > 0 {
-                    events::debug("job.heartbeat", "Leases renewed")
+                    match self.coord.renew_failure() {
+                        None => events::debug("job.heartbeat", "Leases renewed")
+                            .field("held", held)
+                            .field("lost", lost.len())
+                            .emit(),
+                        // Each lease runs out at its own deadline unless a later renewal
+                        // gets through (the daemon then stops its job: `job.lease_lost`).
+                        Some(why) => events::warn(
+                            "job.renew_failed",
+                            "Could not renew the leases; retrying at the next heartbeat",
+                        )
                         .field("held", held)
-                        .field("lost", lost.len())
-                        .emit();
+                        .field("error", why)
+                        .emit(),
+                    }
                 }
             }
             if now >= next_housekeeping {

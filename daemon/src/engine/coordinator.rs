@@ -181,10 +181,11 @@ struct State {
     halted: bool,
     /// Monotonic time of the leader row's last successful refresh.
     leader_at: Option<MonoMs>,
-    /// The last renewal could not be written (the store was unavailable: busy past its
-    /// timeout, a full disk). A lease that runs out meanwhile ran out for the daemon's
-    /// trouble, however recently the leader row was refreshed.
-    renew_unwritable: bool,
+    /// Why the last renewal could not be written (the store was unavailable: busy past
+    /// its timeout, a full disk); `None` after one that was. A lease that runs out
+    /// meanwhile ran out for the daemon's trouble, however recently the leader row was
+    /// refreshed.
+    renew_unwritable: Option<String>,
     /// Stop decisions not yet carried out (see [`Coordinator::take_stops`]).
     stops: Vec<(JobId, StopReason)>,
     /// Set while job starts fail for the daemon's own reasons.
@@ -394,7 +395,7 @@ impl<S: JobStore> Coordinator<S> {
         let mut st = sync::lock(&self.state);
         match result {
             Ok(ours) => {
-                st.renew_unwritable = false;
+                st.renew_unwritable = None;
                 let mut lost = Vec::new();
                 for (id, token) in held {
                     // Finished (or re-claimed under a new token) while the store was busy:
@@ -414,11 +415,16 @@ impl<S: JobStore> Coordinator<S> {
             }
             Err(StoreError::Fenced) => fence_locked(&mut st),
             // Not renewed: the deadlines in `due` decide when to give up.
-            Err(StoreError::Unavailable(_)) => {
-                st.renew_unwritable = true;
+            Err(StoreError::Unavailable(why)) => {
+                st.renew_unwritable = Some(why);
                 Vec::new()
             }
         }
+    }
+
+    /// Why the last [`Coordinator::renew`] could not write the renewals, if it could not.
+    pub fn renew_failure(&self) -> Option<String> {
+        sync::lock(&self.state).renew_unwritable.clone()
     }
 
     /// Leases whose process must be stopped now, each marked with its reason (and queued
@@ -432,7 +438,7 @@ impl<S: JobStore> Coordinator<S> {
         // The daemon's trouble, not the job's: the leader row has gone unrefreshed, or the
         // renewals themselves cannot be written. (The leader row alone is not enough: a
         // lease claimed after its last refresh runs out first.)
-        let standing_down = self.leader_stale(&st, now_mono) || st.renew_unwritable;
+        let standing_down = self.leader_stale(&st, now_mono) || st.renew_unwritable.is_some();
         let mut out = Vec::new();
         for lease in st.leases.values().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
             let lease_expired = now_mono >= lease.kill_by(&self.cfg, leader_at)
