@@ -254,6 +254,8 @@ struct Engine {
     /// backend's wake-up source (`EngineIo::start_wakeups`) says the queue changed.
     wake_tx: Sender<Wake>,
     wake_rx: Receiver<Wake>,
+    /// How the backend's wake-up source says the queue changed.
+    changes: ChangeSignal,
     /// The watchdog thread, which parks while nothing is held.
     watchdog: Option<std::thread::Thread>,
 }
@@ -268,13 +270,36 @@ enum Wake {
     Changed,
 }
 
+/// The queue changed: what the backend's wake-up source raises (each command's poke on
+/// SQLite, each notification on PostgreSQL). At most one [`Wake::Changed`] waits in the
+/// engine's channel, so a flood of wake-ups while the engine is busy queues one look, not
+/// one message each.
+#[derive(Clone)]
+struct ChangeSignal {
+    queued: Arc<AtomicBool>,
+    tx: Sender<Wake>,
+}
+
+impl ChangeSignal {
+    fn raise(&self) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(Wake::Changed);
+        }
+    }
+
+    /// The engine took the `Changed`, before it looks at the queue again: a change from
+    /// now on queues a new look.
+    fn taken(&self) {
+        self.queued.store(false, Ordering::Release);
+    }
+}
+
 impl Engine {
     fn new(coord: Arc<EngineCoordinator>, mut io: EngineIo, cfg: Config, clock: Clock, paths: Paths) -> Engine {
         let (wake_tx, wake_rx) = mpsc::channel();
-        let waker = wake_tx.clone();
-        io.start_wakeups(Box::new(move || {
-            let _ = waker.send(Wake::Changed);
-        }));
+        let changes = ChangeSignal { queued: Arc::new(AtomicBool::new(false)), tx: wake_tx.clone() };
+        let raise = changes.clone();
+        io.start_wakeups(Box::new(move || raise.raise()));
         Engine {
             coord,
             io,
@@ -287,6 +312,7 @@ impl Engine {
             unrecorded: 0,
             wake_tx,
             wake_rx,
+            changes,
             watchdog: None,
         }
     }
@@ -491,7 +517,9 @@ impl Engine {
             // Queued for the watchdog, which carries out every stop.
             Wake::Control(Control::Fence) => drop(self.coord.fence()),
             Wake::Ended(id, result) => ended.push((id, result)),
-            Wake::Changed => {}
+            // Taken before the engine looks at the queue again, so a wake-up from now on
+            // queues a new look.
+            Wake::Changed => self.changes.taken(),
         }
     }
 
@@ -798,4 +826,26 @@ fn jitter() -> f64 {
 /// The identity of this daemon as a worker name (`host/pid`).
 pub fn worker_name() -> String {
     format!("{}/{}", identity::hostname(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_ups_queue_one_look_until_it_is_taken() {
+        let (tx, rx) = mpsc::channel();
+        let changes = ChangeSignal { queued: Arc::new(AtomicBool::new(false)), tx };
+        let queued = |rx: &Receiver<Wake>| rx.try_iter().filter(|w| matches!(w, Wake::Changed)).count();
+        for _ in 0..1000 {
+            changes.raise();
+        }
+        assert_eq!(queued(&rx), 1, "a flood queues one look");
+        changes.raise();
+        assert_eq!(queued(&rx), 0, "not taken yet: still one look pending");
+        changes.taken();
+        changes.raise();
+        changes.raise();
+        assert_eq!(queued(&rx), 1, "taken: the next change queues a new look");
+    }
 }
