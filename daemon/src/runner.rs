@@ -30,7 +30,7 @@ use crate::backend::{AnyStore, EngineIo};
 use crate::children::{self, SpawnRequest};
 use crate::clock::{mono, Clock};
 use crate::config::Config;
-use crate::engine::coordinator::{ChildRecorded, Coordinator, EngineConfig, Finished, JobResult, StopReason};
+use crate::engine::coordinator::{ChildRecorded, Coordinator, EngineConfig, Finished, JobResult, Renewal, StopReason};
 use crate::job::{ChildIdentity, ClaimLimits, Claimed, JobId, WallMs};
 use crate::paths::Paths;
 use crate::{events, failpoint, identity};
@@ -404,23 +404,22 @@ impl Engine {
                 next_renew = now + heartbeat_ms;
                 let held = self.coord.held().len();
                 // Lost leases are queued as stops for the watchdog.
-                let lost = self.coord.renew(now, wall);
-                if held > 0 {
-                    match self.coord.renew_failure() {
-                        None => events::debug("job.heartbeat", "Leases renewed")
-                            .field("held", held)
-                            .field("lost", lost.len())
-                            .emit(),
-                        // Each lease runs out at its own deadline unless a later renewal
-                        // gets through (the daemon then stops its job: `job.lease_lost`).
-                        Some(why) => events::warn(
-                            "job.renew_failed",
-                            "Could not renew the leases; retrying at the next heartbeat",
-                        )
+                let (lost, renewal) = self.coord.renew_told(now, wall);
+                match renewal {
+                    Renewal::Written => events::debug("job.heartbeat", "Leases renewed")
                         .field("held", held)
-                        .field("error", why)
+                        .field("lost", lost.len())
                         .emit(),
+                    // Each lease runs out at its own deadline unless a later renewal gets
+                    // through (the daemon then stops its job: `job.lease_lost`).
+                    Renewal::Refused(why) => {
+                        events::warn("job.renew_failed", "Could not renew the leases; retrying at the next heartbeat")
+                            .field("held", held)
+                            .field("error", why)
+                            .emit()
                     }
+                    // Fenced has its own events; nothing held, nothing to say.
+                    Renewal::Fenced | Renewal::Nothing => {}
                 }
             }
             if now >= next_housekeeping {

@@ -195,7 +195,8 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
                 format!(
                     "{total} job(s) in a status homerd does not know, which nothing claims, counts or recovers: {}{more} \
                      (a hand edit? give each a status homerd knows, e.g. \
-                     sqlite3 {} \"UPDATE job_queue SET status = 'failed' WHERE id = N\", then homerd retry N)",
+                     sqlite3 '{}' \"UPDATE job_queue SET status = 'failed', completed_at = strftime('%s') * 1000, \
+                     locked_by = NULL, claim_token = NULL, claim_epoch = NULL WHERE id = N\", then homerd retry N to run it again)",
                     shown.join(", "),
                     db.display()
                 ),

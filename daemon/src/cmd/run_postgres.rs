@@ -142,9 +142,10 @@ async fn supervise(
                 let asked_at = crate::clock::mono();
                 let host_now = ctx.clock.now();
                 let failed_before = failed_heartbeats;
-                match with_pg(&coord, move |p| p.heartbeat(epoch, host_now, failed_before)).await {
+                let (beat, still_to_count) = with_pg(&coord, move |p| p.heartbeat(epoch, host_now, failed_before)).await;
+                failed_heartbeats = still_to_count;
+                match beat {
                     Ok(()) => {
-                        failed_heartbeats = 0;
                         if refresh.since_last() > cfg.heartbeat_interval * 2 {
                             sweep_after = Instant::now() + cfg.stale_threshold;
                         }
@@ -169,10 +170,7 @@ async fn supervise(
                         }
                     }
                     Err(StoreError::Fenced) => break Stop::Fenced(String::from("another worker fenced this incarnation")),
-                    Err(e) => {
-                        failed_heartbeats += 1;
-                        refresh.failed(&coord, e.to_string());
-                    }
+                    Err(e) => refresh.failed(&coord, e.to_string()),
                 }
             }
             _ = lock_check.tick() => {

@@ -181,11 +181,10 @@ struct State {
     halted: bool,
     /// Monotonic time of the leader row's last successful refresh.
     leader_at: Option<MonoMs>,
-    /// Why the last renewal could not be written (the store was unavailable: busy past
-    /// its timeout, a full disk); `None` after one that was. A lease that runs out
-    /// meanwhile ran out for the daemon's trouble, however recently the leader row was
-    /// refreshed.
-    renew_unwritable: Option<String>,
+    /// The last renewal could not be written (the store was unavailable: busy past its
+    /// timeout, a full disk). A lease that runs out meanwhile ran out for the daemon's
+    /// trouble, however recently the leader row was refreshed.
+    renew_unwritable: bool,
     /// Stop decisions not yet carried out (see [`Coordinator::take_stops`]).
     stops: Vec<(JobId, StopReason)>,
     /// Set while job starts fail for the daemon's own reasons.
@@ -239,6 +238,19 @@ pub struct Coordinator<S> {
     pub epoch: Epoch,
     state: Mutex<State>,
     store: Mutex<S>,
+}
+
+/// What one [`Coordinator::renew_told`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Nothing to renew (no lease worth keeping, or fenced or halted): no store call.
+    Nothing,
+    /// Written (any lease the store did not renew was lost).
+    Written,
+    /// The store could not take it (busy past its timeout, a full disk): why.
+    Refused(String),
+    /// The store said this daemon is fenced.
+    Fenced,
 }
 
 impl<S: JobStore> Coordinator<S> {
@@ -377,10 +389,15 @@ impl<S: JobStore> Coordinator<S> {
     /// timeout: the row must stay ours until released). Returns the ids whose lease turned
     /// out lost, now marked to be killed. The store is called without the state lock.
     pub fn renew(&self, now_mono: MonoMs, now_wall: WallMs) -> Vec<JobId> {
+        self.renew_told(now_mono, now_wall).0
+    }
+
+    /// [`Coordinator::renew`], also telling what this call did (for the engine's event).
+    pub fn renew_told(&self, now_mono: MonoMs, now_wall: WallMs) -> (Vec<JobId>, Renewal) {
         let held: Vec<(JobId, String)> = {
             let st = sync::lock(&self.state);
             if st.fenced || st.halted {
-                return Vec::new();
+                return (Vec::new(), Renewal::Nothing);
             }
             st.leases
                 .values()
@@ -389,13 +406,13 @@ impl<S: JobStore> Coordinator<S> {
                 .collect()
         };
         if held.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Renewal::Nothing);
         }
         let result = sync::lock(&self.store).renew(self.epoch, &held, now_wall);
         let mut st = sync::lock(&self.state);
         match result {
             Ok(ours) => {
-                st.renew_unwritable = None;
+                st.renew_unwritable = false;
                 let mut lost = Vec::new();
                 for (id, token) in held {
                     // Finished (or re-claimed under a new token) while the store was busy:
@@ -411,20 +428,15 @@ impl<S: JobStore> Coordinator<S> {
                 for id in &lost {
                     st.stop(*id, StopReason::LeaseLost);
                 }
-                lost
+                (lost, Renewal::Written)
             }
-            Err(StoreError::Fenced) => fence_locked(&mut st),
+            Err(StoreError::Fenced) => (fence_locked(&mut st), Renewal::Fenced),
             // Not renewed: the deadlines in `due` decide when to give up.
             Err(StoreError::Unavailable(why)) => {
-                st.renew_unwritable = Some(why);
-                Vec::new()
+                st.renew_unwritable = true;
+                (Vec::new(), Renewal::Refused(why))
             }
         }
-    }
-
-    /// Why the last [`Coordinator::renew`] could not write the renewals, if it could not.
-    pub fn renew_failure(&self) -> Option<String> {
-        sync::lock(&self.state).renew_unwritable.clone()
     }
 
     /// Leases whose process must be stopped now, each marked with its reason (and queued
@@ -438,7 +450,7 @@ impl<S: JobStore> Coordinator<S> {
         // The daemon's trouble, not the job's: the leader row has gone unrefreshed, or the
         // renewals themselves cannot be written. (The leader row alone is not enough: a
         // lease claimed after its last refresh runs out first.)
-        let standing_down = self.leader_stale(&st, now_mono) || st.renew_unwritable.is_some();
+        let standing_down = self.leader_stale(&st, now_mono) || st.renew_unwritable;
         let mut out = Vec::new();
         for lease in st.leases.values().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
             let lease_expired = now_mono >= lease.kill_by(&self.cfg, leader_at)

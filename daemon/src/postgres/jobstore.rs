@@ -170,7 +170,12 @@ impl PgStore {
     /// (this worker's heartbeats that did not get through since its last one that did)
     /// added to the queue's `heartbeat_failures` in the same transaction. `Fenced` once
     /// another worker fenced this incarnation.
-    pub fn heartbeat(&mut self, epoch: Epoch, host_now: WallMs, failed_before: i64) -> StoreResult<()> {
+    ///
+    /// Also returns the failures still to be counted after this call: none once a commit
+    /// may have carried them — a commit whose reply was lost counts as carried (and as no
+    /// failure), so a failure is never counted twice, though it may go uncounted —, one
+    /// more after a heartbeat that surely wrote nothing.
+    pub fn heartbeat(&mut self, epoch: Epoch, host_now: WallMs, failed_before: i64) -> (StoreResult<()>, i64) {
         let beat = |tx: &mut Transaction<'_>, _: i64| {
             let ours = workers::heartbeat(tx, epoch, host_now)?;
             if ours {
@@ -178,10 +183,12 @@ impl PgStore {
             }
             Ok(ours)
         };
-        match self.guarded(epoch, host_now, beat)? {
-            true => Ok(()),
+        match self.guarded_tx(epoch, host_now, beat) {
+            Ok(true) => (Ok(()), 0),
             // Only reachable without the guard (a mutant): the row says fenced.
-            false => Err(StoreError::Fenced),
+            Ok(false) => (Err(StoreError::Fenced), failed_before),
+            Err(TxError::Before(e)) => (Err(e), failed_before + 1),
+            Err(TxError::Commit(_, e)) => (Err(e), 0),
         }
     }
 

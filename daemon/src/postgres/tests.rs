@@ -102,6 +102,23 @@ fn postgres_workers_share_one_queue() {
     migrations_apply_once_and_refuse_what_is_not_theirs(&server);
     a_claim_passes_over_a_row_another_transaction_holds(&server);
     a_claim_whose_commit_reply_was_lost_is_resolved_by_its_tokens(&server);
+    failed_heartbeats_are_counted_once(&server);
+}
+
+/// A worker's failed heartbeats ride along with its next one; a commit whose reply was
+/// lost counts as having carried them, so they are never added twice.
+fn failed_heartbeats_are_counted_once(server: &TestServer) {
+    let url = migrated(server);
+    let (epoch, mut store) = worker(&url, "w", 60_000);
+    let counted = || scalar(&url, "SELECT value FROM metrics WHERE name = 'heartbeat_failures'");
+    assert_eq!(store.heartbeat(epoch, WallMs(0), 2), (Ok(()), 0));
+    assert_eq!(counted(), 2);
+    store.lose_next_commit_reply = true;
+    let (beat, still) = store.heartbeat(epoch, WallMs(0), 3);
+    assert!(matches!(beat, Err(StoreError::Unavailable(_))), "{beat:?}");
+    assert_eq!((still, counted()), (0, 5), "the server committed the 3; nothing is left to add");
+    assert_eq!(store.heartbeat(epoch, WallMs(0), still), (Ok(()), 0));
+    assert_eq!(counted(), 5, "counted once");
 }
 
 /// The server committed a claim but its reply never arrived (the connection dropped at
@@ -244,7 +261,7 @@ fn a_fence_waits_for_a_write_in_flight_and_refuses_every_later_one(server: &Test
         store.record_many(&[(claimed.claim_ref(epoch), Record::Complete)], WallMs(0)),
         vec![Err(StoreError::Fenced)]
     );
-    assert_eq!(store.heartbeat(epoch, WallMs(0), 0), Err(StoreError::Fenced));
+    assert_eq!(store.heartbeat(epoch, WallMs(0), 0).0, Err(StoreError::Fenced));
     assert_eq!(scalar(&url, "SELECT COUNT(*) FROM job_queue WHERE status = 'completed'"), 0);
 }
 
@@ -267,7 +284,7 @@ fn stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(s
     assert_eq!(sweeper.sweep_stale(me, 0, WallMs(server_now)).unwrap().0, Vec::<i64>::new());
     // Nor does a sweeper whose own clock runs an hour ahead, nor a worker whose clock is
     // an hour behind when it heartbeats: only the server's clock judges.
-    live_store.heartbeat(live, WallMs(server_now - 3_600_000), 0).unwrap();
+    live_store.heartbeat(live, WallMs(server_now - 3_600_000), 0).0.unwrap();
     assert_eq!(sweeper.sweep_stale(me, 0, WallMs(server_now + 3_600_000)).unwrap().0, Vec::<i64>::new());
     // The server last heard from `old` 6 s ago (its threshold is 5 s).
     connect(&url)
@@ -310,7 +327,7 @@ fn a_new_start_on_the_same_home_recovers_its_predecessors_at_once(server: &TestS
     assert_eq!(second_store.orphan_children(second).unwrap(), vec![(id, child)]);
     let rec = second_store.recover(second, WallMs(0), WallMs(0)).unwrap();
     assert_eq!(rec.requeued, vec![id]);
-    assert_eq!(first_store.heartbeat(first, WallMs(0), 0), Err(StoreError::Fenced), "the predecessor is fenced");
+    assert_eq!(first_store.heartbeat(first, WallMs(0), 0).0, Err(StoreError::Fenced), "the predecessor is fenced");
     assert_eq!(scalar(&url, "SELECT COUNT(*) FROM homer_workers WHERE fenced_at IS NULL"), 2);
 }
 

@@ -199,7 +199,8 @@ mod tests {
     /// The operator's reads that count or list by status (`status`, `doctor`, the
     /// engine's housekeeping) read an index on a table of any size, never the whole table:
     /// migration 013 left no index on every row's status, so each must find its partial
-    /// one. (A scan of a partial index reads only the rows of its status.)
+    /// one. (A scan of a partial index reads only the rows of its status.) The one
+    /// exception is on purpose: `unknown_statuses`, which looks for rows in no group.
     #[test]
     fn status_reads_use_an_index() {
         let t = tempfile::tempdir().unwrap();

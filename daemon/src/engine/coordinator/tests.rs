@@ -336,3 +336,22 @@ fn a_lease_that_runs_out_while_renewals_cannot_be_written_is_a_stand_down() {
     let j = &sync::lock(&c.store).inner.jobs[&id];
     assert_eq!((j.status, j.attempts), (JobStatus::Pending, 0));
 }
+
+/// What a renewal did, for the engine's event: written, refused with the store's reason
+/// (never a reason left over from an earlier call), fenced, or nothing to renew.
+#[test]
+fn each_renewal_tells_what_it_did() {
+    let mut inner = MemoryStore::new(Epoch(1));
+    inner.enqueue(&NewJob::new("noop", "l", 1));
+    let c = Coordinator::new(cfg(), Epoch(1), FullDisk { inner, full: false });
+    assert_eq!(c.renew_told(MonoMs(10), WallMs(10)).1, Renewal::Nothing, "nothing held");
+    assert_eq!(c.claim(MonoMs(50), WallMs(50)).len(), 1);
+    assert_eq!(c.renew_told(MonoMs(100), WallMs(100)).1, Renewal::Written);
+    sync::lock(&c.store).full = true;
+    assert_eq!(c.renew_told(MonoMs(150), WallMs(150)).1, Renewal::Refused(String::from("database or disk is full")));
+    sync::lock(&c.store).full = false;
+    assert_eq!(c.renew_told(MonoMs(200), WallMs(200)).1, Renewal::Written, "the refusal is not remembered");
+    sync::lock(&c.store).inner.epoch = Epoch(2);
+    assert_eq!(c.renew_told(MonoMs(250), WallMs(250)).1, Renewal::Fenced);
+    assert_eq!(c.renew_told(MonoMs(300), WallMs(300)).1, Renewal::Nothing, "fenced: no store call");
+}
