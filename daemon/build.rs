@@ -19,20 +19,22 @@ fn main() {
 /// NSS, which resolving a PostgreSQL host name uses, needs it).
 ///
 /// Cargo passes a binary its own link arguments only *after* rustc's, and rustc names the
-/// system libraries as shared ones (`-Bdynamic -lgcc_s ... -lc`), so `-static-pie` alone
-/// links a broken program (shared libraries, no interpreter). A directory searched before
-/// the system's, given to this binary alone, holds `libc.so`, `libgcc_s.so` and `libm.so`
-/// as linker scripts naming glibc's and libgcc's static archives: those `-l`s then find
-/// the archives. glibc's own `libc.so` is such a script too.
+/// system libraries as shared ones (`-Bdynamic -lgcc_s -lutil -lrt -lpthread -lm -ldl
+/// -lc`), so `-static-pie` alone links a broken program (shared libraries, no
+/// interpreter). A directory searched before the system's, given to this binary alone,
+/// holds a `lib<name>.so` for each of them as a linker script naming glibc's or libgcc's
+/// static archive: those `-l`s then find the archives. glibc's own `libc.so` is such a
+/// script too.
 ///
 /// Done only when it is known to work: building for the machine it builds on (the
-/// archives are the host compiler's), the archives found (`cc -print-file-name`; a system
-/// without glibc's static archives, e.g. Fedora without `glibc-static`, has none), and a
-/// probe linked the same way runs. Otherwise, or with `HOMERD_SHIM_LINK=dynamic`, the shim
-/// is linked as before. The shim resolves no user or host names (no NSS) and loads nothing.
+/// archives are the host compiler's), every archive found (`cc -print-file-name`; a
+/// system without glibc's static archives, e.g. Fedora without `glibc-static`, has none),
+/// and a probe linked with the same libraries the same way runs (a library the scripts
+/// missed would leave it dynamic without an interpreter, and it would crash). Otherwise,
+/// or with `HOMERD_SHIM_LINK=dynamic`, the shim is linked as before. The shim resolves no
+/// user or host names (no NSS) and loads nothing.
 fn static_job_shim() {
     println!("cargo:rerun-if-env-changed=HOMERD_SHIM_LINK");
-    println!("cargo:rerun-if-env-changed=CC");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     if var("CARGO_CFG_TARGET_OS") != "linux"
         || var("CARGO_CFG_TARGET_ENV") != "gnu"
@@ -54,9 +56,12 @@ fn static_job_shim() {
     }
 }
 
-/// The C compiler rustc links with on Linux (`cc` unless `CC` says otherwise).
+/// The libraries rustc links a Linux/glibc program with, all named as shared ones.
+const SYSTEM_LIBS: [&str; 7] = ["gcc_s", "util", "rt", "pthread", "m", "dl", "c"];
+
+/// The C compiler rustc links with on Linux by default (it does not read `CC`).
 fn cc() -> Command {
-    Command::new(std::env::var("CC").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| String::from("cc")))
+    Command::new("cc")
 }
 
 /// Writes the linker scripts into `dir`; `None` if an archive is missing.
@@ -67,15 +72,16 @@ fn static_link_dir(dir: &Path) -> Option<()> {
         // Not found, the compiler prints the bare name back.
         (Path::new(&path).is_absolute() && Path::new(&path).is_file()).then_some(path)
     };
-    let (libc, libm, libgcc, libgcc_eh) =
-        (archive("libc.a")?, archive("libm.a")?, archive("libgcc.a")?, archive("libgcc_eh.a")?);
+    let (libgcc, libgcc_eh) = (archive("libgcc.a")?, archive("libgcc_eh.a")?);
     std::fs::create_dir_all(dir).ok()?;
-    for (name, script) in [
-        ("libc.so", format!("GROUP ( {libc} {libgcc} {libgcc_eh} )\n")),
-        ("libgcc_s.so", format!("INPUT ( {libgcc_eh} {libgcc} )\n")),
-        ("libm.so", format!("INPUT ( {libm} )\n")),
-    ] {
-        std::fs::write(dir.join(name), script).ok()?;
+    for name in SYSTEM_LIBS {
+        let script = match name {
+            // libgcc_s is the shared unwinder; statically it is libgcc_eh (with libgcc).
+            "gcc_s" => format!("INPUT ( {libgcc_eh} {libgcc} )\n"),
+            "c" => format!("GROUP ( {} {libgcc} {libgcc_eh} )\n", archive("libc.a")?),
+            _ => format!("INPUT ( {} )\n", archive(&format!("lib{name}.a"))?),
+        };
+        std::fs::write(dir.join(format!("lib{name}.so")), script).ok()?;
     }
     Some(())
 }
@@ -91,7 +97,8 @@ fn probe_runs(out: &Path, dir: &Path) -> bool {
         .arg(&source)
         .arg("-o")
         .arg(&program)
-        .args(["-nodefaultlibs", "-Wl,-Bdynamic", "-lgcc_s", "-lm", "-lc", "-static-pie"])
+        .args(["-nodefaultlibs", "-static-pie", "-Wl,-Bdynamic"])
+        .args(SYSTEM_LIBS.map(|name| format!("-l{name}")))
         .arg(format!("-L{}", dir.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
