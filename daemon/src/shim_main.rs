@@ -11,12 +11,15 @@
 //! was given, `exit` flushes nothing the shim left buffered (it writes `eprintln!` only).
 //! SIGPIPE keeps the disposition the daemon's spawn gave it (the default); the shim's
 //! only writes are to its stderr, whose reader outlives it.
-#![no_main]
+//!
+//! Under `cargo test` the harness's own `main` runs (this binary has no tests; its code is
+//! `shim.rs`'s, tested there): with this one, the test run would be a shim refusing its
+//! command line.
+#![cfg_attr(not(test), no_main)]
 
-use std::ffi::{c_char, c_int};
-
+#[cfg(not(test))]
 #[no_mangle]
-extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
     homerd::platform::name_job_shim();
     let code = homerd::shim::dispatch(std::env::args_os()).unwrap_or_else(|| {
         eprintln!("homerd-shim: started by the daemon for each job (`homerd-shim job-shim ...`); not for people");
