@@ -97,6 +97,14 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     // what an upgrade renames into place later is not what this daemon runs (macOS looks
     // the path up at each start).
     let _ = crate::platform::job_shim_program();
+    if let Some(why) = crate::platform::job_shim_unusable() {
+        events::warn(
+            "shim.unusable",
+            "homerd-shim is not used: jobs start through homerd's own job-shim, which costs more per job",
+        )
+        .field("reason", why)
+        .emit();
+    }
     let orphans = coord.orphan_children().map_err(|e| format!("startup recovery: {e}"))?;
     if !orphans.is_empty() {
         failpoint::hit("recovery.before_kill").map_err(|e| format!("recovery: {e}"))?;

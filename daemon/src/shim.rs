@@ -39,6 +39,39 @@ use std::process::Command;
 /// The hidden subcommand name.
 pub const SUBCOMMAND: &str = "job-shim";
 
+/// What a `homerd-shim` file must carry for a daemon to run jobs through it: this build's
+/// version and the shim protocol (its command line and exit codes; bump the number when
+/// they change). `homerd-shim` keeps these bytes in its image (`shim_main.rs`), and the
+/// daemon looks for them before it uses the file ([`crate::platform::job_shim_program`]),
+/// so a `homerd` copied over an older install does not hand its jobs to a shim from another
+/// build: it starts them through its own `job-shim` subcommand instead, and says so.
+pub const MARK: &[u8] = concat!("\0homerd-shim/", env!("CARGO_PKG_VERSION"), "/protocol-1\0").as_bytes();
+
+/// Whether `file`, read from where it stands to its end, holds [`MARK`]: a scan in 1 MiB
+/// pieces (a release shim is about 2 MB), each overlapping the last by the mark's length.
+pub fn carries_mark(file: &mut impl std::io::Read) -> std::io::Result<bool> {
+    let finder = memchr::memmem::Finder::new(MARK);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut kept = 0;
+    loop {
+        let n = match file.read(&mut buf[kept..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let end = kept + n;
+        if finder.find(&buf[..end]).is_some() {
+            return Ok(true);
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        // Keep the tail that could be the start of a mark cut at the piece's end.
+        kept = (MARK.len() - 1).min(end);
+        buf.copy_within(end - kept..end, 0);
+    }
+}
+
 /// The shim exited without running the job: never released (EOF on stdin), its parent
 /// is not the daemon that spawned it, or its stdin / the arguments are unusable.
 pub const EXIT_NOT_RELEASED: i32 = 125;
@@ -206,6 +239,21 @@ mod tests {
         ] {
             assert_eq!(dispatch(args(bad)), Some(EXIT_NOT_RELEASED), "{bad:?}");
         }
+    }
+
+    /// The mark is found wherever it stands, also cut across two of the scan's pieces, and
+    /// not in a file without it.
+    #[test]
+    fn the_build_mark_is_found_across_pieces() {
+        for at in [0, 100, (1 << 20) - 5, (1 << 20) - MARK.len(), 3 << 20] {
+            let mut data = vec![7u8; (4 << 20) + 10];
+            data[at..at + MARK.len()].copy_from_slice(MARK);
+            assert!(carries_mark(&mut std::io::Cursor::new(&data)).unwrap(), "at {at}");
+        }
+        let mut other = vec![7u8; 3 << 20];
+        other[5..5 + MARK.len() - 1].copy_from_slice(&MARK[..MARK.len() - 1]);
+        assert!(!carries_mark(&mut std::io::Cursor::new(&other)).unwrap());
+        assert!(!carries_mark(&mut std::io::empty()).unwrap());
     }
 
     #[test]

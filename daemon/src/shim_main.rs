@@ -20,6 +20,9 @@
 #[cfg(not(test))]
 #[no_mangle]
 extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
+    // Kept in the image for the daemon to find (`homerd::shim::MARK`): referenced, so the
+    // linker cannot drop it.
+    std::hint::black_box(homerd::shim::MARK);
     homerd::platform::name_job_shim();
     let code = homerd::shim::dispatch(std::env::args_os()).unwrap_or_else(|| {
         eprintln!("homerd-shim: started by the daemon for each job (`homerd-shim job-shim ...`); not for people");

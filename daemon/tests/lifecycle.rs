@@ -577,6 +577,43 @@ fn exec_job_runs_after_the_daemon_binary_is_removed() {
     exec_job_after_binary_change(BinaryChange::Removed, false);
 }
 
+/// A `homerd-shim` from another build beside homerd (here `true`, an executable without
+/// this build's mark: as if only `homerd` had been copied over an older install) is not
+/// used: the daemon says so at its start and runs `exec` jobs through its own `job-shim`.
+#[test]
+fn a_job_shim_from_another_build_is_not_used() {
+    let sb = Sandbox::new();
+    let bin_dir = sb.dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let copy = bin_dir.join("homerd");
+    std::fs::copy(bin(), &copy).unwrap();
+    std::fs::copy("/bin/true", bin_dir.join("homerd-shim")).unwrap();
+    // ETXTBSY: a process forked by another test's thread may briefly hold the copy's
+    // write descriptor (until its own exec closes it).
+    let end = Instant::now() + deadline(10.0);
+    let mut d = loop {
+        let mut c = sb.cmd_with(&copy);
+        c.arg("run").args(FAST);
+        match Daemon::try_spawn(c) {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => break other.expect("spawn the copied homerd"),
+        }
+    };
+    let warned = d.wait_event("shim.unusable");
+    assert!(warned["reason"].as_str().unwrap().contains("from another build"), "{}", d.dump());
+    d.wait_event("daemon.active");
+    let id = enqueue(&sb, &["--max-attempts", "1", "exec", "--", "sh", "-c", "echo job-ran"]);
+    let outcome = d.wait_for(&format!("an outcome of job {id}"), deadline(30.0), |v| {
+        (v["event"] == "job.completed" || v["event"] == "job.failed" || v["event"] == "job.retry") && v["job_id"] == id
+    });
+    assert_eq!(outcome["event"], "job.completed", "{}", d.dump());
+    let out = std::fs::read_to_string(sb.home().join(format!("logs/runs/{id}-1.out"))).unwrap_or_default();
+    assert_eq!(out, "job-ran\n", "the job itself ran:\n{}", d.dump());
+    d.stop_cleanly();
+}
+
 /// While a daemon holds the database, a CLI's connection is never the last one: closing
 /// it must not checkpoint and delete the `-wal` under the daemon. (It did, once, when the
 /// daemon opened `homer.db` with `std::fs` to read a header field: closing that descriptor

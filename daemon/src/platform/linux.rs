@@ -33,24 +33,60 @@ pub fn shim_program() -> PathBuf {
 /// or removed it. Without that file (a copied `homerd` alone): [`shim_program`], whose
 /// `job-shim` subcommand does the same, at the cost of exec'ing the whole daemon image.
 pub fn job_shim_program() -> PathBuf {
-    static SHIM: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
-    match SHIM.get_or_init(|| open_job_shim(&std::fs::read_link("/proc/self/exe").ok()?)) {
-        Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))),
-        None => shim_program(),
+    match held_job_shim() {
+        JobShim::Held(fd) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))),
+        JobShim::Absent | JobShim::Unusable(_) => shim_program(),
     }
 }
 
-/// `homerd-shim` beside `exe`, open (close-on-exec) if it is an executable ELF file: a
-/// `#!` wrapper would be handed `/proc/self/fd/N` as its script after that descriptor
-/// closed at the `exec`, so a wrapped shim is not used (the daemon's own image is).
-fn open_job_shim(exe: &std::path::Path) -> Option<OwnedFd> {
+/// Why a `homerd-shim` beside this executable is not used, if one is there and is not
+/// (not an executable ELF file, or from another build: [`crate::shim::MARK`]).
+pub fn job_shim_unusable() -> Option<String> {
+    match held_job_shim() {
+        JobShim::Unusable(why) => Some(why.clone()),
+        JobShim::Held(_) | JobShim::Absent => None,
+    }
+}
+
+fn held_job_shim() -> &'static JobShim {
+    static SHIM: std::sync::OnceLock<JobShim> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| match std::fs::read_link("/proc/self/exe") {
+        Ok(exe) => open_job_shim(&exe),
+        Err(_) => JobShim::Absent,
+    })
+}
+
+enum JobShim {
+    Held(OwnedFd),
+    Absent,
+    Unusable(String),
+}
+
+/// `homerd-shim` beside `exe`, open (close-on-exec) if it is an executable ELF file that
+/// carries this build's [`crate::shim::MARK`]. A `#!` wrapper would be handed
+/// `/proc/self/fd/N` as its script after that descriptor closed at the `exec`, and a shim
+/// from another build may not speak this daemon's protocol: neither is used (the daemon's
+/// own image is).
+fn open_job_shim(exe: &std::path::Path) -> JobShim {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let mut file = std::fs::File::open(exe.with_file_name(super::JOB_SHIM_FILE)).ok()?;
-    let meta = file.metadata().ok()?;
+    let path = exe.with_file_name(super::JOB_SHIM_FILE);
+    let unusable = |why: &str| JobShim::Unusable(format!("{}: {why}", path.display()));
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return JobShim::Absent,
+        Err(e) => return unusable(&e.to_string()),
+    };
+    let executable = file.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     let mut magic = [0u8; 4];
-    file.read_exact(&mut magic).ok()?;
-    (meta.is_file() && meta.permissions().mode() & 0o111 != 0 && magic == *b"\x7fELF").then(|| file.into())
+    if !executable || file.read_exact(&mut magic).is_err() || magic != *b"\x7fELF" {
+        return unusable("not an executable ELF file");
+    }
+    match crate::shim::carries_mark(&mut file) {
+        Ok(true) => JobShim::Held(file.into()),
+        Ok(false) => unusable("from another build of homerd (install the homerd-shim that came with this homerd)"),
+        Err(e) => unusable(&e.to_string()),
+    }
 }
 
 /// The one reader of `/proc/<pid>/stat`.
@@ -154,20 +190,29 @@ mod tests {
     /// Only an executable ELF `homerd-shim` beside the executable is held open: a `#!`
     /// wrapper, a non-executable file or none at all leaves the daemon's own image.
     #[test]
-    fn the_job_shim_is_an_executable_elf_file_or_nothing() {
+    fn the_job_shim_is_an_executable_elf_file_of_this_build_or_nothing() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("homerd");
         let shim = dir.path().join(super::super::JOB_SHIM_FILE);
-        assert!(open_job_shim(&exe).is_none(), "no file");
+        let held = |exe: &std::path::Path| matches!(open_job_shim(exe), JobShim::Held(_));
+        let unusable = |exe: &std::path::Path, why: &str| match open_job_shim(exe) {
+            JobShim::Unusable(said) => assert!(said.contains(why), "{said}"),
+            _ => panic!("{why}: used or absent"),
+        };
+        assert!(matches!(open_job_shim(&exe), JobShim::Absent), "no file");
         std::fs::write(&shim, "#!/bin/sh\nexec homerd \"$@\"\n").unwrap();
         std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(open_job_shim(&exe).is_none(), "a #! wrapper");
+        unusable(&exe, "not an executable ELF file");
+        // This test's own image carries the mark (the library's check names it).
         std::fs::copy("/proc/self/exe", &shim).unwrap();
         std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(open_job_shim(&exe).is_none(), "not executable");
+        unusable(&exe, "not an executable ELF file");
         std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(open_job_shim(&exe).is_some(), "an executable ELF file");
+        assert!(held(&exe), "an executable ELF file of this build");
+        // An executable ELF file without the mark: another build's shim, or anything else.
+        std::fs::copy("/bin/true", &shim).unwrap();
+        unusable(&exe, "from another build");
     }
 
     #[test]

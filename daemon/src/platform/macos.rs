@@ -41,17 +41,55 @@ pub fn shim_program() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("homerd"))
 }
 
-/// The job shim's program: `homerd-shim` beside this executable when it is there (no
-/// `/proc/self/fd` to hold it open by, so, as for [`shim_program`], a replaced file is
-/// what runs), else [`shim_program`], whose `job-shim` subcommand does the same.
+/// The job shim's program: `homerd-shim` beside this executable when it is there and
+/// carries this build's [`crate::shim::MARK`] (no `/proc/self/fd` to hold it open by, so,
+/// as for [`shim_program`], a replaced file is what runs), else [`shim_program`], whose
+/// `job-shim` subcommand does the same.
 pub fn job_shim_program() -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let exe = shim_program();
-    let shim = exe.with_file_name(super::JOB_SHIM_FILE);
-    match std::fs::metadata(&shim) {
-        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => shim,
-        _ => exe,
+    match job_shim() {
+        (shim, Ok(true)) => shim,
+        _ => shim_program(),
     }
+}
+
+/// Why a `homerd-shim` beside this executable is not used, if one is there and is not.
+pub fn job_shim_unusable() -> Option<String> {
+    match job_shim() {
+        (_, Ok(_)) => None,
+        (shim, Err(why)) => Some(format!("{}: {why}", shim.display())),
+    }
+}
+
+/// The shim's path and `Ok(true)` to use it, `Ok(false)` for none there, `Err` for one not
+/// usable. Looked up at each call (each job start); the file is read for its mark only
+/// when it is new or changed (its inode, size or modification time), which a `stat` tells.
+fn job_shim() -> (PathBuf, Result<bool, String>) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    type Seen = ((u64, u64, u64, i64, i64), Result<bool, String>);
+    static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let shim = shim_program().with_file_name(super::JOB_SHIM_FILE);
+    let meta = match std::fs::metadata(&shim) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (shim, Ok(false)),
+        Err(e) => return (shim, Err(e.to_string())),
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return (shim, Err(String::from("not an executable file")));
+    }
+    let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, verdict)) = seen.as_ref().filter(|(k, _)| *k == key) {
+        return (shim, verdict.clone());
+    }
+    let verdict = match std::fs::File::open(&shim).and_then(|mut f| crate::shim::carries_mark(&mut f)) {
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            Err(String::from("from another build of homerd (install the homerd-shim that came with this homerd)"))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    *seen = Some((key, verdict.clone()));
+    (shim, verdict)
 }
 
 /// `proc_pidinfo(PROC_PIDTBSDINFO)`. `Ok(None)` only for ESRCH; anything else (EPERM for

@@ -37,7 +37,7 @@ use macos as os;
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 compile_error!("homerd supports Linux and macOS only");
 
-pub use os::{boot_id, job_shim_program, name_job_shim, pid_namespace, shim_program};
+pub use os::{boot_id, job_shim_program, job_shim_unusable, name_job_shim, pid_namespace, shim_program};
 
 /// The job shim as a program of its own (`src/shim_main.rs`), installed beside `homerd`:
 /// a small image, so the `exec` every job pays for before its own costs a fraction of
