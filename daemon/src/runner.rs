@@ -38,6 +38,11 @@ use crate::{events, failpoint, identity};
 /// Engine loop period while nothing wakes it.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// Full claim batches taken back to back before the jobs they claimed start (a restart's
+/// wave of recovered jobs, a burst of enqueues); past this many, the jobs start and the
+/// next pass claims again at once.
+const WAVE_BATCHES: usize = 4;
+
 /// The longest an idle engine sleeps when its backend wakes it on every change
 /// (`EngineIo::wakes_on_change`): it still reports clock steps within this.
 const IDLE_MAX: Duration = Duration::from_secs(1);
@@ -318,7 +323,8 @@ impl Engine {
     fn run_loop(&mut self) -> EngineExit {
         let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
         let mut next_renew = mono() + heartbeat_ms;
-        // Housekeeping (retention, the metrics event) every 6 heartbeats, and at once.
+        // Housekeeping (retention, the metrics event) every 6 heartbeats, and in the first
+        // pass (after its claim).
         let mut next_housekeeping = mono();
         let mut last_version = 0;
         self.io.changed(&mut last_version);
@@ -386,10 +392,6 @@ impl Engine {
                         .emit();
                 }
             }
-            if now >= next_housekeeping {
-                next_housekeeping = now + 6 * heartbeat_ms;
-                self.housekeeping();
-            }
             if self.io.changed(&mut last_version) {
                 claim_now = true;
                 // Someone committed: maybe a `homerd cancel` request for a job we run.
@@ -403,10 +405,23 @@ impl Engine {
             if next_ready.is_some_and(|t| wall >= t) {
                 claim_now = true;
             }
+            // Claims that stopped at the wave's bound with more maybe ready go on at once,
+            // not after a POLL.
+            let mut claim_again = false;
             if claim_now && !self.coord.shutting_down() && !self.coord.fenced() {
                 claim_now = false;
                 last_claim = std::time::Instant::now();
-                let claimed = self.coord.claim(mono(), wall);
+                let mut claimed = self.coord.claim(mono(), wall);
+                // A full batch: more may be ready (a restart's whole wave of orphans). They
+                // are claimed before any of these starts, a few batches at most: once the
+                // job threads record their children, a claim queues behind those records.
+                let batch = (self.cfg.claim_batch as usize).max(1);
+                let mut last = claimed.len();
+                while last >= batch && claimed.len() < WAVE_BATCHES * batch && !self.coord.fenced() {
+                    let more = self.coord.claim(mono(), wall);
+                    last = more.len();
+                    claimed.extend(more);
+                }
                 let took_some = !claimed.is_empty();
                 if took_some {
                     claim_now = true; // more may be ready than one batch took
@@ -417,6 +432,7 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
+                claim_again = last >= batch;
                 if took_some {
                     // The watchdog may be parked: it has deadlines to watch now.
                     if let Some(w) = &self.watchdog {
@@ -430,12 +446,22 @@ impl Engine {
                 let full = self.coord.held().len() >= self.cfg.concurrency as usize;
                 next_ready = if took_some || full { None } else { self.io.next_ready(&self.clock) };
             }
+            // After the claim: a start's first pass (a restart's wave of recovered jobs)
+            // claims before it prunes and counts.
+            let now = mono();
+            if now >= next_housekeeping {
+                next_housekeeping = now + 6 * heartbeat_ms;
+                self.housekeeping();
+            }
             if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
             }
             // Drained only when no job thread runs and no result waits to be recorded.
             if self.coord.shutting_down() && self.running.is_empty() && self.coord.held().is_empty() {
                 return EngineExit::Drained;
+            }
+            if claim_again {
+                continue;
             }
             // A backend that wakes the engine when the queue changes lets an idle engine
             // sleep until its next deadline; one that must be looked at (SQLite's
