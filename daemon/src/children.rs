@@ -223,6 +223,14 @@ pub fn start_spawners() -> io::Result<()> {
     spawner_queue(&mut SPAWNER.lock().unwrap_or_else(PoisonError::into_inner)).map(drop)
 }
 
+/// Starts the spawner threads and output copiers for `jobs` held children about to be
+/// started together (a restart's recovered jobs), ahead of them. Best effort: anything
+/// not started here is started on demand.
+pub fn prestart(jobs: usize) {
+    let _ = start_spawners();
+    let _ = OUTPUT.prestart(2 * jobs);
+}
+
 fn spawner_queue(slot: &mut Option<mpsc::Sender<SpawnJob>>) -> io::Result<mpsc::Sender<SpawnJob>> {
     Ok(match slot.as_ref() {
         Some(sender) => sender.clone(),
@@ -430,7 +438,10 @@ pub fn is_resource_error(e: &io::Error) -> bool {
 /// created file could not take.
 fn copy_capped(mut from: File, path: &Path, cap: u64) {
     use std::io::Read;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small until the first byte: most streams stay empty (a `sleep` writes nothing),
+    // and a restart starts a pair of copiers for every recovered job at once — zeroing
+    // 64 KiB for each was page faults on the way to running them all.
+    let mut buf = vec![0u8; 512];
     let mut to: Option<File> = None;
     let mut lost = false;
     let (mut kept, mut dropped) = (0u64, 0u64);
@@ -467,11 +478,17 @@ fn copy_capped(mut from: File, path: &Path, cap: u64) {
             None => 0,
         };
         dropped += (n - room) as u64;
+        if buf.len() < COPY_BUFFER {
+            buf.resize(COPY_BUFFER, 0);
+        }
     }
     if let (Some(file), true) = (to.as_mut(), dropped > 0) {
         let _ = writeln!(file, "\n[homerd: {dropped} more bytes dropped: run_log_cap is {cap} bytes]");
     }
 }
+
+/// What a copier reads at a time once its stream has produced output.
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// How long a run log's creation is retried while the daemon is out of descriptors:
 /// other jobs ending give theirs back. Bounded, because jobs blocked on their pipes
