@@ -662,13 +662,13 @@ pub fn group_alive(pgid: u32) -> bool {
     }
 }
 
-/// The process groups that have a live (not zombie) member, from one listing of every
-/// process — for startup recovery, which checks every recorded group against one snapshot
-/// ([`kill_recorded_group_in`]) instead of listing every process once per group (50
-/// orphans cost 50 listings). `None` where groups can only be listed one at a time
+/// The groups among `among` that have a live (not zombie) member, from one listing of
+/// every process — for startup recovery, which checks every recorded group against one
+/// snapshot ([`kill_recorded_group_in`]) instead of listing every process once per group
+/// (50 orphans cost 50 listings). `None` where groups can only be listed one at a time
 /// (macOS), or if the listing failed: callers then check each group on its own.
-pub fn live_groups() -> Option<std::collections::HashSet<u32>> {
-    platform::live_groups()
+pub fn live_groups(among: &std::collections::HashSet<u32>) -> Option<std::collections::HashSet<u32>> {
+    platform::live_groups(among)
 }
 
 /// Whether the kernel still knows process group `pgid` — any member at all, zombies

@@ -136,7 +136,11 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     // member after the daemon was gone (here not even a zombie), so none can have become
     // ours again — only a leader still alive with its recorded start time is acted on.
     let any_known = orphans.iter().any(|(_, child)| children::group_known(child.pgid));
-    let live = if any_known { children::live_groups() } else { Some(std::collections::HashSet::new()) };
+    let live = if any_known {
+        children::live_groups(&orphans.iter().map(|(_, child)| child.pgid).collect())
+    } else {
+        Some(std::collections::HashSet::new())
+    };
     for (job_id, child) in orphans.iter().filter(|_| !crate::mutant::active(crate::mutant::NO_GROUP_KILL)) {
         match children::kill_recorded_group_in(child, kill_limit, live.as_ref()) {
             Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
