@@ -223,14 +223,6 @@ pub fn start_spawners() -> io::Result<()> {
     spawner_queue(&mut SPAWNER.lock().unwrap_or_else(PoisonError::into_inner)).map(drop)
 }
 
-/// Starts the spawner threads and output copiers for `jobs` held children about to be
-/// started together (a restart's recovered jobs), ahead of them. Best effort: anything
-/// not started here is started on demand.
-pub fn prestart(jobs: usize) {
-    let _ = start_spawners();
-    let _ = OUTPUT.prestart(2 * jobs);
-}
-
 fn spawner_queue(slot: &mut Option<mpsc::Sender<SpawnJob>>) -> io::Result<mpsc::Sender<SpawnJob>> {
     Ok(match slot.as_ref() {
         Some(sender) => sender.clone(),

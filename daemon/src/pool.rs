@@ -74,26 +74,6 @@ impl Pool {
         spawned.map(drop)
     }
 
-    /// Starts idle threads until at least `n` are alive, ahead of a wave of tasks known
-    /// to be coming (a restart's recovered jobs): their creation then overlaps the work
-    /// before the wave instead of delaying each task of it.
-    pub fn prestart(&self, n: usize) -> std::io::Result<()> {
-        while self.threads() < n {
-            let shared = self.shared.clone();
-            let idle_exit = self.idle_exit;
-            shared.threads.fetch_add(1, Ordering::SeqCst);
-            let spawned = std::thread::Builder::new().name(self.name.to_owned()).spawn({
-                let shared = shared.clone();
-                move || worker(Box::new(|| {}), &shared, idle_exit)
-            });
-            if let Err(e) = spawned {
-                shared.threads.fetch_sub(1, Ordering::SeqCst);
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
     /// Threads alive now, busy or idle.
     pub fn threads(&self) -> usize {
         self.shared.threads.load(Ordering::SeqCst)
@@ -185,37 +165,6 @@ mod tests {
         started.sort();
         assert_eq!(started, (0..10).collect::<Vec<_>>());
         assert_eq!(pool.threads(), 10);
-        drop(release_tx);
-    }
-
-    #[test]
-    fn prestarted_threads_take_the_tasks_that_follow() {
-        let pool = Pool::new("test-pool");
-        pool.prestart(6).unwrap();
-        assert_eq!(pool.threads(), 6);
-        let until = Instant::now() + DEADLINE;
-        while pool.shared.idle.load(Ordering::SeqCst) < 6 {
-            assert!(Instant::now() < until, "the prestarted threads never came idle");
-            std::thread::yield_now();
-        }
-        // Six tasks that block until released: every one runs at once on a prestarted thread.
-        let (release_tx, release_rx) = channel::<()>();
-        let release_rx = Arc::new(Mutex::new(release_rx));
-        let (started_tx, started_rx) = channel();
-        for i in 0..6 {
-            let (release_rx, started_tx) = (release_rx.clone(), started_tx.clone());
-            pool.run(move || {
-                started_tx.send(i).unwrap();
-                let _ = release_rx.lock().unwrap().recv();
-            })
-            .unwrap();
-        }
-        for _ in 0..6 {
-            started_rx.recv_timeout(DEADLINE).unwrap();
-        }
-        assert_eq!(pool.threads(), 6, "no thread beyond the prestarted ones");
-        pool.prestart(3).unwrap();
-        assert_eq!(pool.threads(), 6, "prestart never shrinks nor overshoots");
         drop(release_tx);
     }
 

@@ -93,24 +93,6 @@ pub fn engine_config(cfg: &Config, worker: String) -> EngineConfig {
     }
 }
 
-/// Job threads, kept for reuse (`pool.rs`); one per process, like the spawner threads, so
-/// startup recovery can start them for the wave of jobs it is about to requeue.
-static JOB_THREADS: std::sync::LazyLock<crate::pool::Pool> =
-    std::sync::LazyLock::new(|| crate::pool::Pool::new("homerd-job"));
-
-/// Starts, on a thread of its own, what running `jobs` held children at once will need —
-/// a job thread each, the spawner threads, two output copiers each — while startup
-/// recovery still kills, checks and commits (it mostly waits on the kernel and the disk).
-/// Otherwise a restart's wave of recovered jobs creates all of them on its way to running.
-fn prestart_threads(jobs: usize) {
-    let started = std::thread::Builder::new().name(String::from("homerd-prestart")).spawn(move || {
-        // Best effort: whatever is missing is started on demand, as without this.
-        let _ = JOB_THREADS.prestart(jobs);
-        children::prestart(jobs);
-    });
-    drop(started);
-}
-
 /// Startup recovery. Kill first, commit after: every process group recorded by a run
 /// still marked running is killed and gone before any orphan is requeued (or failed). If
 /// a group cannot be killed, or we die here, the rows stay `running` with their recorded
@@ -123,8 +105,6 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     let orphans = coord.orphan_children().map_err(|e| format!("startup recovery: {e}"))?;
     if !orphans.is_empty() {
         failpoint::hit("recovery.before_kill").map_err(|e| format!("recovery: {e}"))?;
-        // Every orphan that had started a child is an `exec` job about to run again.
-        prestart_threads(orphans.len().min(coord.cfg.limits.global as usize));
     }
     // One listing of every process for all the orphans, not one per orphan: with many
     // orphans (50 groups: tens of milliseconds) that was most of a restart's recovery. And
@@ -274,7 +254,7 @@ struct Engine {
     paths: Paths,
     controls: Controls,
     /// Job threads, reused.
-    pool: &'static crate::pool::Pool,
+    pool: crate::pool::Pool,
     /// Jobs whose thread has not reported its result yet.
     running: BTreeSet<JobId>,
     /// Results the store could not take yet (retried every loop).
@@ -311,7 +291,7 @@ impl Engine {
             clock,
             paths,
             controls: Controls::default(),
-            pool: &JOB_THREADS,
+            pool: crate::pool::Pool::new("homerd-job"),
             running: BTreeSet::new(),
             unrecorded: 0,
             wake_tx,
