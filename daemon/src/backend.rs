@@ -51,6 +51,9 @@ impl JobStore for AnyStore {
     fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
         each!(self, s => s.record_child(claim, child))
     }
+    fn record_children(&mut self, items: &[(ClaimRef, ChildIdentity)]) -> Vec<StoreResult<bool>> {
+        each!(self, s => s.record_children(items))
+    }
     fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
         each!(self, s => s.record_many(items, now))
     }

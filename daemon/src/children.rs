@@ -430,7 +430,10 @@ pub fn is_resource_error(e: &io::Error) -> bool {
 /// created file could not take.
 fn copy_capped(mut from: File, path: &Path, cap: u64) {
     use std::io::Read;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small until the first byte: most streams stay empty (a `sleep` writes nothing),
+    // and a restart starts a pair of copiers for every recovered job at once — zeroing
+    // 64 KiB for each was page faults on the way to running them all.
+    let mut buf = vec![0u8; 512];
     let mut to: Option<File> = None;
     let mut lost = false;
     let (mut kept, mut dropped) = (0u64, 0u64);
@@ -467,11 +470,17 @@ fn copy_capped(mut from: File, path: &Path, cap: u64) {
             None => 0,
         };
         dropped += (n - room) as u64;
+        if buf.len() < COPY_BUFFER {
+            buf.resize(COPY_BUFFER, 0);
+        }
     }
     if let (Some(file), true) = (to.as_mut(), dropped > 0) {
         let _ = writeln!(file, "\n[homerd: {dropped} more bytes dropped: run_log_cap is {cap} bytes]");
     }
 }
+
+/// What a copier reads at a time once its stream has produced output.
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// How long a run log's creation is retried while the daemon is out of descriptors:
 /// other jobs ending give theirs back. Bounded, because jobs blocked on their pipes
@@ -645,13 +654,13 @@ pub fn group_alive(pgid: u32) -> bool {
     }
 }
 
-/// The process groups that have a live (not zombie) member, from one listing of every
-/// process — for startup recovery, which checks every recorded group against one snapshot
-/// ([`kill_recorded_group_in`]) instead of listing every process once per group (50
-/// orphans cost 50 listings). `None` where groups can only be listed one at a time
+/// The groups among `among` that have a live (not zombie) member, from one listing of
+/// every process — for startup recovery, which checks every recorded group against one
+/// snapshot ([`kill_recorded_group_in`]) instead of listing every process once per group
+/// (50 orphans cost 50 listings). `None` where groups can only be listed one at a time
 /// (macOS), or if the listing failed: callers then check each group on its own.
-pub fn live_groups() -> Option<std::collections::HashSet<u32>> {
-    platform::live_groups()
+pub fn live_groups(among: &std::collections::HashSet<u32>) -> Option<std::collections::HashSet<u32>> {
+    platform::live_groups(among)
 }
 
 /// Whether the kernel still knows process group `pgid` — any member at all, zombies

@@ -38,6 +38,11 @@ use crate::{events, failpoint, identity};
 /// Engine loop period while nothing wakes it.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// Full claim batches taken back to back before the jobs they claimed start (a restart's
+/// wave of recovered jobs, a burst of enqueues); past this many, the jobs start and the
+/// next pass claims again at once.
+const WAVE_BATCHES: usize = 4;
+
 /// The longest an idle engine sleeps when its backend wakes it on every change
 /// (`EngineIo::wakes_on_change`): it still reports clock steps within this.
 const IDLE_MAX: Duration = Duration::from_secs(1);
@@ -119,7 +124,11 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
     // member after the daemon was gone (here not even a zombie), so none can have become
     // ours again — only a leader still alive with its recorded start time is acted on.
     let any_known = orphans.iter().any(|(_, child)| children::group_known(child.pgid));
-    let live = if any_known { children::live_groups() } else { Some(std::collections::HashSet::new()) };
+    let live = if any_known {
+        children::live_groups(&orphans.iter().map(|(_, child)| child.pgid).collect())
+    } else {
+        Some(std::collections::HashSet::new())
+    };
     for (job_id, child) in orphans.iter().filter(|_| !crate::mutant::active(crate::mutant::NO_GROUP_KILL)) {
         match children::kill_recorded_group_in(child, kill_limit, live.as_ref()) {
             Ok(killed) => events::info("job.orphan_group", "Orphaned child group checked")
@@ -352,7 +361,8 @@ impl Engine {
     fn run_loop(&mut self) -> EngineExit {
         let heartbeat_ms = self.cfg.heartbeat_interval.as_millis() as i64;
         let mut next_renew = mono() + heartbeat_ms;
-        // Housekeeping (retention, the metrics event) every 6 heartbeats, and at once.
+        // Housekeeping (retention, the metrics event) every 6 heartbeats, and in the first
+        // pass (after its claim).
         let mut next_housekeeping = mono();
         let mut last_version = 0;
         self.io.changed(&mut last_version);
@@ -430,10 +440,6 @@ impl Engine {
                     Renewal::Fenced | Renewal::Nothing => {}
                 }
             }
-            if now >= next_housekeeping {
-                next_housekeeping = now + 6 * heartbeat_ms;
-                self.housekeeping();
-            }
             if self.io.changed(&mut last_version) {
                 claim_now = true;
                 // Someone committed: maybe a `homerd cancel` request for a job we run.
@@ -447,10 +453,23 @@ impl Engine {
             if next_ready.is_some_and(|t| wall >= t) {
                 claim_now = true;
             }
+            // Claims that stopped at the wave's bound with more maybe ready go on at once,
+            // not after a POLL.
+            let mut claim_again = false;
             if claim_now && !self.coord.shutting_down() && !self.coord.fenced() {
                 claim_now = false;
                 last_claim = std::time::Instant::now();
-                let claimed = self.coord.claim(mono(), wall);
+                let mut claimed = self.coord.claim(mono(), wall);
+                // A full batch: more may be ready (a restart's whole wave of orphans). They
+                // are claimed before any of these starts, a few batches at most: once the
+                // job threads record their children, a claim queues behind those records.
+                let batch = (self.cfg.claim_batch as usize).max(1);
+                let mut last = claimed.len();
+                while last >= batch && claimed.len() < WAVE_BATCHES * batch && !self.coord.fenced() {
+                    let more = self.coord.claim(mono(), wall);
+                    last = more.len();
+                    claimed.extend(more);
+                }
                 let took_some = !claimed.is_empty();
                 if took_some {
                     claim_now = true; // more may be ready than one batch took
@@ -461,6 +480,7 @@ impl Engine {
                 for job in claimed {
                     self.start_job(job);
                 }
+                claim_again = last >= batch;
                 if took_some {
                     // The watchdog may be parked: it has deadlines to watch now.
                     if let Some(w) = &self.watchdog {
@@ -474,12 +494,22 @@ impl Engine {
                 let full = self.coord.held().len() >= self.cfg.concurrency as usize;
                 next_ready = if took_some || full { None } else { self.io.next_ready(&self.clock) };
             }
+            // After the claim: a start's first pass (a restart's wave of recovered jobs)
+            // claims before it prunes and counts.
+            let now = mono();
+            if now >= next_housekeeping {
+                next_housekeeping = now + 6 * heartbeat_ms;
+                self.housekeeping();
+            }
             if self.coord.fenced() && self.running.is_empty() {
                 return EngineExit::Fenced;
             }
             // Drained only when no job thread runs and no result waits to be recorded.
             if self.coord.shutting_down() && self.running.is_empty() && self.coord.held().is_empty() {
                 return EngineExit::Drained;
+            }
+            if claim_again {
+                continue;
             }
             // A backend that wakes the engine when the queue changes lets an idle engine
             // sleep until its next deadline; one that must be looked at (SQLite's

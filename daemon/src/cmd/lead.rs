@@ -236,11 +236,12 @@ pub fn open_and_lead(
     if mutant::active(mutant::WRITES_BEFORE_VALIDATION) && db.exists() {
         let _ = sqlite::open_writer(db, cfg.busy_timeout, cfg.durability);
     }
-    let mut state = schema::inspect(db, cfg.busy_timeout)?;
-    if state != DbState::Missing && !mutant::active(mutant::NO_DATA_CHECK) {
+    // The validating connection stays open until the writer is: see `inspect_holding`.
+    let (mut state, validated) = schema::inspect_holding(db, cfg.busy_timeout)?;
+    if let (Some(conn), false) = (&validated, mutant::active(mutant::NO_DATA_CHECK)) {
         // The schema is fine; now every page, before anything is written.
         let started = Instant::now();
-        schema::check_data(db, cfg.busy_timeout)?;
+        schema::check_data_on(conn, db)?;
         events::debug("database.checked", "Database pages checked")
             .field("ms", started.elapsed().as_millis() as u64)
             .emit();
@@ -253,6 +254,7 @@ pub fn open_and_lead(
         state = schema::inspect(db, cfg.busy_timeout)?;
     }
     let mut conn = sqlite::open_writer(db, cfg.busy_timeout, cfg.durability)?;
+    drop(validated);
     let database_id = schema::database_id_of(&conn);
     // Where the effective clock stood when the last holder stopped (clock.rs): never
     // earlier than that, and a forward step taken meanwhile is noticed.

@@ -20,8 +20,8 @@
 
 use std::collections::BTreeMap;
 
-use super::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError};
-use crate::job::{ChildIdentity, ClaimLimits, Claimed, Epoch, FailOutcome, JobId, MonoMs, Recovered, WallMs};
+use super::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
+use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, MonoMs, Recovered, WallMs};
 use crate::sync::{self, Mutex};
 
 /// Timing and limits, in milliseconds.
@@ -238,6 +238,19 @@ pub struct Coordinator<S> {
     pub epoch: Epoch,
     state: Mutex<State>,
     store: Mutex<S>,
+    /// Child records waiting for the store, and answers for those another thread took.
+    children: Mutex<ChildRecords>,
+}
+
+/// Child identities to record, combined: whichever job thread holds the store records
+/// every identity queued meanwhile in one store call ([`JobStore::record_children`]: one
+/// transaction on SQLite), and leaves the others' answers here. A restart starts its
+/// whole wave of held children at once; one transaction each, queued on the store one
+/// after another, kept every child after the first few waiting for its release.
+#[derive(Default)]
+struct ChildRecords {
+    queued: Vec<(ClaimRef, ChildIdentity)>,
+    answered: BTreeMap<JobId, StoreResult<bool>>,
 }
 
 /// What one [`Coordinator::renew_told`] did.
@@ -255,7 +268,13 @@ pub enum Renewal {
 
 impl<S: JobStore> Coordinator<S> {
     pub fn new(cfg: EngineConfig, epoch: Epoch, store: S) -> Coordinator<S> {
-        Coordinator { cfg, epoch, state: Mutex::new(State::default()), store: Mutex::new(store) }
+        Coordinator {
+            cfg,
+            epoch,
+            state: Mutex::new(State::default()),
+            store: Mutex::new(store),
+            children: Mutex::new(ChildRecords::default()),
+        }
     }
 
     /// The process groups recorded by runs still marked running: startup kills these
@@ -356,7 +375,7 @@ impl<S: JobStore> Coordinator<S> {
                 None => return ChildRecorded::NotOurs,
             }
         };
-        let result = sync::lock(&self.store).record_child(&claim, &child);
+        let result = self.record_child_combined(claim, child.clone());
         let mut st = sync::lock(&self.state);
         match result {
             // Recorded, and still ours now (not stopped while the store was busy).
@@ -383,6 +402,36 @@ impl<S: JobStore> Coordinator<S> {
                 ChildRecorded::NotOurs
             }
         }
+    }
+
+    /// Records `child` on `claim`'s run, together with every other record queued by the
+    /// time this thread holds the store. Each record is still guarded on its own claim
+    /// and answered on its own, and each answer is back before its child may be released:
+    /// a thread's record is either taken by the thread that held the store before it,
+    /// which answers it before letting go of the store, or still queued when this thread
+    /// holds the store, and taken now.
+    fn record_child_combined(&self, claim: ClaimRef, child: ChildIdentity) -> StoreResult<bool> {
+        let id = claim.id;
+        sync::lock(&self.children).queued.push((claim, child));
+        let mut store = sync::lock(&self.store);
+        let batch = {
+            let mut records = sync::lock(&self.children);
+            if let Some(answer) = records.answered.remove(&id) {
+                return answer;
+            }
+            std::mem::take(&mut records.queued)
+        };
+        let answers = store.record_children(&batch);
+        let mut records = sync::lock(&self.children);
+        let mut ours = Err(StoreError::Unavailable(String::from("the record was not answered")));
+        for ((claim, _), answer) in batch.iter().zip(answers) {
+            if claim.id == id {
+                ours = answer;
+            } else {
+                records.answered.insert(claim.id, answer);
+            }
+        }
+        ours
     }
 
     /// Renews every lease still worth keeping (running, or being stopped for shutdown or a

@@ -63,6 +63,12 @@ pub trait JobStore: Send {
     /// Records a held child's identity on its run, before it is released. `false`: not
     /// the claim's job any more.
     fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool>;
+    /// [`JobStore::record_child`] for several held children, each guarded on its own
+    /// claim; one answer per item, in order. The SQLite store commits them in one
+    /// transaction.
+    fn record_children(&mut self, items: &[(ClaimRef, ChildIdentity)]) -> Vec<StoreResult<bool>> {
+        items.iter().map(|(claim, child)| self.record_child(claim, child)).collect()
+    }
     /// Records the end of several runs, in order, each guarded on its own claim; one
     /// result per item. The SQLite store commits them in one transaction (one fsync for
     /// every run that ended together).

@@ -98,6 +98,9 @@ pub fn suite<H: Harness>(h: &H) {
     let child = ChildIdentity { pid: 10, pgid: 10, boot_id: "b".into(), start_time: 1 };
     assert!(s.record_child(&b1.claim_ref(E1), &child).unwrap());
     assert!(!s.record_child(&wrong(b1), &child).unwrap());
+    // Several at once: each guarded and answered on its own.
+    let both = [(b1.claim_ref(E1), child.clone()), (wrong(b1), child.clone())];
+    assert_eq!(s.record_children(&both), vec![Ok(true), Ok(false)]);
 
     // Failure with attempts left -> retry at the given time; release gives the attempt back.
     assert_eq!(record(&mut s, b2.claim_ref(E1), fail(500), 12), retry_at(500));
@@ -155,6 +158,7 @@ pub fn suite<H: Harness>(h: &H) {
     assert_eq!(f.claim(E1, "w", &limits(), at(2)), Err(StoreError::Fenced));
     assert_eq!(f.renew(E1, &[(id, c.token.clone())], at(2)), Err(StoreError::Fenced));
     assert_eq!(f.record_child(&c.claim_ref(E1), &child), Err(StoreError::Fenced));
+    assert_eq!(f.record_children(&[(c.claim_ref(E1), child.clone())]), vec![Err(StoreError::Fenced)]);
     for what in [Record::Complete, fail(3), Record::Release { max_interruptions: 5 }, abandon(), Record::Cancel] {
         assert_eq!(record(&mut f, c.claim_ref(E1), what.clone(), 2), Err(StoreError::Fenced), "{what:?}");
     }

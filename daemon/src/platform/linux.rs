@@ -137,23 +137,56 @@ fn for_each_process(mut f: impl FnMut(u32, Stat) -> bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Calls `f` with every process in a group `wanted` accepts, until it returns `true`.
+/// Each process's group is asked of the kernel first (`getpgid`, one system call); only
+/// members of a wanted group have their `/proc/<pid>/stat` read, which the kernel formats
+/// field by field — a listing among hundreds of unrelated processes (or zombies init has
+/// not reaped yet) then costs little more than reading the directory.
+fn for_each_member(wanted: impl Fn(u32) -> bool, mut f: impl FnMut(u32, Stat) -> bool) -> io::Result<()> {
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(raw) = libc::pid_t::try_from(pid) else { continue };
+        // Not rustix's `getpgid`: its `Pid` cannot hold the group 0 of kernel threads.
+        // SAFETY: getpgid(2) takes a plain integer and touches no memory of ours.
+        let pgid = unsafe { libc::getpgid(raw) };
+        if pgid >= 0 && !wanted(pgid.unsigned_abs()) {
+            continue;
+        }
+        // Otherwise a member, or not answered (gone since the directory was read, which
+        // its stat read then says too): its stat line decides.
+        if let Some(stat) = stat(pid)? {
+            if wanted(stat.pgrp) && f(pid, stat) {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn group_has_live_member(pgid: u32) -> io::Result<bool> {
     let mut alive = false;
-    for_each_process(|_, stat| {
-        alive = !stat.zombie && stat.pgrp == pgid;
-        alive
-    })?;
+    for_each_member(
+        |g| g == pgid,
+        |_, stat| {
+            alive = !stat.zombie;
+            alive
+        },
+    )?;
     Ok(alive)
 }
 
-pub fn live_groups() -> Option<HashSet<u32>> {
+pub fn live_groups(among: &HashSet<u32>) -> Option<HashSet<u32>> {
     let mut live = HashSet::new();
-    for_each_process(|_, stat| {
-        if !stat.zombie {
-            live.insert(stat.pgrp);
-        }
-        false
-    })
+    for_each_member(
+        |g| among.contains(&g),
+        |_, stat| {
+            if !stat.zombie {
+                live.insert(stat.pgrp);
+            }
+            false
+        },
+    )
     .ok()?;
     Some(live)
 }
@@ -233,7 +266,8 @@ mod tests {
         assert!(!st.zombie);
         assert_eq!(st.pgrp, super::super::own_process_group());
         assert!(group_has_live_member(st.pgrp).unwrap());
-        assert!(live_groups().unwrap().contains(&st.pgrp));
+        assert!(live_groups(&HashSet::from([st.pgrp, u32::MAX])).unwrap() == HashSet::from([st.pgrp]));
+        assert!(live_groups(&HashSet::new()).unwrap().is_empty());
         assert!(all_stats().unwrap().iter().any(|(pid, _)| *pid == me));
     }
 }

@@ -168,7 +168,7 @@ pub fn group_has_live_member(pgid: u32) -> io::Result<bool> {
 }
 
 /// Groups are listed one at a time here; callers check each group on its own.
-pub fn live_groups() -> Option<HashSet<u32>> {
+pub fn live_groups(_among: &HashSet<u32>) -> Option<HashSet<u32>> {
     None
 }
 

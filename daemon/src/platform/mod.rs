@@ -74,10 +74,10 @@ pub fn group_has_live_member(pgid: u32) -> io::Result<bool> {
     os::group_has_live_member(pgid)
 }
 
-/// The process groups that have a live (not zombie) member, from one listing of every
-/// process. `None` where that listing is not cheap (macOS lists by group) or failed.
-pub fn live_groups() -> Option<HashSet<u32>> {
-    os::live_groups()
+/// The groups among `among` that have a live (not zombie) member, from one listing of
+/// every process. `None` where that listing is not cheap (macOS lists by group) or failed.
+pub fn live_groups(among: &HashSet<u32>) -> Option<HashSet<u32>> {
+    os::live_groups(among)
 }
 
 /// The host name, as `uname(2)`'s node name (`gethostname`).
@@ -91,7 +91,7 @@ pub fn own_process_group() -> u32 {
 }
 
 /// A pid (or group id) as the kernel's type; `None` for 0 and anything beyond `pid_t`.
-fn pid(id: u32) -> Option<rustix::process::Pid> {
+pub(super) fn pid(id: u32) -> Option<rustix::process::Pid> {
     rustix::process::Pid::from_raw(i32::try_from(id).ok()?)
 }
 

@@ -101,6 +101,17 @@ impl JobStore for SqliteStore {
         Ok(self.writer.call_blocking(SyncMode::Normal, move |tx| jobs::record_child(tx, &claim, &child))?)
     }
 
+    fn record_children(&mut self, items: &[(ClaimRef, ChildIdentity)]) -> Vec<StoreResult<bool>> {
+        let ops: Vec<_> = items
+            .iter()
+            .map(|(claim, child)| {
+                let (claim, child) = (claim.clone(), child.clone());
+                (SyncMode::Normal, move |tx: &rusqlite::Transaction<'_>| jobs::record_child(tx, &claim, &child))
+            })
+            .collect();
+        self.writer.call_together_blocking(ops).into_iter().map(|r| r.map_err(StoreError::from)).collect()
+    }
+
     fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
         type Op = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<Recorded> + Send>;
         let ops: Vec<(SyncMode, Op)> = items

@@ -59,6 +59,16 @@ impl DbState {
 
 /// Validates the database at `path` without writing a byte.
 pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
+    inspect_holding(path, busy_timeout).map(|(state, _)| state)
+}
+
+/// [`inspect`], keeping the read-only connection it validated with (`None` for a missing
+/// database), for [`check_data_on`] and to be held open while the writer opens: after a
+/// crash, the first connection to open a WAL-mode database rebuilds its WAL index by
+/// reading the whole `-wal` (up to ~4 MiB between checkpoints here, milliseconds), and so
+/// does every later one that opens while no other connection is open — three times per
+/// start (validation, data check, writer) when each closed before the next opened.
+pub fn inspect_holding(path: &Path, busy_timeout: Duration) -> Result<(DbState, Option<Connection>)> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -74,7 +84,7 @@ pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
             if !mutant::active(mutant::ADOPT_STRAY_WAL) {
                 refuse_stray_side_files(path)?;
             }
-            return Ok(DbState::Missing);
+            return Ok((DbState::Missing, None));
         }
         Err(e) => return Err(Error::io("stat", path, e)),
     };
@@ -103,7 +113,8 @@ pub fn inspect(path: &Path, busy_timeout: Duration) -> Result<DbState> {
     }
     let conn = open_for_validation(path).map_err(|e| Error::sqlite(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| Error::sqlite(path, e))?;
-    validate(&conn, path)
+    let state = validate(&conn, path)?;
+    Ok((state, Some(conn)))
 }
 
 /// A non-zero random 31-bit identity for a new database (its header's `user_version`).
@@ -254,6 +265,11 @@ fn check_wal_header(path: &Path, db_page_size: &Option<u32>) -> Result<()> {
 pub fn check_data(path: &Path, busy_timeout: Duration) -> Result<()> {
     let conn = open_for_validation(path).map_err(|e| corrupt(path, e))?;
     conn.busy_timeout(busy_timeout).map_err(|e| Error::sqlite(path, e))?;
+    check_data_on(&conn, path)
+}
+
+/// [`check_data`] on a read-only connection already open on `path` (see [`inspect_holding`]).
+pub fn check_data_on(conn: &Connection, path: &Path) -> Result<()> {
     let problems: Vec<String> = conn
         .prepare("PRAGMA quick_check(5)")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())

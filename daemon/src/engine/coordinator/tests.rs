@@ -195,6 +195,83 @@ fn a_child_is_recorded_only_while_the_lease_is_ours() {
     assert!(!c.record_child(claimed[1].id, child), "a lost lease must not release its child");
 }
 
+/// A store whose first `record_children` call says it has begun, then waits for the
+/// word to go on, as a busy writer would; it notes how many records each call carried.
+struct Gated {
+    inner: MemoryStore,
+    entered: std::sync::mpsc::Sender<()>,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+    calls: Vec<usize>,
+}
+
+impl JobStore for Gated {
+    fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
+        self.inner.claim(epoch, worker, limits, now)
+    }
+    fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
+        self.inner.renew(epoch, held, now)
+    }
+    fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
+        self.inner.record_child(claim, child)
+    }
+    fn record_children(&mut self, items: &[(ClaimRef, ChildIdentity)]) -> Vec<StoreResult<bool>> {
+        self.calls.push(items.len());
+        if let Some(gate) = self.gate.take() {
+            self.entered.send(()).unwrap();
+            gate.recv().unwrap();
+        }
+        self.inner.record_children(items)
+    }
+    fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
+        self.inner.record_many(items, now)
+    }
+    fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
+        self.inner.orphan_children(epoch)
+    }
+    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
+        self.inner.recover(epoch, retry_at, now)
+    }
+}
+
+/// Children recorded while the store is busy with another's record are recorded together
+/// once it is free, in one store call, and each thread gets its own answer.
+#[test]
+fn records_queued_behind_a_busy_store_share_one_call() {
+    let mut inner = MemoryStore::new(Epoch(1));
+    for _ in 0..3 {
+        inner.enqueue(&NewJob::new("exec", "l", 3));
+    }
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (go, gate) = std::sync::mpsc::channel();
+    let store = Gated { inner, entered: entered_tx, gate: Some(gate), calls: Vec::new() };
+    let c = std::sync::Arc::new(Coordinator::new(cfg(), Epoch(1), store));
+    let claimed = c.claim(MonoMs(0), WallMs(0));
+    assert_eq!(claimed.len(), 3);
+    let child = |n: u32| ChildIdentity { pid: n, pgid: n, boot_id: "b".into(), start_time: 1 };
+    let record = |i: usize| {
+        let (c, id) = (c.clone(), claimed[i].id);
+        std::thread::spawn(move || c.record_child_outcome(id, child(10 + i as u32)))
+    };
+    let first = record(0);
+    entered.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    let others = [record(1), record(2)];
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sync::lock(&c.children).queued.len() < 2 {
+        assert!(std::time::Instant::now() < until, "the other records never queued");
+        std::thread::yield_now();
+    }
+    go.send(()).unwrap();
+    assert_eq!(first.join().unwrap(), ChildRecorded::Recorded);
+    for t in others {
+        assert_eq!(t.join().unwrap(), ChildRecorded::Recorded);
+    }
+    assert_eq!(sync::lock(&c.store).calls, vec![1, 2], "one call for the first, one for the two queued behind it");
+    for (i, job) in claimed.iter().enumerate() {
+        assert_eq!(c.lease(job.id).unwrap().child.map(|ch| ch.pid), Some(10 + i as u32));
+    }
+    assert!(sync::lock(&c.children).answered.is_empty(), "every answer was taken");
+}
+
 /// A start the daemon could not make (EMFILE...) is not the job's: postponed, its
 /// attempt given back; claims pause, then resume under a cap of what did start that
 /// grows with each start that succeeds. Failures of one wave, reported one by one,
