@@ -492,6 +492,23 @@ fn lock_after_flock_stop_holds_others_off() {
     assert_eq!(status_json(&sb)["daemon"]["pid"], a.pid());
 }
 
+/// `homerd run` from `copy`, a private copy of the binary. ETXTBSY: a process forked by
+/// another test's thread may briefly hold the copy's write descriptor (until its own exec
+/// closes it), so the spawn is retried for a while.
+fn run_copied(sb: &Sandbox, copy: &std::path::Path) -> Daemon {
+    let end = Instant::now() + deadline(10.0);
+    loop {
+        let mut c = sb.cmd_with(copy);
+        c.arg("run").args(FAST);
+        match Daemon::try_spawn(c) {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => break other.expect("spawn the copied homerd"),
+        }
+    }
+}
+
 /// Which way the homerd file the daemon was started from goes away.
 #[cfg(target_os = "linux")]
 enum BinaryChange {
@@ -519,19 +536,7 @@ fn exec_job_after_binary_change(change: BinaryChange, with_shim: bool) {
         std::fs::copy(bin().with_file_name("homerd-shim"), &shim).unwrap();
         changed.push(shim.clone());
     }
-    // ETXTBSY: a process forked by another test's thread may briefly hold the copy's
-    // write descriptor (until its own exec closes it).
-    let end = Instant::now() + deadline(10.0);
-    let mut d = loop {
-        let mut c = sb.cmd_with(&copy);
-        c.arg("run").args(FAST);
-        match Daemon::try_spawn(c) {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < end => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            other => break other.expect("spawn the copied homerd"),
-        }
-    };
+    let mut d = run_copied(&sb, &copy);
     d.wait_event("daemon.active");
 
     for file in &changed {
@@ -588,19 +593,7 @@ fn a_job_shim_from_another_build_is_not_used() {
     let copy = bin_dir.join("homerd");
     std::fs::copy(bin(), &copy).unwrap();
     std::fs::copy("/bin/true", bin_dir.join("homerd-shim")).unwrap();
-    // ETXTBSY: a process forked by another test's thread may briefly hold the copy's
-    // write descriptor (until its own exec closes it).
-    let end = Instant::now() + deadline(10.0);
-    let mut d = loop {
-        let mut c = sb.cmd_with(&copy);
-        c.arg("run").args(FAST);
-        match Daemon::try_spawn(c) {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < end => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            other => break other.expect("spawn the copied homerd"),
-        }
-    };
+    let mut d = run_copied(&sb, &copy);
     let warned = d.wait_event("shim.unusable");
     assert!(warned["reason"].as_str().unwrap().contains("from another build"), "{}", d.dump());
     d.wait_event("daemon.active");
