@@ -540,9 +540,6 @@ fn a_partition_healed_before_the_stale_threshold_lets_the_owner_resume_unfenced_
         format!("SELECT count(*) FROM homer_workers WHERE incarnation = {} AND seen_at > {healed_ms}", first.epoch);
     c.wait_count("a's worker row refreshed after the heal", &seen, 1, deadline(30.0));
     let refreshed_at = now_ns();
-    // The heartbeats a missed while cut off are counted with the first that got through.
-    let missed = c.scalar("SELECT value FROM metrics WHERE name = 'heartbeat_failures'");
-    assert!(missed >= 1, "heartbeat_failures {missed} after a partition\n{}", c.report());
     c.wait_count("the job completed", "SELECT count(*) FROM job_queue WHERE status = 'completed'", 1, deadline(60.0));
     c.assert_no_overlap();
     c.assert_completed_once(&ids);
