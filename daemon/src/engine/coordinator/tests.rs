@@ -195,20 +195,31 @@ fn a_child_is_recorded_only_while_the_lease_is_ours() {
     assert!(!c.record_child(claimed[1].id, child), "a lost lease must not release its child");
 }
 
-/// A store whose first `record_children` call says it has begun, then waits for the
-/// word to go on, as a busy writer would; it notes how many records each call carried.
-struct Gated {
+/// The in-memory store with the faults these tests need: with `full` set, renewals and
+/// run records return `Unavailable` as on a full disk; with a `gate`, the first
+/// `record_children` call says it has begun (on `entered`), then waits for the word to go
+/// on, as a busy writer would. It notes how many records each `record_children` carried.
+struct Faulty {
     inner: MemoryStore,
-    entered: std::sync::mpsc::Sender<()>,
-    gate: Option<std::sync::mpsc::Receiver<()>>,
+    full: bool,
+    gate: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
     calls: Vec<usize>,
 }
 
-impl JobStore for Gated {
+impl Faulty {
+    fn new(inner: MemoryStore) -> Faulty {
+        Faulty { inner, full: false, gate: None, calls: Vec::new() }
+    }
+}
+
+impl JobStore for Faulty {
     fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
         self.inner.claim(epoch, worker, limits, now)
     }
     fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
+        if self.full {
+            return Err(StoreError::Unavailable(String::from("database or disk is full")));
+        }
         self.inner.renew(epoch, held, now)
     }
     fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
@@ -216,13 +227,16 @@ impl JobStore for Gated {
     }
     fn record_children(&mut self, items: &[(ClaimRef, ChildIdentity)]) -> Vec<StoreResult<bool>> {
         self.calls.push(items.len());
-        if let Some(gate) = self.gate.take() {
-            self.entered.send(()).unwrap();
-            gate.recv().unwrap();
+        if let Some((entered, go)) = self.gate.take() {
+            entered.send(()).unwrap();
+            go.recv().unwrap();
         }
         self.inner.record_children(items)
     }
     fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
+        if self.full {
+            return items.iter().map(|_| Err(StoreError::Unavailable(String::from("disk full")))).collect();
+        }
         self.inner.record_many(items, now)
     }
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
@@ -243,7 +257,7 @@ fn records_queued_behind_a_busy_store_share_one_call() {
     }
     let (entered_tx, entered) = std::sync::mpsc::channel();
     let (go, gate) = std::sync::mpsc::channel();
-    let store = Gated { inner, entered: entered_tx, gate: Some(gate), calls: Vec::new() };
+    let store = Faulty { gate: Some((entered_tx, gate)), ..Faulty::new(inner) };
     let c = std::sync::Arc::new(Coordinator::new(cfg(), Epoch(1), store));
     let claimed = c.claim(MonoMs(0), WallMs(0));
     assert_eq!(claimed.len(), 3);
@@ -353,40 +367,6 @@ mod ended_tests {
     }
 }
 
-/// A store whose writes fail as on a full disk once `full` is set: renewals and records
-/// return `Unavailable`; everything else is the in-memory store.
-struct FullDisk {
-    inner: MemoryStore,
-    full: bool,
-}
-
-impl JobStore for FullDisk {
-    fn claim(&mut self, epoch: Epoch, worker: &str, limits: &ClaimLimits, now: WallMs) -> StoreResult<Vec<Claimed>> {
-        self.inner.claim(epoch, worker, limits, now)
-    }
-    fn renew(&mut self, epoch: Epoch, held: &[(JobId, String)], now: WallMs) -> StoreResult<Vec<JobId>> {
-        if self.full {
-            return Err(StoreError::Unavailable(String::from("database or disk is full")));
-        }
-        self.inner.renew(epoch, held, now)
-    }
-    fn record_child(&mut self, claim: &ClaimRef, child: &ChildIdentity) -> StoreResult<bool> {
-        self.inner.record_child(claim, child)
-    }
-    fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>> {
-        if self.full {
-            return items.iter().map(|_| Err(StoreError::Unavailable(String::from("disk full")))).collect();
-        }
-        self.inner.record_many(items, now)
-    }
-    fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
-        self.inner.orphan_children(epoch)
-    }
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
-        self.inner.recover(epoch, retry_at, now)
-    }
-}
-
 /// A job claimed after the leader row's last refresh, whose renewals then fail because
 /// the disk is full, runs out of lease before the leader row counts as stale: it is still
 /// the daemon's trouble (stand-down, released with its attempt given back), never a lost
@@ -396,7 +376,7 @@ impl JobStore for FullDisk {
 fn a_lease_that_runs_out_while_renewals_cannot_be_written_is_a_stand_down() {
     let mut inner = MemoryStore::new(Epoch(1));
     let id = inner.enqueue(&NewJob::new("noop", "l", 1));
-    let c = Coordinator::new(cfg(), Epoch(1), FullDisk { inner, full: false });
+    let c = Coordinator::new(cfg(), Epoch(1), Faulty::new(inner));
     assert_eq!(c.claim(MonoMs(50), WallMs(50)).len(), 1);
     // The leader row's last refresh comes after the claim; then the disk fills.
     c.note_leader_refresh(MonoMs(100));
@@ -420,7 +400,7 @@ fn a_lease_that_runs_out_while_renewals_cannot_be_written_is_a_stand_down() {
 fn each_renewal_tells_what_it_did() {
     let mut inner = MemoryStore::new(Epoch(1));
     inner.enqueue(&NewJob::new("noop", "l", 1));
-    let c = Coordinator::new(cfg(), Epoch(1), FullDisk { inner, full: false });
+    let c = Coordinator::new(cfg(), Epoch(1), Faulty::new(inner));
     assert_eq!(c.renew_told(MonoMs(10), WallMs(10)).1, Renewal::Nothing, "nothing held");
     assert_eq!(c.claim(MonoMs(50), WallMs(50)).len(), 1);
     assert_eq!(c.renew_told(MonoMs(100), WallMs(100)).1, Renewal::Written);
