@@ -280,17 +280,37 @@ fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, 
         };
     }
     let mut outcomes: Vec<Result<(), WriteError>> = Vec::with_capacity(batch.len());
+    let mut ended: Option<rusqlite::Error> = None;
     for op in batch.iter_mut() {
         // Prepared once per connection: these run twice for every operation.
         let savepoint = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
         let result = savepoint("SAVEPOINT op").and_then(|()| match op.apply(&tx) {
             Ok(()) => savepoint("RELEASE op"),
+            // SQLite ended the whole transaction on this error: no savepoint is left.
+            Err(e) if tx.is_autocommit() => Err(e),
             Err(e) => {
                 tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
                 Err(e)
             }
         });
-        outcomes.push(result.map_err(WriteError::from));
+        if let Err(e) = result {
+            // On some errors (a cache spill that finds the disk full, an I/O error, out of
+            // memory) SQLite rolls back the whole transaction, not just the statement. The
+            // members before this one are undone with it, and a later member's `SAVEPOINT`
+            // would open a transaction of its own, committed by its `RELEASE` without the
+            // epoch check. So the group ends here, every member told this error.
+            if tx.is_autocommit() {
+                ended = Some(e);
+                break;
+            }
+            outcomes.push(Err(WriteError::from(e)));
+        } else {
+            outcomes.push(Ok(()));
+        }
+    }
+    if let Some(e) = ended {
+        drop(tx);
+        return fail_all(batch, e);
     }
     match tx.commit() {
         Ok(()) => batch.into_iter().zip(outcomes).for_each(|(op, o)| op.finish(o)),
@@ -454,6 +474,39 @@ mod tests {
                 "counts in order, then synchronous=FULL (2)"
             );
             assert_eq!(count(path), 3);
+        });
+    }
+
+    /// On some errors SQLite ends the whole transaction itself, not just the statement: a
+    /// cache spill that finds the disk full, an I/O error, running out of memory. Then
+    /// there is no savepoint to roll back to and no transaction to commit, and a later
+    /// member's `SAVEPOINT` would open (and its `RELEASE` commit) a transaction of its
+    /// own, outside the epoch check. A member that rolls the transaction back stands in
+    /// for those errors here (they cannot be made on demand in a unit test): the group
+    /// writes nothing, and every member is told the error that ended it.
+    #[test]
+    fn a_member_that_ends_the_transaction_fails_the_whole_group() {
+        with_writer(5, |w, path| {
+            type F = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<usize> + Send>;
+            let insert =
+                || -> (SyncMode, F) { (SyncMode::Normal, Box::new(|tx: &Transaction<'_>| tx.execute(INSERT, []))) };
+            let ends_it: (SyncMode, F) = (
+                SyncMode::Normal,
+                Box::new(|tx: &Transaction<'_>| {
+                    tx.execute(INSERT, [])?;
+                    tx.execute_batch("ROLLBACK")?;
+                    Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                        Some(String::from("database or disk is full")),
+                    ))
+                }),
+            );
+            let got = w.call_together_blocking(vec![insert(), ends_it, insert(), insert()]);
+            let told: Vec<bool> = got.iter().map(|r| format!("{r:?}").contains("disk is full")).collect();
+            assert_eq!(told, vec![true; 4], "each member is told what ended the transaction: {got:?}");
+            assert_eq!(count(path), 0, "nothing of the group was written");
+            assert_eq!(w.call_blocking(SyncMode::Normal, |tx| tx.execute(INSERT, [])).unwrap(), 1);
+            assert_eq!(count(path), 1, "the writer goes on");
         });
     }
 
