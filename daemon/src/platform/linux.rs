@@ -101,17 +101,24 @@ pub fn stat(pid: u32) -> io::Result<Option<Stat>> {
     }
 }
 
-/// Parses a `/proc/<pid>/stat` line: state (field 3), ppid (4), pgrp (5), starttime (22).
-/// The command name (field 2) is in parentheses and may itself contain spaces and
-/// parentheses, so fields are counted from the *last* `)`. A short line is unreadable,
-/// never zeros.
+/// Parses a `/proc/<pid>/stat` line: state (field 3), ppid (4), pgrp (5), num_threads
+/// (20), starttime (22). The command name (field 2) is in parentheses and may itself
+/// contain spaces and parentheses, so fields are counted from the *last* `)`. A short
+/// line is unreadable, never zeros.
+///
+/// A process whose main thread has exited while its other threads run shows state `Z`
+/// too (`ps` says `Zl`): it still runs code, so it is a zombie only once it is down to
+/// that one thread. (macOS has no such state: there a process is a zombie only when all
+/// its threads are gone.)
 pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
     let mut fields = line[line.rfind(')')? + 1..].split_ascii_whitespace();
     let state = fields.next()?; // field 3
     let ppid = fields.next()?.parse().ok()?; // field 4
     let pgrp = fields.next()?.parse().ok()?; // field 5
-    let start_time = fields.nth(16)?.parse().ok()?; // field 22
-    Some(Stat { ppid, pgrp, start_time, zombie: state == "Z" || state == "X" })
+    let threads: u32 = fields.nth(14)?.parse().ok()?; // field 20
+    let start_time = fields.nth(1)?.parse().ok()?; // field 22
+    let exited = state == "X" || (state == "Z" && threads <= 1);
+    Some(Stat { ppid, pgrp, start_time, zombie: exited })
 }
 
 pub fn all_stats() -> io::Result<Vec<(u32, Stat)>> {
@@ -257,6 +264,10 @@ mod tests {
         assert_eq!(parse_stat(running).unwrap(), Stat { ppid: 7, pgrp: 40, start_time: 55, zombie: false });
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) Z 1 1").is_none(), "a short line is unreadable, not zeros");
+        // A main thread that exited (pthread_exit) while another thread runs: state Z,
+        // two threads (the exited leader is counted until the last thread is gone).
+        let leader_gone = "77 (job) Z 7 77 77 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 2 0 99 0 0";
+        assert_eq!(parse_stat(leader_gone).unwrap(), Stat { ppid: 7, pgrp: 77, start_time: 99, zombie: false });
     }
 
     #[test]
