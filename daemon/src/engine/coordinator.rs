@@ -250,7 +250,9 @@ pub struct Coordinator<S> {
 #[derive(Default)]
 struct ChildRecords {
     queued: Vec<(ClaimRef, ChildIdentity)>,
-    answered: BTreeMap<JobId, StoreResult<bool>>,
+    /// Keyed by the whole claim, not the job id: an answer meant for one claim of a job
+    /// is never taken by a thread recording for another claim of the same job.
+    answered: Vec<(ClaimRef, StoreResult<bool>)>,
 }
 
 /// What one [`Coordinator::renew_told`] did.
@@ -375,26 +377,29 @@ impl<S: JobStore> Coordinator<S> {
                 None => return ChildRecorded::NotOurs,
             }
         };
-        let result = self.record_child_combined(claim, child.clone());
+        let result = self.record_child_combined(claim.clone(), child.clone());
         let mut st = sync::lock(&self.state);
         match result {
-            // Recorded, and still ours now (not stopped while the store was busy).
-            Ok(true) => match st.leases.get_mut(&id).filter(|l| l.stop.is_none()) {
-                Some(l) => {
-                    l.child = Some(child);
-                    // A start succeeded: the resource is back, at least this far.
-                    let global = self.cfg.limits.global;
-                    if let Some(t) = st.throttle.as_mut() {
-                        t.episodes = 0;
-                        t.cap += 1;
-                        if t.cap >= global {
-                            st.throttle = None;
+            // Recorded, and still ours now: the same claim, not stopped while the store
+            // was busy.
+            Ok(true) => {
+                match st.leases.get_mut(&id).filter(|l| l.stop.is_none() && l.job.claim_ref(self.epoch) == claim) {
+                    Some(l) => {
+                        l.child = Some(child);
+                        // A start succeeded: the resource is back, at least this far.
+                        let global = self.cfg.limits.global;
+                        if let Some(t) = st.throttle.as_mut() {
+                            t.episodes = 0;
+                            t.cap += 1;
+                            if t.cap >= global {
+                                st.throttle = None;
+                            }
                         }
+                        ChildRecorded::Recorded
                     }
-                    ChildRecorded::Recorded
+                    None => ChildRecorded::NotOurs,
                 }
-                None => ChildRecorded::NotOurs,
-            },
+            }
             Ok(false) => ChildRecorded::NotOurs,
             Err(StoreError::Unavailable(_)) => ChildRecorded::Unavailable,
             Err(StoreError::Fenced) => {
@@ -411,24 +416,27 @@ impl<S: JobStore> Coordinator<S> {
     /// which answers it before letting go of the store, or still queued when this thread
     /// holds the store, and taken now.
     fn record_child_combined(&self, claim: ClaimRef, child: ChildIdentity) -> StoreResult<bool> {
-        let id = claim.id;
-        sync::lock(&self.children).queued.push((claim, child));
+        sync::lock(&self.children).queued.push((claim.clone(), child));
         let mut store = sync::lock(&self.store);
         let batch = {
             let mut records = sync::lock(&self.children);
-            if let Some(answer) = records.answered.remove(&id) {
-                return answer;
+            if let Some(i) = records.answered.iter().position(|(c, _)| *c == claim) {
+                return records.answered.swap_remove(i).1;
             }
             std::mem::take(&mut records.queued)
         };
         let answers = store.record_children(&batch);
         let mut records = sync::lock(&self.children);
         let mut ours = Err(StoreError::Unavailable(String::from("the record was not answered")));
-        for ((claim, _), answer) in batch.iter().zip(answers) {
-            if claim.id == id {
+        let mut answers = answers.into_iter();
+        for (c, _) in batch {
+            let answer = answers
+                .next()
+                .unwrap_or_else(|| Err(StoreError::Unavailable(String::from("the record was not answered"))));
+            if c == claim {
                 ours = answer;
             } else {
-                records.answered.insert(claim.id, answer);
+                records.answered.push((c, answer));
             }
         }
         ours

@@ -248,7 +248,8 @@ impl JobStore for Faulty {
 }
 
 /// Children recorded while the store is busy with another's record are recorded together
-/// once it is free, in one store call, and each thread gets its own answer.
+/// once it is free, in one store call, and each thread gets its own answer (here one of
+/// them a refusal).
 #[test]
 fn records_queued_behind_a_busy_store_share_one_call() {
     let mut inner = MemoryStore::new(Epoch(1));
@@ -261,6 +262,9 @@ fn records_queued_behind_a_busy_store_share_one_call() {
     let c = std::sync::Arc::new(Coordinator::new(cfg(), Epoch(1), store));
     let claimed = c.claim(MonoMs(0), WallMs(0));
     assert_eq!(claimed.len(), 3);
+    // The second job's row is no longer this claim's (as after a takeover): the store
+    // refuses that one record of the combined call, and only its thread hears so.
+    sync::lock(&c.store).inner.jobs.get_mut(&claimed[1].id).unwrap().token = Some(String::from("another claim"));
     let child = |n: u32| ChildIdentity { pid: n, pgid: n, boot_id: "b".into(), start_time: 1 };
     let record = |i: usize| {
         let (c, id) = (c.clone(), claimed[i].id);
@@ -276,13 +280,12 @@ fn records_queued_behind_a_busy_store_share_one_call() {
     }
     go.send(()).unwrap();
     assert_eq!(first.join().unwrap(), ChildRecorded::Recorded);
-    for t in others {
-        assert_eq!(t.join().unwrap(), ChildRecorded::Recorded);
-    }
+    let [second, third] = others;
+    assert_eq!(second.join().unwrap(), ChildRecorded::NotOurs);
+    assert_eq!(third.join().unwrap(), ChildRecorded::Recorded);
     assert_eq!(sync::lock(&c.store).calls, vec![1, 2], "one call for the first, one for the two queued behind it");
-    for (i, job) in claimed.iter().enumerate() {
-        assert_eq!(c.lease(job.id).unwrap().child.map(|ch| ch.pid), Some(10 + i as u32));
-    }
+    let pids: Vec<Option<u32>> = claimed.iter().map(|j| c.lease(j.id).unwrap().child.map(|ch| ch.pid)).collect();
+    assert_eq!(pids, vec![Some(10), None, Some(12)]);
     assert!(sync::lock(&c.children).answered.is_empty(), "every answer was taken");
 }
 
