@@ -1,4 +1,5 @@
-//! Linux: `/proc`, and system calls through `rustix` only (no raw `libc` calls).
+//! Linux: `/proc`, and system calls through `rustix` — except one raw `getpgid` in the
+//! group listing, where rustix cannot return the group 0 of kernel threads.
 
 use std::collections::HashSet;
 use std::io;
