@@ -119,22 +119,25 @@ mod tests {
         let opts = Options::for_tests();
         let dir = tempfile::tempdir().unwrap();
         let mut ctx = Ctx::new(&sc, &opts, dir.path().to_path_buf(), String::from("test"), Instant::now());
-        let step = |path: &str, min_size| WaitFile { path: path.into(), min_size, timeout: Duration::from_millis(300) };
+        let step = |path: &str, min_size, timeout| WaitFile { path: path.into(), min_size, timeout };
+        let short = Duration::from_millis(300);
 
-        // Appears while the step waits.
+        // Appears while the step waits (most likely: the write is 50 ms off, and however
+        // late it lands on a loaded machine, the generous deadline only bounds a step that
+        // never sees the file).
         let later = dir.path().join("later");
         let writer = std::thread::spawn(move || {
-            #[allow(clippy::disallowed_methods)] // the fault's timing: the file must appear while the step waits
+            #[allow(clippy::disallowed_methods)] // the fault's timing: the file should appear while the step waits
             std::thread::sleep(Duration::from_millis(50));
             std::fs::write(later, "x").unwrap();
         });
-        step("later", Some(1)).run(&mut ctx).unwrap_or_else(|e| panic!("{e:?}"));
+        step("later", Some(1), Duration::from_secs(60)).run(&mut ctx).unwrap_or_else(|e| panic!("{e:?}"));
         writer.join().unwrap();
 
-        let e = step("{sandbox}/never", None).run(&mut ctx).expect_err("never appears");
+        let e = step("{sandbox}/never", None, short).run(&mut ctx).expect_err("never appears");
         assert!(e.expected.ends_with("never to exist") && e.actual.starts_with("absent after"), "{e:?}");
         std::fs::write(dir.path().join("empty"), "").unwrap();
-        let e = step("empty", Some(1)).run(&mut ctx).expect_err("too small");
+        let e = step("empty", Some(1), short).run(&mut ctx).expect_err("too small");
         assert!(e.expected.contains("at least 1 bytes") && e.actual.starts_with("0 bytes after"), "{e:?}");
     }
 }
