@@ -2,7 +2,8 @@
 //! failed or cancelled, and exits with their outcome. Also what `logs -f` shares: the
 //! outcome → exit code mapping ([`outcome_code`]) and [`Changes`], which re-reads the
 //! database only after another connection committed (`PRAGMA data_version`), checked
-//! every [`POLL`] — a read-only connection, no write, no lock, no busy loop.
+//! every [`POLL`] — a read-only connection, no write, no lock, no busy loop (on
+//! PostgreSQL the job's row is read every [`POLL_SERVER`]).
 //!
 //! Exit codes (README, Exit codes): 0 every job completed; 4 one failed; 5 one was
 //! cancelled and none failed; 6 `--timeout` ran out first; 66 a job does not exist
@@ -30,8 +31,13 @@ use crate::rows::JobProgress;
 use crate::sqlite::read;
 use crate::{outln, output};
 
-/// How often `wait` and `logs -f` look for a commit (and `logs -f` for new output).
-pub const POLL: Duration = Duration::from_millis(100);
+/// How often `wait` and `logs -f` look for a commit (and `logs -f` for new output) on
+/// SQLite: a look is `PRAGMA data_version`, read from the WAL index in shared memory (no
+/// file I/O, no lock), so they look as often as the daemon does (`runner::POLL`).
+pub const POLL: Duration = crate::runner::POLL;
+
+/// The same on PostgreSQL, where every look at the job is a round trip to the server.
+pub const POLL_SERVER: Duration = Duration::from_millis(100);
 
 /// The exit code for a job that ended in `status`: 0 completed, 4 failed, 5 cancelled.
 pub fn outcome_code(status: JobStatus) -> i32 {
@@ -70,7 +76,7 @@ impl Default for Changes {
 
 /// Where `wait` and `logs -f` read a job's progress from: the job's [`Queue`]. SQLite:
 /// re-read only after another connection committed ([`Changes`]). PostgreSQL: one
-/// indexed row read every [`POLL`] (the server has no `data_version`; a command does not
+/// indexed row read every [`POLL_SERVER`] (the server has no `data_version`; a command does not
 /// hold a `LISTEN` connection for the daemons' writes, which do not all notify).
 pub struct Source {
     pub queue: Queue,
@@ -82,6 +88,14 @@ impl Source {
     /// no job `id` yet (66, [`crate::cmd::context::no_database_yet`]).
     pub fn open(ctx: &Context, id: i64) -> Result<Source> {
         Ok(Source { queue: Queue::for_job(ctx, id)?, changes: Changes::new() })
+    }
+
+    /// How long to wait before the next look.
+    pub fn poll(&self) -> Duration {
+        match &self.queue {
+            Queue::Sqlite { .. } => POLL,
+            Queue::Postgres(_) => POLL_SERVER,
+        }
     }
 
     /// Whether the jobs may have moved since the last call (always true the first time).
@@ -188,6 +202,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
                 return Ok(exit::WAIT_TIMEOUT);
             }
         }
-        std::thread::sleep(timeout.map_or(POLL, |limit| limit.saturating_sub(started.elapsed()).min(POLL)));
+        let poll = source.poll();
+        std::thread::sleep(timeout.map_or(poll, |limit| limit.saturating_sub(started.elapsed()).min(poll)));
     }
 }
