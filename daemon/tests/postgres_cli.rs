@@ -459,6 +459,39 @@ fn wait_sees_a_job_end_through_the_server() {
     assert_eq!(v["ended"], true);
 }
 
+/// `wait` on PostgreSQL hears a job end from the daemon's notification: it exits before
+/// its first unprompted re-read of the job (`RECHECK_SERVER` after it started) could have
+/// told it.
+#[test]
+fn wait_is_woken_by_the_daemons_notification() {
+    let pg = Pg::new();
+    let url = pg.url();
+    let mut c = pg.sb.cmd();
+    c.args(["--database", &url, "run"]);
+    let mut d = common::Daemon::spawn(c);
+    d.wait_event("daemon.active");
+    let id = pg.enqueue(&["exec", "--", "sleep", "1"]);
+    common::wait_job_event(&mut d, "job.started", id);
+    let spawned = std::time::Instant::now();
+    let mut w = pg.sb.cmd();
+    w.args(["--database", &url, "wait", &id.to_string()]);
+    let (mut proc, _lines) = homer_testkit::Proc::spawn_with_events(
+        w.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()),
+        homer_testkit::Parse::None,
+    )
+    .unwrap();
+    common::wait_job_event(&mut d, "job.completed", id);
+    let completed = std::time::Instant::now();
+    let exit = proc.wait_exit(deadline(30.0)).expect("wait exits once the job completed");
+    assert_eq!(exit.code(), Some(0), "{}", exit.describe());
+    let took = spawned.elapsed();
+    eprintln!("wait exited {:?} after job.completed was read", completed.elapsed());
+    assert!(
+        took < homerd::cmd::wait::RECHECK_SERVER,
+        "wait took {took:?}: only its periodic re-read told it, not the notification"
+    );
+}
+
 #[test]
 fn with_a_real_daemon_the_commands_see_its_work() {
     let pg = Pg::new();

@@ -4,8 +4,8 @@
 //! (`children.rs`): a stream the program never wrote to has none, and prints nothing.
 //!
 //! Following (`-f`) reads what the files gained and looks at the job every
-//! [`wait::POLL`] (on PostgreSQL [`wait::POLL_SERVER`]; the database only after another
-//! connection committed, see
+//! [`wait::POLL`] (the database only after another connection committed or, on
+//! PostgreSQL, notified, see
 //! [`wait::Changes`]). A run is over once the job left `running` or has a newer run: the
 //! daemon finishes a run's files before it records anything, so what is read after that
 //! is all of it. A retried job is followed into its next run (a note on stderr says so);
@@ -207,7 +207,7 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
             // Asked for a run that will never come.
             return Ok(wait::outcome_code(now.status));
         }
-        std::thread::sleep(source.poll());
+        source.pause(wait::POLL)?;
     }
 }
 

@@ -2,8 +2,9 @@
 //! failed or cancelled, and exits with their outcome. Also what `logs -f` shares: the
 //! outcome → exit code mapping ([`outcome_code`]) and [`Changes`], which re-reads the
 //! database only after another connection committed (`PRAGMA data_version`), checked
-//! every [`POLL`] — a read-only connection, no write, no lock, no busy loop (on
-//! PostgreSQL the job's row is read every [`POLL_SERVER`]).
+//! every [`POLL`] — a read-only connection, no write, no lock, no busy loop. On
+//! PostgreSQL the command `LISTEN`s on the channel every write that moves a job notifies,
+//! and reads the job when a notification came (or [`RECHECK_SERVER`] passed).
 //!
 //! Exit codes (README, Exit codes): 0 every job completed; 4 one failed; 5 one was
 //! cancelled and none failed; 6 `--timeout` ran out first; 66 a job does not exist
@@ -31,13 +32,17 @@ use crate::rows::JobProgress;
 use crate::sqlite::read;
 use crate::{outln, output};
 
-/// How often `wait` and `logs -f` look for a commit (and `logs -f` for new output) on
-/// SQLite: a look is `PRAGMA data_version`, read from the WAL index in shared memory (no
-/// file I/O, no lock), so they look as often as the daemon does (`runner::POLL`).
+/// How often `wait` and `logs -f` look for a change (and `logs -f` for new output). On
+/// SQLite a look is `PRAGMA data_version`, read from the WAL index in shared memory (no
+/// file I/O, no lock); on PostgreSQL the time between looks is spent waiting for a
+/// notification on the connection. So they look as often as the daemon does
+/// (`runner::POLL`), and read the job only when something changed.
 pub const POLL: Duration = crate::runner::POLL;
 
-/// The same on PostgreSQL, where every look at the job is a round trip to the server.
-pub const POLL_SERVER: Duration = Duration::from_millis(100);
+/// On PostgreSQL, the job is read at least this often even when no notification came:
+/// every write homerd makes that moves a job notifies, but a hand edit on the server
+/// does not.
+pub const RECHECK_SERVER: Duration = Duration::from_secs(10);
 
 /// The exit code for a job that ended in `status`: 0 completed, 4 failed, 5 cancelled.
 pub fn outcome_code(status: JobStatus) -> i32 {
@@ -75,35 +80,60 @@ impl Default for Changes {
 }
 
 /// Where `wait` and `logs -f` read a job's progress from: the job's [`Queue`]. SQLite:
-/// re-read only after another connection committed ([`Changes`]). PostgreSQL: one
-/// indexed row read every [`POLL_SERVER`] (the server has no `data_version`; a command does not
-/// hold a `LISTEN` connection for the daemons' writes, which do not all notify).
+/// re-read only after another connection committed ([`Changes`]). PostgreSQL: the
+/// connection `LISTEN`s on [`crate::postgres::ops::CHANNEL`], which every write that moves
+/// a job notifies (an enqueue, a cancel, a retry, a recorded outcome, a recovery); the job
+/// is re-read when a notification arrived, and at least every [`RECHECK_SERVER`].
 pub struct Source {
     pub queue: Queue,
     changes: Changes,
+    /// PostgreSQL: when the job was last read, and whether a notification came since.
+    read_at: Option<Instant>,
+    notified: bool,
 }
 
 impl Source {
     /// Opens the backend `ctx` names; on SQLite before the daemon's first start there is
     /// no job `id` yet (66, [`crate::cmd::context::no_database_yet`]).
     pub fn open(ctx: &Context, id: i64) -> Result<Source> {
-        Ok(Source { queue: Queue::for_job(ctx, id)?, changes: Changes::new() })
-    }
-
-    /// How long to wait before the next look.
-    pub fn poll(&self) -> Duration {
-        match &self.queue {
-            Queue::Sqlite { .. } => POLL,
-            Queue::Postgres(_) => POLL_SERVER,
+        let mut queue = Queue::for_job(ctx, id)?;
+        if let Queue::Postgres(pg) = &mut queue {
+            let shown = pg.shown();
+            crate::postgres::daemon::listen(&mut pg.client).map_err(|e| Error::postgres(&shown, e))?;
         }
+        Ok(Source { queue, changes: Changes::new(), read_at: None, notified: false })
     }
 
     /// Whether the jobs may have moved since the last call (always true the first time).
     pub fn changed(&mut self, ctx: &Context) -> Result<bool> {
-        match &self.queue {
+        match &mut self.queue {
             Queue::Sqlite { conn, .. } => self.changes.changed(ctx, conn),
-            Queue::Postgres(_) => Ok(true),
+            Queue::Postgres(_) => {
+                let notified = std::mem::take(&mut self.notified);
+                let due = self.read_at.is_none_or(|t| t.elapsed() >= RECHECK_SERVER);
+                if notified || due {
+                    self.read_at = Some(Instant::now());
+                }
+                Ok(notified || due)
+            }
         }
+    }
+
+    /// Waits `limit` before the next look: on SQLite a sleep; on PostgreSQL a wait for a
+    /// notification, which ends it early.
+    pub fn pause(&mut self, limit: Duration) -> Result<()> {
+        match &mut self.queue {
+            Queue::Sqlite { .. } => std::thread::sleep(limit),
+            Queue::Postgres(pg) => {
+                let shown = pg.shown();
+                if crate::postgres::daemon::wait_for_notification(&mut pg.client, limit)
+                    .map_err(|e| Error::postgres(&shown, e))?
+                {
+                    self.notified = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Job `id`'s progress, or 66 when it does not exist.
@@ -202,7 +232,6 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
                 return Ok(exit::WAIT_TIMEOUT);
             }
         }
-        let poll = source.poll();
-        std::thread::sleep(timeout.map_or(poll, |limit| limit.saturating_sub(started.elapsed()).min(poll)));
+        source.pause(timeout.map_or(POLL, |limit| limit.saturating_sub(started.elapsed()).min(POLL)))?;
     }
 }

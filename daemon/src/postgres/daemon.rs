@@ -19,7 +19,8 @@ use super::jobs::PgResult;
 use super::Target;
 use crate::job::JobId;
 
-/// The channel `enqueue`, `cancel`, `retry` and every recorded outcome notify: a daemon
+/// The channel `enqueue`, `cancel`, `retry`, every recorded outcome and every recovery of
+/// orphans notify (`wait` and `logs -f` listen too, for the job they follow): a daemon
 /// listening on it claims at once instead of at its next poll.
 pub const CHANNEL: &str = "homer_jobs";
 
@@ -138,7 +139,7 @@ fn listen_loop(first: Client, target: &Target, changed: &AtomicBool, stop: &Atom
 
 /// Whether a notification arrived within `wait` (and takes every one queued). `Err`: the
 /// connection broke.
-fn wait_for_notification(client: &mut Client, wait: Duration) -> PgResult<bool> {
+pub fn wait_for_notification(client: &mut Client, wait: Duration) -> PgResult<bool> {
     let mut notes = client.notifications();
     let mut any = notes.timeout_iter(wait).next()?.is_some();
     while notes.iter().next()?.is_some() {

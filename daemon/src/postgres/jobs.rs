@@ -501,6 +501,10 @@ pub fn recover_orphans(
     )?);
     let n = (out.requeued.len() + out.failed.len() + out.cancelled.len()) as i64;
     bump_metric(tx, "stale_jobs_recovered", n)?;
+    if n > 0 {
+        // Jobs ended (a `wait` is told) or are pending again (a daemon may claim them).
+        super::daemon::notify(tx, "recovered")?;
+    }
     Ok(out)
 }
 
