@@ -185,7 +185,8 @@ async fn supervise(
         Stop::Drained | Stop::Corrupt => {
             failpoint::hit("shutdown.before_release").map_err(|e| Error::io("shutdown", &ctx.paths.home, e))?;
             // Every run was released: nobody needs to wait out this incarnation's lease.
-            if let Err(e) = with_pg(&coord, move |p| p.stop(epoch)).await {
+            let failed = failed_heartbeats;
+            if let Err(e) = with_pg(&coord, move |p| p.stop(epoch, failed)).await {
                 events::warn("daemon.release_failed", "Could not mark the worker row stopped")
                     .field("error", e.to_string())
                     .emit();

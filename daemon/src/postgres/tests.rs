@@ -119,6 +119,9 @@ fn failed_heartbeats_are_counted_once(server: &TestServer) {
     assert_eq!((still, counted()), (0, 5), "the server committed the 3; nothing is left to add");
     assert_eq!(store.heartbeat(epoch, WallMs(0), still), (Ok(()), 0));
     assert_eq!(counted(), 5, "counted once");
+    // Failures left when the worker stops are counted by its stop.
+    store.stop(epoch, 4).unwrap();
+    assert_eq!(counted(), 9, "counted at the stop");
 }
 
 /// The server committed a claim but its reply never arrived (the connection dropped at
