@@ -122,6 +122,13 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+/// This process's id, asked of the kernel once (glibc no longer caches it, and every
+/// event carries it). The daemon never forks without an `exec`, so it cannot change.
+fn pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 /// The least severe level emitted, as its index in [`Level::ALL`]; INFO until
 /// [`set_level`] (events emitted before the configuration is read use the flag's level,
 /// or INFO).
@@ -232,17 +239,46 @@ impl Event {
         self.emit();
     }
 
+    /// One JSON object: `ts`, `level`, `event`, `msg`, `pid` and the fields, keys in byte
+    /// order, a field replacing a fixed key of the same name. Written straight into the
+    /// line (no map of copies first): the engine emits two of these per job.
     fn to_json(&self, ts: &str) -> String {
-        let mut obj = Map::new();
-        obj.insert("ts".into(), ts.into());
-        obj.insert("level".into(), self.level.as_str().into());
-        obj.insert("event".into(), self.name.into());
-        obj.insert("msg".into(), self.message.clone().into());
-        obj.insert("pid".into(), std::process::id().into());
-        for (k, v) in &self.fields {
-            obj.insert(k.clone(), v.clone());
+        enum V<'a> {
+            Str(&'a str),
+            Pid(u32),
+            Json(&'a Value),
         }
-        Value::Object(obj).to_string()
+        let mut entries: Vec<(&str, V<'_>)> = Vec::with_capacity(5 + self.fields.len());
+        entries.extend([
+            ("ts", V::Str(ts)),
+            ("level", V::Str(self.level.as_str())),
+            ("event", V::Str(self.name)),
+            ("msg", V::Str(&self.message)),
+            ("pid", V::Pid(pid())),
+        ]);
+        entries.extend(self.fields.iter().map(|(k, v)| (k.as_str(), V::Json(v))));
+        // Stable: of equal keys the field (added last) stays last, and is the one kept.
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            // Writing into a Vec cannot fail, nor can serialising a str or a Value.
+            let _ = serde_json::to_writer(&mut out, key);
+            out.push(b':');
+            let _ = match value {
+                V::Str(s) => serde_json::to_writer(&mut out, s),
+                V::Pid(n) => serde_json::to_writer(&mut out, n),
+                V::Json(v) => serde_json::to_writer(&mut out, v),
+            };
+        }
+        out.push(b'}');
+        String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 
     fn to_human(&self, ts: &str, colour: bool) -> String {
@@ -282,6 +318,29 @@ mod tests {
         assert_eq!(v["path"], "/x/homer.lock");
         assert_eq!(v["epoch"], 3);
         assert_eq!(v["pid"], std::process::id());
+    }
+
+    /// The line written straight is the one a JSON map of the same keys serialises to:
+    /// keys in order, fields escaped, a field named like a fixed key replacing it.
+    #[test]
+    fn json_line_is_what_a_map_of_its_keys_serialises_to() {
+        let events = [
+            info("job.claimed", "Job claimed atomically").field("job_id", 7).field("lane", "a \"b\"\n").field("run", 1),
+            warn("x.y", "ünïcödé \u{1}").field("event", "replaced").field("zz", serde_json::json!({"k": [1, null]})),
+            error("e", "").field("aa", true).field("ts", 5).field("pid", "p"),
+        ];
+        for e in events {
+            let mut map = Map::new();
+            map.insert("ts".into(), "T".into());
+            map.insert("level".into(), e.level.as_str().into());
+            map.insert("event".into(), e.name.into());
+            map.insert("msg".into(), e.message.clone().into());
+            map.insert("pid".into(), std::process::id().into());
+            for (k, v) in &e.fields {
+                map.insert(k.clone(), v.clone());
+            }
+            assert_eq!(e.to_json("T"), Value::Object(map).to_string());
+        }
     }
 
     #[test]
