@@ -220,6 +220,32 @@ fn group_alive_treats_zombies_as_gone() {
     child.wait().unwrap();
 }
 
+/// A process whose main thread exited while another thread still runs shows state `Z` on
+/// Linux, but it still runs code: its group is alive until that last thread ends.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_process_whose_main_thread_exited_is_alive_until_its_last_thread_ends() {
+    // Python's main thread ends itself (pthread_exit); a second thread reads stdin until
+    // it closes, then the process is done.
+    let code = "import threading, sys, ctypes\n\
+                threading.Thread(target=sys.stdin.read).start()\n\
+                ctypes.CDLL(None).pthread_exit(None)";
+    let mut child = Command::new("python3").args(["-c", code]).stdin(Stdio::piped()).process_group(0).spawn().unwrap();
+    let pgid = child.id();
+    // The state field, right after the command name's closing parenthesis.
+    let state_z = || {
+        std::fs::read_to_string(format!("/proc/{pgid}/stat"))
+            .is_ok_and(|l| l.rsplit(") ").next().is_some_and(|f| f.starts_with('Z')))
+    };
+    wait_until("the main thread to exit (state Z, another thread running)", state_z);
+    assert!(!identity::proc_state(pgid).unwrap().unwrap().zombie, "a Z with a live thread is not a zombie");
+    assert!(group_alive(pgid), "its group still runs code");
+    drop(child.stdin.take());
+    wait_until("the last thread to end", || !group_alive(pgid));
+    assert!(identity::proc_state(pgid).unwrap().unwrap().zombie, "reaped early: the test proves nothing");
+    assert!(child.wait().unwrap().success());
+}
+
 // 6.
 #[test]
 fn kill_recorded_group_kills_only_a_live_group_of_this_boot() {
