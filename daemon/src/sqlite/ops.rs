@@ -173,7 +173,7 @@ pub fn retry(tx: &Transaction<'_>, id: i64, now: i64) -> rusqlite::Result<Retry>
 }
 
 pub(crate) const PRUNE_CANDIDATES: &str =
-    "SELECT id FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled')
+    "SELECT id FROM job_queue WHERE (status = 'completed' OR status = 'failed' OR status = 'cancelled')
      AND completed_at < ?1 ORDER BY completed_at LIMIT ?2";
 
 /// Retention: deletes terminal jobs that ended before `before` (and their runs); returns

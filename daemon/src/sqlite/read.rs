@@ -12,7 +12,9 @@ pub use crate::rows::{JobCounts, JobProgress, RunningJob};
 
 /// Jobs per lane and status, one part per status group so that each reads only its own
 /// partial index (migration 013: `idx_queue_ready` for pending, `idx_queue_running`,
-/// `idx_queue_done` for the terminal three) rather than the whole table. No index holds
+/// `idx_queue_done` for the terminal three, named as in its definition since 014: the
+/// planner uses a partial index only for a condition it can match to the index's)
+/// rather than the whole table. No index holds
 /// every row's status any more: that index was rewritten at every status change. Any
 /// status outside the five is not counted (the INSERT trigger refuses them since 003).
 pub(crate) const COUNTS_BY_LANE: &str =
@@ -20,7 +22,8 @@ pub(crate) const COUNTS_BY_LANE: &str =
      UNION ALL
      SELECT lane, 'running', COUNT(*) FROM job_queue WHERE status = 'running' GROUP BY lane
      UNION ALL
-     SELECT lane, status, COUNT(*) FROM job_queue WHERE status IN ('completed', 'failed', 'cancelled')
+     SELECT lane, status, COUNT(*) FROM job_queue
+     WHERE status = 'completed' OR status = 'failed' OR status = 'cancelled'
      GROUP BY lane, status";
 
 /// Jobs per status and per lane, from one run of [`COUNTS_BY_LANE`] (its terminal part
