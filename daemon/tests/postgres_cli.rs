@@ -35,6 +35,15 @@ impl Pg {
         Pg { sb, server }
     }
 
+    /// A real `homerd run` on this queue, active.
+    fn daemon(&self) -> common::Daemon {
+        let mut c = self.sb.cmd();
+        c.args(["--database", &self.url(), "run"]);
+        let mut d = common::Daemon::spawn(c);
+        d.wait_event("daemon.active");
+        d
+    }
+
     fn url(&self) -> String {
         self.server.url()
     }
@@ -465,11 +474,7 @@ fn wait_sees_a_job_end_through_the_server() {
 #[test]
 fn wait_is_woken_by_the_daemons_notification() {
     let pg = Pg::new();
-    let url = pg.url();
-    let mut c = pg.sb.cmd();
-    c.args(["--database", &url, "run"]);
-    let mut d = common::Daemon::spawn(c);
-    d.wait_event("daemon.active");
+    let (url, mut d) = (pg.url(), pg.daemon());
     let id = pg.enqueue(&["exec", "--", "sleep", "1"]);
     common::wait_job_event(&mut d, "job.started", id);
     let spawned = std::time::Instant::now();
@@ -495,11 +500,7 @@ fn wait_is_woken_by_the_daemons_notification() {
 #[test]
 fn with_a_real_daemon_the_commands_see_its_work() {
     let pg = Pg::new();
-    let url = pg.url();
-    let mut c = pg.sb.cmd();
-    c.args(["--database", &url, "run"]);
-    let mut d = common::Daemon::spawn(c);
-    d.wait_event("daemon.active");
+    let mut d = pg.daemon();
 
     let id = pg.enqueue(&["exec", "--", "sh", "-c", "echo out of $HOMER_JOB_ID"]);
     let out = pg.run(&["wait", &id.to_string()]);
