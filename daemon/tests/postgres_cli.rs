@@ -475,7 +475,8 @@ fn wait_sees_a_job_end_through_the_server() {
 fn wait_is_woken_by_the_daemons_notification() {
     let pg = Pg::new();
     let (url, mut d) = (pg.url(), pg.daemon());
-    let id = pg.enqueue(&["exec", "--", "sleep", "1"]);
+    // Long enough that `wait` has surely read the job running, and listens, before it ends.
+    let id = pg.enqueue(&["exec", "--", "sleep", "3"]);
     common::wait_job_event(&mut d, "job.started", id);
     let spawned = std::time::Instant::now();
     let mut w = pg.sb.cmd();

@@ -178,7 +178,9 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
     let mut first_pump = true;
     let mut checked_host = 0;
     loop {
-        if source.changed(ctx)? {
+        // Waiting for the run to begin: a claim does not notify.
+        let recheck = if now.runs < run { wait::RECHECK_UNTIL_STARTED } else { wait::RECHECK_SERVER };
+        if source.changed(ctx, recheck)? {
             now = source.progress(id)?;
         }
         if now.runs >= run && checked_host < run && ts.iter().all(|t| !t.path.exists()) {

@@ -3,8 +3,9 @@
 //! outcome → exit code mapping ([`outcome_code`]) and [`Changes`], which re-reads the
 //! database only after another connection committed (`PRAGMA data_version`), checked
 //! every [`POLL`] — a read-only connection, no write, no lock, no busy loop. On
-//! PostgreSQL the command `LISTEN`s on the channel every write that moves a job notifies,
-//! and reads the job when a notification came (or [`RECHECK_SERVER`] passed).
+//! PostgreSQL the command `LISTEN`s on the channel that every write ending a run or
+//! putting a job back to pending notifies, and reads the job when a notification came (or
+//! [`RECHECK_SERVER`] passed).
 //!
 //! Exit codes (README, Exit codes): 0 every job completed; 4 one failed; 5 one was
 //! cancelled and none failed; 6 `--timeout` ran out first; 66 a job does not exist
@@ -40,9 +41,14 @@ use crate::{outln, output};
 pub const POLL: Duration = crate::runner::POLL;
 
 /// On PostgreSQL, the job is read at least this often even when no notification came:
-/// every write homerd makes that moves a job notifies, but a hand edit on the server
-/// does not.
+/// every write homerd makes that ends a job's run or puts it back to pending notifies,
+/// but a hand edit on the server does not.
 pub const RECHECK_SERVER: Duration = Duration::from_secs(10);
+
+/// A claim does not notify (it would wake every daemon on the queue), so on PostgreSQL a
+/// reader waiting for a run to begin (`logs -f`) reads the job this often, as it did every
+/// read before.
+pub const RECHECK_UNTIL_STARTED: Duration = Duration::from_millis(100);
 
 /// The exit code for a job that ended in `status`: 0 completed, 4 failed, 5 cancelled.
 pub fn outcome_code(status: JobStatus) -> i32 {
@@ -81,9 +87,9 @@ impl Default for Changes {
 
 /// Where `wait` and `logs -f` read a job's progress from: the job's [`Queue`]. SQLite:
 /// re-read only after another connection committed ([`Changes`]). PostgreSQL: the
-/// connection `LISTEN`s on [`crate::postgres::ops::CHANNEL`], which every write that moves
-/// a job notifies (an enqueue, a cancel, a retry, a recorded outcome, a recovery); the job
-/// is re-read when a notification arrived, and at least every [`RECHECK_SERVER`].
+/// connection `LISTEN`s on [`crate::postgres::ops::CHANNEL`], which an enqueue, a cancel, a
+/// retry, a recorded outcome and a recovery notify (a claim does not); the job is re-read
+/// when a notification arrived, and at least every `recheck` the caller asks for.
 pub struct Source {
     pub queue: Queue,
     changes: Changes,
@@ -104,13 +110,14 @@ impl Source {
         Ok(Source { queue, changes: Changes::new(), read_at: None, notified: false })
     }
 
-    /// Whether the jobs may have moved since the last call (always true the first time).
-    pub fn changed(&mut self, ctx: &Context) -> Result<bool> {
+    /// Whether the jobs may have moved since the last call (always true the first time);
+    /// on PostgreSQL also once `recheck` passed since the last read.
+    pub fn changed(&mut self, ctx: &Context, recheck: Duration) -> Result<bool> {
         match &mut self.queue {
             Queue::Sqlite { conn, .. } => self.changes.changed(ctx, conn),
             Queue::Postgres(_) => {
                 let notified = std::mem::take(&mut self.notified);
-                let due = self.read_at.is_none_or(|t| t.elapsed() >= RECHECK_SERVER);
+                let due = self.read_at.is_none_or(|t| t.elapsed() >= recheck);
                 if notified || due {
                     self.read_at = Some(Instant::now());
                 }
@@ -188,7 +195,7 @@ pub fn wait(ctx: &Context, ids: &[i64], timeout: Option<&str>, as_json: bool) ->
     let mut ended: BTreeMap<i64, JobStatus> = BTreeMap::new();
     let mut report = Report { closed: false };
     loop {
-        if source.changed(ctx)? {
+        if source.changed(ctx, RECHECK_SERVER)? {
             let mut still = BTreeMap::new();
             for &id in open.keys() {
                 let p = source.progress(id)?;

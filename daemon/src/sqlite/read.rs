@@ -222,6 +222,10 @@ mod tests {
             assert!(whole.is_none(), "{name} reads the whole table: {lines:#?}");
             assert!(lines.iter().any(|l| l.contains("USING")), "{name}: no index in {lines:#?}");
         }
+        // Retention reads the finished jobs' index: a condition that does not name its
+        // rows as the index does (013's IN list, say) makes it read another one or none.
+        let retention = plan(&conn, super::super::ops::PRUNE_CANDIDATES).join("\n");
+        assert!(retention.contains("INDEX idx_queue_done"), "retention:\n{retention}");
         // The three parts of the counts, each on its own index alone (every index holds
         // the lane; a partial index stands for its status).
         let counts = plan(&conn, COUNTS_BY_LANE).join("\n");

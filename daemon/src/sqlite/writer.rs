@@ -280,32 +280,42 @@ fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, 
         };
     }
     let mut outcomes: Vec<Result<(), WriteError>> = Vec::with_capacity(batch.len());
+    // Set when the group cannot go on as one transaction (see below): every member then
+    // fails with this error.
     let mut ended: Option<rusqlite::Error> = None;
     for op in batch.iter_mut() {
         // Prepared once per connection: these run twice for every operation.
         let savepoint = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([])).map(drop);
-        let result = savepoint("SAVEPOINT op").and_then(|()| match op.apply(&tx) {
-            Ok(()) => savepoint("RELEASE op"),
-            // SQLite ended the whole transaction on this error: no savepoint is left.
-            Err(e) if tx.is_autocommit() => Err(e),
-            Err(e) => {
-                tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
-                Err(e)
-            }
-        });
-        if let Err(e) = result {
+        if let Err(e) = savepoint("SAVEPOINT op") {
+            ended = Some(e);
+            break;
+        }
+        match op.apply(&tx) {
+            Ok(()) => match savepoint("RELEASE op") {
+                Ok(()) => outcomes.push(Ok(())),
+                // Its writes would stay in the transaction, answered as failed.
+                Err(e) => {
+                    ended = Some(e);
+                    break;
+                }
+            },
             // On some errors (a cache spill that finds the disk full, an I/O error, out of
-            // memory) SQLite rolls back the whole transaction, not just the statement. The
+            // memory) SQLite rolls back the whole transaction, not just the statement: the
             // members before this one are undone with it, and a later member's `SAVEPOINT`
             // would open a transaction of its own, committed by its `RELEASE` without the
-            // epoch check. So the group ends here, every member told this error.
-            if tx.is_autocommit() {
+            // epoch check.
+            Err(e) if tx.is_autocommit() => {
                 ended = Some(e);
                 break;
             }
-            outcomes.push(Err(WriteError::from(e)));
-        } else {
-            outcomes.push(Ok(()));
+            Err(e) => match tx.execute_batch("ROLLBACK TO op; RELEASE op") {
+                Ok(()) => outcomes.push(Err(WriteError::from(e))),
+                // Its partial writes would stay in the transaction.
+                Err(undo) => {
+                    ended = Some(undo);
+                    break;
+                }
+            },
         }
     }
     if let Some(e) = ended {
