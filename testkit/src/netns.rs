@@ -317,18 +317,36 @@ mod linux {
 
     /// Runs `program args` through `sp`, bounded; its stdout, or an error with the command
     /// and stderr.
+    ///
+    /// A listing (`ip link show`, `ip addr show`) is a netlink dump, and a dump that another
+    /// process's change to the links interrupts may leave entries out: iproute2 6.1 then
+    /// says "Dump was interrupted and may be inconsistent." on stderr and still exits 0.
+    /// Such a listing is taken again (only dumps say it, and they change nothing), so a
+    /// sweep cannot miss a dead process's pair and a subnet check cannot miss an address
+    /// because tests ran side by side.
     fn tool(sp: &dyn Spawner, program: &str, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
+        const ATTEMPTS: u32 = 50;
         let shown = format!("{program} {}", args.join(" "));
-        let done = run_spawned(&mut cmd, deadline(30.0).max(Duration::from_secs(5)), |c| sp.spawn(c))
-            .map_err(|e| format!("{shown}: {e} (is iproute2 installed?)"))?;
-        sp.reaped(done.pid);
-        if done.exit.success() {
-            Ok(String::from_utf8_lossy(&done.stdout).into_owned())
-        } else {
-            Err(format!("{shown}: {}: {}", done.exit.describe(), String::from_utf8_lossy(&done.stderr).trim()))
+        for _ in 0..ATTEMPTS {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            let done = run_spawned(&mut cmd, deadline(30.0).max(Duration::from_secs(5)), |c| sp.spawn(c))
+                .map_err(|e| format!("{shown}: {e} (is iproute2 installed?)"))?;
+            sp.reaped(done.pid);
+            let stderr = String::from_utf8_lossy(&done.stderr);
+            if !done.exit.success() {
+                return Err(format!("{shown}: {}: {}", done.exit.describe(), stderr.trim()));
+            }
+            if !interrupted(&stderr) {
+                return Ok(String::from_utf8_lossy(&done.stdout).into_owned());
+            }
         }
+        Err(format!("{shown}: every one of {ATTEMPTS} listings was interrupted by changes to the links"))
+    }
+
+    /// Whether `ip`'s stderr says its dump was interrupted (and its output may be short).
+    pub(super) fn interrupted(stderr: &str) -> bool {
+        stderr.contains("Dump was interrupted")
     }
 }
 
@@ -396,8 +414,19 @@ mod tests {
     }
 
     fn exists(what: &[&str], name: &str) -> bool {
-        let out = Command::new("ip").args(what).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().any(|w| w.split('@').next() == Some(name))
+        listing(what).split_whitespace().any(|w| w.split('@').next() == Some(name))
+    }
+
+    /// `ip what`'s output, taken again while another test's changes interrupt the dump (an
+    /// interrupted listing may leave entries out).
+    fn listing(what: &[&str]) -> String {
+        loop {
+            let out = Command::new("ip").args(what).output().unwrap();
+            assert!(out.status.success(), "ip {what:?}: {}", String::from_utf8_lossy(&out.stderr));
+            if !super::linux::interrupted(&String::from_utf8_lossy(&out.stderr)) {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+        }
     }
 
     /// One round trip from inside `host` to a listener on its server address: connect,
@@ -461,8 +490,7 @@ mod tests {
         drop(host);
         assert!(!exists(&["netns", "list"], &ns), "{ns} left behind");
         // Its pair, known by its alias (another test may have claimed the same /30 since).
-        let links = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
-        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        let links = listing(&["-o", "link", "show"]);
         assert!(!links.contains(&format!("alias {ns}\n")) && !links.contains(&format!("alias {ns} ")), "{links}");
         eprintln!("partitioned round trip failed after {:?}: {}", started.elapsed(), cut.unwrap_err());
     }
