@@ -74,7 +74,25 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` as the leader of a new process group and starts watching for its exit.
     /// The stdio the command set is kept; its pipes are returned for the caller's readers.
+    ///
+    /// The child starts with SIGINT and SIGQUIT at their default actions, whatever this
+    /// process inherited: a shell without job control starts a background command (`cargo
+    /// test ... &` in a script) with both ignored, an exec keeps them ignored, and a test
+    /// that ends a `status --watch` or a `logs -f` with Ctrl-C's SIGINT would wait for
+    /// nothing.
     pub fn spawn(cmd: &mut Command) -> io::Result<(Proc, Pipes)> {
+        // SAFETY: runs in the forked child before its exec and calls only `signal`, which
+        // is async-signal-safe, with constant arguments; it touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                for sig in [libc::SIGINT, libc::SIGQUIT] {
+                    if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.process_group(0).spawn()?;
         let pid = child.id() as i32;
         let pipes = Pipes { stdout: child.stdout.take(), stderr: child.stderr.take() };
