@@ -89,6 +89,9 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
         );
     }
     if let Some(peers) = &o.peers {
+        noop_against_huey(ctx, peers, k)?;
+    }
+    if let Some(peers) = &o.peers {
         let window = Duration::from_secs(5);
         let found = crate::peers::crash(peers, &o.work, k, window)?;
         let said: Vec<String> = found.iter().map(|(name, n)| format!("{name} re-ran {n} of {k}")).collect();
@@ -118,19 +121,69 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// No-op jobs (homerd's `noop` kind, a huey task that returns at once), [`PEER_NOOP_JOBS`]
+/// of them `k` at a time, timed alike from the enqueue's start to the last job done;
+/// runs alternate. pueue is left out: every task it runs is a process.
+fn noop_against_huey(ctx: &mut Ctx<'_>, peers: &crate::peers::Peers, k: usize) -> Result<(), String> {
+    let o = ctx.o;
+    let n = PEER_NOOP_JOBS;
+    progress(format!("exec: {} no-op jobs, {k} at a time, homerd and huey, {} runs", thousands(n as u64), o.runs));
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 1..=o.runs {
+        ours.push(enqueue_to_done(o, n, k, r#"{"kind":"noop"}"#)?);
+        theirs.push(crate::peers::huey_noop(peers, &o.work, n, k)?);
+        progress(format!(
+            "exec: run {run}/{}: no-op, homerd {:.0} jobs/s ({:.3} ms CPU/job), huey {:.0} jobs/s ({:.3} ms)",
+            o.runs,
+            ours[run - 1].per_sec,
+            ours[run - 1].cpu_ms_per_job,
+            theirs[run - 1].per_sec,
+            theirs[run - 1].cpu_ms_per_job
+        ));
+    }
+    let pick = |v: &[Run], f: fn(&Run) -> f64| Summary::median(&v.iter().map(f).collect::<Vec<_>>());
+    let huey = format!("huey {} (SqliteHuey, {k} process workers)", peers.version("huey"));
+    let figure = format!("{} × no-op, {k} at a time, enqueue → all done", thousands(n as u64));
+    ctx.report.row(&figure, Unit::JobsPerSec, pick(&ours, |r| r.per_sec), &huey, pick(&theirs, |r| r.per_sec));
+    ctx.report.row(
+        "CPU per no-op job (the runner's process tree)",
+        Unit::Ms,
+        pick(&ours, |r| r.cpu_ms_per_job),
+        &huey,
+        pick(&theirs, |r| r.cpu_ms_per_job),
+    );
+    ctx.report.note(format!(
+        "no-op against huey: {} jobs of homerd's `noop` kind and {} huey tasks that return at once, {k} at a time \
+         (homerd: concurrency and lane cap {k}; huey: {k} process workers), each timed as the exec row is, from \
+         the start of the enqueue to the last job done; pueue is not run (each of its tasks is a process)",
+        thousands(n as u64),
+        thousands(n as u64)
+    ));
+    Ok(())
+}
+
+/// How many no-op jobs [`noop_against_huey`] runs each time.
+const PEER_NOOP_JOBS: usize = 20_000;
+
 fn label_rate(n: usize, k: usize) -> String {
     format!("{} × exec true, {k} at a time", thousands(n as u64))
 }
 
 fn exec_daemon(ctx: &mut Ctx<'_>, n: usize, k: usize) -> Result<Run, String> {
-    let o = ctx.o;
+    enqueue_to_done(ctx.o, n, k, r#"{"kind":"exec","args":["true"]}"#)
+}
+
+/// One homerd run of `n` jobs of `line` (an `enqueue --from` line), `k` at a time, timed
+/// from the start of `homerd enqueue --from` against an idle daemon to its last
+/// `job.completed`, with the CPU of the daemon's process tree over its whole life.
+pub fn enqueue_to_done(o: &crate::Options, n: usize, k: usize, line: &str) -> Result<Run, String> {
     let home = procs::fresh_dir(&o.work, "exec")?;
     migrate(o, &home)?;
     let sets = vec![format!("concurrency={k}"), format!("lanes.default.concurrency={k}")];
     let mut d = Daemon::start(&o.homerd, &home, &sets)?;
     d.wait_for(Instant::now() + START_LIMIT, "daemon.active", |e| e.name == "daemon.active")?;
     let t0 = Instant::now();
-    let line = String::from(r#"{"kind":"exec","args":["true"]}"#);
+    let line = line.to_owned();
     // The enqueue runs on a thread so the daemon's events are read while it commits.
     let (opts, dir) = (o.clone(), home.clone());
     let enqueuer = std::thread::spawn(move || enqueue_lines(&opts, &dir, std::iter::repeat_n(line, n)));

@@ -46,6 +46,11 @@ impl Peers {
         self.dir.join("pueue/bin").join(name)
     }
 
+    /// The installed version of peer `name`, or `?`.
+    pub fn version(&self, name: &str) -> String {
+        self.versions().into_iter().find(|(n, _)| n == name).map_or_else(|| String::from("?"), |(_, v)| v)
+    }
+
     /// `(name, version)` of each installed peer.
     pub fn versions(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -73,15 +78,23 @@ huey = SqliteHuey(filename=os.environ["BENCH_HUEY_DB"])
 def run(argv):
     subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
     return 0
+
+
+@huey.task()
+def noop():
+    return 0
 "#;
 
 const HUEY_ENQUEUE: &str = r#"import sys
-from bench_tasks import run
+from bench_tasks import noop, run
 
 n = int(sys.argv[1])
 argv = sys.argv[2:] or ["true"]
-results = [run(argv) for _ in range(n)]
-if argv == ["true"]:
+if argv == ["--noop"]:
+    results = [noop() for _ in range(n)]
+else:
+    results = [run(argv) for _ in range(n)]
+if argv in (["true"], ["--noop"]):
     for r in results:
         r.get(blocking=True, timeout=600)
 "#;
@@ -112,7 +125,8 @@ fn huey_consumer(peers: &Peers, dir: &Path, k: usize) -> Result<Proc, String> {
     Proc::spawn(&mut c).map(|(p, _)| p).map_err(|e| format!("cannot start huey_consumer: {e}"))
 }
 
-/// Enqueues `n` tasks of `argv` (`true`, and then waits for every result, when empty).
+/// Enqueues `n` tasks of `argv` (`true`, and then waits for every result, when empty;
+/// `["--noop"]`: `n` tasks that run nothing, every result waited for too).
 fn huey_enqueue(peers: &Peers, dir: &Path, n: usize, argv: &[&str]) -> Result<String, String> {
     let mut c = huey_command(peers.huey_python(), dir);
     c.args(["bench_enqueue.py", &n.to_string()]).args(argv);
@@ -121,10 +135,19 @@ fn huey_enqueue(peers: &Peers, dir: &Path, n: usize, argv: &[&str]) -> Result<St
 
 /// One huey run of `n` × `true`, `k` process workers.
 pub fn huey_exec(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, String> {
+    huey_run(peers, work, n, k, &[])
+}
+
+/// One huey run of `n` tasks that run nothing, `k` process workers.
+pub fn huey_noop(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Run, String> {
+    huey_run(peers, work, n, k, &["--noop"])
+}
+
+fn huey_run(peers: &Peers, work: &Path, n: usize, k: usize, argv: &[&str]) -> Result<Run, String> {
     let dir = huey_dir(work, "huey")?;
     let mut proc = huey_consumer(peers, &dir, k)?;
     let t0 = Instant::now();
-    let done = huey_enqueue(peers, &dir, n, &[]);
+    let done = huey_enqueue(peers, &dir, n, argv);
     let elapsed = t0.elapsed();
     let exit = stop(&mut proc, libc::SIGINT, "huey_consumer")?;
     done?;
@@ -203,11 +226,9 @@ fn stop(proc: &mut Proc, sig: i32, what: &str) -> Result<procs::Exit, String> {
 
 /// One run of each peer for the exec section: `(label, run)` in a fixed order.
 pub fn exec_once(peers: &Peers, work: &Path, n: usize, k: usize) -> Result<Vec<(String, Run)>, String> {
-    let versions = peers.versions();
-    let version = |name: &str| versions.iter().find(|(n, _)| n == name).map_or("?", |(_, v)| v.as_str()).to_owned();
     Ok(vec![
-        (format!("huey {} (SqliteHuey, {k} process workers)", version("huey")), huey_exec(peers, work, n, k)?),
-        (format!("pueue {} ({k} parallel tasks)", version("pueue")), pueue_exec(peers, work, n, k)?),
+        (format!("huey {} (SqliteHuey, {k} process workers)", peers.version("huey")), huey_exec(peers, work, n, k)?),
+        (format!("pueue {} ({k} parallel tasks)", peers.version("pueue")), pueue_exec(peers, work, n, k)?),
     ])
 }
 
