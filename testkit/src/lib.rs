@@ -35,6 +35,6 @@ pub use postgres::{
     available as pg_available, DirectSpawner, PgOptions, PgServer, PgTls, Spawner, StopMode,
     BIN_DIR_VAR as PG_BIN_DIR_VAR,
 };
-pub use proc::{run, run_spawned, Exit, Finished, Pipes, Proc};
+pub use proc::{default_interrupts, run, run_spawned, Exit, Finished, Pipes, Proc};
 pub use stat::{alive, all_stats, group_alive, stat, Stat};
 pub use time::{deadline, scaled, time_scale, TIME_SCALE_VAR};

@@ -10,6 +10,26 @@ use std::time::{Duration, Instant};
 
 use crate::lines::{Events, Parse, Stream};
 
+/// Makes `cmd`'s process start with SIGINT and SIGQUIT at their default actions, whatever
+/// this process inherited: a shell without job control starts a background command
+/// (`cargo test ... &` in a script) with both ignored, an exec keeps them ignored, and a
+/// test that ends a `status --watch` or a `logs -f` with Ctrl-C's SIGINT would wait for
+/// nothing. (std then spawns by fork and exec instead of `posix_spawn`.)
+pub fn default_interrupts(cmd: &mut Command) -> &mut Command {
+    // SAFETY: runs in the forked child before its exec and calls only `signal`, which is
+    // async-signal-safe, with constant arguments; it touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGQUIT] {
+                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 /// How long a drop waits for a SIGKILLed child to be reaped.
 const KILL_BOUND: Duration = Duration::from_secs(60);
 
@@ -74,26 +94,9 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` as the leader of a new process group and starts watching for its exit.
     /// The stdio the command set is kept; its pipes are returned for the caller's readers.
-    ///
-    /// The child starts with SIGINT and SIGQUIT at their default actions, whatever this
-    /// process inherited: a shell without job control starts a background command (`cargo
-    /// test ... &` in a script) with both ignored, an exec keeps them ignored, and a test
-    /// that ends a `status --watch` or a `logs -f` with Ctrl-C's SIGINT would wait for
-    /// nothing.
+    /// The child starts with Ctrl-C's signals at their defaults ([`default_interrupts`]).
     pub fn spawn(cmd: &mut Command) -> io::Result<(Proc, Pipes)> {
-        // SAFETY: runs in the forked child before its exec and calls only `signal`, which
-        // is async-signal-safe, with constant arguments; it touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                for sig in [libc::SIGINT, libc::SIGQUIT] {
-                    if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.process_group(0).spawn()?;
+        let mut child = default_interrupts(cmd).process_group(0).spawn()?;
         let pid = child.id() as i32;
         let pipes = Pipes { stdout: child.stdout.take(), stderr: child.stderr.take() };
         // Dropping the std handle neither kills nor waits: the child is ours to reap.

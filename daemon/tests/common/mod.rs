@@ -419,7 +419,10 @@ pub fn sql(db: &Path) -> rusqlite::Connection {
 }
 
 /// `cmd` on a pseudo-terminal (rexpect); each expectation is bounded by a scaled deadline.
-pub fn spawn_on_pty(cmd: Command) -> rexpect::session::PtySession {
+pub fn spawn_on_pty(mut cmd: Command) -> rexpect::session::PtySession {
+    // rexpect forks and runs the command's `exec`, pre-exec hooks included: Ctrl-C must
+    // reach the program even when this test run inherited SIGINT ignored.
+    homer_testkit::default_interrupts(&mut cmd);
     let timeout_ms = deadline(20.0).as_millis() as u64;
     rexpect::session::spawn_command(cmd, Some(timeout_ms)).expect("spawn on a pty")
 }
