@@ -9,6 +9,9 @@
 //! by `std::process::Command` and reaped, N in all, timed the same way and its CPU read
 //! the same way (wait4's rusage of the loop, which reaped every child). Runs alternate,
 //! so drift hits both alike.
+//!
+//! With `--peers` the same workload runs against pueue and huey (`peers.rs`), then
+//! [`PEER_NOOP_JOBS`] no-op jobs against huey, timed alike, and a crash check.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;

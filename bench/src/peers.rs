@@ -1,12 +1,15 @@
 //! Peers (`--peers DIR`): the exec workload of `exec.rs` run against other job runners
 //! installed as their users would install them — `cargo xtask bench --peers` puts pueue
 //! (`cargo install --locked`) and huey (pip, into a virtualenv) under `DIR` — in the same
-//! run as homerd's, each figure a ratio.
+//! run as homerd's, each figure a ratio; and no-op jobs against huey.
 //!
 //! - **huey** (`SqliteHuey`, a SQLite file like homerd's): `huey_consumer -w K -k process`
-//!   over a task that runs its argv with `subprocess.run`; N tasks enqueued by one Python
-//!   process, which then blocks on every result. Time: from that process's start to its
-//!   exit. CPU: the consumer's whole life from wait4 (its workers and their children
+//!   over a task that runs its argv with `subprocess.run` (or, for the no-op comparison,
+//!   one that returns at once); N tasks enqueued by one Python process, which then waits
+//!   for every result (reading it, not popping it: a pop is a write of its own). huey
+//!   polls for a result that is not there yet (every 50 ms and slower), so the end is
+//!   seen up to that late: small beside runs of seconds. Time: from that process's start
+//!   to its exit. CPU: the consumer's whole life from wait4 (its workers and their children
 //!   reaped at its graceful stop), less nothing: start-up is included, as it is not for
 //!   homerd, which only makes huey look worse by a few milliseconds in all.
 //! - **pueue** (`pueued` + `pueue`): `pueue parallel K`, N × `pueue add -- true`
@@ -95,8 +98,10 @@ if argv == ["--noop"]:
 else:
     results = [run(argv) for _ in range(n)]
 if argv in (["true"], ["--noop"]):
+    # preserve: read each result without deleting it (a get that pops is a write
+    # transaction of its own, which homerd's side of the race does not pay).
     for r in results:
-        r.get(blocking=True, timeout=600)
+        r.get(blocking=True, timeout=600, preserve=True)
 "#;
 
 /// A job for the crash check: notes its start in `started`, then sleeps.

@@ -111,7 +111,7 @@ mod linux {
                     continue; // taken by another host (ours or another process's)
                 }
                 let subnet = format!("{}.{}.{k}.0/30", PREFIX[0], PREFIX[1]);
-                let used = ip(sp, &["-o", "-4", "addr", "show", "to", &subnet]).map(|out| !out.trim().is_empty());
+                let used = ip_list(sp, &["-o", "-4", "addr", "show", "to", &subnet]).map(|out| !out.trim().is_empty());
                 if used != Ok(false) {
                     let _ = ip(sp, &["link", "del", &root_if]);
                     continue;
@@ -268,7 +268,7 @@ mod linux {
         fn tc_in(&self, args: &[&str]) -> Result<String, String> {
             let mut all = vec!["-n", self.ns.as_str()];
             all.extend_from_slice(args);
-            tool(self.spawner.as_ref(), "tc", &all)
+            tool(self.spawner.as_ref(), "tc", &all)?.stdout()
         }
     }
 
@@ -298,7 +298,7 @@ mod linux {
             }
         }
         // A pair whose namespace was never entered or already gone: its alias names the owner.
-        if let Ok(links) = ip(sp, &["-o", "link", "show", "type", "veth"]) {
+        if let Ok(links) = ip_list(sp, &["-o", "link", "show", "type", "veth"]) {
             for line in links.lines() {
                 let Some(dev) = line.split(':').nth(1).map(|d| d.trim().split('@').next().unwrap_or("")) else {
                     continue;
@@ -312,41 +312,60 @@ mod linux {
     }
 
     fn ip(sp: &dyn Spawner, args: &[&str]) -> Result<String, String> {
-        tool(sp, "ip", args)
+        tool(sp, "ip", args)?.stdout()
     }
 
-    /// Runs `program args` through `sp`, bounded; its stdout, or an error with the command
-    /// and stderr.
-    ///
-    /// A listing (`ip link show`, `ip addr show`) is a netlink dump, and a dump that another
-    /// process's change to the links interrupts may leave entries out: iproute2 6.1 then
-    /// says "Dump was interrupted and may be inconsistent." on stderr and still exits 0.
-    /// Such a listing is taken again (only dumps say it, and they change nothing), so a
-    /// sweep cannot miss a dead process's pair and a subnet check cannot miss an address
-    /// because tests ran side by side.
-    fn tool(sp: &dyn Spawner, program: &str, args: &[&str]) -> Result<String, String> {
+    /// `ip args` for a listing (`ip link show`, `ip addr show`): a netlink dump, and a dump
+    /// that another process's change to the links interrupts may leave entries out.
+    /// iproute2 6.1 then says "Dump was interrupted and may be inconsistent." on stderr
+    /// and still exits 0 (another version may exit non-zero). Such a listing is taken
+    /// again, so a sweep cannot miss a dead process's pair and a subnet check cannot miss
+    /// an address because tests ran side by side. Only listings come here: a command that
+    /// changes something is never run twice.
+    pub(super) fn ip_list(sp: &dyn Spawner, args: &[&str]) -> Result<String, String> {
         const ATTEMPTS: u32 = 50;
-        let shown = format!("{program} {}", args.join(" "));
         for _ in 0..ATTEMPTS {
-            let mut cmd = Command::new(program);
-            cmd.args(args);
-            let done = run_spawned(&mut cmd, deadline(30.0).max(Duration::from_secs(5)), |c| sp.spawn(c))
-                .map_err(|e| format!("{shown}: {e} (is iproute2 installed?)"))?;
-            sp.reaped(done.pid);
-            let stderr = String::from_utf8_lossy(&done.stderr);
-            if !done.exit.success() {
-                return Err(format!("{shown}: {}: {}", done.exit.describe(), stderr.trim()));
-            }
-            if !interrupted(&stderr) {
-                return Ok(String::from_utf8_lossy(&done.stdout).into_owned());
+            let done = tool(sp, "ip", args)?;
+            if !done.stderr.contains("Dump was interrupted") {
+                return done.stdout();
             }
         }
-        Err(format!("{shown}: every one of {ATTEMPTS} listings was interrupted by changes to the links"))
+        Err(format!("ip {}: every one of {ATTEMPTS} listings was interrupted by changes to the links", args.join(" ")))
     }
 
-    /// Whether `ip`'s stderr says its dump was interrupted (and its output may be short).
-    pub(super) fn interrupted(stderr: &str) -> bool {
-        stderr.contains("Dump was interrupted")
+    /// What a bounded `program args` printed and how it ended.
+    struct Done {
+        shown: String,
+        ok: Result<(), String>,
+        stdout: String,
+        stderr: String,
+    }
+
+    impl Done {
+        /// Its stdout, or an error with the command and stderr.
+        fn stdout(self) -> Result<String, String> {
+            match self.ok {
+                Ok(()) => Ok(self.stdout),
+                Err(how) => Err(format!("{}: {how}: {}", self.shown, self.stderr.trim())),
+            }
+        }
+    }
+
+    /// Runs `program args` through `sp`, bounded.
+    fn tool(sp: &dyn Spawner, program: &str, args: &[&str]) -> Result<Done, String> {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        let shown = format!("{program} {}", args.join(" "));
+        let done = run_spawned(&mut cmd, deadline(30.0).max(Duration::from_secs(5)), |c| sp.spawn(c))
+            .map_err(|e| format!("{shown}: {e} (is iproute2 installed?)"))?;
+        sp.reaped(done.pid);
+        let ok = if done.exit.success() { Ok(()) } else { Err(done.exit.describe()) };
+        Ok(Done {
+            shown,
+            ok,
+            stdout: String::from_utf8_lossy(&done.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+        })
     }
 }
 
@@ -417,16 +436,10 @@ mod tests {
         listing(what).split_whitespace().any(|w| w.split('@').next() == Some(name))
     }
 
-    /// `ip what`'s output, taken again while another test's changes interrupt the dump (an
-    /// interrupted listing may leave entries out).
+    /// `ip what`'s output, bounded, taken again while another test's changes interrupt the
+    /// dump (an interrupted listing may leave entries out).
     fn listing(what: &[&str]) -> String {
-        loop {
-            let out = Command::new("ip").args(what).output().unwrap();
-            assert!(out.status.success(), "ip {what:?}: {}", String::from_utf8_lossy(&out.stderr));
-            if !super::linux::interrupted(&String::from_utf8_lossy(&out.stderr)) {
-                return String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-        }
+        super::linux::ip_list(&crate::postgres::DirectSpawner, what).unwrap()
     }
 
     /// One round trip from inside `host` to a listener on its server address: connect,

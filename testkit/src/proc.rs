@@ -94,7 +94,8 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` as the leader of a new process group and starts watching for its exit.
     /// The stdio the command set is kept; its pipes are returned for the caller's readers.
-    /// The child starts with Ctrl-C's signals at their defaults ([`default_interrupts`]).
+    /// The child starts with the interrupt and quit signals at their defaults
+    /// ([`default_interrupts`]).
     pub fn spawn(cmd: &mut Command) -> io::Result<(Proc, Pipes)> {
         let mut child = default_interrupts(cmd).process_group(0).spawn()?;
         let pid = child.id() as i32;
