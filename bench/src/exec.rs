@@ -41,55 +41,19 @@ pub fn exec(ctx: &mut Ctx<'_>) -> Result<(), String> {
         floor.push(spawn_floor(n, k)?);
         if let Some(peers) = &o.peers {
             for (i, (label, r)) in crate::peers::exec_once(peers, &o.work, n, k)?.into_iter().enumerate() {
-                progress(format!(
-                    "exec: run {run}/{}: {label} {:.0} jobs/s, {:.2} ms CPU/job",
-                    o.runs, r.per_sec, r.cpu_ms_per_job
-                ));
+                say_run(run, o.runs, &[(&label, &r)]);
                 match peer_runs.get_mut(i) {
                     Some((_, runs)) => runs.push(r),
                     None => peer_runs.push((label, vec![r])),
                 }
             }
         }
-        progress(format!(
-            "exec: run {run}/{}: homerd {:.0} jobs/s, {:.2} ms CPU/job; bare spawn loop {:.0}/s, {:.2} ms",
-            o.runs,
-            daemon[run - 1].per_sec,
-            daemon[run - 1].cpu_ms_per_job,
-            floor[run - 1].per_sec,
-            floor[run - 1].cpu_ms_per_job
-        ));
+        say_run(run, o.runs, &[("homerd", &daemon[run - 1]), ("bare spawn loop", &floor[run - 1])]);
     }
-    let pick = |v: &[Run], f: fn(&Run) -> f64| Summary::median(&v.iter().map(f).collect::<Vec<_>>());
-    ctx.report.row(
-        &label_rate(n, k),
-        Unit::JobsPerSec,
-        pick(&daemon, |r| r.per_sec),
-        "bare spawn + reap loop",
-        pick(&floor, |r| r.per_sec),
-    );
-    ctx.report.row(
-        "CPU per exec job (daemon's process tree)",
-        Unit::Ms,
-        pick(&daemon, |r| r.cpu_ms_per_job),
-        "bare spawn + reap loop, per process",
-        pick(&floor, |r| r.cpu_ms_per_job),
-    );
+    let (rate, cpu) = (label_rate(n, k), "CPU per exec job (daemon's process tree)");
+    rows(ctx, [&rate, cpu], &daemon, ["bare spawn + reap loop", "bare spawn + reap loop, per process"], &floor);
     for (label, runs) in &peer_runs {
-        ctx.report.row(
-            &label_rate(n, k),
-            Unit::JobsPerSec,
-            pick(&daemon, |r| r.per_sec),
-            label,
-            pick(runs, |r| r.per_sec),
-        );
-        ctx.report.row(
-            "CPU per exec job (daemon's process tree)",
-            Unit::Ms,
-            pick(&daemon, |r| r.cpu_ms_per_job),
-            label,
-            pick(runs, |r| r.cpu_ms_per_job),
-        );
+        rows(ctx, [&rate, cpu], &daemon, [label, label], runs);
     }
     if let Some(peers) = &o.peers {
         noop_against_huey(ctx, peers, k)?;
@@ -135,26 +99,11 @@ fn noop_against_huey(ctx: &mut Ctx<'_>, peers: &crate::peers::Peers, k: usize) -
     for run in 1..=o.runs {
         ours.push(enqueue_to_done(o, n, k, r#"{"kind":"noop"}"#)?);
         theirs.push(crate::peers::huey_noop(peers, &o.work, n, k)?);
-        progress(format!(
-            "exec: run {run}/{}: no-op, homerd {:.0} jobs/s ({:.3} ms CPU/job), huey {:.0} jobs/s ({:.3} ms)",
-            o.runs,
-            ours[run - 1].per_sec,
-            ours[run - 1].cpu_ms_per_job,
-            theirs[run - 1].per_sec,
-            theirs[run - 1].cpu_ms_per_job
-        ));
+        say_run(run, o.runs, &[("no-op, homerd", &ours[run - 1]), ("no-op, huey", &theirs[run - 1])]);
     }
-    let pick = |v: &[Run], f: fn(&Run) -> f64| Summary::median(&v.iter().map(f).collect::<Vec<_>>());
     let huey = format!("huey {} (SqliteHuey, {k} process workers)", peers.version("huey"));
     let figure = format!("{} × no-op, {k} at a time, enqueue → all done", thousands(n as u64));
-    ctx.report.row(&figure, Unit::JobsPerSec, pick(&ours, |r| r.per_sec), &huey, pick(&theirs, |r| r.per_sec));
-    ctx.report.row(
-        "CPU per no-op job (the runner's process tree)",
-        Unit::Ms,
-        pick(&ours, |r| r.cpu_ms_per_job),
-        &huey,
-        pick(&theirs, |r| r.cpu_ms_per_job),
-    );
+    rows(ctx, [&figure, "CPU per no-op job (the runner's process tree)"], &ours, [&huey, &huey], &theirs);
     ctx.report.note(format!(
         "no-op against huey: {} jobs of homerd's `noop` kind and {} huey tasks that return at once, {k} at a time \
          (homerd: concurrency and lane cap {k}; huey: {k} process workers), each timed as the exec row is, from \
@@ -163,6 +112,29 @@ fn noop_against_huey(ctx: &mut Ctx<'_>, peers: &crate::peers::Peers, k: usize) -
         thousands(n as u64)
     ));
     Ok(())
+}
+
+/// A progress line for run `run` of `runs`: each labelled run's jobs/s and CPU per job.
+fn say_run(run: usize, runs: usize, said: &[(&str, &Run)]) {
+    let parts: Vec<String> = said
+        .iter()
+        .map(|(label, r)| format!("{label} {:.0} jobs/s, {:.3} ms CPU/job", r.per_sec, r.cpu_ms_per_job))
+        .collect();
+    progress(format!("exec: run {run}/{runs}: {}", parts.join("; ")));
+}
+
+/// Two rows of medians: `ours` runs' jobs/s beside `theirs` (figure and baseline named by
+/// the first of each pair), then their CPU per job (the second).
+fn rows(ctx: &mut Ctx<'_>, figures: [&str; 2], ours: &[Run], baselines: [&str; 2], theirs: &[Run]) {
+    let pick = |v: &[Run], f: fn(&Run) -> f64| Summary::median(&v.iter().map(f).collect::<Vec<_>>());
+    ctx.report.row(figures[0], Unit::JobsPerSec, pick(ours, |r| r.per_sec), baselines[0], pick(theirs, |r| r.per_sec));
+    ctx.report.row(
+        figures[1],
+        Unit::Ms,
+        pick(ours, |r| r.cpu_ms_per_job),
+        baselines[1],
+        pick(theirs, |r| r.cpu_ms_per_job),
+    );
 }
 
 /// How many no-op jobs [`noop_against_huey`] runs each time.
