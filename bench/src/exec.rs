@@ -152,7 +152,7 @@ fn exec_daemon(ctx: &mut Ctx<'_>, n: usize, k: usize) -> Result<Run, String> {
 /// from the start of `homerd enqueue --from` against an idle daemon to its last
 /// `job.completed`, with the CPU of the daemon's process tree over its whole life.
 pub fn enqueue_to_done(o: &crate::Options, n: usize, k: usize, line: &str) -> Result<Run, String> {
-    let home = procs::fresh_dir(&o.work, "exec")?;
+    let home = procs::fresh_dir(&o.work, "enqueue-to-done")?;
     migrate(o, &home)?;
     let sets = vec![format!("concurrency={k}"), format!("lanes.default.concurrency={k}")];
     let mut d = Daemon::start(&o.homerd, &home, &sets)?;

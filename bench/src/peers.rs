@@ -51,21 +51,28 @@ impl Peers {
 
     /// The installed version of peer `name`, or `?`.
     pub fn version(&self, name: &str) -> String {
-        self.versions().into_iter().find(|(n, _)| n == name).map_or_else(|| String::from("?"), |(_, v)| v)
+        self.installed(name).unwrap_or_else(|| String::from("?"))
     }
 
     /// `(name, version)` of each installed peer.
     pub fn versions(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        if let Ok(v) =
-            procs::output(Command::new(self.huey_python()).args(["-c", "import huey; print(huey.__version__)"]))
-        {
-            out.push((String::from("huey"), v.trim().to_owned()));
+        ["huey", "pueue"].iter().filter_map(|name| Some((name.to_string(), self.installed(name)?))).collect()
+    }
+
+    /// The version of peer `name` as its own program reports it (one process), if it is
+    /// installed.
+    fn installed(&self, name: &str) -> Option<String> {
+        match name {
+            "huey" => {
+                procs::output(Command::new(self.huey_python()).args(["-c", "import huey; print(huey.__version__)"]))
+                    .ok()
+                    .map(|v| v.trim().to_owned())
+            }
+            "pueue" => procs::output(Command::new(self.pueue_bin("pueued")).arg("--version"))
+                .ok()
+                .map(|v| v.trim().trim_start_matches("pueued ").to_owned()),
+            _ => None,
         }
-        if let Ok(v) = procs::output(Command::new(self.pueue_bin("pueued")).arg("--version")) {
-            out.push((String::from("pueue"), v.trim().trim_start_matches("pueued ").to_owned()));
-        }
-        out
     }
 }
 
