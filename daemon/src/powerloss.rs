@@ -182,17 +182,17 @@ pub fn announce() {
 // ---------------------------------------------------------------------------------------
 // Records
 
-/// One record's fields (see the module docs for the layout).
-struct Rec<'a> {
-    kind: u8,
-    op: u64,
-    dev: u64,
-    ino: u64,
-    offset: u64,
-    length: u64,
-    size_before: u64,
-    path: &'a [u8],
-    pre: &'a [u8],
+/// One record's fields but the writer's pid and phase (see the module docs for the layout).
+pub struct Rec<'a> {
+    pub kind: u8,
+    pub op: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub size_before: u64,
+    pub path: &'a [u8],
+    pub pre: &'a [u8],
 }
 
 /// FNV-1a, 64 bits: enough to tell a whole record from a torn or misaligned one.
@@ -205,8 +205,10 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     h
 }
 
-fn encode(r: &Rec<'_>) -> Vec<u8> {
-    let phase = current_phase().as_bytes();
+/// Record `r` as process `pid` appends it while in `phase`: the one encoder of the layout
+/// (the harness builds its test logs with it, so its reader is tested on these bytes). A
+/// phase or path too long for its length field is cut short.
+pub fn encode(r: &Rec<'_>, pid: u32, phase: &[u8]) -> Vec<u8> {
     let phase = &phase[..phase.len().min(u8::MAX as usize)];
     let path = &r.path[..r.path.len().min(u16::MAX as usize)];
     let body_len = 1 + 4 + 8 * 6 + 1 + phase.len() + 2 + path.len() + 4 + r.pre.len();
@@ -214,7 +216,7 @@ fn encode(r: &Rec<'_>) -> Vec<u8> {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
     out.push(r.kind);
-    out.extend_from_slice(&std::process::id().to_le_bytes());
+    out.extend_from_slice(&pid.to_le_bytes());
     for v in [r.op, r.dev, r.ino, r.offset, r.length, r.size_before] {
         out.extend_from_slice(&v.to_le_bytes());
     }
@@ -234,7 +236,7 @@ fn encode(r: &Rec<'_>) -> Vec<u8> {
 /// interleave inside a record, and a short write is an error, never retried in pieces.
 fn append(r: &Rec<'_>) -> io::Result<()> {
     let rec = RECORDER.get().ok_or_else(|| io::Error::other("power-loss recorder not installed"))?;
-    let bytes = encode(r);
+    let bytes = encode(r, std::process::id(), current_phase().as_bytes());
     loop {
         match (&rec.log).write(&bytes) {
             Ok(n) if n == bytes.len() => return Ok(()),
@@ -726,7 +728,7 @@ mod tests {
             path: b"/x/homer.db",
             pre: b"",
         };
-        let bytes = encode(&rec);
+        let bytes = encode(&rec, std::process::id(), current_phase().as_bytes());
         assert_eq!(&bytes[..4], &MAGIC);
         let body_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
         assert_eq!(bytes.len(), 8 + body_len + 8);

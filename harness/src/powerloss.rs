@@ -23,8 +23,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use homerd::powerloss::kind;
+
 /// The first bytes of every record.
-pub const MAGIC: [u8; 4] = *b"HPL1";
+pub use homerd::powerloss::MAGIC;
 
 /// What a record says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,23 +48,23 @@ pub enum Kind {
 impl Kind {
     fn code(self) -> u8 {
         match self {
-            Kind::Open => 1,
-            Kind::Write => 2,
-            Kind::Truncate => 3,
-            Kind::Sync => 4,
-            Kind::Unlink => 5,
-            Kind::Cut => 6,
+            Kind::Open => kind::OPEN,
+            Kind::Write => kind::WRITE,
+            Kind::Truncate => kind::TRUNCATE,
+            Kind::Sync => kind::SYNC,
+            Kind::Unlink => kind::UNLINK,
+            Kind::Cut => kind::CUT,
         }
     }
 
     fn from_code(c: u8) -> Option<Kind> {
         Some(match c {
-            1 => Kind::Open,
-            2 => Kind::Write,
-            3 => Kind::Truncate,
-            4 => Kind::Sync,
-            5 => Kind::Unlink,
-            6 => Kind::Cut,
+            kind::OPEN => Kind::Open,
+            kind::WRITE => Kind::Write,
+            kind::TRUNCATE => Kind::Truncate,
+            kind::SYNC => Kind::Sync,
+            kind::UNLINK => Kind::Unlink,
+            kind::CUT => Kind::Cut,
             _ => return None,
         })
     }
@@ -130,40 +132,25 @@ pub struct Cut {
     pub op: u64,
 }
 
-/// Encodes a record (the layout of `daemon/src/powerloss.rs`); `at` is ignored. Homerd
-/// writes its own; this is for tests and tools that build logs.
+/// Encodes a record with homerd's own encoder (`at` is ignored): for tests and tools that
+/// build logs, so the reader here is checked against the writer's bytes.
 pub fn encode(r: &Record) -> Vec<u8> {
-    let phase = r.phase.as_bytes();
-    let path = r.path.as_os_str().as_bytes();
-    let mut body = Vec::with_capacity(64 + phase.len() + path.len() + r.pre.len());
-    body.push(r.kind.code());
-    body.extend_from_slice(&r.pid.to_le_bytes());
-    for v in [r.op, r.dev, r.ino, r.offset, r.length, r.size_before] {
-        body.extend_from_slice(&v.to_le_bytes());
-    }
-    body.push(phase.len() as u8);
-    body.extend_from_slice(phase);
-    body.extend_from_slice(&(path.len() as u16).to_le_bytes());
-    body.extend_from_slice(path);
-    body.extend_from_slice(&(r.pre.len() as u32).to_le_bytes());
-    body.extend_from_slice(&r.pre);
-    let mut out = Vec::with_capacity(body.len() + 16);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&checksum(&body).to_le_bytes());
-    out
+    let rec = homerd::powerloss::Rec {
+        kind: r.kind.code(),
+        op: r.op,
+        dev: r.dev,
+        ino: r.ino,
+        offset: r.offset,
+        length: r.length,
+        size_before: r.size_before,
+        path: r.path.as_os_str().as_bytes(),
+        pre: &r.pre,
+    };
+    homerd::powerloss::encode(&rec, r.pid, r.phase.as_bytes())
 }
 
 /// FNV-1a, 64 bits (the recorder's checksum).
-pub fn checksum(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub use homerd::powerloss::checksum;
 
 /// Reads a whole log (see [`parse_log`]).
 pub fn read_log(path: &Path) -> Result<Log, String> {
