@@ -1,4 +1,4 @@
--- Where an `exec` job runs and what it adds to its environment (issue 15).
+-- Where an `exec` job runs and what it adds to its environment.
 -- `cwd`: the absolute working directory the job's program starts in (the enqueuing
 -- caller's directory unless `--cwd` chose another); NULL for rows from before this
 -- migration and for kinds that run no program: those start in the daemon's directory,

@@ -1,4 +1,4 @@
--- Fewer index writes per job (issue 17). A job's life (pending -> running -> completed)
+-- Fewer index writes per job. A job's life (pending -> running -> completed)
 -- used to rewrite up to eight indexes on job_queue and job_runs and fire a trigger at
 -- each status change; every statement homerd runs was checked with EXPLAIN QUERY PLAN,
 -- and these are the indexes its plans use. Each status now has one partial index, so a

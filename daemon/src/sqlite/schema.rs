@@ -30,6 +30,21 @@ pub fn checksum(sql: &str) -> String {
     Sha256::digest(sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Checksums of earlier texts of a migration that differ from today's only in a comment:
+/// databases those texts were applied to stay valid (their `_migrations` rows are left as
+/// they are). Each entry's test rebuilds the earlier text from today's and its checksum.
+const EARLIER_TEXTS: &[(&str, &str)] = &[
+    // The first comment line named the tracker entry it came from.
+    ("012_job_environment.sql", "630671190346de8e468126e87054b33e445b698e85139fed184f3315805d2fc0"),
+    ("013_lean_indexes.sql", "880fc1308b0169e7ed801083d95f00d99cc82bc922f074fb240b7e1226cb9fdd"),
+];
+
+/// Whether `sum`, read from `_migrations`, is migration `name`'s (today's text or an
+/// earlier one of [`EARLIER_TEXTS`]).
+fn applied_from(name: &str, sql: &str, sum: &str) -> bool {
+    sum == checksum(sql) || EARLIER_TEXTS.iter().any(|(n, s)| *n == name && *s == sum)
+}
+
 /// What read-only inspection found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DbState {
@@ -385,7 +400,7 @@ pub fn validate(conn: &Connection, path: &Path) -> Result<DbState> {
             };
             return Err(Error::data(path, format!("{why}; restore a backup or use the homerd that wrote it")));
         }
-        if *sum != checksum(sql) {
+        if !applied_from(name, sql, sum) {
             return Err(Error::data(
                 path,
                 format!("migration {name} was applied from a different text (checksum differs from this homerd's); use the homerd that wrote it or restore a backup"),
@@ -501,7 +516,7 @@ pub fn apply_upto(
             .optional()
             .map_err(sqlerr)?;
         if let Some(sum) = existing {
-            if sum != checksum(sql) {
+            if !applied_from(name, sql, &sum) {
                 return Err(Error::data(path, format!("migration {name} was applied from a different text")));
             }
             continue;
@@ -582,6 +597,57 @@ mod tests {
         assert_eq!(rows, expected);
         // Creating again over an existing file reports the race instead of replacing it.
         assert!(!create(&db, &Clock::default()).unwrap());
+    }
+
+    /// Today's text of each migration in [`EARLIER_TEXTS`] with its first line put back as
+    /// it was: the earlier text differs in that comment alone.
+    #[test]
+    fn earlier_texts_differ_from_todays_in_a_comment_only() {
+        let first_lines = [
+            ("012_job_environment.sql", "-- Where an `exec` job runs and what it adds to its environment (issue 15)."),
+            (
+                "013_lean_indexes.sql",
+                "-- Fewer index writes per job (issue 17). A job's life (pending -> running -> completed)",
+            ),
+        ];
+        assert_eq!(first_lines.len(), EARLIER_TEXTS.len());
+        for ((name, sum), (line_of, first)) in EARLIER_TEXTS.iter().zip(first_lines) {
+            assert_eq!(*name, line_of);
+            let (_, sql) = MIGRATIONS.iter().find(|(n, _)| n == name).expect("a known migration");
+            let (_, rest) = sql.split_once('\n').unwrap();
+            assert!(first.starts_with("--"));
+            assert_eq!(checksum(&format!("{first}\n{rest}")), *sum, "{name}");
+            assert_ne!(checksum(sql), *sum, "{name}: today's text is the earlier one");
+        }
+    }
+
+    /// A database those earlier texts were applied to opens, migrates and is left as it
+    /// was; a checksum no text of the migration had is still refused.
+    #[test]
+    fn a_database_migrated_from_an_earlier_text_is_valid() {
+        let t = tempfile::tempdir().unwrap();
+        let db = t.path().join("homer.db");
+        create_partial(&db, MIGRATIONS.len() - 1, &Clock::default()).unwrap();
+        let (name, sum) = EARLIER_TEXTS[0];
+        let (last, _) = MIGRATIONS[MIGRATIONS.len() - 1];
+        assert!(MIGRATIONS.iter().position(|(n, _)| *n == name).unwrap() < MIGRATIONS.len() - 1);
+        let set = |sum: &str| {
+            let c = Connection::open(&db).unwrap();
+            c.execute("UPDATE _migrations SET checksum = ?1 WHERE name = ?2", [sum, name]).unwrap();
+        };
+        set(sum);
+        assert_eq!(inspect(&db, Duration::from_secs(1)).unwrap(), DbState::Valid { applied: MIGRATIONS.len() - 1 });
+        let mut c = Connection::open(&db).unwrap();
+        assert_eq!(apply_pending(&mut c, &db, MIGRATIONS.len() - 1, None, &Clock::default()).unwrap(), vec![last]);
+        let kept: String =
+            c.query_row("SELECT checksum FROM _migrations WHERE name = ?1", [name], |r| r.get(0)).unwrap();
+        assert_eq!(kept, sum);
+        drop(c);
+        assert_eq!(inspect(&db, Duration::from_secs(1)).unwrap(), DbState::Valid { applied: MIGRATIONS.len() });
+        // Another migration's earlier checksum is not this one's.
+        set(EARLIER_TEXTS[1].1);
+        let err = inspect(&db, Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(err.contains(&format!("migration {name} was applied from a different text")), "{err}");
     }
 
     #[test]
