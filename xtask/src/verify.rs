@@ -232,7 +232,9 @@ fn test(_: &Options) -> Result<(), String> {
         .env("INSTA_FORCE_PASS", "0")
         .env("CI", "true")
         .env("INSTA_SNAPSHOT_REFERENCES_FILE", &references)
-        .args(["test", "--workspace", "--locked"]))?;
+        // Every test binary runs even after one fails: a failure shows all the others'
+        // results too, instead of hiding the binaries after it.
+        .args(["test", "--workspace", "--locked", "--no-fail-fast"]))?;
     let files = snapshot_files();
     let stale = unreferenced(&references, &files)?;
     if !stale.is_empty() {
