@@ -127,6 +127,8 @@ fn interrupted_binary_leaves_nothing() -> Result<(), Failed> {
         let mut cmd = std::process::Command::new(std::env::current_exe().map_err(|e| Failed::from(e.to_string()))?);
         cmd.args(["--exact", "long", "--test-threads", "1"])
             .env("HOMER_SCENARIOS_DIR", dir.path())
+            .env("HOMER_HARNESS_SANDBOX_DIR", dir.path())
+            .env_remove("HOMER_HARNESS_KEEP")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         // This process is a subreaper with a zombie reaper: a child it waits on itself must
@@ -144,6 +146,15 @@ fn interrupted_binary_leaves_nothing() -> Result<(), Failed> {
         let alive = started_by(pid);
         if !alive.is_empty() {
             return Err(Failed::from(format!("signal {signal}: {alive:?} still alive (saw {seen:?})")));
+        }
+        // Nor its sandbox: only the scenario file is left in the directory.
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .map_err(|e| Failed::from(e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n != "long.toml")
+            .collect();
+        if !left.is_empty() {
+            return Err(Failed::from(format!("signal {signal}: left behind {left:?}")));
         }
     }
     Ok(())

@@ -22,7 +22,8 @@
 //!
 //! Mounts: a scenario with `home_size` mounts a tmpfs (see `faults.rs`) and registers it
 //! here under its marker, so an interrupt unmounts it too — after the scenario's processes
-//! are dead, since a live one could keep it busy.
+//! are dead, since a live one could keep it busy. Last, an interrupt removes the sandboxes
+//! registered here: every run's but those that keep theirs (`--keep`, `--keep-failed`).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -45,6 +46,8 @@ struct Registry {
     owned: HashSet<u32>,
     /// Marker -> tmpfs mounts to unmount once its processes are dead.
     mounts: HashMap<String, Vec<std::path::PathBuf>>,
+    /// Marker -> the sandbox an interrupt removes (a run that keeps its sandbox has none).
+    sandboxes: HashMap<String, std::path::PathBuf>,
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -106,9 +109,16 @@ fn signal_thread(set: libc::sigset_t) {
             continue;
         }
         eprintln!("homer-harness: interrupted (signal {sig}); killing every process the harness started");
-        let (markers, mounts): (Vec<String>, Vec<std::path::PathBuf>) = registry()
+        type Paths = Vec<std::path::PathBuf>;
+        let (markers, mounts, sandboxes): (Vec<String>, Paths, Paths) = registry()
             .lock()
-            .map(|r| (r.groups.keys().cloned().collect(), r.mounts.values().flatten().cloned().collect()))
+            .map(|r| {
+                (
+                    r.groups.keys().cloned().collect(),
+                    r.mounts.values().flatten().cloned().collect(),
+                    r.sandboxes.values().cloned().collect(),
+                )
+            })
             .unwrap_or_default();
         for m in &markers {
             kill_marked(m, Duration::from_secs(10));
@@ -116,6 +126,13 @@ fn signal_thread(set: libc::sigset_t) {
         for dir in &mounts {
             if let Err(e) = crate::faults::unmount(dir) {
                 eprintln!("homer-harness: {e}");
+            }
+        }
+        // Nothing of the runs lives any more and their homes are back in place: their
+        // sandboxes go, as a finished run's do (`remove_dir_all` follows no link).
+        for dir in &sandboxes {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                eprintln!("homer-harness: cannot remove the sandbox {}: {e}", dir.display());
             }
         }
         std::process::exit(128 + sig);
@@ -272,6 +289,14 @@ pub fn open_marker(marker: &str) {
     }
 }
 
+/// Record the sandbox of `marker`'s run, for an interrupt to remove (forgotten by
+/// [`close_marker`]; the run removes it itself when it ends).
+pub fn register_sandbox(marker: &str, dir: &std::path::Path) {
+    if let Ok(mut r) = registry().lock() {
+        r.sandboxes.insert(marker.to_string(), dir.to_path_buf());
+    }
+}
+
 /// Record a tmpfs mounted for `marker` (unmounted by [`unmount_marked`] or an interrupt).
 pub fn register_mount(marker: &str, dir: &std::path::Path) {
     if let Ok(mut r) = registry().lock() {
@@ -307,6 +332,7 @@ pub fn unmount_marked(marker: &str) -> Vec<String> {
 pub fn close_marker(marker: &str) {
     if let Ok(mut r) = registry().lock() {
         r.groups.remove(marker);
+        r.sandboxes.remove(marker);
         // A mount that could not be unmounted stays listed for the interrupt handler.
         if r.mounts.get(marker).is_some_and(|m| m.is_empty()) {
             r.mounts.remove(marker);

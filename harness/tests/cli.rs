@@ -72,8 +72,15 @@ fn junit_has_one_testcase_per_run_and_repeat_runs_each_scenario_again() {
     let a = write(dir.path(), "first.toml", &passing());
     let b = write(dir.path(), "second.toml", &passing().replace("enqueue = \"noop\"", "enqueue = \"fail\""));
     let junit = dir.path().join("report.xml");
-    let out =
-        run(&["run", a.to_str().unwrap(), b.to_str().unwrap(), "--repeat", "3", "--junit", junit.to_str().unwrap()]);
+    // The failed runs' timelines are saved beside their sandboxes: here, not in /tmp.
+    let out = Command::new(harness())
+        .args(["run", a.to_str().unwrap(), b.to_str().unwrap(), "--repeat", "3", "--junit", junit.to_str().unwrap()])
+        .arg("--daemon")
+        .arg(daemon())
+        .env("HOMER_HARNESS_SANDBOX_DIR", dir.path())
+        .env_remove("HOMER_HARNESS_KEEP")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     // `second` waits for job.completed of a failing job: it fails, three times.
     assert_eq!(out.status.code(), Some(1), "{stdout}");
@@ -157,10 +164,33 @@ fn a_failed_run_reports_its_timeline_with_the_failing_step() {
     assert!(timeline.contains(">step 5 failed<"), "{timeline}");
 }
 
-/// `homer-harness run FILE` against the workspace's daemon, in the background.
+/// `homer-harness run FILE` against the workspace's daemon, in the background, with its
+/// sandboxes under `sandboxes`, none kept whatever the environment says.
 #[cfg(target_os = "linux")]
-fn spawn_run(file: &Path, stdout: Stdio) -> std::process::Child {
-    Command::new(harness()).arg("run").arg(file).arg("--daemon").arg(daemon()).stdout(stdout).spawn().unwrap()
+fn spawn_run(file: &Path, stdout: Stdio, sandboxes: &Path) -> std::process::Child {
+    Command::new(harness())
+        .arg("run")
+        .arg(file)
+        .arg("--daemon")
+        .arg(daemon())
+        .env("HOMER_HARNESS_SANDBOX_DIR", sandboxes)
+        .env_remove("HOMER_HARNESS_KEEP")
+        .stdout(stdout)
+        .spawn()
+        .unwrap()
+}
+
+/// What is left in `dir` of runs of scenario `name`: their sandboxes and saved timelines.
+#[cfg(target_os = "linux")]
+fn left_by(dir: &Path, name: &str) -> Vec<String> {
+    let prefix = format!("homer-harness-{name}-");
+    let mut left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    left.sort();
+    left
 }
 
 #[cfg(target_os = "linux")]
@@ -172,7 +202,7 @@ fn nothing_survives_a_passed_or_a_failed_run() {
     // Fails at its last step, with the same processes running.
     let failing = write(dir.path(), "fails.toml", &long_scenario(&never("3s")));
     for (file, code) in [(passing, 0), (failing, 1)] {
-        let mut child = spawn_run(&file, Stdio::piped());
+        let mut child = spawn_run(&file, Stdio::piped(), dir.path());
         let pid = child.id();
         let seen = wait_for_processes(pid, 3);
         let status = child.wait().unwrap();
@@ -184,6 +214,10 @@ fn nothing_survives_a_passed_or_a_failed_run() {
             started_by(pid)
         );
     }
+    // The sandboxes are gone; the failed run's timeline stays, saved beside them.
+    assert_eq!(left_by(dir.path(), "leaves-processes"), Vec::<String>::new());
+    let left = left_by(dir.path(), "fails");
+    assert!(left.len() == 1 && left[0].ends_with(".timeline.html"), "{left:?}");
 }
 
 #[cfg(target_os = "linux")]
@@ -192,15 +226,17 @@ fn nothing_survives_an_interrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "long.toml", &long_scenario(&never("600s")));
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        let mut child = spawn_run(&file, Stdio::null());
+        let mut child = spawn_run(&file, Stdio::null(), dir.path());
         let pid = child.id();
         // The daemon, the job and its escaped grandchild (a CLI enqueue may also be seen).
         let seen = wait_for_processes(pid, 3);
+        assert_eq!(left_by(dir.path(), "long").len(), 1, "signal {signal}: the run's sandbox");
         // The harness child this test started, not yet reaped.
         assert!(homer_harness::procs::signal_pid(pid, signal), "signal {signal} to {pid}");
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(128 + signal), "signal {signal}");
         assert!(started_by(pid).is_empty(), "signal {signal}: {:?} alive (saw {seen:?})", started_by(pid));
+        assert_eq!(left_by(dir.path(), "long"), Vec::<String>::new(), "signal {signal}: the sandbox is removed");
     }
 }
 
@@ -251,6 +287,8 @@ fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
             .arg(&file)
             .arg("--daemon")
             .arg(daemon())
+            .env("HOMER_HARNESS_SANDBOX_DIR", dir.path())
+            .env_remove("HOMER_HARNESS_KEEP")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -267,6 +305,13 @@ fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
         assert_eq!(out.status.code(), Some(code), "{name}: {out:?}");
         assert!(sandbox_mounts(name).is_empty(), "{name} leaked a mount: {:?}", sandbox_mounts(name));
         assert!(started_by(pid).is_empty(), "{name} left {:?}", started_by(pid));
+        // Its sandbox is removed, the home's mount point with it (a failed run's timeline
+        // stays beside it).
+        let left = left_by(dir.path(), name);
+        assert!(
+            left.iter().all(|n| n.ends_with(".timeline.html")) && left.len() == usize::from(code == 1),
+            "{name}: {left:?}"
+        );
         if code == 1 {
             // The failure report says what the fill step did.
             let stdout = String::from_utf8_lossy(&out.stdout);

@@ -164,6 +164,11 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
     let marker =
         format!("{}-{}", std::process::id(), sandbox.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
     procs::open_marker(&marker);
+    // An interrupt removes it too, unless sandboxes are kept: with `--keep-failed` an
+    // interrupted run, which may be one that hung, keeps its sandbox as a failed one does.
+    if !opts.keep && !opts.keep_failed {
+        procs::register_sandbox(&marker, &sandbox);
+    }
     let mut ctx = Ctx::new(sc, opts, sandbox, marker.clone(), started);
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run_steps()));
     let mut outcome = match run {
