@@ -802,6 +802,11 @@ impl JobContext {
             .field("pgid", child.pgid)
             .emit();
         let status = child.wait();
+        if status.is_ok() {
+            // Its program ended: a stop decided from now on (while the rest of its group
+            // is killed, its output drained) does not change what it came to.
+            self.coord.mark_exited(job.id);
+        }
         // The leader is gone; nothing else of its group may survive it before the job can
         // be re-run (a grandchild left behind would overlap the next attempt). A group that
         // cannot be killed keeps this run — and its row — until it can: never requeue

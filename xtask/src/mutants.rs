@@ -32,6 +32,7 @@ pub const MUTANTS: &[&str] = &[
     "fd_errors_charged",
     "wall_clock_scheduling",
     "stand_down_charged",
+    "late_stop_overrides",
 ];
 
 struct Scenario {

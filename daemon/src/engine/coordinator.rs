@@ -109,6 +109,10 @@ pub struct Lease {
     unrecorded: Option<JobResult>,
     /// The job's work (and its whole process group) has ended: nothing left to stop.
     ended: bool,
+    /// Its program exited with no stop decided yet: a stop decided later (while the rest
+    /// of its group is killed or its output drained) did not end it, so its own result is
+    /// what is recorded.
+    exited_unstopped: bool,
 }
 
 impl Lease {
@@ -345,6 +349,7 @@ impl<S: JobStore> Coordinator<S> {
                         child: None,
                         unrecorded: None,
                         ended: false,
+                        exited_unstopped: false,
                     };
                     st.leases.insert(c.id, lease);
                     // Fenced during the call: the run must be stopped before it starts.
@@ -645,6 +650,17 @@ impl<S: JobStore> Coordinator<S> {
         }
     }
 
+    /// The job's program (an `exec` job's group leader) has exited, its group maybe not
+    /// yet gone. If no stop was decided before, none decided from now on changes what is
+    /// recorded: the program ended on its own, and its result stands (a timeout or a
+    /// shutdown grace running out while its leftover group is killed must not turn a
+    /// success into a retry).
+    pub fn mark_exited(&self, id: JobId) {
+        if let Some(l) = sync::lock(&self.state).leases.get_mut(&id) {
+            l.exited_unstopped = l.stop.is_none();
+        }
+    }
+
     /// A job's process (or work) ended with `result`: record what its lease allows. The
     /// lease leaves the table first, so the store is called without the state lock.
     pub fn finish(&self, id: JobId, result: JobResult, now_wall: WallMs, jitter: f64) -> Finished {
@@ -752,7 +768,14 @@ impl<S: JobStore> Coordinator<S> {
         episodes: u32,
         jitter: &mut impl FnMut() -> f64,
     ) -> Option<Record> {
-        Some(match lease.stop {
+        let stop = match lease.stop {
+            // Whenever decided: a fenced or halted daemon writes nothing.
+            Some(StopReason::Fenced | StopReason::Halted) => return None,
+            // Decided after the program had exited on its own: it did not end the run.
+            Some(_) if lease.exited_unstopped && !crate::mutant::active(crate::mutant::LATE_STOP_OVERRIDES) => None,
+            stop => stop,
+        };
+        Some(match stop {
             Some(StopReason::LeaseLost) => {
                 Record::Abandon { reason: String::from("lease lost: the run was stopped before its lease expired") }
             }

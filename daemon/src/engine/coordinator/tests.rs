@@ -370,6 +370,34 @@ mod ended_tests {
     }
 }
 
+/// A stop decided after the program exited on its own (while its leftover group is
+/// killed or its output drained) leaves the program's result; one decided before it
+/// exited decides, as the stop may be what ended it.
+#[test]
+fn a_stop_decided_after_the_program_exited_leaves_its_result() {
+    let c = with_jobs(4, Some(300));
+    let claimed = c.claim(MonoMs(0), WallMs(0));
+    let (a, b, d) = (claimed[0].id, claimed[1].id, claimed[2].id);
+    // a and b exit on their own; their timeouts come while their groups are still killed.
+    c.mark_exited(a);
+    c.mark_exited(b);
+    c.request_cancel(d);
+    // d's cancel was decided before its program exited: it may be what ended it.
+    c.mark_exited(d);
+    let due: Vec<JobId> = c.due(MonoMs(300)).into_iter().map(|(id, _)| id).collect();
+    assert!(due.contains(&a) && due.contains(&b), "the leftover groups are still stopped: {due:?}");
+    assert_eq!(c.finish(a, JobResult::Succeeded, WallMs(400), 0.5), Finished::Completed);
+    let failed = JobResult::Failed { error: "exited with status 3".into(), retryable: true };
+    assert_eq!(c.finish(b, failed, WallMs(400), 1.0), Finished::Retry { run_after: WallMs(1400) });
+    assert_eq!(sync::lock(&c.store).jobs[&b].errors, vec!["exited with status 3".to_string()]);
+    assert_eq!(c.finish(d, JobResult::Succeeded, WallMs(400), 0.5), Finished::Cancelled);
+    // A fence decided after the exit still records nothing.
+    let (c, id) = one_claimed(None);
+    c.mark_exited(id);
+    c.fence();
+    assert_eq!(c.finish(id, JobResult::Succeeded, WallMs(10), 0.5), Finished::Discarded("fenced"));
+}
+
 /// A job claimed after the leader row's last refresh, whose renewals then fail because
 /// the disk is full, runs out of lease before the leader row counts as stale: it is still
 /// the daemon's trouble (stand-down, released with its attempt given back), never a lost
