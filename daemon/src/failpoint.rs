@@ -97,6 +97,8 @@ const EXTRA: &[&str] = &[
     "job.before_complete",
     "heartbeat.before_commit",
     "recovery.before_kill",
+    "watchdog.killer_thread",
+    "engine.job_thread",
 ];
 
 fn all_known() -> Vec<&'static str> {

@@ -174,14 +174,32 @@ fn stop_job(c: &Controls, id: JobId, reason: StopReason, kill_grace: Duration) {
     if h.kind == "exec" && pgid > 1 {
         let grace = if reason == StopReason::Fenced { Duration::ZERO } else { kill_grace };
         let limit = grace + kill_grace + Duration::from_secs(5);
-        std::thread::spawn(move || {
-            if let Err(e) = children::kill_group_and_wait(pgid, grace, limit) {
+        let killer = failpoint::hit("watchdog.killer_thread").and_then(|()| {
+            std::thread::Builder::new().name(String::from("homerd-killer")).spawn(move || {
+                if let Err(e) = children::kill_group_and_wait(pgid, grace, limit) {
+                    events::error("job.kill_failed", "Could not kill a job's process group")
+                        .field("pgid", pgid)
+                        .field("error", e.to_string())
+                        .emit();
+                }
+            })
+        });
+        // No thread to wait out the grace on (the process or thread limit is reached, often
+        // by the very job being stopped): the group is killed at once, from here. The job
+        // thread still makes sure it is gone before the run is recorded.
+        if let Err(e) = killer {
+            events::warn("job.kill_now", "No thread to stop the job gracefully: killing its process group at once")
+                .field("job_id", id)
+                .field("pgid", pgid)
+                .field("error", e.to_string())
+                .emit();
+            if let Err(e) = children::signal_group(pgid, crate::platform::Signal::KILL) {
                 events::error("job.kill_failed", "Could not kill a job's process group")
                     .field("pgid", pgid)
                     .field("error", e.to_string())
                     .emit();
             }
-        });
+        }
     }
 }
 
@@ -590,15 +608,23 @@ impl Engine {
         };
         let wake = self.wake_tx.clone();
         let id = job.id;
-        self.pool
-            .run(move || {
+        let started = failpoint::hit("engine.job_thread").and_then(|()| {
+            self.pool.run(move || {
                 let coord = ctx.coord.clone();
                 // Everything the job held is dropped when `run` returns, before it reports.
                 let result = ctx.run();
                 coord.mark_ended(id);
                 let _ = wake.send(Wake::Ended(id, result));
             })
-            .expect("spawn job thread");
+        });
+        if let Err(e) = started {
+            // No thread for it (the process or thread limit is reached): nothing of the job
+            // ran, so it goes back with its attempt given back, as any start the daemon
+            // could not make.
+            self.coord.mark_ended(id);
+            let error = format!("no thread to run it: {e}");
+            let _ = self.wake_tx.send(Wake::Ended(id, JobResult::NotStarted { error }));
+        }
         self.running.insert(id);
     }
 

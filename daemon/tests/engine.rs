@@ -592,3 +592,45 @@ fn a_job_never_inherits_the_lock() {
     let _ = homerd::platform::signal_process(escaped as u32, homerd::platform::Signal::KILL);
     assert_eq!(v["event"], "daemon.active", "a job's escaped descendant kept the lock: {}", b.dump());
 }
+
+/// A stop whose killer thread cannot be started (a process or thread limit, made by a
+/// failpoint) kills the job's group at once from the watchdog, and the watchdog lives on
+/// to stop the next job too. The kill grace is long and the child ignores SIGTERM: only
+/// the immediate SIGKILL ends these runs within the deadline.
+#[test]
+fn a_stop_without_a_killer_thread_kills_the_group_at_once() {
+    let sb = Sandbox::new();
+    let args = engine_args(&["--set", "kill_grace=60s", "--set", "stale_threshold=120s"]);
+    let mut d = sb.start_with(&args, &[("HOMERD_FAILPOINTS", "watchdog.killer_thread=error")]);
+    d.wait_event("daemon.active");
+    for _ in 0..2 {
+        let stubborn =
+            ["--timeout", "300ms", "--max-attempts", "1", "exec", "--", "sh", "-c", "trap '' TERM; sleep 600"];
+        let id = enqueue(&sb, &stubborn);
+        let pid = wait_job_event(&mut d, "job.started", id)["pid"].as_i64().unwrap();
+        let now = wait_job_event(&mut d, "job.kill_now", id);
+        assert_eq!(now["pgid"].as_i64(), Some(pid), "{now}");
+        wait_job_event(&mut d, "job.failed", id);
+        assert!(!running(pid));
+        let (status, attempts, _, errors) = job_status(&sb, id);
+        assert_eq!((status.as_str(), attempts), ("failed", 1));
+        assert!(errors.contains("timed out after 300 ms"), "{errors}");
+    }
+    d.stop_cleanly();
+}
+
+/// A claimed job that gets no thread to run on (made by a failpoint, for the first try
+/// only) is put back unstarted, its attempt given back, and runs on the next try: with
+/// one attempt allowed, a charged attempt would end it `failed`.
+#[test]
+fn a_job_without_a_thread_is_put_back_with_its_attempt_given_back() {
+    let sb = Sandbox::new();
+    let mut d = sb.start_with(&engine_args(&[]), &[("HOMERD_FAILPOINTS", "engine.job_thread=error@1")]);
+    d.wait_event("daemon.active");
+    let id = enqueue(&sb, &["--max-attempts", "1", "noop"]);
+    let postponed = wait_job_event(&mut d, "job.postponed", id);
+    wait_job_event(&mut d, "job.completed", id);
+    let (status, attempts, interruptions, _) = job_status(&sb, id);
+    assert_eq!((status.as_str(), attempts, interruptions), ("completed", 1, 0), "{postponed}");
+    d.stop_cleanly();
+}
