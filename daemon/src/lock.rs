@@ -310,38 +310,34 @@ fn read_holder(file: &File) -> Holder {
 /// Linux: the pid holding a FLOCK on (dev, ino), from `/proc/locks`.
 #[cfg(target_os = "linux")]
 fn flock_holder_pid(dev: u64, ino: u64) -> Option<u32> {
-    let text = read_proc_locks()?;
     let want = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
-    text.lines().find_map(|line| {
-        let f: Vec<&str> = line.split_ascii_whitespace().collect();
-        // "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234567 0 EOF" (blocked waiters have "->")
-        if f.len() >= 6 && f[1] == "FLOCK" && f[3] == "WRITE" && f[5] == want {
-            f[4].parse().ok()
-        } else {
-            None
-        }
-    })
+    let find = |text: &str| {
+        text.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_ascii_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234567 0 EOF" (blocked waiters have "->")
+            if f.len() >= 6 && f[1] == "FLOCK" && f[3] == "WRITE" && f[5] == want {
+                f[4].parse().ok()
+            } else {
+                None
+            }
+        })
+    };
+    // A line skipped by a walk that other locks' release disturbed (see below) is found by
+    // the next walk; a lock that is not held is looked for this many times, all cheap.
+    (0..PROC_LOCKS_WALKS).find_map(|_| find(&read_proc_locks()?))
 }
 
-/// `/proc/locks` in one `read()`. It is a seq_file: each read call walks the lock list
-/// afresh from an offset, so reading it in pieces while other locks come and go can
-/// skip entries (seen in tests). A single call with room for everything is one walk.
+/// How many times `/proc/locks` is read before a lock counts as not listed.
+#[cfg(target_os = "linux")]
+const PROC_LOCKS_WALKS: usize = 3;
+
+/// `/proc/locks`, read to its end. It is a seq_file: one `read()` returns at most about a
+/// page (some 80 locks), and each read resumes the walk of the lock list at a position, so
+/// a lock released meanwhile can make the walk skip a line after it; the caller reads it
+/// again when the line it wants is missing.
 #[cfg(target_os = "linux")]
 fn read_proc_locks() -> Option<String> {
-    use std::io::Read as _;
-    let mut size = 256 * 1024;
-    loop {
-        let mut buf = vec![0u8; size];
-        let n = File::open("/proc/locks").ok()?.read(&mut buf).ok()?;
-        if n < size {
-            buf.truncate(n);
-            return String::from_utf8(buf).ok();
-        }
-        size *= 4;
-        if size > 64 * 1024 * 1024 {
-            return None;
-        }
-    }
+    std::fs::read_to_string("/proc/locks").ok()
 }
 
 /// macOS has no `/proc/locks`; the diagnostics' pid is used instead.
@@ -467,6 +463,30 @@ mod tests {
         let back = Diagnostics::parse(&d.render());
         assert_eq!(back, d);
         assert_eq!(back.pid(), Some(42));
+    }
+
+    /// With hundreds of locks taken after it, this process's lock is listed far past the
+    /// first page of `/proc/locks` (the newest locks come first), which one `read()` alone
+    /// would return: the holder is still found.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn kernel_names_the_holder_past_the_first_page_of_proc_locks() {
+        let t = tempfile::tempdir().unwrap();
+        let lock = held(acquire(&t.path().join("homer.lock")).unwrap());
+        let (dev, ino) = lock.dev_ino();
+        let others: Vec<File> = (0..400)
+            .map(|i| {
+                let f = File::create(t.path().join(format!("other-{i}"))).unwrap();
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+                f
+            })
+            .collect();
+        let listing = std::fs::read_to_string("/proc/locks").unwrap();
+        let want = format!(" {:02x}:{:02x}:{ino} ", libc::major(dev), libc::minor(dev));
+        let at = listing.find(&want).expect("our lock is listed");
+        assert!(at > 4096, "listed at byte {at}: the test needs it past the first page");
+        assert_eq!(flock_holder_pid(dev, ino), Some(std::process::id()));
+        drop(others);
     }
 
     #[cfg(target_os = "linux")]
