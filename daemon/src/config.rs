@@ -292,8 +292,10 @@ impl Config {
         Ok(())
     }
 
-    /// Cross-key rules: a lease must survive at least one missed renewal, and a worker
-    /// must be able to kill its child (kill grace) before its lease can be taken over.
+    /// Cross-key rules: a worker must be able to kill its child (kill grace) before its
+    /// lease can be taken over, and a renewal may come late. The daemon starts killing at
+    /// renewal + stale - kill_grace - half an interval (`EngineConfig::margin_ms`), so at
+    /// the least stale threshold allowed a renewal may come half an interval late.
     fn validate(&self) -> Result<()> {
         let src = "configuration";
         let nonzero = [
@@ -312,7 +314,7 @@ impl Config {
                 src,
                 "stale_threshold",
                 &format!(
-                    "must be at least 2 x heartbeat_interval + kill_grace ({} here), so a lease survives one missed renewal and a child can be killed before it expires",
+                    "must be at least 2 x heartbeat_interval + kill_grace ({} here), so a child can be killed before its lease expires even when a renewal comes half an interval late",
                     format_duration(self.heartbeat_interval * 2 + self.kill_grace)
                 ),
             ));
