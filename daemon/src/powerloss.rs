@@ -182,17 +182,17 @@ pub fn announce() {
 // ---------------------------------------------------------------------------------------
 // Records
 
-/// One record's fields but the writer's pid and phase (see the module docs for the layout).
-pub struct Rec<'a> {
-    pub kind: u8,
-    pub op: u64,
-    pub dev: u64,
-    pub ino: u64,
-    pub offset: u64,
-    pub length: u64,
-    pub size_before: u64,
-    pub path: &'a [u8],
-    pub pre: &'a [u8],
+/// One record's fields (see the module docs for the layout).
+struct Rec<'a> {
+    kind: u8,
+    op: u64,
+    dev: u64,
+    ino: u64,
+    offset: u64,
+    length: u64,
+    size_before: u64,
+    path: &'a [u8],
+    pre: &'a [u8],
 }
 
 /// FNV-1a, 64 bits: enough to tell a whole record from a torn or misaligned one.
@@ -205,27 +205,33 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Record `r` as process `pid` appends it while in `phase`: the one encoder of the layout
-/// (the harness builds its test logs with it, so its reader is tested on these bytes). A
-/// phase or path too long for its length field is cut short.
-pub fn encode(r: &Rec<'_>, pid: u32, phase: &[u8]) -> Vec<u8> {
+fn encode(r: &Rec<'_>, pid: u32, phase: &[u8]) -> Vec<u8> {
+    let numbers = [r.op, r.dev, r.ino, r.offset, r.length, r.size_before];
+    encode_record(r.kind, pid, numbers, phase, r.path, r.pre)
+}
+
+/// A record of `kind` as process `pid` appends it while in `phase`, `numbers` being its op,
+/// dev, ino, offset, length and size before: the one encoder of the layout (the harness
+/// builds its test logs with it, so its reader is tested on these bytes). A phase or path
+/// too long for its length field is cut short.
+pub fn encode_record(kind: u8, pid: u32, numbers: [u64; 6], phase: &[u8], path: &[u8], pre: &[u8]) -> Vec<u8> {
     let phase = &phase[..phase.len().min(u8::MAX as usize)];
-    let path = &r.path[..r.path.len().min(u16::MAX as usize)];
-    let body_len = 1 + 4 + 8 * 6 + 1 + phase.len() + 2 + path.len() + 4 + r.pre.len();
+    let path = &path[..path.len().min(u16::MAX as usize)];
+    let body_len = 1 + 4 + 8 * 6 + 1 + phase.len() + 2 + path.len() + 4 + pre.len();
     let mut out = Vec::with_capacity(4 + 4 + body_len + 8);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.push(r.kind);
+    out.push(kind);
     out.extend_from_slice(&pid.to_le_bytes());
-    for v in [r.op, r.dev, r.ino, r.offset, r.length, r.size_before] {
+    for v in numbers {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.push(phase.len() as u8);
     out.extend_from_slice(phase);
     out.extend_from_slice(&(path.len() as u16).to_le_bytes());
     out.extend_from_slice(path);
-    out.extend_from_slice(&(r.pre.len() as u32).to_le_bytes());
-    out.extend_from_slice(r.pre);
+    out.extend_from_slice(&(pre.len() as u32).to_le_bytes());
+    out.extend_from_slice(pre);
     debug_assert_eq!(out.len(), 8 + body_len);
     let sum = checksum(&out[8..]);
     out.extend_from_slice(&sum.to_le_bytes());

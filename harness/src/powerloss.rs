@@ -135,18 +135,9 @@ pub struct Cut {
 /// Encodes a record with homerd's own encoder (`at` is ignored): for tests and tools that
 /// build logs, so the reader here is checked against the writer's bytes.
 pub fn encode(r: &Record) -> Vec<u8> {
-    let rec = homerd::powerloss::Rec {
-        kind: r.kind.code(),
-        op: r.op,
-        dev: r.dev,
-        ino: r.ino,
-        offset: r.offset,
-        length: r.length,
-        size_before: r.size_before,
-        path: r.path.as_os_str().as_bytes(),
-        pre: &r.pre,
-    };
-    homerd::powerloss::encode(&rec, r.pid, r.phase.as_bytes())
+    let numbers = [r.op, r.dev, r.ino, r.offset, r.length, r.size_before];
+    let path = r.path.as_os_str().as_bytes();
+    homerd::powerloss::encode_record(r.kind.code(), r.pid, numbers, r.phase.as_bytes(), path, &r.pre)
 }
 
 /// FNV-1a, 64 bits (the recorder's checksum).
