@@ -109,30 +109,41 @@ fn signal_thread(set: libc::sigset_t) {
             continue;
         }
         eprintln!("homer-harness: interrupted (signal {sig}); killing every process the harness started");
-        type Paths = Vec<std::path::PathBuf>;
+        type Paths = Vec<(String, std::path::PathBuf)>;
         let (markers, mounts, sandboxes): (Vec<String>, Paths, Paths) = registry()
             .lock()
             .map(|r| {
                 (
                     r.groups.keys().cloned().collect(),
-                    r.mounts.values().flatten().cloned().collect(),
-                    r.sandboxes.values().cloned().collect(),
+                    r.mounts.iter().flat_map(|(m, dirs)| dirs.iter().map(|d| (m.clone(), d.clone()))).collect(),
+                    r.sandboxes.iter().map(|(m, d)| (m.clone(), d.clone())).collect(),
                 )
             })
             .unwrap_or_default();
+        let mut unclean: HashSet<String> = HashSet::new();
         for m in &markers {
-            kill_marked(m, Duration::from_secs(10));
-        }
-        for dir in &mounts {
-            if let Err(e) = crate::faults::unmount(dir) {
-                eprintln!("homer-harness: {e}");
+            if !kill_marked(m, Duration::from_secs(10)).is_empty() {
+                unclean.insert(m.clone());
             }
         }
-        // Nothing of the runs lives any more and their homes are back in place: their
-        // sandboxes go, as a finished run's do (`remove_dir_all` follows no link).
-        for dir in &sandboxes {
-            if let Err(e) = std::fs::remove_dir_all(dir) {
-                eprintln!("homer-harness: cannot remove the sandbox {}: {e}", dir.display());
+        for (m, dir) in &mounts {
+            if let Err(e) = crate::faults::unmount(dir) {
+                eprintln!("homer-harness: {e}");
+                unclean.insert(m.clone());
+            }
+        }
+        // A run with nothing of it alive and its home back in place loses its sandbox, as a
+        // finished run does (`remove_dir_all` follows no link); one with a survivor or a
+        // mount left keeps it, for a look at what is still there.
+        for (m, dir) in &sandboxes {
+            if unclean.contains(m) {
+                eprintln!("homer-harness: sandbox left in place (a process or mount of it remains): {}", dir.display());
+                continue;
+            }
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("homer-harness: cannot remove the sandbox {}: {e}", dir.display()),
             }
         }
         std::process::exit(128 + sig);
@@ -289,11 +300,18 @@ pub fn open_marker(marker: &str) {
     }
 }
 
-/// Record the sandbox of `marker`'s run, for an interrupt to remove (forgotten by
-/// [`close_marker`]; the run removes it itself when it ends).
+/// Record the sandbox of `marker`'s run, for an interrupt to remove until
+/// [`forget_sandbox`] (the run removes or keeps it itself when it ends).
 pub fn register_sandbox(marker: &str, dir: &std::path::Path) {
     if let Ok(mut r) = registry().lock() {
         r.sandboxes.insert(marker.to_string(), dir.to_path_buf());
+    }
+}
+
+/// The run of `marker` has removed (or kept) its sandbox: an interrupt leaves it alone.
+pub fn forget_sandbox(marker: &str) {
+    if let Ok(mut r) = registry().lock() {
+        r.sandboxes.remove(marker);
     }
 }
 
@@ -332,7 +350,6 @@ pub fn unmount_marked(marker: &str) -> Vec<String> {
 pub fn close_marker(marker: &str) {
     if let Ok(mut r) = registry().lock() {
         r.groups.remove(marker);
-        r.sandboxes.remove(marker);
         // A mount that could not be unmounted stays listed for the interrupt handler.
         if r.mounts.get(marker).is_some_and(|m| m.is_empty()) {
             r.mounts.remove(marker);

@@ -242,8 +242,11 @@ pub fn run_scenario(sc: &Scenario, opts: &Options) -> ScenarioResult {
         let path = dir.keep();
         Some(path)
     } else {
+        drop(dir);
         None
     };
+    // Removed (or kept) by now: from here an interrupt has nothing of this run to remove.
+    procs::forget_sandbox(&marker);
     result(outcome, kept)
 }
 
