@@ -37,10 +37,10 @@ pub const WALL_CLOCK_SCHEDULING: &str = "wall_clock_scheduling";
 /// writer holds it, the disk is full) is abandoned with its attempt counted, as if the
 /// job had lost its lease, instead of released with the attempt given back.
 pub const STAND_DOWN_CHARGED: &str = "stand_down_charged";
-/// A stop decided after the job's program had exited on its own (a timeout or a shutdown
-/// grace running out while the rest of its group is killed or its output drained) decides
-/// what is recorded, instead of the program's own result: a success is retried, released
-/// or cancelled, and runs again.
+/// A run whose program had exited on its own is still stopped by a later deadline or
+/// cancel (a timeout or a shutdown grace running out while the rest of its group is killed
+/// or its output drained), and that stop decides what is recorded instead of the program's
+/// own result: a success is retried, released or cancelled, and runs again.
 pub const LATE_STOP_OVERRIDES: &str = "late_stop_overrides";
 
 /// PostgreSQL: claims take rows without the lane's advisory lock and without

@@ -155,6 +155,11 @@ pub fn scenarios(o: &Options) -> Result<(), String> {
         if let Some(m) = mutant {
             cmd.args(["--mutant", m]);
         }
+        // Each failed scenario's timeline (how the mutant was caught) lands here, under
+        // target/, not in the system temp dir.
+        let sandboxes = out_dir.join("sandboxes").join(label);
+        std::fs::create_dir_all(&sandboxes).map_err(|e| format!("{}: {e}", sandboxes.display()))?;
+        cmd.env("HOMER_HARNESS_SANDBOX_DIR", &sandboxes).env_remove("HOMER_HARNESS_KEEP");
         eprintln!("$ {}", show(&cmd));
         let started = Instant::now();
         let output = cmd.output().map_err(|e| format!("{}: {e}", harness.display()))?;

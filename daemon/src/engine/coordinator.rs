@@ -10,7 +10,11 @@
 //! Architecture invariants:
 //! - a job whose lease is not ours (lost, fenced, stood down) never records an outcome:
 //!   [`Coordinator::finish`] records nothing for it, and the store's guards would refuse
-//!   it anyway;
+//!   it anyway — unless its program had exited on its own first: then its result is
+//!   recorded, guarded as every write (a fence or halt still records nothing);
+//! - a run whose program exited on its own is not stopped for a deadline or a cancel
+//!   after that ([`Coordinator::mark_exited`]): a stop decides the outcome only when it
+//!   may be what ended the program;
 //! - a lease's child must be dead by `anchor + stale_threshold - margin`, where the anchor
 //!   is the earlier of the job's last renewal and the leader row's last refresh (a takeover
 //!   counts from the latter): killing starts `kill_grace` earlier;
@@ -116,6 +120,15 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Whether a deadline (its kill-by time, its timeout, the shutdown grace) or a cancel
+    /// may still stop this run: not once its work has ended, nor once its program exited
+    /// on its own (the job thread kills what is left of its group; a stop would change
+    /// nothing but what is recorded, and its program's result stands).
+    fn may_stop(&self) -> bool {
+        let exited = self.exited_unstopped && !crate::mutant::active(crate::mutant::LATE_STOP_OVERRIDES);
+        self.stop.is_none() && !self.ended && !exited
+    }
+
     /// When killing must start so the child is dead before the lease could be taken over,
     /// given the leader row's last refresh (`None`: not yet known, the claim time counts).
     pub fn kill_by(&self, cfg: &EngineConfig, leader_at: Option<MonoMs>) -> MonoMs {
@@ -514,7 +527,7 @@ impl<S: JobStore> Coordinator<S> {
         // lease claimed after its last refresh runs out first.)
         let standing_down = self.leader_stale(&st, now_mono) || st.renew_unwritable;
         let mut out = Vec::new();
-        for lease in st.leases.values().filter(|l| l.stop.is_none() && !l.ended && l.unrecorded.is_none()) {
+        for lease in st.leases.values().filter(|l| l.may_stop() && l.unrecorded.is_none()) {
             let lease_expired = now_mono >= lease.kill_by(&self.cfg, leader_at)
                 && !crate::mutant::active(crate::mutant::NO_LEASE_SELF_KILL);
             let reason = if lease_expired && standing_down {
@@ -550,7 +563,7 @@ impl<S: JobStore> Coordinator<S> {
         let grace = st.shutdown.map(|s| s.grace_ends);
         st.leases
             .values()
-            .filter(|l| l.stop.is_none() && !l.ended)
+            .filter(|l| l.may_stop())
             .flat_map(|l| [Some(l.kill_by(&self.cfg, st.leader_at)), l.timeout_at])
             .chain([grace])
             .flatten()
@@ -562,7 +575,7 @@ impl<S: JobStore> Coordinator<S> {
     pub fn request_cancel(&self, id: JobId) -> bool {
         let mut st = sync::lock(&self.state);
         match st.leases.get(&id) {
-            Some(l) if l.stop.is_none() && !l.ended && l.unrecorded.is_none() => {
+            Some(l) if l.may_stop() && l.unrecorded.is_none() => {
                 st.stop(id, StopReason::Cancelled);
                 true
             }
@@ -651,10 +664,11 @@ impl<S: JobStore> Coordinator<S> {
     }
 
     /// The job's program (an `exec` job's group leader) has exited, its group maybe not
-    /// yet gone. If no stop was decided before, none decided from now on changes what is
-    /// recorded: the program ended on its own, and its result stands (a timeout or a
-    /// shutdown grace running out while its leftover group is killed must not turn a
-    /// success into a retry).
+    /// yet gone. If no stop was decided before, no deadline or cancel stops it from now
+    /// on, and a stop that still comes (a lost lease told by a renewal) does not change
+    /// what is recorded: the program ended on its own, and its result stands (a timeout or
+    /// a shutdown grace running out while its leftover group is killed or its output
+    /// drained must not turn a success into a retry).
     pub fn mark_exited(&self, id: JobId) {
         if let Some(l) = sync::lock(&self.state).leases.get_mut(&id) {
             l.exited_unstopped = l.stop.is_none();

@@ -370,28 +370,29 @@ mod ended_tests {
     }
 }
 
-/// A stop decided after the program exited on its own (while its leftover group is
-/// killed or its output drained) leaves the program's result; one decided before it
-/// exited decides, as the stop may be what ended it.
+/// A run whose program exited on its own (its leftover group still being killed, its
+/// output drained) is not stopped by a later deadline or cancel, and its result is what
+/// is recorded; a stop decided before it exited decides, as the stop may be what ended
+/// it; a fence after the exit still records nothing.
 #[test]
-fn a_stop_decided_after_the_program_exited_leaves_its_result() {
+fn a_program_that_exited_on_its_own_keeps_its_result() {
     let c = with_jobs(4, Some(300));
     let claimed = c.claim(MonoMs(0), WallMs(0));
-    let (a, b, d) = (claimed[0].id, claimed[1].id, claimed[2].id);
-    // a and b exit on their own; their timeouts come while their groups are still killed.
+    let (a, b, d, e) = (claimed[0].id, claimed[1].id, claimed[2].id, claimed[3].id);
     c.mark_exited(a);
     c.mark_exited(b);
     c.request_cancel(d);
     // d's cancel was decided before its program exited: it may be what ended it.
     c.mark_exited(d);
-    let due: Vec<JobId> = c.due(MonoMs(300)).into_iter().map(|(id, _)| id).collect();
-    assert!(due.contains(&a) && due.contains(&b), "the leftover groups are still stopped: {due:?}");
+    assert!(c.request_cancel(a), "a is still held");
+    assert_eq!(c.next_deadline(), Some(MonoMs(300)), "e's timeout");
+    assert_eq!(c.due(MonoMs(300)), vec![(e, StopReason::Timeout)], "only the run still going");
     assert_eq!(c.finish(a, JobResult::Succeeded, WallMs(400), 0.5), Finished::Completed);
     let failed = JobResult::Failed { error: "exited with status 3".into(), retryable: true };
     assert_eq!(c.finish(b, failed, WallMs(400), 1.0), Finished::Retry { run_after: WallMs(1400) });
     assert_eq!(sync::lock(&c.store).jobs[&b].errors, vec!["exited with status 3".to_string()]);
     assert_eq!(c.finish(d, JobResult::Succeeded, WallMs(400), 0.5), Finished::Cancelled);
-    // A fence decided after the exit still records nothing.
+    // A fence after the exit still records nothing.
     let (c, id) = one_claimed(None);
     c.mark_exited(id);
     c.fence();
