@@ -854,6 +854,11 @@ impl JobContext {
                 std::thread::sleep(Duration::from_millis(200 * tries.min(50)));
             }
         }
+        // Gone: from now on a stop has no group to signal (its id may be reused while the
+        // output drains).
+        if !children::group_alive(child.pgid) {
+            self.pgid.store(0, Ordering::SeqCst);
+        }
         // Its group is gone, so its output pipes reach EOF: the run log is complete.
         child.finish_output(Duration::from_secs(5));
         match status {

@@ -132,9 +132,10 @@ fn signal_thread(set: libc::sigset_t) {
                 unclean.insert(m.clone());
             }
         }
-        // A run with nothing of it alive and its home back in place loses its sandbox, as a
-        // finished run does (`remove_dir_all` follows no link); one with a survivor or a
-        // mount left keeps it, for a look at what is still there.
+        // A run with nothing of it alive and its home back in place loses its sandbox
+        // (`remove_dir_all` follows no link); one with a survivor or a mount left keeps it,
+        // for a look at what is still there. (A run past its own cleanup is no longer in
+        // `groups`: its survivors were reported by the run itself.)
         for (m, dir) in &sandboxes {
             if unclean.contains(m) {
                 eprintln!("homer-harness: sandbox left in place (a process or mount of it remains): {}", dir.display());

@@ -158,6 +158,7 @@ pub fn scenarios(o: &Options) -> Result<(), String> {
         // Each failed scenario's timeline (how the mutant was caught) lands here, under
         // target/, not in the system temp dir.
         let sandboxes = out_dir.join("sandboxes").join(label);
+        let _ = std::fs::remove_dir_all(&sandboxes); // an earlier run's timelines
         std::fs::create_dir_all(&sandboxes).map_err(|e| format!("{}: {e}", sandboxes.display()))?;
         cmd.env("HOMER_HARNESS_SANDBOX_DIR", &sandboxes).env_remove("HOMER_HARNESS_KEEP");
         eprintln!("$ {}", show(&cmd));

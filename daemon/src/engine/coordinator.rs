@@ -560,7 +560,9 @@ impl<S: JobStore> Coordinator<S> {
     /// The earliest monotonic time at which [`Coordinator::due`] could return something.
     pub fn next_deadline(&self) -> Option<MonoMs> {
         let st = sync::lock(&self.state);
-        let grace = st.shutdown.map(|s| s.grace_ends);
+        // The grace's end matters only while some run may still be stopped by it (once
+        // past, it would wake the watchdog at once, again and again).
+        let grace = st.shutdown.map(|s| s.grace_ends).filter(|_| st.leases.values().any(Lease::may_stop));
         st.leases
             .values()
             .filter(|l| l.may_stop())

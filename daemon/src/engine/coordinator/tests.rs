@@ -385,8 +385,14 @@ fn a_program_that_exited_on_its_own_keeps_its_result() {
     // d's cancel was decided before its program exited: it may be what ended it.
     c.mark_exited(d);
     assert!(c.request_cancel(a), "a is still held");
-    assert_eq!(c.next_deadline(), Some(MonoMs(300)), "e's timeout");
+    assert_eq!(c.lease(a).unwrap().stop, None, "a cancel after the exit stops nothing");
+    assert_eq!(c.take_stops(), vec![(d, StopReason::Cancelled)]);
     assert_eq!(c.due(MonoMs(300)), vec![(e, StopReason::Timeout)], "only the run still going");
+    // Past every kill-by time and a shutdown grace: nothing more is due, and no deadline
+    // is left to wake the watchdog for.
+    c.begin_shutdown(MonoMs(300), 0);
+    assert!(c.due(MonoMs(100_000)).is_empty());
+    assert_eq!(c.next_deadline(), None);
     assert_eq!(c.finish(a, JobResult::Succeeded, WallMs(400), 0.5), Finished::Completed);
     let failed = JobResult::Failed { error: "exited with status 3".into(), retryable: true };
     assert_eq!(c.finish(b, failed, WallMs(400), 1.0), Finished::Retry { run_after: WallMs(1400) });
