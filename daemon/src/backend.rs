@@ -60,8 +60,14 @@ impl JobStore for AnyStore {
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
         each!(self, s => s.orphan_children(epoch))
     }
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
-        each!(self, s => s.recover(epoch, retry_at, now))
+    fn recover(
+        &mut self,
+        epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        now: WallMs,
+    ) -> StoreResult<Recovered> {
+        each!(self, s => s.recover(epoch, retry_at, max_interruptions, now))
     }
 }
 

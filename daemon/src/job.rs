@@ -289,7 +289,16 @@ pub struct Recovered {
     pub failed: Vec<JobId>,
     /// Children recorded by the orphaned runs (to kill and wait for before re-running).
     pub children: Vec<(JobId, ChildIdentity)>,
+    /// Orphans whose program was never released (an `exec` run with no child recorded):
+    /// their attempt was given back, counted as an interruption. Each is also in
+    /// `requeued`, or in `failed` when it had had `max_interruptions`.
+    pub given_back: Vec<JobId>,
 }
+
+/// The error of an orphaned run whose program was never released (see
+/// [`Recovered::given_back`]).
+pub const UNRELEASED_ORPHAN: &str =
+    "orphaned before its program was released: it never ran, so the attempt is given back";
 
 #[cfg(test)]
 mod tests {

@@ -42,6 +42,10 @@ pub const STAND_DOWN_CHARGED: &str = "stand_down_charged";
 /// or its output drained), and that stop decides what is recorded instead of the program's
 /// own result: a success is retried, released or cancelled, and runs again.
 pub const LATE_STOP_OVERRIDES: &str = "late_stop_overrides";
+/// Recovery charges an attempt to every orphan, also to an `exec` run whose program was
+/// never released (the daemon died between the claim and recording the child): a job
+/// allowed one attempt ends `failed` without ever having run.
+pub const UNRELEASED_ORPHAN_CHARGED: &str = "unreleased_orphan_charged";
 
 /// PostgreSQL: claims take rows without the lane's advisory lock and without
 /// `SKIP LOCKED`, so a lane's cap no longer holds across workers and a claim waits on a
@@ -87,6 +91,7 @@ pub const ALL: &[&str] = &[
     WALL_CLOCK_SCHEDULING,
     STAND_DOWN_CHARGED,
     LATE_STOP_OVERRIDES,
+    UNRELEASED_ORPHAN_CHARGED,
 ];
 
 /// Whether mutant `name` is selected in this process.

@@ -146,6 +146,7 @@ pub fn recover(coord: &EngineCoordinator, clock: &Clock, kill_limit: Duration) -
         .field("requeued", rec.requeued.clone())
         .field("failed", rec.failed.clone())
         .field("cancelled", rec.cancelled.clone())
+        .field("given_back", rec.given_back.clone())
         .emit();
     Ok(())
 }

@@ -200,8 +200,14 @@ impl JobStore for Db {
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
         self.call(|s| s.orphan_children(epoch))
     }
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
-        self.call(|s| s.recover(epoch, retry_at, now))
+    fn recover(
+        &mut self,
+        epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        now: WallMs,
+    ) -> StoreResult<Recovered> {
+        self.call(|s| s.recover(epoch, retry_at, max_interruptions, now))
     }
 }
 

@@ -58,6 +58,9 @@ const MAX_STEPS: usize = 60;
 /// Daemons per case at most (each takeover or crash starts one).
 const MAX_DAEMONS: usize = 5;
 const LANES: [&str; 3] = ["a", "b", "c"];
+/// The daemons' `max_interruptions` at startup recovery: one, so that a job whose daemon
+/// dies twice before its child is recorded reaches the bound and fails.
+const MAX_INTERRUPTIONS: u32 = 1;
 /// The wall clock's start (any value works; a realistic one reads better).
 const T0: i64 = 1_700_000_000_000;
 
@@ -249,8 +252,10 @@ impl World {
         let epoch = self.q.bump_epoch();
         self.daemons.push(DaemonRef { epoch, alive: true });
         let orphans = self.q.orphan_children(Epoch(epoch)).map(sorted_orphans);
-        let recovered =
-            self.q.recover(Epoch(epoch), WallMs(self.now + orphan_delay), WallMs(self.now)).map(sorted_recovered);
+        let recovered = self
+            .q
+            .recover(Epoch(epoch), WallMs(self.now + orphan_delay), MAX_INTERRUPTIONS, WallMs(self.now))
+            .map(sorted_recovered);
         self.expect = Expect::Started { epoch, orphans, recovered };
     }
 
@@ -280,6 +285,7 @@ fn sorted_recovered(mut r: Recovered) -> Recovered {
     r.requeued.sort_unstable();
     r.failed.sort_unstable();
     r.cancelled.sort_unstable();
+    r.given_back.sort_unstable();
     r
 }
 
@@ -550,7 +556,9 @@ impl ReferenceStateMachine for QueueModel {
 
 fn new_job(lane: usize, max_attempts: u32, run_after: i64, timeout_ms: Option<u64>, args: &[String]) -> NewJob {
     NewJob {
-        kind: String::from("noop"),
+        // With a program to run, an `exec` job: one whose daemon died before its child was
+        // recorded gets its attempt back at recovery; any other kind's orphan keeps it.
+        kind: String::from(if args.is_empty() { "noop" } else { "exec" }),
         args: args.to_vec(),
         lane: LANES[lane].to_string(),
         max_attempts,
@@ -637,7 +645,9 @@ impl Sut {
         let (writer, thread) = Writer::start(conn, epoch);
         let mut store = SqliteStore::new(writer);
         let orphans = store.orphan_children(Epoch(epoch)).map(sorted_orphans);
-        let recovered = store.recover(Epoch(epoch), WallMs(now + orphan_delay), WallMs(now)).map(sorted_recovered);
+        let recovered = store
+            .recover(Epoch(epoch), WallMs(now + orphan_delay), MAX_INTERRUPTIONS, WallMs(now))
+            .map(sorted_recovered);
         self.daemons.push(Some(Daemon { store, thread }));
         Expect::Started { epoch, orphans, recovered }
     }
@@ -868,6 +878,11 @@ fn classify(step: &Step, got: &Expect, r: &Resolved, w: &World) -> &'static str 
         (_, Expect::Cancel(_)) => "operator: cancel",
         (_, Expect::Retry(Retry::Requeued)) => "operator: retried",
         (_, Expect::Retry(_)) => "operator: retry refused",
+        (Step::Crash { .. } | Step::Takeover { .. }, Expect::Started { recovered: Ok(r), .. })
+            if !r.given_back.is_empty() =>
+        {
+            "restart: an unreleased orphan's attempt given back"
+        }
         (Step::Crash { .. }, Expect::Started { recovered: Ok(r), .. }) if r != &Recovered::default() => {
             "crash: orphans recovered"
         }

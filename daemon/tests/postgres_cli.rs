@@ -364,7 +364,7 @@ fn cancel_a_running_job_whose_worker_is_gone_leaves_the_request_for_recovery() {
     assert!(workers::guard(&mut tx, other).unwrap());
     assert_eq!(workers::fence(&mut tx, &[epoch.0], other, "test").unwrap(), vec![epoch.0]);
     let now = jobs::server_now(&mut tx).unwrap();
-    let rec = jobs::recover_orphans(&mut tx, &[epoch.0], 0, "test", now).unwrap();
+    let rec = jobs::recover_orphans(&mut tx, &[epoch.0], 0, 2, "test", now).unwrap();
     tx.commit().unwrap();
     assert_eq!(rec.cancelled, vec![JobId(id)]);
     assert_eq!(pg.status_of(id), "cancelled");

@@ -56,6 +56,7 @@ const REQUIRED: &[(Layer, &str)] = &[
     (Layer::Proptest, "no_owner_token_guard"),
     (Layer::Proptest, "no_epoch_guard"),
     (Layer::Proptest, "no_immediate_recovery"),
+    (Layer::Proptest, "unreleased_orphan_charged"),
     (Layer::Loom, "no_owner_token_guard"),
     (Layer::Loom, "no_lease_self_kill"),
     (Layer::Loom, "no_drain_give_back"),

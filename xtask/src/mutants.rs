@@ -33,6 +33,7 @@ pub const MUTANTS: &[&str] = &[
     "wall_clock_scheduling",
     "stand_down_charged",
     "late_stop_overrides",
+    "unreleased_orphan_charged",
 ];
 
 struct Scenario {

@@ -135,6 +135,7 @@ async fn supervise(
     // anyone, so they can get through again first. (Waiting only delays a recovery.)
     let mut sweep_after = Instant::now();
     let retry_delay = cfg.orphan_retry_delay.as_millis() as i64;
+    let max_interruptions = cfg.max_interruptions;
     let stop = loop {
         tokio::select! {
             stop = life.next() => if let Some(stop) = stop { break stop },
@@ -153,13 +154,14 @@ async fn supervise(
                         if Instant::now() < sweep_after {
                             continue;
                         }
-                        match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay, host_now)).await {
+                        match with_pg(&coord, move |p| p.sweep_stale(epoch, retry_delay, max_interruptions, host_now)).await {
                             Ok((fenced, rec)) if !fenced.is_empty() => {
                                 events::warn("workers.fenced", "Fenced workers not seen for their stale threshold; their jobs were recovered")
                                     .field("incarnations", fenced)
                                     .field("requeued", rec.requeued)
                                     .field("failed", rec.failed)
                                     .field("cancelled", rec.cancelled)
+                                    .field("given_back", rec.given_back)
                                     .emit();
                             }
                             Ok(_) => {}

@@ -305,7 +305,7 @@ impl<S: JobStore> Coordinator<S> {
     /// Startup recovery: every running row is an orphan (the epoch is ours).
     pub fn recover(&self, now_wall: WallMs) -> Result<Recovered, StoreError> {
         let retry_at = now_wall + self.cfg.orphan_retry_delay_ms;
-        let r = sync::lock(&self.store).recover(self.epoch, retry_at, now_wall);
+        let r = sync::lock(&self.store).recover(self.epoch, retry_at, self.cfg.max_interruptions, now_wall);
         if r == Err(StoreError::Fenced) {
             self.fence();
         }

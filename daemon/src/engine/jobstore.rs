@@ -75,6 +75,14 @@ pub trait JobStore: Send {
     fn record_many(&mut self, items: &[RecordItem], now: WallMs) -> Vec<StoreResult<Recorded>>;
     /// The children recorded by runs still marked running (to kill before recovery).
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>>;
-    /// Startup recovery: with `epoch` ours, every running job is an orphan.
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered>;
+    /// Startup recovery: with `epoch` ours, every running job is an orphan, pending again
+    /// at `retry_at` (or `failed` with no attempts left). One whose program was never
+    /// released gets its attempt back as an interruption, up to `max_interruptions`.
+    fn recover(
+        &mut self,
+        epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        now: WallMs,
+    ) -> StoreResult<Recovered>;
 }

@@ -290,7 +290,13 @@ impl JobStore for MemoryStore {
             .collect())
     }
 
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, _now: WallMs) -> StoreResult<Recovered> {
+    fn recover(
+        &mut self,
+        epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        _now: WallMs,
+    ) -> StoreResult<Recovered> {
         self.guard(epoch)?;
         let mut out = Recovered::default();
         if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
@@ -298,7 +304,11 @@ impl JobStore for MemoryStore {
             return Ok(out);
         }
         for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == JobStatus::Running) {
-            if let Some(c) = j.child.take() {
+            let child = j.child.take();
+            let unreleased = child.is_none()
+                && j.job.kind == "exec"
+                && !crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED);
+            if let Some(c) = child {
                 out.children.push((*id, c));
             }
             MemoryStore::clear(j);
@@ -306,6 +316,23 @@ impl JobStore for MemoryStore {
                 // An operator asked to cancel it while it ran: cancelled, as in the SQL.
                 j.status = JobStatus::Cancelled;
                 out.cancelled.push(*id);
+                continue;
+            }
+            if unreleased {
+                // Its program never ran: the attempt is given back, as an interruption.
+                j.errors.push(String::from(crate::job::UNRELEASED_ORPHAN));
+                out.given_back.push(*id);
+                if j.interruptions < max_interruptions {
+                    j.interruptions += 1;
+                    j.attempts -= 1;
+                    j.status = JobStatus::Pending;
+                    j.run_after = retry_at;
+                    out.requeued.push(*id);
+                } else {
+                    j.interruptions += 1;
+                    j.status = JobStatus::Failed;
+                    out.failed.push(*id);
+                }
                 continue;
             }
             j.errors.push(String::from("orphaned"));

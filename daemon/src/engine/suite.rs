@@ -129,7 +129,7 @@ pub fn suite<H: Harness>(h: &H) {
     assert!(s.record_child(&b1_third.claim_ref(E1), &child).unwrap());
     let orphans = s.orphan_children(E1).unwrap();
     assert_eq!(orphans.iter().map(|(id, c)| (*id, c.pgid)).collect::<Vec<_>>(), vec![(b1.id, 10)]);
-    let rec = s.recover(E1, at(800), at(701)).unwrap();
+    let rec = s.recover(E1, at(800), 2, at(701)).unwrap();
     assert!(rec.failed.contains(&b1.id), "attempt 2 of 2 orphaned: failed ({rec:?})");
     assert_eq!(rec.children.iter().map(|(id, c)| (*id, c.pgid)).collect::<Vec<_>>(), vec![(b1.id, 10)]);
     assert_eq!(
@@ -206,8 +206,37 @@ pub fn suite<H: Harness>(h: &H) {
     let id = h.enqueue(&mut r, &job("a", 3));
     r.claim(E1, "w", &limits(), at(1)).unwrap();
     h.request_cancel(&mut r, id);
-    let rec = r.recover(E1, at(5), at(2)).unwrap();
+    let rec = r.recover(E1, at(5), 2, at(2)).unwrap();
     assert_eq!((rec.cancelled, rec.requeued, rec.failed), (vec![id], vec![], vec![]));
+
+    // Recovery gives the attempt back to an `exec` orphan that recorded no child: its
+    // program, started held, was never released. As an interruption, bounded by
+    // `max_interruptions`. An exec run with a child recorded, and any other kind's run,
+    // keeps its attempt counted. Lanes a, b, c each hold one of the three.
+    let exec = |lane: &str, max_attempts: u32| NewJob { kind: "exec".into(), ..job(lane, max_attempts) };
+    let mut u = h.make();
+    let unreleased = h.enqueue(&mut u, &exec("a", 1));
+    let released = h.enqueue(&mut u, &exec("b", 1));
+    let in_process = h.enqueue(&mut u, &job("c", 1));
+    let three = ClaimLimits { global: 3, lanes: BTreeMap::new(), default_lane: 1, batch: 32 };
+    let run = u.claim(E1, "w", &three, at(1)).unwrap();
+    assert_eq!(run.iter().map(|c| c.id).collect::<Vec<_>>(), vec![unreleased, released, in_process]);
+    assert!(u.record_child(&run[1].claim_ref(E1), &child).unwrap());
+    let rec = u.recover(E1, at(5), 1, at(2)).unwrap();
+    assert_eq!(
+        (rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()),
+        (vec![unreleased], vec![unreleased], vec![released, in_process]),
+        "{rec:?}"
+    );
+    let again = u.claim(E1, "w", &three, at(5)).unwrap();
+    assert_eq!(again.iter().map(|c| (c.id, c.attempt, c.run)).collect::<Vec<_>>(), vec![(unreleased, 1, 2)]);
+    // Orphaned unreleased once more: `max_interruptions` 1 is used up, so it fails.
+    let rec = u.recover(E1, at(9), 1, at(6)).unwrap();
+    assert_eq!(
+        (rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()),
+        (vec![unreleased], vec![], vec![unreleased])
+    );
+    assert!(u.claim(E1, "w", &three, at(10)).unwrap().is_empty());
 
     // A cancel request filed while a run is ending wins over any requeue, so the job
     // cannot be claimed again before the daemon sees the request.
@@ -219,7 +248,7 @@ pub fn suite<H: Harness>(h: &H) {
         assert_eq!(record(&mut c, run.claim_ref(E1), end.clone(), 2), Ok(Recorded::Ended(FailOutcome::Cancelled)));
         assert!(c.claim(E1, "w", &limits(), at(100)).unwrap().is_empty(), "{end:?}: a cancelled job was claimed again");
     }
-    assert_eq!(f.recover(E1, at(3), at(2)), Err(StoreError::Fenced));
+    assert_eq!(f.recover(E1, at(3), 2, at(2)), Err(StoreError::Fenced));
 }
 
 #[test]

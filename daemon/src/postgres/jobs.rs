@@ -17,6 +17,7 @@ use postgres::Transaction;
 use crate::job::stored::{args_json, env_json, parse_args, parse_env};
 use crate::job::{
     ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, ExecSettings, FailOutcome, JobId, NewJob, Recovered, WallMs,
+    UNRELEASED_ORPHAN,
 };
 
 pub type PgResult<T> = Result<T, postgres::Error>;
@@ -453,15 +454,62 @@ pub fn orphan_children(tx: &mut Transaction<'_>, epochs: &[i64]) -> PgResult<Vec
 
 /// Requeues (or fails, or cancels) every job still `running` under one of `epochs` —
 /// incarnations already fenced, whose runs nobody will record — with `delay_ms` before
-/// the next run.
+/// the next run. An `exec` run with no child recorded never ran (a fenced incarnation's
+/// record of it cannot commit, so it is never released): its attempt is given back as an
+/// interruption, up to `max_interruptions`, as in the SQLite store's recovery.
 pub fn recover_orphans(
     tx: &mut Transaction<'_>,
     epochs: &[i64],
     delay_ms: i64,
+    max_interruptions: u32,
     why: &str,
     now: i64,
 ) -> PgResult<Recovered> {
     let mut out = Recovered { children: orphan_children(tx, epochs)?, ..Recovered::default() };
+    let unreleased = if crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED) {
+        Vec::new()
+    } else {
+        tx.query(
+            "SELECT q.id, q.interruptions FROM job_queue q
+             JOIN job_runs r ON r.job_id = q.id AND r.claim_token = q.claim_token
+             WHERE q.status = 'running' AND q.claim_epoch = ANY($1) AND q.kind = 'exec'
+               AND q.cancel_requested_at IS NULL AND r.ended_at IS NULL AND r.child_pgid IS NULL
+             ORDER BY q.id FOR UPDATE OF q",
+            &[&epochs],
+        )?
+    };
+    for row in unreleased {
+        let (id, interruptions): (i64, i32) = (row.get(0), row.get(1));
+        tx.execute(
+            "UPDATE job_runs SET ended_at = $2, outcome = 'orphaned', error = $3 WHERE job_id = $1 AND ended_at IS NULL",
+            &[&id, &now, &UNRELEASED_ORPHAN],
+        )?;
+        if (interruptions as i64) < max_interruptions as i64 {
+            tx.execute(
+                &format!(
+                    "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
+                            run_after = $2::bigint + $3::bigint, run_after_set_at = $2, {}, {CLEAR_LOCK}
+                     WHERE id = $1",
+                    push_error("$2", "$4")
+                ),
+                &[&id, &now, &delay_ms.max(0), &UNRELEASED_ORPHAN],
+            )?;
+            out.requeued.push(JobId(id));
+        } else {
+            let error = format!("{UNRELEASED_ORPHAN}; interrupted {} times (max_interruptions)", interruptions + 1);
+            tx.execute(
+                &format!(
+                    "UPDATE job_queue SET status = 'failed', interruptions = interruptions + 1, error = $3, completed_at = $2,
+                            {}, {CLEAR_LOCK}
+                     WHERE id = $1",
+                    push_error("$2", "$3")
+                ),
+                &[&id, &now, &error],
+            )?;
+            out.failed.push(JobId(id));
+        }
+        out.given_back.push(JobId(id));
+    }
     tx.execute(
         "UPDATE job_runs r SET ended_at = $2, outcome = 'orphaned', error = $3
          FROM job_queue q
@@ -481,7 +529,7 @@ pub fn recover_orphans(
         ),
         &[&epochs, &now],
     )?);
-    out.failed = ids(tx.query(
+    out.failed.extend(ids(tx.query(
         &format!(
             "UPDATE job_queue SET status = 'failed', completed_at = $2, error = $3 || '; no attempts left',
                     {}, {CLEAR_LOCK}
@@ -489,8 +537,9 @@ pub fn recover_orphans(
             push_error("$2", "$3")
         ),
         &[&epochs, &now, &why],
-    )?);
-    out.requeued = ids(tx.query(
+    )?));
+    out.failed.sort_unstable();
+    out.requeued.extend(ids(tx.query(
         &format!(
             "UPDATE job_queue SET status = 'pending', run_after = $2::bigint + $4::bigint, run_after_set_at = $2,
                     {}, {CLEAR_LOCK}
@@ -498,7 +547,8 @@ pub fn recover_orphans(
             push_error("$2", "$3")
         ),
         &[&epochs, &now, &why, &delay_ms.max(0)],
-    )?);
+    )?));
+    out.requeued.sort_unstable();
     let n = (out.requeued.len() + out.failed.len() + out.cancelled.len()) as i64;
     bump_metric(tx, "stale_jobs_recovered", n)?;
     if n > 0 {

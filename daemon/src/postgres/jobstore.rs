@@ -196,14 +196,20 @@ impl PgStore {
     /// running jobs (after `delay_ms`). Nothing is killed: those runs' children are on
     /// another host (or in another boot) and were stopped by their own daemon before its
     /// lease ran out.
-    pub fn sweep_stale(&mut self, epoch: Epoch, delay_ms: i64, host_now: WallMs) -> StoreResult<(Vec<i64>, Recovered)> {
+    pub fn sweep_stale(
+        &mut self,
+        epoch: Epoch,
+        delay_ms: i64,
+        max_interruptions: u32,
+        host_now: WallMs,
+    ) -> StoreResult<(Vec<i64>, Recovered)> {
         self.guarded(epoch, host_now, |tx, now| {
             let stale = workers::stale(tx, epoch, host_now)?;
             if stale.is_empty() {
                 return Ok((stale, Recovered::default()));
             }
             workers::fence(tx, &stale, epoch, "not seen for its stale threshold")?;
-            let rec = jobs::recover_orphans(tx, &stale, delay_ms, STALE_WHY, now)?;
+            let rec = jobs::recover_orphans(tx, &stale, delay_ms, max_interruptions, STALE_WHY, now)?;
             Ok((stale, rec))
         })
     }
@@ -327,7 +333,13 @@ impl JobStore for PgStore {
         })
     }
 
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
+    fn recover(
+        &mut self,
+        epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        now: WallMs,
+    ) -> StoreResult<Recovered> {
         let name = self.name.clone();
         self.guarded(epoch, now, |tx, store_now| {
             let (before, all) = own_and_predecessors(tx, epoch, &name)?;
@@ -337,7 +349,7 @@ impl JobStore for PgStore {
             if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
                 return Ok(Recovered::default());
             }
-            jobs::recover_orphans(tx, &all, retry_at - now, RECOVERED_WHY, store_now)
+            jobs::recover_orphans(tx, &all, retry_at - now, max_interruptions, RECOVERED_WHY, store_now)
         })
     }
 }

@@ -284,16 +284,16 @@ fn stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(s
     let mut sweeper = sweeper;
     let me = Epoch(scalar(&url, "SELECT MAX(incarnation) FROM homer_workers"));
     let server_now = scalar(&url, "SELECT homer_now_ms()");
-    assert_eq!(sweeper.sweep_stale(me, 0, WallMs(server_now)).unwrap().0, Vec::<i64>::new());
+    assert_eq!(sweeper.sweep_stale(me, 0, 2, WallMs(server_now)).unwrap().0, Vec::<i64>::new());
     // Nor does a sweeper whose own clock runs an hour ahead, nor a worker whose clock is
     // an hour behind when it heartbeats: only the server's clock judges.
     live_store.heartbeat(live, WallMs(server_now - 3_600_000), 0).0.unwrap();
-    assert_eq!(sweeper.sweep_stale(me, 0, WallMs(server_now + 3_600_000)).unwrap().0, Vec::<i64>::new());
+    assert_eq!(sweeper.sweep_stale(me, 0, 2, WallMs(server_now + 3_600_000)).unwrap().0, Vec::<i64>::new());
     // The server last heard from `old` 6 s ago (its threshold is 5 s).
     connect(&url)
         .execute("UPDATE homer_workers SET seen_at = homer_now_ms() - 6000 WHERE incarnation = $1", &[&old.0])
         .unwrap();
-    let (fenced, rec) = sweeper.sweep_stale(me, 0, WallMs(server_now)).unwrap();
+    let (fenced, rec) = sweeper.sweep_stale(me, 0, 2, WallMs(server_now)).unwrap();
     assert_eq!(fenced, vec![old.0]);
     assert_eq!(rec.requeued, vec![old_claim.id]);
     assert!(ids.contains(&old_claim.id));
@@ -308,7 +308,7 @@ fn stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(s
         vec![Ok(Recorded::Completed)]
     );
     // A second sweep finds nothing more.
-    assert_eq!(sweeper.sweep_stale(me, 0, WallMs(server_now)).unwrap().0, Vec::<i64>::new());
+    assert_eq!(sweeper.sweep_stale(me, 0, 2, WallMs(server_now)).unwrap().0, Vec::<i64>::new());
     // The requeued job runs again, as run 2.
     let again = live_store.claim(live, "w", &limits, WallMs(0)).unwrap();
     assert_eq!(again.iter().map(|c| (c.id, c.run)).collect::<Vec<_>>(), vec![(old_claim.id, 2)]);
@@ -328,7 +328,7 @@ fn a_new_start_on_the_same_home_recovers_its_predecessors_at_once(server: &TestS
     let (_other, _) = worker(&url, "host/boot:/elsewhere", 60_000);
     let (second, mut second_store) = worker(&url, "host/boot:/home", 60_000);
     assert_eq!(second_store.orphan_children(second).unwrap(), vec![(id, child)]);
-    let rec = second_store.recover(second, WallMs(0), WallMs(0)).unwrap();
+    let rec = second_store.recover(second, WallMs(0), 2, WallMs(0)).unwrap();
     assert_eq!(rec.requeued, vec![id]);
     assert_eq!(first_store.heartbeat(first, WallMs(0), 0).0, Err(StoreError::Fenced), "the predecessor is fenced");
     assert_eq!(scalar(&url, "SELECT COUNT(*) FROM homer_workers WHERE fenced_at IS NULL"), 2);

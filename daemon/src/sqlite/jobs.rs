@@ -16,7 +16,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use crate::job::stored::{args_json, env_json, parse_args, parse_env};
 use crate::job::{
     ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, ExecSettings, FailOutcome, JobId, JobStatus, NewJob,
-    Recovered, WallMs,
+    Recovered, WallMs, UNRELEASED_ORPHAN,
 };
 
 /// Inserts a pending job whose `run_after` was set now; returns its id.
@@ -485,13 +485,39 @@ pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(JobId, Chi
 
 /// Startup recovery: with the epoch ours, every `running` row is an orphan, whatever
 /// its heartbeat age (failure modes 10, 11).
-pub fn recover_orphans(tx: &Transaction<'_>, retry_at: WallMs, now: WallMs) -> rusqlite::Result<Recovered> {
+///
+/// An `exec` run with no child recorded never ran: its program is started held and
+/// released only once its identity has committed, and the held start exits when its
+/// daemon dies. Such an orphan gets its attempt back, counted as an interruption instead
+/// (past `max_interruptions`, `failed`), as a graceful release does; every other orphan's
+/// attempt stays counted (an in-process job that kills the daemon cannot crash-loop).
+pub fn recover_orphans(
+    tx: &Transaction<'_>,
+    retry_at: WallMs,
+    max_interruptions: u32,
+    now: WallMs,
+) -> rusqlite::Result<Recovered> {
     crate::powerloss::phase("recovery");
     let mut out = Recovered { children: orphan_children(tx)?, ..Recovered::default() };
     if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
         // Mutant: a restart right after a crash leaves the orphans `running` (the original
         // daemon recovered only rows whose heartbeat was older than the threshold).
         return Ok(Recovered::default());
+    }
+    let unreleased: Vec<(JobId, u32)> = if crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED) {
+        Vec::new()
+    } else {
+        tx.prepare(
+            "SELECT q.id, q.interruptions FROM job_queue q
+             JOIN job_runs r ON r.job_id = q.id AND r.claim_token = q.claim_token
+             WHERE q.status = 'running' AND q.kind = 'exec' AND q.cancel_requested_at IS NULL
+               AND r.ended_at IS NULL AND r.child_pgid IS NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?
+    };
+    for (id, interruptions) in &unreleased {
+        give_back_unreleased(tx, *id, *interruptions, max_interruptions, retry_at, now, &mut out)?;
     }
     let error = "orphaned: the daemon running it stopped without recording an outcome";
     tx.execute(
@@ -507,7 +533,7 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: WallMs, now: WallMs) -> r
         ))?
         .query_map(params![now], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    out.failed = tx
+    let failed: Vec<JobId> = tx
         .prepare(&format!(
             "UPDATE job_queue SET status = 'failed', completed_at = ?1,
                     error = ?2 || '; no attempts left',
@@ -517,7 +543,7 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: WallMs, now: WallMs) -> r
         ))?
         .query_map(params![now, error], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    out.requeued = tx
+    let requeued: Vec<JobId> = tx
         .prepare(&format!(
             "UPDATE job_queue SET status = 'pending', run_after = ?1, run_after_set_at = ?2,
                     errors = json_insert(errors, '$[#]', json_object('at', ?2, 'attempt', attempts, 'run', runs, 'error', ?3)),
@@ -526,10 +552,58 @@ pub fn recover_orphans(tx: &Transaction<'_>, retry_at: WallMs, now: WallMs) -> r
         ))?
         .query_map(params![retry_at, now, error], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    out.failed.extend(failed);
+    out.requeued.extend(requeued);
     out.requeued.sort_unstable();
     out.failed.sort_unstable();
     out.cancelled.sort_unstable();
+    out.given_back.sort_unstable();
     Ok(out)
+}
+
+/// One orphan of [`recover_orphans`] whose program was never released: its run ends
+/// `orphaned` saying so, and the job is pending again with its attempt given back and one
+/// more interruption, or `failed` once it has had `max_interruptions`.
+fn give_back_unreleased(
+    tx: &Transaction<'_>,
+    id: JobId,
+    interruptions: u32,
+    max_interruptions: u32,
+    retry_at: WallMs,
+    now: WallMs,
+    out: &mut Recovered,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE job_runs SET ended_at = ?2, outcome = 'orphaned', error = ?3 WHERE job_id = ?1 AND ended_at IS NULL",
+        params![id, now, UNRELEASED_ORPHAN],
+    )?;
+    if interruptions < max_interruptions {
+        tx.execute(
+            &format!(
+                "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
+                        run_after = ?2, run_after_set_at = ?3,
+                        errors = json_insert(errors, '$[#]', json_object('at', ?3, 'attempt', attempts, 'run', runs, 'error', ?4)),
+                        {CLEAR_LOCK}
+                 WHERE id = ?1"
+            ),
+            params![id, retry_at, now, UNRELEASED_ORPHAN],
+        )?;
+        out.requeued.push(id);
+    } else {
+        let error = format!("{UNRELEASED_ORPHAN}; interrupted {} times (max_interruptions)", interruptions + 1);
+        tx.execute(
+            &format!(
+                "UPDATE job_queue SET status = 'failed', interruptions = interruptions + 1, error = ?3, completed_at = ?2,
+                        errors = json_insert(errors, '$[#]', json_object('at', ?2, 'attempt', attempts, 'run', runs, 'error', ?3)),
+                        {CLEAR_LOCK}
+                 WHERE id = ?1"
+            ),
+            params![id, now, error],
+        )?;
+        out.failed.push(id);
+    }
+    out.given_back.push(id);
+    Ok(())
 }
 
 /// `n` random 128-bit claim tokens, hex.
@@ -729,7 +803,7 @@ mod tests {
         let child = ChildIdentity { pid: 4242, pgid: 4242, boot_id: "boot".into(), start_time: 77 };
         with_tx(&mut c, |tx| assert!(record_child(tx, &ca.claim_ref(Epoch(1)), &child).unwrap()));
         // A fresh heartbeat does not matter: the epoch is ours, so every running row is orphaned.
-        let rec = with_tx(&mut c, |tx| recover_orphans(tx, WallMs(150), WallMs(101)).unwrap());
+        let rec = with_tx(&mut c, |tx| recover_orphans(tx, WallMs(150), 2, WallMs(101)).unwrap());
         assert_eq!(rec.requeued, vec![a]);
         assert_eq!(rec.failed, vec![b]);
         assert_eq!(rec.children, vec![(a, child)]);

@@ -130,9 +130,15 @@ impl JobStore for SqliteStore {
         Ok(self.writer.call_blocking(SyncMode::Normal, jobs::orphan_children)?)
     }
 
-    fn recover(&mut self, _epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
+    fn recover(
+        &mut self,
+        _epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        now: WallMs,
+    ) -> StoreResult<Recovered> {
         Ok(self.writer.call_blocking(SyncMode::Full, move |tx| {
-            let rec = jobs::recover_orphans(tx, retry_at, now)?;
+            let rec = jobs::recover_orphans(tx, retry_at, max_interruptions, now)?;
             let n = (rec.requeued.len() + rec.failed.len() + rec.cancelled.len()) as i64;
             super::ops::bump_metric(tx, "stale_jobs_recovered", n)?;
             Ok(rec)

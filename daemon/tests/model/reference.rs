@@ -351,14 +351,37 @@ impl JobStore for Queue {
 
     /// Startup recovery: the epoch is ours, so every running job is an orphan, whatever
     /// its heartbeat's age.
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
+    ///
+    /// An `exec` run that recorded no child never released its program, so it never ran:
+    /// its attempt is given back as an interruption (past `max_interruptions`, `failed`).
+    fn recover(
+        &mut self,
+        epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        now: WallMs,
+    ) -> StoreResult<Recovered> {
         let (retry_at, now) = (retry_at.0, now.0);
         let children = self.orphan_children(epoch)?;
         let mut out = Recovered { children, ..Recovered::default() };
         for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == JobStatus::Running) {
+            let never_ran = j.spec.kind == "exec" && j.open_run().child.is_none();
             if j.cancel_requested_at.is_some() {
                 j.end_run(JobStatus::Cancelled, "orphaned", now);
                 out.cancelled.push(JobId(*id));
+            } else if never_ran {
+                out.given_back.push(JobId(*id));
+                j.interruptions += 1;
+                if j.interruptions <= max_interruptions {
+                    j.attempts -= 1;
+                    j.errors += 1;
+                    j.run_after = retry_at;
+                    j.end_run(JobStatus::Pending, "orphaned", now);
+                    out.requeued.push(JobId(*id));
+                } else {
+                    j.end_failed("orphaned", now);
+                    out.failed.push(JobId(*id));
+                }
             } else if j.attempts >= j.spec.max_attempts {
                 j.errors += 1;
                 j.end_run(JobStatus::Failed, "orphaned", now);

@@ -242,8 +242,14 @@ impl JobStore for Faulty {
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
         self.inner.orphan_children(epoch)
     }
-    fn recover(&mut self, epoch: Epoch, retry_at: WallMs, now: WallMs) -> StoreResult<Recovered> {
-        self.inner.recover(epoch, retry_at, now)
+    fn recover(
+        &mut self,
+        epoch: Epoch,
+        retry_at: WallMs,
+        max_interruptions: u32,
+        now: WallMs,
+    ) -> StoreResult<Recovered> {
+        self.inner.recover(epoch, retry_at, max_interruptions, now)
     }
 }
 
