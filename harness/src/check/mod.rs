@@ -14,6 +14,7 @@
 //! | [`attempts_bounded`] | attempts never exceed the budget | `job_queue` |
 //! | [`integrity`] | the file is a healthy database | `PRAGMA integrity_check` |
 //! | [`resources_not_charged`] | the daemon's missing resources are not the job's failure | `job_runs` |
+//! | [`completed_ran`] | a job recorded `completed` ran to its end | `job_runs` vs the probe's effects log |
 //!
 //! Invariants: checkers never mutate or re-read anything (the same history always gives
 //! the same verdict), and each reports under its own [`Violation::checker`] name. Checkers
@@ -49,9 +50,10 @@ pub const NOTHING_LOST: &str = "nothing_lost";
 pub const ATTEMPTS_BOUNDED: &str = "attempts_bounded";
 pub const INTEGRITY: &str = "integrity";
 pub const RESOURCES_NOT_CHARGED: &str = "resources_not_charged";
+pub const COMPLETED_RAN: &str = "completed_ran";
 
 /// Every checker's name, in the order [`check_all`] runs them.
-pub const CHECKERS: [&str; 8] = [
+pub const CHECKERS: [&str; 9] = [
     SINGLE_ACTIVE,
     LOCK_HOLDERS,
     NO_OVERLAP,
@@ -60,6 +62,7 @@ pub const CHECKERS: [&str; 8] = [
     ATTEMPTS_BOUNDED,
     INTEGRITY,
     RESOURCES_NOT_CHARGED,
+    COMPLETED_RAN,
 ];
 
 /// One broken invariant.
@@ -100,6 +103,7 @@ pub fn check_all(h: &History, o: &CheckOptions) -> Vec<Violation> {
     found.extend(attempts_bounded(h));
     found.extend(integrity(h));
     found.extend(resources_not_charged(h));
+    found.extend(completed_ran(h));
     found
 }
 
@@ -261,7 +265,9 @@ struct Hold {
 /// business, judged by [`single_active`] (which is also where "no start admitted while
 /// another daemon is active" is checked: a second `daemon.active` can only come from a
 /// new epoch). A lock event without integer `dev` and `ino` is itself a violation: the
-/// check cannot be made without them.
+/// check cannot be made without them. So is a `daemon.active` from a process that holds no
+/// lock at that moment (never acquired, or released or lost since): the lock is what a
+/// start must win before it may lead.
 pub fn lock_holders(h: &History) -> Vec<Violation> {
     let mut found = Vec::new();
     let mut holds: Vec<Hold> = Vec::new();
@@ -271,6 +277,12 @@ pub fn lock_holders(h: &History) -> Vec<Violation> {
         let holder = (e.proc_name.clone(), e.pid);
         last_event.insert(holder.clone(), Mark::of(e));
         let name = e.name();
+        if name == "daemon.active" && !current.contains_key(&holder) {
+            found.push(violation(
+                LOCK_HOLDERS,
+                format!("{} became active without holding its lock (no `lock.acquired` before it)", who(e)),
+            ));
+        }
         if !matches!(name, "lock.acquired" | "lock.reacquired" | "lock.released" | "lock.lost") {
             continue;
         }
@@ -441,19 +453,54 @@ pub fn no_overlap(h: &History) -> Vec<Violation> {
 /// `locked_by`, `claim_token` and `claim_epoch` NULL ("every terminal transition clears
 /// the lock columns"). A `running` job's `claim_token` and `claim_epoch` are its latest
 /// run's token and epoch, and that run has not ended.
+///
+/// The runs themselves: only a `running` job has a run that has not ended, and only its
+/// latest (every way out of `running` ends the run in the same transaction); no two runs
+/// ever had the same claim token (a token is what fences a stale run's effects); and a
+/// job's status is one of the five.
 pub fn outcome_latest_claim(h: &History) -> Vec<Violation> {
     let Some(db) = &h.db else { return Vec::new() };
     let mut found = Vec::new();
     for job in &db.jobs {
         found.extend(job_outcome(db, job).into_iter().map(|message| violation(OUTCOME_LATEST_CLAIM, message)));
     }
+    let mut tokens: HashMap<&str, &RunRow> = HashMap::new();
+    for r in &db.runs {
+        if let Some(first) = tokens.insert(r.claim_token.as_str(), r) {
+            found.push(violation(
+                OUTCOME_LATEST_CLAIM,
+                format!(
+                    "claim token {:?} was handed out twice: job {} run {} and job {} run {}",
+                    r.claim_token, first.job_id, first.run, r.job_id, r.run
+                ),
+            ));
+        }
+    }
     found
 }
+
+/// The statuses a job can have (README.md "Jobs").
+const STATUSES: [&str; 5] = ["pending", "running", "completed", "failed", "cancelled"];
 
 fn job_outcome(db: &DbState, job: &JobRow) -> Vec<String> {
     let mut found = Vec::new();
     let id = job.id;
+    if !STATUSES.contains(&job.status.as_str()) {
+        found.push(format!("job {id} has status {:?}, not one of {}", job.status, STATUSES.join(", ")));
+    }
     let latest = db.runs_of(id).max_by_key(|r| r.run);
+    for open in db.runs_of(id).filter(|r| !r.ended) {
+        let latest_of_running = job.status == "running" && latest.is_some_and(|l| l.run == open.run);
+        if !latest_of_running {
+            found.push(format!(
+                "job {id} is {} but its run {} (epoch {}) never ended{}",
+                job.status,
+                open.run,
+                open.epoch,
+                if job.status == "running" { ", though a later run began" } else { "" }
+            ));
+        }
+    }
     let completed: Vec<&RunRow> = db.runs_of(id).filter(|r| r.outcome.as_deref() == Some("completed")).collect();
     let run_list = |runs: &[&RunRow]| runs.iter().map(|r| r.run.to_string()).collect::<Vec<_>>().join(", ");
 
@@ -556,10 +603,40 @@ pub fn nothing_lost(h: &History, o: &CheckOptions) -> Vec<Violation> {
 
 /// Attempts stay within the budget: `0 <= attempts <= max_attempts`, and interruptions are
 /// never negative (a graceful release gives an attempt back; it must not give back more).
+/// Not only the counters the daemon keeps: every run's attempt (`job_runs.attempt`) and
+/// every run the probe saw start (`HOMER_ATTEMPT`) is within `1..=max_attempts`, and a
+/// job's run counter is its latest run's number (a claim writes both), so a re-run cannot
+/// hide from the count.
 pub fn attempts_bounded(h: &History) -> Vec<Violation> {
     let Some(db) = &h.db else { return Vec::new() };
     let mut found = Vec::new();
     for job in &db.jobs {
+        let budget = 1..=job.max_attempts;
+        for r in db.runs_of(job.id).filter(|r| !budget.contains(&r.attempt)) {
+            found.push(violation(
+                ATTEMPTS_BOUNDED,
+                format!("job {} run {} was attempt {}, outside 1..={}", job.id, r.run, r.attempt, job.max_attempts),
+            ));
+        }
+        for e in h.effects.iter().filter(|e| e.job_id == job.id && e.kind == EffectKind::Start) {
+            if !budget.contains(&e.attempt) {
+                found.push(violation(
+                    ATTEMPTS_BOUNDED,
+                    format!(
+                        "job {} run {} started as attempt {} (HOMER_ATTEMPT), outside 1..={}",
+                        job.id, e.run, e.attempt, job.max_attempts
+                    ),
+                ));
+            }
+        }
+        if let Some(latest) = db.runs_of(job.id).map(|r| r.run).max() {
+            if latest != job.runs {
+                found.push(violation(
+                    ATTEMPTS_BOUNDED,
+                    format!("job {} counts {} runs, but its latest run is run {latest}", job.id, job.runs),
+                ));
+            }
+        }
         if job.attempts < 0 || job.attempts > job.max_attempts {
             found.push(violation(
                 ATTEMPTS_BOUNDED,
@@ -635,6 +712,37 @@ pub fn resources_not_charged(h: &History) -> Vec<Violation> {
                     r.outcome.as_deref().unwrap_or("")
                 ),
             ));
+        }
+    }
+    found
+}
+
+/// A job recorded `completed` ran to its end: when the probe ran the job (the effects log
+/// has records of it), the run that recorded `completed` has the probe's `end` record
+/// under that run's claim token. The probe writes `end` just before it exits 0, so a
+/// completion without it was recorded for a program that was killed, or never ran, or for
+/// another run — whatever the database's own rows say. Jobs the probe did not run (no
+/// records) cannot be judged here.
+pub fn completed_ran(h: &History) -> Vec<Violation> {
+    let Some(db) = &h.db else { return Vec::new() };
+    let mut found = Vec::new();
+    for job in db.jobs.iter().filter(|j| j.status == "completed") {
+        if !h.effects.iter().any(|e| e.job_id == job.id) {
+            continue;
+        }
+        for r in db.runs_of(job.id).filter(|r| r.outcome.as_deref() == Some("completed")) {
+            let ended =
+                h.effects.iter().any(|e| e.job_id == job.id && e.kind == EffectKind::End && e.token == r.claim_token);
+            if !ended {
+                found.push(violation(
+                    COMPLETED_RAN,
+                    format!(
+                        "job {} was completed by run {} (epoch {}), but the probe recorded no end of that run \
+                         (claim token {:?})",
+                        job.id, r.run, r.epoch, r.claim_token
+                    ),
+                ));
+            }
         }
     }
     found

@@ -600,3 +600,111 @@ fn check_all_runs_every_checker() {
     assert_eq!(checkers, CHECKERS.into_iter().collect(), "{found:#?}");
     assert!(found[0].to_string().starts_with("single_active: epoch 1 made active twice"), "{}", found[0]);
 }
+
+#[test]
+fn lock_holders_rejects_a_daemon_active_without_its_lock() {
+    let h = Hb::default().daemon("a", 100).acquired("a", 7).active("a", 1).build();
+    assert_passes(lock_holders(&h));
+    // Never acquired.
+    let h = Hb::default().daemon("a", 100).active("a", 1).build();
+    assert_rejects(lock_holders(&h), LOCK_HOLDERS, "became active without holding its lock");
+    // Released (or lost) before it became active.
+    let h = Hb::default().daemon("a", 100).acquired("a", 7).ev("a", "lock.released", json!({})).active("a", 1).build();
+    assert_rejects(lock_holders(&h), LOCK_HOLDERS, "became active without holding its lock");
+    // Another process's lock does not count.
+    let h = Hb::default().daemon("a", 100).daemon("b", 200).acquired("b", 7).active("a", 1).build();
+    assert_rejects(lock_holders(&h), LOCK_HOLDERS, "a (pid 100");
+}
+
+#[test]
+fn lock_holders_ends_a_hold_at_the_kill_when_no_exit_was_seen_and_at_the_last_event_without_a_record() {
+    // Killed, its exit never observed: the hold ends when the kill was sent.
+    let h = Hb::default().daemon("a", 100).acquired("a", 7).kill("a").daemon("b", 200).acquired("b", 7).build();
+    assert_passes(lock_holders(&h));
+    let h = both_lock_7().kill("a").build();
+    assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
+    // A holder the harness has no process record of holds until its last event.
+    let h = Hb::default()
+        .acquired("ghost", 7)
+        .ev("ghost", "daemon.heartbeat", json!({}))
+        .daemon("b", 200)
+        .acquired("b", 7)
+        .build();
+    assert_passes(lock_holders(&h));
+    let h = Hb::default()
+        .acquired("ghost", 7)
+        .daemon("b", 200)
+        .acquired("b", 7)
+        .ev("ghost", "daemon.heartbeat", json!({}))
+        .build();
+    assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
+}
+
+#[test]
+fn outcome_latest_claim_rejects_open_runs_of_jobs_not_running_them() {
+    // Pending (requeued) and completed jobs whose earlier run never ended.
+    for status in ["pending", "failed"] {
+        let h = Hb::default().db(db(vec![job(1, status)], runs(&[(1, 1, 1, "t1", None)]), 1)).build();
+        assert_rejects(outcome_latest_claim(&h), OUTCOME_LATEST_CLAIM, "but its run 1 (epoch 1) never ended");
+    }
+    // A running job whose earlier run is still open beside its latest.
+    let rows = runs(&[(1, 1, 1, "t1", None), (1, 2, 1, "t2", None)]);
+    let h = Hb::default().db(db(vec![JobRow { runs: 2, ..running(1, "t2", 1) }], rows, 1)).build();
+    assert_rejects(outcome_latest_claim(&h), OUTCOME_LATEST_CLAIM, "never ended, though a later run began");
+    // Its latest run open, every earlier one ended: fine.
+    let rows = runs(&[(1, 1, 1, "t1", Some("abandoned")), (1, 2, 1, "t2", None)]);
+    assert_passes(outcome_latest_claim(&Hb::default().db(db(vec![running(1, "t2", 1)], rows, 1)).build()));
+}
+
+#[test]
+fn outcome_latest_claim_rejects_a_claim_token_used_twice_and_an_unknown_status() {
+    let rows = runs(&[(1, 1, 1, "same", Some("completed")), (2, 1, 1, "same", Some("completed"))]);
+    let h = Hb::default().db(db(vec![job(1, "completed"), job(2, "completed")], rows, 1)).build();
+    assert_rejects(outcome_latest_claim(&h), OUTCOME_LATEST_CLAIM, "claim token \"same\" was handed out twice");
+    let h = Hb::default().db(queue(&["completed", "paused"])).build();
+    assert_rejects(outcome_latest_claim(&h), OUTCOME_LATEST_CLAIM, "job 2 has status \"paused\"");
+    assert_passes(outcome_latest_claim(
+        &Hb::default().db(queue(&["pending", "completed", "failed", "cancelled"])).build(),
+    ));
+}
+
+#[test]
+fn attempts_bounded_judges_each_run_not_only_the_counters() {
+    let negative = JobRow { attempts: -1, ..job(1, "pending") };
+    let h = Hb::default().db(db(vec![negative], vec![], 1)).build();
+    assert_rejects(attempts_bounded(&h), ATTEMPTS_BOUNDED, "attempts -1 outside 0..=3");
+    // A run recorded as an attempt beyond the budget (or as attempt 0).
+    for attempt in [0, 4] {
+        let mut rows = runs(&[(1, 1, 1, "t1", Some("failed"))]);
+        rows[0].attempt = attempt;
+        let h = Hb::default().db(db(vec![job(1, "failed")], rows, 1)).build();
+        assert_rejects(attempts_bounded(&h), ATTEMPTS_BOUNDED, &format!("was attempt {attempt}, outside 1..=3"));
+    }
+    // A run the probe saw start with HOMER_ATTEMPT beyond the budget.
+    let h = Hb::default().span(1, 4, 100, Some(200)).db(db(vec![job(1, "failed")], vec![], 1)).build();
+    assert_rejects(attempts_bounded(&h), ATTEMPTS_BOUNDED, "started as attempt 4 (HOMER_ATTEMPT)");
+    // A re-run the counter does not show.
+    let rows = runs(&[(1, 1, 1, "t1", Some("failed")), (1, 2, 1, "t2", Some("completed"))]);
+    let h = Hb::default().db(db(vec![job(1, "completed")], rows.clone(), 1)).build();
+    assert_rejects(attempts_bounded(&h), ATTEMPTS_BOUNDED, "job 1 counts 1 runs, but its latest run is run 2");
+    let h = Hb::default().db(db(vec![JobRow { runs: 2, ..job(1, "completed") }], rows, 1)).build();
+    assert_passes(attempts_bounded(&h));
+}
+
+#[test]
+fn completed_ran_needs_the_probes_end_of_the_completing_run() {
+    let done = || db(vec![job(1, "completed")], runs(&[(1, 1, 1, "tok1.1", Some("completed"))]), 1);
+    assert_passes(completed_ran(&Hb::default().span(1, 1, 100, Some(200)).db(done()).build()));
+    // A job the probe did not run cannot be judged.
+    assert_passes(completed_ran(&Hb::default().db(done()).build()));
+    // Started, never ended (killed, or still running when the daemon recorded success).
+    let h = Hb::default().span(1, 1, 100, None).db(done()).build();
+    assert_rejects(
+        completed_ran(&h),
+        COMPLETED_RAN,
+        "job 1 was completed by run 1 (epoch 1), but the probe recorded no end",
+    );
+    // Ended, but under another run's token: the completion is not that run's.
+    let h = Hb::default().span(1, 2, 100, Some(200)).db(done()).build();
+    assert_rejects(completed_ran(&h), COMPLETED_RAN, "claim token \"tok1.1\"");
+}
