@@ -289,16 +289,16 @@ pub struct Recovered {
     pub failed: Vec<JobId>,
     /// Children recorded by the orphaned runs (to kill and wait for before re-running).
     pub children: Vec<(JobId, ChildIdentity)>,
-    /// Orphans whose program was never released (an `exec` run with no child recorded):
-    /// their attempt was given back, counted as an interruption. Each is also in
-    /// `requeued`, or in `failed` when it had had `max_interruptions`.
+    /// Orphans whose program was never released (an `exec` run with no child recorded)
+    /// and that had had fewer than `max_interruptions`: their attempt was given back,
+    /// counted as an interruption. Each is also in `requeued`.
     pub given_back: Vec<JobId>,
 }
 
 /// The error of an orphaned run whose program was never released (see
 /// [`Recovered::given_back`]).
 pub const UNRELEASED_ORPHAN: &str =
-    "orphaned before its program was released: it never ran, so the attempt is given back";
+    "orphaned before its program was released (no child recorded): the attempt is given back";
 
 #[cfg(test)]
 mod tests {

@@ -307,6 +307,7 @@ impl JobStore for MemoryStore {
             let child = j.child.take();
             let unreleased = child.is_none()
                 && j.job.kind == "exec"
+                && j.interruptions < max_interruptions
                 && !crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED);
             if let Some(c) = child {
                 out.children.push((*id, c));
@@ -321,18 +322,12 @@ impl JobStore for MemoryStore {
             if unreleased {
                 // Its program never ran: the attempt is given back, as an interruption.
                 j.errors.push(String::from(crate::job::UNRELEASED_ORPHAN));
+                j.interruptions += 1;
+                j.attempts -= 1;
+                j.status = JobStatus::Pending;
+                j.run_after = retry_at;
                 out.given_back.push(*id);
-                if j.interruptions < max_interruptions {
-                    j.interruptions += 1;
-                    j.attempts -= 1;
-                    j.status = JobStatus::Pending;
-                    j.run_after = retry_at;
-                    out.requeued.push(*id);
-                } else {
-                    j.interruptions += 1;
-                    j.status = JobStatus::Failed;
-                    out.failed.push(*id);
-                }
+                out.requeued.push(*id);
                 continue;
             }
             j.errors.push(String::from("orphaned"));

@@ -230,13 +230,18 @@ pub fn suite<H: Harness>(h: &H) {
     );
     let again = u.claim(E1, "w", &three, at(5)).unwrap();
     assert_eq!(again.iter().map(|c| (c.id, c.attempt, c.run)).collect::<Vec<_>>(), vec![(unreleased, 1, 2)]);
-    // Orphaned unreleased once more: `max_interruptions` 1 is used up, so it fails.
+    // Orphaned unreleased once more: `max_interruptions` 1 is used up, so it is an orphan
+    // like any other — its one attempt counted, it fails.
     let rec = u.recover(E1, at(9), 1, at(6)).unwrap();
-    assert_eq!(
-        (rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()),
-        (vec![unreleased], vec![], vec![unreleased])
-    );
+    assert_eq!((rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()), (vec![], vec![], vec![unreleased]));
     assert!(u.claim(E1, "w", &three, at(10)).unwrap().is_empty());
+    // With attempts to spare, a used-up bound only means the attempt is counted.
+    let mut v = h.make();
+    let spare = h.enqueue(&mut v, &exec("a", 3));
+    v.claim(E1, "w", &three, at(1)).unwrap();
+    let rec = v.recover(E1, at(5), 0, at(2)).unwrap();
+    assert_eq!((rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()), (vec![], vec![spare], vec![]));
+    assert_eq!(v.claim(E1, "w", &three, at(5)).unwrap().iter().map(|c| c.attempt).collect::<Vec<_>>(), vec![2]);
 
     // A cancel request filed while a run is ending wins over any requeue, so the job
     // cannot be claimed again before the daemon sees the request.

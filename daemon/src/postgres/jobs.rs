@@ -455,8 +455,9 @@ pub fn orphan_children(tx: &mut Transaction<'_>, epochs: &[i64]) -> PgResult<Vec
 /// Requeues (or fails, or cancels) every job still `running` under one of `epochs` —
 /// incarnations already fenced, whose runs nobody will record — with `delay_ms` before
 /// the next run. An `exec` run with no child recorded never ran (a fenced incarnation's
-/// record of it cannot commit, so it is never released): its attempt is given back as an
-/// interruption, up to `max_interruptions`, as in the SQLite store's recovery.
+/// record of it cannot commit, so it is never released): while the job has had fewer than
+/// `max_interruptions`, its attempt is given back as an interruption, as in the SQLite
+/// store's recovery.
 pub fn recover_orphans(
     tx: &mut Transaction<'_>,
     epochs: &[i64],
@@ -469,45 +470,33 @@ pub fn recover_orphans(
     let unreleased = if crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED) {
         Vec::new()
     } else {
+        let spare = i32::try_from(max_interruptions).unwrap_or(i32::MAX);
         tx.query(
-            "SELECT q.id, q.interruptions FROM job_queue q
+            "SELECT q.id FROM job_queue q
              JOIN job_runs r ON r.job_id = q.id AND r.claim_token = q.claim_token
              WHERE q.status = 'running' AND q.claim_epoch = ANY($1) AND q.kind = 'exec'
-               AND q.cancel_requested_at IS NULL AND r.ended_at IS NULL AND r.child_pgid IS NULL
+               AND q.cancel_requested_at IS NULL AND q.interruptions < $2
+               AND r.ended_at IS NULL AND r.child_pgid IS NULL
              ORDER BY q.id FOR UPDATE OF q",
-            &[&epochs],
+            &[&epochs, &spare],
         )?
     };
     for row in unreleased {
-        let (id, interruptions): (i64, i32) = (row.get(0), row.get(1));
+        let id: i64 = row.get(0);
         tx.execute(
             "UPDATE job_runs SET ended_at = $2, outcome = 'orphaned', error = $3 WHERE job_id = $1 AND ended_at IS NULL",
             &[&id, &now, &UNRELEASED_ORPHAN],
         )?;
-        if (interruptions as i64) < max_interruptions as i64 {
-            tx.execute(
-                &format!(
-                    "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
-                            run_after = $2::bigint + $3::bigint, run_after_set_at = $2, {}, {CLEAR_LOCK}
-                     WHERE id = $1",
-                    push_error("$2", "$4")
-                ),
-                &[&id, &now, &delay_ms.max(0), &UNRELEASED_ORPHAN],
-            )?;
-            out.requeued.push(JobId(id));
-        } else {
-            let error = format!("{UNRELEASED_ORPHAN}; interrupted {} times (max_interruptions)", interruptions + 1);
-            tx.execute(
-                &format!(
-                    "UPDATE job_queue SET status = 'failed', interruptions = interruptions + 1, error = $3, completed_at = $2,
-                            {}, {CLEAR_LOCK}
-                     WHERE id = $1",
-                    push_error("$2", "$3")
-                ),
-                &[&id, &now, &error],
-            )?;
-            out.failed.push(JobId(id));
-        }
+        tx.execute(
+            &format!(
+                "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
+                        run_after = $2::bigint + $3::bigint, run_after_set_at = $2, {}, {CLEAR_LOCK}
+                 WHERE id = $1",
+                push_error("$2", "$4")
+            ),
+            &[&id, &now, &delay_ms.max(0), &UNRELEASED_ORPHAN],
+        )?;
+        out.requeued.push(JobId(id));
         out.given_back.push(JobId(id));
     }
     tx.execute(

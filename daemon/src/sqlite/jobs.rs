@@ -488,9 +488,10 @@ pub fn orphan_children(tx: &Transaction<'_>) -> rusqlite::Result<Vec<(JobId, Chi
 ///
 /// An `exec` run with no child recorded never ran: its program is started held and
 /// released only once its identity has committed, and the held start exits when its
-/// daemon dies. Such an orphan gets its attempt back, counted as an interruption instead
-/// (past `max_interruptions`, `failed`), as a graceful release does; every other orphan's
-/// attempt stays counted (an in-process job that kills the daemon cannot crash-loop).
+/// daemon dies. Such an orphan gets its attempt back, counted as an interruption instead,
+/// as a graceful release does — while it has had fewer than `max_interruptions`; after
+/// that it is an orphan like any other. Every other orphan's attempt stays counted (an
+/// in-process job that kills the daemon cannot crash-loop).
 pub fn recover_orphans(
     tx: &Transaction<'_>,
     retry_at: WallMs,
@@ -504,21 +505,23 @@ pub fn recover_orphans(
         // daemon recovered only rows whose heartbeat was older than the threshold).
         return Ok(Recovered::default());
     }
-    let unreleased: Vec<(JobId, u32)> = if crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED) {
+    let unreleased: Vec<JobId> = if crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED) {
         Vec::new()
     } else {
         tx.prepare(
-            "SELECT q.id, q.interruptions FROM job_queue q
+            "SELECT q.id FROM job_queue q
              JOIN job_runs r ON r.job_id = q.id AND r.claim_token = q.claim_token
              WHERE q.status = 'running' AND q.kind = 'exec' AND q.cancel_requested_at IS NULL
-               AND r.ended_at IS NULL AND r.child_pgid IS NULL",
+               AND q.interruptions < ?1 AND r.ended_at IS NULL AND r.child_pgid IS NULL",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([max_interruptions], |r| r.get(0))?
         .collect::<Result<_, _>>()?
     };
-    for (id, interruptions) in &unreleased {
-        give_back_unreleased(tx, *id, *interruptions, max_interruptions, retry_at, now, &mut out)?;
+    for id in &unreleased {
+        give_back_unreleased(tx, *id, retry_at, now)?;
     }
+    out.given_back = unreleased.clone();
+    out.requeued = unreleased;
     let error = "orphaned: the daemon running it stopped without recording an outcome";
     tx.execute(
         "UPDATE job_runs SET ended_at = ?1, outcome = 'orphaned', error = ?2
@@ -561,48 +564,24 @@ pub fn recover_orphans(
     Ok(out)
 }
 
-/// One orphan of [`recover_orphans`] whose program was never released: its run ends
-/// `orphaned` saying so, and the job is pending again with its attempt given back and one
-/// more interruption, or `failed` once it has had `max_interruptions`.
-fn give_back_unreleased(
-    tx: &Transaction<'_>,
-    id: JobId,
-    interruptions: u32,
-    max_interruptions: u32,
-    retry_at: WallMs,
-    now: WallMs,
-    out: &mut Recovered,
-) -> rusqlite::Result<()> {
+/// One orphan of [`recover_orphans`] whose program was never released, with interruptions
+/// to spare: its run ends `orphaned` saying so, and the job is pending again with its
+/// attempt given back and one more interruption.
+fn give_back_unreleased(tx: &Transaction<'_>, id: JobId, retry_at: WallMs, now: WallMs) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE job_runs SET ended_at = ?2, outcome = 'orphaned', error = ?3 WHERE job_id = ?1 AND ended_at IS NULL",
         params![id, now, UNRELEASED_ORPHAN],
     )?;
-    if interruptions < max_interruptions {
-        tx.execute(
-            &format!(
-                "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
-                        run_after = ?2, run_after_set_at = ?3,
-                        errors = json_insert(errors, '$[#]', json_object('at', ?3, 'attempt', attempts, 'run', runs, 'error', ?4)),
-                        {CLEAR_LOCK}
-                 WHERE id = ?1"
-            ),
-            params![id, retry_at, now, UNRELEASED_ORPHAN],
-        )?;
-        out.requeued.push(id);
-    } else {
-        let error = format!("{UNRELEASED_ORPHAN}; interrupted {} times (max_interruptions)", interruptions + 1);
-        tx.execute(
-            &format!(
-                "UPDATE job_queue SET status = 'failed', interruptions = interruptions + 1, error = ?3, completed_at = ?2,
-                        errors = json_insert(errors, '$[#]', json_object('at', ?2, 'attempt', attempts, 'run', runs, 'error', ?3)),
-                        {CLEAR_LOCK}
-                 WHERE id = ?1"
-            ),
-            params![id, now, error],
-        )?;
-        out.failed.push(id);
-    }
-    out.given_back.push(id);
+    tx.execute(
+        &format!(
+            "UPDATE job_queue SET status = 'pending', attempts = attempts - 1, interruptions = interruptions + 1,
+                    run_after = ?2, run_after_set_at = ?3,
+                    errors = json_insert(errors, '$[#]', json_object('at', ?3, 'attempt', attempts, 'run', runs, 'error', ?4)),
+                    {CLEAR_LOCK}
+             WHERE id = ?1"
+        ),
+        params![id, retry_at, now, UNRELEASED_ORPHAN],
+    )?;
     Ok(())
 }
 

@@ -353,7 +353,8 @@ impl JobStore for Queue {
     /// its heartbeat's age.
     ///
     /// An `exec` run that recorded no child never released its program, so it never ran:
-    /// its attempt is given back as an interruption (past `max_interruptions`, `failed`).
+    /// its attempt is given back as an interruption, while the job has had fewer than
+    /// `max_interruptions`; after that it is an orphan like any other.
     fn recover(
         &mut self,
         epoch: Epoch,
@@ -365,23 +366,19 @@ impl JobStore for Queue {
         let children = self.orphan_children(epoch)?;
         let mut out = Recovered { children, ..Recovered::default() };
         for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == JobStatus::Running) {
-            let never_ran = j.spec.kind == "exec" && j.open_run().child.is_none();
+            let never_ran =
+                j.spec.kind == "exec" && j.open_run().child.is_none() && j.interruptions < max_interruptions;
             if j.cancel_requested_at.is_some() {
                 j.end_run(JobStatus::Cancelled, "orphaned", now);
                 out.cancelled.push(JobId(*id));
             } else if never_ran {
-                out.given_back.push(JobId(*id));
                 j.interruptions += 1;
-                if j.interruptions <= max_interruptions {
-                    j.attempts -= 1;
-                    j.errors += 1;
-                    j.run_after = retry_at;
-                    j.end_run(JobStatus::Pending, "orphaned", now);
-                    out.requeued.push(JobId(*id));
-                } else {
-                    j.end_failed("orphaned", now);
-                    out.failed.push(JobId(*id));
-                }
+                j.attempts -= 1;
+                j.errors += 1;
+                j.run_after = retry_at;
+                j.end_run(JobStatus::Pending, "orphaned", now);
+                out.given_back.push(JobId(*id));
+                out.requeued.push(JobId(*id));
             } else if j.attempts >= j.spec.max_attempts {
                 j.errors += 1;
                 j.end_run(JobStatus::Failed, "orphaned", now);
