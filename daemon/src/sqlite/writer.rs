@@ -6,7 +6,8 @@
 //! Each operation runs inside its own savepoint, so one failing operation is rolled back
 //! alone and the rest of the batch still commits. Operations marked
 //! [`SyncMode::Full`] (acknowledgements) make the whole batch commit with
-//! `synchronous=FULL`.
+//! `synchronous=FULL`; so does every batch when the connection was opened FULL
+//! (`durability = "full"`): its own setting is the floor.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -195,6 +196,12 @@ impl WriterThread {
 }
 
 fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
+    // The connection opens with the configured durability (`open_writer`): a FULL one
+    // commits everything FULL, and a batch of NORMAL operations must not lower it.
+    let floor = match conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)) {
+        Ok(level) if level >= 2 => SyncMode::Full,
+        _ => SyncMode::Normal,
+    };
     let mut current_sync = None;
     while let Ok(first) = rx.recv() {
         let mut batch: Vec<Box<dyn Op>> = Vec::new();
@@ -217,7 +224,7 @@ fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
             }
         }
         if !batch.is_empty() {
-            commit_batch(&mut conn, epoch, batch, &mut current_sync);
+            commit_batch(&mut conn, epoch, floor, batch, &mut current_sync);
         }
         // Everything queued before it has committed; nothing after it has begun.
         if let Some(f) = between {
@@ -230,8 +237,14 @@ fn run(mut conn: Connection, epoch: i64, rx: mpsc::Receiver<Msg>) {
     }
 }
 
-fn commit_batch(conn: &mut Connection, epoch: i64, mut batch: Vec<Box<dyn Op>>, current: &mut Option<SyncMode>) {
-    let wanted = batch.iter().map(|op| op.sync()).max().unwrap_or(SyncMode::Normal);
+fn commit_batch(
+    conn: &mut Connection,
+    epoch: i64,
+    floor: SyncMode,
+    mut batch: Vec<Box<dyn Op>>,
+    current: &mut Option<SyncMode>,
+) {
+    let wanted = batch.iter().map(|op| op.sync()).fold(floor, SyncMode::max);
     if *current != Some(wanted) {
         let pragma = if wanted == SyncMode::Full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
         if let Err(e) = conn.prepare_cached(pragma).and_then(|mut s| s.execute([])) {
@@ -370,6 +383,28 @@ mod tests {
         test(&w, &path);
         drop(w);
         th.join();
+    }
+
+    /// `PRAGMA synchronous` as a batch of `sync` operations commits with it (1 NORMAL, 2 FULL).
+    fn synchronous_in(w: &Writer, sync: SyncMode) -> i64 {
+        w.call_blocking(sync, |tx| tx.query_row("PRAGMA synchronous", [], |r| r.get(0))).unwrap()
+    }
+
+    #[test]
+    fn a_full_connection_commits_every_batch_full() {
+        // As `open_writer` opens it for each `durability`.
+        for (opened, normal_commits) in [("NORMAL", 1), ("FULL", 2)] {
+            let (_t, path) = setup();
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "synchronous", opened).unwrap();
+            let (w, th) = Writer::start(conn, 5);
+            // NORMAL operations commit as the connection was opened; acknowledgements FULL.
+            assert_eq!(synchronous_in(&w, SyncMode::Normal), normal_commits, "{opened}");
+            assert_eq!(synchronous_in(&w, SyncMode::Full), 2, "{opened}");
+            assert_eq!(synchronous_in(&w, SyncMode::Normal), normal_commits, "{opened}: after a FULL batch");
+            drop(w);
+            th.join();
+        }
     }
 
     fn count(path: &std::path::Path) -> i64 {
