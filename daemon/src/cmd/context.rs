@@ -59,11 +59,23 @@ pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
             ),
         )),
         _ => {
+            refuse_foreign_wal(ctx)?;
             let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
             read::anchor_clock(&conn, &ctx.clock);
             Ok(Some(conn))
         }
     }
+}
+
+/// Refuses to open a database beside a `-wal` that a crashed daemon wrote for another
+/// database (`schema::check_wal_owner`, from what the last holder recorded in the lock
+/// file): opening it, even read-only, would replay that log into the file that is there
+/// now, and the first commit would checkpoint it there and delete it. Every command that
+/// opens the home's database asks this first, as `run` and `migrate` do once they hold
+/// the lock.
+pub fn refuse_foreign_wal(ctx: &Context) -> Result<()> {
+    let recorded = crate::lock::read_diagnostics(&ctx.paths.lock_file).unwrap_or_default();
+    schema::check_wal_owner(&ctx.paths.database, &recorded)
 }
 
 /// What a command about job `id` says before the daemon's first start (66, like a job
@@ -98,6 +110,7 @@ pub fn open_for_write(ctx: &Context) -> Result<Connection> {
         }
         _ => {}
     }
+    refuse_foreign_wal(ctx)?;
     let conn = sqlite::open_writer(db, ctx.config.busy_timeout, Durability::Full)?;
     read::anchor_clock(&conn, &ctx.clock);
     Ok(conn)

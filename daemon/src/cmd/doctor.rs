@@ -121,7 +121,7 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
             return checks;
         }
     };
-    let conn = match sqlite::open_reader(db, ctx.config.busy_timeout) {
+    let conn = match context::refuse_foreign_wal(ctx).and_then(|()| sqlite::open_reader(db, ctx.config.busy_timeout)) {
         Ok(c) => c,
         Err(e) => {
             check("migrations", false, e.to_string());

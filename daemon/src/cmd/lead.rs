@@ -128,6 +128,8 @@ fn peek_active_holder(ctx: &Context) -> Option<(u32, String)> {
     if !schema::inspect(db, ctx.config.busy_timeout).ok()?.has_leader() {
         return None;
     }
+    // Not beside a foreign -wal (the start refuses it once it holds the lock).
+    crate::cmd::context::refuse_foreign_wal(ctx).ok()?;
     let conn = sqlite::open_reader(db, ctx.config.busy_timeout).ok()?;
     let row = sqlite::read::leader_row(&conn).ok()??;
     match row.holder_state(&ctx.clock, ctx.config.stale_threshold) {
