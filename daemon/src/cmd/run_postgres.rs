@@ -188,10 +188,17 @@ async fn supervise(
             failpoint::hit("shutdown.before_release").map_err(|e| Error::io("shutdown", &ctx.paths.home, e))?;
             // Every run was released: nobody needs to wait out this incarnation's lease.
             let failed = failed_heartbeats;
-            if let Err(e) = with_pg(&coord, move |p| p.stop(epoch, failed)).await {
-                events::warn("daemon.release_failed", "Could not mark the worker row stopped")
+            match with_pg(&coord, move |p| p.stop(epoch, failed)).await {
+                Ok(0) => {}
+                Ok(left) => events::warn(
+                    "daemon.left_running",
+                    "Stopped with jobs still running under this worker; another worker requeues them once it is stale",
+                )
+                .field("jobs", left)
+                .emit(),
+                Err(e) => events::warn("daemon.release_failed", "Could not mark the worker row stopped")
                     .field("error", e.to_string())
-                    .emit();
+                    .emit(),
             }
             crate::guardian::stop();
             release_lock(lock);

@@ -215,12 +215,14 @@ impl PgStore {
     }
 
     /// A clean exit, once every run was released: nobody waits out this incarnation.
-    pub fn stop(&mut self, epoch: Epoch, failed_before: i64) -> StoreResult<()> {
+    /// Returns how many jobs are still `running` under it (see [`workers::stop`]).
+    pub fn stop(&mut self, epoch: Epoch, failed_before: i64) -> StoreResult<i64> {
         // The heartbeats that failed since the last one that got through are counted
         // here, as the next heartbeat would have.
         self.guarded(epoch, WallMs(0), |tx, _| {
-            workers::stop(tx, epoch)?;
-            jobs::bump_metric(tx, "heartbeat_failures", failed_before)
+            let left = workers::stop(tx, epoch)?;
+            jobs::bump_metric(tx, "heartbeat_failures", failed_before)?;
+            Ok(left)
         })
     }
 }

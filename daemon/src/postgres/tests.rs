@@ -98,6 +98,7 @@ fn postgres_workers_share_one_queue() {
     many_workers_never_share_a_job_and_keep_lane_caps_across_the_cluster(&server);
     a_fence_waits_for_a_write_in_flight_and_refuses_every_later_one(&server);
     stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(&server);
+    a_stopped_worker_that_left_a_job_running_is_swept_once_stale(&server);
     a_new_start_on_the_same_home_recovers_its_predecessors_at_once(&server);
     migrations_apply_once_and_refuse_what_is_not_theirs(&server);
     a_claim_passes_over_a_row_another_transaction_holds(&server);
@@ -312,6 +313,38 @@ fn stale_workers_are_judged_by_the_server_clock_fenced_and_their_jobs_requeued(s
     // The requeued job runs again, as run 2.
     let again = live_store.claim(live, "w", &limits, WallMs(0)).unwrap();
     assert_eq!(again.iter().map(|c| (c.id, c.run)).collect::<Vec<_>>(), vec![(old_claim.id, 2)]);
+}
+
+/// A clean stop that left a job `running` (a claim whose commit's reply was lost, a release
+/// the drain could not write) does not strand it: once the stopped worker is stale, a
+/// sweep fences it and requeues the job. A stopped worker with nothing running is left
+/// alone.
+fn a_stopped_worker_that_left_a_job_running_is_swept_once_stale(server: &TestServer) {
+    let url = migrated(server);
+    let id = enqueue(&url, &[job("a")])[0];
+    let limits = ClaimLimits { global: 1, lanes: BTreeMap::new(), default_lane: 1, batch: 1 };
+    let (left, mut left_store) = worker(&url, "left", 5_000);
+    let (tidy, mut tidy_store) = worker(&url, "tidy", 5_000);
+    let claimed = left_store.claim(left, "w", &limits, WallMs(0)).unwrap().remove(0);
+    assert_eq!(claimed.id, id);
+    left_store.stop(left, 0).unwrap();
+    tidy_store.stop(tidy, 0).unwrap();
+    let (_, mut sweeper) = worker(&url, "sweeper", 5_000);
+    let me = Epoch(scalar(&url, "SELECT MAX(incarnation) FROM homer_workers"));
+    let server_now = scalar(&url, "SELECT homer_now_ms()");
+    // Not stale yet: nobody is fenced.
+    assert_eq!(sweeper.sweep_stale(me, 0, 2, WallMs(server_now)).unwrap().0, Vec::<i64>::new());
+    connect(&url)
+        .execute(
+            "UPDATE homer_workers SET seen_at = homer_now_ms() - 6000 WHERE incarnation = ANY($1)",
+            &[&vec![left.0, tidy.0]],
+        )
+        .unwrap();
+    let (fenced, rec) = sweeper.sweep_stale(me, 0, 2, WallMs(server_now)).unwrap();
+    assert_eq!(fenced, vec![left.0], "only the stopped worker that left a job running");
+    assert_eq!(rec.requeued, vec![id]);
+    let again = sweeper.claim(me, "w", &limits, WallMs(0)).unwrap();
+    assert_eq!(again.iter().map(|c| (c.id, c.run)).collect::<Vec<_>>(), vec![(id, 2)]);
 }
 
 /// A start on the same home (same name) knows its predecessors are gone: their recorded

@@ -99,9 +99,12 @@ pub fn fence(tx: &mut Transaction<'_>, epochs: &[i64], by: Epoch, reason: &str) 
 }
 
 /// Incarnations (not `me`) whose jobs another worker may take over now: not seen for
-/// their own `stale_ms` by the server's clock, and either still unfenced or fenced with
-/// jobs still `running`. Their rows are locked (`FOR UPDATE`) until the transaction ends;
-/// one another worker is handling already is skipped.
+/// their own `stale_ms` by the server's clock, and either still live (neither fenced nor
+/// stopped) or — fenced or stopped — with jobs still `running`. A clean stop can leave
+/// such a job: a claim whose commit's reply was lost, or a release the drain could not
+/// write before its bound; only another worker's sweep (or a restart on the same home)
+/// can recover it. Their rows are locked (`FOR UPDATE`) until the transaction ends; one
+/// another worker is handling already is skipped.
 ///
 /// `host_now` is the sweeper's own clock: only the `pg_lease_on_host_clock` mutant judges
 /// by it.
@@ -109,9 +112,9 @@ pub fn stale(tx: &mut Transaction<'_>, me: Epoch, host_now: WallMs) -> PgResult<
     let host = crate::mutant::active(crate::mutant::PG_LEASE_ON_HOST_CLOCK).then_some(host_now.0);
     let rows = tx.query(
         "SELECT w.incarnation FROM homer_workers w
-         WHERE w.incarnation <> $1 AND w.stopped_at IS NULL
+         WHERE w.incarnation <> $1
            AND w.seen_at < COALESCE($2, homer_now_ms()) - w.stale_ms
-           AND (w.fenced_at IS NULL
+           AND ((w.fenced_at IS NULL AND w.stopped_at IS NULL)
                 OR EXISTS (SELECT 1 FROM job_queue q WHERE q.status = 'running' AND q.claim_epoch = w.incarnation))
          ORDER BY w.incarnation
          FOR UPDATE OF w SKIP LOCKED",
@@ -120,12 +123,17 @@ pub fn stale(tx: &mut Transaction<'_>, me: Epoch, host_now: WallMs) -> PgResult<
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// A clean exit: the worker released its jobs; nobody needs to wait out its lease.
-pub fn stop(tx: &mut Transaction<'_>, epoch: Epoch) -> PgResult<bool> {
-    Ok(tx.execute(
+/// A clean exit: nobody needs to wait out this worker's lease for the jobs it released.
+/// Returns how many jobs are still `running` under it (a claim whose commit's reply was
+/// lost, a release not written): [`stale`] still sweeps it for those once it is stale.
+pub fn stop(tx: &mut Transaction<'_>, epoch: Epoch) -> PgResult<i64> {
+    tx.execute(
         "UPDATE homer_workers SET stopped_at = homer_now_ms() WHERE incarnation = $1 AND stopped_at IS NULL",
         &[&epoch.0],
-    )? == 1)
+    )?;
+    let left =
+        tx.query_one("SELECT COUNT(*) FROM job_queue WHERE status = 'running' AND claim_epoch = $1", &[&epoch.0])?;
+    Ok(left.get(0))
 }
 
 /// A worker as `status` shows it.
