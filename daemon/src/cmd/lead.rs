@@ -198,6 +198,10 @@ pub struct Leadership {
     pub db_ids: (u64, u64),
     /// The identity stamped in the database's header (see [`schema::database_id`]).
     pub database_id: Option<u32>,
+    /// The monotonic time taken just before the epoch bump wrote the leader row's
+    /// `seen_at`: what the leases' deadlines count from until the first refresh (another
+    /// start judges the row stale from that `seen_at`, however long recovery took since).
+    pub led_at: crate::job::MonoMs,
 }
 
 /// A file's (dev, ino): `run` checks the database it opened still is the file at its path.
@@ -274,6 +278,7 @@ pub fn open_and_lead(
         lock_ino: ino,
         stale: cfg.stale_threshold,
     };
+    let mut led_at = crate::clock::mono();
     let epoch = if state.has_leader() {
         let epoch = lead(&mut conn, &candidate, ctx)?;
         on_accepted(lock, epoch, database_id)?;
@@ -285,13 +290,14 @@ pub fn open_and_lead(
         // anything after it under the epoch like any other start.
         let upto = schema::leader_migration_index() + 1;
         applied.extend(schema::apply_upto(&mut conn, db, state.applied(), upto, None, &ctx.clock)?);
+        led_at = crate::clock::mono();
         let epoch = lead(&mut conn, &candidate, ctx)?;
         on_accepted(lock, epoch, database_id)?;
         applied.extend(schema::apply_pending(&mut conn, db, upto, Some(epoch), &ctx.clock)?);
         epoch
     };
     let db_ids = file_ids(db).map_err(|e| Error::io("stat", db, e))?;
-    Ok(Leadership { conn, epoch, applied, db_ids, database_id })
+    Ok(Leadership { conn, epoch, applied, db_ids, database_id, led_at })
 }
 
 fn lead(conn: &mut Connection, candidate: &Candidate, ctx: &Context) -> Result<i64> {

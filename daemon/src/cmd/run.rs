@@ -43,7 +43,7 @@ pub fn run(ctx: Context) -> Result<i32> {
     if mutant::active(mutant::DIAGNOSTICS_BEFORE_LEADER) {
         lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, 0, None))?;
     }
-    let Leadership { conn, epoch, applied, db_ids, database_id } =
+    let Leadership { conn, epoch, applied, db_ids, database_id, led_at } =
         open_and_lead(&ctx, &mut lock, Role::Daemon, &mut |lock, epoch, id| {
             lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch, id))
         })?;
@@ -91,7 +91,9 @@ pub fn run(ctx: Context) -> Result<i32> {
         .field("database", ctx.paths.database.display().to_string())
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
-    coord.note_leader_refresh(crate::clock::mono());
+    // Counted from the epoch bump, not from now: recovery may have taken a while (killing
+    // orphan groups), and the leader row has not been refreshed since the bump.
+    coord.note_leader_refresh(led_at);
     let io = EngineIo::Sqlite { writer: writer.clone(), reader, wake };
     let engine = runner::start(coord.clone(), io, ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone());
     let result = runtime.block_on(supervise(&ctx, lock, writer, epoch, db_ids, database_id, signals, engine, coord));

@@ -48,6 +48,9 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
         identity: me,
         stale_ms: ctx.config.stale_threshold.as_millis() as i64,
     };
+    // The server sets the new worker row's `seen_at` during this call: the leases count
+    // from before it (see below).
+    let registered_at = crate::clock::mono();
     let epoch = workers::register(&mut client, &registration).map_err(|e| Error::postgres(&target.shown, e))?;
     lock.write_diagnostics(&diagnostics(&ctx, Role::Daemon, epoch.0, None))?;
     announce_lead(&ctx, &lock, epoch.0, &applied)?;
@@ -85,7 +88,11 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
         .field("database", target.shown.clone())
         .field("version", env!("CARGO_PKG_VERSION"))
         .emit();
-    coord.note_leader_refresh(crate::clock::mono());
+    // Counted from the registration, not from now: another worker judges this one stale
+    // from the `seen_at` it wrote, however long recovery (killing the predecessors'
+    // groups), the listener's connection and the guardian took since. The first heartbeat
+    // moves both on.
+    coord.note_leader_refresh(registered_at);
     let io = EngineIo::postgres(target, listener, coord.clone());
     let engine = runner::start(coord.clone(), io, ctx.config.clone(), ctx.clock.clone(), ctx.paths.clone());
     let result = runtime.block_on(supervise(&ctx, lock, epoch, signals, engine, coord.clone()));
