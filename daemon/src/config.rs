@@ -322,9 +322,24 @@ impl Config {
         if self.backoff_cap < self.backoff_base {
             return Err(cfg_err(src, "backoff_cap", "must not be below backoff_base"));
         }
+        // SQLite's busy timeout and PostgreSQL's statement and lock timeouts are 32-bit
+        // counts of milliseconds.
+        if self.busy_timeout > MAX_BUSY_TIMEOUT {
+            return Err(cfg_err(
+                src,
+                "busy_timeout",
+                &format!(
+                    "must be at most {} (the databases count it in 32-bit milliseconds)",
+                    format_duration(MAX_BUSY_TIMEOUT)
+                ),
+            ));
+        }
         Ok(())
     }
 }
+
+/// The longest `busy_timeout`: about 24.8 days, as 24 days for a round figure.
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
 
 fn cfg_err(source: &str, key: &str, message: &str) -> Error {
     Error::Config { source_name: source.to_owned(), key: key.to_owned(), message: message.to_owned() }
@@ -412,6 +427,17 @@ mod tests {
         let err = c.set("log_level", "loud", "environment variable HOMER_LOG_LEVEL").unwrap_err().to_string();
         assert!(err.contains("HOMER_LOG_LEVEL") && err.contains("`loud`") && err.contains("`debug`"), "{err}");
         assert_eq!(c.log_level, Level::Debug, "a refused value changes nothing");
+    }
+
+    #[test]
+    fn busy_timeout_is_bounded_by_what_the_databases_take() {
+        let load =
+            |v: &str| Config::load(&Sources { overrides: vec![format!("busy_timeout={v}")], ..Sources::default() });
+        assert_eq!(load("24d").unwrap().busy_timeout, MAX_BUSY_TIMEOUT);
+        // 25 days is more than i32::MAX milliseconds: rusqlite panicked on it.
+        let err = load("25d").unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::exit::CONFIG);
+        assert!(err.to_string().contains("busy_timeout") && err.to_string().contains("at most 24d"), "{err}");
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct Target {
     pub tls: tls::Tls,
     /// Each statement's and lock wait's bound, in ms.
     timeout_ms: u128,
+    /// The URL's own `options` (e.g. `-c search_path=queue_a`), which homerd's settings
+    /// are added to, never replace.
+    user_options: Option<String>,
 }
 
 impl Target {
@@ -123,7 +126,8 @@ impl Target {
             .keepalives_idle(Duration::from_secs(1))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
-        let mut target = Target { config, shown, tls, timeout_ms: ms };
+        let user_options = config.get_options().map(str::to_owned);
+        let mut target = Target { config, shown, tls, timeout_ms: ms, user_options };
         target.limit_idle_transactions(timeout * 4);
         Ok(target)
     }
@@ -135,10 +139,14 @@ impl Target {
     /// stays frozen.
     pub fn limit_idle_transactions(&mut self, limit: Duration) {
         let ms = self.timeout_ms;
-        let idle = limit.as_millis().max(1);
-        self.config.options(&format!(
-            "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={idle}"
-        ));
+        // The server's settings are 32-bit counts of milliseconds.
+        let idle = limit.as_millis().clamp(1, i32::MAX as u128);
+        let ours =
+            format!("-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={idle}");
+        self.config.options(&match &self.user_options {
+            Some(theirs) => format!("{theirs} {ours}"),
+            None => ours,
+        });
     }
 
     /// Opens a connection, with TLS when the URL asks for it. Every connection homerd
@@ -204,6 +212,22 @@ mod url_tests {
             .unwrap();
         assert_eq!(e.exit_code(), crate::error::exit::USAGE);
         assert!(e.to_string().contains("mixes unix sockets") && !e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn the_urls_own_options_are_kept_beside_homerds() {
+        let url = "postgres://u@h/db?options=-c%20search_path%3Dqueue_a";
+        let mut t = Target::parse(url, Duration::from_secs(2)).unwrap();
+        t.limit_idle_transactions(Duration::from_secs(7));
+        let options = t.config.get_options().unwrap();
+        assert!(options.starts_with("-c search_path=queue_a "), "{options}");
+        assert!(
+            options.contains("statement_timeout=2000") && options.ends_with("idle_in_transaction_session_timeout=7000")
+        );
+        // Set once more (as `run` does): still one copy of each.
+        t.limit_idle_transactions(Duration::from_secs(9));
+        assert_eq!(t.config.get_options().unwrap().matches("statement_timeout").count(), 1);
+        assert_eq!(t.config.get_options().unwrap().matches("search_path").count(), 1);
     }
 
     #[test]
