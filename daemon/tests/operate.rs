@@ -671,7 +671,18 @@ fn enqueue_from_file_is_one_transaction() {
     // unknown field): the whole batch is refused and nothing is added.
     let rows = count(&sb, "SELECT COUNT(*) FROM job_queue");
     let seq = count(&sb, "SELECT COALESCE(MAX(id), 0) FROM job_queue");
-    for bad in [r#"{"kind": "noop","#, r#"{"kind": "nope"}"#, r#"{"kind": "noop", "colour": "red"}"#] {
+    // Then NUL characters, which no program takes and PostgreSQL cannot store, and a zero
+    // timeout (every run would time out at once).
+    for bad in [
+        r#"{"kind": "noop","#,
+        r#"{"kind": "nope"}"#,
+        r#"{"kind": "noop", "colour": "red"}"#,
+        r#"{"kind": "fail", "args": ["a\u0000b"]}"#,
+        r#"{"kind": "exec", "args": ["--", "/bin/echo", "x\u0000"]}"#,
+        r#"{"kind": "noop", "lane": "l\u0000"}"#,
+        r#"{"kind": "noop", "key": "k\u0000"}"#,
+        r#"{"kind": "noop", "timeout": "0s"}"#,
+    ] {
         let mut broken = lines.clone();
         broken[5000] = bad.to_owned();
         let path = sb.dir.path().join("broken.jsonl");
@@ -682,6 +693,11 @@ fn enqueue_from_file_is_one_transaction() {
             .stderr(predicate::str::contains("line 5001").and(predicate::str::contains("nothing was enqueued")));
         assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), rows, "rows added by a refused batch ({bad})");
     }
+    assert_eq!(count(&sb, "SELECT COALESCE(MAX(id), 0) FROM job_queue"), seq);
+    homer(&sb, &["enqueue", "--timeout", "0", "noop"])
+        .code(64)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains("--timeout: must be greater than zero"));
     assert_eq!(count(&sb, "SELECT COALESCE(MAX(id), 0) FROM job_queue"), seq);
 
     // stdin, with a blank line and a keyed job.

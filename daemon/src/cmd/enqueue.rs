@@ -143,6 +143,11 @@ pub fn validate_job(kind: &str, args: &[String]) -> std::result::Result<Vec<Stri
         "exec" => args.iter().skip_while(|a| *a == "--").cloned().collect(),
         _ => args.to_vec(),
     };
+    // Only `--from` lines can carry one (`\u0000`): no program can be given it, and
+    // PostgreSQL refuses it in text, where every later write of the job would fail.
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(format!("argument {} contains a NUL character, which no job can take", i + 1));
+    }
     if kind == "crash" && !crash_jobs_allowed() {
         return Err(format!(
             "`crash` is a test hook (it kills the daemon that runs it); set {CRASH_JOBS_ENV}=1 to enqueue it"
@@ -217,13 +222,16 @@ pub fn build_job(
         Source::Line => ("timeout", "run_after"),
     };
     let timeout = timeout.map(|s| parse_duration(s).map_err(|e| format!("{timeout_name}: {e}"))).transpose()?;
+    if timeout.is_some_and(|t| t.is_zero()) {
+        return Err(format!("{timeout_name}: must be greater than zero (leave it out for no timeout)"));
+    }
     let when = run_after.map(|s| parse_run_after(s).map_err(|e| format!("{run_after_name}: {e}"))).transpose()?;
     let max_attempts = max_attempts.unwrap_or(ctx.config.max_attempts);
     if max_attempts == 0 {
         return Err(String::from("max_attempts must be at least 1"));
     }
-    if lane.is_empty() {
-        return Err(String::from("lane must not be empty"));
+    if lane.is_empty() || lane.contains('\0') {
+        return Err(String::from("lane must not be empty or contain a NUL character"));
     }
     let job = NewJob {
         kind,
@@ -373,6 +381,9 @@ pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
         )
         .map_err(bad)?
         .with_exec(exec);
+        if lj.key.as_deref().is_some_and(|k| k.contains('\0')) {
+            return Err(bad(String::from("key must not contain a NUL character")));
+        }
         jobs.push((job, lj.key, lineno));
     }
     let ids = match ctx.backend() {
