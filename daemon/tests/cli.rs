@@ -486,6 +486,31 @@ fn backup_while_running_is_a_consistent_copy_and_never_overwrites() {
     assert_eq!(out.code, Some(EX_IO), "{}", out.stderr);
     assert!(out.stderr.contains("refusing to overwrite"), "{}", out.stderr);
     assert_eq!(bytes(&dest), before);
+    // A relative path that begins `file:` is a path like any other, not an SQLite URI
+    // (which would have sent the copy to bk/.x.db.tmp-PID and left file:bk/x.db empty).
+    std::fs::create_dir(sb.dir.path().join("file:bk")).unwrap();
+    std::fs::create_dir(sb.dir.path().join("bk")).unwrap();
+    let mut c = sb.cmd();
+    c.args(["backup", "file:bk/x.db"]).current_dir(sb.dir.path());
+    let out = run_bounded(c, deadline(30.0));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let c = rusqlite::Connection::open_with_flags(
+        sb.dir.path().join("file:bk/x.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok");
+    assert!(listing(&sb.dir.path().join("bk")).is_empty(), "{:?}", listing(&sb.dir.path().join("bk")));
+    assert!(listing(&sb.dir.path().join("file:bk")).iter().all(|n| n == "x.db"));
+    // Into a directory that does not exist: said so, naming the destination.
+    let out = sb.run(&["backup", sb.dir.path().join("nowhere/b.db").to_str().unwrap()]);
+    assert_eq!(out.code, Some(EX_IO), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nowhere/b.db") && out.stderr.contains("its directory does not exist"),
+        "{}",
+        out.stderr
+    );
     assert!(d.proc.try_wait().is_none(), "backup disturbed the daemon");
 }
 

@@ -88,6 +88,13 @@ pub fn backup(ctx: &Context, dest: &Path, as_json: bool) -> Result<i32> {
         return Err(Error::data(db, "no database to back up (start the daemon first)"));
     };
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::io(
+            "backup to",
+            dest,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "its directory does not exist (create it first)"),
+        ));
+    }
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
@@ -98,9 +105,11 @@ pub fn backup(ctx: &Context, dest: &Path, as_json: bool) -> Result<i32> {
     let result = read::backup_to(&conn, &tmp)
         .map_err(|e| Error::sqlite(&tmp, e))
         .and_then(|()| std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync", &tmp, e)))
-        .and_then(|()| std::fs::hard_link(&tmp, dest).map_err(|e| Error::io("link", dest, e)));
+        .and_then(|()| std::fs::hard_link(&tmp, dest).map_err(|e| Error::io("link", dest, e)))
+        .and_then(|()| std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync", dir, e)));
     let _ = std::fs::remove_file(&tmp);
-    let _ = std::fs::remove_file(tmp.with_extension("tmp-journal"));
+    // A rollback journal the copy's connection may have left (`<tmp>-journal`).
+    let _ = std::fs::remove_file(crate::sqlite::schema::side_files(&tmp)[2].as_path());
     result?;
     if as_json {
         output::json(&serde_json::json!({"path": dest, "database": db}))?;

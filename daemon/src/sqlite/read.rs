@@ -139,7 +139,11 @@ pub fn unknown_statuses(conn: &Connection, limit: usize) -> rusqlite::Result<(Ve
 /// Online backup: one consistent snapshot of `src` copied to `dest` (which must not
 /// exist yet; the caller renames a temp file into place).
 pub fn backup_to(src: &Connection, dest: &Path) -> rusqlite::Result<()> {
-    let mut out = Connection::open(dest)?;
+    // The path as it is: the bundled SQLite reads any name beginning `file:` as a URI
+    // (built with SQLITE_USE_URI, whatever the open flags say), which would send the copy
+    // somewhere else. A relative path is anchored with `./`, so it never begins so.
+    let dest = if dest.is_relative() { Path::new(".").join(dest) } else { dest.to_path_buf() };
+    let mut out = Connection::open(&dest)?;
     {
         let backup = rusqlite::backup::Backup::new(src, &mut out)?;
         // All pages in one step: one read transaction, so the copy is one snapshot even
