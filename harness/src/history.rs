@@ -278,6 +278,21 @@ pub struct DbState {
 }
 
 impl DbState {
+    /// A database that is there but could not be read as homerd's (a missing table, a
+    /// malformed file, a server that does not answer): nothing in it can be judged, and
+    /// that itself is what the [`crate::check::integrity`] checker reports.
+    pub fn unreadable(error: &str) -> DbState {
+        DbState {
+            jobs: Vec::new(),
+            runs: Vec::new(),
+            leader_epoch: 0,
+            integrity: format!("unreadable: {error}"),
+            workers: Vec::new(),
+        }
+    }
+}
+
+impl DbState {
     /// Reads a snapshot of `db` through a read-only connection (no write, no PRAGMA that
     /// changes anything), waiting up to 10 s for a writer. All reads share one read
     /// transaction so the tables agree.

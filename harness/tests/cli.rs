@@ -357,3 +357,50 @@ fn backend_picks_the_runs_and_a_backend_no_file_names_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 runs: 1 passed"), "{out:?}");
 }
+
+/// A database a daemon led on that can no longer be read is a failure of the final check
+/// (`integrity`: unreadable), never a reason to skip the checkers that read it.
+#[test]
+fn an_unreadable_database_fails_the_final_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = r#"[[step]]
+enqueue = "noop"
+
+[[step]]
+wait = "event"
+target = "a"
+event = "job.completed"
+
+[[step]]
+signal = "a"
+sig = "TERM"
+
+[[step]]
+wait = "exit"
+target = "a"
+
+[[step]]
+file = "{db}"
+op = "replace"
+contents = "not a database any more"
+"#;
+    let file = write(
+        dir.path(),
+        "unreadable.toml",
+        &self_test("a database made unreadable", &format!("\n{FAST_SETTINGS}"), steps),
+    );
+    let out = Command::new(harness())
+        .arg("run")
+        .arg(&file)
+        .arg("--daemon")
+        .arg(daemon())
+        .env("HOMER_HARNESS_SANDBOX_DIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("final invariant check") && stdout.contains("integrity: PRAGMA integrity_check: unreadable:"),
+        "{stdout}"
+    );
+}

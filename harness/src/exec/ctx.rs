@@ -697,14 +697,25 @@ impl Ctx<'_> {
     pub(crate) fn history(&self, with_db: bool) -> Result<History, StepError> {
         let effects =
             self.effects().map_err(|e| StepError { expected: String::from("a readable effects log"), actual: e })?;
-        let db = match (&self.pg_url, &self.pg) {
-            _ if !with_db => None,
-            (None, _) => self.db().exists().then(|| DbState::read(&self.db()).ok()).flatten(),
-            (Some(url), Some(_)) => DbState::read_postgres(url, self.scaled(Duration::from_secs(10))).ok(),
+        let read = match (&self.pg_url, &self.pg) {
+            _ if !with_db => Ok(None),
+            (None, _) if !self.db().exists() => Ok(None),
+            (None, _) => DbState::read(&self.db()).map(Some),
+            (Some(url), Some(_)) => DbState::read_postgres(url, self.scaled(Duration::from_secs(10))).map(Some),
             // The server is gone (teardown): the snapshot taken just before it stopped.
-            (Some(_), None) => self.pg_final.clone(),
+            (Some(_), None) => Ok(self.pg_final.clone()),
         };
         let st = self.shared.lock();
+        // A database that cannot be read is judged unreadable — never skipped — once a
+        // daemon has led on it: then it must be homerd's and readable. Before that (every
+        // start refused: a foreign or newer file, the original daemon's), it is the
+        // user's file as it was, which the scenario's own steps judge.
+        let led = st.events.iter().any(|e| e.name() == "daemon.active");
+        let db = match read {
+            Ok(db) => db,
+            Err(e) if led => Some(DbState::unreadable(&e.to_string())),
+            Err(_) => None,
+        };
         let start = self.shared.start;
         let procs = st
             .procs
