@@ -694,6 +694,12 @@ fn enqueue_from_file_is_one_transaction() {
         assert_eq!(count(&sb, "SELECT COUNT(*) FROM job_queue"), rows, "rows added by a refused batch ({bad})");
     }
     assert_eq!(count(&sb, "SELECT COALESCE(MAX(id), 0) FROM job_queue"), seq);
+    // A file that is not UTF-8 (here Latin-1) is bad input too, named by its line.
+    let latin1 = sb.dir.path().join("latin1.jsonl");
+    std::fs::write(&latin1, b"{\"kind\":\"noop\"}\n{\"kind\":\"fail\",\"args\":[\"caf\xe9\"]}\n").unwrap();
+    homer(&sb, &["enqueue", "--from", latin1.to_str().unwrap()]).code(65).stdout(predicate::str::is_empty()).stderr(
+        predicate::str::contains("line 2: not valid UTF-8").and(predicate::str::contains("nothing was enqueued")),
+    );
     homer(&sb, &["enqueue", "--timeout", "0", "noop"])
         .code(64)
         .stdout(predicate::str::is_empty())

@@ -343,13 +343,19 @@ struct LineJob {
 /// `homerd enqueue --from FILE|-`: every line validated first (a bad line rejects the
 /// whole batch, naming its number), then all jobs in one transaction; ids printed in order.
 pub fn enqueue_from(ctx: &Context, file: &Path, as_json: bool) -> Result<i32> {
-    let (name, text) = if file == Path::new("-") {
-        let mut t = String::new();
-        std::io::stdin().read_to_string(&mut t).map_err(|e| Error::io("read", "<stdin>", e))?;
-        (String::from("<stdin>"), t)
+    let (name, bytes) = if file == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b).map_err(|e| Error::io("read", "<stdin>", e))?;
+        (String::from("<stdin>"), b)
     } else {
-        (file.display().to_string(), std::fs::read_to_string(file).map_err(|e| Error::io("read", file, e))?)
+        (file.display().to_string(), std::fs::read(file).map_err(|e| Error::io("read", file, e))?)
     };
+    // Bad input, not an I/O failure: 65 with the line, like any other bad line.
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        Error::data(&name, format!("line {line}: not valid UTF-8 (save the file as UTF-8); nothing was enqueued"))
+    })?;
     let mut jobs = Vec::new();
     let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
     if lines > MAX_BATCH {
