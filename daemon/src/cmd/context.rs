@@ -48,6 +48,7 @@ impl Context {
 /// finds none, `backup` refuses it).
 pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
     let db = &ctx.paths.database;
+    refuse_foreign_wal(ctx)?;
     match schema::inspect(db, ctx.config.busy_timeout)? {
         DbState::Missing => Ok(None),
         state if !state.is_current() => Err(Error::data(
@@ -59,7 +60,6 @@ pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
             ),
         )),
         _ => {
-            refuse_foreign_wal(ctx)?;
             let conn = sqlite::open_reader(db, ctx.config.busy_timeout)?;
             read::anchor_clock(&conn, &ctx.clock);
             Ok(Some(conn))
@@ -69,13 +69,23 @@ pub fn open_read_only(ctx: &Context) -> Result<Option<Connection>> {
 
 /// Refuses to open a database beside a `-wal` that a crashed daemon wrote for another
 /// database (`schema::check_wal_owner`, from what the last holder recorded in the lock
-/// file): opening it, even read-only, would replay that log into the file that is there
-/// now, and the first commit would checkpoint it there and delete it. Every command that
-/// opens the home's database asks this first, as `run` and `migrate` do once they hold
-/// the lock.
+/// file): a reader would show that log's pages as the database's, and the first commit
+/// would checkpoint them into the file that is there now and delete the log. Every
+/// command that opens the home's database asks this before anything else, as `run` and
+/// `migrate` do once they hold the lock. It reads the lock file this command was given:
+/// the error says so, for a daemon started with another one.
 pub fn refuse_foreign_wal(ctx: &Context) -> Result<()> {
     let recorded = crate::lock::read_diagnostics(&ctx.paths.lock_file).unwrap_or_default();
-    schema::check_wal_owner(&ctx.paths.database, &recorded)
+    schema::check_wal_owner(&ctx.paths.database, &recorded).map_err(|e| match e {
+        Error::Data { path, message } => Error::Data {
+            path,
+            message: format!(
+                "{message} (the last holder as recorded in {}; if the daemon runs with another lock file, give it with --lock-file)",
+                ctx.paths.lock_file.display()
+            ),
+        },
+        other => other,
+    })
 }
 
 /// What a command about job `id` says before the daemon's first start (66, like a job
@@ -91,6 +101,7 @@ pub fn no_database_yet(ctx: &Context, id: i64) -> Error {
 /// daemon's first start there is no such job ([`no_database_yet`], 66), as `show`, `logs`
 /// and `wait` say.
 pub fn open_for_job_write(ctx: &Context, id: i64) -> Result<Connection> {
+    refuse_foreign_wal(ctx)?;
     match schema::inspect(&ctx.paths.database, ctx.config.busy_timeout)? {
         DbState::Missing => Err(no_database_yet(ctx, id)),
         _ => open_for_write(ctx),
@@ -101,6 +112,7 @@ pub fn open_for_job_write(ctx: &Context, id: i64) -> Result<Connection> {
 /// or migrates), with `synchronous=FULL` (an acknowledgement is durable).
 pub fn open_for_write(ctx: &Context) -> Result<Connection> {
     let db = &ctx.paths.database;
+    refuse_foreign_wal(ctx)?;
     match schema::inspect(db, ctx.config.busy_timeout)? {
         DbState::Missing => {
             return Err(Error::data(db, "does not exist yet; start the daemon once (homerd run) or run homerd migrate"))
@@ -110,7 +122,6 @@ pub fn open_for_write(ctx: &Context) -> Result<Connection> {
         }
         _ => {}
     }
-    refuse_foreign_wal(ctx)?;
     let conn = sqlite::open_writer(db, ctx.config.busy_timeout, Durability::Full)?;
     read::anchor_clock(&conn, &ctx.clock);
     Ok(conn)

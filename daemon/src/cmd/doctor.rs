@@ -109,6 +109,10 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
 
     // Everything else reads the database, validated read-only.
     let db = &paths.database;
+    if let Err(e) = context::refuse_foreign_wal(ctx) {
+        check("migrations", false, e.to_string());
+        return checks;
+    }
     let state = match schema::inspect(db, ctx.config.busy_timeout) {
         Ok(DbState::Missing) => {
             check("daemon running", false, format!("no database at {} (start the daemon: homerd run)", db.display()));
@@ -121,7 +125,7 @@ fn doctor_checks(ctx: &Context) -> Vec<Check> {
             return checks;
         }
     };
-    let conn = match context::refuse_foreign_wal(ctx).and_then(|()| sqlite::open_reader(db, ctx.config.busy_timeout)) {
+    let conn = match sqlite::open_reader(db, ctx.config.busy_timeout) {
         Ok(c) => c,
         Err(e) => {
             check("migrations", false, e.to_string());

@@ -125,11 +125,11 @@ pub fn acquire_lock(ctx: &Context, role: Role) -> Result<Option<HeldLock>> {
 /// A read-only look at the leader row: the live, fresh holder if any (with its lock path).
 fn peek_active_holder(ctx: &Context) -> Option<(u32, String)> {
     let db = &ctx.paths.database;
+    // Not beside a foreign -wal (the start refuses it once it holds the lock).
+    crate::cmd::context::refuse_foreign_wal(ctx).ok()?;
     if !schema::inspect(db, ctx.config.busy_timeout).ok()?.has_leader() {
         return None;
     }
-    // Not beside a foreign -wal (the start refuses it once it holds the lock).
-    crate::cmd::context::refuse_foreign_wal(ctx).ok()?;
     let conn = sqlite::open_reader(db, ctx.config.busy_timeout).ok()?;
     let row = sqlite::read::leader_row(&conn).ok()??;
     match row.holder_state(&ctx.clock, ctx.config.stale_threshold) {

@@ -314,10 +314,18 @@ fn capitalised(s: &str) -> String {
 }
 
 /// A periodic timer whose first tick is one period away, not immediate (tokio's
-/// `interval` default): the leader row (or worker row) was just written and the lock
-/// just verified.
+/// `interval` default): the lock was just verified.
 pub(super) fn every(period: Duration) -> tokio::time::Interval {
     let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+/// The heartbeat's timer: its first tick is at once. The leases count from the epoch bump
+/// (or the worker's registration), and startup — migrations after the bump, recovery
+/// killing orphan groups — may have taken a good part of the stale threshold since.
+pub(super) fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     i
 }
@@ -335,7 +343,7 @@ async fn supervise(
     coord: Arc<runner::EngineCoordinator>,
 ) -> Result<i32> {
     let mut life = Lifecycle::new(ctx, signals, engine, coord.clone());
-    let mut heartbeat = every(ctx.config.heartbeat_interval);
+    let mut heartbeat = heartbeat_timer(ctx.config.heartbeat_interval);
     let mut lock_check = every(ctx.config.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id };
     let mut refresh_state = Refresh::new("leader row");

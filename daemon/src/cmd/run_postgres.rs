@@ -18,7 +18,7 @@ use crate::backend::{AnyStore, EngineIo};
 use crate::cmd::context::Context;
 use crate::cmd::lead::{acquire_lock, diagnostics, Role};
 use crate::cmd::run::{
-    announce_lead, every, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop,
+    announce_lead, every, heartbeat_timer, raise_open_files, release_lock, Lifecycle, LockWatch, Refresh, Signals, Stop,
 };
 use crate::engine::coordinator::Coordinator;
 use crate::engine::jobstore::StoreError;
@@ -130,7 +130,7 @@ async fn supervise(
 ) -> Result<i32> {
     let mut life = Lifecycle::new(ctx, signals, engine, coord.clone());
     let cfg = &ctx.config;
-    let mut heartbeat = every(cfg.heartbeat_interval);
+    let mut heartbeat = heartbeat_timer(cfg.heartbeat_interval);
     let mut lock_check = every(cfg.lock_check_interval);
     let mut watch = LockWatch { held: lock, lost_since: None, failures: 0, database_id: None };
     let mut refresh = Refresh::new("worker row");

@@ -11,7 +11,7 @@
 //! | [`no_overlap`] | two runs of a job never run at once | the probe's effects log |
 //! | [`outcome_latest_claim`] | one recorded outcome, by the current claim | `job_queue` vs `job_runs` |
 //! | [`nothing_lost`] | an acknowledged enqueue is never lost | acknowledged ids vs `job_queue` |
-//! | [`attempts_bounded`] | attempts never exceed the budget | `job_queue` |
+//! | [`attempts_bounded`] | attempts never exceed the budget | `job_queue`, `job_runs`, `HOMER_ATTEMPT` in the effects log |
 //! | [`integrity`] | the file is a healthy database | `PRAGMA integrity_check` |
 //! | [`resources_not_charged`] | the daemon's missing resources are not the job's failure | `job_runs` |
 //! | [`completed_ran`] | a job recorded `completed` ran to its end | `job_runs` vs the probe's effects log |
@@ -280,7 +280,7 @@ pub fn lock_holders(h: &History) -> Vec<Violation> {
         if name == "daemon.active" && !current.contains_key(&holder) {
             found.push(violation(
                 LOCK_HOLDERS,
-                format!("{} became active without holding its lock (no `lock.acquired` before it)", who(e)),
+                format!("{} became active without holding its lock (none acquired, or released or lost since)", who(e)),
             ));
         }
         if !matches!(name, "lock.acquired" | "lock.reacquired" | "lock.released" | "lock.lost") {
@@ -719,10 +719,11 @@ pub fn resources_not_charged(h: &History) -> Vec<Violation> {
 
 /// A job recorded `completed` ran to its end: when the probe ran the job (the effects log
 /// has records of it), the run that recorded `completed` has the probe's `end` record
-/// under that run's claim token. The probe writes `end` just before it exits 0, so a
-/// completion without it was recorded for a program that was killed, or never ran, or for
-/// another run — whatever the database's own rows say. Jobs the probe did not run (no
-/// records) cannot be judged here.
+/// under that run's claim token. The probe writes `end` just before it exits (with the
+/// code its scenario gave it), so a completion without it was recorded for a program that
+/// was killed, or never ran, or for another run — whatever the database's own rows say.
+/// (A non-zero exit recorded as `completed` is not caught here: its `end` is written too.)
+/// Jobs the probe did not run (no records) cannot be judged here.
 pub fn completed_ran(h: &History) -> Vec<Violation> {
     let Some(db) = &h.db else { return Vec::new() };
     let mut found = Vec::new();
