@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::engine::coordinator::Coordinator;
 use crate::engine::jobstore::{JobStore, RecordItem, Recorded, StoreResult};
 use crate::events;
-use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, JobId, Recovered, WallMs};
+use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, JobId, OrphanPolicy, Recovered, WallMs};
 use crate::postgres::daemon::Listener;
 use crate::postgres::jobs::PgResult;
 use crate::postgres::jobstore::PgStore;
@@ -60,14 +60,8 @@ impl JobStore for AnyStore {
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
         each!(self, s => s.orphan_children(epoch))
     }
-    fn recover(
-        &mut self,
-        epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        now: WallMs,
-    ) -> StoreResult<Recovered> {
-        each!(self, s => s.recover(epoch, retry_at, max_interruptions, now))
+    fn recover(&mut self, epoch: Epoch, policy: OrphanPolicy, now: WallMs) -> StoreResult<Recovered> {
+        each!(self, s => s.recover(epoch, policy, now))
     }
 }
 

@@ -295,6 +295,15 @@ pub struct Recovered {
     pub given_back: Vec<JobId>,
 }
 
+/// How startup recovery requeues an orphan: when it may run again, and how many
+/// interruptions a job may have had for an orphan whose program was never released to
+/// get its attempt back (`max_interruptions`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrphanPolicy {
+    pub retry_at: WallMs,
+    pub max_interruptions: u32,
+}
+
 /// The error of an orphaned run whose program was never released (see
 /// [`Recovered::given_back`]).
 pub const UNRELEASED_ORPHAN: &str =

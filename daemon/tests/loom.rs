@@ -38,7 +38,8 @@ use homerd::engine::coordinator::{Coordinator, EngineConfig, Finished, JobResult
 use homerd::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreResult};
 use homerd::engine::memory::MemoryStore;
 use homerd::job::{
-    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, JobId, JobStatus, MonoMs, NewJob, Recovered, WallMs,
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, JobId, JobStatus, MonoMs, NewJob, OrphanPolicy, Recovered,
+    WallMs,
 };
 use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
 use loom::thread;
@@ -200,14 +201,8 @@ impl JobStore for Db {
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
         self.call(|s| s.orphan_children(epoch))
     }
-    fn recover(
-        &mut self,
-        epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        now: WallMs,
-    ) -> StoreResult<Recovered> {
-        self.call(|s| s.recover(epoch, retry_at, max_interruptions, now))
+    fn recover(&mut self, epoch: Epoch, policy: OrphanPolicy, now: WallMs) -> StoreResult<Recovered> {
+        self.call(|s| s.recover(epoch, policy, now))
     }
 }
 

@@ -37,7 +37,8 @@ use homerd::clock::Clock;
 use homerd::config::Durability;
 use homerd::engine::jobstore::{JobStore, Record, Recorded, StoreError};
 use homerd::job::{
-    self, ChildIdentity, ClaimLimits, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, Recovered, WallMs,
+    self, ChildIdentity, ClaimLimits, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, OrphanPolicy, Recovered,
+    WallMs,
 };
 use homerd::sqlite::jobs;
 use homerd::sqlite::jobstore::SqliteStore;
@@ -61,6 +62,11 @@ const LANES: [&str; 3] = ["a", "b", "c"];
 /// The daemons' `max_interruptions` at startup recovery: one, so that a job whose daemon
 /// dies twice before its child is recorded reaches the bound and fails.
 const MAX_INTERRUPTIONS: u32 = 1;
+
+/// Startup recovery's requeue: at `retry_at`, with the daemons' [`MAX_INTERRUPTIONS`].
+fn orphan_policy(retry_at: i64) -> OrphanPolicy {
+    OrphanPolicy { retry_at: WallMs(retry_at), max_interruptions: MAX_INTERRUPTIONS }
+}
 /// The wall clock's start (any value works; a realistic one reads better).
 const T0: i64 = 1_700_000_000_000;
 
@@ -254,7 +260,7 @@ impl World {
         let orphans = self.q.orphan_children(Epoch(epoch)).map(sorted_orphans);
         let recovered = self
             .q
-            .recover(Epoch(epoch), WallMs(self.now + orphan_delay), MAX_INTERRUPTIONS, WallMs(self.now))
+            .recover(Epoch(epoch), orphan_policy(self.now + orphan_delay), WallMs(self.now))
             .map(sorted_recovered);
         self.expect = Expect::Started { epoch, orphans, recovered };
     }
@@ -645,9 +651,8 @@ impl Sut {
         let (writer, thread) = Writer::start(conn, epoch);
         let mut store = SqliteStore::new(writer);
         let orphans = store.orphan_children(Epoch(epoch)).map(sorted_orphans);
-        let recovered = store
-            .recover(Epoch(epoch), WallMs(now + orphan_delay), MAX_INTERRUPTIONS, WallMs(now))
-            .map(sorted_recovered);
+        let recovered =
+            store.recover(Epoch(epoch), orphan_policy(now + orphan_delay), WallMs(now)).map(sorted_recovered);
         self.daemons.push(Some(Daemon { store, thread }));
         Expect::Started { epoch, orphans, recovered }
     }

@@ -238,7 +238,7 @@ fn enqueue_list_show_and_status_have_the_sqlite_shapes() {
 
     // A stopped worker is no longer listed.
     let mut tx = c.transaction().unwrap();
-    assert!(workers::stop(&mut tx, epoch).unwrap());
+    assert_eq!(workers::stop(&mut tx, epoch).unwrap(), 0, "no job left running");
     tx.commit().unwrap();
     let status = pg.json(&["status", "--json"]);
     assert_eq!(status["workers"], serde_json::json!([]), "{status}");

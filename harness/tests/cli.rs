@@ -363,32 +363,14 @@ fn backend_picks_the_runs_and_a_backend_no_file_names_is_a_usage_error() {
 #[test]
 fn an_unreadable_database_fails_the_final_check() {
     let dir = tempfile::tempdir().unwrap();
-    let steps = r#"[[step]]
-enqueue = "noop"
-
-[[step]]
-wait = "event"
-target = "a"
-event = "job.completed"
-
-[[step]]
-signal = "a"
-sig = "TERM"
-
-[[step]]
-wait = "exit"
-target = "a"
-
-[[step]]
-file = "{db}"
-op = "replace"
-contents = "not a database any more"
-"#;
-    let file = write(
-        dir.path(),
-        "unreadable.toml",
-        &self_test("a database made unreadable", &format!("\n{FAST_SETTINGS}"), steps),
+    // The passing scenario, then: stop the daemon and overwrite its database.
+    let unreadable = passing().replace(
+        "[[step]]\ncheck = \"invariants\"\n",
+        "[[step]]\nsignal = \"a\"\nsig = \"TERM\"\n\n[[step]]\nwait = \"exit\"\ntarget = \"a\"\n\n\
+         [[step]]\nfile = \"{db}\"\nop = \"replace\"\ncontents = \"not a database any more\"\n",
     );
+    assert!(unreadable.contains("op = \"replace\""), "the passing scenario changed its shape");
+    let file = write(dir.path(), "unreadable.toml", &unreadable);
     let out = Command::new(harness())
         .arg("run")
         .arg(&file)

@@ -25,7 +25,9 @@
 use std::collections::BTreeMap;
 
 use super::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
-use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, MonoMs, Recovered, WallMs};
+use crate::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, MonoMs, OrphanPolicy, Recovered, WallMs,
+};
 use crate::sync::{self, Mutex};
 
 /// Timing and limits, in milliseconds.
@@ -304,8 +306,11 @@ impl<S: JobStore> Coordinator<S> {
 
     /// Startup recovery: every running row is an orphan (the epoch is ours).
     pub fn recover(&self, now_wall: WallMs) -> Result<Recovered, StoreError> {
-        let retry_at = now_wall + self.cfg.orphan_retry_delay_ms;
-        let r = sync::lock(&self.store).recover(self.epoch, retry_at, self.cfg.max_interruptions, now_wall);
+        let policy = OrphanPolicy {
+            retry_at: now_wall + self.cfg.orphan_retry_delay_ms,
+            max_interruptions: self.cfg.max_interruptions,
+        };
+        let r = sync::lock(&self.store).recover(self.epoch, policy, now_wall);
         if r == Err(StoreError::Fenced) {
             self.fence();
         }

@@ -7,7 +7,9 @@
 //! Every write about a claimed job names it by its [`ClaimRef`] and is guarded on all of
 //! it (epoch, id, token): one that is not the job's current claim changes nothing.
 
-use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, Recovered, WallMs};
+use crate::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, OrphanPolicy, Recovered, WallMs,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -76,13 +78,7 @@ pub trait JobStore: Send {
     /// The children recorded by runs still marked running (to kill before recovery).
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>>;
     /// Startup recovery: with `epoch` ours, every running job is an orphan, pending again
-    /// at `retry_at` (or `failed` with no attempts left). One whose program was never
-    /// released gets its attempt back as an interruption, up to `max_interruptions`.
-    fn recover(
-        &mut self,
-        epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        now: WallMs,
-    ) -> StoreResult<Recovered>;
+    /// at `policy.retry_at` (or `failed` with no attempts left). One whose program was never
+    /// released gets its attempt back as an interruption, up to `policy.max_interruptions`.
+    fn recover(&mut self, epoch: Epoch, policy: OrphanPolicy, now: WallMs) -> StoreResult<Recovered>;
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use super::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
 use crate::job::{
-    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, Recovered, WallMs,
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, OrphanPolicy,
+    Recovered, WallMs,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,13 +291,7 @@ impl JobStore for MemoryStore {
             .collect())
     }
 
-    fn recover(
-        &mut self,
-        epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        _now: WallMs,
-    ) -> StoreResult<Recovered> {
+    fn recover(&mut self, epoch: Epoch, policy: OrphanPolicy, _now: WallMs) -> StoreResult<Recovered> {
         self.guard(epoch)?;
         let mut out = Recovered::default();
         if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
@@ -307,7 +302,7 @@ impl JobStore for MemoryStore {
             let child = j.child.take();
             let unreleased = child.is_none()
                 && j.job.kind == "exec"
-                && j.interruptions < max_interruptions
+                && j.interruptions < policy.max_interruptions
                 && !crate::mutant::active(crate::mutant::UNRELEASED_ORPHAN_CHARGED);
             if let Some(c) = child {
                 out.children.push((*id, c));
@@ -325,7 +320,7 @@ impl JobStore for MemoryStore {
                 j.interruptions += 1;
                 j.attempts -= 1;
                 j.status = JobStatus::Pending;
-                j.run_after = retry_at;
+                j.run_after = policy.retry_at;
                 out.given_back.push(*id);
                 out.requeued.push(*id);
                 continue;
@@ -336,7 +331,7 @@ impl JobStore for MemoryStore {
                 out.failed.push(*id);
             } else {
                 j.status = JobStatus::Pending;
-                j.run_after = retry_at;
+                j.run_after = policy.retry_at;
                 out.requeued.push(*id);
             }
         }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use crate::engine::jobstore::{JobStore, Record, Recorded, StoreError, StoreResult};
 use crate::engine::memory::MemoryStore;
-use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, WallMs};
+use crate::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, OrphanPolicy, WallMs,
+};
 
 pub const E1: Epoch = Epoch(1);
 
@@ -22,6 +24,11 @@ pub fn job(lane: &str, max_attempts: u32) -> NewJob {
         run_after: WallMs(0),
         exec: Default::default(),
     }
+}
+
+/// Recovery's requeue: at `retry_at`, unreleased orphans given back up to `max_interruptions`.
+fn requeue_at(retry_at: i64, max_interruptions: u32) -> OrphanPolicy {
+    OrphanPolicy { retry_at: WallMs(retry_at), max_interruptions }
 }
 
 fn limits() -> ClaimLimits {
@@ -129,7 +136,7 @@ pub fn suite<H: Harness>(h: &H) {
     assert!(s.record_child(&b1_third.claim_ref(E1), &child).unwrap());
     let orphans = s.orphan_children(E1).unwrap();
     assert_eq!(orphans.iter().map(|(id, c)| (*id, c.pgid)).collect::<Vec<_>>(), vec![(b1.id, 10)]);
-    let rec = s.recover(E1, at(800), 2, at(701)).unwrap();
+    let rec = s.recover(E1, requeue_at(800, 2), at(701)).unwrap();
     assert!(rec.failed.contains(&b1.id), "attempt 2 of 2 orphaned: failed ({rec:?})");
     assert_eq!(rec.children.iter().map(|(id, c)| (*id, c.pgid)).collect::<Vec<_>>(), vec![(b1.id, 10)]);
     assert_eq!(
@@ -206,7 +213,7 @@ pub fn suite<H: Harness>(h: &H) {
     let id = h.enqueue(&mut r, &job("a", 3));
     r.claim(E1, "w", &limits(), at(1)).unwrap();
     h.request_cancel(&mut r, id);
-    let rec = r.recover(E1, at(5), 2, at(2)).unwrap();
+    let rec = r.recover(E1, requeue_at(5, 2), at(2)).unwrap();
     assert_eq!((rec.cancelled, rec.requeued, rec.failed), (vec![id], vec![], vec![]));
 
     // Recovery gives the attempt back to an `exec` orphan that recorded no child: its
@@ -222,7 +229,7 @@ pub fn suite<H: Harness>(h: &H) {
     let run = u.claim(E1, "w", &three, at(1)).unwrap();
     assert_eq!(run.iter().map(|c| c.id).collect::<Vec<_>>(), vec![unreleased, released, in_process]);
     assert!(u.record_child(&run[1].claim_ref(E1), &child).unwrap());
-    let rec = u.recover(E1, at(5), 1, at(2)).unwrap();
+    let rec = u.recover(E1, requeue_at(5, 1), at(2)).unwrap();
     assert_eq!(
         (rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()),
         (vec![unreleased], vec![unreleased], vec![released, in_process]),
@@ -232,14 +239,14 @@ pub fn suite<H: Harness>(h: &H) {
     assert_eq!(again.iter().map(|c| (c.id, c.attempt, c.run)).collect::<Vec<_>>(), vec![(unreleased, 1, 2)]);
     // Orphaned unreleased once more: `max_interruptions` 1 is used up, so it is an orphan
     // like any other — its one attempt counted, it fails.
-    let rec = u.recover(E1, at(9), 1, at(6)).unwrap();
+    let rec = u.recover(E1, requeue_at(9, 1), at(6)).unwrap();
     assert_eq!((rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()), (vec![], vec![], vec![unreleased]));
     assert!(u.claim(E1, "w", &three, at(10)).unwrap().is_empty());
     // With attempts to spare, a used-up bound only means the attempt is counted.
     let mut v = h.make();
     let spare = h.enqueue(&mut v, &exec("a", 3));
     v.claim(E1, "w", &three, at(1)).unwrap();
-    let rec = v.recover(E1, at(5), 0, at(2)).unwrap();
+    let rec = v.recover(E1, requeue_at(5, 0), at(2)).unwrap();
     assert_eq!((rec.given_back.clone(), rec.requeued.clone(), rec.failed.clone()), (vec![], vec![spare], vec![]));
     assert_eq!(v.claim(E1, "w", &three, at(5)).unwrap().iter().map(|c| c.attempt).collect::<Vec<_>>(), vec![2]);
 
@@ -253,7 +260,7 @@ pub fn suite<H: Harness>(h: &H) {
         assert_eq!(record(&mut c, run.claim_ref(E1), end.clone(), 2), Ok(Recorded::Ended(FailOutcome::Cancelled)));
         assert!(c.claim(E1, "w", &limits(), at(100)).unwrap().is_empty(), "{end:?}: a cancelled job was claimed again");
     }
-    assert_eq!(f.recover(E1, at(3), 2, at(2)), Err(StoreError::Fenced));
+    assert_eq!(f.recover(E1, requeue_at(3, 2), at(2)), Err(StoreError::Fenced));
 }
 
 #[test]

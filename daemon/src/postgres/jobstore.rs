@@ -11,7 +11,9 @@ use postgres::{Client, Transaction};
 use super::jobs::{self, server_now, PgResult};
 use super::{workers, Target};
 use crate::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
-use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, Recovered, WallMs};
+use crate::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, OrphanPolicy, Recovered, WallMs,
+};
 
 /// How a guarded transaction failed.
 enum TxError<R> {
@@ -335,13 +337,7 @@ impl JobStore for PgStore {
         })
     }
 
-    fn recover(
-        &mut self,
-        epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        now: WallMs,
-    ) -> StoreResult<Recovered> {
+    fn recover(&mut self, epoch: Epoch, policy: OrphanPolicy, now: WallMs) -> StoreResult<Recovered> {
         let name = self.name.clone();
         self.guarded(epoch, now, |tx, store_now| {
             let (before, all) = own_and_predecessors(tx, epoch, &name)?;
@@ -351,7 +347,7 @@ impl JobStore for PgStore {
             if crate::mutant::active(crate::mutant::NO_IMMEDIATE_RECOVERY) {
                 return Ok(Recovered::default());
             }
-            jobs::recover_orphans(tx, &all, retry_at - now, max_interruptions, RECOVERED_WHY, store_now)
+            jobs::recover_orphans(tx, &all, policy.retry_at - now, policy.max_interruptions, RECOVERED_WHY, store_now)
         })
     }
 }

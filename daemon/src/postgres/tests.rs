@@ -12,7 +12,7 @@ use postgres::Client;
 use super::jobstore::{PgStore, StoreClock};
 use super::{jobs, schema, workers, Target};
 use crate::engine::jobstore::{JobStore, Record, Recorded, StoreError};
-use crate::job::{ChildIdentity, ClaimLimits, Epoch, JobId, NewJob, WallMs};
+use crate::job::{ChildIdentity, ClaimLimits, Epoch, JobId, NewJob, OrphanPolicy, WallMs};
 
 /// A throwaway server for this test binary's PostgreSQL tests; databases made on demand.
 pub(crate) struct TestServer {
@@ -361,7 +361,8 @@ fn a_new_start_on_the_same_home_recovers_its_predecessors_at_once(server: &TestS
     let (_other, _) = worker(&url, "host/boot:/elsewhere", 60_000);
     let (second, mut second_store) = worker(&url, "host/boot:/home", 60_000);
     assert_eq!(second_store.orphan_children(second).unwrap(), vec![(id, child)]);
-    let rec = second_store.recover(second, WallMs(0), 2, WallMs(0)).unwrap();
+    let rec =
+        second_store.recover(second, OrphanPolicy { retry_at: WallMs(0), max_interruptions: 2 }, WallMs(0)).unwrap();
     assert_eq!(rec.requeued, vec![id]);
     assert_eq!(first_store.heartbeat(first, WallMs(0), 0).0, Err(StoreError::Fenced), "the predecessor is fenced");
     assert_eq!(scalar(&url, "SELECT COUNT(*) FROM homer_workers WHERE fenced_at IS NULL"), 2);

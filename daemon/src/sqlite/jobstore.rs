@@ -3,7 +3,9 @@
 //! epoch + token. The shared suite below (`crate::engine::suite`) holds every store to the same semantics.
 
 use crate::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
-use crate::job::{ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, Recovered, WallMs};
+use crate::job::{
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, NewJob, OrphanPolicy, Recovered, WallMs,
+};
 
 use super::jobs;
 use super::writer::{SyncMode, WriteError, Writer};
@@ -130,15 +132,9 @@ impl JobStore for SqliteStore {
         Ok(self.writer.call_blocking(SyncMode::Normal, jobs::orphan_children)?)
     }
 
-    fn recover(
-        &mut self,
-        _epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        now: WallMs,
-    ) -> StoreResult<Recovered> {
+    fn recover(&mut self, _epoch: Epoch, policy: OrphanPolicy, now: WallMs) -> StoreResult<Recovered> {
         Ok(self.writer.call_blocking(SyncMode::Full, move |tx| {
-            let rec = jobs::recover_orphans(tx, retry_at, max_interruptions, now)?;
+            let rec = jobs::recover_orphans(tx, policy.retry_at, policy.max_interruptions, now)?;
             let n = (rec.requeued.len() + rec.failed.len() + rec.cancelled.len()) as i64;
             super::ops::bump_metric(tx, "stale_jobs_recovered", n)?;
             Ok(rec)

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use homerd::engine::jobstore::{JobStore, Record, RecordItem, Recorded, StoreError, StoreResult};
 use homerd::job::{
-    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, Recovered, WallMs,
+    ChildIdentity, ClaimLimits, ClaimRef, Claimed, Epoch, FailOutcome, JobId, JobStatus, NewJob, OrphanPolicy,
+    Recovered, WallMs,
 };
 use homerd::sqlite::ops::{Cancel, Retry};
 
@@ -355,14 +356,8 @@ impl JobStore for Queue {
     /// An `exec` run that recorded no child never released its program, so it never ran:
     /// its attempt is given back as an interruption, while the job has had fewer than
     /// `max_interruptions`; after that it is an orphan like any other.
-    fn recover(
-        &mut self,
-        epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        now: WallMs,
-    ) -> StoreResult<Recovered> {
-        let (retry_at, now) = (retry_at.0, now.0);
+    fn recover(&mut self, epoch: Epoch, policy: OrphanPolicy, now: WallMs) -> StoreResult<Recovered> {
+        let (retry_at, max_interruptions, now) = (policy.retry_at.0, policy.max_interruptions, now.0);
         let children = self.orphan_children(epoch)?;
         let mut out = Recovered { children, ..Recovered::default() };
         for (id, j) in self.jobs.iter_mut().filter(|(_, j)| j.status == JobStatus::Running) {

@@ -3,7 +3,7 @@
 use super::*;
 use crate::engine::jobstore::{RecordItem, StoreResult};
 use crate::engine::memory::MemoryStore;
-use crate::job::{ChildIdentity, ClaimRef, JobStatus, NewJob};
+use crate::job::{ChildIdentity, ClaimRef, JobStatus, NewJob, OrphanPolicy};
 
 fn cfg() -> EngineConfig {
     EngineConfig::for_tests()
@@ -242,14 +242,8 @@ impl JobStore for Faulty {
     fn orphan_children(&mut self, epoch: Epoch) -> StoreResult<Vec<(JobId, ChildIdentity)>> {
         self.inner.orphan_children(epoch)
     }
-    fn recover(
-        &mut self,
-        epoch: Epoch,
-        retry_at: WallMs,
-        max_interruptions: u32,
-        now: WallMs,
-    ) -> StoreResult<Recovered> {
-        self.inner.recover(epoch, retry_at, max_interruptions, now)
+    fn recover(&mut self, epoch: Epoch, policy: OrphanPolicy, now: WallMs) -> StoreResult<Recovered> {
+        self.inner.recover(epoch, policy, now)
     }
 }
 
