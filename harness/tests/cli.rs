@@ -28,6 +28,15 @@ fn run(args: &[&str]) -> Output {
     Command::new(harness()).args(args).arg("--daemon").arg(daemon()).output().unwrap()
 }
 
+/// `homer-harness run ARGS... --daemon <the workspace's homerd>`, its sandboxes (and failed
+/// runs' timelines) under `sandboxes`, none kept whatever the environment says.
+fn run_in(sandboxes: &Path, args: &[&std::ffi::OsStr]) -> Command {
+    let mut c = Command::new(harness());
+    c.arg("run").args(args).arg("--daemon").arg(daemon());
+    c.env("HOMER_HARNESS_SANDBOX_DIR", sandboxes).env_remove("HOMER_HARNESS_KEEP");
+    c
+}
+
 /// One daemon, one job that completes, the invariants checked.
 fn passing() -> String {
     self_test(
@@ -73,14 +82,12 @@ fn junit_has_one_testcase_per_run_and_repeat_runs_each_scenario_again() {
     let b = write(dir.path(), "second.toml", &passing().replace("enqueue = \"noop\"", "enqueue = \"fail\""));
     let junit = dir.path().join("report.xml");
     // The failed runs' timelines are saved beside their sandboxes: here, not in /tmp.
-    let out = Command::new(harness())
-        .args(["run", a.to_str().unwrap(), b.to_str().unwrap(), "--repeat", "3", "--junit", junit.to_str().unwrap()])
-        .arg("--daemon")
-        .arg(daemon())
-        .env("HOMER_HARNESS_SANDBOX_DIR", dir.path())
-        .env_remove("HOMER_HARNESS_KEEP")
-        .output()
-        .unwrap();
+    let out = run_in(
+        dir.path(),
+        &[a.as_ref(), b.as_ref(), "--repeat".as_ref(), "3".as_ref(), "--junit".as_ref(), junit.as_ref()],
+    )
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     // `second` waits for job.completed of a failing job: it fails, three times.
     assert_eq!(out.status.code(), Some(1), "{stdout}");
@@ -129,15 +136,7 @@ fn a_failed_run_reports_its_timeline_with_the_failing_step() {
     // Runs it with sandboxes under `base` (and `extra` arguments): it fails, and its report
     // names a timeline. Returns that path and the report.
     let run_failing = |base: &Path, extra: &[&str]| -> (PathBuf, String) {
-        let out = Command::new(harness())
-            .arg("run")
-            .arg(&a)
-            .args(extra)
-            .arg("--daemon")
-            .arg(daemon())
-            .env("HOMER_HARNESS_SANDBOX_DIR", base)
-            .output()
-            .unwrap();
+        let out = run_in(base, &[a.as_ref()]).args(extra).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         let path = stdout.lines().find_map(|l| l.split("  timeline: ").nth(1)).expect("the timeline's path").trim();
@@ -168,16 +167,7 @@ fn a_failed_run_reports_its_timeline_with_the_failing_step() {
 /// sandboxes under `sandboxes`, none kept whatever the environment says.
 #[cfg(target_os = "linux")]
 fn spawn_run(file: &Path, stdout: Stdio, sandboxes: &Path) -> std::process::Child {
-    Command::new(harness())
-        .arg("run")
-        .arg(file)
-        .arg("--daemon")
-        .arg(daemon())
-        .env("HOMER_HARNESS_SANDBOX_DIR", sandboxes)
-        .env_remove("HOMER_HARNESS_KEEP")
-        .stdout(stdout)
-        .spawn()
-        .unwrap()
+    run_in(sandboxes, &[file.as_ref()]).stdout(stdout).spawn().unwrap()
 }
 
 /// What is left in `dir` of runs of scenario `name`: their sandboxes and saved timelines.
@@ -282,17 +272,7 @@ fn a_tmpfs_home_is_unmounted_after_a_passed_a_failed_and_an_interrupted_run() {
     ];
     for (name, last, code) in cases {
         let file = write(dir.path(), &format!("{name}.toml"), &tmpfs_scenario(&last));
-        let child = Command::new(harness())
-            .arg("run")
-            .arg(&file)
-            .arg("--daemon")
-            .arg(daemon())
-            .env("HOMER_HARNESS_SANDBOX_DIR", dir.path())
-            .env_remove("HOMER_HARNESS_KEEP")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = run_in(dir.path(), &[file.as_ref()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let pid = child.id();
         // Every case runs with its home mounted: the daemon starts only after the mount.
         wait_for_processes(pid, 1);
@@ -371,14 +351,7 @@ fn an_unreadable_database_fails_the_final_check() {
     );
     assert!(unreadable.contains("op = \"replace\""), "the passing scenario changed its shape");
     let file = write(dir.path(), "unreadable.toml", &unreadable);
-    let out = Command::new(harness())
-        .arg("run")
-        .arg(&file)
-        .arg("--daemon")
-        .arg(daemon())
-        .env("HOMER_HARNESS_SANDBOX_DIR", dir.path())
-        .output()
-        .unwrap();
+    let out = run_in(dir.path(), &[file.as_ref()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
