@@ -623,20 +623,16 @@ fn lock_holders_ends_a_hold_at_the_kill_when_no_exit_was_seen_and_at_the_last_ev
     assert_passes(lock_holders(&h));
     let h = both_lock_7().kill("a").build();
     assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
-    // A holder the harness has no process record of holds until its last event.
-    let h = Hb::default()
-        .acquired("ghost", 7)
-        .ev("ghost", "daemon.heartbeat", json!({}))
-        .daemon("b", 200)
-        .acquired("b", 7)
-        .build();
-    assert_passes(lock_holders(&h));
-    let h = Hb::default()
-        .acquired("ghost", 7)
-        .daemon("b", 200)
-        .acquired("b", 7)
-        .ev("ghost", "daemon.heartbeat", json!({}))
-        .build();
+    // A holder the harness has no process record of holds until its last event: b's lock
+    // after that event is a clean hand-over, before it a second holder.
+    let ghost = |last_event_first: bool| {
+        let hb = Hb::default().acquired("ghost", 7);
+        let hb = if last_event_first { hb.ev("ghost", "daemon.heartbeat", json!({})) } else { hb };
+        let hb = hb.daemon("b", 200).acquired("b", 7);
+        if last_event_first { hb } else { hb.ev("ghost", "daemon.heartbeat", json!({})) }.build()
+    };
+    assert_passes(lock_holders(&ghost(true)));
+    let h = ghost(false);
     assert_rejects(lock_holders(&h), LOCK_HOLDERS, "two holders of lock inode dev 66 ino 7");
 }
 
