@@ -213,6 +213,13 @@ pub fn side_files(path: &Path) -> [PathBuf; 3] {
 pub fn refuse_stray_side_files(path: &Path) -> Result<()> {
     for side in side_files(path) {
         if std::fs::symlink_metadata(&side).is_ok() {
+            // Looked at again after its side file was seen: a concurrent first start links
+            // the new database into place before it opens it (and so before any side file
+            // exists), so a database there now owns the side file. (Without this, a start
+            // racing the first one — it saw no database, then the new `-wal` — was refused.)
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Ok(());
+            }
             return Err(Error::data(
                 &side,
                 format!(
