@@ -51,6 +51,27 @@ pub fn bytes(buf: &[u8]) -> Result<()> {
     out.write_all(buf).and_then(|_| out.flush()).map_err(write_error)
 }
 
+/// Whether stdout is a pipe or socket whose reader has gone, asked without writing. A
+/// command that writes only now and then (`logs -f` on a quiet job) would otherwise meet
+/// the closed pipe only at its next write, which may never come. A terminal, a file or
+/// an open pipe is not gone; neither is anything `poll` cannot answer for.
+///
+/// Linux flags a pipe's write end `POLLERR` once no reader is left, and a socket's
+/// `POLLHUP` once the peer shut it down, whatever events were asked for. macOS (like
+/// illumos) reports nothing for a descriptor polled with no events, so the request
+/// names `POLLRDBAND`, which a write end never raises itself; with it the closed pipe
+/// shows as `POLLERR`/`POLLHUP` there too (GNU `tail -f` relies on the same).
+pub fn reader_gone() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let stdout = rustix::stdio::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::RDBAND)];
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) if n > 0 => fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP),
+        _ => false,
+    }
+}
+
 /// Writes one JSON value as one compact line.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
     let mut line = serde_json::to_string(value).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;

@@ -399,17 +399,44 @@ fn retry_a_failed_job() {
 fn logs_of_a_run_on_another_host_name_that_host() {
     let pg = Pg::migrated();
     let id = pg.enqueue(&["exec", "--", "true"]);
-    let worker = "otherhost/0f0f:/srv/homer";
-    let (_c, _epoch, claimed) = claimed_by(&pg, worker, 60_000);
-    assert_eq!(claimed.len(), 1);
+    // Registered as host, boot id and home; the run names the claiming process, as
+    // rows written before runs carried the registered name do.
+    let (name, worker) = ("otherhost/0f0f:/srv/homer", "otherhost/4242");
+    let mut c = pg.client();
+    let epoch = register(&mut c, name, 60_000);
+    assert_eq!(claim(&mut c, epoch, worker).len(), 1);
     let out = pg.run(&["logs", &id.to_string()]);
     assert_eq!(out.code, Some(66), "{}", out.stderr);
-    assert!(out.stderr.contains(worker), "{}", out.stderr);
+    assert!(out.stderr.contains(name) && out.stderr.contains(worker), "{}", out.stderr);
     let show = pg.ok(&["show", &id.to_string()]);
     assert!(show.contains(&format!("worker {worker}")), "{show}");
     assert!(show.contains("not in this home"), "{show}");
     let out = pg.run(&["logs", &id.to_string(), "--run", "2"]);
     assert_eq!(out.code, Some(66), "no run 2: {}", out.stderr);
+}
+
+/// A run this home's daemon ran is read here even when it wrote nothing: `logs` says so
+/// and exits 0, `logs -f` follows it to its end — not 66 "ran elsewhere" (the run's
+/// `worker` is the daemon's process, not its registered name).
+#[test]
+fn logs_of_a_silent_run_in_this_home_are_not_elsewhere() {
+    let pg = Pg::new();
+    let _d = pg.daemon();
+    let silent = pg.enqueue(&["exec", "--", "true"]);
+    let out = pg.run(&["wait", &silent.to_string()]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let out = pg.run(&["logs", &silent.to_string()]);
+    assert_eq!((out.code, out.stdout.as_str()), (Some(0), ""), "{}", out.stderr);
+    assert!(out.stderr.contains("has no output here"), "{}", out.stderr);
+    // `show` names the run's worker as registered: its host, boot and this home.
+    let show = pg.ok(&["show", &silent.to_string()]);
+    let me = format!("worker {}/", homerd::platform::hostname());
+    assert!(show.contains(&me) && show.contains(&format!(":{},", pg.sb.home().display())), "{show}");
+    for args in [vec!["noop"], vec!["exec", "--", "sh", "-c", "sleep 0.2"]] {
+        let id = pg.enqueue(&args);
+        let out = pg.run(&["logs", "-f", &id.to_string()]);
+        assert_eq!((out.code, out.stdout.as_str()), (Some(0), ""), "{args:?}: {}", out.stderr);
+    }
 }
 
 #[test]

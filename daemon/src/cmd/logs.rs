@@ -78,7 +78,12 @@ impl Tailer {
         self.offset += buf.len() as u64;
         if self.to_stderr {
             let mut err = std::io::stderr().lock();
-            err.write_all(&buf).and_then(|_| err.flush()).map_err(|e| Error::io("write", "<stderr>", e))
+            // `--both`: stderr carries the job's stderr as data, so its reader going away
+            // (`2>&1 | head`) ends the command as a closed stdout does.
+            err.write_all(&buf).and_then(|_| err.flush()).map_err(|e| match e.kind() {
+                std::io::ErrorKind::BrokenPipe => Error::StdoutClosed,
+                _ => Error::io("write", "<stderr>", e),
+            })
         } else {
             output::bytes(&buf)
         }
@@ -209,28 +214,37 @@ pub fn logs(ctx: &Context, spec: LogsSpec) -> Result<i32> {
             // Asked for a run that will never come.
             return Ok(wait::outcome_code(now.status));
         }
+        // A quiet job writes nothing for long stretches, and only a write would meet the
+        // closed pipe: ask (`logs -f 7 | grep -m1 ready` must end when grep does).
+        if output::reader_gone() {
+            return Err(Error::StdoutClosed);
+        }
         source.pause(wait::POLL)?;
     }
 }
 
 /// On PostgreSQL, a run whose output is not in this home: 66 naming the worker (and
 /// its host) that ran it, when that is not this home's daemon. A run's output files stay
-/// on the host that ran it; `homerd logs` there reads them.
+/// on the host that ran it; `homerd logs` there reads them. Which home a run ran in is
+/// the registered name of the incarnation that claimed it (the run's epoch; older rows
+/// name only `<host>/<pid>` in the run's own `worker`). With that row gone, nothing says
+/// the run was elsewhere.
 fn elsewhere(ctx: &Context, source: &mut Source, id: i64, run: i64) -> Result<()> {
-    let Some((worker, host)) = source.queue.run_worker(id, run)? else { return Ok(()) };
-    if is_this_home(&crate::platform::hostname(), &ctx.paths.home, &worker) {
+    let Some(ran) = source.queue.run_worker(id, run)? else { return Ok(()) };
+    let Some((name, host)) = ran.registered else { return Ok(()) };
+    if is_this_home(&crate::platform::hostname(), &ctx.paths.home, &name) {
         return Ok(());
     }
-    let host = host.unwrap_or_else(|| worker.split('/').next().unwrap_or("?").to_owned());
+    let claimed = if ran.worker == name { String::new() } else { format!(", claimed as {}", ran.worker) };
     Err(Error::NotFound(format!(
-        "job {id} run {run} ran on worker {worker} (host {host}); its output is in that daemon's home there, \
+        "job {id} run {run} ran on worker {name} (host {host}{claimed}); its output is in that daemon's home there, \
          not in {}: run `homerd logs {id} --run {run}` on {host} with that home",
         ctx.paths.home.display()
     )))
 }
 
-/// Whether a worker name (`<host>/<boot id>:<home>`, as a daemon registers itself) is
-/// this host's daemon for this home.
+/// Whether a registered worker name (`<host>/<boot id>:<home>`, as a daemon registers
+/// itself) is this host's daemon for this home.
 fn is_this_home(host: &str, home: &Path, worker: &str) -> bool {
     // The boot id may itself hold ':' (it carries the pid namespace): match both ends.
     worker.starts_with(&format!("{host}/")) && worker.ends_with(&format!(":{}", home.display()))

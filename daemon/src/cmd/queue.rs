@@ -167,9 +167,9 @@ impl Queue {
     }
 
     /// On a shared queue (PostgreSQL), the worker job `id`'s run `run` was claimed by and
-    /// that worker's host, when its row is still there; `None` on SQLite, where every run
-    /// was this home's daemon's.
-    pub fn run_worker(&mut self, id: i64, run: i64) -> Result<Option<(String, Option<String>)>> {
+    /// that incarnation's registration, when its row is still there; `None` on SQLite,
+    /// where every run was this home's daemon's.
+    pub fn run_worker(&mut self, id: i64, run: i64) -> Result<Option<pg_ops::RunWorker>> {
         match self {
             Queue::Sqlite { .. } => Ok(None),
             Queue::Postgres(pg) => {

@@ -59,7 +59,9 @@ pub fn run(ctx: Context, url: &str) -> Result<i32> {
         .field("name", registration.name.clone())
         .emit();
     raise_open_files();
-    let engine_cfg = runner::engine_config(&ctx.config, runner::worker_name());
+    // Runs and claims name the worker by its registered name, as `show` and `status`
+    // print it: which host and which home ran a run (and so keeps its output).
+    let engine_cfg = runner::engine_config(&ctx.config, registration.name.clone());
     let store = PgStore::new(client, target.clone(), registration.name.clone(), StoreClock::Server);
     let coord = Arc::new(Coordinator::new(engine_cfg, epoch, AnyStore::Postgres(Box::new(store))));
     let kill_limit = ctx.config.kill_grace + Duration::from_secs(10);

@@ -282,15 +282,32 @@ pub fn job_progress(client: &mut impl GenericClient, id: i64) -> PgResult<Option
     }))
 }
 
-/// The worker a job's run was claimed by (its `worker` name: `<host>/<boot id>:<home>`)
-/// and that worker's host, when its row is still there.
-pub fn run_worker(client: &mut impl GenericClient, id: i64, run: i64) -> PgResult<Option<(String, Option<String>)>> {
+/// Who ran a job's run, as `homerd logs` needs it to say where the output is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunWorker {
+    /// The run's `job_runs.worker`: the registered name of the worker that claimed it
+    /// (`<host>/<pid>` in rows written before homerd named runs so).
+    pub worker: String,
+    /// The incarnation's registered name (`<host>/<boot id>:<home>`) and host, while its
+    /// `homer_workers` row is still there.
+    pub registered: Option<(String, String)>,
+}
+
+/// The worker a job's run was claimed by, and the registration of the incarnation that
+/// claimed it (the run's epoch), when that row is still there.
+pub fn run_worker(client: &mut impl GenericClient, id: i64, run: i64) -> PgResult<Option<RunWorker>> {
     let run = i32::try_from(run).unwrap_or(i32::MAX);
     Ok(client
         .query_opt(
-            "SELECT r.worker, w.host FROM job_runs r LEFT JOIN homer_workers w ON w.incarnation = r.epoch
+            "SELECT r.worker, w.name, w.host FROM job_runs r LEFT JOIN homer_workers w ON w.incarnation = r.epoch
              WHERE r.job_id = $1 AND r.run = $2",
             &[&id, &run],
         )?
-        .map(|r| (r.get(0), r.get(1))))
+        .map(|r| {
+            let registered = match (r.get::<_, Option<String>>(1), r.get::<_, Option<String>>(2)) {
+                (Some(name), Some(host)) => Some((name, host)),
+                _ => None,
+            };
+            RunWorker { worker: r.get(0), registered }
+        }))
 }
