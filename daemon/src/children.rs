@@ -363,9 +363,14 @@ fn denied(key: &OsStr, prefixes: &[String]) -> bool {
     prefixes.iter().any(|p| key.as_bytes().starts_with(p.as_bytes()))
 }
 
+/// A run's log file, opened once per stream per run. An old file of the same name is
+/// emptied: it is another run's that the database no longer knows — a run number that
+/// repeats after a power cut lost the first one, and a job id that repeats after a
+/// restored backup is another job — and its bytes must not show as this run's output.
 fn open_log(path: &Path) -> io::Result<File> {
     OpenOptions::new()
-        .append(true)
+        .write(true)
+        .truncate(true)
         .create(true)
         .mode(0o600)
         .open(path)

@@ -120,6 +120,52 @@ fn logs_follow_crosses_retries_and_exits_4_failed_5_cancelled() {
     assert_eq!(exit.code(), Some(5), "cancelled: {}", exit.describe());
 }
 
+/// `logs -f ID | grep -m1 ready` ends when grep does, though the job stays quiet: the
+/// reader closing the pipe ends `logs -f` with 0 at its next poll, not at a write that
+/// never comes.
+#[test]
+fn logs_follow_ends_when_its_reader_closes_the_pipe_of_a_quiet_job() {
+    let (sb, _d) = engine_sandbox();
+    let id = enqueue(&sb, &["exec", "--", "sh", "-c", "echo ready; exec sleep 3600"]);
+    let mut c = sb.cmd();
+    c.args(["logs", "-f", &id.to_string()]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let (mut proc, mut pipes) = Proc::spawn(&mut c).unwrap();
+    let stdout = pipes.stdout.take().unwrap();
+    // Reads one line, then drops (closes) the read end, as `grep -m1` does.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(deadline(30.0)).expect("logs -f prints the job's first line");
+    assert_eq!(line, "ready\n");
+    let exit = proc.wait_exit(deadline(30.0)).expect("logs -f ends once its reader is gone");
+    assert_eq!(exit.code(), Some(0), "{}", exit.describe());
+    let status: String =
+        sql(&sb.db()).query_row("SELECT status FROM job_queue WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+    assert_eq!(status, "running", "the job itself is left alone");
+}
+
+/// A run log left by a run the database no longer knows (a job id reused after a
+/// restored backup, a run number after a power cut) is not shown as this run's output:
+/// the new run's file holds only what it wrote.
+#[test]
+fn a_stale_log_of_the_same_name_is_replaced_not_appended_to() {
+    let sb = Sandbox::new();
+    assert_eq!(sb.run(&["migrate"]).code, Some(0));
+    let id = enqueue(&sb, &["exec", "--", "sh", "-c", "echo fresh; echo fresh-err >&2"]);
+    let runs = sb.home().join("logs/runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    for ext in ["out", "err"] {
+        std::fs::write(runs.join(format!("{id}-1.{ext}")), "another job's secret output\n").unwrap();
+    }
+    let _d = active_engine(&sb, &[]);
+    assert_eq!(sb.run(&["wait", &id.to_string()]).code, Some(0));
+    assert_eq!(std::fs::read_to_string(runs.join(format!("{id}-1.out"))).unwrap(), "fresh\n");
+    assert_eq!(std::fs::read_to_string(runs.join(format!("{id}-1.err"))).unwrap(), "fresh-err\n");
+}
+
 /// `logs` without `-f`: the latest run's stdout by default, `--stderr`, `--run N`,
 /// `--tail N`; a run that does not exist and a missing job are 66; a job that has no
 /// output (a `noop`, or a program that wrote nothing) says so and exits 0.
