@@ -24,7 +24,7 @@
 //! If the guardian itself dies, the next write fails (EPIPE: Rust ignores SIGPIPE) and the
 //! daemon starts a new one and tells it every group it watches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -44,7 +44,11 @@ struct State {
     /// Kill grace the guardian is started with.
     grace: Duration,
     running: Option<Running>,
-    watched: BTreeSet<u32>,
+    /// Watched groups, each with how many [`Watched`] guards hold it: a run's guard drops
+    /// only after its group is reaped and its output drained, and by then the pgid may
+    /// already be another job's group, watched by that job's own guard. The guardian hears
+    /// `+` at the first holder and `-` after the last.
+    watched: BTreeMap<u32, usize>,
 }
 
 /// `None` until [`start`]: then every [`watch`] goes to the guardian.
@@ -60,7 +64,7 @@ pub fn start(grace: Duration) -> std::io::Result<()> {
         return Ok(());
     }
     let mut slot = lock();
-    let mut state = State { grace, running: None, watched: BTreeSet::new() };
+    let mut state = State { grace, running: None, watched: BTreeMap::new() };
     state.running = Some(spawn(grace)?);
     *slot = Some(state);
     Ok(())
@@ -94,7 +98,7 @@ fn send(state: &mut State, line: &str) {
     }
     match spawn(state.grace) {
         Ok(mut r) => {
-            let all: String = state.watched.iter().map(|g| format!("+{g}\n")).collect();
+            let all: String = state.watched.keys().map(|g| format!("+{g}\n")).collect();
             if r.stdin.write_all(all.as_bytes()).is_ok() {
                 crate::events::warn("guardian.restarted", "The group guardian was gone; started a new one")
                     .field("watched", state.watched.len())
@@ -108,14 +112,33 @@ fn send(state: &mut State, line: &str) {
     }
 }
 
-/// Watches `pgid` until the returned guard drops: call before the group may run.
-pub fn watch(pgid: u32) -> Watched {
-    if let Some(state) = lock().as_mut() {
-        if state.watched.insert(pgid) {
-            send(state, &format!("+{pgid}\n"));
-        }
+/// Watches `pgid` until the returned guard drops: call before the group may run. An
+/// error means a guardian should run but none does (it died and a new one could not be
+/// started): the group must not be released, since nothing would stop it if the daemon
+/// died (fail closed; the caller gives the attempt back).
+pub fn watch(pgid: u32) -> Result<Watched, String> {
+    let mut slot = lock();
+    let Some(state) = slot.as_mut() else { return Ok(Watched(pgid)) };
+    let holders = state.watched.entry(pgid).or_insert(0);
+    *holders += 1;
+    if *holders == 1 {
+        send(state, &format!("+{pgid}\n"));
     }
-    Watched(pgid)
+    if state.running.is_none() {
+        unwatch(state, pgid);
+        return Err(String::from("the group guardian is gone and a new one could not be started"));
+    }
+    Ok(Watched(pgid))
+}
+
+/// One holder of `pgid` lets go; after the last, the guardian hears `-PGID`.
+fn unwatch(state: &mut State, pgid: u32) {
+    let Some(holders) = state.watched.get_mut(&pgid) else { return };
+    *holders -= 1;
+    if *holders == 0 {
+        state.watched.remove(&pgid);
+        send(state, &format!("-{pgid}\n"));
+    }
 }
 
 /// A watched group; dropping it (once the group is gone) tells the guardian.
@@ -124,9 +147,7 @@ pub struct Watched(u32);
 impl Drop for Watched {
     fn drop(&mut self) {
         if let Some(state) = lock().as_mut() {
-            if state.watched.remove(&self.0) {
-                send(state, &format!("-{}\n", self.0));
-            }
+            unwatch(state, self.0);
         }
     }
 }
@@ -167,15 +188,20 @@ pub fn guardian_main(parent: u32, grace: Duration) -> i32 {
     if live.is_empty() {
         return 0;
     }
-    eprintln!(
-        "homerd group-guardian: the daemon (PID {parent}) exited with {} job process group(s) alive; stopping them: {live:?}",
-        live.len()
-    );
     for g in &live {
         let _ = platform::signal_group(*g, rustix::process::Signal::TERM);
     }
+    // Said after the signals, and never with `eprintln!`: stderr is the daemon's, which
+    // may be a hung-up terminal or a pipe nobody reads any more (the daemon died with
+    // its ssh session), and `eprintln!` panics on a failed write.
+    let _ = writeln!(
+        std::io::stderr(),
+        "homerd group-guardian: the daemon (PID {parent}) exited with {} job process group(s) alive; stopping them: {live:?}",
+        live.len()
+    );
     let deadline = Instant::now() + grace;
-    let gone = |g: &u32| !platform::group_has_live_member(*g).unwrap_or(false);
+    // A group that cannot be listed counts as alive, here as above: it gets the SIGKILL.
+    let gone = |g: &u32| !platform::group_has_live_member(*g).unwrap_or(true);
     while Instant::now() < deadline && !live.iter().all(gone) {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -792,7 +792,15 @@ impl JobContext {
         // Watched by the group guardian (when one runs) until the group is gone, so it
         // dies with the daemon if the daemon dies first. Dropped as this returns: by then
         // the group is gone (killed and reaped, or dropped unreleased).
-        let _watched = crate::guardian::watch(child.pgid);
+        let _watched = match crate::guardian::watch(child.pgid) {
+            Ok(w) => w,
+            // Released unwatched, it could outlive a dead daemon and overlap another
+            // host's re-run: the daemon's trouble, so the attempt is given back.
+            Err(e) => {
+                drop(child);
+                return JobResult::NotStarted { error: format!("not started: {e}") };
+            }
+        };
         let record = ChildIdentity {
             pid: child.pid,
             pgid: child.pgid,

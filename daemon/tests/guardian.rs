@@ -73,3 +73,21 @@ fn a_group_that_ignores_term_is_killed_after_the_grace() {
     let _ = stubborn.wait();
     assert!(gone_within(pgid, homer_testkit::scaled(Duration::from_secs(10))));
 }
+
+/// The guardian's stderr is the daemon's, which may be gone with it (a dropped ssh
+/// session, a pipeline killed): its note failing to write must not stop it stopping
+/// the groups (`eprintln!` would panic, before any signal).
+#[test]
+fn a_closed_stderr_does_not_stop_the_guardian() {
+    let mut watched = job_group();
+    let pgid = watched.id();
+    let mut g = guardian();
+    drop(g.stderr.take()); // nobody reads it any more: a write meets EPIPE
+    let mut stdin = g.stdin.take().unwrap();
+    writeln!(stdin, "+{pgid}").unwrap();
+    drop(stdin);
+    let status = g.wait().unwrap();
+    assert!(status.success(), "the guardian failed: {status:?}");
+    let _ = watched.wait();
+    assert!(gone_within(pgid, homer_testkit::scaled(Duration::from_secs(10))), "the watched group survived");
+}
