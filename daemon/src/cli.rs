@@ -441,7 +441,7 @@ fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Wait { ids, timeout, json } => wait::wait(&ctx, &ids, timeout.as_deref(), json),
         Command::Cancel { id, json } => operate::cancel(&ctx, id, json),
         Command::Retry { id, json } => operate::retry(&ctx, id, json),
-        Command::Service { manager, json } => service::print(&ctx.paths, &ctx.config, manager, &passed, json),
+        Command::Service { manager, json } => service::print(&ctx.paths, manager, &passed, json),
         Command::GroupGuardian { .. } | Command::Completions { .. } | Command::ManPages { .. } => {
             unreachable!("handled before configuration is loaded")
         }

@@ -114,6 +114,9 @@ pub struct Sources {
     pub default_file: Option<PathBuf>,
     /// `--set key=value`, in order.
     pub overrides: Vec<String>,
+    /// Leave the `HOMER_<KEY>` variables out: the configuration a service unit's daemon
+    /// will see, whose supervisor does not have this shell's environment.
+    pub skip_environment: bool,
 }
 
 /// What a stop adds to its bound beyond the graces (see [`Config::drain_bound`]).
@@ -149,10 +152,12 @@ impl Config {
                 }
             }
         }
-        for key in KEYS {
-            let var = format!("HOMER_{}", key.to_uppercase());
-            if let Ok(value) = std::env::var(&var) {
-                cfg.set(key, &value, &format!("environment variable {var}"))?;
+        if !sources.skip_environment {
+            for key in KEYS {
+                let var = format!("HOMER_{}", key.to_uppercase());
+                if let Ok(value) = std::env::var(&var) {
+                    cfg.set(key, &value, &format!("environment variable {var}"))?;
+                }
             }
         }
         for item in &sources.overrides {

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use homerd::error::exit;
 
-/// The codes systemd must not restart on (asserted by meaning, not copied from the lib).
-const NO_RESTART: [i32; 6] =
-    [exit::USAGE, exit::DATA, exit::LOCK_UNSUPPORTED, exit::UNSAFE_PATH, exit::PERMISSION, exit::CONFIG];
+/// The codes systemd must not restart on, as README "Service install" lists them
+/// (not copied from the lib).
+const NO_RESTART: [i32; 7] = [64, 65, 66, 69, 73, 77, 78];
 
 /// `homerd ARGS` from `program` in this sandbox, with `env` changes (`None` removes);
 /// retried while a just-copied binary is still open for writing in a sibling's fork.
@@ -130,8 +130,8 @@ fn one<'a>(ini: &'a [(String, Vec<(String, String)>)], section: &str, key: &str)
 }
 
 /// Splits a systemd command line / assignment value into words: double quotes, C
-/// escapes (`\\`, `\"`, `\xNN`), `%%` for `%`, and `$$` for `$` after the first word
-/// (systemd takes the executable path literally).
+/// escapes (`\\`, `\"`, `\xNN` — one byte, as systemd reads it), `%%` for `%`, and
+/// `$$` for `$` after the first word (systemd takes the executable path literally).
 fn systemd_words(s: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut chars = s.chars().peekable();
@@ -139,9 +139,10 @@ fn systemd_words(s: &str) -> Vec<String> {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let Some(first) = chars.next() else { break };
         let quoted = first == '"';
-        let mut w = String::new();
+        let mut w = Vec::new();
+        let push = |w: &mut Vec<u8>, c: char| w.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
         if !quoted {
-            w.push(first);
+            push(&mut w, first);
         }
         while let Some(c) = chars.next() {
             match c {
@@ -150,16 +151,16 @@ fn systemd_words(s: &str) -> Vec<String> {
                 '\\' => match chars.next().expect("escape") {
                     'x' => {
                         let hex: String = [chars.next().unwrap(), chars.next().unwrap()].iter().collect();
-                        w.push(char::from(u8::from_str_radix(&hex, 16).unwrap()));
+                        w.push(u8::from_str_radix(&hex, 16).unwrap());
                     }
-                    'n' => w.push('\n'),
-                    't' => w.push('\t'),
-                    other => w.push(other),
+                    'n' => w.push(b'\n'),
+                    't' => w.push(b'\t'),
+                    other => push(&mut w, other),
                 },
-                c => w.push(c),
+                c => push(&mut w, c),
             }
         }
-        let w = w.replace("%%", "%");
+        let w = String::from_utf8(w).expect("the escapes spell UTF-8").replace("%%", "%");
         words.push(if words.is_empty() { w } else { w.replace("$$", "$") });
     }
     words
@@ -288,6 +289,18 @@ fn paths_with_spaces_and_special_characters_round_trip() {
     verify_with_systemd(&sb, &unit);
 }
 
+/// Control characters in a systemd unit come back as they were, C1 ones (two bytes in
+/// UTF-8, each escaped) included.
+#[test]
+fn control_characters_round_trip_through_the_systemd_unit() {
+    let sb = Sandbox::new();
+    let home = sb.dir.path().join("a\u{1}b\u{85}c\u{9f}d\te");
+    let home = home.to_str().unwrap();
+    let unit = generate(&sb, &bin(), &["--home", home], "systemd");
+    assert!(unit.contains(r"\xc2\x85"), "{unit}");
+    assert_eq!(check_unit(&unit, home, 60), [canonical_bin().as_str(), "--home", home, "run"]);
+}
+
 /// `--config` given relative is made absolute (the supervisor's working directory is
 /// not the operator's); paths a unit cannot carry are refused with the usage code.
 #[test]
@@ -327,6 +340,41 @@ fn a_database_url_is_passed_on_but_never_a_password() {
     assert_eq!(out.code, Some(exit::USAGE), "{out:?}");
     assert!(out.stderr.contains("configuration file"), "{}", out.stderr);
     assert!(!out.stderr.contains("sekret") && out.stdout.is_empty(), "{out:?}");
+    // Nor by way of `--set database=…`.
+    for set in ["database=postgres://homer:sekret@db.example/homer", " database = postgres://homer:sekret@db/q"] {
+        for manager in ["systemd", "launchd"] {
+            let out = sb.run(&["--set", set, "service", manager]);
+            assert_eq!(out.code, Some(exit::USAGE), "{set:?}: {out:?}");
+            assert!(out.stderr.contains("--set database carries a password"), "{}", out.stderr);
+            assert!(!out.stderr.contains("sekret") && out.stdout.is_empty(), "{out:?}");
+        }
+    }
+}
+
+/// `HOMER_<KEY>` variables are not carried into the unit (its supervisor does not have
+/// this shell's environment), so they do not size its stop timeout either: the graces
+/// are the ones the unit's daemon will have. Each variable set is named on stderr.
+#[test]
+fn homer_variables_are_not_carried_and_do_not_size_the_stop_timeout() {
+    let sb = Sandbox::new();
+    let home = sb.home().to_str().unwrap().to_owned();
+    let env = [
+        ("HOMER_SHUTDOWN_GRACE", Some("5s")),
+        ("HOMER_KILL_GRACE", Some("1s")),
+        ("HOMER_DATABASE", Some("postgres://homer:sekret@db.example/homer")),
+    ];
+    let out = run_with(&sb, &bin(), &["service", "systemd"], &env);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(check_unit(&out.stdout, &home, 60), [canonical_bin().as_str(), "--home", &home, "run"]);
+    for var in ["HOMER_SHUTDOWN_GRACE", "HOMER_KILL_GRACE", "HOMER_DATABASE"] {
+        assert!(out.stderr.contains(&format!("{var} is set here but not carried into the unit")), "{}", out.stderr);
+    }
+    assert!(!out.stderr.contains("sekret") && !out.stdout.contains("sekret"), "{out:?}");
+    // A `--set` is carried, and counts: 2m + 2 x 5s (the default kill grace) + 10 s + 10 s.
+    let out = run_with(&sb, &bin(), &["--set", "shutdown_grace=2m", "service", "launchd"], &env);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let args = check_plist(&out.stdout, &home, 150);
+    assert_eq!(args[3..], ["--set", "shutdown_grace=2m", "run"]);
 }
 
 #[test]
@@ -416,7 +464,7 @@ fn doctor_accepts_generated_units_and_warns_on_contradicting_ones() {
         (&unit_path, "Restart=always"),
         (&unit_path, "KillMode=control-group (the default when unset) sends SIGTERM"),
         (&unit_path, "TimeoutStopSec 35s is not above homerd's drain bound 50s"),
-        (&unit_path, "RestartPreventExitStatus lacks 64 65 69 73 77"),
+        (&unit_path, "RestartPreventExitStatus lacks 64 65 66 69 73 77"),
     ];
     assert_eq!(warns.len(), expect.len(), "{}", bad.stdout);
     for (line, (path, text)) in warns.iter().zip(expect) {

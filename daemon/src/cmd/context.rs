@@ -36,8 +36,12 @@ impl Context {
         overrides: Vec<String>,
     ) -> Result<Context> {
         let paths = Paths::new(home, lock_file);
-        let sources =
-            Sources { explicit_file: config_file, default_file: Some(paths.default_config.clone()), overrides };
+        let sources = Sources {
+            explicit_file: config_file,
+            default_file: Some(paths.default_config.clone()),
+            overrides,
+            skip_environment: false,
+        };
         let config = Config::load(&sources)?;
         Ok(Context { paths, config, clock: Clock::from_env() })
     }

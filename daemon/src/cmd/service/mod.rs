@@ -26,7 +26,9 @@ pub use systemd::{check as check_systemd, parse_unit};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::Config;
+use std::io::Write;
+
+use crate::config::{Config, Sources};
 use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
 use crate::paths::Paths;
@@ -49,8 +51,19 @@ pub const SYSTEMD_UNIT: &str = "homerd.service";
 ///   (the other is alive) or takes over cleanly (it is gone).
 /// - `IO` (74) and `INTERNAL` (70): possibly transient (a full disk, a bug hit once);
 ///   homerd is crash-only, so a restart is safe.
-pub const RESTART_PREVENT: &[i32] =
-    &[exit::USAGE, exit::DATA, exit::LOCK_UNSUPPORTED, exit::UNSAFE_PATH, exit::PERMISSION, exit::CONFIG];
+///
+/// `NOT_FOUND` (66) is prevented: `run` gives it for what stays missing until an
+/// operator acts — a PostgreSQL database that does not exist, a TLS root certificate
+/// file that is not there.
+pub const RESTART_PREVENT: &[i32] = &[
+    exit::USAGE,
+    exit::DATA,
+    exit::NOT_FOUND,
+    exit::LOCK_UNSUPPORTED,
+    exit::UNSAFE_PATH,
+    exit::PERMISSION,
+    exit::CONFIG,
+];
 
 /// Delay between a failure and the restart (systemd `RestartSec`; launchd's
 /// `ThrottleInterval`, which also counts as a minimum run time: a daemon that ran for
@@ -111,6 +124,19 @@ fn unit_text<'a>(what: &str, p: &'a Path) -> Result<&'a str> {
         .ok_or_else(|| Error::Usage(format!("{what} {} is not valid UTF-8; a unit file cannot name it", p.display())))
 }
 
+/// A unit file is world-readable on most systems, and its command line shows in `ps`:
+/// a database URL with a password does not go there, whichever way it was given.
+fn no_password(url: &str, given_as: &str) -> Result<()> {
+    if crate::postgres::redact(url) == url {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{given_as} carries a password, which a unit file and the process list would show; \
+         put `database = \"postgres://…\"` in the configuration file (kept 0600) and pass --config, \
+         or use a URL without a password"
+    )))
+}
+
 fn invocation(paths: &Paths, passed: &Passed) -> Result<Invocation> {
     let exe = std::env::current_exe().map_err(|e| Error::io("locate the running binary", "homerd", e))?;
     // Canonical: the unit must not follow a symlink that is later repointed.
@@ -126,30 +152,53 @@ fn invocation(paths: &Paths, passed: &Passed) -> Result<Invocation> {
         args.extend([String::from("--config"), unit_text("config file", &config)?.to_owned()]);
     }
     for set in &passed.sets {
+        if let Some(("database", url)) = set.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+            no_password(url, "--set database")?;
+        }
         args.extend([String::from("--set"), set.clone()]);
     }
     if let Some(url) = &passed.database {
-        // A unit file is world-readable on most systems, and its command line shows in
-        // `ps`: a password does not go there.
-        if crate::postgres::redact(url) != *url {
-            return Err(Error::Usage(String::from(
-                "--database carries a password, which a unit file and the process list would show; \
-                 put `database = \"postgres://…\"` in the configuration file (kept 0600) and pass --config, \
-                 or use a URL without a password",
-            )));
-        }
+        no_password(url, "--database")?;
         args.extend([String::from("--database"), url.clone()]);
     }
     args.push(String::from("run"));
     Ok(Invocation { exe, args, home, logs: unit_text("logs directory", &paths.logs)?.to_owned() })
 }
 
+/// The configuration the unit's daemon will run with, whose graces size the stop
+/// timeout: what the unit carries (the config file, the `--set`s, `--database`), not
+/// this shell's `HOMER_<KEY>` variables — a supervisor does not have them. Each one set
+/// here is named on stderr, so a grace that would not reach the daemon is not a surprise.
+fn unit_config(paths: &Paths, passed: &Passed) -> Result<Config> {
+    let mut cfg = Config::load(&Sources {
+        explicit_file: passed.config.clone(),
+        default_file: Some(paths.default_config.clone()),
+        overrides: passed.sets.clone(),
+        skip_environment: true,
+    })?;
+    if let Some(url) = &passed.database {
+        cfg.set("database", url, "--database")?;
+    }
+    for key in crate::config::KEYS {
+        let var = format!("HOMER_{}", key.to_uppercase());
+        if std::env::var_os(&var).is_some() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "homerd: {var} is set here but not carried into the unit (its supervisor does not have this shell's \
+                 environment); pass it as --set {key}=VALUE or in the config file"
+            );
+        }
+    }
+    Ok(cfg)
+}
+
 /// `homerd service launchd|systemd`: prints the unit; touches nothing.
-pub fn print(paths: &Paths, cfg: &Config, manager: Manager, passed: &Passed, as_json: bool) -> Result<i32> {
+pub fn print(paths: &Paths, manager: Manager, passed: &Passed, as_json: bool) -> Result<i32> {
     let inv = invocation(paths, passed)?;
+    let cfg = unit_config(paths, passed)?;
     let text = match manager {
-        Manager::Launchd => launchd::plist(&inv, cfg)?,
-        Manager::Systemd => systemd::unit(&inv, cfg),
+        Manager::Launchd => launchd::plist(&inv, &cfg)?,
+        Manager::Systemd => systemd::unit(&inv, &cfg),
     };
     if as_json {
         let name = match manager {

@@ -24,8 +24,12 @@ fn word(s: &str, expand_dollar: bool) -> String {
             '"' => out.push_str("\\\""),
             '%' => out.push_str("%%"),
             '$' if expand_dollar => out.push_str("$$"),
+            // systemd reads `\xNN` as one byte: a C1 control (U+0080..U+009F) is two in
+            // UTF-8, so each of its bytes is written.
             c if c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
             }
             c => out.push(c),
         }
