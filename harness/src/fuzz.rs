@@ -652,19 +652,36 @@ pub fn run(
             }
         }
     }
+    let skipped: Vec<&str> = results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Skipped(why) => Some(why.as_str()),
+            _ => None,
+        })
+        .collect();
     println!(
-        "\nfuzz: {} of {} seeds run ({}..={}), {} failed, in {:.1}s",
+        "\nfuzz: {} of {} seeds run ({}..={}), {} failed, {} skipped, in {:.1}s",
         results.len(),
         seeds.len(),
         seeds[0],
         seeds[seeds.len() - 1],
         failed,
+        skipped.len(),
         start.elapsed().as_secs_f64()
     );
+    ExitCode::from(fuzz_exit(failed, skipped.len(), results.len(), skipped.first().copied()))
+}
+
+/// A failed seed is 1; seeds that were all skipped (say, no PostgreSQL server binaries
+/// here) tested nothing, which is not a pass: 2, with the reason.
+fn fuzz_exit(failed: usize, skipped: usize, ran: usize, why: Option<&str>) -> u8 {
     if failed > 0 {
-        ExitCode::from(1)
+        1
+    } else if ran > 0 && skipped == ran {
+        eprintln!("homer-harness: fuzz: every seed was skipped, so nothing was tested: {}", why.unwrap_or("?"));
+        2
     } else {
-        ExitCode::SUCCESS
+        0
     }
 }
 
@@ -702,6 +719,14 @@ mod tests {
     use super::*;
     use crate::scenario::Step;
     use crate::steps::file::FileOp;
+
+    #[test]
+    fn a_fuzz_run_whose_every_seed_was_skipped_is_not_a_pass() {
+        assert_eq!(fuzz_exit(0, 3, 3, Some("no server")), 2);
+        assert_eq!(fuzz_exit(0, 2, 3, Some("no server")), 0, "some seeds ran");
+        assert_eq!(fuzz_exit(1, 2, 3, None), 1);
+        assert_eq!(fuzz_exit(0, 0, 3, None), 0);
+    }
 
     /// How often each storage fault appears in the steps of `seeds`.
     #[derive(Debug, Default)]

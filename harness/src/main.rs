@@ -1,7 +1,7 @@
 //! `homer-harness`: run scenario files against a daemon binary, or fuzz it.
 //!
 //! Exit codes: 0 every run passed (skips allowed), 1 a run failed, 2 usage or a malformed
-//! scenario file (nothing ran). `powerloss`: 0 no invariant broken (with `--mutant`: the
+//! scenario file (nothing ran), or a `fuzz` whose every seed was skipped (nothing tested). `powerloss`: 0 no invariant broken (with `--mutant`: the
 //! mutant lost acknowledged jobs, i.e. it was caught), 1 otherwise, 2 usage or setup.
 
 use std::ffi::OsString;

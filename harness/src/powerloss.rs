@@ -315,7 +315,7 @@ pub fn apply_power_loss(log_path: &Path) -> Result<PowerLossReport, String> {
     let log = read_log(log_path)?;
     let me = std::process::id();
     let pids: BTreeSet<u32> = log.records.iter().map(|r| r.pid).filter(|&p| p != me).collect();
-    if let Some(pid) = pids.into_iter().find(|&p| process_alive(p)) {
+    if let Some(pid) = pids.into_iter().find(|&p| records_alive(p, log_path)) {
         return Err(format!(
             "{}: process {pid} wrote under this log and is still alive; kill every process of the sandbox before applying power loss",
             log_path.display()
@@ -425,8 +425,31 @@ fn revert(path: &Path, lost: &[&Record]) -> Result<FileReport, String> {
 }
 
 /// Whether `pid` is a live process (zombies are dead: they write nothing).
-fn process_alive(pid: u32) -> bool {
-    homer_testkit::alive(pid as i32)
+/// Whether `pid` is alive and still a process that records under `log`. The log keeps
+/// the pids of every process that ever wrote, and a long run (fuzz eras, a sweep's
+/// parallel workers) may see one of them reused by an unrelated process. On Linux its
+/// environment tells: a recorder carries `HOMERD_POWERLOSS_LOG` naming this log. An
+/// environment that cannot be read (macOS has no `/proc`; a process of another uid; one
+/// in the middle of an exec) counts as a recorder, which refuses rather than tear a live
+/// writer's files.
+fn records_alive(pid: u32, log: &Path) -> bool {
+    if !homer_testkit::alive(pid as i32) {
+        return false;
+    }
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { return homer_testkit::alive(pid as i32) };
+    if env.is_empty() {
+        // Inside `execve` (or exiting): its environment cannot be told yet.
+        return true;
+    }
+    let prefix = format!("{}=", homerd::powerloss::LOG_ENV);
+    let ours = log.canonicalize().ok();
+    env.split(|&b| b == 0).filter_map(|kv| kv.strip_prefix(prefix.as_bytes())).any(|value| {
+        let named = Path::new(std::ffi::OsStr::from_bytes(value));
+        named == log || (ours.is_some() && named.canonicalize().ok() == ours)
+    })
 }
 
 #[cfg(test)]
@@ -638,16 +661,59 @@ mod tests {
         assert!(again.contains("cannot read"), "{again}");
     }
 
+    /// A `cat` standing in for a writer: with the recorder's variable naming `log`, or
+    /// (`None`) an unrelated process that got a dead writer's pid. Returned once it has
+    /// echoed a line, so its exec is over: while a process is still inside `execve` its
+    /// environment reads empty (the parent of a vfork-style spawn resumes before that).
+    fn stand_in(log: Option<&Path>) -> std::process::Child {
+        use std::io::{BufRead, BufReader};
+        let mut c = std::process::Command::new("cat");
+        c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        if let Some(log) = log {
+            c.env(homerd::powerloss::LOG_ENV, log);
+        }
+        let mut child = c.spawn().unwrap();
+        writeln!(child.stdin.as_mut().unwrap(), "up").unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "up\n");
+        child
+    }
+
     #[test]
     fn a_live_writer_is_refused_and_nothing_changes() {
         let mut f = Fixture::new();
-        f.pid = 1; // init: alive as long as the system is
+        let mut writer = stand_in(Some(&f.log));
+        f.pid = writer.id();
         let db = f.file("homer.db", b"aa");
         f.write(&db, 0, b"b");
         let err = f.apply().unwrap_err();
-        assert!(err.contains("process 1") && err.contains("still alive"), "{err}");
+        let _ = (writer.kill(), writer.wait());
+        assert!(err.contains(&format!("process {}", f.pid)) && err.contains("still alive"), "{err}");
         assert_eq!(std::fs::read(&db).unwrap(), b"ba");
         assert!(f.log.exists(), "the log is not consumed by a refusal");
+    }
+
+    /// A dead writer's pid, reused by a process that records nothing here, is no writer:
+    /// the log applies (on Linux, where the environment says so; elsewhere it refuses).
+    #[test]
+    fn a_reused_pid_is_not_a_live_writer() {
+        let mut f = Fixture::new();
+        let mut other = stand_in(None);
+        let mut elsewhere = stand_in(Some(Path::new("/nonexistent/powerloss.log")));
+        let db = f.file("homer.db", b"aa");
+        f.pid = other.id();
+        f.write(&db, 0, b"b");
+        f.pid = elsewhere.id();
+        f.write(&db, 1, b"c");
+        let applied = f.apply();
+        let _ = (other.kill(), other.wait(), elsewhere.kill(), elsewhere.wait());
+        if cfg!(target_os = "linux") {
+            applied.unwrap();
+            assert_eq!(std::fs::read(&db).unwrap(), b"aa", "both unsynced writes dropped");
+        } else {
+            assert!(applied.unwrap_err().contains("still alive"));
+        }
     }
 
     #[test]
