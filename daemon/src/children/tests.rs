@@ -328,11 +328,11 @@ fn output_lands_in_the_log_files() {
     let dir = tempfile::tempdir().unwrap();
     let req = request(dir.path());
     let (out, err) = (req.stdout.clone(), req.stderr.clone());
-    std::fs::write(&out, "earlier run\n").unwrap();
+    std::fs::write(&out, "a forgotten run's output\n").unwrap();
     let mut held = stand_in(&["sh", "-c", "echo to-stdout; echo to-stderr >&2"], req).unwrap();
     held.release().unwrap();
     assert!(wait_exit(&mut held).success());
-    assert_eq!(read(&out), "earlier run\nto-stdout\n", "appended, not truncated");
+    assert_eq!(read(&out), "to-stdout\n", "a stale file of the same name is another run's: replaced");
     assert_eq!(read(&err), "to-stderr\n");
     let mode = std::fs::metadata(&err).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

@@ -26,8 +26,6 @@ pub use systemd::{check as check_systemd, parse_unit};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::io::Write;
-
 use crate::config::{Config, Sources};
 use crate::duration::format_duration;
 use crate::error::{exit, Error, Result};
@@ -182,11 +180,14 @@ fn unit_config(paths: &Paths, passed: &Passed) -> Result<Config> {
     for key in crate::config::KEYS {
         let var = format!("HOMER_{}", key.to_uppercase());
         if std::env::var_os(&var).is_some() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "homerd: {var} is set here but not carried into the unit (its supervisor does not have this shell's \
-                 environment); pass it as --set {key}=VALUE or in the config file"
-            );
+            crate::events::warn(
+                "service.not_carried",
+                "A HOMER_* setting of this shell is not carried into the unit (its supervisor does not have this \
+                 environment): pass it with --set or in the config file",
+            )
+            .field("variable", var)
+            .field("set", format!("--set {key}=VALUE"))
+            .emit();
         }
     }
     Ok(cfg)

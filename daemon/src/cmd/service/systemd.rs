@@ -219,6 +219,8 @@ mod tests {
         assert_eq!(word(r#"/a b"c\d%e$f"#, true), r#""/a b\"c\\d%%e$$f""#);
         assert_eq!(word("/x$y", false), "\"/x$y\"");
         assert_eq!(word("a\nb", true), "\"a\\x0ab\"");
+        // A C1 control is two bytes in UTF-8; systemd reads each `\xNN` as one byte.
+        assert_eq!(word("a\u{85}b", true), "\"a\\xc2\\x85b\"");
     }
 
     #[test]
@@ -233,7 +235,7 @@ mod tests {
         assert!(w[0].starts_with("Restart=always"), "{w:#?}");
         assert!(w[1].starts_with("KillMode=control-group (the default when unset)"), "{w:#?}");
         assert!(w[2].starts_with("TimeoutStopSec 45s"), "{w:#?}");
-        assert!(w[3].starts_with("RestartPreventExitStatus lacks 69 73 77 78"), "{w:#?}");
+        assert!(w[3].starts_with("RestartPreventExitStatus lacks 66 69 73 77 78"), "{w:#?}");
 
         let good = unit(&Invocation::for_test("/h"), &cfg);
         assert!(check(&path, good.as_bytes(), &cfg).is_empty());
