@@ -380,7 +380,11 @@ pub fn main() -> i32 {
     events::set_level(
         cli.log_level.unwrap_or_else(|| Level::Info.shifted(i32::from(cli.verbose) - i32::from(cli.quiet))),
     );
-    match dispatch(cli) {
+    if is_run {
+        // The daemon never waits on its stderr (events.rs).
+        events::detach_stderr();
+    }
+    let code = match dispatch(cli) {
         Ok(code) => code,
         // The reader closed stdout: end quietly (`output.rs`).
         Err(Error::StdoutClosed) => Error::StdoutClosed.exit_code(),
@@ -393,7 +397,9 @@ pub fn main() -> i32 {
             }
             code
         }
-    }
+    };
+    events::flush_stderr(events::STDERR_FLUSH);
+    code
 }
 
 fn dispatch(cli: Cli) -> Result<i32, Error> {

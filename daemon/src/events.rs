@@ -7,6 +7,17 @@
 //!
 //! Colour only when stderr is a terminal and `NO_COLOR` is unset.
 //!
+//! **A daemon never waits on its stderr.** A terminal paused with Ctrl-S, or a pipe whose
+//! reader stopped reading (`homerd run 2>&1 | slow`), blocks a write once its buffer is
+//! full; a daemon thread blocked there would renew no lease and stop no overdue job — on
+//! PostgreSQL another host would re-run a job whose process group lives on. So `run`
+//! calls [`detach_stderr`]: from then on a line for stderr is queued (at most
+//! [`STDERR_BACKLOG`] lines) for one writer thread, the only one that may block, and a
+//! line that finds the queue full is dropped and counted (`events.dropped`, once stderr
+//! moves again). The log file is still written in line. [`flush_stderr`] waits (bounded)
+//! for the queue before the process exits or stops itself (a failpoint), so the lines a
+//! harness waits on are out first.
+//!
 //! Levels: an event below the threshold ([`set_level`]; INFO unless the operator asks for
 //! more or less with `-v`/`-q`, `--log-level` or the `log_level` setting) is dropped from
 //! both stderr and the log file. Routine repeats — heartbeats, lease renewals, counters —
@@ -15,8 +26,10 @@
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -175,6 +188,120 @@ pub fn close_log_file() {
     }
 }
 
+/// How long a process about to exit or stop itself waits for its queued stderr lines.
+pub const STDERR_FLUSH: Duration = Duration::from_secs(2);
+
+/// How many lines may wait for a detached stderr before new ones are dropped.
+pub const STDERR_BACKLOG: usize = 4096;
+
+/// A detached stderr: the queue to its writer thread and how much of it is unwritten.
+struct Detached {
+    /// `None` if the writer thread could not be started: lines are written in line.
+    tx: Mutex<Option<Sender<String>>>,
+    /// Lines queued and not yet written; [`flush_stderr`] waits on `written` for zero.
+    pending: Mutex<usize>,
+    written: Condvar,
+    dropped: AtomicU64,
+}
+
+static DETACHED: OnceLock<Detached> = OnceLock::new();
+
+/// Writes `line` (newline included) to stderr: in line, or through the writer thread
+/// once [`detach_stderr`] was called. A failed write is ignored (nowhere left to say it).
+fn to_stderr(line: String) {
+    let in_line = |line: String| {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    };
+    let Some(d) = DETACHED.get() else { return in_line(line) };
+    {
+        let mut pending = d.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if *pending >= STDERR_BACKLOG {
+            d.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *pending += 1;
+    }
+    let tx = d.tx.lock().unwrap_or_else(|p| p.into_inner());
+    let unsent = match tx.as_ref() {
+        Some(tx) => tx.send(line).err().map(|e| e.0),
+        None => Some(line),
+    };
+    drop(tx);
+    if let Some(line) = unsent {
+        d.mark_written();
+        in_line(line);
+    }
+}
+
+impl Detached {
+    fn mark_written(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
+            self.written.notify_all();
+        }
+    }
+}
+
+/// From now on stderr lines go through one writer thread ([module docs](self)). Once per
+/// process (later calls do nothing); if the thread cannot be started, stderr stays in
+/// line.
+pub fn detach_stderr() {
+    if DETACHED.get().is_some() {
+        return;
+    }
+    let (tx, rx) = channel::<String>();
+    let detached = Detached {
+        tx: Mutex::new(Some(tx)),
+        pending: Mutex::new(0),
+        written: Condvar::new(),
+        dropped: AtomicU64::new(0),
+    };
+    if DETACHED.set(detached).is_err() {
+        return;
+    }
+    let Some(d) = DETACHED.get() else { return };
+    let writer = std::thread::Builder::new().name(String::from("stderr")).spawn(move || {
+        for line in rx {
+            let dropped = d.dropped.swap(0, Ordering::Relaxed);
+            let mut err = std::io::stderr().lock();
+            if dropped > 0 {
+                let note = warn("events.dropped", "Event lines were dropped: stderr was not being read")
+                    .field("count", dropped);
+                let ts = format_rfc3339(sink().clock.wall_ms());
+                let text = match sink().format {
+                    Format::Json => note.to_json(&ts),
+                    Format::Human => note.to_human(&ts, sink().colour),
+                };
+                let _ = err.write_all(format!("{text}\n").as_bytes());
+            }
+            let _ = err.write_all(line.as_bytes());
+            drop(err);
+            d.mark_written();
+        }
+    });
+    if writer.is_err() {
+        // Lines queued meanwhile are lost with the receiver; from here on, in line.
+        *d.tx.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *d.pending.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+    }
+}
+
+/// Waits until every queued stderr line is written, or `limit` passes (stderr may be
+/// the very thing that is stuck): before the process exits or stops itself.
+pub fn flush_stderr(limit: Duration) {
+    let Some(d) = DETACHED.get() else { return };
+    let deadline = Instant::now() + limit;
+    let mut pending = d.pending.lock().unwrap_or_else(|p| p.into_inner());
+    while *pending > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        pending = d.written.wait_timeout(pending, left).unwrap_or_else(|p| p.into_inner()).0;
+    }
+}
+
 #[must_use = "call .emit()"]
 pub struct Event {
     level: Level,
@@ -221,7 +348,10 @@ impl Event {
         };
         plain.push('\n');
         let coloured = (sink.format == Format::Human && sink.colour).then(|| self.to_human(&ts, true) + "\n");
-        let _ = std::io::stderr().lock().write_all(coloured.as_deref().unwrap_or(&plain).as_bytes());
+        to_stderr(match coloured {
+            Some(c) => c,
+            None => plain.clone(),
+        });
         let mut file = sink.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = file.as_mut() {
             f.write_line(&plain);
@@ -234,7 +364,7 @@ impl Event {
     pub fn emit_and_tell_terminal(self) {
         let shown = enabled(self.level) && sink().format == Format::Human;
         if !shown && std::io::stderr().is_terminal() {
-            let _ = writeln!(std::io::stderr().lock(), "homerd: {}", self.message);
+            to_stderr(format!("homerd: {}\n", self.message));
         }
         self.emit();
     }

@@ -175,10 +175,13 @@ pub fn hit(name: &'static str) -> io::Result<()> {
     events::warn("failpoint.hit", "Failpoint hit").field("failpoint", name).emit();
     match action {
         Action::Stop => {
+            // `failpoint.hit` out first: a stopped process writes nothing.
+            events::flush_stderr(events::STDERR_FLUSH);
             crate::platform::signal_self(crate::platform::Signal::STOP);
             Ok(())
         }
         Action::Abort => {
+            events::flush_stderr(events::STDERR_FLUSH);
             // SIGKILL does not return.
             crate::platform::signal_self(crate::platform::Signal::KILL);
             unreachable!("SIGKILL to self returned")

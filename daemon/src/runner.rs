@@ -733,6 +733,7 @@ impl JobContext {
             "crash" => {
                 // The poison job: kills the daemon that runs it (after its claim committed).
                 events::error("job.crash", "Crash job: killing the daemon").field("job_id", job.id).emit();
+                events::flush_stderr(events::STDERR_FLUSH);
                 crate::platform::signal_self(crate::platform::Signal::KILL);
                 JobResult::Failed { error: String::from("crash"), retryable: true }
             }

@@ -593,3 +593,46 @@ fn every_error_under_json_is_one_object_on_stderr_with_its_exit_code() {
     let all: Value = serde_json::from_str(&all.to_string().replace(&pid, "[pid]")).unwrap();
     insta::assert_json_snapshot!("json_errors", all);
 }
+
+/// A daemon whose stderr nobody reads (a terminal paused with Ctrl-S, `homerd run 2>&1 |
+/// stuck`) goes on working: once the pipe is full its event lines are dropped, not
+/// waited on, so jobs still run, a job past its timeout is still stopped and recorded,
+/// and the count of dropped lines is said when stderr moves again.
+#[test]
+fn a_daemon_whose_stderr_is_not_read_keeps_running_jobs_and_enforcing_timeouts() {
+    let sb = Sandbox::new();
+    assert_eq!(sb.run(&["migrate"]).code, Some(0));
+    // Two event lines each (claimed, completed), far more than a pipe holds.
+    let jobs = sb.dir.path().join("jobs.jsonl");
+    let line = json!({"kind": "noop"}).to_string() + "\n";
+    std::fs::write(&jobs, line.repeat(3000)).unwrap();
+    assert_eq!(sb.run(&["enqueue", "--from", jobs.to_str().unwrap()]).code, Some(0));
+    let timed = enqueue(&sb, &["--timeout", "1s", "--max-attempts", "1", "exec", "--", "sleep", "600"]);
+    let mut c = sb.cmd();
+    c.arg("run").args(engine_args(&["--set", "concurrency=8", "--set", "lanes.default.concurrency=8"]));
+    let (mut daemon, mut pipes) =
+        Proc::spawn(c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped())).unwrap();
+    let stderr = pipes.stderr.take().unwrap(); // held open, not read
+                                               // Every job ends, the `sleep` one stopped at its timeout (`wait` exits 4: one failed).
+    let mut wait = sb.cmd();
+    wait.args(["wait", "--timeout", &format!("{}ms", deadline(60.0).as_millis())]);
+    wait.args((1..=timed).map(|id| id.to_string()));
+    let out = run_bounded(wait, deadline(90.0));
+    assert_eq!(out.code, Some(4), "every job ended, the timed one failed: {}", out.stderr);
+    let db = sb.db();
+    let error: String = sql(&db).query_row("SELECT error FROM job_queue WHERE id = ?1", [timed], |r| r.get(0)).unwrap();
+    assert!(error.contains("timed out") || error.contains("timeout"), "{error}");
+    // Now read: the writer says how many lines it dropped, and the daemon stops cleanly.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    daemon.signal(libc::SIGTERM);
+    let exit = daemon.wait_exit(deadline(30.0)).expect("the daemon stops on SIGTERM");
+    assert_eq!(exit.code(), Some(0), "{}", exit.describe());
+    let text = reader.join().unwrap();
+    let dropped = text.lines().find(|l| l.contains(r#""event":"events.dropped""#));
+    assert!(dropped.is_some_and(|l| l.contains(r#""count":"#)), "no events.dropped line");
+    assert!(text.lines().last().is_some_and(|l| l.contains("lock.released")), "the last line of a clean stop");
+}
