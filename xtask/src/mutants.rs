@@ -162,10 +162,21 @@ pub fn scenarios(o: &Options) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&sandboxes); // an earlier run's timelines
         std::fs::create_dir_all(&sandboxes).map_err(|e| format!("{}: {e}", sandboxes.display()))?;
         cmd.env("HOMER_HARNESS_SANDBOX_DIR", &sandboxes).env_remove("HOMER_HARNESS_KEEP");
+        // An earlier run's results must not stand in for this one's.
+        let _ = std::fs::remove_file(&json);
         eprintln!("$ {}", show(&cmd));
         let started = Instant::now();
         let output = cmd.output().map_err(|e| format!("{}: {e}", harness.display()))?;
         std::fs::write(out_dir.join(format!("{label}.log")), &output.stdout).ok();
+        // 0: every run passed, 1: some failed. Anything else (usage, a panic, a signal)
+        // means the results are not the suite's verdict.
+        if !matches!(output.status.code(), Some(0 | 1)) {
+            return Err(format!(
+                "{label}: homer-harness ended {} (see target/xtask-mutants/{label}.log): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+            ));
+        }
         let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
         let mut out = BTreeMap::new();
