@@ -313,7 +313,7 @@ fn json_requested(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
 
 /// Prints an error on stderr: `homerd: error: MESSAGE`, or under `--json` one line
 /// `{"error", "code", "kind"}`. A closed stderr is ignored (there is nowhere left to say it).
-fn report_error(as_json: bool, e: &Error) {
+pub(crate) fn report_error(as_json: bool, e: &Error) {
     use std::io::Write;
     let line = if as_json { e.to_json().to_string() } else { format!("homerd: error: {e}") };
     let _ = writeln!(std::io::stderr().lock(), "{line}");

@@ -87,6 +87,8 @@ struct LogFile {
     file: File,
     path: std::path::PathBuf,
     written: u64,
+    /// The last write failed: the file may end in part of a line.
+    torn: bool,
 }
 
 /// Rotate the daemon log past this size.
@@ -99,8 +101,18 @@ impl LogFile {
         if self.written + text.len() as u64 > ROTATE_BYTES {
             self.rotate();
         }
-        if self.file.write_all(text.as_bytes()).is_ok() {
-            self.written += text.len() as u64;
+        // A write that failed (a full disk) may have left part of its line: the next
+        // line starts on a line of its own, so one torn line never swallows a whole one.
+        if self.torn && self.file.write_all(b"\n").is_ok() {
+            self.torn = false;
+            self.written += 1;
+        }
+        if self.torn {
+            return;
+        }
+        match self.file.write_all(text.as_bytes()) {
+            Ok(()) => self.written += text.len() as u64,
+            Err(_) => self.torn = true,
         }
     }
 
@@ -116,6 +128,7 @@ impl LogFile {
         let _ = std::fs::rename(&self.path, name(1));
         if let Ok(f) = open_append(&self.path) {
             self.file = f;
+            self.torn = false;
         }
         // Even if the reopen failed (we keep writing to the renamed file), start counting
         // afresh: never rotate on every line.
@@ -177,7 +190,8 @@ pub fn open_log_file(path: &Path) -> std::io::Result<()> {
     }
     let file = open_append(path)?;
     let written = file.metadata().map(|m| m.len()).unwrap_or(0);
-    *sink().file.lock().unwrap_or_else(|p| p.into_inner()) = Some(LogFile { file, path: path.to_owned(), written });
+    *sink().file.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some(LogFile { file, path: path.to_owned(), written, torn: false });
     Ok(())
 }
 
@@ -437,6 +451,24 @@ impl Event {
 
 #[cfg(test)]
 mod tests {
+    /// A failed write (a full disk) may leave part of a line: the next line that gets
+    /// through starts on a line of its own instead of running on from the fragment.
+    #[test]
+    fn a_line_after_a_failed_write_starts_on_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("homer.log");
+        std::fs::write(&path, "{\"event\":\"a\"}\n{\"eve").unwrap(); // a torn line
+                                                                     // Read-only: every write fails, as on a full disk.
+        let file = std::fs::File::open(&path).unwrap();
+        let mut log = LogFile { file, path: path.clone(), written: 0, torn: false };
+        log.write_line("{\"event\":\"lost\"}\n");
+        assert!(log.torn);
+        log.file = std::fs::OpenOptions::new().append(true).open(&path).unwrap(); // space again
+        log.write_line("{\"event\":\"b\"}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"event\":\"a\"}\n{\"eve\n{\"event\":\"b\"}\n");
+        assert!(!log.torn);
+    }
+
     use super::*;
 
     #[test]

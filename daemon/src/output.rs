@@ -72,6 +72,13 @@ pub fn reader_gone() -> bool {
     }
 }
 
+/// A path as a JSON string. `json!` on a `Path` panics when the path is not UTF-8
+/// (serde refuses it); a path shown to an operator is better with a replacement
+/// character than a crash.
+pub fn path_json(p: &std::path::Path) -> Value {
+    Value::String(p.to_string_lossy().into_owned())
+}
+
 /// Writes one JSON value as one compact line.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
     let mut line = serde_json::to_string(value).map_err(|e| Error::Internal(format!("JSON output: {e}")))?;

@@ -510,6 +510,51 @@ fn status_watch_reprints_plainly_off_a_terminal() {
     assert!(reports[2] > reports[1] && reports[1] > reports[0]);
 }
 
+/// `status --watch --interval 1h | head -1` ends when head does (the watch asks between
+/// refreshes whether its reader is still there), and a refresh that meets a database in
+/// the middle of a restore reports the error and goes on watching.
+#[test]
+fn status_watch_ends_with_its_reader_and_outlives_a_refresh_that_fails() {
+    let sb = Sandbox::new();
+    assert_eq!(sb.run(&["migrate"]).code, Some(0));
+    let mut c = sb.cmd();
+    // `--json`: each report is one line written at once, so once it is read nothing more
+    // is written until the next refresh, an hour away.
+    c.args(["status", "--watch", "--json", "--interval", "1h"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let (mut proc, mut pipes) = Proc::spawn(&mut c).unwrap();
+    let stdout = pipes.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line); // and the read end closes
+    });
+    let line = rx.recv_timeout(deadline(30.0)).expect("the first report");
+    assert!(line.starts_with(r#"{"daemon":"#) && line.ends_with("}\n"), "{line:?}");
+    let exit = proc.wait_exit(deadline(30.0)).expect("the watch ends once its reader is gone, not in an hour");
+    assert_eq!(exit.code(), Some(0), "{}", exit.describe());
+
+    // A restore in progress: the database is empty for a while, then whole again.
+    let mut c = sb.cmd();
+    c.args(["status", "--watch", "--interval", "50ms"]);
+    let (mut proc, mut lines) = spawn_reading(&mut c);
+    let report = |l: &homer_testkit::Line| l.stream == Stream::Stdout && l.text().starts_with("database:");
+    lines.wait_for("a report", Instant::now() + deadline(30.0), report).unwrap();
+    let whole = bytes(&sb.db());
+    std::fs::write(sb.db(), b"").unwrap();
+    let error =
+        lines.wait_for("the refresh's error", Instant::now() + deadline(30.0), |l| l.stream == Stream::Stderr).unwrap();
+    assert!(error.text().contains("homerd: error:") && error.text().contains("empty"), "{}", error.text());
+    std::fs::write(sb.db(), whole).unwrap();
+    lines.wait_for("a report after the restore", Instant::now() + deadline(30.0), report).unwrap();
+    assert!(proc.signal(libc::SIGINT));
+    let exit = proc.wait_exit(deadline(30.0)).expect("Ctrl-C ends it");
+    assert_eq!(exit.signal(), Some(libc::SIGINT), "{}", exit.describe());
+}
+
 /// `status --watch --json` prints one compact status object per refresh, one per line,
 /// with no control characters, until interrupted.
 #[test]

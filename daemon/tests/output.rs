@@ -636,3 +636,19 @@ fn a_daemon_whose_stderr_is_not_read_keeps_running_jobs_and_enforcing_timeouts()
     assert!(dropped.is_some_and(|l| l.contains(r#""count":"#)), "no events.dropped line");
     assert!(text.lines().last().is_some_and(|l| l.contains("lock.released")), "the last line of a clean stop");
 }
+
+/// A home whose path is not UTF-8 is shown with a replacement character, not a panic:
+/// `status --json` still prints its one object and exits 0.
+#[test]
+fn status_json_of_a_home_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new();
+    let home = sb.dir.path().join(std::ffi::OsStr::from_bytes(b"h\xff"));
+    let mut c = sb.cmd();
+    c.arg("--home").arg(&home).args(["status", "--json"]);
+    let out = run_bounded(c, deadline(30.0));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v = json_one("status --json", &out);
+    assert_eq!(v["exists"], false, "{v}");
+    assert!(v["database"].as_str().is_some_and(|d| d.contains("h\u{fffd}")), "{v}");
+}

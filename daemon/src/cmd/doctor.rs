@@ -47,8 +47,10 @@ pub fn doctor(ctx: &Context, as_json: bool) -> Result<i32> {
 fn report(checks: &[Check], warnings: &[UnitWarning], failed: usize, as_json: bool) -> Result<()> {
     if as_json {
         let list: Vec<_> = checks.iter().map(|c| json!({"check": c.name, "ok": c.ok, "detail": c.detail})).collect();
-        let warns: Vec<_> =
-            warnings.iter().map(|w| json!({"check": "service unit", "path": w.path, "detail": w.detail})).collect();
+        let warns: Vec<_> = warnings
+            .iter()
+            .map(|w| json!({"check": "service unit", "path": output::path_json(&w.path), "detail": w.detail}))
+            .collect();
         let out = json!({"ok": failed == 0, "checks": list, "warnings": warns});
         output::json(&out)?;
     } else {

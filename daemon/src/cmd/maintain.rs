@@ -112,7 +112,7 @@ pub fn backup(ctx: &Context, dest: &Path, as_json: bool) -> Result<i32> {
     let _ = std::fs::remove_file(crate::sqlite::schema::side_files(&tmp)[2].as_path());
     result?;
     if as_json {
-        output::json(&serde_json::json!({"path": dest, "database": db}))?;
+        output::json(&serde_json::json!({"path": output::path_json(dest), "database": output::path_json(db)}))?;
     } else {
         outln!("{}", dest.display())?;
     }

@@ -104,7 +104,7 @@ impl Queue {
     /// The database as `--json` names it.
     pub fn shown_json(&self) -> serde_json::Value {
         match self {
-            Queue::Sqlite { db, .. } => serde_json::json!(db),
+            Queue::Sqlite { db, .. } => crate::output::path_json(db),
             Queue::Postgres(pg) => serde_json::json!(pg.shown()),
         }
     }

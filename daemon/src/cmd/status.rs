@@ -65,7 +65,9 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     let Some(mut queue) = Queue::read_only(ctx)? else {
         let db = &ctx.paths.database;
         if as_json {
-            output::json(&json!({"database": db, "exists": false, "daemon": {"state": "none", "active": false}}))?;
+            output::json(
+                &json!({"database": output::path_json(db), "exists": false, "daemon": {"state": "none", "active": false}}),
+            )?;
         } else {
             outln!("database: {} (not created yet: start the daemon with `homerd run`)", db.display())?;
             outln!("daemon:   not running")?;
@@ -219,8 +221,32 @@ pub fn watch(ctx: &Context, interval: &str, as_json: bool) -> Result<i32> {
             outln!()?;
         }
         first = false;
-        status(ctx, as_json)?;
-        // The poll interval the operator asked for, not a wait for some condition.
-        std::thread::sleep(interval);
+        match status(ctx, as_json) {
+            Ok(_) => {}
+            Err(Error::StdoutClosed) => return Err(Error::StdoutClosed),
+            // A refresh that meets the database mid-restore or mid-migration, or a
+            // PostgreSQL server restarting, is reported and tried again at the next
+            // interval: a watch outlives them.
+            Err(e) => crate::cli::report_error(as_json, &e),
+        }
+        pause(interval)?;
+    }
+}
+
+/// The poll interval the operator asked for (not a wait for some condition), in slices
+/// that ask whether stdout's reader is still there: `status --watch --interval 1h | head
+/// -3` ends when head does, not at the next write an hour later.
+fn pause(interval: Duration) -> Result<()> {
+    const SLICE: Duration = Duration::from_millis(200);
+    let until = std::time::Instant::now() + interval;
+    loop {
+        if output::reader_gone() {
+            return Err(Error::StdoutClosed);
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(SLICE));
     }
 }
