@@ -25,7 +25,7 @@ struct Target {
     #[arg(long, value_name = "PATH", env = "HOMER_HARNESS_DAEMON")]
     daemon: Option<PathBuf>,
     /// Run every daemon with HOMERD_MUTANT=NAME (needs a build with the `mutants` feature)
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_mutant)]
     mutant: Option<String>,
     /// Keep every sandbox and print its path
     #[arg(long)]
@@ -107,7 +107,7 @@ enum Command {
         phase: String,
         /// Run the recording processes with HOMERD_MUTANT=NAME (a `--features mutants`
         /// build); then exit 0 only if acknowledged jobs were lost (the mutant was caught)
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", value_parser = parse_mutant)]
         mutant: Option<String>,
         /// Cut points run at once (default: CPUs)
         #[arg(long, short = 'j')]
@@ -157,6 +157,21 @@ fn options(t: &Target) -> Result<exec::Options, String> {
 
 fn parse_backend(s: &str) -> Result<scenario::Backend, String> {
     scenario::Backend::parse(s).ok_or_else(|| format!("unknown backend `{s}`; expected sqlite or postgres"))
+}
+
+/// A mutant name the daemon knows, or several joined by `+`. The daemon ignores a name it
+/// does not know, so a typo would run the unmutated daemon and its failures (there should
+/// be none) or passes would be credited to a mutant that never ran.
+fn parse_mutant(s: &str) -> Result<String, String> {
+    let known = |m: &str| homerd::mutant::ALL.contains(&m) || homerd::mutant::POSTGRES.contains(&m);
+    match s.split('+').find(|m| !known(m)) {
+        None => Ok(s.to_owned()),
+        Some(bad) => Err(format!(
+            "unknown mutant `{bad}`; the daemon knows {} and {}",
+            homerd::mutant::ALL.join(", "),
+            homerd::mutant::POSTGRES.join(", ")
+        )),
+    }
 }
 
 fn jobs(t: &Target) -> usize {

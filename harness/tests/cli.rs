@@ -75,6 +75,28 @@ fn a_malformed_file_is_rejected_before_anything_runs() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"), "{out:?}");
 }
 
+/// A mutant name the daemon does not know is a usage error before anything runs: the
+/// daemon would ignore it and run unmutated, and its results would be credited to a
+/// mutant that never ran.
+#[test]
+fn an_unknown_mutant_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.toml", &passing());
+    for mutant in ["no_epoch_gaurd", "no_epoch_guard+no_ownr_token_guard"] {
+        let out = Command::new(harness())
+            .arg("run")
+            .arg(&good)
+            .args(["--mutant", mutant, "--daemon"])
+            .arg(daemon())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{mutant}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unknown mutant") && err.contains("no_owner_token_guard"), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"), "{out:?}");
+    }
+}
+
 #[test]
 fn junit_has_one_testcase_per_run_and_repeat_runs_each_scenario_again() {
     let dir = tempfile::tempdir().unwrap();
