@@ -51,6 +51,21 @@ fn spawn_reading(c: &mut std::process::Command) -> (Proc, Events) {
     (proc, Events::read(pipes, Parse::None).unwrap())
 }
 
+/// Spawns `c` with its stdout a pipe, reads one line from it and closes the read end, as
+/// `grep -m1` or `head -1` does: the process (still running) and the line.
+fn first_line_then_close(mut c: std::process::Command) -> (Proc, String) {
+    let (proc, mut pipes) = Proc::spawn(c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null())).unwrap();
+    let stdout = pipes.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line); // and the read end closes as the reader drops
+    });
+    let line = rx.recv_timeout(deadline(30.0)).expect("a first line on stdout");
+    (proc, line)
+}
+
 fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
@@ -128,17 +143,8 @@ fn logs_follow_ends_when_its_reader_closes_the_pipe_of_a_quiet_job() {
     let (sb, _d) = engine_sandbox();
     let id = enqueue(&sb, &["exec", "--", "sh", "-c", "echo ready; exec sleep 3600"]);
     let mut c = sb.cmd();
-    c.args(["logs", "-f", &id.to_string()]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-    let (mut proc, mut pipes) = Proc::spawn(&mut c).unwrap();
-    let stdout = pipes.stdout.take().unwrap();
-    // Reads one line, then drops (closes) the read end, as `grep -m1` does.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(deadline(30.0)).expect("logs -f prints the job's first line");
+    c.args(["logs", "-f", &id.to_string()]);
+    let (mut proc, line) = first_line_then_close(c);
     assert_eq!(line, "ready\n");
     let exit = proc.wait_exit(deadline(30.0)).expect("logs -f ends once its reader is gone");
     assert_eq!(exit.code(), Some(0), "{}", exit.describe());
@@ -520,19 +526,8 @@ fn status_watch_ends_with_its_reader_and_outlives_a_refresh_that_fails() {
     let mut c = sb.cmd();
     // `--json`: each report is one line written at once, so once it is read nothing more
     // is written until the next refresh, an hour away.
-    c.args(["status", "--watch", "--json", "--interval", "1h"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let (mut proc, mut pipes) = Proc::spawn(&mut c).unwrap();
-    let stdout = pipes.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-        let _ = tx.send(line); // and the read end closes
-    });
-    let line = rx.recv_timeout(deadline(30.0)).expect("the first report");
+    c.args(["status", "--watch", "--json", "--interval", "1h"]);
+    let (mut proc, line) = first_line_then_close(c);
     assert!(line.starts_with(r#"{"daemon":"#) && line.ends_with("}\n"), "{line:?}");
     let exit = proc.wait_exit(deadline(30.0)).expect("the watch ends once its reader is gone, not in an hour");
     assert_eq!(exit.code(), Some(0), "{}", exit.describe());
