@@ -451,24 +451,6 @@ impl Event {
 
 #[cfg(test)]
 mod tests {
-    /// A failed write (a full disk) may leave part of a line: the next line that gets
-    /// through starts on a line of its own instead of running on from the fragment.
-    #[test]
-    fn a_line_after_a_failed_write_starts_on_its_own_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("homer.log");
-        std::fs::write(&path, "{\"event\":\"a\"}\n{\"eve").unwrap(); // a torn line
-                                                                     // Read-only: every write fails, as on a full disk.
-        let file = std::fs::File::open(&path).unwrap();
-        let mut log = LogFile { file, path: path.clone(), written: 0, torn: false };
-        log.write_line("{\"event\":\"lost\"}\n");
-        assert!(log.torn);
-        log.file = std::fs::OpenOptions::new().append(true).open(&path).unwrap(); // space again
-        log.write_line("{\"event\":\"b\"}\n");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"event\":\"a\"}\n{\"eve\n{\"event\":\"b\"}\n");
-        assert!(!log.torn);
-    }
-
     use super::*;
 
     #[test]
@@ -524,5 +506,24 @@ mod tests {
         assert_eq!(Level::Info.shifted(-1), Level::Warn);
         assert_eq!(Level::Info.shifted(-9), Level::Error);
         assert_eq!(Level::Warn.shifted(0), Level::Warn);
+    }
+
+    /// A failed write (a full disk) may leave part of a line: the next line that gets
+    /// through starts on a line of its own instead of running on from the fragment.
+    #[test]
+    fn a_line_after_a_failed_write_starts_on_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("homer.log");
+        // A file that ends in a torn line already.
+        std::fs::write(&path, "{\"event\":\"a\"}\n{\"eve").unwrap();
+        // Read-only: every write fails, as on a full disk.
+        let file = std::fs::File::open(&path).unwrap();
+        let mut log = LogFile { file, path: path.clone(), written: 0, torn: false };
+        log.write_line("{\"event\":\"lost\"}\n");
+        assert!(log.torn);
+        log.file = std::fs::OpenOptions::new().append(true).open(&path).unwrap(); // space again
+        log.write_line("{\"event\":\"b\"}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"event\":\"a\"}\n{\"eve\n{\"event\":\"b\"}\n");
+        assert!(!log.torn);
     }
 }
