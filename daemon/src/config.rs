@@ -105,6 +105,11 @@ pub const KEYS: &[&str] = &[
     "database",
 ];
 
+/// The environment variable that sets `key`: `HOMER_<KEY>`.
+pub fn env_var(key: &str) -> String {
+    format!("HOMER_{}", key.to_uppercase())
+}
+
 /// Where the configuration comes from (for the CLI).
 #[derive(Clone, Debug, Default)]
 pub struct Sources {
@@ -154,7 +159,7 @@ impl Config {
         }
         if !sources.skip_environment {
             for key in KEYS {
-                let var = format!("HOMER_{}", key.to_uppercase());
+                let var = env_var(key);
                 if let Ok(value) = std::env::var(&var) {
                     cfg.set(key, &value, &format!("environment variable {var}"))?;
                 }

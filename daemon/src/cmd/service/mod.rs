@@ -178,7 +178,7 @@ fn unit_config(paths: &Paths, passed: &Passed) -> Result<Config> {
         cfg.set("database", url, "--database")?;
     }
     for key in crate::config::KEYS {
-        let var = format!("HOMER_{}", key.to_uppercase());
+        let var = crate::config::env_var(key);
         if std::env::var_os(&var).is_some() {
             crate::events::warn(
                 "service.not_carried",
